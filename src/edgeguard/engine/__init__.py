@@ -1,0 +1,1 @@
+"""Training engine: loops, checkpoints, seeding, distributed runs."""

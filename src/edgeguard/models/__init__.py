@@ -1,0 +1,54 @@
+"""Model zoo: video CNNs (C3D, R(2+1)D-18), image CNNs (digits, VGG-16/ResNet-18 for CIFAR) and MAC
+counting.  ``build(name, **kwargs)`` creates a model and records how, so that checkpoints can rebuild
+it (``model.edgeguard_arch``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from .flops import FlopsReport, LayerFlops, count_flops
+from .video import C3D, R2Plus1D, c3d, r2plus1d_18
+from .vision import DigitsCNN, ResNetCifar, VGGCifar, digits_cnn, resnet18_cifar, vgg16_cifar
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "c3d": c3d,
+    "r2plus1d_18": r2plus1d_18,
+    "digits_cnn": digits_cnn,
+    "vgg16_cifar": vgg16_cifar,
+    "resnet18_cifar": resnet18_cifar,
+}
+
+
+def build(name: str, **kwargs: Any) -> nn.Module:
+    """Build a zoo model by name (one of ``MODELS``) and record ``{"name", "kwargs"}`` on it as
+    ``model.edgeguard_arch`` (kwargs must be JSON-serialisable: numbers, strings, lists)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}")
+    try:
+        model = MODELS[name](**kwargs)
+    except TypeError as err:
+        raise ValueError(f"bad options for model {name!r}: {err}") from None
+    model.edgeguard_arch = {"name": name, "kwargs": dict(kwargs)}
+    return model
+
+
+__all__ = [
+    "C3D",
+    "MODELS",
+    "DigitsCNN",
+    "FlopsReport",
+    "LayerFlops",
+    "R2Plus1D",
+    "ResNetCifar",
+    "VGGCifar",
+    "build",
+    "c3d",
+    "count_flops",
+    "digits_cnn",
+    "r2plus1d_18",
+    "resnet18_cifar",
+    "vgg16_cifar",
+]

@@ -1,0 +1,161 @@
+"""Saving and loading (pruned) models: weights as safetensors, the architecture and the sparsity spec as
+JSON beside them (``NAME.safetensors`` + ``NAME.json``).  Both files are written atomically, and loading
+checks that the spec matches the weights."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..engine.atomic import atomic_path
+from .base import SparsityError, SparsityScheme, scheme_from_spec
+from .model import attach_masks, get_masks
+
+FORMAT = "edgeguard.pruned/1"
+MASK_PREFIX = "__mask__."
+
+
+def spec_path(path: str | Path) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+def _digest(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def save_pruned(
+    model: nn.Module,
+    path: str | Path,
+    scheme: SparsityScheme | None = None,
+    rates: dict[str, float] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Save ``model``'s weights, attached masks and sparsity spec.
+
+    Args:
+        path: the ``.safetensors`` file; the spec goes to the same name with ``.json``.
+        scheme, rates: recorded in the spec (per layer) when the model was pruned with them.
+        extra: any JSON-serialisable metadata (accuracy, dataset, ...).
+    Returns the weights path.
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise SparsityError(f"pruned models are saved as .safetensors, got {path}")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    masks = get_masks(model)
+    layers = {}
+    for name, mask in masks.items():
+        state[MASK_PREFIX + name] = mask.cpu().to(torch.uint8).contiguous()
+        entry: dict[str, Any] = {
+            "shape": list(mask.shape),
+            "kept": int(mask.sum()),
+            "mask_sha256": _digest(mask.to(torch.uint8)),
+        }
+        if scheme is not None:
+            entry["scheme"] = scheme.spec()
+            entry["kept_units"] = int(scheme.units_of_mask(mask).sum())
+        if rates is not None and name in rates:
+            entry["rate"] = rates[name]
+        layers[name] = entry
+    spec = {
+        "format": FORMAT,
+        "arch": getattr(model, "edgeguard_arch", None),
+        "tensors": sorted(k for k in state if not k.startswith(MASK_PREFIX)),
+        "layers": layers,
+        "extra": extra or {},
+    }
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": FORMAT})
+    with atomic_path(spec_path(path)) as tmp:
+        tmp.write_text(json.dumps(spec, indent=2))
+    return path
+
+
+def read_spec(path: str | Path) -> dict[str, Any]:
+    sp = spec_path(path)
+    if not sp.is_file():
+        raise SparsityError(f"sparsity spec not found: {sp} (expected beside {Path(path).name})")
+    try:
+        spec = json.loads(sp.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SparsityError(f"sparsity spec {sp} is not valid JSON: {err}") from None
+    if not isinstance(spec, dict) or spec.get("format") != FORMAT:
+        raise SparsityError(f"{sp} is not an edgeguard sparsity spec (format {FORMAT!r})")
+    return spec
+
+
+def load_pruned(
+    path: str | Path, model: nn.Module | None = None
+) -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, Any]]:
+    """Load a model saved by ``save_pruned``; its masks are attached and applied.
+
+    Args:
+        path: the ``.safetensors`` file (its ``.json`` spec beside it).
+        model: a model to load into; by default it is rebuilt from the spec's architecture.
+    Returns ``(model, masks, spec)``.
+    Raises ``SparsityError`` when a file is missing, truncated or corrupt, or the spec does not match
+    the weights (tensor names, mask shapes, kept counts, mask digests, scheme structure, or nonzero
+    weights where the mask removes them).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SparsityError(f"weights file not found: {path}")
+    spec = read_spec(path)
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise SparsityError(
+            f"cannot read {path}: truncated or not a safetensors file ({err})"
+        ) from None
+    masks = {k[len(MASK_PREFIX) :]: v.bool() for k, v in state.items() if k.startswith(MASK_PREFIX)}
+    weights = {k: v for k, v in state.items() if not k.startswith(MASK_PREFIX)}
+    if sorted(weights) != spec.get("tensors"):
+        raise SparsityError(f"spec {spec_path(path)} does not match {path}: tensor names differ")
+    layers = spec.get("layers", {})
+    if sorted(layers) != sorted(masks):
+        raise SparsityError(
+            f"spec {spec_path(path)} does not match {path}: masked layers differ "
+            f"(spec {sorted(layers)}, weights {sorted(masks)})"
+        )
+    for name, entry in layers.items():
+        mask = masks[name]
+        problems = []
+        if list(mask.shape) != entry.get("shape"):
+            problems.append(f"mask shape {list(mask.shape)} vs spec {entry.get('shape')}")
+        if int(mask.sum()) != entry.get("kept"):
+            problems.append(f"{int(mask.sum())} kept weights vs spec {entry.get('kept')}")
+        if _digest(mask.to(torch.uint8)) != entry.get("mask_sha256"):
+            problems.append("mask digest differs")
+        if "scheme" in entry:
+            scheme = scheme_from_spec(entry["scheme"])
+            if not scheme.is_structured(mask):
+                problems.append(f"mask does not follow the {scheme.name!r} structure")
+        w = weights.get(name + ".weight")
+        if w is None or w.shape != mask.shape:
+            problems.append("no weight of the mask's shape")
+        elif bool((w[~mask] != 0).any()):
+            problems.append("weights removed by the mask are nonzero")
+        if problems:
+            raise SparsityError(
+                f"spec {spec_path(path)} does not match {path} at layer {name}: {'; '.join(problems)}"
+            )
+    if model is None:
+        arch = spec.get("arch")
+        if not arch:
+            raise SparsityError(f"{spec_path(path)} records no architecture; pass model=")
+        from ..models import build
+
+        model = build(arch["name"], **arch.get("kwargs", {}))
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise SparsityError(f"weights in {path} do not fit the model: {err}") from None
+    attach_masks(model, masks)
+    return model, masks, spec

@@ -1,0 +1,32 @@
+"""Vanilla kernel-group sparsity (RT3D): kernels are grouped ``gm`` filters x ``gn`` input channels and
+each group of whole kernels is removed together."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .base import SparsityScheme, register_scheme
+from .groups import check_group_size
+
+
+@register_scheme
+class VanillaSparsity(SparsityScheme):
+    name = "vanilla"
+
+    def __init__(self, gm: int = 8, gn: int = 4) -> None:
+        self.gm = check_group_size(gm, "gm (filters per kernel group)")
+        self.gn = check_group_size(gn, "gn (input channels per kernel group)")
+
+    def options(self) -> dict[str, Any]:
+        return {"gm": self.gm, "gn": self.gn}
+
+    def _axis_groups(
+        self, f: int, c: int, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return (
+            torch.arange(f) // self.gm,
+            torch.arange(c) // self.gn,
+            torch.zeros(k, dtype=torch.int64),
+        )
