@@ -132,7 +132,7 @@ def test_bad_rates_are_rejected(rate):
 
 
 def test_bad_scheme_names_and_options():
-    with pytest.raises(SparsityError, match="unknown sparsity scheme 'kgz'.*available: channel"):
+    with pytest.raises(SparsityError, match=r"unknown sparsity scheme 'kgz'.*available: channel"):
         get_scheme("kgz")
     for bad in (0, -1, 2.5, True):
         with pytest.raises(SparsityError, match=">= 1"):
