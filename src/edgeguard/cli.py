@@ -1,2 +1,242 @@
-def main():
-    pass
+"""``edgeguard`` command line: parse, call the library, print.  Every subcommand is one library call."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger("edgeguard")
+
+
+def _kv(items: list[str] | None) -> dict[str, Any]:
+    """Parse ``key=value`` options; values are read as YAML scalars/lists (``width=0.25``)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise SystemExit(f"error: expected key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not shape or any(v < 1 for v in shape):
+        raise argparse.ArgumentTypeError(f"shape sizes must be positive, got {text!r}")
+    return shape
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dataset",
+        default="synthetic-video",
+        help="synthetic-video, ucf101, hmdb51, digits, cifar10, cifar100",
+    )
+    p.add_argument("--data-root", help="folder of a dataset read from disk")
+    p.add_argument(
+        "--data-option", action="append", metavar="KEY=VALUE", help="dataset option, repeatable"
+    )
+
+
+def _add_train_args(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--amp", action="store_true", help="mixed precision (bf16 on CPU, fp16 on CUDA)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the last checkpoint in --out"
+    )
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _datasets(args):
+    from .data import get_dataset
+
+    opts = _kv(args.data_option)
+    train = get_dataset(args.dataset, train=True, root=args.data_root, **dict(opts))
+    val = get_dataset(args.dataset, train=False, root=args.data_root, **dict(opts))
+    return train, val
+
+
+def _config(args):
+    from .engine import TrainConfig
+
+    return TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+        weight_decay=args.weight_decay, amp=args.amp, device=args.device, seed=args.seed,
+        progress=not args.no_progress,
+    )  # fmt: skip
+
+
+def cmd_train(args) -> int:
+    from .engine import evaluate, fit, seed_everything
+    from .engine.distributed import is_main_process
+    from .models import build
+    from .sparsity import save_pruned
+
+    seed_everything(args.seed)
+    train, val = _datasets(args)
+    opts = _kv(args.model_option)
+    opts.setdefault("num_classes", getattr(train, "num_classes", 10))
+    model = build(args.model, **opts)
+    out = Path(args.out)
+    history = fit(
+        model, train, val, _config(args), checkpoint_dir=out / "checkpoints", resume=args.resume
+    )
+    if is_main_process():
+        acc = evaluate(model, val, args.batch_size, args.device)["accuracy"]
+        shape = (1, *train[0][0].shape)
+        path = save_pruned(
+            model,
+            out / "model.safetensors",
+            extra={"input_shape": list(shape), "accuracy": acc, "dataset": args.dataset},
+        )
+        print(
+            f"validation accuracy {100 * acc:.2f}% after {len(history.epochs)} epochs; saved {path}"
+        )
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from .engine import seed_everything
+    from .prune import magnitude_prune_and_finetune
+    from .sparsity import load_pruned, save_pruned
+    from .sparsity.summary import HEADERS, format_table, layer_table
+
+    seed_everything(args.seed)
+    given = [args.rate is not None, args.flops_reduction is not None, args.profile is not None]
+    if sum(given) != 1:
+        raise SystemExit("error: give exactly one of --rate, --flops-reduction, --profile")
+    model, _, spec = load_pruned(args.checkpoint)
+    train, val = _datasets(args)
+    shape = tuple(spec.get("extra", {}).get("input_shape") or (1, *train[0][0].shape))
+    opts = {k: v for k, v in (("gm", args.gm), ("gn", args.gn)) if v is not None}
+    rates = args.profile if args.profile is not None else args.rate
+    out = Path(args.out)
+    res = magnitude_prune_and_finetune(
+        model, args.scheme, train, val, shape, rates=rates, flops_reduction=args.flops_reduction,
+        finetune=_config(args), workdir=out, resume=args.resume, **opts,
+    )  # fmt: skip
+    path = save_pruned(
+        res.model,
+        out / "model.safetensors",
+        res.scheme,
+        res.rates,
+        extra={
+            "input_shape": list(shape),
+            "accuracy": res.accuracy_finetuned,
+            "dataset": args.dataset,
+        },
+    )
+    schemes = dict.fromkeys(res.rates, res.scheme.name)
+    print(format_table(HEADERS, layer_table(res.model, shape, schemes)))
+    print(
+        f"\naccuracy: dense {100 * res.accuracy_dense:.2f}%  pruned {100 * res.accuracy_pruned:.2f}%  "
+        f"fine-tuned {100 * res.accuracy_finetuned:.2f}%   FLOPs reduction {res.flops.reduction:.2f}x"
+    )
+    print(f"saved {path}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .sparsity import load_pruned
+    from .sparsity.summary import HEADERS, format_table, layer_table
+
+    model, _, spec = load_pruned(args.checkpoint)
+    shape = args.input_shape or tuple(spec.get("extra", {}).get("input_shape") or ())
+    if not shape:
+        raise SystemExit(
+            "error: the checkpoint records no input shape; pass --input-shape 1,3,16,112,112"
+        )
+    schemes = {n: e["scheme"]["name"] for n, e in spec["layers"].items() if "scheme" in e}
+    print(f"model: {json.dumps(spec.get('arch'))}   input: {list(shape)}")
+    print(format_table(HEADERS, layer_table(model, tuple(shape), schemes)))
+    extra = {k: v for k, v in spec.get("extra", {}).items() if k != "input_shape"}
+    if extra:
+        print("recorded:", json.dumps(extra))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    path = run_demo(Path(args.out), quick=args.quick)
+    print(f"report written to {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgeguard", description=__doc__)
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a zoo model on a dataset")
+    p.add_argument(
+        "--model", default="c3d", help="c3d, r2plus1d_18, digits_cnn, vgg16_cifar, resnet18_cifar"
+    )
+    p.add_argument(
+        "--model-option", action="append", metavar="KEY=VALUE", help="e.g. width=0.25, repeatable"
+    )
+    p.add_argument("--out", default="runs/train")
+    _add_data_args(p)
+    _add_train_args(p, epochs=10, lr=1e-3)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("prune", help="prune a saved model and fine-tune it")
+    p.add_argument("checkpoint", help="model.safetensors written by train or prune")
+    p.add_argument("--scheme", required=True, help="filter, channel, column, vanilla, kgs")
+    p.add_argument("--gm", type=int, help="filters per kernel group (vanilla/kgs, default 8)")
+    p.add_argument(
+        "--gn", type=int, help="input channels per kernel group (vanilla/kgs, default 4)"
+    )
+    p.add_argument("--rate", type=float, help="fraction of units removed in every prunable layer")
+    p.add_argument("--flops-reduction", type=float, help="global target: dense MACs / kept MACs")
+    p.add_argument("--profile", help="YAML file: layer name -> rate")
+    p.add_argument("--out", default="runs/prune")
+    _add_data_args(p)
+    _add_train_args(p, epochs=3, lr=3e-4)
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("info", help="per-layer table of a saved model")
+    p.add_argument("checkpoint")
+    p.add_argument("--input-shape", type=_shape, help="e.g. 1,3,16,112,112 (batch included)")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("demo", help="run the built-in demo and write an HTML report")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--quick", action="store_true", help="a tiny run (seconds), for smoke tests")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    from .data import DatasetError
+    from .engine import CheckpointError
+    from .sparsity import SparsityError
+
+    try:
+        return args.func(args)
+    except (SparsityError, DatasetError, CheckpointError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -206,7 +206,16 @@ def prune_model(
     scheme = get_scheme(scheme, **scheme_options)
     if (rates is None) == (flops_reduction is None):
         raise SparsityError("give exactly one of rates (or a profile) and flops_reduction")
+    if isinstance(rates, str | Path):
+        rates = load_profile(rates)
+    if isinstance(rates, Mapping):
+        layers = list(rates) if layers is None else layers
     layer_list = list(layers) if layers is not None else prunable_layers(model)
+    if not layer_list:
+        raise SparsityError(
+            "the model has no prunable layers (Conv1d/2d/3d with groups=1, or Linear other than the "
+            "classifier)"
+        )
     for name in layer_list:
         _module(model, name)
     if flops_reduction is not None:
@@ -219,8 +228,6 @@ def prune_model(
         if input_shape is None:
             raise SparsityError("flops_reduction needs input_shape (batch included) to count MACs")
         rate_map = _rates_for_flops(model, scheme, layer_list, float(flops_reduction), input_shape)
-    elif isinstance(rates, str | Path):
-        rate_map = load_profile(rates)
     elif isinstance(rates, Mapping):
         rate_map = {str(k): check_rate(v, f"rate of {k}") for k, v in rates.items()}
     else:

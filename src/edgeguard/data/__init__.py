@@ -1,0 +1,51 @@
+"""Datasets: synthetic moving-shape videos, UCF101/HMDB51 folders, digits, CIFAR folders.
+
+``get_dataset(name, train=..., **options)`` gives the datasets the CLI knows by name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from .errors import DatasetError
+from .video import SyntheticMovingShapes, VideoClipDataset, hmdb51, read_frames, ucf101
+from .vision import CIFAR, cifar10, cifar100, digits
+
+DATASETS = ("synthetic-video", "ucf101", "hmdb51", "digits", "cifar10", "cifar100")
+
+
+def get_dataset(name: str, train: bool = True, root: str | None = None, **options: Any) -> Dataset:
+    """Build a dataset by name (one of ``DATASETS``).  Folder datasets need ``root``.  For
+    ``synthetic-video`` the training and test sets use different seeds (``seed`` and ``seed + 1``)."""
+    if name == "synthetic-video":
+        seed = int(options.pop("seed", 0))
+        n = options.pop("num_samples", 2000 if train else 600)
+        return SyntheticMovingShapes(n, seed=2 * seed + (0 if train else 1), **options)
+    if name == "digits":
+        return digits(train=train, **options)
+    if name in ("ucf101", "hmdb51", "cifar10", "cifar100"):
+        if root is None:
+            raise DatasetError(
+                f"dataset {name!r} is read from a local folder: pass root=/data/path"
+            )
+        fn = {"ucf101": ucf101, "hmdb51": hmdb51, "cifar10": cifar10, "cifar100": cifar100}[name]
+        return fn(root, train=train, **options)
+    raise ValueError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+
+
+__all__ = [
+    "CIFAR",
+    "DATASETS",
+    "DatasetError",
+    "SyntheticMovingShapes",
+    "VideoClipDataset",
+    "cifar10",
+    "cifar100",
+    "digits",
+    "get_dataset",
+    "hmdb51",
+    "read_frames",
+    "ucf101",
+]

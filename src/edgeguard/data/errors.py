@@ -1,0 +1,7 @@
+"""Errors for dataset loading."""
+
+from __future__ import annotations
+
+
+class DatasetError(FileNotFoundError):
+    """A dataset folder is missing or does not have the expected layout (the message shows it)."""

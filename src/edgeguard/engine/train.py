@@ -1,0 +1,337 @@
+"""Training and evaluation loops for classifiers, with progress bars, an atomic checkpoint every epoch,
+``resume``, seeding, optional mixed precision, sparsity masks kept applied, and torchrun/DDP support."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm.auto import tqdm
+
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .distributed import all_reduce_sum, barrier, init_distributed, is_main_process, world_size
+
+log = logging.getLogger("edgeguard")
+
+MASK_BUFFER = "weight_mask"  # same name as edgeguard.sparsity.model.MASK_BUFFER
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run.
+
+    Attributes:
+        epochs: number of passes over the training set (>= 1).
+        batch_size: per-process batch size.
+        lr: learning rate; optimizer: "sgd" (momentum 0.9, nesterov) or "adam" / "adamw".
+        weight_decay: L2 weight decay.
+        scheduler: "cosine" (per epoch, to 0) or "none".
+        amp: mixed precision (bfloat16 autocast on CPU, float16 + grad scaling on CUDA).
+        seed: seeds the data order (per epoch), so a resumed run sees the same batches.
+        device: "cpu", "cuda" or "auto".
+        progress: show a progress bar per epoch (main process only).
+        label_smoothing: cross-entropy label smoothing in [0, 1).
+    """
+
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    scheduler: str = "cosine"
+    amp: bool = False
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+    progress: bool = True
+    label_smoothing: float = 0.0
+
+    def validate(self) -> None:
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"epochs must be an integer >= 1, got {self.epochs!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if self.optimizer not in ("sgd", "adam", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd', 'adam' or 'adamw', got {self.optimizer!r}")
+        if self.scheduler not in ("cosine", "none"):
+            raise ValueError(f"scheduler must be 'cosine' or 'none', got {self.scheduler!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+
+
+@dataclass
+class History:
+    """One dict per finished epoch: epoch, train_loss, train_acc, val_loss, val_acc, seconds."""
+
+    epochs: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def last(self) -> dict[str, float]:
+        return self.epochs[-1] if self.epochs else {}
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available")
+    return dev
+
+
+def _apply_masks(model: nn.Module) -> None:
+    with torch.no_grad():
+        for m in model.modules():
+            mask = m._buffers.get(MASK_BUFFER)
+            if mask is not None:
+                m.weight.mul_(mask)
+
+
+def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay
+        )
+    cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _autocast(device: torch.device, enabled: bool):
+    dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    batch_size: int = 64,
+    device: str | torch.device = "auto",
+    amp: bool = False,
+) -> dict[str, float]:
+    """Mean cross-entropy loss and top-1 accuracy (in [0, 1]) of ``model`` on ``dataset`` (items are
+    ``(input, label)``).  The model's training mode is restored afterwards."""
+    dev = resolve_device(device)
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loss_sum, correct, count = 0.0, 0, 0
+    for x, y in loader:
+        x, y = x.to(dev), y.to(dev)
+        with _autocast(dev, amp):
+            out = model(x)
+        loss_sum += nn.functional.cross_entropy(out.float(), y, reduction="sum").item()
+        correct += (out.argmax(1) == y).sum().item()
+        count += y.numel()
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("cannot evaluate on an empty dataset")
+    return {"loss": loss_sum / count, "accuracy": correct / count}
+
+
+def fit(
+    model: nn.Module,
+    train_set: Dataset,
+    val_set: Dataset | None = None,
+    config: TrainConfig | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    penalty: Callable[[nn.Module], torch.Tensor] | None = None,
+    callbacks: Sequence[Callable[[int, nn.Module, dict[str, float]], None]] = (),
+    teacher: nn.Module | None = None,
+    distill_weight: float = 0.0,
+    distill_temperature: float = 4.0,
+) -> History:
+    """Train a classifier with cross-entropy.
+
+    Args:
+        model: the network; masks attached by ``edgeguard.sparsity`` stay applied after every step.
+        train_set, val_set: datasets of ``(input tensor, int label)``.
+        config: ``TrainConfig``; defaults if None.
+        checkpoint_dir: if given, ``last.pt`` is written there atomically after every epoch.
+        resume: continue from ``checkpoint_dir/last.pt`` when it exists (model, masks, optimizer,
+            scheduler, history, RNG); a finished run returns its history at once.
+        penalty: ``penalty(model) -> scalar`` added to the loss (structured regularisation).
+        callbacks: ``cb(epoch, model, metrics)`` after each epoch (e.g. reweighting).
+        teacher, distill_weight, distill_temperature: optional knowledge distillation, loss =
+            (1 - w) * CE + w * T^2 * KL(student_T || teacher_T).
+
+    Under ``torchrun`` the model is wrapped in DistributedDataParallel and the training set is
+    sharded; checkpoints and logs come from rank 0 only; every rank ends with the same weights.
+    """
+    cfg = config or TrainConfig()
+    cfg.validate()
+    dev = resolve_device(cfg.device)
+    own_group = init_distributed(dev)
+    try:
+        return _fit(
+            model, train_set, val_set, cfg, dev, checkpoint_dir, resume, penalty, callbacks,
+            teacher, distill_weight, distill_temperature,
+        )  # fmt: skip
+    finally:
+        if own_group:
+            torch.distributed.destroy_process_group()
+
+
+def _fit(
+    model, train_set, val_set, cfg, dev, checkpoint_dir, resume, penalty, callbacks,
+    teacher, distill_weight, distill_temperature,
+) -> History:  # fmt: skip
+    model.to(dev)
+    if teacher is not None:
+        teacher.to(dev).eval()
+    optimizer = _make_optimizer(model, cfg)
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+        if cfg.scheduler == "cosine"
+        else None
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and dev.type == "cuda")
+    history = History()
+    start_epoch = 0
+    ckpt_path = Path(checkpoint_dir) / "last.pt" if checkpoint_dir is not None else None
+    if resume and ckpt_path is not None and ckpt_path.is_file():
+        state = load_checkpoint(ckpt_path)
+        _restore(model, optimizer, scheduler, state, ckpt_path)
+        history.epochs = list(state.get("history", []))
+        start_epoch = int(state["epoch"])
+        log.info("resumed from %s at epoch %d/%d", ckpt_path, start_epoch, cfg.epochs)
+    _apply_masks(model)
+
+    distributed = world_size() > 1
+    net: nn.Module = DistributedDataParallel(model) if distributed else model
+    sampler = (
+        DistributedSampler(train_set, shuffle=True, seed=cfg.seed, drop_last=False)
+        if distributed
+        else None
+    )
+    show = cfg.progress and is_main_process()
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+            loader = DataLoader(
+                train_set, cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers
+            )
+        else:
+            # a per-epoch generator makes the order a function of (seed, epoch): resuming replays it
+            gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+            loader = DataLoader(
+                train_set, cfg.batch_size, shuffle=True, generator=gen, num_workers=cfg.num_workers
+            )
+        net.train()
+        loss_sum, correct, count = 0.0, 0, 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False)
+        for x, y in bar:
+            x, y = x.to(dev), y.to(dev)
+            with _autocast(dev, cfg.amp):
+                out = net(x)
+                loss = nn.functional.cross_entropy(
+                    out.float(), y, label_smoothing=cfg.label_smoothing
+                )
+                if teacher is not None and distill_weight > 0:
+                    with torch.no_grad():
+                        t_out = teacher(x).float()
+                    t = distill_temperature
+                    kd = nn.functional.kl_div(
+                        nn.functional.log_softmax(out.float() / t, 1),
+                        nn.functional.log_softmax(t_out / t, 1),
+                        reduction="batchmean",
+                        log_target=True,
+                    )
+                    loss = (1 - distill_weight) * loss + distill_weight * t * t * kd
+            total = loss + penalty(model) if penalty is not None else loss
+            if not torch.isfinite(total):
+                raise FloatingPointError(
+                    f"loss became {total.item()} at epoch {epoch + 1}; lower the learning rate"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            _apply_masks(model)
+            loss_sum += loss.item() * y.numel()
+            correct += (out.argmax(1) == y).sum().item()
+            count += y.numel()
+            bar.set_postfix(loss=f"{loss_sum / count:.3f}", acc=f"{correct / count:.3f}")
+        if scheduler is not None:
+            scheduler.step()
+        loss_sum, correct, count = all_reduce_sum([loss_sum, correct, count])
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / max(count, 1),
+            "train_acc": correct / max(count, 1),
+        }
+        if val_set is not None:
+            ev = evaluate(model, val_set, cfg.batch_size, dev, cfg.amp)
+            metrics |= {"val_loss": ev["loss"], "val_acc": ev["accuracy"]}
+        metrics["seconds"] = time.perf_counter() - t0
+        history.epochs.append(metrics)
+        for cb in callbacks:
+            cb(epoch, model, metrics)
+        if is_main_process():
+            log.info(
+                "epoch %d/%d  %s",
+                epoch + 1,
+                cfg.epochs,
+                "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "epoch"),
+            )
+            if ckpt_path is not None:
+                save_checkpoint(
+                    _state(model, optimizer, scheduler, epoch + 1, history, cfg), ckpt_path
+                )
+        barrier()
+    return history
+
+
+def _state(model, optimizer, scheduler, epoch, history, cfg) -> dict[str, Any]:
+    masks = {
+        n: m._buffers[MASK_BUFFER].cpu()
+        for n, m in model.named_modules()
+        if MASK_BUFFER in m._buffers
+    }
+    return {
+        "format": "edgeguard.train/1",
+        "epoch": epoch,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "masks": masks,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else {},
+        "history": history.epochs,
+        "config": asdict(cfg),
+        "arch": getattr(model, "edgeguard_arch", None) or {},
+        "torch_rng": torch.get_rng_state(),
+    }
+
+
+def _restore(model, optimizer, scheduler, state, path) -> None:
+    if state.get("format") != "edgeguard.train/1":
+        raise CheckpointError(f"{path} is not an edgeguard training checkpoint")
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this model/optimizer: {err}"
+        ) from None
+    for name, mask in state.get("masks", {}).items():
+        module = dict(model.named_modules()).get(name)
+        if module is None or module.weight.shape != mask.shape:
+            raise CheckpointError(f"checkpoint {path}: mask for {name!r} does not fit the model")
+        module._buffers.pop(MASK_BUFFER, None)
+        module.register_buffer(MASK_BUFFER, mask.bool().to(module.weight.device), persistent=False)
+    torch.set_rng_state(state["torch_rng"])

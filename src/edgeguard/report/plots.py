@@ -1,0 +1,79 @@
+"""Matplotlib figures for the report, written atomically as PNG."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI
+import matplotlib.pyplot as plt
+import torch
+
+from ..engine.atomic import atomic_path
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def training_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], path: Path) -> Path:
+    """Validation accuracy per epoch for each named run."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for name, hist in histories.items():
+        ep = [h["epoch"] for h in hist]
+        if hist and "val_acc" in hist[0]:
+            ax.plot(ep, [100 * h["val_acc"] for h in hist], marker="o", label=f"{name} (val)")
+        ax.plot(
+            ep, [100 * h["train_acc"] for h in hist], ls="--", alpha=0.6, label=f"{name} (train)"
+        )
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def accuracy_vs_flops(points: Mapping[str, tuple[float, float]], path: Path) -> Path:
+    """One point per model: (FLOPs reduction x, accuracy in [0, 1])."""
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for name, (red, acc) in points.items():
+        ax.scatter([red], [100 * acc], s=60)
+        ax.annotate(name, (red, 100 * acc), textcoords="offset points", xytext=(5, 5), fontsize=9)
+    ax.set_xlabel("FLOPs reduction (dense MACs / kept MACs)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def layer_density(
+    layers: Sequence[str], densities: Mapping[str, Sequence[float]], path: Path
+) -> Path:
+    """Grouped bars: kept fraction of weights per layer for each pruned model."""
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    width = 0.8 / max(len(densities), 1)
+    for i, (name, dens) in enumerate(densities.items()):
+        xs = [j + i * width for j in range(len(layers))]
+        ax.bar(xs, [100 * d for d in dens], width=width, label=name)
+    ax.set_xticks(
+        [j + 0.4 - width / 2 for j in range(len(layers))], layers, rotation=45, ha="right"
+    )
+    ax.set_ylabel("weights kept (%)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def mask_image(mask: torch.Tensor, title: str, path: Path) -> Path:
+    """A 3D/2D conv mask shown as the GEMM matrix W[F, C*k] (white = kept)."""
+    m = mask.reshape(mask.shape[0], -1).float().cpu().numpy()
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.imshow(m, aspect="auto", cmap="gray", interpolation="nearest", vmin=0, vmax=1)
+    ax.set_xlabel("input channel x kernel location")
+    ax.set_ylabel("filter")
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
