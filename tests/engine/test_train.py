@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from edgeguard.data import digits
+from edgeguard.engine import (
+    CheckpointError,
+    TrainConfig,
+    evaluate,
+    fit,
+    load_checkpoint,
+    save_checkpoint,
+    seed_everything,
+)
+from edgeguard.models import build
+from edgeguard.sparsity import get_masks, prune_model
+
+FAST = TrainConfig(epochs=2, batch_size=64, lr=3e-3, progress=False)
+
+
+def test_digits_cnn_learns():
+    seed_everything(0)
+    model = build("digits_cnn")
+    fit(
+        model,
+        digits(train=True),
+        None,
+        TrainConfig(epochs=12, batch_size=32, lr=3e-3, progress=False),
+    )
+    assert evaluate(model, digits(train=False))["accuracy"] > 0.9
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path: Path, monkeypatch):
+    train = digits(train=True)
+    seed_everything(0)
+    full = build("digits_cnn")
+    fit(full, train, None, FAST, checkpoint_dir=tmp_path / "full")
+
+    import edgeguard.engine.train as train_module
+
+    real_save = train_module.save_checkpoint
+
+    def save_then_crash(state, path):
+        real_save(state, path)
+        raise KeyboardInterrupt  # the run dies right after its first checkpoint
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_crash)
+    seed_everything(0)
+    with pytest.raises(KeyboardInterrupt):
+        fit(build("digits_cnn"), train, None, FAST, checkpoint_dir=tmp_path / "p")
+    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    # a fresh process would rebuild the model with other weights: resume must overwrite them
+    seed_everything(123)
+    resumed = build("digits_cnn")
+    hist = fit(resumed, train, None, FAST, checkpoint_dir=tmp_path / "p", resume=True)
+    assert [h["epoch"] for h in hist.epochs] == [1, 2]
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_masks_stay_applied_through_training_and_resume(tmp_path: Path):
+    seed_everything(0)
+    model = build("digits_cnn")
+    prune_model(model, "kgs", rates=0.5)
+    masks = {k: v.clone() for k, v in get_masks(model).items()}
+    fit(model, digits(train=True), None, FAST, checkpoint_dir=tmp_path)
+    for name, mask in masks.items():
+        w = dict(model.named_modules())[name].weight
+        assert not w[~mask].any() and w[mask].abs().sum() > 0
+    fresh = build("digits_cnn")
+    fit(
+        fresh,
+        digits(train=True),
+        None,
+        TrainConfig(**{**FAST.__dict__, "epochs": 3}),
+        checkpoint_dir=tmp_path,
+        resume=True,
+    )
+    assert set(get_masks(fresh)) == set(masks)
+    for name, mask in masks.items():
+        assert not dict(fresh.named_modules())[name].weight[~mask].any()
+
+
+def test_checkpoint_errors(tmp_path: Path):
+    path = save_checkpoint({"format": "x", "t": torch.ones(3)}, tmp_path / "c.pt")
+    assert torch.equal(load_checkpoint(path)["t"], torch.ones(3))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "none.pt")
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"x": Evil()}, evil)
+    with pytest.raises(CheckpointError, match="refusing"):
+        load_checkpoint(evil)
+    assert pickle  # used by torch.save above
+
+
+def test_bad_config_values():
+    for kwargs, match in [
+        ({"epochs": 0}, "epochs"),
+        ({"lr": -1.0}, "lr"),
+        ({"optimizer": "rmsprop"}, "optimizer"),
+        ({"batch_size": 0}, "batch_size"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            fit(build("digits_cnn"), digits(), None, TrainConfig(**kwargs))
+
+
+def test_amp_runs_on_cpu():
+    seed_everything(0)
+    model = build("digits_cnn")
+    x = TensorDataset(torch.rand(64, 1, 8, 8), torch.randint(0, 10, (64,)))
+    hist = fit(model, x, x, TrainConfig(epochs=1, batch_size=32, amp=True, progress=False))
+    assert torch.isfinite(torch.tensor(hist.last["train_loss"]))
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_end_with_identical_weights(tmp_path: Path):
+    worker = Path(__file__).with_name("ddp_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+        str(worker), str(tmp_path),
+    ]  # fmt: skip
+    subprocess.run(cmd, check=True, env=env, timeout=600)
+    a = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    b = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert (tmp_path / "model.safetensors").is_file()  # written by rank 0 only

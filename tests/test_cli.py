@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgeguard.cli import main
+
+
+def test_train_prune_info_end_to_end(tmp_path: Path, capsys):
+    out = tmp_path / "dense"
+    assert (
+        main(
+            [
+                "-q",
+                "train",
+                "--model",
+                "digits_cnn",
+                "--dataset",
+                "digits",
+                "--epochs",
+                "2",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--lr",
+                "3e-3",
+            ]
+        )
+        == 0
+    )
+    assert "validation accuracy" in capsys.readouterr().out
+    pruned = tmp_path / "kgs"
+    rc = main(
+        [
+            "-q",
+            "prune",
+            str(out / "model.safetensors"),
+            "--scheme",
+            "kgs",
+            "--gm",
+            "4",
+            "--gn",
+            "4",
+            "--flops-reduction",
+            "2",
+            "--dataset",
+            "digits",
+            "--epochs",
+            "1",
+            "--out",
+            str(pruned),
+            "--no-progress",
+        ]
+    )
+    text = capsys.readouterr().out
+    assert rc == 0 and "FLOPs reduction 2.0" in text and "fine-tuned" in text
+    assert main(["info", str(pruned / "model.safetensors")]) == 0
+    text = capsys.readouterr().out
+    assert "features.2" in text and "kgs" in text and "total" in text
+    # resuming a finished prune run reuses its stages
+    assert (
+        main(
+            [
+                "-q",
+                "prune",
+                str(out / "model.safetensors"),
+                "--scheme",
+                "kgs",
+                "--gm",
+                "4",
+                "--gn",
+                "4",
+                "--flops-reduction",
+                "2",
+                "--dataset",
+                "digits",
+                "--epochs",
+                "1",
+                "--out",
+                str(pruned),
+                "--no-progress",
+                "--resume",
+            ]
+        )
+        == 0
+    )
+
+
+def test_cli_errors_are_clear(tmp_path: Path, capsys):
+    assert main(["info", str(tmp_path / "missing.safetensors")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["-q", "train", "--dataset", "ucf101", "--out", str(tmp_path)]) == 2
+    assert "local folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["prune"])
+
+
+def test_quick_demo_writes_a_report(tmp_path: Path):
+    assert main(["-q", "demo", "--quick", "--out", str(tmp_path)]) == 0
+    html = (tmp_path / "report.html").read_text()
+    for png in (
+        "training.png",
+        "accuracy_vs_flops.png",
+        "layer_density.png",
+        "kgs_mask_conv3a.png",
+    ):
+        assert (tmp_path / png).stat().st_size > 1000 and png in html
+    assert "KGS vs filter" in html
