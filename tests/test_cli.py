@@ -107,3 +107,19 @@ def test_quick_demo_writes_a_report(tmp_path: Path):
     ):
         assert (tmp_path / png).stat().st_size > 1000 and png in html
     assert "KGS vs filter" in html
+
+
+def test_info_takes_an_input_shape(tmp_path: Path, capsys):
+    from edgeguard.models import build
+    from edgeguard.sparsity import prune_model, save_pruned
+
+    model = build("c3d", num_classes=4, width=0.125, clip_size=[16, 32, 32])
+    prune_model(model, "vanilla", rates=0.5)
+    path = save_pruned(model, tmp_path / "m.safetensors")  # records no input shape
+    assert main(["info", str(path)]) == 2
+    assert "--input-shape" in capsys.readouterr().err
+    assert main(["info", str(path), "--input-shape", "1,3,16,32,32"]) == 0
+    text = capsys.readouterr().out
+    assert "conv2" in text and "50.0%" in text
+    with pytest.raises(SystemExit):
+        main(["info", str(path), "--input-shape", "1,x"])

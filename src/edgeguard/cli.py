@@ -14,12 +14,16 @@ import yaml
 log = logging.getLogger("edgeguard")
 
 
+class UsageError(Exception):
+    """A wrong combination of command-line options (exit status 2)."""
+
+
 def _kv(items: list[str] | None) -> dict[str, Any]:
     """Parse ``key=value`` options; values are read as YAML scalars/lists (``width=0.25``)."""
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            raise SystemExit(f"error: expected key=value, got {item!r}")
+            raise UsageError(f"expected key=value, got {item!r}")
         key, value = item.split("=", 1)
         out[key] = yaml.safe_load(value)
     return out
@@ -121,7 +125,7 @@ def cmd_prune(args) -> int:
     seed_everything(args.seed)
     given = [args.rate is not None, args.flops_reduction is not None, args.profile is not None]
     if sum(given) != 1:
-        raise SystemExit("error: give exactly one of --rate, --flops-reduction, --profile")
+        raise UsageError("give exactly one of --rate, --flops-reduction, --profile")
     model, _, spec = load_pruned(args.checkpoint)
     train, val = _datasets(args)
     shape = tuple(spec.get("extra", {}).get("input_shape") or (1, *train[0][0].shape))
@@ -160,9 +164,7 @@ def cmd_info(args) -> int:
     model, _, spec = load_pruned(args.checkpoint)
     shape = args.input_shape or tuple(spec.get("extra", {}).get("input_shape") or ())
     if not shape:
-        raise SystemExit(
-            "error: the checkpoint records no input shape; pass --input-shape 1,3,16,112,112"
-        )
+        raise UsageError("the checkpoint records no input shape; pass --input-shape 1,3,16,112,112")
     schemes = {n: e["scheme"]["name"] for n, e in spec["layers"].items() if "scheme" in e}
     print(f"model: {json.dumps(spec.get('arch'))}   input: {list(shape)}")
     print(format_table(HEADERS, layer_table(model, tuple(shape), schemes)))
@@ -233,7 +235,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (SparsityError, DatasetError, CheckpointError, ValueError, FileNotFoundError) as err:
+    except (
+        UsageError,
+        SparsityError,
+        DatasetError,
+        CheckpointError,
+        ValueError,
+        FileNotFoundError,
+    ) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -15,7 +15,9 @@ from torch.utils.data import Dataset
 
 from .errors import DatasetError
 
-SHAPES = ("circle", "square", "triangle")
+# Shapes with distinct footprints at low resolution (a filled disk, a hollow ring and a plus sign):
+# circles, squares and triangles of 5 px radius become indistinguishable after C3D's first pooling.
+SHAPES = ("disk", "ring", "cross")
 MOTIONS = ("right", "left", "down", "up")
 _DIRECTIONS = {"right": (1.0, 0.0), "left": (-1.0, 0.0), "down": (0.0, 1.0), "up": (0.0, -1.0)}
 
@@ -27,19 +29,17 @@ def _shape_coverage(
     dy, dx = yy - cy, xx - cx
     ca, sa = math.cos(angle), math.sin(angle)
     u, v = ca * dx + sa * dy, -sa * dx + ca * dy
-    if shape == "circle":
-        d = np.sqrt(u * u + v * v) - r
-    elif shape == "square":
-        s = r * 0.85
-        d = np.maximum(np.abs(u), np.abs(v)) - s
-    elif shape == "triangle":
-        # equilateral triangle pointing up: max of the three edge distances
-        d = np.full_like(u, -np.inf)
-        for k in range(3):
-            t = angle + math.pi / 2 + k * 2 * math.pi / 3
-            d = np.maximum(d, (dx * math.cos(t) + dy * -math.sin(t)) * -1 - r * 0.55)
-        # (-1 flips so the apex points to the top of the image)
-    else:  # pragma: no cover - guarded by the constructor
+    rho = np.sqrt(u * u + v * v)
+    if shape == "disk":
+        d = rho - r
+    elif shape == "ring":
+        d = np.abs(rho - 0.75 * r) - 0.25 * r  # annulus from 0.5 r to r
+    elif shape == "cross":
+        arm = 0.22 * r
+        d = np.minimum(
+            np.maximum(np.abs(u) - r, np.abs(v) - arm), np.maximum(np.abs(v) - r, np.abs(u) - arm)
+        )
+    else:  # pragma: no cover - guarded by the callers
         raise ValueError(shape)
     return np.clip(0.5 - d, 0.0, 1.0)
 
@@ -47,7 +47,7 @@ def _shape_coverage(
 class SyntheticMovingShapes(Dataset):
     """Synthetic action-recognition clips: a class is (shape, motion direction).
 
-    Each clip shows one foreground shape (circle, square or triangle) of random size, colour and
+    Each clip shows one foreground shape (disk, ring or cross) of random size, colour and
     contrast moving right, left, down or up at a random speed with a small perpendicular wobble, over a
     textured background, with distractor shapes drifting in random directions, per-pixel noise and a
     random global brightness flicker.  Telling the direction needs temporal order, so a 2D model of a
@@ -65,6 +65,8 @@ class SyntheticMovingShapes(Dataset):
         distractors: maximum number of distractor shapes per clip (0 to ``distractors``).
         noise: standard deviation of per-pixel Gaussian noise (pixel values in [0, 1]).
         min_contrast: smallest foreground/background contrast.
+        distractor_size: range of distractor radii as a fraction of the frame size (the foreground's
+            is 0.14-0.22).
     """
 
     classes = tuple(f"{s}-{m}" for s in SHAPES for m in MOTIONS)
@@ -76,8 +78,9 @@ class SyntheticMovingShapes(Dataset):
         frames: int = 16,
         size: int = 32,
         distractors: int = 2,
-        noise: float = 0.08,
-        min_contrast: float = 0.15,
+        noise: float = 0.06,
+        min_contrast: float = 0.25,
+        distractor_size: tuple[float, float] = (0.05, 0.10),
     ) -> None:
         if num_samples < 1 or frames < 2 or size < 8:
             raise ValueError(
@@ -87,6 +90,7 @@ class SyntheticMovingShapes(Dataset):
             raise ValueError("noise must be in [0, 1), min_contrast in (0, 1], distractors >= 0")
         self.num_samples, self.seed, self.frames, self.size = num_samples, seed, frames, size
         self.distractors, self.noise, self.min_contrast = distractors, noise, min_contrast
+        self.distractor_size = tuple(distractor_size)
         self.num_classes = len(self.classes)
 
     def __len__(self) -> int:
@@ -121,9 +125,9 @@ class SyntheticMovingShapes(Dataset):
         lo_y, hi_y = r / 2 + max(0.0, -dy * travel), n - r / 2 - max(0.0, dy * travel)
         cx = rng.uniform(lo_x, hi_x) if hi_x > lo_x else (lo_x + hi_x) / 2
         cy = rng.uniform(lo_y, hi_y) if hi_y > lo_y else (lo_y + hi_y) / 2
-        contrast = rng.uniform(self.min_contrast, 0.6) * rng.choice([-1.0, 1.0])
-        colour = np.clip(bg + contrast * rng.uniform(0.5, 1.0, 3), 0, 1).astype(np.float32)
-        angle0 = rng.uniform(0, 2 * math.pi) if shape != "circle" else 0.0
+        contrast = rng.uniform(self.min_contrast, 0.7) * rng.choice([-1.0, 1.0])
+        colour = np.clip(bg + contrast * rng.uniform(0.7, 1.0, 3), 0, 1).astype(np.float32)
+        angle0 = rng.uniform(0, 2 * math.pi)
         spin = rng.normal(0, 0.05)
         wob_amp, wob_freq, wob_phase = (
             rng.uniform(0, 1.0),
@@ -141,7 +145,7 @@ class SyntheticMovingShapes(Dataset):
                     SHAPES[int(rng.integers(len(SHAPES)))],
                     rng.uniform(0, n),
                     rng.uniform(0, n),
-                    rng.uniform(0.07, 0.14) * n,
+                    rng.uniform(*self.distractor_size) * n,
                     sp * math.cos(ang),
                     sp * math.sin(ang),
                     np.clip(bg + rng.uniform(-0.5, 0.5, 3), 0, 1).astype(np.float32),
