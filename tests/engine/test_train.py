@@ -144,3 +144,27 @@ def test_torchrun_two_processes_end_with_identical_weights(tmp_path: Path):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert (tmp_path / "model.safetensors").is_file()  # written by rank 0 only
+
+
+def test_warmup_ramps_the_learning_rate_linearly():
+    seen = []
+    model = build("digits_cnn")
+    data = TensorDataset(torch.rand(40, 1, 8, 8), torch.randint(0, 10, (40,)))
+    cfg = TrainConfig(
+        epochs=2, batch_size=10, lr=1e-2, warmup_epochs=1, scheduler="none", progress=False
+    )
+
+    real_step = torch.optim.Adam.step
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    torch.optim.Adam.step = spy
+    try:
+        fit(model, data, None, cfg)
+    finally:
+        torch.optim.Adam.step = real_step
+    assert seen == pytest.approx([2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2, 1e-2, 1e-2, 1e-2])
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        fit(model, data, None, TrainConfig(epochs=1, warmup_epochs=2))

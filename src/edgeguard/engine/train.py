@@ -40,6 +40,8 @@ class TrainConfig:
         device: "cpu", "cuda" or "auto".
         progress: show a progress bar per epoch (main process only).
         label_smoothing: cross-entropy label smoothing in [0, 1).
+        warmup_epochs: linear learning-rate warmup over this many epochs (fractions allowed), per
+            step from lr/steps to lr; helps from-scratch video models leave their initial plateau.
     """
 
     epochs: int = 10
@@ -54,6 +56,7 @@ class TrainConfig:
     num_workers: int = 0
     progress: bool = True
     label_smoothing: float = 0.0
+    warmup_epochs: float = 0.0
 
     def validate(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -66,6 +69,10 @@ class TrainConfig:
             raise ValueError(f"optimizer must be 'sgd', 'adam' or 'adamw', got {self.optimizer!r}")
         if self.scheduler not in ("cosine", "none"):
             raise ValueError(f"scheduler must be 'cosine' or 'none', got {self.scheduler!r}")
+        if not (
+            isinstance(self.warmup_epochs, int | float) and 0 <= self.warmup_epochs <= self.epochs
+        ):
+            raise ValueError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
 
@@ -233,8 +240,14 @@ def _fit(
             )
         net.train()
         loss_sum, correct, count = 0.0, 0, 0
+        epoch_lrs = [g["lr"] for g in optimizer.param_groups]
+        warm_steps = round(cfg.warmup_epochs * len(loader))
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False)
-        for x, y in bar:
+        for step, (x, y) in enumerate(bar):
+            global_step = epoch * len(loader) + step
+            if global_step < warm_steps:
+                for g, lr in zip(optimizer.param_groups, epoch_lrs, strict=True):
+                    g["lr"] = lr * (global_step + 1) / warm_steps
             x, y = x.to(dev), y.to(dev)
             with _autocast(dev, cfg.amp):
                 out = net(x)
@@ -266,6 +279,8 @@ def _fit(
             correct += (out.argmax(1) == y).sum().item()
             count += y.numel()
             bar.set_postfix(loss=f"{loss_sum / count:.3f}", acc=f"{correct / count:.3f}")
+        for g, lr in zip(optimizer.param_groups, epoch_lrs, strict=True):
+            g["lr"] = lr  # the scheduler's recursion must see its own value, not the warmup's
         if scheduler is not None:
             scheduler.step()
         loss_sum, correct, count = all_reduce_sum([loss_sum, correct, count])
