@@ -117,8 +117,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_prune(args) -> int:
+    from dataclasses import replace
+
     from .engine import seed_everything
-    from .prune import magnitude_prune_and_finetune
+    from .prune import get_pruner, run_pruning
     from .sparsity import load_pruned, save_pruned
     from .sparsity.summary import HEADERS, format_table, layer_table
 
@@ -126,32 +128,36 @@ def cmd_prune(args) -> int:
     given = [args.rate is not None, args.flops_reduction is not None, args.profile is not None]
     if sum(given) != 1:
         raise UsageError("give exactly one of --rate, --flops-reduction, --profile")
+    if args.reg_epochs < 0:
+        raise UsageError(f"--reg-epochs must be >= 0, got {args.reg_epochs}")
+    opts = _kv(args.method_option)
+    opts |= {k: v for k, v in (("gm", args.gm), ("gn", args.gn)) if v is not None}
+    pruner = get_pruner(args.method, args.scheme, **opts)  # bad names/options fail before loading
     model, _, spec = load_pruned(args.checkpoint)
     train, val = _datasets(args)
     shape = tuple(spec.get("extra", {}).get("input_shape") or (1, *train[0][0].shape))
-    opts = {k: v for k, v in (("gm", args.gm), ("gn", args.gn)) if v is not None}
     rates = args.profile if args.profile is not None else args.rate
+    finetune = _config(args)
+    regularize = replace(finetune, epochs=args.reg_epochs) if args.reg_epochs > 0 else None
     out = Path(args.out)
-    res = magnitude_prune_and_finetune(
-        model, args.scheme, train, val, shape, rates=rates, flops_reduction=args.flops_reduction,
-        finetune=_config(args), workdir=out, resume=args.resume, **opts,
+    res = run_pruning(
+        model, pruner, train, val, shape, rates=rates, flops_reduction=args.flops_reduction,
+        regularize=regularize, finetune=finetune, distill_weight=args.distill_weight,
+        workdir=out, resume=args.resume,
     )  # fmt: skip
-    path = save_pruned(
-        res.model,
-        out / "model.safetensors",
-        res.scheme,
-        res.rates,
-        extra={
-            "input_shape": list(shape),
-            "accuracy": res.accuracy_finetuned,
-            "dataset": args.dataset,
-        },
-    )
+    extra = {
+        "input_shape": list(shape),
+        "accuracy": res.accuracy_finetuned,
+        "dataset": args.dataset,
+        "method": res.method,
+    }
+    path = save_pruned(res.model, out / "model.safetensors", res.scheme, res.rates, extra=extra)
     schemes = dict.fromkeys(res.rates, res.scheme.name)
     print(format_table(HEADERS, layer_table(res.model, shape, schemes)))
     print(
-        f"\naccuracy: dense {100 * res.accuracy_dense:.2f}%  pruned {100 * res.accuracy_pruned:.2f}%  "
-        f"fine-tuned {100 * res.accuracy_finetuned:.2f}%   FLOPs reduction {res.flops.reduction:.2f}x"
+        f"\n{res.method} / {res.scheme.name}: accuracy dense {100 * res.accuracy_dense:.2f}%  "
+        f"hard-pruned {100 * res.accuracy_pruned:.2f}%  fine-tuned {100 * res.accuracy_finetuned:.2f}%   "
+        f"FLOPs reduction {res.flops.reduction:.2f}x"
     )
     print(f"saved {path}")
     return 0
@@ -199,8 +205,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p, epochs=10, lr=1e-3)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("prune", help="prune a saved model and fine-tune it")
+    p = sub.add_parser("prune", help="regularise, prune and fine-tune a saved model")
     p.add_argument("checkpoint", help="model.safetensors written by train or prune")
+    p.add_argument("--method", default="magnitude", help="magnitude, reweighted, admm")
+    p.add_argument(
+        "--method-option", action="append", metavar="KEY=VALUE", help="e.g. lam=1e-4, rho=1e-3"
+    )
+    p.add_argument(
+        "--reg-epochs", type=int, default=0, help="regularisation epochs before hard pruning"
+    )
+    p.add_argument(
+        "--distill-weight", type=float, default=0.0, help="knowledge distillation weight in [0, 1]"
+    )
     p.add_argument("--scheme", required=True, help="filter, channel, column, vanilla, kgs")
     p.add_argument("--gm", type=int, help="filters per kernel group (vanilla/kgs, default 8)")
     p.add_argument(

@@ -4,7 +4,6 @@ table and plots.  Needs no files; later capabilities add their sections here."""
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from torch.utils.data import Dataset, TensorDataset
 from .data import SyntheticMovingShapes
 from .engine import TrainConfig, evaluate, fit, seed_everything
 from .models import build, count_flops
-from .prune import magnitude_prune_and_finetune
+from .prune import get_pruner, run_pruning
 from .report import Report, plots
 from .sparsity import save_pruned
 from .sparsity.summary import HEADERS, layer_table
@@ -34,14 +33,15 @@ class DemoSettings:
     size: int = 32
     width: float = 0.125
     epochs: int = 12
-    lr: float = 2e-3
+    lr: float = 5e-4
+    warmup_epochs: float = 1.0
     finetune_epochs: int = 3
-    finetune_lr: float = 5e-4
+    finetune_lr: float = 2e-4
     flops_reduction: float = 2.5
     seed: int = 0
 
 
-QUICK = DemoSettings(train_clips=96, val_clips=48, epochs=1, finetune_epochs=1)
+QUICK = DemoSettings(train_clips=96, val_clips=48, epochs=1, warmup_epochs=0.0, finetune_epochs=1)
 
 
 def materialise(ds: Dataset) -> TensorDataset:
@@ -72,7 +72,9 @@ def run_demo(
         dropout=0.2, batch_norm=True,
     )  # fmt: skip
     log.info("training a C3D (width %.3g) for %d epochs", s.width, s.epochs)
-    cfg = TrainConfig(epochs=s.epochs, lr=s.lr, batch_size=32, seed=s.seed)
+    cfg = TrainConfig(
+        epochs=s.epochs, lr=s.lr, batch_size=32, seed=s.seed, warmup_epochs=s.warmup_epochs
+    )
     history = fit(model, train, val, cfg, checkpoint_dir=out / "dense")
     dense_acc = evaluate(model, val)["accuracy"]
     save_pruned(
@@ -88,9 +90,9 @@ def run_demo(
             s.flops_reduction,
             s.finetune_epochs,
         )
-        res = magnitude_prune_and_finetune(
-            copy.deepcopy(model), scheme, train, val, shape, flops_reduction=s.flops_reduction,
-            finetune=ft, workdir=out / scheme, copy_model=False,
+        res = run_pruning(
+            model, get_pruner("magnitude", scheme), train, val, shape,
+            flops_reduction=s.flops_reduction, finetune=ft, workdir=out / scheme,
         )  # fmt: skip
         save_pruned(
             res.model,
@@ -130,7 +132,7 @@ def run_demo(
             "model",
             "FLOPs reduction",
             "kept MACs",
-            "MACs kept",
+            "MACs removed",
             "acc. before",
             "acc. pruned",
             "acc. fine-tuned",

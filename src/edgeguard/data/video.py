@@ -77,10 +77,10 @@ class SyntheticMovingShapes(Dataset):
         seed: int = 0,
         frames: int = 16,
         size: int = 32,
-        distractors: int = 2,
-        noise: float = 0.06,
-        min_contrast: float = 0.25,
-        distractor_size: tuple[float, float] = (0.05, 0.10),
+        distractors: int = 3,
+        noise: float = 0.09,
+        min_contrast: float = 0.2,
+        distractor_size: tuple[float, float] = (0.06, 0.12),
     ) -> None:
         if num_samples < 1 or frames < 2 or size < 8:
             raise ValueError(

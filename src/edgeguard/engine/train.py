@@ -160,6 +160,7 @@ def fit(
     teacher: nn.Module | None = None,
     distill_weight: float = 0.0,
     distill_temperature: float = 4.0,
+    extra_state: Any = None,
 ) -> History:
     """Train a classifier with cross-entropy.
 
@@ -174,6 +175,8 @@ def fit(
         callbacks: ``cb(epoch, model, metrics)`` after each epoch (e.g. reweighting).
         teacher, distill_weight, distill_temperature: optional knowledge distillation, loss =
             (1 - w) * CE + w * T^2 * KL(student_T || teacher_T).
+        extra_state: an object with ``state_dict()`` / ``load_state_dict()`` (tensors and plain data)
+            saved in every checkpoint and restored on resume, e.g. a pruner's auxiliary variables.
 
     Under ``torchrun`` the model is wrapped in DistributedDataParallel and the training set is
     sharded; checkpoints and logs come from rank 0 only; every rank ends with the same weights.
@@ -185,7 +188,7 @@ def fit(
     try:
         return _fit(
             model, train_set, val_set, cfg, dev, checkpoint_dir, resume, penalty, callbacks,
-            teacher, distill_weight, distill_temperature,
+            teacher, distill_weight, distill_temperature, extra_state,
         )  # fmt: skip
     finally:
         if own_group:
@@ -194,7 +197,7 @@ def fit(
 
 def _fit(
     model, train_set, val_set, cfg, dev, checkpoint_dir, resume, penalty, callbacks,
-    teacher, distill_weight, distill_temperature,
+    teacher, distill_weight, distill_temperature, extra_state,
 ) -> History:  # fmt: skip
     model.to(dev)
     if teacher is not None:
@@ -212,6 +215,8 @@ def _fit(
     if resume and ckpt_path is not None and ckpt_path.is_file():
         state = load_checkpoint(ckpt_path)
         _restore(model, optimizer, scheduler, state, ckpt_path)
+        if extra_state is not None:
+            extra_state.load_state_dict(state.get("extra", {}))
         history.epochs = list(state.get("history", []))
         start_epoch = int(state["epoch"])
         log.info("resumed from %s at epoch %d/%d", ckpt_path, start_epoch, cfg.epochs)

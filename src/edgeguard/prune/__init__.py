@@ -1,6 +1,21 @@
-"""HOW models are pruned: the regularise -> prune -> fine-tune pipeline.  ``magnitude`` is the one-shot
-baseline."""
+"""HOW models are pruned: one protocol (regularise -> hard prune -> masked fine-tune), one file per
+method: ``magnitude`` (one-shot baseline), ``reweighted`` (RT3D), ``admm``."""
 
-from .magnitude import PruningOutcome, magnitude_prune_and_finetune
+from . import admm, magnitude, reweighted  # noqa: F401  (register the methods)
+from .admm import ADMMPruner
+from .base import Pruner, available_pruners, get_pruner, register_pruner
+from .magnitude import MagnitudePruner
+from .pipeline import PruningOutcome, run_pruning
+from .reweighted import ReweightedPruner
 
-__all__ = ["PruningOutcome", "magnitude_prune_and_finetune"]
+__all__ = [
+    "ADMMPruner",
+    "MagnitudePruner",
+    "Pruner",
+    "PruningOutcome",
+    "ReweightedPruner",
+    "available_pruners",
+    "get_pruner",
+    "register_pruner",
+    "run_pruning",
+]

@@ -177,6 +177,46 @@ def _rates_for_flops(
     return dict.fromkeys(layers, hi)
 
 
+def resolve_rates(
+    model: nn.Module,
+    scheme: SparsityScheme,
+    rates: float | Mapping[str, float] | str | Path | None = None,
+    flops_reduction: float | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    layers: Iterable[str] | None = None,
+) -> dict[str, float]:
+    """Per-layer rates from exactly one of: one rate for ``layers``, a ``{layer: rate}`` dict, a YAML
+    profile path, or a global ``flops_reduction`` (one uniform rate over ``layers`` for
+    ``input_shape``).  Everything is validated here, so callers fail before any training."""
+    if (rates is None) == (flops_reduction is None):
+        raise SparsityError("give exactly one of rates (or a profile) and flops_reduction")
+    if isinstance(rates, str | Path):
+        rates = load_profile(rates)
+    if isinstance(rates, Mapping):
+        layers = list(rates) if layers is None else layers
+    layer_list = list(layers) if layers is not None else prunable_layers(model)
+    if not layer_list:
+        raise SparsityError(
+            "the model has no prunable layers (Conv1d/2d/3d with groups=1, or Linear other than the "
+            "classifier)"
+        )
+    for name in layer_list:
+        _module(model, name)
+    if flops_reduction is not None:
+        if isinstance(flops_reduction, bool) or not isinstance(flops_reduction, int | float):
+            raise SparsityError(f"flops_reduction must be a number >= 1, got {flops_reduction!r}")
+        if not 1.0 <= flops_reduction < float("inf"):
+            raise SparsityError(
+                f"flops_reduction must be a finite number >= 1 (dense/kept MACs), got {flops_reduction}"
+            )
+        if input_shape is None:
+            raise SparsityError("flops_reduction needs input_shape (batch included) to count MACs")
+        return _rates_for_flops(model, scheme, layer_list, float(flops_reduction), input_shape)
+    if isinstance(rates, Mapping):
+        return {str(k): check_rate(v, f"rate of {k}") for k, v in rates.items()}
+    return dict.fromkeys(layer_list, check_rate(rates))
+
+
 def prune_model(
     model: nn.Module,
     scheme: str | SparsityScheme,
@@ -204,35 +244,7 @@ def prune_model(
         ``input_shape`` is given, the FLOPs report of the pruned model.
     """
     scheme = get_scheme(scheme, **scheme_options)
-    if (rates is None) == (flops_reduction is None):
-        raise SparsityError("give exactly one of rates (or a profile) and flops_reduction")
-    if isinstance(rates, str | Path):
-        rates = load_profile(rates)
-    if isinstance(rates, Mapping):
-        layers = list(rates) if layers is None else layers
-    layer_list = list(layers) if layers is not None else prunable_layers(model)
-    if not layer_list:
-        raise SparsityError(
-            "the model has no prunable layers (Conv1d/2d/3d with groups=1, or Linear other than the "
-            "classifier)"
-        )
-    for name in layer_list:
-        _module(model, name)
-    if flops_reduction is not None:
-        if isinstance(flops_reduction, bool) or not isinstance(flops_reduction, int | float):
-            raise SparsityError(f"flops_reduction must be a number >= 1, got {flops_reduction!r}")
-        if not flops_reduction >= 1.0 or flops_reduction == float("inf"):
-            raise SparsityError(
-                f"flops_reduction must be a finite number >= 1 (dense/kept MACs), got {flops_reduction}"
-            )
-        if input_shape is None:
-            raise SparsityError("flops_reduction needs input_shape (batch included) to count MACs")
-        rate_map = _rates_for_flops(model, scheme, layer_list, float(flops_reduction), input_shape)
-    elif isinstance(rates, Mapping):
-        rate_map = {str(k): check_rate(v, f"rate of {k}") for k, v in rates.items()}
-    else:
-        r = check_rate(rates)
-        rate_map = dict.fromkeys(layer_list, r)
+    rate_map = resolve_rates(model, scheme, rates, flops_reduction, input_shape, layers)
     masks = compute_masks(model, scheme, rate_map)
     if attach:
         attach_masks(model, masks)

@@ -1,0 +1,90 @@
+"""ADMM structured pruning (the lab's earlier method, used by RT3D's public code).
+
+Problem: min f(W) s.t. W in S (at most ``U - round(rate*U)`` nonzero units per layer).  Split W = Z with
+Z in S and use the scaled dual U:
+  W-step: SGD on f(W) + rho/2 ||W - Z + U||^2   (the penalty below, for one epoch)
+  Z-step: Z = Proj_S(W + U)                      (keep the largest-norm units)
+  U-step: U = U + W - Z
+with rho multiplied by ``rho_growth`` after every epoch (up to ``rho_max``), so W is pulled ever more
+firmly onto the structured set before the hard pruning.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..sparsity import SparsityScheme
+from .base import Pruner, check_positive, register_pruner
+
+
+@register_pruner
+class ADMMPruner(Pruner):
+    """Args:
+    rho: initial penalty rho > 0.
+    rho_growth: factor >= 1 applied to rho after every epoch.
+    rho_max: upper bound on rho.
+    """
+
+    name = "admm"
+
+    def __init__(
+        self,
+        scheme: str | SparsityScheme = "kgs",
+        rho: float = 1e-3,
+        rho_growth: float = 1.5,
+        rho_max: float = 1.0,
+        **scheme_options: Any,
+    ) -> None:
+        super().__init__(scheme, **scheme_options)
+        self.rho = check_positive(rho, "rho (ADMM penalty)")
+        self.rho_growth = check_positive(rho_growth, "rho_growth")
+        if self.rho_growth < 1:
+            raise ValueError(f"rho_growth must be >= 1, got {rho_growth}")
+        self.rho_max = check_positive(rho_max, "rho_max")
+        self.Z: dict[str, torch.Tensor] = {}
+        self.U: dict[str, torch.Tensor] = {}
+
+    def options(self) -> dict[str, Any]:
+        return {"rho": self.rho, "rho_growth": self.rho_growth, "rho_max": self.rho_max}
+
+    def setup(self, model: nn.Module, rates: dict[str, float]) -> None:
+        super().setup(model, rates)
+        with torch.no_grad():
+            for name, m in self.layers.items():
+                w = m.weight.detach()
+                self.Z[name] = self.scheme.project(w, rates[name])
+                self.U[name] = torch.zeros_like(w)
+
+    def penalty(self, model: nn.Module) -> torch.Tensor:
+        total = super().penalty(model)
+        for name, m in self.layers.items():
+            z, u = self.Z[name].to(m.weight.device), self.U[name].to(m.weight.device)
+            total = total + (m.weight - z + u).square().sum()
+        return 0.5 * self.rho * total
+
+    @torch.no_grad()
+    def on_epoch_end(self, epoch: int, model: nn.Module, metrics: dict[str, float]) -> None:
+        for name, m in self.layers.items():
+            w = m.weight.detach()
+            u = self.U[name].to(w.device)
+            z = self.scheme.project(w + u, self.target_rates[name])
+            self.Z[name], self.U[name] = z, u + w - z
+        metrics["admm_residual"] = float(
+            sum((m.weight.detach() - self.Z[n]).square().sum() for n, m in self.layers.items())
+            ** 0.5
+        )
+        self.rho = min(self.rho * self.rho_growth, self.rho_max)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "Z": {k: v.cpu() for k, v in self.Z.items()},
+            "U": {k: v.cpu() for k, v in self.U.items()},
+            "rho": self.rho,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "Z" in state:
+            self.Z, self.U, self.rho = dict(state["Z"]), dict(state["U"]), float(state["rho"])

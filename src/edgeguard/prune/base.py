@@ -1,0 +1,100 @@
+"""The pruner protocol: regularise during training -> hard prune to the target -> masked fine-tune.
+
+A pruner is built with its settings and a sparsity scheme; the pipeline (``run_pruning``) calls
+``setup`` once with the per-layer target rates, trains with ``penalty(model)`` added to the loss and
+``on_epoch_end`` after every epoch, asks ``final_rates`` for the hard-pruning rates, and fine-tunes with
+the masks applied.  Auxiliary variables (ADMM's Z and U, reweighting factors) live in
+``state_dict()`` so an interrupted run resumes exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..sparsity import SparsityError, SparsityScheme, get_scheme
+from ..sparsity.base import check_layer
+
+
+def check_positive(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise SparsityError(f"{what} must be a positive number, got {value!r}")
+    if value == float("inf"):
+        raise SparsityError(f"{what} must be finite, got {value!r}")
+    return float(value)
+
+
+class Pruner:
+    """Base class: no regularisation, hard pruning to the target rates (that is magnitude pruning)."""
+
+    name: ClassVar[str]
+    regularizes: ClassVar[bool] = True
+
+    def __init__(self, scheme: str | SparsityScheme = "kgs", **scheme_options: Any) -> None:
+        self.scheme = get_scheme(scheme, **scheme_options)
+        self.layers: dict[str, nn.Module] = {}
+        self.target_rates: dict[str, float] = {}
+
+    def options(self) -> dict[str, Any]:
+        """The method's hyperparameters (JSON-serialisable)."""
+        return {}
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v}" for k, v in self.options().items())
+        return f"{type(self).__name__}(scheme={self.scheme!r}{', ' if opts else ''}{opts})"
+
+    def setup(self, model: nn.Module, rates: dict[str, float]) -> None:
+        """Bind to ``model``'s layers named in ``rates`` (layer -> fraction of units to remove)."""
+        modules = dict(model.named_modules())
+        for name in rates:
+            if name not in modules:
+                raise SparsityError(f"no layer named {name!r} in the model")
+            check_layer(modules[name], name)
+        self.layers = {n: modules[n] for n in rates}
+        self.target_rates = dict(rates)
+
+    def penalty(self, model: nn.Module) -> torch.Tensor:
+        """Regularisation term added to the training loss (a differentiable scalar)."""
+        p = next(model.parameters())
+        return p.new_zeros(())
+
+    def on_epoch_end(self, epoch: int, model: nn.Module, metrics: dict[str, float]) -> None:
+        """Update auxiliary variables after each regularisation epoch."""
+
+    def final_rates(self, model: nn.Module) -> dict[str, float]:
+        """Per-layer rates used for hard pruning (default: the targets given to ``setup``)."""
+        return dict(self.target_rates)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+
+_PRUNERS: dict[str, type[Pruner]] = {}
+
+
+def register_pruner(cls: type[Pruner]) -> type[Pruner]:
+    _PRUNERS[cls.name] = cls
+    return cls
+
+
+def available_pruners() -> list[str]:
+    return sorted(_PRUNERS)
+
+
+def get_pruner(method: str, scheme: str | SparsityScheme = "kgs", **options: Any) -> Pruner:
+    """Build a pruner by method name (``available_pruners()``); ``options`` are split between the
+    method (e.g. ``lam``) and the scheme (``gm``, ``gn``)."""
+    if method not in _PRUNERS:
+        raise SparsityError(
+            f"unknown pruning method {method!r}; available: {', '.join(available_pruners())}"
+        )
+    scheme_opts = {k: options.pop(k) for k in ("gm", "gn") if k in options}
+    try:
+        return _PRUNERS[method](scheme, **options, **scheme_opts)
+    except TypeError as err:
+        raise SparsityError(f"bad options for pruning method {method!r}: {err}") from None

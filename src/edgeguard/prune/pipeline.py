@@ -1,0 +1,125 @@
+"""The pruning pipeline: regularise -> hard prune -> masked fine-tune, resumable at every stage."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..engine import TrainConfig, evaluate, fit
+from ..models.flops import FlopsReport, count_flops
+from ..sparsity import SparsityError, SparsityScheme, load_pruned, save_pruned
+from ..sparsity.model import attach_masks, compute_masks, resolve_rates
+from .base import Pruner, get_pruner
+
+log = logging.getLogger("edgeguard")
+
+
+@dataclass
+class PruningOutcome:
+    """Accuracies (in [0, 1]) of the dense model, right after hard pruning and after fine-tuning, the
+    FLOPs report of the pruned model, its per-layer rates and the training histories."""
+
+    model: nn.Module
+    method: str
+    scheme: SparsityScheme
+    rates: dict[str, float]
+    flops: FlopsReport
+    accuracy_dense: float
+    accuracy_pruned: float
+    accuracy_finetuned: float
+    regularize_history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def run_pruning(
+    model: nn.Module,
+    pruner: Pruner | str,
+    train_set: Dataset,
+    val_set: Dataset,
+    input_shape: tuple[int, ...],
+    rates: Any = None,
+    flops_reduction: float | None = None,
+    regularize: TrainConfig | None = None,
+    finetune: TrainConfig | None = None,
+    distill_weight: float = 0.0,
+    workdir: str | Path | None = None,
+    resume: bool = False,
+    copy_model: bool = True,
+    layers: list[str] | None = None,
+) -> PruningOutcome:
+    """Prune ``model`` with ``pruner`` to ``rates`` or ``flops_reduction`` and fine-tune it.
+
+    Stages: (1) regularisation training with the pruner's penalty (skipped for magnitude or when
+    ``regularize`` is None); (2) hard pruning to ``pruner.final_rates``; (3) masked fine-tuning, with
+    knowledge distillation from the dense model when ``distill_weight > 0``.  With ``workdir`` each
+    stage checkpoints there (``regularize/last.pt``, ``pruned.safetensors``, ``finetune/last.pt``) and
+    ``resume=True`` continues from the last finished stage.
+    """
+    pruner = get_pruner(pruner) if isinstance(pruner, str) else pruner
+    ft = finetune or TrainConfig(epochs=2, lr=1e-4)
+    ft.validate()
+    if regularize is not None:
+        regularize.validate()
+    if not 0.0 <= distill_weight <= 1.0:
+        raise SparsityError(f"distill_weight must be in [0, 1], got {distill_weight}")
+    goal = resolve_rates(model, pruner.scheme, rates, flops_reduction, input_shape, layers)
+    dense_acc = evaluate(model, val_set, ft.batch_size, ft.device)["accuracy"]
+    teacher = copy.deepcopy(model).eval() if distill_weight > 0 else None
+    net = copy.deepcopy(model) if copy_model else model
+    work = Path(workdir) if workdir is not None else None
+    stage = work / "pruned.safetensors" if work is not None else None
+    reg_history: list[dict[str, float]] = []
+
+    if resume and stage is not None and stage.is_file():
+        net, _, spec = load_pruned(stage, model=net)
+        final = {k: v.get("rate", float("nan")) for k, v in spec["layers"].items()}
+        log.info("resumed: hard-pruned model loaded from %s", stage)
+    else:
+        pruner.setup(net, goal)
+        if pruner.regularizes and regularize is not None:
+            log.info("%s: regularising for %d epochs", pruner.name, regularize.epochs)
+            hist = fit(
+                net, train_set, val_set, regularize,
+                checkpoint_dir=work / "regularize" if work is not None else None, resume=resume,
+                penalty=pruner.penalty, callbacks=[pruner.on_epoch_end], extra_state=pruner,
+            )  # fmt: skip
+            reg_history = hist.epochs
+        final = pruner.final_rates(net)
+        attach_masks(net, compute_masks(net, pruner.scheme, final))
+        if stage is not None:
+            extra = {
+                "input_shape": list(input_shape),
+                "method": pruner.name,
+                "options": pruner.options(),
+            }
+            save_pruned(net, stage, pruner.scheme, final, extra=extra)
+    pruned_acc = evaluate(net, val_set, ft.batch_size, ft.device)["accuracy"]
+    log.info(
+        "%s/%s: accuracy %.4f dense -> %.4f hard-pruned",
+        pruner.name,
+        pruner.scheme.name,
+        dense_acc,
+        pruned_acc,
+    )
+    hist = fit(
+        net, train_set, val_set, ft, checkpoint_dir=work / "finetune" if work is not None else None,
+        resume=resume, teacher=teacher, distill_weight=distill_weight,
+    )  # fmt: skip
+    return PruningOutcome(
+        model=net,
+        method=pruner.name,
+        scheme=pruner.scheme,
+        rates=final,
+        flops=count_flops(net, input_shape),
+        accuracy_dense=dense_acc,
+        accuracy_pruned=pruned_acc,
+        accuracy_finetuned=evaluate(net, val_set, ft.batch_size, ft.device)["accuracy"],
+        regularize_history=reg_history,
+        history=hist.epochs,
+    )

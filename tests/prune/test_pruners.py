@@ -1,0 +1,206 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgeguard.data import digits
+from edgeguard.engine import TrainConfig, seed_everything
+from edgeguard.models import build
+from edgeguard.prune import ADMMPruner, ReweightedPruner, available_pruners, get_pruner, run_pruning
+from edgeguard.sparsity import SparsityError, get_masks, get_scheme
+
+SHAPE = (1, 1, 8, 8)
+QUICK = TrainConfig(epochs=1, batch_size=64, lr=2e-3, progress=False)
+
+
+def trained_digits_cnn():
+    seed_everything(0)
+    from edgeguard.engine import fit
+
+    model = build("digits_cnn")
+    fit(
+        model,
+        digits(train=True),
+        None,
+        TrainConfig(epochs=6, batch_size=32, lr=3e-3, progress=False),
+    )
+    return model
+
+
+@pytest.fixture(scope="module")
+def dense():
+    return trained_digits_cnn()
+
+
+def test_registry():
+    assert {"magnitude", "reweighted", "admm"} <= set(available_pruners())
+    with pytest.raises(SparsityError, match="unknown pruning method 'l1'"):
+        get_pruner("l1")
+    with pytest.raises(SparsityError, match="bad options"):
+        get_pruner("reweighted", rho=1.0)
+
+
+@pytest.mark.parametrize("scheme", ["filter", "column", "kgs"])
+def test_reweighted_penalty_gradient_is_the_analytic_one(scheme):
+    torch.manual_seed(0)
+    model = build("c3d", num_classes=3, width=0.125, clip_size=[16, 16, 16])
+    pruner = ReweightedPruner(scheme, lam=0.3, eps=1e-2)
+    pruner.setup(model, {"conv2": 0.5, "fc6": 0.5})
+    model.zero_grad()
+    pruner.penalty(model).backward()
+    sch = get_scheme(scheme)
+    for name in ("conv2", "fc6"):
+        w = dict(model.named_modules())[name].weight
+        lay = sch.layout(w.shape)
+        alpha = 1.0 / (sch.unit_sq_norms(w.detach()) + 1e-2)
+        expected = 2 * 0.3 * lay.expand(alpha) * w.detach()
+        assert w.grad is not None and torch.allclose(w.grad, expected, rtol=1e-5, atol=1e-8)
+    # penalty value: lam * sum_u alpha_u ||W_u||^2
+    value = pruner.penalty(model).item()
+    ref = sum(
+        (1 / (sch.unit_sq_norms(m.weight.detach()) + 1e-2) * sch.unit_sq_norms(m.weight.detach()))
+        .sum()
+        .item()
+        for m in (model.conv2, model.fc6)
+    )
+    assert value == pytest.approx(0.3 * ref, rel=1e-5)
+
+
+def test_reweighting_schedule():
+    model = build("digits_cnn")
+    pruner = ReweightedPruner("filter", lam=1e-3, reweight_every=2)
+    pruner.setup(model, {"features.2": 0.5})
+    before = pruner.alpha["features.2"].clone()
+    with torch.no_grad():
+        model.features[2].weight.mul_(2)
+    pruner.on_epoch_end(0, model, {})
+    assert torch.equal(pruner.alpha["features.2"], before)  # not yet
+    pruner.on_epoch_end(1, model, {})
+    assert not torch.equal(pruner.alpha["features.2"], before)
+
+
+def test_admm_updates_follow_the_algorithm():
+    torch.manual_seed(0)
+    model = build("digits_cnn")
+    pruner = ADMMPruner("kgs", rho=0.5, rho_growth=2.0, rho_max=1.5, gm=4, gn=4)
+    pruner.setup(model, {"features.2": 0.5})
+    w = model.features[2].weight
+    sch = get_scheme("kgs", gm=4, gn=4)
+    assert torch.equal(pruner.Z["features.2"], sch.project(w.detach(), 0.5))
+    # penalty gradient: rho * (W - Z + U)
+    model.zero_grad()
+    pruner.penalty(model).backward()
+    assert torch.allclose(w.grad, 0.5 * (w.detach() - pruner.Z["features.2"]))
+    with torch.no_grad():
+        w.add_(0.01 * torch.randn_like(w))
+    u_old = pruner.U["features.2"].clone()
+    pruner.on_epoch_end(0, model, {})
+    z = pruner.Z["features.2"]
+    assert torch.equal(z, sch.project(w.detach() + u_old, 0.5))
+    assert torch.allclose(pruner.U["features.2"], u_old + w.detach() - z)
+    assert pruner.rho == 1.0
+    pruner.on_epoch_end(1, model, {})
+    assert pruner.rho == 1.5  # capped by rho_max
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [("magnitude", {}), ("reweighted", {"lam": 1e-4}), ("admm", {"rho": 1e-2})],
+)
+@pytest.mark.parametrize("scheme", ["filter", "kgs"])
+def test_pipeline_meets_the_target_with_structured_masks(dense, method, options, scheme):
+    pruner = (
+        get_pruner(method, scheme, gm=4, gn=4, **options)
+        if scheme == "kgs"
+        else get_pruner(method, scheme, **options)
+    )
+    reg = TrainConfig(epochs=1, batch_size=64, lr=1e-3, progress=False)
+    res = run_pruning(
+        dense,
+        pruner,
+        digits(True),
+        digits(False),
+        SHAPE,
+        flops_reduction=2.0,
+        regularize=reg,
+        finetune=QUICK,
+    )
+    assert res.flops.reduction >= 2.0
+    assert res.accuracy_dense > 0.9
+    assert res.accuracy_finetuned > 0.5
+    for name, mask in get_masks(res.model).items():
+        assert pruner.scheme.is_structured(mask)
+        assert not dict(res.model.named_modules())[name].weight[~mask].any()
+    assert (len(res.regularize_history) == 1) == (method != "magnitude")
+
+
+def test_bad_settings_fail_before_training(dense):
+    for method, opts, match in [
+        ("reweighted", {"lam": 0}, "lam"),
+        ("reweighted", {"lam": -1.0}, "lam"),
+        ("reweighted", {"eps": 0}, "eps"),
+        ("admm", {"rho": 0}, "rho"),
+        ("admm", {"rho": float("inf")}, "finite"),
+    ]:
+        with pytest.raises(SparsityError, match=match):
+            get_pruner(method, "kgs", **opts)
+    with pytest.raises(SparsityError, match="out of reach"):
+        run_pruning(
+            dense,
+            get_pruner("reweighted", "filter"),
+            digits(True),
+            digits(False),
+            SHAPE,
+            flops_reduction=50.0,
+            layers=["features.0"],
+        )
+    with pytest.raises(SparsityError, match=r"\[0, 1\)"):
+        run_pruning(dense, "magnitude", digits(True), digits(False), SHAPE, rates=1.0)
+
+
+def test_interrupted_pipeline_resumes_from_its_stages(dense, tmp_path: Path, monkeypatch):
+    reg = TrainConfig(epochs=2, batch_size=64, lr=1e-3, progress=False)
+    import edgeguard.engine.train as train_module
+
+    real_save = train_module.save_checkpoint
+    calls = {"n": 0}
+
+    def crash_in_finetune(state, path):
+        real_save(state, path)
+        calls["n"] += 1
+        if "finetune" in str(path):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "save_checkpoint", crash_in_finetune)
+    with pytest.raises(KeyboardInterrupt):
+        run_pruning(
+            dense,
+            get_pruner("admm", "filter", rho=1e-2),
+            digits(True),
+            digits(False),
+            SHAPE,
+            flops_reduction=2.0,
+            regularize=reg,
+            finetune=TrainConfig(epochs=2, batch_size=64, progress=False),
+            workdir=tmp_path,
+        )
+    assert (tmp_path / "pruned.safetensors").is_file() and (
+        tmp_path / "regularize/last.pt"
+    ).is_file()
+    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    res = run_pruning(
+        dense,
+        get_pruner("admm", "filter", rho=1e-2),
+        digits(True),
+        digits(False),
+        SHAPE,
+        flops_reduction=2.0,
+        regularize=reg,
+        finetune=TrainConfig(epochs=2, batch_size=64, progress=False),
+        workdir=tmp_path,
+        resume=True,
+    )
+    assert [h["epoch"] for h in res.history] == [1, 2]  # epoch 1 came from the checkpoint
+    assert res.flops.reduction >= 2.0
