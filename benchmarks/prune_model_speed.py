@@ -24,7 +24,7 @@ def main() -> None:
     count_flops(model, SHAPE)
     forward = time.perf_counter() - t0
     print(
-        f"# C3D one-shot pruning to 2.5x fewer MACs ({platform.processor() or platform.machine()}, "
+        f"# C3D one-shot pruning to 2.5x fewer MACs ({platform.machine()}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__})"
     )
     print(f"one dense forward pass for MAC counting: {forward:.2f} s\n")
