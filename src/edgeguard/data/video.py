@@ -261,6 +261,15 @@ class VideoClipDataset(Dataset):
         return tensor, label
 
 
+def _check_root(root: str | Path, fold: int, name: str, layout: str) -> Path:
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{name} folder not found: {root}\n{layout}")
+    if fold not in (1, 2, 3):
+        raise ValueError(f"{name} fold must be 1, 2 or 3, got {fold!r}")
+    return root
+
+
 def _find_split_dir(root: Path, given: str | Path | None, name: str, layout: str) -> Path:
     candidates = [Path(given)] if given is not None else [root / name, root.parent / name]
     for c in candidates:
@@ -288,11 +297,7 @@ def ucf101(
     **clip_options,
 ) -> VideoClipDataset:
     """UCF101 split ``fold`` (1-3) from a local folder (layout in ``UCF101_LAYOUT``)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"UCF101 folder not found: {root}\n{UCF101_LAYOUT}")
-    if fold not in (1, 2, 3):
-        raise ValueError(f"UCF101 fold must be 1, 2 or 3, got {fold!r}")
+    root = _check_root(root, fold, "UCF101", UCF101_LAYOUT)
     splits = _find_split_dir(root, split_dir, "ucfTrainTestlist", UCF101_LAYOUT)
     class_file = splits / "classInd.txt"
     list_file = splits / f"{'train' if train else 'test'}list0{fold}.txt"
@@ -332,11 +337,7 @@ def hmdb51(
     **clip_options,
 ) -> VideoClipDataset:
     """HMDB51 split ``fold`` (1-3) from a local folder (layout in ``HMDB51_LAYOUT``)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"HMDB51 folder not found: {root}\n{HMDB51_LAYOUT}")
-    if fold not in (1, 2, 3):
-        raise ValueError(f"HMDB51 fold must be 1, 2 or 3, got {fold!r}")
+    root = _check_root(root, fold, "HMDB51", HMDB51_LAYOUT)
     splits = _find_split_dir(root, split_dir, "testTrainMulti_7030_splits", HMDB51_LAYOUT)
     files = sorted(splits.glob(f"*_test_split{fold}.txt"))
     if not files:

@@ -7,10 +7,23 @@ filters): it is a unit of its own, scored by its own norm, never skipped.
 
 from __future__ import annotations
 
-from .base import SparsityError
+from typing import Any
+
+from .base import SparsityError, SparsityScheme
 
 
 def check_group_size(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise SparsityError(f"{what} must be an integer >= 1, got {value!r}")
     return value
+
+
+class KernelGroupScheme(SparsityScheme):
+    """Common settings of kernel-group schemes: ``gm`` filters x ``gn`` input channels per group."""
+
+    def __init__(self, gm: int = 8, gn: int = 4) -> None:
+        self.gm = check_group_size(gm, "gm (filters per kernel group)")
+        self.gn = check_group_size(gn, "gn (input channels per kernel group)")
+
+    def options(self) -> dict[str, Any]:
+        return {"gm": self.gm, "gn": self.gn}

@@ -5,24 +5,15 @@ the sparse compiler turns into speed."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from .base import SparsityScheme, register_scheme
-from .groups import check_group_size
+from .base import register_scheme
+from .groups import KernelGroupScheme
 
 
 @register_scheme
-class KernelGroupSparsity(SparsityScheme):
+class KernelGroupSparsity(KernelGroupScheme):
     name = "kgs"
-
-    def __init__(self, gm: int = 8, gn: int = 4) -> None:
-        self.gm = check_group_size(gm, "gm (filters per kernel group)")
-        self.gn = check_group_size(gn, "gn (input channels per kernel group)")
-
-    def options(self) -> dict[str, Any]:
-        return {"gm": self.gm, "gn": self.gn}
 
     def _axis_groups(
         self, f: int, c: int, k: int
