@@ -1,16 +1,19 @@
 """HOW models are pruned: one protocol (regularise -> hard prune -> masked fine-tune), one file per
-method: ``magnitude`` (one-shot baseline), ``reweighted`` (RT3D), ``admm``."""
+method: ``magnitude`` (one-shot baseline), ``reweighted`` (RT3D), ``admm``, ``primal-proximal``
+(SS-Auto)."""
 
-from . import admm, magnitude, reweighted  # noqa: F401  (register the methods)
+from . import admm, magnitude, primal_proximal, reweighted  # noqa: F401  (register the methods)
 from .admm import ADMMPruner
 from .base import Pruner, available_pruners, get_pruner, register_pruner
 from .magnitude import MagnitudePruner
 from .pipeline import PruningOutcome, run_pruning
+from .primal_proximal import PrimalProximalPruner
 from .reweighted import ReweightedPruner
 
 __all__ = [
     "ADMMPruner",
     "MagnitudePruner",
+    "PrimalProximalPruner",
     "Pruner",
     "PruningOutcome",
     "ReweightedPruner",

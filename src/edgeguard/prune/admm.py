@@ -50,7 +50,7 @@ class ADMMPruner(Pruner):
     def options(self) -> dict[str, Any]:
         return {"rho": self.rho, "rho_growth": self.rho_growth, "rho_max": self.rho_max}
 
-    def setup(self, model: nn.Module, rates: dict[str, float]) -> None:
+    def setup(self, model: nn.Module, rates: dict[str, float], **budget: Any) -> None:
         super().setup(model, rates)
         with torch.no_grad():
             for name, m in self.layers.items():

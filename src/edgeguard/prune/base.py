@@ -45,8 +45,10 @@ class Pruner:
         opts = ", ".join(f"{k}={v}" for k, v in self.options().items())
         return f"{type(self).__name__}(scheme={self.scheme!r}{', ' if opts else ''}{opts})"
 
-    def setup(self, model: nn.Module, rates: dict[str, float]) -> None:
-        """Bind to ``model``'s layers named in ``rates`` (layer -> fraction of units to remove)."""
+    def setup(self, model: nn.Module, rates: dict[str, float], **budget: Any) -> None:
+        """Bind to ``model``'s layers named in ``rates`` (layer -> fraction of units to remove).
+        ``budget`` carries ``target_macs`` and the dense ``flops`` report for methods that choose
+        their own per-layer rates."""
         modules = dict(model.named_modules())
         for name in rates:
             if name not in modules:
@@ -67,6 +69,18 @@ class Pruner:
         """Per-layer rates used for hard pruning (default: the targets given to ``setup``)."""
         return dict(self.target_rates)
 
+    def final_masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Hard-pruning masks ``{layer: bool mask}`` (default: the scheme's masks at ``final_rates``)."""
+        return {
+            name: self.scheme.mask(self.layers[name].weight.detach(), rate).cpu()
+            for name, rate in self.final_rates(model).items()
+        }
+
+    @property
+    def spec_scheme(self) -> SparsityScheme | None:
+        """The one scheme every final mask follows (recorded and checked in saved specs), if any."""
+        return self.scheme
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
@@ -86,15 +100,17 @@ def available_pruners() -> list[str]:
     return sorted(_PRUNERS)
 
 
-def get_pruner(method: str, scheme: str | SparsityScheme = "kgs", **options: Any) -> Pruner:
-    """Build a pruner by method name (``available_pruners()``); ``options`` are split between the
-    method (e.g. ``lam``) and the scheme (``gm``, ``gn``)."""
+def get_pruner(method: str, scheme: str | SparsityScheme | None = None, **options: Any) -> Pruner:
+    """Build a pruner by method name (``available_pruners()``) with a scheme (default: the method's
+    own, ``kgs`` for most, ``filter+column`` for primal-proximal); ``options`` go to the method (e.g.
+    ``lam``) and to kernel-group schemes (``gm``, ``gn``)."""
     if method not in _PRUNERS:
         raise SparsityError(
             f"unknown pruning method {method!r}; available: {', '.join(available_pruners())}"
         )
     scheme_opts = {k: options.pop(k) for k in ("gm", "gn") if k in options}
+    args = () if scheme is None else (scheme,)
     try:
-        return _PRUNERS[method](scheme, **options, **scheme_opts)
+        return _PRUNERS[method](*args, **options, **scheme_opts)
     except TypeError as err:
         raise SparsityError(f"bad options for pruning method {method!r}: {err}") from None

@@ -81,7 +81,13 @@ def run_pruning(
         final = {k: v.get("rate", float("nan")) for k, v in spec["layers"].items()}
         log.info("resumed: hard-pruned model loaded from %s", stage)
     else:
-        pruner.setup(net, goal)
+        dense_flops = count_flops(net, input_shape)
+        if flops_reduction is not None:
+            target_macs = dense_flops.dense_macs / float(flops_reduction)
+        else:
+            masks = compute_masks(net, pruner.scheme, goal)
+            target_macs = count_flops(net, input_shape, masks=masks).kept_macs
+        pruner.setup(net, goal, target_macs=target_macs, flops=dense_flops)
         if pruner.regularizes and regularize is not None:
             log.info("%s: regularising for %d epochs", pruner.name, regularize.epochs)
             hist = fit(
@@ -90,15 +96,19 @@ def run_pruning(
                 penalty=pruner.penalty, callbacks=[pruner.on_epoch_end], extra_state=pruner,
             )  # fmt: skip
             reg_history = hist.epochs
-        final = pruner.final_rates(net)
-        attach_masks(net, compute_masks(net, pruner.scheme, final))
+        final_masks = pruner.final_masks(net)
+        if pruner.spec_scheme is not None:
+            final = pruner.final_rates(net)  # rates in units of the scheme
+        else:
+            final = {n: 1.0 - float(m.float().mean()) for n, m in final_masks.items()}
+        attach_masks(net, final_masks)
         if stage is not None:
             extra = {
                 "input_shape": list(input_shape),
                 "method": pruner.name,
                 "options": pruner.options(),
             }
-            save_pruned(net, stage, pruner.scheme, final, extra=extra)
+            save_pruned(net, stage, pruner.spec_scheme, final, extra=extra)
     pruned_acc = evaluate(net, val_set, ft.batch_size, ft.device)["accuracy"]
     log.info(
         "%s/%s: accuracy %.4f dense -> %.4f hard-pruned",

@@ -55,7 +55,7 @@ class ReweightedPruner(Pruner):
     def options(self) -> dict[str, Any]:
         return {"lam": self.lam, "eps": self.eps, "reweight_every": self.reweight_every}
 
-    def setup(self, model: nn.Module, rates: dict[str, float]) -> None:
+    def setup(self, model: nn.Module, rates: dict[str, float], **budget: Any) -> None:
         super().setup(model, rates)
         self.reweight()
 
