@@ -123,3 +123,53 @@ def test_info_takes_an_input_shape(tmp_path: Path, capsys):
     assert "conv2" in text and "50.0%" in text
     with pytest.raises(SystemExit):
         main(["info", str(path), "--input-shape", "1,x"])
+
+
+def test_prune_methods_from_the_cli(tmp_path: Path, capsys):
+    out = tmp_path / "dense"
+    common = ["--dataset", "digits", "--no-progress", "--lr", "3e-3"]
+    assert (
+        main(["-q", "train", "--model", "digits_cnn", "--epochs", "2", "--out", str(out), *common])
+        == 0
+    )
+    for method, extra in (("reweighted", ["--method-option", "lam=1e-4"]), ("primal-proximal", [])):
+        rc = main(
+            [
+                "-q",
+                "prune",
+                str(out / "model.safetensors"),
+                "--method",
+                method,
+                *extra,
+                "--flops-reduction",
+                "2",
+                "--reg-epochs",
+                "1",
+                "--epochs",
+                "1",
+                "--out",
+                str(tmp_path / method),
+                *common,
+            ]
+        )
+        text = capsys.readouterr().out
+        assert rc == 0 and f"{method} / " in text and "FLOPs reduction 2.0" in text
+    assert (
+        main(
+            [
+                "-q",
+                "prune",
+                str(out / "model.safetensors"),
+                "--method",
+                "admm",
+                "--method-option",
+                "rho=0",
+                "--rate",
+                "0.5",
+                "--dataset",
+                "digits",
+            ]
+        )
+        == 2
+    )
+    assert "rho" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -25,7 +26,11 @@ def _kv(items: list[str] | None) -> dict[str, Any]:
         if "=" not in item:
             raise UsageError(f"expected key=value, got {item!r}")
         key, value = item.split("=", 1)
-        out[key] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):  # YAML 1.1 reads "1e-4" as a string
+            with contextlib.suppress(ValueError):
+                parsed = float(parsed)
+        out[key] = parsed
     return out
 
 
@@ -151,11 +156,14 @@ def cmd_prune(args) -> int:
         "dataset": args.dataset,
         "method": res.method,
     }
-    path = save_pruned(res.model, out / "model.safetensors", res.scheme, res.rates, extra=extra)
-    schemes = dict.fromkeys(res.rates, res.scheme.name)
+    path = save_pruned(
+        res.model, out / "model.safetensors", pruner.spec_scheme, res.rates, extra=extra
+    )
+    structure = getattr(pruner, "structure", res.scheme.name)
+    schemes = dict.fromkeys(res.rates, structure)
     print(format_table(HEADERS, layer_table(res.model, shape, schemes)))
     print(
-        f"\n{res.method} / {res.scheme.name}: accuracy dense {100 * res.accuracy_dense:.2f}%  "
+        f"\n{res.method} / {structure}: accuracy dense {100 * res.accuracy_dense:.2f}%  "
         f"hard-pruned {100 * res.accuracy_pruned:.2f}%  fine-tuned {100 * res.accuracy_finetuned:.2f}%   "
         f"FLOPs reduction {res.flops.reduction:.2f}x"
     )
@@ -207,7 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", help="regularise, prune and fine-tune a saved model")
     p.add_argument("checkpoint", help="model.safetensors written by train or prune")
-    p.add_argument("--method", default="magnitude", help="magnitude, reweighted, admm")
+    p.add_argument(
+        "--method", default="magnitude", help="magnitude, reweighted, admm, primal-proximal"
+    )
     p.add_argument(
         "--method-option", action="append", metavar="KEY=VALUE", help="e.g. lam=1e-4, rho=1e-3"
     )
@@ -217,7 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--distill-weight", type=float, default=0.0, help="knowledge distillation weight in [0, 1]"
     )
-    p.add_argument("--scheme", required=True, help="filter, channel, column, vanilla, kgs")
+    p.add_argument(
+        "--scheme",
+        help="filter, channel, column, vanilla, kgs; '+'-joined for primal-proximal "
+        "(default: kgs, or filter+column for primal-proximal)",
+    )
     p.add_argument("--gm", type=int, help="filters per kernel group (vanilla/kgs, default 8)")
     p.add_argument(
         "--gn", type=int, help="input channels per kernel group (vanilla/kgs, default 4)"

@@ -222,7 +222,7 @@ class PrimalProximalPruner(Pruner):
                 [c.to(x.device) for c in self.weights[n]],
                 self.dykstra_iters,
                 self.min_keep,
-            )  # fmt: skip
+            )
             for n, x in v.items()
         }
 
