@@ -82,7 +82,11 @@ class PrimalProximalPruner(Pruner):
     rho: initial augmented-Lagrangian penalty (> 0); rho_growth (>= 1) per epoch up to rho_max.
     dykstra_iters: iterations of the proximal Dykstra loop (>= 1).
     flops_exponent: gamma in the group weights ``sqrt(|g|) * (P_l / mean P)^gamma``: 0 ignores the
-        compute cost of a layer, 1 weighs units by their MAC cost (default 0.5).
+        compute cost of a layer (default: on digits, weighing by cost emptied the early layers), 1 weighs
+        units by their MAC cost.
+    debias: keep the magnitudes of ``W + U`` on the support chosen by the proximal step instead of
+        the shrunk proximal point (group lasso shrinks surviving units by ``t * c_u`` in norm, which
+        at a binding budget pulls the network far from any accurate point).
     ramp_epochs: the MAC budget of the proximal step goes geometrically from the dense cost to the
         target over this many epochs (0: the target at once); hard pruning always uses the target.
     min_keep: share of units, per layer and structure, that the threshold may never remove (in
@@ -100,8 +104,9 @@ class PrimalProximalPruner(Pruner):
         rho_max: float = 1.0,
         dykstra_iters: int = 5,
         min_keep: float = 0.05,
-        flops_exponent: float = 0.5,
+        flops_exponent: float = 0.0,
         ramp_epochs: int = 5,
+        debias: bool = True,
         **scheme_options: Any,
     ) -> None:
         if isinstance(scheme, SparsityScheme):
@@ -135,6 +140,7 @@ class PrimalProximalPruner(Pruner):
         if isinstance(ramp_epochs, bool) or not isinstance(ramp_epochs, int) or ramp_epochs < 0:
             raise SparsityError(f"ramp_epochs must be an integer >= 0, got {ramp_epochs!r}")
         self.ramp_epochs = ramp_epochs
+        self.debias = bool(debias)
         self.dense_macs = 0.0
         self.budget = 0.0
         self.Z: dict[str, torch.Tensor] = {}
@@ -163,6 +169,7 @@ class PrimalProximalPruner(Pruner):
             "min_keep": self.min_keep,
             "flops_exponent": self.flops_exponent,
             "ramp_epochs": self.ramp_epochs,
+            "debias": self.debias,
         }
 
     def setup(
@@ -202,7 +209,7 @@ class PrimalProximalPruner(Pruner):
         with torch.no_grad():
             v = {n: m.weight.detach() for n, m in self.layers.items()}
             self.threshold = self.solve_threshold(v, self.budget)
-            self.Z = self.prox(v, self.threshold)
+            self.Z = self.z_step(v, self.threshold)
             self.U = {n: torch.zeros_like(w) for n, w in v.items()}
 
     # ------------------------------------------------------------------ proximal step and budget
@@ -225,6 +232,13 @@ class PrimalProximalPruner(Pruner):
             )
             for n, x in v.items()
         }
+
+    def z_step(self, v: dict[str, torch.Tensor], t: float) -> dict[str, torch.Tensor]:
+        """Z from ``v = W + U``: the proximal point, or with ``debias`` ``v`` on its support."""
+        z = self.prox(v, t)
+        if not self.debias:
+            return z
+        return {n: v[n] * self.kept_mask(x) for n, x in z.items()}
 
     def kept_mask(self, z: torch.Tensor) -> torch.Tensor:
         """Weights whose every unit (in every structure) survived the proximal step."""
@@ -281,7 +295,7 @@ class PrimalProximalPruner(Pruner):
         v = {n: w[n] + self.U[n].to(w[n].device) for n in w}
         self.budget = self._budget(epoch + 1)
         self.threshold = self.solve_threshold(v, self.budget)
-        self.Z = self.prox(v, self.threshold)
+        self.Z = self.z_step(v, self.threshold)
         for n in w:
             self.U[n] = v[n] - self.Z[n]
         metrics["pp_lambda"] = self.threshold * self.rho
