@@ -106,7 +106,7 @@ def test_quick_demo_writes_a_report(tmp_path: Path):
         "kgs_mask_conv3a.png",
     ):
         assert (tmp_path / png).stat().st_size > 1000 and png in html
-    assert "KGS vs filter" in html
+    assert "KGS vs filter" in html and "Pruning methods" in html and "primal-proximal" in html
 
 
 def test_info_takes_an_input_shape(tmp_path: Path, capsys):

@@ -77,3 +77,16 @@ def mask_image(mask: torch.Tensor, title: str, path: Path) -> Path:
     ax.set_ylabel("filter")
     ax.set_title(title, fontsize=10)
     return _save(fig, path)
+
+
+def method_bars(accuracies: Mapping[str, float], dense: float, path: Path) -> Path:
+    """Horizontal bars: accuracy (in [0, 1]) per method, with the dense accuracy as a dashed line."""
+    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.45 * len(accuracies)))
+    names = list(accuracies)
+    ax.barh(names, [100 * accuracies[n] for n in names], color="#4a7")
+    ax.axvline(100 * dense, color="k", ls="--", lw=1)
+    lo = min(100 * min(accuracies.values()), 100 * dense) - 5
+    ax.set_xlim(max(0, lo), 100)
+    ax.set_xlabel("top-1 accuracy (%)")
+    ax.invert_yaxis()
+    return _save(fig, path)
