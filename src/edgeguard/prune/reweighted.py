@@ -35,7 +35,7 @@ class ReweightedPruner(Pruner):
     def __init__(
         self,
         scheme: str | SparsityScheme = "kgs",
-        lam: float = 1e-4,
+        lam: float = 1e-3,
         eps: float = 1e-3,
         reweight_every: int = 1,
         **scheme_options: Any,
