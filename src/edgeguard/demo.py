@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -74,9 +74,11 @@ def compare_methods(s: DemoSettings, out: Path, rep: Report) -> None:
             if scheme == "kgs"
             else get_pruner(method, scheme)
         )
+        # RT3D regularises with SGD: with Adam the normalised penalty gradient does little
+        method_reg = replace(reg, optimizer="sgd", lr=1e-2) if method == "reweighted" else reg
         res = run_pruning(
             model, pruner, train, val, (1, 1, 8, 8), flops_reduction=s.methods_target,
-            regularize=reg if pruner.regularizes else None, finetune=ft,
+            regularize=method_reg if pruner.regularizes else None, finetune=ft,
         )  # fmt: skip
         name = f"{method} / {getattr(pruner, 'structure', pruner.scheme.name)}"
         rows.append(

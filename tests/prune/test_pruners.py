@@ -204,3 +204,30 @@ def test_interrupted_pipeline_resumes_from_its_stages(dense, tmp_path: Path, mon
     )
     assert [h["epoch"] for h in res.history] == [1, 2]  # epoch 1 came from the checkpoint
     assert res.flops.reduction >= 2.0
+
+
+@pytest.mark.parametrize("method", ["magnitude", "reweighted", "admm", "primal-proximal"])
+@pytest.mark.parametrize("scheme", ["filter", "channel", "column", "vanilla", "kgs"])
+def test_every_method_with_every_scheme_on_conv3d_and_linear(method, scheme):
+    from torch.utils.data import TensorDataset
+
+    torch.manual_seed(0)
+    model = build("c3d", num_classes=3, width=0.125, clip_size=[16, 16, 16])
+    data = TensorDataset(torch.rand(12, 3, 16, 16, 16), torch.randint(0, 3, (12,)))
+    cfg = TrainConfig(epochs=1, batch_size=6, lr=1e-3, progress=False)
+    pruner = get_pruner(method, scheme)
+    res = run_pruning(
+        model,
+        pruner,
+        data,
+        data,
+        (1, 3, 16, 16, 16),
+        rates={"conv3a": 0.5, "fc6": 0.5},
+        regularize=cfg,
+        finetune=cfg,
+    )
+    masks = get_masks(res.model)
+    assert set(masks) == {"conv3a", "fc6"}  # one Conv3d and one Linear layer
+    for mask in masks.values():
+        assert pruner.scheme.is_structured(mask) and not mask.all()
+    assert res.flops.reduction > 1.0
