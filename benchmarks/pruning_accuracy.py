@@ -121,7 +121,15 @@ def main() -> None:
     )
     ap.add_argument("--schemes", nargs="+", default=["filter", "kgs"])
     ap.add_argument("--out", default="runs/bench/pruning_accuracy")
+    ap.add_argument(
+        "--summarise", metavar="RESULTS_JSON", help="only print the table and plot of saved results"
+    )
     args = ap.parse_args()
+    if args.summarise:
+        results = json.loads(Path(args.summarise).read_text())
+        args.seeds = sorted({r["seed"] for r in results})
+        summarise(results, args, Path(args.out), 0.0)
+        return
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -220,6 +228,7 @@ def summarise(results: list[dict], args, out: Path, seconds: float) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for key in sorted({(k[0], k[1]) for k in rows if k[0] != "dense"}):
@@ -230,6 +239,7 @@ def summarise(results: list[dict], args, out: Path, seconds: float) -> None:
     dense = [v for k, vs in rows.items() if k[0] == "dense" for v in vs]
     ax.axhline(statistics.mean(dense), color="k", ls="--", lw=1, label="dense")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xticks(targets, [f"{t:g}x" for t in targets])
     ax.set_xlabel("FLOPs reduction")
     ax.set_ylabel("top-1 accuracy (%)")
