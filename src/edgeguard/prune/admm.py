@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from ..sparsity import SparsityScheme
-from .base import Pruner, check_positive, register_pruner
+from .base import SplittingPruner, check_positive, register_pruner
 
 
 @register_pruner
-class ADMMPruner(Pruner):
+class ADMMPruner(SplittingPruner):
     """Args:
     rho: initial penalty rho > 0.
     rho_growth: factor >= 1 applied to rho after every epoch.
@@ -58,13 +58,6 @@ class ADMMPruner(Pruner):
                 self.Z[name] = self.scheme.project(w, rates[name])
                 self.U[name] = torch.zeros_like(w)
 
-    def penalty(self, model: nn.Module) -> torch.Tensor:
-        total = super().penalty(model)
-        for name, m in self.layers.items():
-            z, u = self.Z[name].to(m.weight.device), self.U[name].to(m.weight.device)
-            total = total + (m.weight - z + u).square().sum()
-        return 0.5 * self.rho * total
-
     @torch.no_grad()
     def on_epoch_end(self, epoch: int, model: nn.Module, metrics: dict[str, float]) -> None:
         for name, m in self.layers.items():
@@ -77,14 +70,3 @@ class ADMMPruner(Pruner):
             ** 0.5
         )
         self.rho = min(self.rho * self.rho_growth, self.rho_max)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "Z": {k: v.cpu() for k, v in self.Z.items()},
-            "U": {k: v.cpu() for k, v in self.U.items()},
-            "rho": self.rho,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "Z" in state:
-            self.Z, self.U, self.rho = dict(state["Z"]), dict(state["U"]), float(state["rho"])

@@ -88,6 +88,34 @@ class Pruner:
         """Restore what ``state_dict`` returned."""
 
 
+class SplittingPruner(Pruner):
+    """Shared part of the splitting methods (ADMM, primal-proximal): the auxiliary copy ``Z`` of each
+    pruned weight, the scaled dual ``U`` and the augmented-Lagrangian term ``rho/2 ||W - Z + U||^2``
+    added to the loss during regularisation."""
+
+    rho: float
+    Z: dict[str, torch.Tensor]
+    U: dict[str, torch.Tensor]
+
+    def penalty(self, model: nn.Module) -> torch.Tensor:
+        total = super().penalty(model)
+        for name, m in self.layers.items():
+            z, u = self.Z[name].to(m.weight.device), self.U[name].to(m.weight.device)
+            total = total + (m.weight - z + u).square().sum()
+        return 0.5 * self.rho * total
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "Z": {k: v.cpu() for k, v in self.Z.items()},
+            "U": {k: v.cpu() for k, v in self.U.items()},
+            "rho": self.rho,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "Z" in state:
+            self.Z, self.U, self.rho = dict(state["Z"]), dict(state["U"]), float(state["rho"])
+
+
 _PRUNERS: dict[str, type[Pruner]] = {}
 
 

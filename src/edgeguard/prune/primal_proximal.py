@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..sparsity import SparsityError, SparsityScheme, get_scheme
-from .base import Pruner, check_positive, register_pruner
+from .base import SplittingPruner, check_positive, register_pruner
 
 _KERNEL_GROUP = ("vanilla", "kgs")
 
@@ -75,7 +75,7 @@ def dykstra_prox(
 
 
 @register_pruner
-class PrimalProximalPruner(Pruner):
+class PrimalProximalPruner(SplittingPruner):
     """Args:
     scheme: the structures pruned together, ``"filter+column"`` (SS-Auto, default) or any
         ``+``-joined scheme names (one name gives plain group-lasso on that scheme).
@@ -282,13 +282,6 @@ class PrimalProximalPruner(Pruner):
         return hi
 
     # ------------------------------------------------------------------ protocol
-    def penalty(self, model: nn.Module) -> torch.Tensor:
-        total = super().penalty(model)
-        for name, m in self.layers.items():
-            z, u = self.Z[name].to(m.weight.device), self.U[name].to(m.weight.device)
-            total = total + (m.weight - z + u).square().sum()
-        return 0.5 * self.rho * total
-
     @torch.no_grad()
     def on_epoch_end(self, epoch: int, model: nn.Module, metrics: dict[str, float]) -> None:
         w = {n: m.weight.detach() for n, m in self.layers.items()}
@@ -315,16 +308,10 @@ class PrimalProximalPruner(Pruner):
         return {n: 1.0 - float(m.float().mean()) for n, m in self.final_masks(model).items()}
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "Z": {k: v.cpu() for k, v in self.Z.items()},
-            "U": {k: v.cpu() for k, v in self.U.items()},
-            "rho": self.rho,
-            "threshold": self.threshold,
-            "budget": self.budget,
-        }
+        return {**super().state_dict(), "threshold": self.threshold, "budget": self.budget}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "Z" in state:
-            self.Z, self.U = dict(state["Z"]), dict(state["U"])
-            self.rho, self.threshold = float(state["rho"]), float(state["threshold"])
+        super().load_state_dict(state)
+        if "threshold" in state:
+            self.threshold = float(state["threshold"])
             self.budget = float(state.get("budget", self.target_macs))
