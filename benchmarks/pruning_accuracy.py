@@ -24,9 +24,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from torch.utils.data import TensorDataset
 
 from edgeguard.data import SyntheticMovingShapes, digits
+from edgeguard.demo import materialise
 from edgeguard.engine import TrainConfig, evaluate, fit, seed_everything
 from edgeguard.models import build, count_flops
 from edgeguard.prune import get_pruner, run_pruning
@@ -51,13 +51,8 @@ def task_setup(task: str, seed: int):
         ft = TrainConfig(epochs=6, batch_size=32, lr=1e-3, seed=seed, progress=False)
         return factory, train, val, shape, dense, reg, ft
     if task == "c3d":
-
-        def render(n: int, s: int) -> TensorDataset:
-            ds = SyntheticMovingShapes(n, seed=s)
-            xs, ys = zip(*(ds[i] for i in range(n)), strict=True)
-            return TensorDataset(torch.stack(xs), torch.tensor(ys))
-
-        train, val = render(2400, 0), render(600, 1)
+        train = materialise(SyntheticMovingShapes(2400, seed=0))
+        val = materialise(SyntheticMovingShapes(600, seed=1))
         shape = (1, 3, 16, 32, 32)
 
         def factory():

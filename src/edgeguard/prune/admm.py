@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..sparsity import SparsityScheme
-from .base import SplittingPruner, check_positive, register_pruner
+from .base import SplittingPruner, register_pruner
 
 
 @register_pruner
@@ -39,13 +39,7 @@ class ADMMPruner(SplittingPruner):
         **scheme_options: Any,
     ) -> None:
         super().__init__(scheme, **scheme_options)
-        self.rho = check_positive(rho, "rho (ADMM penalty)")
-        self.rho_growth = check_positive(rho_growth, "rho_growth")
-        if self.rho_growth < 1:
-            raise ValueError(f"rho_growth must be >= 1, got {rho_growth}")
-        self.rho_max = check_positive(rho_max, "rho_max")
-        self.Z: dict[str, torch.Tensor] = {}
-        self.U: dict[str, torch.Tensor] = {}
+        self._init_splitting(rho, rho_growth, rho_max, "ADMM")
 
     def options(self) -> dict[str, Any]:
         return {"rho": self.rho, "rho_growth": self.rho_growth, "rho_max": self.rho_max}
@@ -69,4 +63,4 @@ class ADMMPruner(SplittingPruner):
             sum((m.weight.detach() - self.Z[n]).square().sum() for n, m in self.layers.items())
             ** 0.5
         )
-        self.rho = min(self.rho * self.rho_growth, self.rho_max)
+        self.grow_rho()

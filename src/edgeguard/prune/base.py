@@ -2,7 +2,7 @@
 
 A pruner is built with its settings and a sparsity scheme; the pipeline (``run_pruning``) calls
 ``setup`` once with the per-layer target rates, trains with ``penalty(model)`` added to the loss and
-``on_epoch_end`` after every epoch, asks ``final_rates`` for the hard-pruning rates, and fine-tunes with
+``on_epoch_end`` after every epoch, asks ``final_masks`` for the hard-pruning masks, and fine-tunes with
 the masks applied.  Auxiliary variables (ADMM's Z and U, reweighting factors) live in
 ``state_dict()`` so an interrupted run resumes exactly.
 """
@@ -96,6 +96,19 @@ class SplittingPruner(Pruner):
     rho: float
     Z: dict[str, torch.Tensor]
     U: dict[str, torch.Tensor]
+
+    def _init_splitting(self, rho: Any, rho_growth: Any, rho_max: Any, method: str) -> None:
+        """Validate and set the penalty schedule: rho > 0, multiplied by rho_growth >= 1 after every
+        epoch up to rho_max; start with no auxiliary variables."""
+        self.rho = check_positive(rho, f"rho ({method} penalty)")
+        self.rho_growth = check_positive(rho_growth, "rho_growth")
+        if self.rho_growth < 1:
+            raise SparsityError(f"rho_growth must be >= 1, got {rho_growth}")
+        self.rho_max = check_positive(rho_max, "rho_max")
+        self.Z, self.U = {}, {}
+
+    def grow_rho(self) -> None:
+        self.rho = min(self.rho * self.rho_growth, self.rho_max)
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
         total = super().penalty(model)

@@ -56,7 +56,7 @@ def run_pruning(
     """Prune ``model`` with ``pruner`` to ``rates`` or ``flops_reduction`` and fine-tune it.
 
     Stages: (1) regularisation training with the pruner's penalty (skipped for magnitude or when
-    ``regularize`` is None); (2) hard pruning to ``pruner.final_rates``; (3) masked fine-tuning, with
+    ``regularize`` is None); (2) hard pruning to ``pruner.final_masks``; (3) masked fine-tuning, with
     knowledge distillation from the dense model when ``distill_weight > 0``.  With ``workdir`` each
     stage checkpoints there (``regularize/last.pt``, ``pruned.safetensors``, ``finetune/last.pt``) and
     ``resume=True`` continues from the last finished stage.
@@ -97,10 +97,13 @@ def run_pruning(
             )  # fmt: skip
             reg_history = hist.epochs
         final_masks = pruner.final_masks(net)
-        if pruner.spec_scheme is not None:
-            final = pruner.final_rates(net)  # rates in units of the scheme
-        else:
-            final = {n: 1.0 - float(m.float().mean()) for n, m in final_masks.items()}
+        scheme = pruner.spec_scheme
+        # rates as removed units of the scheme, or removed weights when masks mix structures
+        final = {
+            n: float((~scheme.units_of_mask(m)).float().mean()) if scheme is not None
+            else 1.0 - float(m.float().mean())
+            for n, m in final_masks.items()
+        }  # fmt: skip
         attach_masks(net, final_masks)
         if stage is not None:
             extra = {

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..sparsity import SparsityError, SparsityScheme, get_scheme
-from .base import SplittingPruner, check_positive, register_pruner
+from .base import SplittingPruner, register_pruner
 
 _KERNEL_GROUP = ("vanilla", "kgs")
 
@@ -119,11 +119,7 @@ class PrimalProximalPruner(SplittingPruner):
         self.scheme = self.schemes[0]
         self.layers = {}
         self.target_rates = {}
-        self.rho = check_positive(rho, "rho (primal-proximal penalty)")
-        self.rho_growth = check_positive(rho_growth, "rho_growth")
-        if self.rho_growth < 1:
-            raise SparsityError(f"rho_growth must be >= 1, got {rho_growth}")
-        self.rho_max = check_positive(rho_max, "rho_max")
+        self._init_splitting(rho, rho_growth, rho_max, "primal-proximal")
         if (
             isinstance(dykstra_iters, bool)
             or not isinstance(dykstra_iters, int)
@@ -143,8 +139,6 @@ class PrimalProximalPruner(SplittingPruner):
         self.debias = bool(debias)
         self.dense_macs = 0.0
         self.budget = 0.0
-        self.Z: dict[str, torch.Tensor] = {}
-        self.U: dict[str, torch.Tensor] = {}
         self.threshold = 0.0
         self.positions: dict[str, int] = {}
         self.fixed_macs = 0
@@ -294,7 +288,7 @@ class PrimalProximalPruner(SplittingPruner):
         metrics["pp_lambda"] = self.threshold * self.rho
         metrics["pp_budget_reduction"] = self.dense_macs / self.budget
         metrics["pp_residual"] = float(sum((w[n] - self.Z[n]).square().sum() for n in w) ** 0.5)
-        self.rho = min(self.rho * self.rho_growth, self.rho_max)
+        self.grow_rho()
 
     @torch.no_grad()
     def final_masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
@@ -302,10 +296,6 @@ class PrimalProximalPruner(SplittingPruner):
         w = {n: m.weight.detach() for n, m in self.layers.items()}
         z = self.prox(w, self.solve_threshold(w))
         return {n: self.kept_mask(x).cpu() for n, x in z.items()}
-
-    def final_rates(self, model: nn.Module) -> dict[str, float]:
-        """Fraction of weights removed per layer by ``final_masks`` (found automatically)."""
-        return {n: 1.0 - float(m.float().mean()) for n, m in self.final_masks(model).items()}
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "threshold": self.threshold, "budget": self.budget}
