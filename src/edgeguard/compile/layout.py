@@ -1,0 +1,94 @@
+"""Input layout shared by the generated kernels: zero padding and a polyphase split for strides.
+
+The input ``[N, C, D, H, W]`` is zero padded and, for a stride ``s > 1`` along an axis, split into ``s``
+phases along it (``x[..., i]`` goes to phase ``i % s`` at position ``i // s``).  A strided convolution
+then reads, for every kernel location, a *contiguous* run of the buffer: output position ``(h, w)`` of
+kernel location ``(kh, kw)`` is at ``row_offset + h * Wq + w``.  Output positions of one output depth
+plane are numbered ``p = h * Wq + w`` (the ``Wq - Wo`` columns past the row end are computed and
+dropped), so a kernel tile is ``T`` consecutive ``p`` and every kept row is one unit-stride load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .plan import ConvGeometry
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class InputLayout:
+    """Geometry of the padded, phase-split input buffer of one conv at one input size."""
+
+    geometry: ConvGeometry
+    size: tuple[int, int, int]  # input D, H, W
+
+    @property
+    def padded(self) -> tuple[int, int, int]:
+        return tuple(n + 2 * p for n, p in zip(self.size, self.geometry.padding, strict=True))
+
+    @property
+    def phased(self) -> tuple[int, int, int]:
+        """(Dq, Hq, Wq): per-phase extent of each axis."""
+        return tuple(
+            _ceil_div(n, s) for n, s in zip(self.padded, self.geometry.stride, strict=True)
+        )
+
+    @property
+    def phases(self) -> int:
+        sd, sh, sw = self.geometry.stride
+        return sd * sh * sw
+
+    @property
+    def out(self) -> tuple[int, int, int]:
+        return self.geometry.output_size(self.size)
+
+    @property
+    def batch_stride(self) -> int:
+        dq, hq, wq = self.phased
+        return self.geometry.in_channels * self.phases * dq * hq * wq
+
+    @property
+    def positions(self) -> int:
+        """P: flat output positions computed per output depth plane."""
+        _, ho, wo = self.out
+        return (ho - 1) * self.phased[2] + wo
+
+    def row_offsets(self, rows: torch.Tensor) -> torch.Tensor:
+        """Buffer offset (int64) of each row id ``c * L + (kd * KH + kh) * KW + kw``."""
+        g = self.geometry
+        kd_, kh_, kw_ = g.kernel
+        dd, dh, dw = g.dilation
+        sd, sh, sw = g.stride
+        dq, hq, wq = self.phased
+        c = rows // g.locations
+        loc = rows % g.locations
+        kd, kh, kw = loc // (kh_ * kw_), (loc // kw_) % kh_, loc % kw_
+        zd, zh, zw = kd * dd, kh * dh, kw * dw
+        phase = (zd % sd) * sh * sw + (zh % sh) * sw + zw % sw
+        return ((c * self.phases + phase) * dq + zd // sd) * hq * wq + (zh // sh) * wq + zw // sw
+
+    def prepare(self, x: torch.Tensor, slack: int) -> torch.Tensor:
+        """Padded, phase-split copy of ``x [N, C, D, H, W]`` as one flat buffer with ``slack`` extra
+        zeros at the end (tiles past the last position read there)."""
+        g = self.geometry
+        n = x.shape[0]
+        pd, ph, pw = g.padding
+        sd, sh, sw = g.stride
+        dq, hq, wq = self.phased
+        dp, hp, wp = self.padded
+        buf = x.new_zeros(n * self.batch_stride + slack)
+        if self.phases == 1:
+            view = buf[: n * self.batch_stride].view(n, g.in_channels, dq, hq, wq)
+            view[:, :, pd : pd + self.size[0], ph : ph + self.size[1], pw : pw + self.size[2]] = x
+            return buf
+        xp = F.pad(x, (pw, wq * sw - wp + pw, ph, hq * sh - hp + ph, pd, dq * sd - dp + pd))
+        xp = xp.view(n, g.in_channels, dq, sd, hq, sh, wq, sw).permute(0, 1, 3, 5, 7, 2, 4, 6)
+        buf[: n * self.batch_stride].view(n, g.in_channels, sd, sh, sw, dq, hq, wq).copy_(xp)
+        return buf

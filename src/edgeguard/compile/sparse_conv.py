@@ -1,0 +1,165 @@
+"""``SparseConv``: a pruned Conv2d/Conv3d that runs a generated kernel for its own sparsity pattern."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layout import InputLayout
+from .plan import SparsePlan
+
+log = logging.getLogger(__name__)
+
+MODES = ("cpu", "cuda", "torch")
+
+
+class SparseConv(nn.Module):
+    """Computes ``act(conv(x, W) + b)`` for a weight whose pruned entries are exact zeros.
+
+    ``mode`` selects the implementation: ``"cpu"`` (generated C++, compiled per input size on first
+    use), ``"cuda"`` (Triton) or ``"torch"`` (standard operators only: pad, slice, gather, matmul; the
+    fallback without a compiler and the form exported to ONNX).  Input ``[N, C, D, H, W]`` (or
+    ``[N, C, H, W]`` for a 2D layer), float32; inference only (no autograd through the kernels).
+    """
+
+    def __init__(
+        self, plan: SparsePlan, *, relu: bool = False, two_d: bool = False, mode: str = "torch",
+        nv: int = 3, name: str = "conv",
+    ) -> None:  # fmt: skip
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+        self.plan = plan
+        self.relu = relu
+        self.two_d = two_d
+        self.mode = mode
+        self.nv = nv
+        self.name = name
+        g = plan.geometry
+        panels = [p for p in plan.panels]
+        self.register_buffer(
+            "panel", torch.cat(panels).contiguous() if panels else torch.zeros(0, plan.mr)
+        )
+        self.register_buffer("bias", plan.bias.contiguous())
+        # Per-location dense slices over the union of kept channels: the standard-operator form.
+        dense = torch.zeros(g.out_channels, g.in_channels * g.locations)
+        for rows, panel, slots in zip(
+            plan.block_rows, plan.panels, plan.filters.view(-1, plan.mr), strict=True
+        ):
+            for j, f in enumerate(slots.tolist()):
+                if f >= 0:
+                    dense[f, rows] = panel[:, j]
+        dense = dense.view(g.out_channels, g.in_channels, g.locations)
+        self._locs: list[tuple[int, int, int]] = []
+        for loc in range(g.locations):
+            chans = torch.nonzero(dense[:, :, loc].any(0)).flatten()
+            if len(chans) == 0:
+                continue
+            kh_, kw_ = g.kernel[1], g.kernel[2]
+            self._locs.append((loc // (kh_ * kw_), (loc // kw_) % kh_, loc % kw_))
+            self.register_buffer(f"chans_{len(self._locs) - 1}", chans)
+            self.register_buffer(f"wloc_{len(self._locs) - 1}", dense[:, chans, loc].contiguous())
+        self._kernels: dict[tuple, object] = {}
+
+    # -- standard-operator path (fallback and ONNX) ------------------------------------------------
+    def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.plan.geometry
+        n = x.shape[0]
+        do, ho, wo = g.output_size(tuple(x.shape[2:]))
+        pd, ph, pw = g.padding
+        xp = F.pad(x, (pw, pw, ph, ph, pd, pd))
+        sd, sh, sw = g.stride
+        dd, dh, dw = g.dilation
+        out = self.bias.view(1, -1, 1).expand(n, -1, do * ho * wo)
+        for i, (kd, kh, kw) in enumerate(self._locs):
+            a, b, c = kd * dd, kh * dh, kw * dw
+            xs = xp[:, :, a : a + (do - 1) * sd + 1 : sd, b : b + (ho - 1) * sh + 1 : sh,
+                    c : c + (wo - 1) * sw + 1 : sw]  # fmt: skip
+            xs = xs.index_select(1, getattr(self, f"chans_{i}")).reshape(n, -1, do * ho * wo)
+            out = out + torch.matmul(getattr(self, f"wloc_{i}"), xs)
+        out = out.view(n, -1, do, ho, wo)
+        return F.relu(out) if self.relu else out
+
+    # -- generated kernels -------------------------------------------------------------------------
+    def layout(self, x: torch.Tensor) -> InputLayout:
+        return InputLayout(self.plan.geometry, tuple(x.shape[2:]))
+
+    def source(self, x: torch.Tensor, vector_floats: int) -> tuple[str, torch.Tensor]:
+        """Generated C++ for inputs shaped like ``x`` and the kernel's weight-row order."""
+        from .cpu import generate_source
+
+        return generate_source(
+            self.plan, self.layout(x), self.nv, vector_floats, self.relu, self.name
+        )
+
+    def _cpu_kernel(self, x: torch.Tensor):
+        key = ("cpu", tuple(x.shape[1:]))
+        if key not in self._kernels:
+            from .cpu import build_many, host_target
+
+            target = host_target()
+            src, order = self.source(x, target.vector_floats)
+            (lib,) = build_many([src], target)
+            self.load_kernel(tuple(x.shape[1:]), lib, order)
+        return self._kernels[key]
+
+    def load_kernel(self, shape: tuple[int, ...], lib, order: torch.Tensor) -> None:
+        """Install an already built kernel for inputs of ``shape`` ``[C, D, H, W]``."""
+        from .cpu import CppKernel
+
+        self._kernels[("cpu", tuple(shape))] = CppKernel(lib, self.panel[order])
+
+    def _fill_dead(self, out: torch.Tensor) -> None:
+        dead = self.plan.dead
+        if len(dead):
+            val = self.bias[dead]
+            val = val.clamp_min(0) if self.relu else val
+            out[:, dead] = val.view(1, -1, 1, 1, 1).to(out.dtype)
+
+    def forward_cpu(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32:
+            raise TypeError(f"{self.name}: the CPU kernel takes float32 input, got {x.dtype}")
+        kernel = self._cpu_kernel(x)
+        lay = self.layout(x)
+        n = x.shape[0]
+        vl = 16  # slack >= one tile of any target (nv * vector floats)
+        buf = lay.prepare(x.contiguous(), slack=self.nv * vl)
+        out = torch.empty(n, self.plan.geometry.out_channels, *lay.out)
+        kernel(buf, self.bias, out, n)
+        self._fill_dead(out)
+        return out
+
+    def forward_cuda(self, x: torch.Tensor) -> torch.Tensor:
+        from .triton_backend import sparse_conv_triton
+
+        out = sparse_conv_triton(self, x)
+        self._fill_dead(out)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.two_d:
+            x = x.unsqueeze(2)
+        if x.dim() != 5 or x.shape[1] != self.plan.geometry.in_channels:
+            raise ValueError(
+                f"{self.name}: expected input [N, {self.plan.geometry.in_channels}, D, H, W], "
+                f"got {tuple(x.shape)}"
+            )
+        if self.mode == "cpu" and not torch.onnx.is_in_onnx_export():
+            with torch.no_grad():
+                out = self.forward_cpu(x)
+        elif self.mode == "cuda" and not torch.onnx.is_in_onnx_export():
+            with torch.no_grad():
+                out = self.forward_cuda(x)
+        else:
+            out = self.forward_torch(x)
+        return out.squeeze(2) if self.two_d else out
+
+    def extra_repr(self) -> str:
+        g = self.plan.geometry
+        return (
+            f"{g.in_channels}, {g.out_channels}, kernel={g.kernel}, stride={g.stride}, "
+            f"mode={self.mode}, density={self.plan.density:.3f}, relu={self.relu}"
+        )
