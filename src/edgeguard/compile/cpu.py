@@ -240,7 +240,7 @@ def generate_source(
         for b in range(nb):
             woff[b, sl] = len(order)
             order += range(kb[b] + int(ks[b, sl]), kb[b] + int(ks[b, sl + 1]))
-    dq, hq, wq = layout.phased
+    _dq, hq, wq = layout.phased
     source = KERNEL_TEMPLATE.format(
         name=name, vl=vl, mr=plan.mr, nv=nv, ct=ct, nb=nb, m=plan.geometry.out_channels,
         do_=do, ho=ho, wo=wo, wq=wq, p=layout.positions,

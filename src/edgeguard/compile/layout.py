@@ -63,7 +63,7 @@ class InputLayout:
     def row_offsets(self, rows: torch.Tensor) -> torch.Tensor:
         """Buffer offset (int64) of each row id ``c * L + (kd * KH + kh) * KW + kw``."""
         g = self.geometry
-        kd_, kh_, kw_ = g.kernel
+        _, kh_, kw_ = g.kernel
         dd, dh, dw = g.dilation
         sd, sh, sw = g.stride
         dq, hq, wq = self.phased

@@ -122,9 +122,13 @@ class SparseConv(nn.Module):
     def forward_cpu(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.float32:
             raise TypeError(f"{self.name}: the CPU kernel takes float32 input, got {x.dtype}")
-        kernel = self._cpu_kernel(x)
         lay = self.layout(x)
         n = x.shape[0]
+        if not self.plan.block_rows:  # every filter pruned: the output is the bias
+            out = torch.empty(n, self.plan.geometry.out_channels, *lay.out)
+            self._fill_dead(out)
+            return out
+        kernel = self._cpu_kernel(x)
         vl = 16  # slack >= one tile of any target (nv * vector floats)
         buf = lay.prepare(x.contiguous(), slack=self.nv * vl)
         out = torch.empty(n, self.plan.geometry.out_channels, *lay.out)

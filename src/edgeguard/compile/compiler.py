@@ -1,0 +1,276 @@
+"""``edgeguard.compile``: turn a pruned model into one that is faster and computes the same function."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+
+from .plan import ConvGeometry, make_plan
+from .shrink import (
+    CONVS,
+    effective_weight,
+    fold_batchnorm,
+    fuse_relu,
+    materialise_mask,
+    module_of,
+    set_module,
+    shrink,
+)
+from .sparse_conv import SparseConv
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("cpu", "cuda", "auto", "torch")
+
+
+class CompileError(ValueError):
+    """Invalid arguments to :func:`compile_model`."""
+
+
+@dataclass
+class LayerDecision:
+    """What the compiler did with one layer.
+
+    ``action`` is one of ``"sparse"`` (generated kernel), ``"dense"`` (kept as a dense op: nothing
+    pruned, or too dense to pay off), ``"shrunk"`` (physically smaller dense op) or ``"unsupported"``.
+    ``density`` is the fraction of the original weights that the compiled layer still multiplies.
+    """
+
+    name: str
+    action: str
+    density: float
+    detail: str = ""
+
+
+@dataclass
+class CompiledModel(nn.Module):
+    """A compiled model: call it like the original (inference only, under ``torch.no_grad``)."""
+
+    def __init__(self, graph_module: fx.GraphModule | nn.Module, backend: str,
+                 decisions: list[LayerDecision]) -> None:  # fmt: skip
+        nn.Module.__init__(self)
+        self.module = graph_module
+        self.backend = backend
+        self.decisions = decisions
+
+    def forward(self, *args, **kwargs):
+        with torch.no_grad():
+            return self.module(*args, **kwargs)
+
+    def sparse_layers(self) -> dict[str, SparseConv]:
+        return {n: m for n, m in self.module.named_modules() if isinstance(m, SparseConv)}
+
+    def summary(self) -> str:
+        lines = [
+            f"backend: {self.backend}",
+            f"{'layer':32s} {'action':12s} {'density':>8s}  detail",
+        ]
+        for d in self.decisions:
+            lines.append(f"{d.name:32s} {d.action:12s} {d.density:8.3f}  {d.detail}")
+        return "\n".join(lines)
+
+    __hash__ = nn.Module.__hash__
+
+
+def resolve_backend(backend: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU and Triton are available, else ``cpu``; ``cpu`` without a
+    working compiler -> ``torch`` with a warning."""
+    if backend not in BACKENDS:
+        raise CompileError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        backend = "cuda" if torch.cuda.is_available() and _has_triton() else "cpu"
+    if backend == "cuda":
+        if not torch.cuda.is_available():
+            raise CompileError("backend 'cuda' needs a CUDA GPU; none is available (use 'cpu')")
+        if not _has_triton():
+            raise CompileError("backend 'cuda' needs Triton (pip install triton)")
+    if backend == "cpu":
+        from .cpu import CompilerUnavailable, host_target
+
+        try:
+            host_target()
+        except CompilerUnavailable as err:
+            warnings.warn(
+                f"{err}: the compiled model uses the pure-PyTorch fallback (correct, not faster)",
+                stacklevel=3,
+            )
+            backend = "torch"
+    return backend
+
+
+def _has_triton() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def compile_model(
+    model: nn.Module,
+    backend: str = "auto",
+    input_shape: tuple[int, ...] | None = None,
+    *,
+    max_density: float = 0.8,
+    shrink_channels: bool = True,
+    mr: int = 4,
+    nv: int = 3,
+) -> CompiledModel:
+    """Compile a (masked) pruned model for inference.
+
+    Args:
+        model: an ``nn.Module`` whose pruned weights are zero or masked by ``weight_mask`` buffers
+            (as left by :func:`edgeguard.sparsity.prune_model`); it is copied, never modified.
+        backend: ``"cpu"`` (generated C++), ``"cuda"`` (Triton), ``"auto"`` or ``"torch"`` (standard
+            operators only).
+        input_shape: full input shape incl. batch, e.g. ``(1, 3, 16, 112, 112)``; when given, every
+            kernel is generated and built now (in parallel) instead of on first use.
+        max_density: a conv layer that would still multiply more than this fraction of its weights
+            stays a dense (oneDNN/cuDNN) op, since a sparse kernel would not pay off; in (0, 1].
+        shrink_channels: physically remove dead filters and the matching channels downstream.
+        mr, nv: register tile of the CPU kernel (filters x vectors of positions).
+
+    Returns:
+        A :class:`CompiledModel` whose ``decisions`` say what happened to each layer.
+    """
+    if not isinstance(model, nn.Module):
+        raise CompileError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not 0 < max_density <= 1:
+        raise CompileError(f"max_density must be in (0, 1], got {max_density}")
+    backend = resolve_backend(backend)
+    model = copy.deepcopy(model).eval().float()
+    decisions: list[LayerDecision] = []
+    orig_density: dict[str, float] = {}
+    orig_numel: dict[str, int] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, (*CONVS, nn.Linear)):
+            w = effective_weight(m)
+            orig_density[name] = float((w != 0).float().mean())
+            orig_numel[name] = w.numel()
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception as err:
+        warnings.warn(
+            f"model is not traceable by torch.fx ({type(err).__name__}: {err}); compiling its conv "
+            "layers in place, without BatchNorm folding, ReLU fusion or channel shrinking",
+            stacklevel=2,
+        )
+        return _compile_in_place(model, backend, decisions, max_density, mr, nv, input_shape)
+    fold_batchnorm(gm)
+    shrunk = shrink(gm) if shrink_channels else {}
+    for node in list(gm.graph.nodes):
+        m = module_of(gm, node)
+        if m is None:
+            continue
+        name = str(node.target)
+        if isinstance(m, nn.Linear):
+            materialise_mask(m)
+            dens = orig_density.get(name, 1.0)
+            decisions.append(LayerDecision(name, "dense", dens, "linear layers run dense"))
+            continue
+        if not isinstance(m, CONVS):
+            if getattr(m, "weight_mask", None) is not None:
+                decisions.append(LayerDecision(name, "unsupported", 1.0,
+                                               f"{type(m).__name__} is left as it is"))  # fmt: skip
+            continue
+        decision, new = _compile_conv(name, m, backend, max_density, mr, nv, gm, node)
+        # report against the original layer: a shrunk layer's density counts the removed filters
+        decision.density *= m.weight.numel() / orig_numel.get(name, m.weight.numel())
+        if name in shrunk:
+            before, after = shrunk[name]
+            decision.detail = f"filters {before}->{after}; " + decision.detail
+        decisions.append(decision)
+        if new is not None:
+            set_module(gm, name, new)
+    gm.graph.lint()
+    gm.recompile()
+    compiled = CompiledModel(gm, backend, decisions)
+    if input_shape is not None:
+        build_kernels(compiled, input_shape)
+    return compiled
+
+
+def _compile_conv(name, m, backend, max_density, mr, nv, gm=None, node=None):
+    if (
+        m.groups != 1
+        or isinstance(m, nn.Conv1d)
+        or m.padding_mode != "zeros"
+        or isinstance(m.padding, str)
+    ):
+        materialise_mask(m)
+        why = "grouped" if m.groups != 1 else "conv1d/padding mode"
+        return LayerDecision(name, "unsupported", 1.0, f"{why}: left as a dense op"), None
+    materialise_mask(m)
+    w = m.weight.detach().float()
+    w5 = w if w.dim() == 5 else w.unsqueeze(2)
+    plan = make_plan(w5, m.bias, ConvGeometry.of(m), mr)
+    if plan.density > max_density or (backend == "torch" and plan.density > 0.999):
+        detail = (
+            "nothing pruned" if plan.density > 0.999 else
+            f"too dense to pay off (density {plan.density:.2f} > {max_density}): dense kernel"
+        )  # fmt: skip
+        action = "dense" if plan.density > 0.999 or "filters" not in detail else "shrunk"
+        if plan.density <= 0.999:
+            log.info("%s: %s", name, detail)
+        return LayerDecision(name, action, plan.density, detail), None
+    relu = fuse_relu(gm, node) if gm is not None and backend == "cpu" else False
+    new = SparseConv(plan, relu=relu, two_d=w.dim() == 4, mode=backend, nv=nv, name=name)
+    detail = f"{len(plan.block_rows)} blocks of {mr} filters" + (", ReLU fused" if relu else "")
+    return LayerDecision(name, "sparse", plan.density, detail), new
+
+
+def _compile_in_place(model, backend, decisions, max_density, mr, nv, input_shape):
+    for name, m in list(model.named_modules()):
+        if isinstance(m, CONVS):
+            decision, new = _compile_conv(name, m, backend, max_density, mr, nv)
+            decisions.append(decision)
+            if new is not None:
+                parent, _, leaf = name.rpartition(".")
+                setattr(model.get_submodule(parent) if parent else model, leaf, new)
+        elif isinstance(m, nn.Linear):
+            materialise_mask(m)
+    compiled = CompiledModel(model, backend, decisions)
+    if input_shape is not None:
+        build_kernels(compiled, input_shape)
+    return compiled
+
+
+def build_kernels(compiled: CompiledModel, input_shape: tuple[int, ...]) -> None:
+    """Generate and build every CPU kernel the model needs for ``input_shape`` in one parallel build
+    (the model runs once with the standard-operator path to learn each layer's input size)."""
+    layers = [
+        m
+        for m in compiled.module.modules()
+        if isinstance(m, SparseConv) and m.mode == "cpu" and m.plan.block_rows
+    ]
+    if not layers:
+        return
+    from .cpu import build_many, host_target
+
+    target = host_target()
+    seen: list[tuple[SparseConv, tuple, torch.Tensor]] = []
+    sources: list[str] = []
+
+    def hook(mod, args):
+        x = args[0].unsqueeze(2) if mod.two_d else args[0]
+        src, order = mod.source(x, target.vector_floats)
+        seen.append((mod, tuple(x.shape[1:]), order))
+        sources.append(src)
+        mod.mode = "torch"
+
+    handles = [m.register_forward_pre_hook(hook) for m in layers]
+    try:
+        compiled(torch.zeros(input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+        for m in layers:
+            m.mode = "cpu"
+    libs = build_many(sources, target)
+    for (mod, shape, order), lib in zip(seen, libs, strict=True):
+        mod.load_kernel(shape, lib, order)

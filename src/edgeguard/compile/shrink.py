@@ -1,0 +1,248 @@
+"""Graph passes on a traced model: BatchNorm folding and physical shrinking of filter/channel pruning.
+
+Shrinking removes a conv's dead filters (all weights zero) together with the matching input channels
+of the next layer, the BatchNorm between them, and the matching inputs of a Linear layer after a
+flatten.  It follows a producer only through a private chain of channel-wise operations (activations,
+BatchNorm, max/adaptive pooling, dropout); a tensor that also feeds a residual add, a concatenation or
+any other consumer is left whole, which is what keeps R(2+1)D and ResNet blocks correct.
+
+A removed filter still outputs its bias ``b``; after the chain that is a constant ``v = chain(b)`` per
+channel.  For exactness its contribution to the consumer is added back: folded into the bias of a
+Linear consumer, and as a precomputed field (zero padding makes it position dependent) for a conv.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh,
+               nn.Hardswish, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)  # fmt: skip
+# Pooling that maps a constant channel to the same constant (max pooling pads with -inf).
+CONSTANT_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d,
+                  nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.AdaptiveAvgPool1d,
+                  nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)  # fmt: skip
+ACT_FUNCS = {torch.relu, F.relu, torch.sigmoid, torch.tanh, F.gelu, F.silu, F.relu6,
+             F.dropout, torch.nn.functional.leaky_relu}  # fmt: skip
+RELU_FUNCS = {torch.relu, F.relu}
+
+
+def module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    return gm.get_submodule(node.target) if node.op == "call_module" else None
+
+
+def set_module(gm: fx.GraphModule, name: str, new: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(gm.get_submodule(parent) if parent else gm, leaf, new)
+
+
+def effective_weight(m: nn.Module) -> torch.Tensor:
+    """Weight with its attached pruning mask applied."""
+    w = m.weight.detach()
+    mask = getattr(m, "weight_mask", None)
+    return w * mask if mask is not None else w.clone()
+
+
+def materialise_mask(m: nn.Module) -> None:
+    """Multiply the mask into the weight and drop the mask buffer (the plan reads the zeros)."""
+    if getattr(m, "weight_mask", None) is not None:
+        m.weight.data = effective_weight(m)
+        del m._buffers["weight_mask"]
+
+
+def fold_batchnorm(gm: fx.GraphModule) -> list[str]:
+    """Fold every eval-mode BatchNorm that directly follows a conv into it; returns the folded names."""
+    folded = []
+    for node in list(gm.graph.nodes):
+        bn = module_of(gm, node)
+        if not isinstance(bn, BATCHNORMS) or bn.training or bn.running_mean is None:
+            continue
+        src = node.args[0]
+        conv = module_of(gm, src) if isinstance(src, fx.Node) else None
+        if not isinstance(conv, CONVS) or len(src.users) != 1 or conv.groups != 1:
+            continue
+        materialise_mask(conv)
+        scale = (bn.weight.detach() if bn.affine else 1.0) / torch.sqrt(bn.running_var + bn.eps)
+        shift = bn.bias.detach() if bn.affine else 0.0
+        b = conv.bias.detach() if conv.bias is not None else torch.zeros(conv.out_channels)
+        conv.weight.data = conv.weight.data * scale.view(-1, *[1] * (conv.weight.dim() - 1))
+        conv.bias = nn.Parameter((b - bn.running_mean) * scale + shift)
+        node.replace_all_uses_with(src)
+        gm.graph.erase_node(node)
+        folded.append(node.target)
+    gm.graph.lint()
+    gm.recompile()
+    return folded
+
+
+class ConstantChannelField(nn.Module):
+    """Adds back what removed constant input channels contributed to a conv: ``conv(v * ones)``
+    with the consumer's zero padding, computed once per input size (inference only)."""
+
+    def __init__(self, weight: torch.Tensor, value: torch.Tensor, conv: nn.Module) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight.contiguous())  # [M, R, *kernel]
+        self.register_buffer("value", value.contiguous())  # [R]
+        self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
+        self._cache: dict[tuple, torch.Tensor] = {}
+
+    def field(self, size: tuple[int, ...]) -> torch.Tensor:
+        if size not in self._cache:
+            ones = self.value.view(1, -1, *[1] * len(size)).expand(1, -1, *size)
+            conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(size)]
+            self._cache[size] = conv(ones, self.weight, None, self.stride, self.padding,
+                                     self.dilation)  # fmt: skip
+        return self._cache[size]
+
+    def forward(self, consumer_input: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return out + self.field(tuple(consumer_input.shape[2:])).to(out.dtype)
+
+
+def _chain(gm: fx.GraphModule, node: fx.Node):
+    """Follow ``node``'s single-user chain of channel-wise ops; returns (chain modules, consumer node,
+    consumer kind) with kind ``"conv"`` or ``"linear"``, or None when it cannot be shrunk."""
+    chain: list[nn.Module | object] = []
+    cur = node
+    while True:
+        if len(cur.users) != 1:
+            return None
+        (nxt,) = cur.users
+        if nxt.args[:1] != (cur,):
+            return None
+        m = module_of(gm, nxt)
+        if isinstance(m, CONVS) and m.groups == 1:
+            return chain, nxt, "conv"
+        if isinstance(m, ACTIVATIONS + CONSTANT_POOLS + BATCHNORMS) or (
+            nxt.op == "call_function" and nxt.target in ACT_FUNCS
+        ):
+            chain.append(nxt)
+        elif (nxt.op == "call_method" and nxt.target == "flatten") or (
+            nxt.op == "call_function" and nxt.target is torch.flatten
+        ):
+            start = nxt.args[1] if len(nxt.args) > 1 else nxt.kwargs.get("start_dim", 0)
+            if start != 1 or len(nxt.users) != 1:
+                return None
+            (lin,) = nxt.users
+            if isinstance(module_of(gm, lin), nn.Linear) and lin.args[:1] == (nxt,):
+                return chain, lin, "linear"
+            return None
+        else:
+            return None
+        cur = nxt
+
+
+def _constant_through(gm: fx.GraphModule, chain: list[fx.Node], v: torch.Tensor) -> torch.Tensor:
+    """Value of constant channels ``v [C]`` after the chain (pooling keeps constants)."""
+    x = v.view(1, -1)
+    for n in chain:
+        m = module_of(gm, n)
+        if isinstance(m, BATCHNORMS):
+            x = F.batch_norm(x, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
+        elif isinstance(m, CONSTANT_POOLS):
+            continue
+        elif m is not None:
+            x = m(x.clone())
+        else:
+            x = n.target(x.clone(), *n.args[1:], **n.kwargs)
+    return x.view(-1)
+
+
+def _slice_conv(conv: nn.Module, out_keep=None, in_keep=None) -> nn.Module:
+    w = effective_weight(conv)
+    b = conv.bias.detach() if conv.bias is not None else None
+    if out_keep is not None:
+        w, b = w[out_keep], (b[out_keep] if b is not None else None)
+    if in_keep is not None:
+        w = w[:, in_keep]
+    new = type(conv)(w.shape[1], w.shape[0], conv.kernel_size, conv.stride, conv.padding,
+                     conv.dilation, 1, b is not None, conv.padding_mode)  # fmt: skip
+    new.weight.data = w.contiguous()
+    if b is not None:
+        new.bias.data = b.clone()
+    return new.train(conv.training)
+
+
+def shrink(gm: fx.GraphModule) -> dict[str, tuple[int, int]]:
+    """Physically remove dead filters/channels; returns ``{conv: (filters before, after)}``."""
+    changed: dict[str, tuple[int, int]] = {}
+    for node in list(gm.graph.nodes):
+        conv = module_of(gm, node)
+        if not isinstance(conv, CONVS) or conv.groups != 1:
+            continue
+        found = _chain(gm, node)
+        if found is None:
+            continue
+        chain, consumer, kind = found
+        if any(len(getattr(module_of(gm, n), "_forward_hooks", {})) for n in chain):
+            continue
+        w = effective_weight(conv)
+        nf = w.shape[0]
+        dead = (w.reshape(nf, -1) == 0).all(1)
+        cm = module_of(gm, consumer)
+        cw = effective_weight(cm)
+        if kind == "conv":
+            unused = (cw.transpose(0, 1).reshape(nf, -1) == 0).all(1)
+            span = 1
+        else:
+            if cw.shape[1] % nf:
+                continue
+            span = cw.shape[1] // nf
+            unused = (cw.view(cw.shape[0], nf, span) == 0).all(0).all(1)
+        remove = dead | unused
+        if not remove.any() or remove.all():
+            continue
+        keep = torch.nonzero(~remove).flatten()
+        bias = conv.bias.detach() if conv.bias is not None else torch.zeros(nf)
+        value = _constant_through(gm, chain, torch.where(dead, bias, torch.zeros_like(bias)))
+        fix = remove & ~unused & (value != 0)  # removed channels the consumer still reads
+        set_module(gm, node.target, _slice_conv(conv, out_keep=keep))
+        for n in chain:
+            m = module_of(gm, n)
+            if isinstance(m, BATCHNORMS):
+                for attr in ("weight", "bias"):
+                    if getattr(m, attr) is not None:
+                        getattr(m, attr).data = getattr(m, attr).data[keep]
+                m.running_mean = m.running_mean[keep]
+                m.running_var = m.running_var[keep]
+                m.num_features = len(keep)
+        if kind == "conv":
+            set_module(gm, consumer.target, _slice_conv(cm, in_keep=keep))
+            if fix.any():
+                field = ConstantChannelField(cw[:, fix], value[fix], cm)
+                name = consumer.target.replace(".", "_") + "_removed_channels"
+                gm.add_submodule(name, field)
+                with gm.graph.inserting_after(consumer):
+                    add = gm.graph.call_module(name, (consumer.args[0], consumer))
+                consumer.replace_all_uses_with(add, delete_user_cb=lambda u, a=add: u is not a)
+        else:
+            cols = (keep.view(-1, 1) * span + torch.arange(span)).flatten()
+            lin = nn.Linear(len(cols), cm.out_features, bias=True)
+            lin.weight.data = cw[:, cols].contiguous()
+            lb = cm.bias.detach().clone() if cm.bias is not None else torch.zeros(cm.out_features)
+            if fix.any():
+                wv = cw.view(cw.shape[0], nf, span)[:, fix].sum(2)  # [out, removed]
+                lb = lb + wv @ value[fix]
+            lin.bias.data = lb
+            set_module(gm, consumer.target, lin.train(cm.training))
+        changed[node.target] = (nf, len(keep))
+    gm.graph.lint()
+    gm.recompile()
+    return changed
+
+
+def fuse_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """If ``node``'s only user is a ReLU, remove that ReLU (the caller's kernel applies it)."""
+    if len(node.users) != 1:
+        return False
+    (u,) = node.users
+    is_relu = isinstance(module_of(gm, u), nn.ReLU) or (
+        u.op == "call_function" and u.target in RELU_FUNCS and len(u.args) == 1 and not u.kwargs
+    )
+    if not is_relu or u.args[:1] != (node,):
+        return False
+    u.replace_all_uses_with(node)
+    gm.graph.erase_node(u)
+    return True
