@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -11,6 +12,8 @@ import torch
 from torch import fx, nn
 
 from .plan import ConvGeometry, make_plan
+from .pool import MaxPoolCpu
+from .pool import supported as pool_supported
 from .shrink import (
     CONVS,
     effective_weight,
@@ -18,6 +21,7 @@ from .shrink import (
     fuse_relu,
     materialise_mask,
     module_of,
+    remove_identities,
     set_module,
     shrink,
 )
@@ -57,10 +61,17 @@ class CompiledModel(nn.Module):
         self.module = graph_module
         self.backend = backend
         self.decisions = decisions
+        self._lock = threading.Lock()
+        for m in graph_module.modules():
+            if hasattr(m, "reuse_buffers"):
+                m.reuse_buffers = True
 
     def forward(self, *args, **kwargs):
-        with torch.no_grad():
-            return self.module(*args, **kwargs)
+        # Layers reuse their buffers between calls, so calls are serialised and tensor outputs are
+        # copied out (a conv output returned as is would be overwritten by the next call).
+        with self._lock, torch.no_grad():
+            out = self.module(*args, **kwargs)
+            return out.clone() if isinstance(out, torch.Tensor) else out
 
     def sparse_layers(self) -> dict[str, SparseConv]:
         return {n: m for n, m in self.module.named_modules() if isinstance(m, SparseConv)}
@@ -161,6 +172,7 @@ def compile_model(
             stacklevel=2,
         )
         return _compile_in_place(model, backend, decisions, max_density, mr, nv, input_shape)
+    remove_identities(gm)
     fold_batchnorm(gm)
     shrunk = shrink(gm) if shrink_channels else {}
     for node in list(gm.graph.nodes):
@@ -172,6 +184,9 @@ def compile_model(
             materialise_mask(m)
             dens = orig_density.get(name, 1.0)
             decisions.append(LayerDecision(name, "dense", dens, "linear layers run dense"))
+            continue
+        if backend == "cpu" and pool_supported(m):
+            set_module(gm, name, MaxPoolCpu(m, name))
             continue
         if not isinstance(m, CONVS):
             if getattr(m, "weight_mask", None) is not None:
@@ -246,14 +261,15 @@ def build_kernels(compiled: CompiledModel, input_shape: tuple[int, ...]) -> None
     layers = [
         m
         for m in compiled.module.modules()
-        if isinstance(m, SparseConv) and m.mode == "cpu" and m.plan.block_rows
+        if (isinstance(m, SparseConv) and m.mode == "cpu" and m.plan.block_rows)
+        or isinstance(m, MaxPoolCpu)
     ]
     if not layers:
         return
     from .cpu import build_many, host_target
 
     target = host_target()
-    seen: list[tuple[SparseConv, tuple, torch.Tensor]] = []
+    seen: list[tuple[nn.Module, tuple, torch.Tensor | None]] = []
     sources: list[str] = []
 
     def hook(mod, args):
@@ -261,16 +277,35 @@ def build_kernels(compiled: CompiledModel, input_shape: tuple[int, ...]) -> None
         src, order = mod.source(x, target.vector_floats)
         seen.append((mod, tuple(x.shape[1:]), order))
         sources.append(src)
-        mod.mode = "torch"
 
+    # One pass with the standard-operator path learns every layer's input size.
     handles = [m.register_forward_pre_hook(hook) for m in layers]
+    modes = {m: m.mode for m in layers if isinstance(m, SparseConv)}
+    for m in modes:
+        m.mode = "torch"
     try:
-        compiled(torch.zeros(input_shape))
+        with _pools_in_torch(layers):
+            compiled(torch.zeros(input_shape))
     finally:
         for h in handles:
             h.remove()
-        for m in layers:
-            m.mode = "cpu"
+        for m, mode in modes.items():
+            m.mode = mode
     libs = build_many(sources, target)
     for (mod, shape, order), lib in zip(seen, libs, strict=True):
         mod.load_kernel(shape, lib, order)
+
+
+class _pools_in_torch:
+    """Context: generated pools run PyTorch's pooling (used while kernels are being collected)."""
+
+    def __init__(self, layers) -> None:
+        self.pools = [m for m in layers if isinstance(m, MaxPoolCpu)]
+
+    def __enter__(self):
+        for p in self.pools:
+            p.collecting = True
+
+    def __exit__(self, *exc):
+        for p in self.pools:
+            p.collecting = False

@@ -155,13 +155,17 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
         for (int v = 0; v < NV; ++v) st(op[m] + h0 * WO + w0 + v * VL, acc[m][v]);
     return;
   }}
+  // The tile crosses row ends: copy each in-row segment (the Wq - WO lanes past a row end are the
+  // padding columns, dropped).
   float tmp[MR][T];
   std::memcpy(tmp, acc, sizeof tmp);
-  for (int j = 0; j < T && p0 + j < P; ++j) {{
-    const int q = p0 + j, h = q / WQ, w = q % WQ;
-    if (w < WO)
+  for (int j = 0, h = h0, w = w0; j < T && p0 + j < P; ++h, w = 0) {{
+    const int len = (WO - w < T - j ? WO - w : T - j);
+    const int n = len < P - (p0 + j) ? len : P - (p0 + j);
+    if (n > 0)
       for (int m = 0; m < MR; ++m)
-        if (op[m]) op[m][h * WO + w] = tmp[m][j];
+        if (op[m]) std::memcpy(op[m] + h * WO + w, &tmp[m][j], n * sizeof(float));
+    j += (WQ - w);
   }}
 }}
 

@@ -74,16 +74,18 @@ class InputLayout:
         phase = (zd % sd) * sh * sw + (zh % sh) * sw + zw % sw
         return ((c * self.phases + phase) * dq + zd // sd) * hq * wq + (zh // sh) * wq + zw // sw
 
-    def prepare(self, x: torch.Tensor, slack: int) -> torch.Tensor:
+    def prepare(self, x: torch.Tensor, slack: int, buf: torch.Tensor | None = None) -> torch.Tensor:
         """Padded, phase-split copy of ``x [N, C, D, H, W]`` as one flat buffer with ``slack`` extra
-        zeros at the end (tiles past the last position read there)."""
+        zeros at the end (tiles past the last position read there).  ``buf``: a buffer returned by
+        an earlier call for the same shape, reused (its zero borders are never written)."""
         g = self.geometry
         n = x.shape[0]
         pd, ph, pw = g.padding
         sd, sh, sw = g.stride
         dq, hq, wq = self.phased
         dp, hp, wp = self.padded
-        buf = x.new_zeros(n * self.batch_stride + slack)
+        if buf is None:
+            buf = x.new_zeros(n * self.batch_stride + slack)
         if self.phases == 1:
             view = buf[: n * self.batch_stride].view(n, g.in_channels, dq, hq, wq)
             view[:, :, pd : pd + self.size[0], ph : ph + self.size[1], pw : pw + self.size[2]] = x

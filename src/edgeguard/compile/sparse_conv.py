@@ -27,7 +27,7 @@ class SparseConv(nn.Module):
 
     def __init__(
         self, plan: SparsePlan, *, relu: bool = False, two_d: bool = False, mode: str = "torch",
-        nv: int = 3, name: str = "conv",
+        nv: int = 3, kc: int = 256, name: str = "conv",
     ) -> None:  # fmt: skip
         super().__init__()
         if mode not in MODES:
@@ -37,6 +37,7 @@ class SparseConv(nn.Module):
         self.two_d = two_d
         self.mode = mode
         self.nv = nv
+        self.kc = kc
         self.name = name
         g = plan.geometry
         panels = [p for p in plan.panels]
@@ -63,6 +64,8 @@ class SparseConv(nn.Module):
             self.register_buffer(f"chans_{len(self._locs) - 1}", chans)
             self.register_buffer(f"wloc_{len(self._locs) - 1}", dense[:, chans, loc].contiguous())
         self._kernels: dict[tuple, object] = {}
+        self.reuse_buffers = False
+        self._buffers_cpu: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- standard-operator path (fallback and ONNX) ------------------------------------------------
     def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
@@ -92,7 +95,7 @@ class SparseConv(nn.Module):
         from .cpu import generate_source
 
         return generate_source(
-            self.plan, self.layout(x), self.nv, vector_floats, self.relu, self.name
+            self.plan, self.layout(x), self.nv, vector_floats, self.relu, self.name, kc=self.kc
         )
 
     def _cpu_kernel(self, x: torch.Tensor):
@@ -130,9 +133,16 @@ class SparseConv(nn.Module):
             return out
         kernel = self._cpu_kernel(x)
         vl = 16  # slack >= one tile of any target (nv * vector floats)
-        buf = lay.prepare(x.contiguous(), slack=self.nv * vl)
-        out = torch.empty(n, self.plan.geometry.out_channels, *lay.out)
-        kernel(buf, self.bias, out, n)
+        # Buffers are kept between calls when ``reuse_buffers``: fresh multi-MB allocations are
+        # mmap'ed and page-faulted on every call, which cost as much as a small layer's compute.
+        key = tuple(x.shape)
+        inbuf, out = self._buffers_cpu.get(key, (None, None))
+        inbuf = lay.prepare(x.contiguous(), slack=self.nv * vl, buf=inbuf)
+        if out is None:
+            out = torch.empty(n, self.plan.geometry.out_channels, *lay.out)
+        if self.reuse_buffers:
+            self._buffers_cpu = {key: (inbuf, out)}
+        kernel(inbuf, self.bias, out, n)
         self._fill_dead(out)
         return out
 
@@ -152,7 +162,7 @@ class SparseConv(nn.Module):
                 f"got {tuple(x.shape)}"
             )
         if self.mode == "cpu" and not torch.onnx.is_in_onnx_export():
-            with torch.no_grad():
+            with torch.no_grad(), torch.profiler.record_function(f"sparse_conv:{self.name}"):
                 out = self.forward_cpu(x)
         elif self.mode == "cuda" and not torch.onnx.is_in_onnx_export():
             with torch.no_grad():
