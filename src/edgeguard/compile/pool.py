@@ -103,11 +103,11 @@ class MaxPoolCpu(nn.Module):
             target = host_target()
             (lib,) = build_many([self.source(x5, target.vector_floats)[0]], target)
             self.load_kernel(key, lib)
-        out = self._out.get(key + (x5.shape[0],))
+        out = self._out.get((*key, x5.shape[0]))
         if out is None:
             out = torch.empty(x5.shape[0], x5.shape[1], *self.out_size(tuple(x5.shape[2:])))
             if self.reuse_buffers:
-                self._out = {key + (x5.shape[0],): out}
+                self._out = {(*key, x5.shape[0]): out}
         self._kernels[key](x5.data_ptr(), out.data_ptr(), x5.shape[0], torch.get_num_threads())
         return out.squeeze(2) if self.two_d else out
 
