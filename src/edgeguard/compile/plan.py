@@ -90,7 +90,8 @@ class SparsePlan:
 
     @property
     def density(self) -> float:
-        """Stored panel entries over dense weights, in (0, 1]: 1 means no saving at all."""
+        """Stored panel entries (what the kernel multiplies, incl. the padding slots of partial
+        blocks) over dense weights; 1 or more means no saving at all."""
         stored = sum(p.numel() for p in self.panels)
         g = self.geometry
         return stored / max(1, g.out_channels * g.in_channels * g.locations)

@@ -1,0 +1,59 @@
+"""ONNX export of a compiled model with standard operators only.
+
+Shrunk layers are ordinary ``Conv`` nodes; a sparse layer becomes, per kernel location that any filter
+keeps, ``Slice`` (the shifted window) + ``Gather`` (its kept input channels) + ``MatMul`` (the kept
+weights), summed: the same arithmetic as the masked model, in operators every mobile runtime has.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from .compiler import CompiledModel
+
+
+class ExportError(RuntimeError):
+    """The model could not be exported (missing ``onnx``/``onnxscript`` or an exporter failure)."""
+
+
+def export_onnx(
+    compiled: CompiledModel, path: str | Path, input_shape: tuple[int, ...], opset: int = 18
+) -> Path:
+    """Write ``compiled`` to ``path`` as ONNX for inputs of ``input_shape`` (batch dimension
+    dynamic); written to a temporary file then renamed, so a failed export leaves nothing behind."""
+    if not isinstance(compiled, CompiledModel):
+        raise TypeError("export_onnx takes the result of edgeguard.compile(...)")
+    try:
+        import onnx  # noqa: F401
+    except ImportError as err:
+        raise ExportError("ONNX export needs the onnx package (pip install onnx onnxscript)") from err
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    example = torch.randn(*input_shape)
+    module = compiled.module.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # the exporter notes that strided slices are not constant folded: expected here
+            warnings.simplefilter("ignore", UserWarning)
+            torch.onnx.export(
+                module, (example,), str(tmp), input_names=["input"], output_names=["output"],
+                opset_version=opset, dynamo=False,
+                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            )  # fmt: skip
+        os.replace(tmp, path)
+    except Exception as err:
+        tmp.unlink(missing_ok=True)
+        raise ExportError(f"ONNX export failed: {type(err).__name__}: {err}") from err
+    return path
+
+
+def onnx_operators(path: str | Path) -> set[str]:
+    """The operator types used by an ONNX file."""
+    import onnx
+
+    return {n.op_type for n in onnx.load(str(path)).graph.node}

@@ -1,0 +1,117 @@
+"""Plans and the generated CPU kernel against PyTorch's dense convolution."""
+
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from edgeguard.compile import SparseConv, make_plan, plan_conv
+from edgeguard.compile.plan import ConvGeometry
+from edgeguard.sparsity import get_scheme
+
+needs_cxx = pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler (g++) here")
+
+
+def masked_conv(cin, cout, k, s, p, d, scheme="kgs", rate=0.6, seed=0, dims=3):
+    torch.manual_seed(seed)
+    conv = (nn.Conv3d if dims == 3 else nn.Conv2d)(cin, cout, k, s, p, d)
+    with torch.no_grad():
+        conv.weight *= get_scheme(scheme).mask(conv.weight, rate)
+        conv.bias.uniform_(-0.5, 0.5)
+    return conv
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    m=st.integers(1, 13), c=st.integers(1, 9), k=st.integers(1, 3),
+    mr=st.sampled_from([1, 4, 8]), keep=st.floats(0.0, 1.0), seed=st.integers(0, 99),
+)  # fmt: skip
+def test_plan_stores_every_kept_weight_exactly_once(m, c, k, mr, keep, seed):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(m, c, 1, k, k, generator=g) * (torch.rand(m, c, 1, k, k, generator=g) < keep)
+    geo = ConvGeometry(c, m, (1, k, k), (1, 1, 1), (0, 0, 0), (1, 1, 1))
+    plan = make_plan(w, None, geo, mr)
+    rebuilt = torch.zeros(m, c * k * k)
+    slots = plan.filters.view(-1, mr)
+    for rows, panel, slot in zip(plan.block_rows, plan.panels, slots, strict=True):
+        assert torch.all(rows[1:] > rows[:-1])  # sorted, unique
+        for j, f in enumerate(slot.tolist()):
+            if f >= 0:
+                rebuilt[f, rows] += panel[:, j]
+            else:
+                assert torch.all(panel[:, j] == 0)
+    assert torch.equal(rebuilt, w.reshape(m, -1))
+    assert set(plan.dead.tolist()) == {i for i in range(m) if not w[i].any()}
+    stored = sum(p.numel() for p in plan.panels)  # incl. padding slots of a last partial block
+    assert plan.density == pytest.approx(stored / w.numel())
+    assert stored >= plan.kept_weights
+    assert plan.kept_weights == int((w != 0).sum())
+
+
+def test_kgs_plan_has_no_padding_when_mr_divides_gm():
+    conv = masked_conv(16, 32, 3, 1, 1, 1, "kgs", 0.7)
+    plan = plan_conv(conv, mr=4)
+    stored = sum(p.numel() for p in plan.panels)
+    assert stored == plan.kept_weights  # each 4-filter block shares its kernel group's locations
+
+
+CASES = [  # cin, cout, kernel, stride, padding, dilation, input size
+    (8, 16, 3, 1, 1, 1, (4, 10, 11)),
+    (8, 12, (1, 3, 3), (1, 2, 2), (0, 1, 1), 1, (3, 9, 13)),  # R(2+1)D spatial, strided
+    (6, 10, (3, 1, 1), (2, 1, 1), (1, 0, 0), 1, (5, 7, 7)),  # R(2+1)D temporal, strided
+    (5, 7, 3, 2, 0, (1, 2, 2), (6, 12, 12)),  # dilation
+    (3, 64, 3, 1, 1, 1, (2, 30, 30)),  # C3D conv1: 3 input channels
+]
+
+
+@pytest.mark.parametrize("mode", ["torch", pytest.param("cpu", marks=needs_cxx)])
+@pytest.mark.parametrize("scheme", ["kgs", "vanilla", "filter", "channel", "column"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-k{c[2]}-s{c[3]}")
+def test_sparse_conv3d_matches_dense(case, scheme, mode):
+    cin, cout, k, s, p, d, size = case
+    conv = masked_conv(cin, cout, k, s, p, d, scheme)
+    x = torch.randn(2, cin, *size)
+    ref = conv(x)
+    for relu in (False, True):
+        y = SparseConv(plan_conv(conv), relu=relu, mode=mode)(x)
+        expect = F.relu(ref) if relu else ref
+        assert y.shape == expect.shape
+        assert (y - expect).abs().max() <= 1e-4 * expect.abs().max()
+
+
+@pytest.mark.parametrize("mode", ["torch", pytest.param("cpu", marks=needs_cxx)])
+def test_sparse_conv2d_matches_dense(mode):
+    conv = masked_conv(8, 16, 3, 2, 1, 1, "kgs", dims=2)
+    x = torch.randn(3, 8, 15, 17)
+    y = SparseConv(plan_conv(conv), two_d=True, mode=mode)(x)
+    assert torch.allclose(y, conv(x), atol=1e-5)
+
+
+@needs_cxx
+def test_kernel_is_cached_and_a_corrupted_entry_is_rebuilt(tmp_path, monkeypatch):
+    kernel_cache = tmp_path / "cache"
+    monkeypatch.setenv("EDGEGUARD_CACHE", str(kernel_cache))
+    conv = masked_conv(4, 8, 3, 1, 1, 1)
+    x = torch.randn(1, 4, 3, 6, 6)
+    SparseConv(plan_conv(conv), mode="cpu")(x)
+    (lib,) = list(kernel_cache.glob("*/kernel.so"))
+    stamp = lib.stat().st_mtime_ns
+    SparseConv(plan_conv(conv), mode="cpu")(x)  # same pattern and shape: cache hit
+    assert lib.stat().st_mtime_ns == stamp
+    lib.unlink()  # a new file (the loaded library stays mapped), as a crash or bit rot would leave
+    lib.write_bytes(b"not a shared library")
+    y = SparseConv(plan_conv(conv), mode="cpu")(x)  # checksum mismatch: rebuilt, not loaded
+    assert torch.allclose(y, conv(x), atol=1e-5)
+    assert lib.read_bytes()[:4] == b"\x7fELF"
+
+
+def test_sparse_conv_rejects_wrong_input():
+    sc = SparseConv(plan_conv(masked_conv(4, 8, 3, 1, 1, 1)), mode="torch")
+    with pytest.raises(ValueError, match=r"expected input \[N, 4, D, H, W\]"):
+        sc(torch.randn(1, 5, 3, 6, 6))
+    with pytest.raises(ValueError, match="unknown mode"):
+        SparseConv(sc.plan, mode="gpu")
