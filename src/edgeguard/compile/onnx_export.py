@@ -30,7 +30,9 @@ def export_onnx(
     try:
         import onnx  # noqa: F401
     except ImportError as err:
-        raise ExportError("ONNX export needs the onnx package (pip install onnx onnxscript)") from err
+        raise ExportError(
+            "ONNX export needs the onnx package (pip install onnx onnxscript)"
+        ) from err
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

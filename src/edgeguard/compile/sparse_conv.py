@@ -76,7 +76,7 @@ class SparseConv(nn.Module):
         xp = F.pad(x, (pw, pw, ph, ph, pd, pd))
         sd, sh, sw = g.stride
         dd, dh, dw = g.dilation
-        out = self.bias.view(1, -1, 1).expand(n, -1, do * ho * wo)
+        out = self.bias.view(1, -1, 1).expand(n, -1, do * ho * wo).contiguous()
         for i, (kd, kh, kw) in enumerate(self._locs):
             a, b, c = kd * dd, kh * dh, kw * dw
             xs = xp[:, :, a : a + (do - 1) * sd + 1 : sd, b : b + (ho - 1) * sh + 1 : sh,

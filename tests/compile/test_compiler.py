@@ -1,0 +1,175 @@
+"""edgeguard.compile on whole models: same function as the masked model, layers decided as documented."""
+
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+import edgeguard
+from edgeguard.compile import CompileError, SparseConv, compile_model
+from edgeguard.models import build
+from edgeguard.sparsity import prune_model
+
+needs_cxx = pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler (g++) here")
+BACKENDS = ["torch", pytest.param("cpu", marks=needs_cxx)]
+
+
+def randomise_batchnorm(model: nn.Module) -> nn.Module:
+    """Non-trivial BatchNorm statistics, so folding and removed-channel constants are exercised."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) * 0.6 - 0.3)
+    return model.eval()
+
+
+MODELS = {
+    "c3d": (
+        lambda: build("c3d", num_classes=12, width=0.125, clip_size=[16, 16, 16], batch_norm=True),
+        (2, 3, 16, 16, 16),
+    ),  # fmt: skip
+    "c3d_bias": (
+        lambda: build("c3d", num_classes=12, width=0.125, clip_size=[16, 16, 16]),
+        (1, 3, 16, 16, 16),
+    ),  # fmt: skip
+    "r2plus1d": (lambda: build("r2plus1d_18", num_classes=5, width=0.125), (2, 3, 4, 24, 24)),
+    "resnet": (lambda: build("resnet18_cifar", num_classes=10, width=0.25), (2, 3, 16, 16)),
+}
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().detach())
+
+
+SCHEMES = ["kgs", "vanilla", "filter", "channel", "column"]
+FAST = {("c3d", s) for s in SCHEMES} | {("c3d_bias", "filter"), ("r2plus1d", "kgs"),
+                                        ("r2plus1d", "channel"), ("resnet", "kgs")}  # fmt: skip
+CASES = [
+    pytest.param(a, s, marks=() if (a, s) in FAST else pytest.mark.slow)
+    for a in MODELS
+    for s in SCHEMES
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("arch", "scheme"), CASES)
+def test_compiled_model_computes_the_masked_model(arch, scheme, backend):
+    torch.manual_seed(0)
+    factory, shape = MODELS[arch]
+    model = randomise_batchnorm(factory())
+    prune_model(model, scheme, 0.6)
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        ref = model(x)
+    compiled = compile_model(model, backend, input_shape=shape)
+    assert rel_err(compiled(x), ref) <= 1e-4
+    assert rel_err(compiled(x), ref) <= 1e-4  # buffers reused on the second call
+    assert {d.action for d in compiled.decisions} <= {"sparse", "dense", "shrunk", "unsupported"}
+    if scheme in ("kgs", "vanilla", "column"):
+        assert compiled.sparse_layers(), "sparse schemes run generated kernels"
+
+
+def channels(m: nn.Module) -> tuple[int, int]:
+    """(in, out) channels of a conv or of the SparseConv that replaced it."""
+    if isinstance(m, SparseConv):
+        return m.plan.geometry.in_channels, m.plan.geometry.out_channels
+    return m.in_channels, m.out_channels
+
+
+def test_filter_pruning_physically_shrinks_the_chain_and_keeps_residuals_whole():
+    torch.manual_seed(0)
+    model = randomise_batchnorm(build("r2plus1d_18", num_classes=5, width=0.125))
+    prune_model(model, "filter", 0.5)
+    compiled = compile_model(model, "torch")
+    get = compiled.module.get_submodule
+    # the (2+1)D factorised conv's mid channels live only between its two halves: shrunk
+    mid = channels(get("layer1.0.conv1.0.0"))[1]
+    assert mid < model.layer1[0].conv1[0][0].out_channels
+    assert channels(get("layer1.0.conv1.0.3"))[0] == mid
+    # a block output feeds the residual add: its filters stay (the removed ones output their bias)
+    assert channels(get("layer1.0.conv2.0.3"))[1] == model.layer1[0].conv2[0][3].out_channels
+    x = torch.randn(1, 3, 4, 24, 24)
+    with torch.no_grad():
+        assert rel_err(compiled(x), model(x)) <= 1e-4
+
+
+def test_unsupported_and_too_dense_layers_are_left_dense_and_reported():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(4, 8, 3, padding=1)
+            self.g = nn.Conv2d(8, 8, 3, padding=1, groups=2)  # grouped: unsupported
+            self.b = nn.Conv2d(8, 8, 3, padding=1)
+            self.c = nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x):
+            return self.c(self.b(self.g(self.a(x))))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    prune_model(net, "kgs", {"a": 0.7, "b": 0.05}, gm=4, gn=2)  # b barely pruned, c not at all
+    compiled = compile_model(net, "torch")
+    by_name = {d.name: d for d in compiled.decisions}
+    assert by_name["a"].action == "sparse"
+    assert by_name["g"].action == "unsupported" and "grouped" in by_name["g"].detail
+    assert by_name["b"].action == "dense" and "too dense" in by_name["b"].detail
+    assert by_name["c"].action == "dense" and "nothing pruned" in by_name["c"].detail
+    x = torch.randn(2, 4, 9, 9)
+    assert rel_err(compiled(x), net(x)) <= 1e-4
+
+
+def test_untraceable_model_is_compiled_layer_by_layer():
+    class Dynamic(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
+                return self.conv(x)
+            return -self.conv(x)
+
+    net = Dynamic().eval()
+    prune_model(net, "kgs", {"conv": 0.6}, gm=4, gn=1)
+    with pytest.warns(UserWarning, match="not traceable"):
+        compiled = compile_model(net, "torch")
+    x = torch.randn(1, 3, 8, 8)
+    assert rel_err(compiled(x), net(x)) <= 1e-4
+
+
+def test_without_a_compiler_the_cpu_backend_warns_and_falls_back(monkeypatch):
+    monkeypatch.setenv("CXX", "/nonexistent/g++")
+    model = build("digits_cnn").eval()
+    prune_model(model, "kgs", 0.5)
+    with pytest.warns(UserWarning, match="pure-PyTorch fallback"):
+        compiled = compile_model(model, "cpu")
+    assert compiled.backend == "torch"
+    x = torch.randn(2, 1, 8, 8)
+    assert rel_err(compiled(x), model(x)) <= 1e-4
+
+
+def test_bad_arguments_are_rejected_with_what_is_accepted():
+    model = build("digits_cnn")
+    with pytest.raises(CompileError, match="unknown backend 'tpu'; expected one of cpu, cuda"):
+        compile_model(model, "tpu")
+    with pytest.raises(CompileError, match=r"max_density must be in \(0, 1\]"):
+        compile_model(model, "torch", max_density=0)
+    with pytest.raises(CompileError, match="must be an nn.Module"):
+        compile_model("model.pt", "torch")
+    if not torch.cuda.is_available():
+        with pytest.raises(CompileError, match="needs a CUDA GPU"):
+            compile_model(model, "cuda")
+
+
+def test_package_is_callable_and_does_not_touch_the_input_model():
+    model = build("digits_cnn").eval()
+    prune_model(model, "filter", 0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    compiled = edgeguard.compile(model, backend="torch")
+    assert isinstance(compiled, nn.Module)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert hasattr(model.features[0], "weight_mask")
