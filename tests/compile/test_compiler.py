@@ -31,11 +31,11 @@ MODELS = {
     "c3d": (
         lambda: build("c3d", num_classes=12, width=0.125, clip_size=[16, 16, 16], batch_norm=True),
         (2, 3, 16, 16, 16),
-    ),  # fmt: skip
+    ),
     "c3d_bias": (
         lambda: build("c3d", num_classes=12, width=0.125, clip_size=[16, 16, 16]),
         (1, 3, 16, 16, 16),
-    ),  # fmt: skip
+    ),
     "r2plus1d": (lambda: build("r2plus1d_18", num_classes=5, width=0.125), (2, 3, 4, 24, 24)),
     "resnet": (lambda: build("resnet18_cifar", num_classes=10, width=0.25), (2, 3, 16, 16)),
 }
