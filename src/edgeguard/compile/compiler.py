@@ -129,8 +129,9 @@ def compile_model(
     *,
     max_density: float = 0.8,
     shrink_channels: bool = True,
-    mr: int = 4,
+    mr: int | None = None,
     nv: int = 3,
+    precision: str = "ieee",
 ) -> CompiledModel:
     """Compile a (masked) pruned model for inference.
 
@@ -144,7 +145,9 @@ def compile_model(
         max_density: a conv layer that would still multiply more than this fraction of its weights
             stays a dense (oneDNN/cuDNN) op, since a sparse kernel would not pay off; in (0, 1].
         shrink_channels: physically remove dead filters and the matching channels downstream.
-        mr, nv: register tile of the CPU kernel (filters x vectors of positions).
+        mr: filters per block (default 4 on the CPU, the register tile; 8 on CUDA, a KGS group).
+        nv: vectors of output positions in the CPU register tile.
+        precision: CUDA matmul precision, ``"ieee"`` (float32, default) or ``"tf32"``.
 
     Returns:
         A :class:`CompiledModel` whose ``decisions`` say what happened to each layer.
@@ -153,7 +156,13 @@ def compile_model(
         raise CompileError(f"model must be an nn.Module, got {type(model).__name__}")
     if not 0 < max_density <= 1:
         raise CompileError(f"max_density must be in (0, 1], got {max_density}")
+    if precision not in ("ieee", "tf32"):
+        raise CompileError(f"precision must be 'ieee' or 'tf32', got {precision!r}")
     backend = resolve_backend(backend)
+    if mr is None:
+        mr = 8 if backend == "cuda" else 4
+    if not isinstance(mr, int) or mr < 1:
+        raise CompileError(f"mr must be a positive integer, got {mr!r}")
     model = copy.deepcopy(model).eval().float()
     decisions: list[LayerDecision] = []
     orig_density: dict[str, float] = {}
@@ -204,8 +213,13 @@ def compile_model(
             set_module(gm, name, new)
     gm.graph.lint()
     gm.recompile()
+    for m in gm.modules():
+        if isinstance(m, SparseConv):
+            m.precision = precision
     compiled = CompiledModel(gm, backend, decisions)
-    if input_shape is not None:
+    if backend == "cuda":
+        compiled.to("cuda")
+    if input_shape is not None and backend == "cpu":
         build_kernels(compiled, input_shape)
     return compiled
 
@@ -233,7 +247,7 @@ def _compile_conv(name, m, backend, max_density, mr, nv, gm=None, node=None):
         if plan.density <= 0.999:
             log.info("%s: %s", name, detail)
         return LayerDecision(name, action, plan.density, detail), None
-    relu = fuse_relu(gm, node) if gm is not None and backend == "cpu" else False
+    relu = fuse_relu(gm, node) if gm is not None and backend in ("cpu", "cuda") else False
     new = SparseConv(plan, relu=relu, two_d=w.dim() == 4, mode=backend, nv=nv, name=name)
     detail = f"{len(plan.block_rows)} blocks of {mr} filters" + (", ReLU fused" if relu else "")
     return LayerDecision(name, "sparse", plan.density, detail), new

@@ -38,6 +38,7 @@ class SparseConv(nn.Module):
         self.mode = mode
         self.nv = nv
         self.kc = kc
+        self.precision = "ieee"  # CUDA matmul precision ("ieee" or "tf32")
         self.name = name
         g = plan.geometry
         panels = [p for p in plan.panels]
