@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from edgeguard.cli import main
 
@@ -173,3 +174,27 @@ def test_prune_methods_from_the_cli(tmp_path: Path, capsys):
         == 2
     )
     assert "rho" in capsys.readouterr().err
+
+
+def test_compile_prints_decisions_latency_and_checks_onnx(tmp_path: Path, capsys):
+    from edgeguard.models import build
+    from edgeguard.sparsity import prune_model, save_pruned
+
+    torch.manual_seed(0)
+    model = build("c3d", num_classes=4, width=0.125, clip_size=[16, 16, 16])
+    prune_model(model, "kgs", rates=0.7)
+    path = save_pruned(model, tmp_path / "m.safetensors", extra={"input_shape": [1, 3, 16, 16, 16]})
+    onnx_path = tmp_path / "m.onnx"
+    args = ["compile", str(path), "--backend", "torch", "--bench", "--repeats", "2"]
+    assert main([*args, "--onnx", str(onnx_path)]) == 0
+    out = capsys.readouterr().out
+    assert "conv3a" in out and "sparse" in out
+    err = float(out.split("max relative error against the masked model: ")[1].split()[0])
+    assert err <= 1e-4
+    assert "end to end: dense" in out and "fewer MACs" in out
+    ort_err = float(
+        out.split("ONNX Runtime max relative error against the masked model: ")[1].split()[0]
+    )
+    assert ort_err <= 1e-4 and onnx_path.stat().st_size > 0
+    with pytest.raises(SystemExit):  # argparse rejects an unknown backend
+        main(["compile", str(path), "--backend", "tpu"])

@@ -188,6 +188,50 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_compile(args) -> int:
+    import torch
+
+    from .compile import compile_model
+    from .sparsity import load_pruned
+
+    model, _, spec = load_pruned(args.checkpoint)
+    model.eval()
+    shape = args.input_shape or tuple(spec.get("extra", {}).get("input_shape") or ())
+    if not shape:
+        raise UsageError("the checkpoint records no input shape; pass --input-shape 1,3,16,112,112")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    compiled = compile_model(model, args.backend, input_shape=tuple(shape),
+                             max_density=args.max_density)  # fmt: skip
+    print(compiled.summary())
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        ref = model(x)
+        out = compiled(x.to(next(compiled.buffers()).device)).cpu()
+    err = float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+    print(f"max relative error against the masked model: {err:.2e}")
+    if args.bench:
+        from .compile.bench import benchmark
+
+        print(f"threads: {torch.get_num_threads()}")
+        print(benchmark(model, compiled, tuple(shape), repeats=args.repeats).table())
+    if args.onnx:
+        from .compile.onnx_export import export_onnx
+
+        path = export_onnx(compiled, args.onnx, tuple(shape))
+        print(f"ONNX written to {path}")
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            print("onnxruntime is not installed: the ONNX file was not checked")
+        else:
+            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            y = torch.from_numpy(sess.run(None, {"input": x.numpy()})[0])
+            err = float((y - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+            print(f"ONNX Runtime max relative error against the masked model: {err:.2e}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -249,6 +293,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", type=_shape, help="e.g. 1,3,16,112,112 (batch included)")
     p.set_defaults(func=cmd_info)
 
+    p = sub.add_parser("compile", help="compile a pruned model to fast sparse code, and time it")
+    p.add_argument("checkpoint", help="model.safetensors written by prune")
+    p.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuda", "torch"])
+    p.add_argument("--input-shape", type=_shape, help="e.g. 1,3,16,112,112 (batch included)")
+    p.add_argument("--bench", action="store_true", help="per-layer and end-to-end latency")
+    p.add_argument("--repeats", type=int, default=10, help="timed runs per measurement (median)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's)")
+    p.add_argument("--max-density", type=float, default=0.8,
+                   help="layers denser than this stay dense (default 0.8)")  # fmt: skip
+    p.add_argument("--onnx", metavar="OUT", help="also export the compiled model to ONNX")
+    p.set_defaults(func=cmd_compile)
+
     p = sub.add_parser("demo", help="run the built-in demo and write an HTML report")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--quick", action="store_true", help="a tiny run (seconds), for smoke tests")
@@ -259,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    from .compile import CompileError, CompilerUnavailable
+    from .compile.onnx_export import ExportError
     from .data import DatasetError
     from .engine import CheckpointError
     from .sparsity import SparsityError
@@ -270,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
         SparsityError,
         DatasetError,
         CheckpointError,
+        CompileError,
+        CompilerUnavailable,
+        ExportError,
         ValueError,
         FileNotFoundError,
     ) as err:

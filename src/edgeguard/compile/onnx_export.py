@@ -40,8 +40,10 @@ def export_onnx(
     module = compiled.module.eval()
     try:
         with torch.no_grad(), warnings.catch_warnings():
-            # the exporter notes that strided slices are not constant folded: expected here
-            warnings.simplefilter("ignore", UserWarning)
+            # The TorchScript exporter is deprecated in favour of torch.export, which does not yet
+            # take the fx-transformed module; its notes (strided slices not folded, shape checks
+            # traced as constants for this input size) are expected here.
+            warnings.simplefilter("ignore")
             torch.onnx.export(
                 module, (example,), str(tmp), input_names=["input"], output_names=["output"],
                 opset_version=opset, dynamo=False,

@@ -1,0 +1,119 @@
+"""Latency of a compiled model against the dense model, per layer and end to end (same process)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..models.flops import count_flops
+from .compiler import CompiledModel
+from .shrink import CONVS
+from .sparse_conv import SparseConv
+
+
+def median_ms(fn: Callable[[], object], repeats: int = 10, warmup: int = 2) -> float:
+    """Median wall time of ``fn()`` in milliseconds (CUDA is synchronised around each call)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(1e3 * (time.perf_counter() - t))
+    return statistics.median(times)
+
+
+@dataclass
+class LayerTiming:
+    name: str
+    action: str
+    density: float
+    dense_ms: float
+    compiled_ms: float
+
+    @property
+    def speedup(self) -> float:
+        return self.dense_ms / self.compiled_ms if self.compiled_ms > 0 else float("nan")
+
+
+@dataclass
+class BenchResult:
+    """End-to-end and per-layer latency; ``flops_reduction`` = dense MACs / kept MACs."""
+
+    dense_ms: float
+    compiled_ms: float
+    flops_reduction: float
+    layers: list[LayerTiming] = field(default_factory=list)
+
+    @property
+    def speedup(self) -> float:
+        return self.dense_ms / self.compiled_ms
+
+    def table(self) -> str:
+        rows = [f"{'layer':28s} {'action':8s} {'density':>7s} {'dense ms':>9s} {'compiled ms':>11s} "
+                f"{'speedup':>7s}"]  # fmt: skip
+        for t in self.layers:
+            rows.append(f"{t.name:28s} {t.action:8s} {t.density:7.3f} {t.dense_ms:9.2f} "
+                        f"{t.compiled_ms:11.2f} {t.speedup:7.2f}")  # fmt: skip
+        rows.append(
+            f"end to end: dense {self.dense_ms:.1f} ms, compiled {self.compiled_ms:.1f} ms, "
+            f"speedup {self.speedup:.2f}x at {self.flops_reduction:.2f}x fewer MACs"
+        )
+        return "\n".join(rows)
+
+
+def _layer_inputs(model: nn.Module, x: torch.Tensor, types) -> dict[str, torch.Tensor]:
+    seen: dict[str, torch.Tensor] = {}
+    handles = [
+        m.register_forward_pre_hook(lambda mod, a, n=n: seen.setdefault(n, a[0].detach()))
+        for n, m in model.named_modules()
+        if isinstance(m, types)
+    ]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def benchmark(
+    model: nn.Module, compiled: CompiledModel, input_shape: tuple[int, ...], repeats: int = 10,
+    per_layer: bool = True,
+) -> BenchResult:  # fmt: skip
+    """Time ``model`` with dense weights (what PyTorch runs without a compiler: masks do not make
+    it faster) against ``compiled`` on one random input of ``input_shape``."""
+    device = next(compiled.parameters(), next(compiled.buffers(), torch.zeros(0))).device
+    x = torch.randn(*input_shape, device=device)
+    dense = model.to(device).eval()
+    with torch.no_grad():
+        dense_ms = median_ms(lambda: dense(x), repeats)
+        compiled_ms = median_ms(lambda: compiled(x), repeats)
+    reduction = count_flops(model.cpu(), tuple(input_shape)).reduction
+    dense.to(device)
+    result = BenchResult(dense_ms, compiled_ms, reduction)
+    if not per_layer:
+        return result
+    dense_in = _layer_inputs(dense, x, CONVS)
+    comp_in = _layer_inputs(compiled.module, x, (*CONVS, SparseConv))
+    by_name = {d.name: d for d in compiled.decisions}
+    dense_mods = dict(dense.named_modules())
+    comp_mods = dict(compiled.module.named_modules())
+    with torch.no_grad():
+        for name, xin in dense_in.items():
+            if name not in comp_in or name not in by_name:
+                continue
+            d_ms = median_ms(lambda m=dense_mods[name], v=xin: m(v), repeats)
+            c_ms = median_ms(lambda m=comp_mods[name], v=comp_in[name]: m(v), repeats)
+            dec = by_name[name]
+            result.layers.append(LayerTiming(name, dec.action, dec.density, d_ms, c_ms))
+    return result
