@@ -171,27 +171,30 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
 
 extern "C" void edgeguard_conv(const float* x, const float* w, const float* bias, float* out,
                                int batch, int nthreads) {{
-  // One task = one output depth plane x one chunk of CT tiles.  For each tile and row slice, the
-  // kept input rows are packed once (im2col of T positions) and reused by every filter block.
+  // GEMM-style blocking.  One task = one output depth plane x one chunk of CT tiles.  Row slices
+  // are the outer loop, so one slice of every block's weights (slice-major, sequential) stays in
+  // L2 while the chunk's CT tiles use it; for each tile the slice's kept input rows are packed once
+  // (im2col of T positions, in L1) and reused by every filter block.
   constexpr int CH = CT * T, NCH = (P + CH - 1) / CH;
 #pragma omp parallel num_threads(nthreads)
   {{
     float* pk = static_cast<float*>(std::aligned_alloc(64, (size_t)KC * T * 4));
-    float* accbuf = static_cast<float*>(std::aligned_alloc(64, ((size_t)NB * MR * T * 4 + 63) / 64 * 64));
+    float* accbuf = static_cast<float*>(
+        std::aligned_alloc(64, ((size_t)CT * NB * MR * T * 4 + 63) / 64 * 64));
 #pragma omp for collapse(3) schedule(dynamic, 1)
     for (int n = 0; n < batch; ++n)
       for (int d = 0; d < DO; ++d)
         for (int c = 0; c < NCH; ++c) {{
           const float* xb = x + n * XN + (int64_t)d * XD;
           const int pend = (c + 1) * CH < P ? (c + 1) * CH : P;
-          for (int p0 = c * CH; p0 < pend; p0 += T) {{
-            for (int s = 0; s < NS; ++s) {{
-              const int r0 = s * KC, r1 = r0 + KC < KU ? r0 + KC : KU;
+          for (int s = 0; s < NS; ++s) {{
+            const int r0 = s * KC, r1 = r0 + KC < KU ? r0 + KC : KU;
+            const float* pks = pk - (int64_t)r0 * T;  // ridx are union indices
+            for (int p0 = c * CH, t = 0; p0 < pend; p0 += T, ++t) {{
               for (int r = r0; r < r1; ++r)
 #pragma GCC unroll 8
                 for (int v = 0; v < NV; ++v)
                   st(pk + (r - r0) * T + v * VL, ld(xb + UROFF[r] + p0 + v * VL));
-              const float* pks = pk - (int64_t)r0 * T;  // ridx are union indices
               for (int b = 0; b < NB; ++b) {{
                 const int k0 = KB[b] + KS[b * (NS + 1) + s], k1 = KB[b] + KS[b * (NS + 1) + s + 1];
                 // weights are stored slice-major: one slice of every block is one sequential run
@@ -203,7 +206,7 @@ extern "C" void edgeguard_conv(const float* x, const float* w, const float* bias
                   bv[m] = f >= 0 ? bias[f] : 0.f;
                   op[m] = f >= 0 ? out + ((int64_t)(n * M + f) * DO + d) * OPLANE : nullptr;
                 }}
-                float* ab = accbuf + (size_t)b * MR * T;
+                float* ab = accbuf + ((size_t)t * NB + b) * MR * T;
                 const int32_t* ri = RIDX;
                 if (NS == 1) tile<true, true>(pks, ri, k0, k1, wb, bv, ab, op, p0);
                 else if (s == 0) tile<true, false>(pks, ri, k0, k1, wb, bv, ab, op, p0);

@@ -1,0 +1,173 @@
+"""Sparse inference: generated kernels against dense PyTorch and ONNX Runtime (CPU), same process.
+
+Per layer: C3D's conv shapes at 1x3x16x112x112, KGS at 2x..8x fewer MACs, speedup over dense torch
+conv3d.  End to end: C3D and R(2+1)D-18 pruned 2.5x and 3.6x (KGS and vanilla), compiled, against
+dense torch, dense ONNX Runtime, and the channel-pruned (filter scheme, physically shrunk) model of the
+same MACs in torch and ONNX Runtime.  Weights are random (speed does not depend on them); masks are
+one-shot magnitude masks.  Prints markdown tables and writes results JSON and a PNG plot.
+
+    .venv/bin/python benchmarks/sparse_inference.py --threads 2              # all (~15 min)
+    .venv/bin/python benchmarks/sparse_inference.py --only layers --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgeguard.compile import compile_model
+from edgeguard.compile.bench import median_ms
+from edgeguard.models import build, count_flops
+from edgeguard.sparsity import get_scheme, prune_model
+
+C3D_LAYERS = [  # name, cin, cout, input T, H, W (C3D at 16x112x112)
+    ("conv1", 3, 64, 16, 112, 112), ("conv2", 64, 128, 16, 56, 56), ("conv3a", 128, 256, 8, 28, 28),
+    ("conv3b", 256, 256, 8, 28, 28), ("conv4a", 256, 512, 4, 14, 14), ("conv4b", 512, 512, 4, 14, 14),
+    ("conv5a", 512, 512, 2, 7, 7), ("conv5b", 512, 512, 2, 7, 7),
+]  # fmt: skip
+
+
+def per_layer(reductions, repeats):
+    rows = []
+    for name, cin, cout, t, h, w in C3D_LAYERS:
+        torch.manual_seed(0)
+        conv = nn.Conv3d(cin, cout, 3, padding=1).eval()
+        x = torch.randn(1, cin, t, h, w)
+        with torch.no_grad():
+            dense_ms = median_ms(lambda c=conv: c(x), repeats)
+        for red in reductions:
+            net = nn.Sequential(conv).eval()
+            sparse = nn.Sequential(nn.Conv3d(cin, cout, 3, padding=1)).eval()
+            sparse.load_state_dict(net.state_dict())
+            mask = get_scheme("kgs").mask(sparse[0].weight, 1 - 1 / red)
+            with torch.no_grad():
+                sparse[0].weight *= mask
+            real = mask.numel() / mask.sum().item()
+            comp = compile_model(sparse, "cpu", input_shape=tuple(x.shape), max_density=1.0)
+            ms = median_ms(lambda c=comp: c(x), repeats)
+            rows.append({"layer": name, "target": red, "reduction": real, "dense_ms": dense_ms,
+                         "sparse_ms": ms, "speedup": dense_ms / ms})  # fmt: skip
+            print(f"  {name:7s} {red:g}x: dense {dense_ms:7.1f} ms  sparse {ms:7.1f} ms  "
+                  f"speedup {dense_ms / ms:5.2f}  ({dense_ms / ms / real:.2f} of the MAC reduction)",
+                  flush=True)  # fmt: skip
+    return rows
+
+
+def ort_ms(model: nn.Module, shape, repeats: int, threads: int) -> float | None:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.onnx"
+        import warnings
+
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model.eval(), (torch.randn(*shape),), str(path), dynamo=False,
+                              input_names=["input"], opset_version=18)  # fmt: skip
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        feed = {"input": torch.randn(*shape).numpy()}
+        return median_ms(lambda: sess.run(None, feed), repeats)
+
+
+def end_to_end(repeats: int, threads: int, models, targets):
+    rows = []
+    for arch in models:
+        shape = (1, 3, 16, 112, 112)
+        torch.manual_seed(0)
+        dense = build(arch, num_classes=101).eval()
+        dense_ms = median_ms(lambda d=dense: d(torch.randn(*shape)), repeats)
+        dense_ort = ort_ms(dense, shape, repeats, threads)
+        print(f"{arch}: dense torch {dense_ms:.1f} ms, dense ONNX Runtime {dense_ort} ms", flush=True)
+        for target in targets:
+            channel = build(arch, num_classes=101).eval()
+            channel.load_state_dict(dense.state_dict())
+            prune_model(channel, "filter", flops_reduction=target, input_shape=shape)
+            ch_comp = compile_model(channel, "torch")  # shrinking only: plain dense convs
+            ch_ms = median_ms(lambda c=ch_comp: c(torch.randn(*shape)), repeats)
+            ch_ort = ort_ms(ch_comp.module, shape, repeats, threads)
+            for scheme in ("kgs", "vanilla"):
+                model = build(arch, num_classes=101).eval()
+                model.load_state_dict(dense.state_dict())
+                prune_model(model, scheme, flops_reduction=target, input_shape=shape)
+                red = count_flops(model, shape).reduction
+                t0 = time.perf_counter()
+                comp = compile_model(model, "cpu", input_shape=shape)
+                build_s = time.perf_counter() - t0
+                x = torch.randn(*shape)
+                with torch.no_grad():
+                    err = float((comp(x) - model(x)).abs().max() / model(x).abs().max())
+                ms = median_ms(lambda c=comp: c(x), repeats)
+                row = {"model": arch, "scheme": scheme, "target": target, "reduction": red,
+                       "compiled_ms": ms, "dense_ms": dense_ms, "dense_ort_ms": dense_ort,
+                       "channel_torch_ms": ch_ms, "channel_ort_ms": ch_ort, "rel_err": err,
+                       "build_s": build_s}  # fmt: skip
+                rows.append(row)
+                print(f"  {scheme:7s} {target:g}x (reached {red:.2f}x): compiled {ms:.1f} ms "
+                      f"(speedup {dense_ms / ms:.2f} over torch, {(dense_ort or 0) / ms:.2f} over ORT); "
+                      f"channel-pruned torch {ch_ms:.1f} ms, ORT {ch_ort} ms; err {err:.1e}; "
+                      f"build {build_s:.0f} s", flush=True)  # fmt: skip
+    return rows
+
+
+def plot(layers, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    names = sorted({r["layer"] for r in layers}, key=[n for n, *_ in C3D_LAYERS].index)
+    for name in names:
+        rs = [r for r in layers if r["layer"] == name]
+        ax.plot([r["reduction"] for r in rs], [r["speedup"] for r in rs], marker="o", label=name)
+    top = max(r["reduction"] for r in layers)
+    ax.plot([1, top], [1, top], "k--", lw=1, label="speedup = MAC reduction")
+    ax.plot([1, top], [0.8, 0.8 * top], "k:", lw=1, label="0.8 x MAC reduction")
+    ax.set_xlabel("MAC reduction (KGS)")
+    ax.set_ylabel("speedup over dense torch conv3d")
+    ax.set_title("C3D layers, batch 1, generated CPU kernels")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    print(f"plot: {out}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--only", choices=["layers", "e2e"])
+    ap.add_argument("--reductions", type=float, nargs="+", default=[2, 3, 4, 6, 8])
+    ap.add_argument("--models", nargs="+", default=["c3d", "r2plus1d_18"])
+    ap.add_argument("--targets", type=float, nargs="+", default=[2.5, 3.6])
+    ap.add_argument("--out", default="runs/bench/sparse_inference")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"machine: {platform.processor() or platform.machine()}, threads {args.threads}, "
+          f"torch {torch.__version__}", flush=True)  # fmt: skip
+    results = {"threads": args.threads, "date": time.strftime("%Y-%m-%d")}
+    if args.only in (None, "layers"):
+        results["layers"] = per_layer(args.reductions, args.repeats)
+        plot(results["layers"], out / "layer_speedup.png")
+    if args.only in (None, "e2e"):
+        results["end_to_end"] = end_to_end(args.repeats, args.threads, args.models, args.targets)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    print(f"results: {out / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()
