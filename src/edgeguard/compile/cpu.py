@@ -351,3 +351,55 @@ class CppKernel:
         self._fn(
             x.data_ptr(), self.panel.data_ptr(), bias.data_ptr(), out.data_ptr(), batch, threads
         )
+
+
+# -- cross compilation (phones): a standalone program around one generated kernel -----------------
+
+HARNESS = r"""
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+static std::vector<float> read_floats(const char* path, long n) {
+  std::vector<float> v(n);
+  FILE* f = std::fopen(path, "rb");
+  if (!f || std::fread(v.data(), sizeof(float), n, f) != (size_t)n) { std::perror(path); std::exit(2); }
+  std::fclose(f);
+  return v;
+}
+// usage: prog x.bin nx w.bin nw bias.bin nbias out.bin nout batch threads
+int main(int argc, char** argv) {
+  if (argc != 12) { std::fprintf(stderr, "bad arguments\n"); return 2; }
+  auto x = read_floats(argv[1], std::atol(argv[2]));
+  auto w = read_floats(argv[3], std::atol(argv[4]));
+  auto b = read_floats(argv[5], std::atol(argv[6]));
+  std::vector<float> out(std::atol(argv[8]));
+  edgeguard_conv(x.data(), w.data(), b.data(), out.data(), std::atoi(argv[9]), std::atoi(argv[10]));
+  FILE* f = std::fopen(argv[7], "wb");
+  std::fwrite(out.data(), sizeof(float), out.size(), f);
+  std::fclose(f);
+  return argv[11][0] == 'x' ? 1 : 0;
+}
+"""
+
+
+def cross_target(cxx: str = "aarch64-linux-gnu-g++", vector_floats: int = 4) -> Target:
+    """An aarch64 (ARMv8-A NEON, every 64-bit phone) target for Debian's cross compiler; programs are
+    linked statically so that ``qemu-aarch64`` runs them without a sysroot."""
+    if shutil.which(cxx) is None:
+        raise CompilerUnavailable(
+            f"cross compiler {cxx!r} not found (apt install g++-aarch64-linux-gnu)"
+        )
+    flags = ("-O3", "-march=armv8-a", "-fopenmp", "-std=c++17", "-ffp-contract=fast", "-static")
+    return Target(cxx, flags, vector_floats)
+
+
+def build_standalone(source: str, target: Target, out: Path) -> Path:
+    """Compile ``source`` + a file-in/file-out ``main`` into the executable ``out``."""
+    out = Path(out)
+    src = out.with_suffix(".cpp")
+    src.write_text(source + HARNESS)
+    res = subprocess.run([target.cxx, *target.flags, str(src), "-o", str(out)],
+                         capture_output=True, text=True)  # fmt: skip
+    if res.returncode != 0:
+        raise CompilerUnavailable(f"cross compilation failed:\n{res.stderr[-3000:]}")
+    return out
