@@ -89,7 +89,9 @@ def end_to_end(repeats: int, threads: int, models, targets):
         dense = build(arch, num_classes=101).eval()
         dense_ms = median_ms(lambda d=dense: d(torch.randn(*shape)), repeats)
         dense_ort = ort_ms(dense, shape, repeats, threads)
-        print(f"{arch}: dense torch {dense_ms:.1f} ms, dense ONNX Runtime {dense_ort} ms", flush=True)
+        print(
+            f"{arch}: dense torch {dense_ms:.1f} ms, dense ONNX Runtime {dense_ort} ms", flush=True
+        )
         for target in targets:
             channel = build(arch, num_classes=101).eval()
             channel.load_state_dict(dense.state_dict())

@@ -51,7 +51,6 @@ class LayerDecision:
     detail: str = ""
 
 
-@dataclass
 class CompiledModel(nn.Module):
     """A compiled model: call it like the original (inference only, under ``torch.no_grad``)."""
 
@@ -84,8 +83,6 @@ class CompiledModel(nn.Module):
         for d in self.decisions:
             lines.append(f"{d.name:32s} {d.action:12s} {d.density:8.3f}  {d.detail}")
         return "\n".join(lines)
-
-    __hash__ = nn.Module.__hash__
 
 
 def resolve_backend(backend: str) -> str:
