@@ -41,7 +41,7 @@ def per_layer(reductions, repeats):
         conv = nn.Conv3d(cin, cout, 3, padding=1).eval()
         x = torch.randn(1, cin, t, h, w)
         with torch.no_grad():
-            dense_ms = median_ms(lambda c=conv: c(x), repeats)
+            dense_ms = median_ms(lambda c=conv, x=x: c(x), repeats)
         for red in reductions:
             net = nn.Sequential(conv).eval()
             sparse = nn.Sequential(nn.Conv3d(cin, cout, 3, padding=1)).eval()
@@ -51,7 +51,7 @@ def per_layer(reductions, repeats):
                 sparse[0].weight *= mask
             real = mask.numel() / mask.sum().item()
             comp = compile_model(sparse, "cpu", input_shape=tuple(x.shape), max_density=1.0)
-            ms = median_ms(lambda c=comp: c(x), repeats)
+            ms = median_ms(lambda c=comp, x=x: c(x), repeats)
             rows.append({"layer": name, "target": red, "reduction": real, "dense_ms": dense_ms,
                          "sparse_ms": ms, "speedup": dense_ms / ms})  # fmt: skip
             print(f"  {name:7s} {red:g}x: dense {dense_ms:7.1f} ms  sparse {ms:7.1f} ms  "
@@ -87,7 +87,9 @@ def end_to_end(repeats: int, threads: int, models, targets):
         shape = (1, 3, 16, 112, 112)
         torch.manual_seed(0)
         dense = build(arch, num_classes=101).eval()
-        dense_ms = median_ms(lambda d=dense: d(torch.randn(*shape)), repeats)
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            dense_ms = median_ms(lambda d=dense, x=x: d(x), repeats)
         dense_ort = ort_ms(dense, shape, repeats, threads)
         print(
             f"{arch}: dense torch {dense_ms:.1f} ms, dense ONNX Runtime {dense_ort} ms", flush=True
@@ -97,7 +99,7 @@ def end_to_end(repeats: int, threads: int, models, targets):
             channel.load_state_dict(dense.state_dict())
             prune_model(channel, "filter", flops_reduction=target, input_shape=shape)
             ch_comp = compile_model(channel, "torch")  # shrinking only: plain dense convs
-            ch_ms = median_ms(lambda c=ch_comp: c(torch.randn(*shape)), repeats)
+            ch_ms = median_ms(lambda c=ch_comp, x=x: c(x), repeats)
             ch_ort = ort_ms(ch_comp.module, shape, repeats, threads)
             for scheme in ("kgs", "vanilla"):
                 model = build(arch, num_classes=101).eval()
@@ -107,10 +109,9 @@ def end_to_end(repeats: int, threads: int, models, targets):
                 t0 = time.perf_counter()
                 comp = compile_model(model, "cpu", input_shape=shape)
                 build_s = time.perf_counter() - t0
-                x = torch.randn(*shape)
                 with torch.no_grad():
                     err = float((comp(x) - model(x)).abs().max() / model(x).abs().max())
-                ms = median_ms(lambda c=comp: c(x), repeats)
+                ms = median_ms(lambda c=comp, x=x: c(x), repeats)
                 row = {"model": arch, "scheme": scheme, "target": target, "reduction": red,
                        "compiled_ms": ms, "dense_ms": dense_ms, "dense_ort_ms": dense_ort,
                        "channel_torch_ms": ch_ms, "channel_ort_ms": ch_ort, "rel_err": err,
