@@ -79,12 +79,16 @@ def _tables(conv, x: torch.Tensor):
 
 
 def sparse_conv_triton(
-    conv, x: torch.Tensor, precision: str | None = None, bp: int = 64, bk: int = 32
-) -> torch.Tensor:
+    conv, x: torch.Tensor, precision: str | None = None, bp: int | None = None,
+    bk: int | None = None, num_warps: int | None = None,
+) -> torch.Tensor:  # fmt: skip
     """Run ``conv`` (a :class:`~edgeguard.compile.SparseConv`) on ``x [N, C, D, H, W]`` float32."""
     if x.dtype != torch.float32:
         raise TypeError(f"{conv.name}: the Triton kernel takes float32 input, got {x.dtype}")
     precision = precision or getattr(conv, "precision", "ieee")
+    bp = bp or getattr(conv, "triton_bp", 64)  # output positions per program
+    bk = bk or getattr(conv, "triton_bk", 32)  # kept rows per dot
+    num_warps = num_warps or getattr(conv, "triton_warps", 4)
     n = x.shape[0]
     g = conv.plan.geometry
     t = _tables(conv, x)
@@ -101,6 +105,6 @@ def sparse_conv_triton(
         buf, t["panel"], t["roff"], t["kb"], t["fil"], t["bias"], out,
         lay.batch_stride, lay.phased[1] * wq, lay.positions, wq, wo, do, g.out_channels, ho * wo,
         MR=conv.plan.mr, MRP=max(16, triton.next_power_of_2(conv.plan.mr)), BK=bk, BP=bp,
-        RELU=conv.relu, PREC=precision,
+        RELU=conv.relu, PREC=precision, num_warps=num_warps,
     )  # fmt: skip
     return out
