@@ -105,9 +105,11 @@ def test_quick_demo_writes_a_report(tmp_path: Path):
         "accuracy_vs_flops.png",
         "layer_density.png",
         "kgs_mask_conv3a.png",
+        "speedup_vs_flops.png",
     ):
         assert (tmp_path / png).stat().st_size > 1000 and png in html
     assert "KGS vs filter" in html and "Pruning methods" in html and "primal-proximal" in html
+    assert "Sparse inference: compiled models" in html
 
 
 def test_info_takes_an_input_shape(tmp_path: Path, capsys):

@@ -90,3 +90,25 @@ def method_bars(accuracies: Mapping[str, float], dense: float, path: Path) -> Pa
     ax.set_xlabel("top-1 accuracy (%)")
     ax.invert_yaxis()
     return _save(fig, path)
+
+
+def speedup_vs_flops(
+    series: Mapping[str, Sequence[tuple[float, float]]], path: Path, title: str = ""
+) -> Path:
+    """Measured speedup against MAC reduction per series, with the ideal (speedup = reduction) and
+    0.8 x reduction lines."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    top = 1.0
+    for label, pts in series.items():
+        pts = sorted(pts)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        top = max(top, *(p[0] for p in pts))
+    ax.plot([1, top], [1, top], "k--", lw=1, label="speedup = MAC reduction")
+    ax.plot([1, top], [0.8, 0.8 * top], "k:", lw=1, label="0.8 x MAC reduction")
+    ax.set_xlabel("MAC reduction")
+    ax.set_ylabel("speedup over dense PyTorch")
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
