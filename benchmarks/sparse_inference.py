@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from edgeguard.compile import compile_model
-from edgeguard.compile.bench import median_ms
+from edgeguard.compile.bench import median_ms, paired_ms
 from edgeguard.models import build, count_flops
 from edgeguard.sparsity import get_scheme, prune_model
 
@@ -40,8 +40,6 @@ def per_layer(reductions, repeats):
         torch.manual_seed(0)
         conv = nn.Conv3d(cin, cout, 3, padding=1).eval()
         x = torch.randn(1, cin, t, h, w)
-        with torch.no_grad():
-            dense_ms = median_ms(lambda c=conv, x=x: c(x), repeats)
         for red in reductions:
             net = nn.Sequential(conv).eval()
             sparse = nn.Sequential(nn.Conv3d(cin, cout, 3, padding=1)).eval()
@@ -51,7 +49,10 @@ def per_layer(reductions, repeats):
                 sparse[0].weight *= mask
             real = mask.numel() / mask.sum().item()
             comp = compile_model(sparse, "cpu", input_shape=tuple(x.shape), max_density=1.0)
-            ms = median_ms(lambda c=comp, x=x: c(x), repeats)
+            with torch.no_grad():  # dense and sparse timed alternately: the ratio is robust
+                dense_ms, ms = paired_ms(
+                    lambda c=conv, x=x: c(x), lambda c=comp, x=x: c(x), repeats
+                )
             rows.append({"layer": name, "target": red, "reduction": real, "dense_ms": dense_ms,
                          "sparse_ms": ms, "speedup": dense_ms / ms})  # fmt: skip
             print(f"  {name:7s} {red:g}x: dense {dense_ms:7.1f} ms  sparse {ms:7.1f} ms  "
@@ -111,7 +112,9 @@ def end_to_end(repeats: int, threads: int, models, targets):
                 build_s = time.perf_counter() - t0
                 with torch.no_grad():
                     err = float((comp(x) - model(x)).abs().max() / model(x).abs().max())
-                ms = median_ms(lambda c=comp, x=x: c(x), repeats)
+                with torch.no_grad():
+                    dense_ms, ms = paired_ms(lambda d=dense, x=x: d(x), lambda c=comp, x=x: c(x),
+                                             repeats)  # fmt: skip
                 row = {"model": arch, "scheme": scheme, "target": target, "reduction": red,
                        "compiled_ms": ms, "dense_ms": dense_ms, "dense_ort_ms": dense_ort,
                        "channel_torch_ms": ch_ms, "channel_ort_ms": ch_ort, "rel_err": err,

@@ -31,6 +31,26 @@ def median_ms(fn: Callable[[], object], repeats: int = 10, warmup: int = 2) -> f
     return statistics.median(times)
 
 
+def paired_ms(
+    fa: Callable[[], object], fb: Callable[[], object], repeats: int = 10, warmup: int = 2
+) -> tuple[float, float]:
+    """Medians (ms) of ``fa`` and ``fb`` timed alternately, so that a slow spell of a shared machine
+    hits both: the ratio is what the benchmarks report."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for _ in range(warmup):
+        fa()
+        fb()
+    ta, tb = [], []
+    for _ in range(repeats):
+        for fn, acc in ((fa, ta), (fb, tb)):
+            sync()
+            t = time.perf_counter()
+            fn()
+            sync()
+            acc.append(1e3 * (time.perf_counter() - t))
+    return statistics.median(ta), statistics.median(tb)
+
+
 @dataclass
 class LayerTiming:
     name: str
@@ -96,8 +116,7 @@ def benchmark(
     x = torch.randn(*input_shape, device=device)
     dense = model.to(device).eval()
     with torch.no_grad():
-        dense_ms = median_ms(lambda: dense(x), repeats)
-        compiled_ms = median_ms(lambda: compiled(x), repeats)
+        dense_ms, compiled_ms = paired_ms(lambda: dense(x), lambda: compiled(x), repeats)
     reduction = count_flops(model.cpu(), tuple(input_shape)).reduction
     dense.to(device)
     result = BenchResult(dense_ms, compiled_ms, reduction)
@@ -112,8 +131,11 @@ def benchmark(
         for name, xin in dense_in.items():
             if name not in comp_in or name not in by_name:
                 continue
-            d_ms = median_ms(lambda m=dense_mods[name], v=xin: m(v), repeats)
-            c_ms = median_ms(lambda m=comp_mods[name], v=comp_in[name]: m(v), repeats)
+            d_ms, c_ms = paired_ms(
+                lambda m=dense_mods[name], v=xin: m(v),
+                lambda m=comp_mods[name], v=comp_in[name]: m(v),
+                repeats,
+            )
             dec = by_name[name]
             result.layers.append(LayerTiming(name, dec.action, dec.density, d_ms, c_ms))
     return result

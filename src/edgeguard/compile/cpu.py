@@ -225,15 +225,27 @@ extern "C" void edgeguard_conv(const float* x, const float* w, const float* bias
 
 def generate_source(
     plan: SparsePlan, layout: InputLayout, nv: int, vl: int, relu: bool, name: str = "conv",
-    ct: int = 4, kc: int = 256,
+    ct: int = 4, kc: int = 256, gn: int = 4,
 ) -> tuple[str, torch.Tensor]:  # fmt: skip
     """C++ source of one layer's kernel for one input size, and the order (indices into the plan's
     concatenated panels) in which the kernel expects the weight rows."""
     kb = [0]
     for rows in plan.block_rows:
         kb.append(kb[-1] + len(rows))
-    rows = torch.cat(plan.block_rows) if plan.block_rows else torch.zeros(1, dtype=torch.int64)
-    union, ridx = torch.unique(rows, return_inverse=True)
+    # Rows are visited in (channel group, kernel location, channel) order: the gn channels of one
+    # KGS unit are then adjacent in the packed buffer (one dense gm x gn block in the location-major
+    # view W[F, k*C]), so a block's loads walk the packed rows in runs.
+    L, G = plan.geometry.locations, max(1, gn)
+    keyed, perm = [], []
+    for rows in plan.block_rows:
+        c, loc = rows // L, rows % L
+        key = (c // G) * (L * G) + loc * G + c % G
+        key, p = torch.sort(key)
+        keyed.append(key)
+        perm.append(p)
+    keys = torch.cat(keyed) if keyed else torch.zeros(1, dtype=torch.int64)
+    ukeys, ridx = torch.unique(keys, return_inverse=True)
+    union = ((ukeys // (L * G)) * G + ukeys % G) * L + (ukeys // G) % L  # back to row ids
     ns = max(1, -(-len(union) // kc))
     do, ho, wo = layout.out
     tiles = do * -(-layout.positions // (nv * vl))
@@ -246,7 +258,7 @@ def generate_source(
     for sl in range(ns):
         for b in range(nb):
             woff[b, sl] = len(order)
-            order += range(kb[b] + int(ks[b, sl]), kb[b] + int(ks[b, sl + 1]))
+            order += (kb[b] + perm[b][int(ks[b, sl]) : int(ks[b, sl + 1])]).tolist()
     _dq, hq, wq = layout.phased
     source = KERNEL_TEMPLATE.format(
         name=name, vl=vl, mr=plan.mr, nv=nv, ct=ct, nb=nb, m=plan.geometry.out_channels,
