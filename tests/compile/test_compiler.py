@@ -173,3 +173,16 @@ def test_package_is_callable_and_does_not_touch_the_input_model():
     assert isinstance(compiled, nn.Module)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert hasattr(model.features[0], "weight_mask")
+
+
+def test_every_conv_of_a_filter_pruned_c3d_with_biases_is_shrunk():
+    # a conv whose removed inputs were added back (a field) is itself shrunk through that field
+    torch.manual_seed(0)
+    model = build("c3d", num_classes=12, width=0.125, clip_size=[16, 16, 16]).eval()
+    prune_model(model, "filter", 0.5)
+    compiled = compile_model(model, "torch")
+    actions = {d.name: d.action for d in compiled.decisions if d.name.startswith("conv")}
+    assert set(actions.values()) == {"shrunk"}, actions
+    x = torch.randn(1, 3, 16, 16, 16)
+    with torch.no_grad():
+        assert rel_err(compiled(x), model(x)) <= 1e-4

@@ -205,7 +205,10 @@ def compile_model(
         decision.density *= m.weight.numel() / orig_numel.get(name, m.weight.numel())
         if name in shrunk:
             before, after = shrunk[name]
-            decision.detail = f"filters {before}->{after}; " + decision.detail
+            if decision.action == "dense":
+                decision.action, decision.detail = "shrunk", f"filters {before}->{after}, dense op"
+            else:
+                decision.detail = f"filters {before}->{after}; " + decision.detail
         decisions.append(decision)
         if new is not None:
             set_module(gm, name, new)

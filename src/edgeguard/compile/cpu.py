@@ -179,6 +179,8 @@ extern "C" void edgeguard_conv(const float* x, const float* w, const float* bias
 #pragma omp parallel num_threads(nthreads)
   {{
     float* pk = static_cast<float*>(std::aligned_alloc(64, (size_t)KC * T * 4));
+    float* bvall = new float[NB * MR];
+    float** opall = new float*[NB * MR];
     float* accbuf = static_cast<float*>(
         std::aligned_alloc(64, ((size_t)CT * NB * MR * T * 4 + 63) / 64 * 64));
 #pragma omp for collapse(3) schedule(dynamic, 1)
@@ -187,6 +189,11 @@ extern "C" void edgeguard_conv(const float* x, const float* w, const float* bias
         for (int c = 0; c < NCH; ++c) {{
           const float* xb = x + n * XN + (int64_t)d * XD;
           const int pend = (c + 1) * CH < P ? (c + 1) * CH : P;
+          for (int i = 0; i < NB * MR; ++i) {{  // once per task, not per (block, slice)
+            const int f = FIL[i];
+            bvall[i] = f >= 0 ? bias[f] : 0.f;
+            opall[i] = f >= 0 ? out + ((int64_t)(n * M + f) * DO + d) * OPLANE : nullptr;
+          }}
           for (int s = 0; s < NS; ++s) {{
             const int r0 = s * KC, r1 = r0 + KC < KU ? r0 + KC : KU;
             const float* pks = pk - (int64_t)r0 * T;  // ridx are union indices
@@ -199,13 +206,8 @@ extern "C" void edgeguard_conv(const float* x, const float* w, const float* bias
                 const int k0 = KB[b] + KS[b * (NS + 1) + s], k1 = KB[b] + KS[b * (NS + 1) + s + 1];
                 // weights are stored slice-major: one slice of every block is one sequential run
                 const float* wb = w + ((int64_t)WOFF[b * NS + s] - k0) * MR;
-                float bv[MR];
-                float* op[MR];
-                for (int m = 0; m < MR; ++m) {{
-                  const int f = FIL[b * MR + m];
-                  bv[m] = f >= 0 ? bias[f] : 0.f;
-                  op[m] = f >= 0 ? out + ((int64_t)(n * M + f) * DO + d) * OPLANE : nullptr;
-                }}
+                const float* bv = bvall + b * MR;
+                float* const* op = opall + b * MR;
                 float* ab = accbuf + ((size_t)t * NB + b) * MR * T;
                 const int32_t* ri = RIDX;
                 if (NS == 1) tile<true, true>(pks, ri, k0, k1, wb, bv, ab, op, p0);
@@ -218,6 +220,8 @@ extern "C" void edgeguard_conv(const float* x, const float* w, const float* bias
         }}
     std::free(pk);
     std::free(accbuf);
+    delete[] bvall;
+    delete[] opall;
   }}
 }}
 """

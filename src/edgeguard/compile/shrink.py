@@ -128,9 +128,15 @@ def _chain(gm: fx.GraphModule, node: fx.Node):
         if len(cur.users) != 1:
             return None
         (nxt,) = cur.users
+        m = module_of(gm, nxt)
+        if isinstance(m, ConstantChannelField) and nxt.args[1:2] == (cur,):
+            # The field added back for the producer's own removed inputs: zero on its dead filters
+            # (all their weights are zero), so it passes constants through; sliced with them.
+            chain.append(nxt)
+            cur = nxt
+            continue
         if nxt.args[:1] != (cur,):
             return None
-        m = module_of(gm, nxt)
         if isinstance(m, CONVS) and m.groups == 1:
             return chain, nxt, "conv"
         if isinstance(m, ACTIVATIONS + CONSTANT_POOLS + BATCHNORMS) or (
@@ -159,7 +165,7 @@ def _constant_through(gm: fx.GraphModule, chain: list[fx.Node], v: torch.Tensor)
         m = module_of(gm, n)
         if isinstance(m, BATCHNORMS):
             x = F.batch_norm(x, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
-        elif isinstance(m, CONSTANT_POOLS):
+        elif isinstance(m, (*CONSTANT_POOLS, ConstantChannelField)):
             continue
         elif m is not None:
             x = m(x.clone())
@@ -219,6 +225,9 @@ def shrink(gm: fx.GraphModule) -> dict[str, tuple[int, int]]:
         set_module(gm, node.target, _slice_conv(conv, out_keep=keep))
         for n in chain:
             m = module_of(gm, n)
+            if isinstance(m, ConstantChannelField):
+                m.weight = m.weight[keep].contiguous()
+                m._cache.clear()
             if isinstance(m, BATCHNORMS):
                 for attr in ("weight", "bias"):
                     if getattr(m, attr) is not None:
