@@ -107,12 +107,12 @@ constexpr int KU = {ku};
 static const int64_t UROFF[KU] = {{
   {uroff}}};
 static const int32_t RIDX[] = {{
-  {ridx}}};
+  {ridx}}};  // + PF zeros: prefetch indices past a block's end stay inside the table
 static const int32_t FIL[NB * MR] = {{
   {fil}}};
 // The union rows are cut into NS slices of KC rows (packed, a slice stays in L1 while every filter
 // block consumes it); KS[b * (NS + 1) + s] is where block b's rows of slice s start.
-constexpr int KC = {kc}, NS = {ns};
+constexpr int KC = {kc}, NS = {ns}, PF = {pf};
 static const int32_t KS[NB * (NS + 1)] = {{
   {ks}}};
 static const int32_t WOFF[NB * NS] = {{
@@ -129,6 +129,11 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
     for (int v = 0; v < NV; ++v) acc[m][v] = FIRST ? (vf){{}} + bv[m] : ld(accbuf + (m * NV + v) * VL);
   for (int k = k0; k < k1; ++k) {{
     const float* xr = pk + (int64_t)ridx[k] * T;
+    if (PF > 0) {{  // the rows are a gather: the hardware prefetcher cannot guess them
+      const float* nx = pk + (int64_t)ridx[k + PF] * T;
+      __builtin_prefetch(nx);
+      __builtin_prefetch(nx + T - 1);
+    }}
     vf xv[NV];
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) xv[v] = ld(xr + v * VL);
@@ -229,7 +234,7 @@ extern "C" void edgeguard_conv(const float* x, const float* w, const float* bias
 
 def generate_source(
     plan: SparsePlan, layout: InputLayout, nv: int, vl: int, relu: bool, name: str = "conv",
-    ct: int = 4, kc: int = 256, gn: int = 4,
+    ct: int = 4, kc: int = 256, gn: int = 4, pf: int = 0,
 ) -> tuple[str, torch.Tensor]:  # fmt: skip
     """C++ source of one layer's kernel for one input size, and the order (indices into the plan's
     concatenated panels) in which the kernel expects the weight rows."""
@@ -269,7 +274,7 @@ def generate_source(
         do_=do, ho=ho, wo=wo, wq=wq, p=layout.positions,
         xn=layout.batch_stride, xd=hq * wq, relu="true" if relu else "false",
         kb=_fmt_ints(kb), ku=len(union), uroff=_fmt_ints(layout.row_offsets(union).tolist()),
-        ridx=_fmt_ints(ridx.tolist()), kc=kc, ns=ns, ks=_fmt_ints(ks.flatten().tolist()),
+        ridx=_fmt_ints(ridx.tolist() + [0] * pf), kc=kc, pf=pf, ns=ns, ks=_fmt_ints(ks.flatten().tolist()),
         woff=_fmt_ints(woff.flatten().tolist()), fil=_fmt_ints(plan.filters.tolist()),
     )  # fmt: skip
     return source, torch.tensor(order, dtype=torch.int64)
