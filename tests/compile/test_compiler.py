@@ -42,7 +42,7 @@ MODELS = {
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max().detach())
+    return float(((a - b).abs().max() / b.abs().max()).detach())
 
 
 SCHEMES = ["kgs", "vanilla", "filter", "channel", "column"]
