@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	# torchattacks (the attacks' test peer) declares torchvision, which does not work beside this
+	# torch wheel; it runs without it, so it is installed without its declared dependencies.
+	$(BIN)/pip install --quiet --no-deps -c constraints.txt torchattacks
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -118,7 +118,7 @@ def compile_section(s: DemoSettings, out: Path, rep: Report, outcomes: dict, val
     from torch import nn
 
     from .compile import compile_model
-    from .compile.bench import median_ms
+    from .compile.bench import paired_ms
     from .sparsity import get_scheme
 
     rep.heading("Sparse inference: compiled models")
@@ -131,8 +131,8 @@ def compile_section(s: DemoSettings, out: Path, rep: Report, outcomes: dict, val
         with torch.no_grad():
             ref = res.model.eval()(x)
             err = float((compiled(x) - ref).abs().max() / ref.abs().max())
-            dense_ms = median_ms(lambda m=res.model, x=x: m(x), 5 if quick else 20)
-            comp_ms = median_ms(lambda c=compiled, x=x: c(x), 5 if quick else 20)
+            dense_ms, comp_ms = paired_ms(lambda m=res.model, x=x: m(x),
+                                          lambda c=compiled, x=x: c(x), 5 if quick else 20)  # fmt: skip
         acc = evaluate(compiled, val)["accuracy"]
         kinds = {d.action for d in compiled.decisions}
         rows.append((name, f"{res.flops.reduction:.2f}x", compiled.backend, ", ".join(sorted(kinds)),
@@ -146,8 +146,6 @@ def compile_section(s: DemoSettings, out: Path, rep: Report, outcomes: dict, val
     torch.manual_seed(s.seed)
     conv = nn.Sequential(nn.Conv3d(cin, cin, 3, padding=1)).eval()
     x = torch.randn(1, cin, *size)
-    with torch.no_grad():
-        dense_ms = median_ms(lambda: conv(x), 5)
     points = []
     for red in reductions:
         sparse = nn.Sequential(nn.Conv3d(cin, cin, 3, padding=1)).eval()
@@ -156,7 +154,8 @@ def compile_section(s: DemoSettings, out: Path, rep: Report, outcomes: dict, val
         with torch.no_grad():
             sparse[0].weight *= mask
         comp = compile_model(sparse, "auto", input_shape=tuple(x.shape), max_density=1.0)
-        ms = median_ms(lambda c=comp: c(x), 5)
+        with torch.no_grad():  # dense and compiled timed alternately: the ratio survives drift
+            dense_ms, ms = paired_ms(lambda: conv(x), lambda c=comp: c(x), 5)
         points.append((mask.numel() / mask.sum().item(), dense_ms / ms))
     plots.speedup_vs_flops(
         {f"C3D conv3b shape ({cin}->{cin}, {'x'.join(map(str, size))}), KGS": points},

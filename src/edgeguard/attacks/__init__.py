@@ -1,0 +1,18 @@
+"""Adversarial attacks on images (one protocol: ``attack(model, inputs, labels, target=None)``)."""
+
+from .base import Attack, AttackError, AttackResult, Normalize, distortions
+from .fgsm import FGSM
+from .pgd import PGD
+
+ATTACKS = {cls.name: cls for cls in (FGSM, PGD)}
+
+
+def get_attack(name: str, **settings) -> Attack:
+    """An attack by name (``fgsm``, ``pgd``) with its settings."""
+    if name not in ATTACKS:
+        raise AttackError(f"unknown attack {name!r}; available: {', '.join(sorted(ATTACKS))}")
+    return ATTACKS[name](**settings)
+
+
+__all__ = ["ATTACKS", "FGSM", "PGD", "Attack", "AttackError", "AttackResult", "Normalize",
+           "distortions", "get_attack"]  # fmt: skip
