@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from edgeguard.attacks import FGSM, PGD, AttackError, Normalize, get_attack
+from edgeguard.attacks import CW, EAD, FGSM, PGD, AttackError, Normalize, get_attack
 
 
 def test_fgsm_and_pgd_stay_in_the_ball_and_the_image_range(digits_model, digits_batch):
@@ -55,7 +55,7 @@ def test_normalize_wrapper_attacks_in_pixel_space(digits_model, digits_batch):
         def forward(self, z):
             return digits_model(z * 0.4 + 0.3)
 
-    wrapped = Normalize(Inner(), mean, std)
+    wrapped = Normalize(Inner().eval(), mean, std)
     a = PGD(eps=0.1, steps=10).run(wrapped, x, y)
     b = PGD(eps=0.1, steps=10).run(digits_model, x, y)
     assert torch.allclose(a.adversarial, b.adversarial, atol=1e-5)
@@ -106,3 +106,39 @@ def test_success_rates_match_torchattacks(digits_model, digits_batch, eps):
     with torch.no_grad():
         theirs = float((digits_model(adv).argmax(1) != y).float().mean())
     assert abs(ours.success_rate - theirs) <= 0.02, (ours.success_rate, theirs)
+
+
+def test_cw_binary_search_finds_smaller_perturbations(digits_model, digits_batch):
+    x, y = digits_batch
+    x, y = x[:60], y[:60]
+    one = CW(c=10.0, steps=100, binary_steps=1, abort_early=False).run(digits_model, x, y)
+    search = CW(c=10.0, steps=100, binary_steps=4, abort_early=False).run(digits_model, x, y)
+    assert search.success_rate >= one.success_rate - 1e-9 and search.success_rate > 0.8
+    both = one.success & search.success
+    assert search.distortion["l2"][both].mean() <= one.distortion["l2"][both].mean() + 1e-6
+
+
+@pytest.mark.parametrize("solver", ["ista", "fista"])
+def test_ead_gives_sparser_perturbations_than_cw(digits_model, digits_batch, solver):
+    x, y = digits_batch
+    x, y = x[:60], y[:60]
+    ead = EAD(c=10.0, beta=0.05, steps=100, lr=0.05, binary_steps=3, solver=solver).run(
+        digits_model, x, y
+    )
+    cw = CW(c=10.0, steps=100, binary_steps=3, abort_early=False).run(digits_model, x, y)
+    assert ead.success_rate > 0.8
+    both = ead.success & cw.success
+    assert ead.distortion["l1"][both].mean() < cw.distortion["l1"][both].mean()
+    with pytest.raises(AttackError, match="solver must be 'ista' or 'fista'"):
+        EAD(solver="adam")
+
+
+def test_cw_success_rate_matches_torchattacks(digits_model, digits_batch):
+    ta = pytest.importorskip("torchattacks")
+    x, y = digits_batch
+    ours = CW(c=1.0, kappa=0.0, steps=50, lr=0.01, binary_steps=1, abort_early=False)
+    rate = ours.run(digits_model, x, y).success_rate
+    adv = ta.CW(digits_model, c=1.0, kappa=0.0, steps=50, lr=0.01)(x, y)
+    with torch.no_grad():
+        theirs = float((digits_model(adv).argmax(1) != y).float().mean())
+    assert abs(rate - theirs) <= 0.05, (rate, theirs)

@@ -1,18 +1,20 @@
 """Adversarial attacks on images (one protocol: ``attack(model, inputs, labels, target=None)``)."""
 
 from .base import Attack, AttackError, AttackResult, Normalize, distortions
+from .cw import CW
+from .ead import EAD
 from .fgsm import FGSM
 from .pgd import PGD
 
-ATTACKS = {cls.name: cls for cls in (FGSM, PGD)}
+ATTACKS = {cls.name: cls for cls in (FGSM, PGD, CW, EAD)}
 
 
 def get_attack(name: str, **settings) -> Attack:
-    """An attack by name (``fgsm``, ``pgd``) with its settings."""
+    """An attack by name (``fgsm``, ``pgd``, ``cw``, ``ead``) with its settings."""
     if name not in ATTACKS:
         raise AttackError(f"unknown attack {name!r}; available: {', '.join(sorted(ATTACKS))}")
     return ATTACKS[name](**settings)
 
 
-__all__ = ["ATTACKS", "FGSM", "PGD", "Attack", "AttackError", "AttackResult", "Normalize",
+__all__ = ["ATTACKS", "CW", "EAD", "FGSM", "PGD", "Attack", "AttackError", "AttackResult", "Normalize",
            "distortions", "get_attack"]  # fmt: skip
