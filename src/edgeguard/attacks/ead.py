@@ -57,10 +57,8 @@ class EAD(Attack):
                 (g,) = torch.autograd.grad(smooth, yv)
                 queries += 1
                 x_new = shrink(yv.detach() - lr * g, x, self.beta)
-                if self.solver == "fista":
-                    yk = x_new + k / (k + 3) * (x_new - xk)
-                else:
-                    yk = x_new
+                momentum = k / (k + 3) if self.solver == "fista" else 0.0  # FISTA extrapolation
+                yk = x_new + momentum * (x_new - xk)
                 xk = x_new
                 with torch.no_grad():
                     ok = margin(model(xk), y, target, self.kappa) <= 0
