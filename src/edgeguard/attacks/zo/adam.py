@@ -1,0 +1,33 @@
+"""ZO-Adam (Chen et al., 2019): Adam's update driven by a random-direction gradient estimate."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import ZOAttack
+from .estimators import random_estimate
+
+
+class ZOAdam(ZOAttack):
+    name = "zo-adam"
+
+    def __init__(self, q: int = 10, kind: str = "gaussian", betas=(0.9, 0.999), **kw) -> None:
+        super().__init__(**kw)
+        self.q, self.kind, self.betas = q, kind, betas
+
+    def _step(self, state, f, x, gen, active):
+        g, spent = random_estimate(f, x, self.q, self.mu, self.kind, gen)
+        n_all = len(active)
+        if "m" not in state:
+            state["m"] = torch.zeros(n_all, *x.shape[1:])
+            state["v"] = torch.zeros(n_all, *x.shape[1:])
+            state["t"] = torch.zeros(n_all)
+        b1, b2 = self.betas
+        m = state["m"][active] * b1 + (1 - b1) * g
+        v = state["v"][active] * b2 + (1 - b2) * g * g
+        t = state["t"][active] + 1
+        state["m"][active], state["v"][active], state["t"][active] = m, v, t
+        view = (-1,) + (1,) * (x.dim() - 1)
+        mhat = m / (1 - b1 ** t.view(view))
+        vhat = v / (1 - b2 ** t.view(view))
+        return x - self.lr * mhat / (vhat.sqrt() + 1e-8), spent
