@@ -74,7 +74,7 @@ def test_black_box_refuses_gradients_and_counts_queries(digits_model, digits_bat
         ZOSignSGD(eps=0.2, lr=0.02, q=20, max_queries=1000),
         ZOAdam(eps=0.2, lr=0.02, q=20, max_queries=1000),
         ZOO(eps=0.2, lr=0.2, batch_coords=16, max_queries=1000),
-    ],  # fmt: skip
+    ],
     ids=lambda a: a.name,
 )
 def test_zo_attacks_fool_the_digits_model_within_budget(digits_model, digits_batch, attack):
