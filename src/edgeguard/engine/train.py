@@ -161,6 +161,7 @@ def fit(
     distill_weight: float = 0.0,
     distill_temperature: float = 4.0,
     extra_state: Any = None,
+    input_transform: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> History:
     """Train a classifier with cross-entropy.
 
@@ -173,6 +174,8 @@ def fit(
             scheduler, history, RNG); a finished run returns its history at once.
         penalty: ``penalty(model) -> scalar`` added to the loss (structured regularisation).
         callbacks: ``cb(epoch, model, metrics)`` after each epoch (e.g. reweighting).
+        input_transform: ``transform(model, x, y) -> x'`` applied to every training batch before the
+            forward pass (adversarial training: :mod:`edgeguard.defenses`).
         teacher, distill_weight, distill_temperature: optional knowledge distillation, loss =
             (1 - w) * CE + w * T^2 * KL(student_T || teacher_T).
         extra_state: an object with ``state_dict()`` / ``load_state_dict()`` (tensors and plain data)
@@ -188,7 +191,7 @@ def fit(
     try:
         return _fit(
             model, train_set, val_set, cfg, dev, checkpoint_dir, resume, penalty, callbacks,
-            teacher, distill_weight, distill_temperature, extra_state,
+            teacher, distill_weight, distill_temperature, extra_state, input_transform,
         )  # fmt: skip
     finally:
         if own_group:
@@ -197,7 +200,7 @@ def fit(
 
 def _fit(
     model, train_set, val_set, cfg, dev, checkpoint_dir, resume, penalty, callbacks,
-    teacher, distill_weight, distill_temperature, extra_state,
+    teacher, distill_weight, distill_temperature, extra_state, input_transform=None,
 ) -> History:  # fmt: skip
     model.to(dev)
     if teacher is not None:
@@ -254,6 +257,8 @@ def _fit(
                 for g, lr in zip(optimizer.param_groups, epoch_lrs, strict=True):
                     g["lr"] = lr * (global_step + 1) / warm_steps
             x, y = x.to(dev), y.to(dev)
+            if input_transform is not None:
+                x = input_transform(model, x, y)
             with _autocast(dev, cfg.amp):
                 out = net(x)
                 loss = nn.functional.cross_entropy(
