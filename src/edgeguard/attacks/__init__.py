@@ -4,9 +4,10 @@ from .base import Attack, AttackError, AttackResult, Normalize, distortions
 from .cw import CW
 from .ead import EAD
 from .fgsm import FGSM
+from .minmax import Ensemble, MinMaxPGD, MinMaxResult, project_simplex
 from .pgd import PGD
 
-ATTACKS = {cls.name: cls for cls in (FGSM, PGD, CW, EAD)}
+ATTACKS = {cls.name: cls for cls in (FGSM, PGD, CW, EAD, MinMaxPGD)}
 
 
 def get_attack(name: str, **settings) -> Attack:
@@ -16,5 +17,20 @@ def get_attack(name: str, **settings) -> Attack:
     return ATTACKS[name](**settings)
 
 
-__all__ = ["ATTACKS", "CW", "EAD", "FGSM", "PGD", "Attack", "AttackError", "AttackResult", "Normalize",
-           "distortions", "get_attack"]  # fmt: skip
+__all__ = [
+    "ATTACKS",
+    "CW",
+    "EAD",
+    "FGSM",
+    "PGD",
+    "Attack",
+    "AttackError",
+    "AttackResult",
+    "Ensemble",
+    "MinMaxPGD",
+    "MinMaxResult",
+    "Normalize",
+    "distortions",
+    "get_attack",
+    "project_simplex",
+]  # fmt: skip

@@ -1,0 +1,56 @@
+"""Min-max ensemble attack: simplex projection, weights move to the harder model, worst case at least
+as good as average weighting."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgeguard.attacks import PGD, AttackError, Ensemble, MinMaxPGD, project_simplex
+from edgeguard.data import digits
+from edgeguard.defenses import adversarial_training
+from edgeguard.engine import TrainConfig, seed_everything
+from edgeguard.models import build
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(-5, 5), min_size=2, max_size=6))
+def test_simplex_projection_is_the_nearest_point_of_the_simplex(values):
+    w = torch.tensor([values], dtype=torch.float64)
+    p = project_simplex(w)
+    assert (p >= 0).all() and abs(float(p.sum()) - 1) < 1e-9
+    # optimality: no other simplex point (random samples) is closer
+    others = torch.distributions.Dirichlet(torch.ones(w.shape[1], dtype=torch.float64)).sample(
+        (200,)
+    )
+    assert ((others - w).norm(dim=1) >= (p - w).norm() - 1e-9).all()
+
+
+@pytest.fixture(scope="module")
+def robust_model():
+    seed_everything(1)
+    model = build("digits_cnn")
+    adversarial_training(model, digits(True), None, PGD(eps=0.15, steps=5, seed=None),
+                         TrainConfig(epochs=5, lr=3e-3, progress=False))  # fmt: skip
+    return model.eval()
+
+
+def test_minmax_weights_move_to_the_harder_model(digits_model, digits_batch, robust_model):
+    x, y = digits_batch
+    x, y = x[:100], y[:100]
+    ens = Ensemble([digits_model, robust_model])
+    avg = MinMaxPGD(eps=0.15, steps=40, weighting="average").run(ens, x, y)
+    mm = MinMaxPGD(eps=0.15, steps=40, weighting="minmax", beta=0.5, gamma=0.5).run(ens, x, y)
+    assert float(mm.weights[:, 1].mean()) > 0.6  # the adversarially trained model
+    assert torch.allclose(avg.weights, torch.full_like(avg.weights, 0.5))
+    assert mm.success_rate >= avg.success_rate  # success = every model fooled
+    assert mm.fooled.shape == (100, 2)
+
+
+def test_minmax_rejects_bad_settings(digits_model):
+    with pytest.raises(AttackError, match="at least 2 models"):
+        Ensemble([digits_model])
+    with pytest.raises(AttackError, match="weighting must be"):
+        MinMaxPGD(weighting="max")
+    with pytest.raises(AttackError, match="attacks an Ensemble"):
+        MinMaxPGD().run(digits_model, torch.zeros(1, 1, 8, 8), torch.zeros(1, dtype=torch.long))
