@@ -200,3 +200,23 @@ def test_compile_prints_decisions_latency_and_checks_onnx(tmp_path: Path, capsys
     assert ort_err <= 1e-4 and onnx_path.stat().st_size > 0
     with pytest.raises(SystemExit):  # argparse rejects an unknown backend
         main(["compile", str(path), "--backend", "tpu"])
+
+
+def test_attack_prints_success_distortion_queries_and_saves_a_grid(tmp_path: Path, capsys):
+    assert main(["-q", "train", "--model", "digits_cnn", "--dataset", "digits", "--epochs", "3",
+                 "--no-progress", "--out", str(tmp_path / "m")]) == 0  # fmt: skip
+    ckpt = str(tmp_path / "m" / "model.safetensors")
+    args = ["attack", "--model", ckpt, "--num", "60", "--out", str(tmp_path / "a")]
+    assert main([*args, "--attack", "pgd", "--eps", "0.2", "--steps", "10"]) == 0
+    out = capsys.readouterr().out
+    rate = float(out.split("success rate: ")[1].split()[0])
+    assert rate > 0.5 and "mean linf distortion" in out and "mean queries: 11.0" in out
+    assert (tmp_path / "a" / "pgd_grid.png").stat().st_size > 1000
+    assert main([*args, "--attack", "zo-signsgd", "--eps", "0.2", "--attack-option", "q=10",
+                 "--attack-option", "max_queries=300"]) == 0  # fmt: skip
+    assert "mean queries" in capsys.readouterr().out
+    assert main([*args, "--attack", "cw", "--eps", "0.1"]) == 2
+    assert "takes no --eps" in capsys.readouterr().err
+    assert main([*args, "--attack", "deepfool"]) == 2
+    assert main([*args, "--attack", "pgd", "--eps", "-1"]) == 2
+    assert "eps must be a number >= 0" in capsys.readouterr().err

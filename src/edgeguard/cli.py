@@ -232,6 +232,64 @@ def cmd_compile(args) -> int:
     return 0
 
 
+def cmd_attack(args) -> int:
+    import inspect
+
+    import torch
+
+    from .attacks import AttackError, get_attack
+    from .data import get_dataset
+    from .report import plots
+    from .sparsity import load_pruned
+
+    model, _, _ = load_pruned(args.model)
+    model.eval()
+    opts = _kv(args.data_option)
+    data = get_dataset(args.data, train=False, root=args.data_root, **opts)
+    n = min(args.num, len(data))
+    x = torch.stack([data[i][0] for i in range(n)])
+    y = torch.tensor([int(data[i][1]) for i in range(n)])
+    settings = dict(_kv(args.attack_option))
+    from .attacks import ATTACKS
+
+    if args.attack not in ATTACKS:
+        raise AttackError(
+            f"unknown attack {args.attack!r}; available: {', '.join(sorted(ATTACKS))}"
+        )
+    accepted: set[str] = set()
+    for cls in ATTACKS[args.attack].__mro__:  # settings passed on through **kw reach a base class
+        if "__init__" in vars(cls):
+            params = inspect.signature(cls.__init__).parameters
+            accepted |= set(params)
+            if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+                break
+    for key in ("eps", "steps", "norm"):
+        value = getattr(args, key)
+        if value is not None:
+            if key not in accepted:
+                raise UsageError(f"attack {args.attack!r} takes no --{key}")
+            settings[key] = value
+    attack = get_attack(args.attack, **settings)
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
+    if not correct.any():
+        raise UsageError("the model misclassifies every selected input; nothing to attack")
+    x, y = x[correct], y[correct]
+    target = (y + args.target_shift) % model(x[:1]).shape[1] if args.target_shift else None
+    res = attack.run(model, x, y, target)
+    norm = getattr(attack, "norm", "linf")
+    print(f"attack {args.attack} {settings} on {len(x)} correctly classified inputs "
+          f"(clean accuracy {float(correct.float().mean()):.3f} on {n})")  # fmt: skip
+    print(f"success rate: {res.success_rate:.3f}")
+    print(f"mean {norm} distortion (successful): {res.mean_distortion(norm):.4f}")
+    print(f"mean queries: {float(res.queries.float().mean()):.1f}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = plots.attack_grid(x, res.adversarial, out / f"{args.attack}_grid.png")
+    print(f"image grid: {path}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -305,6 +363,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", metavar="OUT", help="also export the compiled model to ONNX")
     p.set_defaults(func=cmd_compile)
 
+    p = sub.add_parser(
+        "attack", help="attack a saved model and report success, distortion, queries"
+    )
+    p.add_argument("--model", required=True, help="model.safetensors written by train or prune")
+    p.add_argument("--attack", default="pgd", help="fgsm, pgd, cw, ead, zoo, zo-signsgd, zo-adam")
+    p.add_argument("--eps", type=float, help="perturbation budget (images in [0, 1])")
+    p.add_argument("--steps", type=int, help="iterations (attacks that have them)")
+    p.add_argument("--norm", help="linf, l2 (attacks that support several)")
+    p.add_argument("--attack-option", action="append", metavar="KEY=VALUE", help="e.g. c=10, q=20")
+    p.add_argument("--target-shift", type=int, default=0,
+                   help="targeted attack toward (label + shift) mod classes; 0: untargeted")  # fmt: skip
+    p.add_argument("--data", default="digits", help="dataset name (held-out split)")
+    p.add_argument("--data-root", help="folder of a dataset read from disk")
+    p.add_argument("--data-option", action="append", metavar="KEY=VALUE")
+    p.add_argument("--num", type=int, default=200, help="inputs to attack")
+    p.add_argument("--out", default="runs/attack")
+    p.set_defaults(func=cmd_attack)
+
     p = sub.add_parser("demo", help="run the built-in demo and write an HTML report")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--quick", action="store_true", help="a tiny run (seconds), for smoke tests")
@@ -315,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    from .attacks import AttackError
     from .compile import CompileError, CompilerUnavailable
     from .compile.onnx_export import ExportError
     from .data import DatasetError
@@ -328,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         SparsityError,
         DatasetError,
         CheckpointError,
+        AttackError,
         CompileError,
         CompilerUnavailable,
         ExportError,

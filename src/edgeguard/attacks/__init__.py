@@ -6,12 +6,14 @@ from .ead import EAD
 from .fgsm import FGSM
 from .minmax import Ensemble, MinMaxPGD, MinMaxResult, project_simplex
 from .pgd import PGD
+from .zo import ZOO, ZOAdam, ZOSignSGD
 
-ATTACKS = {cls.name: cls for cls in (FGSM, PGD, CW, EAD, MinMaxPGD)}
+ATTACKS = {cls.name: cls for cls in (FGSM, PGD, CW, EAD, ZOO, ZOSignSGD, ZOAdam)}
 
 
 def get_attack(name: str, **settings) -> Attack:
-    """An attack by name (``fgsm``, ``pgd``, ``cw``, ``ead``) with its settings."""
+    """An attack by name (``fgsm``, ``pgd``, ``cw``, ``ead``, ``zoo``, ``zo-signsgd``, ``zo-adam``)
+    with its settings (the min-max ensemble attack takes an ``Ensemble``: use ``MinMaxPGD``)."""
     if name not in ATTACKS:
         raise AttackError(f"unknown attack {name!r}; available: {', '.join(sorted(ATTACKS))}")
     return ATTACKS[name](**settings)

@@ -112,3 +112,33 @@ def speedup_vs_flops(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def attack_grid(clean: torch.Tensor, adversarial: torch.Tensor, path: Path, n: int = 8) -> Path:
+    """Rows: clean, adversarial, perturbation (amplified to the full range) for ``n`` samples.
+    Images ``[N, C, H, W]`` in [0, 1] (clips ``[N, C, T, H, W]`` show their middle frame)."""
+    if clean.dim() == 5:
+        clean, adversarial = (
+            clean[:, :, clean.shape[2] // 2],
+            adversarial[:, :, clean.shape[2] // 2],
+        )
+    n = min(n, len(clean))
+    delta = adversarial[:n] - clean[:n]
+    scale = delta.abs().amax().clamp_min(1e-12)
+    rows = [clean[:n], adversarial[:n], 0.5 + 0.5 * delta / scale]
+    fig, axes = plt.subplots(3, n, figsize=(1.3 * n, 4.2), squeeze=False)
+    for r, (imgs, label) in enumerate(
+        zip(rows, ("clean", "adversarial", "perturbation"), strict=True)
+    ):
+        for i in range(n):
+            img = imgs[i].detach().cpu().clamp(0, 1)
+            ax = axes[r][i]
+            if img.shape[0] == 1:
+                ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.imshow(img[:3].permute(1, 2, 0).numpy())
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_ylabel(label, fontsize=8)
+    return _save(fig, path)
