@@ -106,10 +106,12 @@ def test_quick_demo_writes_a_report(tmp_path: Path):
         "layer_density.png",
         "kgs_mask_conv3a.png",
         "speedup_vs_flops.png",
+        "attack_grid.png",
     ):
         assert (tmp_path / png).stat().st_size > 1000 and png in html
     assert "KGS vs filter" in html and "Pruning methods" in html and "primal-proximal" in html
     assert "Sparse inference: compiled models" in html
+    assert "Adversarial attacks on the digits CNN" in html
 
 
 def test_info_takes_an_input_shape(tmp_path: Path, capsys):

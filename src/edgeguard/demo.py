@@ -1,7 +1,7 @@
 """The built-in demo: train a small C3D on synthetic moving-shape videos, prune it with KGS and with
 filter pruning at the same FLOPs reduction, fine-tune both, compile both to sparse code and time
 them, compare the pruning methods on the digits CNN, and write an HTML report with the per-layer
-tables and plots.  Needs no files; later
+tables and plots, and attack the digits CNN (white-box and black-box).  Needs no files; later
 capabilities add their sections here."""
 
 from __future__ import annotations
@@ -54,8 +54,9 @@ QUICK = DemoSettings(
 )  # fmt: skip
 
 
-def compare_methods(s: DemoSettings, out: Path, rep: Report) -> None:
-    """Every pruning method at one FLOPs target on the digits CNN (seconds on 2 cores)."""
+def compare_methods(s: DemoSettings, out: Path, rep: Report) -> torch.nn.Module:
+    """Every pruning method at one FLOPs target on the digits CNN (seconds on 2 cores); returns the
+    dense digits CNN."""
     from .data import digits
 
     seed_everything(s.seed)
@@ -110,6 +111,7 @@ def compare_methods(s: DemoSettings, out: Path, rep: Report) -> None:
     )
     plots.method_bars(bars, rows[0][2], out / "methods.png")
     rep.figure("methods.png", "Accuracy after fine-tuning per pruning method (dashed: dense).")
+    return model
 
 
 def compile_section(s: DemoSettings, out: Path, rep: Report, outcomes: dict, val, shape,
@@ -163,6 +165,43 @@ def compile_section(s: DemoSettings, out: Path, rep: Report, outcomes: dict, val
         f"generated kernels vs dense PyTorch, batch 1, {threads} threads",
     )
     rep.figure("speedup_vs_flops.png", "Speedup of the generated kernel against MAC reduction.")
+
+
+def attack_section(s: DemoSettings, out: Path, rep: Report, model: torch.nn.Module,
+                   quick: bool) -> None:  # fmt: skip
+    """White-box and black-box attacks on the demo's digits CNN."""
+    from .attacks import FGSM, PGD
+    from .attacks.zo import ZOSignSGD
+    from .data import digits
+
+    rep.heading("Adversarial attacks on the digits CNN")
+    model.eval()
+    x, y = digits(False).tensors
+    with torch.no_grad():
+        ok = model(x).argmax(1) == y
+    n = 20 if quick else 100
+    x, y = x[ok][:n], y[ok][:n]
+    eps = 0.1
+    attacks = {
+        "FGSM (L-inf)": FGSM(eps=eps),
+        "PGD-20 (L-inf, random start)": PGD(eps=eps, steps=20),
+        "PGD-20 (L2, eps 0.5)": PGD(eps=0.5, steps=20, norm="l2"),
+        "ZO-signSGD (black box, q=20)": ZOSignSGD(eps=eps, lr=0.01, q=20,
+                                                  max_queries=200 if quick else 2000),
+    }  # fmt: skip
+    rows, grid = [], None
+    for name, attack in attacks.items():
+        res = attack.run(model, x, y)
+        rows.append((name, f"{100 * res.success_rate:.1f}%", res.mean_distortion("linf"),
+                     res.mean_distortion("l2"), float(res.queries.float().mean())))  # fmt: skip
+        if name.startswith("PGD-20 (L-inf"):
+            grid = res.adversarial
+    rep.paragraph(f"{len(x)} held-out digits the model classifies correctly, untargeted, "
+                  f"L-inf eps {eps} unless stated (pixels in [0, 1]).")  # fmt: skip
+    rep.table(["attack", "success", "mean L-inf (successful)", "mean L2 (successful)",
+               "mean queries"], rows)  # fmt: skip
+    plots.attack_grid(x, grid, out / "attack_grid.png")
+    rep.figure("attack_grid.png", "PGD-20: clean digits, adversarial digits, perturbations.")
 
 
 def materialise(ds: Dataset) -> TensorDataset:
@@ -297,7 +336,8 @@ def run_demo(
         rep.heading(f"Per-layer table: {name}", level=3)
         rep.table(HEADERS, layer_table(res.model, shape, dict.fromkeys(res.rates, name)))
     compile_section(s, out, rep, outcomes, val, shape, quick)
-    compare_methods(s, out, rep)
+    digits_model = compare_methods(s, out, rep)
+    attack_section(s, out, rep, digits_model, quick)
     path = rep.save(out / "report.html")
     log.info("demo finished in %.0f s", time.perf_counter() - t_start)
     return path
