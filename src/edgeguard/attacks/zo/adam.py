@@ -15,8 +15,8 @@ class ZOAdam(ZOAttack):
         super().__init__(**kw)
         self.q, self.kind, self.betas = q, kind, betas
 
-    def _step(self, state, f, x, gen, active):
-        g, spent = random_estimate(f, x, self.q, self.mu, self.kind, gen)
+    def _step(self, state, f, x, gen, active, fx):
+        g, spent = random_estimate(f, x, self.q, self.mu, self.kind, gen, fx=fx)
         n_all = len(active)
         if "m" not in state:
             state["m"] = torch.zeros(n_all, *x.shape[1:])

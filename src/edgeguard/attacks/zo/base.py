@@ -39,9 +39,10 @@ class ZOAttack(Attack):
 
         return f
 
-    def _step(self, state: dict, f, x_adv: torch.Tensor, gen, active: torch.Tensor):
+    def _step(self, state: dict, f, x_adv: torch.Tensor, gen, active: torch.Tensor, fx):
         """One update of the active samples ``x_adv`` (``active``: [N] mask over the whole batch,
-        for per-sample optimiser state); returns (new x_adv, queries per sample spent)."""
+        for per-sample optimiser state; ``fx``: the loss already queried at ``x_adv``); returns
+        (new x_adv, queries per sample spent)."""
         raise NotImplementedError
 
     def _perturb(self, model, x, y, target):
@@ -65,7 +66,8 @@ class ZOAttack(Attack):
                 if not active.any():
                     break
                 f = self._loss_fn(model, y, target, active)
-                new, spent = self._step(state, f, x_adv[active], gen, active)
+                # the loss at the current point was just queried: the estimator reuses it
+                new, spent = self._step(state, f, x_adv[active], gen, active, fa[~now_done])
                 x_adv[active] = (x[active] + (new - x[active]).clamp(-self.eps, self.eps)).clamp(
                     0, 1
                 )

@@ -14,6 +14,6 @@ class ZOSignSGD(ZOAttack):
         super().__init__(**kw)
         self.q, self.kind = q, kind
 
-    def _step(self, state, f, x, gen, active):
-        g, spent = random_estimate(f, x, self.q, self.mu, self.kind, gen)
+    def _step(self, state, f, x, gen, active, fx):
+        g, spent = random_estimate(f, x, self.q, self.mu, self.kind, gen, fx=fx)
         return x - self.lr * g.sign(), spent

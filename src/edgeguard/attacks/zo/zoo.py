@@ -16,7 +16,7 @@ class ZOO(ZOAttack):
         super().__init__(**kw)
         self.batch_coords, self.betas = batch_coords, betas
 
-    def _step(self, state, f, x, gen, active):
+    def _step(self, state, f, x, gen, active, fx):
         n, d = len(x), x[0].numel()
         b = min(self.batch_coords, d)
         coords = torch.stack([torch.randperm(d, generator=gen)[:b] for _ in range(n)])
