@@ -38,6 +38,7 @@ MODELS = {
     ),
     "r2plus1d": (lambda: build("r2plus1d_18", num_classes=5, width=0.125), (2, 3, 4, 24, 24)),
     "resnet": (lambda: build("resnet18_cifar", num_classes=10, width=0.25), (2, 3, 16, 16)),
+    "digits": (lambda: build("digits_cnn"), (2, 1, 8, 8)),  # a 2D max pool
 }
 
 
@@ -47,7 +48,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 SCHEMES = ["kgs", "vanilla", "filter", "channel", "column"]
 FAST = {("c3d", s) for s in SCHEMES} | {("c3d_bias", "filter"), ("r2plus1d", "kgs"),
-                                        ("r2plus1d", "channel"), ("resnet", "kgs")}  # fmt: skip
+                                        ("r2plus1d", "channel"), ("resnet", "kgs"), ("digits", "kgs")}  # fmt: skip
 CASES = [
     pytest.param(a, s, marks=() if (a, s) in FAST else pytest.mark.slow)
     for a in MODELS

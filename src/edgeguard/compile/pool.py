@@ -46,9 +46,11 @@ extern "C" void edgeguard_pool(const float* x, float* out, int batch, int nthrea
 """
 
 
-def _three(v, fill) -> tuple[int, int, int]:
-    v = tuple(v) if isinstance(v, tuple | list) else (v,)
-    return v * 3 if len(v) == 1 else ((fill, *v) if len(v) == 2 else v)
+def _three(v, fill, dims: int) -> tuple[int, int, int]:
+    """A pooling hyperparameter of a ``dims``-D pool as (depth, height, width); a 2D pool gets
+    ``fill`` as its depth (it runs as a 3D pool over a depth of 1)."""
+    v = tuple(v) if isinstance(v, tuple | list) else (v,) * dims
+    return (fill, *v) if dims == 2 else v
 
 
 class MaxPoolCpu(nn.Module):
@@ -59,9 +61,10 @@ class MaxPoolCpu(nn.Module):
         if not supported(pool):
             raise ValueError(f"{name}: dilation, ceil_mode or return_indices are not supported")
         self.two_d = isinstance(pool, nn.MaxPool2d)
-        self.kernel = _three(pool.kernel_size, 1)
-        self.stride = _three(pool.stride or pool.kernel_size, 1)
-        self.padding = _three(pool.padding, 0)
+        dims = 2 if self.two_d else 3
+        self.kernel = _three(pool.kernel_size, 1, dims)
+        self.stride = _three(pool.stride or pool.kernel_size, 1, dims)
+        self.padding = _three(pool.padding, 0, dims)
         self.name = name
         self._kernels: dict[tuple, object] = {}
         self.collecting = False
@@ -117,5 +120,7 @@ def supported(pool: nn.Module) -> bool:
         isinstance(pool, nn.MaxPool2d | nn.MaxPool3d)
         and not pool.ceil_mode
         and not pool.return_indices
-        and all(d == 1 for d in _three(pool.dilation, 1))
+        and all(
+            d == 1 for d in _three(pool.dilation, 1, 2 if isinstance(pool, nn.MaxPool2d) else 3)
+        )
     )
