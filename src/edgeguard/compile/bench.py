@@ -16,39 +16,37 @@ from .shrink import CONVS
 from .sparse_conv import SparseConv
 
 
-def median_ms(fn: Callable[[], object], repeats: int = 10, warmup: int = 2) -> float:
-    """Median wall time of ``fn()`` in milliseconds (CUDA is synchronised around each call)."""
+def interleaved_ms(
+    fns: list[Callable[[], object]], repeats: int = 10, warmup: int = 2
+) -> list[float]:
+    """Median wall time (ms) of each of ``fns``, timed in turn within every repeat, so that a slow
+    spell of a shared machine hits them all (CUDA is synchronised around each call)."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        sync()
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append(1e3 * (time.perf_counter() - t))
-    return statistics.median(times)
-
-
-def paired_ms(
-    fa: Callable[[], object], fb: Callable[[], object], repeats: int = 10, warmup: int = 2
-) -> tuple[float, float]:
-    """Medians (ms) of ``fa`` and ``fb`` timed alternately, so that a slow spell of a shared machine
-    hits both: the ratio is what the benchmarks report."""
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    for _ in range(warmup):
-        fa()
-        fb()
-    ta, tb = [], []
-    for _ in range(repeats):
-        for fn, acc in ((fa, ta), (fb, tb)):
+        for fn, acc in zip(fns, times, strict=True):
             sync()
             t = time.perf_counter()
             fn()
             sync()
             acc.append(1e3 * (time.perf_counter() - t))
-    return statistics.median(ta), statistics.median(tb)
+    return [statistics.median(t) for t in times]
+
+
+def median_ms(fn: Callable[[], object], repeats: int = 10, warmup: int = 2) -> float:
+    """Median wall time of ``fn()`` in milliseconds."""
+    return interleaved_ms([fn], repeats, warmup)[0]
+
+
+def paired_ms(
+    fa: Callable[[], object], fb: Callable[[], object], repeats: int = 10, warmup: int = 2
+) -> tuple[float, float]:
+    """Medians (ms) of ``fa`` and ``fb`` timed alternately: the ratio is what benchmarks report."""
+    ma, mb = interleaved_ms([fa, fb], repeats, warmup)
+    return ma, mb
 
 
 @dataclass

@@ -226,16 +226,15 @@ def compile_model(
 
 
 def _compile_conv(name, m, backend, max_density, mr, nv, gm=None, node=None):
+    materialise_mask(m)
     if (
         m.groups != 1
         or isinstance(m, nn.Conv1d)
         or m.padding_mode != "zeros"
         or isinstance(m.padding, str)
     ):
-        materialise_mask(m)
         why = "grouped" if m.groups != 1 else "conv1d/padding mode"
         return LayerDecision(name, "unsupported", 1.0, f"{why}: left as a dense op"), None
-    materialise_mask(m)
     w = m.weight.detach().float()
     w5 = w if w.dim() == 5 else w.unsqueeze(2)
     plan = make_plan(w5, m.bias, ConvGeometry.of(m), mr)
@@ -244,10 +243,9 @@ def _compile_conv(name, m, backend, max_density, mr, nv, gm=None, node=None):
             "nothing pruned" if plan.density > 0.999 else
             f"too dense to pay off (density {plan.density:.2f} > {max_density}): dense kernel"
         )  # fmt: skip
-        action = "dense" if plan.density > 0.999 or "filters" not in detail else "shrunk"
         if plan.density <= 0.999:
             log.info("%s: %s", name, detail)
-        return LayerDecision(name, action, plan.density, detail), None
+        return LayerDecision(name, "dense", plan.density, detail), None
     relu = fuse_relu(gm, node) if gm is not None and backend in ("cpu", "cuda") else False
     new = SparseConv(plan, relu=relu, two_d=w.dim() == 4, mode=backend, nv=nv, name=name)
     detail = f"{len(plan.block_rows)} blocks of {mr} filters" + (", ReLU fused" if relu else "")
@@ -260,8 +258,7 @@ def _compile_in_place(model, backend, decisions, max_density, mr, nv, input_shap
             decision, new = _compile_conv(name, m, backend, max_density, mr, nv)
             decisions.append(decision)
             if new is not None:
-                parent, _, leaf = name.rpartition(".")
-                setattr(model.get_submodule(parent) if parent else model, leaf, new)
+                set_module(model, name, new)
         elif isinstance(m, nn.Linear):
             materialise_mask(m)
     compiled = CompiledModel(model, backend, decisions)
@@ -295,12 +292,11 @@ def build_kernels(compiled: CompiledModel, input_shape: tuple[int, ...]) -> None
 
     # One pass with the standard-operator path learns every layer's input size.
     handles = [m.register_forward_pre_hook(hook) for m in layers]
-    modes = {m: m.mode for m in layers if isinstance(m, SparseConv)}
-    for m in modes:
+    modes = {m: m.mode for m in layers}
+    for m in layers:
         m.mode = "torch"
     try:
-        with _pools_in_torch(layers):
-            compiled(torch.zeros(input_shape))
+        compiled(torch.zeros(input_shape))
     finally:
         for h in handles:
             h.remove()
@@ -309,18 +305,3 @@ def build_kernels(compiled: CompiledModel, input_shape: tuple[int, ...]) -> None
     libs = build_many(sources, target)
     for (mod, shape, order), lib in zip(seen, libs, strict=True):
         mod.load_kernel(shape, lib, order)
-
-
-class _pools_in_torch:
-    """Context: generated pools run PyTorch's pooling (used while kernels are being collected)."""
-
-    def __init__(self, layers) -> None:
-        self.pools = [m for m in layers if isinstance(m, MaxPoolCpu)]
-
-    def __enter__(self):
-        for p in self.pools:
-            p.collecting = True
-
-    def __exit__(self, *exc):
-        for p in self.pools:
-            p.collecting = False

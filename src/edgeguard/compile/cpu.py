@@ -389,7 +389,7 @@ static std::vector<float> read_floats(const char* path, long n) {
 }
 // usage: prog x.bin nx w.bin nw bias.bin nbias out.bin nout batch threads
 int main(int argc, char** argv) {
-  if (argc != 12) { std::fprintf(stderr, "bad arguments\n"); return 2; }
+  if (argc != 11) { std::fprintf(stderr, "bad arguments\n"); return 2; }
   auto x = read_floats(argv[1], std::atol(argv[2]));
   auto w = read_floats(argv[3], std::atol(argv[4]));
   auto b = read_floats(argv[5], std::atol(argv[6]));
@@ -398,7 +398,7 @@ int main(int argc, char** argv) {
   FILE* f = std::fopen(argv[7], "wb");
   std::fwrite(out.data(), sizeof(float), out.size(), f);
   std::fclose(f);
-  return argv[11][0] == 'x' ? 1 : 0;
+  return 0;
 }
 """
 

@@ -67,7 +67,7 @@ class MaxPoolCpu(nn.Module):
         self.padding = _three(pool.padding, 0, dims)
         self.name = name
         self._kernels: dict[tuple, object] = {}
-        self.collecting = False
+        self.mode = "cpu"  # "torch": PyTorch's pooling (while the compiler collects kernel sources)
         self.reuse_buffers = False
         self._out: dict[tuple, torch.Tensor] = {}
 
@@ -95,7 +95,7 @@ class MaxPoolCpu(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x5 = x.unsqueeze(2) if self.two_d else x
-        if self.collecting or torch.onnx.is_in_onnx_export() or x5.dtype != torch.float32:
+        if self.mode == "torch" or torch.onnx.is_in_onnx_export() or x5.dtype != torch.float32:
             out = F.max_pool3d(x5, self.kernel, self.stride, self.padding)
             return out.squeeze(2) if self.two_d else out
         x5 = x5.contiguous()

@@ -34,9 +34,10 @@ def module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     return gm.get_submodule(node.target) if node.op == "call_module" else None
 
 
-def set_module(gm: fx.GraphModule, name: str, new: nn.Module) -> None:
+def set_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    """Replace the submodule ``name`` (dotted path) of ``root`` by ``new``."""
     parent, _, leaf = name.rpartition(".")
-    setattr(gm.get_submodule(parent) if parent else gm, leaf, new)
+    setattr(root.get_submodule(parent) if parent else root, leaf, new)
 
 
 def effective_weight(m: nn.Module) -> torch.Tensor:

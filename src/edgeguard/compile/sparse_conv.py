@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import logging
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .layout import InputLayout
 from .plan import SparsePlan
-
-log = logging.getLogger(__name__)
 
 MODES = ("cpu", "cuda", "torch")
 
@@ -41,9 +37,8 @@ class SparseConv(nn.Module):
         self.precision = "ieee"  # CUDA matmul precision ("ieee" or "tf32")
         self.name = name
         g = plan.geometry
-        panels = [p for p in plan.panels]
         self.register_buffer(
-            "panel", torch.cat(panels).contiguous() if panels else torch.zeros(0, plan.mr)
+            "panel", torch.cat(plan.panels).contiguous() if plan.panels else torch.zeros(0, plan.mr)
         )
         self.register_buffer("bias", plan.bias.contiguous())
         # Per-location dense slices over the union of kept channels: the standard-operator form.
