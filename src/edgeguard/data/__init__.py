@@ -1,4 +1,5 @@
-"""Datasets: synthetic moving-shape videos, UCF101/HMDB51 folders, digits, CIFAR folders.
+"""Datasets: synthetic moving-shape videos, UCF101/HMDB51 folders, digits, CIFAR folders, and concept
+segmentation sets for network dissection (synthetic shapes/colours/textures, Broden folders).
 
 ``get_dataset(name, train=..., **options)`` gives the datasets the CLI knows by name.
 """
@@ -9,11 +10,12 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from .concepts import Broden, SyntheticConcepts
 from .errors import DatasetError
 from .video import SyntheticMovingShapes, VideoClipDataset, hmdb51, read_frames, ucf101
 from .vision import CIFAR, cifar10, cifar100, digits
 
-DATASETS = ("synthetic-video", "ucf101", "hmdb51", "digits", "cifar10", "cifar100")
+DATASETS = ("synthetic-video", "synthetic-concepts", "ucf101", "hmdb51", "digits", "cifar10", "cifar100")
 
 
 def get_dataset(name: str, train: bool = True, root: str | None = None, **options: Any) -> Dataset:
@@ -23,6 +25,10 @@ def get_dataset(name: str, train: bool = True, root: str | None = None, **option
         seed = int(options.pop("seed", 0))
         n = options.pop("num_samples", 2000 if train else 600)
         return SyntheticMovingShapes(n, seed=2 * seed + (0 if train else 1), **options)
+    if name == "synthetic-concepts":  # 4 shapes to classify; items (image, shape index)
+        seed = int(options.pop("seed", 0))
+        n = int(options.pop("num_samples", 2000 if train else 500))
+        return SyntheticConcepts(n, seed=2 * seed + (0 if train else 1), **options).classification()
     if name == "digits":
         return digits(train=train, **options)
     if name in ("ucf101", "hmdb51", "cifar10", "cifar100"):
@@ -38,7 +44,9 @@ def get_dataset(name: str, train: bool = True, root: str | None = None, **option
 __all__ = [
     "CIFAR",
     "DATASETS",
+    "Broden",
     "DatasetError",
+    "SyntheticConcepts",
     "SyntheticMovingShapes",
     "VideoClipDataset",
     "cifar10",

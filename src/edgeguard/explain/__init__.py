@@ -2,10 +2,10 @@
 promotion and suppression", arXiv 1904.02057): unit- and pixel-level promotion/suppression, the link
 to class activation maps, network dissection and units' attack sensitivity."""
 
+from ..data.concepts import Broden, SyntheticConcepts
 from .analysis import AttackExplanation, explain_attack, successful
 from .attribution import integrated_gradients, quadrature, unit_conductance
 from .cam import class_activation_map, grad_cam, random_overlap, top_mask, topk_overlap
-from .concepts import Broden, SyntheticConcepts
 from .dissect import (
     Dissection,
     SensitivityCorrelation,
@@ -25,9 +25,11 @@ from .pse import (
     suppression_share,
     unit_pse,
 )
+from .study import HEADERS, Study, explain_attacks
 
 __all__ = [
     "CATEGORIES",
+    "HEADERS",
     "PROMOTION_BELOW",
     "SUPPRESSION_ABOVE",
     "AttackExplanation",
@@ -36,12 +38,14 @@ __all__ = [
     "ExplainError",
     "PixelPSE",
     "SensitivityCorrelation",
+    "Study",
     "SyntheticConcepts",
     "UnitPSE",
     "categorize",
     "class_activation_map",
     "dissect",
     "explain_attack",
+    "explain_attacks",
     "get_layer",
     "grad_cam",
     "integrated_gradients",

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from ..report.plots import _save
+from ..engine.atomic import save_figure as _save
 from .analysis import AttackExplanation
 from .dissect import Dissection
 from .pse import CATEGORIES

@@ -11,12 +11,21 @@ from torch import nn
 
 from .flops import FlopsReport, LayerFlops, count_flops
 from .video import C3D, R2Plus1D, c3d, r2plus1d_18
-from .vision import DigitsCNN, ResNetCifar, VGGCifar, digits_cnn, resnet18_cifar, vgg16_cifar
+from .vision import (
+    DigitsCNN,
+    ResNetCifar,
+    VGGCifar,
+    concept_cnn,
+    digits_cnn,
+    resnet18_cifar,
+    vgg16_cifar,
+)
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "c3d": c3d,
     "r2plus1d_18": r2plus1d_18,
     "digits_cnn": digits_cnn,
+    "concept_cnn": concept_cnn,
     "vgg16_cifar": vgg16_cifar,
     "resnet18_cifar": resnet18_cifar,
 }
@@ -46,6 +55,7 @@ __all__ = [
     "VGGCifar",
     "build",
     "c3d",
+    "concept_cnn",
     "count_flops",
     "digits_cnn",
     "r2plus1d_18",

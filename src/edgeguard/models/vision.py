@@ -118,6 +118,15 @@ def digits_cnn(num_classes: int = 10, in_channels: int = 1, width: float = 1.0) 
     return DigitsCNN(num_classes=num_classes, in_channels=in_channels, width=width)
 
 
+CONCEPT_CFG: Sequence[int | str] = (16, "M", 32, "M", 64, 64, "M", 128, 128)
+
+
+def concept_cnn(num_classes: int = 4, width: float = 1.0) -> VGGCifar:
+    """A small VGG (6 convs with BatchNorm, 3 pools, GAP + linear) for the 32x32 synthetic concept
+    images of :class:`edgeguard.explain.SyntheticConcepts`: 128 units at 4x4 in its last conv block."""
+    return VGGCifar(num_classes=num_classes, width=width, cfg=CONCEPT_CFG)
+
+
 def vgg16_cifar(num_classes: int = 10, width: float = 1.0) -> VGGCifar:
     return VGGCifar(num_classes=num_classes, width=width)
 

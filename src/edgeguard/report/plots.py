@@ -11,14 +11,7 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt
 import torch
 
-from ..engine.atomic import atomic_path
-
-
-def _save(fig, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+from ..engine.atomic import save_figure as _save
 
 
 def training_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], path: Path) -> Path:

@@ -11,7 +11,8 @@ A concept dataset has ``concepts`` (C names), ``concept_category`` (C category i
   only count images annotated for its category, as in Bau et al. 2017).
 
 Two implementations: :class:`SyntheticConcepts` (shapes x colours x textures, generated) and
-:class:`Broden` (the Broden dataset's standard layout, for users who have it).
+:class:`Broden` (the Broden dataset's standard layout, for users who have it).  They are used by
+:func:`edgeguard.explain.dissect`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from .hooks import ExplainError
+from .errors import DatasetError
 
 SHAPES = ("circle", "square", "triangle", "cross")
 COLOURS = {"red": (0.9, 0.1, 0.1), "green": (0.1, 0.8, 0.1), "blue": (0.15, 0.2, 0.95),
@@ -56,9 +57,9 @@ class SyntheticConcepts(Dataset):
 
     def __init__(self, n: int = 1000, size: int = 32, seed: int = 0) -> None:
         if not isinstance(n, int) or n < 1:
-            raise ExplainError(f"n must be a positive integer, got {n!r}")
+            raise DatasetError(f"n must be a positive integer, got {n!r}")
         if not isinstance(size, int) or size < 16:
-            raise ExplainError(f"size must be an integer >= 16, got {size!r}")
+            raise DatasetError(f"size must be an integer >= 16, got {size!r}")
         self.concepts = [*SHAPES, *COLOURS, *TEXTURES]
         self.concept_category = [0] * len(SHAPES) + [1] * len(COLOURS) + [2] * len(TEXTURES)
         rng = np.random.default_rng(seed)
@@ -136,18 +137,18 @@ class Broden(Dataset):
         self.root = Path(root)
         for f in ("index.csv", "label.csv"):
             if not (self.root / f).is_file():
-                raise ExplainError(f"missing {self.root / f}\n{BRODEN_LAYOUT}")
+                raise DatasetError(f"missing {self.root / f}\n{BRODEN_LAYOUT}")
         self.categories = tuple(categories or (*PIXEL_CATEGORIES, *IMAGE_CATEGORIES))
         unknown = set(self.categories) - set(PIXEL_CATEGORIES) - set(IMAGE_CATEGORIES)
         if unknown:
-            raise ExplainError(f"unknown Broden categories {sorted(unknown)}")
+            raise DatasetError(f"unknown Broden categories {sorted(unknown)}")
         numbers, self.concepts, self.concept_category = {}, [], []
         with open(self.root / "label.csv", newline="") as fh:
             for row in csv.DictReader(fh):
                 try:
                     number = int(row["number"])
                 except (KeyError, ValueError):
-                    raise ExplainError(f"label.csv: bad row {row}\n{BRODEN_LAYOUT}") from None
+                    raise DatasetError(f"label.csv: bad row {row}\n{BRODEN_LAYOUT}") from None
                 cat = _main_category(row.get("category", ""))
                 if number == 0 or cat not in self.categories:
                     continue
@@ -160,7 +161,7 @@ class Broden(Dataset):
         with open(self.root / "index.csv", newline="") as fh:
             rows = [r for r in csv.DictReader(fh) if split is None or r.get("split") == split]
         if not rows or "image" not in rows[0]:
-            raise ExplainError(f"{self.root / 'index.csv'} lists no images\n{BRODEN_LAYOUT}")
+            raise DatasetError(f"{self.root / 'index.csv'} lists no images\n{BRODEN_LAYOUT}")
         self.rows = rows[:limit] if limit else rows
 
     def __len__(self) -> int:
@@ -172,7 +173,7 @@ class Broden(Dataset):
         path = self.root / "images" / rel
         img = cv2.imread(str(path), flags)
         if img is None:
-            raise ExplainError(f"cannot read {path}\n{BRODEN_LAYOUT}")
+            raise DatasetError(f"cannot read {path}\n{BRODEN_LAYOUT}")
         return img
 
     def _lookup(self, numbers: np.ndarray) -> np.ndarray:
@@ -196,7 +197,7 @@ class Broden(Dataset):
                 if cat in PIXEL_CATEGORIES:
                     seg = self._read(item, cv2.IMREAD_COLOR).astype(np.int64)
                     if seg.shape[:2] != (sh, sw):
-                        raise ExplainError(
+                        raise DatasetError(
                             f"{item}: segmentation is {seg.shape[0]}x{seg.shape[1]}, index.csv "
                             f"says {sh}x{sw}"
                         )
