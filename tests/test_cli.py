@@ -222,3 +222,23 @@ def test_attack_prints_success_distortion_queries_and_saves_a_grid(tmp_path: Pat
     assert main([*args, "--attack", "deepfool"]) == 2
     assert main([*args, "--attack", "pgd", "--eps", "-1"]) == 2
     assert "eps must be a number >= 0" in capsys.readouterr().err
+
+
+def test_explain_on_the_concept_cnn_with_synthetic_dissection(tmp_path: Path, capsys):
+    assert main(["-q", "train", "--model", "concept_cnn", "--dataset", "synthetic-concepts",
+                 "--data-option", "num_samples=600", "--epochs", "4", "--no-progress",
+                 "--out", str(tmp_path / "m")]) == 0  # fmt: skip
+    ckpt = str(tmp_path / "m" / "model.safetensors")
+    args = ["-q", "explain", "--model", ckpt, "--data", "synthetic-concepts", "--num", "24",
+            "--out", str(tmp_path / "x")]  # fmt: skip
+    assert main([*args, "--attack", "fgsm,pgd", "--eps", "0.05", "--concepts", "synthetic",
+                 "--concept-images", "120"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "unit PSE at 'classifier' (exact)" in out and "dissection of 'features.20'" in out
+    assert (tmp_path / "x" / "report.html").is_file()
+    assert (tmp_path / "x" / "sensitivity_vs_iou.png").stat().st_size > 5000
+    assert main([*args, "--attack", "pgd", "--layer", "conv9"]) == 2
+    assert "no layer named 'conv9' in this model; valid layers: features" in capsys.readouterr().err
+    assert main([*args, "--attack", "deepfool"]) == 2
+    assert main([*args, "--attack", "pgd", "--concepts", str(tmp_path / "nope")]) == 2
+    assert "missing" in capsys.readouterr().err

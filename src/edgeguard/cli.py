@@ -232,32 +232,18 @@ def cmd_compile(args) -> int:
     return 0
 
 
-def cmd_attack(args) -> int:
+def _build_attack(name: str, args, strict: bool = True):
+    """The attack ``name`` with ``--attack-option`` settings and ``--eps/--steps/--norm``; a flag the
+    attack does not take is an error (``strict``) or skipped for it."""
     import inspect
 
-    import torch
+    from .attacks import ATTACKS, AttackError, get_attack
 
-    from .attacks import AttackError, get_attack
-    from .data import get_dataset
-    from .report import plots
-    from .sparsity import load_pruned
-
-    model, _, _ = load_pruned(args.model)
-    model.eval()
-    opts = _kv(args.data_option)
-    data = get_dataset(args.data, train=False, root=args.data_root, **opts)
-    n = min(args.num, len(data))
-    x = torch.stack([data[i][0] for i in range(n)])
-    y = torch.tensor([int(data[i][1]) for i in range(n)])
+    if name not in ATTACKS:
+        raise AttackError(f"unknown attack {name!r}; available: {', '.join(sorted(ATTACKS))}")
     settings = dict(_kv(args.attack_option))
-    from .attacks import ATTACKS
-
-    if args.attack not in ATTACKS:
-        raise AttackError(
-            f"unknown attack {args.attack!r}; available: {', '.join(sorted(ATTACKS))}"
-        )
     accepted: set[str] = set()
-    for cls in ATTACKS[args.attack].__mro__:  # settings passed on through **kw reach a base class
+    for cls in ATTACKS[name].__mro__:  # settings passed on through **kw reach a base class
         if "__init__" in vars(cls):
             params = inspect.signature(cls.__init__).parameters
             accepted |= set(params)
@@ -267,9 +253,37 @@ def cmd_attack(args) -> int:
         value = getattr(args, key)
         if value is not None:
             if key not in accepted:
-                raise UsageError(f"attack {args.attack!r} takes no --{key}")
+                if strict:
+                    raise UsageError(f"attack {name!r} takes no --{key}")
+                continue
             settings[key] = value
-    attack = get_attack(args.attack, **settings)
+    return get_attack(name, **settings), settings
+
+
+def _held_out(args, model):
+    """``(x, y)``: the first ``--num`` held-out samples of ``--data``."""
+    import torch
+
+    from .data import get_dataset
+
+    data = get_dataset(args.data, train=False, root=args.data_root, **_kv(args.data_option))
+    n = min(args.num, len(data))
+    x = torch.stack([data[i][0] for i in range(n)])
+    y = torch.tensor([int(data[i][1]) for i in range(n)])
+    return x, y
+
+
+def cmd_attack(args) -> int:
+    import torch
+
+    from .report import plots
+    from .sparsity import load_pruned
+
+    model, _, _ = load_pruned(args.model)
+    model.eval()
+    x, y = _held_out(args, model)
+    n = len(x)
+    attack, settings = _build_attack(args.attack, args)
     with torch.no_grad():
         correct = model(x).argmax(1) == y
     if not correct.any():
@@ -287,6 +301,46 @@ def cmd_attack(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     path = plots.attack_grid(x, res.adversarial, out / f"{args.attack}_grid.png")
     print(f"image grid: {path}")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from .data import Broden, SyntheticConcepts
+    from .explain import HEADERS, explain_attacks
+    from .report import Report
+    from .sparsity import load_pruned
+
+    model, _, _ = load_pruned(args.model)
+    model.eval()
+    x, y = _held_out(args, model)
+    names = [a.strip() for a in args.attack.split(",") if a.strip()]
+    attacks = {name: _build_attack(name, args, strict=len(names) == 1)[0] for name in names}
+    concepts = None
+    if args.concepts == "synthetic":
+        if x.shape[1] != 3:
+            raise UsageError("--concepts synthetic needs a model on RGB images (3 channels)")
+        concepts = SyntheticConcepts(args.concept_images, size=x.shape[-1], seed=12345)
+    elif args.concepts:
+        concepts = Broden(args.concepts, limit=args.concept_images)
+    out = Path(args.out)
+    study = explain_attacks(model, x, y, attacks, out_dir=out, concepts=concepts, layer=args.layer,
+                            cam_layer=args.cam_layer, fraction=args.fraction)  # fmt: skip
+    e0 = study.explanations[0]
+    print(f"unit PSE at {e0.unit.layer!r} ({e0.unit.method}); Grad-CAM and sensitivity at "
+          f"{e0.cam_layer!r}; top-{100 * args.fraction:g}% pixel overlaps")  # fmt: skip
+    print(f"{e0.misclassified} of {len(x)} inputs misclassified before any attack (skipped)")
+    print(study.table())
+    rep = Report(f"edgeguard explain: {args.model}")
+    rep.table(list(HEADERS), study.rows())
+    if study.dissection is not None:
+        d = study.dissection
+        print(f"dissection of {d.layer!r}: {int(d.is_detector.sum())} of {len(d.thresholds)} units "
+              f"are detectors {d.detector_counts()}")  # fmt: skip
+        rep.paragraph(f"Dissection of {d.layer}: {int(d.is_detector.sum())} detector units "
+                      f"{d.detector_counts()}.")  # fmt: skip
+    for caption, path in study.figures.items():
+        rep.figure(path.name, caption)
+    print(f"report: {rep.save(out / 'report.html')}")
     return 0
 
 
@@ -381,6 +435,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/attack")
     p.set_defaults(func=cmd_attack)
 
+    p = sub.add_parser(
+        "explain", help="explain attacks on a saved model: promotion/suppression, CAM, dissection"
+    )
+    p.add_argument("--model", required=True, help="model.safetensors written by train or prune")
+    p.add_argument(
+        "--attack", default="fgsm,pgd,cw,ead", help="one attack or a comma-separated list"
+    )
+    p.add_argument("--eps", type=float, help="perturbation budget (attacks that take one)")
+    p.add_argument("--steps", type=int, help="iterations (attacks that have them)")
+    p.add_argument("--norm", help="linf, l2 (attacks that support several)")
+    p.add_argument("--attack-option", action="append", metavar="KEY=VALUE")
+    p.add_argument("--layer", help="layer of the unit-level PSE (default: the final linear layer)")
+    p.add_argument("--cam-layer", help="layer of Grad-CAM, sensitivity and dissection "
+                   "(default: the last feature map)")  # fmt: skip
+    p.add_argument("--concepts", help="a Broden folder, or 'synthetic' (RGB models): dissect")
+    p.add_argument("--concept-images", type=int, default=500, help="concept images to use")
+    p.add_argument("--fraction", type=float, default=0.1, help="top-k share of pixels compared")
+    p.add_argument("--data", default="digits", help="dataset name (held-out split)")
+    p.add_argument("--data-root", help="folder of a dataset read from disk")
+    p.add_argument("--data-option", action="append", metavar="KEY=VALUE")
+    p.add_argument("--num", type=int, default=100, help="inputs to attack")
+    p.add_argument("--out", default="runs/explain")
+    p.set_defaults(func=cmd_explain)
+
     p = sub.add_parser("demo", help="run the built-in demo and write an HTML report")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--quick", action="store_true", help="a tiny run (seconds), for smoke tests")
@@ -396,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     from .compile.onnx_export import ExportError
     from .data import DatasetError
     from .engine import CheckpointError
+    from .explain import ExplainError
     from .sparsity import SparsityError
 
     try:
@@ -409,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         CompileError,
         CompilerUnavailable,
         ExportError,
+        ExplainError,
         ValueError,
         FileNotFoundError,
     ) as err:

@@ -30,7 +30,9 @@ class Planted(nn.Module):
     def __init__(self, size: int) -> None:
         super().__init__()
         self.blur = nn.AvgPool2d(5, 1, 2, count_include_pad=False)
-        self.register_buffer("perm", torch.randperm(size * size, generator=torch.Generator().manual_seed(0)))
+        self.register_buffer(
+            "perm", torch.randperm(size * size, generator=torch.Generator().manual_seed(0))
+        )
         self.units = nn.Identity()
 
     def forward(self, x):

@@ -42,9 +42,7 @@ def test_exact_split_of_a_gap_linear_head_is_exact_to_float_precision(digits_mod
         digits_model.float()
 
 
-def test_conductance_split_at_an_early_layer_is_complete_within_one_percent(
-    digits_model, attacked
-):
+def test_conductance_split_at_an_early_layer_is_complete_within_one_percent(digits_model, attacked):
     x, xa, y = attacked
     pse = unit_pse(digits_model, x, xa, y, layer="features.1", steps=32)
     assert pse.method == "conductance" and pse.promotion.shape == (len(x), 32)

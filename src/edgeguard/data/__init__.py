@@ -15,7 +15,15 @@ from .errors import DatasetError
 from .video import SyntheticMovingShapes, VideoClipDataset, hmdb51, read_frames, ucf101
 from .vision import CIFAR, cifar10, cifar100, digits
 
-DATASETS = ("synthetic-video", "synthetic-concepts", "ucf101", "hmdb51", "digits", "cifar10", "cifar100")
+DATASETS = (
+    "synthetic-video",
+    "synthetic-concepts",
+    "ucf101",
+    "hmdb51",
+    "digits",
+    "cifar10",
+    "cifar100",
+)
 
 
 def get_dataset(name: str, train: bool = True, root: str | None = None, **options: Any) -> Dataset:

@@ -134,7 +134,9 @@ def explain_attack(
     """
     name = name or type(attack).__name__
     cam_layer = cam_layer or last_spatial_layer(model, inputs)
-    get_layer(model, cam_layer)
+    get_layer(model, cam_layer)  # bad layer names fail before the attack runs
+    if layer is not None:
+        get_layer(model, layer)
     with torch.no_grad():
         correct = model(inputs).argmax(1) == labels
     if not correct.any():

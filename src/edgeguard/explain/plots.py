@@ -78,9 +78,14 @@ def pse_overlays(e: AttackExplanation, path: Path, n: int = 5) -> Path:
             ax = axes[i, j]
             if heat is None:
                 ax.imshow(img, cmap=cmap, vmin=0, vmax=1)
-            else:
-                ax.imshow(base, cmap=cmap, vmin=0, vmax=1)
-                ax.imshow(img.detach().cpu().numpy(), cmap=heat, alpha=0.55)
+            else:  # the map over a dimmed grey copy of the image; near-zero values transparent
+                grey = base if base.ndim == 2 else base.mean(2)
+                ax.imshow(0.3 + 0.4 * grey, cmap="gray", vmin=0, vmax=1)
+                h = img.detach().cpu().float().numpy()
+                peak = float(np.abs(h).max()) or 1.0
+                cam = heat == "jet"
+                shown = h if cam else np.ma.masked_less(h, 0.1 * peak)
+                ax.imshow(shown, cmap=heat, alpha=0.45 if cam else 0.85, vmin=0, vmax=peak)
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
