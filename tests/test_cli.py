@@ -112,6 +112,7 @@ def test_quick_demo_writes_a_report(tmp_path: Path):
     assert "KGS vs filter" in html and "Pruning methods" in html and "primal-proximal" in html
     assert "Sparse inference: compiled models" in html
     assert "Adversarial attacks on the digits CNN" in html
+    assert "Explaining the attacks" in html
 
 
 def test_info_takes_an_input_shape(tmp_path: Path, capsys):

@@ -1,9 +1,10 @@
 """Attacks explained end to end: failed samples counted and excluded, figures written."""
 
+import pytest
 import torch
 
 from edgeguard.attacks import FGSM, PGD
-from edgeguard.explain import HEADERS, explain_attack, explain_attacks
+from edgeguard.explain import HEADERS, ExplainError, explain_attack, explain_attacks
 
 
 def test_failed_and_misclassified_samples_are_counted_and_excluded(digits_model, digits_batch):
@@ -35,3 +36,14 @@ def test_study_over_attacks_writes_the_figures(digits_model, digits_batch, tmp_p
     assert all(p.stat().st_size > 5000 for p in study.figures.values())
     for e in study.explanations:  # the pixel maps point where Grad-CAM does more than chance
         assert float(e.overlap_suppression.mean()) > float(e.random_suppression.mean())
+
+
+def test_an_attack_that_always_fails_is_reported_as_skipped(digits_model, digits_batch):
+    x, y = digits_batch[0][:10], digits_batch[1][:10]
+    attacks = {"no-op": FGSM(eps=0.0), "PGD": PGD(eps=0.2, steps=10)}
+    study = explain_attacks(digits_model, x, y, attacks, progress=False)
+    assert [e.attack for e in study.explanations] == ["PGD"]
+    assert "failed on all 10 samples" in study.skipped["no-op"]
+    assert study.rows()[-1][:2] == ("no-op", study.skipped["no-op"])
+    with pytest.raises(ExplainError, match="no attack succeeded"):
+        explain_attacks(digits_model, x, y, {"no-op": FGSM(eps=0.0)}, progress=False)

@@ -27,6 +27,10 @@ from .pse import (
 log = logging.getLogger(__name__)
 
 
+class NothingToExplain(ExplainError):
+    """Every input was misclassified before the attack, or the attack failed on every input."""
+
+
 @dataclass
 class AttackExplanation:
     """What one attack did to a model, over the samples it succeeded on.
@@ -140,7 +144,7 @@ def explain_attack(
     with torch.no_grad():
         correct = model(inputs).argmax(1) == labels
     if not correct.any():
-        raise ExplainError("the model misclassifies every input; nothing to attack")
+        raise NothingToExplain("the model misclassifies every input; nothing to attack")
     misclassified = int((~correct).sum())
     inputs, labels = inputs[correct], labels[correct]
     target = target[correct] if target is not None else None
@@ -153,7 +157,7 @@ def explain_attack(
     with torch.no_grad():
         t = model(xa).argmax(1)
     if len(x) == 0:
-        raise ExplainError(f"{name} failed on all {len(ok)} samples; nothing to explain")
+        raise NothingToExplain(f"{name} failed on all {len(ok)} samples; nothing to explain")
     unit = unit_pse(model, x, xa, y, t, layer=layer, steps=steps)
     pixel = pixel_pse(model, x, xa, y, t, steps=steps)
     cam_true = grad_cam(model, x, cam_layer, y)

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..attacks import Attack
 from . import plots
-from .analysis import AttackExplanation, explain_attack
+from .analysis import AttackExplanation, NothingToExplain, explain_attack
 from .dissect import Dissection, SensitivityCorrelation, dissect, sensitivity_vs_interpretability
 from .hooks import last_spatial_layer
 
@@ -32,13 +32,15 @@ class Study:
     Attributes:
         explanations: one per attack; dissection: of ``cam_layer`` on the concept dataset (or None);
         correlations: per attack, sensitivity against interpretability (empty without dissection);
-        figures: ``{caption: PNG path}`` in the order they were made.
+        figures: ``{caption: PNG path}`` in the order they were made;
+        skipped: ``{attack: reason}`` for attacks with nothing to explain (failed on every sample).
     """
 
     explanations: list[AttackExplanation]
     dissection: Dissection | None = None
     correlations: dict[str, SensitivityCorrelation] = field(default_factory=dict)
     figures: dict[str, Path] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def rows(self) -> list[tuple]:
         """Table rows under :data:`HEADERS` (percentages of the successful perturbations)."""
@@ -55,6 +57,9 @@ class Study:
                 f"{float(e.overlap_promotion.mean()):.3f}",
                 f"{float(e.random_suppression.mean()):.3f}", corr,
             ))  # fmt: skip
+        out += [
+            (name, reason, *["-"] * (len(HEADERS) - 2)) for name, reason in self.skipped.items()
+        ]
         return out
 
     def table(self) -> str:
@@ -89,9 +94,16 @@ def explain_attacks(
     study = Study([])
     for name, attack in attacks.items():
         log.info("explaining %s", name)
-        e = explain_attack(model, inputs, labels, attack, name, layer=layer, cam_layer=cam_layer,
-                           fraction=fraction, steps=steps)  # fmt: skip
+        try:
+            e = explain_attack(model, inputs, labels, attack, name, layer=layer,
+                               cam_layer=cam_layer, fraction=fraction, steps=steps)  # fmt: skip
+        except NothingToExplain as err:
+            log.warning("%s: %s", name, err)
+            study.skipped[name] = str(err)
+            continue
         study.explanations.append(e)
+    if not study.explanations:
+        raise NothingToExplain(f"no attack succeeded on any sample: {study.skipped}")
     if concepts is not None:
         study.dissection = dissect(model, cam_layer, concepts, progress=progress)
         for e in study.explanations:
