@@ -1,0 +1,93 @@
+"""PGD topology attack (Xu et al., "Topology Attack and Defense for Graph Neural Networks", IJCAI
+2019): projected gradient ascent on the relaxed flip variables ``s`` in ``{0 <= s <= 1, sum s <= B}``,
+then random Bernoulli sampling of the binary perturbation."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .base import (
+    GraphAttack,
+    Relaxation,
+    candidate_pairs,
+    check_count,
+    check_loss,
+    node_loss,
+)
+
+
+def project_budget(s: torch.Tensor, budget: float, iters: int = 40) -> torch.Tensor:
+    """Euclidean projection onto ``{0 <= s <= 1, sum(s) <= budget}``: clip, or, when the clipped
+    vector is over budget, ``clip(s - mu, 0, 1)`` with ``mu`` found by bisection."""
+    clipped = s.clamp(0, 1)
+    if clipped.sum() <= budget:
+        return clipped
+    lo, hi = float(s.min()) - 1, float(s.max())
+    for _ in range(iters):
+        mu = (lo + hi) / 2
+        if (s - mu).clamp(0, 1).sum() > budget:
+            lo = mu
+        else:
+            hi = mu
+    return (s - hi).clamp(0, 1)
+
+
+class PGDTopology(GraphAttack):
+    """PGD topology attack.
+
+    Args:
+        budget: fraction of edges in (0, 1] or number of flips.
+        loss: ``"ce"`` or ``"cw"`` over the attacked nodes.
+        steps: gradient steps; lr: step size ``lr / sqrt(t)`` on the max-normalised gradient.
+        samples: Bernoulli draws of the binary perturbation (the best one is kept).
+        max_candidates: all pairs up to this many, else a random block of pairs (large graphs).
+    """
+
+    name = "pgd"
+
+    def __init__(self, budget: float | int = 0.05, loss: str = "ce", steps: int = 100,
+                 lr: float = 1.0, samples: int = 20, max_candidates: int = 6_000_000,
+                 seed: int | None = 0) -> None:  # fmt: skip
+        super().__init__(budget, seed)
+        self.loss = check_loss(loss)
+        self.steps = check_count(steps, "steps")
+        self.samples = check_count(samples, "samples")
+        self.max_candidates = check_count(max_candidates, "max_candidates")
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        self.lr = lr
+
+    def _flips(self, model, data, nodes, budget, target, gen):
+        pairs = candidate_pairs(data, self.max_candidates, gen, target)
+        relax = Relaxation(data, pairs)
+        y = data.y[nodes]
+        s = torch.zeros(pairs.shape[1], dtype=data.x.dtype)
+
+        def loss_fn(logits):
+            return node_loss(logits[nodes], y, self.loss)
+
+        for t in range(1, self.steps + 1):
+            _, g = relax.gradient(model, s, loss_fn)
+            step = self.lr / math.sqrt(t) * g / g.abs().max().clamp_min(1e-30)
+            s = project_budget(s + step, budget)
+        queries = self.steps
+        # random sampling of the binary flips (plus the deterministic top-B), keeping the best
+        best, best_loss = None, -math.inf
+        with torch.no_grad():
+            for k in range(self.samples + 1):
+                if k == 0:
+                    draw = torch.zeros_like(s, dtype=torch.bool)
+                    draw[s.topk(min(budget, int((s > 0).sum()) or 1)).indices] = True
+                else:
+                    draw = torch.rand(s.shape, generator=gen) < s
+                if int(draw.sum()) > budget:  # over budget: keep the most likely flips
+                    idx = draw.nonzero().squeeze(1)
+                    draw = torch.zeros_like(draw)
+                    draw[idx[s[idx].topk(budget).indices]] = True
+                value = float(node_loss(relax.logits(model, draw.to(s.dtype))[nodes], y, self.loss))
+                queries += 1
+                if value > best_loss:
+                    best, best_loss = draw, value
+        return pairs[:, best], queries
