@@ -87,7 +87,7 @@ def fit_graph(
             scheduler.step()
         metrics = {
             "epoch": epoch + 1,
-            "train_loss": float(loss),
+            "train_loss": loss.item(),
             "train_acc": float((out[train].argmax(1) == data.y[train]).float().mean()),
         }
         if val is not None and val.any():
