@@ -100,7 +100,7 @@ def synthetic_graph(
     avg_degree: float = 8.0,
     homophily: float = 0.8,
     feature_dim: int = 32,
-    feature_signal: float = 0.6,
+    feature_signal: float = 0.25,
     train_per_class: int = 20,
     num_val: int = 500,
     num_test: int = 1000,

@@ -22,7 +22,8 @@ class GreedyTopology(GraphAttack):
 
     Args:
         budget: fraction of edges in (0, 1] or number of flips.
-        loss: ``"ce"`` or ``"cw"``.
+        loss: ``"masked-ce"`` (default: cross-entropy of the nodes still classified correctly), ``"ce"``
+            or ``"cw"``.
         rounds: scoring rounds (``flips_per_step`` = budget / rounds unless given).
         max_candidates: all pairs up to this many, else a fresh random block per round.
     Stops early when no candidate has a positive score.
@@ -30,7 +31,7 @@ class GreedyTopology(GraphAttack):
 
     name = "gta"
 
-    def __init__(self, budget: float | int = 0.05, loss: str = "ce", rounds: int = 20,
+    def __init__(self, budget: float | int = 0.05, loss: str = "masked-ce", rounds: int = 50,
                  flips_per_step: int | None = None, max_candidates: int = 6_000_000,
                  seed: int | None = 0) -> None:  # fmt: skip
         super().__init__(budget, seed)
