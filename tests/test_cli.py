@@ -113,6 +113,7 @@ def test_quick_demo_writes_a_report(tmp_path: Path):
     assert "Sparse inference: compiled models" in html
     assert "Adversarial attacks on the digits CNN" in html
     assert "Explaining the attacks" in html
+    assert "Graph robustness" in html and (tmp_path / "graph_accuracy_vs_budget.png").is_file()
 
 
 def test_info_takes_an_input_shape(tmp_path: Path, capsys):
@@ -243,3 +244,18 @@ def test_explain_on_the_concept_cnn_with_synthetic_dissection(tmp_path: Path, ca
     assert main([*args, "--attack", "deepfool"]) == 2
     assert main([*args, "--attack", "pgd", "--concepts", str(tmp_path / "nope")]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_gnn_attack_and_robust_training_on_a_synthetic_graph(tmp_path: Path, capsys):
+    args = ["-q", "gnn", "--dataset", "synthetic:400", "--epochs", "30", "--out", str(tmp_path)]
+    assert main([*args[:2], "attack", *args[2:], "--attack", "gta,random", "--budget", "0.05"]) == 0
+    out = capsys.readouterr().out
+    assert "clean test accuracy" in out and "gta: accuracy" in out and "random: accuracy" in out
+    assert main([*args[:2], "robust-train", *args[2:], "--inner", "gta", "--attack", "gta"]) == 0
+    out = capsys.readouterr().out
+    assert "s per epoch" in out and (tmp_path / "model.safetensors").is_file()
+    assert main([*args[:2], "attack", *args[2:], "--budget", "2"]) == 2
+    assert "fraction of edges" in capsys.readouterr().err
+    assert main([*args[:2], "attack", *args[2:], "--attack", "nettack"]) == 2
+    assert main([*args[:2], "attack", "--dataset", "cora", "--data-root", str(tmp_path)]) == 2
+    assert "missing ind.cora" in capsys.readouterr().err

@@ -2,7 +2,8 @@
 filter pruning at the same FLOPs reduction, fine-tune both, compile both to sparse code and time
 them, compare the pruning methods on the digits CNN, and write an HTML report with the per-layer
 tables and plots, attack the digits CNN (white-box and black-box), and explain those attacks
-(promotion/suppression, CAM, network dissection of a CNN trained on synthetic concept images).
+(promotion/suppression, CAM, network dissection of a CNN trained on synthetic concept images), and
+attack a GCN's topology before and after min-max robust training.
 Needs no files; later capabilities add their sections here."""
 
 from __future__ import annotations
@@ -51,12 +52,16 @@ class DemoSettings:
     explain_samples: int = 40
     concept_images: int = 1500
     concept_epochs: int = 8
+    # graph section
+    graph_nodes: int = 1000
+    graph_epochs: int = 100
+    graph_budgets: tuple[float, ...] = (0.02, 0.05, 0.1)
 
 
 QUICK = DemoSettings(
     train_clips=96, val_clips=48, epochs=1, warmup_epochs=0.0, finetune_epochs=1,
     digits_epochs=1, methods_reg_epochs=1, methods_finetune_epochs=1, explain_samples=12,
-    concept_images=200, concept_epochs=1,
+    concept_images=200, concept_epochs=1, graph_nodes=300, graph_epochs=5, graph_budgets=(0.05,),
 )  # fmt: skip
 
 
@@ -265,6 +270,45 @@ def explain_section(s: DemoSettings, out: Path, rep: Report, model: torch.nn.Mod
             rep.figure(f"explain_concepts/{path.name}", caption)
 
 
+def graph_section(s: DemoSettings, out: Path, rep: Report) -> None:
+    """Topology attacks on a GCN and min-max robust training (GTA inner maximisation)."""
+    from .attacks.graph import get_graph_attack
+    from .data.graphs import synthetic_graph
+    from .defenses.graph import robust_train
+    from .engine.graph import node_accuracy
+    from .models.graph import gcn
+
+    rep.heading("Graph robustness: topology attacks and robust training")
+    data = synthetic_graph(s.graph_nodes, seed=s.seed)
+    cfg = TrainConfig(epochs=s.graph_epochs, lr=0.01, weight_decay=5e-4, scheduler="none")
+    curves, times = {}, {}
+    for label, inner in (("natural GCN", None), ("GTA-robust GCN", "gta")):
+        seed_everything(s.seed)
+        model = gcn(data.num_features, int(data.y.max()) + 1, hidden=16)
+        attack = get_graph_attack("gta", budget=0.05, rounds=1) if inner else None
+        log.info("graph: training the %s", label)
+        hist = robust_train(model, data, attack, cfg, log_every=10**6)
+        times[label] = sum(e["seconds"] for e in hist.epochs) / len(hist.epochs)
+        model.eval()
+        curves[label] = {0.0: node_accuracy(model, data)}
+        for budget in s.graph_budgets:
+            res = get_graph_attack("gta", budget=budget, rounds=10, seed=s.seed)(model, data)
+            curves[label][budget] = node_accuracy(model, res.data)
+    rep.paragraph(
+        f"A 2-layer GCN on a synthetic graph ({data.num_nodes} nodes, "
+        f"{data.edge_index.shape[1] // 2} edges, 5 communities, noisy features), trained "
+        f"{s.graph_epochs} epochs naturally and with min-max training whose inner maximisation is "
+        f"GTA at 5% of the edges ({times['GTA-robust GCN']:.2f} s per epoch against "
+        f"{times['natural GCN']:.3f} s), then attacked by GTA (evasion, test nodes) at each budget."
+    )
+    budgets = [0.0, *s.graph_budgets]
+    rep.table(["model", *[f"{100 * b:g}%" for b in budgets]],
+              [(k, *[f"{100 * v[b]:.1f}%" for b in budgets]) for k, v in curves.items()])  # fmt: skip
+    plots.accuracy_vs_budget(curves, out / "graph_accuracy_vs_budget.png",
+                             "GTA attack on natural and robust GCNs")  # fmt: skip
+    rep.figure("graph_accuracy_vs_budget.png", "Test accuracy under GTA against the budget.")
+
+
 def materialise(ds: Dataset) -> TensorDataset:
     """Render a generated dataset once into memory so that epochs do not re-render clips."""
     xs, ys = zip(*(ds[i] for i in range(len(ds))), strict=True)
@@ -405,6 +449,7 @@ def run_demo(
         explain_section(s, out, rep, digits_model)
     except NothingToExplain as err:  # quick runs train too briefly for every attack to succeed
         rep.paragraph(f"Explanation section skipped: {err}")
+    graph_section(s, out, rep)
     path = rep.save(out / "report.html")
     log.info("demo finished in %.0f s", time.perf_counter() - t_start)
     return path

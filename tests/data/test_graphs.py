@@ -47,7 +47,7 @@ def test_synthetic_graph_is_undirected_homophilous_and_split():
     assert int(data.train_mask.sum()) == 100 and int(data.test_mask.sum()) == 1000
     assert not (data.train_mask & data.test_mask).any()
     with pytest.raises(DatasetError, match="the splits need"):
-        synthetic_graph(100)
+        synthetic_graph(100, num_test=90)
     with pytest.raises(DatasetError, match="synthetic:N"):
         load_graph("synthetic:many")
 

@@ -102,8 +102,8 @@ def synthetic_graph(
     feature_dim: int = 32,
     feature_signal: float = 0.25,
     train_per_class: int = 20,
-    num_val: int = 500,
-    num_test: int = 1000,
+    num_val: int | None = None,
+    num_test: int | None = None,
     seed: int = 0,
 ) -> torch_geometric.data.Data:  # noqa: F821
     """A random graph with communities (one per class) and noisy class-dependent features.
@@ -113,7 +113,8 @@ def synthetic_graph(
     (self-loops and duplicates dropped).  Features are the class centroid (``feature_signal`` times a
     standard normal vector per class) plus standard normal noise: informative, but not enough alone,
     so that the graph matters.  Splits: ``train_per_class`` labelled nodes per class, then
-    ``num_val`` and ``num_test`` nodes (Planetoid-style).  1,000 to 10,000,000 nodes: vectorised,
+    ``num_val`` and ``num_test`` nodes (Planetoid-style; default ``min(500, N/10)`` and
+    ``min(1000, N/5)``).  1,000 to 10,000,000 nodes: vectorised,
     about 2 s and 0.5 GB per million nodes at degree 8."""
     from torch_geometric.data import Data
 
@@ -121,6 +122,8 @@ def synthetic_graph(
         raise DatasetError(f"num_nodes must be in [10, 5e7], got {num_nodes}")
     if not 0 <= homophily <= 1:
         raise DatasetError(f"homophily must be in [0, 1], got {homophily}")
+    num_val = min(500, num_nodes // 10) if num_val is None else num_val
+    num_test = min(1000, num_nodes // 5) if num_test is None else num_test
     need = num_classes * train_per_class + num_val + num_test
     if need > num_nodes:
         raise DatasetError(f"the splits need {need} nodes but the graph has {num_nodes}")

@@ -135,3 +135,18 @@ def attack_grid(clean: torch.Tensor, adversarial: torch.Tensor, path: Path, n: i
             if i == 0:
                 ax.set_ylabel(label, fontsize=8)
     return _save(fig, path)
+
+
+def accuracy_vs_budget(curves: Mapping[str, Mapping[float, float]], path: Path,
+                       title: str = "") -> Path:  # fmt: skip
+    """Accuracy (%) against the attack budget (% of edges flipped), one line per model."""
+    fig, ax = plt.subplots(figsize=(5.4, 3.4))
+    for name, pts in curves.items():
+        xs = sorted(pts)
+        ax.plot([100 * b for b in xs], [100 * pts[b] for b in xs], marker="o", label=name)
+    ax.set_xlabel("budget (% of edges flipped)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
