@@ -145,6 +145,7 @@ def test_resolve_budget():
     assert resolve_budget(0.0001, 10) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not PLANETOID.is_dir(), reason="../shared/data/planetoid is not present")
 def test_gta_on_cora_is_at_least_as_strong_as_pyg_grbcd(tmp_path):
     from torch_geometric.contrib.nn import GRBCDAttack
