@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .train import History, TrainConfig, _make_optimizer, _restore, _state
+from .train import History, TrainConfig, _make_optimizer, _make_scheduler, _restore, _state
 
 log = logging.getLogger("edgeguard")
 
@@ -58,11 +58,7 @@ def fit_graph(
     cfg = config or TrainConfig(epochs=200, lr=0.01, weight_decay=5e-4, scheduler="none")
     cfg.validate()
     optimizer = _make_optimizer(model, cfg)
-    scheduler = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-        if cfg.scheduler == "cosine"
-        else None
-    )
+    scheduler = _make_scheduler(optimizer, cfg)
     history, start = History(), 0
     ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir is not None else None
     if resume and ckpt is not None and ckpt.is_file():

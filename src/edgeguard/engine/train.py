@@ -115,6 +115,13 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def _make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
+    """Per-epoch cosine annealing to 0 (``cfg.scheduler == "cosine"``) or None."""
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    return None
+
+
 def _autocast(device: torch.device, enabled: bool):
     dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
@@ -206,11 +213,7 @@ def _fit(
     if teacher is not None:
         teacher.to(dev).eval()
     optimizer = _make_optimizer(model, cfg)
-    scheduler = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-        if cfg.scheduler == "cosine"
-        else None
-    )
+    scheduler = _make_scheduler(optimizer, cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and dev.type == "cuda")
     history = History()
     start_epoch = 0

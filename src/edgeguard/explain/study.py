@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..attacks import Attack
+from ..engine.text import format_table
 from . import plots
 from .analysis import AttackExplanation, NothingToExplain, explain_attack
 from .dissect import Dissection, SensitivityCorrelation, dissect, sensitivity_vs_interpretability
@@ -64,11 +65,7 @@ class Study:
 
     def table(self) -> str:
         """The rows as an aligned text table."""
-        rows = [HEADERS, *[tuple(str(v) for v in r) for r in self.rows()]]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(HEADERS))]
-        return "\n".join(
-            "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows
-        )
+        return format_table(HEADERS, self.rows())
 
 
 def explain_attacks(
