@@ -125,9 +125,10 @@ def cmd_prune(args) -> int:
     from dataclasses import replace
 
     from .engine import seed_everything
+    from .engine.text import format_table
     from .prune import get_pruner, run_pruning
     from .sparsity import load_pruned, save_pruned
-    from .sparsity.summary import HEADERS, format_table, layer_table
+    from .sparsity.summary import HEADERS, layer_table
 
     seed_everything(args.seed)
     given = [args.rate is not None, args.flops_reduction is not None, args.profile is not None]
@@ -172,8 +173,9 @@ def cmd_prune(args) -> int:
 
 
 def cmd_info(args) -> int:
+    from .engine.text import format_table
     from .sparsity import load_pruned
-    from .sparsity.summary import HEADERS, format_table, layer_table
+    from .sparsity.summary import HEADERS, layer_table
 
     model, _, spec = load_pruned(args.checkpoint)
     shape = args.input_shape or tuple(spec.get("extra", {}).get("input_shape") or ())
@@ -260,7 +262,7 @@ def _build_attack(name: str, args, strict: bool = True):
     return get_attack(name, **settings), settings
 
 
-def _held_out(args, model):
+def _held_out(args):
     """``(x, y)``: the first ``--num`` held-out samples of ``--data``."""
     import torch
 
@@ -281,7 +283,7 @@ def cmd_attack(args) -> int:
 
     model, _, _ = load_pruned(args.model)
     model.eval()
-    x, y = _held_out(args, model)
+    x, y = _held_out(args)
     n = len(x)
     attack, settings = _build_attack(args.attack, args)
     with torch.no_grad():
@@ -312,7 +314,7 @@ def cmd_explain(args) -> int:
 
     model, _, _ = load_pruned(args.model)
     model.eval()
-    x, y = _held_out(args, model)
+    x, y = _held_out(args)
     names = [a.strip() for a in args.attack.split(",") if a.strip()]
     attacks = {name: _build_attack(name, args, strict=len(names) == 1)[0] for name in names}
     concepts = None
@@ -418,6 +420,21 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _attack_arguments(p, attack: str, attack_help: str, num: int, out: str) -> None:
+    """The model, attack and held-out data options shared by ``attack`` and ``explain``."""
+    p.add_argument("--model", required=True, help="model.safetensors written by train or prune")
+    p.add_argument("--attack", default=attack, help=attack_help)
+    p.add_argument("--eps", type=float, help="perturbation budget (images in [0, 1])")
+    p.add_argument("--steps", type=int, help="iterations (attacks that have them)")
+    p.add_argument("--norm", help="linf, l2 (attacks that support several)")
+    p.add_argument("--attack-option", action="append", metavar="KEY=VALUE", help="e.g. c=10, q=20")
+    p.add_argument("--data", default="digits", help="dataset name (held-out split)")
+    p.add_argument("--data-root", help="folder of a dataset read from disk")
+    p.add_argument("--data-option", action="append", metavar="KEY=VALUE")
+    p.add_argument("--num", type=int, default=num, help="inputs to attack")
+    p.add_argument("--out", default=out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgeguard", description=__doc__)
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
@@ -486,43 +503,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "attack", help="attack a saved model and report success, distortion, queries"
     )
-    p.add_argument("--model", required=True, help="model.safetensors written by train or prune")
-    p.add_argument("--attack", default="pgd", help="fgsm, pgd, cw, ead, zoo, zo-signsgd, zo-adam")
-    p.add_argument("--eps", type=float, help="perturbation budget (images in [0, 1])")
-    p.add_argument("--steps", type=int, help="iterations (attacks that have them)")
-    p.add_argument("--norm", help="linf, l2 (attacks that support several)")
-    p.add_argument("--attack-option", action="append", metavar="KEY=VALUE", help="e.g. c=10, q=20")
+    _attack_arguments(p, "pgd", "fgsm, pgd, cw, ead, zoo, zo-signsgd, zo-adam", 200, "runs/attack")
     p.add_argument("--target-shift", type=int, default=0,
                    help="targeted attack toward (label + shift) mod classes; 0: untargeted")  # fmt: skip
-    p.add_argument("--data", default="digits", help="dataset name (held-out split)")
-    p.add_argument("--data-root", help="folder of a dataset read from disk")
-    p.add_argument("--data-option", action="append", metavar="KEY=VALUE")
-    p.add_argument("--num", type=int, default=200, help="inputs to attack")
-    p.add_argument("--out", default="runs/attack")
     p.set_defaults(func=cmd_attack)
 
     p = sub.add_parser(
         "explain", help="explain attacks on a saved model: promotion/suppression, CAM, dissection"
     )
-    p.add_argument("--model", required=True, help="model.safetensors written by train or prune")
-    p.add_argument(
-        "--attack", default="fgsm,pgd,cw,ead", help="one attack or a comma-separated list"
-    )
-    p.add_argument("--eps", type=float, help="perturbation budget (attacks that take one)")
-    p.add_argument("--steps", type=int, help="iterations (attacks that have them)")
-    p.add_argument("--norm", help="linf, l2 (attacks that support several)")
-    p.add_argument("--attack-option", action="append", metavar="KEY=VALUE")
+    _attack_arguments(p, "fgsm,pgd,cw,ead", "one attack or a comma-separated list", 100,
+                      "runs/explain")  # fmt: skip
     p.add_argument("--layer", help="layer of the unit-level PSE (default: the final linear layer)")
     p.add_argument("--cam-layer", help="layer of Grad-CAM, sensitivity and dissection "
                    "(default: the last feature map)")  # fmt: skip
     p.add_argument("--concepts", help="a Broden folder, or 'synthetic' (RGB models): dissect")
     p.add_argument("--concept-images", type=int, default=500, help="concept images to use")
     p.add_argument("--fraction", type=float, default=0.1, help="top-k share of pixels compared")
-    p.add_argument("--data", default="digits", help="dataset name (held-out split)")
-    p.add_argument("--data-root", help="folder of a dataset read from disk")
-    p.add_argument("--data-option", action="append", metavar="KEY=VALUE")
-    p.add_argument("--num", type=int, default=100, help="inputs to attack")
-    p.add_argument("--out", default="runs/explain")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("gnn", help="topology attacks and min-max robust training of GNNs")
