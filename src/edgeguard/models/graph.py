@@ -53,7 +53,27 @@ class GCNLayer(nn.Module):
         return propagate(self.lin(x), src, dst, nrm) + self.bias
 
 
-class GCN(nn.Module):
+class _LayerStack(nn.Module):
+    """``layers`` graph layers ``layer(in, out)`` with dropout before each and ReLU between them."""
+
+    def __init__(self, layer, in_features: int, num_classes: int, hidden: int, layers: int,
+                 dropout: float) -> None:  # fmt: skip
+        super().__init__()
+        dims = [in_features] + [hidden] * (layers - 1) + [num_classes]
+        self.convs = nn.ModuleList(layer(a, b) for a, b in itertools.pairwise(dims))
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor,
+                edge_weight: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        for i, conv in enumerate(self.convs):
+            x = F.dropout(x, self.dropout, self.training)
+            x = conv(x, edge_index, edge_weight)
+            if i < len(self.convs) - 1:
+                x = x.relu()
+        return x
+
+
+class GCN(_LayerStack):
     """Two (or more) GCN layers with ReLU and dropout; edge weights enter the symmetric normalisation
     (degrees are weighted sums, so a weight of 0 removes an edge).
 
@@ -65,13 +85,11 @@ class GCN(nn.Module):
 
     def __init__(self, in_features: int, num_classes: int, hidden: int = 64, layers: int = 2,
                  dropout: float = 0.5) -> None:  # fmt: skip
-        super().__init__()
-        dims = [in_features] + [hidden] * (layers - 1) + [num_classes]
-        self.convs = nn.ModuleList(GCNLayer(a, b) for a, b in itertools.pairwise(dims))
-        self.dropout = dropout
+        super().__init__(GCNLayer, in_features, num_classes, hidden, layers, dropout)
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor,
                 edge_weight: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        # the normalisation is computed once for all layers (the generic stack would redo it)
         return self._forward(x, gcn_norm(edge_index, edge_weight, x.shape[0]))[0]
 
     def _forward(self, x, norm):
@@ -146,23 +164,12 @@ class WeightedSAGEConv(nn.Module):
         return self.root(x) + self.neigh(agg / deg)
 
 
-class GraphSAGE(nn.Module):
+class GraphSAGE(_LayerStack):
     """Two (or more) weighted-mean GraphSAGE layers with ReLU and dropout."""
 
     def __init__(self, in_features: int, num_classes: int, hidden: int = 64, layers: int = 2,
                  dropout: float = 0.5) -> None:  # fmt: skip
-        super().__init__()
-        dims = [in_features] + [hidden] * (layers - 1) + [num_classes]
-        self.convs = nn.ModuleList(WeightedSAGEConv(a, b) for a, b in itertools.pairwise(dims))
-        self.dropout = dropout
-
-    def forward(self, x, edge_index, edge_weight=None):
-        for i, conv in enumerate(self.convs):
-            x = F.dropout(x, self.dropout, self.training)
-            x = conv(x, edge_index, edge_weight)
-            if i < len(self.convs) - 1:
-                x = x.relu()
-        return x
+        super().__init__(WeightedSAGEConv, in_features, num_classes, hidden, layers, dropout)
 
 
 def gcn(in_features: int, num_classes: int, hidden: int = 64, dropout: float = 0.5) -> GCN:
