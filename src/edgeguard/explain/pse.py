@@ -9,6 +9,7 @@ over the pixels, and :func:`categorize` labels each perturbation by which term d
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
@@ -98,14 +99,18 @@ def categorize(
     return out
 
 
-def _prepare(model, x, x_adv, labels, adv_class):
+def _prepare(model, x, x_adv, labels, adv_class, watch: nn.Module | None = None):
+    """Validate, run the model on both batches, and (with ``watch``) keep that module's input and
+    output of each pass: ``(logits, logits_adv, y, t, [in, in_adv], [out, out_adv])``."""
     check_images(x, "inputs")
     check_images(x_adv, "adversarial inputs")
     if x.shape != x_adv.shape:
         raise ExplainError(
             f"inputs {tuple(x.shape)} and adversarial inputs {tuple(x_adv.shape)} differ in shape"
         )
-    with torch.no_grad():
+    with torch.no_grad(), ExitStack() as stack:
+        feats = stack.enter_context(capture(watch, inputs=True)) if watch is not None else []
+        outs = stack.enter_context(capture(watch)) if watch is not None else []
         logits, logits_adv = model(x), model(x_adv)
     y = check_labels(labels, x.shape[0], logits.shape[1], "labels").to(x.device)
     t = logits_adv.argmax(1) if adv_class is None else adv_class
@@ -115,7 +120,7 @@ def _prepare(model, x, x_adv, labels, adv_class):
             f"{n_same} samples have adversarial class == true class (failed attacks); "
             "drop them first (see explain.analysis.successful)"
         )
-    return logits, logits_adv, y, t
+    return logits, logits_adv, y, t, feats, outs
 
 
 def unit_pse(
@@ -146,23 +151,20 @@ def unit_pse(
     if method not in ("auto", "exact", "conductance"):
         raise ExplainError(f"method must be 'auto', 'exact' or 'conductance', got {method!r}")
     name, module = get_layer(model, layer if layer is not None else last_linear(model))
-    logits, logits_adv, y, t = _prepare(model, inputs, adversarial, labels, adv_class)
+    # a final linear layer is watched in the same passes: its input features are the units
+    watch = module if isinstance(module, nn.Linear) else None
+    logits, logits_adv, y, t, feats, outs = _prepare(
+        model, inputs, adversarial, labels, adv_class, watch
+    )
     d_adv = (logits_adv - logits).gather(1, t[:, None]).squeeze(1)
     d_true = (logits_adv - logits).gather(1, y[:, None]).squeeze(1)
-    exact_ok = False
-    if isinstance(module, nn.Linear):
-        with torch.no_grad(), capture(module) as outs:
-            z = model(inputs[:2])
-        exact_ok = len(outs) == 1 and outs[0].shape == z.shape and torch.equal(outs[0], z)
+    exact_ok = len(outs) == 2 and torch.equal(outs[0], logits) and torch.equal(outs[1], logits_adv)
     if method == "exact" and not exact_ok:
         raise ExplainError(
             f"the exact split needs the layer to be the final nn.Linear producing the logits; "
             f"{name!r} is not (use method='conductance')"
         )
     if exact_ok and method != "conductance":
-        with torch.no_grad(), capture(module, inputs=True) as feats:
-            model(inputs)
-            model(adversarial)
         da = (feats[1] - feats[0]).flatten(1)  # [N, K] feature change
         w = module.weight
         promotion, suppression = w[t] * da, -w[y] * da
@@ -203,7 +205,7 @@ def pixel_pse(
 ) -> PixelPSE:
     """Pixel maps of promotion (``max(IG_t, 0)``) and suppression (``max(-IG_y, 0)``), summed over
     channels, with integrated gradients from ``inputs`` (baseline) to ``adversarial``."""
-    _, _, y, t = _prepare(model, inputs, adversarial, labels, adv_class)
+    _, _, y, t, _, _ = _prepare(model, inputs, adversarial, labels, adv_class)
     ig_t = integrated_gradients(model, adversarial, inputs, t, steps, method, batch_size)
     ig_y = integrated_gradients(model, adversarial, inputs, y, steps, method, batch_size)
     return PixelPSE(ig_t.sum(1).clamp_min(0), (-ig_y.sum(1)).clamp_min(0), ig_t, ig_y)
