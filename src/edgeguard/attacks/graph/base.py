@@ -189,7 +189,10 @@ class Relaxation:
         self.exists = pair_exists(pairs, edge_keys(data.edge_index, n), n)
         self.sign = torch.where(self.exists, -1.0, 1.0).to(data.x.dtype)
         self.data = data
-        self.x = data.x
+
+    @property
+    def x(self) -> torch.Tensor:
+        return self.data.x
 
     def graph(self, s: torch.Tensor, all_pairs: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """``(edge_index, edge_weight)``: the real edges (weight 1) plus the candidate pairs, both

@@ -48,21 +48,31 @@ class GreedyTopology(GraphAttack):
         _, g = relax.gradient(model, s, lambda logits: node_loss(logits[nodes], y, self.loss))
         return g, 1
 
+    def round_candidates(self, model, data, nodes, y, gen, chosen, target, first):
+        """``(pairs [2, C] or None, queries)``: the candidates of a round; None keeps the last set.
+        Every pair (small graphs, targeted attacks) is scored each round; otherwise a fresh block
+        of pairs not flipped yet."""
+        n = data.num_nodes
+        fixed = target is not None or n * (n - 1) // 2 <= self.max_candidates
+        if fixed and not first:
+            return None, 0
+        return candidate_pairs(data, self.max_candidates, gen, target, exclude=chosen), 0
+
     def _flips(self, model, data, nodes, budget, target, gen):
         n = data.num_nodes
         per = steps_for(budget, self.flips_per_step, self.rounds)
         y = data.y[nodes]
         chosen = torch.empty(0, dtype=torch.long)  # keys of flipped pairs
-        queries = 0
-        # every pair (small graphs, targeted attacks) is scored each round; otherwise a fresh block
-        fixed = target is not None or n * (n - 1) // 2 <= self.max_candidates
-        relax = Relaxation(data, candidate_pairs(data, self.max_candidates, gen, target))
-        taken = torch.zeros(relax.pairs.shape[1], dtype=torch.bool)
+        queries, relax, current = 0, None, data
         while chosen.numel() < budget:
-            if not fixed and chosen.numel():
-                relax = Relaxation(relax.data, candidate_pairs(relax.data, self.max_candidates, gen,
-                                                               exclude=chosen))  # fmt: skip
-                taken = torch.zeros(relax.pairs.shape[1], dtype=torch.bool)
+            pairs, q = self.round_candidates(model, current, nodes, y, gen, chosen, target,
+                                             relax is None)  # fmt: skip
+            queries += q
+            if pairs is not None:
+                if pairs.shape[1] == 0:
+                    break
+                relax = Relaxation(current, pairs)
+                taken = torch.zeros(pairs.shape[1], dtype=torch.bool)
             score, q = self.scores(model, relax, nodes, y, gen)
             queries += q
             score = score.masked_fill(taken, float("-inf"))
@@ -74,4 +84,5 @@ class GreedyTopology(GraphAttack):
             chosen = torch.cat([chosen, new[0] * n + new[1]])
             taken[top] = True
             relax.flip(top)
+            current = relax.data
         return torch.stack([chosen // n, chosen % n]), queries

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..zo import BlackBox
-from .base import GraphAttackError, Relaxation, flip_pairs, steps_for
+from .base import GraphAttackError, Relaxation
 from .gta import GreedyTopology
 
 
@@ -92,32 +92,13 @@ class ZOGreedyTopology(GreedyTopology):
             keys = keys[~torch.isin(keys, exclude)]
         return torch.stack([keys // n, keys % n])
 
-    def _flips(self, model, data, nodes, budget, target, gen):
+    def round_candidates(self, model, data, nodes, y, gen, chosen, target, first):
+        """A fresh output-chosen block each round (see the class docstring); one query."""
         if self.candidates == "random" or target is not None:
-            return super()._flips(model, data, nodes, budget, target, gen)
-        n = data.num_nodes
-        per = steps_for(budget, self.flips_per_step, self.rounds)
-        y = data.y[nodes]
-        chosen = torch.empty(0, dtype=torch.long)
-        current, queries = data, 0
-        while chosen.numel() < budget:
-            probe = BlackBox(
-                RelaxedGraph(model, Relaxation(current, torch.empty(2, 0, dtype=torch.long)))
-            )
-            probs = probe(torch.zeros(1, 0))[0]
-            queries += probe.queries
-            pairs = self._block(probs, current, nodes, y, gen, chosen)
-            if pairs.shape[1] == 0:
-                break
-            score, q = self.scores(model, Relaxation(current, pairs), nodes, y, gen)
-            queries += q
-            k = min(per, budget - chosen.numel(), int((score > 0).sum()))
-            if k == 0:
-                break
-            new = pairs[:, score.topk(k).indices]
-            chosen = torch.cat([chosen, new[0] * n + new[1]])
-            current = flip_pairs(current, new)
-        return torch.stack([chosen // n, chosen % n]), queries
+            return super().round_candidates(model, data, nodes, y, gen, chosen, target, first)
+        probe = BlackBox(RelaxedGraph(model, Relaxation(data, torch.empty(2, 0, dtype=torch.long))))
+        probs = probe(torch.zeros(1, 0))[0]
+        return self._block(probs, data, nodes, y, gen, chosen), probe.queries
 
     def scores(self, model, relax, nodes, y, gen):
         pairs = relax.pairs
