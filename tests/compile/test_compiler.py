@@ -187,3 +187,22 @@ def test_every_conv_of_a_filter_pruned_c3d_with_biases_is_shrunk():
     x = torch.randn(1, 3, 16, 16, 16)
     with torch.no_grad():
         assert rel_err(compiled(x), model(x)) <= 1e-4
+
+
+def test_filter_reading_only_removed_constant_channels_is_kept_when_padding_varies_it():
+    # conv2's filter 0 reads only conv1's dead filter, whose constant output (ReLU of its bias) is
+    # added back as a field; with zero padding that field differs at the border, so the filter is
+    # not constant and must not be removed as dead (it was, giving a 4% error on the digits CNN).
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Conv2d(2, 2, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(2, 3, 3, padding=1), nn.Flatten(), nn.Linear(3 * 6 * 6, 4),
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        model[0].weight[0] = 0.0
+        model[0].bias[0] = 0.7
+        model[2].weight[0, 1] = 0.0  # filter 0 of conv2 reads only the dead channel
+    compiled = compile_model(model, "torch")
+    x = torch.randn(2, 1, 6, 6)
+    with torch.no_grad():
+        assert rel_err(compiled(x), model(x)) <= 1e-4

@@ -206,6 +206,11 @@ def shrink(gm: fx.GraphModule) -> dict[str, tuple[int, int]]:
         w = effective_weight(conv)
         nf = w.shape[0]
         dead = (w.reshape(nf, -1) == 0).all(1)
+        for n in chain:
+            # A filter with zero weights still varies over positions if a field of removed input
+            # channels is added to it (zero padding makes the field position dependent).
+            if isinstance(field := module_of(gm, n), ConstantChannelField):
+                dead &= (field.weight.reshape(nf, -1) == 0).all(1)
         cm = module_of(gm, consumer)
         cw = effective_weight(cm)
         if kind == "conv":
