@@ -1,6 +1,8 @@
 """Graph robustness (issue 7): accuracy of a GCN under topology attacks (PGD-CE, PGD-CW, GTA, ZO-GTA,
-random, DICE, and PyG's PRBCD/GRBCD with the same budget) on Cora/CiteSeer, evasion, standard split;
-min-max robust training with PGD, GTA and ZO-GTA inner maximisation (clean and attacked accuracy,
+random, DICE, and PyG's PRBCD/GRBCD with the same budget) on Cora/CiteSeer, evasion, standard split,
+plus the PGD feature-flip attack (budget: the same fraction of the nonzero features) and GTA
+poisoning (retraining on the perturbed graph); min-max robust training with PGD, GTA and ZO-GTA
+inner maximisation and a min-max combination of GTA and feature flips (clean and attacked accuracy,
 seconds per epoch); and a scale run on a synthetic graph (time and peak memory).
 
     .venv/bin/python benchmarks/graph_robustness.py attacks --datasets cora citeseer --seeds 0 1 2 3 4
@@ -19,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgeguard.attacks.graph import get_graph_attack
+from edgeguard.attacks.graph import get_graph_attack, poison
 from edgeguard.data.graphs import planetoid, synthetic_graph
 from edgeguard.defenses.graph import robust_train
 from edgeguard.engine import TrainConfig, seed_everything
@@ -29,7 +31,7 @@ from edgeguard.models.graph import gcn
 ROOT = Path("../shared/data/planetoid")
 EVAL = {"PGD-CE": ("pgd", {"steps": 50}), "PGD-CW": ("pgd-cw", {"steps": 50}),
         "GTA": ("gta", {}), "ZO-GTA": ("zo-gta", {}), "random": ("random", {}),
-        "DICE": ("dice", {})}  # fmt: skip
+        "DICE": ("dice", {}), "PGD-features": ("pgd-features", {"steps": 50})}  # fmt: skip
 
 
 def load(name: str):
@@ -70,11 +72,19 @@ def run_attacks(args) -> list[dict]:
                 r[label] = node_accuracy(m, res.data)
                 r[f"{label} s"] = res.seconds
                 r[f"{label} queries"] = res.queries
-                budget = res.budget
+                if label == "DICE":
+                    budget = res.budget  # the topology budget (PGD-features counts features)
             for label, cls in (("PRBCD", PRBCDAttack), ("GRBCD", GRBCDAttack)):
                 t0 = time.perf_counter()
                 r[label] = pyg_attack(cls, m, data, budget)
                 r[f"{label} s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            pois = poison(get_graph_attack("gta", budget=args.budget, seed=seed),
+                          lambda d=data: gcn(d.num_features, int(d.y.max()) + 1, hidden=16), data,
+                          TrainConfig(epochs=200, lr=0.01, weight_decay=5e-4, scheduler="none"),
+                          seed=seed)  # fmt: skip
+            r["GTA poisoning"] = pois.poisoned
+            r["GTA poisoning s"] = time.perf_counter() - t0
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}),
                   flush=True)  # fmt: skip
             rows.append(r)
@@ -85,7 +95,9 @@ def run_robust(args) -> list[dict]:
     inner = {"natural": None,
              "PGD": ("pgd", {"steps": 10, "samples": 5}),
              "GTA": ("gta", {"rounds": 1}),
-             "ZO-GTA": ("zo-gta", {"rounds": 1, "q": 20})}  # fmt: skip
+             "ZO-GTA": ("zo-gta", {"rounds": 1, "q": 20}),
+             "GTA+features minmax": [("gta", {"rounds": 1}),
+                                     ("pgd-features", {"steps": 10, "samples": 5})]}  # fmt: skip
     rows = []
     for name in args.datasets:
         data = load(name)
@@ -93,8 +105,9 @@ def run_robust(args) -> list[dict]:
             for label, spec in inner.items():
                 seed_everything(seed)
                 m = gcn(data.num_features, int(data.y.max()) + 1, hidden=16)
-                attack = None if spec is None else get_graph_attack(spec[0], budget=args.budget,
-                                                                    seed=seed, **spec[1])  # fmt: skip
+                specs = spec if isinstance(spec, list) else [spec] if spec else []
+                attack = [get_graph_attack(a, budget=args.budget, seed=seed, **kw)
+                          for a, kw in specs] or None  # fmt: skip
                 hist = robust_train(m, data, attack, TrainConfig(
                     epochs=args.epochs, lr=0.01, weight_decay=5e-4, scheduler="none"),
                     log_every=10**6)  # fmt: skip
@@ -102,7 +115,7 @@ def run_robust(args) -> list[dict]:
                 r = {"dataset": name, "seed": seed, "training": label,
                      "s/epoch": statistics.mean(e["seconds"] for e in hist.epochs),
                      "clean": node_accuracy(m, data)}  # fmt: skip
-                for ev in ("PGD-CE", "GTA"):
+                for ev in ("PGD-CE", "GTA", "PGD-features"):
                     a, kw = EVAL[ev]
                     r[ev] = node_accuracy(m, get_graph_attack(a, budget=args.budget, seed=seed,
                                                               **kw)(m, data).data)  # fmt: skip

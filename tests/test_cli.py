@@ -259,3 +259,17 @@ def test_gnn_attack_and_robust_training_on_a_synthetic_graph(tmp_path: Path, cap
     assert main([*args[:2], "attack", *args[2:], "--attack", "nettack"]) == 2
     assert main([*args[:2], "attack", "--dataset", "cora", "--data-root", str(tmp_path)]) == 2
     assert "missing ind.cora" in capsys.readouterr().err
+
+
+def test_gnn_poisoning_and_minmax_robust_training(tmp_path: Path, capsys):
+    args = ["-q", "gnn", "--dataset", "synthetic:300", "--epochs", "20", "--out", str(tmp_path)]
+    assert main([*args[:2], "attack", *args[2:], "--attack", "gta", "--mode", "poisoning"]) == 0
+    out = capsys.readouterr().out
+    assert "gta (poisoning, retrained): accuracy" in out and "(evasion)" in out
+    assert main([*args[:2], "robust-train", *args[2:], "--inner", "gta,random",
+                 "--weighting", "minmax", "--attack", "gta"]) == 0  # fmt: skip
+    assert "final minmax weights over gta,random" in capsys.readouterr().out
+    # synthetic features are continuous: feature flips are refused with the reason
+    assert main([*args[:2], "attack", *args[2:], "--attack", "pgd-features"]) == 2
+    assert "binary" in capsys.readouterr().err
+    assert main([*args[:2], "robust-train", *args[2:], "--mode", "poisoning"]) == 2

@@ -347,7 +347,7 @@ def cmd_explain(args) -> int:
 
 
 def _gnn_setup(args):
-    """(graph, model, train config) from the ``gnn`` options."""
+    """(graph, model factory ``build(data)``, train config) from the ``gnn`` options."""
     from .data.graphs import load_graph
     from .engine import TrainConfig, seed_everything
     from .models.graph import gcn, graphsage
@@ -355,13 +355,16 @@ def _gnn_setup(args):
     seed_everything(args.seed)
     data = load_graph(args.dataset, root=args.data_root, seed=args.seed)
     classes = int(data.y.max()) + 1
-    build = {"gcn": gcn, "sage": graphsage}[args.model]
-    model = build(data.num_features, classes, hidden=args.hidden)
+    arch = {"gcn": gcn, "sage": graphsage}[args.model]
+
+    def build(data):
+        return arch(data.num_features, classes, hidden=args.hidden)
+
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, weight_decay=5e-4, scheduler="none",
                       seed=args.seed)  # fmt: skip
     print(f"{args.dataset}: {data.num_nodes} nodes, {data.edge_index.shape[1] // 2} edges, "
           f"{data.num_features} features, {classes} classes; model {args.model}")  # fmt: skip
-    return data, model, cfg
+    return data, build, cfg
 
 
 def _graph_attacks(names: str, budget: float, seed: int) -> dict:
@@ -373,33 +376,59 @@ def _graph_attacks(names: str, budget: float, seed: int) -> dict:
     return out
 
 
+def _describe_graph_attack(name: str, res, data, accuracy: float) -> str:
+    if res.data.edge_index is data.edge_index or torch_equal(res.data.edge_index, data.edge_index):
+        what = f"{res.num_flips} feature flips"
+    else:
+        add, rem = res.added_removed(data)
+        what = f"{res.num_flips} edge flips (+{add}/-{rem})"
+    return (f"{name}: accuracy {accuracy:.4f} after {what}, budget {res.budget}, "
+            f"{res.queries} model evaluations, {res.seconds:.1f} s")  # fmt: skip
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return a.shape == b.shape and bool(torch.equal(a, b))
+
+
 def cmd_gnn(args) -> int:
+    from .attacks.graph import poison
     from .defenses.graph import robust_train
     from .engine.graph import node_accuracy
 
     if not 0 < args.budget <= 1:
         raise UsageError(f"--budget is a fraction of edges in (0, 1], got {args.budget}")
-    data, model, cfg = _gnn_setup(args)
+    if args.mode == "poisoning" and args.action != "attack":
+        raise UsageError("--mode poisoning goes with the attack action (it retrains the model)")
+    data, build, cfg = _gnn_setup(args)
+    model = build(data)
     attacks = _graph_attacks(args.attack, args.budget, args.seed)
+    if args.mode == "poisoning":
+        for name, attack in attacks.items():
+            res = poison(attack, lambda: build(data), data, cfg, seed=args.seed)
+            print(f"clean test accuracy: {res.clean:.4f}; surrogate on the perturbed graph "
+                  f"(evasion): {res.evasion:.4f}")  # fmt: skip
+            print(_describe_graph_attack(f"{name} (poisoning, retrained)", res.attack, data,
+                                         res.poisoned))  # fmt: skip
+        return 0
     if args.action == "attack":
         robust_train(model, data, None, cfg, log_every=max(1, args.epochs // 5))
     else:
         inner = _graph_attacks(args.inner, args.inner_budget or args.budget, args.seed)
-        if len(inner) != 1:
-            raise UsageError("--inner takes one attack (pgd, gta, zo-gta, ...)")
-        hist = robust_train(model, data, next(iter(inner.values())), cfg,
+        hist = robust_train(model, data, list(inner.values()), cfg,
                             checkpoint_dir=Path(args.out), resume=args.resume,
-                            log_every=max(1, args.epochs // 10))  # fmt: skip
+                            log_every=max(1, args.epochs // 10),
+                            weighting=args.weighting)  # fmt: skip
         secs = [e["seconds"] for e in hist.epochs]
         print(f"robust training ({args.inner}): {sum(secs) / len(secs):.3f} s per epoch")
+        if "weights" in hist.epochs[-1]:
+            print(f"final {args.weighting} weights over {args.inner}: {hist.epochs[-1]['weights']}")
     model.eval()
     print(f"clean test accuracy: {node_accuracy(model, data):.4f}")
     for name, attack in attacks.items():
         res = attack(model, data)
-        add, rem = res.added_removed(data)
-        print(f"{name}: accuracy {node_accuracy(model, res.data):.4f} after {res.num_flips} flips "
-              f"(+{add}/-{rem}, budget {res.budget}), {res.queries} model evaluations, "
-              f"{res.seconds:.1f} s")  # fmt: skip
+        print(_describe_graph_attack(name, res, data, node_accuracy(model, res.data)))
     if args.action == "robust-train":
         from safetensors.torch import save_file
 
@@ -532,9 +561,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--attack", default="gta", help="evaluation attacks: pgd, pgd-cw, gta, zo-gta, "
-                   "random, dice (comma-separated)")  # fmt: skip
-    p.add_argument("--budget", type=float, default=0.05, help="fraction of edges flipped, (0, 1]")
-    p.add_argument("--inner", default="gta", help="robust-train: the inner maximisation attack")
+                   "random, dice, pgd-features (comma-separated)")  # fmt: skip
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=0.05,
+        help="fraction in (0, 1] of the edges (topology) or of the nonzero features",
+    )
+    p.add_argument(
+        "--mode",
+        default="evasion",
+        choices=["evasion", "poisoning"],
+        help="attack: poisoning retrains a fresh model on the perturbed graph",
+    )
+    p.add_argument(
+        "--inner",
+        default="gta",
+        help="robust-train: the inner maximisation "
+        "attack(s), comma-separated (several are combined by --weighting)",
+    )
+    p.add_argument(
+        "--weighting",
+        default="minmax",
+        choices=["minmax", "average"],
+        help="robust-train with several inner attacks: min-max or uniform weights",
+    )
     p.add_argument("--inner-budget", type=float, help="robust-train: its budget (default --budget)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")

@@ -1,11 +1,12 @@
 """Min-max robust training of a GCN: inner maximisation each epoch, timing, resume."""
 
+import pytest
 import torch
 
-from edgeguard.attacks.graph import GreedyTopology
+from edgeguard.attacks.graph import GraphAttackError, GreedyTopology, RandomFlips
 from edgeguard.data.graphs import synthetic_graph
-from edgeguard.defenses.graph import robust_train
-from edgeguard.engine import TrainConfig
+from edgeguard.defenses.graph import MinMaxWeights, robust_train
+from edgeguard.engine import TrainConfig, load_checkpoint
 from edgeguard.engine.graph import node_accuracy
 from edgeguard.models.graph import gcn
 
@@ -28,3 +29,36 @@ def test_robust_training_runs_the_inner_attack_each_epoch_and_resumes(tmp_path):
                          resume=True)  # fmt: skip
     assert len(hist2.epochs) == 30
     assert torch.equal(again.convs[0].lin.weight, model.convs[0].lin.weight)
+
+
+def test_minmax_weights_move_to_the_larger_loss_and_average_stays_uniform():
+    mm = MinMaxWeights(2, "minmax", beta=0.5, gamma=1.0)
+    loss = mm(torch.tensor([1.0, 0.2]))
+    assert float(loss) == pytest.approx(0.5 * 1.0 + 0.5 * 0.2)
+    # ascent step w + 0.5 * (L - 1 * (w - 1/2)) = (1.0, 0.6), projected onto the simplex: (0.7, 0.3)
+    assert torch.allclose(mm.weights, torch.tensor([0.7, 0.3]))
+    avg = MinMaxWeights(2, "average")
+    avg(torch.tensor([1.0, 0.2]))
+    assert torch.equal(avg.weights, torch.tensor([0.5, 0.5]))
+    with pytest.raises(GraphAttackError, match="weighting"):
+        MinMaxWeights(2, "max")
+
+
+def test_robust_training_against_two_attacks_logs_weights_and_resumes_them(tmp_path):
+    data = synthetic_graph(300, num_classes=3, avg_degree=6, feature_dim=8, num_val=50,
+                           num_test=100, seed=4)  # fmt: skip
+    cfg = TrainConfig(epochs=6, lr=0.01, weight_decay=5e-4, scheduler="none")
+    attacks = [GreedyTopology(0.05, rounds=1), RandomFlips(0.05)]
+    torch.manual_seed(0)
+    hist = robust_train(gcn(8, 3, 16), data, attacks, cfg, checkpoint_dir=tmp_path, log_every=3)
+    for e in hist.epochs:
+        assert len(e["attack_losses"]) == 2 and sum(e["weights"]) == pytest.approx(1, abs=1e-3)
+    # GTA's graph is the harder one: its weight grows
+    assert hist.epochs[-1]["weights"][0] > 0.5
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert torch.allclose(state["combine"]["weights"], torch.tensor(hist.epochs[-1]["weights"]),
+                          atol=1e-4)  # fmt: skip
+    avg = robust_train(gcn(8, 3, 16), data, attacks, cfg, weighting="average")
+    assert avg.epochs[-1]["weights"] == [0.5, 0.5]
+    with pytest.raises(GraphAttackError, match="graph attacks"):
+        robust_train(gcn(8, 3, 16), data, [], cfg)

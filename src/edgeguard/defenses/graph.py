@@ -5,16 +5,24 @@
 Each epoch the inner maximisation (PGD, GTA or ZO-GTA, or any graph attack) perturbs the topology
 against the current model, aimed at the training nodes, and the outer step trains on the perturbed
 graph.  GTA needs a few gradient evaluations per epoch where PGD needs tens, and ZO-GTA needs only the
-model's outputs."""
+model's outputs.
+
+With several attacks (say a topology and a feature attack, or CE and CW losses) the outer loss is
+``sum_k w_k CE_k`` over the K perturbed graphs, with ``w`` in the simplex either uniform
+(``"average"``) or moved by projected ascent toward the attacks the model is weakest against
+(``"minmax"``, the min-max utility of :mod:`edgeguard.attacks.minmax`, Wang et al. 2021)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from torch import nn
 
-from ..attacks.graph import GraphAttack
+from ..attacks.graph import GraphAttack, GraphAttackError
+from ..attacks.minmax import project_simplex
 from ..engine import TrainConfig
 from ..engine.graph import fit_graph
 from ..engine.train import History
@@ -23,30 +31,71 @@ log = logging.getLogger(__name__)
 
 
 class InnerMax:
-    """``perturb(model, data) -> data'``: the attack run on ``data.train_mask`` against the current
-    model; ``seconds`` and ``calls`` accumulate its cost."""
+    """``perturb(model, data) -> data'`` (one attack) or ``[data'_1, ..., data'_K]`` (several): each
+    attack run on ``data.train_mask`` against the current model; ``seconds`` and ``calls``
+    accumulate their cost."""
 
-    def __init__(self, attack: GraphAttack) -> None:
-        self.attack, self.seconds, self.calls = attack, 0.0, 0
+    def __init__(self, attack: GraphAttack | Sequence[GraphAttack]) -> None:
+        self.attacks = [attack] if isinstance(attack, GraphAttack) else list(attack)
+        if not self.attacks or not all(isinstance(a, GraphAttack) for a in self.attacks):
+            raise GraphAttackError(f"inner maximisation needs graph attacks, got {attack!r}")
+        self.seconds, self.calls = 0.0, 0
 
     def __call__(self, model: nn.Module, data):
-        res = self.attack.run(model, data, nodes=data.train_mask)
-        self.seconds += res.seconds
+        out = []
+        for attack in self.attacks:
+            res = attack.run(model, data, nodes=data.train_mask)
+            self.seconds += res.seconds
+            out.append(res.data)
         self.calls += 1
-        return res.data
+        return out[0] if len(out) == 1 else out
+
+
+class MinMaxWeights:
+    """Outer loss over K attacks: ``sum_k w_k L_k``; after each step ``w`` ascends
+    ``L - gamma (w - 1/K)`` by ``beta`` and is projected onto the simplex (``"minmax"``), or stays
+    uniform (``"average"``)."""
+
+    def __init__(self, k: int, weighting: str = "minmax", beta: float = 0.5,
+                 gamma: float = 1.0) -> None:  # fmt: skip
+        if weighting not in ("minmax", "average"):
+            raise GraphAttackError(f"weighting must be 'minmax' or 'average', got {weighting!r}")
+        if beta <= 0 or gamma < 0:
+            raise GraphAttackError(f"need beta > 0 and gamma >= 0, got {beta}, {gamma}")
+        self.k, self.weighting, self.beta, self.gamma = k, weighting, beta, gamma
+        self.weights = torch.full((k,), 1.0 / k)
+
+    def __call__(self, losses: torch.Tensor) -> torch.Tensor:
+        loss = (self.weights.to(losses.dtype) * losses).sum()
+        if self.weighting == "minmax":
+            step = losses.detach() - self.gamma * (self.weights - 1.0 / self.k)
+            self.weights = project_simplex((self.weights + self.beta * step)[None])[0]
+        return loss
+
+    def state_dict(self) -> dict:
+        return {"weights": self.weights.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.weights = state["weights"].clone()
 
 
 def robust_train(
     model: nn.Module,
     data,
-    attack: GraphAttack | None,
+    attack: GraphAttack | Sequence[GraphAttack] | None,
     config: TrainConfig | None = None,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     log_every: int = 10,
+    weighting: str = "minmax",
 ) -> History:
     """Train ``model`` on ``data`` with the inner maximisation ``attack`` each epoch (``None``:
-    natural training).  History entries carry ``seconds`` and ``attack_seconds`` per epoch."""
+    natural training; a list: several attacks combined by ``weighting``, ``"minmax"`` or
+    ``"average"``).  History entries carry ``seconds`` and ``attack_seconds`` per epoch, and with
+    several attacks their training losses and weights."""
     perturb = InnerMax(attack) if attack is not None else None
-    return fit_graph(model, data, config, perturb=perturb, checkpoint_dir=checkpoint_dir,
-                     resume=resume, log_every=log_every)  # fmt: skip
+    combine = None
+    if perturb is not None and len(perturb.attacks) > 1:
+        combine = MinMaxWeights(len(perturb.attacks), weighting)
+    return fit_graph(model, data, config, perturb=perturb, combine=combine,
+                     checkpoint_dir=checkpoint_dir, resume=resume, log_every=log_every)  # fmt: skip

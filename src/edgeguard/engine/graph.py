@@ -17,6 +17,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .train import History, TrainConfig, _make_optimizer, _make_scheduler, _restore, _state
 
 log = logging.getLogger("edgeguard")
+Combine = Callable[[torch.Tensor], torch.Tensor]
 
 
 def graph_forward(model: nn.Module, data) -> torch.Tensor:
@@ -42,6 +43,7 @@ def fit_graph(
     data,
     config: TrainConfig | None = None,
     perturb: Callable[[nn.Module, object], object] | None = None,
+    combine: Combine | None = None,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     log_every: int = 10,
@@ -51,6 +53,10 @@ def fit_graph(
     Args:
         perturb: ``perturb(model, data) -> data'``, the inner maximisation of min-max training
             (see :func:`edgeguard.defenses.graph.robust_train`); the step is taken on ``data'``.
+            It may return a list of graphs (several attacks); their training losses ``[K]`` are
+            then combined by ``combine`` (default: their mean).
+        combine: ``combine(losses [K]) -> loss``, e.g. min-max weights over the K graphs; its
+            ``weights`` (if any) are logged and its ``state_dict`` checkpointed.
         checkpoint_dir / resume: ``last.pt`` written atomically every ``log_every`` epochs and at the
             end; ``resume`` continues from it.
     History entries: epoch, train_loss, train_acc, val_acc (clean graph), seconds, attack_seconds.
@@ -64,6 +70,8 @@ def fit_graph(
     if resume and ckpt is not None and ckpt.is_file():
         state = load_checkpoint(ckpt)
         _restore(model, optimizer, scheduler, state, ckpt)
+        if "combine" in state and hasattr(combine, "load_state_dict"):
+            combine.load_state_dict(state["combine"])
         history.epochs, start = list(state.get("history", [])), int(state["epoch"])
         log.info("resumed from %s at epoch %d/%d", ckpt, start, cfg.epochs)
     train, val = data.train_mask, getattr(data, "val_mask", None)
@@ -75,8 +83,14 @@ def fit_graph(
         t_attack = time.perf_counter() - t0
         model.train()
         optimizer.zero_grad(set_to_none=True)
-        out = graph_forward(model, graph)
-        loss = F.cross_entropy(out[train], data.y[train], label_smoothing=cfg.label_smoothing)
+        graphs = graph if isinstance(graph, list | tuple) else [graph]
+        losses = []
+        for g in graphs:
+            out = graph_forward(model, g)
+            losses.append(F.cross_entropy(out[train], data.y[train],
+                                          label_smoothing=cfg.label_smoothing))  # fmt: skip
+        losses = torch.stack(losses)
+        loss = losses.mean() if combine is None or len(graphs) == 1 else combine(losses)
         loss.backward()
         optimizer.step()
         if scheduler is not None:
@@ -88,13 +102,21 @@ def fit_graph(
         }
         if val is not None and val.any():
             metrics["val_acc"] = node_accuracy(model, data, val)
+        if len(graphs) > 1:
+            metrics["attack_losses"] = [round(float(v), 4) for v in losses.detach()]
+            if getattr(combine, "weights", None) is not None:
+                metrics["weights"] = [round(float(v), 4) for v in combine.weights]
         metrics["seconds"] = time.perf_counter() - t0
         metrics["attack_seconds"] = t_attack
         history.epochs.append(metrics)
         last = epoch + 1 == cfg.epochs
         if (epoch + 1) % log_every == 0 or last or epoch == start:
             log.info("epoch %d/%d  %s", epoch + 1, cfg.epochs,
-                     "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "epoch"))  # fmt: skip
+                     "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                               for k, v in metrics.items() if k != "epoch"))  # fmt: skip
             if ckpt is not None:
-                save_checkpoint(_state(model, optimizer, scheduler, epoch + 1, history, cfg), ckpt)
+                state = _state(model, optimizer, scheduler, epoch + 1, history, cfg)
+                if hasattr(combine, "state_dict"):
+                    state["combine"] = combine.state_dict()
+                save_checkpoint(state, ckpt)
     return history

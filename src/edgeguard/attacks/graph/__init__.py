@@ -1,5 +1,7 @@
-"""Topology attacks on graph neural networks (evasion, global or targeted): PGD (CE/CW), GTA, ZO-GTA,
-random flips and DICE.  ``attack(model, data, target=None) -> GraphAttackResult``."""
+"""Attacks on graph neural networks (global or targeted): topology attacks PGD (CE/CW), GTA, ZO-GTA,
+random flips and DICE; a PGD feature-flip attack.  ``attack(model, data, target=None) ->
+GraphAttackResult`` is evasion; :func:`poison` turns any of them into poisoning (retraining on the
+perturbed graph)."""
 
 from .base import (
     GraphAttack,
@@ -10,17 +12,19 @@ from .base import (
     resolve_budget,
 )
 from .baselines import DICE, RandomFlips
+from .features import PGDFeatures
 from .gta import GreedyTopology
 from .pgd import PGDTopology, project_budget
+from .poisoning import PoisoningResult, poison
 from .zo_gta import ZOGreedyTopology
 
 GRAPH_ATTACKS = {cls.name: cls for cls in (PGDTopology, GreedyTopology, ZOGreedyTopology,
-                                            RandomFlips, DICE)}  # fmt: skip
+                                            RandomFlips, DICE, PGDFeatures)}  # fmt: skip
 
 
 def get_graph_attack(name: str, **settings) -> GraphAttack:
-    """A graph attack by name (``pgd``, ``gta``, ``zo-gta``, ``random``, ``dice``) with its settings;
-    ``pgd-cw`` is PGD with the CW loss."""
+    """A graph attack by name (``pgd``, ``gta``, ``zo-gta``, ``random``, ``dice``, ``pgd-features``)
+    with its settings; ``pgd-cw`` is PGD with the CW loss."""
     if name == "pgd-cw":
         name, settings = "pgd", {**settings, "loss": "cw"}
     if name not in GRAPH_ATTACKS:
@@ -37,12 +41,15 @@ __all__ = [
     "GraphAttackError",
     "GraphAttackResult",
     "GreedyTopology",
+    "PGDFeatures",
     "PGDTopology",
+    "PoisoningResult",
     "RandomFlips",
     "ZOGreedyTopology",
     "check_graph",
     "flip_pairs",
     "get_graph_attack",
+    "poison",
     "project_budget",
     "resolve_budget",
 ]

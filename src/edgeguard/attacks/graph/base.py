@@ -35,10 +35,11 @@ class GraphAttackError(ValueError):
 
 @dataclass
 class GraphAttackResult:
-    """Outcome of a topology attack.
+    """Outcome of a graph attack.
 
     Attributes:
-        data: the perturbed graph (a copy); flips: ``[2, F]`` flipped pairs (i < j);
+        data: the perturbed graph (a copy); flips: ``[2, F]`` flipped node pairs (i < j), or for
+        feature attacks the flipped (node, feature) entries;
         budget: the allowed number of flips; queries: model evaluations the attack spent (forward
         passes over the whole graph; gradient attacks count one per forward-backward);
         seconds: wall time.
@@ -248,6 +249,36 @@ def node_loss(logits: torch.Tensor, y: torch.Tensor, kind: str, kappa: float = 0
     return (other - z_y).clamp(max=kappa).mean()
 
 
+def attacked_nodes(data, target: int | None, nodes: torch.Tensor | None) -> torch.Tensor:
+    """Indices of the attacked nodes: ``[target]``, ``nodes`` (indices or a mask), or the test mask;
+    all must be labelled."""
+    n = data.num_nodes
+    if target is not None:
+        if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target < n:
+            raise GraphAttackError(f"target must be a node index in [0, {n - 1}], got {target!r}")
+        nodes = torch.tensor([target])
+    elif nodes is None:
+        if getattr(data, "test_mask", None) is None:
+            raise GraphAttackError("pass nodes= (the graph has no test_mask)")
+        nodes = data.test_mask.nonzero().squeeze(1)
+    elif nodes.dtype == torch.bool:
+        nodes = nodes.nonzero().squeeze(1)
+    if nodes.numel() == 0:
+        raise GraphAttackError("no nodes to attack")
+    if (data.y[nodes] < 0).any():
+        raise GraphAttackError(
+            f"{int((data.y[nodes] < 0).sum())} attacked nodes have no label (y < 0); "
+            "attack labelled nodes only"
+        )
+    return nodes
+
+
+def seeded_generator(seed: int | None) -> torch.Generator:
+    return torch.Generator().manual_seed(
+        seed if seed is not None else int(torch.randint(2**31, ()).item())
+    )
+
+
 # ----------------------------------------------------------------------------- protocol
 class GraphAttack(ABC):
     """Base class: validation, eval mode, attacked nodes, timing; subclasses implement ``_flips``."""
@@ -267,33 +298,9 @@ class GraphAttack(ABC):
     def run(self, model: nn.Module, data, target: int | None = None,
             nodes: torch.Tensor | None = None) -> GraphAttackResult:  # fmt: skip
         check_graph(data)
-        n = data.num_nodes
-        if target is not None:
-            if not isinstance(target, int) or not 0 <= target < n:
-                raise GraphAttackError(
-                    f"target must be a node index in [0, {n - 1}], got {target!r}"
-                )
-            nodes = torch.tensor([target])
-        elif nodes is None:
-            if getattr(data, "test_mask", None) is None:
-                raise GraphAttackError("pass nodes= (the graph has no test_mask)")
-            nodes = data.test_mask.nonzero().squeeze(1)
-        elif nodes.dtype == torch.bool:
-            nodes = nodes.nonzero().squeeze(1)
-        if nodes.numel() == 0:
-            raise GraphAttackError("no nodes to attack")
-        if (data.y[nodes] < 0).any():
-            raise GraphAttackError(
-                f"{int((data.y[nodes] < 0).sum())} attacked nodes have no label (y < 0); "
-                "attack labelled nodes only"
-            )
-        if target is None:
-            budget = resolve_budget(self.budget, data.edge_index.shape[1] // 2, n * (n - 1) // 2)
-        else:  # a fraction is of the target's degree
-            deg = int((data.edge_index[0] == target).sum())
-            budget = resolve_budget(self.budget, max(deg, 1), n - 1)
-        gen = torch.Generator().manual_seed(self.seed if self.seed is not None else
-                                            int(torch.randint(2**31, ()).item()))  # fmt: skip
+        nodes = attacked_nodes(data, target, nodes)
+        budget = self._budget(data, target)
+        gen = seeded_generator(self.seed)
         was_training = model.training
         model.eval()
         t0 = time.perf_counter()
@@ -305,8 +312,20 @@ class GraphAttack(ABC):
             raise AssertionError(
                 f"{self.name} flipped {flips.shape[1]} pairs over a budget of {budget}"
             )
-        return GraphAttackResult(flip_pairs(data, flips), flips, budget, queries,
+        return GraphAttackResult(self._apply(data, flips), flips, budget, queries,
                                  time.perf_counter() - t0)  # fmt: skip
+
+    def _budget(self, data, target: int | None) -> int:
+        """Number of flips: a fraction is of the undirected edges, or of the target's degree."""
+        n = data.num_nodes
+        if target is None:
+            return resolve_budget(self.budget, data.edge_index.shape[1] // 2, n * (n - 1) // 2)
+        deg = int((data.edge_index[0] == target).sum())
+        return resolve_budget(self.budget, max(deg, 1), n - 1)
+
+    def _apply(self, data, flips: torch.Tensor):
+        """The perturbed copy of ``data``."""
+        return flip_pairs(data, flips)
 
     @abstractmethod
     def _flips(self, model, data, nodes, budget, target, gen) -> tuple[torch.Tensor, int]:

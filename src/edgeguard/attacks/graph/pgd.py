@@ -5,6 +5,7 @@ then random Bernoulli sampling of the binary perturbation."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -72,22 +73,34 @@ class PGDTopology(GraphAttack):
             _, g = relax.gradient(model, s, loss_fn)
             step = self.lr / math.sqrt(t) * g / g.abs().max().clamp_min(1e-30)
             s = project_budget(s + step, budget)
-        queries = self.steps
-        # random sampling of the binary flips (plus the deterministic top-B), keeping the best
-        best, best_loss = None, -math.inf
-        with torch.no_grad():
-            for k in range(self.samples + 1):
-                if k == 0:
-                    draw = torch.zeros_like(s, dtype=torch.bool)
-                    draw[s.topk(min(budget, int((s > 0).sum()) or 1)).indices] = True
-                else:
-                    draw = torch.rand(s.shape, generator=gen) < s
-                if int(draw.sum()) > budget:  # over budget: keep the most likely flips
-                    idx = draw.nonzero().squeeze(1)
-                    draw = torch.zeros_like(draw)
-                    draw[idx[s[idx].topk(budget).indices]] = True
-                value = float(node_loss(relax.logits(model, draw.to(s.dtype))[nodes], y, self.loss))
-                queries += 1
-                if value > best_loss:
-                    best, best_loss = draw, value
-        return pairs[:, best], queries
+        pert = sample_binary(
+            s,
+            budget,
+            self.samples,
+            gen,
+            lambda d: float(node_loss(relax.logits(model, d)[nodes], y, self.loss)),
+        )
+        return pairs[:, pert], self.steps + self.samples + 1
+
+
+@torch.no_grad()
+def sample_binary(s: torch.Tensor, budget: int, samples: int, gen: torch.Generator,
+                  value: Callable[[torch.Tensor], float]) -> torch.Tensor:  # fmt: skip
+    """Random sampling of a binary perturbation from relaxed ``s`` in [0, 1] (IJCAI 2019): the
+    top-``budget`` entries and ``samples`` Bernoulli(s) draws (cut to the ``budget`` most likely when
+    over), keeping the draw with the largest ``value(draw as float)``.  Returns a bool mask."""
+    best, best_value = None, -math.inf
+    for k in range(samples + 1):
+        if k == 0:
+            draw = torch.zeros_like(s, dtype=torch.bool)
+            draw.view(-1)[s.flatten().topk(min(budget, int((s > 0).sum()) or 1)).indices] = True
+        else:
+            draw = torch.rand(s.shape, generator=gen) < s
+        if int(draw.sum()) > budget:
+            idx = draw.flatten().nonzero().squeeze(1)
+            draw = torch.zeros_like(draw)
+            draw.view(-1)[idx[s.flatten()[idx].topk(budget).indices]] = True
+        v = value(draw.to(s.dtype))
+        if v > best_value:
+            best, best_value = draw, v
+    return best
