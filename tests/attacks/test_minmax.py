@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgeguard.attacks import PGD, AttackError, Ensemble, MinMaxPGD, project_simplex
+from edgeguard.attacks import PGD, AttackError, Ensemble, MinMaxPGD, MinMaxWeights, project_simplex
 from edgeguard.data import digits
 from edgeguard.defenses import adversarial_training
 from edgeguard.engine import TrainConfig, seed_everything
@@ -54,3 +54,16 @@ def test_minmax_rejects_bad_settings(digits_model):
         MinMaxPGD(weighting="max")
     with pytest.raises(AttackError, match="attacks an Ensemble"):
         MinMaxPGD().run(digits_model, torch.zeros(1, 1, 8, 8), torch.zeros(1, dtype=torch.long))
+
+
+def test_minmax_weights_move_to_the_larger_loss_and_average_stays_uniform():
+    mm = MinMaxWeights(2, "minmax", beta=0.5, gamma=1.0)
+    loss = mm(torch.tensor([1.0, 0.2]))
+    assert float(loss) == pytest.approx(0.5 * 1.0 + 0.5 * 0.2)
+    # ascent step w + 0.5 * (L - 1 * (w - 1/2)) = (1.0, 0.6), projected onto the simplex: (0.7, 0.3)
+    assert torch.allclose(mm.weights, torch.tensor([0.7, 0.3]))
+    avg = MinMaxWeights(2, "average")
+    avg(torch.tensor([1.0, 0.2]))
+    assert torch.equal(avg.weights, torch.tensor([0.5, 0.5]))
+    with pytest.raises(AttackError, match="weighting"):
+        MinMaxWeights(2, "max")

@@ -5,7 +5,7 @@ import torch
 
 from edgeguard.attacks.graph import GraphAttackError, GreedyTopology, RandomFlips
 from edgeguard.data.graphs import synthetic_graph
-from edgeguard.defenses.graph import MinMaxWeights, robust_train
+from edgeguard.defenses.graph import robust_train
 from edgeguard.engine import TrainConfig, load_checkpoint
 from edgeguard.engine.graph import node_accuracy
 from edgeguard.models.graph import gcn
@@ -29,19 +29,6 @@ def test_robust_training_runs_the_inner_attack_each_epoch_and_resumes(tmp_path):
                          resume=True)  # fmt: skip
     assert len(hist2.epochs) == 30
     assert torch.equal(again.convs[0].lin.weight, model.convs[0].lin.weight)
-
-
-def test_minmax_weights_move_to_the_larger_loss_and_average_stays_uniform():
-    mm = MinMaxWeights(2, "minmax", beta=0.5, gamma=1.0)
-    loss = mm(torch.tensor([1.0, 0.2]))
-    assert float(loss) == pytest.approx(0.5 * 1.0 + 0.5 * 0.2)
-    # ascent step w + 0.5 * (L - 1 * (w - 1/2)) = (1.0, 0.6), projected onto the simplex: (0.7, 0.3)
-    assert torch.allclose(mm.weights, torch.tensor([0.7, 0.3]))
-    avg = MinMaxWeights(2, "average")
-    avg(torch.tensor([1.0, 0.2]))
-    assert torch.equal(avg.weights, torch.tensor([0.5, 0.5]))
-    with pytest.raises(GraphAttackError, match="weighting"):
-        MinMaxWeights(2, "max")
 
 
 def test_robust_training_against_two_attacks_logs_weights_and_resumes_them(tmp_path):

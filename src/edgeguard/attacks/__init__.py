@@ -4,7 +4,7 @@ from .base import Attack, AttackError, AttackResult, Normalize, distortions
 from .cw import CW
 from .ead import EAD
 from .fgsm import FGSM
-from .minmax import Ensemble, MinMaxPGD, MinMaxResult, project_simplex
+from .minmax import Ensemble, MinMaxPGD, MinMaxResult, MinMaxWeights, project_simplex
 from .pgd import PGD
 from .zo import ZOO, ZOAdam, ZOSignSGD
 
@@ -31,6 +31,7 @@ __all__ = [
     "Ensemble",
     "MinMaxPGD",
     "MinMaxResult",
+    "MinMaxWeights",
     "Normalize",
     "distortions",
     "get_attack",

@@ -115,3 +115,32 @@ class MinMaxPGD(Attack):
             if self.weighting == "minmax":  # ascend in w: weight the models the attack fails on
                 w = project_simplex(w + self.beta * (f.detach() - self.gamma * (w - 1.0 / k)))
         return x_adv.detach(), w, torch.full((n,), self.steps * k, dtype=torch.long)
+
+
+class MinMaxWeights:
+    """Weights over K losses (attacks, detectors, domains) of a min-max problem
+    ``min_x max_{w in simplex} sum_k w_k L_k(x) - gamma/2 |w - 1/K|^2``: the loss is ``sum_k w_k L_k``;
+    after each call ``w`` ascends ``L - gamma (w - 1/K)`` by ``beta`` and is projected onto the
+    simplex (``"minmax"``), or stays uniform (``"average"``)."""
+
+    def __init__(self, k: int, weighting: str = "minmax", beta: float = 0.5,
+                 gamma: float = 1.0) -> None:  # fmt: skip
+        if weighting not in ("minmax", "average"):
+            raise AttackError(f"weighting must be 'minmax' or 'average', got {weighting!r}")
+        if beta <= 0 or gamma < 0:
+            raise AttackError(f"need beta > 0 and gamma >= 0, got {beta}, {gamma}")
+        self.k, self.weighting, self.beta, self.gamma = k, weighting, beta, gamma
+        self.weights = torch.full((k,), 1.0 / k)
+
+    def __call__(self, losses: torch.Tensor) -> torch.Tensor:
+        loss = (self.weights.to(losses.dtype) * losses).sum()
+        if self.weighting == "minmax":
+            step = losses.detach() - self.gamma * (self.weights - 1.0 / self.k)
+            self.weights = project_simplex((self.weights + self.beta * step)[None])[0]
+        return loss
+
+    def state_dict(self) -> dict:
+        return {"weights": self.weights.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.weights = state["weights"].clone()

@@ -18,11 +18,10 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from ..attacks.graph import GraphAttack, GraphAttackError
-from ..attacks.minmax import project_simplex
+from ..attacks.minmax import MinMaxWeights
 from ..engine import TrainConfig
 from ..engine.graph import fit_graph
 from ..engine.train import History
@@ -49,34 +48,6 @@ class InnerMax:
             out.append(res.data)
         self.calls += 1
         return out[0] if len(out) == 1 else out
-
-
-class MinMaxWeights:
-    """Outer loss over K attacks: ``sum_k w_k L_k``; after each step ``w`` ascends
-    ``L - gamma (w - 1/K)`` by ``beta`` and is projected onto the simplex (``"minmax"``), or stays
-    uniform (``"average"``)."""
-
-    def __init__(self, k: int, weighting: str = "minmax", beta: float = 0.5,
-                 gamma: float = 1.0) -> None:  # fmt: skip
-        if weighting not in ("minmax", "average"):
-            raise GraphAttackError(f"weighting must be 'minmax' or 'average', got {weighting!r}")
-        if beta <= 0 or gamma < 0:
-            raise GraphAttackError(f"need beta > 0 and gamma >= 0, got {beta}, {gamma}")
-        self.k, self.weighting, self.beta, self.gamma = k, weighting, beta, gamma
-        self.weights = torch.full((k,), 1.0 / k)
-
-    def __call__(self, losses: torch.Tensor) -> torch.Tensor:
-        loss = (self.weights.to(losses.dtype) * losses).sum()
-        if self.weighting == "minmax":
-            step = losses.detach() - self.gamma * (self.weights - 1.0 / self.k)
-            self.weights = project_simplex((self.weights + self.beta * step)[None])[0]
-        return loss
-
-    def state_dict(self) -> dict:
-        return {"weights": self.weights.clone()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.weights = state["weights"].clone()
 
 
 def robust_train(

@@ -1,0 +1,1 @@
+"""Physical adversarial patches against person detectors (Adversarial T-shirt, Xu et al. 2019)."""

@@ -1,0 +1,127 @@
+"""Photographs of people with person boxes (the layout of ``../shared/data/persons``): ``manifest.csv``
+with ``file,width,height,boxes`` (boxes ``x1 y1 x2 y2`` in pixels, ``;``-separated) and ``images/``.
+
+Images without boxes are skipped and counted (an empty field means "not annotated", not "no
+person"); boxes must lie inside their image.  The train / held-out split is by source (the file-name
+prefix before the first underscore), with a fixed seed, so both parts hold every source."""
+
+from __future__ import annotations
+
+import csv
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class PersonDataError(ValueError):
+    """A missing or malformed manifest, image or box."""
+
+
+@dataclass
+class PersonPhoto:
+    """``image [3, H, W]`` uint8 RGB; ``boxes [K, 4]`` float (x1, y1, x2, y2) pixels."""
+
+    name: str
+    source: str
+    image: torch.Tensor
+    boxes: torch.Tensor
+
+    def float_image(self) -> torch.Tensor:
+        """``[3, H, W]`` float in [0, 1]."""
+        return self.image.float() / 255
+
+
+@dataclass
+class PersonPhotos:
+    photos: list[PersonPhoto]
+    skipped: list[str] = field(default_factory=list)  # images without boxes
+
+    def __len__(self) -> int:
+        return len(self.photos)
+
+    def __iter__(self):
+        return iter(self.photos)
+
+    @property
+    def num_persons(self) -> int:
+        return sum(len(p.boxes) for p in self.photos)
+
+    def split(self, held_out: float = 0.3, seed: int = 0) -> tuple[PersonPhotos, PersonPhotos]:
+        """(train, held-out): within each source, a seeded shuffle puts ``held_out`` of the photos
+        (at least one when the source has two or more) in the held-out part."""
+        if not 0 < held_out < 1:
+            raise PersonDataError(f"held_out must be in (0, 1), got {held_out}")
+        by_source: dict[str, list[PersonPhoto]] = {}
+        for p in self.photos:
+            by_source.setdefault(p.source, []).append(p)
+        train, test = [], []
+        rng = random.Random(seed)
+        for src in sorted(by_source):
+            items = sorted(by_source[src], key=lambda p: p.name)
+            rng.shuffle(items)
+            k = round(len(items) * held_out)
+            if len(items) >= 2:
+                k = min(max(k, 1), len(items) - 1)
+            test += items[:k]
+            train += items[k:]
+        return PersonPhotos(train), PersonPhotos(test)
+
+    def only(self, sources: list[str] | tuple[str, ...]) -> PersonPhotos:
+        return PersonPhotos([p for p in self.photos if p.source in sources], self.skipped)
+
+
+def parse_boxes(text: str, width: int, height: int, where: str) -> torch.Tensor:
+    boxes = []
+    for part in (b for b in text.split(";") if b.strip()):
+        try:
+            x1, y1, x2, y2 = (float(v) for v in part.split())
+        except ValueError:
+            raise PersonDataError(f"{where}: a box is 'x1 y1 x2 y2', got {part!r}") from None
+        if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height):
+            raise PersonDataError(
+                f"{where}: box {part!r} is empty or outside the {width}x{height} image"
+            )
+        boxes.append((x1, y1, x2, y2))
+    return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+
+
+def load_persons(root: str | Path, sources: list[str] | None = None,
+                 limit: int | None = None) -> PersonPhotos:  # fmt: skip
+    """Read ``root/manifest.csv`` and its images (RGB).  ``sources`` keeps those file-name prefixes."""
+    import cv2
+
+    root = Path(root)
+    manifest = root / "manifest.csv"
+    if not manifest.is_file():
+        raise PersonDataError(f"{manifest} is missing (expected manifest.csv and images/)")
+    with open(manifest, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    need = {"file", "width", "height", "boxes"}
+    if rows and not need <= set(rows[0]):
+        raise PersonDataError(f"{manifest} lacks columns {sorted(need - set(rows[0]))}")
+    photos, skipped = [], []
+    for r in rows:
+        source = r["file"].split("_", 1)[0]
+        if sources is not None and source not in sources:
+            continue
+        if not r["boxes"].strip():
+            skipped.append(r["file"])
+            continue
+        path = root / "images" / r["file"]
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if img is None:
+            raise PersonDataError(f"cannot read image {path}")
+        h, w = img.shape[:2]
+        if (w, h) != (int(r["width"]), int(r["height"])):
+            raise PersonDataError(
+                f"{r['file']}: manifest says {r['width']}x{r['height']}, the image is {w}x{h}"
+            )
+        boxes = parse_boxes(r["boxes"], w, h, r["file"])
+        rgb = torch.from_numpy(np.ascontiguousarray(img[:, :, ::-1])).permute(2, 0, 1).contiguous()
+        photos.append(PersonPhoto(r["file"], source, rgb, boxes))
+        if limit is not None and len(photos) >= limit:
+            break
+    return PersonPhotos(photos, skipped)

@@ -1,0 +1,140 @@
+"""The person-detector protocol: ``detector(images [B, 3, H, W] in [0, 1]) -> list[Detections]``
+(one per image, after the detector's own threshold and grouping), and ``detector.candidates(images)``,
+every scored box before thresholding, whose scores are differentiable with respect to the pixels:
+patch attacks minimise them."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+
+class DetectorError(ValueError):
+    """Bad images, or a detector that cannot be loaded or is not a detector."""
+
+
+@dataclass
+class Detections:
+    """``boxes [K, 4]`` (x1, y1, x2, y2) in pixels of the input image; ``scores [K]`` person scores
+    (higher = more confident; their scale is the detector's own)."""
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    def detach(self) -> Detections:
+        return Detections(self.boxes.detach(), self.scores.detach())
+
+
+def check_images(images: torch.Tensor) -> None:
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise DetectorError(f"images must be a float tensor [B, 3, H, W] in [0, 1], got {shape}")
+    if not torch.is_floating_point(images):
+        raise DetectorError(f"images must be floating point in [0, 1], got {images.dtype}")
+
+
+class PersonDetector(nn.Module):
+    """Base class.  ``threshold``: a candidate with score >= threshold is a detection."""
+
+    name: ClassVar[str] = ""
+    threshold: float = 0.0
+
+    @abstractmethod
+    def candidates(self, images: torch.Tensor) -> list[Detections]:
+        """Every scored box (no threshold, no grouping), differentiable scores."""
+
+    def forward(self, images: torch.Tensor) -> list[Detections]:
+        out = []
+        for cand in self.candidates(images):
+            keep = cand.scores >= self.threshold
+            out.append(nms(Detections(cand.boxes[keep], cand.scores[keep])))
+        return out
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``[A, B]`` IoU of boxes ``a [A, 4]`` and ``b [B, 4]`` (x1, y1, x2, y2)."""
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp_min(0).prod(2)
+    area_a = (a[:, 2:] - a[:, :2]).clamp_min(0).prod(1)
+    area_b = (b[:, 2:] - b[:, :2]).clamp_min(0).prod(1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp_min(1e-12), torch.zeros_like(inter))
+
+
+def nms(det: Detections, iou: float = 0.5) -> Detections:
+    """Greedy non-maximum suppression (highest score first)."""
+    if len(det) == 0:
+        return det
+    order = torch.argsort(det.scores.detach(), descending=True)
+    boxes = det.boxes.detach()[order]
+    ious = box_iou(boxes, boxes)
+    keep = torch.ones(len(order), dtype=torch.bool)
+    for i in range(len(order)):
+        if keep[i]:
+            keep[i + 1 :] &= ious[i, i + 1 :] <= iou
+    idx = order[keep]
+    return Detections(det.boxes[idx], det.scores[idx])
+
+
+def group_rectangles(det: Detections, group_threshold: int = 2, eps: float = 0.2) -> Detections:
+    """OpenCV's ``groupRectangles``: clusters of similar boxes (corners within ``eps`` x mean size)
+    with more than ``group_threshold`` members become their average box (rounded), scored by their
+    best member; clusters inside a better-supported cluster are dropped."""
+    if len(det) == 0 or group_threshold <= 0:
+        return det
+    r = det.boxes.detach().double()
+    xywh = torch.cat([r[:, :2], r[:, 2:] - r[:, :2]], 1)
+    n = len(r)
+    parent = list(range(n))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    wh_min = torch.minimum(xywh[:, None, 2:], xywh[None, :, 2:])
+    delta = eps * (wh_min[..., 0] + wh_min[..., 1]) * 0.5
+    corners = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
+    similar = ((corners[:, None] - corners[None, :]).abs() <= delta[..., None]).all(2)
+    for i, j in zip(*torch.nonzero(similar, as_tuple=True), strict=True):
+        a, b = find(int(i)), find(int(j))
+        if a != b:
+            parent[b] = a
+    labels = torch.tensor([find(i) for i in range(n)])
+    classes = torch.unique(labels)
+    rects, counts, scores = [], [], []
+    for c in classes:
+        members = (labels == c).nonzero().squeeze(1)
+        mean = xywh[members].sum(0) / len(members)
+        rects.append(torch.floor(mean + 0.5))  # saturate_cast<int> rounds to nearest
+        counts.append(len(members))
+        scores.append(det.scores[members].max())
+    keep = []
+    for i, (r1, n1) in enumerate(zip(rects, counts, strict=True)):
+        if n1 <= group_threshold:
+            continue
+        inside = False
+        for j, (r2, n2) in enumerate(zip(rects, counts, strict=True)):
+            if j == i or n2 <= group_threshold:
+                continue
+            dx, dy = round(float(r2[2]) * eps), round(float(r2[3]) * eps)
+            if (r1[0] >= r2[0] - dx and r1[1] >= r2[1] - dy
+                    and r1[0] + r1[2] <= r2[0] + r2[2] + dx and r1[1] + r1[3] <= r2[1] + r2[3] + dy
+                    and (n2 > max(3, n1) or n1 < 3)):  # fmt: skip
+                inside = True
+                break
+        if not inside:
+            keep.append(i)
+    if not keep:
+        return Detections(det.boxes[:0], det.scores[:0])
+    boxes = torch.stack([torch.cat([rects[i][:2], rects[i][:2] + rects[i][2:]]) for i in keep])
+    return Detections(boxes.to(det.boxes.dtype), torch.stack([scores[i] for i in keep]))
