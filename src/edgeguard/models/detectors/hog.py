@@ -96,10 +96,12 @@ def gradients(images: torch.Tensor, pad_x: int = 0, pad_y: int = 0):
     dx = g[:, :, 1:-1, 2:] - g[:, :, 1:-1, :-2]
     dy = g[:, :, 2:, 1:-1] - g[:, :, :-2, 1:-1]
     mag2 = dx * dx + dy * dy  # [B, 3, H', W']
-    # ties go to B, then G, then R (OpenCV's order on BGR images): first maximum of B, G, R
-    pick = 2 - mag2.flip(1).argmax(1, keepdim=True)
-    dx = dx.gather(1, pick).squeeze(1)
-    dy = dy.gather(1, pick).squeeze(1)
+    # ties go to B, then G, then R (OpenCV's order on BGR images)
+    m_r, m_g, m_b = mag2.unbind(1)
+    take_b = (m_b >= m_g) & (m_b >= m_r)
+    take_g = ~take_b & (m_g >= m_r)
+    dx = torch.where(take_b, dx[:, 2], torch.where(take_g, dx[:, 1], dx[:, 0]))
+    dy = torch.where(take_b, dy[:, 2], torch.where(take_g, dy[:, 1], dy[:, 0]))
     mag = _safe_sqrt(dx * dx + dy * dy)
     return mag, fast_atan2_deg(dy, dx)
 
@@ -140,10 +142,18 @@ def block_features(mag: torch.Tensor, angle: torch.Tensor, l2hys: float = 0.2) -
     """``[B, 36, By, Bx]`` normalised histograms of every block on the 8-pixel grid."""
     hist = orientation_histograms(mag, angle)  # [B, 9, H, W]
     b, _, h, w = hist.shape
-    k = block_kernels(hist.dtype).to(hist.device)
-    cells = F.conv2d(hist.reshape(b * NBINS, 1, h, w), k, stride=STRIDE)  # [B*9, 4, By, Bx]
-    by, bx = cells.shape[2:]
-    v = cells.view(b, NBINS, 4, by, bx).transpose(1, 2).reshape(b, 4 * NBINS, by, bx)
+    hc, wc = h // CELL, w // CELL  # pixels past the last whole cell belong to no block
+    hist = hist[:, :, : hc * CELL, : wc * CELL].reshape(b, NBINS, hc, CELL, wc, CELL)
+    # The block kernel of cell c, restricted to the 8x8 quarter (sy, sx) of the block, applied to
+    # every cell (a [.., 64] x [64, 16] product: cheap forward and backward) ...
+    k = block_kernels(hist.dtype).to(hist.device).view(4, 2, CELL, 2, CELL)  # c, sy, i, sx, j
+    k = k.permute(2, 4, 0, 1, 3).reshape(CELL * CELL, 16)  # (i, j) x (c, sy, sx)
+    cellpix = hist.permute(0, 1, 2, 4, 3, 5).reshape(-1, CELL * CELL)  # (b, n, y, x) x (i, j)
+    part = (cellpix @ k).view(b, NBINS, hc, wc, 4, 2, 2).permute(0, 1, 4, 5, 6, 2, 3)
+    # ... then a block sums its four quarters: cells (by + sy, bx + sx).
+    by, bx = hc - 1, wc - 1
+    cells = sum(part[:, :, :, sy, sx, sy : sy + by, sx : sx + bx] for sy in (0, 1) for sx in (0, 1))
+    v = cells.transpose(1, 2).reshape(b, 4 * NBINS, by, bx)
     v = v / (v.norm(dim=1, keepdim=True) + 0.1 * 4 * NBINS)
     v = v.clamp(max=l2hys)
     return v / (v.norm(dim=1, keepdim=True) + 1e-3)

@@ -1,0 +1,310 @@
+"""Adversarial T-shirt (Xu et al., arXiv 1910.11099): a patch optimised over a distribution of
+cloth deformations (TPS) and photographic transformations (EOT) to hide the wearer from person
+detectors; with several detectors, min-max weights (Wang et al. 2021) instead of an average.
+
+The attack loss of detector k on an image is its best person score among the candidate boxes that
+overlap the person (IoU >= ``iou``), relative to its threshold and floored at ``-kappa`` (a person
+already hidden by a margin stops pulling): ``f_k = max(s - threshold, -kappa)``.  The patch
+minimises ``sum_k w_k mean(f_k) + tv * TV + nps * NPS``, with ``w`` uniform (``"average"``) or
+moved toward the detector that still sees people (``"minmax"``).
+
+Gradient-free: :class:`ZOTShirt` optimises the same objective from the scores of a black box
+(e.g. OpenCV's own ``HOGDescriptor.detectMultiScale``) with random-direction estimates on a
+low-resolution parameterisation of the patch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ...models.detectors import PersonDetector, box_iou
+from ..minmax import MinMaxWeights
+from ..zo.estimators import random_estimate
+from .placement import PersonCrops, apply_patch
+from .printability import default_palette, non_printability, total_variation
+from .transforms import EOT, ColorTransform
+
+log = logging.getLogger("edgeguard")
+
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images, boxes) -> [N] scores
+
+
+def person_scores(detector: PersonDetector, images: torch.Tensor, boxes: torch.Tensor,
+                  iou: float = 0.3) -> torch.Tensor:  # fmt: skip
+    """``[N]`` best candidate score (minus the detector's threshold) among the detector's candidate
+    boxes with IoU >= ``iou`` with each person box ``boxes [N, 4]``; ``-inf`` where none overlaps."""
+    out = []
+    for cand, box in zip(detector.candidates(images), boxes, strict=True):
+        near = box_iou(box[None], cand.boxes.detach())[0] >= iou
+        s = cand.scores[near] - detector.threshold
+        out.append(s.max() if s.numel() else torch.tensor(float("-inf")))
+    return torch.stack(out)
+
+
+def detected(detector: PersonDetector, images: torch.Tensor, boxes: torch.Tensor,
+             iou: float = 0.3) -> torch.Tensor:  # fmt: skip
+    """``[N]`` bool: a final detection (after threshold and grouping) has IoU >= ``iou`` with the
+    person box."""
+    with torch.no_grad():
+        dets = detector(images)
+    return torch.tensor([bool(len(d)) and bool((box_iou(b[None], d.boxes)[0] >= iou).any())
+                         for d, b in zip(dets, boxes, strict=True)])  # fmt: skip
+
+
+@dataclass
+class TShirtConfig:
+    """steps: optimisation steps; batch: crops per step; samples: EOT draws per crop; size: patch
+    pixels (h, w); lr: Adam step; tv / nps: weights of total variation and non-printability;
+    kappa: margin below the threshold past which a person stops pulling; iou: overlap that ties a
+    candidate box to the person; eot: transformation ranges (``EOT.rigid()`` for Thys et al.'s
+    rigid patch); color: printer colour transform (None: none); weighting: ``"minmax"`` or
+    ``"average"`` over detectors; seed."""
+
+    steps: int = 300
+    batch: int = 8
+    samples: int = 2
+    size: tuple[int, int] = (64, 64)
+    lr: float = 0.03
+    tv: float = 2.5
+    nps: float = 0.05
+    kappa: float = 1.0
+    iou: float = 0.3
+    eot: EOT = field(default_factory=EOT)
+    color: ColorTransform | None = None
+    weighting: str = "minmax"
+    seed: int = 0
+
+    def validate(self) -> None:
+        for name in ("steps", "batch", "samples"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if len(self.size) != 2 or min(self.size) < 4:
+            raise ValueError(f"size is the patch (h, w) in pixels, >= 4 each, got {self.size}")
+        if self.lr <= 0 or self.tv < 0 or self.nps < 0 or self.kappa < 0:
+            raise ValueError("lr must be > 0 and tv, nps, kappa >= 0")
+        if not 0 < self.iou <= 1:
+            raise ValueError(f"iou must be in (0, 1], got {self.iou}")
+
+
+@dataclass
+class TShirtResult:
+    """patch: ``[3, h, w]`` in [0, 1]; history: per-step dicts (loss, per-detector losses, weights)."""
+
+    patch: torch.Tensor
+    history: list[dict]
+    weights: list[float] | None = None
+
+
+class AdversarialTShirt:
+    """Gradient-based T-shirt patch against one or several differentiable person detectors."""
+
+    def __init__(self, detectors: PersonDetector | Sequence[PersonDetector],
+                 config: TShirtConfig | None = None) -> None:  # fmt: skip
+        self.detectors = [detectors] if isinstance(detectors, PersonDetector) else list(detectors)
+        if not self.detectors or not all(isinstance(d, PersonDetector) for d in self.detectors):
+            raise ValueError(f"need PersonDetector instances, got {detectors!r}")
+        self.config = config or TShirtConfig()
+        self.config.validate()
+
+    def train(self, crops: PersonCrops, init: torch.Tensor | None = None,
+              log_every: int = 25) -> TShirtResult:  # fmt: skip
+        cfg = self.config
+        gen = torch.Generator().manual_seed(cfg.seed)
+        start = init.clone() if init is not None else torch.rand(3, *cfg.size, generator=gen)
+        param = torch.logit(start.clamp(1e-3, 1 - 1e-3)).requires_grad_(True)
+        opt = torch.optim.Adam([param], lr=cfg.lr * 4)  # logit space: about cfg.lr in colour
+        weights = MinMaxWeights(len(self.detectors), cfg.weighting)
+        palette = default_palette()
+        history = []
+        for d in self.detectors:
+            d.eval()
+        for step in range(cfg.steps):
+            idx = torch.randperm(len(crops), generator=gen)[: cfg.batch]
+            batch = crops.subset(idx)
+            patch = torch.sigmoid(param)
+            images = apply_patch(batch, patch, cfg.eot, cfg.color, cfg.samples, gen)
+            boxes = batch.boxes.repeat_interleave(cfg.samples, 0)
+            losses = torch.stack([
+                person_scores(d, images, boxes, cfg.iou).clamp(min=-cfg.kappa).mean()
+                for d in self.detectors
+            ])  # fmt: skip
+            attack = weights(losses) if len(self.detectors) > 1 else losses[0]
+            reg = cfg.tv * total_variation(patch) + cfg.nps * non_printability(patch, palette)
+            loss = attack + reg
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            entry = {"step": step + 1, "loss": float(loss.detach()), "detector_losses":
+                     [round(float(v), 4) for v in losses.detach()],
+                     "weights": [round(float(v), 4) for v in weights.weights]}  # fmt: skip
+            history.append(entry)
+            if (step + 1) % log_every == 0 or step == 0 or step + 1 == cfg.steps:
+                log.info("t-shirt step %d/%d  loss %.4f  detectors %s  weights %s", step + 1,
+                         cfg.steps, entry["loss"], entry["detector_losses"], entry["weights"])  # fmt: skip
+        return TShirtResult(torch.sigmoid(param).detach(), history,
+                            [float(v) for v in weights.weights])  # fmt: skip
+
+
+class OpenCVHOGBlackBox:
+    """OpenCV's unmodified ``HOGDescriptor.detectMultiScale`` as a black box: images go in as 8-bit
+    BGR, only its returned windows and weights come out.  ``score`` is the best weight among the
+    raw windows (no grouping) overlapping the person, floored at ``floor`` (its hit threshold)."""
+
+    def __init__(self, floor: float = -1.5, scale: float = 1.05) -> None:
+        import cv2
+
+        self.hog = cv2.HOGDescriptor()
+        self.hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
+        self.floor, self.scale, self.queries = floor, scale, 0
+
+    @staticmethod
+    def _bgr(image: torch.Tensor):
+        import numpy as np
+
+        arr = (image.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        return np.ascontiguousarray(arr[:, :, ::-1])
+
+    def _detect(self, image: torch.Tensor, hit: float, group: int):
+        rects, weights = self.hog.detectMultiScale(self._bgr(image), hitThreshold=hit,
+                                                   winStride=(8, 8), padding=(8, 8),
+                                                   scale=self.scale, groupThreshold=group)  # fmt: skip
+        self.queries += 1
+        boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in rects], dtype=torch.float32)
+        return boxes.reshape(-1, 4), torch.as_tensor(weights, dtype=torch.float32).reshape(-1)
+
+    def scores(self, images: torch.Tensor, boxes: torch.Tensor, iou: float = 0.3) -> torch.Tensor:
+        out = []
+        for img, box in zip(images, boxes, strict=True):
+            b, w = self._detect(img, self.floor, 0)
+            near = box_iou(box[None], b)[0] >= iou if len(b) else torch.zeros(0, dtype=torch.bool)
+            out.append(float(w[near].max()) if near.any() else self.floor)
+        return torch.tensor(out)
+
+    def detected(self, images: torch.Tensor, boxes: torch.Tensor, iou: float = 0.3) -> torch.Tensor:
+        """Default call (hitThreshold 0, grouping 2): is each person found (IoU >= ``iou``)?"""
+        out = []
+        for img, box in zip(images, boxes, strict=True):
+            b, _ = self._detect(img, 0.0, 2)
+            out.append(bool(len(b)) and bool((box_iou(box[None], b)[0] >= iou).any()))
+        return torch.tensor(out)
+
+
+@dataclass
+class ZOConfig:
+    """steps, batch, samples: as :class:`TShirtConfig`; q: random directions per estimate; mu:
+    smoothing radius (in logit units of the low-resolution parameters); lr: Adam step; grid: the
+    patch is ``grid x grid`` parameters upsampled (bilinear) to ``size``."""
+
+    steps: int = 150
+    batch: int = 6
+    samples: int = 2
+    q: int = 10
+    mu: float = 0.5
+    lr: float = 0.2
+    grid: int = 12
+    size: tuple[int, int] = (64, 64)
+    eot: EOT = field(default_factory=EOT)
+    color: ColorTransform | None = None
+    seed: int = 0
+
+
+class ZOTShirt:
+    """Zeroth-order T-shirt patch against a black box ``score(images, boxes) -> [N]``."""
+
+    def __init__(self, score: ScoreFn, config: ZOConfig | None = None) -> None:
+        self.score = score
+        self.config = config or ZOConfig()
+
+    def _patch(self, z: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(torch.sigmoid(z), size=self.config.size, mode="bilinear",
+                             align_corners=False)  # fmt: skip
+
+    def train(self, crops: PersonCrops, init: torch.Tensor | None = None,
+              log_every: int = 10) -> TShirtResult:  # fmt: skip
+        cfg = self.config
+        gen = torch.Generator().manual_seed(cfg.seed)
+        if init is not None:
+            small = F.interpolate(init[None], size=(cfg.grid, cfg.grid), mode="area")
+            z = torch.logit(small.clamp(1e-3, 1 - 1e-3))
+        else:
+            z = torch.randn(1, 3, cfg.grid, cfg.grid, generator=gen)
+        m, v = torch.zeros_like(z), torch.zeros_like(z)
+        history, queries = [], 0
+        for step in range(cfg.steps):
+            idx = torch.randperm(len(crops), generator=gen)[: cfg.batch]
+            batch = crops.subset(idx)
+            # one fixed draw of transformations per step: common random numbers for all queries
+            draw_seed = int(torch.randint(2**31, (), generator=gen))
+
+            def f(zz: torch.Tensor, batch=batch, draw_seed=draw_seed) -> torch.Tensor:
+                vals = []
+                for one in zz:
+                    g = torch.Generator().manual_seed(draw_seed)
+                    imgs = apply_patch(batch, self._patch(one[None])[0], cfg.eot, cfg.color,
+                                       cfg.samples, g)  # fmt: skip
+                    boxes = batch.boxes.repeat_interleave(cfg.samples, 0)
+                    vals.append(self.score(imgs, boxes).mean())
+                return torch.stack(vals)
+
+            fz = f(z)
+            grad, spent = random_estimate(f, z, cfg.q, cfg.mu, "gaussian", gen, fz)
+            queries += (spent + 1) * len(batch) * cfg.samples
+            m = 0.9 * m + 0.1 * grad
+            v = 0.999 * v + 0.001 * grad * grad
+            t = step + 1
+            z = z - cfg.lr * (m / (1 - 0.9**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-8)
+            history.append({"step": t, "loss": float(fz[0]), "queries": queries})
+            if t % log_every == 0 or step == 0 or t == cfg.steps:
+                log.info("zo t-shirt step %d/%d  black-box score %.4f  queries %d", t, cfg.steps,
+                         float(fz[0]), queries)  # fmt: skip
+        return TShirtResult(self._patch(z)[0].detach(), history)
+
+
+@dataclass
+class ASR:
+    """Attack success rate over (person, transformation) samples of persons the detector finds
+    without the patch: ``rate = hidden / attacked``."""
+
+    attacked: int
+    hidden: int
+    clean_detected: int
+    persons: int
+
+    @property
+    def rate(self) -> float:
+        return self.hidden / self.attacked if self.attacked else math.nan
+
+
+def attack_success(
+    is_detected: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    crops: PersonCrops,
+    patch: torch.Tensor,
+    eot: EOT | None = None,
+    color: ColorTransform | None = None,
+    samples: int = 4,
+    seed: int = 1234,
+    batch: int = 16,
+) -> ASR:
+    """ASR of ``patch`` on ``crops`` under ``samples`` random transformations per person, for a
+    detector given as ``is_detected(images, boxes) -> [N] bool``.  Persons missed without the
+    patch are left out (there is nothing to hide)."""
+    clean = torch.cat([is_detected(crops.images[i : i + batch], crops.boxes[i : i + batch])
+                       for i in range(0, len(crops), batch)])  # fmt: skip
+    target = crops.subset(clean.nonzero().squeeze(1))
+    gen = torch.Generator().manual_seed(seed)
+    hidden = attacked = 0
+    with torch.no_grad():
+        for i in range(0, len(target), batch):
+            part = target.subset(range(i, min(i + batch, len(target))))
+            imgs = apply_patch(part, patch, eot, color, samples, gen)
+            seen = is_detected(imgs, part.boxes.repeat_interleave(samples, 0))
+            hidden += int((~seen).sum())
+            attacked += len(seen)
+    return ASR(attacked, hidden, int(clean.sum()), len(crops))

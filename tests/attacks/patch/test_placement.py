@@ -1,0 +1,118 @@
+"""Patch placement, EOT, colour transform, printability and the ASR bookkeeping."""
+
+import pytest
+import torch
+
+from edgeguard.attacks.patch.placement import (
+    PersonCrops,
+    PlacementError,
+    apply_patch,
+    person_crops,
+    torso_square,
+)
+from edgeguard.attacks.patch.printability import default_palette, non_printability, total_variation
+from edgeguard.attacks.patch.transforms import EOT, ColorTransform, appearance
+from edgeguard.attacks.patch.tshirt import attack_success
+from edgeguard.data.persons import PersonPhoto, PersonPhotos
+
+
+def photos() -> PersonPhotos:
+    g = torch.Generator().manual_seed(0)
+    img = (torch.rand(3, 300, 200, generator=g) * 255).to(torch.uint8)
+    boxes = torch.tensor([[50.0, 40.0, 130.0, 240.0], [10.0, 10.0, 20.0, 30.0]])
+    return PersonPhotos([PersonPhoto("a.png", "src", img, boxes)])
+
+
+def test_crops_normalise_person_height_and_count_what_is_skipped():
+    crops, skipped = person_crops(photos(), size=(176, 112), person_height=100)
+    assert len(crops) == 1 and skipped == {"small": 1, "wide": 0}
+    x1, y1, x2, y2 = crops.boxes[0].tolist()
+    assert y2 - y1 == pytest.approx(100, abs=1) and (x1 + x2) / 2 == pytest.approx(56, abs=1)
+    sq = crops.patch_boxes[0]
+    assert x1 < sq[0] < sq[2] < x2 and y1 < sq[1] < sq[3] < y1 + 0.6 * (y2 - y1)
+
+
+def test_constant_patch_without_transformations_fills_its_square_only():
+    crops, _ = person_crops(photos())
+    patch = torch.zeros(3, 32, 32)
+    patch[1] = 1.0  # green
+    out = apply_patch(crops, patch, EOT.none())
+    x1, y1, x2, y2 = crops.patch_boxes[0].tolist()
+    inner = out[0, :, round(y1) + 2 : round(y2) - 2, round(x1) + 2 : round(x2) - 2]
+    assert torch.allclose(
+        inner, torch.tensor([0.0, 1.0, 0.0]).view(3, 1, 1).expand_as(inner), atol=1e-6
+    )
+    changed = (out[0] != crops.images[0]).any(0)
+    rows, cols = changed.nonzero().T
+    assert rows.min() >= y1 - 1 and rows.max() <= y2 + 1 and cols.min() >= x1 - 1
+    assert cols.max() <= x2 + 1
+
+
+def test_transformed_patch_is_differentiable_and_stays_in_range():
+    crops, _ = person_crops(photos())
+    patch = torch.rand(3, 32, 32, requires_grad=True)
+    out = apply_patch(crops, patch, EOT(), ColorTransform(), samples=3,
+                      generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert out.shape == (3, 3, 176, 112) and out.min() >= 0 and out.max() <= 1
+    out.sum().backward()
+    assert patch.grad.abs().sum() > 0
+    # different draws move the patch differently
+    assert not torch.allclose(out[0], out[1])
+
+
+def test_bad_patches_are_refused():
+    crops, _ = person_crops(photos())
+    with pytest.raises(PlacementError, match="larger than the torso"):
+        torso_square(torch.tensor([0.0, 0.0, 10.0, 20.0]), 1.2)
+    with pytest.raises(PlacementError, match=r"\[3, h, w\]"):
+        apply_patch(crops, torch.rand(32, 32))
+    with pytest.raises(PlacementError, match="no usable person"):
+        person_crops(
+            PersonPhotos(
+                [
+                    photos()
+                    .photos[0]
+                    .__class__(
+                        "b", "s", photos().photos[0].image, torch.tensor([[0.0, 0.0, 5.0, 5.0]])
+                    )
+                ]
+            )
+        )
+
+
+def test_color_transform_fit_recovers_a_known_printer():
+    g = torch.Generator().manual_seed(0)
+    m = torch.tensor([[0.8, 0.1, 0.0], [0.05, 0.7, 0.1], [0.0, 0.1, 0.75]])
+    b = torch.tensor([0.05, 0.08, 0.02])
+    chart = torch.rand(24, 3, generator=g)
+    fitted = ColorTransform.fit(chart, chart @ m.T + b)
+    assert torch.allclose(fitted.matrix, m, atol=1e-5) and torch.allclose(fitted.bias, b, atol=1e-5)
+    with pytest.raises(ValueError, match="at least 4"):
+        ColorTransform.fit(chart[:3], chart[:3])
+
+
+def test_printability_and_smoothness_terms():
+    pal = default_palette()
+    patch = pal[torch.arange(16 * 16) % len(pal)].T.reshape(3, 16, 16)
+    assert float(non_printability(patch, pal)) < 1e-5
+    assert float(non_printability(torch.ones(3, 4, 4), pal)) == pytest.approx(
+        0.1 * 3**0.5, rel=1e-4
+    )
+    assert float(total_variation(torch.full((3, 8, 8), 0.3))) == 0
+    # appearance keeps values in range
+    out = appearance(torch.rand(4, 3, 8, 8), EOT(brightness=0.5, contrast=0.5))
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_attack_success_counts_only_persons_seen_without_the_patch():
+    crops = PersonCrops(torch.rand(3, 3, 176, 112), torch.tensor([[30.0, 38, 82, 138]] * 3),
+                        torch.tensor([[40.0, 60, 72, 92]] * 3), ["a", "b", "c"])  # fmt: skip
+    crops.images[2] = 0.0  # a dark crop: the stand-in detector misses it without any patch
+
+    def bright_torso(images, boxes):  # "detected" while the torso is not dark
+        return images[:, :, 62:90, 42:70].mean((1, 2, 3)) > 0.2
+
+    asr = attack_success(bright_torso, crops, torch.zeros(3, 16, 16), EOT.none(), samples=2)
+    assert (asr.clean_detected, asr.attacked, asr.hidden, asr.rate) == (2, 4, 4, 1.0)
+    asr = attack_success(bright_torso, crops, torch.ones(3, 16, 16), EOT.none(), samples=2)
+    assert asr.rate == 0.0

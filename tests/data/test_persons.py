@@ -1,0 +1,58 @@
+"""The persons manifest loader: parsing, skipped images, bad boxes, the split by source."""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edgeguard.data.persons import PersonDataError, load_persons
+
+PERSONS = Path("../shared/data/persons")
+
+
+def write(tmp: Path, rows: list[str]) -> Path:
+    (tmp / "images").mkdir()
+    for name in ("a_1.png", "a_2.png", "b_1.png"):
+        cv2.imwrite(str(tmp / "images" / name), np.full((40, 30, 3), 100, np.uint8))
+    (tmp / "manifest.csv").write_text("file,width,height,boxes\n" + "\n".join(rows) + "\n")
+    return tmp
+
+
+def test_loader_reads_boxes_and_counts_images_without_them(tmp_path):
+    root = write(
+        tmp_path, ["a_1.png,30,40,1 2 10 30;5 5 20 39", "a_2.png,30,40,", "b_1.png,30,40,0 0 30 40"]
+    )
+    data = load_persons(root)
+    assert [p.name for p in data] == ["a_1.png", "b_1.png"] and data.skipped == ["a_2.png"]
+    assert data.num_persons == 3 and data.photos[0].image.shape == (3, 40, 30)
+    assert data.photos[0].boxes[1].tolist() == [5, 5, 20, 39]
+
+
+@pytest.mark.parametrize(("boxes", "message"), [("1 2 40 30", "outside"), ("1 2 x 30", "x1 y1"),
+                                                 ("5 5 5 9", "empty")])  # fmt: skip
+def test_bad_boxes_name_the_file(tmp_path, boxes, message):
+    root = write(tmp_path, [f"a_1.png,30,40,{boxes}"])
+    with pytest.raises(PersonDataError, match=f"a_1.png.*{message}|{message}.*a_1.png"):
+        load_persons(root)
+
+
+def test_missing_manifest_or_image_is_reported(tmp_path):
+    with pytest.raises(PersonDataError, match="manifest.csv is missing"):
+        load_persons(tmp_path)
+    root = write(tmp_path, ["c_9.png,30,40,1 1 5 5"])
+    with pytest.raises(PersonDataError, match="cannot read image"):
+        load_persons(root)
+
+
+@pytest.mark.skipif(
+    not (PERSONS / "manifest.csv").is_file(), reason="../shared/data/persons absent"
+)
+def test_split_by_source_is_seeded_and_covers_every_source():
+    data = load_persons(PERSONS, sources=["pennfudan", "inria", "coco"])
+    train, test = data.split(0.3, seed=0)
+    assert len(train) + len(test) == len(data)
+    assert {p.source for p in test} == {p.source for p in train} == {"pennfudan", "inria", "coco"}
+    again = data.split(0.3, seed=0)[1]
+    assert [p.name for p in again] == [p.name for p in test]
+    assert not {p.name for p in train} & {p.name for p in test}
