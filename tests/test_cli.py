@@ -273,3 +273,31 @@ def test_gnn_poisoning_and_minmax_robust_training(tmp_path: Path, capsys):
     assert main([*args[:2], "attack", *args[2:], "--attack", "pgd-features"]) == 2
     assert "binary" in capsys.readouterr().err
     assert main([*args[:2], "robust-train", *args[2:], "--mode", "poisoning"]) == 2
+
+
+PERSONS = Path("../shared/data/persons")
+
+
+@pytest.mark.skipif(
+    not (PERSONS / "manifest.csv").is_file(), reason="../shared/data/persons absent"
+)
+def test_tshirt_train_and_eval_on_a_few_photos(tmp_path: Path, capsys):
+    common = ["--limit", "12", "--eval-samples", "1", "--out", str(tmp_path)]
+    assert main(["-q", "tshirt", "train", "--steps", "2", "--batch", "2", *common]) == 0
+    out = capsys.readouterr().out
+    assert "hog vs opencv: ASR" in out and "random noise vs hog: ASR" in out
+    for name in ("patch.png", "patch.safetensors", "asr.json", "report.html", "detections.png"):
+        assert (tmp_path / name).is_file()
+    args = ["-q", "tshirt", "eval", "--patch", str(tmp_path / "patch.safetensors"),
+            "--eval-detectors", "opencv", *common]  # fmt: skip
+    assert main(args) == 0
+    assert "patch.safetensors vs opencv" in capsys.readouterr().out
+    assert main(["-q", "tshirt", "train", "--zo", "--steps", "1", *common]) == 0
+    assert "zo-opencv vs hog" in capsys.readouterr().out
+    # bad input: no patch for eval, a patch larger than the torso, an unknown detector
+    assert main(["-q", "tshirt", "eval", *common]) == 2
+    assert "--patch" in capsys.readouterr().err
+    assert main(["-q", "tshirt", "train", "--scale", "1.5", *common]) == 2
+    assert "larger than the torso" in capsys.readouterr().err
+    assert main(["-q", "tshirt", "train", "--detector", "detr", *common]) == 2
+    assert "unknown detector" in capsys.readouterr().err

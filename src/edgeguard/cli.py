@@ -441,6 +441,130 @@ def cmd_gnn(args) -> int:
     return 0
 
 
+def _load_patch(path: str, size: tuple[int, int]):
+    """A patch from the safetensors file ``tshirt train`` writes, or from a PNG/JPEG (area-resized
+    to ``size``)."""
+    import cv2
+    import torch
+    import torch.nn.functional as F
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"patch file {p} not found")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        patch = load_file(str(p)).get("patch")
+        if patch is None or patch.dim() != 3 or patch.shape[0] != 3:
+            raise UsageError(f"{p} holds no [3, h, w] 'patch' tensor")
+        return patch.float().clamp(0, 1)
+    img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+    if img is None:
+        raise UsageError(f"cannot read the patch image {p}")
+    t = torch.from_numpy(img[:, :, ::-1].copy()).permute(2, 0, 1).float()[None] / 255
+    return F.interpolate(t, size=size, mode="area")[0]
+
+
+def cmd_tshirt(args) -> int:
+    import torch
+    from safetensors.torch import save_file
+
+    from .attacks.patch.study import (
+        detection_examples,
+        detector_checks,
+        evaluate_patches,
+        load_crops,
+        only_detected,
+        training_view,
+    )
+    from .attacks.patch.transforms import EOT
+    from .attacks.patch.tshirt import (
+        AdversarialTShirt,
+        OpenCVHOGBlackBox,
+        TShirtConfig,
+        ZOConfig,
+        ZOTShirt,
+    )
+    from .engine.atomic import atomic_path
+    from .models.detectors import get_detector
+    from .report import Report
+    from .report.plots import save_patch
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sources = [s for s in args.sources.split(",") if s] or None
+    split = load_crops(args.data, sources, args.held_out, args.seed, args.scale, args.limit)
+    print(f"persons: {len(split.train)} train crops from {split.photos[0]} photos, "
+          f"{len(split.test)} held-out crops from {split.photos[1]} photos; skipped "
+          f"{split.skipped}")  # fmt: skip
+    train_specs = [d for d in args.detector.split(",") if d]
+    eval_specs = [d for d in (args.eval_detectors or ",".join([*train_specs, "opencv"])).split(",")
+                  if d]  # fmt: skip
+    eot = EOT.rigid() if args.rigid else EOT()
+    size = (args.size, args.size)
+    if args.action == "train":
+        if args.zo:
+            box = OpenCVHOGBlackBox()
+            crops = only_detected(box.detected, split.train)
+            trainer = ZOTShirt(box.scores, ZOConfig(steps=args.steps, eot=eot, size=size,
+                                                    seed=args.seed))  # fmt: skip
+            label = "zo-opencv"
+        else:
+            dets = [training_view(get_detector(d, args.trust_pickle)) for d in train_specs]
+            crops = split.train
+            for d in dets:  # attack the persons every training detector finds
+                crops = only_detected(lambda im, bx, d=d: _found(d, im, bx), crops)
+            cfg = TShirtConfig(steps=args.steps, batch=args.batch, samples=args.samples, size=size,
+                               eot=eot, weighting=args.ensemble, seed=args.seed)  # fmt: skip
+            trainer = AdversarialTShirt(dets, cfg)
+            label = "+".join(train_specs) + (f" ({args.ensemble})" if len(dets) > 1 else "")
+        if len(crops) == 0:
+            raise UsageError("no training person is detected without a patch: nothing to attack")
+        print(f"training on {len(crops)} persons the detector(s) find")
+        result = trainer.train(crops)
+        patch = result.patch
+        with atomic_path(out / "patch.safetensors") as tmp:
+            save_file({"patch": patch.contiguous()}, str(tmp), metadata={"detectors": label})
+        save_patch(patch, out / "patch.png")
+        print(f"patch: {out / 'patch.png'} (print resolution), {out / 'patch.safetensors'}")
+    else:
+        if not args.patch:
+            raise UsageError("tshirt eval needs --patch (patch.safetensors or an image)")
+        patch = _load_patch(args.patch, size)
+        label = Path(args.patch).name
+    noise = torch.rand(3, *size, generator=torch.Generator().manual_seed(args.seed + 1))
+    patches = {label: patch, "random noise": noise}
+    checks = detector_checks(eval_specs, args.trust_pickle)
+    asr = evaluate_patches(patches, checks, split.test, eot, args.eval_samples)
+    rows = []
+    for (p, d), a in asr.items():
+        rows.append([p, d, a.clean_detected, a.attacked, a.hidden, round(100 * a.rate, 1)])
+        print(f"{p} vs {d}: ASR {100 * a.rate:.1f}% ({a.hidden}/{a.attacked} held-out samples of "
+              f"{a.clean_detected} persons detected without the patch)")  # fmt: skip
+    (out / "asr.json").write_text(json.dumps([dict(zip(
+        ["patch", "detector", "persons detected", "samples", "hidden", "ASR %"], r, strict=True))
+        for r in rows], indent=1))  # fmt: skip
+    rep = Report("edgeguard: adversarial T-shirt")
+    rep.paragraph(f"Held-out persons: {len(split.test)}; transformations: "
+                  f"{'rigid' if args.rigid else 'TPS cloth deformation'} + EOT.")  # fmt: skip
+    rep.table(["patch", "detector", "persons detected", "samples", "hidden", "ASR %"], rows)
+    save_patch(patch, out / "patch.png")
+    rep.figure("patch.png", "the patch (print resolution)")
+    first = next((s for s in eval_specs if s != "opencv"), None)
+    if first is not None:
+        det = get_detector(first, args.trust_pickle)
+        path = detection_examples(det, split.test, patch, eot, out / "detections.png")
+        rep.figure(path.name, f"held-out persons without / with the patch ({first})")
+    print(f"report: {rep.save(out / 'report.html')}")
+    return 0
+
+
+def _found(detector, images, boxes):
+    from .attacks.patch.tshirt import detected
+
+    return detected(detector, images, boxes)
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -591,6 +715,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--out", default="runs/gnn")
     p.set_defaults(func=cmd_gnn)
+
+    p = sub.add_parser("tshirt", help="adversarial T-shirt patches against person detectors")
+    p.add_argument("action", choices=["train", "eval"])
+    p.add_argument(
+        "--detector",
+        default="hog",
+        help="hog, cnn[:PATH], yolo:PATH, "
+        "faster-rcnn:PATH; several (comma-separated) make an ensemble",
+    )
+    p.add_argument("--ensemble", default="minmax", choices=["minmax", "average"])
+    p.add_argument(
+        "--zo",
+        action="store_true",
+        help="train against OpenCV's own HOG detector as a black box (no gradients)",
+    )
+    p.add_argument("--rigid", action="store_true", help="no TPS cloth deformation (Thys et al.)")
+    p.add_argument("--patch", help="eval: patch.safetensors or an image")
+    p.add_argument(
+        "--eval-detectors", help="detectors to evaluate on (default: the training ones and opencv)"
+    )
+    p.add_argument("--data", default="../shared/data/persons", help="manifest.csv + images/")
+    p.add_argument("--sources", default="pennfudan,inria", help="file-name prefixes to use")
+    p.add_argument("--held-out", type=float, default=0.3)
+    p.add_argument("--limit", type=int, help="read at most this many photos")
+    p.add_argument("--scale", type=float, default=1.0, help="patch side / torso region, (0, 1]")
+    p.add_argument("--size", type=int, default=64, help="patch pixels per side")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--samples", type=int, default=2, help="EOT draws per person and step")
+    p.add_argument("--eval-samples", type=int, default=4)
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow loading pickled detector modules (they run code when loaded)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/tshirt")
+    p.set_defaults(func=cmd_tshirt)
 
     p = sub.add_parser("demo", help="run the built-in demo and write an HTML report")
     p.add_argument("--out", default="runs/demo")

@@ -150,3 +150,41 @@ def accuracy_vs_budget(curves: Mapping[str, Mapping[float, float]], path: Path,
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def save_patch(patch: torch.Tensor, path: Path, print_side: int = 1024) -> Path:
+    """The patch ``[3, h, w]`` as a PNG at print resolution (nearest-neighbour upscaled so its
+    longer side is ``print_side`` pixels: 1024 px is 8.7 cm at 300 dpi)."""
+    import cv2
+    import numpy as np
+
+    from ..engine.atomic import atomic_path
+
+    h, w = patch.shape[1:]
+    s = max(1, print_side // max(h, w))
+    img = (patch.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    img = np.ascontiguousarray(np.repeat(np.repeat(img, s, 0), s, 1)[:, :, ::-1])
+    ok, png = cv2.imencode(".png", img)
+    if not ok:
+        raise OSError(f"cannot encode the patch for {path}")
+    with atomic_path(Path(path)) as tmp:
+        Path(tmp).write_bytes(png.tobytes())
+    return Path(path)
+
+
+def detection_grid(images: torch.Tensor, boxes: Sequence[torch.Tensor], found: Sequence[bool],
+                   path: Path, titles: Sequence[str]) -> Path:  # fmt: skip
+    """Images ``[N, 3, H, W]`` with detector boxes drawn (green when the person is found, red when
+    hidden), one column per image."""
+    n = len(images)
+    fig, axes = plt.subplots(1, n, figsize=(1.6 * n, 2.8), squeeze=False)
+    for i in range(n):
+        ax = axes[0][i]
+        ax.imshow(images[i].detach().clamp(0, 1).permute(1, 2, 0).numpy())
+        for x1, y1, x2, y2 in boxes[i].detach().tolist():
+            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.2,
+                                       color="lime" if found[i] else "red"))  # fmt: skip
+        ax.set_title(titles[i], fontsize=7, color="black" if found[i] else "darkred")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return _save(fig, path)

@@ -19,6 +19,26 @@ __all__ = [
     "PersonDetector",
     "box_iou",
     "check_images",
+    "get_detector",
     "group_rectangles",
     "nms",
 ]
+
+
+def get_detector(spec: str, trust_pickle: bool = False) -> PersonDetector:
+    """A detector by name: ``hog``, ``cnn`` (the shipped weights), ``cnn:PATH``, ``yolo:PATH``,
+    ``faster-rcnn:PATH`` (user modules; see :func:`adapters.load_detector`)."""
+    name, _, path = spec.partition(":")
+    if name == "hog" and not path:
+        return HOGPersonDetector()
+    if name == "cnn":
+        from .train import load_cnn_detector
+
+        return load_cnn_detector(path or None)
+    if name in ("yolo", "faster-rcnn") and path:
+        from .adapters import load_detector
+
+        return load_detector(path, name, trust_pickle=trust_pickle)
+    raise DetectorError(
+        f"unknown detector {spec!r}; available: hog, cnn[:PATH], yolo:PATH, faster-rcnn:PATH"
+    )

@@ -1,0 +1,131 @@
+"""Adversarial T-shirt benchmark (issue 8): patches trained on the training photos of
+../shared/data/persons, ASR on held-out persons under held-out random transformations.
+
+Patches: TPS + EOT against the HOG port (the paper's method), rigid EOT against the HOG port (Thys et
+al.), zeroth-order against OpenCV's own HOG (black box), min-max and average ensembles of the HOG port
+and the CNN detector, and a random-noise patch.  Detectors: the HOG port, OpenCV's HOG, the CNN.
+Also the CNN detector's AP on the held-out photos.
+
+    .venv/bin/python benchmarks/tshirt.py --steps 200 --zo-steps 80
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from edgeguard.attacks.patch.study import (
+    detection_examples,
+    detector_checks,
+    evaluate_patches,
+    load_crops,
+    only_detected,
+    training_view,
+)
+from edgeguard.attacks.patch.transforms import EOT
+from edgeguard.attacks.patch.tshirt import (
+    AdversarialTShirt,
+    OpenCVHOGBlackBox,
+    TShirtConfig,
+    ZOConfig,
+    ZOTShirt,
+    detected,
+)
+from edgeguard.data.persons import load_persons
+from edgeguard.models.detectors import HOGPersonDetector
+from edgeguard.models.detectors.train import evaluate_ap, load_cnn_detector
+from edgeguard.report.plots import save_patch
+
+DATA = Path("../shared/data/persons")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--zo-steps", type=int, default=80)
+    ap.add_argument("--samples", type=int, default=3, help="held-out draws per person")
+    ap.add_argument("--sources", default="pennfudan,inria")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="runs/bench/tshirt")
+    ap.add_argument("--skip", default="", help="comma-separated variants to skip")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    skip = set(args.skip.split(","))
+    t_start = time.perf_counter()
+
+    split = load_crops(DATA, args.sources.split(","), 0.3, args.seed, scale=1.0)
+    hog, cnn = HOGPersonDetector(), load_cnn_detector()
+    photos = load_persons(DATA, args.sources.split(","))
+    cnn_ap = evaluate_ap(cnn, photos.split(0.3, args.seed)[1])
+    print(f"CNN detector AP@0.5 on the held-out photos: {cnn_ap:.3f}", flush=True)
+
+    def seen(d):
+        return lambda im, bx: detected(d, im, bx)
+
+    train_hog = only_detected(seen(training_view(hog)), split.train)
+    train_both = only_detected(seen(cnn), train_hog)
+    patches: dict[str, torch.Tensor] = {}
+    seconds: dict[str, float] = {}
+
+    def run(name, fn):
+        if name in skip:
+            return
+        t0 = time.perf_counter()
+        patches[name] = fn()
+        seconds[name] = time.perf_counter() - t0
+        save_patch(patches[name], out / f"patch_{name.replace(' ', '_')}.png", print_side=256)
+        print(f"{name}: trained in {seconds[name]:.0f} s", flush=True)
+
+    cfg = {"steps": args.steps, "seed": args.seed}
+    run("TPS (HOG)", lambda: AdversarialTShirt(training_view(hog), TShirtConfig(**cfg))
+        .train(train_hog).patch)  # fmt: skip
+    run("rigid (HOG)", lambda: AdversarialTShirt(training_view(hog), TShirtConfig(
+        **cfg, eot=EOT.rigid())).train(train_hog).patch)  # fmt: skip
+    box = OpenCVHOGBlackBox()
+    run("ZO (OpenCV)", lambda: ZOTShirt(box.scores, ZOConfig(steps=args.zo_steps, seed=args.seed))
+        .train(only_detected(box.detected, split.train)).patch)  # fmt: skip
+    for weighting in ("minmax", "average"):
+        run(
+            f"ensemble {weighting}",
+            lambda w=weighting: (
+                AdversarialTShirt([training_view(hog), cnn], TShirtConfig(**cfg, weighting=w))
+                .train(train_both)
+                .patch
+            ),
+        )
+    patches["random noise"] = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(1))
+
+    checks = detector_checks(["opencv"]) | {"hog": seen(hog), "cnn": seen(cnn)}
+    rows = []
+    for eot_name, eot in (("TPS+EOT", EOT()), ("rigid EOT", EOT.rigid())):
+        asr = evaluate_patches(patches, checks, split.test, eot, args.samples)
+        for (p, d), a in asr.items():
+            rows.append({"transformations": eot_name, "patch": p, "detector": d,
+                         "persons": a.clean_detected, "samples": a.attacked, "hidden": a.hidden,
+                         "ASR": round(a.rate, 4)})  # fmt: skip
+            print(json.dumps(rows[-1]), flush=True)
+    if "TPS (HOG)" in patches:
+        detection_examples(hog, only_detected(seen(hog), split.test), patches["TPS (HOG)"], EOT(),
+                           out / "detections_hog.png")  # fmt: skip
+    result = {
+        "date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(), "args": vars(args), "cnn_ap50": cnn_ap,
+        "train_persons": {"hog": len(train_hog), "hog+cnn": len(train_both)},
+        "held_out_persons": len(split.test), "skipped": split.skipped,
+        "train_seconds": seconds, "total_seconds": time.perf_counter() - t_start, "rows": rows,
+    }  # fmt: skip
+    (out / "tshirt.json").write_text(json.dumps(result, indent=1))
+    print(f"results: {out / 'tshirt.json'}")
+
+
+if __name__ == "__main__":
+    main()

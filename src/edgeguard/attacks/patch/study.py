@@ -1,0 +1,98 @@
+"""The T-shirt workflow shared by the CLI, the demo and the benchmark: person crops of a photo
+folder split into train / held-out, training detectors' fast views, patch evaluation on held-out
+(person, transformation) samples against several detectors, figures."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ...data.persons import load_persons
+from ...models.detectors import HOGPersonDetector, PersonDetector, get_detector
+from ...report.plots import detection_grid
+from .placement import PersonCrops, apply_patch, person_crops
+from .transforms import EOT
+from .tshirt import ASR, OpenCVHOGBlackBox, attack_success, detected
+
+Detect = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class CropSplit:
+    train: PersonCrops
+    test: PersonCrops
+    photos: tuple[int, int]  # train, held-out photos
+    skipped: dict[str, int]  # persons not usable (small, wide), images without boxes
+
+
+def load_crops(root: str | Path, sources: list[str] | None = None, held_out: float = 0.3,
+               seed: int = 0, scale: float = 1.0, limit: int | None = None) -> CropSplit:  # fmt: skip
+    """Person crops of the train and held-out photos (split by source with ``seed``)."""
+    photos = load_persons(root, sources, limit)
+    train, test = photos.split(held_out, seed)
+    tr, s1 = person_crops(train, scale=scale)
+    te, s2 = person_crops(test, scale=scale)
+    skipped = {k: s1[k] + s2[k] for k in s1} | {"no boxes": len(photos.skipped)}
+    return CropSplit(tr, te, (len(train), len(test)), skipped)
+
+
+def training_view(detector: PersonDetector) -> PersonDetector:
+    """The detector as used inside the optimisation loop: HOG on the 4 pyramid levels around the
+    crops' person scale (100 px), not 7 (evaluation always uses the full pyramid)."""
+    if isinstance(detector, HOGPersonDetector):
+        fast = copy.copy(detector)
+        fast.max_levels = 4
+        return fast
+    return detector
+
+
+def detector_checks(specs: list[str], trust_pickle: bool = False) -> dict[str, Detect]:
+    """``is_detected(images, boxes)`` per detector spec; ``opencv`` is OpenCV's own HOG."""
+    out: dict[str, Detect] = {}
+    for spec in specs:
+        if spec == "opencv":
+            out[spec] = OpenCVHOGBlackBox().detected
+        else:
+            det = get_detector(spec, trust_pickle)
+            out[spec] = lambda im, bx, d=det: detected(d, im, bx)
+    return out
+
+
+def only_detected(check: Detect, crops: PersonCrops, batch: int = 32) -> PersonCrops:
+    """The crops whose person the detector finds without a patch (the ones worth attacking)."""
+    seen = torch.cat([check(crops.images[i : i + batch], crops.boxes[i : i + batch])
+                      for i in range(0, len(crops), batch)])  # fmt: skip
+    return crops.subset(seen.nonzero().squeeze(1))
+
+
+def evaluate_patches(patches: Mapping[str, torch.Tensor], checks: Mapping[str, Detect],
+                     crops: PersonCrops, eot: EOT, samples: int = 4,
+                     seed: int = 1234) -> dict[tuple[str, str], ASR]:  # fmt: skip
+    """ASR of every patch against every detector on the same held-out draws."""
+    return {(p, d): attack_success(check, crops, patch, eot, None, samples, seed)
+            for p, patch in patches.items() for d, check in checks.items()}  # fmt: skip
+
+
+def detection_examples(detector: PersonDetector, crops: PersonCrops, patch: torch.Tensor,
+                       eot: EOT, path: Path, n: int = 6, seed: int = 7) -> Path:  # fmt: skip
+    """Before/after figure: ``n`` held-out persons without and with the patch, detector boxes."""
+    part = crops.subset(range(min(n, len(crops))))
+    with torch.no_grad():
+        after = apply_patch(part, patch, eot, None, 1, torch.Generator().manual_seed(seed))
+        images = torch.cat([part.images, after])
+        dets = detector(images)
+    boxes = torch.cat([part.boxes, part.boxes])
+    found = [bool(len(d)) and bool((_iou(b, d.boxes) >= 0.3).any())
+             for d, b in zip(dets, boxes, strict=True)]  # fmt: skip
+    titles = ["clean"] * len(part) + ["patched"] * len(part)
+    return detection_grid(images, [d.boxes for d in dets], found, path, titles)
+
+
+def _iou(box: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    from ...models.detectors import box_iou
+
+    return box_iou(box[None], boxes)[0] if len(boxes) else torch.zeros(0)
