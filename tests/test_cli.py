@@ -7,6 +7,8 @@ import torch
 
 from edgeguard.cli import main
 
+PERSONS = Path("../shared/data/persons")
+
 
 def test_train_prune_info_end_to_end(tmp_path: Path, capsys):
     out = tmp_path / "dense"
@@ -113,6 +115,9 @@ def test_quick_demo_writes_a_report(tmp_path: Path):
     assert "Sparse inference: compiled models" in html
     assert "Adversarial attacks on the digits CNN" in html
     assert "Explaining the attacks" in html
+    assert "Adversarial T-shirt" in html
+    if (PERSONS / "manifest.csv").is_file():
+        assert "tshirt_patch.png" in html and (tmp_path / "tshirt_detections.png").is_file()
     assert "Graph robustness" in html and (tmp_path / "graph_accuracy_vs_budget.png").is_file()
 
 
@@ -273,9 +278,6 @@ def test_gnn_poisoning_and_minmax_robust_training(tmp_path: Path, capsys):
     assert main([*args[:2], "attack", *args[2:], "--attack", "pgd-features"]) == 2
     assert "binary" in capsys.readouterr().err
     assert main([*args[:2], "robust-train", *args[2:], "--mode", "poisoning"]) == 2
-
-
-PERSONS = Path("../shared/data/persons")
 
 
 @pytest.mark.skipif(
