@@ -12,8 +12,9 @@ from edgeguard.attacks.patch.placement import (
 )
 from edgeguard.attacks.patch.printability import default_palette, non_printability, total_variation
 from edgeguard.attacks.patch.transforms import EOT, ColorTransform, appearance
-from edgeguard.attacks.patch.tshirt import attack_success
+from edgeguard.attacks.patch.tshirt import attack_success, person_scores
 from edgeguard.data.persons import PersonPhoto, PersonPhotos
+from edgeguard.models.detectors import Detections, PersonDetector
 
 
 def photos() -> PersonPhotos:
@@ -116,3 +117,24 @@ def test_attack_success_counts_only_persons_seen_without_the_patch():
     assert (asr.clean_detected, asr.attacked, asr.hidden, asr.rate) == (2, 4, 4, 1.0)
     asr = attack_success(bright_torso, crops, torch.ones(3, 16, 16), EOT.none(), samples=2)
     assert asr.rate == 0.0
+
+
+class StubDetector(PersonDetector):
+    """Fixed candidates: three boxes on the person, one far away."""
+
+    threshold = 0.5
+
+    def candidates(self, images):
+        boxes = torch.tensor([[0.0, 0, 10, 20], [1, 0, 11, 20], [0, 1, 10, 21], [50, 50, 60, 70]])
+        scores = torch.tensor([2.0, 1.0, -3.0, 9.0]) * images.mean()
+        return [Detections(boxes, scores) for _ in images]
+
+
+def test_person_scores_take_the_top_overlapping_candidates_above_a_floor():
+    det = StubDetector()
+    img = torch.ones(1, 3, 8, 8)
+    box = torch.tensor([[0.0, 0, 10, 20]])
+    assert person_scores(det, img, box).item() == pytest.approx(1.5)  # 2 - 0.5; far box ignored
+    # top 3 of (1.5, 0.5, -3.5) with the floor -1: (1.5 + 0.5 - 1) / 3
+    assert person_scores(det, img, box, topk=3, kappa=1.0).item() == pytest.approx(1 / 3)
+    assert person_scores(det, img, torch.tensor([[100.0, 100, 110, 120]]), kappa=2.0).item() == -2.0

@@ -2,9 +2,10 @@
 cloth deformations (TPS) and photographic transformations (EOT) to hide the wearer from person
 detectors; with several detectors, min-max weights (Wang et al. 2021) instead of an average.
 
-The attack loss of detector k on an image is its best person score among the candidate boxes that
-overlap the person (IoU >= ``iou``), relative to its threshold and floored at ``-kappa`` (a person
-already hidden by a margin stops pulling): ``f_k = max(s - threshold, -kappa)``.  The patch
+The attack loss of detector k on an image is the mean of its ``topk`` best person scores among the
+candidate boxes that overlap the person (IoU >= ``iou``), relative to its threshold and floored at
+``-kappa`` (a window already below by a margin stops pulling): ``f_k = mean max(s - threshold,
+-kappa)``.  The patch
 minimises ``sum_k w_k mean(f_k) + tv * TV + nps * NPS``, with ``w`` uniform (``"average"``) or
 moved toward the detector that still sees people (``"minmax"``).
 
@@ -36,14 +37,21 @@ ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images, boxes
 
 
 def person_scores(detector: PersonDetector, images: torch.Tensor, boxes: torch.Tensor,
-                  iou: float = 0.3) -> torch.Tensor:  # fmt: skip
-    """``[N]`` best candidate score (minus the detector's threshold) among the detector's candidate
-    boxes with IoU >= ``iou`` with each person box ``boxes [N, 4]``; ``-inf`` where none overlaps."""
+                  iou: float = 0.3, topk: int = 1, kappa: float = math.inf) -> torch.Tensor:  # fmt: skip
+    """``[N]`` the mean of the ``topk`` best candidate scores (minus the detector's threshold, each
+    floored at ``-kappa``) among the candidate boxes with IoU >= ``iou`` with each person box
+    ``boxes [N, 4]``; ``-kappa`` where none overlaps.  ``topk = 1``: the best score.  More than one
+    matters for detectors that group windows (OpenCV's HOG keeps a cluster of at least 3)."""
     out = []
+    floor = torch.tensor(-kappa)
     for cand, box in zip(detector.candidates(images), boxes, strict=True):
         near = box_iou(box[None], cand.boxes.detach())[0] >= iou
         s = cand.scores[near] - detector.threshold
-        out.append(s.max() if s.numel() else torch.tensor(float("-inf")))
+        if s.numel() == 0:
+            out.append(floor)
+            continue
+        top = s.topk(min(topk, s.numel())).values
+        out.append(torch.maximum(top, floor).mean())
     return torch.stack(out)
 
 
@@ -64,11 +72,13 @@ class TShirtConfig:
     kappa: margin below the threshold past which a person stops pulling; iou: overlap that ties a
     candidate box to the person; eot: transformation ranges (``EOT.rigid()`` for Thys et al.'s
     rigid patch); color: printer colour transform (None: none); weighting: ``"minmax"`` or
-    ``"average"`` over detectors; seed."""
+    ``"average"`` over detectors; topk: the loss averages the best ``topk`` overlapping candidates
+    (3: OpenCV's HOG needs 3 grouped windows for a detection); seed."""
 
     steps: int = 300
     batch: int = 8
     samples: int = 2
+    topk: int = 3
     size: tuple[int, int] = (64, 64)
     lr: float = 0.03
     tv: float = 2.5
@@ -81,7 +91,7 @@ class TShirtConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        for name in ("steps", "batch", "samples"):
+        for name in ("steps", "batch", "samples", "topk"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
@@ -132,7 +142,7 @@ class AdversarialTShirt:
             images = apply_patch(batch, patch, cfg.eot, cfg.color, cfg.samples, gen)
             boxes = batch.boxes.repeat_interleave(cfg.samples, 0)
             losses = torch.stack([
-                person_scores(d, images, boxes, cfg.iou).clamp(min=-cfg.kappa).mean()
+                person_scores(d, images, boxes, cfg.iou, cfg.topk, cfg.kappa).mean()
                 for d in self.detectors
             ])  # fmt: skip
             attack = weights(losses) if len(self.detectors) > 1 else losses[0]
