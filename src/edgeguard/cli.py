@@ -501,6 +501,22 @@ def cmd_tshirt(args) -> int:
     eval_specs = [d for d in (args.eval_detectors or ",".join([*train_specs, "opencv"])).split(",")
                   if d]  # fmt: skip
     eot = EOT.rigid() if args.rigid else EOT()
+    if args.cloth_video:
+        from dataclasses import replace
+
+        from .attacks.patch.tps import read_frames, tps_from_video
+
+        try:
+            cols, rows = (int(v) for v in args.board.lower().split("x"))
+        except ValueError:
+            raise UsageError(
+                f"--board is COLSxROWS inner corners, e.g. 6x4, got {args.board!r}"
+            ) from None
+        splines = tps_from_video(read_frames(args.cloth_video, every=5), (cols, rows))
+        if not splines:
+            raise UsageError(f"no {args.board} checkerboard found in {args.cloth_video}")
+        print(f"cloth deformation: {len(splines)} frames of {args.cloth_video} with the board")
+        eot = replace(eot, splines=tuple(splines))
     size = (args.size, args.size)
     if args.action == "train":
         if args.zo:
@@ -731,6 +747,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="train against OpenCV's own HOG detector as a black box (no gradients)",
     )
     p.add_argument("--rigid", action="store_true", help="no TPS cloth deformation (Thys et al.)")
+    p.add_argument(
+        "--cloth-video",
+        help="video of a printed checkerboard on a T-shirt: its "
+        "tracked deformations replace the random TPS",
+    )
+    p.add_argument("--board", default="6x4", help="the checkerboard's inner corners, COLSxROWS")
     p.add_argument("--patch", help="eval: patch.safetensors or an image")
     p.add_argument(
         "--eval-detectors", help="detectors to evaluate on (default: the training ones and opencv)"

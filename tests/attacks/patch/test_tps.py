@@ -84,3 +84,33 @@ def test_checkerboard_tracking_recovers_a_known_cloth_warp():
     p = torch.tensor([[(x - flo[0]) / (fhi[0] - flo[0]), (y - flo[1]) / (fhi[1] - flo[1])]]) * 2 - 1
     expected = (np.array([fx, fy]) - lo) / (hi - lo) * 2 - 1
     assert np.abs(splines[1](p)[0].numpy() - expected).max() < 0.03
+
+
+def test_tracked_cloth_warps_drive_the_eot_and_videos_are_read(tmp_path):
+    from edgeguard.attacks.patch.placement import apply_patch, person_crops
+    from edgeguard.attacks.patch.tps import read_frames
+    from edgeguard.attacks.patch.transforms import EOT
+    from edgeguard.data.persons import PersonPhoto, PersonPhotos
+
+    flat = board()
+    h, w = flat.shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    bent = cv2.remap(flat, xx + 8 * np.sin(yy / h * np.pi), yy, cv2.INTER_LINEAR, borderValue=255)
+    video = tmp_path / "cloth.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (w, h))
+    for frame in (flat, bent, bent):
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR))
+    writer.release()
+    frames = read_frames(video)
+    assert len(frames) == 3
+    splines = tps_from_video(frames, (6, 4))
+    assert len(splines) == 3
+    img = (torch.rand(3, 300, 200, generator=torch.Generator().manual_seed(0)) * 255).byte()
+    photos = PersonPhotos([PersonPhoto("a", "s", img, torch.tensor([[50.0, 40.0, 130.0, 240.0]]))])
+    crops, _ = person_crops(photos)
+    patch = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(1))
+    still = EOT.none()
+    tracked = apply_patch(crops, patch, EOT(**{**still.__dict__, "splines": (splines[1],)}))
+    assert not torch.allclose(tracked, apply_patch(crops, patch, still), atol=1e-3)
+    with pytest.raises(TPSError, match="cannot open"):
+        read_frames(tmp_path / "missing.avi")

@@ -144,3 +144,26 @@ def tps_from_video(frames, pattern: tuple[int, int]) -> list[ThinPlateSpline]:
         observed = (c - lo) / (hi - lo).clamp_min(1e-6) * 2 - 1
         out.append(fit_tps_to_checkerboard(reference, observed))
     return out
+
+
+def read_frames(path, every: int = 1, limit: int = 200) -> list:
+    """BGR frames of a video file (every ``every``-th, at most ``limit``), for :func:`tps_from_video`."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise TPSError(f"cannot open the video {path}")
+    frames, i = [], 0
+    try:
+        while len(frames) < limit:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if i % every == 0:
+                frames.append(frame)
+            i += 1
+    finally:
+        cap.release()
+    if not frames:
+        raise TPSError(f"no frames could be read from {path}")
+    return frames

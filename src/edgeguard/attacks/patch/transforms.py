@@ -23,7 +23,8 @@ class EOT:
     tps: std of the TPS control-point offsets (patch half-widths); scale: relative (+-);
     rotation: degrees (+-); perspective: corner jitter (patch half-widths); shift: position jitter
     (patch widths, +-); brightness: additive (+-); contrast: multiplicative (+-); noise: std;
-    blur: max Gaussian sigma (pixels of the patch as placed)."""
+    blur: max Gaussian sigma (pixels of the patch as placed); splines: backward TPS of real cloth
+    (:func:`tps.tps_from_video`), one drawn per sample instead of random bending when given."""
 
     tps: float = 0.08
     scale: float = 0.1
@@ -34,6 +35,7 @@ class EOT:
     contrast: float = 0.15
     noise: float = 0.03
     blur: float = 0.7
+    splines: tuple = ()  # TPS fitted to a tracked checkerboard (tps_from_video): used instead of random
 
     @classmethod
     def rigid(cls) -> EOT:
@@ -77,7 +79,10 @@ def backward_map(points: torch.Tensor, eot: EOT,
     hom = _homography(landed, corners.expand(batch, -1, -1))  # placed -> flat
     ph = torch.cat([points, torch.ones(*points.shape[:2], 1)], 2) @ hom.transpose(1, 2)
     pts = ph[..., :2] / ph[..., 2:].clamp_min(1e-6)
-    if eot.tps > 0:
+    if eot.splines:
+        pick = torch.randint(len(eot.splines), (batch,), generator=g).tolist()
+        pts = torch.stack([eot.splines[k](pts[i]) for i, k in enumerate(pick)])
+    elif eot.tps > 0:
         src = control_grid(5).expand(batch, -1, -1)
         moved = src + eot.tps * torch.randn(src.shape, generator=g)
         pts = ThinPlateSpline(moved, src)(pts)
