@@ -1,6 +1,8 @@
 """Detector protocol pieces: NMS, the CNN detector's targets and decoding, AP, weights I/O, and
 the adapters for user detectors (randomly initialised stand-ins; nothing is downloaded)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -136,3 +138,18 @@ def test_load_detector_reads_torchscript_and_refuses_untrusted_pickles(tmp_path)
         load_detector(tmp_path / "y.pt", "detr")
     with pytest.raises(DetectorError, match=r"\[B, N, 5 \+ C\]"):
         YOLOAdapter(nn.Identity()).candidates(torch.rand(1, 3, 8, 8))
+
+
+PERSONS = Path("../shared/data/persons")
+
+
+@pytest.mark.skipif(
+    not (PERSONS / "manifest.csv").is_file(), reason="../shared/data/persons absent"
+)
+def test_shipped_cnn_detector_finds_held_out_persons():
+    from edgeguard.data.persons import load_persons
+    from edgeguard.models.detectors.train import evaluate_ap
+
+    photos = load_persons(PERSONS, ["pennfudan", "inria"])
+    held_out = photos.split(0.3, seed=0)[1]  # the split the shipped weights did not train on
+    assert evaluate_ap(load_cnn_detector(), held_out) > 0.6

@@ -50,18 +50,19 @@ class PersonPhotos:
         return sum(len(p.boxes) for p in self.photos)
 
     def split(self, held_out: float = 0.3, seed: int = 0) -> tuple[PersonPhotos, PersonPhotos]:
-        """(train, held-out): within each source, a seeded shuffle puts ``held_out`` of the photos
-        (at least one when the source has two or more) in the held-out part."""
+        """(train, held-out): within each source, a shuffle seeded by ``seed`` and the source name
+        puts ``held_out`` of the photos (at least one when the source has two or more) in the
+        held-out part, the same whichever other sources are loaded."""
         if not 0 < held_out < 1:
             raise PersonDataError(f"held_out must be in (0, 1), got {held_out}")
         by_source: dict[str, list[PersonPhoto]] = {}
         for p in self.photos:
             by_source.setdefault(p.source, []).append(p)
         train, test = [], []
-        rng = random.Random(seed)
         for src in sorted(by_source):
             items = sorted(by_source[src], key=lambda p: p.name)
-            rng.shuffle(items)
+            # one generator per source: a source's split does not depend on which others are loaded
+            random.Random(f"{seed}:{src}").shuffle(items)
             k = round(len(items) * held_out)
             if len(items) >= 2:
                 k = min(max(k, 1), len(items) - 1)

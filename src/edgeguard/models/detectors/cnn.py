@@ -64,12 +64,13 @@ def decode(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class CNNPersonDetector(PersonDetector):
-    """The trained :class:`TinyPersonNet` behind the detector protocol.  Scores are logits;
-    ``threshold`` 0 is probability 0.5."""
+    """The trained :class:`TinyPersonNet` behind the detector protocol.  Scores are logits; the
+    default ``threshold`` -1.5 (probability 0.18) suits the focal loss, which keeps probabilities
+    of true persons low."""
 
     name = "cnn"
 
-    def __init__(self, net: TinyPersonNet | None = None, threshold: float = 0.0,
+    def __init__(self, net: TinyPersonNet | None = None, threshold: float = -1.5,
                  nms_iou: float = 0.45) -> None:  # fmt: skip
         super().__init__()
         self.net = net if net is not None else TinyPersonNet()

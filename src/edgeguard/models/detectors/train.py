@@ -158,8 +158,21 @@ def match_detections(det_boxes: torch.Tensor, det_scores: torch.Tensor, gt: torc
     return tp
 
 
-def evaluate_ap(detector, photos: PersonPhotos, side: int = 320, iou: float = 0.5) -> float:
-    """AP@``iou`` of ``detector`` on ``photos`` (every annotated person a positive)."""
+def evaluate_ap(detector, photos: PersonPhotos, side: int = 320, iou: float = 0.5,
+                min_score: float | None = -4.0) -> float:  # fmt: skip
+    """AP@``iou`` of ``detector`` on ``photos`` (every annotated person a positive).  The whole
+    precision-recall curve needs low-scoring detections too: the detector's threshold is lowered to
+    ``min_score`` during the evaluation (None keeps it)."""
+    saved = detector.threshold
+    if min_score is not None:
+        detector.threshold = min(saved, min_score)
+    try:
+        return _ap(detector, photos, side, iou)
+    finally:
+        detector.threshold = saved
+
+
+def _ap(detector, photos: PersonPhotos, side: int, iou: float) -> float:
     scores, matched, positives = [], [], 0
     with torch.no_grad():
         for photo in photos:
@@ -184,7 +197,7 @@ def save_detector(detector: CNNPersonDetector, path: str | Path) -> Path:
     return path
 
 
-def load_cnn_detector(path: str | Path | None = None, threshold: float = 0.0) -> CNNPersonDetector:
+def load_cnn_detector(path: str | Path | None = None, threshold: float = -1.5) -> CNNPersonDetector:
     """The CNN person detector from a safetensors file (default: the weights shipped with the
     package).  Wrong format or shapes give a :class:`DetectorError` naming the file."""
     from safetensors import SafetensorError, safe_open
