@@ -376,20 +376,14 @@ def _graph_attacks(names: str, budget: float, seed: int) -> dict:
     return out
 
 
-def _describe_graph_attack(name: str, res, data, accuracy: float) -> str:
-    if res.data.edge_index is data.edge_index or torch_equal(res.data.edge_index, data.edge_index):
+def _describe_graph_attack(name: str, attack, res, data, accuracy: float) -> str:
+    if attack.name == "pgd-features":
         what = f"{res.num_flips} feature flips"
     else:
         add, rem = res.added_removed(data)
         what = f"{res.num_flips} edge flips (+{add}/-{rem})"
     return (f"{name}: accuracy {accuracy:.4f} after {what}, budget {res.budget}, "
             f"{res.queries} model evaluations, {res.seconds:.1f} s")  # fmt: skip
-
-
-def torch_equal(a, b) -> bool:
-    import torch
-
-    return a.shape == b.shape and bool(torch.equal(a, b))
 
 
 def cmd_gnn(args) -> int:
@@ -409,8 +403,8 @@ def cmd_gnn(args) -> int:
             res = poison(attack, lambda: build(data), data, cfg, seed=args.seed)
             print(f"clean test accuracy: {res.clean:.4f}; surrogate on the perturbed graph "
                   f"(evasion): {res.evasion:.4f}")  # fmt: skip
-            print(_describe_graph_attack(f"{name} (poisoning, retrained)", res.attack, data,
-                                         res.poisoned))  # fmt: skip
+            print(_describe_graph_attack(f"{name} (poisoning, retrained)", attack, res.attack,
+                                         data, res.poisoned))  # fmt: skip
         return 0
     if args.action == "attack":
         robust_train(model, data, None, cfg, log_every=max(1, args.epochs // 5))
@@ -428,7 +422,7 @@ def cmd_gnn(args) -> int:
     print(f"clean test accuracy: {node_accuracy(model, data):.4f}")
     for name, attack in attacks.items():
         res = attack(model, data)
-        print(_describe_graph_attack(name, res, data, node_accuracy(model, res.data)))
+        print(_describe_graph_attack(name, attack, res, data, node_accuracy(model, res.data)))
     if args.action == "robust-train":
         from safetensors.torch import save_file
 
