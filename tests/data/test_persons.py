@@ -58,7 +58,9 @@ def test_split_by_source_is_seeded_and_covers_every_source():
     assert not {p.name for p in train} & {p.name for p in test}
 
 
-@pytest.mark.skipif(not (PERSONS / "manifest.csv").is_file(), reason="../shared/data/persons absent")
+@pytest.mark.skipif(
+    not (PERSONS / "manifest.csv").is_file(), reason="../shared/data/persons absent"
+)
 def test_a_sources_split_does_not_depend_on_the_other_sources_loaded():
     some = load_persons(PERSONS, sources=["inria", "pennfudan"]).split(0.3, seed=0)[1]
     all_ = load_persons(PERSONS).split(0.3, seed=0)[1]

@@ -114,8 +114,9 @@ def group_rectangles(det: Detections, group_threshold: int = 2, eps: float = 0.2
     rects, counts, scores = [], [], []
     for c in classes:
         members = (labels == c).nonzero().squeeze(1)
-        mean = xywh[members].sum(0) / len(members)
-        rects.append(torch.floor(mean + 0.5))  # saturate_cast<int> rounds to nearest
+        # as OpenCV: the integer sum times the float 1/n, rounded half to even (cvRound)
+        mean = xywh[members].sum(0).float() * torch.tensor(1.0 / len(members), dtype=torch.float32)
+        rects.append(torch.round(mean).double())
         counts.append(len(members))
         scores.append(det.scores[members].max())
     keep = []
