@@ -6,19 +6,10 @@ features)."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .base import (
-    GraphAttack,
-    GraphAttackError,
-    check_count,
-    check_loss,
-    node_loss,
-    resolve_budget,
-)
-from .pgd import project_budget, sample_binary
+from .base import GraphAttackError, node_loss, resolve_budget
+from .pgd import RelaxedPGD, sample_binary
 
 
 def check_binary(x: torch.Tensor) -> None:
@@ -32,7 +23,7 @@ def check_binary(x: torch.Tensor) -> None:
         )
 
 
-class PGDFeatures(GraphAttack):
+class PGDFeatures(RelaxedPGD):
     """PGD feature-flip attack.
 
     Args:
@@ -40,24 +31,13 @@ class PGDFeatures(GraphAttack):
             target's row when targeted) or a number of flips.
         loss: ``"ce"``, ``"cw"`` or ``"masked-ce"`` over the attacked nodes.
         steps, lr, samples: as :class:`PGDTopology`.
-        max_candidates: flip variables at most; on larger graphs the rows are the attacked nodes
-            first, then random other nodes, up to this many entries.
+        max_candidates: flip variables at most (default 20M); on larger graphs the rows are the
+            attacked nodes first, then random other nodes, up to this many entries.
     ``result.flips`` holds the flipped ``(node, feature)`` entries; the topology is unchanged.
     """
 
     name = "pgd-features"
-
-    def __init__(self, budget: float | int = 0.05, loss: str = "ce", steps: int = 100,
-                 lr: float = 1.0, samples: int = 20, max_candidates: int = 20_000_000,
-                 seed: int | None = 0) -> None:  # fmt: skip
-        super().__init__(budget, seed)
-        self.loss = check_loss(loss)
-        self.steps = check_count(steps, "steps")
-        self.samples = check_count(samples, "samples")
-        self.max_candidates = check_count(max_candidates, "max_candidates")
-        if lr <= 0:
-            raise GraphAttackError(f"lr must be > 0, got {lr}")
-        self.lr = lr
+    default_max_candidates = 20_000_000
 
     def _budget(self, data, target):
         check_binary(data.x)
@@ -96,8 +76,7 @@ class PGDFeatures(GraphAttack):
             sv = s.detach().requires_grad_(True)
             with torch.enable_grad():
                 (g,) = torch.autograd.grad(value(sv), sv)
-            step = self.lr / math.sqrt(t) * g / g.abs().max().clamp_min(1e-30)
-            s = project_budget((s + step).flatten(), budget).view_as(s)
+            s = self.ascend(s, g, t, budget)
         with torch.no_grad():
             draw = sample_binary(s, budget, self.samples, gen, lambda d: float(value(d)))
         r, f = draw.nonzero().T

@@ -11,6 +11,7 @@ import torch
 
 from .base import (
     GraphAttack,
+    GraphAttackError,
     Relaxation,
     candidate_pairs,
     check_count,
@@ -35,7 +36,32 @@ def project_budget(s: torch.Tensor, budget: float, iters: int = 40) -> torch.Ten
     return (s - hi).clamp(0, 1)
 
 
-class PGDTopology(GraphAttack):
+class RelaxedPGD(GraphAttack):
+    """Settings and ascent step shared by the PGD attacks on relaxed flips (topology, features)."""
+
+    default_max_candidates = 6_000_000
+
+    def __init__(self, budget: float | int = 0.05, loss: str = "ce", steps: int = 100,
+                 lr: float = 1.0, samples: int = 20, max_candidates: int | None = None,
+                 seed: int | None = 0) -> None:  # fmt: skip
+        super().__init__(budget, seed)
+        self.loss = check_loss(loss)
+        self.steps = check_count(steps, "steps")
+        self.samples = check_count(samples, "samples")
+        self.max_candidates = check_count(max_candidates or self.default_max_candidates,
+                                          "max_candidates")  # fmt: skip
+        if lr <= 0:
+            raise GraphAttackError(f"lr must be > 0, got {lr}")
+        self.lr = lr
+
+    def ascend(self, s: torch.Tensor, g: torch.Tensor, t: int, budget: int) -> torch.Tensor:
+        """Step ``t`` (from 1): ``lr / sqrt(t)`` along the max-normalised gradient, then projection
+        onto ``{0 <= s <= 1, sum s <= budget}``."""
+        step = self.lr / math.sqrt(t) * g / g.abs().max().clamp_min(1e-30)
+        return project_budget((s + step).flatten(), budget).view_as(s)
+
+
+class PGDTopology(RelaxedPGD):
     """PGD topology attack.
 
     Args:
@@ -43,22 +69,11 @@ class PGDTopology(GraphAttack):
         loss: ``"ce"`` or ``"cw"`` over the attacked nodes.
         steps: gradient steps; lr: step size ``lr / sqrt(t)`` on the max-normalised gradient.
         samples: Bernoulli draws of the binary perturbation (the best one is kept).
-        max_candidates: all pairs up to this many, else a random block of pairs (large graphs).
+        max_candidates: all pairs up to this many (default 6M), else a random block of pairs
+            (large graphs).
     """
 
     name = "pgd"
-
-    def __init__(self, budget: float | int = 0.05, loss: str = "ce", steps: int = 100,
-                 lr: float = 1.0, samples: int = 20, max_candidates: int = 6_000_000,
-                 seed: int | None = 0) -> None:  # fmt: skip
-        super().__init__(budget, seed)
-        self.loss = check_loss(loss)
-        self.steps = check_count(steps, "steps")
-        self.samples = check_count(samples, "samples")
-        self.max_candidates = check_count(max_candidates, "max_candidates")
-        if lr <= 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
-        self.lr = lr
 
     def _flips(self, model, data, nodes, budget, target, gen):
         pairs = candidate_pairs(data, self.max_candidates, gen, target)
@@ -71,8 +86,7 @@ class PGDTopology(GraphAttack):
 
         for t in range(1, self.steps + 1):
             _, g = relax.gradient(model, s, loss_fn)
-            step = self.lr / math.sqrt(t) * g / g.abs().max().clamp_min(1e-30)
-            s = project_budget(s + step, budget)
+            s = self.ascend(s, g, t, budget)
         pert = sample_binary(
             s,
             budget,
