@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .base import Detections, DetectorError, PersonDetector, check_images, nms
+from .base import Detections, DetectorError, PersonDetector, check_images
 
 SCORES = ("obj*cls", "obj", "cls")
 
@@ -78,13 +78,6 @@ class YOLOAdapter(PersonDetector):
         xyxy = torch.cat([box[..., :2] - box[..., 2:] / 2, box[..., :2] + box[..., 2:] / 2], -1)
         return [Detections(b, sc) for b, sc in zip(xyxy, s, strict=True)]
 
-    def forward(self, images: torch.Tensor) -> list[Detections]:
-        out = []
-        for cand in self.candidates(images):
-            keep = cand.scores >= self.threshold
-            out.append(nms(Detections(cand.boxes[keep], cand.scores[keep]), self.nms_iou))
-        return out
-
 
 class FasterRCNNAdapter(PersonDetector):
     """Person detections of a torchvision-style detector (COCO person label 1 by default).  Its
@@ -114,9 +107,8 @@ class FasterRCNNAdapter(PersonDetector):
             dets.append(Detections(o["boxes"][keep], o["scores"][keep]))
         return dets
 
-    def forward(self, images: torch.Tensor) -> list[Detections]:
-        return [Detections(c.boxes[c.scores >= self.threshold], c.scores[c.scores >= self.threshold])
-                for c in self.candidates(images)]  # fmt: skip
+    def merge(self, det: Detections) -> Detections:
+        return det  # the model's own post-processing has merged them
 
 
 def load_detector(

@@ -41,10 +41,12 @@ def check_images(images: torch.Tensor) -> None:
 
 
 class PersonDetector(nn.Module):
-    """Base class.  ``threshold``: a candidate with score >= threshold is a detection."""
+    """Base class.  ``threshold``: a candidate with score >= threshold is a detection; the kept
+    candidates are then merged by :meth:`merge` (NMS at ``nms_iou`` unless a detector overrides it)."""
 
     name: ClassVar[str] = ""
     threshold: float = 0.0
+    nms_iou: float = 0.5
 
     @abstractmethod
     def candidates(self, images: torch.Tensor) -> list[Detections]:
@@ -54,8 +56,12 @@ class PersonDetector(nn.Module):
         out = []
         for cand in self.candidates(images):
             keep = cand.scores >= self.threshold
-            out.append(nms(Detections(cand.boxes[keep], cand.scores[keep])))
+            out.append(self.merge(Detections(cand.boxes[keep], cand.scores[keep])))
         return out
+
+    def merge(self, det: Detections) -> Detections:
+        """Overlapping detections of one person become one."""
+        return nms(det, self.nms_iou)
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Detections, PersonDetector, check_images, nms
+from .base import Detections, PersonDetector, check_images
 
 STRIDE = 8
 OFFSET = 2.0  # a cell predicts a centre up to 2 cells away (positives lie within 1.5)
@@ -83,13 +83,6 @@ class CNNPersonDetector(PersonDetector):
         x = F.pad(images, (0, pw, 0, ph), mode="replicate") if ph or pw else images
         boxes, logits = decode(self.net(x))
         return [Detections(b, s) for b, s in zip(boxes, logits, strict=True)]
-
-    def forward(self, images: torch.Tensor) -> list[Detections]:
-        out = []
-        for cand in self.candidates(images):
-            keep = cand.scores >= self.threshold
-            out.append(nms(Detections(cand.boxes[keep], cand.scores[keep]), self.nms_iou))
-        return out
 
 
 def targets(boxes: list[torch.Tensor], size: tuple[int, int]) -> tuple[torch.Tensor, ...]:

@@ -251,10 +251,6 @@ class HOGPersonDetector(PersonDetector):
             Detections(torch.cat(b), torch.cat(sc)) for b, sc in zip(boxes, scores, strict=True)
         ]
 
-    def forward(self, images: torch.Tensor) -> list[Detections]:
-        out = []
-        for cand in self.candidates(images):
-            keep = cand.scores >= self.threshold
-            det = Detections(cand.boxes[keep], cand.scores[keep])
-            out.append(group_rectangles(det, self.group_threshold) if self.group_threshold else det)
-        return out
+    def merge(self, det: Detections) -> Detections:
+        """OpenCV's rectangle grouping (none when ``group_threshold`` is 0)."""
+        return group_rectangles(det, self.group_threshold) if self.group_threshold else det
