@@ -38,7 +38,6 @@ from edgeguard.attacks.patch.tshirt import (
     ZOTShirt,
     detected,
 )
-from edgeguard.data.persons import load_persons
 from edgeguard.models.detectors import HOGPersonDetector
 from edgeguard.models.detectors.train import evaluate_ap, load_cnn_detector
 from edgeguard.report.plots import save_patch
@@ -64,8 +63,7 @@ def main() -> None:
 
     split = load_crops(DATA, args.sources.split(","), 0.3, args.seed, scale=1.0)
     hog, cnn = HOGPersonDetector(), load_cnn_detector()
-    photos = load_persons(DATA, args.sources.split(","))
-    cnn_ap = evaluate_ap(cnn, photos.split(0.3, args.seed)[1])
+    cnn_ap = evaluate_ap(cnn, split.held_out_photos)
     print(f"CNN detector AP@0.5 on the held-out photos: {cnn_ap:.3f}", flush=True)
 
     def seen(d):

@@ -460,6 +460,8 @@ def _load_patch(path: str, size: tuple[int, int]):
 
 
 def cmd_tshirt(args) -> int:
+    from functools import partial
+
     import torch
     from safetensors.torch import save_file
 
@@ -478,6 +480,7 @@ def cmd_tshirt(args) -> int:
         TShirtConfig,
         ZOConfig,
         ZOTShirt,
+        detected,
     )
     from .engine.atomic import atomic_path
     from .models.detectors import get_detector
@@ -523,7 +526,7 @@ def cmd_tshirt(args) -> int:
             dets = [training_view(get_detector(d, args.trust_pickle)) for d in train_specs]
             crops = split.train
             for d in dets:  # attack the persons every training detector finds
-                crops = only_detected(lambda im, bx, d=d: _found(d, im, bx), crops)
+                crops = only_detected(partial(detected, d), crops)
             cfg = TShirtConfig(steps=args.steps, batch=args.batch, samples=args.samples, size=size,
                                eot=eot, weighting=args.ensemble, seed=args.seed)  # fmt: skip
             trainer = AdversarialTShirt(dets, cfg)
@@ -567,12 +570,6 @@ def cmd_tshirt(args) -> int:
         rep.figure(path.name, f"held-out persons without / with the patch ({first})")
     print(f"report: {rep.save(out / 'report.html')}")
     return 0
-
-
-def _found(detector, images, boxes):
-    from .attacks.patch.tshirt import detected
-
-    return detected(detector, images, boxes)
 
 
 def cmd_demo(args) -> int:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from ...data.persons import load_persons
-from ...models.detectors import HOGPersonDetector, PersonDetector, get_detector
+from ...data.persons import PersonPhotos, load_persons
+from ...models.detectors import HOGPersonDetector, PersonDetector, box_iou, get_detector
 from ...report.plots import detection_grid
 from .placement import PersonCrops, apply_patch, person_crops
 from .transforms import EOT
@@ -27,6 +27,7 @@ class CropSplit:
     test: PersonCrops
     photos: tuple[int, int]  # train, held-out photos
     skipped: dict[str, int]  # persons not usable (small, wide), images without boxes
+    held_out_photos: PersonPhotos  # the whole held-out photos (e.g. for a detector's AP)
 
 
 def load_crops(root: str | Path, sources: list[str] | None = None, held_out: float = 0.3,
@@ -37,7 +38,7 @@ def load_crops(root: str | Path, sources: list[str] | None = None, held_out: flo
     tr, s1 = person_crops(train, scale=scale)
     te, s2 = person_crops(test, scale=scale)
     skipped = {k: s1[k] + s2[k] for k in s1} | {"no boxes": len(photos.skipped)}
-    return CropSplit(tr, te, (len(train), len(test)), skipped)
+    return CropSplit(tr, te, (len(train), len(test)), skipped, test)
 
 
 def training_view(detector: PersonDetector) -> PersonDetector:
@@ -86,13 +87,7 @@ def detection_examples(detector: PersonDetector, crops: PersonCrops, patch: torc
         images = torch.cat([part.images, after])
         dets = detector(images)
     boxes = torch.cat([part.boxes, part.boxes])
-    found = [bool(len(d)) and bool((_iou(b, d.boxes) >= 0.3).any())
+    found = [bool(len(d)) and bool((box_iou(b[None], d.boxes)[0] >= 0.3).any())
              for d, b in zip(dets, boxes, strict=True)]  # fmt: skip
     titles = ["clean"] * len(part) + ["patched"] * len(part)
     return detection_grid(images, [d.boxes for d in dets], found, path, titles)
-
-
-def _iou(box: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    from ...models.detectors import box_iou
-
-    return box_iou(box[None], boxes)[0] if len(boxes) else torch.zeros(0)

@@ -75,11 +75,17 @@ def control_grid(n: int = 5) -> torch.Tensor:
 
 def random_tps_grid(batch: int, size: tuple[int, int], strength: float = 0.1, points: int = 5,
                     generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
-    """``[B, H, W, 2]`` backward sampling grids of random cloth-like deformations: the control grid
+    """``[B, H, W, 2]`` backward sampling grids of :func:`random_cloth` deformations."""
+    return tps_grid(random_cloth(batch, strength, points, generator), size)
+
+
+def random_cloth(batch: int, strength: float, points: int = 5,
+                 generator: torch.Generator | None = None) -> ThinPlateSpline:  # fmt: skip
+    """``batch`` backward splines of random cloth-like bending: the ``points x points`` control grid
     moved by Gaussian offsets of std ``strength`` (in patch half-widths)."""
     src = control_grid(points).expand(batch, -1, -1)
     moved = src + strength * torch.randn(src.shape, generator=generator)
-    return tps_grid(ThinPlateSpline(moved, src), size)
+    return ThinPlateSpline(moved, src)
 
 
 def tps_grid(spline: ThinPlateSpline, size: tuple[int, int]) -> torch.Tensor:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .tps import ThinPlateSpline, control_grid
+from .tps import random_cloth
 
 
 @dataclass
@@ -83,9 +83,7 @@ def backward_map(points: torch.Tensor, eot: EOT,
         pick = torch.randint(len(eot.splines), (batch,), generator=g).tolist()
         pts = torch.stack([eot.splines[k](pts[i]) for i, k in enumerate(pick)])
     elif eot.tps > 0:
-        src = control_grid(5).expand(batch, -1, -1)
-        moved = src + eot.tps * torch.randn(src.shape, generator=g)
-        pts = ThinPlateSpline(moved, src)(pts)
+        pts = random_cloth(batch, eot.tps, 5, g)(pts)
     return pts
 
 
