@@ -396,16 +396,19 @@ def cmd_gnn(args) -> int:
     if args.mode == "poisoning" and args.action != "attack":
         raise UsageError("--mode poisoning goes with the attack action (it retrains the model)")
     data, build, cfg = _gnn_setup(args)
-    model = build(data)
     attacks = _graph_attacks(args.attack, args.budget, args.seed)
     if args.mode == "poisoning":
+        surrogate = None  # trained once, attacked by each attack
         for name, attack in attacks.items():
-            res = poison(attack, lambda: build(data), data, cfg, seed=args.seed)
+            res = poison(attack, lambda: build(data), data, cfg, seed=args.seed,
+                         surrogate=surrogate)  # fmt: skip
+            surrogate = res.surrogate
             print(f"clean test accuracy: {res.clean:.4f}; surrogate on the perturbed graph "
                   f"(evasion): {res.evasion:.4f}")  # fmt: skip
             print(_describe_graph_attack(f"{name} (poisoning, retrained)", attack, res.attack,
                                          data, res.poisoned))  # fmt: skip
         return 0
+    model = build(data)
     if args.action == "attack":
         robust_train(model, data, None, cfg, log_every=max(1, args.epochs // 5))
     else:

@@ -87,3 +87,19 @@ def test_poisoning_retrains_on_the_perturbed_graph(binary_graph):
     w = [r.model.convs[0].lin.weight for r in (res, again)]
     assert not torch.allclose(*w)
     assert res.poisoned < again.poisoned
+
+
+def test_a_given_surrogate_is_attacked_without_training_it_again(binary_graph):
+    first = poison(GreedyTopology(0.05, rounds=2), lambda: gcn(binary_graph.num_features, 4, 16),
+                   binary_graph, CFG, seed=0)  # fmt: skip
+    before = {k: v.clone() for k, v in first.surrogate.state_dict().items()}
+    again = poison(GreedyTopology(0.05, rounds=2), lambda: gcn(binary_graph.num_features, 4, 16),
+                   binary_graph, CFG, seed=0, surrogate=first.surrogate)  # fmt: skip
+    assert again.surrogate is first.surrogate
+    assert all(torch.equal(v, first.surrogate.state_dict()[k]) for k, v in before.items())
+    # the same surrogate, attack and seed: the same outcome as training it afresh
+    assert (again.clean, again.evasion, again.poisoned) == (
+        first.clean,
+        first.evasion,
+        first.poisoned,
+    )

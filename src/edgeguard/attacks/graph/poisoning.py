@@ -20,13 +20,15 @@ from .base import GraphAttack, GraphAttackResult
 class PoisoningResult:
     """clean: test accuracy of a model trained and tested on the clean graph (the surrogate);
     evasion: the surrogate on the perturbed graph; poisoned: a model retrained on the perturbed
-    graph, tested on it; attack: the surrogate attack's result; model: the retrained model."""
+    graph, tested on it; attack: the surrogate attack's result; model: the retrained model;
+    surrogate: the model trained on the clean graph (reusable for other attacks)."""
 
     clean: float
     evasion: float
     poisoned: float
     attack: GraphAttackResult
     model: nn.Module
+    surrogate: nn.Module
 
 
 def poison(
@@ -36,6 +38,7 @@ def poison(
     config: TrainConfig | None = None,
     nodes: torch.Tensor | None = None,
     seed: int = 0,
+    surrogate: nn.Module | None = None,
 ) -> PoisoningResult:
     """Poisoning attack with retraining.
 
@@ -45,10 +48,13 @@ def poison(
             initialised from ``seed``).
         config: training settings of both models (default: :func:`fit_graph`'s).
         nodes: the nodes whose accuracy is attacked (default: ``data.test_mask``).
+        surrogate: a surrogate already trained on ``data`` this way (e.g. ``result.surrogate`` of an
+            earlier call), to attack several times without training it again.
     """
-    seed_everything(seed)
-    surrogate = make_model()
-    fit_graph(surrogate, data, config, log_every=10**9)
+    if surrogate is None:
+        seed_everything(seed)
+        surrogate = make_model()
+        fit_graph(surrogate, data, config, log_every=10**9)
     res = attack.run(surrogate, data, nodes=nodes)
     seed_everything(seed)
     victim = make_model()
@@ -56,4 +62,5 @@ def poison(
     mask = data.test_mask if nodes is None else nodes
     return PoisoningResult(node_accuracy(surrogate, data, mask),
                            node_accuracy(surrogate, res.data, mask),
-                           node_accuracy(victim, res.data, mask), res, victim)  # fmt: skip
+                           node_accuracy(victim, res.data, mask), res, victim,
+                           surrogate)  # fmt: skip
