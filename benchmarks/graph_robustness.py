@@ -103,6 +103,8 @@ def run_robust(args) -> list[dict]:
         data = load(name)
         for seed in args.seeds:
             for label, spec in inner.items():
+                if args.trainings and label not in args.trainings:
+                    continue
                 seed_everything(seed)
                 m = gcn(data.num_features, int(data.y.max()) + 1, hidden=16)
                 specs = spec if isinstance(spec, list) else [spec] if spec else []
@@ -158,6 +160,8 @@ def main() -> None:
         "--epochs", type=int, default=100, help="robust: training epochs; scale: natural"
     )
     ap.add_argument("--nodes", type=int, default=1_000_000)
+    ap.add_argument("--trainings", nargs="+", default=None, help="robust: only these rows",
+                    choices=["natural", "PGD", "GTA", "ZO-GTA", "GTA+features minmax"])  # fmt: skip
     ap.add_argument("--out", default="runs/bench/graph")
     args = ap.parse_args()
     rows = {"attacks": run_attacks, "robust": run_robust, "scale": run_scale}[args.what](args)
