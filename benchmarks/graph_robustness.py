@@ -150,9 +150,40 @@ def run_scale(args) -> list[dict]:
     return [row]
 
 
+def summarize(paths: list[Path]) -> None:
+    """Markdown rows, mean ± std over seeds, of the rows of several runs (split runs combined; a
+    (dataset, training, seed) present twice is counted once, the later file winning)."""
+    if not paths:
+        raise SystemExit("summarize needs --inputs FILE [FILE ...]")
+    rows: dict[tuple, dict] = {}
+    for p in paths:
+        if not p.is_file():
+            raise SystemExit(f"no such result file: {p}")
+        text = p.read_text()
+        recs = json.loads(text) if p.suffix == ".json" else [json.loads(x) for x in text.splitlines()
+                                                              if x.strip()]  # fmt: skip
+        for r in recs:
+            rows[(r["dataset"], r.get("training"), r["seed"])] = r
+    groups: dict[tuple, list[dict]] = {}
+    for (ds, tr, _seed), r in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][2])):
+        groups.setdefault((ds, tr), []).append(r)
+    for (ds, tr), rs in groups.items():
+        keys = [k for k in rs[0] if k not in ("dataset", "training", "seed")
+                and not k.endswith((" s", " queries"))]  # fmt: skip
+        cells = []
+        for k in keys:
+            vals = [r[k] for r in rs if isinstance(r.get(k), int | float)]
+            scale = 1 if k == "s/epoch" else 100
+            sd = statistics.stdev(vals) * scale if len(vals) > 1 else 0.0
+            cells.append(f"{statistics.mean(vals) * scale:.2f} ± {sd:.2f}" if k == "s/epoch"
+                         else f"{statistics.mean(vals) * scale:.1f} ± {sd:.1f}")  # fmt: skip
+        label = f"{ds} ({len(rs)})" + (f" | {tr}" if tr else "")
+        print(f"| {label} | " + " | ".join(cells) + " |   <- " + ", ".join(keys))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["attacks", "robust", "scale"])
+    ap.add_argument("what", choices=["attacks", "robust", "scale", "summarize"])
     ap.add_argument("--datasets", nargs="+", default=["cora", "citeseer"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--budget", type=float, default=0.05)
@@ -163,7 +194,12 @@ def main() -> None:
     ap.add_argument("--trainings", nargs="+", default=None, help="robust: only these rows",
                     choices=["natural", "PGD", "GTA", "ZO-GTA", "GTA+features minmax"])  # fmt: skip
     ap.add_argument("--out", default="runs/bench/graph")
+    ap.add_argument("--inputs", nargs="+", type=Path, default=[],
+                    help="summarize: result files (.json lists or .jsonl rows) of earlier runs")  # fmt: skip
     args = ap.parse_args()
+    if args.what == "summarize":
+        summarize(args.inputs)
+        return
     rows = {"attacks": run_attacks, "robust": run_robust, "scale": run_scale}[args.what](args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
