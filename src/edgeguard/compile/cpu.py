@@ -107,7 +107,7 @@ constexpr int KU = {ku};
 static const int64_t UROFF[KU] = {{
   {uroff}}};
 static const int32_t RIDX[] = {{
-  {ridx}}};  // + PF zeros: prefetch indices past a block's end stay inside the table
+  {ridx}}};  // union row * T; + PF zeros: prefetch indices past a block's end stay inside the table
 static const int32_t FIL[NB * MR] = {{
   {fil}}};
 // The union rows are cut into NS slices of KC rows (packed, a slice stays in L1 while every filter
@@ -127,10 +127,11 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
   for (int m = 0; m < MR; ++m)
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) acc[m][v] = FIRST ? (vf){{}} + bv[m] : ld(accbuf + (m * NV + v) * VL);
+#pragma GCC unroll 2
   for (int k = k0; k < k1; ++k) {{
-    const float* xr = pk + (int64_t)ridx[k] * T;
+    const float* xr = pk + ridx[k];  // RIDX holds row * T: no multiply in the loop
     if (PF > 0) {{  // the rows are a gather: the hardware prefetcher cannot guess them
-      const float* nx = pk + (int64_t)ridx[k + PF] * T;
+      const float* nx = pk + ridx[k + PF];
       __builtin_prefetch(nx);
       __builtin_prefetch(nx + T - 1);
     }}
@@ -274,7 +275,7 @@ def generate_source(
         do_=do, ho=ho, wo=wo, wq=wq, p=layout.positions,
         xn=layout.batch_stride, xd=hq * wq, relu="true" if relu else "false",
         kb=_fmt_ints(kb), ku=len(union), uroff=_fmt_ints(layout.row_offsets(union).tolist()),
-        ridx=_fmt_ints(ridx.tolist() + [0] * pf), kc=kc, pf=pf, ns=ns, ks=_fmt_ints(ks.flatten().tolist()),
+        ridx=_fmt_ints((ridx * nv * vl).tolist() + [0] * pf), kc=kc, pf=pf, ns=ns, ks=_fmt_ints(ks.flatten().tolist()),
         woff=_fmt_ints(woff.flatten().tolist()), fil=_fmt_ints(plan.filters.tolist()),
     )  # fmt: skip
     return source, torch.tensor(order, dtype=torch.int64)
