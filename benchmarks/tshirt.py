@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/bench/tshirt")
     ap.add_argument("--skip", default="", help="comma-separated variants to skip")
+    ap.add_argument("--shape", default="torso", choices=["torso", "square"],
+                    help="patch: the whole torso region (a shirt print) or the largest square in it")  # fmt: skip
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path(args.out)
@@ -61,7 +63,8 @@ def main() -> None:
     skip = set(args.skip.split(","))
     t_start = time.perf_counter()
 
-    split = load_crops(DATA, args.sources.split(","), 0.3, args.seed, scale=1.0)
+    split = load_crops(DATA, args.sources.split(","), 0.3, args.seed, scale=1.0, shape=args.shape)
+    size = (80, 56) if args.shape == "torso" else (64, 64)  # torso region: 0.4 h x 0.7 w
     hog, cnn = HOGPersonDetector(), load_cnn_detector()
     cnn_ap = evaluate_ap(cnn, split.held_out_photos)
     print(f"CNN detector AP@0.5 on the held-out photos: {cnn_ap:.3f}", flush=True)
@@ -83,13 +86,14 @@ def main() -> None:
         save_patch(patches[name], out / f"patch_{name.replace(' ', '_')}.png", print_side=256)
         print(f"{name}: trained in {seconds[name]:.0f} s", flush=True)
 
-    cfg = {"steps": args.steps, "seed": args.seed}
+    cfg = {"steps": args.steps, "seed": args.seed, "size": size}
     run("TPS (HOG)", lambda: AdversarialTShirt(training_view(hog), TShirtConfig(**cfg))
         .train(train_hog).patch)  # fmt: skip
     run("rigid (HOG)", lambda: AdversarialTShirt(training_view(hog), TShirtConfig(
         **cfg, eot=EOT.rigid())).train(train_hog).patch)  # fmt: skip
     box = OpenCVHOGBlackBox()
-    run("ZO (OpenCV)", lambda: ZOTShirt(box.scores, ZOConfig(steps=args.zo_steps, seed=args.seed))
+    run("ZO (OpenCV)", lambda: ZOTShirt(box.scores, ZOConfig(steps=args.zo_steps, seed=args.seed,
+                                                         size=size))
         .train(only_detected(box.detected, split.train)).patch)  # fmt: skip
     for weighting in ("minmax", "average"):
         run(
@@ -100,7 +104,7 @@ def main() -> None:
                 .patch
             ),
         )
-    patches["random noise"] = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(1))
+    patches["random noise"] = torch.rand(3, *size, generator=torch.Generator().manual_seed(1))
 
     checks = detector_checks(["opencv"]) | {"hog": seen(hog), "cnn": seen(cnn)}
     rows = []

@@ -3,9 +3,10 @@
 Every annotated person becomes a crop of fixed size in which the person is ``person_height`` pixels
 tall and centred (the scale at which sliding-window person detectors work: OpenCV's HOG expects
 about 96 px in a 128 px window), so crops batch together and one detector pass scores them all.
-The patch square sits on the torso: centred horizontally, its centre ``torso_center`` of the box
-height below the top, its side ``scale`` times the torso region's smaller side (the torso region is
-the middle 70% of the box width by 40% of its height, from 20% of the height down)."""
+The patch sits on the torso region (the middle 70% of the box width by 40% of its height, from 20% of
+the height down), centred on it: either a square of side ``scale`` times the region's smaller side
+(``shape="square"``, a chest logo) or the region itself scaled by ``scale`` (``shape="torso"``, a
+print over the whole front of the shirt, stretched to each wearer's proportions)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from ...data.persons import PersonPhotos
 from .transforms import EOT, ColorTransform, appearance, backward_map
 
 TORSO_WIDTH, TORSO_TOP, TORSO_HEIGHT = 0.7, 0.2, 0.4
+SHAPES = ("square", "torso")
 
 
 class PlacementError(ValueError):
@@ -27,8 +29,8 @@ class PlacementError(ValueError):
 @dataclass
 class PersonCrops:
     """``images [N, 3, H, W]`` float in [0, 1]; ``boxes [N, 4]`` person boxes in crop pixels;
-    ``patch_boxes [N, 4]`` (x1, y1, x2, y2) of the nominal patch square; ``names``: source photo
-    and person index."""
+    ``patch_boxes [N, 4]`` (x1, y1, x2, y2) of the nominal patch rectangle (a square or the torso
+    region); ``names``: source photo and person index."""
 
     images: torch.Tensor
     boxes: torch.Tensor
@@ -46,6 +48,14 @@ class PersonCrops:
 
 def torso_square(box: torch.Tensor, scale: float) -> torch.Tensor:
     """``[4]`` the patch square on the torso of ``box`` (x1, y1, x2, y2)."""
+    return torso_patch(box, scale, "square")
+
+
+def torso_patch(box: torch.Tensor, scale: float, shape: str = "square") -> torch.Tensor:
+    """``[4]`` (x1, y1, x2, y2) of the patch on the torso of ``box``: the largest centred square
+    (``"square"``) or the whole torso region (``"torso"``), each scaled by ``scale`` in (0, 1]."""
+    if shape not in SHAPES:
+        raise PlacementError(f"unknown patch shape {shape!r}; accepted: {', '.join(SHAPES)}")
     if not 0 < scale <= 1:
         raise PlacementError(
             f"patch scale must be in (0, 1] of the torso region; {scale} would be larger than "
@@ -53,17 +63,22 @@ def torso_square(box: torch.Tensor, scale: float) -> torch.Tensor:
         )
     x1, y1, x2, y2 = box.tolist()
     w, h = x2 - x1, y2 - y1
-    side = scale * min(TORSO_WIDTH * w, TORSO_HEIGHT * h)
+    pw, ph = TORSO_WIDTH * w, TORSO_HEIGHT * h
+    if shape == "square":
+        pw = ph = min(pw, ph)
+    pw, ph = scale * pw, scale * ph
     cx, cy = (x1 + x2) / 2, y1 + (TORSO_TOP + TORSO_HEIGHT / 2) * h
-    return torch.tensor([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
+    return torch.tensor([cx - pw / 2, cy - ph / 2, cx + pw / 2, cy + ph / 2])
 
 
 def person_crops(photos: PersonPhotos, size: tuple[int, int] = (176, 112),
                  person_height: int = 100, scale: float = 0.8, min_height: float = 40.0,
-                 max_aspect: float = 1.0) -> tuple[PersonCrops, dict[str, int]]:  # fmt: skip
+                 max_aspect: float = 1.0, shape: str = "square",
+                 ) -> tuple[PersonCrops, dict[str, int]]:  # fmt: skip
     """Crops of every usable person and counts of what was skipped (too small, too wide: sitting
-    or partly annotated people, for whom a torso patch is not defined)."""
-    torso_square(torch.tensor([0.0, 0.0, 1.0, 2.0]), scale)  # validate the scale early
+    or partly annotated people, for whom a torso patch is not defined).  ``shape``: see
+    :func:`torso_patch`."""
+    torso_patch(torch.tensor([0.0, 0.0, 1.0, 2.0]), scale, shape)  # validate early
     hc, wc = size
     images, boxes, squares, names = [], [], [], []
     skipped = {"small": 0, "wide": 0}
@@ -94,7 +109,7 @@ def person_crops(photos: PersonPhotos, size: tuple[int, int] = (176, 112),
                                  (y2 - top) * sy])  # fmt: skip
             images.append(crop[0])
             boxes.append(cbox)
-            squares.append(torso_square(cbox, scale))
+            squares.append(torso_patch(cbox, scale, shape))
             names.append(f"{photo.name}#{k}")
     if not images:
         raise PlacementError(f"no usable person in {len(photos)} photos (skipped: {skipped})")
@@ -125,17 +140,22 @@ def apply_patch(crops: PersonCrops, patch: torch.Tensor, eot: EOT | None = None,
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     cx = (squares[:, 0] + squares[:, 2]) / 2
     cy = (squares[:, 1] + squares[:, 3]) / 2
-    half = (squares[:, 2] - squares[:, 0]) / 2
-    u = (gx[None] - cx.view(-1, 1, 1)) / half.view(-1, 1, 1)
-    v = (gy[None] - cy.view(-1, 1, 1)) / half.view(-1, 1, 1)
-    # Only a box around the square can be patch (scale, shift and bending are bounded).
+    half_w = (squares[:, 2] - squares[:, 0]).view(-1, 1, 1) / 2
+    half_h = (squares[:, 3] - squares[:, 1]).view(-1, 1, 1) / 2
+    # EOT warps in isotropic units (half the patch height), so a rotation stays a rotation on a
+    # rectangular print; x is rescaled to the patch's [-1, 1] only when sampling it.
+    u = (gx[None] - cx.view(-1, 1, 1)) / half_h
+    v = (gy[None] - cy.view(-1, 1, 1)) / half_h
+    aspect = half_h / half_w  # [n, 1, 1]
+    # Only a box around the patch can be patch (scale, shift and bending are bounded).
     margin = 1.6
-    inside = (u.abs() < margin) & (v.abs() < margin)
+    inside = ((u * aspect).abs() < margin) & (v.abs() < margin)
     rows = inside.any(2).any(0).nonzero().squeeze(1)
     cols = inside.any(1).any(0).nonzero().squeeze(1)
     r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
     uv = torch.stack([u[:, r0:r1, c0:c1], v[:, r0:r1, c0:c1]], -1)  # [n, h', w', 2]
     where = backward_map(uv.flatten(1, 2), eot, generator).view_as(uv)
+    where = torch.stack([where[..., 0] * aspect, where[..., 1]], -1)
     warped = F.grid_sample(p, where, mode="bilinear", padding_mode="zeros", align_corners=False)
     mask = F.grid_sample(torch.ones(n, 1, *p.shape[2:]), where, mode="bilinear",
                          padding_mode="zeros", align_corners=False)  # fmt: skip

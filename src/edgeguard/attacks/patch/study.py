@@ -31,12 +31,14 @@ class CropSplit:
 
 
 def load_crops(root: str | Path, sources: list[str] | None = None, held_out: float = 0.3,
-               seed: int = 0, scale: float = 1.0, limit: int | None = None) -> CropSplit:  # fmt: skip
-    """Person crops of the train and held-out photos (split by source with ``seed``)."""
+               seed: int = 0, scale: float = 1.0, limit: int | None = None,
+               shape: str = "square") -> CropSplit:  # fmt: skip
+    """Person crops of the train and held-out photos (split by source with ``seed``); ``shape``
+    of the patch: ``"square"`` or ``"torso"`` (see :func:`~.placement.torso_patch`)."""
     photos = load_persons(root, sources, limit)
     train, test = photos.split(held_out, seed)
-    tr, s1 = person_crops(train, scale=scale)
-    te, s2 = person_crops(test, scale=scale)
+    tr, s1 = person_crops(train, scale=scale, shape=shape)
+    te, s2 = person_crops(test, scale=scale, shape=shape)
     skipped = {k: s1[k] + s2[k] for k in s1} | {"no boxes": len(photos.skipped)}
     return CropSplit(tr, te, (len(train), len(test)), skipped, test)
 
