@@ -296,6 +296,13 @@ def test_tshirt_train_and_eval_on_a_few_photos(tmp_path: Path, capsys):
     assert "patch.safetensors vs opencv" in capsys.readouterr().out
     assert main(["-q", "tshirt", "train", "--zo", "--steps", "1", *common]) == 0
     assert "zo-opencv vs hog" in capsys.readouterr().out
+    from safetensors.torch import load_file
+
+    assert load_file(str(tmp_path / "patch.safetensors"))["patch"].shape == (3, 80, 56)
+    square = ["--shape", "square", "--size", "24", "--eval-detectors", "hog"]
+    assert main(["-q", "tshirt", "train", "--steps", "1", *square, *common]) == 0
+    assert load_file(str(tmp_path / "patch.safetensors"))["patch"].shape == (3, 24, 24)
+    capsys.readouterr()
     # bad input: no patch for eval, a patch larger than the torso, an unknown detector
     assert main(["-q", "tshirt", "eval", *common]) == 2
     assert "--patch" in capsys.readouterr().err
@@ -303,3 +310,5 @@ def test_tshirt_train_and_eval_on_a_few_photos(tmp_path: Path, capsys):
     assert "larger than the torso" in capsys.readouterr().err
     assert main(["-q", "tshirt", "train", "--detector", "detr", *common]) == 2
     assert "unknown detector" in capsys.readouterr().err
+    assert main(["-q", "tshirt", "train", "--size", "8x", *common]) == 2
+    assert "--size is N or HxW" in capsys.readouterr().err

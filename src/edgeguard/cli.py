@@ -462,6 +462,20 @@ def _load_patch(path: str, size: tuple[int, int]):
     return F.interpolate(t, size=size, mode="area")[0]
 
 
+def _patch_size(text: str | None, shape: str) -> tuple[int, int]:
+    """Patch pixels (h, w) from ``"N"`` or ``"HxW"``; default 80x56 for a torso print (the torso
+    region's 0.4 x height by 0.7 x width of a pedestrian box), 64x64 for a square."""
+    if text is None:
+        return (80, 56) if shape == "torso" else (64, 64)
+    try:
+        parts = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 4:
+        raise UsageError(f"--size is N or HxW pixels, each >= 4, e.g. 64 or 80x56; got {text!r}")
+    return (parts[0], parts[-1])
+
+
 def cmd_tshirt(args) -> int:
     from functools import partial
 
@@ -493,7 +507,8 @@ def cmd_tshirt(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sources = [s for s in args.sources.split(",") if s] or None
-    split = load_crops(args.data, sources, args.held_out, args.seed, args.scale, args.limit)
+    split = load_crops(args.data, sources, args.held_out, args.seed, args.scale, args.limit,
+                       args.shape)  # fmt: skip
     print(f"persons: {len(split.train)} train crops from {split.photos[0]} photos, "
           f"{len(split.test)} held-out crops from {split.photos[1]} photos; skipped "
           f"{split.skipped}")  # fmt: skip
@@ -517,7 +532,7 @@ def cmd_tshirt(args) -> int:
             raise UsageError(f"no {args.board} checkerboard found in {args.cloth_video}")
         print(f"cloth deformation: {len(splines)} frames of {args.cloth_video} with the board")
         eot = replace(eot, splines=tuple(splines))
-    size = (args.size, args.size)
+    size = _patch_size(args.size, args.shape)
     if args.action == "train":
         if args.zo:
             box = OpenCVHOGBlackBox()
@@ -755,8 +770,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sources", default="pennfudan,inria", help="file-name prefixes to use")
     p.add_argument("--held-out", type=float, default=0.3)
     p.add_argument("--limit", type=int, help="read at most this many photos")
-    p.add_argument("--scale", type=float, default=1.0, help="patch side / torso region, (0, 1]")
-    p.add_argument("--size", type=int, default=64, help="patch pixels per side")
+    p.add_argument(
+        "--shape",
+        default="torso",
+        choices=["torso", "square"],
+        help="patch on the whole torso region (a shirt print) or the largest square in it",
+    )
+    p.add_argument("--scale", type=float, default=1.0, help="patch size / torso region, (0, 1]")
+    p.add_argument("--size", help="patch pixels, N or HxW (default 80x56 torso, 64 square)")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--samples", type=int, default=2, help="EOT draws per person and step")

@@ -335,13 +335,16 @@ def tshirt_section(s: DemoSettings, out: Path, rep: Report) -> None:
     if not (root / "manifest.csv").is_file():
         rep.paragraph(f"Skipped: the person photographs ({root}) are not on this machine.")
         return
-    split = load_crops(root, ["pennfudan", "inria"], 0.3, s.seed, limit=s.tshirt_photos)
+    split = load_crops(root, ["pennfudan", "inria"], 0.3, s.seed, limit=s.tshirt_photos,
+                       shape="torso")  # fmt: skip
+    size = (80, 56)  # a print over the torso region (0.4 x height by 0.7 x width of the box)
     hog = HOGPersonDetector()
     train = only_detected(lambda im, bx: detected(training_view(hog), im, bx), split.train)
     log.info("t-shirt: %d steps on %d persons", s.tshirt_steps, len(train))
-    patch = AdversarialTShirt(training_view(hog), TShirtConfig(steps=s.tshirt_steps, seed=s.seed)
-                              ).train(train, log_every=max(1, s.tshirt_steps // 4)).patch  # fmt: skip
-    noise = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(s.seed + 1))
+    cfg = TShirtConfig(steps=s.tshirt_steps, seed=s.seed, size=size)
+    patch = AdversarialTShirt(training_view(hog), cfg).train(
+        train, log_every=max(1, s.tshirt_steps // 4)).patch  # fmt: skip
+    noise = torch.rand(3, *size, generator=torch.Generator().manual_seed(s.seed + 1))
     checks = detector_checks(["opencv"]) | {"HOG port": lambda im, bx: detected(hog, im, bx)}
     asr = evaluate_patches({"T-shirt patch": patch, "random noise": noise}, checks, split.test,
                            EOT(), samples=2)  # fmt: skip

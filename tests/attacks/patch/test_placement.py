@@ -8,6 +8,7 @@ from edgeguard.attacks.patch.placement import (
     PlacementError,
     apply_patch,
     person_crops,
+    torso_patch,
     torso_square,
 )
 from edgeguard.attacks.patch.printability import default_palette, non_printability, total_variation
@@ -47,6 +48,42 @@ def test_constant_patch_without_transformations_fills_its_square_only():
     rows, cols = changed.nonzero().T
     assert rows.min() >= y1 - 1 and rows.max() <= y2 + 1 and cols.min() >= x1 - 1
     assert cols.max() <= x2 + 1
+
+
+def test_torso_print_fills_the_torso_region_with_the_patch_stretched_to_it():
+    crops, _ = person_crops(photos(), scale=1.0, shape="torso")
+    x1, y1, x2, y2 = crops.boxes[0].tolist()
+    px1, py1, px2, py2 = crops.patch_boxes[0].tolist()
+    w, h = x2 - x1, y2 - y1  # region: 70% of the width, 40% of the height from 20% down
+    assert px2 - px1 == pytest.approx(0.7 * w, rel=1e-5)
+    assert py2 - py1 == pytest.approx(0.4 * h, rel=1e-5)
+    assert py1 == pytest.approx(y1 + 0.2 * h, rel=1e-5)
+    # left half red, right half blue: without transformations the colour boundary is the
+    # region's vertical midline, so x is mapped to the patch by the region's width
+    patch = torch.zeros(3, 40, 20)
+    patch[0, :, :10] = 1.0
+    patch[2, :, 10:] = 1.0
+    out = apply_patch(crops, patch, EOT.none())[0]
+    mid, ys = (px1 + px2) / 2, slice(round(py1) + 2, round(py2) - 2)
+    left = out[:, ys, round(px1) + 1 : round(mid) - 1]
+    right = out[:, ys, round(mid) + 1 : round(px2) - 1]
+    assert torch.allclose(left, torch.tensor([1.0, 0, 0]).view(3, 1, 1).expand_as(left), atol=1e-6)
+    assert torch.allclose(
+        right, torch.tensor([0, 0, 1.0]).view(3, 1, 1).expand_as(right), atol=1e-6
+    )
+
+
+def test_square_patch_is_the_largest_square_of_the_torso_region():
+    box = torch.tensor([0.0, 0.0, 40.0, 100.0])
+    sq, rect = torso_patch(box, 1.0, "square"), torso_patch(box, 1.0, "torso")
+    assert torch.equal(sq, torso_square(box, 1.0))
+    assert sq[2] - sq[0] == pytest.approx(28.0) and sq[3] - sq[1] == pytest.approx(28.0)
+    assert rect[2] - rect[0] == pytest.approx(28.0) and rect[3] - rect[1] == pytest.approx(40.0)
+    assert (sq[:2] + sq[2:]).tolist() == pytest.approx((rect[:2] + rect[2:]).tolist())  # centres
+    with pytest.raises(
+        PlacementError, match="unknown patch shape 'round'; accepted: square, torso"
+    ):
+        torso_patch(box, 1.0, "round")
 
 
 def test_transformed_patch_is_differentiable_and_stays_in_range():
