@@ -73,7 +73,8 @@ class TShirtConfig:
     candidate box to the person; eot: transformation ranges (``EOT.rigid()`` for Thys et al.'s
     rigid patch); color: printer colour transform (None: none); weighting: ``"minmax"`` or
     ``"average"`` over detectors; topk: the loss averages the best ``topk`` overlapping candidates
-    (3: OpenCV's HOG needs 3 grouped windows for a detection); seed."""
+    (3: OpenCV's HOG needs 3 grouped windows for a detection); schedule: ``"constant"`` step size
+    or ``"cosine"`` decay to zero over the steps; seed."""
 
     steps: int = 300
     batch: int = 8
@@ -88,6 +89,7 @@ class TShirtConfig:
     eot: EOT = field(default_factory=EOT)
     color: ColorTransform | None = None
     weighting: str = "minmax"
+    schedule: str = "constant"
     seed: int = 0
 
     def validate(self) -> None:
@@ -101,6 +103,8 @@ class TShirtConfig:
             raise ValueError("lr must be > 0 and tv, nps, kappa >= 0")
         if not 0 < self.iou <= 1:
             raise ValueError(f"iou must be in (0, 1], got {self.iou}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
 
 
 @dataclass
@@ -130,6 +134,8 @@ class AdversarialTShirt:
         start = init.clone() if init is not None else torch.rand(3, *cfg.size, generator=gen)
         param = torch.logit(start.clamp(1e-3, 1 - 1e-3)).requires_grad_(True)
         opt = torch.optim.Adam([param], lr=cfg.lr * 4)  # logit space: about cfg.lr in colour
+        sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
+                 if cfg.schedule == "cosine" else None)  # fmt: skip
         weights = MinMaxWeights(len(self.detectors), cfg.weighting)
         palette = default_palette()
         history = []
@@ -151,6 +157,8 @@ class AdversarialTShirt:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
             entry = {"step": step + 1, "loss": float(loss.detach()), "detector_losses":
                      [round(float(v), 4) for v in losses.detach()],
                      "weights": [round(float(v), 4) for v in weights.weights]}  # fmt: skip

@@ -1,0 +1,64 @@
+"""AdversarialTShirt's optimisation loop on a hand-made differentiable detector."""
+
+import pytest
+import torch
+
+from edgeguard.attacks.patch.placement import apply_patch, person_crops
+from edgeguard.attacks.patch.transforms import EOT
+from edgeguard.attacks.patch.tshirt import AdversarialTShirt, TShirtConfig, detected
+from edgeguard.data.persons import PersonPhoto, PersonPhotos
+from edgeguard.models.detectors import Detections, PersonDetector
+
+
+class GreenTorso(PersonDetector):
+    """One candidate per image, the person box; its score is the mean green of the image's torso
+    rows minus the mean red (so a red torso hides the person)."""
+
+    threshold = 0.0
+
+    def __init__(self, box: torch.Tensor) -> None:
+        super().__init__()
+        self.box = box
+
+    def candidates(self, images):
+        x1, y1, x2, y2 = (int(v) for v in self.box.tolist())
+        torso = images[:, :, y1 + (y2 - y1) // 5 : y1 + 3 * (y2 - y1) // 5, x1:x2]
+        scores = torso[:, 1].mean((1, 2)) - torso[:, 0].mean((1, 2))
+        return [Detections(self.box[None], s[None]) for s in scores]
+
+
+def crops():
+    img = torch.zeros(3, 300, 200, dtype=torch.uint8)
+    img[1] = 200  # a green scene: the person is detected without a patch
+    boxes = torch.tensor([[60.0, 40.0, 140.0, 240.0]])
+    photos = PersonPhotos([PersonPhoto("a.png", "s", img, boxes)])
+    return person_crops(photos, scale=1.0, shape="torso")[0]
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_patch_learns_to_hide_the_person_from_a_detector(schedule):
+    c = crops()
+    before = c.images.clone()
+    det = GreenTorso(c.boxes[0])
+    assert detected(det, c.images, c.boxes).all()
+    cfg = TShirtConfig(steps=40, batch=1, samples=2, size=(20, 14), eot=EOT.rigid(), tv=0.0,
+                       nps=0.0, topk=1, kappa=5.0, schedule=schedule)  # fmt: skip
+    res = AdversarialTShirt(det, cfg).train(c)
+    assert res.patch.shape == (3, 20, 14)
+    first, last = res.history[0]["loss"], res.history[-1]["loss"]
+    assert last < first - 0.1  # the loss falls
+    # the patch turns red and drops green, as the detector's score asks
+    assert res.patch[0].mean() > 0.8 and res.patch[1].mean() < 0.2
+    assert not detected(det, apply_patch(c, res.patch, EOT.none()), c.boxes).any()
+    assert torch.equal(c.images, before)  # the caller's crops are not modified
+
+
+def test_bad_configs_are_refused():
+    with pytest.raises(ValueError, match="schedule must be 'constant' or 'cosine'"):
+        TShirtConfig(schedule="linear").validate()
+    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+        TShirtConfig(steps=0).validate()
+    with pytest.raises(ValueError, match=r"iou must be in \(0, 1\]"):
+        TShirtConfig(iou=0.0).validate()
+    with pytest.raises(ValueError, match="need PersonDetector instances"):
+        AdversarialTShirt([], TShirtConfig())
