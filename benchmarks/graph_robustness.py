@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from edgeguard.attacks.graph import get_graph_attack, poison
 from edgeguard.data.graphs import planetoid, synthetic_graph
 from edgeguard.defenses.graph import robust_train
@@ -115,6 +117,7 @@ def run_robust(args) -> list[dict]:
                     log_every=10**6)  # fmt: skip
                 m.eval()
                 r = {"dataset": name, "seed": seed, "training": label,
+                     "threads": torch.get_num_threads(),
                      "s/epoch": statistics.mean(e["seconds"] for e in hist.epochs),
                      "clean": node_accuracy(m, data)}  # fmt: skip
                 for ev in ("PGD-CE", "GTA", "PGD-features"):
@@ -168,7 +171,7 @@ def summarize(paths: list[Path]) -> None:
     for (ds, tr, _seed), r in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][2])):
         groups.setdefault((ds, tr), []).append(r)
     for (ds, tr), rs in groups.items():
-        keys = [k for k in rs[0] if k not in ("dataset", "training", "seed")
+        keys = [k for k in rs[0] if k not in ("dataset", "training", "seed", "threads")
                 and not k.endswith((" s", " queries"))]  # fmt: skip
         cells = []
         for k in keys:
