@@ -73,6 +73,20 @@ def test_torso_print_fills_the_torso_region_with_the_patch_stretched_to_it():
     )
 
 
+def test_rotated_torso_print_keeps_its_area_and_is_not_clipped():
+    thin = PersonPhoto(
+        "t.png", "src", photos().photos[0].image, torch.tensor([[75.0, 40, 125, 240]])
+    )
+    crops, _ = person_crops(PersonPhotos([thin]), scale=1.0, shape="torso")  # print 2.3x as tall
+    x1, y1, x2, y2 = crops.patch_boxes[0].tolist()
+    black = PersonCrops(torch.zeros_like(crops.images), crops.boxes, crops.patch_boxes, crops.names)
+    turned = EOT(0, 0, 40.0, 0, 0, 0, 0, 0, 0)  # rotations uniform in +-40 degrees
+    out = apply_patch(black, torch.ones(3, 40, 20), turned, samples=64,
+                      generator=torch.Generator().manual_seed(0))  # fmt: skip
+    covered = out.mean(1).sum((1, 2))  # the print's pixels (bilinear edges count fractionally)
+    assert covered.tolist() == pytest.approx([(x2 - x1) * (y2 - y1)] * 64, rel=0.04)
+
+
 def test_square_patch_is_the_largest_square_of_the_torso_region():
     box = torch.tensor([0.0, 0.0, 40.0, 100.0])
     sq, rect = torso_patch(box, 1.0, "square"), torso_patch(box, 1.0, "torso")

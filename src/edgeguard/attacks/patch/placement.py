@@ -147,9 +147,11 @@ def apply_patch(crops: PersonCrops, patch: torch.Tensor, eot: EOT | None = None,
     u = (gx[None] - cx.view(-1, 1, 1)) / half_h
     v = (gy[None] - cy.view(-1, 1, 1)) / half_h
     aspect = half_h / half_w  # [n, 1, 1]
-    # Only a box around the patch can be patch (scale, shift and bending are bounded).
-    margin = 1.6
-    inside = ((u * aspect).abs() < margin) & (v.abs() < margin)
+    # Only a box around the patch can be patch (scale, shift and bending are bounded).  In
+    # isotropic units the patch's half extents are (1 / aspect, 1); a margin of 1.6 times the
+    # larger one on both axes holds it under any rotation, as for a square.
+    margin = 1.6 * torch.clamp(1 / aspect, min=1.0)
+    inside = (u.abs() < margin) & (v.abs() < margin)
     rows = inside.any(2).any(0).nonzero().squeeze(1)
     cols = inside.any(1).any(0).nonzero().squeeze(1)
     r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
