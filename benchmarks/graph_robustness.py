@@ -154,8 +154,8 @@ def run_scale(args) -> list[dict]:
 
 
 def summarize(paths: list[Path]) -> None:
-    """Markdown rows, mean ± std over seeds, of the rows of several runs (split runs combined; a
-    (dataset, training, seed) present twice is counted once, the later file winning)."""
+    """:func:`print_summary` of the rows of several runs (split runs combined; a (dataset,
+    training, seed) present twice is counted once, the later file winning)."""
     if not paths:
         raise SystemExit("summarize needs --inputs FILE [FILE ...]")
     rows: dict[tuple, dict] = {}
@@ -167,9 +167,14 @@ def summarize(paths: list[Path]) -> None:
                                                               if x.strip()]  # fmt: skip
         for r in recs:
             rows[(r["dataset"], r.get("training"), r["seed"])] = r
+    print_summary(list(rows.values()))
+
+
+def print_summary(rows: list[dict]) -> None:
+    """Markdown rows per (dataset, training): mean ± std over seeds, accuracies in %."""
     groups: dict[tuple, list[dict]] = {}
-    for (ds, tr, _seed), r in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][2])):
-        groups.setdefault((ds, tr), []).append(r)
+    for r in sorted(rows, key=lambda r: (r["dataset"], r["seed"])):
+        groups.setdefault((r["dataset"], r.get("training")), []).append(r)
     for (ds, tr), rs in groups.items():
         keys = [k for k in rs[0] if k not in ("dataset", "training", "seed", "threads")
                 and not k.endswith((" s", " queries"))]  # fmt: skip
@@ -207,18 +212,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.what}.json").write_text(json.dumps(rows, indent=1))
-    keys = [k for k in rows[0] if not k.endswith((" s", " queries")) and k not in ("seed",)]
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(tuple(r.get(k) for k in ("dataset", "training") if k in r), []).append(r)
-    for g, rs in groups.items():
-        cells = []
-        for k in keys:
-            vals = [r[k] for r in rs if isinstance(r.get(k), int | float)]
-            if vals and k not in ("nodes", "edges"):
-                sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-                cells.append(f"{k} {statistics.mean(vals):.4g} ± {sd:.2g}")
-        print(" | ".join(map(str, g)), "|", " | ".join(cells))
+    if args.what != "scale":  # the scale run printed its single row already
+        print_summary(rows)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from edgeguard.attacks.patch.placement import PATCH_SIZES, SHAPES
 from edgeguard.attacks.patch.study import (
     detection_examples,
     detector_checks,
@@ -54,7 +55,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/bench/tshirt")
     ap.add_argument("--skip", default="", help="comma-separated variants to skip")
-    ap.add_argument("--shape", default="torso", choices=["torso", "square"],
+    ap.add_argument("--shape", default="torso", choices=SHAPES,
                     help="patch: the whole torso region (a shirt print) or the largest square in it")  # fmt: skip
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -64,7 +65,7 @@ def main() -> None:
     t_start = time.perf_counter()
 
     split = load_crops(DATA, args.sources.split(","), 0.3, args.seed, scale=1.0, shape=args.shape)
-    size = (80, 56) if args.shape == "torso" else (64, 64)  # torso region: 0.4 h x 0.7 w
+    size = PATCH_SIZES[args.shape]
     hog, cnn = HOGPersonDetector(), load_cnn_detector()
     cnn_ap = evaluate_ap(cnn, split.held_out_photos)
     print(f"CNN detector AP@0.5 on the held-out photos: {cnn_ap:.3f}", flush=True)

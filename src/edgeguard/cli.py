@@ -465,8 +465,10 @@ def _load_patch(path: str, size: tuple[int, int]):
 def _patch_size(text: str | None, shape: str) -> tuple[int, int]:
     """Patch pixels (h, w) from ``"N"`` or ``"HxW"``; default 80x56 for a torso print (the torso
     region's 0.4 x height by 0.7 x width of a pedestrian box), 64x64 for a square."""
+    from .attacks.patch.placement import PATCH_SIZES
+
     if text is None:
-        return (80, 56) if shape == "torso" else (64, 64)
+        return PATCH_SIZES[shape]
     try:
         parts = [int(v) for v in text.lower().split("x")]
     except ValueError:

@@ -318,6 +318,7 @@ def graph_section(s: DemoSettings, out: Path, rep: Report) -> None:
 def tshirt_section(s: DemoSettings, out: Path, rep: Report) -> None:
     """A short adversarial T-shirt run against the HOG port, evaluated on held-out persons against
     the port and OpenCV's own detector."""
+    from .attacks.patch.placement import PATCH_SIZES
     from .attacks.patch.study import (
         detection_examples,
         detector_checks,
@@ -337,7 +338,7 @@ def tshirt_section(s: DemoSettings, out: Path, rep: Report) -> None:
         return
     split = load_crops(root, ["pennfudan", "inria"], 0.3, s.seed, limit=s.tshirt_photos,
                        shape="torso")  # fmt: skip
-    size = (80, 56)  # a print over the torso region (0.4 x height by 0.7 x width of the box)
+    size = PATCH_SIZES["torso"]  # a print over the whole torso region
     hog = HOGPersonDetector()
     train = only_detected(lambda im, bx: detected(training_view(hog), im, bx), split.train)
     log.info("t-shirt: %d steps on %d persons", s.tshirt_steps, len(train))

@@ -19,7 +19,10 @@ from ...data.persons import PersonPhotos
 from .transforms import EOT, ColorTransform, appearance, backward_map
 
 TORSO_WIDTH, TORSO_TOP, TORSO_HEIGHT = 0.7, 0.2, 0.4
-SHAPES = ("square", "torso")
+# Default patch pixels (h, w) per shape: the torso region is 0.4 x height by 0.7 x width of a box,
+# about 1.4 : 1 for a pedestrian.
+PATCH_SIZES = {"square": (64, 64), "torso": (80, 56)}
+SHAPES = tuple(PATCH_SIZES)
 
 
 class PlacementError(ValueError):
