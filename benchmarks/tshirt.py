@@ -7,6 +7,8 @@ and the CNN detector, and a random-noise patch.  Detectors: the HOG port, OpenCV
 Also the CNN detector's AP on the held-out photos.
 
     .venv/bin/python benchmarks/tshirt.py --steps 200 --zo-steps 80
+    .venv/bin/python benchmarks/tshirt.py --patches runs/bench/tshirt --tps-sweep 0 0.08 0.16 0.24
+        (no training: evaluates a run's saved patches, also under stronger or weaker cloth bending)
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from edgeguard.attacks.patch.placement import PATCH_SIZES, SHAPES
 from edgeguard.attacks.patch.study import (
@@ -27,6 +30,7 @@ from edgeguard.attacks.patch.study import (
     detector_checks,
     evaluate_patches,
     load_crops,
+    load_patch,
     only_detected,
     training_view,
 )
@@ -57,6 +61,10 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="comma-separated variants to skip")
     ap.add_argument("--shape", default="torso", choices=SHAPES,
                     help="patch: the whole torso region (a shirt print) or the largest square in it")  # fmt: skip
+    ap.add_argument("--patches", default=None,
+                    help="evaluate the patch_*.safetensors (or .png) of an earlier run, no training")  # fmt: skip
+    ap.add_argument("--tps-sweep", type=float, nargs="*", default=[],
+                    help="also evaluate under EOT with these TPS strengths (default EOT is 0.08)")  # fmt: skip
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path(args.out)
@@ -81,10 +89,19 @@ def main() -> None:
     def run(name, fn):
         if name in skip:
             return
+        stem = f"patch_{name.replace(' ', '_')}"
+        if args.patches:  # reuse: exact from safetensors, within 1/510 from a print PNG
+            found = [f for f in (Path(args.patches) / (stem + e) for e in (".safetensors", ".png"))
+                     if f.is_file()]  # fmt: skip
+            if found:
+                patches[name] = load_patch(found[0], size)
+                print(f"{name}: loaded {found[0]}", flush=True)
+            return
         t0 = time.perf_counter()
         patches[name] = fn()
         seconds[name] = time.perf_counter() - t0
-        save_patch(patches[name], out / f"patch_{name.replace(' ', '_')}.png", print_side=256)
+        save_patch(patches[name], out / f"{stem}.png", print_side=256)
+        save_file({"patch": patches[name].contiguous()}, str(out / f"{stem}.safetensors"))
         print(f"{name}: trained in {seconds[name]:.0f} s", flush=True)
 
     cfg = {"steps": args.steps, "seed": args.seed, "size": size}
@@ -109,7 +126,9 @@ def main() -> None:
 
     checks = detector_checks(["opencv"]) | {"hog": seen(hog), "cnn": seen(cnn)}
     rows = []
-    for eot_name, eot in (("TPS+EOT", EOT()), ("rigid EOT", EOT.rigid())):
+    settings = [("TPS+EOT", EOT()), ("rigid EOT", EOT.rigid())]
+    settings += [(f"EOT, TPS {t:g}", EOT(tps=t)) for t in args.tps_sweep]
+    for eot_name, eot in settings:
         asr = evaluate_patches(patches, checks, split.test, eot, args.samples)
         for (p, d), a in asr.items():
             rows.append({"transformations": eot_name, "patch": p, "detector": d,

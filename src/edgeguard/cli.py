@@ -438,30 +438,6 @@ def cmd_gnn(args) -> int:
     return 0
 
 
-def _load_patch(path: str, size: tuple[int, int]):
-    """A patch from the safetensors file ``tshirt train`` writes, or from a PNG/JPEG (area-resized
-    to ``size``)."""
-    import cv2
-    import torch
-    import torch.nn.functional as F
-
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"patch file {p} not found")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        patch = load_file(str(p)).get("patch")
-        if patch is None or patch.dim() != 3 or patch.shape[0] != 3:
-            raise UsageError(f"{p} holds no [3, h, w] 'patch' tensor")
-        return patch.float().clamp(0, 1)
-    img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-    if img is None:
-        raise UsageError(f"cannot read the patch image {p}")
-    t = torch.from_numpy(img[:, :, ::-1].copy()).permute(2, 0, 1).float()[None] / 255
-    return F.interpolate(t, size=size, mode="area")[0]
-
-
 def _patch_size(text: str | None, shape: str) -> tuple[int, int]:
     """Patch pixels (h, w) from ``"N"`` or ``"HxW"``; default 80x56 for a torso print (the torso
     region's 0.4 x height by 0.7 x width of a pedestrian box), 64x64 for a square."""
@@ -489,6 +465,7 @@ def cmd_tshirt(args) -> int:
         detector_checks,
         evaluate_patches,
         load_crops,
+        load_patch,
         only_detected,
         training_view,
     )
@@ -563,7 +540,7 @@ def cmd_tshirt(args) -> int:
     else:
         if not args.patch:
             raise UsageError("tshirt eval needs --patch (patch.safetensors or an image)")
-        patch = _load_patch(args.patch, size)
+        patch = load_patch(args.patch, size)
         label = Path(args.patch).name
     noise = torch.rand(3, *size, generator=torch.Generator().manual_seed(args.seed + 1))
     patches = {label: patch, "random noise": noise}

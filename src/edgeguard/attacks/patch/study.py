@@ -93,3 +93,28 @@ def detection_examples(detector: PersonDetector, crops: PersonCrops, patch: torc
              for d, b in zip(dets, boxes, strict=True)]  # fmt: skip
     titles = ["clean"] * len(part) + ["patched"] * len(part)
     return detection_grid(images, [d.boxes for d in dets], found, path, titles)
+
+
+def load_patch(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
+    """A patch ``[3, h, w]`` in [0, 1] from the safetensors file ``tshirt train`` writes (its own
+    size), or from a PNG/JPEG such as :func:`~edgeguard.report.plots.save_patch` writes, area-resized
+    to ``size`` (h, w) (exact for a print-resolution PNG: it is a nearest-neighbour upscale by an
+    integer factor)."""
+    import cv2
+    import torch.nn.functional as F
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"patch file {p} not found")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        patch = load_file(str(p)).get("patch")
+        if patch is None or patch.dim() != 3 or patch.shape[0] != 3:
+            raise ValueError(f"{p} holds no [3, h, w] 'patch' tensor")
+        return patch.float().clamp(0, 1)
+    img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"cannot read the patch image {p} (expected .safetensors, PNG or JPEG)")
+    t = torch.from_numpy(img[:, :, ::-1].copy()).permute(2, 0, 1).float()[None] / 255
+    return F.interpolate(t, size=size, mode="area")[0]
