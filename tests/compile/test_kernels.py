@@ -92,6 +92,32 @@ def test_sparse_conv2d_matches_dense(mode):
 
 
 @needs_cxx
+@pytest.mark.parametrize("ct, fg", [(1, 1), (3, 1), (2, 3), (5, 4), (1, 99)])
+def test_cpu_kernel_task_shapes_give_the_same_result(ct, fg):
+    # Tiles per task and filter-block groups only change the schedule: every (ct, fg) must give
+    # the dense result (fg past the block count is clamped: one block per group).
+    conv = masked_conv(8, 36, 3, 1, 1, 1, "kgs", 0.6)
+    x = torch.randn(2, 8, 3, 13, 15)
+    y = SparseConv(plan_conv(conv), relu=True, mode="cpu", ct=ct, fg=fg)(x)
+    assert (y - F.relu(conv(x))).abs().max() <= 1e-4 * conv(x).abs().max()
+
+
+@needs_cxx
+def test_cpu_kernel_with_megabytes_of_weights_splits_filters_into_groups():
+    # 1.2 MB of kept weights over few positions: the automatic choice takes long chunks and
+    # several filter groups (conv4/conv5 of C3D), and the result is still exact.
+    from edgeguard.compile.cpu import _chunking, generate_source
+
+    conv = masked_conv(256, 256, 3, 1, 1, 1, "kgs", 0.5)
+    x = torch.randn(1, 256, 2, 7, 7)
+    sc = SparseConv(plan_conv(conv), mode="cpu")
+    src, _ = generate_source(sc.plan, sc.layout(x), 3, 8, False)
+    assert "FG = 1," not in src
+    assert _chunking(33, 8, 64, 384, 100_000, None, None) == (4, 1)  # weights in L2: as before
+    assert (sc(x) - conv(x)).abs().max() <= 1e-4 * conv(x).abs().max()
+
+
+@needs_cxx
 def test_kernel_is_cached_and_a_corrupted_entry_is_rebuilt(tmp_path, monkeypatch):
     kernel_cache = tmp_path / "cache"
     monkeypatch.setenv("EDGEGUARD_CACHE", str(kernel_cache))

@@ -96,7 +96,7 @@ typedef float vf __attribute__((vector_size(VL * 4)));
 static inline vf ld(const float* p) {{ vf v; std::memcpy(&v, p, sizeof v); return v; }}
 static inline void st(float* p, vf v) {{ std::memcpy(p, &v, sizeof v); }}
 
-constexpr int MR = {mr}, NV = {nv}, T = NV * VL, CT = {ct};
+constexpr int MR = {mr}, NV = {nv}, T = NV * VL, CT = {ct}, FG = {fg}, NBG = {nbg};
 constexpr int NB = {nb}, M = {m}, DO = {do_}, HO = {ho}, WO = {wo}, WQ = {wq}, P = {p};
 constexpr int64_t XN = {xn}, XD = {xd}, OPLANE = (int64_t)HO * WO;
 constexpr bool RELU = {relu};
@@ -110,6 +110,11 @@ static const int32_t RIDX[] = {{
   {ridx}}};  // union row * T; + PF zeros: prefetch indices past a block's end stay inside the table
 static const int32_t FIL[NB * MR] = {{
   {fil}}};
+// Blocks are split into FG groups (block ranges of at most NBG blocks, balanced in rows); a task
+// runs one group, so a layer whose weights do not fit in cache still has enough tasks while each
+// task reuses its weights over many tiles.
+static const int32_t BG[FG + 1] = {{
+  {bg}}};
 // The union rows are cut into NS slices of KC rows (packed, a slice stays in L1 while every filter
 // block consumes it); KS[b * (NS + 1) + s] is where block b's rows of slice s start.
 constexpr int KC = {kc}, NS = {ns}, PF = {pf};
@@ -177,10 +182,12 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
 
 extern "C" void edgeguard_conv(const float* x, const float* w, const float* bias, float* out,
                                int batch, int nthreads) {{
-  // GEMM-style blocking.  One task = one output depth plane x one chunk of CT tiles.  Row slices
-  // are the outer loop, so one slice of every block's weights (slice-major, sequential) stays in
-  // L2 while the chunk's CT tiles use it; for each tile the slice's kept input rows are packed once
-  // (im2col of T positions, in L1) and reused by every filter block.
+  // GEMM-style blocking.  One task = one output depth plane x one chunk of CT tiles x one group
+  // of filter blocks.  Row slices are the outer loop, so one slice of the group's weights
+  // (slice-major, sequential) stays in L2 while the chunk's CT tiles use it; for each tile the
+  // slice's kept input rows are packed once (im2col of T positions, in L1) and reused by every
+  // filter block of the group.  The whole weight set is read once per chunk, so chunks are long
+  // when it does not fit in cache (late layers: few positions, megabytes of weights).
   constexpr int CH = CT * T, NCH = (P + CH - 1) / CH;
 #pragma omp parallel num_threads(nthreads)
   {{
@@ -188,14 +195,16 @@ extern "C" void edgeguard_conv(const float* x, const float* w, const float* bias
     float* bvall = new float[NB * MR];
     float** opall = new float*[NB * MR];
     float* accbuf = static_cast<float*>(
-        std::aligned_alloc(64, ((size_t)CT * NB * MR * T * 4 + 63) / 64 * 64));
-#pragma omp for collapse(3) schedule(dynamic, 1)
+        std::aligned_alloc(64, ((size_t)CT * NBG * MR * T * 4 + 63) / 64 * 64));
+#pragma omp for collapse(4) schedule(dynamic, 1)
     for (int n = 0; n < batch; ++n)
       for (int d = 0; d < DO; ++d)
-        for (int c = 0; c < NCH; ++c) {{
+        for (int c = 0; c < NCH; ++c)
+          for (int g = 0; g < FG; ++g) {{
           const float* xb = x + n * XN + (int64_t)d * XD;
           const int pend = (c + 1) * CH < P ? (c + 1) * CH : P;
-          for (int i = 0; i < NB * MR; ++i) {{  // once per task, not per (block, slice)
+          const int b0 = BG[g], b1 = BG[g + 1];
+          for (int i = b0 * MR; i < b1 * MR; ++i) {{  // once per task, not per (block, slice)
             const int f = FIL[i];
             bvall[i] = f >= 0 ? bias[f] : 0.f;
             opall[i] = f >= 0 ? out + ((int64_t)(n * M + f) * DO + d) * OPLANE : nullptr;
@@ -208,13 +217,13 @@ extern "C" void edgeguard_conv(const float* x, const float* w, const float* bias
 #pragma GCC unroll 8
                 for (int v = 0; v < NV; ++v)
                   st(pk + (r - r0) * T + v * VL, ld(xb + UROFF[r] + p0 + v * VL));
-              for (int b = 0; b < NB; ++b) {{
+              for (int b = b0; b < b1; ++b) {{
                 const int k0 = KB[b] + KS[b * (NS + 1) + s], k1 = KB[b] + KS[b * (NS + 1) + s + 1];
                 // weights are stored slice-major: one slice of every block is one sequential run
                 const float* wb = w + ((int64_t)WOFF[b * NS + s] - k0) * MR;
                 const float* bv = bvall + b * MR;
                 float* const* op = opall + b * MR;
-                float* ab = accbuf + ((size_t)t * NB + b) * MR * T;
+                float* ab = accbuf + ((size_t)t * NBG + b - b0) * MR * T;
                 const int32_t* ri = RIDX;
                 if (NS == 1) tile<true, true>(pks, ri, k0, k1, wb, bv, ab, op, p0);
                 else if (s == 0) tile<true, false>(pks, ri, k0, k1, wb, bv, ab, op, p0);
@@ -233,21 +242,72 @@ extern "C" void edgeguard_conv(const float* x, const float* w, const float* bias
 """
 
 
+def _chunking(
+    tiles_plane: int,
+    planes: int,
+    blocks: int,
+    acc_tile: int,
+    weight_bytes: int,
+    ct: int | None,
+    fg: int | None,
+) -> tuple[int, int]:
+    """Tiles per task (CT) and filter-block groups (FG).
+
+    Every chunk of CT tiles reads the whole weight set once.  When it fits in L2 that is cheap, and
+    short chunks (>= 32 tasks per sample) balance the threads.  When it does not (C3D's conv3-conv5:
+    1-8 MB of kept weights over 200-800 positions per plane), each task covers up to 16 tiles of a
+    plane so a weight is used by 16x more positions per read, and the filter blocks are split into
+    groups so that there are still >= 16 tasks and a task's partial sums (CT x its blocks x MR x T
+    floats) stay in L2."""
+    auto_ct = ct is None
+    if ct is None:
+        ct = max(1, min(4, tiles_plane * planes // 32))
+        if weight_bytes > 256 * 1024:
+            nch = -(-tiles_plane // min(tiles_plane, 16))
+            ct = -(-tiles_plane // nch)
+    ct = max(1, min(ct, tiles_plane))
+    if fg is None:
+        fg = 1
+        if auto_ct and weight_bytes > 256 * 1024:
+            tasks = planes * -(-tiles_plane // ct)
+            while fg < blocks and (
+                tasks * fg < 16 or ct * acc_tile * -(-blocks // fg) > 192 * 1024
+            ):
+                fg += 1
+    return ct, max(1, min(fg, blocks))
+
+
 def generate_source(
     plan: SparsePlan, layout: InputLayout, nv: int, vl: int, relu: bool, name: str = "conv",
-    ct: int = 4, kc: int = 256, gn: int = 4, pf: int = 0,
+    ct: int | None = None, kc: int = 256, gn: int = 4, pf: int = 0, fg: int | None = None,
 ) -> tuple[str, torch.Tensor]:  # fmt: skip
     """C++ source of one layer's kernel for one input size, and the order (indices into the plan's
-    concatenated panels) in which the kernel expects the weight rows."""
-    kb = [0]
+    concatenated panels) in which the kernel expects the weight rows.  ``ct`` (tiles per task) and
+    ``fg`` (filter-block groups) default to a choice from the weight size (:func:`_chunking`)."""
+    nb = len(plan.block_rows)
+    start = [0]
     for rows in plan.block_rows:
+        start.append(start[-1] + len(rows))
+    do, ho, wo = layout.out
+    tiles_plane = -(-layout.positions // (nv * vl))
+    ct, fg = _chunking(tiles_plane, do, nb, plan.mr * nv * vl * 4, start[-1] * plan.mr * 4, ct, fg)
+    # Kernel block order: group g takes blocks g, g + FG, ... of the longest-first list, so the
+    # groups get about the same number of rows.
+    border = [b for g in range(fg) for b in range(g, nb, fg)]
+    bg = [0]
+    for g in range(fg):
+        bg.append(bg[-1] + len(range(g, nb, fg)))
+    block_rows = [plan.block_rows[b] for b in border]
+    filters = plan.filters.view(-1, plan.mr)[border].flatten() if nb else plan.filters
+    kb = [0]
+    for rows in block_rows:
         kb.append(kb[-1] + len(rows))
     # Rows are visited in (channel group, kernel location, channel) order: the gn channels of one
     # KGS unit are then adjacent in the packed buffer (one dense gm x gn block in the location-major
     # view W[F, k*C]), so a block's loads walk the packed rows in runs.
     L, G = plan.geometry.locations, max(1, gn)
     keyed, perm = [], []
-    for rows in plan.block_rows:
+    for rows in block_rows:
         c, loc = rows // L, rows % L
         key = (c // G) * (L * G) + loc * G + c % G
         key, p = torch.sort(key)
@@ -257,10 +317,6 @@ def generate_source(
     ukeys, ridx = torch.unique(keys, return_inverse=True)
     union = ((ukeys // (L * G)) * G + ukeys % G) * L + (ukeys // G) % L  # back to row ids
     ns = max(1, -(-len(union) // kc))
-    do, ho, wo = layout.out
-    tiles = do * -(-layout.positions // (nv * vl))
-    ct = max(1, min(ct, tiles // 32))  # enough tasks (>= 32 per sample) to balance the threads
-    nb = len(plan.block_rows)
     ks = torch.zeros(max(nb, 1), ns + 1, dtype=torch.int64)
     for b in range(nb):
         ks[b] = torch.searchsorted(ridx[kb[b] : kb[b + 1]], torch.arange(ns + 1) * kc)
@@ -268,15 +324,15 @@ def generate_source(
     for sl in range(ns):
         for b in range(nb):
             woff[b, sl] = len(order)
-            order += (kb[b] + perm[b][int(ks[b, sl]) : int(ks[b, sl + 1])]).tolist()
+            order += (start[border[b]] + perm[b][int(ks[b, sl]) : int(ks[b, sl + 1])]).tolist()
     _dq, hq, wq = layout.phased
     source = KERNEL_TEMPLATE.format(
-        name=name, vl=vl, mr=plan.mr, nv=nv, ct=ct, nb=nb, m=plan.geometry.out_channels,
-        do_=do, ho=ho, wo=wo, wq=wq, p=layout.positions,
+        name=name, vl=vl, mr=plan.mr, nv=nv, ct=ct, fg=fg, nbg=max(1, -(-nb // fg)), nb=nb,
+        m=plan.geometry.out_channels, do_=do, ho=ho, wo=wo, wq=wq, p=layout.positions,
         xn=layout.batch_stride, xd=hq * wq, relu="true" if relu else "false",
         kb=_fmt_ints(kb), ku=len(union), uroff=_fmt_ints(layout.row_offsets(union).tolist()),
         ridx=_fmt_ints((ridx * nv * vl).tolist() + [0] * pf), kc=kc, pf=pf, ns=ns, ks=_fmt_ints(ks.flatten().tolist()),
-        woff=_fmt_ints(woff.flatten().tolist()), fil=_fmt_ints(plan.filters.tolist()),
+        woff=_fmt_ints(woff.flatten().tolist()), fil=_fmt_ints(filters.tolist()), bg=_fmt_ints(bg),
     )  # fmt: skip
     return source, torch.tensor(order, dtype=torch.int64)
 

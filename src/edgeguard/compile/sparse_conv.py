@@ -23,7 +23,8 @@ class SparseConv(nn.Module):
 
     def __init__(
         self, plan: SparsePlan, *, relu: bool = False, two_d: bool = False, mode: str = "torch",
-        nv: int = 3, kc: int = 256, name: str = "conv",
+        nv: int = 3, kc: int = 256, name: str = "conv", ct: int | None = None,
+        fg: int | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         if mode not in MODES:
@@ -34,6 +35,7 @@ class SparseConv(nn.Module):
         self.mode = mode
         self.nv = nv
         self.kc = kc
+        self.ct, self.fg = ct, fg  # CPU task shape; None: chosen from the weight size
         self.precision = "ieee"  # CUDA matmul precision ("ieee" or "tf32")
         self.name = name
         g = plan.geometry
@@ -91,8 +93,9 @@ class SparseConv(nn.Module):
         from .cpu import generate_source
 
         return generate_source(
-            self.plan, self.layout(x), self.nv, vector_floats, self.relu, self.name, kc=self.kc
-        )
+            self.plan, self.layout(x), self.nv, vector_floats, self.relu, self.name, kc=self.kc,
+            ct=self.ct, fg=self.fg,
+        )  # fmt: skip
 
     def _cpu_kernel(self, x: torch.Tensor):
         key = ("cpu", tuple(x.shape[1:]))
