@@ -20,9 +20,11 @@ from .tps import random_cloth
 class EOT:
     """Ranges of the random transformations (0 turns one off).
 
-    tps: std of the TPS control-point offsets (patch half-widths); scale: relative (+-);
-    rotation: degrees (+-); perspective: corner jitter (patch half-widths); shift: position jitter
-    (patch widths, +-); brightness: additive (+-); contrast: multiplicative (+-); noise: std;
+    Lengths are in units of half the patch height (the half-width of a square patch: the warp is
+    isotropic, so a rotation stays a rotation on a rectangular print).
+    tps: std of the TPS control-point offsets; scale: relative (+-); rotation: degrees (+-);
+    perspective: corner jitter; shift: position jitter (+-, in patch heights); brightness:
+    additive (+-); contrast: multiplicative (+-); noise: std;
     blur: max Gaussian sigma (pixels of the patch as placed); splines: backward TPS of real cloth
     (:func:`tps.tps_from_video`), one drawn per sample instead of random bending when given."""
 
