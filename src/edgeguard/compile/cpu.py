@@ -111,8 +111,7 @@ static const int32_t RIDX[] = {{
 static const int32_t FIL[NB * MR] = {{
   {fil}}};
 // Blocks are split into FG groups (block ranges of at most NBG blocks, balanced in rows); a task
-// runs one group, so a layer whose weights do not fit in cache still has enough tasks while each
-// task reuses its weights over many tiles.
+// runs one group, so long chunks (fewer reads of each weight) still leave enough tasks.
 static const int32_t BG[FG + 1] = {{
   {bg}}};
 // The union rows are cut into NS slices of KC rows (packed, a slice stays in L1 while every filter
@@ -186,8 +185,7 @@ extern "C" void edgeguard_conv(const float* x, const float* w, const float* bias
   // of filter blocks.  Row slices are the outer loop, so one slice of the group's weights
   // (slice-major, sequential) stays in L2 while the chunk's CT tiles use it; for each tile the
   // slice's kept input rows are packed once (im2col of T positions, in L1) and reused by every
-  // filter block of the group.  The whole weight set is read once per chunk, so chunks are long
-  // when it does not fit in cache (late layers: few positions, megabytes of weights).
+  // filter block of the group.  The group's weights are read once per chunk.
   constexpr int CH = CT * T, NCH = (P + CH - 1) / CH;
 #pragma omp parallel num_threads(nthreads)
   {{
@@ -243,38 +241,19 @@ extern "C" void edgeguard_conv(const float* x, const float* w, const float* bias
 
 
 def _chunking(
-    tiles_plane: int,
-    planes: int,
-    blocks: int,
-    acc_tile: int,
-    weight_bytes: int,
-    ct: int | None,
-    fg: int | None,
+    tiles_plane: int, planes: int, blocks: int, ct: int | None, fg: int | None
 ) -> tuple[int, int]:
-    """Tiles per task (CT) and filter-block groups (FG).
+    """Tiles per task (CT) and filter-block groups (FG); ``None`` picks the default.
 
-    Every chunk of CT tiles reads the whole weight set once.  When it fits in L2 that is cheap, and
-    short chunks (>= 32 tasks per sample) balance the threads.  When it does not (C3D's conv3-conv5:
-    1-8 MB of kept weights over 200-800 positions per plane), each task covers up to 16 tiles of a
-    plane so a weight is used by 16x more positions per read, and the filter blocks are split into
-    groups so that there are still >= 16 tasks and a task's partial sums (CT x its blocks x MR x T
-    floats) stay in L2."""
-    auto_ct = ct is None
+    Default: chunks of up to 4 tiles, fewer where a sample has under 128 tiles (>= 32 tasks per
+    sample balance the threads), and one group.  Every chunk reads the whole weight set once, so
+    long chunks (up to a plane) split into several filter groups cut that traffic for layers with
+    megabytes of weights; on this 2-core machine it gave no measurable gain alone (C3D's conv3-conv5
+    at 3.6x: 0.93-1.09x the time, noise level) but 0.71x on conv4b when the memory bus was shared
+    with other jobs, hence the knobs (``SparseConv(ct=..., fg=...)``) for memory-starved targets."""
     if ct is None:
         ct = max(1, min(4, tiles_plane * planes // 32))
-        if weight_bytes > 256 * 1024:
-            nch = -(-tiles_plane // min(tiles_plane, 16))
-            ct = -(-tiles_plane // nch)
-    ct = max(1, min(ct, tiles_plane))
-    if fg is None:
-        fg = 1
-        if auto_ct and weight_bytes > 256 * 1024:
-            tasks = planes * -(-tiles_plane // ct)
-            while fg < blocks and (
-                tasks * fg < 16 or ct * acc_tile * -(-blocks // fg) > 192 * 1024
-            ):
-                fg += 1
-    return ct, max(1, min(fg, blocks))
+    return max(1, min(ct, tiles_plane)), max(1, min(fg or 1, blocks))
 
 
 def generate_source(
@@ -283,14 +262,14 @@ def generate_source(
 ) -> tuple[str, torch.Tensor]:  # fmt: skip
     """C++ source of one layer's kernel for one input size, and the order (indices into the plan's
     concatenated panels) in which the kernel expects the weight rows.  ``ct`` (tiles per task) and
-    ``fg`` (filter-block groups) default to a choice from the weight size (:func:`_chunking`)."""
+    ``fg`` (filter-block groups): see :func:`_chunking`."""
     nb = len(plan.block_rows)
     start = [0]
     for rows in plan.block_rows:
         start.append(start[-1] + len(rows))
     do, ho, wo = layout.out
     tiles_plane = -(-layout.positions // (nv * vl))
-    ct, fg = _chunking(tiles_plane, do, nb, plan.mr * nv * vl * 4, start[-1] * plan.mr * 4, ct, fg)
+    ct, fg = _chunking(tiles_plane, do, nb, ct, fg)
     # Kernel block order: group g takes blocks g, g + FG, ... of the longest-first list, so the
     # groups get about the same number of rows.
     border = [b for g in range(fg) for b in range(g, nb, fg)]
