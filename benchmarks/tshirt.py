@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--patches", default=None,
                     help="evaluate the patch_*.safetensors (or .png) of an earlier run, no training")  # fmt: skip
     ap.add_argument("--train-tps", type=float, default=EOT.tps,
-                    help="TPS strength (control-point std, patch half-widths) the TPS-trained patches "
+                    help="TPS strength (control-point std, half patch heights) the TPS-trained patches "
                          "see; the held-out evaluation keeps the default unless --tps-sweep")  # fmt: skip
     ap.add_argument("--tps-sweep", type=float, nargs="*", default=[],
                     help="also evaluate under EOT with these TPS strengths (default EOT is 0.08)")  # fmt: skip
@@ -99,6 +99,10 @@ def main() -> None:
             if found:
                 patches[name] = load_patch(found[0], size)
                 print(f"{name}: loaded {found[0]}", flush=True)
+            else:
+                print(
+                    f"{name}: no {stem}.safetensors or .png in {args.patches}, left out", flush=True
+                )
             return
         t0 = time.perf_counter()
         patches[name] = fn()

@@ -102,6 +102,13 @@ def test_cpu_kernel_task_shapes_give_the_same_result(ct, fg):
     assert (y - F.relu(conv(x))).abs().max() <= 1e-4 * conv(x).abs().max()
 
 
+@pytest.mark.parametrize("knob", ["ct", "fg"])
+@pytest.mark.parametrize("bad", [0, -2, 1.5])
+def test_task_shape_knobs_reject_non_positive_ints(knob, bad):
+    with pytest.raises(ValueError, match=f"{knob} must be a positive int"):
+        SparseConv(plan_conv(masked_conv(4, 8, 3, 1, 1, 1)), mode="cpu", **{knob: bad})
+
+
 def test_default_task_shape():
     from edgeguard.compile.cpu import _chunking
 

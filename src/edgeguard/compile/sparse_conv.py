@@ -35,7 +35,10 @@ class SparseConv(nn.Module):
         self.mode = mode
         self.nv = nv
         self.kc = kc
-        self.ct, self.fg = ct, fg  # CPU task shape; None: chosen from the weight size
+        for knob, val in (("ct", ct), ("fg", fg)):
+            if val is not None and (not isinstance(val, int) or val < 1):
+                raise ValueError(f"{knob} must be a positive int or None (default), got {val!r}")
+        self.ct, self.fg = ct, fg  # CPU task shape (tiles per task, filter groups); None: default
         self.precision = "ieee"  # CUDA matmul precision ("ieee" or "tf32")
         self.name = name
         g = plan.geometry
