@@ -92,6 +92,30 @@ def test_sparse_conv2d_matches_dense(mode):
 
 
 @needs_cxx
+@pytest.mark.parametrize("no_avx512", ["", "1"])
+@pytest.mark.parametrize("mr, nv", [(4, 3), (8, 2), (8, 1)])
+def test_cpu_kernel_vector_widths_and_tiles(monkeypatch, no_avx512, mr, nv):
+    # AVX-512 machines generate 16-float vectors (EDGEGUARD_NO_AVX512 forces 8); every register
+    # tile must give the dense result at either width, tiles crossing row ends included.
+    import platform
+
+    from edgeguard.compile.cpu import host_target
+
+    monkeypatch.setenv("EDGEGUARD_NO_AVX512", no_avx512)
+    target = host_target()
+    if platform.machine() == "x86_64":
+        from pathlib import Path
+
+        flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[-1].split("\n", 1)[0].split()
+        assert target.vector_floats == (16 if "avx512f" in flags and not no_avx512 else 8)
+    assert target.tile == ((8, 2) if target.vector_floats >= 16 else (4, 3))
+    conv = masked_conv(16, 24, 3, 1, 1, 1, "kgs", 0.7)
+    x = torch.randn(2, 16, 3, 9, 21)
+    y = SparseConv(plan_conv(conv, mr=mr), relu=True, mode="cpu", nv=nv)(x)
+    assert (y - F.relu(conv(x))).abs().max() <= 1e-4 * conv(x).abs().max()
+
+
+@needs_cxx
 @pytest.mark.parametrize("ct, fg", [(1, 1), (3, 1), (2, 3), (5, 4), (1, 99)])
 def test_cpu_kernel_task_shapes_give_the_same_result(ct, fg):
     # Tiles per task and filter-block groups only change the schedule: every (ct, fg) must give

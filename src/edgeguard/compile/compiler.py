@@ -127,7 +127,7 @@ def compile_model(
     max_density: float = 0.8,
     shrink_channels: bool = True,
     mr: int | None = None,
-    nv: int = 3,
+    nv: int | None = None,
     precision: str = "ieee",
 ) -> CompiledModel:
     """Compile a (masked) pruned model for inference.
@@ -142,9 +142,9 @@ def compile_model(
         max_density: a conv layer that would still multiply more than this fraction of its weights
             stays a dense (oneDNN/cuDNN) op, since a sparse kernel would not pay off; in (0, 1].
         shrink_channels: physically remove dead filters and the matching channels downstream.
-        mr: filters per block (default 4 on the CPU, the register tile; 16 on CUDA, one tensor-core
-            tile, measured fastest on an H100).
-        nv: vectors of output positions in the CPU register tile.
+        mr: filters per block (CPU default: 8 with AVX-512, else 4, the register tile; 16 on CUDA,
+            one tensor-core tile, measured fastest on an H100).
+        nv: vectors of output positions in the CPU register tile (default 2 with AVX-512, else 3).
         precision: CUDA matmul precision, ``"ieee"`` (float32, default) or ``"tf32"``.
 
     Returns:
@@ -157,8 +157,16 @@ def compile_model(
     if precision not in ("ieee", "tf32"):
         raise CompileError(f"precision must be 'ieee' or 'tf32', got {precision!r}")
     backend = resolve_backend(backend)
+    tile = (4, 3)
+    if backend == "cpu":
+        from .cpu import host_target
+
+        tile = host_target().tile  # (8, 2) with AVX-512, else (4, 3): measured per CPU
     if mr is None:
-        mr = 16 if backend == "cuda" else 4  # measured best on an H100 (docs/benchmarks.md)
+        mr = 16 if backend == "cuda" else tile[0]  # 16: measured best on an H100
+    nv = tile[1] if nv is None else nv
+    if not isinstance(nv, int) or nv < 1:
+        raise CompileError(f"nv must be a positive integer, got {nv!r}")
     if not isinstance(mr, int) or mr < 1:
         raise CompileError(f"mr must be a positive integer, got {mr!r}")
     model = copy.deepcopy(model).eval().float()
