@@ -54,7 +54,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--zo-steps", type=int, default=80)
-    ap.add_argument("--samples", type=int, default=3, help="held-out draws per person")
+    ap.add_argument("--samples", type=int, default=8, help="held-out draws per person")
     ap.add_argument("--sources", default="pennfudan,inria")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/bench/tshirt")
@@ -140,7 +140,8 @@ def main() -> None:
         for (p, d), a in asr.items():
             rows.append({"transformations": eot_name, "patch": p, "detector": d,
                          "persons": a.clean_detected, "samples": a.attacked, "hidden": a.hidden,
-                         "ASR": round(a.rate, 4)})  # fmt: skip
+                         "ASR": round(a.rate, 4),
+                         "ASR_ci95": [round(v, 4) for v in a.interval()]})  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
     if "TPS (HOG)" in patches:
         detection_examples(hog, only_detected(seen(hog), split.test), patches["TPS (HOG)"], EOT(),

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -290,6 +291,9 @@ def test_tshirt_train_and_eval_on_a_few_photos(tmp_path: Path, capsys):
     assert "hog vs opencv: ASR" in out and "random noise vs hog: ASR" in out
     for name in ("patch.png", "patch.safetensors", "asr.json", "report.html", "detections.png"):
         assert (tmp_path / name).is_file()
+    for row in json.loads((tmp_path / "asr.json").read_text()):
+        lo, hi = (float(v) for v in row["95% CI"].split("-"))  # persons resampled
+        assert lo <= row["ASR %"] <= hi
     args = ["-q", "tshirt", "eval", "--patch", str(tmp_path / "patch.safetensors"),
             "--eval-detectors", "opencv", *common]  # fmt: skip
     assert main(args) == 0

@@ -547,17 +547,20 @@ def cmd_tshirt(args) -> int:
     checks = detector_checks(eval_specs, args.trust_pickle)
     asr = evaluate_patches(patches, checks, split.test, eot, args.eval_samples)
     rows = []
+    cols = ["patch", "detector", "persons detected", "samples", "hidden", "ASR %", "95% CI"]
     for (p, d), a in asr.items():
-        rows.append([p, d, a.clean_detected, a.attacked, a.hidden, round(100 * a.rate, 1)])
-        print(f"{p} vs {d}: ASR {100 * a.rate:.1f}% ({a.hidden}/{a.attacked} held-out samples of "
-              f"{a.clean_detected} persons detected without the patch)")  # fmt: skip
-    (out / "asr.json").write_text(json.dumps([dict(zip(
-        ["patch", "detector", "persons detected", "samples", "hidden", "ASR %"], r, strict=True))
-        for r in rows], indent=1))  # fmt: skip
+        lo, hi = a.interval()
+        ci = f"{100 * lo:.1f}-{100 * hi:.1f}"
+        rows.append([p, d, a.clean_detected, a.attacked, a.hidden, round(100 * a.rate, 1), ci])
+        print(f"{p} vs {d}: ASR {100 * a.rate:.1f}% (95% CI {ci}, persons resampled; "
+              f"{a.hidden}/{a.attacked} held-out samples of {a.clean_detected} persons detected "
+              "without the patch)")  # fmt: skip
+    (out / "asr.json").write_text(json.dumps([dict(zip(cols, r, strict=True)) for r in rows],
+                                             indent=1))  # fmt: skip
     rep = Report("edgeguard: adversarial T-shirt")
     rep.paragraph(f"Held-out persons: {len(split.test)}; transformations: "
                   f"{'rigid' if args.rigid else 'TPS cloth deformation'} + EOT.")  # fmt: skip
-    rep.table(["patch", "detector", "persons detected", "samples", "hidden", "ASR %"], rows)
+    rep.table(cols, rows)
     save_patch(patch, out / "patch.png")
     rep.figure("patch.png", "the patch (print resolution)")
     first = next((s for s in eval_specs if s != "opencv"), None)

@@ -168,6 +168,23 @@ def test_attack_success_counts_only_persons_seen_without_the_patch():
     assert (asr.clean_detected, asr.attacked, asr.hidden, asr.rate) == (2, 4, 4, 1.0)
     asr = attack_success(bright_torso, crops, torch.ones(3, 16, 16), EOT.none(), samples=2)
     assert asr.rate == 0.0
+    assert asr.per_person.tolist() == [0, 0]
+    assert asr.interval() == (0.0, 0.0)
+
+
+def test_asr_interval_resamples_persons():
+    from edgeguard.attacks.patch.tshirt import ASR
+
+    # 10 persons x 4 samples: 6 always hidden, 4 never: rate 0.6.  Resampling persons spreads the
+    # rate over 0.6 +- 1.96 * sqrt(0.24 / 10) = [0.30, 0.90]; a binomial over 40 samples would give
+    # +- 0.15.  The interval holds the rate and is about that wide.
+    asr = ASR(40, 24, 10, 10, torch.tensor([4] * 6 + [0] * 4))
+    lo, hi = asr.interval(0.95, draws=4000)
+    assert lo <= 0.6 <= hi
+    assert 0.45 <= hi - lo <= 0.7
+    assert all(v != v for v in ASR(0, 0, 0, 3).interval())  # nan: no persons attacked
+    with pytest.raises(ValueError, match="level"):
+        asr.interval(1.5)
 
 
 class StubDetector(PersonDetector):

@@ -288,16 +288,36 @@ class ZOTShirt:
 @dataclass
 class ASR:
     """Attack success rate over (person, transformation) samples of persons the detector finds
-    without the patch: ``rate = hidden / attacked``."""
+    without the patch: ``rate = hidden / attacked``; ``per_person``: ``[P]`` hidden samples of each
+    attacked person (out of ``attacked / P``), for :meth:`interval`."""
 
     attacked: int
     hidden: int
     clean_detected: int
     persons: int
+    per_person: torch.Tensor | None = None
 
     @property
     def rate(self) -> float:
         return self.hidden / self.attacked if self.attacked else math.nan
+
+    def interval(
+        self, level: float = 0.95, draws: int = 2000, seed: int = 0
+    ) -> tuple[float, float]:
+        """Percentile bootstrap interval of :attr:`rate` that resamples *persons* (with all their
+        transformations): samples of one person are correlated (a hard person stays hard), so a
+        binomial interval over samples would be too narrow.  ``(nan, nan)`` without per-person
+        counts or persons."""
+        if not 0 < level < 1:
+            raise ValueError(f"level must be in (0, 1), got {level}")
+        pp = self.per_person
+        if pp is None or len(pp) == 0:
+            return math.nan, math.nan
+        gen = torch.Generator().manual_seed(seed)
+        idx = torch.randint(len(pp), (draws, len(pp)), generator=gen)
+        rates = pp.double()[idx].sum(1) / self.attacked  # every resample has P persons
+        lo, hi = torch.quantile(rates, torch.tensor([(1 - level) / 2, (1 + level) / 2]).double())
+        return float(lo), float(hi)
 
 
 def attack_success(
@@ -317,12 +337,12 @@ def attack_success(
                        for i in range(0, len(crops), batch)])  # fmt: skip
     target = crops.subset(clean.nonzero().squeeze(1))
     gen = torch.Generator().manual_seed(seed)
-    hidden = attacked = 0
+    per_person = []
     with torch.no_grad():
         for i in range(0, len(target), batch):
             part = target.subset(range(i, min(i + batch, len(target))))
             imgs = apply_patch(part, patch, eot, color, samples, gen)
             seen = is_detected(imgs, part.boxes.repeat_interleave(samples, 0))
-            hidden += int((~seen).sum())
-            attacked += len(seen)
-    return ASR(attacked, hidden, int(clean.sum()), len(crops))
+            per_person.append((~seen).view(len(part), samples).sum(1))  # apply_patch: person-major
+    pp = torch.cat(per_person) if per_person else torch.zeros(0, dtype=torch.long)
+    return ASR(len(pp) * samples, int(pp.sum()), int(clean.sum()), len(crops), pp)
