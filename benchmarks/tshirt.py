@@ -36,6 +36,7 @@ from edgeguard.attacks.patch.study import (
 )
 from edgeguard.attacks.patch.transforms import EOT
 from edgeguard.attacks.patch.tshirt import (
+    ASR,
     AdversarialTShirt,
     OpenCVHOGBlackBox,
     TShirtConfig,
@@ -68,16 +69,56 @@ def main() -> None:
                          "see; the held-out evaluation keeps the default unless --tps-sweep")  # fmt: skip
     ap.add_argument("--tps-sweep", type=float, nargs="*", default=[],
                     help="also evaluate under EOT with these TPS strengths (default EOT is 0.08)")  # fmt: skip
+    ap.add_argument("--folds", type=int, default=0,
+                    help="k-fold cross-validation over the photos (k >= 2): every person is held out "
+                         "once, ASR pooled over the folds (default: one 70/30 split)")  # fmt: skip
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.folds == 1 or args.folds < 0:
+        ap.error("--folds must be 0 (one split) or >= 2")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    skip = set(args.skip.split(","))
     t_start = time.perf_counter()
 
-    split = load_crops(DATA, args.sources.split(","), 0.3, args.seed, scale=1.0, shape=args.shape)
-    size = PATCH_SIZES[args.shape]
     hog, cnn = HOGPersonDetector(), load_cnn_detector()
+    folds = [(i, args.folds) for i in range(args.folds)] if args.folds else [None]
+    pooled: dict[tuple[str, str, str], list[ASR]] = {}
+    result = {"date": date.today().isoformat(), "machine": platform.processor() or
+              platform.machine(), "threads": torch.get_num_threads(), "args": vars(args)}  # fmt: skip
+    for fold in folds:
+        split = load_crops(DATA, args.sources.split(","), 0.3, args.seed, scale=1.0,
+                           shape=args.shape, fold=fold)  # fmt: skip
+        sub = out / f"fold{fold[0]}" if fold else out
+        patches_dir = Path(args.patches) / sub.name if fold and args.patches else args.patches
+        if fold:
+            print(f"== fold {fold[0] + 1} of {fold[1]}", flush=True)
+        res = run_split(args, split, sub, patches_dir, hog, cnn, pooled)
+        if fold:
+            result.setdefault("folds", []).append(res)
+        else:
+            result |= res
+    if args.folds:  # each person was attacked by the patch of the fold that held it out
+        result["rows"] = []
+        for (eot_name, p, d), parts in pooled.items():
+            a = ASR.pooled(parts)
+            result["rows"].append(row(eot_name, p, d, a))
+            print("pooled", json.dumps(result["rows"][-1]), flush=True)
+    result["total_seconds"] = time.perf_counter() - t_start
+    (out / "tshirt.json").write_text(json.dumps(result, indent=1))
+    print(f"results: {out / 'tshirt.json'}")
+
+
+def row(eot_name: str, patch: str, detector: str, a: ASR) -> dict:
+    return {"transformations": eot_name, "patch": patch, "detector": detector,
+            "persons": a.clean_detected, "samples": a.attacked, "hidden": a.hidden,
+            "ASR": round(a.rate, 4), "ASR_ci95": [round(v, 4) for v in a.interval()]}  # fmt: skip
+
+
+def run_split(args, split, out: Path, patches_dir, hog, cnn, pooled) -> dict:
+    """Train (or load) the patches on ``split.train``, evaluate them on ``split.test``."""
+    out.mkdir(parents=True, exist_ok=True)
+    skip = set(args.skip.split(","))
+    size = PATCH_SIZES[args.shape]
     cnn_ap = evaluate_ap(cnn, split.held_out_photos)
     print(f"CNN detector AP@0.5 on the held-out photos: {cnn_ap:.3f}", flush=True)
 
@@ -93,15 +134,15 @@ def main() -> None:
         if name in skip:
             return
         stem = f"patch_{name.replace(' ', '_')}"
-        if args.patches:  # reuse: exact from safetensors, within 1/510 from a print PNG
-            found = [f for f in (Path(args.patches) / (stem + e) for e in (".safetensors", ".png"))
+        if patches_dir:  # reuse: exact from safetensors, within 1/510 from a print PNG
+            found = [f for f in (Path(patches_dir) / (stem + e) for e in (".safetensors", ".png"))
                      if f.is_file()]  # fmt: skip
             if found:
                 patches[name] = load_patch(found[0], size)
                 print(f"{name}: loaded {found[0]}", flush=True)
             else:
                 print(
-                    f"{name}: no {stem}.safetensors or .png in {args.patches}, left out", flush=True
+                    f"{name}: no {stem}.safetensors or .png in {patches_dir}, left out", flush=True
                 )
             return
         t0 = time.perf_counter()
@@ -138,23 +179,17 @@ def main() -> None:
     for eot_name, eot in settings:
         asr = evaluate_patches(patches, checks, split.test, eot, args.samples)
         for (p, d), a in asr.items():
-            rows.append({"transformations": eot_name, "patch": p, "detector": d,
-                         "persons": a.clean_detected, "samples": a.attacked, "hidden": a.hidden,
-                         "ASR": round(a.rate, 4),
-                         "ASR_ci95": [round(v, 4) for v in a.interval()]})  # fmt: skip
+            rows.append(row(eot_name, p, d, a))
+            pooled.setdefault((eot_name, p, d), []).append(a)
             print(json.dumps(rows[-1]), flush=True)
     if "TPS (HOG)" in patches:
         detection_examples(hog, only_detected(seen(hog), split.test), patches["TPS (HOG)"], EOT(),
                            out / "detections_hog.png")  # fmt: skip
-    result = {
-        "date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(), "args": vars(args), "cnn_ap50": cnn_ap,
-        "train_persons": {"hog": len(train_hog), "hog+cnn": len(train_both)},
-        "held_out_persons": len(split.test), "skipped": split.skipped,
-        "train_seconds": seconds, "total_seconds": time.perf_counter() - t_start, "rows": rows,
+    return {
+        "cnn_ap50": cnn_ap, "train_persons": {"hog": len(train_hog), "hog+cnn": len(train_both)},
+        "held_out_persons": len(split.test), "skipped": split.skipped, "train_seconds": seconds,
+        "rows": rows,
     }  # fmt: skip
-    (out / "tshirt.json").write_text(json.dumps(result, indent=1))
-    print(f"results: {out / 'tshirt.json'}")
 
 
 if __name__ == "__main__":

@@ -94,7 +94,8 @@ def test_sparse_conv2d_matches_dense(mode):
 @needs_cxx
 @pytest.mark.parametrize("no_avx512", ["", "1"])
 @pytest.mark.parametrize("mr, nv", [(4, 3), (8, 2), (8, 1)])
-def test_cpu_kernel_vector_widths_and_tiles(monkeypatch, no_avx512, mr, nv):
+@pytest.mark.parametrize("pack", [True, False])
+def test_cpu_kernel_vector_widths_and_tiles(monkeypatch, no_avx512, mr, nv, pack):
     # AVX-512 machines generate 16-float vectors (EDGEGUARD_NO_AVX512 forces 8); every register
     # tile must give the dense result at either width, tiles crossing row ends included.
     import platform
@@ -111,7 +112,7 @@ def test_cpu_kernel_vector_widths_and_tiles(monkeypatch, no_avx512, mr, nv):
     assert target.tile == ((8, 2) if target.vector_floats >= 16 else (4, 3))
     conv = masked_conv(16, 24, 3, 1, 1, 1, "kgs", 0.7)
     x = torch.randn(2, 16, 3, 9, 21)
-    y = SparseConv(plan_conv(conv, mr=mr), relu=True, mode="cpu", nv=nv)(x)
+    y = SparseConv(plan_conv(conv, mr=mr), relu=True, mode="cpu", nv=nv, pack=pack)(x)
     assert (y - F.relu(conv(x))).abs().max() <= 1e-4 * conv(x).abs().max()
 
 

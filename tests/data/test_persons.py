@@ -65,3 +65,22 @@ def test_a_sources_split_does_not_depend_on_the_other_sources_loaded():
     some = load_persons(PERSONS, sources=["inria", "pennfudan"]).split(0.3, seed=0)[1]
     all_ = load_persons(PERSONS).split(0.3, seed=0)[1]
     assert {p.name for p in some} == {p.name for p in all_ if p.source in ("inria", "pennfudan")}
+
+
+def test_folds_hold_out_every_photo_once_and_reject_bad_k(tmp_path):
+    root = write(
+        tmp_path, ["a_1.png,30,40,1 2 10 30", "a_2.png,30,40,2 2 9 9", "b_1.png,30,40,0 0 30 40"]
+    )
+    data = load_persons(root)
+    folds = data.folds(2, seed=3)
+    held = [p.name for _, test in folds for p in test]
+    assert sorted(held) == ["a_1.png", "a_2.png", "b_1.png"]  # each photo held out exactly once
+    for train, test in folds:
+        assert not {p.name for p in train} & {p.name for p in test}
+        assert len(train) + len(test) == len(data)
+    assert [[p.name for p in t] for _, t in data.folds(2, seed=3)] == [
+        [p.name for p in t] for _, t in folds
+    ]  # seeded
+    for bad in (1, 0, 2.0, True):
+        with pytest.raises(PersonDataError, match="k must be an integer >= 2"):
+            data.folds(bad)

@@ -122,6 +122,11 @@ static const int64_t UROFF[KU] = {{
   {uroff}}};
 static const int32_t RIDX[] = {{
   {ridx}}};  // union row * T; + PF zeros: prefetch indices past a block's end stay inside the table
+// PACK = false: no packing, each kept row is read where it lies in the input buffer (RIDXD: its
+// offset there), so the first touch of a row overlaps with the FMAs instead of a copy loop.
+constexpr bool PACK = {pack};
+static const int32_t RIDXD[] = {{
+  {ridxd}}};
 static const int32_t FIL[NB * MR] = {{
   {fil}}};
 // Blocks are split into FG groups (block ranges of at most NBG blocks, balanced in rows); a task
@@ -147,7 +152,7 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
     for (int v = 0; v < NV; ++v) acc[m][v] = FIRST ? (vf){{}} + bv[m] : ld(accbuf + (m * NV + v) * VL);
 #pragma GCC unroll 2
   for (int k = k0; k < k1; ++k) {{
-    const float* xr = pk + ridx[k];  // RIDX holds row * T: no multiply in the loop
+    const float* xr = pk + ridx[k];  // RIDX holds row * T (RIDXD the buffer offset): no multiply
     if (PF > 0) {{  // the rows are a gather: the hardware prefetcher cannot guess them
       const float* nx = pk + ridx[k + PF];
       __builtin_prefetch(nx);
@@ -225,10 +230,12 @@ extern "C" void edgeguard_conv(const float* x, const float* w, const float* bias
             const int r0 = s * KC, r1 = r0 + KC < KU ? r0 + KC : KU;
             const float* pks = pk - (int64_t)r0 * T;  // ridx are union indices
             for (int p0 = c * CH, t = 0; p0 < pend; p0 += T, ++t) {{
-              for (int r = r0; r < r1; ++r)
+              if (PACK)
+                for (int r = r0; r < r1; ++r)
 #pragma GCC unroll 8
-                for (int v = 0; v < NV; ++v)
-                  st(pk + (r - r0) * T + v * VL, ld(xb + UROFF[r] + p0 + v * VL));
+                  for (int v = 0; v < NV; ++v)
+                    st(pk + (r - r0) * T + v * VL, ld(xb + UROFF[r] + p0 + v * VL));
+              const float* base = PACK ? pks : xb + p0;
               for (int b = b0; b < b1; ++b) {{
                 const int k0 = KB[b] + KS[b * (NS + 1) + s], k1 = KB[b] + KS[b * (NS + 1) + s + 1];
                 // weights are stored slice-major: one slice of every block is one sequential run
@@ -236,11 +243,11 @@ extern "C" void edgeguard_conv(const float* x, const float* w, const float* bias
                 const float* bv = bvall + b * MR;
                 float* const* op = opall + b * MR;
                 float* ab = accbuf + ((size_t)t * NBG + b - b0) * MR * T;
-                const int32_t* ri = RIDX;
-                if (NS == 1) tile<true, true>(pks, ri, k0, k1, wb, bv, ab, op, p0);
-                else if (s == 0) tile<true, false>(pks, ri, k0, k1, wb, bv, ab, op, p0);
-                else if (s == NS - 1) tile<false, true>(pks, ri, k0, k1, wb, bv, ab, op, p0);
-                else tile<false, false>(pks, ri, k0, k1, wb, bv, ab, op, p0);
+                const int32_t* ri = PACK ? RIDX : RIDXD;
+                if (NS == 1) tile<true, true>(base, ri, k0, k1, wb, bv, ab, op, p0);
+                else if (s == 0) tile<true, false>(base, ri, k0, k1, wb, bv, ab, op, p0);
+                else if (s == NS - 1) tile<false, true>(base, ri, k0, k1, wb, bv, ab, op, p0);
+                else tile<false, false>(base, ri, k0, k1, wb, bv, ab, op, p0);
               }}
             }}
           }}
@@ -273,6 +280,7 @@ def _chunking(
 def generate_source(
     plan: SparsePlan, layout: InputLayout, nv: int, vl: int, relu: bool, name: str = "conv",
     ct: int | None = None, kc: int = 256, gn: int = 4, pf: int = 0, fg: int | None = None,
+    pack: bool = True,
 ) -> tuple[str, torch.Tensor]:  # fmt: skip
     """C++ source of one layer's kernel for one input size, and the order (indices into the plan's
     concatenated panels) in which the kernel expects the weight rows.  ``ct`` (tiles per task) and
@@ -319,11 +327,17 @@ def generate_source(
             woff[b, sl] = len(order)
             order += (start[border[b]] + perm[b][int(ks[b, sl]) : int(ks[b, sl + 1])]).tolist()
     _dq, hq, wq = layout.phased
+    uroff = layout.row_offsets(union)
+    if pack or len(uroff) == 0 or int(uroff.max()) + layout.positions >= 2**31:
+        pack, ridxd = True, [0]  # int32 offsets would overflow: pack
+    else:
+        ridxd = uroff[ridx].tolist() + [0] * pf
     source = KERNEL_TEMPLATE.format(
         name=name, vl=vl, mr=plan.mr, nv=nv, ct=ct, fg=fg, nbg=max(1, -(-nb // fg)), nb=nb,
         m=plan.geometry.out_channels, do_=do, ho=ho, wo=wo, wq=wq, p=layout.positions,
         xn=layout.batch_stride, xd=hq * wq, relu="true" if relu else "false",
-        kb=_fmt_ints(kb), ku=len(union), uroff=_fmt_ints(layout.row_offsets(union).tolist()),
+        kb=_fmt_ints(kb), ku=len(union), uroff=_fmt_ints(uroff.tolist()),
+        pack="true" if pack else "false", ridxd=_fmt_ints(ridxd),
         ridx=_fmt_ints((ridx * nv * vl).tolist() + [0] * pf), kc=kc, pf=pf, ns=ns, ks=_fmt_ints(ks.flatten().tolist()),
         woff=_fmt_ints(woff.flatten().tolist()), fil=_fmt_ints(filters.tolist()), bg=_fmt_ints(bg),
     )  # fmt: skip

@@ -24,7 +24,7 @@ class SparseConv(nn.Module):
     def __init__(
         self, plan: SparsePlan, *, relu: bool = False, two_d: bool = False, mode: str = "torch",
         nv: int = 3, kc: int = 256, name: str = "conv", ct: int | None = None,
-        fg: int | None = None,
+        fg: int | None = None, pack: bool = True,
     ) -> None:  # fmt: skip
         super().__init__()
         if mode not in MODES:
@@ -39,6 +39,7 @@ class SparseConv(nn.Module):
             if val is not None and (not isinstance(val, int) or val < 1):
                 raise ValueError(f"{knob} must be a positive int or None (default), got {val!r}")
         self.ct, self.fg = ct, fg  # CPU task shape (tiles per task, filter groups); None: default
+        self.pack = pack  # CPU: pack each tile's rows (True) or read them in place
         self.precision = "ieee"  # CUDA matmul precision ("ieee" or "tf32")
         self.name = name
         g = plan.geometry
@@ -97,7 +98,7 @@ class SparseConv(nn.Module):
 
         return generate_source(
             self.plan, self.layout(x), self.nv, vector_floats, self.relu, self.name, kc=self.kc,
-            ct=self.ct, fg=self.fg,
+            ct=self.ct, fg=self.fg, pack=self.pack,
         )  # fmt: skip
 
     def _cpu_kernel(self, x: torch.Tensor):

@@ -185,6 +185,10 @@ def test_asr_interval_resamples_persons():
     assert all(v != v for v in ASR(0, 0, 0, 3).interval())  # nan: no persons attacked
     with pytest.raises(ValueError, match="level"):
         asr.interval(1.5)
+    both = ASR.pooled([asr, ASR(8, 2, 2, 5, torch.tensor([2, 0]))])
+    assert (both.attacked, both.hidden, both.clean_detected, both.persons) == (48, 26, 12, 15)
+    assert both.per_person.tolist() == [4] * 6 + [0] * 4 + [2, 0]
+    assert both.rate == 26 / 48
 
 
 class StubDetector(PersonDetector):

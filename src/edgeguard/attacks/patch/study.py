@@ -32,11 +32,19 @@ class CropSplit:
 
 def load_crops(root: str | Path, sources: list[str] | None = None, held_out: float = 0.3,
                seed: int = 0, scale: float = 1.0, limit: int | None = None,
-               shape: str = "square") -> CropSplit:  # fmt: skip
+               shape: str = "square", fold: tuple[int, int] | None = None) -> CropSplit:  # fmt: skip
     """Person crops of the train and held-out photos (split by source with ``seed``); ``shape``
-    of the patch: ``"square"`` or ``"torso"`` (see :func:`~.placement.torso_patch`)."""
+    of the patch: ``"square"`` or ``"torso"`` (see :func:`~.placement.torso_patch`); ``fold``
+    ``(i, k)``: fold ``i`` of a ``k``-fold cross-validation instead of the ``held_out`` split."""
     photos = load_persons(root, sources, limit)
-    train, test = photos.split(held_out, seed)
+    if fold is None:
+        train, test = photos.split(held_out, seed)
+    else:
+        i, k = fold
+        folds = photos.folds(k, seed)
+        if not 0 <= i < k:
+            raise ValueError(f"fold index must be in [0, {k}), got {i}")
+        train, test = folds[i]
     tr, s1 = person_crops(train, scale=scale, shape=shape)
     te, s2 = person_crops(test, scale=scale, shape=shape)
     skipped = {k: s1[k] + s2[k] for k in s1} | {"no boxes": len(photos.skipped)}

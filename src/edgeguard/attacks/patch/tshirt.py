@@ -301,6 +301,18 @@ class ASR:
     def rate(self) -> float:
         return self.hidden / self.attacked if self.attacked else math.nan
 
+    @classmethod
+    def pooled(cls, parts: Sequence[ASR]) -> ASR:
+        """One ASR over disjoint sets of persons, e.g. the held-out folds of a cross-validation
+        (each person attacked by the patch of the fold that held it out)."""
+        if not parts:
+            raise ValueError("nothing to pool")
+        pp = [a.per_person for a in parts]
+        per_person = None if any(p is None for p in pp) else torch.cat(pp)
+        return cls(sum(a.attacked for a in parts), sum(a.hidden for a in parts),
+                   sum(a.clean_detected for a in parts), sum(a.persons for a in parts),
+                   per_person)  # fmt: skip
+
     def interval(
         self, level: float = 0.95, draws: int = 2000, seed: int = 0
     ) -> tuple[float, float]:
