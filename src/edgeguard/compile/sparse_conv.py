@@ -23,8 +23,8 @@ class SparseConv(nn.Module):
 
     def __init__(
         self, plan: SparsePlan, *, relu: bool = False, two_d: bool = False, mode: str = "torch",
-        nv: int = 3, kc: int = 256, name: str = "conv", ct: int | None = None,
-        fg: int | None = None, pack: bool = True,
+        nv: int = 3, kc: int | None = None, name: str = "conv", ct: int | None = None,
+        fg: int | None = None, pack: bool = False,
     ) -> None:  # fmt: skip
         super().__init__()
         if mode not in MODES:
@@ -39,7 +39,7 @@ class SparseConv(nn.Module):
             if val is not None and (not isinstance(val, int) or val < 1):
                 raise ValueError(f"{knob} must be a positive int or None (default), got {val!r}")
         self.ct, self.fg = ct, fg  # CPU task shape (tiles per task, filter groups); None: default
-        self.pack = pack  # CPU: pack each tile's rows (True) or read them in place
+        self.pack = pack  # CPU: pack each tile's rows (True) or read them in place (default)
         self.precision = "ieee"  # CUDA matmul precision ("ieee" or "tf32")
         self.name = name
         g = plan.geometry
