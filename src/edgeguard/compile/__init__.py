@@ -17,6 +17,7 @@ from .compiler import (
 from .cpu import CompilerUnavailable
 from .plan import ConvGeometry, SparsePlan, make_plan, plan_conv
 from .sparse_conv import SparseConv
+from .sparse_linear import SparseLinear
 
 __all__ = [
     "BACKENDS",
@@ -26,6 +27,7 @@ __all__ = [
     "ConvGeometry",
     "LayerDecision",
     "SparseConv",
+    "SparseLinear",
     "SparsePlan",
     "build_kernels",
     "compile_model",

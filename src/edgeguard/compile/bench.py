@@ -14,6 +14,7 @@ from ..models.flops import count_flops
 from .compiler import CompiledModel
 from .shrink import CONVS
 from .sparse_conv import SparseConv
+from .sparse_linear import SparseLinear
 
 
 def interleaved_ms(
@@ -120,8 +121,8 @@ def benchmark(
     result = BenchResult(dense_ms, compiled_ms, reduction)
     if not per_layer:
         return result
-    dense_in = _layer_inputs(dense, x, CONVS)
-    comp_in = _layer_inputs(compiled.module, x, (*CONVS, SparseConv))
+    dense_in = _layer_inputs(dense, x, (*CONVS, nn.Linear))
+    comp_in = _layer_inputs(compiled.module, x, (*CONVS, nn.Linear, SparseConv, SparseLinear))
     by_name = {d.name: d for d in compiled.decisions}
     dense_mods = dict(dense.named_modules())
     comp_mods = dict(compiled.module.named_modules())
