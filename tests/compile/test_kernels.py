@@ -140,6 +140,10 @@ def test_default_task_shape():
     assert _chunking(33, 8, 64, None, None) == (4, 1)  # 264 tiles: chunks of 4, one group
     assert _chunking(3, 2, 128, None, None) == (1, 1)  # 6 tiles: one per task
     assert _chunking(10, 4, 128, 50, 300) == (10, 128)  # clamped to a plane and to the blocks
+    # kept weights past 4 MB: long chunks (up to 16 tiles, a plane here) in two filter groups
+    assert _chunking(7, 4, 64, None, None, 14 << 20) == (7, 2)
+    assert _chunking(27, 8, 32, None, None, 5 << 20) == (16, 2)
+    assert _chunking(27, 8, 32, 3, 1, 5 << 20) == (3, 1)  # explicit knobs win
 
 
 @needs_cxx

@@ -269,19 +269,26 @@ extern "C" void edgeguard_conv(const float* x, const float* w, const float* bias
 
 
 def _chunking(
-    tiles_plane: int, planes: int, blocks: int, ct: int | None, fg: int | None
-) -> tuple[int, int]:
+    tiles_plane: int, planes: int, blocks: int, ct: int | None, fg: int | None,
+    weight_bytes: int = 0,
+) -> tuple[int, int]:  # fmt: skip
     """Tiles per task (CT) and filter-block groups (FG); ``None`` picks the default.
 
-    Default: chunks of up to 4 tiles, fewer where a sample has under 128 tiles (>= 32 tasks per
-    sample balance the threads), and one group.  Every chunk reads the whole weight set once, so
-    long chunks (up to a plane) split into several filter groups cut that traffic for layers with
-    megabytes of weights; on this 2-core machine it gave no measurable gain alone (C3D's conv3-conv5
-    at 3.6x: 0.93-1.09x the time, noise level) but 0.71x on conv4b when the memory bus was shared
-    with other jobs, hence the knobs (``SparseConv(ct=..., fg=...)``) for memory-starved targets."""
+    Every chunk reads the group's kept weights once.  Default: chunks of up to 4 tiles, fewer where
+    a sample has under 128 tiles (>= 32 tasks per sample balance the threads), one group.  Layers
+    whose kept weights pass ``LONG_CHUNK_BYTES`` (4 MB, past the L2) get chunks of up to 16 tiles
+    in 2 filter groups instead, so the weights stream from L3/DRAM several times less often:
+    C3D's conv4a and conv4b at 2x (7 and 14 MB) take 0.90x the time, conv3b at 4x 0.98x (Zen 5,
+    2 threads); below that size the default shape is as fast."""
+    long = weight_bytes > LONG_CHUNK_BYTES
     if ct is None:
-        ct = max(1, min(4, tiles_plane * planes // 32))
-    return max(1, min(ct, tiles_plane)), max(1, min(fg or 1, blocks))
+        ct = min(16, tiles_plane) if long else max(1, min(4, tiles_plane * planes // 32))
+    if fg is None:
+        fg = 2 if long else 1
+    return max(1, min(ct, tiles_plane)), max(1, min(fg, blocks))
+
+
+LONG_CHUNK_BYTES = 4 << 20
 
 
 def generate_source(
@@ -304,7 +311,8 @@ def generate_source(
         start.append(start[-1] + len(rows))
     do, ho, wo = layout.out
     tiles_plane = -(-layout.positions // (nv * vl))
-    ct, fg = _chunking(tiles_plane, do, nb, ct, fg)
+    kept = sum(len(rows) for rows in plan.block_rows) * plan.mr * 4
+    ct, fg = _chunking(tiles_plane, do, nb, ct, fg, kept)
     # Kernel block order: group g takes blocks g, g + FG, ... of the longest-first list, so the
     # groups get about the same number of rows.
     border = [b for g in range(fg) for b in range(g, nb, fg)]
