@@ -69,6 +69,10 @@ def main() -> None:
                          "see; the held-out evaluation keeps the default unless --tps-sweep")  # fmt: skip
     ap.add_argument("--tps-sweep", type=float, nargs="*", default=[],
                     help="also evaluate under EOT with these TPS strengths (default EOT is 0.08)")  # fmt: skip
+    ap.add_argument("--topk", type=int, default=TShirtConfig.topk,
+                    help="the loss averages this many best windows overlapping the person")  # fmt: skip
+    ap.add_argument("--kappa", type=float, default=TShirtConfig.kappa,
+                    help="margin below the threshold past which a window stops pulling")  # fmt: skip
     ap.add_argument("--folds", type=int, default=0,
                     help="k-fold cross-validation over the photos (k >= 2): every person is held out "
                          "once, ASR pooled over the folds (default: one 70/30 split)")  # fmt: skip
@@ -152,7 +156,8 @@ def run_split(args, split, out: Path, patches_dir, hog, cnn, pooled) -> dict:
         save_file({"patch": patches[name].contiguous()}, str(out / f"{stem}.safetensors"))
         print(f"{name}: trained in {seconds[name]:.0f} s", flush=True)
 
-    cfg = {"steps": args.steps, "seed": args.seed, "size": size, "eot": EOT(tps=args.train_tps)}
+    cfg = {"steps": args.steps, "seed": args.seed, "size": size, "eot": EOT(tps=args.train_tps),
+           "topk": args.topk, "kappa": args.kappa}  # fmt: skip
     run("TPS (HOG)", lambda: AdversarialTShirt(training_view(hog), TShirtConfig(**cfg))
         .train(train_hog).patch)  # fmt: skip
     run("rigid (HOG)", lambda: AdversarialTShirt(training_view(hog), TShirtConfig(
