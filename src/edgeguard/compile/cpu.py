@@ -278,8 +278,8 @@ def _chunking(
     a sample has under 128 tiles (>= 32 tasks per sample balance the threads), one group.  Layers
     whose kept weights pass ``LONG_CHUNK_BYTES`` (4 MB, past the L2) get chunks of up to 16 tiles
     in 2 filter groups instead, so the weights stream from L3/DRAM several times less often:
-    C3D's conv4a and conv4b at 2x (7 and 14 MB) take 0.90x the time, conv3b at 4x 0.98x (Zen 5,
-    2 threads); below that size the default shape is as fast."""
+    C3D's conv4a and conv4b at 2x (7 and 14 MB) take 0.90x the time (Zen 5, 2 threads); below
+    that size the default shape is as fast (conv3b at 4x, 1.8 MB: 0.98-1.00x)."""
     long = weight_bytes > LONG_CHUNK_BYTES
     if ct is None:
         ct = min(16, tiles_plane) if long else max(1, min(4, tiles_plane * planes // 32))
