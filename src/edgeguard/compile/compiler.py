@@ -207,14 +207,15 @@ def compile_model(
             materialise_mask(m)
             dens = orig_density.get(name, 1.0)
             now = float((m.weight != 0).float().mean())
-            small = m.weight.numel() < LINEAR_MIN_WEIGHTS
-            if backend != "cpu" or now > max_density or small:
-                why = ("nothing pruned" if now > 0.999 else
-                       "linear layers run dense on this backend" if backend != "cpu" else
-                       f"too dense to pay off (density {now:.2f} > {max_density})"
-                       if now > max_density else
-                       f"too small to pay off ({m.weight.numel()} weights: dense reads them from "
-                       "cache)")  # fmt: skip
+            why = None
+            if backend != "cpu":
+                why = "linear layers run dense on this backend"
+            elif now > max_density:
+                why = f"too dense to pay off (density {now:.2f} > {max_density})"
+            elif m.weight.numel() < LINEAR_MIN_WEIGHTS:
+                why = f"too small to pay off ({m.weight.numel()} weights: dense reads them from cache)"
+            if why is not None:
+                why = "nothing pruned" if now > 0.999 else why
                 decisions.append(LayerDecision(name, "dense", dens, why))
                 continue
             # Batch-1 FC layers are bound by reading their weights: the sparse kernel reads only

@@ -49,20 +49,28 @@ class PersonPhotos:
     def num_persons(self) -> int:
         return sum(len(p.boxes) for p in self.photos)
 
+    def _shuffled_sources(self, seed: int) -> list[list[PersonPhoto]]:
+        """Each source's photos (sources in name order), sorted by name then shuffled by a generator
+        seeded by ``seed`` and the source name: one generator per source, so a source's order does
+        not depend on which other sources are loaded."""
+        by_source: dict[str, list[PersonPhoto]] = {}
+        for p in self.photos:
+            by_source.setdefault(p.source, []).append(p)
+        out = []
+        for src in sorted(by_source):
+            items = sorted(by_source[src], key=lambda p: p.name)
+            random.Random(f"{seed}:{src}").shuffle(items)
+            out.append(items)
+        return out
+
     def split(self, held_out: float = 0.3, seed: int = 0) -> tuple[PersonPhotos, PersonPhotos]:
         """(train, held-out): within each source, a shuffle seeded by ``seed`` and the source name
         puts ``held_out`` of the photos (at least one when the source has two or more) in the
         held-out part, the same whichever other sources are loaded."""
         if not 0 < held_out < 1:
             raise PersonDataError(f"held_out must be in (0, 1), got {held_out}")
-        by_source: dict[str, list[PersonPhoto]] = {}
-        for p in self.photos:
-            by_source.setdefault(p.source, []).append(p)
         train, test = [], []
-        for src in sorted(by_source):
-            items = sorted(by_source[src], key=lambda p: p.name)
-            # one generator per source: a source's split does not depend on which others are loaded
-            random.Random(f"{seed}:{src}").shuffle(items)
+        for items in self._shuffled_sources(seed):
             k = round(len(items) * held_out)
             if len(items) >= 2:
                 k = min(max(k, 1), len(items) - 1)
@@ -78,13 +86,8 @@ class PersonPhotos:
         evaluated by a patch that never saw its photo."""
         if isinstance(k, bool) or not isinstance(k, int) or k < 2:
             raise PersonDataError(f"k must be an integer >= 2, got {k!r}")
-        by_source: dict[str, list[PersonPhoto]] = {}
-        for p in self.photos:
-            by_source.setdefault(p.source, []).append(p)
         parts: list[list[PersonPhoto]] = [[] for _ in range(k)]
-        for src in sorted(by_source):
-            items = sorted(by_source[src], key=lambda p: p.name)
-            random.Random(f"{seed}:{src}").shuffle(items)
+        for items in self._shuffled_sources(seed):
             for i, item in enumerate(items):
                 parts[i % k].append(item)
         return [
