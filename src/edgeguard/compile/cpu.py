@@ -123,17 +123,17 @@ constexpr int64_t XN = {xn}, XD = {xd}, OPLANE = (int64_t)HO * WO;
 constexpr bool RELU = {relu};
 static const int32_t KB[NB + 1] = {{
   {kb}}};
-// Union of the rows any block keeps, as input-buffer offsets; RIDX maps each block row into it.
+// Union of the rows any block keeps, as input-buffer offsets (the rows the packing copy reads).
 constexpr int KU = {ku};
 static const int64_t UROFF[KU] = {{
   {uroff}}};
-static const int32_t RIDX[] = {{
-  {ridx}}};  // union row * T; + PF zeros: prefetch indices past a block's end stay inside the table
-// PACK = false: no packing, each kept row is read where it lies in the input buffer (RIDXD: its
-// offset there), so the first touch of a row overlaps with the FMAs instead of a copy loop.
+// PACK = false (default): no packing, each kept row is read where it lies in the input buffer, so
+// the first touch of a row overlaps with the FMAs instead of a copy loop; RIDX holds its offset
+// there.  PACK = true: rows are copied into a packed tile first; RIDX holds union row * T.
+// + PF zeros: prefetch indices past a block's end stay inside the table.
 constexpr bool PACK = {pack};
-static const int32_t RIDXD[] = {{
-  {ridxd}}};
+static const int32_t RIDX[] = {{
+  {ridx}}};
 static const int32_t FIL[NB * MR] = {{
   {fil}}};
 // Blocks are split into FG groups (block ranges of at most NBG blocks, balanced in rows); a task
@@ -159,7 +159,7 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
     for (int v = 0; v < NV; ++v) acc[m][v] = FIRST ? (vf){{}} + bv[m] : ld(accbuf + (m * NV + v) * VL);
 #pragma GCC unroll 2
   for (int k = k0; k < k1; ++k) {{
-    const float* xr = pk + ridx[k];  // RIDX holds row * T (RIDXD the buffer offset): no multiply
+    const float* xr = pk + ridx[k];  // RIDX holds the row's offset from pk: no multiply
     if (PF > 0) {{  // the rows are a gather: the hardware prefetcher cannot guess them
       const float* nx = pk + ridx[k + PF];
       __builtin_prefetch(nx);
@@ -215,7 +215,7 @@ extern "C" void edgeguard_conv(const float* x, const float* w, const float* bias
   constexpr int CH = CT * T, NCH = (P + CH - 1) / CH;
 #pragma omp parallel num_threads(nthreads)
   {{
-    float* pk = static_cast<float*>(std::aligned_alloc(64, (size_t)KC * T * 4));
+    float* pk = PACK ? static_cast<float*>(std::aligned_alloc(64, (size_t)KC * T * 4)) : nullptr;
     float* bvall = new float[NB * MR];
     float** opall = new float*[NB * MR];
     float* accbuf = static_cast<float*>(
@@ -250,11 +250,10 @@ extern "C" void edgeguard_conv(const float* x, const float* w, const float* bias
                 const float* bv = bvall + b * MR;
                 float* const* op = opall + b * MR;
                 float* ab = accbuf + ((size_t)t * NBG + b - b0) * MR * T;
-                const int32_t* ri = PACK ? RIDX : RIDXD;
-                if (NS == 1) tile<true, true>(base, ri, k0, k1, wb, bv, ab, op, p0);
-                else if (s == 0) tile<true, false>(base, ri, k0, k1, wb, bv, ab, op, p0);
-                else if (s == NS - 1) tile<false, true>(base, ri, k0, k1, wb, bv, ab, op, p0);
-                else tile<false, false>(base, ri, k0, k1, wb, bv, ab, op, p0);
+                if (NS == 1) tile<true, true>(base, RIDX, k0, k1, wb, bv, ab, op, p0);
+                else if (s == 0) tile<true, false>(base, RIDX, k0, k1, wb, bv, ab, op, p0);
+                else if (s == NS - 1) tile<false, true>(base, RIDX, k0, k1, wb, bv, ab, op, p0);
+                else tile<false, false>(base, RIDX, k0, k1, wb, bv, ab, op, p0);
               }}
             }}
           }}
@@ -349,17 +348,15 @@ def generate_source(
             order += (start[border[b]] + perm[b][int(ks[b, sl]) : int(ks[b, sl + 1])]).tolist()
     _dq, hq, wq = layout.phased
     uroff = layout.row_offsets(union)
-    if pack or len(uroff) == 0 or int(uroff.max()) + layout.positions >= 2**31:
-        pack, ridxd = True, [0]  # int32 offsets would overflow: pack
-    else:
-        ridxd = uroff[ridx].tolist() + [0] * pf
+    if len(uroff) == 0 or int(uroff.max()) + layout.positions >= 2**31:
+        pack = True  # int32 buffer offsets would overflow: pack
+    rows_at = ridx * nv * vl if pack else uroff[ridx]
     source = KERNEL_TEMPLATE.format(
         name=name, vl=vl, mr=plan.mr, nv=nv, ct=ct, fg=fg, nbg=max(1, -(-nb // fg)), nb=nb,
         m=plan.geometry.out_channels, do_=do, ho=ho, wo=wo, wq=wq, p=layout.positions,
         xn=layout.batch_stride, xd=hq * wq, relu="true" if relu else "false",
         kb=_fmt_ints(kb), ku=len(union), uroff=_fmt_ints(uroff.tolist()),
-        pack="true" if pack else "false", ridxd=_fmt_ints(ridxd),
-        ridx=_fmt_ints((ridx * nv * vl).tolist() + [0] * pf), kc=kc, pf=pf, ns=ns, ks=_fmt_ints(ks.flatten().tolist()),
+        pack="true" if pack else "false", ridx=_fmt_ints(rows_at.tolist() + [0] * pf), kc=kc, pf=pf, ns=ns, ks=_fmt_ints(ks.flatten().tolist()),
         woff=_fmt_ints(woff.flatten().tolist()), fil=_fmt_ints(filters.tolist()), bg=_fmt_ints(bg),
     )  # fmt: skip
     return source, torch.tensor(order, dtype=torch.int64)
