@@ -31,3 +31,28 @@ def test_bad_patch_files_are_named(tmp_path):
     save_file({"other": torch.zeros(3)}, str(tmp_path / "w.safetensors"))
     with pytest.raises(ValueError, match="no \\[3, h, w\\] 'patch'"):
         load_patch(tmp_path / "w.safetensors", (8, 8))
+
+
+def test_load_crops_folds_hold_out_every_person_once(tmp_path):
+    import cv2
+    import numpy as np
+
+    from edgeguard.attacks.patch.study import load_crops
+
+    (tmp_path / "images").mkdir()
+    rows = []
+    for i in range(6):  # one 100 px tall person per photo
+        cv2.imwrite(
+            str(tmp_path / "images" / f"s_{i}.png"), np.full((160, 100, 3), 40 * i, np.uint8)
+        )
+        rows.append(f"s_{i}.png,100,160,30 20 70 140")
+    (tmp_path / "manifest.csv").write_text("file,width,height,boxes\n" + "\n".join(rows) + "\n")
+    held = []
+    for i in range(3):
+        split = load_crops(tmp_path, fold=(i, 3), shape="torso")
+        assert len(split.train) + len(split.test) == 6
+        assert not set(split.train.names) & set(split.test.names)
+        held += split.test.names
+    assert sorted(held) == sorted(f"s_{i}.png#0" for i in range(6))
+    with pytest.raises(ValueError, match=r"fold index must be in \[0, 3\), got 3"):
+        load_crops(tmp_path, fold=(3, 3))

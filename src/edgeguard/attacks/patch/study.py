@@ -36,15 +36,13 @@ def load_crops(root: str | Path, sources: list[str] | None = None, held_out: flo
     """Person crops of the train and held-out photos (split by source with ``seed``); ``shape``
     of the patch: ``"square"`` or ``"torso"`` (see :func:`~.placement.torso_patch`); ``fold``
     ``(i, k)``: fold ``i`` of a ``k``-fold cross-validation instead of the ``held_out`` split."""
+    if fold is not None and not 0 <= fold[0] < fold[1]:
+        raise ValueError(f"fold index must be in [0, {fold[1]}), got {fold[0]}")
     photos = load_persons(root, sources, limit)
     if fold is None:
         train, test = photos.split(held_out, seed)
     else:
-        i, k = fold
-        folds = photos.folds(k, seed)
-        if not 0 <= i < k:
-            raise ValueError(f"fold index must be in [0, {k}), got {i}")
-        train, test = folds[i]
+        train, test = photos.folds(fold[1], seed)[fold[0]]
     tr, s1 = person_crops(train, scale=scale, shape=shape)
     te, s2 = person_crops(test, scale=scale, shape=shape)
     skipped = {k: s1[k] + s2[k] for k in s1} | {"no boxes": len(photos.skipped)}
