@@ -34,11 +34,24 @@ class InputLayout:
         return tuple(n + 2 * p for n, p in zip(self.size, self.geometry.padding, strict=True))
 
     @property
+    def shares_columns(self) -> bool:
+        """Rows share their zero columns: with stride 1 along W, a row is ``W + pw`` floats (``pw``
+        zeros, then the ``W`` inputs) and its right padding is the next row's left padding.  The
+        ``Wq - Wo`` columns computed and dropped per output row fall from ``2 pw`` to ``pw``: C3D's
+        28-wide conv3 planes take 26 tiles of 32 positions instead of 27."""
+        g = self.geometry
+        pw, kw, dw = g.padding[2], g.kernel[2], g.dilation[2]
+        return g.stride[2] == 1 and 0 < pw <= (kw - 1) * dw
+
+    @property
     def phased(self) -> tuple[int, int, int]:
         """(Dq, Hq, Wq): per-phase extent of each axis."""
-        return tuple(
+        dq, hq, wq = (
             _ceil_div(n, s) for n, s in zip(self.padded, self.geometry.stride, strict=True)
         )
+        if self.shares_columns:
+            wq = self.size[2] + self.geometry.padding[2]
+        return dq, hq, wq
 
     @property
     def phases(self) -> int:

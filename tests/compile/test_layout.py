@@ -1,0 +1,55 @@
+"""The kernels' input layout against an independent reference: zero padding + strided slicing."""
+
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgeguard.compile.layout import InputLayout
+from edgeguard.compile.plan import ConvGeometry
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    k=st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3)),
+    s=st.tuples(st.integers(1, 2), st.integers(1, 2), st.integers(1, 2)),
+    p=st.tuples(st.integers(0, 2), st.integers(0, 2), st.integers(0, 2)),
+    d=st.tuples(st.integers(1, 2), st.integers(1, 2), st.integers(1, 2)),
+    size=st.tuples(st.integers(1, 6), st.integers(1, 7), st.integers(1, 9)),
+    c=st.integers(1, 3),
+    n=st.integers(1, 2),
+)  # fmt: skip
+def test_every_kept_row_reads_the_padded_input_at_every_output_position(k, s, p, d, size, c, n):
+    geo = ConvGeometry(c, 1, k, s, p, d)
+    lay = InputLayout(geo, size)
+    do, ho, wo = lay.out
+    if min(do, ho, wo) < 1:
+        return
+    x = torch.randn(n, c, *size)
+    buf = lay.prepare(x, slack=64)
+    _dq, hq, wq = lay.phased
+    assert wq >= wo
+    xp = F.pad(x, (p[2], p[2], p[1], p[1], p[0], p[0]))
+    rows = torch.arange(c * geo.locations)
+    offs = lay.row_offsets(rows)
+    dd, hh, ww = torch.meshgrid(torch.arange(do), torch.arange(ho), torch.arange(wo), indexing="ij")
+    pos = (dd * hq * wq + hh * wq + ww).flatten()  # p = h * Wq + w within the plane d
+    for b in range(n):
+        for r, off in zip(rows.tolist(), offs.tolist(), strict=True):
+            ch, loc = divmod(r, geo.locations)
+            kd, rem = divmod(loc, k[1] * k[2])
+            kh, kw = divmod(rem, k[2])
+            ref = xp[b, ch, kd * d[0] :: s[0], kh * d[1] :: s[1], kw * d[2] :: s[2]]
+            ref = ref[:do, :ho, :wo].flatten()
+            got = buf[b * lay.batch_stride + off + pos]
+            assert torch.equal(got, ref), (r, lay.shares_columns)
+
+
+def test_stride_one_rows_share_their_zero_columns():
+    # C3D conv3: rows of 28 + 1 floats (not 28 + 2), so a 28-wide plane is 811 positions, 26 tiles
+    lay = InputLayout(ConvGeometry(4, 4, (3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1)), (8, 28, 28))
+    assert lay.shares_columns and lay.phased == (10, 30, 29) and lay.positions == 27 * 29 + 28
+    strided = InputLayout(ConvGeometry(4, 4, (1, 3, 3), (1, 2, 2), (0, 1, 1), (1, 1, 1)), (4, 9, 9))
+    assert not strided.shares_columns
+    over = InputLayout(ConvGeometry(4, 4, (1, 1, 1), (1, 1, 1), (0, 0, 1), (1, 1, 1)), (4, 9, 9))
+    assert not over.shares_columns  # padding wider than the kernel reach: no sharing possible
