@@ -121,6 +121,11 @@ constexpr int MR = {mr}, NV = {nv}, T = NV * VL, CT = {ct}, FG = {fg}, NBG = {nb
 constexpr int NB = {nb}, M = {m}, DO = {do_}, HO = {ho}, WO = {wo}, WQ = {wq}, P = {p};
 constexpr int64_t XN = {xn}, XD = {xd}, OPLANE = (int64_t)HO * WO;
 constexpr bool RELU = {relu};
+// FUSE: the kernel copies the raw input [N, CIN, DI, HI, WI] into the padded buffer itself (stride 1
+// on every axis: no phase split), by the same threads, before computing.
+constexpr bool FUSE = {fuse};
+constexpr int CIN = {cin}, DI = {di}, HI = {hi}, WI = {wi}, PD = {pd}, PH = {ph}, PW = {pw};
+constexpr int DQ = {dq}, HQ = {hq};
 static const int32_t KB[NB + 1] = {{
   {kb}}};
 // Union of the rows any block keeps, as input-buffer offsets (the rows the packing copy reads).
@@ -205,8 +210,8 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
   }}
 }}
 
-extern "C" void edgeguard_conv(const float* x, const float* w, const float* bias, float* out,
-                               int batch, int nthreads) {{
+extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const float* bias,
+                               float* out, int batch, int nthreads) {{
   // GEMM-style blocking.  One task = one output depth plane x one chunk of CT tiles x one group
   // of filter blocks.  Row slices are the outer loop, so one slice of the group's weights
   // (slice-major, sequential) stays in L2 while the chunk's CT tiles use it; for each tile the
@@ -220,6 +225,17 @@ extern "C" void edgeguard_conv(const float* x, const float* w, const float* bias
     float** opall = new float*[NB * MR];
     float* accbuf = static_cast<float*>(
         std::aligned_alloc(64, ((size_t)CT * NBG * MR * T * 4 + 63) / 64 * 64));
+    if (FUSE && xin) {{  // every thread takes this branch or none: a valid worksharing region
+#pragma omp for collapse(3) schedule(static)
+      for (int n = 0; n < batch; ++n)
+        for (int c = 0; c < CIN; ++c)
+          for (int d = 0; d < DI; ++d) {{
+            const float* src = xin + (((int64_t)n * CIN + c) * DI + d) * HI * WI;
+            float* dst = x + n * XN + (((int64_t)c * DQ + d + PD) * HQ + PH) * WQ + PW;
+            for (int h = 0; h < HI; ++h)
+              std::memcpy(dst + (int64_t)h * WQ, src + (int64_t)h * WI, WI * sizeof(float));
+          }}
+    }}  // the implicit barrier: the buffer is complete before any tile reads it
 #pragma omp for collapse(4) schedule(dynamic, 1)
     for (int n = 0; n < batch; ++n)
       for (int d = 0; d < DO; ++d)
@@ -346,7 +362,7 @@ def generate_source(
         for b in range(nb):
             woff[b, sl] = len(order)
             order += (start[border[b]] + perm[b][int(ks[b, sl]) : int(ks[b, sl + 1])]).tolist()
-    _dq, hq, wq = layout.phased
+    dq, hq, wq = layout.phased
     uroff = layout.row_offsets(union)
     if len(uroff) == 0 or int(uroff.max()) + layout.positions >= 2**31:
         pack = True  # int32 buffer offsets would overflow: pack
@@ -358,6 +374,9 @@ def generate_source(
         kb=_fmt_ints(kb), ku=len(union), uroff=_fmt_ints(uroff.tolist()),
         pack="true" if pack else "false", ridx=_fmt_ints(rows_at.tolist() + [0] * pf), kc=kc, pf=pf, ns=ns, ks=_fmt_ints(ks.flatten().tolist()),
         woff=_fmt_ints(woff.flatten().tolist()), fil=_fmt_ints(filters.tolist()), bg=_fmt_ints(bg),
+        fuse="true" if layout.phases == 1 else "false", cin=plan.geometry.in_channels,
+        di=layout.size[0], hi=layout.size[1], wi=layout.size[2], pd=plan.geometry.padding[0],
+        ph=plan.geometry.padding[1], pw=plan.geometry.padding[2], dq=dq, hq=hq,
     )  # fmt: skip
     return source, torch.tensor(order, dtype=torch.int64)
 
@@ -440,20 +459,27 @@ def _compile(todo: dict[Path, str], target: Target) -> None:
 
 
 class CppKernel:
-    """A loaded layer kernel with its weight panel in kernel order: ``kernel(xbuf, bias, out, batch)``."""
+    """A loaded layer kernel with its weight panel in kernel order:
+    ``kernel(xbuf, bias, out, batch, xin=None)``."""
 
     def __init__(self, lib: Path, panel: torch.Tensor) -> None:
         self.panel = panel.contiguous()
         self._lib = ctypes.CDLL(str(lib))
         self._fn = self._lib.edgeguard_conv
         self._fn.restype = None
-        self._fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int, ctypes.c_int]
+        self._fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int, ctypes.c_int]
 
-    def __call__(self, x: torch.Tensor, bias: torch.Tensor, out: torch.Tensor, batch: int) -> None:
+    def __call__(
+        self, x: torch.Tensor, bias: torch.Tensor, out: torch.Tensor, batch: int,
+        xin: torch.Tensor | None = None,
+    ) -> None:  # fmt: skip
+        """``x``: the padded input buffer; ``xin``: the raw contiguous input ``[N, C, D, H, W]``,
+        which a stride-1 kernel copies into ``x`` itself first (``None``: ``x`` is already filled)."""
         threads = torch.get_num_threads()
         self._fn(
-            x.data_ptr(), self.panel.data_ptr(), bias.data_ptr(), out.data_ptr(), batch, threads
-        )
+            xin.data_ptr() if xin is not None else None, x.data_ptr(), self.panel.data_ptr(),
+            bias.data_ptr(), out.data_ptr(), batch, threads,
+        )  # fmt: skip
 
 
 # -- cross compilation (phones): a standalone program around one generated kernel -----------------
@@ -476,7 +502,8 @@ int main(int argc, char** argv) {
   auto w = read_floats(argv[3], std::atol(argv[4]));
   auto b = read_floats(argv[5], std::atol(argv[6]));
   std::vector<float> out(std::atol(argv[8]));
-  edgeguard_conv(x.data(), w.data(), b.data(), out.data(), std::atoi(argv[9]), std::atoi(argv[10]));
+  edgeguard_conv(nullptr, x.data(), w.data(), b.data(), out.data(), std::atoi(argv[9]),
+                 std::atoi(argv[10]));
   FILE* f = std::fopen(argv[7], "wb");
   std::fwrite(out.data(), sizeof(float), out.size(), f);
   std::fclose(f);
