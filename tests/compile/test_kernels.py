@@ -146,6 +146,21 @@ def test_default_task_shape():
     assert _chunking(27, 8, 32, 3, 1, 5 << 20) == (3, 1)  # explicit knobs win
 
 
+def test_tile_width_follows_the_plane():
+    from edgeguard.compile.cpu import Target
+
+    avx512, avx2 = Target("g++", (), 16), Target("g++", (), 8)
+    # C3D at 16x112x112 (rows of W + 1): conv3 planes of 27 * 29 + 28 = 811 positions take 17
+    # tiles of 48 (816) rather than 26 of 32 (832); conv4's 13 * 15 + 14 = 209 take 7 tiles of
+    # 32 (224) rather than 5 of 48 (240); conv5's 55 take 2 of 32
+    assert avx512.nv_for(27 * 29 + 28, 8) == 3
+    assert avx512.nv_for(13 * 15 + 14, 8) == 2
+    assert avx512.nv_for(6 * 8 + 7, 8) == 2
+    assert avx512.nv_for(111 * 113 + 112, 8) == 3  # conv1: the same 12672 positions either way
+    assert avx512.nv_for(811, 16) == 2  # 16-filter blocks: 3 vectors would not fit 32 registers
+    assert avx2.nv_for(811, 4) == avx2.tile[1] == 3
+
+
 @needs_cxx
 def test_kernel_is_cached_and_a_corrupted_entry_is_rebuilt(tmp_path, monkeypatch):
     kernel_cache = tmp_path / "cache"

@@ -152,7 +152,8 @@ def compile_model(
         shrink_channels: physically remove dead filters and the matching channels downstream.
         mr: filters per block (CPU default: 8 with AVX-512, else 4, the register tile; 16 on CUDA,
             one tensor-core tile, measured fastest on an H100).
-        nv: vectors of output positions in the CPU register tile (default 2 with AVX-512, else 3).
+        nv: vectors of output positions in the CPU register tile (default: per layer and input
+            size with AVX-512, 2 or 3 (:meth:`~edgeguard.compile.cpu.Target.nv_for`), else 3).
         precision: CUDA matmul precision, ``"ieee"`` (float32, default) or ``"tf32"``.
 
     Returns:
@@ -172,9 +173,8 @@ def compile_model(
         tile = host_target().tile  # (8, 2) with AVX-512, else (4, 3): measured per CPU
     if mr is None:
         mr = 16 if backend == "cuda" else tile[0]  # 16: measured best on an H100
-    nv = tile[1] if nv is None else nv
-    if not isinstance(nv, int) or nv < 1:
-        raise CompileError(f"nv must be a positive integer, got {nv!r}")
+    if nv is not None and (not isinstance(nv, int) or nv < 1):
+        raise CompileError(f"nv must be a positive integer or None, got {nv!r}")
     if not isinstance(mr, int) or mr < 1:
         raise CompileError(f"mr must be a positive integer, got {mr!r}")
     model = copy.deepcopy(model).eval().float()
@@ -321,7 +321,7 @@ def build_kernels(compiled: CompiledModel, input_shape: tuple[int, ...]) -> None
 
     def hook(mod, args):
         x = args[0].unsqueeze(2) if mod.two_d else args[0]
-        src, order = mod.source(x, target.vector_floats)
+        src, order = mod.source(x, target.vector_floats, target)
         seen.append((mod, tuple(x.shape[1:]), order))
         sources.append(src)
 

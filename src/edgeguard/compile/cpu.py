@@ -56,6 +56,26 @@ class Target:
         vectors are 0.58-0.62x the time of 8-float ones on the same machine."""
         return (8, 2) if self.vector_floats >= 16 else (4, 3)
 
+    def nv_for(self, positions: int, mr: int) -> int:
+        """Vectors per tile for a layer with ``positions`` output positions per depth plane.
+
+        With 16-float vectors and 8-filter blocks the tile is 8 x 2 or 8 x 3 (24 accumulators, 28
+        of the 32 registers), whichever computes fewer positions once the plane is cut into
+        tiles, counting a 3-vector position at 0.95 of a 2-vector one (fewer (block, slice, tile)
+        entries and one broadcast per 3 FMAs instead of 2).  Measured at 4x, Zen 5, 2 threads:
+        8 x 3 takes 0.89x the time on conv1, 0.95-0.96x on conv2-conv3b and 1.04x on conv4a/4b
+        (209 positions: 5 tiles of 48 vs 7 of 32), 1.37x on conv5a (55: 2 tiles of 48 vs 2 of 32).
+        Other targets: :attr:`tile`."""
+        default = self.tile[1]
+        if self.vector_floats < 16 or mr * 3 + 4 > 32:
+            return default
+
+        def cost(nv: int) -> float:
+            t = nv * self.vector_floats
+            return -(-positions // t) * t * (0.95 if nv == 3 else 1.0)
+
+        return min((2, 3), key=cost)
+
     @property
     def key(self) -> str:
         return (

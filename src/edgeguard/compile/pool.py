@@ -77,7 +77,7 @@ class MaxPoolCpu(nn.Module):
             for n, p, k, s in zip(size, self.padding, self.kernel, self.stride, strict=True)
         )
 
-    def source(self, x: torch.Tensor, vector_floats: int) -> tuple[str, None]:
+    def source(self, x: torch.Tensor, vector_floats: int, target=None) -> tuple[str, None]:
         c, di, hi, wi = x.shape[1:]
         do, ho, wo = self.out_size((di, hi, wi))
         (kd, kh, kw), (sd, sh, sw), (pd, ph, pw) = self.kernel, self.stride, self.padding

@@ -23,7 +23,7 @@ class SparseConv(nn.Module):
 
     def __init__(
         self, plan: SparsePlan, *, relu: bool = False, two_d: bool = False, mode: str = "torch",
-        nv: int = 3, kc: int | None = None, name: str = "conv", ct: int | None = None,
+        nv: int | None = None, kc: int | None = None, name: str = "conv", ct: int | None = None,
         fg: int | None = None, pack: bool = False,
     ) -> None:  # fmt: skip
         super().__init__()
@@ -33,7 +33,7 @@ class SparseConv(nn.Module):
         self.relu = relu
         self.two_d = two_d
         self.mode = mode
-        self.nv = nv
+        self.nv = nv  # CPU vectors per tile; None: per input size (Target.nv_for)
         self.kc = kc
         for knob, val in (("ct", ct), ("fg", fg)):
             if val is not None and (not isinstance(val, int) or val < 1):
@@ -92,12 +92,18 @@ class SparseConv(nn.Module):
     def layout(self, x: torch.Tensor) -> InputLayout:
         return InputLayout(self.plan.geometry, tuple(x.shape[2:]))
 
-    def source(self, x: torch.Tensor, vector_floats: int) -> tuple[str, torch.Tensor]:
-        """Generated C++ for inputs shaped like ``x`` and the kernel's weight-row order."""
-        from .cpu import generate_source
+    def source(self, x: torch.Tensor, vector_floats: int, target=None) -> tuple[str, torch.Tensor]:
+        """Generated C++ for inputs shaped like ``x`` and the kernel's weight-row order;
+        ``target`` (default: this machine's) picks the tile when ``nv`` is None."""
+        from .cpu import Target, generate_source, host_target
 
+        lay = self.layout(x)
+        nv = self.nv
+        if nv is None:
+            target = target or host_target()
+            nv = Target(target.cxx, target.flags, vector_floats).nv_for(lay.positions, self.plan.mr)
         return generate_source(
-            self.plan, self.layout(x), self.nv, vector_floats, self.relu, self.name, kc=self.kc,
+            self.plan, lay, nv, vector_floats, self.relu, self.name, kc=self.kc,
             ct=self.ct, fg=self.fg, pack=self.pack,
         )  # fmt: skip
 
@@ -135,7 +141,7 @@ class SparseConv(nn.Module):
             self._fill_dead(out)
             return out
         kernel = self._cpu_kernel(x)
-        vl = 16  # slack >= one tile of any target (nv * vector floats)
+        slack = (self.nv or 4) * 16  # >= one tile of any target (nv * vector floats)
         # Buffers are kept between calls when ``reuse_buffers``: fresh multi-MB allocations are
         # mmap'ed and page-faulted on every call, which cost as much as a small layer's compute.
         key = tuple(x.shape)
@@ -143,10 +149,10 @@ class SparseConv(nn.Module):
         x = x.contiguous()
         if lay.phases == 1:  # the kernel fills the buffer's interior itself (zero borders kept)
             if inbuf is None:
-                inbuf = x.new_zeros(n * lay.batch_stride + self.nv * vl)
+                inbuf = x.new_zeros(n * lay.batch_stride + slack)
             xin = x
         else:
-            inbuf, xin = lay.prepare(x, slack=self.nv * vl, buf=inbuf), None
+            inbuf, xin = lay.prepare(x, slack=slack, buf=inbuf), None
         if out is None:
             out = torch.empty(n, self.plan.geometry.out_channels, *lay.out)
         if self.reuse_buffers:

@@ -25,7 +25,7 @@ class SparseLinear(nn.Module):
     work by blocks, not by positions)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-                 relu: bool = False, mode: str = "torch", mr: int = 8, nv: int = 2,
+                 relu: bool = False, mode: str = "torch", mr: int = 8, nv: int | None = 2,
                  groups: int = 16, name: str = "linear") -> None:  # fmt: skip
         super().__init__()
         if weight.dim() != 2:
