@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from edgeguard.compile import compile_model
-from edgeguard.compile.bench import median_ms, paired_ms
+from edgeguard.compile.bench import median_ms, paired_ms, steady_allocator
 from edgeguard.models import build, count_flops
 from edgeguard.sparsity import get_scheme, prune_model
 
@@ -183,13 +183,21 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["c3d", "r2plus1d_18"])
     ap.add_argument("--targets", type=float, nargs="+", default=[2.5, 3.6])
     ap.add_argument("--out", default="runs/bench/sparse_inference")
+    ap.add_argument("--glibc-malloc", action="store_true",
+                    help="keep glibc's default allocator (large blocks mmap'ed and page-faulted on "
+                         "every call: a slower, state-dependent dense baseline)")  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    steady = False if args.glibc_malloc else steady_allocator()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"machine: {platform.processor() or platform.machine()}, threads {args.threads}, "
-          f"torch {torch.__version__}", flush=True)  # fmt: skip
-    results = {"threads": args.threads, "date": time.strftime("%Y-%m-%d")}
+          f"torch {torch.__version__}, steady allocator {steady}", flush=True)  # fmt: skip
+    results = {
+        "threads": args.threads,
+        "date": time.strftime("%Y-%m-%d"),
+        "steady_allocator": steady,
+    }
     if args.only in (None, "layers"):
         results["layers"] = per_layer(args.reductions, args.repeats)
         plot(results["layers"], out / "layer_speedup.png")
