@@ -127,6 +127,18 @@ def test_cpu_kernel_task_shapes_give_the_same_result(ct, fg):
     assert (y - F.relu(conv(x))).abs().max() <= 1e-4 * conv(x).abs().max()
 
 
+@needs_cxx
+@pytest.mark.parametrize("kc", [7, 64, None])
+@pytest.mark.parametrize("pack", [True, False])
+def test_cpu_kernel_row_slices_give_the_same_result(kc, pack):
+    # 16 x 27 = 432 rows: slices of 7 or 64 rows make every block carry its accumulators across
+    # many slices (first / middle / last), the default one slice; blocks may keep no row of a slice
+    conv = masked_conv(16, 24, 3, 1, 1, 1, "kgs", 0.7)
+    x = torch.randn(2, 16, 3, 9, 10)
+    y = SparseConv(plan_conv(conv), relu=True, mode="cpu", kc=kc, pack=pack)(x)
+    assert (y - F.relu(conv(x))).abs().max() <= 1e-4 * conv(x).abs().max()
+
+
 @pytest.mark.parametrize("knob", ["ct", "fg"])
 @pytest.mark.parametrize("bad", [0, -2, 1.5])
 def test_task_shape_knobs_reject_non_positive_ints(knob, bad):

@@ -83,11 +83,26 @@ class Target:
         )
 
 
-def default_slice_rows(vector_floats: int) -> int:
-    """Kept rows per slice (KC), the rows every filter block consumes while they stay in L1: 512
-    with 16-float vectors (Zen 5, 48 KB L1d: 0.90-0.97x the time of 256 on C3D's conv1-conv3b at
-    4x, the same on conv4b/conv5a; 768 and 1024 within 3 % of 512), else 256 (32 KB L1d)."""
-    return 512 if vector_floats >= 16 else 256
+def default_slice_rows(vector_floats: int, tiles_plane: int = 8) -> int:
+    """Kept rows per slice (KC): every filter block of a task consumes one slice of the union rows
+    for a tile before the next, so the slice's input rows stay in cache between blocks.
+
+    16-float vectors (Zen 5, 48 KB L1d, 1 MB L2): 2048 where a depth plane has at least 8 tiles
+    (C3D's conv1-conv3b: 0.91-0.97x the time of 512 at 3-4x with the prefetch of
+    :func:`default_prefetch`, fewer (block, slice, tile) entries), else 512 (conv4/conv5, a few
+    tiles per plane that share each slice's weights from L2: 2048 took 1.02-1.13x the time).
+    Without AVX-512: 256 (32 KB L1d)."""
+    if vector_floats < 16:
+        return 256
+    return 2048 if tiles_plane >= 8 else 512
+
+
+def default_prefetch(vector_floats: int) -> int:
+    """Rows ahead (PF) whose input lines the inner loop prefetches: the kept rows are a gather
+    the hardware prefetcher cannot follow.  16 with 16-float vectors (C3D's conv1-conv3b at
+    2-4x: 0.96-0.99x the time with 512-row slices; conv4b/conv5a 0.99-1.02x), else 0 (not
+    measured on an AVX2/NEON machine since the earlier 2-line prefetch showed no gain there)."""
+    return 16 if vector_floats >= 16 else 0
 
 
 @cache
@@ -190,8 +205,9 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
     const float* xr = pk + ridx[k];  // RIDX holds the row's offset from pk: no multiply
     if (PF > 0) {{  // the rows are a gather: the hardware prefetcher cannot guess them
       const float* nx = pk + ridx[k + PF];
-      __builtin_prefetch(nx);
-      __builtin_prefetch(nx + T - 1);
+#pragma GCC unroll 8
+      for (int o = 0; o < T; o += 16) __builtin_prefetch(nx + o);  // every 64-byte line
+      __builtin_prefetch(nx + T + 1);
     }}
     vf xv[NV];
 #pragma GCC unroll 8
@@ -348,24 +364,26 @@ LONG_CHUNK_BYTES = 4 << 20
 
 def generate_source(
     plan: SparsePlan, layout: InputLayout, nv: int, vl: int, relu: bool, name: str = "conv",
-    ct: int | None = None, kc: int | None = None, gn: int = 4, pf: int = 0,
+    ct: int | None = None, kc: int | None = None, gn: int = 4, pf: int | None = None,
     fg: int | None = None, pack: bool = False,
 ) -> tuple[str, torch.Tensor]:  # fmt: skip
     """C++ source of one layer's kernel for one input size, and the order (indices into the plan's
     concatenated panels) in which the kernel expects the weight rows.  ``ct`` (tiles per task) and
     ``fg`` (filter-block groups): see :func:`_chunking`; ``kc``: rows per slice (default
-    :func:`default_slice_rows`); ``pack``: copy each tile's kept rows into a contiguous buffer
+    :func:`default_slice_rows`); ``pf``: prefetch distance in rows (default
+    :func:`default_prefetch`); ``pack``: copy each tile's kept rows into a contiguous buffer
     first (the older scheme) instead of reading them where they lie in the input buffer (the
     default: 0.76-0.96x the time of packing on C3D's conv1-conv5a at 4x and 2 threads, Zen 5, and
     0.96-0.99x with 8-float vectors; the rows of one tile overlap, kw shifts by one float, so
     reading in place touches a third of the cache lines the copy writes)."""
-    kc = kc or default_slice_rows(vl)
     nb = len(plan.block_rows)
     start = [0]
     for rows in plan.block_rows:
         start.append(start[-1] + len(rows))
     do, ho, wo = layout.out
     tiles_plane = -(-layout.positions // (nv * vl))
+    kc = kc or default_slice_rows(vl, 0 if pack else tiles_plane)  # a packed slice must fit L1
+    pf = default_prefetch(vl) if pf is None else pf
     kept = sum(len(rows) for rows in plan.block_rows) * plan.mr * 4
     ct, fg = _chunking(tiles_plane, do, nb, ct, fg, kept)
     # Kernel block order: group g takes blocks g, g + FG, ... of the longest-first list, so the
