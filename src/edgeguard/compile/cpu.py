@@ -88,21 +88,25 @@ def default_slice_rows(vector_floats: int, tiles_plane: int = 8) -> int:
     for a tile before the next, so the slice's input rows stay in cache between blocks.
 
     16-float vectors (Zen 5, 48 KB L1d, 1 MB L2): 2048 where a depth plane has at least 8 tiles
-    (C3D's conv1-conv3b: 0.91-0.97x the time of 512 at 3-4x with the prefetch of
-    :func:`default_prefetch`, fewer (block, slice, tile) entries), else 512 (conv4/conv5, a few
-    tiles per plane that share each slice's weights from L2: 2048 took 1.02-1.13x the time).
+    (C3D's conv2-conv3b at 4x with the prefetch of :func:`default_prefetch`: 0.94-0.98x the
+    time of 512 without it, orders of the variants rotated; fewer (block, slice, tile)
+    entries), else 512 (conv4/conv5, a few tiles per plane that share each slice's weights
+    from L2: 2048 took 1.02-1.13x the time).
     Without AVX-512: 256 (32 KB L1d)."""
     if vector_floats < 16:
         return 256
     return 2048 if tiles_plane >= 8 else 512
 
 
-def default_prefetch(vector_floats: int) -> int:
-    """Rows ahead (PF) whose input lines the inner loop prefetches: the kept rows are a gather
-    the hardware prefetcher cannot follow.  16 with 16-float vectors (C3D's conv1-conv3b at
-    2-4x: 0.96-0.99x the time with 512-row slices; conv4b/conv5a 0.99-1.02x), else 0 (not
-    measured on an AVX2/NEON machine since the earlier 2-line prefetch showed no gain there)."""
-    return 16 if vector_floats >= 16 else 0
+def default_prefetch(vector_floats: int, slice_rows: int) -> int:
+    """Rows ahead (PF) whose input lines the inner loop prefetches, for slices of ``slice_rows``.
+
+    The kept rows are a gather the hardware prefetcher cannot follow, and a 2048-row slice of
+    input rows no longer fits L1: 16 there (C3D's conv2-conv3b at 4x: 0.97-0.98x the time of no
+    prefetch, orders of the variants rotated).  With 512-row slices the rows stay in L1 and the
+    prefetches only cost issue slots (conv4b/conv5a: 0.96-1.05x without): 0.  Without
+    AVX-512: 0 (not measured on an AVX2/NEON machine)."""
+    return 16 if vector_floats >= 16 and slice_rows > 512 else 0
 
 
 @cache
@@ -383,7 +387,7 @@ def generate_source(
     do, ho, wo = layout.out
     tiles_plane = -(-layout.positions // (nv * vl))
     kc = kc or default_slice_rows(vl, 0 if pack else tiles_plane)  # a packed slice must fit L1
-    pf = default_prefetch(vl) if pf is None else pf
+    pf = default_prefetch(vl, kc) if pf is None else pf
     kept = sum(len(rows) for rows in plan.block_rows) * plan.mr * 4
     ct, fg = _chunking(tiles_plane, do, nb, ct, fg, kept)
     # Kernel block order: group g takes blocks g, g + FG, ... of the longest-first list, so the
