@@ -197,3 +197,13 @@ def test_sparse_conv_rejects_wrong_input():
         sc(torch.randn(1, 5, 3, 6, 6))
     with pytest.raises(ValueError, match="unknown mode"):
         SparseConv(sc.plan, mode="gpu")
+
+
+@needs_cxx
+def test_sparse_layers_are_named_in_profiler_traces():
+    sc = SparseConv(plan_conv(masked_conv(4, 8, 3, 1, 1, 1)), mode="cpu", name="conv_x")
+    x = torch.randn(1, 4, 3, 6, 6)
+    sc(x)  # built outside the trace
+    with torch.profiler.profile() as prof:
+        sc(x)
+    assert any(e.name == "sparse_conv:conv_x" for e in prof.events())

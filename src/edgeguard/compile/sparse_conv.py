@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -177,7 +179,13 @@ class SparseConv(nn.Module):
                 f"got {tuple(x.shape)}"
             )
         if self.mode == "cpu" and not torch.onnx.is_in_onnx_export():
-            with torch.no_grad(), torch.profiler.record_function(f"sparse_conv:{self.name}"):
+            # named in torch.profiler traces; the record costs ~0.1 ms a call otherwise (conv4b)
+            label = (
+                torch.profiler.record_function(f"sparse_conv:{self.name}")
+                if torch._C._autograd._profiler_enabled()
+                else contextlib.nullcontext()
+            )
+            with torch.no_grad(), label:
                 out = self.forward_cpu(x)
         elif self.mode == "cuda" and not torch.onnx.is_in_onnx_export():
             with torch.no_grad():
