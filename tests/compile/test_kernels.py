@@ -139,6 +139,23 @@ def test_cpu_kernel_row_slices_give_the_same_result(kc, pack):
     assert (y - F.relu(conv(x))).abs().max() <= 1e-4 * conv(x).abs().max()
 
 
+@needs_cxx
+@pytest.mark.parametrize("depth, batch, fg", [(4, 1, 1), (4, 1, 2), (6, 2, 1), (5, 1, 3)])
+def test_cpu_kernel_plane_groups_give_the_same_result(depth, batch, fg):
+    # A chunk that covers its whole plane (ct past the tiles of a small plane) lets a task take
+    # several depth planes (as many as still leave a task per thread): 2 threads here, so the
+    # groups are 2, 4, 6 or 1 planes wide
+    conv = masked_conv(8, 20, 3, 1, 1, 1, "kgs", 0.6)
+    x = torch.randn(batch, 8, depth, 5, 6)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        y = SparseConv(plan_conv(conv), relu=True, mode="cpu", ct=99, fg=fg)(x)
+    finally:
+        torch.set_num_threads(threads)
+    assert (y - F.relu(conv(x))).abs().max() <= 1e-4 * conv(x).abs().max()
+
+
 @pytest.mark.parametrize("knob", ["ct", "fg"])
 @pytest.mark.parametrize("bad", [0, -2, 1.5])
 def test_task_shape_knobs_reject_non_positive_ints(knob, bad):
