@@ -282,10 +282,13 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
   // takes as many planes as still leaves a task per thread, so the weights (past the L2 there)
   // are streamed fewer times: C3D's conv4b at 4x 0.90x the time with all 4 planes per task,
   // conv5a 0.89x (Zen 5, 2 threads).  Elsewhere one plane per task (no gain on conv2/conv3b).
+  // The partial sums of a task's planes stay within 1 MB (an L2): past it, fewer planes per task.
+  constexpr int64_t PLANE_ACC_BYTES = (int64_t)CT * NBG * MR * T * 4;
   int ndg = DO;
   if (NCH == 1)
     for (int k = 1; k <= DO; ++k)
-      if (DO % k == 0 && (int64_t)k * FG * batch >= nthreads) {{ ndg = k; break; }}
+      if (DO % k == 0 && (int64_t)k * FG * batch >= nthreads &&
+          (DO / k) * PLANE_ACC_BYTES <= (1 << 20)) {{ ndg = k; break; }}
   const int dgp = DO / ndg;
 #pragma omp parallel num_threads(nthreads)
   {{
