@@ -242,8 +242,9 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
   // The tile crosses row ends: copy each in-row segment (the Wq - WO lanes past a row end are the
   // padding columns, dropped).
 #if defined(__AVX512F__) && VL == 16
-  // Masked stores straight from the registers (0.95-0.99x the time of the copy through a buffer
-  // below on C3D's conv1-conv4b at 3-4x, Zen 5).  Lane L of the tile goes to h * WO + w + L - j.
+  // Masked stores straight from the registers instead of the copy through a buffer below: conv4b
+  // (every tile crosses a row end) 0.94-0.99x the time, other C3D layers 0.98-1.03x (Zen 5,
+  // rotated-order A/B).  Lane L of the tile goes to h * WO + w + L - j.
   for (int j = 0, h = h0, w = w0; j < T && p0 + j < P; ++h, w = 0) {{
     const int len = (WO - w < T - j ? WO - w : T - j);
     const int n = len < P - (p0 + j) ? len : P - (p0 + j);
