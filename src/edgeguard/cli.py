@@ -654,7 +654,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="model.safetensors written by prune")
     p.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuda", "torch"])
     p.add_argument("--input-shape", type=_shape, help="e.g. 1,3,16,112,112 (batch included)")
-    p.add_argument("--bench", action="store_true", help="per-layer and end-to-end latency")
+    p.add_argument("--bench", action="store_true",
+                   help="per-layer and end-to-end latency (dense vs compiled; glibc then keeps freed "
+                        "memory instead of mmap'ing large blocks, for a stable dense baseline)")  # fmt: skip
     p.add_argument("--repeats", type=int, default=10, help="timed runs per measurement (median)")
     p.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's)")
     p.add_argument("--max-density", type=float, default=0.8,
