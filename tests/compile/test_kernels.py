@@ -25,6 +25,13 @@ def masked_conv(cin, cout, k, s, p, d, scheme="kgs", rate=0.6, seed=0, dims=3):
     return conv
 
 
+def assert_relu_kernel_matches_dense(conv, x, mr=4, **knobs):
+    """The CPU kernel with ReLU fused against ReLU of PyTorch's dense conv, to 1e-4 of its scale;
+    ``knobs``: SparseConv's tile and schedule options."""
+    y = SparseConv(plan_conv(conv, mr=mr), relu=True, mode="cpu", **knobs)(x)
+    assert (y - F.relu(conv(x))).abs().max() <= 1e-4 * conv(x).abs().max()
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     m=st.integers(1, 13), c=st.integers(1, 9), k=st.integers(1, 3),
@@ -112,8 +119,7 @@ def test_cpu_kernel_vector_widths_and_tiles(monkeypatch, no_avx512, mr, nv, pack
     assert target.tile == ((8, 2) if target.vector_floats >= 16 else (4, 3))
     conv = masked_conv(16, 24, 3, 1, 1, 1, "kgs", 0.7)
     x = torch.randn(2, 16, 3, 9, 21)
-    y = SparseConv(plan_conv(conv, mr=mr), relu=True, mode="cpu", nv=nv, pack=pack)(x)
-    assert (y - F.relu(conv(x))).abs().max() <= 1e-4 * conv(x).abs().max()
+    assert_relu_kernel_matches_dense(conv, x, mr=mr, nv=nv, pack=pack)
 
 
 @needs_cxx
@@ -123,8 +129,7 @@ def test_cpu_kernel_task_shapes_give_the_same_result(ct, fg):
     # the dense result (fg past the block count is clamped: one block per group).
     conv = masked_conv(8, 36, 3, 1, 1, 1, "kgs", 0.6)
     x = torch.randn(2, 8, 3, 13, 15)
-    y = SparseConv(plan_conv(conv), relu=True, mode="cpu", ct=ct, fg=fg)(x)
-    assert (y - F.relu(conv(x))).abs().max() <= 1e-4 * conv(x).abs().max()
+    assert_relu_kernel_matches_dense(conv, x, ct=ct, fg=fg)
 
 
 @needs_cxx
@@ -135,8 +140,7 @@ def test_cpu_kernel_row_slices_give_the_same_result(kc, pack):
     # many slices (first / middle / last), the default one slice; blocks may keep no row of a slice
     conv = masked_conv(16, 24, 3, 1, 1, 1, "kgs", 0.7)
     x = torch.randn(2, 16, 3, 9, 10)
-    y = SparseConv(plan_conv(conv), relu=True, mode="cpu", kc=kc, pack=pack)(x)
-    assert (y - F.relu(conv(x))).abs().max() <= 1e-4 * conv(x).abs().max()
+    assert_relu_kernel_matches_dense(conv, x, kc=kc, pack=pack)
 
 
 @needs_cxx
@@ -150,10 +154,9 @@ def test_cpu_kernel_plane_groups_give_the_same_result(depth, batch, fg):
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        y = SparseConv(plan_conv(conv), relu=True, mode="cpu", ct=99, fg=fg)(x)
+        assert_relu_kernel_matches_dense(conv, x, ct=99, fg=fg)
     finally:
         torch.set_num_threads(threads)
-    assert (y - F.relu(conv(x))).abs().max() <= 1e-4 * conv(x).abs().max()
 
 
 @pytest.mark.parametrize("knob", ["ct", "fg"])
