@@ -204,11 +204,9 @@ template <bool FIRST, bool LAST>
 static inline void tile(const float* __restrict pk, const int32_t* __restrict ridx, int k0, int k1,
                         const float* __restrict wb, const float* bv, float* accbuf,
                         float* const* op, int p0) {{
-  vf acc[MR][NV];
-#pragma GCC unroll 32
-  for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) acc[m][v] = FIRST ? (vf){{}} + bv[m] : ld(accbuf + (m * NV + v) * VL);
+  // The accumulators are named variables (generated for MR x NV), not an array: GCC kept an
+  // array in memory at every call's entry and exit (36 spills and reloads per call).
+{acc_init}
 #pragma GCC unroll 2
   for (int k = k0; k < k1; ++k) {{
     const float* xr = pk + ridx[k];  // RIDX holds the row's offset from pk: no multiply
@@ -218,22 +216,14 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
       for (int o = 0; o < T; o += 16) __builtin_prefetch(nx + o);  // every 64-byte line
       __builtin_prefetch(nx + T + 1);
     }}
-    vf xv[NV];
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) xv[v] = ld(xr + v * VL);
     const float* wk = wb + (int64_t)k * MR;
-#pragma GCC unroll 32
-    for (int m = 0; m < MR; ++m) {{
-      const float s = wk[m];
-#pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) acc[m][v] += xv[v] * s;
-    }}
+{acc_fma}
   }}
-  if (!LAST) {{
-    for (int m = 0; m < MR; ++m)
-      for (int v = 0; v < NV; ++v) st(accbuf + (m * NV + v) * VL, acc[m][v]);
+  if constexpr (!LAST) {{
+{acc_save}
     return;
   }}
+  vf acc[MR][NV] = {acc_array};
   if (RELU)
     for (int m = 0; m < MR; ++m)
       for (int v = 0; v < NV; ++v) acc[m][v] = acc[m][v] > 0 ? acc[m][v] : (vf){{}};
@@ -362,6 +352,26 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
 """
 
 
+def _register_tile(mr: int, nv: int) -> dict[str, str]:
+    """The ``mr x nv`` register tile of :func:`tile`, unrolled into named accumulators
+    ``a{m}_{v}`` (filter m, vector v): their initial load, the per-row FMAs, the save of partial
+    sums and the array the store path reads."""
+    acc = [[f"a{m}_{v}" for v in range(nv)] for m in range(mr)]
+    off = lambda m, v: f"accbuf + {(m * nv + v)} * VL"  # noqa: E731
+    init = "\n".join(
+        f"  vf {acc[m][v]} = FIRST ? (vf){{}} + bv[{m}] : ld({off(m, v)});"
+        for m in range(mr) for v in range(nv)
+    )  # fmt: skip
+    loads = ", ".join(f"x{v} = ld(xr + {v} * VL)" for v in range(nv))
+    fma = [f"    const vf {loads};"]
+    for m in range(mr):
+        fma.append(f"    {{ const float s = wk[{m}]; " + " ".join(
+            f"{acc[m][v]} += x{v} * s;" for v in range(nv)) + " }")  # fmt: skip
+    save = "\n".join(f"    st({off(m, v)}, {acc[m][v]});" for m in range(mr) for v in range(nv))
+    array = "{" + ", ".join("{" + ", ".join(row) + "}" for row in acc) + "}"
+    return {"acc_init": init, "acc_fma": "\n".join(fma), "acc_save": save, "acc_array": array}
+
+
 def _chunking(
     tiles_plane: int, planes: int, blocks: int, ct: int | None, fg: int | None,
     weight_bytes: int = 0,
@@ -455,7 +465,7 @@ def generate_source(
         kb=_fmt_ints(kb), ku=len(union), uroff=_fmt_ints(uroff.tolist()),
         pack="true" if pack else "false", ridx=_fmt_ints(rows_at.tolist() + [0] * pf), kc=kc, pf=pf, ns=ns, ks=_fmt_ints(ks.flatten().tolist()),
         woff=_fmt_ints(woff.flatten().tolist()), fil=_fmt_ints(filters.tolist()), bg=_fmt_ints(bg),
-        fuse="true" if layout.phases == 1 else "false", cin=plan.geometry.in_channels,
+        fuse="true" if layout.phases == 1 else "false", **_register_tile(plan.mr, nv), cin=plan.geometry.in_channels,
         di=layout.size[0], hi=layout.size[1], wi=layout.size[2], pd=plan.geometry.padding[0],
         ph=plan.geometry.padding[1], pw=plan.geometry.padding[2], dq=dq, hq=hq,
     )  # fmt: skip
