@@ -206,3 +206,59 @@ def test_filter_reading_only_removed_constant_channels_is_kept_when_padding_vari
     x = torch.randn(2, 1, 6, 6)
     with torch.no_grad():
         assert rel_err(compiled(x), model(x)) <= 1e-4
+
+
+class ConvPool(nn.Module):
+    """conv -> ReLU -> max pool, twice; the second pool overlaps (stride 1): never fused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv3d(3, 16, 3, padding=1)
+        self.pool1 = nn.MaxPool3d((1, 2, 2))
+        self.conv2 = nn.Conv3d(16, 16, 3, padding=1)
+        self.pool2 = nn.MaxPool3d(2, stride=1)
+
+    def forward(self, x):
+        return self.pool2(torch.relu(self.conv2(self.pool1(torch.relu(self.conv1(x))))))
+
+
+@needs_cxx
+@pytest.mark.parametrize("min_bytes, fused", [(0, ["conv1"]), (1 << 40, [])])
+def test_large_conv_outputs_take_their_max_pool(monkeypatch, min_bytes, fused):
+    from edgeguard.compile import compiler
+
+    monkeypatch.setattr(compiler, "FUSE_POOL_MIN_BYTES", min_bytes)
+    torch.manual_seed(0)
+    model = ConvPool().eval()
+    prune_model(model, "kgs", rates=0.6)
+    shape = (2, 3, 4, 10, 11)
+    comp = compile_model(model, "cpu", input_shape=shape)
+    layers = {d.name: d.detail for d in comp.decisions}
+    assert [n for n, d in layers.items() if "max pool" in d] == fused
+    called = {n.target for n in comp.module.graph.nodes if n.op == "call_module"}
+    assert ("pool1" in called) == (not fused) and "pool2" in called
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        assert rel_err(comp(x), model(x)) < 1e-5
+
+
+@needs_cxx
+def test_a_fused_max_pool_exports_to_onnx_as_a_max_pool(tmp_path, monkeypatch):
+    from edgeguard.compile import compiler
+
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from edgeguard.compile.onnx_export import export_onnx
+
+    monkeypatch.setattr(compiler, "FUSE_POOL_MIN_BYTES", 0)
+    torch.manual_seed(0)
+    model = ConvPool().eval()
+    prune_model(model, "kgs", rates=0.6)
+    shape = (1, 3, 4, 10, 11)
+    comp = compile_model(model, "cpu", input_shape=shape)
+    path = export_onnx(comp, tmp_path / "m.onnx", shape)
+    assert [n.op_type for n in onnx.load(str(path)).graph.node].count("MaxPool") == 2
+    x = torch.randn(*shape)
+    out = ort.InferenceSession(str(path)).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        assert rel_err(torch.from_numpy(out), model(x)) < 1e-5

@@ -159,6 +159,41 @@ def test_cpu_kernel_plane_groups_give_the_same_result(depth, batch, fg):
         torch.set_num_threads(threads)
 
 
+POOL_CASES = [  # cin, cout, input (D, H, W), pool window, SparseConv knobs
+    (3, 16, (5, 22, 23), (1, 2, 2), {}),  # C3D's pool1 shape; odd W: floor drops a column
+    (8, 12, (6, 13, 14), (2, 2, 2), {}),  # odd H: the last row is not computed
+    (16, 8, (5, 7, 9), (2, 3, 2), {"kc": 40}),  # odd D and several row slices
+    (8, 20, (4, 6, 7), (2, 2, 2), {"ct": 99, "fg": 2}),  # whole planes per task, 2 filter groups
+    (4, 8, (3, 30, 31), (1, 2, 2), {"pack": True}),
+    (6, 10, (2, 4, 4), (2, 4, 4), {}),  # the window is the whole output
+]
+
+
+@pytest.mark.parametrize("mode", ["torch", pytest.param("cpu", marks=needs_cxx)])
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("case", POOL_CASES, ids=lambda c: f"{c[2]}-pool{c[3]}")
+def test_fused_max_pool_matches_conv_relu_pool(case, batch, mode):
+    cin, cout, size, pool, knobs = case
+    conv = masked_conv(cin, cout, 3, 1, 1, 1, "kgs", 0.6)
+    with torch.no_grad():
+        conv.weight[1] = 0  # a dead filter: its pooled output is the constant relu(bias)
+    x = torch.randn(batch, cin, *size)
+    sc = SparseConv(plan_conv(conv), relu=True, mode=mode, **(knobs if mode == "cpu" else {}))
+    sc.pool = pool
+    want = F.max_pool3d(F.relu(conv(x)), pool, pool)
+    got = sc(x)
+    assert got.shape == want.shape
+    assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+
+
+@needs_cxx
+def test_fused_max_pool_outside_the_output_is_rejected():
+    sc = SparseConv(plan_conv(masked_conv(4, 8, 3, 1, 1, 1)), relu=True, mode="cpu")
+    sc.pool = (1, 2, 9)
+    with pytest.raises(ValueError, match="within the output"):
+        sc(torch.randn(1, 4, 3, 6, 6))
+
+
 @pytest.mark.parametrize("knob", ["ct", "fg"])
 @pytest.mark.parametrize("bad", [0, -2, 1.5])
 def test_task_shape_knobs_reject_non_positive_ints(knob, bad):

@@ -173,6 +173,12 @@ constexpr bool RELU = {relu};
 constexpr bool FUSE = {fuse};
 constexpr int CIN = {cin}, DI = {di}, HI = {hi}, WI = {wi}, PD = {pd}, PH = {ph}, PW = {pw};
 constexpr int DQ = {dq}, HQ = {hq};
+// Fused max pooling (PKD x PKH x PKW windows, stride = window, no padding, floor; 1 x 1 x 1: none):
+// a task computes whole windows (RC output rows of PKD planes) into its own scratch and writes
+// only the pooled output, so the unpooled activations never reach memory.
+constexpr int PKD = {pkd}, PKH = {pkh}, PKW = {pkw}, RC = {rc};
+constexpr bool POOL = PKD * PKH * PKW > 1;
+constexpr int DOP = DO / PKD, HOP = HO / PKH, WOP = WO / PKW;
 static const int32_t KB[NB + 1] = {{
   {kb}}};
 // Union of the rows any block keeps, as input-buffer offsets (the rows the packing copy reads).
@@ -203,7 +209,7 @@ static const int32_t WOFF[NB * NS] = {{
 template <bool FIRST, bool LAST>
 static inline void tile(const float* __restrict pk, const int32_t* __restrict ridx, int k0, int k1,
                         const float* __restrict wb, const float* bv, float* accbuf,
-                        float* const* op, int p0) {{
+                        float* const* op, int p0, int pl, int hb) {{
   // The accumulators are named variables (generated for MR x NV), not an array: GCC kept an
   // array in memory at every call's entry and exit (36 spills and reloads per call).
 {acc_init}
@@ -227,14 +233,15 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
   if (RELU)
     for (int m = 0; m < MR; ++m)
       for (int v = 0; v < NV; ++v) acc[m][v] = acc[m][v] > 0 ? acc[m][v] : (vf){{}};
-  const int h0 = p0 / WQ, w0 = p0 % WQ;
+  const int h0 = p0 / WQ, w0 = p0 % WQ, hr = h0 - hb;
   if (w0 + T <= WO) {{
     for (int m = 0; m < MR; ++m)
       if (op[m])
-        for (int v = 0; v < NV; ++v) st(op[m] + h0 * WO + w0 + v * VL, acc[m][v]);
+        for (int v = 0; v < NV; ++v) st(op[m] + hr * WO + w0 + v * VL, acc[m][v]);
     return;
   }}
-  // The tile crosses row ends: store each in-row segment, lanes j .. j + n - 1 of the tile at
+  // (op[m] + (h - hb) * WO + w is output row h of filter slot m: hb is the first row op[m] holds.)
+  // The tile crosses row ends, or the chunk's end pl: store each in-row segment, lanes j .. j + n - 1 of the tile at
   // h * WO + w (the Wq - WO lanes past a row end are the padding columns, dropped).  With AVX-512,
   // masked stores straight from the registers instead of a copy through a buffer: conv4b (every
   // tile crosses a row end) 0.94-0.99x the time, other C3D layers 0.98-1.03x (Zen 5, rotated-order
@@ -243,9 +250,9 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
   float tmp[MR][T];
   std::memcpy(tmp, acc, sizeof tmp);
 #endif
-  for (int j = 0, h = h0, w = w0; j < T && p0 + j < P; ++h, w = 0) {{
+  for (int j = 0, h = hr, w = w0; j < T && p0 + j < pl; ++h, w = 0) {{
     const int len = (WO - w < T - j ? WO - w : T - j);
-    const int n = len < P - (p0 + j) ? len : P - (p0 + j);
+    const int n = len < pl - (p0 + j) ? len : pl - (p0 + j);
     if (n > 0) {{
 #if EG_MASKED_STORES
       for (int v = j / VL; v <= (j + n - 1) / VL; ++v) {{
@@ -270,19 +277,25 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
   // (slice-major, sequential) stays in L2 while the task's tiles use it; each tile's kept input
   // rows of the slice are read (or packed once, PACK) and reused by every filter block of the
   // group.  The group's weights are read once per task.
-  constexpr int CH = CT * T, NCH = (P + CH - 1) / CH;
+  // Chunks: CT tiles (CH positions) of a plane, or, with a fused pool, RC output rows (whole
+  // pooling windows; the rows and planes that floor pooling drops are not computed at all).
+  constexpr int CH = CT * T, HC = HOP * PKH;
+  constexpr int NCH = POOL ? (HC + RC - 1) / RC : (P + CH - 1) / CH;
+  constexpr int DU = POOL ? DOP : DO;  // plane units: PKD planes each with a pool, else 1
   // Plane groups: where a chunk is a whole plane (layers with long chunks or few tiles), a task
   // takes as many planes as still leaves a task per thread, so the weights (past the L2 there)
   // are streamed fewer times: C3D's conv4b at 4x 0.90x the time with all 4 planes per task,
   // conv5a 0.89x (Zen 5, 2 threads).  Elsewhere one plane per task (no gain on conv2/conv3b).
   // The partial sums of a task's planes stay within 1 MB (an L2): past it, fewer planes per task.
-  constexpr int64_t PLANE_ACC_BYTES = (int64_t)CT * NBG * MR * T * 4;
-  int ndg = DO;
+  // (With a pool, the scratch of a task's unpooled rows counts too.)
+  constexpr int64_t SCR_PLANE = POOL ? (int64_t)NBG * MR * RC * WO : 0;  // floats per plane
+  constexpr int64_t PLANE_ACC_BYTES = ((int64_t)CT * NBG * MR * T + SCR_PLANE) * 4;
+  int ndg = DU;
   if (NCH == 1)
-    for (int k = 1; k <= DO; ++k)
-      if (DO % k == 0 && (int64_t)k * FG * batch >= nthreads &&
-          (DO / k) * PLANE_ACC_BYTES <= (1 << 20)) {{ ndg = k; break; }}
-  const int dgp = DO / ndg;
+    for (int k = 1; k <= DU; ++k)
+      if (DU % k == 0 && (int64_t)k * FG * batch >= nthreads &&
+          (DU / k) * PKD * PLANE_ACC_BYTES <= (1 << 20)) {{ ndg = k; break; }}
+  const int dgp = DU / ndg * PKD;
 #pragma omp parallel num_threads(nthreads)
   {{
     float* pk = PACK ? static_cast<float*>(std::aligned_alloc(64, (size_t)KC * T * 4)) : nullptr;
@@ -290,6 +303,7 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
     float** opall = new float*[(size_t)dgp * NB * MR];
     float* accbuf = static_cast<float*>(
         std::aligned_alloc(64, ((size_t)dgp * CT * NBG * MR * T * 4 + 63) / 64 * 64));
+    float* scr = POOL ? new float[(size_t)dgp * SCR_PLANE] : nullptr;
     if (FUSE && xin) {{  // every thread takes this branch or none: a valid worksharing region
 #pragma omp for collapse(3) schedule(static)
       for (int n = 0; n < batch; ++n)
@@ -307,20 +321,25 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
         for (int c = 0; c < NCH; ++c)
           for (int g = 0; g < FG; ++g) {{
           const int d0 = dg * dgp;
-          const int pend = (c + 1) * CH < P ? (c + 1) * CH : P;
+          const int hb = POOL ? c * RC : 0, he = hb + RC < HC ? hb + RC : HC;  // pool: rows
+          const int pbeg = POOL ? hb * WQ : c * CH;
+          const int pend0 = POOL ? he * WQ : (c + 1) * CH;
+          const int pend = pend0 < P ? pend0 : P;
           const int b0 = BG[g], b1 = BG[g + 1];
           for (int i = b0 * MR; i < b1 * MR; ++i) {{  // once per task, not per (block, slice)
             const int f = FIL[i];
             bvall[i] = f >= 0 ? bias[f] : 0.f;
             for (int dd = 0; dd < dgp; ++dd)
               opall[(size_t)dd * NB * MR + i] =
-                  f >= 0 ? out + ((int64_t)(n * M + f) * DO + d0 + dd) * OPLANE : nullptr;
+                  f < 0 ? nullptr
+                  : POOL ? scr + ((size_t)(i - b0 * MR) * dgp + dd) * RC * WO
+                         : out + ((int64_t)(n * M + f) * DO + d0 + dd) * OPLANE;
           }}
           for (int s = 0; s < NS; ++s) {{
             const int r0 = s * KC, r1 = r0 + KC < KU ? r0 + KC : KU;
             const float* pks = pk - (int64_t)r0 * T;  // ridx are union indices
             for (int dd = 0; dd < dgp; ++dd)
-            for (int p0 = c * CH, t = dd * CT; p0 < pend; p0 += T, ++t) {{
+            for (int p0 = pbeg, t = dd * CT; p0 < pend; p0 += T, ++t) {{
               const float* xb = x + n * XN + (int64_t)(d0 + dd) * XD;
               if (PACK)
                 for (int r = r0; r < r1; ++r)
@@ -335,21 +354,62 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
                 const float* bv = bvall + b * MR;
                 float* const* op = opall + (size_t)dd * NB * MR + b * MR;
                 float* ab = accbuf + ((size_t)t * NBG + b - b0) * MR * T;
-                if (NS == 1) tile<true, true>(base, RIDX, k0, k1, wb, bv, ab, op, p0);
-                else if (s == 0) tile<true, false>(base, RIDX, k0, k1, wb, bv, ab, op, p0);
-                else if (s == NS - 1) tile<false, true>(base, RIDX, k0, k1, wb, bv, ab, op, p0);
-                else tile<false, false>(base, RIDX, k0, k1, wb, bv, ab, op, p0);
+                if (NS == 1) tile<true, true>(base, RIDX, k0, k1, wb, bv, ab, op, p0, pend, hb);
+                else if (s == 0) tile<true, false>(base, RIDX, k0, k1, wb, bv, ab, op, p0, pend, hb);
+                else if (s == NS - 1) tile<false, true>(base, RIDX, k0, k1, wb, bv, ab, op, p0, pend, hb);
+                else tile<false, false>(base, RIDX, k0, k1, wb, bv, ab, op, p0, pend, hb);
               }}
             }}
           }}
+          if (POOL)  // the task's windows are complete: pool its scratch into the output
+            for (int i = b0 * MR; i < b1 * MR; ++i) {{
+              const int f = FIL[i];
+              if (f < 0) continue;
+              for (int dp = 0; dp < dgp / PKD; ++dp)
+                for (int hp = hb / PKH; hp < he / PKH; ++hp) {{
+                  float row[WO];  // the max over the window's planes and rows, then over columns
+                  const float* sp = scr + ((size_t)(i - b0 * MR) * dgp + dp * PKD) * RC * WO
+                                    + (int64_t)(hp * PKH - hb) * WO;
+                  for (int q = 0; q < WO; ++q) row[q] = sp[q];
+                  for (int a = 0; a < PKD; ++a)
+                    for (int e = 0; e < PKH; ++e) {{
+                      const float* sr = sp + ((size_t)a * RC + e) * WO;
+                      for (int q = 0; q < WO; ++q) row[q] = sr[q] > row[q] ? sr[q] : row[q];
+                    }}
+                  float* o = out + (((int64_t)(n * M + f) * DOP + d0 / PKD + dp) * HOP + hp) * WOP;
+                  for (int q = 0; q < WOP; ++q) {{
+                    float mx = row[q * PKW];
+                    for (int e = 1; e < PKW; ++e) mx = row[q * PKW + e] > mx ? row[q * PKW + e] : mx;
+                    o[q] = mx;
+                  }}
+                }}
+            }}
         }}
     std::free(pk);
+    delete[] scr;
     std::free(accbuf);
     delete[] bvall;
     delete[] opall;
   }}
 }}
 """
+
+
+def _pool_rows(kh: int, ho: int, wq: int, t: int, row_bytes: int) -> int:
+    """Output rows per chunk of a layer with a fused pool of ``kh`` rows: a multiple of ``kh``
+    whose chunk wastes the fewest positions in its last, partly used tile (``wq`` positions a row,
+    ``t`` a tile), the fewest rows among equals, with the chunk's scratch (``row_bytes`` a row)
+    within 256 KB of L2.  E.g. C3D's conv1 (rows of 113 positions, 24-position tiles): 4 rows
+    (452 positions in 19 tiles) instead of 2 (226 in 10: 6 % wasted)."""
+    hc = ho // kh * kh
+    best, best_cost = kh, None
+    for rc in range(kh, hc + 1, kh):
+        if rc > kh and rc * row_bytes > 256 << 10:
+            break
+        cost = -(-(rc * wq) // t) * t / (rc * wq)
+        if best_cost is None or cost < best_cost - 1e-9:
+            best, best_cost = rc, cost
+    return best
 
 
 def _register_tile(mr: int, nv: int) -> dict[str, str]:
@@ -398,7 +458,7 @@ LONG_CHUNK_BYTES = 4 << 20
 def generate_source(
     plan: SparsePlan, layout: InputLayout, nv: int, vl: int, relu: bool, name: str = "conv",
     ct: int | None = None, kc: int | None = None, gn: int = 4, pf: int | None = None,
-    fg: int | None = None, pack: bool = False,
+    fg: int | None = None, pack: bool = False, pool: tuple[int, int, int] = (1, 1, 1),
 ) -> tuple[str, torch.Tensor]:  # fmt: skip
     """C++ source of one layer's kernel for one input size, and the order (indices into the plan's
     concatenated panels) in which the kernel expects the weight rows.  ``ct`` (tiles per task) and
@@ -408,7 +468,9 @@ def generate_source(
     first (the older scheme) instead of reading them where they lie in the input buffer (the
     default: 0.76-0.96x the time of packing on C3D's conv1-conv5a at 4x and 2 threads, Zen 5, and
     0.96-0.99x with 8-float vectors; the rows of one tile overlap, kw shifts by one float, so
-    reading in place touches a third of the cache lines the copy writes)."""
+    reading in place touches a third of the cache lines the copy writes).  ``pool``: a fused max
+    pool ``(kd, kh, kw)`` (stride = window, no padding, floor) applied after the activation;
+    ``(1, 1, 1)``: none."""
     nb = len(plan.block_rows)
     start = [0]
     for rows in plan.block_rows:
@@ -417,6 +479,17 @@ def generate_source(
     tiles_plane = -(-layout.positions // (nv * vl))
     kept = sum(len(rows) for rows in plan.block_rows) * plan.mr * 4
     ct, fg = _chunking(tiles_plane, do, nb, ct, fg, kept)
+    pool = tuple(int(k) for k in pool)
+    if len(pool) != 3 or min(pool) < 1 or any(k > n for k, n in zip(pool, layout.out, strict=True)):
+        raise ValueError(f"pool must be 3 window sizes within the output {layout.out}, got {pool}")
+    rc = 1
+    if pool != (1, 1, 1):  # a chunk is rc rows: its tiles, scratch and the positions it wastes
+        if ct >= tiles_plane:  # whole planes already (long chunks): the same with a pool
+            rc = ho // pool[1] * pool[1]
+        else:
+            row_bytes = -(-nb // fg) * plan.mr * wo * pool[0] * 4
+            rc = _pool_rows(pool[1], ho, layout.phased[2], nv * vl, row_bytes)
+        ct = -(-(rc * layout.phased[2]) // (nv * vl))
     # Kernel block order: group g takes blocks g, g + FG, ... of the longest-first list, so the
     # groups get about the same number of rows.
     border = [b for g in range(fg) for b in range(g, nb, fg)]
@@ -468,6 +541,7 @@ def generate_source(
         fuse="true" if layout.phases == 1 else "false", **_register_tile(plan.mr, nv), cin=plan.geometry.in_channels,
         di=layout.size[0], hi=layout.size[1], wi=layout.size[2], pd=plan.geometry.padding[0],
         ph=plan.geometry.padding[1], pw=plan.geometry.padding[2], dq=dq, hq=hq,
+        pkd=pool[0], pkh=pool[1], pkw=pool[2], rc=rc,
     )  # fmt: skip
     return source, torch.tensor(order, dtype=torch.int64)
 

@@ -43,6 +43,9 @@ class SparseConv(nn.Module):
         self.ct, self.fg = ct, fg  # CPU task shape (tiles per task, filter groups); None: default
         self.pack = pack  # CPU: pack each tile's rows (True) or read them in place (default)
         self.precision = "ieee"  # CUDA matmul precision ("ieee" or "tf32")
+        # A max pool fused after the activation: window (kd, kh, kw), stride = window, no padding,
+        # floor mode; set by the compiler when the conv's only user is such a pool.
+        self.pool: tuple[int, int, int] | None = None
         self.name = name
         g = plan.geometry
         self.register_buffer(
@@ -72,6 +75,14 @@ class SparseConv(nn.Module):
         self._buffers_cpu: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- standard-operator path (fallback and ONNX) ------------------------------------------------
+    def _pooled(self, out: torch.Tensor) -> torch.Tensor:
+        return F.max_pool3d(out, self.pool, self.pool) if self.pool else out
+
+    def out_size(self, size: tuple[int, int, int]) -> tuple[int, int, int]:
+        """Output ``(D, H, W)`` for an input of ``size``, after the fused pool if any."""
+        out = self.plan.geometry.output_size(size)
+        return tuple(n // k for n, k in zip(out, self.pool, strict=True)) if self.pool else out
+
     def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
         g = self.plan.geometry
         n = x.shape[0]
@@ -88,7 +99,7 @@ class SparseConv(nn.Module):
             xs = xs.index_select(1, getattr(self, f"chans_{i}")).reshape(n, -1, do * ho * wo)
             out = out + torch.matmul(getattr(self, f"wloc_{i}"), xs)
         out = out.view(n, -1, do, ho, wo)
-        return F.relu(out) if self.relu else out
+        return self._pooled(F.relu(out) if self.relu else out)
 
     # -- generated kernels -------------------------------------------------------------------------
     def layout(self, x: torch.Tensor) -> InputLayout:
@@ -106,7 +117,7 @@ class SparseConv(nn.Module):
             nv = Target(target.cxx, target.flags, vector_floats).nv_for(lay.positions, self.plan.mr)
         return generate_source(
             self.plan, lay, nv, vector_floats, self.relu, self.name, kc=self.kc,
-            ct=self.ct, fg=self.fg, pack=self.pack,
+            ct=self.ct, fg=self.fg, pack=self.pack, pool=self.pool or (1, 1, 1),
         )  # fmt: skip
 
     def _cpu_kernel(self, x: torch.Tensor):
@@ -139,7 +150,7 @@ class SparseConv(nn.Module):
         lay = self.layout(x)
         n = x.shape[0]
         if not self.plan.block_rows:  # every filter pruned: the output is the bias
-            out = torch.empty(n, self.plan.geometry.out_channels, *lay.out)
+            out = torch.empty(n, self.plan.geometry.out_channels, *self.out_size(lay.size))
             self._fill_dead(out)
             return out
         kernel = self._cpu_kernel(x)
@@ -156,7 +167,7 @@ class SparseConv(nn.Module):
         else:
             inbuf, xin = lay.prepare(x, slack=slack, buf=inbuf), None
         if out is None:
-            out = torch.empty(n, self.plan.geometry.out_channels, *lay.out)
+            out = torch.empty(n, self.plan.geometry.out_channels, *self.out_size(lay.size))
         if self.reuse_buffers:
             self._buffers_cpu = {key: (inbuf, out)}
         kernel(inbuf, self.bias, out, n, xin)
@@ -168,7 +179,7 @@ class SparseConv(nn.Module):
 
         out = sparse_conv_triton(self, x)
         self._fill_dead(out)
-        return out
+        return self._pooled(out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.two_d:
@@ -199,4 +210,5 @@ class SparseConv(nn.Module):
         return (
             f"{g.in_channels}, {g.out_channels}, kernel={g.kernel}, stride={g.stride}, "
             f"mode={self.mode}, density={self.plan.density:.3f}, relu={self.relu}"
+            + (f", max_pool={self.pool}" if self.pool else "")
         )
