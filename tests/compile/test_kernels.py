@@ -159,6 +159,23 @@ def test_cpu_kernel_plane_groups_give_the_same_result(depth, batch, fg):
         torch.set_num_threads(threads)
 
 
+@needs_cxx
+@pytest.mark.parametrize("batch, ct, fg", [(1, None, None), (2, 1, 1), (3, 2, 3), (2, 99, 2)])
+def test_temporal_kernels_with_planes_innermost_give_the_same_result(batch, ct, fg):
+    # kd x 1 x 1 kernels order their tasks planes-first and hand each thread one run of them
+    torch.manual_seed(0)
+    conv = nn.Conv3d(12, 10, (3, 1, 1), padding=(1, 0, 0))
+    with torch.no_grad():
+        conv.weight *= get_scheme("kgs").mask(conv.weight, 0.6)
+    x = torch.randn(batch, 12, 5, 7, 9)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert_relu_kernel_matches_dense(conv, x, ct=ct, fg=fg)
+    finally:
+        torch.set_num_threads(threads)
+
+
 POOL_CASES = [  # cin, cout, input (D, H, W), pool window, SparseConv knobs
     (3, 16, (5, 22, 23), (1, 2, 2), {}),  # C3D's pool1 shape; odd W: floor drops a column
     (8, 12, (6, 13, 14), (2, 2, 2), {}),  # odd H: the last row is not computed

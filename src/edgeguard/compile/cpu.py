@@ -178,6 +178,7 @@ constexpr int DQ = {dq}, HQ = {hq};
 // only the pooled output, so the unpooled activations never reach memory.
 constexpr int PKD = {pkd}, PKH = {pkh}, PKW = {pkw}, RC = {rc};
 constexpr bool POOL = PKD * PKH * PKW > 1;
+constexpr bool PLANES_INNER = {planes_inner};
 constexpr int DOP = DO / PKD, HOP = HO / PKH, WOP = WO / PKW;
 static const int32_t KB[NB + 1] = {{
   {kb}}};
@@ -315,11 +316,19 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
               std::memcpy(dst + (int64_t)h * WQ, src + (int64_t)h * WI, WI * sizeof(float));
           }}
     }}  // the implicit barrier: the buffer is complete before any tile reads it
-#pragma omp for collapse(4) schedule(dynamic, 1)
-    for (int n = 0; n < batch; ++n)
-      for (int dg = 0; dg < ndg; ++dg)
-        for (int c = 0; c < NCH; ++c)
-          for (int g = 0; g < FG; ++g) {{
+    // Tasks in (sample, plane group, chunk, filter group) order, handed out one at a time.  A
+    // temporal kernel (kd x 1 x 1: an input row is read by kd planes and by no neighbouring
+    // position) has its planes innermost instead, and each thread takes one run of consecutive
+    // tasks, so the next plane's task finds two thirds of its input rows in the thread's L2:
+    // R(2+1)D's 144 -> 64 temporal conv at 16 x 56 x 56, 3.6x KGS, 0.78x the time (AVX2 Zen 3,
+    // 2 threads); 3 x 3 x 3 convs take 1.04-1.23x the time that way.
+    const int ntasks = batch * ndg * NCH * FG;
+    const int tchunk = PLANES_INNER ? (ntasks + nthreads - 1) / nthreads : 1;
+#pragma omp for schedule(dynamic, tchunk)
+    for (int task = 0; task < ntasks; ++task) {{
+          const int g = task % FG, q = task / FG, n = q / (ndg * NCH);
+          const int dg = PLANES_INNER ? q % ndg : q / NCH % ndg;
+          const int c = PLANES_INNER ? q / ndg % NCH : q % NCH;
           const int d0 = dg * dgp;
           const int hb = POOL ? c * RC : 0, he = hb + RC < HC ? hb + RC : HC;  // pool: rows
           const int pbeg = POOL ? hb * WQ : c * CH;
@@ -393,6 +402,11 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
   }}
 }}
 """
+
+
+def _temporal(g) -> bool:
+    """A temporal kernel (``kd x 1 x 1``, kd > 1): its tasks take the planes innermost."""
+    return g.kernel[0] > 1 and g.kernel[1] == g.kernel[2] == 1
 
 
 def _pool_rows(kh: int, ho: int, wq: int, t: int, row_bytes: int) -> int:
@@ -542,6 +556,7 @@ def generate_source(
         di=layout.size[0], hi=layout.size[1], wi=layout.size[2], pd=plan.geometry.padding[0],
         ph=plan.geometry.padding[1], pw=plan.geometry.padding[2], dq=dq, hq=hq,
         pkd=pool[0], pkh=pool[1], pkw=pool[2], rc=rc,
+        planes_inner="true" if _temporal(plan.geometry) else "false",
     )  # fmt: skip
     return source, torch.tensor(order, dtype=torch.int64)
 
