@@ -305,9 +305,9 @@ def _compile_in_place(model, backend, decisions, max_density, mr, nv, input_shap
 
 # A max pool is fused into the conv before it where the conv's unpooled output has at least this
 # many bytes: the output then never reaches memory.  C3D at 3.6x KGS, 2 threads (AVX2 Zen 3):
-# conv1 + pool1 (51 MB) 0.47x the time, conv2 + pool2 (26 MB) 0.96x; conv3b + pool3 (6 MB, stays in
-# L3) 1.07x and conv4b + pool4 1.03x, where whole pooling windows per task cost more than the
-# separate pool: not fused.
+# conv1 + pool1 (51 MB) 0.47-0.52x the time, conv2 + pool2 (26 MB) 0.94x; conv3b + pool3 (6 MB,
+# stays in L3) 1.06x and conv4b + pool4 1.01-1.03x, where whole pooling windows per task cost more
+# than the separate pool: not fused.
 FUSE_POOL_MIN_BYTES = 16 << 20
 
 
