@@ -243,6 +243,9 @@ def test_tile_width_follows_the_plane():
     assert avx512.nv_for(111 * 113 + 112, 8) == 3  # conv1: the same 12672 positions either way
     assert avx512.nv_for(811, 16) == 2  # 16-filter blocks: 3 vectors would not fit 32 registers
     assert avx2.nv_for(811, 4) == avx2.tile[1] == 3
+    # never wider than the plane: a batch-1 linear layer (one position) gets one vector
+    assert avx2.nv_for(1, 8) == avx512.nv_for(1, 8) == 1
+    assert avx2.nv_for(9, 4) == 2 and avx512.nv_for(17, 8) == 2
 
 
 @needs_cxx

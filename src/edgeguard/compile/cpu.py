@@ -65,9 +65,11 @@ class Target:
         entries and one broadcast per 3 FMAs instead of 2).  Measured at 4x, Zen 5, 2 threads:
         8 x 3 takes 0.89x the time on conv1, 0.95-0.96x on conv2-conv3b and 1.04x on conv4a/4b
         (209 positions: 5 tiles of 48 vs 7 of 32), 1.37x on conv5a (55: 2 tiles of 48 vs 2 of 32).
-        Other targets: :attr:`tile`."""
-        default = self.tile[1]
-        if self.vector_floats < 16 or mr * 3 + 4 > 32:
+        Other targets: :attr:`tile`.  Never more vectors than the plane fills: a batch-1 linear
+        layer (one position) gets 1 (C3D's fc6 at 3.6x with 8 x 1 tiles: 0.61x the time of 4 x 3,
+        AVX2 Zen 3)."""
+        default = min(self.tile[1], -(-positions // self.vector_floats))
+        if self.vector_floats < 16 or mr * 3 + 4 > 32 or default < 2:
             return default
 
         def cost(nv: int) -> float:
