@@ -85,7 +85,7 @@ class Target:
         )
 
 
-def default_slice_rows(vector_floats: int, tiles_plane: int = 8) -> int:
+def default_slice_rows(vector_floats: int, tiles_plane: int = 8, temporal: bool = False) -> int:
     """Kept rows per slice (KC): every filter block of a task consumes one slice of the union rows
     for a tile before the next, so the slice's input rows stay in cache between blocks.
 
@@ -94,20 +94,26 @@ def default_slice_rows(vector_floats: int, tiles_plane: int = 8) -> int:
     time of 512 without it, orders of the variants rotated; fewer (block, slice, tile)
     entries), else 512 (conv4/conv5, a few tiles per plane that share each slice's weights
     from L2: 2048 took 1.02-1.13x the time).
-    Without AVX-512: 256 (32 KB L1d)."""
+    Without AVX-512: 256 (32 KB L1d), and 512 for a temporal kernel (``kd x 1 x 1``: no two rows
+    of a tile share a cache line, so a slice never stayed in L1; see :func:`default_prefetch`)."""
     if vector_floats < 16:
-        return 256
+        return 512 if temporal else 256
     return 2048 if tiles_plane >= 8 else 512
 
 
-def default_prefetch(vector_floats: int, slice_rows: int) -> int:
+def default_prefetch(vector_floats: int, slice_rows: int, temporal: bool = False) -> int:
     """Rows ahead (PF) whose input lines the inner loop prefetches, for slices of ``slice_rows``.
 
     The kept rows are a gather the hardware prefetcher cannot follow, and a 2048-row slice of
     input rows no longer fits L1: 16 there (C3D's conv2-conv3b at 4x: 0.97-0.98x the time of no
     prefetch, orders of the variants rotated).  With 512-row slices the rows stay in L1 and the
     prefetches only cost issue slots (conv4b/conv5a: 0.96-1.05x without): 0.  Without
-    AVX-512: 0 (not measured on an AVX2/NEON machine)."""
+    AVX-512: 8 for a temporal kernel, whose rows are separate planes streamed from DRAM
+    (R(2+1)D's 144 -> 64 temporal conv at 16 x 56 x 56, 3.6x KGS, 32 MB of input: 0.82x the time
+    with 512-row slices, 0.94x with 256; 0.97x at 8 x 28 x 28, whose 9 MB stay in L3; AVX2 Zen 3,
+    2 threads), else 0 (the rows of a tile overlap and stay in L1; C3D's convs: noise)."""
+    if vector_floats < 16:
+        return 8 if temporal else 0
     return 16 if vector_floats >= 16 and slice_rows > 512 else 0
 
 
@@ -536,8 +542,9 @@ def generate_source(
     uroff = layout.row_offsets(union)
     if len(uroff) == 0 or int(uroff.max()) + layout.positions >= 2**31:
         pack = True  # int32 buffer offsets would overflow: pack
-    kc = kc or default_slice_rows(vl, 0 if pack else tiles_plane)  # a packed slice must fit L1
-    pf = default_prefetch(vl, kc) if pf is None else pf
+    temporal = _temporal(plan.geometry) and not pack
+    kc = kc or default_slice_rows(vl, 0 if pack else tiles_plane, temporal)  # packed: fits L1
+    pf = default_prefetch(vl, kc, temporal) if pf is None else pf
     ns = max(1, -(-len(union) // kc))
     ks = torch.zeros(max(nb, 1), ns + 1, dtype=torch.int64)
     for b in range(nb):
