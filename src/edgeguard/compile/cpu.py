@@ -110,11 +110,11 @@ def default_prefetch(vector_floats: int, slice_rows: int, temporal: bool = False
     prefetches only cost issue slots (conv4b/conv5a: 0.96-1.05x without): 0.  Without
     AVX-512: 8 for a temporal kernel, whose rows are separate planes streamed from DRAM
     (R(2+1)D's 144 -> 64 temporal conv at 16 x 56 x 56, 3.6x KGS, 32 MB of input: 0.82x the time
-    with 512-row slices, 0.94x with 256; 0.97x at 8 x 28 x 28, whose 9 MB stay in L3; AVX2 Zen 3,
+    with 512-row slices, 0.87-0.94x with 256; 0.97x at 8 x 28 x 28, whose 9 MB stay in L3; AVX2 Zen 3,
     2 threads), else 0 (the rows of a tile overlap and stay in L1; C3D's convs: noise)."""
     if vector_floats < 16:
         return 8 if temporal else 0
-    return 16 if vector_floats >= 16 and slice_rows > 512 else 0
+    return 16 if slice_rows > 512 else 0
 
 
 @cache
@@ -542,9 +542,9 @@ def generate_source(
     uroff = layout.row_offsets(union)
     if len(uroff) == 0 or int(uroff.max()) + layout.positions >= 2**31:
         pack = True  # int32 buffer offsets would overflow: pack
-    temporal = _temporal(plan.geometry) and not pack
-    kc = kc or default_slice_rows(vl, 0 if pack else tiles_plane, temporal)  # packed: fits L1
-    pf = default_prefetch(vl, kc, temporal) if pf is None else pf
+    temporal = _temporal(plan.geometry)  # planes innermost; unpacked, also its slices and prefetch
+    kc = kc or default_slice_rows(vl, 0 if pack else tiles_plane, temporal and not pack)
+    pf = default_prefetch(vl, kc, temporal and not pack) if pf is None else pf
     ns = max(1, -(-len(union) // kc))
     ks = torch.zeros(max(nb, 1), ns + 1, dtype=torch.int64)
     for b in range(nb):
@@ -567,7 +567,7 @@ def generate_source(
         di=layout.size[0], hi=layout.size[1], wi=layout.size[2], pd=plan.geometry.padding[0],
         ph=plan.geometry.padding[1], pw=plan.geometry.padding[2], dq=dq, hq=hq,
         pkd=pool[0], pkh=pool[1], pkw=pool[2], rc=rc,
-        planes_inner="true" if _temporal(plan.geometry) else "false",
+        planes_inner="true" if temporal else "false",
     )  # fmt: skip
     return source, torch.tensor(order, dtype=torch.int64)
 
