@@ -160,6 +160,20 @@ def test_cpu_kernel_plane_groups_give_the_same_result(depth, batch, fg):
 
 
 @needs_cxx
+@pytest.mark.parametrize(
+    "k, s, p, d, depth",
+    [(3, 1, 1, 1, 2), (3, 1, 3, 1, 3), (3, 2, 2, 2, 7), (2, 1, 1, 1, 1), (5, 1, 2, 1, 4)],
+)
+def test_taps_reading_depth_padding_are_skipped_exactly(k, s, p, d, depth):
+    # Planes whose kernel depths reach into the depth padding skip those rows; padding 3 with a
+    # 3-deep kernel gives planes that read padding only (their output is the bias)
+    conv = masked_conv(8, 16, (k, 3, 3), (s, 1, 1), (p, 1, 1), (d, 1, 1), "kgs", 0.5)
+    x = torch.randn(2, 8, depth, 6, 5)
+    for ct in (None, 99):
+        assert_relu_kernel_matches_dense(conv, x, mr=8, ct=ct)
+
+
+@needs_cxx
 @pytest.mark.parametrize("batch, ct, fg", [(1, None, None), (2, 1, 1), (3, 2, 3), (2, 99, 2)])
 def test_temporal_kernels_with_planes_innermost_give_the_same_result(batch, ct, fg):
     # kd x 1 x 1 kernels order their tasks planes-first and hand each thread one run of them

@@ -53,3 +53,27 @@ def test_stride_one_rows_share_their_zero_columns():
     assert not strided.shares_columns
     over = InputLayout(ConvGeometry(4, 4, (1, 1, 1), (1, 1, 1), (0, 0, 1), (1, 1, 1)), (4, 9, 9))
     assert not over.shares_columns  # padding wider than the kernel reach: no sharing possible
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    k=st.integers(1, 4), s=st.integers(1, 3), p=st.integers(0, 4), d=st.integers(1, 3),
+    depth=st.integers(1, 7),
+)  # fmt: skip
+def test_depth_taps_are_exactly_the_taps_that_read_real_input(k, s, p, d, depth):
+    lay = InputLayout(ConvGeometry(1, 1, (k, 1, 1), (s, 1, 1), (p, 0, 0), (d, 1, 1)), (depth, 2, 2))
+    if lay.out[0] < 1:
+        return
+    # the padded input's depth planes, marked real (1) or padding (0)
+    real = F.pad(torch.ones(depth), (p, p))
+    taps = lay.depth_taps()
+    assert len(taps) == lay.out[0]
+    for plane, (lo, hi) in enumerate(taps):
+        reads = [bool(real[plane * s + kd * d]) for kd in range(k)]
+        assert reads == [lo <= kd < hi for kd in range(k)], (plane, reads, (lo, hi))
+
+
+def test_depth_taps_of_c3d_conv4b():
+    # 4 planes, kernel 3, padding 1: the first plane's kd = 0 and the last's kd = 2 read padding
+    lay = InputLayout(ConvGeometry(4, 4, (3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1)), (4, 14, 14))
+    assert lay.depth_taps() == [(1, 3), (0, 3), (0, 3), (0, 2)]

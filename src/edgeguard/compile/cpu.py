@@ -208,10 +208,18 @@ static const int32_t FIL[NB * MR] = {{
 static const int32_t BG[FG + 1] = {{
   {bg}}};
 // The union rows are cut into NS slices of KC rows (packed, a slice stays in L1 while every filter
-// block consumes it); KS[b * (NS + 1) + s] is where block b's rows of slice s start.
-constexpr int KC = {kc}, NS = {ns}, PF = {pf};
-static const int32_t KS[NB * (NS + 1)] = {{
+// block consumes it).  Rows are ordered kernel depth kd first, so the rows of one kd are a run in
+// every (block, slice): KS[(b * NS + s) * (KD + 1) + j] is where block b's rows of slice s with
+// kd >= j start (j = KD: the slice's end).
+constexpr int KC = {kc}, NS = {ns}, PF = {pf}, KD = {kd};
+static const int32_t KS[NB * NS * (KD + 1)] = {{
   {ks}}};
+// Output plane d reads real input (not depth padding) only for kd in [KLO[d], KHI[d]): the other
+// rows multiply zeros and are skipped (C3D's conv4b, 4 planes: a sixth of its taps; conv5: a third).
+static const int8_t KLO[DO] = {{
+  {klo}}};
+static const int8_t KHI[DO] = {{
+  {khi}}};
 static const int32_t WOFF[NB * NS] = {{
   {woff}}};
 
@@ -364,10 +372,12 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
                   for (int v = 0; v < NV; ++v)
                     st(pk + (r - r0) * T + v * VL, ld(xb + UROFF[r] + p0 + v * VL));
               const float* base = PACK ? pks : xb + p0;
+              const int klo = KLO[d0 + dd], khi = KHI[d0 + dd];
               for (int b = b0; b < b1; ++b) {{
-                const int k0 = KB[b] + KS[b * (NS + 1) + s], k1 = KB[b] + KS[b * (NS + 1) + s + 1];
+                const int32_t* ksb = KS + (b * NS + s) * (KD + 1);
+                const int k0 = KB[b] + ksb[klo], k1 = KB[b] + ksb[khi];
                 // weights are stored slice-major: one slice of every block is one sequential run
-                const float* wb = w + ((int64_t)WOFF[b * NS + s] - k0) * MR;
+                const float* wb = w + ((int64_t)WOFF[b * NS + s] - KB[b] - ksb[0]) * MR;
                 const float* bv = bvall + b * MR;
                 float* const* op = opall + (size_t)dd * NB * MR + b * MR;
                 float* ab = accbuf + ((size_t)t * NBG + b - b0) * MR * T;
@@ -528,17 +538,23 @@ def generate_source(
     # Rows are visited in (channel group, kernel location, channel) order: the gn channels of one
     # KGS unit are then adjacent in the packed buffer (one dense gm x gn block in the location-major
     # view W[F, k*C]), so a block's loads walk the packed rows in runs.
+    # Kernel depth kd is the major key: a plane whose kd taps read depth padding skips them as one
+    # run of every block's rows (KS, KLO, KHI in the kernel).
     L, G = plan.geometry.locations, max(1, gn)
+    KD = plan.geometry.kernel[0]
+    LHW = L // KD
+    span = -(-plan.geometry.in_channels // G) * G * LHW  # keys per kd
     keyed, perm = [], []
     for rows in block_rows:
         c, loc = rows // L, rows % L
-        key = (c // G) * (L * G) + loc * G + c % G
+        key = (loc // LHW) * span + (c // G) * (LHW * G) + (loc % LHW) * G + c % G
         key, p = torch.sort(key)
         keyed.append(key)
         perm.append(p)
     keys = torch.cat(keyed) if keyed else torch.zeros(1, dtype=torch.int64)
     ukeys, ridx = torch.unique(keys, return_inverse=True)
-    union = ((ukeys // (L * G)) * G + ukeys % G) * L + (ukeys // G) % L  # back to row ids
+    kd_, a = ukeys // span, ukeys % span  # back to row ids
+    union = ((a // (LHW * G)) * G + a % G) * L + kd_ * LHW + (a // G) % LHW
     uroff = layout.row_offsets(union)
     if len(uroff) == 0 or int(uroff.max()) + layout.positions >= 2**31:
         pack = True  # int32 buffer offsets would overflow: pack
@@ -547,8 +563,12 @@ def generate_source(
     pf = default_prefetch(vl, kc, temporal and not pack) if pf is None else pf
     ns = max(1, -(-len(union) // kc))
     ks = torch.zeros(max(nb, 1), ns + 1, dtype=torch.int64)
+    kds = torch.zeros(max(nb, 1), ns, KD + 1, dtype=torch.int64)
     for b in range(nb):
         ks[b] = torch.searchsorted(ridx[kb[b] : kb[b + 1]], torch.arange(ns + 1) * kc)
+        at = torch.searchsorted(keyed[b], torch.arange(KD + 1) * span)  # first row with kd >= j
+        kds[b] = torch.maximum(torch.minimum(at[None, :], ks[b, 1:, None]), ks[b, :-1, None])
+    klo, khi = zip(*layout.depth_taps(), strict=True)
     order, woff = [], torch.zeros(max(nb, 1), ns, dtype=torch.int64)
     for sl in range(ns):
         for b in range(nb):
@@ -561,7 +581,8 @@ def generate_source(
         m=plan.geometry.out_channels, do_=do, ho=ho, wo=wo, wq=wq, p=layout.positions,
         xn=layout.batch_stride, xd=hq * wq, relu="true" if relu else "false",
         kb=_fmt_ints(kb), ku=len(union), uroff=_fmt_ints(uroff.tolist()),
-        pack="true" if pack else "false", ridx=_fmt_ints(rows_at.tolist() + [0] * pf), kc=kc, pf=pf, ns=ns, ks=_fmt_ints(ks.flatten().tolist()),
+        pack="true" if pack else "false", ridx=_fmt_ints(rows_at.tolist() + [0] * pf), kc=kc, pf=pf, ns=ns, ks=_fmt_ints(kds.flatten().tolist()),
+        kd=KD, klo=_fmt_ints(klo), khi=_fmt_ints(khi),
         woff=_fmt_ints(woff.flatten().tolist()), fil=_fmt_ints(filters.tolist()), bg=_fmt_ints(bg),
         fuse="true" if layout.phases == 1 else "false", **_register_tile(plan.mr, nv), cin=plan.geometry.in_channels,
         di=layout.size[0], hi=layout.size[1], wi=layout.size[2], pd=plan.geometry.padding[0],

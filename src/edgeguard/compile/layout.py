@@ -73,6 +73,18 @@ class InputLayout:
         _, ho, wo = self.out
         return (ho - 1) * self.phased[2] + wo
 
+    def depth_taps(self) -> list[tuple[int, int]]:
+        """Per output depth plane ``d``, the kernel depths ``kd`` in ``[lo, hi)`` whose input plane
+        ``d * sd + kd * dd - pd`` is real input rather than depth padding; the others multiply
+        zeros, and the kernels skip them (``lo == hi``: the plane reads padding only)."""
+        g = self.geometry
+        taps = []
+        for d in range(self.out[0]):
+            ok = [k for k in range(g.kernel[0])
+                  if 0 <= d * g.stride[0] + k * g.dilation[0] - g.padding[0] < self.size[0]]  # fmt: skip
+            taps.append((ok[0], ok[-1] + 1) if ok else (0, 0))
+        return taps
+
     def row_offsets(self, rows: torch.Tensor) -> torch.Tensor:
         """Buffer offset (int64) of each row id ``c * L + (kd * KH + kh) * KW + kw``."""
         g = self.geometry
