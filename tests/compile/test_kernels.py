@@ -244,6 +244,43 @@ def test_default_task_shape():
     assert _chunking(27, 8, 32, 3, 1, 5 << 20) == (3, 1)  # explicit knobs win
 
 
+def test_last_tile_takes_a_small_remainder_as_extra_positions():
+    from edgeguard.compile.cpu import _last_tiles, tile_kind
+    from edgeguard.compile.layout import InputLayout
+
+    # 16-float vectors, tiles of 2, at most 2 extra positions
+    assert tile_kind(32, 2, 16, 2) == (2, 0)
+    assert tile_kind(33, 2, 16, 2) == (2, 1)  # one past a whole tile: an extra, not a tile
+    assert tile_kind(17, 2, 16, 2) == (1, 1)  # C3D's 14 x 14 planes: 209 = 6 * 32 + 17
+    assert tile_kind(19, 2, 16, 2) == (2, 0)  # 3 left: a second vector
+    assert tile_kind(5, 2, 16, 2) == (1, 0)  # under one vector: one vector, clipped
+    assert tile_kind(17, 2, 16, 0) == (2, 0)  # no extras (AVX2, NEON, packed rows)
+    conv4b = InputLayout(
+        ConvGeometry(8, 8, (3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1)), (4, 14, 14)
+    )
+    assert _last_tiles(conv4b, 32, 7, 1, None, 2) == {17}  # one chunk a plane
+    assert _last_tiles(conv4b, 32, 1, 1, None, 2) == {32, 17}  # one tile a chunk
+    # a fused 2 x 2 pool, chunks of 14 rows: the last row's padding column is not computed
+    assert _last_tiles(conv4b, 32, 7, 14, 14, 2) == {17}
+    assert _last_tiles(conv4b, 32, 2, 4, 14, 2) == {27, 29}  # 4 rows: 59 = 32 + 27; last: 2 rows
+
+
+@needs_cxx
+@pytest.mark.parametrize("width", [1, 15, 16, 17, 18, 19, 31, 33, 34, 35, 50])
+@pytest.mark.parametrize("pool", [None, (1, 1, 2)])
+def test_partial_last_tiles_and_extra_positions_match_dense(width, pool):
+    # planes of 2 rows of `width` outputs, one chunk a plane: every remainder of a 32-position tile
+    conv = masked_conv(8, 16, 3, 1, 1, 1, "kgs", 0.5)
+    x = torch.randn(1, 8, 3, 2, width)
+    if pool and width < 2:
+        return
+    m = SparseConv(plan_conv(conv, mr=8), relu=True, mode="cpu", nv=2, ct=99)
+    m.pool = pool
+    ref = F.relu(conv(x))
+    ref = F.max_pool3d(ref, pool, pool) if pool else ref
+    assert (m(x) - ref).abs().max() <= 1e-4 * ref.abs().max()
+
+
 def test_tile_width_follows_the_plane():
     from edgeguard.compile.cpu import Target
 

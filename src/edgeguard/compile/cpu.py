@@ -173,6 +173,14 @@ static inline vf ld(const float* p) {{ vf v; std::memcpy(&v, p, sizeof v); retur
 static inline void st(float* p, vf v) {{ std::memcpy(p, &v, sizeof v); }}
 
 constexpr int MR = {mr}, NV = {nv}, T = NV * VL, CT = {ct}, FG = {fg}, NBG = {nbg};
+// A chunk's last tile computes only the vectors its positions need, and up to NXM positions past
+// its last whole vector as "extra" positions: one MR-float accumulator each (the block's filters),
+// the input value broadcast.  C3D's 14 x 14 planes are 209 positions, 13 vectors + 1: the extra
+// position replaces a 14th vector.  TS: floats of one tile's partial sums.
+constexpr int NXM = {nxm}, TS = MR * T + NXM * MR;
+typedef float vm __attribute__((vector_size(MR * 4)));
+static inline vm ldm(const float* p) {{ vm v; std::memcpy(&v, p, sizeof v); return v; }}
+static inline void stm(float* p, vm v) {{ std::memcpy(p, &v, sizeof v); }}
 constexpr int NB = {nb}, M = {m}, DO = {do_}, HO = {ho}, WO = {wo}, WQ = {wq}, P = {p};
 constexpr int64_t XN = {xn}, XD = {xd}, OPLANE = (int64_t)HO * WO;
 constexpr bool RELU = {relu};
@@ -223,7 +231,7 @@ static const int8_t KHI[DO] = {{
 static const int32_t WOFF[NB * NS] = {{
   {woff}}};
 
-template <bool FIRST, bool LAST>
+template <bool FIRST, bool LAST, int NVT, int NX>
 static inline void tile(const float* __restrict pk, const int32_t* __restrict ridx, int k0, int k1,
                         const float* __restrict wb, const float* bv, float* accbuf,
                         float* const* op, int p0, int pl, int hb) {{
@@ -246,15 +254,29 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
 {acc_save}
     return;
   }}
-  vf acc[MR][NV] = {acc_array};
+  constexpr int TT = NVT * VL;  // positions of the whole vectors
+  vf acc[MR][NV] = {{}};
+{acc_array}
   if (RELU)
     for (int m = 0; m < MR; ++m)
-      for (int v = 0; v < NV; ++v) acc[m][v] = acc[m][v] > 0 ? acc[m][v] : (vf){{}};
+      for (int v = 0; v < NVT; ++v) acc[m][v] = acc[m][v] > 0 ? acc[m][v] : (vf){{}};
   const int h0 = p0 / WQ, w0 = p0 % WQ, hr = h0 - hb;
-  if (w0 + T <= WO) {{
+  if constexpr (NX > 0) {{  // the extra positions: p0 + TT + x, each a vector of MR filters
+    vm ex[NX > 0 ? NX : 1];
+{extra_array}
+    for (int x = 0; x < NX; ++x) {{
+      const int px = p0 + TT + x, h = px / WQ, w = px % WQ;
+      if (w >= WO || px >= pl) continue;  // a padding column
+      float e[MR];
+      stm(e, RELU ? (ex[x] > 0 ? ex[x] : (vm){{}}) : ex[x]);
+      for (int m = 0; m < MR; ++m)
+        if (op[m]) op[m][(h - hb) * WO + w] = e[m];
+    }}
+  }}
+  if (w0 + TT <= WO) {{
     for (int m = 0; m < MR; ++m)
       if (op[m])
-        for (int v = 0; v < NV; ++v) st(op[m] + hr * WO + w0 + v * VL, acc[m][v]);
+        for (int v = 0; v < NVT; ++v) st(op[m] + hr * WO + w0 + v * VL, acc[m][v]);
     return;
   }}
   // (op[m] + (h - hb) * WO + w is output row h of filter slot m: hb is the first row op[m] holds.)
@@ -267,8 +289,8 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
   float tmp[MR][T];
   std::memcpy(tmp, acc, sizeof tmp);
 #endif
-  for (int j = 0, h = hr, w = w0; j < T && p0 + j < pl; ++h, w = 0) {{
-    const int len = (WO - w < T - j ? WO - w : T - j);
+  for (int j = 0, h = hr, w = w0; j < TT && p0 + j < pl; ++h, w = 0) {{
+    const int len = (WO - w < TT - j ? WO - w : TT - j);
     const int n = len < pl - (p0 + j) ? len : pl - (p0 + j);
     if (n > 0) {{
 #if EG_MASKED_STORES
@@ -285,6 +307,33 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
     }}
     j += (WQ - w);
   }}
+}}
+
+static constexpr int tile_kind(int rem) {{  // NVT * 8 + NX of a chunk's last tile (cpu.tile_kind)
+  if (rem > T) return NV * 8 + rem - T;
+  const int q = rem / VL, r = rem % VL;
+  if (r == 0) return q * 8;
+  return q > 0 && r <= NXM ? q * 8 + r : (q + 1) * 8;
+}}
+
+// The tile at p0 of a chunk ending at pl: a whole tile, or the chunk's last (p0 + T + NXM >= pl):
+// the vectors its positions need plus at most NXM extra positions (see NXM).
+template <bool FIRST, bool LAST>
+static inline int run_tile(const float* __restrict pk, const int32_t* __restrict ridx, int k0,
+                           int k1, const float* __restrict wb, const float* bv, float* accbuf,
+                           float* const* op, int p0, int pl, int hb) {{
+  const int rem = pl - p0;
+  if (rem > T + NXM) {{
+    tile<FIRST, LAST, NV, 0>(pk, ridx, k0, k1, wb, bv, accbuf, op, p0, pl, hb);
+    return T;
+  }}
+  switch (tile_kind(rem)) {{
+{tile_cases}
+    default:  // (not generated: a whole tile, stores clipped at pl; the loop goes on past it)
+      tile<FIRST, LAST, NV, 0>(pk, ridx, k0, k1, wb, bv, accbuf, op, p0, pl, hb);
+      return T;
+  }}
+  return rem;
 }}
 
 extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const float* bias,
@@ -306,7 +355,7 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
   // The partial sums of a task's planes stay within 1 MB (an L2): past it, fewer planes per task.
   // (With a pool, the scratch of a task's unpooled rows counts too.)
   constexpr int64_t SCR_PLANE = POOL ? (int64_t)NBG * MR * RC * WO : 0;  // floats per plane
-  constexpr int64_t PLANE_ACC_BYTES = ((int64_t)CT * NBG * MR * T + SCR_PLANE) * 4;
+  constexpr int64_t PLANE_ACC_BYTES = ((int64_t)CT * NBG * TS + SCR_PLANE) * 4;
   int ndg = DU;
   if (NCH == 1)
     for (int k = 1; k <= DU; ++k)
@@ -319,7 +368,7 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
     float* bvall = new float[NB * MR];
     float** opall = new float*[(size_t)dgp * NB * MR];
     float* accbuf = static_cast<float*>(
-        std::aligned_alloc(64, ((size_t)dgp * CT * NBG * MR * T * 4 + 63) / 64 * 64));
+        std::aligned_alloc(64, ((size_t)dgp * CT * NBG * TS * 4 + 63) / 64 * 64));
     float* scr = POOL ? new float[(size_t)dgp * SCR_PLANE] : nullptr;
     if (FUSE && xin) {{  // every thread takes this branch or none: a valid worksharing region
 #pragma omp for collapse(3) schedule(static)
@@ -348,7 +397,7 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
           const int d0 = dg * dgp;
           const int hb = POOL ? c * RC : 0, he = hb + RC < HC ? hb + RC : HC;  // pool: rows
           const int pbeg = POOL ? hb * WQ : c * CH;
-          const int pend0 = POOL ? he * WQ : (c + 1) * CH;
+          const int pend0 = POOL ? (he - 1) * WQ + WO : (c + 1) * CH;  // pool: no padding column
           const int pend = pend0 < P ? pend0 : P;
           const int b0 = BG[g], b1 = BG[g + 1];
           for (int i = b0 * MR; i < b1 * MR; ++i) {{  // once per task, not per (block, slice)
@@ -364,7 +413,7 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
             const int r0 = s * KC, r1 = r0 + KC < KU ? r0 + KC : KU;
             const float* pks = pk - (int64_t)r0 * T;  // ridx are union indices
             for (int dd = 0; dd < dgp; ++dd)
-            for (int p0 = pbeg, t = dd * CT; p0 < pend; p0 += T, ++t) {{
+            for (int p0 = pbeg, t = dd * CT, step = T; p0 < pend; p0 += step, ++t) {{
               const float* xb = x + n * XN + (int64_t)(d0 + dd) * XD;
               if (PACK)
                 for (int r = r0; r < r1; ++r)
@@ -380,11 +429,11 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
                 const float* wb = w + ((int64_t)WOFF[b * NS + s] - KB[b] - ksb[0]) * MR;
                 const float* bv = bvall + b * MR;
                 float* const* op = opall + (size_t)dd * NB * MR + b * MR;
-                float* ab = accbuf + ((size_t)t * NBG + b - b0) * MR * T;
-                if (NS == 1) tile<true, true>(base, RIDX, k0, k1, wb, bv, ab, op, p0, pend, hb);
-                else if (s == 0) tile<true, false>(base, RIDX, k0, k1, wb, bv, ab, op, p0, pend, hb);
-                else if (s == NS - 1) tile<false, true>(base, RIDX, k0, k1, wb, bv, ab, op, p0, pend, hb);
-                else tile<false, false>(base, RIDX, k0, k1, wb, bv, ab, op, p0, pend, hb);
+                float* ab = accbuf + ((size_t)t * NBG + b - b0) * TS;
+                if (NS == 1) step = run_tile<true, true>(base, RIDX, k0, k1, wb, bv, ab, op, p0, pend, hb);
+                else if (s == 0) step = run_tile<true, false>(base, RIDX, k0, k1, wb, bv, ab, op, p0, pend, hb);
+                else if (s == NS - 1) step = run_tile<false, true>(base, RIDX, k0, k1, wb, bv, ab, op, p0, pend, hb);
+                else step = run_tile<false, false>(base, RIDX, k0, k1, wb, bv, ab, op, p0, pend, hb);
               }}
             }}
           }}
@@ -446,24 +495,74 @@ def _pool_rows(kh: int, ho: int, wq: int, t: int, row_bytes: int) -> int:
     return best
 
 
-def _register_tile(mr: int, nv: int) -> dict[str, str]:
+def _register_tile(mr: int, nv: int, nxm: int = 0) -> dict[str, str]:
     """The ``mr x nv`` register tile of :func:`tile`, unrolled into named accumulators
-    ``a{m}_{v}`` (filter m, vector v): their initial load, the per-row FMAs, the save of partial
-    sums and the array the store path reads."""
+    ``a{m}_{v}`` (filter m, vector v) and ``e{x}`` (extra position x, the ``mr`` filters): their
+    initial load, the per-row FMAs, the save of partial sums and the arrays the store path reads.
+    Vector ``v`` exists where ``v < NVT``, extra ``x`` where ``x < NX`` (template constants)."""
     acc = [[f"a{m}_{v}" for v in range(nv)] for m in range(mr)]
     off = lambda m, v: f"accbuf + {(m * nv + v)} * VL"  # noqa: E731
-    init = "\n".join(
-        f"  vf {acc[m][v]} = FIRST ? (vf){{}} + bv[{m}] : ld({off(m, v)});"
+    init = [
+        f"  vf {acc[m][v]}; if constexpr ({v} < NVT) "
+        f"{acc[m][v]} = FIRST ? (vf){{}} + bv[{m}] : ld({off(m, v)});"
         for m in range(mr) for v in range(nv)
-    )  # fmt: skip
-    loads = ", ".join(f"x{v} = ld(xr + {v} * VL)" for v in range(nv))
-    fma = [f"    const vf {loads};"]
+    ]  # fmt: skip
+    init += [f"  vm e{x}; if constexpr ({x} < NX) e{x} = FIRST ? ldm(bv) : ldm(accbuf + MR * T + {x} * MR);"
+             for x in range(nxm)]  # fmt: skip
+    fma = [f"    vf x{v}; if constexpr ({v} < NVT) x{v} = ld(xr + {v} * VL);" for v in range(nv)]
     for m in range(mr):
         fma.append(f"    {{ const float s = wk[{m}]; " + " ".join(
-            f"{acc[m][v]} += x{v} * s;" for v in range(nv)) + " }")  # fmt: skip
-    save = "\n".join(f"    st({off(m, v)}, {acc[m][v]});" for m in range(mr) for v in range(nv))
-    array = "{" + ", ".join("{" + ", ".join(row) + "}" for row in acc) + "}"
-    return {"acc_init": init, "acc_fma": "\n".join(fma), "acc_save": save, "acc_array": array}
+            f"if constexpr ({v} < NVT) {acc[m][v]} += x{v} * s;" for v in range(nv)) + " }")  # fmt: skip
+    if nxm:
+        fma.append("    if constexpr (NX > 0) {")
+        fma.append("      const vm wv = ldm(wk);")
+        fma += [
+            f"      if constexpr ({x} < NX) e{x} += wv * xr[NVT * VL + {x}];" for x in range(nxm)
+        ]
+        fma.append("    }")
+    save = [f"    if constexpr ({v} < NVT) st({off(m, v)}, {acc[m][v]});"
+            for m in range(mr) for v in range(nv)]  # fmt: skip
+    save += [
+        f"    if constexpr ({x} < NX) stm(accbuf + MR * T + {x} * MR, e{x});" for x in range(nxm)
+    ]
+    array = [f"  if constexpr ({v} < NVT) acc[{m}][{v}] = {acc[m][v]};"
+             for m in range(mr) for v in range(nv)]  # fmt: skip
+    extra = [f"    if constexpr ({x} < NX) ex[{x}] = e{x};" for x in range(nxm)]
+    return {"acc_init": "\n".join(init), "acc_fma": "\n".join(fma), "acc_save": "\n".join(save),
+            "acc_array": "\n".join(array), "extra_array": "\n".join(extra)}  # fmt: skip
+
+
+def tile_kind(rem: int, nv: int, vl: int, nxm: int) -> tuple[int, int]:
+    """``(vectors, extra positions)`` of a chunk's last tile with ``rem`` positions left (at most
+    ``nv * vl + nxm``): whole vectors, and a remainder of at most ``nxm`` positions as extras
+    rather than one more vector (mirrored by the kernel's ``tile_kind``)."""
+    t = nv * vl
+    if rem > t:
+        return nv, rem - t
+    q, r = divmod(rem, vl)
+    if r == 0:
+        return q, 0
+    return (q, r) if q > 0 and r <= nxm else (q + 1, 0)
+
+
+def _last_tiles(layout: InputLayout, tflat: int, ct: int, rc: int, hc: int | None, nxm: int) -> set:
+    """The positions left at the last tile of every chunk, as the kernel cuts its planes (``hc``:
+    the output rows a fused pool uses, chunks of ``rc`` rows; ``None``: chunks of ``ct`` tiles)."""
+    wo = layout.out[2]
+    wq, npos = layout.phased[2], layout.positions
+    if hc is not None:
+        ends = [(hb * wq, (min(hb + rc, hc) - 1) * wq + wo) for hb in range(0, hc, rc)]
+    else:
+        ch = ct * tflat
+        ends = [(c, min(c + ch, npos)) for c in range(0, npos, ch)]
+    rems = set()
+    for beg, end in ends:
+        p0 = beg
+        while end - p0 > tflat + nxm:
+            p0 += tflat
+        if end > p0:
+            rems.add(end - p0)
+    return rems
 
 
 def _chunking(
@@ -576,6 +675,15 @@ def generate_source(
             order += (start[border[b]] + perm[b][int(ks[b, sl]) : int(ks[b, sl + 1])]).tolist()
     dq, hq, wq = layout.phased
     rows_at = ridx * nv * vl if pack else uroff[ridx]
+    # Extra positions (see NXM): with AVX-512's 32 registers only, and rows read in place.
+    nxm = 2 if vl >= 16 and not pack else 0
+    hc = ho // pool[1] * pool[1] if pool != (1, 1, 1) else None
+    cases = []
+    for nvt, nx in sorted(
+        {tile_kind(r, nv, vl, nxm) for r in _last_tiles(layout, nv * vl, ct, rc, hc, nxm)}
+    ):
+        cases.append(f"    case {nvt * 8 + nx}: tile<FIRST, LAST, {nvt}, {nx}>"
+                     "(pk, ridx, k0, k1, wb, bv, accbuf, op, p0, pl, hb); break;")  # fmt: skip
     source = KERNEL_TEMPLATE.format(
         name=name, vl=vl, mr=plan.mr, nv=nv, ct=ct, fg=fg, nbg=max(1, -(-nb // fg)), nb=nb,
         m=plan.geometry.out_channels, do_=do, ho=ho, wo=wo, wq=wq, p=layout.positions,
@@ -584,7 +692,7 @@ def generate_source(
         pack="true" if pack else "false", ridx=_fmt_ints(rows_at.tolist() + [0] * pf), kc=kc, pf=pf, ns=ns, ks=_fmt_ints(kds.flatten().tolist()),
         kd=KD, klo=_fmt_ints(klo), khi=_fmt_ints(khi),
         woff=_fmt_ints(woff.flatten().tolist()), fil=_fmt_ints(filters.tolist()), bg=_fmt_ints(bg),
-        fuse="true" if layout.phases == 1 else "false", **_register_tile(plan.mr, nv), cin=plan.geometry.in_channels,
+        fuse="true" if layout.phases == 1 else "false", **_register_tile(plan.mr, nv, nxm), nxm=nxm, tile_cases="\n".join(cases), cin=plan.geometry.in_channels,
         di=layout.size[0], hi=layout.size[1], wi=layout.size[2], pd=plan.geometry.padding[0],
         ph=plan.geometry.padding[1], pw=plan.geometry.padding[2], dq=dq, hq=hq,
         pkd=pool[0], pkh=pool[1], pkw=pool[2], rc=rc,
