@@ -23,7 +23,9 @@ SCRIPT = textwrap.dedent(
 
     torch.manual_seed(0)
     cases = [(8, 16, 3, 1, 1, 1, (4, 10, 11)), (8, 12, (1, 3, 3), (1, 2, 2), (0, 1, 1), 1, (3, 9, 13)),
-             (6, 10, (3, 1, 1), (2, 1, 1), (1, 0, 0), 1, (5, 7, 7)), (5, 7, 3, 2, 0, (1, 2, 2), (6, 12, 12))]
+             (6, 10, (3, 1, 1), (2, 1, 1), (1, 0, 0), 1, (5, 7, 7)), (5, 7, 3, 2, 0, (1, 2, 2), (6, 12, 12)),
+             # depth padding past the kernel's reach: planes that read padding only (their bias)
+             (8, 8, 3, 1, (5, 1, 1), (2, 1, 1), (3, 6, 5))]
     for scheme in ["kgs", "vanilla", "column"]:
         for cin, cout, k, s, p, d, size in cases:
             conv = nn.Conv3d(cin, cout, k, s, p, d)

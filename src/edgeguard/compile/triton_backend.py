@@ -17,9 +17,9 @@ import triton.language as tl
 
 @triton.jit
 def _sparse_conv_kernel(
-    x_ptr, w_ptr, roff_ptr, kb_ptr, fil_ptr, bias_ptr, out_ptr,
+    x_ptr, w_ptr, roff_ptr, kb_ptr, taps_ptr, fil_ptr, bias_ptr, out_ptr,
     XN, XD, P, WQ, WO, DO, M, OPLANE,
-    MR: tl.constexpr, MRP: tl.constexpr, BK: tl.constexpr, BP: tl.constexpr,
+    KD: tl.constexpr, MR: tl.constexpr, MRP: tl.constexpr, BK: tl.constexpr, BP: tl.constexpr,
     RELU: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     pid_p = tl.program_id(0)
@@ -29,8 +29,10 @@ def _sparse_conv_kernel(
     d = nd % DO
     p = pid_p * BP + tl.arange(0, BP)
     pmask = p < P
-    k0 = tl.load(kb_ptr + b)
-    k1 = tl.load(kb_ptr + b + 1)
+    # A block's rows are ordered by kernel depth: kb[b * (KD + 1) + j] is where those with kd >= j
+    # start.  Plane d walks only the kd in [taps[2d], taps[2d + 1]) that read real input.
+    k0 = tl.load(kb_ptr + b * (KD + 1) + tl.load(taps_ptr + 2 * d))
+    k1 = tl.load(kb_ptr + b * (KD + 1) + tl.load(taps_ptr + 2 * d + 1))
     xb = x_ptr + n.to(tl.int64) * XN + d.to(tl.int64) * XD
     mrow = tl.arange(0, MRP)
     acc = tl.zeros((MRP, BP), dtype=tl.float32)
@@ -63,15 +65,23 @@ def _tables(conv, x: torch.Tensor):
     if key not in conv._kernels:
         plan = conv.plan
         lay = conv.layout(x)
-        kb = [0]
-        for rows in plan.block_rows:
-            kb.append(kb[-1] + len(rows))
-        roff = torch.cat([lay.row_offsets(r) for r in plan.block_rows])
+        kd_rows = plan.geometry.locations // plan.geometry.kernel[0]  # rows per kd per channel
+        kdim = plan.geometry.kernel[0]
+        kb, order, start = [], [], 0
+        for rows in plan.block_rows:  # each block's rows by kernel depth (stable: then by row id)
+            kd = (rows % plan.geometry.locations) // kd_rows
+            perm = torch.sort(kd, stable=True).indices
+            order.append(start + perm)
+            kb += (start + torch.searchsorted(kd[perm], torch.arange(kdim + 1))).tolist()
+            start += len(rows)
+        order = torch.cat(order) if order else torch.zeros(0, dtype=torch.int64)
+        roff = torch.cat([lay.row_offsets(r) for r in plan.block_rows])[order]
         conv._kernels[key] = {
             "roff": roff.to(x.device),
             "kb": torch.tensor(kb, dtype=torch.int32, device=x.device),
+            "taps": torch.tensor(lay.depth_taps(), dtype=torch.int32, device=x.device).flatten(),
             "fil": plan.filters.to(torch.int32).to(x.device),
-            "panel": conv.panel.to(x.device).contiguous(),
+            "panel": conv.panel[order].to(x.device).contiguous(),
             "bias": conv.bias.to(x.device).float().contiguous(),
             "layout": lay,
         }
@@ -102,9 +112,9 @@ def sparse_conv_triton(
     _hq, wq = lay.phased[1], lay.phased[2]
     grid = (triton.cdiv(lay.positions, bp), nb, n * do)
     _sparse_conv_kernel[grid](
-        buf, t["panel"], t["roff"], t["kb"], t["fil"], t["bias"], out,
+        buf, t["panel"], t["roff"], t["kb"], t["taps"], t["fil"], t["bias"], out,
         lay.batch_stride, lay.phased[1] * wq, lay.positions, wq, wo, do, g.out_channels, ho * wo,
-        MR=conv.plan.mr, MRP=max(16, triton.next_power_of_2(conv.plan.mr)), BK=bk, BP=bp,
+        KD=g.kernel[0], MR=conv.plan.mr, MRP=max(16, triton.next_power_of_2(conv.plan.mr)), BK=bk, BP=bp,
         RELU=conv.relu, PREC=precision, num_warps=num_warps,
     )  # fmt: skip
     return out
