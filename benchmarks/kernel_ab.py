@@ -23,12 +23,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-LAYERS = {  # name: cin, cout, input T, H, W (C3D at 16x112x112)
-    "conv1": (3, 64, 16, 112, 112), "conv2": (64, 128, 16, 56, 56),
-    "conv3a": (128, 256, 8, 28, 28), "conv3b": (256, 256, 8, 28, 28),
-    "conv4a": (256, 512, 4, 14, 14), "conv4b": (512, 512, 4, 14, 14),
-    "conv5a": (512, 512, 2, 7, 7), "conv5b": (512, 512, 2, 7, 7),
-}  # fmt: skip
+# C3D's conv shapes, as the per-layer benchmark times them (this folder is on sys.path when run)
+from sparse_inference import C3D_LAYERS
+
+LAYERS = {name: shape for name, *shape in C3D_LAYERS}  # name: cin, cout, input T, H, W
 
 
 def load_checkout(tag: str, root: Path):

@@ -224,9 +224,9 @@ static const int32_t KS[NB * NS * (KD + 1)] = {{
   {ks}}};
 // Output plane d reads real input (not depth padding) only for kd in [KLO[d], KHI[d]): the other
 // rows multiply zeros and are skipped (C3D's conv4b, 4 planes: a sixth of its taps; conv5: a third).
-static const int8_t KLO[DO] = {{
+static const int32_t KLO[DO] = {{
   {klo}}};
-static const int8_t KHI[DO] = {{
+static const int32_t KHI[DO] = {{
   {khi}}};
 static const int32_t WOFF[NB * NS] = {{
   {woff}}};
