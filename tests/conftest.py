@@ -23,3 +23,18 @@ def digits_batch(digits_model):
     with torch.no_grad():
         ok = digits_model(x).argmax(1) == y
     return x[ok][:200].clone(), y[ok][:200].clone()
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """``shared_data(sub)``: the path of a folder of the shared real data (``EDGEGUARD_DATA``,
+    default ../shared/data); the test is skipped, with the reason, when that folder is absent."""
+    from edgeguard.settings import DATA_ENV, data_root
+
+    def get(sub: str):
+        path = data_root() / sub
+        if not path.exists():
+            pytest.skip(f"{path} is absent (set {DATA_ENV} to the shared data folder)")
+        return path
+
+    return get

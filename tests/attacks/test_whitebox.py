@@ -63,8 +63,15 @@ def test_normalize_wrapper_attacks_in_pixel_space(digits_model, digits_batch):
 
 def test_bad_input_is_rejected_clearly(digits_model, digits_batch):
     x, y = digits_batch
-    with pytest.raises(AttackError, match="eps must be a number >= 0"):
+    with pytest.raises(AttackError, match="eps must be a finite number >= 0"):
         PGD(eps=-0.1)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(AttackError, match="eps must be a finite number"):
+            PGD(eps=bad)
+    x_nan = x.clone()
+    x_nan[0, 0, 0, 0] = float("nan")
+    with pytest.raises(AttackError, match="inputs holds 1 NaN and 0 infinite"):
+        PGD()(digits_model, x_nan, y)
     with pytest.raises(AttackError, match="steps must be an integer >= 1"):
         PGD(steps=0)
     with pytest.raises(AttackError, match=r"images in \[0, 1\]"):
@@ -84,6 +91,24 @@ def test_bad_input_is_rejected_clearly(digits_model, digits_batch):
         assert digits_model.training  # mode restored
     finally:
         digits_model.eval()
+
+
+@pytest.mark.parametrize("attack", [FGSM(eps=0.1), PGD(eps=0.1, steps=3), CW(steps=3)])
+def test_attacks_never_change_the_model_state(attack, digits_batch):
+    """A train-mode model with BatchNorm: no forward pass of the attack (the input checks included)
+    may move its running statistics or its parameters."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Linear(144, 10),
+    )  # fmt: skip
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = digits_batch
+    with pytest.warns(UserWarning, match="training mode"):
+        attack(model, x[:16], y[:16])
+    assert model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
 
 
 torchattacks = pytest.importorskip(

@@ -18,8 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import validation
+from ..errors import EdgeguardError
 
-class AttackError(ValueError):
+
+class AttackError(EdgeguardError, ValueError):
     """Invalid attack settings or inputs."""
 
 
@@ -78,17 +81,11 @@ def distortions(delta: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def check_positive(value: Any, name: str, allow_zero: bool = False) -> float:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise AttackError(f"{name} must be a number {bound}, got {value!r}")
-    return float(value)
+    return validation.check_positive(value, name, allow_zero=allow_zero, error=AttackError)
 
 
 def check_steps(value: Any, name: str = "steps") -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise AttackError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
+    return validation.check_int(value, name, error=AttackError)
 
 
 def check_norm(norm: str, supported: Sequence[str]) -> str:
@@ -113,12 +110,14 @@ class Attack(ABC):
         self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
         target: torch.Tensor | None = None,
     ) -> AttackResult:  # fmt: skip
-        x, y, t = self._validate(model, inputs, labels, target)
+        if not isinstance(model, nn.Module):
+            raise AttackError(f"model must be an nn.Module, got {type(model).__name__}")
         was_training = model.training
         if was_training:
             warnings.warn("the model is in training mode; attacking it in eval mode", stacklevel=3)
-            model.eval()
+            model.eval()  # before any forward pass: BatchNorm statistics must not move
         try:
+            x, y, t = self._validate(model, inputs, labels, target)
             x_adv, queries = self._perturb(model, x, y, t)
             x_adv = x_adv.detach().clamp(0, 1)
             with torch.no_grad():
@@ -130,16 +129,15 @@ class Attack(ABC):
         return AttackResult(x_adv, success, distortions(x_adv - x), queries)
 
     def _validate(self, model, inputs, labels, target):
-        if not isinstance(model, nn.Module):
-            raise AttackError(f"model must be an nn.Module, got {type(model).__name__}")
         if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point():
             raise AttackError(
                 "inputs must be a floating-point tensor [N, C, ...] of images in [0, 1]"
             )
-        if inputs.dim() < 2:
+        if inputs.dim() < 2 or inputs.shape[0] == 0:
             raise AttackError(
-                f"inputs must be batched [N, C, ...], got shape {tuple(inputs.shape)}"
+                f"inputs must be a non-empty batch [N, C, ...], got shape {tuple(inputs.shape)}"
             )
+        validation.check_finite(inputs, "inputs", error=AttackError)
         if inputs.min() < 0 or inputs.max() > 1:
             raise AttackError(
                 f"inputs must be images in [0, 1] (got [{float(inputs.min()):.3g}, "

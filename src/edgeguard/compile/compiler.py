@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 
+from ..errors import EdgeguardError
 from .plan import ConvGeometry, make_plan
 from .pool import MaxPoolCpu
 from .pool import supported as pool_supported
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 BACKENDS = ("cpu", "cuda", "auto", "torch")
 
 
-class CompileError(ValueError):
+class CompileError(EdgeguardError, ValueError):
     """Invalid arguments to :func:`compile_model`."""
 
 

@@ -27,13 +27,14 @@ from pathlib import Path
 
 import torch
 
+from ..errors import EdgeguardError
 from .layout import InputLayout
 from .plan import SparsePlan
 
 log = logging.getLogger(__name__)
 
 
-class CompilerUnavailable(RuntimeError):
+class CompilerUnavailable(EdgeguardError, RuntimeError):
     """No working C++ compiler (or ninja) on this machine."""
 
 

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import torch
 
+from ..errors import EdgeguardError
 from .compiler import CompiledModel
 
 
-class ExportError(RuntimeError):
+class ExportError(EdgeguardError, RuntimeError):
     """The model could not be exported (missing ``onnx``/``onnxscript`` or an exporter failure)."""
 
 

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import gzip
 import logging
-import shutil
-import tempfile
+import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .errors import DatasetError
+from .safe_pickle import PLANETOID_GLOBALS, CSRState, restricted_load
 
 log = logging.getLogger(__name__)
 
@@ -26,32 +26,87 @@ PLANETOID_LAYOUT = """expected Planetoid layout (the raw files of kimiyoung/plan
 def planetoid(root: str | Path, name: str) -> torch_geometric.data.Data:  # noqa: F821
     """Cora / CiteSeer / PubMed with the standard split (20 labels per class, 500 val, 1000 test).
 
-    ``root`` holds ``<Name>/raw``; PyG writes ``<Name>/processed`` next to it, so a read-only root is
-    first copied to a temporary folder.  Nothing is downloaded: missing files are an error."""
-    from torch_geometric.datasets import Planetoid
+    Reads ``root/<Name>/raw/ind.<name>.*`` itself, with a restricted unpickler (NumPy arrays and inert
+    stand-ins for SciPy's CSR matrix and ``defaultdict`` only), and writes nothing anywhere: PyG's
+    ``Planetoid`` unpickles these files without restriction and trusts a ``processed/`` folder it
+    finds beside them, so a planted file would run code.  The result equals PyG's processing
+    (CiteSeer's isolated test nodes get zero features and label 0, self-loops and duplicate edges are
+    dropped).  Nothing is downloaded: missing files are an error."""
+    from torch_geometric.data import Data
+    from torch_geometric.utils import coalesce, remove_self_loops
 
     key = name.lower()
     if key not in PLANETOID_NAMES:
         raise DatasetError(
             f"unknown Planetoid graph {name!r}; choose from {', '.join(PLANETOID_NAMES)}"
         )
-    proper = PLANETOID_NAMES[key]
-    raw = Path(root) / proper / "raw"
-    files = [
-        raw / f"ind.{key}.{s}"
-        for s in ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
-    ]
-    missing = [f.name for f in files if not f.is_file()]
+    raw = Path(root) / PLANETOID_NAMES[key] / "raw"
+    parts = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
+    files = {s: raw / f"ind.{key}.{s}" for s in parts}
+    missing = [f.name for f in files.values() if not f.is_file()]
     if missing:
         raise DatasetError(f"missing {', '.join(missing)} in {raw}\n{PLANETOID_LAYOUT}")
-    base = Path(root)
-    try:  # PyG needs to write processed/ beside raw/
-        with tempfile.NamedTemporaryFile(dir=raw.parent):
-            pass
-    except OSError:
-        base = Path(tempfile.mkdtemp(prefix="edgeguard-planetoid-"))
-        shutil.copytree(raw, base / proper / "raw")
-    return Planetoid(str(base), proper)[0]
+    arrays = {s: _planetoid_matrix(files[s]) for s in ("x", "tx", "allx", "y", "ty", "ally")}
+    graph = restricted_load(files["graph"], PLANETOID_GLOBALS)
+    try:
+        test_index = np.loadtxt(files["test.index"], dtype=np.int64, ndmin=1)
+    except ValueError as err:
+        raise DatasetError(
+            f"{files['test.index']}: expected one node index per line ({err})"
+        ) from None
+    x, tx, allx = (torch.from_numpy(arrays[s]) for s in ("x", "tx", "allx"))
+    y, ty, ally = (torch.from_numpy(arrays[s]) for s in ("y", "ty", "ally"))
+    test_index = torch.from_numpy(test_index)
+    if not (isinstance(graph, dict) and len(test_index) == len(tx) == len(ty)
+            and len(x) == len(y) and len(allx) == len(ally)):  # fmt: skip
+        raise DatasetError(f"{raw}: the Planetoid files do not fit together\n{PLANETOID_LAYOUT}")
+    sorted_test = test_index.sort().values
+    if key == "citeseer":  # isolated test nodes: indices are not consecutive, fill them with zeros
+        span = int(test_index.max() - test_index.min()) + 1
+        tx_ext, ty_ext = tx.new_zeros(span, tx.shape[1]), ty.new_zeros(span, ty.shape[1])
+        tx_ext[sorted_test - test_index.min()] = tx
+        ty_ext[sorted_test - test_index.min()] = ty
+        tx, ty = tx_ext, ty_ext
+    feats = torch.cat([allx, tx])
+    labels = torch.cat([ally, ty]).argmax(1)
+    n = feats.shape[0]
+    if int(test_index.min()) < 0 or int(test_index.max()) >= n:
+        raise DatasetError(f"{files['test.index']}: node indices outside [0, {n})")
+    feats[test_index] = feats[sorted_test].clone()
+    labels[test_index] = labels[sorted_test].clone()
+    rows, cols = [], []
+    for node, neighbours in graph.items():
+        if not (isinstance(node, int) and isinstance(neighbours, list)
+                and all(isinstance(v, int) for v in neighbours)):  # fmt: skip
+            raise DatasetError(f"{files['graph']}: expected node -> list of neighbour indices")
+        rows += [node] * len(neighbours)
+        cols += neighbours
+    edge_index = torch.tensor([rows, cols], dtype=torch.long)
+    if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= n):
+        raise DatasetError(f"{files['graph']}: neighbour indices outside [0, {n})")
+    edge_index, _ = remove_self_loops(edge_index)
+    edge_index = coalesce(edge_index, num_nodes=n, sort_by_row=False)
+
+    def mask(index: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(n, dtype=torch.bool).index_fill_(0, index, True)
+
+    n_train = len(y)
+    return Data(x=feats, edge_index=edge_index, y=labels,
+                train_mask=mask(torch.arange(n_train)),
+                val_mask=mask(torch.arange(n_train, n_train + 500)),
+                test_mask=mask(test_index))  # fmt: skip
+
+
+def _planetoid_matrix(path: Path) -> np.ndarray:
+    """A Planetoid feature or one-hot label file as a dense float32 ``[rows, cols]`` array."""
+    obj = restricted_load(path, PLANETOID_GLOBALS)
+    try:
+        arr = obj.to_dense() if isinstance(obj, CSRState) else np.asarray(obj, dtype=np.float32)
+    except (pickle.UnpicklingError, ValueError, TypeError) as err:
+        raise DatasetError(f"refusing to read {path}: {err}") from None
+    if arr.ndim != 2:
+        raise DatasetError(f"{path}: expected a 2-D matrix, got shape {arr.shape}")
+    return arr
 
 
 OGB_LAYOUT = """expected OGB node-property layout (as the ogb package downloads it):

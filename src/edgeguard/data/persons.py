@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import EdgeguardError
 
-class PersonDataError(ValueError):
+
+class PersonDataError(EdgeguardError, ValueError):
     """A missing or malformed manifest, image or box."""
 
 

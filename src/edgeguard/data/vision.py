@@ -3,16 +3,14 @@ Items are ``(image, label)`` with ``image`` a float tensor ``[C, H, W]`` in [0, 
 
 from __future__ import annotations
 
-import io
-import pickle
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from .errors import DatasetError
+from .safe_pickle import restricted_load
 
 
 def digits(
@@ -58,35 +56,13 @@ CIFAR_LAYOUT = """expected CIFAR layout (the 'python version' from the CIFAR pag
   (ROOT may also be the batches folder itself)"""
 
 
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickles CIFAR batches without running arbitrary code: only NumPy's array reconstruction and
-    plain containers are allowed."""
-
-    ALLOWED: ClassVar[set[tuple[str, str]]] = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("_codecs", "encode"),
-    }
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
-
-
 def _load_batch(path: Path) -> dict:
     if not path.is_file():
         raise DatasetError(f"missing CIFAR file {path}\n{CIFAR_LAYOUT}")
     try:
-        obj = _NumpyOnlyUnpickler(io.BytesIO(path.read_bytes()), encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as err:
-        raise DatasetError(
-            f"{path} is not a valid CIFAR python batch ({err})\n{CIFAR_LAYOUT}"
-        ) from None
+        obj = restricted_load(path)
+    except DatasetError as err:
+        raise DatasetError(f"not a valid CIFAR python batch: {err}\n{CIFAR_LAYOUT}") from None
     if not isinstance(obj, dict) or "data" not in obj:
         raise DatasetError(f"{path} has no 'data' entry\n{CIFAR_LAYOUT}")
     return obj
@@ -150,7 +126,7 @@ class CIFAR(Dataset):
 
 def _load_batch_meta(path: Path, key: str) -> list[str]:
     try:
-        obj = _NumpyOnlyUnpickler(io.BytesIO(path.read_bytes()), encoding="latin1").load()
+        obj = restricted_load(path)
         return [str(n) for n in obj[key]]
     except Exception as err:  # metadata is optional: fall back to numeric names
         raise DatasetError(f"{path}: cannot read class names ({err})") from None

@@ -10,10 +10,11 @@ from typing import Any
 
 import torch
 
+from ..errors import EdgeguardError
 from .atomic import atomic_path
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(EdgeguardError, RuntimeError):
     """A checkpoint is missing, truncated, corrupt, untrusted or does not fit the model."""
 
 

@@ -8,8 +8,10 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from ..errors import EdgeguardError
 
-class ExplainError(ValueError):
+
+class ExplainError(EdgeguardError, ValueError):
     """Invalid input to an explanation: unknown layer, mismatched shapes, nothing to explain."""
 
 

@@ -14,16 +14,13 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from .. import validation
 from ..sparsity import SparsityError, SparsityScheme, get_scheme
 from ..sparsity.base import check_layer
 
 
 def check_positive(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise SparsityError(f"{what} must be a positive number, got {value!r}")
-    if value == float("inf"):
-        raise SparsityError(f"{what} must be finite, got {value!r}")
-    return float(value)
+    return validation.check_positive(value, what, error=SparsityError)
 
 
 class Pruner:

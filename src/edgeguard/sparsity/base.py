@@ -18,10 +18,12 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..errors import EdgeguardError
+
 SUPPORTED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
-class SparsityError(ValueError):
+class SparsityError(EdgeguardError, ValueError):
     """Raised for invalid sparsity input: bad rates, shapes, layers, specs or masks."""
 
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import validation
 from .base import SparsityError, SparsityScheme
 
 
 def check_group_size(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SparsityError(f"{what} must be an integer >= 1, got {value!r}")
-    return value
+    return validation.check_int(value, what, error=SparsityError)
 
 
 class KernelGroupScheme(SparsityScheme):

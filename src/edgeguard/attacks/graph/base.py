@@ -26,10 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ... import validation
+from ...errors import EdgeguardError
+
 log = logging.getLogger(__name__)
 
 
-class GraphAttackError(ValueError):
+class GraphAttackError(EdgeguardError, ValueError):
     """Invalid graph, budget, nodes or settings."""
 
 
@@ -339,9 +342,7 @@ def check_loss(loss: str) -> str:
 
 
 def check_count(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise GraphAttackError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
+    return validation.check_int(value, name, error=GraphAttackError)
 
 
 def steps_for(budget: int, flips_per_step: int | None, rounds: int) -> int:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ...data.persons import PersonPhotos
+from ...errors import EdgeguardError
 from .transforms import EOT, ColorTransform, appearance, backward_map
 
 TORSO_WIDTH, TORSO_TOP, TORSO_HEIGHT = 0.7, 0.2, 0.4
@@ -25,7 +26,7 @@ PATCH_SIZES = {"square": (64, 64), "torso": (80, 56)}
 SHAPES = tuple(PATCH_SIZES)
 
 
-class PlacementError(ValueError):
+class PlacementError(EdgeguardError, ValueError):
     """A patch that does not fit the torso, or boxes that do not describe a person."""
 
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ...errors import EdgeguardError
 
-class TPSError(ValueError):
+
+class TPSError(EdgeguardError, ValueError):
     """Too few, duplicate or misshaped control points."""
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ...errors import EdgeguardError
 
-class BlackBoxError(RuntimeError):
+
+class BlackBoxError(EdgeguardError, RuntimeError):
     """Something asked a black-box model for gradients."""
 
 

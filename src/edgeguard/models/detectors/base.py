@@ -12,8 +12,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from ...errors import EdgeguardError
 
-class DetectorError(ValueError):
+
+class DetectorError(EdgeguardError, ValueError):
     """Bad images, or a detector that cannot be loaded or is not a detector."""
 
 
