@@ -222,6 +222,9 @@ def test_attack_prints_success_distortion_queries_and_saves_a_grid(tmp_path: Pat
     rate = float(out.split("success rate: ")[1].split()[0])
     assert rate > 0.5 and "mean linf distortion" in out and "mean queries: 11.0" in out
     assert (tmp_path / "a" / "pgd_grid.png").stat().st_size > 1000
+    assert main([*args, "--attack", "pgd"]) == 2  # the folder holds a finished run
+    assert "is not empty; pass --overwrite" in capsys.readouterr().err
+    args.append("--overwrite")
     assert main([*args, "--attack", "zo-signsgd", "--eps", "0.2", "--attack-option", "q=10",
                  "--attack-option", "max_queries=300"]) == 0  # fmt: skip
     assert "mean queries" in capsys.readouterr().out
@@ -229,7 +232,9 @@ def test_attack_prints_success_distortion_queries_and_saves_a_grid(tmp_path: Pat
     assert "takes no --eps" in capsys.readouterr().err
     assert main([*args, "--attack", "deepfool"]) == 2
     assert main([*args, "--attack", "pgd", "--eps", "-1"]) == 2
-    assert "eps must be a number >= 0" in capsys.readouterr().err
+    assert "eps must be a finite number >= 0" in capsys.readouterr().err
+    assert main([*args, "--attack", "pgd", "--eps", "nan"]) == 2
+    assert "eps must be a finite number >= 0, got nan" in capsys.readouterr().err
 
 
 def test_explain_on_the_concept_cnn_with_synthetic_dissection(tmp_path: Path, capsys):
@@ -245,6 +250,7 @@ def test_explain_on_the_concept_cnn_with_synthetic_dissection(tmp_path: Path, ca
     assert "unit PSE at 'classifier' (exact)" in out and "dissection of 'features.20'" in out
     assert (tmp_path / "x" / "report.html").is_file()
     assert (tmp_path / "x" / "sensitivity_vs_iou.png").stat().st_size > 5000
+    args.append("--overwrite")
     assert main([*args, "--attack", "pgd", "--layer", "conv9"]) == 2
     assert "no layer named 'conv9' in this model; valid layers: features" in capsys.readouterr().err
     assert main([*args, "--attack", "deepfool"]) == 2
@@ -285,7 +291,7 @@ def test_gnn_poisoning_and_minmax_robust_training(tmp_path: Path, capsys):
     not (PERSONS / "manifest.csv").is_file(), reason="../shared/data/persons absent"
 )
 def test_tshirt_train_and_eval_on_a_few_photos(tmp_path: Path, capsys):
-    common = ["--limit", "12", "--eval-samples", "1", "--out", str(tmp_path)]
+    common = ["--limit", "12", "--eval-samples", "1", "--out", str(tmp_path), "--overwrite"]
     assert main(["-q", "tshirt", "train", "--steps", "2", "--batch", "2", *common]) == 0
     out = capsys.readouterr().out
     assert "hog vs opencv: ASR" in out and "random noise vs hog: ASR" in out
@@ -296,6 +302,9 @@ def test_tshirt_train_and_eval_on_a_few_photos(tmp_path: Path, capsys):
         assert lo <= row["ASR %"] <= hi
     args = ["-q", "tshirt", "eval", "--patch", str(tmp_path / "patch.safetensors"),
             "--eval-detectors", "opencv", *common]  # fmt: skip
+    assert main(args) == 2  # --overwrite would delete the patch it reads
+    assert "lies inside --out" in capsys.readouterr().err
+    args[-2] = str(tmp_path / "eval")
     assert main(args) == 0
     assert "patch.safetensors vs opencv" in capsys.readouterr().out
     assert main(["-q", "tshirt", "train", "--zo", "--steps", "1", *common]) == 0

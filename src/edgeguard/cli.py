@@ -12,11 +12,33 @@ from typing import Any
 
 import yaml
 
+from .errors import EdgeguardError, UsageError
+
 log = logging.getLogger("edgeguard")
 
 
-class UsageError(Exception):
-    """A wrong combination of command-line options (exit status 2)."""
+# options that do not change a run's results: a resumed run may differ in these
+_RUNTIME_OPTIONS = (
+    "func",
+    "command",
+    "resume",
+    "overwrite",
+    "quiet",
+    "no_progress",
+    "out",
+    "device",
+)
+
+
+def _start_run(args, command: str, inputs: tuple[str | None, ...] = ()) -> Path:
+    """Refuse a non-empty ``--out`` unless resumed with the same options or overwritten; record the
+    run's options there (``run.json``)."""
+    from .engine.rundir import prepare_run_dir
+
+    options = {k: v for k, v in vars(args).items() if k not in _RUNTIME_OPTIONS}
+    return prepare_run_dir(args.out, command, options, resume=getattr(args, "resume", False),
+                           overwrite=args.overwrite, resumable="resume" in args,
+                           inputs=inputs)  # fmt: skip
 
 
 def _kv(items: list[str] | None) -> dict[str, Any]:
@@ -70,7 +92,13 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
     p.add_argument(
         "--resume", action="store_true", help="continue from the last checkpoint in --out"
     )
+    _add_overwrite(p)
     p.add_argument("--no-progress", action="store_true")
+
+
+def _add_overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (refused without it)")  # fmt: skip
 
 
 def _datasets(args):
@@ -95,6 +123,7 @@ def _config(args):
 def cmd_train(args) -> int:
     from .engine import evaluate, fit, seed_everything
     from .engine.distributed import is_main_process
+    from .engine.rundir import finish_run
     from .models import build
     from .sparsity import save_pruned
 
@@ -103,7 +132,7 @@ def cmd_train(args) -> int:
     opts = _kv(args.model_option)
     opts.setdefault("num_classes", getattr(train, "num_classes", 10))
     model = build(args.model, **opts)
-    out = Path(args.out)
+    out = _start_run(args, "train") if is_main_process() else Path(args.out)
     history = fit(
         model, train, val, _config(args), checkpoint_dir=out / "checkpoints", resume=args.resume
     )
@@ -118,6 +147,7 @@ def cmd_train(args) -> int:
         print(
             f"validation accuracy {100 * acc:.2f}% after {len(history.epochs)} epochs; saved {path}"
         )
+        finish_run(out)
     return 0
 
 
@@ -125,6 +155,7 @@ def cmd_prune(args) -> int:
     from dataclasses import replace
 
     from .engine import seed_everything
+    from .engine.rundir import finish_run
     from .engine.text import format_table
     from .prune import get_pruner, run_pruning
     from .sparsity import load_pruned, save_pruned
@@ -145,7 +176,7 @@ def cmd_prune(args) -> int:
     rates = args.profile if args.profile is not None else args.rate
     finetune = _config(args)
     regularize = replace(finetune, epochs=args.reg_epochs) if args.reg_epochs > 0 else None
-    out = Path(args.out)
+    out = _start_run(args, "prune", (args.checkpoint,))
     res = run_pruning(
         model, pruner, train, val, shape, rates=rates, flops_reduction=args.flops_reduction,
         regularize=regularize, finetune=finetune, distill_weight=args.distill_weight,
@@ -169,6 +200,7 @@ def cmd_prune(args) -> int:
         f"FLOPs reduction {res.flops.reduction:.2f}x"
     )
     print(f"saved {path}")
+    finish_run(out)
     return 0
 
 
@@ -280,6 +312,7 @@ def _held_out(args):
 def cmd_attack(args) -> int:
     import torch
 
+    from .engine.rundir import finish_run
     from .report import plots
     from .sparsity import load_pruned
 
@@ -294,6 +327,7 @@ def cmd_attack(args) -> int:
         raise UsageError("the model misclassifies every selected input; nothing to attack")
     x, y = x[correct], y[correct]
     target = (y + args.target_shift) % model(x[:1]).shape[1] if args.target_shift else None
+    out = _start_run(args, "attack", (args.model,))
     res = attack.run(model, x, y, target)
     norm = getattr(attack, "norm", "linf")
     print(f"attack {args.attack} {settings} on {len(x)} correctly classified inputs "
@@ -301,15 +335,15 @@ def cmd_attack(args) -> int:
     print(f"success rate: {res.success_rate:.3f}")
     print(f"mean {norm} distortion (successful): {res.mean_distortion(norm):.4f}")
     print(f"mean queries: {float(res.queries.float().mean()):.1f}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     path = plots.attack_grid(x, res.adversarial, out / f"{args.attack}_grid.png")
     print(f"image grid: {path}")
+    finish_run(out)
     return 0
 
 
 def cmd_explain(args) -> int:
     from .data import Broden, SyntheticConcepts
+    from .engine.rundir import finish_run
     from .explain import HEADERS, explain_attacks
     from .report import Report
     from .sparsity import load_pruned
@@ -326,7 +360,7 @@ def cmd_explain(args) -> int:
         concepts = SyntheticConcepts(args.concept_images, size=x.shape[-1], seed=12345)
     elif args.concepts:
         concepts = Broden(args.concepts, limit=args.concept_images)
-    out = Path(args.out)
+    out = _start_run(args, "explain", (args.model,))
     study = explain_attacks(model, x, y, attacks, out_dir=out, concepts=concepts, layer=args.layer,
                             cam_layer=args.cam_layer, fraction=args.fraction)  # fmt: skip
     e0 = study.explanations[0]
@@ -345,6 +379,7 @@ def cmd_explain(args) -> int:
     for caption, path in study.figures.items():
         rep.figure(path.name, caption)
     print(f"report: {rep.save(out / 'report.html')}")
+    finish_run(out)
     return 0
 
 
@@ -392,6 +427,7 @@ def cmd_gnn(args) -> int:
     from .attacks.graph import poison
     from .defenses.graph import robust_train
     from .engine.graph import node_accuracy
+    from .engine.rundir import finish_run
 
     if not 0 < args.budget <= 1:
         raise UsageError(f"--budget is a fraction of edges in (0, 1], got {args.budget}")
@@ -415,8 +451,9 @@ def cmd_gnn(args) -> int:
         robust_train(model, data, None, cfg, log_every=max(1, args.epochs // 5))
     else:
         inner = _graph_attacks(args.inner, args.inner_budget or args.budget, args.seed)
+        out = _start_run(args, "gnn robust-train")
         hist = robust_train(model, data, list(inner.values()), cfg,
-                            checkpoint_dir=Path(args.out), resume=args.resume,
+                            checkpoint_dir=out, resume=args.resume,
                             log_every=max(1, args.epochs // 10),
                             weighting=args.weighting)  # fmt: skip
         secs = [e["seconds"] for e in hist.epochs]
@@ -437,6 +474,7 @@ def cmd_gnn(args) -> int:
         with atomic_path(out) as tmp:
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
         print(f"weights: {out}")
+        finish_run(out.parent)
     return 0
 
 
@@ -481,12 +519,11 @@ def cmd_tshirt(args) -> int:
         detected,
     )
     from .engine.atomic import atomic_path
+    from .engine.rundir import finish_run
     from .models.detectors import get_detector
     from .report import Report
     from .report.plots import save_patch
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     sources = [s for s in args.sources.split(",") if s] or None
     split = load_crops(args.data, sources, args.held_out, args.seed, args.scale, args.limit,
                        args.shape)  # fmt: skip
@@ -514,6 +551,7 @@ def cmd_tshirt(args) -> int:
         print(f"cloth deformation: {len(splines)} frames of {args.cloth_video} with the board")
         eot = replace(eot, splines=tuple(splines))
     size = _patch_size(args.size, args.shape)
+    out = _start_run(args, f"tshirt {args.action}", (args.patch, args.cloth_video))
     if args.action == "train":
         if args.zo:
             box = OpenCVHOGBlackBox()
@@ -571,6 +609,7 @@ def cmd_tshirt(args) -> int:
         path = detection_examples(det, split.test, patch, eot, out / "detections.png")
         rep.figure(path.name, f"held-out persons without / with the patch ({first})")
     print(f"report: {rep.save(out / 'report.html')}")
+    finish_run(out)
     return 0
 
 
@@ -595,6 +634,7 @@ def _attack_arguments(p, attack: str, attack_help: str, num: int, out: str) -> N
     p.add_argument("--data-option", action="append", metavar="KEY=VALUE")
     p.add_argument("--num", type=int, default=num, help="inputs to attack")
     p.add_argument("--out", default=out)
+    _add_overwrite(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -724,6 +764,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inner-budget", type=float, help="robust-train: its budget (default --budget)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
+    _add_overwrite(p)
     p.add_argument("--out", default="runs/gnn")
     p.set_defaults(func=cmd_gnn)
 
@@ -775,6 +816,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/tshirt")
+    _add_overwrite(p)
     p.set_defaults(func=cmd_tshirt)
 
     p = sub.add_parser("demo", help="run the built-in demo and write an HTML report")
@@ -787,32 +829,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    from .attacks import AttackError
-    from .attacks.graph import GraphAttackError
-    from .compile import CompileError, CompilerUnavailable
-    from .compile.onnx_export import ExportError
-    from .data import DatasetError
-    from .engine import CheckpointError
-    from .explain import ExplainError
-    from .sparsity import SparsityError
-
     try:
         return args.func(args)
     except (
-        UsageError,
-        SparsityError,
-        DatasetError,
-        CheckpointError,
-        AttackError,
-        CompileError,
-        CompilerUnavailable,
-        ExportError,
-        ExplainError,
-        GraphAttackError,
-        ValueError,
-        FileNotFoundError,
-    ) as err:
-        print(f"error: {err}", file=sys.stderr)
+        EdgeguardError
+    ) as err:  # a user's mistake; anything else is a bug and keeps its traceback
+        # one line: multi-line hints (expected folder layouts) are joined
+        print("error: " + " ".join(part.strip() for part in str(err).splitlines()), file=sys.stderr)
         return 2
 
 

@@ -17,3 +17,7 @@ class UsageError(EdgeguardError, ValueError):
 
 class OutputExistsError(EdgeguardError, FileExistsError):
     """An output folder already holds a run (refused so that no finished work is overwritten)."""
+
+
+class ConfigError(EdgeguardError, ValueError):
+    """A setting (training, model or dataset option) outside what is accepted."""

@@ -110,20 +110,28 @@ def test_masks_stay_applied_after_optimizer_steps_and_on_load(tmp_path: Path):
     assert count_flops(loaded, SHAPE).kept_macs == count_flops(model, SHAPE).kept_macs
 
 
+def _rewrite_spec(path: Path, spec: dict) -> None:
+    """Replace the spec embedded in a saved weights file (what a tampering user would do)."""
+    from safetensors.torch import load_file, save_file
+
+    save_file(load_file(str(path)), str(path),
+              metadata={"format": "edgeguard.pruned/1", "edgeguard_spec": json.dumps(spec)})  # fmt: skip
+
+
 def test_loading_rejects_mismatched_specs(tmp_path: Path):
     a, b = small_c3d(0), small_c3d(1)
     prune_model(a, "kgs", rates=0.5)
     prune_model(b, "kgs", rates=0.3)
     pa = save_pruned(a, tmp_path / "a.safetensors", get_scheme("kgs"))
     pb = save_pruned(b, tmp_path / "b.safetensors", get_scheme("kgs"))
-    # the spec of b next to the weights of a
-    pa.with_suffix(".json").write_text(pb.with_suffix(".json").read_text())
-    with pytest.raises(SparsityError, match="does not match"):
+    # the spec of b inside the weights of a
+    _rewrite_spec(pa, json.loads(pb.with_suffix(".json").read_text()))
+    with pytest.raises(SparsityError, match="does not match its weights"):
         load_pruned(pa)
     # a spec claiming a different structure
     spec = json.loads(pb.with_suffix(".json").read_text())
     spec["layers"]["conv2"]["scheme"] = {"name": "filter"}
-    pb.with_suffix(".json").write_text(json.dumps(spec))
+    _rewrite_spec(pb, spec)
     with pytest.raises(SparsityError, match="does not follow the 'filter' structure"):
         load_pruned(pb)
 
@@ -138,9 +146,53 @@ def test_truncated_and_missing_files(tmp_path: Path):
         load_pruned(path)
     with pytest.raises(SparsityError, match="not found"):
         load_pruned(tmp_path / "none.safetensors")
+
+
+def test_files_without_an_embedded_spec_read_the_json(tmp_path: Path):
+    """Models saved before the spec moved into the weights file load from the JSON beside them."""
+    from safetensors.torch import load_file, save_file
+
+    model = small_c3d()
+    prune_model(model, "filter", rates=0.5)
+    path = save_pruned(model, tmp_path / "m.safetensors")
+    save_file(load_file(str(path)), str(path), metadata={"format": "edgeguard.pruned/1"})
+    loaded, masks, _ = load_pruned(path)
+    assert torch.equal(masks["conv2"], get_masks(model)["conv2"])
     path.with_suffix(".json").write_text("{not json")
     with pytest.raises(SparsityError, match="not valid JSON"):
         load_pruned(path)
+    path.with_suffix(".json").unlink()
+    with pytest.raises(SparsityError, match="sparsity spec not found"):
+        load_pruned(path)
+
+
+def test_crash_between_the_two_writes_keeps_a_loadable_model(tmp_path: Path, monkeypatch, caplog):
+    """Replacing a saved model: the process dies after the weights file is renamed into place but
+    before the JSON copy is: the new model loads (the stale JSON is reported), nothing is lost."""
+    from edgeguard.engine import atomic
+
+    old, new = small_c3d(0), small_c3d(1)
+    prune_model(new, "kgs", rates=0.5)
+    path = save_pruned(old, tmp_path / "m.safetensors")
+    real = atomic.os.replace
+    calls = []
+
+    def replace_then_die(src, dst):
+        calls.append(dst)
+        if str(dst).endswith(".json"):
+            raise KeyboardInterrupt("killed")
+        real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", replace_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        save_pruned(new, path, get_scheme("kgs"))
+    monkeypatch.undo()
+    with caplog.at_level("WARNING", logger="edgeguard"):
+        loaded, masks, _ = load_pruned(path)
+    assert "differs from the spec inside" in caplog.text
+    for k, v in new.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    assert torch.equal(masks["conv2"], get_masks(new)["conv2"])
 
 
 def test_failed_save_leaves_nothing_half_written(tmp_path: Path, monkeypatch):

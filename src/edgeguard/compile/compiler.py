@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 
-from ..errors import EdgeguardError
+from .errors import CompileError
 from .plan import ConvGeometry, make_plan
 from .pool import MaxPoolCpu
 from .pool import supported as pool_supported
@@ -33,10 +33,6 @@ from .sparse_linear import SparseLinear
 log = logging.getLogger(__name__)
 
 BACKENDS = ("cpu", "cuda", "auto", "torch")
-
-
-class CompileError(EdgeguardError, ValueError):
-    """Invalid arguments to :func:`compile_model`."""
 
 
 @dataclass

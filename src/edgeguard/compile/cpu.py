@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from ..errors import EdgeguardError
+from .errors import CompileError
 from .layout import InputLayout
 from .plan import SparsePlan
 
@@ -615,7 +616,9 @@ def generate_source(
     ct, fg = _chunking(tiles_plane, do, nb, ct, fg, kept)
     pool = tuple(int(k) for k in pool)
     if len(pool) != 3 or min(pool) < 1 or any(k > n for k, n in zip(pool, layout.out, strict=True)):
-        raise ValueError(f"pool must be 3 window sizes within the output {layout.out}, got {pool}")
+        raise CompileError(
+            f"pool must be 3 window sizes within the output {layout.out}, got {pool}"
+        )
     rc = 1
     if pool != (1, 1, 1):  # a chunk is rc rows: its tiles, scratch and the positions it wastes
         if ct >= tiles_plane:  # whole planes already (long chunks): the same with a pool

@@ -27,7 +27,7 @@ def export_onnx(
     """Write ``compiled`` to ``path`` as ONNX for inputs of ``input_shape`` (batch dimension
     dynamic); written to a temporary file then renamed, so a failed export leaves nothing behind."""
     if not isinstance(compiled, CompiledModel):
-        raise TypeError("export_onnx takes the result of edgeguard.compile(...)")
+        raise ExportError("export_onnx takes the result of edgeguard.compile(...)")
     try:
         import onnx  # noqa: F401
     except ImportError as err:

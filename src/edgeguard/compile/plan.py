@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .errors import CompileError
+
 
 @dataclass(frozen=True)
 class ConvGeometry:
@@ -35,11 +37,13 @@ class ConvGeometry:
             return (fill, *v) if len(v) == 2 else v
 
         if isinstance(conv.padding, str):
-            raise ValueError(f"string padding {conv.padding!r} is not supported; give numbers")
+            raise CompileError(f"string padding {conv.padding!r} is not supported; give numbers")
         if conv.padding_mode != "zeros":
-            raise ValueError(f"padding_mode {conv.padding_mode!r} is not supported (only 'zeros')")
+            raise CompileError(
+                f"padding_mode {conv.padding_mode!r} is not supported (only 'zeros')"
+            )
         if conv.groups != 1:
-            raise ValueError("grouped convolutions are not supported")
+            raise CompileError("grouped convolutions are not supported")
         return cls(
             conv.in_channels,
             conv.out_channels,
@@ -112,7 +116,7 @@ def make_plan(
 ) -> SparsePlan:
     """Build the blocked plan of a weight ``[M, C, kd, kh, kw]`` whose pruned entries are exactly 0."""
     if weight.dim() != 5:
-        raise ValueError(f"weight must be [M, C, kd, kh, kw], got shape {tuple(weight.shape)}")
+        raise CompileError(f"weight must be [M, C, kd, kh, kw], got shape {tuple(weight.shape)}")
     m = weight.shape[0]
     w2 = weight.reshape(m, -1)
     nz = w2 != 0

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import CompileError
 from .layout import InputLayout
 from .plan import SparsePlan
 
@@ -30,7 +31,7 @@ class SparseConv(nn.Module):
     ) -> None:  # fmt: skip
         super().__init__()
         if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+            raise CompileError(f"unknown mode {mode!r}; expected one of {MODES}")
         self.plan = plan
         self.relu = relu
         self.two_d = two_d
@@ -39,7 +40,7 @@ class SparseConv(nn.Module):
         self.kc = kc
         for knob, val in (("ct", ct), ("fg", fg)):
             if val is not None and (not isinstance(val, int) or val < 1):
-                raise ValueError(f"{knob} must be a positive int or None (default), got {val!r}")
+                raise CompileError(f"{knob} must be a positive int or None (default), got {val!r}")
         self.ct, self.fg = ct, fg  # CPU task shape (tiles per task, filter groups); None: default
         self.pack = pack  # CPU: pack each tile's rows (True) or read them in place (default)
         self.precision = "ieee"  # CUDA matmul precision ("ieee" or "tf32")
@@ -146,7 +147,7 @@ class SparseConv(nn.Module):
 
     def forward_cpu(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.float32:
-            raise TypeError(f"{self.name}: the CPU kernel takes float32 input, got {x.dtype}")
+            raise CompileError(f"{self.name}: the CPU kernel takes float32 input, got {x.dtype}")
         lay = self.layout(x)
         n = x.shape[0]
         if not self.plan.block_rows:  # every filter pruned: the output is the bias
@@ -185,7 +186,7 @@ class SparseConv(nn.Module):
         if self.two_d:
             x = x.unsqueeze(2)
         if x.dim() != 5 or x.shape[1] != self.plan.geometry.in_channels:
-            raise ValueError(
+            raise CompileError(
                 f"{self.name}: expected input [N, {self.plan.geometry.in_channels}, D, H, W], "
                 f"got {tuple(x.shape)}"
             )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .errors import CompileError
 from .plan import ConvGeometry, make_plan
 from .sparse_conv import SparseConv
 
@@ -29,7 +30,7 @@ class SparseLinear(nn.Module):
                  groups: int = 16, name: str = "linear") -> None:  # fmt: skip
         super().__init__()
         if weight.dim() != 2:
-            raise ValueError(f"{name}: expected a [out_features, in_features] weight, got "
+            raise CompileError(f"{name}: expected a [out_features, in_features] weight, got "
                              f"{tuple(weight.shape)}")  # fmt: skip
         f, c = weight.shape
         geometry = ConvGeometry(c, f, (1, 1, 1), (1, 1, 1), (0, 0, 0), (1, 1, 1))
@@ -47,7 +48,7 @@ class SparseLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
-            raise ValueError(f"{self.conv.name}: expected [..., {self.in_features}] input, got "
+            raise CompileError(f"{self.conv.name}: expected [..., {self.in_features}] input, got "
                              f"{tuple(x.shape)}")  # fmt: skip
         lead = x.shape[:-1]
         rows = x.reshape(-1, self.in_features)

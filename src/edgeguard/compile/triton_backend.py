@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .errors import CompileError
+
 
 @triton.jit
 def _sparse_conv_kernel(
@@ -94,7 +96,7 @@ def sparse_conv_triton(
 ) -> torch.Tensor:  # fmt: skip
     """Run ``conv`` (a :class:`~edgeguard.compile.SparseConv`) on ``x [N, C, D, H, W]`` float32."""
     if x.dtype != torch.float32:
-        raise TypeError(f"{conv.name}: the Triton kernel takes float32 input, got {x.dtype}")
+        raise CompileError(f"{conv.name}: the Triton kernel takes float32 input, got {x.dtype}")
     precision = precision or getattr(conv, "precision", "ieee")
     bp = bp or getattr(conv, "triton_bp", 64)  # output positions per program
     bk = bk or getattr(conv, "triton_bk", 32)  # kept rows per dot

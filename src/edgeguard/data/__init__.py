@@ -10,6 +10,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from ..errors import ConfigError
 from .concepts import Broden, SyntheticConcepts
 from .errors import DatasetError
 from .video import SyntheticMovingShapes, VideoClipDataset, hmdb51, read_frames, ucf101
@@ -46,7 +47,7 @@ def get_dataset(name: str, train: bool = True, root: str | None = None, **option
             )
         fn = {"ucf101": ucf101, "hmdb51": hmdb51, "cifar10": cifar10, "cifar100": cifar100}[name]
         return fn(root, train=train, **options)
-    raise ValueError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+    raise ConfigError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
 
 
 __all__ = [

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import ConfigError
 from .errors import DatasetError
 
 # Shapes with distinct footprints at low resolution (a filled disk, a hollow ring and a plus sign):
@@ -40,7 +41,7 @@ def _shape_coverage(
             np.maximum(np.abs(u) - r, np.abs(v) - arm), np.maximum(np.abs(v) - r, np.abs(u) - arm)
         )
     else:  # pragma: no cover - guarded by the callers
-        raise ValueError(shape)
+        raise ConfigError(shape)
     return np.clip(0.5 - d, 0.0, 1.0)
 
 
@@ -83,11 +84,11 @@ class SyntheticMovingShapes(Dataset):
         distractor_size: tuple[float, float] = (0.06, 0.12),
     ) -> None:
         if num_samples < 1 or frames < 2 or size < 8:
-            raise ValueError(
+            raise ConfigError(
                 f"need num_samples >= 1, frames >= 2, size >= 8; got {num_samples}, {frames}, {size}"
             )
         if not 0 <= noise < 1 or not 0 < min_contrast <= 1 or distractors < 0:
-            raise ValueError("noise must be in [0, 1), min_contrast in (0, 1], distractors >= 0")
+            raise ConfigError("noise must be in [0, 1), min_contrast in (0, 1], distractors >= 0")
         self.num_samples, self.seed, self.frames, self.size = num_samples, seed, frames, size
         self.distractors, self.noise, self.min_contrast = distractors, noise, min_contrast
         self.distractor_size = tuple(distractor_size)
@@ -234,7 +235,7 @@ class VideoClipDataset(Dataset):
         resize: tuple[int, int] = (128, 171),
     ) -> None:
         if crop > min(resize):
-            raise ValueError(f"crop {crop} is larger than the resized frame {resize}")
+            raise ConfigError(f"crop {crop} is larger than the resized frame {resize}")
         self.items, self.classes, self.train = list(items), list(classes), train
         self.clip_len, self.crop, self.resize = clip_len, crop, resize
         self.num_classes = len(self.classes)
@@ -266,7 +267,7 @@ def _check_root(root: str | Path, fold: int, name: str, layout: str) -> Path:
     if not root.is_dir():
         raise DatasetError(f"{name} folder not found: {root}\n{layout}")
     if fold not in (1, 2, 3):
-        raise ValueError(f"{name} fold must be 1, 2 or 3, got {fold!r}")
+        raise ConfigError(f"{name} fold must be 1, 2 or 3, got {fold!r}")
     return root
 
 

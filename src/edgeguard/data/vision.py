@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from ..errors import ConfigError
 from .errors import DatasetError
 from .safe_pickle import restricted_load
 
@@ -29,9 +30,9 @@ def digits(
     from sklearn.model_selection import train_test_split
 
     if not isinstance(upsample, int) or upsample < 1:
-        raise ValueError(f"upsample must be an integer >= 1, got {upsample!r}")
+        raise ConfigError(f"upsample must be an integer >= 1, got {upsample!r}")
     if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+        raise ConfigError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
     data = load_digits()
     x = data.images.astype(np.float32) / 16.0
     y = data.target.astype(np.int64)
@@ -76,7 +77,7 @@ class CIFAR(Dataset):
         self, root: str | Path, name: str = "cifar10", train: bool = True, augment: bool = False
     ):
         if name not in ("cifar10", "cifar100"):
-            raise ValueError(f"name must be 'cifar10' or 'cifar100', got {name!r}")
+            raise ConfigError(f"name must be 'cifar10' or 'cifar100', got {name!r}")
         root = Path(root)
         folder = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
         base = root / folder if (root / folder).is_dir() else root

@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
+from ..errors import ConfigError
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .distributed import all_reduce_sum, barrier, init_distributed, is_main_process, world_size
 
@@ -60,21 +61,21 @@ class TrainConfig:
 
     def validate(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ValueError(f"epochs must be an integer >= 1, got {self.epochs!r}")
+            raise ConfigError(f"epochs must be an integer >= 1, got {self.epochs!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+            raise ConfigError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
         if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+            raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
         if self.optimizer not in ("sgd", "adam", "adamw"):
-            raise ValueError(f"optimizer must be 'sgd', 'adam' or 'adamw', got {self.optimizer!r}")
+            raise ConfigError(f"optimizer must be 'sgd', 'adam' or 'adamw', got {self.optimizer!r}")
         if self.scheduler not in ("cosine", "none"):
-            raise ValueError(f"scheduler must be 'cosine' or 'none', got {self.scheduler!r}")
+            raise ConfigError(f"scheduler must be 'cosine' or 'none', got {self.scheduler!r}")
         if not (
             isinstance(self.warmup_epochs, int | float) and 0 <= self.warmup_epochs <= self.epochs
         ):
-            raise ValueError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs!r}")
+            raise ConfigError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
 
 
 @dataclass
@@ -93,7 +94,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available")
+        raise ConfigError("device 'cuda' was asked for but no CUDA GPU is available")
     return dev
 
 
@@ -151,7 +152,7 @@ def evaluate(
         count += y.numel()
     model.train(was_training)
     if count == 0:
-        raise ValueError("cannot evaluate on an empty dataset")
+        raise ConfigError("cannot evaluate on an empty dataset")
     return {"loss": loss_sum / count, "accuracy": correct / count}
 
 
@@ -220,12 +221,20 @@ def _fit(
     ckpt_path = Path(checkpoint_dir) / "last.pt" if checkpoint_dir is not None else None
     if resume and ckpt_path is not None and ckpt_path.is_file():
         state = load_checkpoint(ckpt_path)
+        _check_same_config(state, cfg, ckpt_path)
         _restore(model, optimizer, scheduler, state, ckpt_path)
         if extra_state is not None:
+            if extra_state.state_dict() and not state.get("extra"):
+                raise CheckpointError(f"{ckpt_path} holds no {type(extra_state).__name__} state "
+                                      "(auxiliary variables) to resume from")  # fmt: skip
             extra_state.load_state_dict(state.get("extra", {}))
         history.epochs = list(state.get("history", []))
         start_epoch = int(state["epoch"])
         log.info("resumed from %s at epoch %d/%d", ckpt_path, start_epoch, cfg.epochs)
+    else:
+        # a fresh run draws its random layers (dropout) from the seed, so a run resumed at a stage
+        # boundary (e.g. fine-tuning after a saved hard-pruned model) replays the same draws
+        torch.manual_seed(cfg.seed)
     _apply_masks(model)
 
     distributed = world_size() > 1
@@ -317,9 +326,10 @@ def _fit(
                 "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "epoch"),
             )
             if ckpt_path is not None:
-                save_checkpoint(
-                    _state(model, optimizer, scheduler, epoch + 1, history, cfg), ckpt_path
-                )
+                state = _state(model, optimizer, scheduler, epoch + 1, history, cfg)
+                if extra_state is not None:
+                    state["extra"] = extra_state.state_dict()
+                save_checkpoint(state, ckpt_path)
         barrier()
     return history
 
@@ -344,9 +354,33 @@ def _state(model, optimizer, scheduler, epoch, history, cfg) -> dict[str, Any]:
     }
 
 
+# settings that do not change the trained weights: a resumed run may differ in these
+_RUNTIME_SETTINGS = ("progress", "num_workers", "device")
+
+
+def _check_same_config(state: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
+    """Refuse to resume ``path`` with settings other than those it was trained with."""
+    stored = state.get("config")
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{path} records no training settings; it cannot be resumed")
+    given = asdict(cfg)
+    diff = [f"{k}: stored {stored.get(k)!r}, given {v!r}" for k, v in given.items()
+            if k not in _RUNTIME_SETTINGS and stored.get(k) != v]  # fmt: skip
+    if diff:
+        raise CheckpointError(f"cannot resume {path} with other settings ({'; '.join(diff)}); "
+                              "use the stored settings or start a new run")  # fmt: skip
+
+
 def _restore(model, optimizer, scheduler, state, path) -> None:
     if state.get("format") != "edgeguard.train/1":
         raise CheckpointError(f"{path} is not an edgeguard training checkpoint")
+    missing = [k for k in ("epoch", "model", "optimizer", "torch_rng") if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}: truncated or not "
+                              "written by edgeguard")  # fmt: skip
+    epoch = state["epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise CheckpointError(f"checkpoint {path}: epoch must be an integer >= 0, got {epoch!r}")
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -362,4 +396,7 @@ def _restore(model, optimizer, scheduler, state, path) -> None:
             raise CheckpointError(f"checkpoint {path}: mask for {name!r} does not fit the model")
         module._buffers.pop(MASK_BUFFER, None)
         module.register_buffer(MASK_BUFFER, mask.bool().to(module.weight.device), persistent=False)
-    torch.set_rng_state(state["torch_rng"])
+    try:
+        torch.set_rng_state(state["torch_rng"])
+    except (TypeError, RuntimeError) as err:
+        raise CheckpointError(f"checkpoint {path}: invalid random-number state ({err})") from None

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 COUNTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
@@ -84,7 +86,9 @@ def count_flops(
         A layer called several times (shared weights) is counted once per call.
     """
     if not all(isinstance(s, int) and s > 0 for s in input_shape):
-        raise ValueError(f"input_shape must be positive integers with the batch, got {input_shape}")
+        raise ConfigError(
+            f"input_shape must be positive integers with the batch, got {input_shape}"
+        )
     names = {m: n for n, m in model.named_modules()}
     report = FlopsReport(tuple(input_shape))
 

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 
 def _scaled(channels: int, width: float) -> int:
     return max(1, round(channels * width))
@@ -18,12 +20,12 @@ def _scaled(channels: int, width: float) -> int:
 
 def _check_common(num_classes: int, width: float, clip_size: Sequence[int]) -> tuple[int, int, int]:
     if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
     if not (isinstance(width, int | float) and width > 0):
-        raise ValueError(f"width must be a positive channel multiplier, got {width!r}")
+        raise ConfigError(f"width must be a positive channel multiplier, got {width!r}")
     clip = tuple(int(s) for s in clip_size)
     if len(clip) != 3 or any(s < 1 for s in clip):
-        raise ValueError(f"clip_size must be (frames, height, width), got {clip_size!r}")
+        raise ConfigError(f"clip_size must be (frames, height, width), got {clip_size!r}")
     return clip  # type: ignore[return-value]
 
 
@@ -55,7 +57,7 @@ class C3D(nn.Module):
         super().__init__()
         t, h, w = _check_common(num_classes, width, clip_size)
         if t < 16 or h < 16 or w < 16:
-            raise ValueError(f"C3D needs clips of at least 16x16x16 (T, H, W), got {clip_size!r}")
+            raise ConfigError(f"C3D needs clips of at least 16x16x16 (T, H, W), got {clip_size!r}")
         chans = [_scaled(c, width) for c in (64, 128, 256, 256, 512, 512, 512, 512)]
         cin = 3
         for name, cout in zip(self.conv_names, chans, strict=True):

@@ -42,7 +42,7 @@ class ADMMPruner(SplittingPruner):
         self._init_splitting(rho, rho_growth, rho_max, "ADMM")
 
     def options(self) -> dict[str, Any]:
-        return {"rho": self.rho, "rho_growth": self.rho_growth, "rho_max": self.rho_max}
+        return {"rho": self.rho_init, "rho_growth": self.rho_growth, "rho_max": self.rho_max}
 
     def setup(self, model: nn.Module, rates: dict[str, float], **budget: Any) -> None:
         super().setup(model, rates)

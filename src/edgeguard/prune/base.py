@@ -98,6 +98,7 @@ class SplittingPruner(Pruner):
         """Validate and set the penalty schedule: rho > 0, multiplied by rho_growth >= 1 after every
         epoch up to rho_max; start with no auxiliary variables."""
         self.rho = check_positive(rho, f"rho ({method} penalty)")
+        self.rho_init = self.rho  # the setting; self.rho grows during training
         self.rho_growth = check_positive(rho_growth, "rho_growth")
         if self.rho_growth < 1:
             raise SparsityError(f"rho_growth must be >= 1, got {rho_growth}")

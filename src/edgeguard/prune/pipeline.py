@@ -37,6 +37,20 @@ class PruningOutcome:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+def _check_same_pruner(spec: dict[str, Any], pruner: Pruner, stage: Path) -> None:
+    """Refuse to resume a hard-pruned stage made by another method, scheme or options."""
+    extra = spec.get("extra", {})
+    scheme = pruner.spec_scheme.spec() if pruner.spec_scheme is not None else None
+    stored_scheme = next((e.get("scheme") for e in spec.get("layers", {}).values()), None)
+    pairs = {"method": (extra.get("method"), pruner.name),
+             "options": (extra.get("options"), pruner.options())}  # fmt: skip
+    if scheme is not None:
+        pairs["scheme"] = (stored_scheme, scheme)
+    diff = [f"{k}: stored {a!r}, given {b!r}" for k, (a, b) in pairs.items() if a != b]
+    if diff:
+        raise SparsityError(f"cannot resume {stage} with another pruner ({'; '.join(diff)})")
+
+
 def run_pruning(
     model: nn.Module,
     pruner: Pruner | str,
@@ -78,6 +92,7 @@ def run_pruning(
 
     if resume and stage is not None and stage.is_file():
         net, _, spec = load_pruned(stage, model=net)
+        _check_same_pruner(spec, pruner, stage)
         final = {k: v.get("rate", float("nan")) for k, v in spec["layers"].items()}
         log.info("resumed: hard-pruned model loaded from %s", stage)
     else:

@@ -156,7 +156,7 @@ class PrimalProximalPruner(SplittingPruner):
     def options(self) -> dict[str, Any]:
         return {
             "structure": self.structure,
-            "rho": self.rho,
+            "rho": self.rho_init,
             "rho_growth": self.rho_growth,
             "rho_max": self.rho_max,
             "dykstra_iters": self.dykstra_iters,

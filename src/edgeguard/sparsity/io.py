@@ -1,16 +1,19 @@
-"""Saving and loading (pruned) models: weights as safetensors, the architecture and the sparsity spec as
-JSON beside them (``NAME.safetensors`` + ``NAME.json``).  Both files are written atomically, and loading
-checks that the spec matches the weights."""
+"""Saving and loading (pruned) models: weights as safetensors with the architecture and the sparsity
+spec inside the file's metadata, and the same spec as readable JSON beside it (``NAME.safetensors`` +
+``NAME.json``).  The weights file alone is authoritative, so replacing a saved model is one atomic
+rename: a crash between the two writes leaves a stale JSON copy (ignored, with a warning), never a
+model that cannot be loaded.  Loading checks that the spec matches the weights."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -20,6 +23,9 @@ from .model import attach_masks, get_masks
 
 FORMAT = "edgeguard.pruned/1"
 MASK_PREFIX = "__mask__."
+SPEC_KEY = "edgeguard_spec"  # safetensors metadata entry holding the spec as JSON
+
+log = logging.getLogger("edgeguard")
 
 
 def spec_path(path: str | Path) -> Path:
@@ -71,24 +77,45 @@ def save_pruned(
         "layers": layers,
         "extra": extra or {},
     }
+    text = json.dumps(spec, indent=2)
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"format": FORMAT})
+        save_file(state, str(tmp), metadata={"format": FORMAT, SPEC_KEY: text})
     with atomic_path(spec_path(path)) as tmp:
-        tmp.write_text(json.dumps(spec, indent=2))
+        tmp.write_text(text)
     return path
 
 
-def read_spec(path: str | Path) -> dict[str, Any]:
-    sp = spec_path(path)
-    if not sp.is_file():
-        raise SparsityError(f"sparsity spec not found: {sp} (expected beside {Path(path).name})")
+def _parse_spec(text: str, where: str) -> dict[str, Any]:
     try:
-        spec = json.loads(sp.read_text())
+        spec = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise SparsityError(f"sparsity spec {sp} is not valid JSON: {err}") from None
+        raise SparsityError(f"sparsity spec {where} is not valid JSON: {err}") from None
     if not isinstance(spec, dict) or spec.get("format") != FORMAT:
-        raise SparsityError(f"{sp} is not an edgeguard sparsity spec (format {FORMAT!r})")
+        raise SparsityError(f"{where} is not an edgeguard sparsity spec (format {FORMAT!r})")
     return spec
+
+
+def read_spec(path: str | Path) -> dict[str, Any]:
+    """The spec of a saved model: the one inside the weights file's metadata, or (files written
+    before it was embedded) the ``.json`` beside it.  A ``.json`` that differs from the embedded
+    spec is reported and ignored."""
+    path, sp = Path(path), spec_path(path)
+    try:
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise SparsityError(
+            f"cannot read {path}: truncated or not a safetensors file ({err})"
+        ) from None
+    if SPEC_KEY in meta:
+        spec = _parse_spec(meta[SPEC_KEY], f"inside {path}")
+        if sp.is_file() and sp.read_text(errors="replace") != meta[SPEC_KEY]:
+            log.warning("%s differs from the spec inside %s (an interrupted save or an edit); "
+                        "using the one inside the weights file", sp, path.name)  # fmt: skip
+        return spec
+    if not sp.is_file():
+        raise SparsityError(f"sparsity spec not found: {sp} (expected beside {path.name})")
+    return _parse_spec(sp.read_text(errors="replace"), str(sp))
 
 
 def load_pruned(
@@ -97,7 +124,7 @@ def load_pruned(
     """Load a model saved by ``save_pruned``; its masks are attached and applied.
 
     Args:
-        path: the ``.safetensors`` file (its ``.json`` spec beside it).
+        path: the ``.safetensors`` file (spec inside, or in the ``.json`` beside older files).
         model: a model to load into; by default it is rebuilt from the spec's architecture.
     Returns ``(model, masks, spec)``.
     Raises ``SparsityError`` when a file is missing, truncated or corrupt, or the spec does not match
@@ -117,11 +144,11 @@ def load_pruned(
     masks = {k[len(MASK_PREFIX) :]: v.bool() for k, v in state.items() if k.startswith(MASK_PREFIX)}
     weights = {k: v for k, v in state.items() if not k.startswith(MASK_PREFIX)}
     if sorted(weights) != spec.get("tensors"):
-        raise SparsityError(f"spec {spec_path(path)} does not match {path}: tensor names differ")
+        raise SparsityError(f"the spec of {path} does not match its weights: tensor names differ")
     layers = spec.get("layers", {})
     if sorted(layers) != sorted(masks):
         raise SparsityError(
-            f"spec {spec_path(path)} does not match {path}: masked layers differ "
+            f"the spec of {path} does not match its weights: masked layers differ "
             f"(spec {sorted(layers)}, weights {sorted(masks)})"
         )
     for name, entry in layers.items():
@@ -144,12 +171,12 @@ def load_pruned(
             problems.append("weights removed by the mask are nonzero")
         if problems:
             raise SparsityError(
-                f"spec {spec_path(path)} does not match {path} at layer {name}: {'; '.join(problems)}"
+                f"the spec of {path} does not match its weights at layer {name}: {'; '.join(problems)}"
             )
     if model is None:
         arch = spec.get("arch")
         if not arch:
-            raise SparsityError(f"{spec_path(path)} records no architecture; pass model=")
+            raise SparsityError(f"the spec of {path} records no architecture; pass model=")
         from ..models import build
 
         model = build(arch["name"], **arch.get("kwargs", {}))

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import torch
 
+from ...data.errors import DatasetError
 from ...data.persons import PersonPhotos, load_persons
 from ...models.detectors import HOGPersonDetector, PersonDetector, box_iou, get_detector
 from ...report.plots import detection_grid
+from ..base import AttackError
 from .placement import PersonCrops, apply_patch, person_crops
 from .transforms import EOT
 from .tshirt import ASR, OpenCVHOGBlackBox, attack_success, detected
@@ -37,7 +39,7 @@ def load_crops(root: str | Path, sources: list[str] | None = None, held_out: flo
     of the patch: ``"square"`` or ``"torso"`` (see :func:`~.placement.torso_patch`); ``fold``
     ``(i, k)``: fold ``i`` of a ``k``-fold cross-validation instead of the ``held_out`` split."""
     if fold is not None and not 0 <= fold[0] < fold[1]:
-        raise ValueError(f"fold index must be in [0, {fold[1]}), got {fold[0]}")
+        raise AttackError(f"fold index must be in [0, {fold[1]}), got {fold[0]}")
     photos = load_persons(root, sources, limit)
     if fold is None:
         train, test = photos.split(held_out, seed)
@@ -111,16 +113,16 @@ def load_patch(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
 
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"patch file {p} not found")
+        raise DatasetError(f"patch file {p} not found")
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         patch = load_file(str(p)).get("patch")
         if patch is None or patch.dim() != 3 or patch.shape[0] != 3:
-            raise ValueError(f"{p} holds no [3, h, w] 'patch' tensor")
+            raise AttackError(f"{p} holds no [3, h, w] 'patch' tensor")
         return patch.float().clamp(0, 1)
     img = cv2.imread(str(p), cv2.IMREAD_COLOR)
     if img is None:
-        raise ValueError(f"cannot read the patch image {p} (expected .safetensors, PNG or JPEG)")
+        raise AttackError(f"cannot read the patch image {p} (expected .safetensors, PNG or JPEG)")
     t = torch.from_numpy(img[:, :, ::-1].copy()).permute(2, 0, 1).float()[None] / 255
     return F.interpolate(t, size=size, mode="area")[0]

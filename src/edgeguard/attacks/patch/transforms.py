@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..base import AttackError
 from .tps import random_cloth
 
 
@@ -130,10 +131,10 @@ class ColorTransform:
         """Least squares from a colour chart: ``printed [N, 3]`` (the colours sent to the printer)
         and ``photographed [N, 3]`` (as the camera saw them), both in [0, 1], N >= 4."""
         if printed.shape != photographed.shape or printed.dim() != 2 or printed.shape[1] != 3:
-            raise ValueError(f"colour charts are [N, 3] pairs, got {tuple(printed.shape)} and "
+            raise AttackError(f"colour charts are [N, 3] pairs, got {tuple(printed.shape)} and "
                              f"{tuple(photographed.shape)}")  # fmt: skip
         if printed.shape[0] < 4:
-            raise ValueError(
+            raise AttackError(
                 f"need at least 4 chart colours to fit M and b, got {printed.shape[0]}"
             )
         a = torch.cat([printed.double(), torch.ones(len(printed), 1, dtype=torch.float64)], 1)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ...models.detectors import PersonDetector, box_iou
+from ..base import AttackError
 from ..minmax import MinMaxWeights
 from ..zo.estimators import random_estimate
 from .placement import PersonCrops, apply_patch
@@ -96,15 +97,15 @@ class TShirtConfig:
         for name in ("steps", "batch", "samples", "topk"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+                raise AttackError(f"{name} must be an integer >= 1, got {v!r}")
         if len(self.size) != 2 or min(self.size) < 4:
-            raise ValueError(f"size is the patch (h, w) in pixels, >= 4 each, got {self.size}")
+            raise AttackError(f"size is the patch (h, w) in pixels, >= 4 each, got {self.size}")
         if self.lr <= 0 or self.tv < 0 or self.nps < 0 or self.kappa < 0:
-            raise ValueError("lr must be > 0 and tv, nps, kappa >= 0")
+            raise AttackError("lr must be > 0 and tv, nps, kappa >= 0")
         if not 0 < self.iou <= 1:
-            raise ValueError(f"iou must be in (0, 1], got {self.iou}")
+            raise AttackError(f"iou must be in (0, 1], got {self.iou}")
         if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+            raise AttackError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
 
 
 @dataclass
@@ -123,7 +124,7 @@ class AdversarialTShirt:
                  config: TShirtConfig | None = None) -> None:  # fmt: skip
         self.detectors = [detectors] if isinstance(detectors, PersonDetector) else list(detectors)
         if not self.detectors or not all(isinstance(d, PersonDetector) for d in self.detectors):
-            raise ValueError(f"need PersonDetector instances, got {detectors!r}")
+            raise AttackError(f"need PersonDetector instances, got {detectors!r}")
         self.config = config or TShirtConfig()
         self.config.validate()
 
@@ -306,7 +307,7 @@ class ASR:
         """One ASR over disjoint sets of persons, e.g. the held-out folds of a cross-validation
         (each person attacked by the patch of the fold that held it out)."""
         if not parts:
-            raise ValueError("nothing to pool")
+            raise AttackError("nothing to pool")
         pp = [a.per_person for a in parts]
         per_person = None if any(p is None for p in pp) else torch.cat(pp)
         return cls(sum(a.attacked for a in parts), sum(a.hidden for a in parts),
@@ -321,7 +322,7 @@ class ASR:
         binomial interval over samples would be too narrow.  ``(nan, nan)`` without per-person
         counts or persons."""
         if not 0 < level < 1:
-            raise ValueError(f"level must be in (0, 1), got {level}")
+            raise AttackError(f"level must be in (0, 1), got {level}")
         pp = self.per_person
         if pp is None or len(pp) == 0:
             return math.nan, math.nan

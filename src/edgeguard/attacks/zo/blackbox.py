@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ...errors import EdgeguardError
+from ..base import AttackError
 
 
 class BlackBoxError(EdgeguardError, RuntimeError):
@@ -22,7 +23,7 @@ class BlackBox(nn.Module):
     def __init__(self, model: nn.Module, output: str = "probs") -> None:
         super().__init__()
         if output not in ("probs", "logits"):
-            raise ValueError(f"output must be 'probs' or 'logits', got {output!r}")
+            raise AttackError(f"output must be 'probs' or 'logits', got {output!r}")
         self._model = model
         self.output = output
         self.queries = 0

@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 import torch
 
+from ..base import AttackError
+
 Loss = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -23,7 +25,7 @@ def random_estimate(
 ) -> tuple[torch.Tensor, int]:  # fmt: skip
     """(gradient estimate shaped like ``x``, queries per sample)."""
     if kind not in ("gaussian", "sphere"):
-        raise ValueError(f"kind must be 'gaussian' or 'sphere', got {kind!r}")
+        raise AttackError(f"kind must be 'gaussian' or 'sphere', got {kind!r}")
     n = len(x)
     d = x[0].numel()
     spent = q + (1 if fx is None else 0)

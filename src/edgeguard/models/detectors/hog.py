@@ -198,9 +198,9 @@ class HOGPersonDetector(PersonDetector):
                  group_threshold: int = 2, max_levels: int = 64) -> None:  # fmt: skip
         super().__init__()
         if padding < 0 or padding % STRIDE:
-            raise ValueError(f"padding must be a multiple of {STRIDE} >= 0, got {padding}")
+            raise DetectorError(f"padding must be a multiple of {STRIDE} >= 0, got {padding}")
         if scale < 1:
-            raise ValueError(f"scale must be >= 1, got {scale}")
+            raise DetectorError(f"scale must be >= 1, got {scale}")
         w, rho = default_people_svm()
         self.register_buffer("svm", w[None])  # [1, 36, 15, 7]
         self.rho = rho
