@@ -156,7 +156,7 @@ def test_files_without_an_embedded_spec_read_the_json(tmp_path: Path):
     prune_model(model, "filter", rates=0.5)
     path = save_pruned(model, tmp_path / "m.safetensors")
     save_file(load_file(str(path)), str(path), metadata={"format": "edgeguard.pruned/1"})
-    loaded, masks, _ = load_pruned(path)
+    _, masks, _ = load_pruned(path)
     assert torch.equal(masks["conv2"], get_masks(model)["conv2"])
     path.with_suffix(".json").write_text("{not json")
     with pytest.raises(SparsityError, match="not valid JSON"):
