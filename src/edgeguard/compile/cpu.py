@@ -13,14 +13,17 @@ loading, so a corrupted or tampered entry is rebuilt, never trusted.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -705,18 +708,82 @@ def generate_source(
     return source, torch.tensor(order, dtype=torch.int64)
 
 
+KEY_SYMBOL = "edgeguard_kernel_key"
+STALE_BUILD_SECONDS = 3600  # a .build-* folder older than this is a crashed build's leftover
+
+
 def cache_dir() -> Path:
-    root = os.environ.get("EDGEGUARD_CACHE") or Path.home() / ".cache" / "edgeguard" / "kernels"
-    return Path(root)
+    """The kernel cache (``$EDGEGUARD_CACHE`` or ``~/.cache/edgeguard/kernels``); a path that is
+    not a folder is an error."""
+    root = Path(
+        os.environ.get("EDGEGUARD_CACHE") or Path.home() / ".cache" / "edgeguard" / "kernels"
+    )
+    if root.exists() and not root.is_dir():
+        raise CompileError(f"the kernel cache {root} (EDGEGUARD_CACHE) is not a folder; point "
+                           "EDGEGUARD_CACHE at a folder of your own")  # fmt: skip
+    return root
+
+
+def check_private(path: Path) -> None:
+    """Refuse a cache folder or file that another user owns or may write: a library planted there
+    would run its code when loaded."""
+    st = path.stat()
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise CompileError(f"refusing to use the kernel cache {path}: it belongs to another user "
+                           f"(uid {st.st_uid}); set EDGEGUARD_CACHE to a folder of your own")  # fmt: skip
+    if st.st_mode & 0o022:
+        raise CompileError(f"refusing to use the kernel cache {path}: it is writable by other users "
+                           f"(mode {st.st_mode & 0o777:o}); run chmod go-w on it or set "
+                           "EDGEGUARD_CACHE to a private folder")  # fmt: skip
 
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _entry_key(source: str, target: Target) -> str:
+    return hashlib.sha256((target.key + "\n" + source).encode()).hexdigest()[:24]
+
+
 def entry_dir(source: str, target: Target) -> Path:
-    key = hashlib.sha256((target.key + "\n" + source).encode()).hexdigest()[:24]
-    return cache_dir() / key
+    return cache_dir() / _entry_key(source, target)
+
+
+KEY_MARK = "edgeguard-kernel-key:"
+
+
+def _stamped(source: str, key: str) -> str:
+    """The source as compiled: it also holds and returns its cache key, so a library moved or
+    copied into another entry is recognised before it is loaded (and checked again after)."""
+    return source + (f'\nextern "C" const char* {KEY_SYMBOL}(void) '
+                     f'{{ return "{KEY_MARK}{key}"; }}\n')  # fmt: skip
+
+
+def _keys_in(lib: Path) -> set[str]:
+    """The cache keys compiled into ``lib``, read from its bytes without loading it."""
+    return {
+        m.decode() for m in re.findall(KEY_MARK.encode() + rb"([0-9a-f]{24})", lib.read_bytes())
+    }
+
+
+def load_library(lib: Path) -> ctypes.CDLL:
+    """Load a cached kernel library after checking that its folder and file are private and that
+    the key compiled into it is its entry's key (the folder name), first in its bytes (nothing
+    foreign is ever loaded) and then through its key function.  Raises :class:`CompileError` when
+    the cache is not private and ``OSError`` when the library is not the entry's."""
+    lib = Path(lib)
+    for path in (lib.parent.parent, lib.parent, lib):
+        check_private(path)
+    keys = _keys_in(lib)
+    if keys != {lib.parent.name}:
+        found = ", ".join(sorted(keys)) or "no key (not an edgeguard kernel of this version)"
+        raise OSError(f"{lib} was built for cache entry {found}, not {lib.parent.name}")
+    handle = ctypes.CDLL(str(lib))
+    fn = getattr(handle, KEY_SYMBOL)
+    fn.restype = ctypes.c_char_p
+    if fn().decode() != KEY_MARK + lib.parent.name:
+        raise OSError(f"{lib} does not return its cache entry's key")
+    return handle
 
 
 def _valid(entry: Path) -> bool:
@@ -726,12 +793,20 @@ def _valid(entry: Path) -> bool:
     if _sha256(lib) != digest.read_text().strip():
         log.warning("kernel cache entry %s is corrupted (checksum mismatch): rebuilding", entry)
         return False
+    try:
+        load_library(lib)
+    except OSError as err:
+        log.warning("kernel cache entry %s cannot be used (%s): rebuilding", entry, err)
+        return False
     return True
 
 
 def build_many(sources: list[str], target: Target) -> list[Path]:
     """Compile every source not already cached (in parallel, with ninja when it is installed) and
-    return the path of each shared library."""
+    return the path of each shared library; every returned library has been loaded and checked."""
+    root = cache_dir()
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    check_private(root)
     entries = [entry_dir(s, target) for s in sources]
     todo = {}
     for src, entry in zip(sources, entries, strict=True):
@@ -739,14 +814,42 @@ def build_many(sources: list[str], target: Target) -> list[Path]:
             todo[entry] = src
     if todo:
         _compile(todo, target)
+        for entry in todo:
+            load_library(entry / "kernel.so")  # a fresh build that fails its check is a bug
     return [e / "kernel.so" for e in entries]
+
+
+def _remove_stale_builds(root: Path) -> None:
+    now = time.time()
+    for old in root.glob(".build-*"):
+        with contextlib.suppress(OSError):
+            if now - old.stat().st_mtime > STALE_BUILD_SECONDS:
+                shutil.rmtree(old)
+
+
+def _replace_atomically(data_from: Path | str, dest: Path, text: str | None = None) -> None:
+    """Write a copy of ``data_from`` (or ``text``) beside ``dest`` under a name unique to this
+    process and call, then rename it over ``dest``: readers see the old or the new file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    try:
+        if text is None:
+            shutil.copyfile(data_from, tmp)
+        else:
+            Path(tmp).write_text(text)
+        os.chmod(tmp, 0o644 if text is not None else 0o755)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _compile(todo: dict[Path, str], target: Target) -> None:
     if shutil.which(target.cxx) is None:
         raise CompilerUnavailable(f"C++ compiler {target.cxx!r} not found")
     root = cache_dir()
-    root.mkdir(parents=True, exist_ok=True)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _remove_stale_builds(root)
     with tempfile.TemporaryDirectory(dir=root, prefix=".build-") as tmp:
         tmpd = Path(tmp)
         rules = [
@@ -754,8 +857,8 @@ def _compile(todo: dict[Path, str], target: Target) -> None:
             f"  command = {target.cxx} {' '.join(target.flags)} $in -o $out",
             "  description = CXX $out",
         ]
-        for i, src in enumerate(todo.values()):
-            (tmpd / f"k{i}.cpp").write_text(src)
+        for i, (entry, src) in enumerate(todo.items()):
+            (tmpd / f"k{i}.cpp").write_text(_stamped(src, entry.name))
             rules.append(f"build k{i}.so: cxx k{i}.cpp")
         (tmpd / "build.ninja").write_text("\n".join(rules) + "\n")
         jobs = str(max(1, os.cpu_count() or 1))
@@ -771,15 +874,10 @@ def _compile(todo: dict[Path, str], target: Target) -> None:
                 f"kernel compilation failed ({' '.join(cmd[:2])}):\n{res.stdout[-3000:]}{res.stderr[-3000:]}"
             )
         for i, (entry, src) in enumerate(todo.items()):
-            entry.mkdir(parents=True, exist_ok=True)
-            (entry / "kernel.cpp").write_text(src)
-            lib_tmp = entry / f".kernel.so.{os.getpid()}"
-            shutil.copyfile(tmpd / f"k{i}.so", lib_tmp)
-            os.replace(
-                lib_tmp, entry / "kernel.so"
-            )  # atomic: a reader sees the old or the new file
-            (entry / "kernel.so.sha256.tmp").write_text(_sha256(entry / "kernel.so"))
-            os.replace(entry / "kernel.so.sha256.tmp", entry / "kernel.so.sha256")
+            entry.mkdir(mode=0o755, parents=True, exist_ok=True)
+            _replace_atomically("", entry / "kernel.cpp", text=src)
+            _replace_atomically(tmpd / f"k{i}.so", entry / "kernel.so")
+            _replace_atomically("", entry / "kernel.so.sha256", text=_sha256(entry / "kernel.so"))
 
 
 class CppKernel:
@@ -788,7 +886,7 @@ class CppKernel:
 
     def __init__(self, lib: Path, panel: torch.Tensor) -> None:
         self.panel = panel.contiguous()
-        self._lib = ctypes.CDLL(str(lib))
+        self._lib = load_library(lib)
         self._fn = self._lib.edgeguard_conv
         self._fn.restype = None
         self._fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int, ctypes.c_int]

@@ -90,7 +90,9 @@ class MaxPoolCpu(nn.Module):
     def load_kernel(self, shape, lib, _extra=None) -> None:
         import ctypes
 
-        fn = ctypes.CDLL(str(lib)).edgeguard_pool
+        from .cpu import load_library
+
+        fn = load_library(lib).edgeguard_pool
         fn.restype = None
         fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
         self._kernels[tuple(shape)] = fn
