@@ -58,25 +58,62 @@ LINEAR_MIN_WEIGHTS = 1 << 22
 
 
 class CompiledModel(nn.Module):
-    """A compiled model: call it like the original (inference only, under ``torch.no_grad``)."""
+    """A compiled model: call it like the original (inference only, under ``torch.no_grad``).
+
+    Inputs holding NaN or Inf are computed by the model given to :func:`compile_model` (in eval
+    mode), so they propagate exactly as there: the sparse kernels skip pruned weights and would
+    never compute ``0 * inf``.  Inputs that require gradients are refused (inference only)."""
 
     def __init__(self, graph_module: fx.GraphModule | nn.Module, backend: str,
-                 decisions: list[LayerDecision]) -> None:  # fmt: skip
+                 decisions: list[LayerDecision], reference: nn.Module | None = None,
+                 input_shape: tuple[int, ...] | None = None) -> None:  # fmt: skip
         nn.Module.__init__(self)
         self.module = graph_module
         self.backend = backend
         self.decisions = decisions
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        object.__setattr__(self, "_reference", reference)  # not a submodule: no copy, no .to()
         self._lock = threading.Lock()
         for m in graph_module.modules():
             if hasattr(m, "reuse_buffers"):
                 m.reuse_buffers = True
 
     def forward(self, *args, **kwargs):
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            raise CompileError("a compiled model is inference-only: no gradients flow through its "
+                               "kernels; attack or train the model given to edgeguard.compile")  # fmt: skip
+        if self._reference is not None and any(
+            t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in tensors
+        ):
+            return self._reference_forward(args, kwargs)
         # Layers reuse their buffers between calls, so calls are serialised and tensor outputs are
         # copied out (a conv output returned as is would be overwritten by the next call).
         with self._lock, torch.no_grad():
-            out = self.module(*args, **kwargs)
-            return out.clone() if isinstance(out, torch.Tensor) else out
+            try:
+                out = self.module(*args, **kwargs)
+            except CompileError as err:
+                shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
+                compiled_for = f"compiled for input {self.input_shape}" if self.input_shape else (
+                    "compiled")  # fmt: skip
+                raise CompileError(f"input {shapes} does not fit this model ({compiled_for}): "
+                                   f"{err}") from None  # fmt: skip
+            return _copied(out)
+
+    def _reference_forward(self, args, kwargs):
+        model = self._reference
+        dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+        was_training = model.training
+        with self._lock, torch.no_grad():
+            model.eval()
+            try:
+                move = [a.to(dev) if isinstance(a, torch.Tensor) else a for a in args]
+                out = model(*move, **{k: v.to(dev) if isinstance(v, torch.Tensor) else v
+                                      for k, v in kwargs.items()})  # fmt: skip
+            finally:
+                model.train(was_training)
+        target = next(t.device for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor))
+        return _copied(out, target)
 
     def sparse_layers(self) -> dict[str, SparseConv]:
         return {n: m for n, m in self.module.named_modules() if isinstance(m, SparseConv)}
@@ -89,6 +126,19 @@ class CompiledModel(nn.Module):
         for d in self.decisions:
             lines.append(f"{d.name:32s} {d.action:12s} {d.density:8.3f}  {d.detail}")
         return "\n".join(lines)
+
+
+def _copied(out, device: torch.device | None = None):
+    """``out`` with every tensor in it (tuples, lists, dicts included) copied, so no caller holds a
+    buffer that the next call overwrites."""
+    if isinstance(out, torch.Tensor):
+        return out.to(device) if device is not None and out.device != device else out.clone()
+    if isinstance(out, tuple | list):
+        items = [_copied(v, device) for v in out]
+        return type(out)(*items) if hasattr(out, "_fields") else type(out)(items)
+    if isinstance(out, dict):
+        return type(out)((k, _copied(v, device)) for k, v in out.items())
+    return out
 
 
 def resolve_backend(backend: str) -> str:
@@ -179,6 +229,7 @@ def compile_model(
         raise CompileError(f"nv must be a positive integer or None, got {nv!r}")
     if not isinstance(mr, int) or mr < 1:
         raise CompileError(f"mr must be a positive integer, got {mr!r}")
+    reference = model
     model = copy.deepcopy(model).eval().float()
     decisions: list[LayerDecision] = []
     orig_density: dict[str, float] = {}
@@ -196,7 +247,9 @@ def compile_model(
             "layers in place, without BatchNorm folding, ReLU fusion or channel shrinking",
             stacklevel=2,
         )
-        return _compile_in_place(model, backend, decisions, max_density, mr, nv, input_shape)
+        return _compile_in_place(
+            model, backend, decisions, max_density, mr, nv, input_shape, reference
+        )
     remove_identities(gm)
     fold_batchnorm(gm)
     shrunk = shrink(gm) if shrink_channels else {}
@@ -254,7 +307,7 @@ def compile_model(
     for m in gm.modules():
         if isinstance(m, SparseConv):
             m.precision = precision
-    compiled = CompiledModel(gm, backend, decisions)
+    compiled = CompiledModel(gm, backend, decisions, reference, input_shape)
     if backend == "cuda":
         compiled.to("cuda")
     if input_shape is not None and backend == "cpu":
@@ -289,7 +342,7 @@ def _compile_conv(name, m, backend, max_density, mr, nv, gm=None, node=None):
     return LayerDecision(name, "sparse", plan.density, detail), new
 
 
-def _compile_in_place(model, backend, decisions, max_density, mr, nv, input_shape):
+def _compile_in_place(model, backend, decisions, max_density, mr, nv, input_shape, reference=None):
     for name, m in list(model.named_modules()):
         if isinstance(m, CONVS):
             decision, new = _compile_conv(name, m, backend, max_density, mr, nv)
@@ -298,7 +351,7 @@ def _compile_in_place(model, backend, decisions, max_density, mr, nv, input_shap
                 set_module(model, name, new)
         elif isinstance(m, nn.Linear):
             materialise_mask(m)
-    compiled = CompiledModel(model, backend, decisions)
+    compiled = CompiledModel(model, backend, decisions, reference, input_shape)
     if input_shape is not None:
         build_kernels(compiled, input_shape)
     return compiled

@@ -183,12 +183,14 @@ class SparseConv(nn.Module):
         return self._pooled(out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        given = tuple(x.shape)
         if self.two_d:
             x = x.unsqueeze(2)
         if x.dim() != 5 or x.shape[1] != self.plan.geometry.in_channels:
+            dims = "H, W" if self.two_d else "D, H, W"
             raise CompileError(
-                f"{self.name}: expected input [N, {self.plan.geometry.in_channels}, D, H, W], "
-                f"got {tuple(x.shape)}"
+                f"{self.name}: expected input [N, {self.plan.geometry.in_channels}, {dims}], "
+                f"got {given}"
             )
         if self.mode == "cpu" and not torch.onnx.is_in_onnx_export():
             # named in torch.profiler traces; the record costs ~0.1 ms a call otherwise (conv4b)

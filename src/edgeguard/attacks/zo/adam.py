@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from ...validation import check_number
+from ..base import AttackError, check_steps
 from .base import ZOAttack
-from .estimators import random_estimate
+from .estimators import check_kind, random_estimate
 
 
 class ZOAdam(ZOAttack):
@@ -13,7 +15,11 @@ class ZOAdam(ZOAttack):
 
     def __init__(self, q: int = 10, kind: str = "gaussian", betas=(0.9, 0.999), **kw) -> None:
         super().__init__(**kw)
-        self.q, self.kind, self.betas = q, kind, betas
+        self.q, self.kind = check_steps(q, "q (random directions per estimate)"), check_kind(kind)
+        if not (isinstance(betas, list | tuple) and len(betas) == 2):
+            raise AttackError(f"betas must be two numbers in [0, 1), got {betas!r}")
+        self.betas = tuple(check_number(b, "betas", minimum=0.0, maximum=1.0, open_max=True,
+                                        error=AttackError) for b in betas)  # fmt: skip
 
     def _step(self, state, f, x, gen, active, fx):
         g, spent = random_estimate(f, x, self.q, self.mu, self.kind, gen, fx=fx)

@@ -19,6 +19,12 @@ from ..base import AttackError
 Loss = Callable[[torch.Tensor], torch.Tensor]
 
 
+def check_kind(kind: str) -> str:
+    if kind not in ("gaussian", "sphere"):
+        raise AttackError(f"kind must be 'gaussian' or 'sphere', got {kind!r}")
+    return kind
+
+
 def random_estimate(
     f: Loss, x: torch.Tensor, q: int, mu: float, kind: str = "gaussian",
     gen: torch.Generator | None = None, fx: torch.Tensor | None = None,

@@ -3,8 +3,9 @@ with q queries; the sign makes it robust to the estimate's scale and noise."""
 
 from __future__ import annotations
 
+from ..base import check_steps
 from .base import ZOAttack
-from .estimators import random_estimate
+from .estimators import check_kind, random_estimate
 
 
 class ZOSignSGD(ZOAttack):
@@ -12,7 +13,7 @@ class ZOSignSGD(ZOAttack):
 
     def __init__(self, q: int = 10, kind: str = "gaussian", **kw) -> None:
         super().__init__(**kw)
-        self.q, self.kind = q, kind
+        self.q, self.kind = check_steps(q, "q (random directions per estimate)"), check_kind(kind)
 
     def _step(self, state, f, x, gen, active, fx):
         g, spent = random_estimate(f, x, self.q, self.mu, self.kind, gen, fx=fx)
