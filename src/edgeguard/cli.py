@@ -56,6 +56,57 @@ def _kv(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``edgeguard train: error: ...``), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int(minimum: int, maximum: int | None = None):
+    """argparse type: an integer in [minimum, maximum]."""
+
+    def parse(text: str) -> int:
+        from .validation import check_int
+
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        try:
+            return check_int(value, "the value", minimum=minimum, maximum=maximum)
+        except UsageError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return parse
+
+
+def _float(minimum: float | None = None, maximum: float | None = None, open_min: bool = False,
+           open_max: bool = False):  # fmt: skip
+    """argparse type: a finite number in the interval (NaN and Inf refused)."""
+
+    def parse(text: str) -> float:
+        from .validation import check_number
+
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        try:
+            return check_number(value, "the value", minimum=minimum, maximum=maximum,
+                                open_min=open_min, open_max=open_max)  # fmt: skip
+        except UsageError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return parse
+
+
+POSITIVE = _float(0.0, open_min=True)
+NONNEG = _float(0.0)
+FRACTION = _float(0.0, 1.0, open_min=True)  # (0, 1]
+UNIT = _float(0.0, 1.0)  # [0, 1]
+
+
 def _shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(v) for v in text.split(","))
@@ -81,14 +132,14 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_train_args(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
-    p.add_argument("--epochs", type=int, default=epochs)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--epochs", type=_int(1), default=epochs)
+    p.add_argument("--batch-size", type=_int(1), default=32)
+    p.add_argument("--lr", type=POSITIVE, default=lr)
     p.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
-    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--weight-decay", type=NONNEG, default=0.0)
     p.add_argument("--amp", action="store_true", help="mixed precision (bf16 on CPU, fp16 on CUDA)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_int(0), default=0)
     p.add_argument(
         "--resume", action="store_true", help="continue from the last checkpoint in --out"
     )
@@ -108,6 +159,19 @@ def _datasets(args):
     train = get_dataset(args.dataset, train=True, root=args.data_root, **dict(opts))
     val = get_dataset(args.dataset, train=False, root=args.data_root, **dict(opts))
     return train, val
+
+
+def _check_model_data(model, dataset, what: str) -> tuple[int, ...]:
+    """The input shape (batch 1) of ``dataset``; refuse a model that cannot take its inputs or
+    scores fewer classes than it has."""
+    from .models.check import check_classes
+
+    if len(dataset) == 0:
+        raise UsageError(f"{what} is empty")
+    shape = (1, *dataset[0][0].shape)
+    classes = getattr(dataset, "num_classes", None) or 1
+    check_classes(model, shape, classes, what)
+    return shape
 
 
 def _config(args):
@@ -132,6 +196,7 @@ def cmd_train(args) -> int:
     opts = _kv(args.model_option)
     opts.setdefault("num_classes", getattr(train, "num_classes", 10))
     model = build(args.model, **opts)
+    _check_model_data(model, train, f"dataset {args.dataset!r}")
     out = _start_run(args, "train") if is_main_process() else Path(args.out)
     history = fit(
         model, train, val, _config(args), checkpoint_dir=out / "checkpoints", resume=args.resume
@@ -165,14 +230,12 @@ def cmd_prune(args) -> int:
     given = [args.rate is not None, args.flops_reduction is not None, args.profile is not None]
     if sum(given) != 1:
         raise UsageError("give exactly one of --rate, --flops-reduction, --profile")
-    if args.reg_epochs < 0:
-        raise UsageError(f"--reg-epochs must be >= 0, got {args.reg_epochs}")
     opts = _kv(args.method_option)
     opts |= {k: v for k, v in (("gm", args.gm), ("gn", args.gn)) if v is not None}
     pruner = get_pruner(args.method, args.scheme, **opts)  # bad names/options fail before loading
-    model, _, spec = load_pruned(args.checkpoint)
+    model, _, _ = load_pruned(args.checkpoint)
     train, val = _datasets(args)
-    shape = tuple(spec.get("extra", {}).get("input_shape") or (1, *train[0][0].shape))
+    shape = _check_model_data(model, train, f"dataset {args.dataset!r}")
     rates = args.profile if args.profile is not None else args.rate
     finetune = _config(args)
     regularize = replace(finetune, epochs=args.reg_epochs) if args.reg_epochs > 0 else None
@@ -241,7 +304,7 @@ def cmd_compile(args) -> int:
     x = torch.randn(*shape)
     with torch.no_grad():
         ref = model(x)
-        out = compiled(x.to(next(compiled.buffers()).device)).cpu()
+        out = compiled(x.to("cuda" if compiled.backend == "cuda" else "cpu")).cpu()
     err = float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
     print(f"max relative error against the masked model: {err:.2e}")
     if args.bench:
@@ -304,9 +367,11 @@ def _held_out(args):
 
     data = get_dataset(args.data, train=False, root=args.data_root, **_kv(args.data_option))
     n = min(args.num, len(data))
+    if n == 0:
+        raise UsageError(f"dataset {args.data!r} has no held-out samples")
     x = torch.stack([data[i][0] for i in range(n)])
     y = torch.tensor([int(data[i][1]) for i in range(n)])
-    return x, y
+    return x, y, data
 
 
 def cmd_attack(args) -> int:
@@ -318,7 +383,8 @@ def cmd_attack(args) -> int:
 
     model, _, _ = load_pruned(args.model)
     model.eval()
-    x, y = _held_out(args)
+    x, y, data = _held_out(args)
+    _check_model_data(model, data, f"dataset {args.data!r}")
     n = len(x)
     attack, settings = _build_attack(args.attack, args)
     with torch.no_grad():
@@ -350,7 +416,8 @@ def cmd_explain(args) -> int:
 
     model, _, _ = load_pruned(args.model)
     model.eval()
-    x, y = _held_out(args)
+    x, y, data = _held_out(args)
+    _check_model_data(model, data, f"dataset {args.data!r}")
     names = [a.strip() for a in args.attack.split(",") if a.strip()]
     attacks = {name: _build_attack(name, args, strict=len(names) == 1)[0] for name in names}
     concepts = None
@@ -450,7 +517,8 @@ def cmd_gnn(args) -> int:
     if args.action == "attack":
         robust_train(model, data, None, cfg, log_every=max(1, args.epochs // 5))
     else:
-        inner = _graph_attacks(args.inner, args.inner_budget or args.budget, args.seed)
+        budget = args.budget if args.inner_budget is None else args.inner_budget
+        inner = _graph_attacks(args.inner, budget, args.seed)
         out = _start_run(args, "gnn robust-train")
         hist = robust_train(model, data, list(inner.values()), cfg,
                             checkpoint_dir=out, resume=args.resume,
@@ -625,20 +693,20 @@ def _attack_arguments(p, attack: str, attack_help: str, num: int, out: str) -> N
     """The model, attack and held-out data options shared by ``attack`` and ``explain``."""
     p.add_argument("--model", required=True, help="model.safetensors written by train or prune")
     p.add_argument("--attack", default=attack, help=attack_help)
-    p.add_argument("--eps", type=float, help="perturbation budget (images in [0, 1])")
-    p.add_argument("--steps", type=int, help="iterations (attacks that have them)")
+    p.add_argument("--eps", type=NONNEG, help="perturbation budget (images in [0, 1])")
+    p.add_argument("--steps", type=_int(1), help="iterations (attacks that have them)")
     p.add_argument("--norm", help="linf, l2 (attacks that support several)")
     p.add_argument("--attack-option", action="append", metavar="KEY=VALUE", help="e.g. c=10, q=20")
     p.add_argument("--data", default="digits", help="dataset name (held-out split)")
     p.add_argument("--data-root", help="folder of a dataset read from disk")
     p.add_argument("--data-option", action="append", metavar="KEY=VALUE")
-    p.add_argument("--num", type=int, default=num, help="inputs to attack")
+    p.add_argument("--num", type=_int(1), default=num, help="inputs to attack")
     p.add_argument("--out", default=out)
     _add_overwrite(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgeguard", description=__doc__)
+    parser = _Parser(prog="edgeguard", description=__doc__)
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -663,22 +731,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--method-option", action="append", metavar="KEY=VALUE", help="e.g. lam=1e-4, rho=1e-3"
     )
     p.add_argument(
-        "--reg-epochs", type=int, default=0, help="regularisation epochs before hard pruning"
+        "--reg-epochs", type=_int(0), default=0, help="regularisation epochs before hard pruning"
     )
     p.add_argument(
-        "--distill-weight", type=float, default=0.0, help="knowledge distillation weight in [0, 1]"
+        "--distill-weight", type=UNIT, default=0.0, help="knowledge distillation weight in [0, 1]"
     )
     p.add_argument(
         "--scheme",
         help="filter, channel, column, vanilla, kgs; '+'-joined for primal-proximal "
         "(default: kgs, or filter+column for primal-proximal)",
     )
-    p.add_argument("--gm", type=int, help="filters per kernel group (vanilla/kgs, default 8)")
+    p.add_argument("--gm", type=_int(1), help="filters per kernel group (vanilla/kgs, default 8)")
     p.add_argument(
-        "--gn", type=int, help="input channels per kernel group (vanilla/kgs, default 4)"
+        "--gn", type=_int(1), help="input channels per kernel group (vanilla/kgs, default 4)"
     )
-    p.add_argument("--rate", type=float, help="fraction of units removed in every prunable layer")
-    p.add_argument("--flops-reduction", type=float, help="global target: dense MACs / kept MACs")
+    p.add_argument(
+        "--rate",
+        type=_float(0.0, 1.0, open_max=True),
+        help="fraction of units removed in every prunable layer",
+    )
+    p.add_argument(
+        "--flops-reduction", type=_float(1.0), help="global target: dense MACs / kept MACs"
+    )
     p.add_argument("--profile", help="YAML file: layer name -> rate")
     p.add_argument("--out", default="runs/prune")
     _add_data_args(p)
@@ -697,9 +771,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bench", action="store_true",
                    help="per-layer and end-to-end latency (dense vs compiled; glibc then keeps freed "
                         "memory instead of mmap'ing large blocks, for a stable dense baseline)")  # fmt: skip
-    p.add_argument("--repeats", type=int, default=10, help="timed runs per measurement (median)")
-    p.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's)")
-    p.add_argument("--max-density", type=float, default=0.8,
+    p.add_argument(
+        "--repeats", type=_int(1), default=10, help="timed runs per measurement (median)"
+    )
+    p.add_argument("--threads", type=_int(1), help="CPU threads (default: PyTorch's)")
+    p.add_argument("--max-density", type=FRACTION, default=0.8,
                    help="layers denser than this stay dense (default 0.8)")  # fmt: skip
     p.add_argument("--onnx", metavar="OUT", help="also export the compiled model to ONNX")
     p.set_defaults(func=cmd_compile)
@@ -708,7 +784,7 @@ def build_parser() -> argparse.ArgumentParser:
         "attack", help="attack a saved model and report success, distortion, queries"
     )
     _attack_arguments(p, "pgd", "fgsm, pgd, cw, ead, zoo, zo-signsgd, zo-adam", 200, "runs/attack")
-    p.add_argument("--target-shift", type=int, default=0,
+    p.add_argument("--target-shift", type=_int(0), default=0,
                    help="targeted attack toward (label + shift) mod classes; 0: untargeted")  # fmt: skip
     p.set_defaults(func=cmd_attack)
 
@@ -721,8 +797,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cam-layer", help="layer of Grad-CAM, sensitivity and dissection "
                    "(default: the last feature map)")  # fmt: skip
     p.add_argument("--concepts", help="a Broden folder, or 'synthetic' (RGB models): dissect")
-    p.add_argument("--concept-images", type=int, default=500, help="concept images to use")
-    p.add_argument("--fraction", type=float, default=0.1, help="top-k share of pixels compared")
+    p.add_argument("--concept-images", type=_int(1), default=500, help="concept images to use")
+    p.add_argument("--fraction", type=FRACTION, default=0.1, help="top-k share of pixels compared")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("gnn", help="topology attacks and min-max robust training of GNNs")
@@ -732,14 +808,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data-root", help="folder with <Name>/raw (Planetoid) or ogbn_<name> (OGB)")
     p.add_argument("--model", default="gcn", choices=["gcn", "sage"])
-    p.add_argument("--hidden", type=int, default=16)
-    p.add_argument("--epochs", type=int, default=200)
-    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--hidden", type=_int(1), default=16, help="hidden units")
+    p.add_argument("--epochs", type=_int(1), default=200)
+    p.add_argument("--lr", type=POSITIVE, default=0.01)
     p.add_argument("--attack", default="gta", help="evaluation attacks: pgd, pgd-cw, gta, zo-gta, "
                    "random, dice, pgd-features (comma-separated)")  # fmt: skip
     p.add_argument(
         "--budget",
-        type=float,
+        type=FRACTION,
         default=0.05,
         help="fraction in (0, 1] of the edges (topology) or of the nonzero features",
     )
@@ -761,8 +837,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["minmax", "average"],
         help="robust-train with several inner attacks: min-max or uniform weights",
     )
-    p.add_argument("--inner-budget", type=float, help="robust-train: its budget (default --budget)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--inner-budget", type=FRACTION, help="robust-train: its budget (default --budget)"
+    )
+    p.add_argument("--seed", type=_int(0), default=0)
     p.add_argument("--resume", action="store_true")
     _add_overwrite(p)
     p.add_argument("--out", default="runs/gnn")
@@ -795,26 +873,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", default="../shared/data/persons", help="manifest.csv + images/")
     p.add_argument("--sources", default="pennfudan,inria", help="file-name prefixes to use")
-    p.add_argument("--held-out", type=float, default=0.3)
-    p.add_argument("--limit", type=int, help="read at most this many photos")
+    p.add_argument(
+        "--held-out",
+        type=_float(0.0, 1.0, open_min=True, open_max=True),
+        default=0.3,
+        help="share of photos held out for evaluation, in (0, 1)",
+    )
+    p.add_argument("--limit", type=_int(1), help="read at most this many photos")
     p.add_argument(
         "--shape",
         default="torso",
         choices=["torso", "square"],
         help="patch on the whole torso region (a shirt print) or the largest square in it",
     )
-    p.add_argument("--scale", type=float, default=1.0, help="patch size / torso region, (0, 1]")
+    p.add_argument("--scale", type=FRACTION, default=1.0, help="patch size / torso region, (0, 1]")
     p.add_argument("--size", help="patch pixels, N or HxW (default 80x56 torso, 64 square)")
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--samples", type=int, default=2, help="EOT draws per person and step")
-    p.add_argument("--eval-samples", type=int, default=4)
+    p.add_argument("--steps", type=_int(1), default=300)
+    p.add_argument("--batch", type=_int(1), default=8)
+    p.add_argument("--samples", type=_int(1), default=2, help="EOT draws per person and step")
+    p.add_argument("--eval-samples", type=_int(1), default=4)
     p.add_argument(
         "--trust-pickle",
         action="store_true",
         help="allow loading pickled detector modules (they run code when loaded)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_int(0), default=0)
     p.add_argument("--out", default="runs/tshirt")
     _add_overwrite(p)
     p.set_defaults(func=cmd_tshirt)

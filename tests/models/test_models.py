@@ -106,7 +106,7 @@ def test_model_errors_are_clear():
         c3d(clip_size=(8, 112, 112))
     with pytest.raises(ValueError, match="width"):
         c3d(width=0)
-    with pytest.raises(ValueError, match="bad options"):
+    with pytest.raises(ValueError, match="takes no setting"):
         build("c3d", depth=3)
 
 

@@ -137,7 +137,7 @@ def test_bad_scheme_names_and_options():
     for bad in (0, -1, 2.5, True):
         with pytest.raises(SparsityError, match=">= 1"):
             get_scheme("kgs", gm=bad)
-    with pytest.raises(SparsityError, match="bad options"):
+    with pytest.raises(SparsityError, match="takes no setting"):
         get_scheme("filter", gm=4)
 
 

@@ -1,5 +1,6 @@
 """Adversarial attacks on images (one protocol: ``attack(model, inputs, labels, target=None)``)."""
 
+from ..registry import construct, lookup
 from .base import Attack, AttackError, AttackResult, Normalize, distortions
 from .cw import CW
 from .ead import EAD
@@ -14,9 +15,8 @@ ATTACKS = {cls.name: cls for cls in (FGSM, PGD, CW, EAD, ZOO, ZOSignSGD, ZOAdam)
 def get_attack(name: str, **settings) -> Attack:
     """An attack by name (``fgsm``, ``pgd``, ``cw``, ``ead``, ``zoo``, ``zo-signsgd``, ``zo-adam``)
     with its settings (the min-max ensemble attack takes an ``Ensemble``: use ``MinMaxPGD``)."""
-    if name not in ATTACKS:
-        raise AttackError(f"unknown attack {name!r}; available: {', '.join(sorted(ATTACKS))}")
-    return ATTACKS[name](**settings)
+    cls = lookup(ATTACKS, name, "attack", AttackError)
+    return construct(cls, name, "attack", AttackError, **settings)
 
 
 __all__ = [

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 
+from ..errors import ConfigError
 from .errors import CompileError
 from .plan import ConvGeometry, make_plan
 from .pool import MaxPoolCpu
@@ -231,6 +232,13 @@ def compile_model(
         raise CompileError(f"mr must be a positive integer, got {mr!r}")
     reference = model
     model = copy.deepcopy(model).eval().float()
+    if input_shape is not None:
+        from ..models.check import check_input_fits
+
+        try:
+            check_input_fits(model, tuple(input_shape), "input_shape")
+        except ConfigError as err:
+            raise CompileError(str(err)) from None
     decisions: list[LayerDecision] = []
     orig_density: dict[str, float] = {}
     orig_numel: dict[str, int] = {}

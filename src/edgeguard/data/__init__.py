@@ -11,6 +11,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
+from ..registry import construct
 from .concepts import Broden, SyntheticConcepts
 from .errors import DatasetError
 from .video import SyntheticMovingShapes, VideoClipDataset, hmdb51, read_frames, ucf101
@@ -33,20 +34,22 @@ def get_dataset(name: str, train: bool = True, root: str | None = None, **option
     if name == "synthetic-video":
         seed = int(options.pop("seed", 0))
         n = options.pop("num_samples", 2000 if train else 600)
-        return SyntheticMovingShapes(n, seed=2 * seed + (0 if train else 1), **options)
+        return construct(SyntheticMovingShapes, name, "dataset", ConfigError, n,
+                         seed=2 * seed + (0 if train else 1), **options)  # fmt: skip
     if name == "synthetic-concepts":  # 4 shapes to classify; items (image, shape index)
         seed = int(options.pop("seed", 0))
         n = int(options.pop("num_samples", 2000 if train else 500))
-        return SyntheticConcepts(n, seed=2 * seed + (0 if train else 1), **options).classification()
+        return construct(SyntheticConcepts, name, "dataset", ConfigError, n,
+                         seed=2 * seed + (0 if train else 1), **options).classification()  # fmt: skip
     if name == "digits":
-        return digits(train=train, **options)
+        return construct(digits, name, "dataset", ConfigError, train=train, **options)
     if name in ("ucf101", "hmdb51", "cifar10", "cifar100"):
         if root is None:
             raise DatasetError(
                 f"dataset {name!r} is read from a local folder: pass root=/data/path"
             )
         fn = {"ucf101": ucf101, "hmdb51": hmdb51, "cifar10": cifar10, "cifar100": cifar100}[name]
-        return fn(root, train=train, **options)
+        return construct(fn, name, "dataset", ConfigError, root, train=train, **options)
     raise ConfigError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
 
 

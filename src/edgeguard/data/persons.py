@@ -132,7 +132,18 @@ def load_persons(root: str | Path, sources: list[str] | None = None,
     if rows and not need <= set(rows[0]):
         raise PersonDataError(f"{manifest} lacks columns {sorted(need - set(rows[0]))}")
     photos, skipped = [], []
-    for r in rows:
+    for line, r in enumerate(rows, start=2):
+        if any(r.get(k) is None for k in need) or None in r:
+            raise PersonDataError(f"{manifest} line {line}: expected the {len(rows[0])} fields of "
+                                  f"the header, got {len([v for v in r.values() if v is not None])}")  # fmt: skip
+        if not r["file"] or Path(r["file"]).name != r["file"]:
+            raise PersonDataError(f"{manifest} line {line}: 'file' must be a file name inside "
+                                  f"images/, got {r['file']!r}")  # fmt: skip
+        try:
+            declared = (int(r["width"]), int(r["height"]))
+        except ValueError:
+            raise PersonDataError(f"{manifest} line {line}: width and height must be integers, "
+                                  f"got {r['width']!r}, {r['height']!r}") from None  # fmt: skip
         source = r["file"].split("_", 1)[0]
         if sources is not None and source not in sources:
             continue
@@ -144,7 +155,7 @@ def load_persons(root: str | Path, sources: list[str] | None = None,
         if img is None:
             raise PersonDataError(f"cannot read image {path}")
         h, w = img.shape[:2]
-        if (w, h) != (int(r["width"]), int(r["height"])):
+        if (w, h) != declared:
             raise PersonDataError(
                 f"{r['file']}: manifest says {r['width']}x{r['height']}, the image is {w}x{h}"
             )

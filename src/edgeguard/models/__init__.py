@@ -10,6 +10,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import ConfigError
+from ..registry import construct, lookup
 from .flops import FlopsReport, LayerFlops, count_flops
 from .video import C3D, R2Plus1D, c3d, r2plus1d_18
 from .vision import (
@@ -35,12 +36,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 def build(name: str, **kwargs: Any) -> nn.Module:
     """Build a zoo model by name (one of ``MODELS``) and record ``{"name", "kwargs"}`` on it as
     ``model.edgeguard_arch`` (kwargs must be JSON-serialisable: numbers, strings, lists)."""
-    if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}")
-    try:
-        model = MODELS[name](**kwargs)
-    except TypeError as err:
-        raise ConfigError(f"bad options for model {name!r}: {err}") from None
+    model = construct(lookup(MODELS, name, "model", ConfigError), name, "model", ConfigError,
+                      **kwargs)  # fmt: skip
     model.edgeguard_arch = {"name": name, "kwargs": dict(kwargs)}
     return model
 

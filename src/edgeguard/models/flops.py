@@ -122,7 +122,14 @@ def count_flops(
         dtype = param.dtype if param is not None else torch.float32
         model.eval()
         with torch.no_grad():
-            model(torch.zeros(input_shape, device=device, dtype=dtype))
+            try:
+                model(torch.zeros(input_shape, device=device, dtype=dtype))
+            except (RuntimeError, ValueError, IndexError) as err:
+                from .check import describe
+
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise ConfigError(f"input of shape {tuple(input_shape)} does not fit the model "
+                                  f"{describe(model)} ({first})") from None  # fmt: skip
     finally:
         for h in handles:
             h.remove()

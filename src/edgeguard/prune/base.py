@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .. import validation
+from ..registry import construct, lookup
 from ..sparsity import SparsityError, SparsityScheme, get_scheme
 from ..sparsity.base import check_layer
 
@@ -143,13 +144,8 @@ def get_pruner(method: str, scheme: str | SparsityScheme | None = None, **option
     """Build a pruner by method name (``available_pruners()``) with a scheme (default: the method's
     own, ``kgs`` for most, ``filter+column`` for primal-proximal); ``options`` go to the method (e.g.
     ``lam``) and to kernel-group schemes (``gm``, ``gn``)."""
-    if method not in _PRUNERS:
-        raise SparsityError(
-            f"unknown pruning method {method!r}; available: {', '.join(available_pruners())}"
-        )
-    scheme_opts = {k: options.pop(k) for k in ("gm", "gn") if k in options}
+    cls = lookup(_PRUNERS, method, "pruning method", SparsityError)
     args = () if scheme is None else (scheme,)
-    try:
-        return _PRUNERS[method](*args, **options, **scheme_opts)
-    except TypeError as err:
-        raise SparsityError(f"bad options for pruning method {method!r}: {err}") from None
+    # kernel-group sizes reach the scheme through the pruner's **scheme_options
+    return construct(cls, method, "pruning method", SparsityError, *args, also=("gm", "gn"),
+                     **options)  # fmt: skip

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import EdgeguardError
+from ..registry import construct, lookup
 
 SUPPORTED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -254,14 +255,8 @@ def get_scheme(name: str | SparsityScheme, **options: Any) -> SparsityScheme:
         if options:
             raise SparsityError("options cannot be given together with a scheme instance")
         return name
-    if name not in _REGISTRY:
-        raise SparsityError(
-            f"unknown sparsity scheme {name!r}; available: {', '.join(available_schemes())}"
-        )
-    try:
-        return _REGISTRY[name](**options)
-    except TypeError as err:
-        raise SparsityError(f"bad options for scheme {name!r}: {err}") from None
+    cls = lookup(_REGISTRY, name, "sparsity scheme", SparsityError)
+    return construct(cls, name, "sparsity scheme", SparsityError, **options)
 
 
 def scheme_from_spec(spec: dict[str, Any]) -> SparsityScheme:

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..engine.atomic import atomic_path
+from ..errors import ConfigError
 from .base import SparsityError, SparsityScheme, scheme_from_spec
 from .model import attach_masks, get_masks
 
@@ -92,6 +93,25 @@ def _parse_spec(text: str, where: str) -> dict[str, Any]:
         raise SparsityError(f"sparsity spec {where} is not valid JSON: {err}") from None
     if not isinstance(spec, dict) or spec.get("format") != FORMAT:
         raise SparsityError(f"{where} is not an edgeguard sparsity spec (format {FORMAT!r})")
+    arch = spec.get("arch")
+    problems = []
+    if arch is not None and not (isinstance(arch, dict) and isinstance(arch.get("name"), str)
+                                 and isinstance(arch.get("kwargs", {}), dict)):  # fmt: skip
+        problems.append(f'"arch" must be null or {{"name": str, "kwargs": {{...}}}}, got {arch!r}')
+    if not isinstance(spec.get("extra", {}), dict):
+        problems.append(f'"extra" must be a mapping, got {spec.get("extra")!r}')
+    layers = spec.get("layers", {})
+    if not (isinstance(layers, dict) and all(isinstance(v, dict) for v in layers.values())):
+        problems.append('"layers" must map layer names to mappings')
+    tensors = spec.get("tensors")
+    if not (isinstance(tensors, list) and all(isinstance(t, str) for t in tensors)):
+        problems.append('"tensors" must be a list of tensor names')
+    shape = spec.get("extra", {}).get("input_shape") if not problems else None
+    if shape is not None and not (isinstance(shape, list) and shape and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):  # fmt: skip
+        problems.append(f'"extra.input_shape" must be a list of positive integers, got {shape!r}')
+    if problems:
+        raise SparsityError(f"sparsity spec {where} is malformed: {'; '.join(problems)}")
     return spec
 
 
@@ -179,7 +199,11 @@ def load_pruned(
             raise SparsityError(f"the spec of {path} records no architecture; pass model=")
         from ..models import build
 
-        model = build(arch["name"], **arch.get("kwargs", {}))
+        try:
+            model = build(arch["name"], **arch.get("kwargs", {}))
+        except ConfigError as err:
+            raise SparsityError(f"the spec of {path} records a model that cannot be built: {err}"
+                                ) from None  # fmt: skip
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:

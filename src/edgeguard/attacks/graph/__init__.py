@@ -3,6 +3,7 @@ random flips and DICE; a PGD feature-flip attack.  ``attack(model, data, target=
 GraphAttackResult`` is evasion; :func:`poison` turns any of them into poisoning (retraining on the
 perturbed graph)."""
 
+from ...registry import construct, lookup
 from .base import (
     GraphAttack,
     GraphAttackError,
@@ -27,11 +28,8 @@ def get_graph_attack(name: str, **settings) -> GraphAttack:
     with its settings; ``pgd-cw`` is PGD with the CW loss."""
     if name == "pgd-cw":
         name, settings = "pgd", {**settings, "loss": "cw"}
-    if name not in GRAPH_ATTACKS:
-        raise GraphAttackError(
-            f"unknown graph attack {name!r}; available: {', '.join(sorted(GRAPH_ATTACKS))}, pgd-cw"
-        )
-    return GRAPH_ATTACKS[name](**settings)
+    cls = lookup(GRAPH_ATTACKS, name, "graph attack", GraphAttackError, extra=("pgd-cw",))
+    return construct(cls, name, "graph attack", GraphAttackError, **settings)
 
 
 __all__ = [
