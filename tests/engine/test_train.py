@@ -76,17 +76,18 @@ def test_masks_stay_applied_through_training_and_resume(tmp_path: Path):
         w = dict(model.named_modules())[name].weight
         assert not w[~mask].any() and w[mask].abs().sum() > 0
     fresh = build("digits_cnn")
-    fit(
-        fresh,
-        digits(train=True),
-        None,
-        TrainConfig(**{**FAST.__dict__, "epochs": 3}),
-        checkpoint_dir=tmp_path,
-        resume=True,
-    )
+    fit(fresh, digits(train=True), None, FAST, checkpoint_dir=tmp_path, resume=True)
     assert set(get_masks(fresh)) == set(masks)
     for name, mask in masks.items():
         assert not dict(fresh.named_modules())[name].weight[~mask].any()
+
+
+def test_resume_with_other_settings_is_refused_naming_them(tmp_path: Path):
+    fit(build("digits_cnn"), digits(train=True), None, FAST, checkpoint_dir=tmp_path)
+    longer = TrainConfig(**{**FAST.__dict__, "epochs": FAST.epochs + 1, "lr": 0.5})
+    with pytest.raises(CheckpointError, match=r"other settings \(epochs: stored 2, given 3; lr: "):
+        fit(build("digits_cnn"), digits(train=True), None, longer, checkpoint_dir=tmp_path,
+            resume=True)  # fmt: skip
 
 
 def test_checkpoint_errors(tmp_path: Path):
@@ -108,6 +109,26 @@ def test_checkpoint_errors(tmp_path: Path):
     with pytest.raises(CheckpointError, match="refusing"):
         load_checkpoint(evil)
     assert pickle  # used by torch.save above
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda s: s.pop("optimizer"), "lacks optimizer"),
+        (lambda s: s.update(epoch=-1), "epoch must be an integer >= 0, got -1"),
+        (lambda s: s.update(epoch="1"), "epoch must be an integer >= 0"),
+        (lambda s: s.update(torch_rng=torch.zeros(3)), "invalid random-number state"),
+        (lambda s: s.pop("config"), "records no training settings"),
+    ],
+)
+def test_damaged_checkpoints_are_refused_with_a_message(tmp_path: Path, change, match):
+    fit(build("digits_cnn"), digits(train=True), None, FAST, checkpoint_dir=tmp_path)
+    state = load_checkpoint(tmp_path / "last.pt")
+    change(state)
+    save_checkpoint(state, tmp_path / "last.pt")
+    with pytest.raises(CheckpointError, match=match):
+        fit(build("digits_cnn"), digits(train=True), None, FAST, checkpoint_dir=tmp_path,
+            resume=True)  # fmt: skip
 
 
 def test_bad_config_values():

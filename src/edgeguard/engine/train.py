@@ -231,10 +231,6 @@ def _fit(
         history.epochs = list(state.get("history", []))
         start_epoch = int(state["epoch"])
         log.info("resumed from %s at epoch %d/%d", ckpt_path, start_epoch, cfg.epochs)
-    else:
-        # a fresh run draws its random layers (dropout) from the seed, so a run resumed at a stage
-        # boundary (e.g. fine-tuning after a saved hard-pruned model) replays the same draws
-        torch.manual_seed(cfg.seed)
     _apply_masks(model)
 
     distributed = world_size() > 1

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -105,6 +106,7 @@ def run_pruning(
         pruner.setup(net, goal, target_macs=target_macs, flops=dense_flops)
         if pruner.regularizes and regularize is not None:
             log.info("%s: regularising for %d epochs", pruner.name, regularize.epochs)
+            torch.manual_seed(regularize.seed)  # see the fine-tuning stage
             hist = fit(
                 net, train_set, val_set, regularize,
                 checkpoint_dir=work / "regularize" if work is not None else None, resume=resume,
@@ -135,6 +137,9 @@ def run_pruning(
         dense_acc,
         pruned_acc,
     )
+    # each stage starts from its own seed (random layers such as dropout), so a run resumed at a
+    # stage boundary replays the draws of an uninterrupted one; a resumed epoch restores its own
+    torch.manual_seed(ft.seed)
     hist = fit(
         net, train_set, val_set, ft, checkpoint_dir=work / "finetune" if work is not None else None,
         resume=resume, teacher=teacher, distill_weight=distill_weight,
