@@ -37,6 +37,21 @@ def test_bad_boxes_name_the_file(tmp_path, boxes, message):
         load_persons(root)
 
 
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ("a_1.png,30,40", "line 2: expected the 4 fields of the header, got 3"),
+        ("a_1.png,30,40,1 1 5 5,extra", "expected the 4 fields"),
+        ("../manifest.csv,30,40,1 1 5 5", "must be a file name inside images/"),
+        ("a_1.png,thirty,40,1 1 5 5", "width and height must be integers"),
+    ],
+)
+def test_malformed_manifest_rows_are_refused_with_the_line(tmp_path, row, message):
+    root = write(tmp_path, [row])
+    with pytest.raises(PersonDataError, match=message):
+        load_persons(root)
+
+
 def test_missing_manifest_or_image_is_reported(tmp_path):
     with pytest.raises(PersonDataError, match="manifest.csv is missing"):
         load_persons(tmp_path)

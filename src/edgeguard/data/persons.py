@@ -127,15 +127,18 @@ def load_persons(root: str | Path, sources: list[str] | None = None,
     if not manifest.is_file():
         raise PersonDataError(f"{manifest} is missing (expected manifest.csv and images/)")
     with open(manifest, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+        header = reader.fieldnames or []
     need = {"file", "width", "height", "boxes"}
     if rows and not need <= set(rows[0]):
         raise PersonDataError(f"{manifest} lacks columns {sorted(need - set(rows[0]))}")
     photos, skipped = [], []
     for line, r in enumerate(rows, start=2):
         if any(r.get(k) is None for k in need) or None in r:
-            raise PersonDataError(f"{manifest} line {line}: expected the {len(rows[0])} fields of "
-                                  f"the header, got {len([v for v in r.values() if v is not None])}")  # fmt: skip
+            given = sum(v is not None for k, v in r.items() if k is not None) + len(r.get(None, []))
+            raise PersonDataError(f"{manifest} line {line}: expected the {len(header)} fields of "
+                                  f"the header, got {given}")  # fmt: skip
         if not r["file"] or Path(r["file"]).name != r["file"]:
             raise PersonDataError(f"{manifest} line {line}: 'file' must be a file name inside "
                                   f"images/, got {r['file']!r}")  # fmt: skip
