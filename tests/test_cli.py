@@ -267,7 +267,9 @@ def test_gnn_attack_and_robust_training_on_a_synthetic_graph(tmp_path: Path, cap
     out = capsys.readouterr().out
     assert "s per epoch" in out and (tmp_path / "model.safetensors").is_file()
     assert main([*args[:2], "attack", *args[2:], "--budget", "2"]) == 2
-    assert "--budget: the value must be a finite number in (0, 1], got 2.0" in capsys.readouterr().err
+    assert (
+        "--budget: the value must be a finite number in (0, 1], got 2.0" in capsys.readouterr().err
+    )
     assert main([*args[:2], "attack", *args[2:], "--attack", "nettack"]) == 2
     assert main([*args[:2], "attack", "--dataset", "cora", "--data-root", str(tmp_path)]) == 2
     assert "missing ind.cora" in capsys.readouterr().err

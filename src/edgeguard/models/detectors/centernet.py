@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .base import Detections, DetectorError, PersonDetector, check_images, nms
 from .tfjs import load_graph_model, tf_resize_bilinear
-from .weights import model_file
+from .weights import graph_model
 
 SIZE = 512
 STRIDE = 4
@@ -41,8 +41,8 @@ class CenterNetDetector(PersonDetector):
 
     def __init__(self, threshold: float = 0.3, nms_iou: float = 0.4, path=None) -> None:
         super().__init__()
-        self.net = load_graph_model(path or model_file("centernet.json"), OUTPUTS,
-                                    (1, 3, SIZE, SIZE))  # fmt: skip
+        self.net = load_graph_model(path or graph_model("centernet"), OUTPUTS,
+                                    (1, 3, SIZE, SIZE), "NHWC")  # fmt: skip
         for p in self.net.parameters():
             p.requires_grad_(False)  # a fixed detector: attacks take gradients w.r.t. pixels only
         self.threshold, self.nms_iou = threshold, nms_iou

@@ -16,7 +16,7 @@ import torch
 from .base import Detections, PersonDetector
 from .centernet import check_unit_images
 from .tfjs import load_graph_model, tf_resize_bilinear
-from .weights import model_file
+from .weights import graph_model
 
 SIZE = 416
 STRIDES = (8, 16, 32)
@@ -32,8 +32,8 @@ class NanoDetDetector(PersonDetector):
 
     def __init__(self, threshold: float = 0.35, nms_iou: float = 0.6, path=None) -> None:
         super().__init__()
-        self.net = load_graph_model(path or model_file("nanodet.json"), OUTPUTS,
-                                    (1, 3, SIZE, SIZE))  # fmt: skip
+        self.net = load_graph_model(path or graph_model("nanodet"), OUTPUTS,
+                                    (1, 3, SIZE, SIZE), "NCHW")  # fmt: skip
         for p in self.net.parameters():
             p.requires_grad_(False)
         self.threshold, self.nms_iou = threshold, nms_iou

@@ -182,7 +182,9 @@ def _attr(node: dict, key: str, default: Any = None) -> Any:
 
 
 class _Builder:
-    def __init__(self, model: dict, weights: dict[str, np.ndarray], source: str) -> None:
+    def __init__(self, model: dict, weights: dict[str, np.ndarray], source: str,
+                 input_layout: str | None = None) -> None:  # fmt: skip
+        self.input_layout = input_layout
         self.nodes = {n["name"]: n for n in model["modelTopology"]["node"]}
         self.weights = weights
         self.source = source
@@ -321,7 +323,10 @@ class _Builder:
     # ops ---------------------------------------------------------------------------------------
     def op_Placeholder(self, node, input_shape):
         dims = [int(d.get("size", -1)) for d in node["attr"]["shape"]["shape"].get("dim", [])]
-        nhwc = len(dims) == 4 and dims[-1] in (1, 3) and dims[1] not in (1, 3)
+        if self.input_layout is not None:
+            nhwc = len(dims) == 4 and self.input_layout == "NHWC"
+        else:  # TF's default is NHWC; a channels-first image placeholder says so by its shape
+            nhwc = len(dims) == 4 and not (dims[1] in (1, 3) and dims[3] not in (1, 3))
         default = [max(d, 1) for d in dims]
         if nhwc:
             default = [default[0], default[3], default[1], default[2]]
@@ -552,14 +557,19 @@ class _Builder:
 
 
 def load_graph_model(path: str | Path, outputs: Sequence[str],
-                     input_shape: tuple[int, ...] | None = None) -> fx.GraphModule:  # fmt: skip
+                     input_shape: tuple[int, ...] | None = None,
+                     input_layout: str | None = None) -> fx.GraphModule:  # fmt: skip
     """The sub-graph of the TF.js graph model at ``path`` that computes ``outputs`` (node names; a
     ``:0`` suffix is accepted), as an ``fx.GraphModule`` in eval mode taking one input: NCHW
     ``[B, C, H, W]`` for an NHWC image placeholder, otherwise the placeholder's own layout.
-    ``input_shape`` (in that layout; default: the placeholder's, batch 1) fixes the spatial size.
-    Raises :class:`TFJSError` naming any unsupported op."""
+    ``input_layout``: the 4-D placeholder's TF layout, ``"NHWC"`` or ``"NCHW"`` (default: NHWC,
+    TF's own, unless its shape is ``[N, 1 or 3, H, W]`` with a last size other than 1 or 3).
+    ``input_shape`` (in the module's layout; default: the placeholder's, batch 1) fixes the spatial
+    size.  Raises :class:`TFJSError` naming any unsupported op."""
+    if input_layout not in (None, "NHWC", "NCHW"):
+        raise TFJSError(f"input_layout must be 'NHWC', 'NCHW' or None, got {input_layout!r}")
     model, weights = read_graph_model(path)
-    builder = _Builder(model, weights, str(path))
+    builder = _Builder(model, weights, str(path), input_layout)
     outs = [o[:-2] if o.endswith(":0") else o for o in outputs]
     gm = builder.build(outs, tuple(input_shape) if input_shape is not None else None)
     return gm.eval()

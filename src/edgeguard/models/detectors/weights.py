@@ -67,6 +67,12 @@ def model_file(name: str) -> Path:
     return path
 
 
+def graph_model(stem: str) -> Path:
+    """The verified ``STEM.json`` of a pinned TF.js graph model, its weight shard verified too."""
+    model_file(f"{stem}.bin")
+    return model_file(f"{stem}.json")
+
+
 def available() -> bool:
     """Whether all four files are present with their digests."""
     try:
