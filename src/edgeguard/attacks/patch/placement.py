@@ -49,6 +49,18 @@ class PersonCrops:
         return PersonCrops(self.images[idx], self.boxes[idx], self.patch_boxes[idx],
                            [self.names[i] for i in idx.tolist()])  # fmt: skip
 
+    @property
+    def persons(self) -> int:
+        return len(self)
+
+    def dress(self, patch: torch.Tensor, eot: EOT | None = None, color: ColorTransform | None = None,
+              samples: int = 1, generator: torch.Generator | None = None,
+              ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """(``[N * samples, 3, H, W]`` crops wearing the patch, crop-major; ``[N * samples, 4]`` the
+        wearer's box in each): the interface :class:`~.scenes.PersonScenes` shares."""
+        images = apply_patch(self, patch, eot, color, samples, generator)
+        return images, self.boxes.repeat_interleave(samples, 0)
+
 
 def torso_square(box: torch.Tensor, scale: float) -> torch.Tensor:
     """``[4]`` the patch square on the torso of ``box`` (x1, y1, x2, y2)."""

@@ -28,8 +28,9 @@ from ...models.detectors import PersonDetector, box_iou
 from ..base import AttackError
 from ..minmax import MinMaxWeights
 from ..zo.estimators import random_estimate
-from .placement import PersonCrops, apply_patch
+from .placement import PersonCrops
 from .printability import default_palette, non_printability, total_variation
+from .scenes import PersonScenes
 from .transforms import EOT, ColorTransform
 
 log = logging.getLogger("edgeguard")
@@ -37,33 +38,55 @@ log = logging.getLogger("edgeguard")
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images, boxes) -> [N] scores
 
 
-def person_scores(detector: PersonDetector, images: torch.Tensor, boxes: torch.Tensor,
+Boxes = torch.Tensor | Sequence[torch.Tensor]  # [N, 4] one person per image, or [k, 4] per image
+
+
+def _per_image(boxes: Boxes) -> list[torch.Tensor]:
+    return (
+        [b[None] for b in boxes]
+        if isinstance(boxes, torch.Tensor)
+        else [b.reshape(-1, 4) for b in boxes]
+    )
+
+
+def person_scores(detector: PersonDetector, images: torch.Tensor, boxes: Boxes,
                   iou: float = 0.3, topk: int = 1, kappa: float = math.inf) -> torch.Tensor:  # fmt: skip
-    """``[N]`` the mean of the ``topk`` best candidate scores (minus the detector's threshold, each
-    floored at ``-kappa``) among the candidate boxes with IoU >= ``iou`` with each person box
-    ``boxes [N, 4]``; ``-kappa`` where none overlaps.  ``topk = 1``: the best score.  More than one
-    matters for detectors that group windows (OpenCV's HOG keeps a cluster of at least 3)."""
+    """``[P]`` per person (image-major): the mean of the ``topk`` best candidate scores (minus the
+    detector's threshold, each floored at ``-kappa``) among the candidate boxes with IoU >= ``iou``
+    with the person's box; ``-kappa`` where none overlaps.  ``boxes``: ``[N, 4]`` (one person per
+    image, as crops) or a ``[k, 4]`` tensor per image (scenes).  ``topk = 1``: the best score.  More
+    than one matters for detectors that group windows (OpenCV's HOG keeps a cluster of at least 3)."""
     out = []
     floor = torch.tensor(-kappa)
-    for cand, box in zip(detector.candidates(images), boxes, strict=True):
-        near = box_iou(box[None], cand.boxes.detach())[0] >= iou
-        s = cand.scores[near] - detector.threshold
-        if s.numel() == 0:
-            out.append(floor)
+    for cand, person_boxes in zip(detector.candidates(images), _per_image(boxes), strict=True):
+        if len(person_boxes) == 0:
             continue
-        top = s.topk(min(topk, s.numel())).values
-        out.append(torch.maximum(top, floor).mean())
-    return torch.stack(out)
+        near_all = box_iou(person_boxes, cand.boxes.detach()) >= iou
+        for near in near_all:
+            s = cand.scores[near] - detector.threshold
+            if s.numel() == 0:
+                out.append(floor)
+                continue
+            top = s.topk(min(topk, s.numel())).values
+            out.append(torch.maximum(top, floor).mean())
+    return torch.stack(out) if out else torch.zeros(0)
 
 
-def detected(detector: PersonDetector, images: torch.Tensor, boxes: torch.Tensor,
+def detected(detector: PersonDetector, images: torch.Tensor, boxes: Boxes,
              iou: float = 0.3) -> torch.Tensor:  # fmt: skip
-    """``[N]`` bool: a final detection (after threshold and grouping) has IoU >= ``iou`` with the
-    person box."""
+    """``[P]`` bool per person (image-major): a final detection (after threshold and grouping) has
+    IoU >= ``iou`` with the person's box (``boxes`` as in :func:`person_scores`)."""
     with torch.no_grad():
         dets = detector(images)
-    return torch.tensor([bool(len(d)) and bool((box_iou(b[None], d.boxes)[0] >= iou).any())
-                         for d, b in zip(dets, boxes, strict=True)])  # fmt: skip
+    out = []
+    for d, person_boxes in zip(dets, _per_image(boxes), strict=True):
+        if len(person_boxes) == 0:
+            continue
+        if len(d) == 0:
+            out += [False] * len(person_boxes)
+        else:
+            out += (box_iou(person_boxes, d.boxes) >= iou).any(1).tolist()
+    return torch.tensor(out, dtype=torch.bool)
 
 
 @dataclass
@@ -146,8 +169,7 @@ class AdversarialTShirt:
             idx = torch.randperm(len(crops), generator=gen)[: cfg.batch]
             batch = crops.subset(idx)
             patch = torch.sigmoid(param)
-            images = apply_patch(batch, patch, cfg.eot, cfg.color, cfg.samples, gen)
-            boxes = batch.boxes.repeat_interleave(cfg.samples, 0)
+            images, boxes = batch.dress(patch, cfg.eot, cfg.color, cfg.samples, gen)
             losses = torch.stack([
                 person_scores(d, images, boxes, cfg.iou, cfg.topk, cfg.kappa).mean()
                 for d in self.detectors
@@ -266,15 +288,14 @@ class ZOTShirt:
                 vals = []
                 for one in zz:
                     g = torch.Generator().manual_seed(draw_seed)
-                    imgs = apply_patch(batch, self._patch(one[None])[0], cfg.eot, cfg.color,
-                                       cfg.samples, g)  # fmt: skip
-                    boxes = batch.boxes.repeat_interleave(cfg.samples, 0)
+                    imgs, boxes = batch.dress(self._patch(one[None])[0], cfg.eot, cfg.color,
+                                              cfg.samples, g)  # fmt: skip
                     vals.append(self.score(imgs, boxes).mean())
                 return torch.stack(vals)
 
             fz = f(z)
             grad, spent = random_estimate(f, z, cfg.q, cfg.mu, "gaussian", gen, fz)
-            queries += (spent + 1) * len(batch) * cfg.samples
+            queries += (spent + 1) * len(batch) * cfg.samples  # images shown to the black box
             m = 0.9 * m + 0.1 * grad
             v = 0.999 * v + 0.001 * grad * grad
             t = step + 1
@@ -334,8 +355,8 @@ class ASR:
 
 
 def attack_success(
-    is_detected: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    crops: PersonCrops,
+    is_detected: Callable[[torch.Tensor, Boxes], torch.Tensor],
+    data: PersonCrops | PersonScenes,
     patch: torch.Tensor,
     eot: EOT | None = None,
     color: ColorTransform | None = None,
@@ -343,19 +364,36 @@ def attack_success(
     seed: int = 1234,
     batch: int = 16,
 ) -> ASR:
-    """ASR of ``patch`` on ``crops`` under ``samples`` random transformations per person, for a
-    detector given as ``is_detected(images, boxes) -> [N] bool``.  Persons missed without the
-    patch are left out (there is nothing to hide)."""
-    clean = torch.cat([is_detected(crops.images[i : i + batch], crops.boxes[i : i + batch])
-                       for i in range(0, len(crops), batch)])  # fmt: skip
-    target = crops.subset(clean.nonzero().squeeze(1))
+    """ASR of ``patch`` on ``data`` (person crops, or whole-photo scenes where every wearer has the
+    patch) under ``samples`` random transformations, for a detector given as
+    ``is_detected(images, boxes) -> [P] bool`` per person.  Persons missed without the patch are
+    left out (there is nothing to hide)."""
+    clean = torch.cat([is_detected(*_part(data, i, batch)) for i in range(0, len(data), batch)])
+    counts = _counts(data)
+    owner = torch.repeat_interleave(torch.arange(len(data)), counts)
+    keep = torch.zeros(len(data), dtype=torch.bool).index_fill_(0, owner[clean], True)
+    target = data.subset(keep.nonzero().squeeze(1))
+    target_clean = clean[keep[owner]]  # the kept items' persons, in order
     gen = torch.Generator().manual_seed(seed)
-    per_person = []
+    hidden = []
     with torch.no_grad():
         for i in range(0, len(target), batch):
             part = target.subset(range(i, min(i + batch, len(target))))
-            imgs = apply_patch(part, patch, eot, color, samples, gen)
-            seen = is_detected(imgs, part.boxes.repeat_interleave(samples, 0))
-            per_person.append((~seen).view(len(part), samples).sum(1))  # apply_patch: person-major
-    pp = torch.cat(per_person) if per_person else torch.zeros(0, dtype=torch.long)
-    return ASR(len(pp) * samples, int(pp.sum()), int(clean.sum()), len(crops), pp)
+            imgs, boxes = part.dress(patch, eot, color, samples, gen)
+            seen = is_detected(imgs, boxes)
+            # image-major: item j's samples in turn, each with item j's persons
+            per_item = torch.split(seen, [int(c) * samples for c in _counts(part)])
+            hidden += [(~s).view(samples, -1).sum(0) for s in per_item]
+    pp = torch.cat(hidden)[target_clean] if hidden else torch.zeros(0, dtype=torch.long)
+    return ASR(len(pp) * samples, int(pp.sum()), int(clean.sum()), int(counts.sum()), pp)
+
+
+def _counts(data) -> torch.Tensor:
+    if isinstance(data, PersonCrops):
+        return torch.ones(len(data), dtype=torch.long)
+    return torch.tensor([len(b) for b in data.boxes], dtype=torch.long)
+
+
+def _part(data, i: int, batch: int):
+    part = data.subset(range(i, min(i + batch, len(data))))
+    return part.images, part.boxes

@@ -26,11 +26,12 @@ OUTPUTS = ("tower_0/keypoints", "tower_0/wh")
 def check_unit_images(images: torch.Tensor) -> None:
     """Images ``[B, 3, H, W]``, floating point, finite, in [0, 1]."""
     check_images(images)
-    if images.numel() and not bool(torch.isfinite(images).all()):
+    values = images.detach()
+    if values.numel() and not bool(torch.isfinite(values).all()):
         raise DetectorError("images hold NaN or Inf values; expected finite values in [0, 1]")
-    if images.numel() and (float(images.min()) < 0 or float(images.max()) > 1):
-        raise DetectorError(f"images must be in [0, 1], got [{float(images.min()):.3g}, "
-                            f"{float(images.max()):.3g}]")  # fmt: skip
+    if values.numel() and (float(values.min()) < 0 or float(values.max()) > 1):
+        raise DetectorError(f"images must be in [0, 1], got [{float(values.min()):.3g}, "
+                            f"{float(values.max()):.3g}]")  # fmt: skip
 
 
 class CenterNetDetector(PersonDetector):
