@@ -17,7 +17,8 @@ from ...models.detectors import HOGPersonDetector, PersonDetector, box_iou, get_
 from ...report.plots import detection_grid
 from ..base import AttackError
 from .placement import PersonCrops, apply_patch, person_crops
-from .transforms import EOT
+from .scenes import PersonScenes, person_scenes
+from .transforms import EOT, ColorTransform
 from .tshirt import ASR, OpenCVHOGBlackBox, attack_success, detected
 
 Detect = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -51,6 +52,37 @@ def load_crops(root: str | Path, sources: list[str] | None = None, held_out: flo
     return CropSplit(tr, te, (len(train), len(test)), skipped, test)
 
 
+COCO_DETECTORS = ("centernet", "nanodet")
+
+
+@dataclass
+class SceneSplit:
+    """Whole-photo scenes of the train and held-out photos (see :mod:`.scenes`)."""
+
+    train: PersonScenes
+    test: PersonScenes
+    skipped: dict[str, int]
+    held_out_photos: PersonPhotos
+
+
+def load_scenes(root: str | Path, sources: list[str] | None = None, held_out: float = 0.3,
+                seed: int = 0, scale: float = 1.0, limit: int | None = None,
+                shape: str = "torso", fold: tuple[int, int] | None = None,
+                size: tuple[int, int] = (416, 416)) -> SceneSplit:  # fmt: skip
+    """Scenes (whole photos, every usable person a wearer) of the train and held-out photos, split
+    as :func:`load_crops` splits them."""
+    if fold is not None and not 0 <= fold[0] < fold[1]:
+        raise AttackError(f"fold index must be in [0, {fold[1]}), got {fold[0]}")
+    photos = load_persons(root, sources, limit)
+    train, test = (
+        photos.split(held_out, seed) if fold is None else photos.folds(fold[1], seed)[fold[0]]
+    )
+    tr, s1 = person_scenes(train, size, scale, shape)
+    te, s2 = person_scenes(test, size, scale, shape)
+    skipped = {k: s1[k] + s2[k] for k in s1} | {"no boxes": len(photos.skipped)}
+    return SceneSplit(tr, te, skipped, test)
+
+
 def training_view(detector: PersonDetector) -> PersonDetector:
     """The detector as used inside the optimisation loop: HOG on the 4 pyramid levels around the
     crops' person scale (100 px), not 7 (evaluation always uses the full pyramid)."""
@@ -61,15 +93,19 @@ def training_view(detector: PersonDetector) -> PersonDetector:
     return detector
 
 
-def detector_checks(specs: list[str], trust_pickle: bool = False) -> dict[str, Detect]:
-    """``is_detected(images, boxes)`` per detector spec; ``opencv`` is OpenCV's own HOG."""
+def detector_checks(specs: list[str], trust_pickle: bool = False, iou: float = 0.3,
+                    loaded: Mapping[str, PersonDetector] | None = None) -> dict[str, Detect]:  # fmt: skip
+    """``is_detected(images, boxes)`` per detector spec (a person is found when a detection has
+    IoU >= ``iou`` with its box); ``opencv`` is OpenCV's own HOG; ``loaded``: detectors already
+    built, by spec."""
     out: dict[str, Detect] = {}
     for spec in specs:
         if spec == "opencv":
-            out[spec] = OpenCVHOGBlackBox().detected
+            black_box = OpenCVHOGBlackBox()
+            out[spec] = lambda im, bx, b=black_box: b.detected(im, bx, iou)
         else:
-            det = get_detector(spec, trust_pickle)
-            out[spec] = lambda im, bx, d=det: detected(d, im, bx)
+            det = (loaded or {}).get(spec) or get_detector(spec, trust_pickle)
+            out[spec] = lambda im, bx, d=det: detected(d, im, bx, iou)
     return out
 
 
@@ -81,10 +117,11 @@ def only_detected(check: Detect, crops: PersonCrops, batch: int = 32) -> PersonC
 
 
 def evaluate_patches(patches: Mapping[str, torch.Tensor], checks: Mapping[str, Detect],
-                     crops: PersonCrops, eot: EOT, samples: int = 4,
-                     seed: int = 1234) -> dict[tuple[str, str], ASR]:  # fmt: skip
-    """ASR of every patch against every detector on the same held-out draws."""
-    return {(p, d): attack_success(check, crops, patch, eot, None, samples, seed)
+                     crops: PersonCrops | PersonScenes, eot: EOT, samples: int = 4,
+                     seed: int = 1234, color: ColorTransform | None = None,
+                     ) -> dict[tuple[str, str], ASR]:  # fmt: skip
+    """ASR of every patch against every detector on the same held-out draws (crops or scenes)."""
+    return {(p, d): attack_success(check, crops, patch, eot, color, samples, seed)
             for p, patch in patches.items() for d, check in checks.items()}  # fmt: skip
 
 

@@ -138,6 +138,7 @@ class TShirtResult:
     patch: torch.Tensor
     history: list[dict]
     weights: list[float] | None = None
+    snapshots: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 class AdversarialTShirt:
@@ -151,7 +152,7 @@ class AdversarialTShirt:
         self.config = config or TShirtConfig()
         self.config.validate()
 
-    def train(self, crops: PersonCrops, init: torch.Tensor | None = None,
+    def train(self, crops: PersonCrops | PersonScenes, init: torch.Tensor | None = None,
               log_every: int = 25) -> TShirtResult:  # fmt: skip
         cfg = self.config
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -220,21 +221,26 @@ class OpenCVHOGBlackBox:
         boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in rects], dtype=torch.float32)
         return boxes.reshape(-1, 4), torch.as_tensor(weights, dtype=torch.float32).reshape(-1)
 
-    def scores(self, images: torch.Tensor, boxes: torch.Tensor, iou: float = 0.3) -> torch.Tensor:
+    def scores(self, images: torch.Tensor, boxes: Boxes, iou: float = 0.3) -> torch.Tensor:
+        """``[P]`` per person (``boxes`` as in :func:`person_scores`)."""
         out = []
-        for img, box in zip(images, boxes, strict=True):
+        for img, person_boxes in zip(images, _per_image(boxes), strict=True):
             b, w = self._detect(img, self.floor, 0)
-            near = box_iou(box[None], b)[0] >= iou if len(b) else torch.zeros(0, dtype=torch.bool)
-            out.append(float(w[near].max()) if near.any() else self.floor)
+            for box in person_boxes:
+                near = (
+                    box_iou(box[None], b)[0] >= iou if len(b) else torch.zeros(0, dtype=torch.bool)
+                )
+                out.append(float(w[near].max()) if near.any() else self.floor)
         return torch.tensor(out)
 
-    def detected(self, images: torch.Tensor, boxes: torch.Tensor, iou: float = 0.3) -> torch.Tensor:
+    def detected(self, images: torch.Tensor, boxes: Boxes, iou: float = 0.3) -> torch.Tensor:
         """Default call (hitThreshold 0, grouping 2): is each person found (IoU >= ``iou``)?"""
         out = []
-        for img, box in zip(images, boxes, strict=True):
+        for img, person_boxes in zip(images, _per_image(boxes), strict=True):
             b, _ = self._detect(img, 0.0, 2)
-            out.append(bool(len(b)) and bool((box_iou(box[None], b)[0] >= iou).any()))
-        return torch.tensor(out)
+            for box in person_boxes:
+                out.append(bool(len(b)) and bool((box_iou(box[None], b)[0] >= iou).any()))
+        return torch.tensor(out, dtype=torch.bool)
 
 
 @dataclass
@@ -267,9 +273,13 @@ class ZOTShirt:
         return F.interpolate(torch.sigmoid(z), size=self.config.size, mode="bilinear",
                              align_corners=False)  # fmt: skip
 
-    def train(self, crops: PersonCrops, init: torch.Tensor | None = None,
-              log_every: int = 10) -> TShirtResult:  # fmt: skip
+    def train(self, crops: PersonCrops | PersonScenes, init: torch.Tensor | None = None,
+              log_every: int = 10, snapshots: Sequence[int] = ()) -> TShirtResult:  # fmt: skip
+        """Optimise the patch on ``crops`` (or scenes); ``snapshots``: query counts at which the
+        current patch is kept (``result.snapshots[count]``), for ASR-against-queries curves."""
         cfg = self.config
+        pending = sorted(snapshots)
+        kept: dict[int, torch.Tensor] = {}
         gen = torch.Generator().manual_seed(cfg.seed)
         if init is not None:
             small = F.interpolate(init[None], size=(cfg.grid, cfg.grid), mode="area")
@@ -301,10 +311,12 @@ class ZOTShirt:
             t = step + 1
             z = z - cfg.lr * (m / (1 - 0.9**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-8)
             history.append({"step": t, "loss": float(fz[0]), "queries": queries})
+            while pending and queries >= pending[0]:
+                kept[pending.pop(0)] = self._patch(z)[0].detach()
             if t % log_every == 0 or step == 0 or t == cfg.steps:
                 log.info("zo t-shirt step %d/%d  black-box score %.4f  queries %d", t, cfg.steps,
                          float(fz[0]), queries)  # fmt: skip
-        return TShirtResult(self._patch(z)[0].detach(), history)
+        return TShirtResult(self._patch(z)[0].detach(), history, snapshots=kept)
 
 
 @dataclass

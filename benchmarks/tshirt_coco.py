@@ -1,0 +1,196 @@
+"""Adversarial T-shirt against real COCO-trained CNN detectors (issue 23): CenterNet-MobileNetV3 and
+NanoDet, on whole photos of ../shared/data/persons where every usable person wears the patch.
+
+Patches trained on the training photos (or on k-1 folds), evaluated on held-out persons under
+held-out random draws: no patch, grey, random noise, rigid (Thys et al., no TPS), TPS + EOT (the
+paper), each against CenterNet; TPS against NanoDet; the min-max and uniform ensembles of both;
+a zeroth-order patch against NanoDet through its outputs only (ASR against queries).  Conditions:
+the training distribution ("digital") and held-out cloth (stronger TPS, rotation and scale, the
+printer/camera colour transform, more blur and noise).  Transfer: every patch against both
+detectors and OpenCV's own HOG.  Person AP50 of both detectors on all photos.
+
+    .venv/bin/python benchmarks/tshirt_coco.py                      # held-out split, 300 steps
+    .venv/bin/python benchmarks/tshirt_coco.py --folds 3            # k-fold over photos
+    .venv/bin/python benchmarks/tshirt_coco.py --steps 10 --zo-queries 300 --samples 1 --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from edgeguard.attacks.patch.study import detector_checks, evaluate_patches, load_scenes
+from edgeguard.attacks.patch.transforms import EOT, ColorTransform
+from edgeguard.attacks.patch.tshirt import (
+    ASR,
+    AdversarialTShirt,
+    TShirtConfig,
+    ZOConfig,
+    ZOTShirt,
+    attack_success,
+    person_scores,
+)
+from edgeguard.models.detectors import box_iou, get_detector
+from edgeguard.report.plots import detection_grid, save_patch
+from edgeguard.settings import data_root
+
+HELD_OUT_CLOTH = EOT(tps=0.14, scale=0.15, rotation=15.0, perspective=0.07, shift=0.07,
+                     brightness=0.15, contrast=0.2, noise=0.05, blur=1.2)  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--batch", type=int, default=4, help="photos per step")
+    ap.add_argument("--zo-queries", type=int, default=5000)
+    ap.add_argument("--samples", type=int, default=4, help="held-out draws per person")
+    ap.add_argument("--folds", type=int, default=1, help="1: one held-out split (30%%)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="a few photos (smoke run)")
+    ap.add_argument("--out", default="runs/bench/tshirt_coco")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    persons = data_root() / "persons"
+    dets = {"centernet": get_detector("centernet"), "nanodet": get_detector("nanodet")}
+    checks = detector_checks(["centernet", "nanodet", "opencv"], iou=0.5, loaded=dets)
+    size = (80, 56)
+    cfg = TShirtConfig(steps=args.steps, batch=args.batch, samples=1, topk=1, size=size, iou=0.5,
+                       tv=1.0, seed=args.seed)  # fmt: skip
+    limit = 24 if args.quick else None
+    folds = [None] if args.folds == 1 else [(i, args.folds) for i in range(args.folds)]
+    results: dict[tuple[str, str, str], list[ASR]] = {}
+    zo_curve: dict[int, list[ASR]] = {}
+    timing = {}
+    for fold in folds:
+        split = load_scenes(persons, held_out=0.3, seed=args.seed, limit=limit, fold=fold)
+        tag = "split" if fold is None else f"fold {fold[0] + 1}/{fold[1]}"
+        print(f"{tag}: {len(split.train)} train photos ({split.train.persons} wearers), "
+              f"{len(split.test)} held-out photos ({split.test.persons} wearers); skipped "
+              f"{split.skipped}")  # fmt: skip
+        gen = torch.Generator().manual_seed(args.seed + 1)
+        patches = {
+            "grey": torch.full((3, *size), 0.5),
+            "random noise": torch.rand(3, *size, generator=gen),
+        }
+        t0 = time.perf_counter()
+        patches["TPS (CenterNet)"] = (
+            AdversarialTShirt([dets["centernet"]], cfg).train(split.train).patch
+        )
+        timing["centernet steps/s"] = args.steps / (time.perf_counter() - t0)
+        rigid = TShirtConfig(**{**cfg.__dict__, "eot": EOT.rigid()})
+        patches["rigid (CenterNet)"] = (
+            AdversarialTShirt([dets["centernet"]], rigid).train(split.train).patch
+        )
+        patches["TPS (NanoDet)"] = (
+            AdversarialTShirt([dets["nanodet"]], cfg).train(split.train).patch
+        )
+        both = [dets["centernet"], dets["nanodet"]]
+        for weighting in ("minmax", "average"):
+            ens = TShirtConfig(**{**cfg.__dict__, "weighting": weighting})
+            label = "min-max" if weighting == "minmax" else "uniform"
+            patches[f"{label} (CenterNet+NanoDet)"] = (
+                AdversarialTShirt(both, ens).train(split.train).patch
+            )
+        nd = dets["nanodet"]
+
+        def black_box(images, boxes, nd=nd):  # NanoDet's outputs only: no gradients
+            with torch.no_grad():
+                return person_scores(nd, images, boxes, iou=0.5, kappa=1.0)
+
+        zcfg = ZOConfig(steps=10**6, batch=2, samples=1, q=10, size=size, seed=args.seed)
+        per_step = (zcfg.q + 1) * zcfg.batch * zcfg.samples
+        zcfg.steps = max(1, args.zo_queries // per_step)
+        marks = [q for q in (500, 1000, 2500, 5000) if q <= args.zo_queries]
+        zo = ZOTShirt(black_box, zcfg).train(split.train, snapshots=marks)
+        patches["ZO (NanoDet, outputs only)"] = zo.patch
+        for q, p in zo.snapshots.items():
+            zo_curve.setdefault(q, []).append(
+                attack_success(checks["nanodet"], split.test, p, EOT(), None, args.samples)
+            )
+        for cond, eot, color in (("digital", EOT(), None),
+                                 ("held-out cloth", HELD_OUT_CLOTH, ColorTransform())):  # fmt: skip
+            asr = evaluate_patches(patches, checks, split.test, eot, args.samples, color=color)
+            for (p, d), a in asr.items():
+                results.setdefault((cond, p, d), []).append(a)
+        for d in checks:  # without a patch nobody is hidden: ASR 0 by definition, found counts
+            found = results[("digital", "grey", d)][-1]
+            results.setdefault(("no patch", "none", d), []).append(
+                ASR(found.clean_detected, 0, found.clean_detected, found.persons,
+                    torch.zeros(found.clean_detected, dtype=torch.long)))  # fmt: skip
+        for name, p in patches.items():
+            save_patch(
+                p,
+                out
+                / f"{name.split(' (')[0].replace(' ', '_')}_{tag.replace(' ', '').replace('/', 'of')}.png",
+            )
+        _detections_png(
+            dets["centernet"],
+            split.test,
+            patches["TPS (CenterNet)"],
+            out / "detections_centernet.png",
+        )
+    rows = []
+    for (cond, p, d), parts in results.items():
+        a = ASR.pooled(parts)
+        lo, hi = a.interval()
+        rows.append({"condition": cond, "patch": p, "detector": d, "ASR %": round(100 * a.rate, 1),
+                     "95% CI": f"{100 * lo:.1f}-{100 * hi:.1f}", "wearers found clean": a.clean_detected,
+                     "wearers": a.persons})  # fmt: skip
+    curve = []
+    for q, parts in sorted(zo_curve.items()):
+        a = ASR.pooled(parts)
+        lo, hi = a.interval()
+        curve.append(
+            {
+                "queries": q,
+                "ASR %": round(100 * a.rate, 1),
+                "95% CI": f"{100 * lo:.1f}-{100 * hi:.1f}",
+            }
+        )
+    record = {"date": str(date.today()), "machine": platform.processor() or platform.machine(),
+              "threads": torch.get_num_threads(), "args": vars(args), "rows": rows, "zo_curve": curve,
+              "timing": timing}  # fmt: skip
+    (out / "results.json").write_text(json.dumps(record, indent=1))
+    print("| condition | patch | detector | ASR % | 95% CI | found clean / wearers |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['condition']} | {r['patch']} | {r['detector']} | {r['ASR %']} | {r['95% CI']} | "
+            f"{r['wearers found clean']} / {r['wearers']} |"
+        )
+    print(
+        "\nZO vs NanoDet (outputs only): "
+        + ", ".join(f"{c['queries']} queries {c['ASR %']}% [{c['95% CI']}]" for c in curve)
+    )
+    print(
+        f"speed: {timing['centernet steps/s']:.2f} CenterNet training steps/s (batch {args.batch} photos)"
+    )
+
+
+def _detections_png(det, scenes, patch, path: Path, n: int = 4) -> None:
+    part = scenes.subset(range(min(n, len(scenes))))
+    with torch.no_grad():
+        dressed, boxes = part.dress(patch, EOT(), None, 1, torch.Generator().manual_seed(7))
+        images = torch.cat([part.images, dressed])
+        found = det(images)
+    truth = [*part.boxes, *boxes]
+    hit = [
+        bool(len(f)) and bool((box_iou(t, f.boxes) >= 0.5).any(1).all())
+        for f, t in zip(found, truth, strict=True)
+    ]
+    titles = ["clean"] * len(part) + ["patched"] * len(part)
+    detection_grid(images, [f.boxes for f in found], hit, path, titles)
+
+
+if __name__ == "__main__":
+    main()
