@@ -26,7 +26,12 @@ from pathlib import Path
 
 import torch
 
-from edgeguard.attacks.patch.study import detector_checks, evaluate_patches, load_scenes
+from edgeguard.attacks.patch.study import (
+    detection_examples,
+    detector_checks,
+    evaluate_patches,
+    load_scenes,
+)
 from edgeguard.attacks.patch.transforms import EOT, ColorTransform
 from edgeguard.attacks.patch.tshirt import (
     ASR,
@@ -37,8 +42,8 @@ from edgeguard.attacks.patch.tshirt import (
     attack_success,
     person_scores,
 )
-from edgeguard.models.detectors import box_iou, get_detector
-from edgeguard.report.plots import detection_grid, save_patch
+from edgeguard.models.detectors import get_detector
+from edgeguard.report.plots import save_patch
 from edgeguard.settings import data_root
 
 HELD_OUT_CLOTH = EOT(tps=0.14, scale=0.15, rotation=15.0, perspective=0.07, shift=0.07,
@@ -133,12 +138,8 @@ def main() -> None:
                 out
                 / f"{name.split(' (')[0].replace(' ', '_')}_{tag.replace(' ', '').replace('/', 'of')}.png",
             )
-        _detections_png(
-            dets["centernet"],
-            split.test,
-            patches["TPS (CenterNet)"],
-            out / "detections_centernet.png",
-        )
+        detection_examples(dets["centernet"], split.test, patches["TPS (CenterNet)"], EOT(),
+                           out / "detections_centernet.png", n=4, iou=0.5)  # fmt: skip
     rows = []
     for (cond, p, d), parts in results.items():
         a = ASR.pooled(parts)
@@ -175,21 +176,6 @@ def main() -> None:
     print(
         f"speed: {timing['centernet steps/s']:.2f} CenterNet training steps/s (batch {args.batch} photos)"
     )
-
-
-def _detections_png(det, scenes, patch, path: Path, n: int = 4) -> None:
-    part = scenes.subset(range(min(n, len(scenes))))
-    with torch.no_grad():
-        dressed, boxes = part.dress(patch, EOT(), None, 1, torch.Generator().manual_seed(7))
-        images = torch.cat([part.images, dressed])
-        found = det(images)
-    truth = [*part.boxes, *boxes]
-    hit = [
-        bool(len(f)) and bool((box_iou(t, f.boxes) >= 0.5).any(1).all())
-        for f, t in zip(found, truth, strict=True)
-    ]
-    titles = ["clean"] * len(part) + ["patched"] * len(part)
-    detection_grid(images, [f.boxes for f in found], hit, path, titles)
 
 
 if __name__ == "__main__":

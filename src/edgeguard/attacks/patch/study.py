@@ -16,10 +16,10 @@ from ...data.persons import PersonPhotos, load_persons
 from ...models.detectors import HOGPersonDetector, PersonDetector, box_iou, get_detector
 from ...report.plots import detection_grid
 from ..base import AttackError
-from .placement import PersonCrops, apply_patch, person_crops
+from .placement import PersonCrops, person_crops
 from .scenes import PersonScenes, person_scenes
 from .transforms import EOT, ColorTransform
-from .tshirt import ASR, OpenCVHOGBlackBox, attack_success, detected
+from .tshirt import ASR, OpenCVHOGBlackBox, attack_success, detected, person_counts
 
 Detect = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -109,11 +109,15 @@ def detector_checks(specs: list[str], trust_pickle: bool = False, iou: float = 0
     return out
 
 
-def only_detected(check: Detect, crops: PersonCrops, batch: int = 32) -> PersonCrops:
-    """The crops whose person the detector finds without a patch (the ones worth attacking)."""
+def only_detected(check: Detect, crops: PersonCrops | PersonScenes,
+                  batch: int = 32) -> PersonCrops | PersonScenes:  # fmt: skip
+    """The crops whose person (the scenes with a wearer) the detector finds without a patch: the
+    ones worth attacking."""
     seen = torch.cat([check(crops.images[i : i + batch], crops.boxes[i : i + batch])
                       for i in range(0, len(crops), batch)])  # fmt: skip
-    return crops.subset(seen.nonzero().squeeze(1))
+    owner = torch.repeat_interleave(torch.arange(len(crops)), person_counts(crops))
+    keep = torch.zeros(len(crops), dtype=torch.bool).index_fill_(0, owner[seen], True)
+    return crops.subset(keep.nonzero().squeeze(1))
 
 
 def evaluate_patches(patches: Mapping[str, torch.Tensor], checks: Mapping[str, Detect],
@@ -125,17 +129,19 @@ def evaluate_patches(patches: Mapping[str, torch.Tensor], checks: Mapping[str, D
             for p, patch in patches.items() for d, check in checks.items()}  # fmt: skip
 
 
-def detection_examples(detector: PersonDetector, crops: PersonCrops, patch: torch.Tensor,
-                       eot: EOT, path: Path, n: int = 6, seed: int = 7) -> Path:  # fmt: skip
-    """Before/after figure: ``n`` held-out persons without and with the patch, detector boxes."""
+def detection_examples(detector: PersonDetector, crops: PersonCrops | PersonScenes,
+                       patch: torch.Tensor, eot: EOT, path: Path, n: int = 6, seed: int = 7,
+                       iou: float = 0.3) -> Path:  # fmt: skip
+    """Before/after figure: ``n`` held-out crops (or whole photos) without and with the patch, with
+    the detector's boxes (green: every wearer found at IoU >= ``iou``, red: some hidden)."""
     part = crops.subset(range(min(n, len(crops))))
     with torch.no_grad():
-        after = apply_patch(part, patch, eot, None, 1, torch.Generator().manual_seed(seed))
+        after, _ = part.dress(patch, eot, None, 1, torch.Generator().manual_seed(seed))
         images = torch.cat([part.images, after])
         dets = detector(images)
-    boxes = torch.cat([part.boxes, part.boxes])
-    found = [bool(len(d)) and bool((box_iou(b[None], d.boxes)[0] >= 0.3).any())
-             for d, b in zip(dets, boxes, strict=True)]  # fmt: skip
+    wearers = [b.reshape(-1, 4) for b in part.boxes] * 2
+    found = [bool(len(d)) and bool((box_iou(w, d.boxes) >= iou).any(1).all())
+             for d, w in zip(dets, wearers, strict=True)]  # fmt: skip
     titles = ["clean"] * len(part) + ["patched"] * len(part)
     return detection_grid(images, [d.boxes for d in dets], found, path, titles)
 

@@ -381,7 +381,7 @@ def attack_success(
     ``is_detected(images, boxes) -> [P] bool`` per person.  Persons missed without the patch are
     left out (there is nothing to hide)."""
     clean = torch.cat([is_detected(*_part(data, i, batch)) for i in range(0, len(data), batch)])
-    counts = _counts(data)
+    counts = person_counts(data)
     owner = torch.repeat_interleave(torch.arange(len(data)), counts)
     keep = torch.zeros(len(data), dtype=torch.bool).index_fill_(0, owner[clean], True)
     target = data.subset(keep.nonzero().squeeze(1))
@@ -394,13 +394,14 @@ def attack_success(
             imgs, boxes = part.dress(patch, eot, color, samples, gen)
             seen = is_detected(imgs, boxes)
             # image-major: item j's samples in turn, each with item j's persons
-            per_item = torch.split(seen, [int(c) * samples for c in _counts(part)])
+            per_item = torch.split(seen, [int(c) * samples for c in person_counts(part)])
             hidden += [(~s).view(samples, -1).sum(0) for s in per_item]
     pp = torch.cat(hidden)[target_clean] if hidden else torch.zeros(0, dtype=torch.long)
     return ASR(len(pp) * samples, int(pp.sum()), int(clean.sum()), int(counts.sum()), pp)
 
 
-def _counts(data) -> torch.Tensor:
+def person_counts(data: PersonCrops | PersonScenes) -> torch.Tensor:
+    """``[N]`` wearers per item (1 per crop)."""
     if isinstance(data, PersonCrops):
         return torch.ones(len(data), dtype=torch.long)
     return torch.tensor([len(b) for b in data.boxes], dtype=torch.long)
