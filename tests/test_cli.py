@@ -327,3 +327,21 @@ def test_tshirt_train_and_eval_on_a_few_photos(tmp_path: Path, capsys):
     assert "unknown detector" in capsys.readouterr().err
     assert main(["-q", "tshirt", "train", "--size", "8x", *common]) == 2
     assert "--size is N or HxW" in capsys.readouterr().err
+
+
+def test_tshirt_against_a_coco_detector_on_whole_photos(tmp_path: Path, capsys, shared_data):
+    from edgeguard.models.detectors import weights
+
+    if not weights.available():
+        pytest.skip(f"COCO detector weights absent under {weights.models_dir()} (make models)")
+    data = str(shared_data("persons"))
+    common = ["--data", data, "--limit", "6", "--eval-samples", "1", "--detector", "nanodet",
+              "--eval-detectors", "nanodet"]  # fmt: skip
+    assert main(["-q", "tshirt", "train", "--steps", "1", "--batch", "2", *common,
+                 "--out", str(tmp_path / "t")]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "whole photos:" in out and "nanodet vs nanodet: ASR" in out
+    assert (tmp_path / "t" / "detections.png").stat().st_size > 1000
+    assert main(["-q", "tshirt", "train", "--zo", "--steps", "1", *common, "--detector", "nanodet,hog",
+                 "--out", str(tmp_path / "z")]) == 2  # fmt: skip
+    assert "--zo attacks one detector" in capsys.readouterr().err

@@ -569,11 +569,13 @@ def cmd_tshirt(args) -> int:
     from safetensors.torch import save_file
 
     from .attacks.patch.study import (
+        COCO_DETECTORS,
         detection_examples,
         detector_checks,
         evaluate_patches,
         load_crops,
         load_patch,
+        load_scenes,
         only_detected,
         training_view,
     )
@@ -585,6 +587,7 @@ def cmd_tshirt(args) -> int:
         ZOConfig,
         ZOTShirt,
         detected,
+        person_scores,
     )
     from .engine.atomic import atomic_path
     from .engine.rundir import finish_run
@@ -593,14 +596,25 @@ def cmd_tshirt(args) -> int:
     from .report.plots import save_patch
 
     sources = [s for s in args.sources.split(",") if s] or None
-    split = load_crops(args.data, sources, args.held_out, args.seed, args.scale, args.limit,
-                       args.shape)  # fmt: skip
-    print(f"persons: {len(split.train)} train crops from {split.photos[0]} photos, "
-          f"{len(split.test)} held-out crops from {split.photos[1]} photos; skipped "
-          f"{split.skipped}")  # fmt: skip
     train_specs = [d for d in args.detector.split(",") if d]
     eval_specs = [d for d in (args.eval_detectors or ",".join([*train_specs, "opencv"])).split(",")
                   if d]  # fmt: skip
+    # COCO detectors see whole photos: every person in a photo wears the patch (scenes); the
+    # sliding-window detectors work on person-normalised crops
+    whole = any(d.split(":")[0] in COCO_DETECTORS for d in [*train_specs, *eval_specs])
+    iou = 0.5 if whole else 0.3
+    if whole:
+        split = load_scenes(args.data, sources, args.held_out, args.seed, args.scale, args.limit,
+                            args.shape)  # fmt: skip
+        print(f"whole photos: {len(split.train)} train photos ({split.train.persons} wearers), "
+              f"{len(split.test)} held-out photos ({split.test.persons} wearers); skipped "
+              f"{split.skipped}")  # fmt: skip
+    else:
+        split = load_crops(args.data, sources, args.held_out, args.seed, args.scale, args.limit,
+                           args.shape)  # fmt: skip
+        print(f"persons: {len(split.train)} train crops from {split.photos[0]} photos, "
+              f"{len(split.test)} held-out crops from {split.photos[1]} photos; skipped "
+              f"{split.skipped}")  # fmt: skip
     eot = EOT.rigid() if args.rigid else EOT()
     if args.cloth_video:
         from dataclasses import replace
@@ -622,23 +636,36 @@ def cmd_tshirt(args) -> int:
     out = _start_run(args, f"tshirt {args.action}", (args.patch, args.cloth_video))
     if args.action == "train":
         if args.zo:
-            box = OpenCVHOGBlackBox()
-            crops = only_detected(box.detected, split.train)
-            trainer = ZOTShirt(box.scores, ZOConfig(steps=args.steps, eot=eot, size=size,
-                                                    seed=args.seed))  # fmt: skip
-            label = "zo-opencv"
+            if train_specs == ["hog"]:  # OpenCV's own HOG, through detectMultiScale's output
+                box = OpenCVHOGBlackBox()
+                see, score, label = box.detected, box.scores, "zo-opencv"
+            elif len(train_specs) == 1:  # the detector's output scores only: no gradients
+                det = get_detector(train_specs[0], args.trust_pickle)
+
+                def score(images, boxes, det=det):
+                    with torch.no_grad():
+                        return person_scores(det, images, boxes, iou, kappa=1.0)
+
+                see, label = partial(detected, det, iou=iou), f"zo-{train_specs[0]}"
+            else:
+                raise UsageError("--zo attacks one detector as a black box; give one --detector")
+            crops = only_detected(see, split.train)
+            trainer = ZOTShirt(score, ZOConfig(steps=args.steps, eot=eot, size=size,
+                                               seed=args.seed))  # fmt: skip
         else:
             dets = [training_view(get_detector(d, args.trust_pickle)) for d in train_specs]
             crops = split.train
             for d in dets:  # attack the persons every training detector finds
-                crops = only_detected(partial(detected, d), crops)
+                crops = only_detected(partial(detected, d, iou=iou), crops)
             cfg = TShirtConfig(steps=args.steps, batch=args.batch, samples=args.samples, size=size,
-                               eot=eot, weighting=args.ensemble, seed=args.seed)  # fmt: skip
+                               eot=eot, weighting=args.ensemble, seed=args.seed, iou=iou,
+                               topk=1 if whole else 3)  # fmt: skip
             trainer = AdversarialTShirt(dets, cfg)
             label = "+".join(train_specs) + (f" ({args.ensemble})" if len(dets) > 1 else "")
         if len(crops) == 0:
             raise UsageError("no training person is detected without a patch: nothing to attack")
-        print(f"training on {len(crops)} persons the detector(s) find")
+        print(f"training on {len(crops)} {'photos with a wearer' if whole else 'persons'} the "
+              "detector(s) find")  # fmt: skip
         result = trainer.train(crops)
         patch = result.patch
         with atomic_path(out / "patch.safetensors") as tmp:
@@ -652,7 +679,7 @@ def cmd_tshirt(args) -> int:
         label = Path(args.patch).name
     noise = torch.rand(3, *size, generator=torch.Generator().manual_seed(args.seed + 1))
     patches = {label: patch, "random noise": noise}
-    checks = detector_checks(eval_specs, args.trust_pickle)
+    checks = detector_checks(eval_specs, args.trust_pickle, iou=iou)
     asr = evaluate_patches(patches, checks, split.test, eot, args.eval_samples)
     rows = []
     cols = ["patch", "detector", "persons detected", "samples", "hidden", "ASR %", "95% CI"]
@@ -674,7 +701,7 @@ def cmd_tshirt(args) -> int:
     first = next((s for s in eval_specs if s != "opencv"), None)
     if first is not None:
         det = get_detector(first, args.trust_pickle)
-        path = detection_examples(det, split.test, patch, eot, out / "detections.png")
+        path = detection_examples(det, split.test, patch, eot, out / "detections.png", iou=iou)
         rep.figure(path.name, f"held-out persons without / with the patch ({first})")
     print(f"report: {rep.save(out / 'report.html')}")
     finish_run(out)
@@ -851,14 +878,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--detector",
         default="hog",
-        help="hog, cnn[:PATH], yolo:PATH, "
-        "faster-rcnn:PATH; several (comma-separated) make an ensemble",
+        help="hog, cnn[:PATH], centernet, nanodet (COCO CNNs on whole photos; `make models`), "
+        "yolo:PATH, faster-rcnn:PATH; several (comma-separated) make an ensemble",
     )
     p.add_argument("--ensemble", default="minmax", choices=["minmax", "average"])
     p.add_argument(
         "--zo",
         action="store_true",
-        help="train against OpenCV's own HOG detector as a black box (no gradients)",
+        help="zeroth-order: train against the detector's outputs only (no gradients); with "
+        "hog, OpenCV's own HOG detector",
     )
     p.add_argument("--rigid", action="store_true", help="no TPS cloth deformation (Thys et al.)")
     p.add_argument(
