@@ -4,8 +4,9 @@ them, compare the pruning methods on the digits CNN, and write an HTML report wi
 tables and plots, attack the digits CNN (white-box and black-box), and explain those attacks
 (promotion/suppression, CAM, network dissection of a CNN trained on synthetic concept images), and
 attack a GCN's topology before and after min-max robust training, and train an adversarial T-shirt
-patch against the HOG person detector on real photographs (when ../shared/data/persons is there).
-Needs no files; later capabilities add their sections here."""
+patch against the COCO-trained CenterNet on whole real photographs (when the shared persons photos
+and the fetched detector weights are there; the HOG port on person crops without the weights).
+Needs no other files; later capabilities add their sections here."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from .engine import TrainConfig, evaluate, fit, seed_everything
 from .models import build, count_flops
 from .prune import get_pruner, run_pruning
 from .report import Report, plots
+from .settings import data_root
 from .sparsity import save_pruned
 from .sparsity.summary import HEADERS, layer_table
 
@@ -57,8 +59,8 @@ class DemoSettings:
     graph_nodes: int = 1000
     graph_epochs: int = 100
     graph_budgets: tuple[float, ...] = (0.02, 0.05, 0.1)
-    # T-shirt section (needs ../shared/data/persons; skipped with the reason when absent)
-    persons_root: str = "../shared/data/persons"
+    # T-shirt section (needs the shared persons photos; skipped with the reason when absent)
+    persons_root: str = ""  # default: edgeguard.settings.data_root() / "persons"
     tshirt_photos: int = 40
     tshirt_steps: int = 40
 
@@ -316,53 +318,71 @@ def graph_section(s: DemoSettings, out: Path, rep: Report) -> None:
 
 
 def tshirt_section(s: DemoSettings, out: Path, rep: Report) -> None:
-    """A short adversarial T-shirt run against the HOG port, evaluated on held-out persons against
-    the port and OpenCV's own detector."""
+    """A short adversarial T-shirt run against CenterNet (COCO-trained, on whole photos: every
+    person wears the patch), evaluated on held-out photos against CenterNet and OpenCV's HOG; the
+    HOG port on person crops when the CenterNet weights were not fetched."""
     from .attacks.patch.placement import PATCH_SIZES
     from .attacks.patch.study import (
         detection_examples,
         detector_checks,
         evaluate_patches,
         load_crops,
+        load_scenes,
         only_detected,
         training_view,
     )
     from .attacks.patch.transforms import EOT
     from .attacks.patch.tshirt import AdversarialTShirt, TShirtConfig, detected
-    from .models.detectors import HOGPersonDetector
+    from .models.detectors import HOGPersonDetector, get_detector
+    from .models.detectors import weights as detector_weights
 
     rep.heading("Adversarial T-shirt: hiding people from a person detector")
-    root = Path(s.persons_root)
+    root = Path(s.persons_root) if s.persons_root else data_root() / "persons"
     if not (root / "manifest.csv").is_file():
         rep.paragraph(f"Skipped: the person photographs ({root}) are not on this machine.")
         return
-    split = load_crops(root, ["pennfudan", "inria"], 0.3, s.seed, limit=s.tshirt_photos,
-                       shape="torso")  # fmt: skip
     size = PATCH_SIZES["torso"]  # a print over the whole torso region
-    hog = HOGPersonDetector()
-    train = only_detected(lambda im, bx: detected(training_view(hog), im, bx), split.train)
-    log.info("t-shirt: %d steps on %d persons", s.tshirt_steps, len(train))
-    cfg = TShirtConfig(steps=s.tshirt_steps, seed=s.seed, size=size)
-    patch = AdversarialTShirt(training_view(hog), cfg).train(
-        train, log_every=max(1, s.tshirt_steps // 4)).patch  # fmt: skip
     noise = torch.rand(3, *size, generator=torch.Generator().manual_seed(s.seed + 1))
-    checks = detector_checks(["opencv"]) | {"HOG port": lambda im, bx: detected(hog, im, bx)}
+    if detector_weights.available():
+        det, name, iou = get_detector("centernet"), "CenterNet", 0.5
+        split = load_scenes(root, None, 0.3, s.seed, limit=s.tshirt_photos, shape="torso")
+        train = only_detected(lambda im, bx: detected(det, im, bx, iou), split.train)
+        what = (f"{len(train)} training photos ({train.persons} wearers; every person in a photo "
+                f"wears the patch), evaluated on {len(split.test)} held-out photos "
+                f"({split.test.persons} wearers)")  # fmt: skip
+        cfg = TShirtConfig(steps=s.tshirt_steps, seed=s.seed, size=size, batch=4, samples=1,
+                           topk=1, iou=iou, tv=1.0)  # fmt: skip
+        checks = detector_checks(["opencv"], iou=iou) | {
+            name: lambda im, bx: detected(det, im, bx, iou)}  # fmt: skip
+    else:
+        rep.paragraph("The CenterNet weights are not fetched (`make models`): the HOG port on "
+                      "person crops instead.")  # fmt: skip
+        det, name, iou = HOGPersonDetector(), "HOG port", 0.3
+        split = load_crops(root, ["pennfudan", "inria"], 0.3, s.seed, limit=s.tshirt_photos,
+                           shape="torso")  # fmt: skip
+        train = only_detected(lambda im, bx: detected(training_view(det), im, bx), split.train)
+        what = f"{len(train)} persons of {split.photos[0]} training photos"
+        cfg = TShirtConfig(steps=s.tshirt_steps, seed=s.seed, size=size)
+        checks = detector_checks(["opencv"]) | {name: lambda im, bx: detected(det, im, bx)}
+    log.info("t-shirt: %d steps against %s", s.tshirt_steps, name)
+    patch = AdversarialTShirt(training_view(det), cfg).train(
+        train, log_every=max(1, s.tshirt_steps // 4)).patch  # fmt: skip
     asr = evaluate_patches({"T-shirt patch": patch, "random noise": noise}, checks, split.test,
                            EOT(), samples=2)  # fmt: skip
     plots.save_patch(patch, out / "tshirt_patch.png", print_side=256)
     rep.paragraph(
-        f"A patch trained for {s.tshirt_steps} steps (TPS cloth deformation + EOT) on the torsos of "
-        f"{len(train)} persons of {split.photos[0]} training photos, then printed digitally on "
-        f"{len(split.test)} held-out persons under new random deformations.  ASR: share of the "
-        "persons detected without a patch that are no longer detected (IoU >= 0.3).  A short run: "
-        "docs/benchmarks.md has the full one."
+        f"A patch trained for {s.tshirt_steps} steps against {name} (TPS cloth deformation + EOT) "
+        f"on {what}, under new random deformations.  ASR: share of the persons detected without a "
+        f"patch that are no longer detected (IoU >= {iou}).  A short run: docs/benchmarks.md has "
+        "the full one."
     )
     rep.table(["patch", "detector", "persons detected", "samples", "ASR %"],
               [[p, d, a.clean_detected, a.attacked, round(100 * a.rate, 1)]
                for (p, d), a in asr.items()])  # fmt: skip
     rep.figure("tshirt_patch.png", "the T-shirt patch")
-    path = detection_examples(hog, split.test, patch, EOT(), out / "tshirt_detections.png")
-    rep.figure(path.name, "held-out persons without / with the patch (HOG port; red: hidden)")
+    path = detection_examples(det, split.test, patch, EOT(), out / "tshirt_detections.png", n=4,
+                              iou=iou)  # fmt: skip
+    rep.figure(path.name, f"held-out photos without / with the patch ({name}; red: someone hidden)")
 
 
 def materialise(ds: Dataset) -> TensorDataset:
