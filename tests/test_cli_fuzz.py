@@ -166,3 +166,12 @@ def test_known_bad_input_is_exit_2_with_one_line(argv, files, capsys, monkeypatc
     kind, code, err = _run(["-q", *argv, *(out if takes_out else [])], capsys)
     lines = [line for line in err.splitlines() if line.strip()]
     assert kind == "exit" and code == 2 and len(lines) == 1, (argv, kind, code, err)
+
+
+def test_model_and_data_mismatch_names_both_shapes(files, capsys):
+    out = str(files["root"] / f"out{next(COUNTER)}")
+    code = main(["-q", "attack", "--model", files["ckpt"], "--data", "synthetic-concepts",
+                 "--data-option", "num_samples=8", "--out", out])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "of shape (1, 3, 32, 32) does not fit the model 'digits_cnn'" in err
+    assert "the model was saved for inputs of shape (1, 1, 8, 8)" in err

@@ -161,16 +161,22 @@ def _datasets(args):
     return train, val
 
 
-def _check_model_data(model, dataset, what: str) -> tuple[int, ...]:
+def _check_model_data(model, dataset, what: str, spec: dict | None = None) -> tuple[int, ...]:
     """The input shape (batch 1) of ``dataset``; refuse a model that cannot take its inputs or
-    scores fewer classes than it has."""
+    scores fewer classes than it has, naming the shape the model was saved for (``spec``)."""
+    from .errors import ConfigError
     from .models.check import check_classes
 
     if len(dataset) == 0:
         raise UsageError(f"{what} is empty")
     shape = (1, *dataset[0][0].shape)
     classes = getattr(dataset, "num_classes", None) or 1
-    check_classes(model, shape, classes, what)
+    try:
+        check_classes(model, shape, classes, what)
+    except ConfigError as err:
+        saved = (spec or {}).get("extra", {}).get("input_shape")
+        hint = f"; the model was saved for inputs of shape {tuple(saved)}" if saved else ""
+        raise ConfigError(f"{err}{hint}") from None
     return shape
 
 
@@ -233,9 +239,9 @@ def cmd_prune(args) -> int:
     opts = _kv(args.method_option)
     opts |= {k: v for k, v in (("gm", args.gm), ("gn", args.gn)) if v is not None}
     pruner = get_pruner(args.method, args.scheme, **opts)  # bad names/options fail before loading
-    model, _, _ = load_pruned(args.checkpoint)
+    model, _, spec = load_pruned(args.checkpoint)
     train, val = _datasets(args)
-    shape = _check_model_data(model, train, f"dataset {args.dataset!r}")
+    shape = _check_model_data(model, train, f"dataset {args.dataset!r}", spec)
     rates = args.profile if args.profile is not None else args.rate
     finetune = _config(args)
     regularize = replace(finetune, epochs=args.reg_epochs) if args.reg_epochs > 0 else None
@@ -381,10 +387,10 @@ def cmd_attack(args) -> int:
     from .report import plots
     from .sparsity import load_pruned
 
-    model, _, _ = load_pruned(args.model)
+    model, _, spec = load_pruned(args.model)
     model.eval()
     x, y, data = _held_out(args)
-    _check_model_data(model, data, f"dataset {args.data!r}")
+    _check_model_data(model, data, f"dataset {args.data!r}", spec)
     n = len(x)
     attack, settings = _build_attack(args.attack, args)
     with torch.no_grad():
@@ -414,10 +420,10 @@ def cmd_explain(args) -> int:
     from .report import Report
     from .sparsity import load_pruned
 
-    model, _, _ = load_pruned(args.model)
+    model, _, spec = load_pruned(args.model)
     model.eval()
     x, y, data = _held_out(args)
-    _check_model_data(model, data, f"dataset {args.data!r}")
+    _check_model_data(model, data, f"dataset {args.data!r}", spec)
     names = [a.strip() for a in args.attack.split(",") if a.strip()]
     attacks = {name: _build_attack(name, args, strict=len(names) == 1)[0] for name in names}
     concepts = None
