@@ -29,8 +29,9 @@ from edgeguard.defenses.graph import robust_train
 from edgeguard.engine import TrainConfig, seed_everything
 from edgeguard.engine.graph import node_accuracy
 from edgeguard.models.graph import gcn
+from edgeguard.settings import data_root
 
-ROOT = Path("../shared/data/planetoid")
+ROOT = data_root() / "planetoid"
 EVAL = {"PGD-CE": ("pgd", {"steps": 50}), "PGD-CW": ("pgd-cw", {"steps": 50}),
         "GTA": ("gta", {}), "ZO-GTA": ("zo-gta", {}), "random": ("random", {}),
         "DICE": ("dice", {}), "PGD-features": ("pgd-features", {"steps": 50})}  # fmt: skip

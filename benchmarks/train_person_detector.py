@@ -19,11 +19,12 @@ from edgeguard.models.detectors.train import (
     save_detector,
     train_person_detector,
 )
+from edgeguard.settings import data_root
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="../shared/data/persons")
+    ap.add_argument("--data", default=str(data_root() / "persons"))
     ap.add_argument("--sources", default="pennfudan,inria,coco,inria96")
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--seed", type=int, default=0)

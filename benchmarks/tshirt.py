@@ -47,8 +47,9 @@ from edgeguard.attacks.patch.tshirt import (
 from edgeguard.models.detectors import HOGPersonDetector
 from edgeguard.models.detectors.train import evaluate_ap, load_cnn_detector
 from edgeguard.report.plots import save_patch
+from edgeguard.settings import data_root
 
-DATA = Path("../shared/data/persons")
+DATA = data_root() / "persons"
 
 
 def main() -> None:

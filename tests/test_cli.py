@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from edgeguard.cli import main
+from edgeguard.settings import data_root
 
-PERSONS = Path("../shared/data/persons")
+PERSONS = data_root() / "persons"  # EDGEGUARD_DATA, default ../shared/data
 
 
 def test_train_prune_info_end_to_end(tmp_path: Path, capsys):
@@ -290,7 +291,7 @@ def test_gnn_poisoning_and_minmax_robust_training(tmp_path: Path, capsys):
 
 
 @pytest.mark.skipif(
-    not (PERSONS / "manifest.csv").is_file(), reason="../shared/data/persons absent"
+    not (PERSONS / "manifest.csv").is_file(), reason=f"{PERSONS} absent (EDGEGUARD_DATA)"
 )
 def test_tshirt_train_and_eval_on_a_few_photos(tmp_path: Path, capsys):
     common = ["--limit", "12", "--eval-samples", "1", "--out", str(tmp_path), "--overwrite"]

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from .errors import EdgeguardError, UsageError
+from .settings import data_root
 
 log = logging.getLogger("edgeguard")
 
@@ -905,7 +906,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--eval-detectors", help="detectors to evaluate on (default: the training ones and opencv)"
     )
-    p.add_argument("--data", default="../shared/data/persons", help="manifest.csv + images/")
+    p.add_argument("--data", default=str(data_root() / "persons"),
+                   help="manifest.csv + images/ (default: $EDGEGUARD_DATA/persons)")  # fmt: skip
     p.add_argument("--sources", default="pennfudan,inria", help="file-name prefixes to use")
     p.add_argument(
         "--held-out",

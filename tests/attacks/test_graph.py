@@ -1,7 +1,6 @@
 """Topology attacks: budgets, copies, strength against baselines, black-box use, bad input."""
 
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,8 +24,9 @@ from edgeguard.data.graphs import planetoid, synthetic_graph
 from edgeguard.engine import TrainConfig
 from edgeguard.engine.graph import fit_graph, node_accuracy
 from edgeguard.models.graph import gcn, graphsage
+from edgeguard.settings import data_root
 
-PLANETOID = Path("../shared/data/planetoid")
+PLANETOID = data_root() / "planetoid"  # EDGEGUARD_DATA, default ../shared/data
 CFG = TrainConfig(epochs=100, lr=0.01, weight_decay=5e-4, scheduler="none", progress=False)
 
 
@@ -146,7 +146,7 @@ def test_resolve_budget():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not PLANETOID.is_dir(), reason="../shared/data/planetoid is not present")
+@pytest.mark.skipif(not PLANETOID.is_dir(), reason=f"{PLANETOID} absent (EDGEGUARD_DATA)")
 def test_gta_on_cora_is_at_least_as_strong_as_pyg_grbcd(tmp_path):
     from torch_geometric.contrib.nn import GRBCDAttack
 

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from edgeguard.data.persons import PersonDataError, load_persons
+from edgeguard.settings import data_root
 
-PERSONS = Path("../shared/data/persons")
+PERSONS = data_root() / "persons"  # EDGEGUARD_DATA, default ../shared/data
 
 
 def write(tmp: Path, rows: list[str]) -> Path:
@@ -61,7 +62,7 @@ def test_missing_manifest_or_image_is_reported(tmp_path):
 
 
 @pytest.mark.skipif(
-    not (PERSONS / "manifest.csv").is_file(), reason="../shared/data/persons absent"
+    not (PERSONS / "manifest.csv").is_file(), reason=f"{PERSONS} absent (EDGEGUARD_DATA)"
 )
 def test_split_by_source_is_seeded_and_covers_every_source():
     data = load_persons(PERSONS, sources=["pennfudan", "inria", "coco"])
@@ -74,7 +75,7 @@ def test_split_by_source_is_seeded_and_covers_every_source():
 
 
 @pytest.mark.skipif(
-    not (PERSONS / "manifest.csv").is_file(), reason="../shared/data/persons absent"
+    not (PERSONS / "manifest.csv").is_file(), reason=f"{PERSONS} absent (EDGEGUARD_DATA)"
 )
 def test_a_sources_split_does_not_depend_on_the_other_sources_loaded():
     some = load_persons(PERSONS, sources=["inria", "pennfudan"]).split(0.3, seed=0)[1]

@@ -1,8 +1,6 @@
 """Detector protocol pieces: NMS, the CNN detector's targets and decoding, AP, weights I/O, and
 the adapters for user detectors (randomly initialised stand-ins; nothing is downloaded)."""
 
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
@@ -16,6 +14,7 @@ from edgeguard.models.detectors.train import (
     match_detections,
     save_detector,
 )
+from edgeguard.settings import data_root
 
 
 def test_nms_keeps_the_best_of_overlapping_boxes():
@@ -140,11 +139,11 @@ def test_load_detector_reads_torchscript_and_refuses_untrusted_pickles(tmp_path)
         YOLOAdapter(nn.Identity()).candidates(torch.rand(1, 3, 8, 8))
 
 
-PERSONS = Path("../shared/data/persons")
+PERSONS = data_root() / "persons"  # EDGEGUARD_DATA, default ../shared/data
 
 
 @pytest.mark.skipif(
-    not (PERSONS / "manifest.csv").is_file(), reason="../shared/data/persons absent"
+    not (PERSONS / "manifest.csv").is_file(), reason=f"{PERSONS} absent (EDGEGUARD_DATA)"
 )
 def test_shipped_cnn_detector_finds_held_out_persons():
     from edgeguard.data.persons import load_persons

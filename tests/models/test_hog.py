@@ -1,7 +1,6 @@
 """The HOG person detector port against OpenCV's own HOGDescriptor on the real photographs."""
 
 import csv
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -18,10 +17,11 @@ from edgeguard.models.detectors import (
     group_rectangles,
 )
 from edgeguard.models.detectors.hog import descriptor, fast_atan2_deg
+from edgeguard.settings import data_root
 
-PERSONS = Path("../shared/data/persons")
+PERSONS = data_root() / "persons"  # EDGEGUARD_DATA, default ../shared/data
 needs_photos = pytest.mark.skipif(not (PERSONS / "manifest.csv").is_file(),
-                                  reason="../shared/data/persons is not present")  # fmt: skip
+                                  reason=f"{PERSONS} absent (EDGEGUARD_DATA)")  # fmt: skip
 
 
 def photos(k: int, prefix: str = "") -> list[np.ndarray]:
