@@ -86,3 +86,22 @@ def test_asr_counts_persons_of_scenes_found_without_the_patch():
     assert black.rate == 0.0
     scores = person_scores(det, scenes.images, scenes.boxes, iou=0.5)
     assert scores.shape == (2,) and torch.allclose(scores, torch.full((2,), 0.5))
+
+
+def test_zeroth_order_trainer_on_scenes_lowers_a_black_box_score_and_keeps_snapshots():
+    from edgeguard.attacks.patch.tshirt import ZOConfig, ZOTShirt
+
+    scenes, _ = person_scenes(photos(), size=(200, 300), min_height=35)
+    det = TorsoBrightness(scenes.boxes[0])
+
+    def black_box(images, boxes):  # outputs only: the torso darkness of each wearer
+        with torch.no_grad():
+            return person_scores(det, images, boxes, iou=0.5)
+
+    cfg = ZOConfig(steps=30, batch=1, samples=1, q=4, grid=4, size=(16, 12), eot=EOT.none(), seed=0)
+    start = torch.full((3, 16, 12), 0.3)
+    before = float(black_box(*scenes.dress(start, EOT.none())).mean())
+    res = ZOTShirt(black_box, cfg).train(scenes, init=start, snapshots=[50, 100])
+    after = float(black_box(*scenes.dress(res.patch, EOT.none())).mean())
+    assert after < before - 0.1  # brighter torsos: the score the black box reports went down
+    assert sorted(res.snapshots) == [50, 100] and res.history[-1]["queries"] == 30 * 5
