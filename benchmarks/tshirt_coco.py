@@ -20,6 +20,7 @@ import argparse
 import json
 import logging
 import platform
+import re
 import time
 from datetime import date
 from pathlib import Path
@@ -54,6 +55,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=4, help="photos per step")
+    ap.add_argument("--ensemble-steps", type=int, default=200, help="steps of the two ensembles")
     ap.add_argument("--zo-queries", type=int, default=5000)
     ap.add_argument("--samples", type=int, default=4, help="held-out draws per person")
     ap.add_argument("--folds", type=int, default=1, help="1: one held-out split (30%%)")
@@ -76,106 +78,108 @@ def main() -> None:
     results: dict[tuple[str, str, str], list[ASR]] = {}
     zo_curve: dict[int, list[ASR]] = {}
     timing = {}
-    for fold in folds:
-        split = load_scenes(persons, held_out=0.3, seed=args.seed, limit=limit, fold=fold)
-        tag = "split" if fold is None else f"fold {fold[0] + 1}/{fold[1]}"
-        print(f"{tag}: {len(split.train)} train photos ({split.train.persons} wearers), "
-              f"{len(split.test)} held-out photos ({split.test.persons} wearers); skipped "
-              f"{split.skipped}")  # fmt: skip
+
+    def run_fold(split, tag: str) -> None:
         gen = torch.Generator().manual_seed(args.seed + 1)
-        patches = {
-            "grey": torch.full((3, *size), 0.5),
-            "random noise": torch.rand(3, *size, generator=gen),
-        }
-        t0 = time.perf_counter()
-        patches["TPS (CenterNet)"] = (
-            AdversarialTShirt([dets["centernet"]], cfg).train(split.train).patch
-        )
-        timing["centernet steps/s"] = args.steps / (time.perf_counter() - t0)
-        rigid = TShirtConfig(**{**cfg.__dict__, "eot": EOT.rigid()})
-        patches["rigid (CenterNet)"] = (
-            AdversarialTShirt([dets["centernet"]], rigid).train(split.train).patch
-        )
-        patches["TPS (NanoDet)"] = (
-            AdversarialTShirt([dets["nanodet"]], cfg).train(split.train).patch
-        )
-        both = [dets["centernet"], dets["nanodet"]]
-        for weighting in ("minmax", "average"):
-            ens = TShirtConfig(**{**cfg.__dict__, "weighting": weighting})
-            label = "min-max" if weighting == "minmax" else "uniform"
-            patches[f"{label} (CenterNet+NanoDet)"] = (
-                AdversarialTShirt(both, ens).train(split.train).patch
-            )
         nd = dets["nanodet"]
 
         def black_box(images, boxes, nd=nd):  # NanoDet's outputs only: no gradients
             with torch.no_grad():
                 return person_scores(nd, images, boxes, iou=0.5, kappa=1.0)
 
-        zcfg = ZOConfig(steps=10**6, batch=2, samples=1, q=10, size=size, seed=args.seed)
-        per_step = (zcfg.q + 1) * zcfg.batch * zcfg.samples
-        zcfg.steps = max(1, args.zo_queries // per_step)
-        marks = [q for q in (500, 1000, 2500, 5000) if q <= args.zo_queries]
-        zo = ZOTShirt(black_box, zcfg).train(split.train, snapshots=marks)
-        patches["ZO (NanoDet, outputs only)"] = zo.patch
-        for q, p in zo.snapshots.items():
-            zo_curve.setdefault(q, []).append(
-                attack_success(checks["nanodet"], split.test, p, EOT(), None, args.samples)
-            )
-        for cond, eot, color in (("digital", EOT(), None),
-                                 ("held-out cloth", HELD_OUT_CLOTH, ColorTransform())):  # fmt: skip
-            asr = evaluate_patches(patches, checks, split.test, eot, args.samples, color=color)
-            for (p, d), a in asr.items():
-                results.setdefault((cond, p, d), []).append(a)
-        for d in checks:  # without a patch nobody is hidden: ASR 0 by definition, found counts
-            found = results[("digital", "grey", d)][-1]
-            results.setdefault(("no patch", "none", d), []).append(
-                ASR(found.clean_detected, 0, found.clean_detected, found.persons,
-                    torch.zeros(found.clean_detected, dtype=torch.long)))  # fmt: skip
-        for name, p in patches.items():
-            save_patch(
-                p,
-                out
-                / f"{name.split(' (')[0].replace(' ', '_')}_{tag.replace(' ', '').replace('/', 'of')}.png",
-            )
-        detection_examples(dets["centernet"], split.test, patches["TPS (CenterNet)"], EOT(),
-                           out / "detections_centernet.png", n=4, iou=0.5)  # fmt: skip
+        def train(detectors, **change):
+            config = TShirtConfig(**{**cfg.__dict__, **change})
+            return AdversarialTShirt(detectors, config).train(split.train).patch
+
+        def zo_patch():
+            zcfg = ZOConfig(steps=1, batch=2, samples=1, q=10, size=size, seed=args.seed)
+            zcfg.steps = max(1, -(-args.zo_queries // ((zcfg.q + 1) * zcfg.batch * zcfg.samples)))
+            marks = [q for q in (500, 1000, 2500, 5000) if q <= args.zo_queries]
+            zo = ZOTShirt(black_box, zcfg).train(split.train, snapshots=marks)
+            for q, snap in zo.snapshots.items():
+                zo_curve.setdefault(q, []).append(
+                    attack_success(checks["nanodet"], split.test, snap, EOT(), None, args.samples)
+                )
+            return zo.patch
+
+        both = [dets["centernet"], dets["nanodet"]]
+        # most important first; each patch is evaluated and the results written as soon as trained
+        jobs = [
+            ("grey", lambda: torch.full((3, *size), 0.5)),
+            ("random noise", lambda: torch.rand(3, *size, generator=gen)),
+            ("TPS (CenterNet)", lambda: train([dets["centernet"]])),
+            ("rigid (CenterNet)", lambda: train([dets["centernet"]], eot=EOT.rigid())),
+            ("TPS (NanoDet)", lambda: train([nd])),
+            ("ZO (NanoDet, outputs only)", zo_patch),
+            ("min-max (CenterNet+NanoDet)", lambda: train(both, weighting="minmax",
+                                                          steps=args.ensemble_steps)),
+            ("uniform (CenterNet+NanoDet)", lambda: train(both, weighting="average",
+                                                          steps=args.ensemble_steps)),
+        ]  # fmt: skip
+        for name, make in jobs:
+            t0 = time.perf_counter()
+            patch = make()
+            if name == "TPS (CenterNet)":
+                timing["centernet steps/s"] = args.steps / (time.perf_counter() - t0)
+            slug = re.sub(r"[^a-z0-9]+", "_", f"{name} {tag}".lower()).strip("_")
+            save_patch(patch, out / f"patch_{slug}.png")
+            if name == "TPS (CenterNet)":
+                detection_examples(dets["centernet"], split.test, patch, EOT(),
+                                   out / "detections_centernet.png", n=4, iou=0.5)  # fmt: skip
+            for cond, eot, color in (("digital", EOT(), None),
+                                     ("held-out cloth", HELD_OUT_CLOTH, ColorTransform())):  # fmt: skip
+                asr = evaluate_patches({name: patch}, checks, split.test, eot, args.samples,
+                                       color=color)  # fmt: skip
+                for (pn, d), a in asr.items():
+                    results.setdefault((cond, pn, d), []).append(a)
+            if name == "grey":
+                for d in checks:  # without a patch nobody is hidden: ASR 0, found counts
+                    found = results[("digital", "grey", d)][-1]
+                    results.setdefault(("no patch", "none", d), []).append(
+                        ASR(found.clean_detected, 0, found.clean_detected, found.persons,
+                            torch.zeros(found.clean_detected, dtype=torch.long)))  # fmt: skip
+            _write(out, args, results, zo_curve, timing)
+
+    for fold in folds:
+        split = load_scenes(persons, held_out=0.3, seed=args.seed, limit=limit, fold=fold)
+        tag = "split" if fold is None else f"fold {fold[0] + 1}/{fold[1]}"
+        print(f"{tag}: {len(split.train)} train photos ({split.train.persons} wearers), "
+              f"{len(split.test)} held-out photos ({split.test.persons} wearers); skipped "
+              f"{split.skipped}")  # fmt: skip
+        run_fold(split, tag)
+
+    rows, curve = _write(out, args, results, zo_curve, timing)
+    print("| condition | patch | detector | ASR % | 95% CI | found clean / wearers |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['condition']} | {r['patch']} | {r['detector']} | {r['ASR %']} | {r['95% CI']} | "
+              f"{r['wearers found clean']} / {r['wearers']} |")  # fmt: skip
+    print("\nZO vs NanoDet (outputs only): " + ", ".join(
+        f"{c['queries']} queries {c['ASR %']}% [{c['95% CI']}]" for c in curve))  # fmt: skip
+    print(f"speed: {timing['centernet steps/s']:.2f} CenterNet training steps/s (batch "
+          f"{args.batch} photos)")  # fmt: skip
+
+
+def _write(out: Path, args, results, zo_curve, timing):
+    """Pool the folds and write results.json (after every patch: a cut run keeps what it has)."""
     rows = []
     for (cond, p, d), parts in results.items():
         a = ASR.pooled(parts)
         lo, hi = a.interval()
         rows.append({"condition": cond, "patch": p, "detector": d, "ASR %": round(100 * a.rate, 1),
-                     "95% CI": f"{100 * lo:.1f}-{100 * hi:.1f}", "wearers found clean": a.clean_detected,
-                     "wearers": a.persons})  # fmt: skip
+                     "95% CI": f"{100 * lo:.1f}-{100 * hi:.1f}",
+                     "wearers found clean": a.clean_detected, "wearers": a.persons})  # fmt: skip
     curve = []
     for q, parts in sorted(zo_curve.items()):
         a = ASR.pooled(parts)
         lo, hi = a.interval()
-        curve.append(
-            {
-                "queries": q,
-                "ASR %": round(100 * a.rate, 1),
-                "95% CI": f"{100 * lo:.1f}-{100 * hi:.1f}",
-            }
-        )
+        curve.append({"queries": q, "ASR %": round(100 * a.rate, 1),
+                      "95% CI": f"{100 * lo:.1f}-{100 * hi:.1f}"})  # fmt: skip
     record = {"date": str(date.today()), "machine": platform.processor() or platform.machine(),
-              "threads": torch.get_num_threads(), "args": vars(args), "rows": rows, "zo_curve": curve,
-              "timing": timing}  # fmt: skip
+              "threads": torch.get_num_threads(), "args": vars(args), "rows": rows,
+              "zo_curve": curve, "timing": timing}  # fmt: skip
     (out / "results.json").write_text(json.dumps(record, indent=1))
-    print("| condition | patch | detector | ASR % | 95% CI | found clean / wearers |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['condition']} | {r['patch']} | {r['detector']} | {r['ASR %']} | {r['95% CI']} | "
-            f"{r['wearers found clean']} / {r['wearers']} |"
-        )
-    print(
-        "\nZO vs NanoDet (outputs only): "
-        + ", ".join(f"{c['queries']} queries {c['ASR %']}% [{c['95% CI']}]" for c in curve)
-    )
-    print(
-        f"speed: {timing['centernet steps/s']:.2f} CenterNet training steps/s (batch {args.batch} photos)"
-    )
+    return rows, curve
 
 
 if __name__ == "__main__":
