@@ -238,3 +238,25 @@ def test_unsupported_ops_and_broken_files_are_named(tmp_path):
     with pytest.raises(TFJSError, match="no node named 'nope'"):
         load_graph_model(write_model(tmp_path / "d", [], {}, [1, 4, 4, 3]), ["nope"])
     assert math.isfinite(1.0)
+
+
+@pytest.mark.skipif(__import__("shutil").which("g++") is None, reason="no C++ compiler (g++) here")
+def test_a_loaded_graph_is_pruned_and_compiled_like_any_model(tmp_path):
+    from edgeguard.compile import compile_model
+    from edgeguard.sparsity import prune_model
+
+    rng = np.random.default_rng(0)
+    weights = {"w1": rng.standard_normal((3, 3, 3, 16)), "b1": rng.standard_normal(16),
+               "w2": rng.standard_normal((3, 3, 16, 16)), "b2": rng.standard_normal(16)}  # fmt: skip
+    nodes = [conv_node("a", "x", "w1", op="_FusedConv2D", stride=2, bias="b1", acts=("Relu",)),
+             conv_node("y", "a", "w2", op="_FusedConv2D", bias="b2", acts=("Relu6",))]  # fmt: skip
+    path = write_model(tmp_path, nodes, {k: v.astype(np.float32) for k, v in weights.items()},
+                       [1, 15, 15, 3], float16=False)  # fmt: skip
+    gm = load_graph_model(path, ["y"])
+    prune_model(gm, "kgs", rates=0.5)
+    x = torch.rand(2, 3, 15, 15)
+    with torch.no_grad():
+        ref = gm(x)
+    compiled = compile_model(gm, "cpu", input_shape=(2, 3, 15, 15))
+    assert [d.action for d in compiled.decisions] == ["sparse", "sparse"]
+    assert torch.allclose(compiled(x), ref, atol=1e-4)
