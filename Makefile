@@ -27,7 +27,7 @@ demo: $(STAMP) models
 	$(BIN)/edgeguard demo
 
 test: $(STAMP) models
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-slow: $(STAMP) models
 	$(BIN)/python -m pytest -q -m slow
