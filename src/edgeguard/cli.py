@@ -64,42 +64,36 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _int(minimum: int, maximum: int | None = None):
-    """argparse type: an integer in [minimum, maximum]."""
+def _checked(convert, kind: str, check, **bounds):
+    """argparse type: ``text`` converted (``kind`` says what was expected), then ``check``ed."""
 
-    def parse(text: str) -> int:
-        from .validation import check_int
-
+    def parse(text: str):
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
         try:
-            return check_int(value, "the value", minimum=minimum, maximum=maximum)
+            return check(value, "the value", **bounds)
         except UsageError as err:
             raise argparse.ArgumentTypeError(str(err)) from None
 
     return parse
+
+
+def _int(minimum: int, maximum: int | None = None):
+    """argparse type: an integer in [minimum, maximum]."""
+    from .validation import check_int
+
+    return _checked(int, "an integer", check_int, minimum=minimum, maximum=maximum)
 
 
 def _float(minimum: float | None = None, maximum: float | None = None, open_min: bool = False,
            open_max: bool = False):  # fmt: skip
     """argparse type: a finite number in the interval (NaN and Inf refused)."""
+    from .validation import check_number
 
-    def parse(text: str) -> float:
-        from .validation import check_number
-
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        try:
-            return check_number(value, "the value", minimum=minimum, maximum=maximum,
-                                open_min=open_min, open_max=open_max)  # fmt: skip
-        except UsageError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-
-    return parse
+    return _checked(float, "a number", check_number, minimum=minimum, maximum=maximum,
+                    open_min=open_min, open_max=open_max)  # fmt: skip
 
 
 POSITIVE = _float(0.0, open_min=True)

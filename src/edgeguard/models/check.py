@@ -14,6 +14,15 @@ def describe(model: nn.Module) -> str:
     return repr(arch["name"]) if isinstance(arch, dict) and "name" in arch else type(model).__name__
 
 
+def input_error(model: nn.Module, shape: tuple[int, ...], err: Exception,
+                what: str = "input") -> ConfigError:  # fmt: skip
+    """The error for ``model`` failing on an input of ``shape``: one line, the framework's reason."""
+    text = str(err).strip()
+    first = text.splitlines()[0] if text else type(err).__name__
+    return ConfigError(f"{what} of shape {tuple(shape)} does not fit the model {describe(model)} "
+                       f"({first})")  # fmt: skip
+
+
 def check_input_fits(model: nn.Module, shape: tuple[int, ...], what: str = "input") -> torch.Tensor:
     """Run ``model`` (eval mode, no gradients, mode restored) on zeros of ``shape`` (batch included)
     and return its output; a shape the model cannot take raises :class:`ConfigError`."""
@@ -26,9 +35,7 @@ def check_input_fits(model: nn.Module, shape: tuple[int, ...], what: str = "inpu
         with torch.no_grad():
             return model(torch.zeros(shape, device=device, dtype=dtype))
     except (RuntimeError, ValueError, IndexError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"{what} of shape {tuple(shape)} does not fit the model {describe(model)} "
-                          f"({first})") from None  # fmt: skip
+        raise input_error(model, shape, err, what) from None
     finally:
         model.train(was_training)
 

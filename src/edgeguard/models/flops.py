@@ -125,11 +125,9 @@ def count_flops(
             try:
                 model(torch.zeros(input_shape, device=device, dtype=dtype))
             except (RuntimeError, ValueError, IndexError) as err:
-                from .check import describe
+                from .check import input_error
 
-                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise ConfigError(f"input of shape {tuple(input_shape)} does not fit the model "
-                                  f"{describe(model)} ({first})") from None  # fmt: skip
+                raise input_error(model, tuple(input_shape), err) from None
     finally:
         for h in handles:
             h.remove()

@@ -19,7 +19,7 @@ from ..base import AttackError
 from .placement import PersonCrops, person_crops
 from .scenes import PersonScenes, person_scenes
 from .transforms import EOT, ColorTransform
-from .tshirt import ASR, OpenCVHOGBlackBox, attack_success, detected, person_counts
+from .tshirt import ASR, OpenCVHOGBlackBox, attack_success, detected, found_without_patch
 
 Detect = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -39,17 +39,25 @@ def load_crops(root: str | Path, sources: list[str] | None = None, held_out: flo
     """Person crops of the train and held-out photos (split by source with ``seed``); ``shape``
     of the patch: ``"square"`` or ``"torso"`` (see :func:`~.placement.torso_patch`); ``fold``
     ``(i, k)``: fold ``i`` of a ``k``-fold cross-validation instead of the ``held_out`` split."""
+    photos, train, test = _split_photos(root, sources, held_out, seed, limit, fold)
+    tr, s1 = person_crops(train, scale=scale, shape=shape)
+    te, s2 = person_crops(test, scale=scale, shape=shape)
+    return CropSplit(tr, te, (len(train), len(test)), _skipped(s1, s2, photos), test)
+
+
+def _split_photos(root, sources, held_out, seed, limit, fold):
+    """(all photos, train photos, held-out photos): the split by source, or fold ``(i, k)``."""
     if fold is not None and not 0 <= fold[0] < fold[1]:
         raise AttackError(f"fold index must be in [0, {fold[1]}), got {fold[0]}")
     photos = load_persons(root, sources, limit)
-    if fold is None:
-        train, test = photos.split(held_out, seed)
-    else:
-        train, test = photos.folds(fold[1], seed)[fold[0]]
-    tr, s1 = person_crops(train, scale=scale, shape=shape)
-    te, s2 = person_crops(test, scale=scale, shape=shape)
-    skipped = {k: s1[k] + s2[k] for k in s1} | {"no boxes": len(photos.skipped)}
-    return CropSplit(tr, te, (len(train), len(test)), skipped, test)
+    train, test = (
+        photos.split(held_out, seed) if fold is None else photos.folds(fold[1], seed)[fold[0]]
+    )
+    return photos, train, test
+
+
+def _skipped(s1: dict[str, int], s2: dict[str, int], photos: PersonPhotos) -> dict[str, int]:
+    return {k: s1[k] + s2[k] for k in s1} | {"no boxes": len(photos.skipped)}
 
 
 COCO_DETECTORS = ("centernet", "nanodet")
@@ -71,16 +79,10 @@ def load_scenes(root: str | Path, sources: list[str] | None = None, held_out: fl
                 size: tuple[int, int] = (416, 416)) -> SceneSplit:  # fmt: skip
     """Scenes (whole photos, every usable person a wearer) of the train and held-out photos, split
     as :func:`load_crops` splits them."""
-    if fold is not None and not 0 <= fold[0] < fold[1]:
-        raise AttackError(f"fold index must be in [0, {fold[1]}), got {fold[0]}")
-    photos = load_persons(root, sources, limit)
-    train, test = (
-        photos.split(held_out, seed) if fold is None else photos.folds(fold[1], seed)[fold[0]]
-    )
+    photos, train, test = _split_photos(root, sources, held_out, seed, limit, fold)
     tr, s1 = person_scenes(train, size, scale, shape)
     te, s2 = person_scenes(test, size, scale, shape)
-    skipped = {k: s1[k] + s2[k] for k in s1} | {"no boxes": len(photos.skipped)}
-    return SceneSplit(tr, te, skipped, test)
+    return SceneSplit(tr, te, _skipped(s1, s2, photos), test)
 
 
 def training_view(detector: PersonDetector) -> PersonDetector:
@@ -113,10 +115,7 @@ def only_detected(check: Detect, crops: PersonCrops | PersonScenes,
                   batch: int = 32) -> PersonCrops | PersonScenes:  # fmt: skip
     """The crops whose person (the scenes with a wearer) the detector finds without a patch: the
     ones worth attacking."""
-    seen = torch.cat([check(crops.images[i : i + batch], crops.boxes[i : i + batch])
-                      for i in range(0, len(crops), batch)])  # fmt: skip
-    owner = torch.repeat_interleave(torch.arange(len(crops)), person_counts(crops))
-    keep = torch.zeros(len(crops), dtype=torch.bool).index_fill_(0, owner[seen], True)
+    _, _, keep = found_without_patch(check, crops, batch)
     return crops.subset(keep.nonzero().squeeze(1))
 
 

@@ -380,10 +380,7 @@ def attack_success(
     patch) under ``samples`` random transformations, for a detector given as
     ``is_detected(images, boxes) -> [P] bool`` per person.  Persons missed without the patch are
     left out (there is nothing to hide)."""
-    clean = torch.cat([is_detected(*_part(data, i, batch)) for i in range(0, len(data), batch)])
-    counts = person_counts(data)
-    owner = torch.repeat_interleave(torch.arange(len(data)), counts)
-    keep = torch.zeros(len(data), dtype=torch.bool).index_fill_(0, owner[clean], True)
+    clean, owner, keep = found_without_patch(is_detected, data, batch)
     target = data.subset(keep.nonzero().squeeze(1))
     target_clean = clean[keep[owner]]  # the kept items' persons, in order
     gen = torch.Generator().manual_seed(seed)
@@ -397,7 +394,7 @@ def attack_success(
             per_item = torch.split(seen, [int(c) * samples for c in person_counts(part)])
             hidden += [(~s).view(samples, -1).sum(0) for s in per_item]
     pp = torch.cat(hidden)[target_clean] if hidden else torch.zeros(0, dtype=torch.long)
-    return ASR(len(pp) * samples, int(pp.sum()), int(clean.sum()), int(counts.sum()), pp)
+    return ASR(len(pp) * samples, int(pp.sum()), int(clean.sum()), len(clean), pp)
 
 
 def person_counts(data: PersonCrops | PersonScenes) -> torch.Tensor:
@@ -405,6 +402,17 @@ def person_counts(data: PersonCrops | PersonScenes) -> torch.Tensor:
     if isinstance(data, PersonCrops):
         return torch.ones(len(data), dtype=torch.long)
     return torch.tensor([len(b) for b in data.boxes], dtype=torch.long)
+
+
+def found_without_patch(is_detected: Callable[[torch.Tensor, Boxes], torch.Tensor],
+                        data: PersonCrops | PersonScenes, batch: int = 16,
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(``[P]`` bool: each person found without a patch; ``[P]`` the item (crop or scene) each
+    person belongs to; ``[N]`` bool: items with at least one found person)."""
+    clean = torch.cat([is_detected(*_part(data, i, batch)) for i in range(0, len(data), batch)])
+    owner = torch.repeat_interleave(torch.arange(len(data)), person_counts(data))
+    keep = torch.zeros(len(data), dtype=torch.bool).index_fill_(0, owner[clean], True)
+    return clean, owner, keep
 
 
 def _part(data, i: int, batch: int):

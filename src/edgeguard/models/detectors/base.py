@@ -42,6 +42,17 @@ def check_images(images: torch.Tensor) -> None:
         raise DetectorError(f"images must be floating point in [0, 1], got {images.dtype}")
 
 
+def check_unit_images(images: torch.Tensor) -> None:
+    """Images ``[B, 3, H, W]``, floating point, finite, in [0, 1]."""
+    check_images(images)
+    values = images.detach()
+    if values.numel() and not bool(torch.isfinite(values).all()):
+        raise DetectorError("images hold NaN or Inf values; expected finite values in [0, 1]")
+    if values.numel() and (float(values.min()) < 0 or float(values.max()) > 1):
+        raise DetectorError(f"images must be in [0, 1], got [{float(values.min()):.3g}, "
+                            f"{float(values.max()):.3g}]")  # fmt: skip
+
+
 class PersonDetector(nn.Module):
     """Base class.  ``threshold``: a candidate with score >= threshold is a detection; the kept
     candidates are then merged by :meth:`merge` (NMS at ``nms_iou`` unless a detector overrides it)."""

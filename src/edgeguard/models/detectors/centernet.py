@@ -14,24 +14,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Detections, DetectorError, PersonDetector, check_images, nms
-from .tfjs import load_graph_model, tf_resize_bilinear
+from .base import Detections, PersonDetector, check_unit_images, nms
+from .tfjs import fixed_graph_model, tf_resize_bilinear
 from .weights import graph_model
 
 SIZE = 512
 STRIDE = 4
 OUTPUTS = ("tower_0/keypoints", "tower_0/wh")
-
-
-def check_unit_images(images: torch.Tensor) -> None:
-    """Images ``[B, 3, H, W]``, floating point, finite, in [0, 1]."""
-    check_images(images)
-    values = images.detach()
-    if values.numel() and not bool(torch.isfinite(values).all()):
-        raise DetectorError("images hold NaN or Inf values; expected finite values in [0, 1]")
-    if values.numel() and (float(values.min()) < 0 or float(values.max()) > 1):
-        raise DetectorError(f"images must be in [0, 1], got [{float(values.min()):.3g}, "
-                            f"{float(values.max()):.3g}]")  # fmt: skip
 
 
 class CenterNetDetector(PersonDetector):
@@ -42,10 +31,7 @@ class CenterNetDetector(PersonDetector):
 
     def __init__(self, threshold: float = 0.3, nms_iou: float = 0.4, path=None) -> None:
         super().__init__()
-        self.net = load_graph_model(path or graph_model("centernet"), OUTPUTS,
-                                    (1, 3, SIZE, SIZE), "NHWC")  # fmt: skip
-        for p in self.net.parameters():
-            p.requires_grad_(False)  # a fixed detector: attacks take gradients w.r.t. pixels only
+        self.net = fixed_graph_model(path or graph_model("centernet"), OUTPUTS, SIZE, "NHWC")
         self.threshold, self.nms_iou = threshold, nms_iou
 
     def heatmap(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

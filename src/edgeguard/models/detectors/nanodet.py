@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import Detections, PersonDetector
-from .centernet import check_unit_images
-from .tfjs import load_graph_model, tf_resize_bilinear
+from .base import Detections, PersonDetector, check_unit_images
+from .tfjs import fixed_graph_model, tf_resize_bilinear
 from .weights import graph_model
 
 SIZE = 416
@@ -32,10 +31,7 @@ class NanoDetDetector(PersonDetector):
 
     def __init__(self, threshold: float = 0.35, nms_iou: float = 0.6, path=None) -> None:
         super().__init__()
-        self.net = load_graph_model(path or graph_model("nanodet"), OUTPUTS,
-                                    (1, 3, SIZE, SIZE), "NCHW")  # fmt: skip
-        for p in self.net.parameters():
-            p.requires_grad_(False)
+        self.net = fixed_graph_model(path or graph_model("nanodet"), OUTPUTS, SIZE, "NCHW")
         self.threshold, self.nms_iou = threshold, nms_iou
         centres, strides = [], []
         for s in STRIDES:

@@ -25,6 +25,7 @@ Nothing here executes code from the files: the JSON is data and the shards are r
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import operator
@@ -163,16 +164,12 @@ def _attr(node: dict, key: str, default: Any = None) -> Any:
     if a is None:
         return default
     if "s" in a:
-        import base64
-
         return base64.b64decode(a["s"]).decode()
     if "list" in a:
         lst = a["list"]
         if "i" in lst:
             return [int(v) for v in lst["i"]]
         if "s" in lst:
-            import base64
-
             return [base64.b64decode(v).decode() for v in lst["s"]]
         return []
     for k in ("i", "f", "b"):
@@ -573,3 +570,13 @@ def load_graph_model(path: str | Path, outputs: Sequence[str],
     outs = [o[:-2] if o.endswith(":0") else o for o in outputs]
     gm = builder.build(outs, tuple(input_shape) if input_shape is not None else None)
     return gm.eval()
+
+
+def fixed_graph_model(path: str | Path, outputs: Sequence[str], size: int,
+                      input_layout: str) -> fx.GraphModule:  # fmt: skip
+    """A pretrained detector's graph for ``size`` x ``size`` RGB inputs with frozen weights: attacks
+    take gradients with respect to the pixels only."""
+    gm = load_graph_model(path, outputs, (1, 3, size, size), input_layout)
+    for p in gm.parameters():
+        p.requires_grad_(False)
+    return gm
