@@ -60,8 +60,13 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=4, help="held-out draws per person")
     ap.add_argument("--folds", type=int, default=1, help="1: one held-out split (30%%)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--jobs", nargs="+", metavar="NAME", help="only the patches whose name starts "
-                    "with one of these (e.g. 'TPS (CenterNet)' rigid min-max); default: all")
+    ap.add_argument(
+        "--jobs",
+        nargs="+",
+        metavar="NAME",
+        help="only the patches whose name starts "
+        "with one of these (e.g. 'TPS (CenterNet)' rigid min-max); default: all",
+    )
     ap.add_argument("--quick", action="store_true", help="a few photos (smoke run)")
     ap.add_argument("--out", default="runs/bench/tshirt_coco")
     args = ap.parse_args()
@@ -122,8 +127,10 @@ def main() -> None:
         if args.jobs:
             jobs = [(n, m) for n, m in jobs if any(n.startswith(j) for j in args.jobs)]
             if not jobs:
-                raise SystemExit(f"--jobs {args.jobs} names no patch; names: grey, random noise, "
-                                 "TPS (CenterNet), rigid, TPS (NanoDet), ZO, min-max, uniform")
+                raise SystemExit(
+                    f"--jobs {args.jobs} names no patch; names: grey, random noise, "
+                    "TPS (CenterNet), rigid, TPS (NanoDet), ZO, min-max, uniform"
+                )
         for name, make in jobs:
             t0 = time.perf_counter()
             patch = make()
