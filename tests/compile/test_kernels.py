@@ -233,19 +233,19 @@ def test_task_shape_knobs_reject_non_positive_ints(knob, bad):
 
 
 def test_default_task_shape():
-    from edgeguard.compile.cpu import _chunking
+    from edgeguard.compile.cpu import chunking
 
-    assert _chunking(33, 8, 64, None, None) == (4, 1)  # 264 tiles: chunks of 4, one group
-    assert _chunking(3, 2, 128, None, None) == (1, 1)  # 6 tiles: one per task
-    assert _chunking(10, 4, 128, 50, 300) == (10, 128)  # clamped to a plane and to the blocks
+    assert chunking(33, 8, 64, None, None) == (4, 1)  # 264 tiles: chunks of 4, one group
+    assert chunking(3, 2, 128, None, None) == (1, 1)  # 6 tiles: one per task
+    assert chunking(10, 4, 128, 50, 300) == (10, 128)  # clamped to a plane and to the blocks
     # kept weights past 4 MB: long chunks (up to 16 tiles, a plane here) in two filter groups
-    assert _chunking(7, 4, 64, None, None, 14 << 20) == (7, 2)
-    assert _chunking(27, 8, 32, None, None, 5 << 20) == (16, 2)
-    assert _chunking(27, 8, 32, 3, 1, 5 << 20) == (3, 1)  # explicit knobs win
+    assert chunking(7, 4, 64, None, None, 14 << 20) == (7, 2)
+    assert chunking(27, 8, 32, None, None, 5 << 20) == (16, 2)
+    assert chunking(27, 8, 32, 3, 1, 5 << 20) == (3, 1)  # explicit knobs win
 
 
 def test_last_tile_takes_a_small_remainder_as_extra_positions():
-    from edgeguard.compile.cpu import _last_tiles, tile_kind
+    from edgeguard.compile.cpu import last_tiles, tile_kind
     from edgeguard.compile.layout import InputLayout
 
     # 16-float vectors, tiles of 2, at most 2 extra positions
@@ -258,11 +258,11 @@ def test_last_tile_takes_a_small_remainder_as_extra_positions():
     conv4b = InputLayout(
         ConvGeometry(8, 8, (3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1)), (4, 14, 14)
     )
-    assert _last_tiles(conv4b, 32, 7, 1, None, 2) == {17}  # one chunk a plane
-    assert _last_tiles(conv4b, 32, 1, 1, None, 2) == {32, 17}  # one tile a chunk
+    assert last_tiles(conv4b, 32, 7, 1, None, 2) == {17}  # one chunk a plane
+    assert last_tiles(conv4b, 32, 1, 1, None, 2) == {32, 17}  # one tile a chunk
     # a fused 2 x 2 pool, chunks of 14 rows: the last row's padding column is not computed
-    assert _last_tiles(conv4b, 32, 7, 14, 14, 2) == {17}
-    assert _last_tiles(conv4b, 32, 2, 4, 14, 2) == {27, 29}  # 4 rows: 59 = 32 + 27; last: 2 rows
+    assert last_tiles(conv4b, 32, 7, 14, 14, 2) == {17}
+    assert last_tiles(conv4b, 32, 2, 4, 14, 2) == {27, 29}  # 4 rows: 59 = 32 + 27; last: 2 rows
 
 
 @needs_cxx

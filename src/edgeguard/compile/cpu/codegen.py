@@ -1,0 +1,270 @@
+"""C++ generation for one sparse conv layer and input size.
+
+The kernel itself is ``kernels/conv.cpp``, a real C++ file; generation only writes the header it
+includes (``eg_layer.h``): the layer's shapes as ``constexpr``, its sparsity pattern as constant
+tables (rows kept by each filter block, as buffer offsets; which filter each block slot writes)
+and its ``mr x nv`` register tile unrolled into macros, so the compiler fully unrolls the tile.
+Weights stay in a compact runtime panel (``[K_b, mr]`` per block, no per-weight index); the inner
+loop loads ``nv`` input vectors of one kept row once and reuses them across the ``mr`` filters.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+
+import torch
+
+from ..errors import CompileError
+from ..layout import InputLayout
+from ..plan import SparsePlan
+from .tuning import chunking, default_prefetch, default_slice_rows, pool_rows
+
+INCLUDE = '#include "eg_layer.h"'
+
+
+@cache
+def template(name: str) -> str:
+    """The text of ``kernels/<name>`` (package data)."""
+    return resources.files(__package__).joinpath("kernels", name).read_text()
+
+
+def render(name: str, header: str) -> str:
+    """Template ``name`` with its ``#include "eg_layer.h"`` line replaced by ``header``: one
+    self-contained translation unit (the cache keys on the whole text)."""
+    text = template(name)
+    if text.count(INCLUDE) != 1:
+        raise CompileError(f"kernel template {name} must include eg_layer.h exactly once")
+    return text.replace(INCLUDE, header.rstrip("\n"))
+
+
+def fmt_ints(values) -> str:
+    """A C initialiser list body, 24 numbers a line (``0`` when empty)."""
+    vals = [str(int(v)) for v in values]
+    lines = [", ".join(vals[i : i + 24]) for i in range(0, len(vals), 24)]
+    return ",\n  ".join(lines) if lines else "0"
+
+
+def _table(ctype: str, name: str, size: str, values) -> str:
+    return f"static const {ctype} {name}[{size}] = {{\n  {fmt_ints(values)}}};"
+
+
+def _macro(name: str, lines: list[str]) -> str:
+    return f"#define {name}" + "".join(f" \\\n  {line.strip()}" for line in lines)
+
+
+def _bool(v: bool) -> str:
+    return "true" if v else "false"
+
+
+def register_tile_macros(mr: int, nv: int, nxm: int = 0) -> dict[str, list[str]]:
+    """The ``mr x nv`` register tile of the kernel's ``tile()``, unrolled into named accumulators
+    ``a{m}_{v}`` (filter m, vector v) and ``e{x}`` (extra position x, the ``mr`` filters): their
+    initial load, the per-row FMAs, the save of partial sums and the arrays the store path reads.
+    Vector ``v`` exists where ``v < NVT``, extra ``x`` where ``x < NX`` (template constants)."""
+    acc = [[f"a{m}_{v}" for v in range(nv)] for m in range(mr)]
+
+    def off(m: int, v: int) -> str:
+        return f"accbuf + {m * nv + v} * VL"
+
+    init = [
+        f"vf {acc[m][v]}; if constexpr ({v} < NVT) "
+        f"{acc[m][v]} = FIRST ? (vf){{}} + bv[{m}] : ld({off(m, v)});"
+        for m in range(mr)
+        for v in range(nv)
+    ]
+    init += [
+        f"vm e{x}; if constexpr ({x} < NX) e{x} = FIRST ? ldm(bv) : ldm(accbuf + MR * T + {x} * MR);"
+        for x in range(nxm)
+    ]
+    fma = [f"vf x{v}; if constexpr ({v} < NVT) x{v} = ld(xr + {v} * VL);" for v in range(nv)]
+    for m in range(mr):
+        body = " ".join(f"if constexpr ({v} < NVT) {acc[m][v]} += x{v} * s;" for v in range(nv))
+        fma.append(f"{{ const float s = wk[{m}]; {body} }}")
+    if nxm:
+        fma.append("if constexpr (NX > 0) { const vm wv = ldm(wk);")
+        fma += [f"if constexpr ({x} < NX) e{x} += wv * xr[NVT * VL + {x}];" for x in range(nxm)]
+        fma.append("}")
+    save = [
+        f"if constexpr ({v} < NVT) st({off(m, v)}, {acc[m][v]});"
+        for m in range(mr)
+        for v in range(nv)
+    ]
+    save += [f"if constexpr ({x} < NX) stm(accbuf + MR * T + {x} * MR, e{x});" for x in range(nxm)]
+    array = [
+        f"if constexpr ({v} < NVT) acc[{m}][{v}] = {acc[m][v]};"
+        for m in range(mr)
+        for v in range(nv)
+    ]
+    extra = [f"if constexpr ({x} < NX) ex[{x}] = e{x};" for x in range(nxm)]
+    return {"EG_ACC_INIT": init, "EG_ACC_FMA": fma, "EG_ACC_SAVE": save,
+            "EG_ACC_ARRAY": array, "EG_EXTRA_ARRAY": extra}  # fmt: skip
+
+
+def tile_kind(rem: int, nv: int, vl: int, nxm: int) -> tuple[int, int]:
+    """``(vectors, extra positions)`` of a chunk's last tile with ``rem`` positions left (at most
+    ``nv * vl + nxm``): whole vectors, and a remainder of at most ``nxm`` positions as extras
+    rather than one more vector.  The kernel reads it from the generated ``TILE_KIND`` table."""
+    t = nv * vl
+    if rem > t:
+        return nv, rem - t
+    q, r = divmod(rem, vl)
+    if r == 0:
+        return q, 0
+    return (q, r) if q > 0 and r <= nxm else (q + 1, 0)
+
+
+def last_tiles(layout: InputLayout, tflat: int, ct: int, rc: int, hc: int | None, nxm: int) -> set:
+    """The positions left at the last tile of every chunk, as the kernel cuts its planes (``hc``:
+    the output rows a fused pool uses, chunks of ``rc`` rows; ``None``: chunks of ``ct`` tiles)."""
+    wo = layout.out[2]
+    wq, npos = layout.phased[2], layout.positions
+    if hc is not None:
+        ends = [(hb * wq, (min(hb + rc, hc) - 1) * wq + wo) for hb in range(0, hc, rc)]
+    else:
+        ch = ct * tflat
+        ends = [(c, min(c + ch, npos)) for c in range(0, npos, ch)]
+    rems = set()
+    for beg, end in ends:
+        p0 = beg
+        while end - p0 > tflat + nxm:
+            p0 += tflat
+        if end > p0:
+            rems.add(end - p0)
+    return rems
+
+
+def is_temporal(g) -> bool:
+    """A temporal kernel (``kd x 1 x 1``, kd > 1): its tasks take the planes innermost."""
+    return g.kernel[0] > 1 and g.kernel[1] == g.kernel[2] == 1
+
+
+def generate_source(
+    plan: SparsePlan, layout: InputLayout, nv: int, vl: int, relu: bool, name: str = "conv",
+    ct: int | None = None, kc: int | None = None, gn: int = 4, pf: int | None = None,
+    fg: int | None = None, pack: bool = False, pool: tuple[int, int, int] = (1, 1, 1),
+) -> tuple[str, torch.Tensor]:  # fmt: skip
+    """C++ source of one layer's kernel for one input size, and the order (indices into the plan's
+    concatenated panels) in which the kernel expects the weight rows.  ``ct`` (tiles per task) and
+    ``fg`` (filter-block groups): see :func:`tuning.chunking`; ``kc``: rows per slice (default
+    :func:`tuning.default_slice_rows`); ``pf``: prefetch distance in rows (default
+    :func:`tuning.default_prefetch`); ``pack``: copy each tile's kept rows into a contiguous buffer
+    first (the older scheme) instead of reading them where they lie in the input buffer (the
+    default: the rows of one tile overlap, kw shifts by one float, so reading in place touches a
+    third of the cache lines the copy writes).  ``pool``: a fused max pool ``(kd, kh, kw)``
+    (stride = window, no padding, floor) applied after the activation; ``(1, 1, 1)``: none."""
+    nb = len(plan.block_rows)
+    start = [0]
+    for rows in plan.block_rows:
+        start.append(start[-1] + len(rows))
+    do, ho, wo = layout.out
+    tiles_plane = -(-layout.positions // (nv * vl))
+    kept = sum(len(rows) for rows in plan.block_rows) * plan.mr * 4
+    ct, fg = chunking(tiles_plane, do, nb, ct, fg, kept)
+    pool = tuple(int(k) for k in pool)
+    if len(pool) != 3 or min(pool) < 1 or any(k > n for k, n in zip(pool, layout.out, strict=True)):
+        raise CompileError(
+            f"pool must be 3 window sizes within the output {layout.out}, got {pool}"
+        )
+    rc = 1
+    if pool != (1, 1, 1):  # a chunk is rc rows: its tiles, scratch and the positions it wastes
+        if ct >= tiles_plane:  # whole planes already (long chunks): the same with a pool
+            rc = ho // pool[1] * pool[1]
+        else:
+            row_bytes = -(-nb // fg) * plan.mr * wo * pool[0] * 4
+            rc = pool_rows(pool[1], ho, layout.phased[2], nv * vl, row_bytes)
+        ct = -(-(rc * layout.phased[2]) // (nv * vl))
+    # Kernel block order: group g takes blocks g, g + FG, ... of the longest-first list, so the
+    # groups get about the same number of rows.
+    border = [b for g in range(fg) for b in range(g, nb, fg)]
+    bg = [0]
+    for g in range(fg):
+        bg.append(bg[-1] + len(range(g, nb, fg)))
+    block_rows = [plan.block_rows[b] for b in border]
+    filters = plan.filters.view(-1, plan.mr)[border].flatten() if nb else plan.filters
+    kb = [0]
+    for rows in block_rows:
+        kb.append(kb[-1] + len(rows))
+    # Rows are visited in (channel group, kernel location, channel) order: the gn channels of one
+    # KGS unit are then adjacent in the packed buffer (one dense gm x gn block in the location-major
+    # view W[F, k*C]), so a block's loads walk the packed rows in runs.
+    # Kernel depth kd is the major key: a plane whose kd taps read depth padding skips them as one
+    # run of every block's rows (KS, KLO, KHI in the kernel).
+    L, G = plan.geometry.locations, max(1, gn)
+    KD = plan.geometry.kernel[0]
+    LHW = L // KD
+    span = -(-plan.geometry.in_channels // G) * G * LHW  # keys per kd
+    keyed, perm = [], []
+    for rows in block_rows:
+        c, loc = rows // L, rows % L
+        key = (loc // LHW) * span + (c // G) * (LHW * G) + (loc % LHW) * G + c % G
+        key, p = torch.sort(key)
+        keyed.append(key)
+        perm.append(p)
+    keys = torch.cat(keyed) if keyed else torch.zeros(1, dtype=torch.int64)
+    ukeys, ridx = torch.unique(keys, return_inverse=True)
+    kd_, a = ukeys // span, ukeys % span  # back to row ids
+    union = ((a // (LHW * G)) * G + a % G) * L + kd_ * LHW + (a // G) % LHW
+    uroff = layout.row_offsets(union)
+    if len(uroff) == 0 or int(uroff.max()) + layout.positions >= 2**31:
+        pack = True  # int32 buffer offsets would overflow: pack
+    temporal = is_temporal(plan.geometry)  # planes innermost; unpacked, also slices and prefetch
+    kc = kc or default_slice_rows(vl, 0 if pack else tiles_plane, temporal and not pack)
+    pf = default_prefetch(vl, kc, temporal and not pack) if pf is None else pf
+    ns = max(1, -(-len(union) // kc))
+    ks = torch.zeros(max(nb, 1), ns + 1, dtype=torch.int64)
+    kds = torch.zeros(max(nb, 1), ns, KD + 1, dtype=torch.int64)
+    for b in range(nb):
+        ks[b] = torch.searchsorted(ridx[kb[b] : kb[b + 1]], torch.arange(ns + 1) * kc)
+        at = torch.searchsorted(keyed[b], torch.arange(KD + 1) * span)  # first row with kd >= j
+        kds[b] = torch.maximum(torch.minimum(at[None, :], ks[b, 1:, None]), ks[b, :-1, None])
+    klo, khi = zip(*layout.depth_taps(), strict=True)
+    order, woff = [], torch.zeros(max(nb, 1), ns, dtype=torch.int64)
+    for sl in range(ns):
+        for b in range(nb):
+            woff[b, sl] = len(order)
+            order += (start[border[b]] + perm[b][int(ks[b, sl]) : int(ks[b, sl + 1])]).tolist()
+    dq, hq, wq = layout.phased
+    rows_at = ridx * nv * vl if pack else uroff[ridx]
+    # Extra positions (see NXM): with AVX-512's 32 registers only, and rows read in place.
+    nxm = 2 if vl >= 16 and not pack else 0
+    hc = ho // pool[1] * pool[1] if pool != (1, 1, 1) else None
+    t = nv * vl
+    cases = [
+        f"case {nvt * 8 + nx}: tile<FIRST, LAST, {nvt}, {nx}>"
+        "(pk, ridx, k0, k1, wb, bv, accbuf, op, p0, pl, hb); break;"
+        for nvt, nx in sorted(
+            {tile_kind(r, nv, vl, nxm) for r in last_tiles(layout, t, ct, rc, hc, nxm)}
+        )
+    ]
+    kinds = [nvt * 8 + nx for nvt, nx in (tile_kind(r, nv, vl, nxm) for r in range(t + nxm + 1))]
+    g = plan.geometry
+    header = [
+        f"// generated by edgeguard.compile: {name}",
+        f"#define VL {vl}",
+        f"constexpr int MR = {plan.mr}, NV = {nv}, CT = {ct}, FG = {fg}, "
+        f"NBG = {max(1, -(-nb // fg))}, NXM = {nxm};",
+        f"constexpr int NB = {nb}, M = {g.out_channels}, DO = {do}, HO = {ho}, WO = {wo}, "
+        f"WQ = {wq}, P = {layout.positions};",
+        f"constexpr int64_t XN = {layout.batch_stride}, XD = {hq * wq};",
+        f"constexpr bool RELU = {_bool(relu)}, FUSE = {_bool(layout.phases == 1)}, "
+        f"PACK = {_bool(pack)}, PLANES_INNER = {_bool(temporal)};",
+        f"constexpr int CIN = {g.in_channels}, DI = {layout.size[0]}, HI = {layout.size[1]}, "
+        f"WI = {layout.size[2]}, PD = {g.padding[0]}, PH = {g.padding[1]}, PW = {g.padding[2]};",
+        f"constexpr int DQ = {dq}, HQ = {hq};",
+        f"constexpr int PKD = {pool[0]}, PKH = {pool[1]}, PKW = {pool[2]}, RC = {rc};",
+        f"constexpr int KU = {len(union)}, KC = {kc}, NS = {ns}, PF = {pf}, KD = {KD};",
+        _table("int32_t", "KB", "NB + 1", kb),
+        _table("int64_t", "UROFF", "KU", uroff.tolist()),
+        _table("int32_t", "RIDX", "", rows_at.tolist() + [0] * pf),
+        _table("int32_t", "FIL", "NB * MR", filters.tolist()),
+        _table("int32_t", "BG", "FG + 1", bg),
+        _table("int32_t", "KS", "NB * NS * (KD + 1)", kds.flatten().tolist()),
+        _table("int32_t", "KLO", "DO", klo),
+        _table("int32_t", "KHI", "DO", khi),
+        _table("int32_t", "WOFF", "NB * NS", woff.flatten().tolist()),
+        _table("int32_t", "TILE_KIND", str(len(kinds)), kinds),
+        *(_macro(k, v) for k, v in register_tile_macros(plan.mr, nv, nxm).items()),
+        _macro("EG_TILE_CASES", cases),
+    ]
+    return render("conv.cpp", "\n".join(header)), torch.tensor(order, dtype=torch.int64)

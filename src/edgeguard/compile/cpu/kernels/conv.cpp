@@ -1,0 +1,294 @@
+// edgeguard CPU sparse convolution kernel, one per layer and input size.
+//
+// edgeguard.compile.cpu.codegen writes the layer's header (its shapes as constexpr, its sparsity
+// pattern as constant tables, its register tile unrolled into macros) in place of the include of
+// eg_layer.h below; everything else is this file, compiled as it is.
+//
+// Constants from the header:
+//   VL: floats per SIMD vector.  MR x NV: the register tile (filters x vectors of positions),
+//   T = NV * VL positions.  CT: tiles per task; FG: filter-block groups (NBG blocks at most each).
+//   NXM: a chunk's last tile computes only the vectors its positions need, and up to NXM positions
+//   past its last whole vector as "extra" positions: one MR-float accumulator each (the block's
+//   filters), the input value broadcast; TS: floats of one tile's partial sums.
+//   NB: filter blocks; M: filters; DO x HO x WO: output; WQ: a buffer row; P: positions per plane.
+//   XN, XD: buffer strides of a sample and a plane.  RELU: ReLU fused.
+//   FUSE: the kernel copies the raw input [N, CIN, DI, HI, WI] into the padded buffer itself
+//   (stride 1 on every axis: no phase split), by the same threads, before computing.
+//   PKD x PKH x PKW: fused max pooling (stride = window, no padding, floor; 1 x 1 x 1: none): a task
+//   computes whole windows (RC output rows of PKD planes) into its own scratch and writes only the
+//   pooled output, so the unpooled activations never reach memory.
+//   PLANES_INNER: tasks take the planes innermost (temporal kernels, kd x 1 x 1).
+//   PACK: false (default): each kept row is read where it lies in the input buffer and RIDX holds
+//   its offset there; true: rows are first copied into a packed tile and RIDX holds union row * T.
+//   KC, NS: the union rows are cut into NS slices of KC rows; KD: kernel depth; PF: rows ahead
+//   whose input lines are prefetched.
+// Tables from the header:
+//   KB[NB + 1]: start of each block's kept rows.  UROFF[KU]: the union of the rows any block
+//   keeps, as input-buffer offsets.  RIDX: each block row's offset (+ PF zeros: prefetch indices
+//   past a block's end stay inside the table).  FIL[NB * MR]: the filter each block slot writes
+//   (-1: none).  BG[FG + 1]: block groups.  KS[(b * NS + s) * (KD + 1) + j]: where block b's rows
+//   of slice s with kd >= j start (rows are ordered kd first; j = KD: the slice's end).
+//   KLO[DO], KHI[DO]: output plane d reads real input (not depth padding) only for kd in
+//   [KLO[d], KHI[d]); the other rows multiply zeros and are skipped.  WOFF[NB * NS]: weight offset
+//   of each (block, slice).  TILE_KIND[T + NXM + 1]: NVT * 8 + NX of a chunk's last tile with
+//   that many positions left (computed by codegen.tile_kind, the one definition).
+// Macros from the header: EG_ACC_INIT, EG_ACC_FMA, EG_ACC_SAVE, EG_ACC_ARRAY, EG_EXTRA_ARRAY (the
+// unrolled MR x NV register tile) and EG_TILE_CASES (the last-tile shapes this layer needs).
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "eg_layer.h"
+
+#if defined(__AVX512F__) && VL == 16
+#define EG_MASKED_STORES 1  // tiles crossing row ends are stored with masked stores (tile())
+#else
+#define EG_MASKED_STORES 0
+#endif
+typedef float vf __attribute__((vector_size(VL * 4)));
+static inline vf ld(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
+static inline void st(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+typedef float vm __attribute__((vector_size(MR * 4)));
+static inline vm ldm(const float* p) { vm v; std::memcpy(&v, p, sizeof v); return v; }
+static inline void stm(float* p, vm v) { std::memcpy(p, &v, sizeof v); }
+
+constexpr int T = NV * VL, TS = MR * T + NXM * MR;
+constexpr int64_t OPLANE = (int64_t)HO * WO;
+constexpr bool POOL = PKD * PKH * PKW > 1;
+constexpr int DOP = DO / PKD, HOP = HO / PKH, WOP = WO / PKW;
+
+template <bool FIRST, bool LAST, int NVT, int NX>
+static inline void tile(const float* __restrict pk, const int32_t* __restrict ridx, int k0, int k1,
+                        const float* __restrict wb, const float* bv, float* accbuf,
+                        float* const* op, int p0, int pl, int hb) {
+  // The accumulators are named variables (generated for MR x NV), not an array: GCC kept an
+  // array in memory at every call's entry and exit.
+  EG_ACC_INIT
+#pragma GCC unroll 2
+  for (int k = k0; k < k1; ++k) {
+    const float* xr = pk + ridx[k];  // RIDX holds the row's offset from pk: no multiply
+    if (PF > 0) {  // the rows are a gather: the hardware prefetcher cannot guess them
+      const float* nx = pk + ridx[k + PF];
+#pragma GCC unroll 8
+      for (int o = 0; o < T; o += 16) __builtin_prefetch(nx + o);  // every 64-byte line
+      __builtin_prefetch(nx + T + 1);
+    }
+    const float* wk = wb + (int64_t)k * MR;
+    EG_ACC_FMA
+  }
+  if constexpr (!LAST) {
+    EG_ACC_SAVE
+    return;
+  }
+  constexpr int TT = NVT * VL;  // positions of the whole vectors
+  vf acc[MR][NV] = {};
+  EG_ACC_ARRAY
+  if (RELU)
+    for (int m = 0; m < MR; ++m)
+      for (int v = 0; v < NVT; ++v) acc[m][v] = acc[m][v] > 0 ? acc[m][v] : (vf){};
+  const int h0 = p0 / WQ, w0 = p0 % WQ, hr = h0 - hb;
+  if constexpr (NX > 0) {  // the extra positions: p0 + TT + x, each a vector of MR filters
+    vm ex[NX > 0 ? NX : 1];
+    EG_EXTRA_ARRAY
+    for (int x = 0; x < NX; ++x) {
+      const int px = p0 + TT + x, h = px / WQ, w = px % WQ;
+      if (w >= WO || px >= pl) continue;  // a padding column
+      float e[MR];
+      stm(e, RELU ? (ex[x] > 0 ? ex[x] : (vm){}) : ex[x]);
+      for (int m = 0; m < MR; ++m)
+        if (op[m]) op[m][(h - hb) * WO + w] = e[m];
+    }
+  }
+  if (w0 + TT <= WO) {
+    for (int m = 0; m < MR; ++m)
+      if (op[m])
+        for (int v = 0; v < NVT; ++v) st(op[m] + hr * WO + w0 + v * VL, acc[m][v]);
+    return;
+  }
+  // (op[m] + (h - hb) * WO + w is output row h of filter slot m: hb is the first row op[m] holds.)
+  // The tile crosses row ends, or the chunk's end pl: store each in-row segment, lanes j .. j + n - 1
+  // of the tile at h * WO + w (the WQ - WO lanes past a row end are the padding columns, dropped).
+  // With AVX-512, masked stores straight from the registers instead of a copy through a buffer.
+#if !EG_MASKED_STORES
+  float tmp[MR][T];
+  std::memcpy(tmp, acc, sizeof tmp);
+#endif
+  for (int j = 0, h = hr, w = w0; j < TT && p0 + j < pl; ++h, w = 0) {
+    const int len = (WO - w < TT - j ? WO - w : TT - j);
+    const int n = len < pl - (p0 + j) ? len : pl - (p0 + j);
+    if (n > 0) {
+#if EG_MASKED_STORES
+      for (int v = j / VL; v <= (j + n - 1) / VL; ++v) {
+        const int a = j > v * VL ? j - v * VL : 0, b = j + n < (v + 1) * VL ? j + n - v * VL : VL;
+        const __mmask16 k = (__mmask16)(((1u << b) - 1) & ~((1u << a) - 1));
+        for (int m = 0; m < MR; ++m)
+          if (op[m]) _mm512_mask_storeu_ps(op[m] + h * WO + w - j + v * VL, k, (__m512)acc[m][v]);
+      }
+#else
+      for (int m = 0; m < MR; ++m)
+        if (op[m]) std::memcpy(op[m] + h * WO + w, &tmp[m][j], n * sizeof(float));
+#endif
+    }
+    j += (WQ - w);
+  }
+}
+
+// The tile at p0 of a chunk ending at pl: a whole tile, or the chunk's last (p0 + T + NXM >= pl):
+// the vectors its positions need plus at most NXM extra positions (see NXM).
+template <bool FIRST, bool LAST>
+static inline int run_tile(const float* __restrict pk, const int32_t* __restrict ridx, int k0,
+                           int k1, const float* __restrict wb, const float* bv, float* accbuf,
+                           float* const* op, int p0, int pl, int hb) {
+  const int rem = pl - p0;
+  if (rem > T + NXM) {
+    tile<FIRST, LAST, NV, 0>(pk, ridx, k0, k1, wb, bv, accbuf, op, p0, pl, hb);
+    return T;
+  }
+  switch (TILE_KIND[rem]) {
+    EG_TILE_CASES
+    default:  // (not generated: a whole tile, stores clipped at pl; the loop goes on past it)
+      tile<FIRST, LAST, NV, 0>(pk, ridx, k0, k1, wb, bv, accbuf, op, p0, pl, hb);
+      return T;
+  }
+  return rem;
+}
+
+extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const float* bias,
+                               float* out, int batch, int nthreads) {
+  // GEMM-style blocking.  One task = DGP output depth planes x one chunk of CT tiles of each x one
+  // group of filter blocks.  Row slices are the outer loop, so one slice of the group's weights
+  // (slice-major, sequential) stays in L2 while the task's tiles use it; each tile's kept input
+  // rows of the slice are read (or packed once, PACK) and reused by every filter block of the
+  // group.  The group's weights are read once per task.
+  // Chunks: CT tiles (CH positions) of a plane, or, with a fused pool, RC output rows (whole
+  // pooling windows; the rows and planes that floor pooling drops are not computed at all).
+  constexpr int CH = CT * T, HC = HOP * PKH;
+  constexpr int NCH = POOL ? (HC + RC - 1) / RC : (P + CH - 1) / CH;
+  constexpr int DU = POOL ? DOP : DO;  // plane units: PKD planes each with a pool, else 1
+  // Plane groups: where a chunk is a whole plane (layers with long chunks or few tiles), a task
+  // takes as many planes as still leaves a task per thread, so the weights (past the L2 there)
+  // are streamed fewer times; elsewhere one plane per task.  The partial sums of a task's planes
+  // stay within 1 MB (an L2): past it, fewer planes per task (with a pool, the scratch of a
+  // task's unpooled rows counts too).
+  constexpr int64_t SCR_PLANE = POOL ? (int64_t)NBG * MR * RC * WO : 0;  // floats per plane
+  constexpr int64_t PLANE_ACC_BYTES = ((int64_t)CT * NBG * TS + SCR_PLANE) * 4;
+  int ndg = DU;
+  if (NCH == 1)
+    for (int k = 1; k <= DU; ++k)
+      if (DU % k == 0 && (int64_t)k * FG * batch >= nthreads &&
+          (DU / k) * PKD * PLANE_ACC_BYTES <= (1 << 20)) {
+        ndg = k;
+        break;
+      }
+  const int dgp = DU / ndg * PKD;
+#pragma omp parallel num_threads(nthreads)
+  {
+    float* pk = PACK ? static_cast<float*>(std::aligned_alloc(64, (size_t)KC * T * 4)) : nullptr;
+    float* bvall = new float[NB * MR];
+    float** opall = new float*[(size_t)dgp * NB * MR];
+    float* accbuf = static_cast<float*>(
+        std::aligned_alloc(64, ((size_t)dgp * CT * NBG * TS * 4 + 63) / 64 * 64));
+    float* scr = POOL ? new float[(size_t)dgp * SCR_PLANE] : nullptr;
+    if (FUSE && xin) {  // every thread takes this branch or none: a valid worksharing region
+#pragma omp for collapse(3) schedule(static)
+      for (int n = 0; n < batch; ++n)
+        for (int c = 0; c < CIN; ++c)
+          for (int d = 0; d < DI; ++d) {
+            const float* src = xin + (((int64_t)n * CIN + c) * DI + d) * HI * WI;
+            float* dst = x + n * XN + (((int64_t)c * DQ + d + PD) * HQ + PH) * WQ + PW;
+            for (int h = 0; h < HI; ++h)
+              std::memcpy(dst + (int64_t)h * WQ, src + (int64_t)h * WI, WI * sizeof(float));
+          }
+    }  // the implicit barrier: the buffer is complete before any tile reads it
+    // Tasks in (sample, plane group, chunk, filter group) order, handed out one at a time.  A
+    // temporal kernel (kd x 1 x 1: an input row is read by kd planes and by no neighbouring
+    // position) has its planes innermost instead, and each thread takes one run of consecutive
+    // tasks, so the next plane's task finds most of its input rows in the thread's L2.
+    const int ntasks = batch * ndg * NCH * FG;
+    const int tchunk = PLANES_INNER ? (ntasks + nthreads - 1) / nthreads : 1;
+#pragma omp for schedule(dynamic, tchunk)
+    for (int task = 0; task < ntasks; ++task) {
+      const int g = task % FG, q = task / FG, n = q / (ndg * NCH);
+      const int dg = PLANES_INNER ? q % ndg : q / NCH % ndg;
+      const int c = PLANES_INNER ? q / ndg % NCH : q % NCH;
+      const int d0 = dg * dgp;
+      const int hb = POOL ? c * RC : 0, he = hb + RC < HC ? hb + RC : HC;  // pool: rows
+      const int pbeg = POOL ? hb * WQ : c * CH;
+      const int pend0 = POOL ? (he - 1) * WQ + WO : (c + 1) * CH;  // pool: no padding column
+      const int pend = pend0 < P ? pend0 : P;
+      const int b0 = BG[g], b1 = BG[g + 1];
+      for (int i = b0 * MR; i < b1 * MR; ++i) {  // once per task, not per (block, slice)
+        const int f = FIL[i];
+        bvall[i] = f >= 0 ? bias[f] : 0.f;
+        for (int dd = 0; dd < dgp; ++dd)
+          opall[(size_t)dd * NB * MR + i] =
+              f < 0  ? nullptr
+              : POOL ? scr + ((size_t)(i - b0 * MR) * dgp + dd) * RC * WO
+                     : out + ((int64_t)(n * M + f) * DO + d0 + dd) * OPLANE;
+      }
+      for (int s = 0; s < NS; ++s) {
+        const int r0 = s * KC, r1 = r0 + KC < KU ? r0 + KC : KU;
+        const float* pks = pk - (int64_t)r0 * T;  // ridx are union indices
+        for (int dd = 0; dd < dgp; ++dd)
+          for (int p0 = pbeg, t = dd * CT, step = T; p0 < pend; p0 += step, ++t) {
+            const float* xb = x + n * XN + (int64_t)(d0 + dd) * XD;
+            if (PACK)
+              for (int r = r0; r < r1; ++r)
+#pragma GCC unroll 8
+                for (int v = 0; v < NV; ++v)
+                  st(pk + (r - r0) * T + v * VL, ld(xb + UROFF[r] + p0 + v * VL));
+            const float* base = PACK ? pks : xb + p0;
+            const int klo = KLO[d0 + dd], khi = KHI[d0 + dd];
+            for (int b = b0; b < b1; ++b) {
+              const int32_t* ksb = KS + (b * NS + s) * (KD + 1);
+              const int k0 = KB[b] + ksb[klo], k1 = KB[b] + ksb[khi];
+              // weights are stored slice-major: one slice of every block is one sequential run
+              const float* wb = w + ((int64_t)WOFF[b * NS + s] - KB[b] - ksb[0]) * MR;
+              const float* bv = bvall + b * MR;
+              float* const* op = opall + (size_t)dd * NB * MR + b * MR;
+              float* ab = accbuf + ((size_t)t * NBG + b - b0) * TS;
+              if (NS == 1)
+                step = run_tile<true, true>(base, RIDX, k0, k1, wb, bv, ab, op, p0, pend, hb);
+              else if (s == 0)
+                step = run_tile<true, false>(base, RIDX, k0, k1, wb, bv, ab, op, p0, pend, hb);
+              else if (s == NS - 1)
+                step = run_tile<false, true>(base, RIDX, k0, k1, wb, bv, ab, op, p0, pend, hb);
+              else
+                step = run_tile<false, false>(base, RIDX, k0, k1, wb, bv, ab, op, p0, pend, hb);
+            }
+          }
+      }
+      if (POOL)  // the task's windows are complete: pool its scratch into the output
+        for (int i = b0 * MR; i < b1 * MR; ++i) {
+          const int f = FIL[i];
+          if (f < 0) continue;
+          for (int dp = 0; dp < dgp / PKD; ++dp)
+            for (int hp = hb / PKH; hp < he / PKH; ++hp) {
+              float row[WO];  // the max over the window's planes and rows, then over columns
+              const float* sp = scr + ((size_t)(i - b0 * MR) * dgp + dp * PKD) * RC * WO +
+                                (int64_t)(hp * PKH - hb) * WO;
+              for (int q = 0; q < WO; ++q) row[q] = sp[q];
+              for (int a = 0; a < PKD; ++a)
+                for (int e = 0; e < PKH; ++e) {
+                  const float* sr = sp + ((size_t)a * RC + e) * WO;
+                  for (int q = 0; q < WO; ++q) row[q] = sr[q] > row[q] ? sr[q] : row[q];
+                }
+              float* o = out + (((int64_t)(n * M + f) * DOP + d0 / PKD + dp) * HOP + hp) * WOP;
+              for (int q = 0; q < WOP; ++q) {
+                float mx = row[q * PKW];
+                for (int e = 1; e < PKW; ++e) mx = row[q * PKW + e] > mx ? row[q * PKW + e] : mx;
+                o[q] = mx;
+              }
+            }
+        }
+    }
+    std::free(pk);
+    delete[] scr;
+    std::free(accbuf);
+    delete[] bvall;
+    delete[] opall;
+  }
+}

@@ -1,0 +1,80 @@
+"""Loading built kernels: the checks before a cached library is trusted, and the callable layer
+kernel around it."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from ..errors import CompileError
+
+KEY_SYMBOL = "edgeguard_kernel_key"
+KEY_MARK = "edgeguard-kernel-key:"
+
+
+def check_private(path: Path) -> None:
+    """Refuse a cache folder or file that another user owns or may write: a library planted there
+    would run its code when loaded."""
+    st = path.stat()
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise CompileError(f"refusing to use the kernel cache {path}: it belongs to another user "
+                           f"(uid {st.st_uid}); set EDGEGUARD_CACHE to a folder of your own")  # fmt: skip
+    if st.st_mode & 0o022:
+        raise CompileError(f"refusing to use the kernel cache {path}: it is writable by other users "
+                           f"(mode {st.st_mode & 0o777:o}); run chmod go-w on it or set "
+                           "EDGEGUARD_CACHE to a private folder")  # fmt: skip
+
+
+def _keys_in(lib: Path) -> set[str]:
+    """The cache keys compiled into ``lib``, read from its bytes without loading it."""
+    return {
+        m.decode() for m in re.findall(KEY_MARK.encode() + rb"([0-9a-f]{24})", lib.read_bytes())
+    }
+
+
+def load_library(lib: Path) -> ctypes.CDLL:
+    """Load a cached kernel library after checking that its folder and file are private and that
+    the key compiled into it is its entry's key (the folder name), first in its bytes (nothing
+    foreign is ever loaded) and then through its key function.  Raises :class:`CompileError` when
+    the cache is not private and ``OSError`` when the library is not the entry's."""
+    lib = Path(lib)
+    for path in (lib.parent.parent, lib.parent, lib):
+        check_private(path)
+    keys = _keys_in(lib)
+    if keys != {lib.parent.name}:
+        found = ", ".join(sorted(keys)) or "no key (not an edgeguard kernel of this version)"
+        raise OSError(f"{lib} was built for cache entry {found}, not {lib.parent.name}")
+    handle = ctypes.CDLL(str(lib))
+    fn = getattr(handle, KEY_SYMBOL)
+    fn.restype = ctypes.c_char_p
+    if fn().decode() != KEY_MARK + lib.parent.name:
+        raise OSError(f"{lib} does not return its cache entry's key")
+    return handle
+
+
+class CppKernel:
+    """A loaded layer kernel with its weight panel in kernel order:
+    ``kernel(xbuf, bias, out, batch, xin=None)``."""
+
+    def __init__(self, lib: Path, panel: torch.Tensor) -> None:
+        self.panel = panel.contiguous()
+        self._lib = load_library(lib)
+        self._fn = self._lib.edgeguard_conv
+        self._fn.restype = None
+        self._fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int, ctypes.c_int]
+
+    def __call__(
+        self, x: torch.Tensor, bias: torch.Tensor, out: torch.Tensor, batch: int,
+        xin: torch.Tensor | None = None,
+    ) -> None:  # fmt: skip
+        """``x``: the padded input buffer; ``xin``: the raw contiguous input ``[N, C, D, H, W]``,
+        which a stride-1 kernel copies into ``x`` itself first (``None``: ``x`` is already filled)."""
+        threads = torch.get_num_threads()
+        self._fn(
+            xin.data_ptr() if xin is not None else None, x.data_ptr(), self.panel.data_ptr(),
+            bias.data_ptr(), out.data_ptr(), batch, threads,
+        )  # fmt: skip

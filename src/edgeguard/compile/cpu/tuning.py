@@ -1,0 +1,95 @@
+"""Tuning heuristics of the CPU kernels: register tile, slice length, prefetch distance, chunking.
+
+Each rule is the choice that measured fastest on C3D/R(2+1)D layers; the measurements behind them
+are in docs/compiler.md ("Design decisions"), not here.
+"""
+
+from __future__ import annotations
+
+LONG_CHUNK_BYTES = 4 << 20  # kept weights past an L2: longer chunks, fewer passes over them
+
+
+def register_tile(vector_floats: int) -> tuple[int, int]:
+    """Default register tile ``(mr, nv)``: filters per block and vectors of output positions.
+
+    16-float vectors (AVX-512, 32 registers): 8 x 2 (16 accumulators, a whole KGS group of 8
+    filters per block); 4- and 8-float vectors (NEON, AVX2, 16 registers): 4 x 3 (12)."""
+    return (8, 2) if vector_floats >= 16 else (4, 3)
+
+
+def vectors_per_tile(vector_floats: int, positions: int, mr: int) -> int:
+    """Vectors per tile for a layer with ``positions`` output positions per depth plane.
+
+    With 16-float vectors and 8-filter blocks the tile is 8 x 2 or 8 x 3 (24 accumulators, 28 of
+    the 32 registers), whichever computes fewer positions once the plane is cut into tiles,
+    counting a 3-vector position at 0.95 of a 2-vector one (fewer (block, slice, tile) entries and
+    one broadcast per 3 FMAs instead of 2).  Other targets: :func:`register_tile`.  Never more
+    vectors than the plane fills: a batch-1 linear layer (one position) gets 1."""
+    default = min(register_tile(vector_floats)[1], -(-positions // vector_floats))
+    if vector_floats < 16 or mr * 3 + 4 > 32 or default < 2:
+        return default
+
+    def cost(nv: int) -> float:
+        t = nv * vector_floats
+        return -(-positions // t) * t * (0.95 if nv == 3 else 1.0)
+
+    return min((2, 3), key=cost)
+
+
+def default_slice_rows(vector_floats: int, tiles_plane: int = 8, temporal: bool = False) -> int:
+    """Kept rows per slice (KC): every filter block of a task consumes one slice of the union rows
+    for a tile before the next, so the slice's input rows stay in cache between blocks.
+
+    16-float vectors (48 KB L1d, 1 MB L2 assumed): 2048 where a depth plane has at least 8 tiles
+    (fewer (block, slice, tile) entries), else 512 (a few tiles per plane share each slice's
+    weights from L2).  Without AVX-512: 256 (32 KB L1d), and 512 for a temporal kernel
+    (``kd x 1 x 1``: no two rows of a tile share a cache line, so a slice never stays in L1)."""
+    if vector_floats < 16:
+        return 512 if temporal else 256
+    return 2048 if tiles_plane >= 8 else 512
+
+
+def default_prefetch(vector_floats: int, slice_rows: int, temporal: bool = False) -> int:
+    """Rows ahead (PF) whose input lines the inner loop prefetches, for slices of ``slice_rows``.
+
+    The kept rows are a gather the hardware prefetcher cannot follow: 16 where a slice no longer
+    fits L1 (more than 512 rows of 16-float vectors); 0 where it does (the prefetches would only
+    cost issue slots).  Without AVX-512: 8 for a temporal kernel, whose rows are separate planes
+    streamed from DRAM, else 0 (the rows of a tile overlap and stay in L1)."""
+    if vector_floats < 16:
+        return 8 if temporal else 0
+    return 16 if slice_rows > 512 else 0
+
+
+def pool_rows(kh: int, ho: int, wq: int, t: int, row_bytes: int) -> int:
+    """Output rows per chunk of a layer with a fused pool of ``kh`` rows: a multiple of ``kh``
+    whose chunk wastes the fewest positions in its last, partly used tile (``wq`` positions a row,
+    ``t`` a tile), the fewest rows among equals, with the chunk's scratch (``row_bytes`` a row)
+    within 1 MB."""
+    hc = ho // kh * kh
+    best, best_cost = kh, None
+    for rc in range(kh, hc + 1, kh):
+        if rc > kh and rc * row_bytes > 1 << 20:
+            break
+        cost = -(-(rc * wq) // t) * t / (rc * wq)
+        if best_cost is None or cost < best_cost - 1e-9:
+            best, best_cost = rc, cost
+    return best
+
+
+def chunking(
+    tiles_plane: int, planes: int, blocks: int, ct: int | None, fg: int | None,
+    weight_bytes: int = 0,
+) -> tuple[int, int]:  # fmt: skip
+    """Tiles per task (CT) and filter-block groups (FG); ``None`` picks the default.
+
+    Every chunk reads the group's kept weights once.  Default: chunks of up to 4 tiles, fewer where
+    a sample has under 128 tiles (>= 32 tasks per sample balance the threads), one group.  Layers
+    whose kept weights pass :data:`LONG_CHUNK_BYTES` get chunks of up to 16 tiles in 2 filter
+    groups instead, so the weights stream from L3/DRAM several times less often."""
+    long = weight_bytes > LONG_CHUNK_BYTES
+    if ct is None:
+        ct = min(16, tiles_plane) if long else max(1, min(4, tiles_plane * planes // 32))
+    if fg is None:
+        fg = 2 if long else 1
+    return max(1, min(ct, tiles_plane)), max(1, min(fg, blocks))
