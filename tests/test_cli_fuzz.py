@@ -105,7 +105,8 @@ def _run(argv: list[str], capsys) -> tuple[str, int | None, str]:
 def test_bad_option_values_end_in_one_line_or_a_valid_run(command, files, capsys, monkeypatch):
     for target, _ in STUBS:
         monkeypatch.setattr(target, _stop)
-    monkeypatch.chdir(files["root"])  # a fuzzed relative --out (e.g. "nan") lands in the temp folder
+    # a fuzzed relative --out (e.g. "nan") lands in the temp folder
+    monkeypatch.chdir(files["root"])
     options = _options(command)
 
     @settings(max_examples=25, deadline=None, derandomize=True,

@@ -20,6 +20,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from .data import SyntheticMovingShapes
 from .engine import TrainConfig, evaluate, fit, seed_everything
+from .masks import mask_of
 from .models import build, count_flops
 from .prune import get_pruner, run_pruning
 from .report import Report, plots
@@ -506,7 +507,7 @@ def run_demo(
     )
     kgs = outcomes["kgs"].model
     plots.mask_image(
-        kgs.conv3a.weight_mask,
+        mask_of(kgs.conv3a),
         "KGS mask of conv3a as W[F, C*k] (8x4 kernel groups)",
         out / "kgs_mask_conv3a.png",
     )

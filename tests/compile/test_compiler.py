@@ -8,6 +8,7 @@ from torch import nn
 
 import edgeguard
 from edgeguard.compile import CompileError, SparseConv, compile_model
+from edgeguard.masks import mask_of
 from edgeguard.models import build
 from edgeguard.sparsity import prune_model
 
@@ -173,7 +174,7 @@ def test_package_is_callable_and_does_not_touch_the_input_model():
     compiled = edgeguard.compile(model, backend="torch")
     assert isinstance(compiled, nn.Module)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert hasattr(model.features[0], "weight_mask")
+    assert mask_of(model.features[0]) is not None
 
 
 def test_every_conv_of_a_filter_pruned_c3d_with_biases_is_shrunk():
@@ -225,9 +226,9 @@ class ConvPool(nn.Module):
 @needs_cxx
 @pytest.mark.parametrize("min_bytes, fused", [(0, ["conv1"]), (1 << 40, [])])
 def test_large_conv_outputs_take_their_max_pool(monkeypatch, min_bytes, fused):
-    from edgeguard.compile import compiler
+    from edgeguard.compile.passes import pool_fusion
 
-    monkeypatch.setattr(compiler, "FUSE_POOL_MIN_BYTES", min_bytes)
+    monkeypatch.setattr(pool_fusion, "FUSE_POOL_MIN_BYTES", min_bytes)
     torch.manual_seed(0)
     model = ConvPool().eval()
     prune_model(model, "kgs", rates=0.6)
@@ -244,13 +245,13 @@ def test_large_conv_outputs_take_their_max_pool(monkeypatch, min_bytes, fused):
 
 @needs_cxx
 def test_a_fused_max_pool_exports_to_onnx_as_a_max_pool(tmp_path, monkeypatch):
-    from edgeguard.compile import compiler
+    from edgeguard.compile.passes import pool_fusion
 
     ort = pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")
     from edgeguard.compile.onnx_export import export_onnx
 
-    monkeypatch.setattr(compiler, "FUSE_POOL_MIN_BYTES", 0)
+    monkeypatch.setattr(pool_fusion, "FUSE_POOL_MIN_BYTES", 0)
     torch.manual_seed(0)
     model = ConvPool().eval()
     prune_model(model, "kgs", rates=0.6)

@@ -61,7 +61,7 @@ def test_sparse_linear_rejects_bad_input():
 
 @needs_cxx
 def test_compiled_model_runs_pruned_fc_layers_sparse_on_the_cpu(monkeypatch):
-    import edgeguard.compile.compiler as compiler
+    from edgeguard.compile.passes import lowering
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Dropout(0.5), nn.Linear(48, 32),
@@ -72,7 +72,7 @@ def test_compiled_model_runs_pruned_fc_layers_sparse_on_the_cpu(monkeypatch):
     comp = compile_model(net, "cpu")  # layers this small stay dense by default
     assert [d.action for d in comp.decisions] == ["dense"] * 3
     assert "too small to pay off" in comp.decisions[0].detail
-    monkeypatch.setattr(compiler, "LINEAR_MIN_WEIGHTS", 0)
+    monkeypatch.setattr(lowering, "LINEAR_MIN_WEIGHTS", 0)
     comp = compile_model(net, "cpu")
     acts = {d.name: d.action for d in comp.decisions}
     assert acts == {"0": "sparse", "3": "sparse", "5": "dense"}  # the classifier is unpruned
@@ -86,9 +86,9 @@ def test_compiled_model_runs_pruned_fc_layers_sparse_on_the_cpu(monkeypatch):
 
 @needs_cxx
 def test_compiled_sparse_fc_exports_to_onnx_with_a_dynamic_batch(tmp_path, monkeypatch):
-    import edgeguard.compile.compiler as compiler
+    from edgeguard.compile.passes import lowering
 
-    monkeypatch.setattr(compiler, "LINEAR_MIN_WEIGHTS", 0)
+    monkeypatch.setattr(lowering, "LINEAR_MIN_WEIGHTS", 0)
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     from edgeguard.compile.onnx_export import export_onnx

@@ -5,22 +5,19 @@ replaces every sparse conv by a kernel generated for its own pattern (C++ on the
 keeping the function of the masked model (float32 relative error <= 1e-4).
 """
 
-from .compiler import (
-    BACKENDS,
-    CompiledModel,
-    CompileError,
-    LayerDecision,
-    build_kernels,
-    compile_model,
-    resolve_backend,
-)
+from .backends import BACKENDS, Backend, get_backend, resolve_backend
+from .build import build_kernels
+from .compiler import compile_model
 from .cpu import CompilerUnavailable
+from .errors import CompileError
+from .model import CompiledModel, LayerDecision
 from .plan import ConvGeometry, SparsePlan, make_plan, plan_conv
 from .sparse_conv import SparseConv
 from .sparse_linear import SparseLinear
 
 __all__ = [
     "BACKENDS",
+    "Backend",
     "CompileError",
     "CompiledModel",
     "CompilerUnavailable",
@@ -31,6 +28,7 @@ __all__ = [
     "SparsePlan",
     "build_kernels",
     "compile_model",
+    "get_backend",
     "make_plan",
     "plan_conv",
     "resolve_backend",

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..models.flops import count_flops
 from .compiler import CompiledModel
-from .shrink import CONVS
+from .passes.graph import CONVS
 from .sparse_conv import SparseConv
 from .sparse_linear import SparseLinear
 
@@ -22,8 +22,8 @@ def steady_allocator() -> bool:
 
     By default glibc serves blocks over a (dynamic, at most 32 MB) threshold with ``mmap`` and
     unmaps them on ``free``, so a dense conv whose output passes it (C3D's conv1: 51 MB; conv2: 26
-    MB until the threshold has grown) page-faults its whole output on every call: measured on the
-    2-core Zen 5, dense conv1 50.7 -> 29.9 ms and conv2 62.0 -> 44.5 ms once this is set.  Whether a
+    MB until the threshold has grown) page-faults its whole output on every call (docs/compiler.md,
+    design decisions).  Whether a
     given call pays depends on what the process freed before, so benchmarks that compare against
     dense PyTorch call this first: the baseline is then the faster, stable one.  Process-wide and
     irreversible; returns False where it does not apply (not glibc)."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..masks import mask_of
 from .errors import CompileError
 
 
@@ -104,7 +105,7 @@ class SparsePlan:
 def conv_weight(conv: nn.Module) -> torch.Tensor:
     """The effective weight of a (possibly masked) conv, as float32 ``[M, C, kd, kh, kw]``."""
     w = conv.weight.detach()
-    mask = getattr(conv, "weight_mask", None)
+    mask = mask_of(conv)
     if mask is not None:
         w = w * mask
     w = w.float()

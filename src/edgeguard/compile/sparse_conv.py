@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -192,20 +190,12 @@ class SparseConv(nn.Module):
                 f"{self.name}: expected input [N, {self.plan.geometry.in_channels}, {dims}], "
                 f"got {given}"
             )
-        if self.mode == "cpu" and not torch.onnx.is_in_onnx_export():
-            # named in torch.profiler traces; the record costs ~0.1 ms a call otherwise (conv4b)
-            label = (
-                torch.profiler.record_function(f"sparse_conv:{self.name}")
-                if torch._C._autograd._profiler_enabled()
-                else contextlib.nullcontext()
-            )
-            with torch.no_grad(), label:
-                out = self.forward_cpu(x)
-        elif self.mode == "cuda" and not torch.onnx.is_in_onnx_export():
-            with torch.no_grad():
-                out = self.forward_cuda(x)
-        else:
+        if torch.onnx.is_in_onnx_export():  # the standard-operator form is what ONNX holds
             out = self.forward_torch(x)
+        else:
+            from .backends import get_backend
+
+            out = get_backend(self.mode).run(self, x)
         return out.squeeze(2) if self.two_d else out
 
     def extra_repr(self) -> str:

@@ -18,12 +18,11 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
+from ..masks import apply_masks, masks_of, set_mask
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .distributed import all_reduce_sum, barrier, init_distributed, is_main_process, world_size
 
 log = logging.getLogger("edgeguard")
-
-MASK_BUFFER = "weight_mask"  # same name as edgeguard.sparsity.model.MASK_BUFFER
 
 
 @dataclass
@@ -96,14 +95,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' was asked for but no CUDA GPU is available")
     return dev
-
-
-def _apply_masks(model: nn.Module) -> None:
-    with torch.no_grad():
-        for m in model.modules():
-            mask = m._buffers.get(MASK_BUFFER)
-            if mask is not None:
-                m.weight.mul_(mask)
 
 
 def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -231,7 +222,7 @@ def _fit(
         history.epochs = list(state.get("history", []))
         start_epoch = int(state["epoch"])
         log.info("resumed from %s at epoch %d/%d", ckpt_path, start_epoch, cfg.epochs)
-    _apply_masks(model)
+    apply_masks(model)
 
     distributed = world_size() > 1
     net: nn.Module = DistributedDataParallel(model) if distributed else model
@@ -292,7 +283,7 @@ def _fit(
             scaler.scale(total).backward()
             scaler.step(optimizer)
             scaler.update()
-            _apply_masks(model)
+            apply_masks(model)
             loss_sum += loss.item() * y.numel()
             correct += (out.argmax(1) == y).sum().item()
             count += y.numel()
@@ -331,11 +322,7 @@ def _fit(
 
 
 def _state(model, optimizer, scheduler, epoch, history, cfg) -> dict[str, Any]:
-    masks = {
-        n: m._buffers[MASK_BUFFER].cpu()
-        for n, m in model.named_modules()
-        if MASK_BUFFER in m._buffers
-    }
+    masks = {n: mask.cpu() for n, mask in masks_of(model).items()}
     return {
         "format": "edgeguard.train/1",
         "epoch": epoch,
@@ -390,8 +377,7 @@ def _restore(model, optimizer, scheduler, state, path) -> None:
         module = dict(model.named_modules()).get(name)
         if module is None or module.weight.shape != mask.shape:
             raise CheckpointError(f"checkpoint {path}: mask for {name!r} does not fit the model")
-        module._buffers.pop(MASK_BUFFER, None)
-        module.register_buffer(MASK_BUFFER, mask.bool().to(module.weight.device), persistent=False)
+        set_mask(module, mask)
     try:
         torch.set_rng_state(state["torch_rng"])
     except (TypeError, RuntimeError) as err:

@@ -2,7 +2,7 @@
 
 Convention (the one used for C3D's 38.5 GMACs): a conv costs ``(number of weights) x (output
 positions)`` MACs, padding taps included; a Linear costs ``in x out`` per row.  Biases, BatchNorm,
-activations and pooling are not counted.  A layer carrying a ``weight_mask`` buffer (set by
+activations and pooling are not counted.  A layer carrying a mask (:mod:`edgeguard.masks`) (set by
 ``edgeguard.sparsity.attach_masks``) counts only its kept weights.
 """
 
@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..masks import mask_of
 
 COUNTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -62,11 +63,6 @@ class FlopsReport:
         raise KeyError(name)
 
 
-def weight_mask_of(module: nn.Module) -> torch.Tensor | None:
-    mask = getattr(module, "weight_mask", None)
-    return mask if isinstance(mask, torch.Tensor) else None
-
-
 def count_flops(
     model: nn.Module,
     input_shape: tuple[int, ...],
@@ -79,7 +75,7 @@ def count_flops(
             under ``no_grad``; its training mode is restored afterwards.
         input_shape: e.g. ``(1, 3, 16, 112, 112)`` for one C3D clip.
         masks: optional ``{layer name: bool mask of the weight's shape}``; by default the masks
-            attached to the layers (``weight_mask`` buffers) are used.
+            attached to the layers (:mod:`edgeguard.masks`) are used.
 
     Returns:
         a ``FlopsReport`` with per-layer dense and kept MACs and parameter counts (weights only).
@@ -95,7 +91,7 @@ def count_flops(
     def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         name = names[module]
         w = module.weight
-        mask = masks.get(name) if masks is not None else weight_mask_of(module)
+        mask = masks.get(name) if masks is not None else mask_of(module)
         kept = int(mask.sum()) if mask is not None else w.numel()
         if isinstance(module, nn.Linear):
             positions = math.prod(output.shape[:-1])

@@ -11,6 +11,7 @@ import torch
 import yaml
 from torch import nn
 
+from ..masks import apply_masks, drop_mask, masks_of, set_mask
 from ..models.flops import FlopsReport, count_flops
 from .base import (
     SUPPORTED_LAYERS,
@@ -20,8 +21,6 @@ from .base import (
     check_rate,
     get_scheme,
 )
-
-MASK_BUFFER = "weight_mask"
 
 
 def prunable_layers(model: nn.Module, include_classifier: bool = False) -> list[str]:
@@ -49,7 +48,7 @@ def _module(model: nn.Module, name: str) -> nn.Module:
 
 
 def attach_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
-    """Attach masks to their layers (a non-persistent ``weight_mask`` buffer, so it follows
+    """Attach masks to their layers (the :mod:`edgeguard.masks` buffer, so it follows
     ``.to(device)`` and DDP) and zero the removed weights.  ``count_flops`` and the training engine read
     the attached masks."""
     for name, mask in masks.items():
@@ -59,35 +58,19 @@ def attach_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
                 f"{name}: mask shape {tuple(mask.shape)} does not match weight shape "
                 f"{tuple(m.weight.shape)}"
             )
-        if MASK_BUFFER in m._buffers:
-            del m._buffers[MASK_BUFFER]
-        m.register_buffer(MASK_BUFFER, mask.to(device=m.weight.device, dtype=torch.bool), False)
+        set_mask(m, mask)
     apply_masks(model)
 
 
 def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     """The masks attached to ``model``'s layers, ``{layer name: bool mask}``."""
-    out = {}
-    for name, m in model.named_modules():
-        mask = m._buffers.get(MASK_BUFFER)
-        if mask is not None:
-            out[name] = mask
-    return out
+    return masks_of(model)
 
 
 def detach_masks(model: nn.Module) -> None:
     """Remove attached masks (the weights stay as they are)."""
     for m in model.modules():
-        m._buffers.pop(MASK_BUFFER, None)
-
-
-@torch.no_grad()
-def apply_masks(model: nn.Module) -> None:
-    """Zero every weight removed by an attached mask (call after each optimiser step)."""
-    for m in model.modules():
-        mask = m._buffers.get(MASK_BUFFER)
-        if mask is not None:
-            m.weight.mul_(mask)
+        drop_mask(m)
 
 
 def load_profile(path: str | Path) -> dict[str, float]:

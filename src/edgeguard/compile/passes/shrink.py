@@ -1,4 +1,4 @@
-"""Graph passes on a traced model: BatchNorm folding and physical shrinking of filter/channel pruning.
+"""Pass: physical shrinking of filter/channel pruning.
 
 Shrinking removes a conv's dead filters (all weights zero) together with the matching input channels
 of the next layer, the BatchNorm between them, and the matching inputs of a Linear layer after a
@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+from .graph import BATCHNORMS, CONVS, effective_weight, module_of, set_module
+
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh,
                nn.Hardswish, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)  # fmt: skip
 # Pooling that maps a constant channel to the same constant (max pooling pads with -inf).
@@ -27,74 +27,6 @@ CONSTANT_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d
                   nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)  # fmt: skip
 ACT_FUNCS = {torch.relu, F.relu, torch.sigmoid, torch.tanh, F.gelu, F.silu, F.relu6,
              F.dropout, torch.nn.functional.leaky_relu}  # fmt: skip
-RELU_FUNCS = {torch.relu, F.relu}
-
-
-def module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
-    return gm.get_submodule(node.target) if node.op == "call_module" else None
-
-
-def set_module(root: nn.Module, name: str, new: nn.Module) -> None:
-    """Replace the submodule ``name`` (dotted path) of ``root`` by ``new``."""
-    parent, _, leaf = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, leaf, new)
-
-
-def effective_weight(m: nn.Module) -> torch.Tensor:
-    """Weight with its attached pruning mask applied."""
-    w = m.weight.detach()
-    mask = getattr(m, "weight_mask", None)
-    return w * mask if mask is not None else w.clone()
-
-
-def materialise_mask(m: nn.Module) -> None:
-    """Multiply the mask into the weight and drop the mask buffer (the plan reads the zeros)."""
-    if getattr(m, "weight_mask", None) is not None:
-        m.weight.data = effective_weight(m)
-        del m._buffers["weight_mask"]
-
-
-def remove_identities(gm: fx.GraphModule) -> int:
-    """Drop ``nn.Identity`` and eval-mode dropout nodes (they would hide conv -> ReLU pairs)."""
-    removed = 0
-    for node in list(gm.graph.nodes):
-        m = module_of(gm, node)
-        drop = isinstance(m, nn.Identity) or (
-            isinstance(m, nn.Dropout | nn.Dropout1d | nn.Dropout2d | nn.Dropout3d)
-            and not m.training
-        )
-        if drop and len(node.args) == 1 and not node.kwargs:
-            node.replace_all_uses_with(node.args[0])
-            gm.graph.erase_node(node)
-            removed += 1
-    gm.graph.lint()
-    gm.recompile()
-    return removed
-
-
-def fold_batchnorm(gm: fx.GraphModule) -> list[str]:
-    """Fold every eval-mode BatchNorm that directly follows a conv into it; returns the folded names."""
-    folded = []
-    for node in list(gm.graph.nodes):
-        bn = module_of(gm, node)
-        if not isinstance(bn, BATCHNORMS) or bn.training or bn.running_mean is None:
-            continue
-        src = node.args[0]
-        conv = module_of(gm, src) if isinstance(src, fx.Node) else None
-        if not isinstance(conv, CONVS) or len(src.users) != 1 or conv.groups != 1:
-            continue
-        materialise_mask(conv)
-        scale = (bn.weight.detach() if bn.affine else 1.0) / torch.sqrt(bn.running_var + bn.eps)
-        shift = bn.bias.detach() if bn.affine else 0.0
-        b = conv.bias.detach() if conv.bias is not None else torch.zeros(conv.out_channels)
-        conv.weight.data = conv.weight.data * scale.view(-1, *[1] * (conv.weight.dim() - 1))
-        conv.bias = nn.Parameter((b - bn.running_mean) * scale + shift)
-        node.replace_all_uses_with(src)
-        gm.graph.erase_node(node)
-        folded.append(node.target)
-    gm.graph.lint()
-    gm.recompile()
-    return folded
 
 
 class ConstantChannelField(nn.Module):
@@ -264,18 +196,3 @@ def shrink(gm: fx.GraphModule) -> dict[str, tuple[int, int]]:
     gm.graph.lint()
     gm.recompile()
     return changed
-
-
-def fuse_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
-    """If ``node``'s only user is a ReLU, remove that ReLU (the caller's kernel applies it)."""
-    if len(node.users) != 1:
-        return False
-    (u,) = node.users
-    is_relu = isinstance(module_of(gm, u), nn.ReLU) or (
-        u.op == "call_function" and u.target in RELU_FUNCS and len(u.args) == 1 and not u.kwargs
-    )
-    if not is_relu or u.args[:1] != (node,):
-        return False
-    u.replace_all_uses_with(node)
-    gm.graph.erase_node(u)
-    return True

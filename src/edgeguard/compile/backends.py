@@ -1,0 +1,138 @@
+"""The backends a model compiles for, behind one protocol.
+
+Each backend says what it lowers (sparse Linear layers, generated max pools, fused ReLUs), its
+default filter block, how a :class:`~edgeguard.compile.SparseConv` runs on it and what happens once
+the model is lowered (build the kernels, move to the GPU).  ``compile_model`` and ``SparseConv`` ask
+the backend instead of testing its name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..registry import lookup
+from .errors import CompileError
+
+if TYPE_CHECKING:
+    from .model import CompiledModel
+    from .sparse_conv import SparseConv
+
+
+class Backend:
+    """Base: the standard-operator path (``"torch"``); subclasses override what differs."""
+
+    name = "torch"
+    sparse_linear = False  # pruned Linear layers become SparseLinear
+    native_pools = False  # max pools get a generated kernel (MaxPoolCpu)
+    fuses_relu = False  # a ReLU after a sparse conv is applied by its kernel
+    keeps_unpruned_dense = True  # a layer with nothing pruned stays a dense op at any max_density
+
+    def register_tile(self) -> tuple[int, int]:
+        """Default ``(filters per block, vectors per tile)``."""
+        return (4, 3)
+
+    def default_mr(self) -> int:
+        return self.register_tile()[0]
+
+    def run(self, conv: SparseConv, x: torch.Tensor) -> torch.Tensor:
+        """Run ``conv`` on ``x`` (5D, checked) with this backend's kernel."""
+        return conv.forward_torch(x)
+
+    def finish(self, compiled: CompiledModel, input_shape: tuple[int, ...] | None) -> None:
+        """After lowering: build or move what this backend needs (nothing here)."""
+
+
+class CpuBackend(Backend):
+    """Generated C++ (edgeguard.compile.cpu), built per layer and input size."""
+
+    name = "cpu"
+    sparse_linear = True
+    native_pools = True
+    fuses_relu = True
+    keeps_unpruned_dense = False
+
+    def register_tile(self) -> tuple[int, int]:
+        from .cpu import host_target
+
+        return host_target().tile
+
+    def run(self, conv: SparseConv, x: torch.Tensor) -> torch.Tensor:
+        # named in torch.profiler traces only while profiling (the record has a per-call cost)
+        label = (
+            torch.profiler.record_function(f"sparse_conv:{conv.name}")
+            if torch._C._autograd._profiler_enabled()
+            else contextlib.nullcontext()
+        )
+        with torch.no_grad(), label:
+            return conv.forward_cpu(x)
+
+    def finish(self, compiled: CompiledModel, input_shape: tuple[int, ...] | None) -> None:
+        if input_shape is not None:
+            from .build import build_kernels
+
+            build_kernels(compiled, input_shape)
+
+
+class CudaBackend(Backend):
+    """Triton kernels on a CUDA GPU."""
+
+    name = "cuda"
+    fuses_relu = True
+    keeps_unpruned_dense = False
+
+    def default_mr(self) -> int:
+        return 16  # one tensor-core tile (docs/compiler.md, design decisions)
+
+    def run(self, conv: SparseConv, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return conv.forward_cuda(x)
+
+    def finish(self, compiled: CompiledModel, input_shape: tuple[int, ...] | None) -> None:
+        compiled.to("cuda")
+
+
+BACKENDS_BY_NAME: dict[str, Backend] = {b.name: b for b in (CpuBackend(), CudaBackend(), Backend())}
+BACKENDS = ("cpu", "cuda", "auto", "torch")
+
+
+def get_backend(name: str) -> Backend:
+    """The backend called ``name`` (``"cpu"``, ``"cuda"`` or ``"torch"``; resolve ``"auto"`` first)."""
+    return lookup(BACKENDS_BY_NAME, name, "backend", CompileError)
+
+
+def resolve_backend(backend: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU and Triton are available, else ``cpu``; ``cpu`` without a
+    working compiler -> ``torch`` with a warning."""
+    if backend not in BACKENDS:
+        raise CompileError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        backend = "cuda" if torch.cuda.is_available() and _has_triton() else "cpu"
+    if backend == "cuda":
+        if not torch.cuda.is_available():
+            raise CompileError("backend 'cuda' needs a CUDA GPU; none is available (use 'cpu')")
+        if not _has_triton():
+            raise CompileError("backend 'cuda' needs Triton (pip install triton)")
+    if backend == "cpu":
+        from .cpu import CompilerUnavailable, host_target
+
+        try:
+            host_target()
+        except CompilerUnavailable as err:
+            warnings.warn(
+                f"{err}: the compiled model uses the pure-PyTorch fallback (correct, not faster)",
+                stacklevel=3,
+            )
+            backend = "torch"
+    return backend
+
+
+def _has_triton() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -1,0 +1,64 @@
+"""Building every CPU kernel of a compiled model for one input shape, in one parallel build."""
+
+from __future__ import annotations
+
+import torch
+from torch import fx, nn
+
+from .model import CompiledModel
+from .passes.graph import module_of
+from .passes.pool_fusion import fuse_pools
+from .pool import MaxPoolCpu
+from .sparse_conv import SparseConv
+
+
+def build_kernels(compiled: CompiledModel, input_shape: tuple[int, ...]) -> None:
+    """Generate and build every CPU kernel the model needs for ``input_shape`` in one parallel build
+    (the model runs once with the standard-operator path to learn each layer's input size; large
+    conv outputs then take their max pool into the conv, :func:`fuse_pools`)."""
+    layers = [
+        m
+        for m in compiled.module.modules()
+        if (isinstance(m, SparseConv) and m.mode == "cpu" and m.plan.block_rows)
+        or isinstance(m, MaxPoolCpu)
+    ]
+    if not layers:
+        return
+    from .cpu import build_many, host_target
+
+    target = host_target()
+    shapes: dict[nn.Module, list[tuple[int, ...]]] = {}  # every input shape a layer sees (5D)
+
+    def hook(mod, args):
+        x = args[0].unsqueeze(2) if mod.two_d else args[0]
+        if tuple(x.shape) not in shapes.setdefault(mod, []):
+            shapes[mod].append(tuple(x.shape))
+
+    # One pass with the standard-operator path learns every layer's input size.
+    handles = [m.register_forward_pre_hook(hook) for m in layers]
+    modes = {m: m.mode for m in layers}
+    for m in layers:
+        m.mode = "torch"
+    try:
+        compiled(torch.zeros(input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes.items():
+            m.mode = mode
+    gm = compiled.module
+    if isinstance(gm, fx.GraphModule):
+        once = {m: v[0] for m, v in shapes.items() if len(v) == 1}  # one size: fusion is safe
+        fuse_pools(gm, once, compiled.decisions)
+        called = {module_of(gm, n) for n in gm.graph.nodes}
+        layers = [m for m in layers if m in called or not isinstance(m, MaxPoolCpu)]
+    seen: list[tuple[nn.Module, tuple, torch.Tensor | None]] = []
+    sources: list[str] = []
+    for mod in layers:
+        for shape in shapes.get(mod, []):  # none: not reached by this input
+            src, order = mod.source(torch.empty(shape, device="meta"), target.vector_floats, target)
+            seen.append((mod, shape[1:], order))
+            sources.append(src)
+    libs = build_many(sources, target)
+    for (mod, shape, order), lib in zip(seen, libs, strict=True):
+        mod.load_kernel(shape, lib, order)

@@ -1,0 +1,111 @@
+"""What the compiler returns: the compiled model and its per-layer decisions."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+
+from .errors import CompileError
+from .sparse_conv import SparseConv
+
+
+@dataclass
+class LayerDecision:
+    """What the compiler did with one layer.
+
+    ``action`` is one of ``"sparse"`` (generated kernel), ``"dense"`` (kept as a dense op: nothing
+    pruned, or too dense to pay off), ``"shrunk"`` (physically smaller dense op) or ``"unsupported"``.
+    ``density`` is the fraction of the original weights that the compiled layer still multiplies.
+    """
+
+    name: str
+    action: str
+    density: float
+    detail: str = ""
+
+
+class CompiledModel(nn.Module):
+    """A compiled model: call it like the original (inference only, under ``torch.no_grad``).
+
+    Inputs holding NaN or Inf are computed by the model given to :func:`compile_model` (in eval
+    mode), so they propagate exactly as there: the sparse kernels skip pruned weights and would
+    never compute ``0 * inf``.  Inputs that require gradients are refused (inference only)."""
+
+    def __init__(self, graph_module: fx.GraphModule | nn.Module, backend: str,
+                 decisions: list[LayerDecision], reference: nn.Module | None = None,
+                 input_shape: tuple[int, ...] | None = None) -> None:  # fmt: skip
+        nn.Module.__init__(self)
+        self.module = graph_module
+        self.backend = backend
+        self.decisions = decisions
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        object.__setattr__(self, "_reference", reference)  # not a submodule: no copy, no .to()
+        self._lock = threading.Lock()
+        for m in graph_module.modules():
+            if hasattr(m, "reuse_buffers"):
+                m.reuse_buffers = True
+
+    def forward(self, *args, **kwargs):
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            raise CompileError("a compiled model is inference-only: no gradients flow through its "
+                               "kernels; attack or train the model given to edgeguard.compile")  # fmt: skip
+        if self._reference is not None and any(
+            t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in tensors
+        ):
+            return self._reference_forward(args, kwargs)
+        # Layers reuse their buffers between calls, so calls are serialised and tensor outputs are
+        # copied out (a conv output returned as is would be overwritten by the next call).
+        with self._lock, torch.no_grad():
+            try:
+                out = self.module(*args, **kwargs)
+            except CompileError as err:
+                shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
+                compiled_for = f"compiled for input {self.input_shape}" if self.input_shape else (
+                    "compiled")  # fmt: skip
+                raise CompileError(f"input {shapes} does not fit this model ({compiled_for}): "
+                                   f"{err}") from None  # fmt: skip
+            return _copied(out)
+
+    def _reference_forward(self, args, kwargs):
+        model = self._reference
+        dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+        was_training = model.training
+        with self._lock, torch.no_grad():
+            model.eval()
+            try:
+                move = [a.to(dev) if isinstance(a, torch.Tensor) else a for a in args]
+                out = model(*move, **{k: v.to(dev) if isinstance(v, torch.Tensor) else v
+                                      for k, v in kwargs.items()})  # fmt: skip
+            finally:
+                model.train(was_training)
+        target = next(t.device for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor))
+        return _copied(out, target)
+
+    def sparse_layers(self) -> dict[str, SparseConv]:
+        return {n: m for n, m in self.module.named_modules() if isinstance(m, SparseConv)}
+
+    def summary(self) -> str:
+        lines = [
+            f"backend: {self.backend}",
+            f"{'layer':32s} {'action':12s} {'density':>8s}  detail",
+        ]
+        for d in self.decisions:
+            lines.append(f"{d.name:32s} {d.action:12s} {d.density:8.3f}  {d.detail}")
+        return "\n".join(lines)
+
+
+def _copied(out, device: torch.device | None = None):
+    """``out`` with every tensor in it (tuples, lists, dicts included) copied, so no caller holds a
+    buffer that the next call overwrites."""
+    if isinstance(out, torch.Tensor):
+        return out.to(device) if device is not None and out.device != device else out.clone()
+    if isinstance(out, tuple | list):
+        items = [_copied(v, device) for v in out]
+        return type(out)(*items) if hasattr(out, "_fields") else type(out)(items)
+    if isinstance(out, dict):
+        return type(out)((k, _copied(v, device)) for k, v in out.items())
+    return out

@@ -1,0 +1,22 @@
+"""Graph passes of the compiler, in the order :func:`edgeguard.compile.compile_model` runs them:
+identities out, BatchNorm folded, channels shrunk, layers lowered to kernels (ReLU fused), max
+pools fused into the CPU convs before them (once the input size is known)."""
+
+from .bn_fold import fold_batchnorm
+from .graph import BATCHNORMS, CONVS, effective_weight, materialise_mask, module_of, set_module
+from .identities import remove_identities
+from .relu_fusion import fuse_relu
+from .shrink import shrink
+
+__all__ = [
+    "BATCHNORMS",
+    "CONVS",
+    "effective_weight",
+    "fold_batchnorm",
+    "fuse_relu",
+    "materialise_mask",
+    "module_of",
+    "remove_identities",
+    "set_module",
+    "shrink",
+]

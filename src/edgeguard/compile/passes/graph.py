@@ -1,0 +1,31 @@
+"""What every pass shares: the layer types it works on, fx node <-> module lookups, and weights with
+their pruning masks applied."""
+
+from __future__ import annotations
+
+from torch import fx, nn
+
+from ...masks import drop_mask, mask_of
+from ...masks import masked_weight as effective_weight
+
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+__all__ = ["BATCHNORMS", "CONVS", "effective_weight", "materialise_mask", "module_of", "set_module"]
+
+
+def module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    return gm.get_submodule(node.target) if node.op == "call_module" else None
+
+
+def set_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    """Replace the submodule ``name`` (dotted path) of ``root`` by ``new``."""
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, new)
+
+
+def materialise_mask(m: nn.Module) -> None:
+    """Multiply the mask into the weight and drop the mask (the plan reads the zeros)."""
+    if mask_of(m) is not None:
+        m.weight.data = effective_weight(m)
+        drop_mask(m)

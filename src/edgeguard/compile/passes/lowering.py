@@ -1,0 +1,127 @@
+"""Pass: lower each pruned layer to the backend's kernel (or keep it dense, saying why)."""
+
+from __future__ import annotations
+
+import logging
+
+from torch import fx, nn
+
+from ...masks import mask_of
+from ..backends import Backend
+from ..model import LayerDecision
+from ..plan import ConvGeometry, make_plan
+from ..pool import MaxPoolCpu
+from ..pool import supported as pool_supported
+from ..sparse_conv import SparseConv
+from ..sparse_linear import SparseLinear
+from .graph import CONVS, materialise_mask, module_of, set_module
+from .relu_fusion import fuse_relu
+
+log = logging.getLogger(__name__)
+
+# A pruned Linear runs sparse from this many weights up (16 MB): smaller dense layers read their
+# weights from cache and the sparse call's fixed cost wins (docs/compiler.md, design decisions).
+LINEAR_MIN_WEIGHTS = 1 << 22
+
+
+def lower(
+    gm: fx.GraphModule, backend: Backend, max_density: float, mr: int, linear_mr: int,
+    nv: int | None, shrunk: dict[str, tuple[int, int]], orig_density: dict[str, float],
+    orig_numel: dict[str, int],
+) -> list[LayerDecision]:  # fmt: skip
+    """Replace the layers of ``gm`` by sparse kernels where they pay off; returns one decision per
+    conv/linear layer.  ``shrunk``: filters before/after per shrunk conv; ``orig_*``: density and
+    weight count of each layer before the passes (decisions report against the original)."""
+    decisions: list[LayerDecision] = []
+    for node in list(gm.graph.nodes):
+        m = module_of(gm, node)
+        if m is None:
+            continue
+        name = str(node.target)
+        if isinstance(m, nn.Linear):
+            density = orig_density.get(name, 1.0)
+            decisions.append(
+                lower_linear(gm, node, m, backend, max_density, linear_mr, nv, density)
+            )
+            continue
+        if backend.native_pools and pool_supported(m):
+            set_module(gm, name, MaxPoolCpu(m, name))
+            continue
+        if not isinstance(m, CONVS):
+            if mask_of(m) is not None:
+                decisions.append(LayerDecision(name, "unsupported", 1.0,
+                                               f"{type(m).__name__} is left as it is"))  # fmt: skip
+            continue
+        decision, new = lower_conv(name, m, backend, max_density, mr, nv, gm, node)
+        # report against the original layer: a shrunk layer's density counts the removed filters
+        decision.density *= m.weight.numel() / orig_numel.get(name, m.weight.numel())
+        if name in shrunk:
+            before, after = shrunk[name]
+            if decision.action == "dense":
+                decision.action, decision.detail = "shrunk", f"filters {before}->{after}, dense op"
+            else:
+                decision.detail = f"filters {before}->{after}; " + decision.detail
+        decisions.append(decision)
+        if new is not None:
+            set_module(gm, name, new)
+    gm.graph.lint()
+    gm.recompile()
+    return decisions
+
+
+def lower_linear(
+    gm: fx.GraphModule, node: fx.Node, m: nn.Linear, backend: Backend, max_density: float,
+    mr: int, nv: int | None, density: float,
+) -> LayerDecision:  # fmt: skip
+    """A pruned Linear becomes a :class:`SparseLinear` where the backend has one and it pays off
+    (batch-1 FC layers are bound by reading their weights: the kernel reads only the kept ones)."""
+    name = str(node.target)
+    materialise_mask(m)
+    now = float((m.weight != 0).float().mean())
+    why = None
+    if not backend.sparse_linear:
+        why = "linear layers run dense on this backend"
+    elif now > max_density:
+        why = f"too dense to pay off (density {now:.2f} > {max_density})"
+    elif m.weight.numel() < LINEAR_MIN_WEIGHTS:
+        why = f"too small to pay off ({m.weight.numel()} weights: dense reads them from cache)"
+    if why is not None:
+        return LayerDecision(name, "dense", density, "nothing pruned" if now > 0.999 else why)
+    relu = fuse_relu(gm, node)
+    new = SparseLinear.from_linear(m, relu=relu, mode=backend.name, mr=mr, nv=nv, name=name)
+    set_module(gm, name, new)
+    blocks = len(new.conv.plan.block_rows)
+    detail = f"{blocks} blocks of {mr} outputs" + (", ReLU fused" if relu else "")
+    return LayerDecision(name, "sparse", density, detail)
+
+
+def lower_conv(
+    name: str, m: nn.Module, backend: Backend, max_density: float, mr: int, nv: int | None,
+    gm: fx.GraphModule | None = None, node: fx.Node | None = None,
+) -> tuple[LayerDecision, SparseConv | None]:  # fmt: skip
+    """The decision for one conv and its :class:`SparseConv` (None: it stays as it is).  Without a
+    graph (``gm`` None) no ReLU is fused."""
+    materialise_mask(m)
+    if (
+        m.groups != 1
+        or isinstance(m, nn.Conv1d)
+        or m.padding_mode != "zeros"
+        or isinstance(m.padding, str)
+    ):
+        why = "grouped" if m.groups != 1 else "conv1d/padding mode"
+        return LayerDecision(name, "unsupported", 1.0, f"{why}: left as a dense op"), None
+    w = m.weight.detach().float()
+    w5 = w if w.dim() == 5 else w.unsqueeze(2)
+    plan = make_plan(w5, m.bias, ConvGeometry.of(m), mr)
+    if plan.density > max_density or (backend.keeps_unpruned_dense and plan.density > 0.999):
+        detail = (
+            "nothing pruned" if plan.density > 0.999 else
+            f"too dense to pay off (density {plan.density:.2f} > {max_density}): dense kernel"
+        )  # fmt: skip
+        if plan.density <= 0.999:
+            log.info("%s: %s", name, detail)
+        return LayerDecision(name, "dense", plan.density, detail), None
+    relu = fuse_relu(gm, node) if gm is not None and backend.fuses_relu else False
+    new = SparseConv(plan, relu=relu, two_d=w.dim() == 4, mode=backend.name, nv=nv, name=name)
+    detail = f"{len(plan.block_rows)} blocks of {mr} filters" + (", ReLU fused" if relu else "")
+    return LayerDecision(name, "sparse", plan.density, detail), new

@@ -1,0 +1,26 @@
+"""Pass: a ReLU that is a kernel's only user is applied by the kernel itself."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from .graph import module_of
+
+RELU_FUNCS = {torch.relu, F.relu}
+
+
+def fuse_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """If ``node``'s only user is a ReLU, remove that ReLU (the caller's kernel applies it)."""
+    if len(node.users) != 1:
+        return False
+    (u,) = node.users
+    is_relu = isinstance(module_of(gm, u), nn.ReLU) or (
+        u.op == "call_function" and u.target in RELU_FUNCS and len(u.args) == 1 and not u.kwargs
+    )
+    if not is_relu or u.args[:1] != (node,):
+        return False
+    u.replace_all_uses_with(node)
+    gm.graph.erase_node(u)
+    return True
