@@ -100,6 +100,7 @@ def test_cli_errors_are_clear(tmp_path: Path, capsys):
     assert main(["prune"]) == 2  # argparse: one line, exit status 2
 
 
+@pytest.mark.slow  # the whole quick demo; make test-slow
 def test_quick_demo_writes_a_report(tmp_path: Path):
     assert main(["-q", "demo", "--quick", "--out", str(tmp_path)]) == 0
     html = (tmp_path / "report.html").read_text()
@@ -238,6 +239,7 @@ def test_attack_prints_success_distortion_queries_and_saves_a_grid(tmp_path: Pat
     assert "eps must be a finite number >= 0, got nan" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # trains a concept CNN; explain: tests/explain
 def test_explain_on_the_concept_cnn_with_synthetic_dissection(tmp_path: Path, capsys):
     assert main(["-q", "train", "--model", "concept_cnn", "--dataset", "synthetic-concepts",
                  "--data-option", "num_samples=600", "--epochs", "4", "--no-progress",
@@ -259,6 +261,7 @@ def test_explain_on_the_concept_cnn_with_synthetic_dissection(tmp_path: Path, ca
     assert "missing" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # robust training epochs; CLI wiring: the poisoning test
 def test_gnn_attack_and_robust_training_on_a_synthetic_graph(tmp_path: Path, capsys):
     args = ["-q", "gnn", "--dataset", "synthetic:400", "--epochs", "30", "--out", str(tmp_path)]
     assert main([*args[:2], "attack", *args[2:], "--attack", "gta,random", "--budget", "0.05"]) == 0
@@ -290,6 +293,7 @@ def test_gnn_poisoning_and_minmax_robust_training(tmp_path: Path, capsys):
     assert main([*args[:2], "robust-train", *args[2:], "--mode", "poisoning"]) == 2
 
 
+@pytest.mark.slow  # HOG patch training; CLI wiring: the COCO detector test
 @pytest.mark.skipif(
     not (PERSONS / "manifest.csv").is_file(), reason=f"{PERSONS} absent (EDGEGUARD_DATA)"
 )

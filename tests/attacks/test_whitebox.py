@@ -143,7 +143,7 @@ def test_cw_binary_search_finds_smaller_perturbations(digits_model, digits_batch
     assert search.distortion["l2"][both].mean() <= one.distortion["l2"][both].mean() + 1e-6
 
 
-@pytest.mark.parametrize("solver", ["ista", "fista"])
+@pytest.mark.parametrize("solver", ["ista", pytest.param("fista", marks=pytest.mark.slow)])
 def test_ead_gives_sparser_perturbations_than_cw(digits_model, digits_batch, solver):
     x, y = digits_batch
     x, y = x[:60], y[:60]

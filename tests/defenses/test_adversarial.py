@@ -9,6 +9,7 @@ from edgeguard.engine import TrainConfig, evaluate, fit, seed_everything
 from edgeguard.models import build
 
 
+@pytest.mark.slow  # PGD adversarial training
 def test_adversarial_training_raises_pgd_accuracy(tmp_path):
     train, test = digits(True), digits(False)
     cfg = TrainConfig(epochs=6, lr=3e-3, progress=False)

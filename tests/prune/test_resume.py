@@ -63,7 +63,15 @@ STAGES = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("method", list(OPTIONS))
+SLOW = (
+    "reweighted",
+    "primal-proximal",
+)  # the other splitting pruner (admm) stays in the default run
+
+
+@pytest.mark.parametrize(
+    "method", [pytest.param(m, marks=pytest.mark.slow) if m in SLOW else m for m in OPTIONS]
+)
 def test_killed_anywhere_and_resumed_equals_uninterrupted(dense, tmp_path, monkeypatch, method):
     seed_everything(0)
     reference = _prune(dense, method, tmp_path / "full").model.state_dict()
