@@ -1,13 +1,46 @@
 """edgeguard: make deep models fast on edge hardware and safe against adversaries.
 
 ``edgeguard.compile(model, backend="cpu" | "cuda" | "auto")`` compiles a pruned model (see
-:mod:`edgeguard.compile`); the other capabilities live in their subpackages.
+:mod:`edgeguard.compile`); the other capabilities live in their subpackages (``dir(edgeguard)``
+lists them; the README's package map says what each holds).
 """
 
 import importlib
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("edgeguard")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+# capabilities first, then the shared conventions and the app layer
+__all__ = [
+    "sparsity",
+    "prune",
+    "compile",
+    "attacks",
+    "defenses",
+    "explain",
+    "models",
+    "data",
+    "engine",
+    "report",
+    "errors",
+    "validation",
+    "registry",
+    "masks",
+    "settings",
+    "cli",
+    "demo",
+    "__version__",
+]
 
 
 def __getattr__(name: str):
-    if name == "compile":  # lazy: importing edgeguard does not load the compiler
-        return importlib.import_module(".compile", __name__)
+    if name in __all__ and name != "__version__":  # lazy: importing edgeguard loads nothing else
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'edgeguard' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
