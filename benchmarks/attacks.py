@@ -64,39 +64,71 @@ def main() -> None:
         for name, attack in attacks.items():
             t0 = time.perf_counter()
             res = attack.run(model, x, y)
-            rows.append({"attack": name, "budget": budget, "success": res.success_rate,
-                         "mean_queries": float(res.queries.float().mean()),
-                         "seconds": time.perf_counter() - t0})  # fmt: skip
+            rows.append(
+                {
+                    "attack": name,
+                    "budget": budget,
+                    "success": res.success_rate,
+                    "mean_queries": float(res.queries.float().mean()),
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
         try:
             import torchattacks
         except ImportError:
             print("torchattacks not installed: the Square peer is skipped")
         else:
             counting = Counting(model).eval()
-            sq = torchattacks.Square(counting, norm="Linf", eps=args.eps, n_queries=budget,
-                                     n_restarts=1, loss="margin", seed=0)  # fmt: skip
+            sq = torchattacks.Square(
+                counting,
+                norm="Linf",
+                eps=args.eps,
+                n_queries=budget,
+                n_restarts=1,
+                loss="margin",
+                seed=0,
+            )
             counting.samples = 0
             t0 = time.perf_counter()
             adv = sq(x, y)
             with torch.no_grad():
                 success = float((model(adv).argmax(1) != y).float().mean())
-            rows.append({"attack": "square (torchattacks)", "budget": budget, "success": success,
-                         "mean_queries": counting.samples / len(x),
-                         "seconds": time.perf_counter() - t0})  # fmt: skip
+            rows.append(
+                {
+                    "attack": "square (torchattacks)",
+                    "budget": budget,
+                    "success": success,
+                    "mean_queries": counting.samples / len(x),
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
         for r in rows[-4:]:
-            print(f"budget {r['budget']:5d} {r['attack']:22s} success {100 * r['success']:5.1f}% "
-                  f"mean queries {r['mean_queries']:7.1f}", flush=True)  # fmt: skip
+            print(
+                f"budget {r['budget']:5d} {r['attack']:22s} success {100 * r['success']:5.1f}% "
+                f"mean queries {r['mean_queries']:7.1f}",
+                flush=True,
+            )
     # adversarial training
     seed_everything(0)
     robust = build("digits_cnn")
-    adversarial_training(robust, train, None, PGD(eps=0.1, steps=7, seed=None),
-                         TrainConfig(epochs=args.at_epochs, lr=3e-3, progress=False))  # fmt: skip
+    adversarial_training(
+        robust,
+        train,
+        None,
+        PGD(eps=0.1, steps=7, seed=None),
+        TrainConfig(epochs=args.at_epochs, lr=3e-3, progress=False),
+    )
     pgd = PGD(eps=0.1, steps=20)
     at = {
-        "standard": {"clean": evaluate(model, test)["accuracy"], "pgd": robust_accuracy(model, test, pgd)},
-        "PGD adversarial training": {"clean": evaluate(robust, test)["accuracy"],
-                                     "pgd": robust_accuracy(robust, test, pgd)},
-    }  # fmt: skip
+        "standard": {
+            "clean": evaluate(model, test)["accuracy"],
+            "pgd": robust_accuracy(model, test, pgd),
+        },
+        "PGD adversarial training": {
+            "clean": evaluate(robust, test)["accuracy"],
+            "pgd": robust_accuracy(robust, test, pgd),
+        },
+    }
     print("\n| attack | budget | success | mean queries |\n|---|---|---|---|")
     for r in rows:
         print(

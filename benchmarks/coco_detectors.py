@@ -43,9 +43,15 @@ def evaluate(det, photos, min_score: float = 0.01) -> dict:
     ap = average_precision(torch.cat(scores), torch.cat(matched), positives)
     tps = sum(int(tp[s >= saved].sum()) for s, tp, _ in per_photo)
     fps = sum(int((~tp[s >= saved]).sum()) for s, tp, _ in per_photo)
-    return {"AP50": round(ap, 4), "threshold": saved, "recall": round(tps / positives, 4),
-            "false positives per photo": round(fps / len(photos), 3), "photos": len(photos),
-            "persons": positives, "ms per photo (median)": round(1000 * sorted(times)[len(times) // 2], 1)}  # fmt: skip
+    return {
+        "AP50": round(ap, 4),
+        "threshold": saved,
+        "recall": round(tps / positives, 4),
+        "false positives per photo": round(fps / len(photos), 3),
+        "photos": len(photos),
+        "persons": positives,
+        "ms per photo (median)": round(1000 * sorted(times)[len(times) // 2], 1),
+    }
 
 
 def main() -> None:
@@ -54,15 +60,21 @@ def main() -> None:
     args = ap.parse_args()
     photos = load_persons(data_root() / "persons")
     rows = {name: evaluate(get_detector(name), photos) for name in ("centernet", "nanodet")}
-    record = {"date": str(date.today()), "machine": platform.processor() or platform.machine(),
-              "threads": torch.get_num_threads(), "results": rows}  # fmt: skip
+    record = {
+        "date": str(date.today()),
+        "machine": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "results": rows,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(record, indent=1))
     print("| detector | AP50 | threshold | recall | false positives / photo | ms / photo |")
     print("|---|---|---|---|---|---|")
     for name, r in rows.items():
-        print(f"| {name} | {r['AP50']:.4f} | {r['threshold']} | {r['recall']:.3f} | "
-              f"{r['false positives per photo']:.2f} | {r['ms per photo (median)']} |")  # fmt: skip
+        print(
+            f"| {name} | {r['AP50']:.4f} | {r['threshold']} | {r['recall']:.3f} | "
+            f"{r['false positives per photo']:.2f} | {r['ms per photo (median)']} |"
+        )
 
 
 if __name__ == "__main__":

@@ -44,34 +44,60 @@ def run(task: str, seed: int, args) -> dict:
     seed_everything(seed)
     train, test, concepts = data(task, seed, args.concept_images)
     model = build(arch, **({"num_classes": 4} if task == "concept_cnn" else {}))
-    fit(model, train, None, TrainConfig(epochs=12 if task == "digits_cnn" else 10, lr=3e-3,
-                                        seed=seed, progress=False))  # fmt: skip
+    fit(
+        model,
+        train,
+        None,
+        TrainConfig(epochs=12 if task == "digits_cnn" else 10, lr=3e-3, seed=seed, progress=False),
+    )
     acc = evaluate(model, test)["accuracy"]
     model.eval()
     x, y = (t[: args.num] for t in test.tensors)
-    attacks = {"FGSM": FGSM(eps=eps), "PGD-20": PGD(eps=eps, steps=20),
-               "C&W L2": CW(), "EAD": EAD()}  # fmt: skip
+    attacks = {
+        "FGSM": FGSM(eps=eps),
+        "PGD-20": PGD(eps=eps, steps=20),
+        "C&W L2": CW(),
+        "EAD": EAD(),
+    }
     t0 = time.perf_counter()
-    study = explain_attacks(model, x, y, attacks, out_dir=Path(args.out) / f"{task}_s{seed}",
-                            concepts=concepts, progress=False)  # fmt: skip
-    res = {"task": task, "seed": seed, "accuracy": acc, "seconds": time.perf_counter() - t0,
-           "attacks": {}}  # fmt: skip
+    study = explain_attacks(
+        model,
+        x,
+        y,
+        attacks,
+        out_dir=Path(args.out) / f"{task}_s{seed}",
+        concepts=concepts,
+        progress=False,
+    )
+    res = {
+        "task": task,
+        "seed": seed,
+        "accuracy": acc,
+        "seconds": time.perf_counter() - t0,
+        "attacks": {},
+    }
     for e in study.explanations:
         shares = e.category_shares()
         # conductance at an early layer: how far from complete is the split there?
         pse = unit_pse(model, e.inputs, e.adversarial, e.labels, e.adv_class, layer=early)
         r = {
-            "attempted": e.attempted, "failed": e.failed, **shares,
+            "attempted": e.attempted,
+            "failed": e.failed,
+            **shares,
             "overlap_supp_cam_true": float(e.overlap_suppression.mean()),
             "overlap_prom_cam_adv": float(e.overlap_promotion.mean()),
             "random_overlap": float(e.random_suppression.mean()),
             "exact_completeness_max": float(e.unit.completeness_error().max()),
             "conductance_completeness_max": float(pse.completeness_error().max()),
-        }  # fmt: skip
+        }
         if e.attack in study.correlations:
             c = study.correlations[e.attack]
-            r.update(rho=c.rho, p=c.p_value, detector_sens=c.detector_sensitivity,
-                     other_sens=c.other_sensitivity)  # fmt: skip
+            r.update(
+                rho=c.rho,
+                p=c.p_value,
+                detector_sens=c.detector_sensitivity,
+                other_sens=c.other_sensitivity,
+            )
         res["attacks"][e.attack] = r
     if study.dissection is not None:
         res["detectors"] = int(study.dissection.is_detector.sum())
@@ -97,9 +123,11 @@ def pct(values) -> str:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| model | attack | failed / attacked | suppression-dom. | balanced | promotion-dom. | "
-             "overlap supp./CAM true | overlap prom./CAM adv | random | sens.-IoU rho (p) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| model | attack | failed / attacked | suppression-dom. | balanced | promotion-dom. | "
+        "overlap supp./CAM true | overlap prom./CAM adv | random | sens.-IoU rho (p) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for task in SETUPS:
         rs = [r for r in results if r["task"] == task]
         if not rs:
@@ -136,12 +164,21 @@ def main() -> None:
     print(table(results))
     for r in results:
         extra = r["attacks"][next(iter(r["attacks"]))]
-        print(f"{r['task']} seed {r['seed']}: exact split max error "
-              f"{max(a['exact_completeness_max'] for a in r['attacks'].values()):.1e}, conductance "
-              f"max error {max(a['conductance_completeness_max'] for a in r['attacks'].values()):.2%}"
-              + (f", detectors {r['detectors']}/{r['units']} {r['detector_counts']}" if "detectors" in r else "")
-              + (f", detector sens {extra['detector_sens']:.3f} vs others {extra['other_sens']:.3f}"
-                 if "detector_sens" in extra else ""))  # fmt: skip
+        print(
+            f"{r['task']} seed {r['seed']}: exact split max error "
+            f"{max(a['exact_completeness_max'] for a in r['attacks'].values()):.1e}, conductance "
+            f"max error {max(a['conductance_completeness_max'] for a in r['attacks'].values()):.2%}"
+            + (
+                f", detectors {r['detectors']}/{r['units']} {r['detector_counts']}"
+                if "detectors" in r
+                else ""
+            )
+            + (
+                f", detector sens {extra['detector_sens']:.3f} vs others {extra['other_sens']:.3f}"
+                if "detector_sens" in extra
+                else ""
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -32,9 +32,15 @@ from edgeguard.models.graph import gcn
 from edgeguard.settings import data_root
 
 ROOT = data_root() / "planetoid"
-EVAL = {"PGD-CE": ("pgd", {"steps": 50}), "PGD-CW": ("pgd-cw", {"steps": 50}),
-        "GTA": ("gta", {}), "ZO-GTA": ("zo-gta", {}), "random": ("random", {}),
-        "DICE": ("dice", {}), "PGD-features": ("pgd-features", {"steps": 50})}  # fmt: skip
+EVAL = {
+    "PGD-CE": ("pgd", {"steps": 50}),
+    "PGD-CW": ("pgd-cw", {"steps": 50}),
+    "GTA": ("gta", {}),
+    "ZO-GTA": ("zo-gta", {}),
+    "random": ("random", {}),
+    "DICE": ("dice", {}),
+    "PGD-features": ("pgd-features", {"steps": 50}),
+}
 
 
 def load(name: str):
@@ -47,15 +53,25 @@ def load(name: str):
 def natural(data, seed, epochs=200):
     seed_everything(seed)
     m = gcn(data.num_features, int(data.y.max()) + 1, hidden=16)
-    robust_train(m, data, None, TrainConfig(epochs=epochs, lr=0.01, weight_decay=5e-4,
-                                            scheduler="none"), log_every=10**6)  # fmt: skip
+    robust_train(
+        m,
+        data,
+        None,
+        TrainConfig(epochs=epochs, lr=0.01, weight_decay=5e-4, scheduler="none"),
+        log_every=10**6,
+    )
     return m.eval()
 
 
 def pyg_attack(cls, model, data, budget):
     att = cls(model, block_size=250_000, log=False)
-    ei, _ = att.attack(data.x, data.edge_index, data.y, budget=budget,
-                       idx_attack=data.test_mask.nonzero().squeeze(1))  # fmt: skip
+    ei, _ = att.attack(
+        data.x,
+        data.edge_index,
+        data.y,
+        budget=budget,
+        idx_attack=data.test_mask.nonzero().squeeze(1),
+    )
     d = data.clone()
     d.edge_index = ei
     return node_accuracy(model, d)
@@ -82,25 +98,34 @@ def run_attacks(args) -> list[dict]:
                 r[label] = pyg_attack(cls, m, data, budget)
                 r[f"{label} s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            pois = poison(get_graph_attack("gta", budget=args.budget, seed=seed),
-                          lambda d=data: gcn(d.num_features, int(d.y.max()) + 1, hidden=16), data,
-                          TrainConfig(epochs=200, lr=0.01, weight_decay=5e-4, scheduler="none"),
-                          seed=seed)  # fmt: skip
+            pois = poison(
+                get_graph_attack("gta", budget=args.budget, seed=seed),
+                lambda d=data: gcn(d.num_features, int(d.y.max()) + 1, hidden=16),
+                data,
+                TrainConfig(epochs=200, lr=0.01, weight_decay=5e-4, scheduler="none"),
+                seed=seed,
+            )
             r["GTA poisoning"] = pois.poisoned
             r["GTA poisoning s"] = time.perf_counter() - t0
-            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}),
-                  flush=True)  # fmt: skip
+            print(
+                json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}),
+                flush=True,
+            )
             rows.append(r)
     return rows
 
 
 def run_robust(args) -> list[dict]:
-    inner = {"natural": None,
-             "PGD": ("pgd", {"steps": 10, "samples": 5}),
-             "GTA": ("gta", {"rounds": 1}),
-             "ZO-GTA": ("zo-gta", {"rounds": 1, "q": 20}),
-             "GTA+features minmax": [("gta", {"rounds": 1}),
-                                     ("pgd-features", {"steps": 10, "samples": 5})]}  # fmt: skip
+    inner = {
+        "natural": None,
+        "PGD": ("pgd", {"steps": 10, "samples": 5}),
+        "GTA": ("gta", {"rounds": 1}),
+        "ZO-GTA": ("zo-gta", {"rounds": 1, "q": 20}),
+        "GTA+features minmax": [
+            ("gta", {"rounds": 1}),
+            ("pgd-features", {"steps": 10, "samples": 5}),
+        ],
+    }
     rows = []
     for name in args.datasets:
         data = load(name)
@@ -111,22 +136,36 @@ def run_robust(args) -> list[dict]:
                 seed_everything(seed)
                 m = gcn(data.num_features, int(data.y.max()) + 1, hidden=16)
                 specs = spec if isinstance(spec, list) else [spec] if spec else []
-                attack = [get_graph_attack(a, budget=args.budget, seed=seed, **kw)
-                          for a, kw in specs] or None  # fmt: skip
-                hist = robust_train(m, data, attack, TrainConfig(
-                    epochs=args.epochs, lr=0.01, weight_decay=5e-4, scheduler="none"),
-                    log_every=10**6)  # fmt: skip
+                attack = [
+                    get_graph_attack(a, budget=args.budget, seed=seed, **kw) for a, kw in specs
+                ] or None
+                hist = robust_train(
+                    m,
+                    data,
+                    attack,
+                    TrainConfig(epochs=args.epochs, lr=0.01, weight_decay=5e-4, scheduler="none"),
+                    log_every=10**6,
+                )
                 m.eval()
-                r = {"dataset": name, "seed": seed, "training": label,
-                     "threads": torch.get_num_threads(),
-                     "s/epoch": statistics.mean(e["seconds"] for e in hist.epochs),
-                     "clean": node_accuracy(m, data)}  # fmt: skip
+                r = {
+                    "dataset": name,
+                    "seed": seed,
+                    "training": label,
+                    "threads": torch.get_num_threads(),
+                    "s/epoch": statistics.mean(e["seconds"] for e in hist.epochs),
+                    "clean": node_accuracy(m, data),
+                }
                 for ev in ("PGD-CE", "GTA", "PGD-features"):
                     a, kw = EVAL[ev]
-                    r[ev] = node_accuracy(m, get_graph_attack(a, budget=args.budget, seed=seed,
-                                                              **kw)(m, data).data)  # fmt: skip
-                print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
-                                  for k, v in r.items()}), flush=True)  # fmt: skip
+                    r[ev] = node_accuracy(
+                        m, get_graph_attack(a, budget=args.budget, seed=seed, **kw)(m, data).data
+                    )
+                print(
+                    json.dumps(
+                        {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
+                    ),
+                    flush=True,
+                )
                 rows.append(r)
     return rows
 
@@ -141,15 +180,25 @@ def run_scale(args) -> list[dict]:
     res = get_graph_attack("gta", budget=0.01, rounds=20, max_candidates=4_000_000)(m, data)
     attacked = node_accuracy(m, res.data)
     t1 = time.perf_counter()
-    hist = robust_train(m, data, get_graph_attack("gta", budget=0.01, rounds=1,
-                                                  max_candidates=4_000_000),
-                        TrainConfig(epochs=1, lr=0.01, weight_decay=5e-4, scheduler="none"))  # fmt: skip
-    row = {"nodes": data.num_nodes, "edges": data.edge_index.shape[1] // 2,
-           "generate s": t_gen, "natural training s": t_train, "clean": clean,
-           "GTA 1% flips": res.num_flips, "GTA 1% s": res.seconds, "GTA 1% acc": attacked,
-           "robust epoch s": time.perf_counter() - t1,
-           "robust epoch attack s": hist.epochs[0]["attack_seconds"],
-           "peak RSS GB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}  # fmt: skip
+    hist = robust_train(
+        m,
+        data,
+        get_graph_attack("gta", budget=0.01, rounds=1, max_candidates=4_000_000),
+        TrainConfig(epochs=1, lr=0.01, weight_decay=5e-4, scheduler="none"),
+    )
+    row = {
+        "nodes": data.num_nodes,
+        "edges": data.edge_index.shape[1] // 2,
+        "generate s": t_gen,
+        "natural training s": t_train,
+        "clean": clean,
+        "GTA 1% flips": res.num_flips,
+        "GTA 1% s": res.seconds,
+        "GTA 1% acc": attacked,
+        "robust epoch s": time.perf_counter() - t1,
+        "robust epoch attack s": hist.epochs[0]["attack_seconds"],
+        "peak RSS GB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
     print(json.dumps(row), flush=True)
     return [row]
 
@@ -164,8 +213,11 @@ def summarize(paths: list[Path]) -> None:
         if not p.is_file():
             raise SystemExit(f"no such result file: {p}")
         text = p.read_text()
-        recs = json.loads(text) if p.suffix == ".json" else [json.loads(x) for x in text.splitlines()
-                                                              if x.strip()]  # fmt: skip
+        recs = (
+            json.loads(text)
+            if p.suffix == ".json"
+            else [json.loads(x) for x in text.splitlines() if x.strip()]
+        )
         for r in recs:
             rows[(r["dataset"], r.get("training"), r["seed"])] = r
     print_summary(list(rows.values()))
@@ -177,15 +229,22 @@ def print_summary(rows: list[dict]) -> None:
     for r in sorted(rows, key=lambda r: (r["dataset"], r["seed"])):
         groups.setdefault((r["dataset"], r.get("training")), []).append(r)
     for (ds, tr), rs in groups.items():
-        keys = [k for k in rs[0] if k not in ("dataset", "training", "seed", "threads")
-                and not k.endswith((" s", " queries"))]  # fmt: skip
+        keys = [
+            k
+            for k in rs[0]
+            if k not in ("dataset", "training", "seed", "threads")
+            and not k.endswith((" s", " queries"))
+        ]
         cells = []
         for k in keys:
             vals = [r[k] for r in rs if isinstance(r.get(k), int | float)]
             scale = 1 if k == "s/epoch" else 100
             sd = statistics.stdev(vals) * scale if len(vals) > 1 else 0.0
-            cells.append(f"{statistics.mean(vals) * scale:.2f} ± {sd:.2f}" if k == "s/epoch"
-                         else f"{statistics.mean(vals) * scale:.1f} ± {sd:.1f}")  # fmt: skip
+            cells.append(
+                f"{statistics.mean(vals) * scale:.2f} ± {sd:.2f}"
+                if k == "s/epoch"
+                else f"{statistics.mean(vals) * scale:.1f} ± {sd:.1f}"
+            )
         label = f"{ds} ({len(rs)})" + (f" | {tr}" if tr else "")
         print(f"| {label} | " + " | ".join(cells) + " |   <- " + ", ".join(keys))
 
@@ -200,11 +259,21 @@ def main() -> None:
         "--epochs", type=int, default=100, help="robust: training epochs; scale: natural"
     )
     ap.add_argument("--nodes", type=int, default=1_000_000)
-    ap.add_argument("--trainings", nargs="+", default=None, help="robust: only these rows",
-                    choices=["natural", "PGD", "GTA", "ZO-GTA", "GTA+features minmax"])  # fmt: skip
+    ap.add_argument(
+        "--trainings",
+        nargs="+",
+        default=None,
+        help="robust: only these rows",
+        choices=["natural", "PGD", "GTA", "ZO-GTA", "GTA+features minmax"],
+    )
     ap.add_argument("--out", default="runs/bench/graph")
-    ap.add_argument("--inputs", nargs="+", type=Path, default=[],
-                    help="summarize: result files (.json lists or .jsonl rows) of earlier runs")  # fmt: skip
+    ap.add_argument(
+        "--inputs",
+        nargs="+",
+        type=Path,
+        default=[],
+        help="summarize: result files (.json lists or .jsonl rows) of earlier runs",
+    )
     args = ap.parse_args()
     if args.what == "summarize":
         summarize(args.inputs)

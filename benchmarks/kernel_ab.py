@@ -58,8 +58,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--a", type=Path, required=True, help="checkout of variant A (the baseline)")
     ap.add_argument("--b", type=Path, required=True, help="checkout of variant B")
-    ap.add_argument("--layers", nargs="+", default=["conv3b", "conv4b", "conv5a"],
-                    choices=list(LAYERS))  # fmt: skip
+    ap.add_argument(
+        "--layers", nargs="+", default=["conv3b", "conv4b", "conv5a"], choices=list(LAYERS)
+    )
     ap.add_argument("--reductions", type=float, nargs="+", default=[2, 4])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
@@ -86,8 +87,9 @@ def main() -> None:
                 sparse.weight *= mask
             real = mask.numel() / mask.sum().item()
             a = comp_a.SparseConv(comp_a.plan_conv(sparse, mr=args.mr), mode="cpu", name=name)
-            b = comp_b.SparseConv(comp_b.plan_conv(sparse, mr=args.mr), mode="cpu", name=name,
-                                  **knobs)  # fmt: skip
+            b = comp_b.SparseConv(
+                comp_b.plan_conv(sparse, mr=args.mr), mode="cpu", name=name, **knobs
+            )
             with torch.no_grad():
                 ref = sparse(x)
                 scale = ref.abs().max()
@@ -95,9 +97,12 @@ def main() -> None:
                 err_b = float((b(x) - ref).abs().max() / scale)
                 a.reuse_buffers = b.reuse_buffers = True
                 d1, ta1, tb1, ta2, tb2, d2 = three_pairs(dense, a, b, x, args.repeats)
-            print(f"{name} {red:g}x: dense {d1:.1f}/{d2:.1f} ms  A {ta1:.2f}/{ta2:.2f}  "
-                  f"B {tb2:.2f}/{tb1:.2f}  ratio A {d1 / ta1 / real:.2f} B {d2 / tb2 / real:.2f}  "
-                  f"B/A {tb1 / ta2:.3f}  rel. err {err_a:.1e} {err_b:.1e}", flush=True)  # fmt: skip
+            print(
+                f"{name} {red:g}x: dense {d1:.1f}/{d2:.1f} ms  A {ta1:.2f}/{ta2:.2f}  "
+                f"B {tb2:.2f}/{tb1:.2f}  ratio A {d1 / ta1 / real:.2f} B {d2 / tb2 / real:.2f}  "
+                f"B/A {tb1 / ta2:.3f}  rel. err {err_a:.1e} {err_b:.1e}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

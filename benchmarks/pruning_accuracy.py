@@ -85,9 +85,12 @@ def torch_pruning_channels(model, shape, target: float):
         net = copy.deepcopy(model)
         last = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
         pruner = tp.pruner.MetaPruner(
-            net, example, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=ratio,
+            net,
+            example,
+            importance=tp.importance.MagnitudeImportance(p=2),
+            pruning_ratio=ratio,
             ignored_layers=[last],
-        )  # fmt: skip
+        )
         pruner.step()
         return net
 
@@ -173,10 +176,17 @@ def main() -> None:
                             pruner = get_pruner(method, scheme)
                             method_reg = REG_OVERRIDES.get(method, {})
                             res = run_pruning(
-                                model, pruner, train, val, shape, flops_reduction=target,
-                                regularize=replace(reg, **method_reg) if pruner.regularizes else None,
+                                model,
+                                pruner,
+                                train,
+                                val,
+                                shape,
+                                flops_reduction=target,
+                                regularize=replace(reg, **method_reg)
+                                if pruner.regularizes
+                                else None,
                                 finetune=ft,
-                            )  # fmt: skip
+                            )
                             acc, red = res.accuracy_finetuned, res.flops.reduction
                     except (ImportError, RuntimeError, ValueError) as err:
                         print(f"  skip {method}/{scheme} at {target}x: {err}", flush=True)
@@ -228,9 +238,14 @@ def summarise(results: list[dict], args, out: Path, seconds: float) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for key in sorted({(k[0], k[1]) for k in rows if k[0] != "dense"}):
         ts = [t for t in targets if (*key, t) in rows]
-        ax.errorbar(ts, [statistics.mean(rows[(*key, t)]) for t in ts],
-                    yerr=[statistics.stdev(rows[(*key, t)]) if len(rows[(*key, t)]) > 1 else 0 for t in ts],
-                    marker="o", capsize=3, label=f"{key[0]} / {key[1]}")  # fmt: skip
+        ax.errorbar(
+            ts,
+            [statistics.mean(rows[(*key, t)]) for t in ts],
+            yerr=[statistics.stdev(rows[(*key, t)]) if len(rows[(*key, t)]) > 1 else 0 for t in ts],
+            marker="o",
+            capsize=3,
+            label=f"{key[0]} / {key[1]}",
+        )
     dense = [v for k, vs in rows.items() if k[0] == "dense" for v in vs]
     ax.axhline(statistics.mean(dense), color="k", ls="--", lw=1, label="dense")
     ax.set_xscale("log")

@@ -28,10 +28,15 @@ from edgeguard.models import build, count_flops
 from edgeguard.sparsity import get_scheme, prune_model
 
 C3D_LAYERS = [  # name, cin, cout, input T, H, W (C3D at 16x112x112)
-    ("conv1", 3, 64, 16, 112, 112), ("conv2", 64, 128, 16, 56, 56), ("conv3a", 128, 256, 8, 28, 28),
-    ("conv3b", 256, 256, 8, 28, 28), ("conv4a", 256, 512, 4, 14, 14), ("conv4b", 512, 512, 4, 14, 14),
-    ("conv5a", 512, 512, 2, 7, 7), ("conv5b", 512, 512, 2, 7, 7),
-]  # fmt: skip
+    ("conv1", 3, 64, 16, 112, 112),
+    ("conv2", 64, 128, 16, 56, 56),
+    ("conv3a", 128, 256, 8, 28, 28),
+    ("conv3b", 256, 256, 8, 28, 28),
+    ("conv4a", 256, 512, 4, 14, 14),
+    ("conv4b", 512, 512, 4, 14, 14),
+    ("conv5a", 512, 512, 2, 7, 7),
+    ("conv5b", 512, 512, 2, 7, 7),
+]
 
 
 def per_layer(reductions, repeats):
@@ -57,11 +62,21 @@ def per_layer(reductions, repeats):
                 dense_ms, ms = paired_ms(
                     lambda c=conv, x=x: c(x), lambda c=layer, x=x: c(x), repeats
                 )
-            rows.append({"layer": name, "target": red, "reduction": real, "dense_ms": dense_ms,
-                         "sparse_ms": ms, "speedup": dense_ms / ms})  # fmt: skip
-            print(f"  {name:7s} {red:g}x: dense {dense_ms:7.1f} ms  sparse {ms:7.1f} ms  "
-                  f"speedup {dense_ms / ms:5.2f}  ({dense_ms / ms / real:.2f} of the MAC reduction)",
-                  flush=True)  # fmt: skip
+            rows.append(
+                {
+                    "layer": name,
+                    "target": red,
+                    "reduction": real,
+                    "dense_ms": dense_ms,
+                    "sparse_ms": ms,
+                    "speedup": dense_ms / ms,
+                }
+            )
+            print(
+                f"  {name:7s} {red:g}x: dense {dense_ms:7.1f} ms  sparse {ms:7.1f} ms  "
+                f"speedup {dense_ms / ms:5.2f}  ({dense_ms / ms / real:.2f} of the MAC reduction)",
+                flush=True,
+            )
     return rows
 
 
@@ -83,8 +98,10 @@ def channel_pruned(dense: nn.Module, arch: str, shape, target: float):
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if shrunk(mid)[1] >= target else (mid, hi)
     comp, red = shrunk(hi)
-    print(f"  channel-pruned model: uniform filter rate {hi:.3f}, {red:.2f}x fewer MACs once shrunk",
-          flush=True)  # fmt: skip
+    print(
+        f"  channel-pruned model: uniform filter rate {hi:.3f}, {red:.2f}x fewer MACs once shrunk",
+        flush=True,
+    )
     return comp
 
 
@@ -99,8 +116,14 @@ def ort_ms(model: nn.Module, shape, repeats: int, threads: int) -> float | None:
 
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model.eval(), (torch.randn(*shape),), str(path), dynamo=False,
-                              input_names=["input"], opset_version=18)  # fmt: skip
+            torch.onnx.export(
+                model.eval(),
+                (torch.randn(*shape),),
+                str(path),
+                dynamo=False,
+                input_names=["input"],
+                opset_version=18,
+            )
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
@@ -137,17 +160,30 @@ def end_to_end(repeats: int, threads: int, models, targets):
                 with torch.no_grad():
                     err = float((comp(x) - model(x)).abs().max() / model(x).abs().max())
                 with torch.no_grad():
-                    dense_ms, ms = paired_ms(lambda d=dense, x=x: d(x), lambda c=comp, x=x: c(x),
-                                             repeats)  # fmt: skip
-                row = {"model": arch, "scheme": scheme, "target": target, "reduction": red,
-                       "compiled_ms": ms, "dense_ms": dense_ms, "dense_ort_ms": dense_ort,
-                       "channel_torch_ms": ch_ms, "channel_ort_ms": ch_ort, "rel_err": err,
-                       "build_s": build_s}  # fmt: skip
+                    dense_ms, ms = paired_ms(
+                        lambda d=dense, x=x: d(x), lambda c=comp, x=x: c(x), repeats
+                    )
+                row = {
+                    "model": arch,
+                    "scheme": scheme,
+                    "target": target,
+                    "reduction": red,
+                    "compiled_ms": ms,
+                    "dense_ms": dense_ms,
+                    "dense_ort_ms": dense_ort,
+                    "channel_torch_ms": ch_ms,
+                    "channel_ort_ms": ch_ort,
+                    "rel_err": err,
+                    "build_s": build_s,
+                }
                 rows.append(row)
-                print(f"  {scheme:7s} {target:g}x (reached {red:.2f}x): compiled {ms:.1f} ms "
-                      f"(speedup {dense_ms / ms:.2f} over torch, {(dense_ort or 0) / ms:.2f} over ORT); "
-                      f"channel-pruned torch {ch_ms:.1f} ms, ORT {ch_ort} ms; err {err:.1e}; "
-                      f"build {build_s:.0f} s", flush=True)  # fmt: skip
+                print(
+                    f"  {scheme:7s} {target:g}x (reached {red:.2f}x): compiled {ms:.1f} ms "
+                    f"(speedup {dense_ms / ms:.2f} over torch, {(dense_ort or 0) / ms:.2f} over ORT); "
+                    f"channel-pruned torch {ch_ms:.1f} ms, ORT {ch_ort} ms; err {err:.1e}; "
+                    f"build {build_s:.0f} s",
+                    flush=True,
+                )
     return rows
 
 
@@ -183,16 +219,22 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["c3d", "r2plus1d_18"])
     ap.add_argument("--targets", type=float, nargs="+", default=[2.5, 3.6])
     ap.add_argument("--out", default="runs/bench/sparse_inference")
-    ap.add_argument("--glibc-malloc", action="store_true",
-                    help="keep glibc's default allocator (large blocks mmap'ed and page-faulted on "
-                         "every call: a slower, state-dependent dense baseline)")  # fmt: skip
+    ap.add_argument(
+        "--glibc-malloc",
+        action="store_true",
+        help="keep glibc's default allocator (large blocks mmap'ed and page-faulted on "
+        "every call: a slower, state-dependent dense baseline)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     steady = False if args.glibc_malloc else steady_allocator()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"machine: {platform.processor() or platform.machine()}, threads {args.threads}, "
-          f"torch {torch.__version__}, steady allocator {steady}", flush=True)  # fmt: skip
+    print(
+        f"machine: {platform.processor() or platform.machine()}, threads {args.threads}, "
+        f"torch {torch.__version__}, steady allocator {steady}",
+        flush=True,
+    )
     results = {
         "threads": args.threads,
         "date": time.strftime("%Y-%m-%d"),

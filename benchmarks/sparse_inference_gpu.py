@@ -26,9 +26,12 @@ from edgeguard.sparsity import get_scheme, prune_model
 def check_kernels() -> list[dict]:
     rows = []
     torch.backends.cudnn.allow_tf32 = False
-    cases = [(64, 128, 3, 1, 1, (16, 56, 56)), (256, 256, 3, 1, 1, (8, 28, 28)),
-             (64, 144, (1, 3, 3), (1, 2, 2), (0, 1, 1), (8, 28, 28)),
-             (144, 128, (3, 1, 1), (2, 1, 1), (1, 0, 0), (8, 14, 14))]  # fmt: skip
+    cases = [
+        (64, 128, 3, 1, 1, (16, 56, 56)),
+        (256, 256, 3, 1, 1, (8, 28, 28)),
+        (64, 144, (1, 3, 3), (1, 2, 2), (0, 1, 1), (8, 28, 28)),
+        (144, 128, (3, 1, 1), (2, 1, 1), (1, 0, 0), (8, 14, 14)),
+    ]
     for cin, cout, k, s, p, size in cases:
         torch.manual_seed(0)
         conv = nn.Conv3d(cin, cout, k, s, p).cuda()
@@ -53,8 +56,11 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    res: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                 "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+    res: dict = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
     import triton
 
     res["triton"] = triton.__version__

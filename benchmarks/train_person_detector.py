@@ -33,16 +33,20 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     photos = load_persons(args.data, args.sources.split(","))
     train, test = photos.split(0.3, seed=args.seed)
-    print(f"{len(train)} training photos ({train.num_persons} persons), {len(test)} held out "
-          f"({test.num_persons} persons)")  # fmt: skip
+    print(
+        f"{len(train)} training photos ({train.num_persons} persons), {len(test)} held out "
+        f"({test.num_persons} persons)"
+    )
     t0 = time.perf_counter()
     det = train_person_detector(train, epochs=args.epochs, seed=args.seed)
     print(f"trained in {time.perf_counter() - t0:.0f} s")
     save_detector(det, args.out)
     det = load_cnn_detector(args.out)
-    print(f"AP@0.5 held-out: {evaluate_ap(det, test):.3f}; Penn-Fudan + INRIA held-out: "
-          f"{evaluate_ap(det, test.only(['pennfudan', 'inria'])):.3f}; train: "
-          f"{evaluate_ap(det, train):.3f}")  # fmt: skip
+    print(
+        f"AP@0.5 held-out: {evaluate_ap(det, test):.3f}; Penn-Fudan + INRIA held-out: "
+        f"{evaluate_ap(det, test.only(['pennfudan', 'inria'])):.3f}; train: "
+        f"{evaluate_ap(det, train):.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -61,22 +61,50 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/bench/tshirt")
     ap.add_argument("--skip", default="", help="comma-separated variants to skip")
-    ap.add_argument("--shape", default="torso", choices=SHAPES,
-                    help="patch: the whole torso region (a shirt print) or the largest square in it")  # fmt: skip
-    ap.add_argument("--patches", default=None,
-                    help="evaluate the patch_*.safetensors (or .png) of an earlier run, no training")  # fmt: skip
-    ap.add_argument("--train-tps", type=float, default=EOT.tps,
-                    help="TPS strength (control-point std, half patch heights) the TPS-trained patches "
-                         "see; the held-out evaluation keeps the default unless --tps-sweep")  # fmt: skip
-    ap.add_argument("--tps-sweep", type=float, nargs="*", default=[],
-                    help="also evaluate under EOT with these TPS strengths (default EOT is 0.08)")  # fmt: skip
-    ap.add_argument("--topk", type=int, default=TShirtConfig.topk,
-                    help="the loss averages this many best windows overlapping the person")  # fmt: skip
-    ap.add_argument("--kappa", type=float, default=TShirtConfig.kappa,
-                    help="margin below the threshold past which a window stops pulling")  # fmt: skip
-    ap.add_argument("--folds", type=int, default=0,
-                    help="k-fold cross-validation over the photos (k >= 2): every person is held out "
-                         "once, ASR pooled over the folds (default: one 70/30 split)")  # fmt: skip
+    ap.add_argument(
+        "--shape",
+        default="torso",
+        choices=SHAPES,
+        help="patch: the whole torso region (a shirt print) or the largest square in it",
+    )
+    ap.add_argument(
+        "--patches",
+        default=None,
+        help="evaluate the patch_*.safetensors (or .png) of an earlier run, no training",
+    )
+    ap.add_argument(
+        "--train-tps",
+        type=float,
+        default=EOT.tps,
+        help="TPS strength (control-point std, half patch heights) the TPS-trained patches "
+        "see; the held-out evaluation keeps the default unless --tps-sweep",
+    )
+    ap.add_argument(
+        "--tps-sweep",
+        type=float,
+        nargs="*",
+        default=[],
+        help="also evaluate under EOT with these TPS strengths (default EOT is 0.08)",
+    )
+    ap.add_argument(
+        "--topk",
+        type=int,
+        default=TShirtConfig.topk,
+        help="the loss averages this many best windows overlapping the person",
+    )
+    ap.add_argument(
+        "--kappa",
+        type=float,
+        default=TShirtConfig.kappa,
+        help="margin below the threshold past which a window stops pulling",
+    )
+    ap.add_argument(
+        "--folds",
+        type=int,
+        default=0,
+        help="k-fold cross-validation over the photos (k >= 2): every person is held out "
+        "once, ASR pooled over the folds (default: one 70/30 split)",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.folds == 1 or args.folds < 0:
@@ -88,11 +116,16 @@ def main() -> None:
     hog, cnn = HOGPersonDetector(), load_cnn_detector()
     folds = [(i, args.folds) for i in range(args.folds)] if args.folds else [None]
     pooled: dict[tuple[str, str, str], list[ASR]] = {}
-    result = {"date": date.today().isoformat(), "machine": platform.processor() or
-              platform.machine(), "threads": torch.get_num_threads(), "args": vars(args)}  # fmt: skip
+    result = {
+        "date": date.today().isoformat(),
+        "machine": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "args": vars(args),
+    }
     for fold in folds:
-        split = load_crops(DATA, args.sources.split(","), 0.3, args.seed, scale=1.0,
-                           shape=args.shape, fold=fold)  # fmt: skip
+        split = load_crops(
+            DATA, args.sources.split(","), 0.3, args.seed, scale=1.0, shape=args.shape, fold=fold
+        )
         sub = out / f"fold{fold[0]}" if fold else out
         patches_dir = Path(args.patches) / sub.name if fold and args.patches else args.patches
         if fold:
@@ -114,9 +147,16 @@ def main() -> None:
 
 
 def row(eot_name: str, patch: str, detector: str, a: ASR) -> dict:
-    return {"transformations": eot_name, "patch": patch, "detector": detector,
-            "persons": a.clean_detected, "samples": a.attacked, "hidden": a.hidden,
-            "ASR": round(a.rate, 4), "ASR_ci95": [round(v, 4) for v in a.interval()]}  # fmt: skip
+    return {
+        "transformations": eot_name,
+        "patch": patch,
+        "detector": detector,
+        "persons": a.clean_detected,
+        "samples": a.attacked,
+        "hidden": a.hidden,
+        "ASR": round(a.rate, 4),
+        "ASR_ci95": [round(v, 4) for v in a.interval()],
+    }
 
 
 def run_split(args, split, out: Path, patches_dir, hog, cnn, pooled) -> dict:
@@ -140,8 +180,11 @@ def run_split(args, split, out: Path, patches_dir, hog, cnn, pooled) -> dict:
             return
         stem = f"patch_{name.replace(' ', '_')}"
         if patches_dir:  # reuse: exact from safetensors, within 1/510 from a print PNG
-            found = [f for f in (Path(patches_dir) / (stem + e) for e in (".safetensors", ".png"))
-                     if f.is_file()]  # fmt: skip
+            found = [
+                f
+                for f in (Path(patches_dir) / (stem + e) for e in (".safetensors", ".png"))
+                if f.is_file()
+            ]
             if found:
                 patches[name] = load_patch(found[0], size)
                 print(f"{name}: loaded {found[0]}", flush=True)
@@ -157,16 +200,35 @@ def run_split(args, split, out: Path, patches_dir, hog, cnn, pooled) -> dict:
         save_file({"patch": patches[name].contiguous()}, str(out / f"{stem}.safetensors"))
         print(f"{name}: trained in {seconds[name]:.0f} s", flush=True)
 
-    cfg = {"steps": args.steps, "seed": args.seed, "size": size, "eot": EOT(tps=args.train_tps),
-           "topk": args.topk, "kappa": args.kappa}  # fmt: skip
-    run("TPS (HOG)", lambda: AdversarialTShirt(training_view(hog), TShirtConfig(**cfg))
-        .train(train_hog).patch)  # fmt: skip
-    run("rigid (HOG)", lambda: AdversarialTShirt(training_view(hog), TShirtConfig(
-        **(cfg | {"eot": EOT.rigid()}))).train(train_hog).patch)  # fmt: skip
+    cfg = {
+        "steps": args.steps,
+        "seed": args.seed,
+        "size": size,
+        "eot": EOT(tps=args.train_tps),
+        "topk": args.topk,
+        "kappa": args.kappa,
+    }
+    run(
+        "TPS (HOG)",
+        lambda: AdversarialTShirt(training_view(hog), TShirtConfig(**cfg)).train(train_hog).patch,
+    )
+    run(
+        "rigid (HOG)",
+        lambda: (
+            AdversarialTShirt(training_view(hog), TShirtConfig(**(cfg | {"eot": EOT.rigid()})))
+            .train(train_hog)
+            .patch
+        ),
+    )
     box = OpenCVHOGBlackBox()
-    run("ZO (OpenCV)", lambda: ZOTShirt(box.scores, ZOConfig(steps=args.zo_steps, seed=args.seed,
-                                                         size=size))
-        .train(only_detected(box.detected, split.train)).patch)  # fmt: skip
+    run(
+        "ZO (OpenCV)",
+        lambda: (
+            ZOTShirt(box.scores, ZOConfig(steps=args.zo_steps, seed=args.seed, size=size))
+            .train(only_detected(box.detected, split.train))
+            .patch
+        ),
+    )
     for weighting in ("minmax", "average"):
         run(
             f"ensemble {weighting}",
@@ -189,13 +251,21 @@ def run_split(args, split, out: Path, patches_dir, hog, cnn, pooled) -> dict:
             pooled.setdefault((eot_name, p, d), []).append(a)
             print(json.dumps(rows[-1]), flush=True)
     if "TPS (HOG)" in patches:
-        detection_examples(hog, only_detected(seen(hog), split.test), patches["TPS (HOG)"], EOT(),
-                           out / "detections_hog.png")  # fmt: skip
+        detection_examples(
+            hog,
+            only_detected(seen(hog), split.test),
+            patches["TPS (HOG)"],
+            EOT(),
+            out / "detections_hog.png",
+        )
     return {
-        "cnn_ap50": cnn_ap, "train_persons": {"hog": len(train_hog), "hog+cnn": len(train_both)},
-        "held_out_persons": len(split.test), "skipped": split.skipped, "train_seconds": seconds,
+        "cnn_ap50": cnn_ap,
+        "train_persons": {"hog": len(train_hog), "hog+cnn": len(train_both)},
+        "held_out_persons": len(split.test),
+        "skipped": split.skipped,
+        "train_seconds": seconds,
         "rows": rows,
-    }  # fmt: skip
+    }
 
 
 if __name__ == "__main__":

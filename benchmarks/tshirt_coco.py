@@ -47,8 +47,17 @@ from edgeguard.models.detectors import get_detector
 from edgeguard.report.plots import save_patch
 from edgeguard.settings import data_root
 
-HELD_OUT_CLOTH = EOT(tps=0.14, scale=0.15, rotation=15.0, perspective=0.07, shift=0.07,
-                     brightness=0.15, contrast=0.2, noise=0.05, blur=1.2)  # fmt: skip
+HELD_OUT_CLOTH = EOT(
+    tps=0.14,
+    scale=0.15,
+    rotation=15.0,
+    perspective=0.07,
+    shift=0.07,
+    brightness=0.15,
+    contrast=0.2,
+    noise=0.05,
+    blur=1.2,
+)
 
 
 def main() -> None:
@@ -79,8 +88,17 @@ def main() -> None:
     checks = detector_checks(["centernet", "nanodet", "opencv"], iou=0.5, loaded=dets)
     size = (80, 56)
     # trained through the printer colour transform, as the paper does (held-out cloth applies it too)
-    cfg = TShirtConfig(steps=args.steps, batch=args.batch, samples=1, topk=1, size=size, iou=0.5,
-                       tv=1.0, color=ColorTransform(), seed=args.seed)  # fmt: skip
+    cfg = TShirtConfig(
+        steps=args.steps,
+        batch=args.batch,
+        samples=1,
+        topk=1,
+        size=size,
+        iou=0.5,
+        tv=1.0,
+        color=ColorTransform(),
+        seed=args.seed,
+    )
     limit = 24 if args.quick else None
     folds = [None] if args.folds == 1 else [(i, args.folds) for i in range(args.folds)]
     results: dict[tuple[str, str, str], list[ASR]] = {}
@@ -119,11 +137,15 @@ def main() -> None:
             ("rigid (CenterNet)", lambda: train([dets["centernet"]], eot=EOT.rigid())),
             ("TPS (NanoDet)", lambda: train([nd])),
             ("ZO (NanoDet, outputs only)", zo_patch),
-            ("min-max (CenterNet+NanoDet)", lambda: train(both, weighting="minmax",
-                                                          steps=args.ensemble_steps)),
-            ("uniform (CenterNet+NanoDet)", lambda: train(both, weighting="average",
-                                                          steps=args.ensemble_steps)),
-        ]  # fmt: skip
+            (
+                "min-max (CenterNet+NanoDet)",
+                lambda: train(both, weighting="minmax", steps=args.ensemble_steps),
+            ),
+            (
+                "uniform (CenterNet+NanoDet)",
+                lambda: train(both, weighting="average", steps=args.ensemble_steps),
+            ),
+        ]
         if args.jobs:
             jobs = [(n, m) for n, m in jobs if any(n.startswith(j) for j in args.jobs)]
             if not jobs:
@@ -139,41 +161,65 @@ def main() -> None:
             slug = re.sub(r"[^a-z0-9]+", "_", f"{name} {tag}".lower()).strip("_")
             save_patch(patch, out / f"patch_{slug}.png")
             if name == "TPS (CenterNet)":
-                detection_examples(dets["centernet"], split.test, patch, EOT(),
-                                   out / "detections_centernet.png", n=4, iou=0.5)  # fmt: skip
-            for cond, eot, color in (("digital", EOT(), None),
-                                     ("held-out cloth", HELD_OUT_CLOTH, ColorTransform())):  # fmt: skip
-                asr = evaluate_patches({name: patch}, checks, split.test, eot, args.samples,
-                                       color=color)  # fmt: skip
+                detection_examples(
+                    dets["centernet"],
+                    split.test,
+                    patch,
+                    EOT(),
+                    out / "detections_centernet.png",
+                    n=4,
+                    iou=0.5,
+                )
+            for cond, eot, color in (
+                ("digital", EOT(), None),
+                ("held-out cloth", HELD_OUT_CLOTH, ColorTransform()),
+            ):
+                asr = evaluate_patches(
+                    {name: patch}, checks, split.test, eot, args.samples, color=color
+                )
                 for (pn, d), a in asr.items():
                     results.setdefault((cond, pn, d), []).append(a)
             if name == "grey":
                 for d in checks:  # without a patch nobody is hidden: ASR 0, found counts
                     found = results[("digital", "grey", d)][-1]
                     results.setdefault(("no patch", "none", d), []).append(
-                        ASR(found.clean_detected, 0, found.clean_detected, found.persons,
-                            torch.zeros(found.clean_detected, dtype=torch.long)))  # fmt: skip
+                        ASR(
+                            found.clean_detected,
+                            0,
+                            found.clean_detected,
+                            found.persons,
+                            torch.zeros(found.clean_detected, dtype=torch.long),
+                        )
+                    )
             _write(out, args, results, zo_curve, timing)
 
     for fold in folds:
         split = load_scenes(persons, held_out=0.3, seed=args.seed, limit=limit, fold=fold)
         tag = "split" if fold is None else f"fold {fold[0] + 1}/{fold[1]}"
-        print(f"{tag}: {len(split.train)} train photos ({split.train.persons} wearers), "
-              f"{len(split.test)} held-out photos ({split.test.persons} wearers); skipped "
-              f"{split.skipped}")  # fmt: skip
+        print(
+            f"{tag}: {len(split.train)} train photos ({split.train.persons} wearers), "
+            f"{len(split.test)} held-out photos ({split.test.persons} wearers); skipped "
+            f"{split.skipped}"
+        )
         run_fold(split, tag)
 
     rows, curve = _write(out, args, results, zo_curve, timing)
     print("| condition | patch | detector | ASR % | 95% CI | found clean / wearers |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['condition']} | {r['patch']} | {r['detector']} | {r['ASR %']} | {r['95% CI']} | "
-              f"{r['wearers found clean']} / {r['wearers']} |")  # fmt: skip
-    print("\nZO vs NanoDet (outputs only): " + ", ".join(
-        f"{c['queries']} queries {c['ASR %']}% [{c['95% CI']}]" for c in curve))  # fmt: skip
+        print(
+            f"| {r['condition']} | {r['patch']} | {r['detector']} | {r['ASR %']} | {r['95% CI']} | "
+            f"{r['wearers found clean']} / {r['wearers']} |"
+        )
+    print(
+        "\nZO vs NanoDet (outputs only): "
+        + ", ".join(f"{c['queries']} queries {c['ASR %']}% [{c['95% CI']}]" for c in curve)
+    )
     if timing:
-        print(f"speed: {timing['centernet steps/s']:.2f} CenterNet training steps/s (batch "
-              f"{args.batch} photos)")  # fmt: skip
+        print(
+            f"speed: {timing['centernet steps/s']:.2f} CenterNet training steps/s (batch "
+            f"{args.batch} photos)"
+        )
 
 
 def _write(out: Path, args, results, zo_curve, timing):
@@ -182,18 +228,37 @@ def _write(out: Path, args, results, zo_curve, timing):
     for (cond, p, d), parts in results.items():
         a = ASR.pooled(parts)
         lo, hi = a.interval()
-        rows.append({"condition": cond, "patch": p, "detector": d, "ASR %": round(100 * a.rate, 1),
-                     "95% CI": f"{100 * lo:.1f}-{100 * hi:.1f}",
-                     "wearers found clean": a.clean_detected, "wearers": a.persons})  # fmt: skip
+        rows.append(
+            {
+                "condition": cond,
+                "patch": p,
+                "detector": d,
+                "ASR %": round(100 * a.rate, 1),
+                "95% CI": f"{100 * lo:.1f}-{100 * hi:.1f}",
+                "wearers found clean": a.clean_detected,
+                "wearers": a.persons,
+            }
+        )
     curve = []
     for q, parts in sorted(zo_curve.items()):
         a = ASR.pooled(parts)
         lo, hi = a.interval()
-        curve.append({"queries": q, "ASR %": round(100 * a.rate, 1),
-                      "95% CI": f"{100 * lo:.1f}-{100 * hi:.1f}"})  # fmt: skip
-    record = {"date": str(date.today()), "machine": platform.processor() or platform.machine(),
-              "threads": torch.get_num_threads(), "args": vars(args), "rows": rows,
-              "zo_curve": curve, "timing": timing}  # fmt: skip
+        curve.append(
+            {
+                "queries": q,
+                "ASR %": round(100 * a.rate, 1),
+                "95% CI": f"{100 * lo:.1f}-{100 * hi:.1f}",
+            }
+        )
+    record = {
+        "date": str(date.today()),
+        "machine": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "args": vars(args),
+        "rows": rows,
+        "zo_curve": curve,
+        "timing": timing,
+    }
     (out / "results.json").write_text(json.dumps(record, indent=1))
     return rows, curve
 

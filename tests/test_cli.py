@@ -212,8 +212,24 @@ def test_compile_prints_decisions_latency_and_checks_onnx(tmp_path: Path, capsys
 
 
 def test_attack_prints_success_distortion_queries_and_saves_a_grid(tmp_path: Path, capsys):
-    assert main(["-q", "train", "--model", "digits_cnn", "--dataset", "digits", "--epochs", "3",
-                 "--no-progress", "--out", str(tmp_path / "m")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "-q",
+                "train",
+                "--model",
+                "digits_cnn",
+                "--dataset",
+                "digits",
+                "--epochs",
+                "3",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "m"),
+            ]
+        )
+        == 0
+    )
     ckpt = str(tmp_path / "m" / "model.safetensors")
     args = ["attack", "--model", ckpt, "--num", "60", "--out", str(tmp_path / "a")]
     assert main([*args, "--attack", "pgd", "--eps", "0.2", "--steps", "10"]) == 0
@@ -224,8 +240,22 @@ def test_attack_prints_success_distortion_queries_and_saves_a_grid(tmp_path: Pat
     assert main([*args, "--attack", "pgd"]) == 2  # the folder holds a finished run
     assert "is not empty; pass --overwrite" in capsys.readouterr().err
     args.append("--overwrite")
-    assert main([*args, "--attack", "zo-signsgd", "--eps", "0.2", "--attack-option", "q=10",
-                 "--attack-option", "max_queries=300"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                *args,
+                "--attack",
+                "zo-signsgd",
+                "--eps",
+                "0.2",
+                "--attack-option",
+                "q=10",
+                "--attack-option",
+                "max_queries=300",
+            ]
+        )
+        == 0
+    )
     assert "mean queries" in capsys.readouterr().out
     assert main([*args, "--attack", "cw", "--eps", "0.1"]) == 2
     assert "takes no --eps" in capsys.readouterr().err
@@ -241,14 +271,55 @@ def test_attack_prints_success_distortion_queries_and_saves_a_grid(tmp_path: Pat
 
 @pytest.mark.slow  # trains a concept CNN; explain: tests/explain
 def test_explain_on_the_concept_cnn_with_synthetic_dissection(tmp_path: Path, capsys):
-    assert main(["-q", "train", "--model", "concept_cnn", "--dataset", "synthetic-concepts",
-                 "--data-option", "num_samples=600", "--epochs", "4", "--no-progress",
-                 "--out", str(tmp_path / "m")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "-q",
+                "train",
+                "--model",
+                "concept_cnn",
+                "--dataset",
+                "synthetic-concepts",
+                "--data-option",
+                "num_samples=600",
+                "--epochs",
+                "4",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "m"),
+            ]
+        )
+        == 0
+    )
     ckpt = str(tmp_path / "m" / "model.safetensors")
-    args = ["-q", "explain", "--model", ckpt, "--data", "synthetic-concepts", "--num", "24",
-            "--out", str(tmp_path / "x")]  # fmt: skip
-    assert main([*args, "--attack", "fgsm,pgd", "--eps", "0.05", "--concepts", "synthetic",
-                 "--concept-images", "120"]) == 0  # fmt: skip
+    args = [
+        "-q",
+        "explain",
+        "--model",
+        ckpt,
+        "--data",
+        "synthetic-concepts",
+        "--num",
+        "24",
+        "--out",
+        str(tmp_path / "x"),
+    ]
+    assert (
+        main(
+            [
+                *args,
+                "--attack",
+                "fgsm,pgd",
+                "--eps",
+                "0.05",
+                "--concepts",
+                "synthetic",
+                "--concept-images",
+                "120",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "unit PSE at 'classifier' (exact)" in out and "dissection of 'features.20'" in out
     assert (tmp_path / "x" / "report.html").is_file()
@@ -284,8 +355,22 @@ def test_gnn_poisoning_and_minmax_robust_training(tmp_path: Path, capsys):
     assert main([*args[:2], "attack", *args[2:], "--attack", "gta", "--mode", "poisoning"]) == 0
     out = capsys.readouterr().out
     assert "gta (poisoning, retrained): accuracy" in out and "(evasion)" in out
-    assert main([*args[:2], "robust-train", *args[2:], "--inner", "gta,random",
-                 "--weighting", "minmax", "--attack", "gta"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                *args[:2],
+                "robust-train",
+                *args[2:],
+                "--inner",
+                "gta,random",
+                "--weighting",
+                "minmax",
+                "--attack",
+                "gta",
+            ]
+        )
+        == 0
+    )
     assert "final minmax weights over gta,random" in capsys.readouterr().out
     # synthetic features are continuous: feature flips are refused with the reason
     assert main([*args[:2], "attack", *args[2:], "--attack", "pgd-features"]) == 2
@@ -307,8 +392,16 @@ def test_tshirt_train_and_eval_on_a_few_photos(tmp_path: Path, capsys):
     for row in json.loads((tmp_path / "asr.json").read_text()):
         lo, hi = (float(v) for v in row["95% CI"].split("-"))  # persons resampled
         assert lo <= row["ASR %"] <= hi
-    args = ["-q", "tshirt", "eval", "--patch", str(tmp_path / "patch.safetensors"),
-            "--eval-detectors", "opencv", *common]  # fmt: skip
+    args = [
+        "-q",
+        "tshirt",
+        "eval",
+        "--patch",
+        str(tmp_path / "patch.safetensors"),
+        "--eval-detectors",
+        "opencv",
+        *common,
+    ]
     assert main(args) == 2  # --overwrite would delete the patch it reads
     assert "lies inside --out" in capsys.readouterr().err
     args[-2] = str(tmp_path / "eval")
@@ -340,13 +433,54 @@ def test_tshirt_against_a_coco_detector_on_whole_photos(tmp_path: Path, capsys, 
     if not weights.available():
         pytest.skip(f"COCO detector weights absent under {weights.models_dir()} (make models)")
     data = str(shared_data("persons"))
-    common = ["--data", data, "--limit", "6", "--eval-samples", "1", "--detector", "nanodet",
-              "--eval-detectors", "nanodet"]  # fmt: skip
-    assert main(["-q", "tshirt", "train", "--steps", "1", "--batch", "2", *common,
-                 "--out", str(tmp_path / "t")]) == 0  # fmt: skip
+    common = [
+        "--data",
+        data,
+        "--limit",
+        "6",
+        "--eval-samples",
+        "1",
+        "--detector",
+        "nanodet",
+        "--eval-detectors",
+        "nanodet",
+    ]
+    assert (
+        main(
+            [
+                "-q",
+                "tshirt",
+                "train",
+                "--steps",
+                "1",
+                "--batch",
+                "2",
+                *common,
+                "--out",
+                str(tmp_path / "t"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "whole photos:" in out and "nanodet vs nanodet: ASR" in out
     assert (tmp_path / "t" / "detections.png").stat().st_size > 1000
-    assert main(["-q", "tshirt", "train", "--zo", "--steps", "1", *common, "--detector", "nanodet,hog",
-                 "--out", str(tmp_path / "z")]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "-q",
+                "tshirt",
+                "train",
+                "--zo",
+                "--steps",
+                "1",
+                *common,
+                "--detector",
+                "nanodet,hog",
+                "--out",
+                str(tmp_path / "z"),
+            ]
+        )
+        == 2
+    )
     assert "--zo attacks one detector" in capsys.readouterr().err

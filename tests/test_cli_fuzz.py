@@ -50,8 +50,9 @@ def files(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("fuzz")
     torch.manual_seed(0)
-    ckpt = save_pruned(build("digits_cnn"), root / "m.safetensors",
-                       extra={"input_shape": [1, 1, 8, 8]})  # fmt: skip
+    ckpt = save_pruned(
+        build("digits_cnn"), root / "m.safetensors", extra={"input_shape": [1, 1, 8, 8]}
+    )
     afile = root / "afile.txt"
     afile.write_text("not what any option wants\n")
     folder = root / "folder"
@@ -63,10 +64,31 @@ def files(tmp_path_factory):
 def _base(command: str, files, out: str) -> list[str]:
     ckpt = files["ckpt"]
     return {
-        "train": ["train", "--model", "digits_cnn", "--dataset", "digits", "--epochs", "1",
-                  "--no-progress", "--out", out],
-        "prune": ["prune", ckpt, "--rate", "0.5", "--dataset", "digits", "--epochs", "1",
-                  "--no-progress", "--out", out],
+        "train": [
+            "train",
+            "--model",
+            "digits_cnn",
+            "--dataset",
+            "digits",
+            "--epochs",
+            "1",
+            "--no-progress",
+            "--out",
+            out,
+        ],
+        "prune": [
+            "prune",
+            ckpt,
+            "--rate",
+            "0.5",
+            "--dataset",
+            "digits",
+            "--epochs",
+            "1",
+            "--no-progress",
+            "--out",
+            out,
+        ],
         "info": ["info", ckpt],
         "compile": ["compile", ckpt, "--backend", "torch"],
         "attack": ["attack", "--model", ckpt, "--num", "4", "--out", out],
@@ -74,18 +96,36 @@ def _base(command: str, files, out: str) -> list[str]:
         "gnn": ["gnn", "attack", "--dataset", "synthetic:200", "--epochs", "2", "--out", out],
         "tshirt": ["tshirt", "train", "--limit", "2", "--steps", "1", "--out", out],
         "demo": ["demo", "--quick", "--out", out],
-    }[command]  # fmt: skip
+    }[command]
 
 
 def _options(command: str) -> list[tuple[str, bool]]:
     """(flag, takes a value) of every option of ``command``, positionals excluded."""
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
-    return [(a.option_strings[-1], a.nargs != 0) for a in sub._actions
-            if a.option_strings and a.dest != "help"]  # fmt: skip
+    return [
+        (a.option_strings[-1], a.nargs != 0)
+        for a in sub._actions
+        if a.option_strings and a.dest != "help"
+    ]
 
 
-BAD = ["0", "-1", "-0.5", "nan", "inf", "-inf", "", "abc", "1e999", "2", "0.5", "1,2", "x=1",
-       "FILE", "FOLDER"]  # fmt: skip
+BAD = [
+    "0",
+    "-1",
+    "-0.5",
+    "nan",
+    "inf",
+    "-inf",
+    "",
+    "abc",
+    "1e999",
+    "2",
+    "0.5",
+    "1,2",
+    "x=1",
+    "FILE",
+    "FOLDER",
+]
 
 
 def _run(argv: list[str], capsys) -> tuple[str, int | None, str]:
@@ -109,8 +149,9 @@ def test_bad_option_values_end_in_one_line_or_a_valid_run(command, files, capsys
     monkeypatch.chdir(files["root"])
     options = _options(command)
 
-    @settings(max_examples=25, deadline=None, derandomize=True,
-              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @settings(
+        max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+    )
     @given(option=st.sampled_from(options), value=st.sampled_from(BAD))
     def check(option, value):
         out = str(files["root"] / f"out{next(COUNTER)}")
@@ -172,8 +213,20 @@ def test_known_bad_input_is_exit_2_with_one_line(argv, files, capsys, monkeypatc
 
 def test_model_and_data_mismatch_names_both_shapes(files, capsys):
     out = str(files["root"] / f"out{next(COUNTER)}")
-    code = main(["-q", "attack", "--model", files["ckpt"], "--data", "synthetic-concepts",
-                 "--data-option", "num_samples=8", "--out", out])  # fmt: skip
+    code = main(
+        [
+            "-q",
+            "attack",
+            "--model",
+            files["ckpt"],
+            "--data",
+            "synthetic-concepts",
+            "--data-option",
+            "num_samples=8",
+            "--out",
+            out,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "of shape (1, 3, 32, 32) does not fit the model 'digits_cnn'" in err
     assert "the model was saved for inputs of shape (1, 1, 8, 8)" in err

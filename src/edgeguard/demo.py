@@ -28,7 +28,7 @@ from .settings import data_root
 from .sparsity import save_pruned
 from .sparsity.summary import HEADERS, layer_table
 
-log = logging.getLogger("edgeguard")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -67,11 +67,23 @@ class DemoSettings:
 
 
 QUICK = DemoSettings(
-    train_clips=96, val_clips=48, epochs=1, warmup_epochs=0.0, finetune_epochs=1,
-    digits_epochs=1, methods_reg_epochs=1, methods_finetune_epochs=1, explain_samples=12,
-    concept_images=200, concept_epochs=1, graph_nodes=300, graph_epochs=5, graph_budgets=(0.05,),
-    tshirt_photos=10, tshirt_steps=2,
-)  # fmt: skip
+    train_clips=96,
+    val_clips=48,
+    epochs=1,
+    warmup_epochs=0.0,
+    finetune_epochs=1,
+    digits_epochs=1,
+    methods_reg_epochs=1,
+    methods_finetune_epochs=1,
+    explain_samples=12,
+    concept_images=200,
+    concept_epochs=1,
+    graph_nodes=300,
+    graph_epochs=5,
+    graph_budgets=(0.05,),
+    tshirt_photos=10,
+    tshirt_steps=2,
+)
 
 
 def compare_methods(s: DemoSettings, out: Path, rep: Report) -> torch.nn.Module:
@@ -87,9 +99,12 @@ def compare_methods(s: DemoSettings, out: Path, rep: Report) -> torch.nn.Module:
     ft = TrainConfig(epochs=s.methods_finetune_epochs, lr=1e-3, seed=s.seed)
     rows, bars = [], {}
     for method, scheme in (
-        ("magnitude", "kgs"), ("reweighted", "kgs"), ("admm", "kgs"), ("magnitude", "filter"),
+        ("magnitude", "kgs"),
+        ("reweighted", "kgs"),
+        ("admm", "kgs"),
+        ("magnitude", "filter"),
         ("primal-proximal", None),
-    ):  # fmt: skip
+    ):
         log.info("digits: %s pruning to %.1fx", method, s.methods_target)
         pruner = (
             get_pruner(method, scheme, gm=8, gn=4)
@@ -99,9 +114,15 @@ def compare_methods(s: DemoSettings, out: Path, rep: Report) -> torch.nn.Module:
         # RT3D regularises with SGD: with Adam the normalised penalty gradient does little
         method_reg = replace(reg, optimizer="sgd", lr=1e-2) if method == "reweighted" else reg
         res = run_pruning(
-            model, pruner, train, val, (1, 1, 8, 8), flops_reduction=s.methods_target,
-            regularize=method_reg if pruner.regularizes else None, finetune=ft,
-        )  # fmt: skip
+            model,
+            pruner,
+            train,
+            val,
+            (1, 1, 8, 8),
+            flops_reduction=s.methods_target,
+            regularize=method_reg if pruner.regularizes else None,
+            finetune=ft,
+        )
         name = f"{method} / {getattr(pruner, 'structure', pruner.scheme.name)}"
         rows.append(
             (
@@ -134,8 +155,9 @@ def compare_methods(s: DemoSettings, out: Path, rep: Report) -> torch.nn.Module:
     return model
 
 
-def compile_section(s: DemoSettings, out: Path, rep: Report, outcomes: dict, val, shape,
-                    quick: bool) -> None:  # fmt: skip
+def compile_section(
+    s: DemoSettings, out: Path, rep: Report, outcomes: dict, val, shape, quick: bool
+) -> None:
     """Compile the pruned demo models and measure speedup against MAC reduction."""
     from torch import nn
 
@@ -153,15 +175,40 @@ def compile_section(s: DemoSettings, out: Path, rep: Report, outcomes: dict, val
         with torch.no_grad():
             ref = res.model.eval()(x)
             err = float((compiled(x) - ref).abs().max() / ref.abs().max())
-            dense_ms, comp_ms = paired_ms(lambda m=res.model, x=x: m(x),
-                                          lambda c=compiled, x=x: c(x), 5 if quick else 20)  # fmt: skip
+            dense_ms, comp_ms = paired_ms(
+                lambda m=res.model, x=x: m(x), lambda c=compiled, x=x: c(x), 5 if quick else 20
+            )
         acc = evaluate(compiled, val)["accuracy"]
         kinds = {d.action for d in compiled.decisions}
-        rows.append((name, f"{res.flops.reduction:.2f}x", compiled.backend, ", ".join(sorted(kinds)),
-                     f"{err:.1e}", res.accuracy_finetuned, acc, dense_ms, comp_ms,
-                     f"{dense_ms / comp_ms:.2f}x"))  # fmt: skip
-    rep.table(["model", "MAC reduction", "backend", "layers", "max rel. error", "acc. masked",
-               "acc. compiled", "dense ms", "compiled ms", "speedup"], rows)  # fmt: skip
+        rows.append(
+            (
+                name,
+                f"{res.flops.reduction:.2f}x",
+                compiled.backend,
+                ", ".join(sorted(kinds)),
+                f"{err:.1e}",
+                res.accuracy_finetuned,
+                acc,
+                dense_ms,
+                comp_ms,
+                f"{dense_ms / comp_ms:.2f}x",
+            )
+        )
+    rep.table(
+        [
+            "model",
+            "MAC reduction",
+            "backend",
+            "layers",
+            "max rel. error",
+            "acc. masked",
+            "acc. compiled",
+            "dense ms",
+            "compiled ms",
+            "speedup",
+        ],
+        rows,
+    )
     # One full-size C3D layer (conv3b: 256 -> 256 channels at 8x28x28), KGS at several rates: the
     # demo model itself is too small for kernel timings to mean much.
     cin, size, reductions = (256, (8, 28, 28), (2, 3, 4)) if not quick else (32, (4, 8, 8), (4,))
@@ -187,8 +234,9 @@ def compile_section(s: DemoSettings, out: Path, rep: Report, outcomes: dict, val
     rep.figure("speedup_vs_flops.png", "Speedup of the generated kernel against MAC reduction.")
 
 
-def attack_section(s: DemoSettings, out: Path, rep: Report, model: torch.nn.Module,
-                   quick: bool) -> None:  # fmt: skip
+def attack_section(
+    s: DemoSettings, out: Path, rep: Report, model: torch.nn.Module, quick: bool
+) -> None:
     """White-box and black-box attacks on the demo's digits CNN."""
     from .attacks import FGSM, PGD
     from .attacks.zo import ZOSignSGD
@@ -206,20 +254,32 @@ def attack_section(s: DemoSettings, out: Path, rep: Report, model: torch.nn.Modu
         "FGSM (L-inf)": FGSM(eps=eps),
         "PGD-20 (L-inf, random start)": PGD(eps=eps, steps=20),
         "PGD-20 (L2, eps 0.5)": PGD(eps=0.5, steps=20, norm="l2"),
-        "ZO-signSGD (black box, q=20)": ZOSignSGD(eps=eps, lr=0.01, q=20,
-                                                  max_queries=200 if quick else 2000),
-    }  # fmt: skip
+        "ZO-signSGD (black box, q=20)": ZOSignSGD(
+            eps=eps, lr=0.01, q=20, max_queries=200 if quick else 2000
+        ),
+    }
     rows, grid = [], None
     for name, attack in attacks.items():
         res = attack.run(model, x, y)
-        rows.append((name, f"{100 * res.success_rate:.1f}%", res.mean_distortion("linf"),
-                     res.mean_distortion("l2"), float(res.queries.float().mean())))  # fmt: skip
+        rows.append(
+            (
+                name,
+                f"{100 * res.success_rate:.1f}%",
+                res.mean_distortion("linf"),
+                res.mean_distortion("l2"),
+                float(res.queries.float().mean()),
+            )
+        )
         if name.startswith("PGD-20 (L-inf"):
             grid = res.adversarial
-    rep.paragraph(f"{len(x)} held-out digits the model classifies correctly, untargeted, "
-                  f"L-inf eps {eps} unless stated (pixels in [0, 1]).")  # fmt: skip
-    rep.table(["attack", "success", "mean L-inf (successful)", "mean L2 (successful)",
-               "mean queries"], rows)  # fmt: skip
+    rep.paragraph(
+        f"{len(x)} held-out digits the model classifies correctly, untargeted, "
+        f"L-inf eps {eps} unless stated (pixels in [0, 1])."
+    )
+    rep.table(
+        ["attack", "success", "mean L-inf (successful)", "mean L2 (successful)", "mean queries"],
+        rows,
+    )
     plots.attack_grid(x, grid, out / "attack_grid.png")
     rep.figure("attack_grid.png", "PGD-20: clean digits, adversarial digits, perturbations.")
 
@@ -232,13 +292,18 @@ def explain_section(s: DemoSettings, out: Path, rep: Report, model: torch.nn.Mod
     from .explain import explain_attacks
 
     rep.heading("Explaining the attacks: promotion and suppression")
-    attacks = {"FGSM": FGSM(eps=0.1), "PGD-20": PGD(eps=0.1, steps=20),
-               "C&W L2": CW(binary_steps=4), "EAD": EAD(binary_steps=4)}  # fmt: skip
+    attacks = {
+        "FGSM": FGSM(eps=0.1),
+        "PGD-20": PGD(eps=0.1, steps=20),
+        "C&W L2": CW(binary_steps=4),
+        "EAD": EAD(binary_steps=4),
+    }
     x, y = digits(False).tensors
     x, y = x[: s.explain_samples], y[: s.explain_samples]
     log.info("explaining %d attacks on %d digits", len(attacks), len(x))
-    study = explain_attacks(model.eval(), x, y, attacks, out_dir=out / "explain_digits",
-                            progress=False)  # fmt: skip
+    study = explain_attacks(
+        model.eval(), x, y, attacks, out_dir=out / "explain_digits", progress=False
+    )
     rep.paragraph(
         "For each successful perturbation x -> x_adv (true class y, adversarial class t), the logit "
         "margin gain splits exactly into promotion of t (delta z_t) and suppression of y "
@@ -257,13 +322,23 @@ def explain_section(s: DemoSettings, out: Path, rep: Report, model: torch.nn.Mod
     train = SyntheticConcepts(s.concept_images, seed=2 * s.seed)
     held = SyntheticConcepts(max(100, s.concept_images // 4), seed=2 * s.seed + 1)
     cnn = build("concept_cnn")
-    fit(cnn, train.classification(), None,
-        TrainConfig(epochs=s.concept_epochs, lr=3e-3, seed=s.seed, progress=False))  # fmt: skip
+    fit(
+        cnn,
+        train.classification(),
+        None,
+        TrainConfig(epochs=s.concept_epochs, lr=3e-3, seed=s.seed, progress=False),
+    )
     acc = evaluate(cnn, held.classification())["accuracy"]
     xs, ys = held.images[: s.explain_samples], held.targets[: s.explain_samples]
-    study = explain_attacks(cnn.eval(), xs, ys, {"FGSM": FGSM(eps=0.03), "PGD-20":
-                            PGD(eps=0.03, steps=20)}, out_dir=out / "explain_concepts",
-                            concepts=held, progress=False)  # fmt: skip
+    study = explain_attacks(
+        cnn.eval(),
+        xs,
+        ys,
+        {"FGSM": FGSM(eps=0.03), "PGD-20": PGD(eps=0.03, steps=20)},
+        out_dir=out / "explain_concepts",
+        concepts=held,
+        progress=False,
+    )
     d = study.dissection
     rep.paragraph(
         f"A small VGG (concept_cnn) trained to name the shape in {s.concept_images} synthetic "
@@ -311,10 +386,13 @@ def graph_section(s: DemoSettings, out: Path, rep: Report) -> None:
         f"{times['natural GCN']:.3f} s), then attacked by GTA (evasion, test nodes) at each budget."
     )
     budgets = [0.0, *s.graph_budgets]
-    rep.table(["model", *[f"{100 * b:g}%" for b in budgets]],
-              [(k, *[f"{100 * v[b]:.1f}%" for b in budgets]) for k, v in curves.items()])  # fmt: skip
-    plots.accuracy_vs_budget(curves, out / "graph_accuracy_vs_budget.png",
-                             "GTA attack on natural and robust GCNs")  # fmt: skip
+    rep.table(
+        ["model", *[f"{100 * b:g}%" for b in budgets]],
+        [(k, *[f"{100 * v[b]:.1f}%" for b in budgets]) for k, v in curves.items()],
+    )
+    plots.accuracy_vs_budget(
+        curves, out / "graph_accuracy_vs_budget.png", "GTA attack on natural and robust GCNs"
+    )
     rep.figure("graph_accuracy_vs_budget.png", "Test accuracy under GTA against the budget.")
 
 
@@ -348,28 +426,46 @@ def tshirt_section(s: DemoSettings, out: Path, rep: Report) -> None:
         det, name, iou = get_detector("centernet"), "CenterNet", 0.5
         split = load_scenes(root, None, 0.3, s.seed, limit=s.tshirt_photos, shape="torso")
         train = only_detected(lambda im, bx: detected(det, im, bx, iou), split.train)
-        what = (f"{len(train)} training photos ({train.persons} wearers; every person in a photo "
-                f"wears the patch), evaluated on {len(split.test)} held-out photos "
-                f"({split.test.persons} wearers)")  # fmt: skip
-        cfg = TShirtConfig(steps=s.tshirt_steps, seed=s.seed, size=size, batch=4, samples=1,
-                           topk=1, iou=iou, tv=1.0)  # fmt: skip
+        what = (
+            f"{len(train)} training photos ({train.persons} wearers; every person in a photo "
+            f"wears the patch), evaluated on {len(split.test)} held-out photos "
+            f"({split.test.persons} wearers)"
+        )
+        cfg = TShirtConfig(
+            steps=s.tshirt_steps,
+            seed=s.seed,
+            size=size,
+            batch=4,
+            samples=1,
+            topk=1,
+            iou=iou,
+            tv=1.0,
+        )
         checks = detector_checks(["opencv"], iou=iou) | {
-            name: lambda im, bx: detected(det, im, bx, iou)}  # fmt: skip
+            name: lambda im, bx: detected(det, im, bx, iou)
+        }
     else:
-        rep.paragraph("The CenterNet weights are not fetched (`make models`): the HOG port on "
-                      "person crops instead.")  # fmt: skip
+        rep.paragraph(
+            "The CenterNet weights are not fetched (`make models`): the HOG port on "
+            "person crops instead."
+        )
         det, name, iou = HOGPersonDetector(), "HOG port", 0.3
-        split = load_crops(root, ["pennfudan", "inria"], 0.3, s.seed, limit=s.tshirt_photos,
-                           shape="torso")  # fmt: skip
+        split = load_crops(
+            root, ["pennfudan", "inria"], 0.3, s.seed, limit=s.tshirt_photos, shape="torso"
+        )
         train = only_detected(lambda im, bx: detected(training_view(det), im, bx), split.train)
         what = f"{len(train)} persons of {split.photos[0]} training photos"
         cfg = TShirtConfig(steps=s.tshirt_steps, seed=s.seed, size=size)
         checks = detector_checks(["opencv"]) | {name: lambda im, bx: detected(det, im, bx)}
     log.info("t-shirt: %d steps against %s", s.tshirt_steps, name)
-    patch = AdversarialTShirt(training_view(det), cfg).train(
-        train, log_every=max(1, s.tshirt_steps // 4)).patch  # fmt: skip
-    asr = evaluate_patches({"T-shirt patch": patch, "random noise": noise}, checks, split.test,
-                           EOT(), samples=2)  # fmt: skip
+    patch = (
+        AdversarialTShirt(training_view(det), cfg)
+        .train(train, log_every=max(1, s.tshirt_steps // 4))
+        .patch
+    )
+    asr = evaluate_patches(
+        {"T-shirt patch": patch, "random noise": noise}, checks, split.test, EOT(), samples=2
+    )
     plots.save_patch(patch, out / "tshirt_patch.png", print_side=256)
     rep.paragraph(
         f"A patch trained for {s.tshirt_steps} steps against {name} (TPS cloth deformation + EOT) "
@@ -377,12 +473,14 @@ def tshirt_section(s: DemoSettings, out: Path, rep: Report) -> None:
         f"patch that are no longer detected (IoU >= {iou}).  A short run: docs/benchmarks.md has "
         "the full one."
     )
-    rep.table(["patch", "detector", "persons detected", "samples", "ASR %"],
-              [[p, d, a.clean_detected, a.attacked, round(100 * a.rate, 1)]
-               for (p, d), a in asr.items()])  # fmt: skip
+    rep.table(
+        ["patch", "detector", "persons detected", "samples", "ASR %"],
+        [[p, d, a.clean_detected, a.attacked, round(100 * a.rate, 1)] for (p, d), a in asr.items()],
+    )
     rep.figure("tshirt_patch.png", "the T-shirt patch")
-    path = detection_examples(det, split.test, patch, EOT(), out / "tshirt_detections.png", n=4,
-                              iou=iou)  # fmt: skip
+    path = detection_examples(
+        det, split.test, patch, EOT(), out / "tshirt_detections.png", n=4, iou=iou
+    )
     rep.figure(path.name, f"held-out photos without / with the patch ({name}; red: someone hidden)")
 
 
@@ -411,9 +509,13 @@ def run_demo(
     shape = (1, 3, s.frames, s.size, s.size)
 
     model = build(
-        "c3d", num_classes=len(gen_train.classes), width=s.width, clip_size=[s.frames, s.size, s.size],
-        dropout=0.2, batch_norm=True,
-    )  # fmt: skip
+        "c3d",
+        num_classes=len(gen_train.classes),
+        width=s.width,
+        clip_size=[s.frames, s.size, s.size],
+        dropout=0.2,
+        batch_norm=True,
+    )
     log.info("training a C3D (width %.3g) for %d epochs", s.width, s.epochs)
     cfg = TrainConfig(
         epochs=s.epochs, lr=s.lr, batch_size=32, seed=s.seed, warmup_epochs=s.warmup_epochs
@@ -434,9 +536,15 @@ def run_demo(
             s.finetune_epochs,
         )
         res = run_pruning(
-            model, get_pruner("magnitude", scheme), train, val, shape,
-            flops_reduction=s.flops_reduction, finetune=ft, workdir=out / scheme,
-        )  # fmt: skip
+            model,
+            get_pruner("magnitude", scheme),
+            train,
+            val,
+            shape,
+            flops_reduction=s.flops_reduction,
+            finetune=ft,
+            workdir=out / scheme,
+        )
         save_pruned(
             res.model,
             out / f"{scheme}.safetensors",

@@ -11,8 +11,13 @@ from typing import Any
 from .errors import EdgeguardError
 
 
-def lookup(registry: Mapping[str, Any], name: str, kind: str, error: type[EdgeguardError],
-           extra: tuple[str, ...] = ()) -> Any:  # fmt: skip
+def lookup(
+    registry: Mapping[str, Any],
+    name: str,
+    kind: str,
+    error: type[EdgeguardError],
+    extra: tuple[str, ...] = (),
+) -> Any:
     """``registry[name]``, or ``error`` listing the available names (and ``extra`` aliases)."""
     if not isinstance(name, str) or name not in registry:
         names = ", ".join([*sorted(registry), *extra])
@@ -30,15 +35,27 @@ def accepted_settings(factory: Callable[..., Any]) -> list[str] | None:
         if fn is None:
             continue
         params = inspect.signature(fn).parameters.values()
-        names += [p.name for p in params if p.name != "self" and p.kind in
-                  (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in names]  # fmt: skip
+        names += [
+            p.name
+            for p in params
+            if p.name != "self"
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and p.name not in names
+        ]
         if not any(p.kind is p.VAR_KEYWORD for p in params):
             return names
     return None if not isinstance(factory, type) else names
 
 
-def construct(factory: Callable[..., Any], name: str, kind: str, error: type[EdgeguardError],
-              *args: Any, also: tuple[str, ...] = (), **settings: Any) -> Any:  # fmt: skip
+def construct(
+    factory: Callable[..., Any],
+    name: str,
+    kind: str,
+    error: type[EdgeguardError],
+    *args: Any,
+    also: tuple[str, ...] = (),
+    **settings: Any,
+) -> Any:
     """``factory(*args, **settings)``; settings it does not take raise ``error`` naming them and
     the accepted ones (checked before the call, so a TypeError inside the factory stays a bug).
     ``also``: settings taken through ``**kwargs`` that the signature does not show."""
@@ -47,6 +64,8 @@ def construct(factory: Callable[..., Any], name: str, kind: str, error: type[Edg
         accepted = [*accepted, *(a for a in also if a not in accepted)]
         unknown = sorted(set(settings) - set(accepted))
         if unknown:
-            raise error(f"{kind} {name!r} takes no setting {', '.join(map(repr, unknown))}; "
-                        f"accepted: {', '.join(accepted) or 'none'}")  # fmt: skip
+            raise error(
+                f"{kind} {name!r} takes no setting {', '.join(map(repr, unknown))}; "
+                f"accepted: {', '.join(accepted) or 'none'}"
+            )
     return factory(*args, **settings)

@@ -31,19 +31,28 @@ def check_number(
     if ok and maximum is not None:
         ok = value < maximum if open_max else value <= maximum
     if not ok:
-        raise error(f"{name} must be a finite number{_interval(minimum, maximum, open_min, open_max)},"
-                    f" got {value!r}")  # fmt: skip
+        raise error(
+            f"{name} must be a finite number{_interval(minimum, maximum, open_min, open_max)},"
+            f" got {value!r}"
+        )
     return float(value)
 
 
-def check_positive(value: Any, name: str, *, allow_zero: bool = False,
-                   error: type[EdgeguardError] = UsageError) -> float:  # fmt: skip
+def check_positive(
+    value: Any, name: str, *, allow_zero: bool = False, error: type[EdgeguardError] = UsageError
+) -> float:
     """A finite number ``> 0`` (``>= 0`` with ``allow_zero``)."""
     return check_number(value, name, minimum=0.0, open_min=not allow_zero, error=error)
 
 
-def check_int(value: Any, name: str, *, minimum: int = 1, maximum: int | None = None,
-              error: type[EdgeguardError] = UsageError) -> int:  # fmt: skip
+def check_int(
+    value: Any,
+    name: str,
+    *,
+    minimum: int = 1,
+    maximum: int | None = None,
+    error: type[EdgeguardError] = UsageError,
+) -> int:
     """An integer (not a bool, not a float) in ``[minimum, maximum]``."""
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
     if ok and maximum is not None:
@@ -54,15 +63,18 @@ def check_int(value: Any, name: str, *, minimum: int = 1, maximum: int | None = 
     return value
 
 
-def check_finite(tensor: torch.Tensor, name: str, *,
-                 error: type[EdgeguardError] = UsageError) -> torch.Tensor:  # fmt: skip
+def check_finite(
+    tensor: torch.Tensor, name: str, *, error: type[EdgeguardError] = UsageError
+) -> torch.Tensor:
     """``tensor`` unchanged if every value is finite; otherwise an error counting NaN and Inf."""
     if tensor.is_floating_point() or tensor.is_complex():
         bad = ~torch.isfinite(tensor)
         if bool(bad.any()):
             nan = int(torch.isnan(tensor).sum())
-            raise error(f"{name} holds {nan} NaN and {int(bad.sum()) - nan} infinite values; "
-                        "only finite values are accepted")  # fmt: skip
+            raise error(
+                f"{name} holds {nan} NaN and {int(bad.sum()) - nan} infinite values; "
+                "only finite values are accepted"
+            )
     return tensor
 
 

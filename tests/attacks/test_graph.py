@@ -32,8 +32,16 @@ CFG = TrainConfig(epochs=100, lr=0.01, weight_decay=5e-4, scheduler="none", prog
 
 @pytest.fixture(scope="module")
 def graph():
-    return synthetic_graph(600, num_classes=4, avg_degree=6, feature_dim=16, feature_signal=0.5,
-                           num_val=100, num_test=300, seed=1)  # fmt: skip
+    return synthetic_graph(
+        600,
+        num_classes=4,
+        avg_degree=6,
+        feature_dim=16,
+        feature_signal=0.5,
+        num_val=100,
+        num_test=300,
+        seed=1,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +54,13 @@ def model(graph):
 
 def test_budget_is_respected_and_the_callers_graph_is_untouched(graph, model):
     before = graph.edge_index.clone()
-    for attack in (PGDTopology(0.05, steps=20), GreedyTopology(0.05), ZOGreedyTopology(0.05),
-                   RandomFlips(0.05), DICE(0.05)):  # fmt: skip
+    for attack in (
+        PGDTopology(0.05, steps=20),
+        GreedyTopology(0.05),
+        ZOGreedyTopology(0.05),
+        RandomFlips(0.05),
+        DICE(0.05),
+    ):
         res = attack(model, graph)
         assert res.num_flips <= res.budget == round(0.05 * graph.edge_index.shape[1] / 2)
         assert torch.equal(graph.edge_index, before)
@@ -60,9 +73,16 @@ def test_budget_is_respected_and_the_callers_graph_is_untouched(graph, model):
 
 def test_gradient_and_zeroth_order_greedy_beat_random_and_dice(graph, model):
     clean = node_accuracy(model, graph)
-    acc = {a.name: node_accuracy(model, a(model, graph).data)
-           for a in (GreedyTopology(0.1, loss="masked-ce"), ZOGreedyTopology(0.1),
-                     PGDTopology(0.1, loss="cw", steps=50), RandomFlips(0.1), DICE(0.1))}  # fmt: skip
+    acc = {
+        a.name: node_accuracy(model, a(model, graph).data)
+        for a in (
+            GreedyTopology(0.1, loss="masked-ce"),
+            ZOGreedyTopology(0.1),
+            PGDTopology(0.1, loss="cw", steps=50),
+            RandomFlips(0.1),
+            DICE(0.1),
+        )
+    }
     assert acc["gta"] < clean - 0.08
     assert acc["gta"] < min(acc["random"], acc["dice"]) - 0.05
     assert acc["zo-gta"] < min(acc["random"], acc["dice"]) - 0.03
@@ -160,8 +180,13 @@ def test_gta_on_cora_is_at_least_as_strong_as_pyg_grbcd(tmp_path):
     res = GreedyTopology(0.05, loss="masked-ce", rounds=50)(m, data)
     ours = node_accuracy(m, res.data)
     peer = GRBCDAttack(m, block_size=250_000, log=False)
-    ei, _ = peer.attack(data.x, data.edge_index, data.y, budget=res.budget,
-                        idx_attack=data.test_mask.nonzero().squeeze(1))  # fmt: skip
+    ei, _ = peer.attack(
+        data.x,
+        data.edge_index,
+        data.y,
+        budget=res.budget,
+        idx_attack=data.test_mask.nonzero().squeeze(1),
+    )
     d2 = data.clone()
     d2.edge_index = ei
     assert clean > 0.75 and ours <= node_accuracy(m, d2) + 0.005

@@ -21,8 +21,16 @@ CFG = TrainConfig(epochs=100, lr=0.01, weight_decay=5e-4, scheduler="none", prog
 @pytest.fixture(scope="module")
 def binary_graph():
     """The synthetic community graph with its features thresholded to 0/1 (sparse, informative)."""
-    data = synthetic_graph(500, num_classes=4, avg_degree=6, feature_dim=24, feature_signal=1.0,
-                           num_val=100, num_test=250, seed=3)  # fmt: skip
+    data = synthetic_graph(
+        500,
+        num_classes=4,
+        avg_degree=6,
+        feature_dim=24,
+        feature_signal=1.0,
+        num_val=100,
+        num_test=250,
+        seed=3,
+    )
     data.x = (data.x > 1.0).float()
     return data
 
@@ -76,25 +84,46 @@ def test_feature_attack_rejects_non_binary_features(binary_graph, model):
 
 
 def test_poisoning_retrains_on_the_perturbed_graph(binary_graph):
-    res = poison(GreedyTopology(0.1, rounds=5), lambda: gcn(binary_graph.num_features, 4, 16),
-                 binary_graph, CFG, seed=0)  # fmt: skip
+    res = poison(
+        GreedyTopology(0.1, rounds=5),
+        lambda: gcn(binary_graph.num_features, 4, 16),
+        binary_graph,
+        CFG,
+        seed=0,
+    )
     assert res.attack.num_flips <= res.attack.budget
     assert res.evasion < res.clean  # the surrogate is hurt by its own perturbation
     assert res.poisoned == node_accuracy(res.model, res.attack.data)
     # same seed and recipe as the surrogate: the victim differs only because its graph did
-    again = poison(GreedyTopology(1, rounds=1), lambda: gcn(binary_graph.num_features, 4, 16),
-                   binary_graph, CFG, seed=0)  # fmt: skip
+    again = poison(
+        GreedyTopology(1, rounds=1),
+        lambda: gcn(binary_graph.num_features, 4, 16),
+        binary_graph,
+        CFG,
+        seed=0,
+    )
     w = [r.model.convs[0].lin.weight for r in (res, again)]
     assert not torch.allclose(*w)
     assert res.poisoned < again.poisoned
 
 
 def test_a_given_surrogate_is_attacked_without_training_it_again(binary_graph):
-    first = poison(GreedyTopology(0.05, rounds=2), lambda: gcn(binary_graph.num_features, 4, 16),
-                   binary_graph, CFG, seed=0)  # fmt: skip
+    first = poison(
+        GreedyTopology(0.05, rounds=2),
+        lambda: gcn(binary_graph.num_features, 4, 16),
+        binary_graph,
+        CFG,
+        seed=0,
+    )
     before = {k: v.clone() for k, v in first.surrogate.state_dict().items()}
-    again = poison(GreedyTopology(0.05, rounds=2), lambda: gcn(binary_graph.num_features, 4, 16),
-                   binary_graph, CFG, seed=0, surrogate=first.surrogate)  # fmt: skip
+    again = poison(
+        GreedyTopology(0.05, rounds=2),
+        lambda: gcn(binary_graph.num_features, 4, 16),
+        binary_graph,
+        CFG,
+        seed=0,
+        surrogate=first.surrogate,
+    )
     assert again.surrogate is first.surrogate
     assert all(torch.equal(v, first.surrogate.state_dict()[k]) for k, v in before.items())
     # the same surrogate, attack and seed: the same outcome as training it afresh

@@ -30,8 +30,13 @@ def test_simplex_projection_is_the_nearest_point_of_the_simplex(values):
 def robust_model():
     seed_everything(1)
     model = build("digits_cnn")
-    adversarial_training(model, digits(True), None, PGD(eps=0.15, steps=5, seed=None),
-                         TrainConfig(epochs=5, lr=3e-3, progress=False))  # fmt: skip
+    adversarial_training(
+        model,
+        digits(True),
+        None,
+        PGD(eps=0.15, steps=5, seed=None),
+        TrainConfig(epochs=5, lr=3e-3, progress=False),
+    )
     return model.eval()
 
 

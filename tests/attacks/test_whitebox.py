@@ -99,9 +99,12 @@ def test_attacks_never_change_the_model_state(attack, digits_batch):
     may move its running statistics or its parameters."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Conv2d(1, 4, 3),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
         torch.nn.Linear(144, 10),
-    )  # fmt: skip
+    )
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x, y = digits_batch
     with pytest.warns(UserWarning, match="training mode"):

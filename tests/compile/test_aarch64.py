@@ -45,10 +45,21 @@ def test_generated_kernel_runs_on_aarch64_under_qemu(tmp_path, cin, cout, k, s, 
         files[name] = tmp_path / f"{name}.bin"
         t.numpy().astype(np.float32).tofile(files[name])
     out_path = tmp_path / "out.bin"
-    args = [str(files["x"]), str(xbuf.numel()), str(files["w"]), str(panel.numel()),
-            str(files["b"]), str(sc.bias.numel()), str(out_path), str(ref.numel()), "2", "2"]  # fmt: skip
-    res = subprocess.run(["qemu-aarch64", str(prog), *args], capture_output=True, text=True,
-                         timeout=300)  # fmt: skip
+    args = [
+        str(files["x"]),
+        str(xbuf.numel()),
+        str(files["w"]),
+        str(panel.numel()),
+        str(files["b"]),
+        str(sc.bias.numel()),
+        str(out_path),
+        str(ref.numel()),
+        "2",
+        "2",
+    ]
+    res = subprocess.run(
+        ["qemu-aarch64", str(prog), *args], capture_output=True, text=True, timeout=300
+    )
     assert res.returncode == 0, res.stderr
     out = torch.from_numpy(np.fromfile(out_path, dtype=np.float32)).view_as(ref)
     sc._fill_dead(out)

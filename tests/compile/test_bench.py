@@ -33,8 +33,9 @@ print(before, ok, after)
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc allocator: Linux only")
 def test_steady_allocator_serves_large_blocks_from_the_heap():
-    res = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
-                         timeout=120)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120
+    )
     if res.returncode != 0 and "mallinfo2" in res.stderr:
         pytest.skip("this libc has no mallinfo2 (glibc < 2.33)")
     assert res.returncode == 0, res.stderr

@@ -58,8 +58,12 @@ def test_swapped_entries_are_detected_and_rebuilt(cache):
         os.replace(ea / name, cache / "tmp")
         os.replace(eb / name, ea / name)
         os.replace(cache / "tmp", eb / name)
-    res = subprocess.run([sys.executable, "-c", SWAPPED_CHECK], capture_output=True, text=True,
-                         env={**os.environ, "EDGEGUARD_CACHE": str(cache)})  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-c", SWAPPED_CHECK],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "EDGEGUARD_CACHE": str(cache)},
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert all(float(v) < 1e-5 for v in res.stdout.split()), res.stdout
     assert res.stderr.count("was built for cache entry") == 2, res.stderr

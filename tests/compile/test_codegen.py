@@ -36,9 +36,22 @@ def test_generated_conv_compiles_without_warnings(vl, nv, tmp_path):
     src, _ = _layer(vl, nv)
     (tmp_path / "k.cpp").write_text(src)
     arch = {16: ["-mavx512f"], 8: ["-mavx2", "-mfma"]}.get(vl, []) if _x86() else []
-    res = subprocess.run(["g++", "-std=c++17", "-fopenmp", "-O1", "-Wall", "-Wextra", "-Werror",
-                          *arch, "-fsyntax-only", str(tmp_path / "k.cpp")],
-                         capture_output=True, text=True)  # fmt: skip
+    res = subprocess.run(
+        [
+            "g++",
+            "-std=c++17",
+            "-fopenmp",
+            "-O1",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            *arch,
+            "-fsyntax-only",
+            str(tmp_path / "k.cpp"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
 
 
@@ -47,8 +60,20 @@ def test_generated_pool_compiles_without_warnings(tmp_path):
     pool = MaxPoolCpu(torch.nn.MaxPool3d((1, 2, 2), padding=(0, 1, 1)))
     src, _ = pool.source(torch.empty(1, 4, 3, 9, 9, device="meta"), 8)
     (tmp_path / "p.cpp").write_text(src)
-    res = subprocess.run(["g++", "-std=c++17", "-fopenmp", "-Wall", "-Wextra", "-Werror",
-                          "-fsyntax-only", str(tmp_path / "p.cpp")], capture_output=True, text=True)  # fmt: skip
+    res = subprocess.run(
+        [
+            "g++",
+            "-std=c++17",
+            "-fopenmp",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-fsyntax-only",
+            str(tmp_path / "p.cpp"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
 
 

@@ -48,8 +48,13 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 SCHEMES = ["kgs", "vanilla", "filter", "channel", "column"]
-FAST = {("c3d", s) for s in SCHEMES} | {("c3d_bias", "filter"), ("r2plus1d", "kgs"),
-                                        ("r2plus1d", "channel"), ("resnet", "kgs"), ("digits", "kgs")}  # fmt: skip
+FAST = {("c3d", s) for s in SCHEMES} | {
+    ("c3d_bias", "filter"),
+    ("r2plus1d", "kgs"),
+    ("r2plus1d", "channel"),
+    ("resnet", "kgs"),
+    ("digits", "kgs"),
+}
 CASES = [
     pytest.param(a, s, marks=() if (a, s) in FAST else pytest.mark.slow)
     for a in MODELS
@@ -196,9 +201,14 @@ def test_filter_reading_only_removed_constant_channels_is_kept_when_padding_vari
     # not constant and must not be removed as dead (it was, giving a 4% error on the digits CNN).
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Conv2d(2, 2, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(2, 3, 3, padding=1), nn.Flatten(), nn.Linear(3 * 6 * 6, 4),
-    ).eval()  # fmt: skip
+        nn.Conv2d(1, 2, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(2, 2, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(2, 3, 3, padding=1),
+        nn.Flatten(),
+        nn.Linear(3 * 6 * 6, 4),
+    ).eval()
     with torch.no_grad():
         model[0].weight[0] = 0.0
         model[0].bias[0] = 0.7

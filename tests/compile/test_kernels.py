@@ -34,9 +34,13 @@ def assert_relu_kernel_matches_dense(conv, x, mr=4, **knobs):
 
 @settings(max_examples=25, deadline=None)
 @given(
-    m=st.integers(1, 13), c=st.integers(1, 9), k=st.integers(1, 3),
-    mr=st.sampled_from([1, 4, 8]), keep=st.floats(0.0, 1.0), seed=st.integers(0, 99),
-)  # fmt: skip
+    m=st.integers(1, 13),
+    c=st.integers(1, 9),
+    k=st.integers(1, 3),
+    mr=st.sampled_from([1, 4, 8]),
+    keep=st.floats(0.0, 1.0),
+    seed=st.integers(0, 99),
+)
 def test_plan_stores_every_kept_weight_exactly_once(m, c, k, mr, keep, seed):
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(m, c, 1, k, k, generator=g) * (torch.rand(m, c, 1, k, k, generator=g) < keep)

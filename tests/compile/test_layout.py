@@ -18,7 +18,7 @@ from edgeguard.compile.plan import ConvGeometry
     size=st.tuples(st.integers(1, 6), st.integers(1, 7), st.integers(1, 9)),
     c=st.integers(1, 3),
     n=st.integers(1, 2),
-)  # fmt: skip
+)
 def test_every_kept_row_reads_the_padded_input_at_every_output_position(k, s, p, d, size, c, n):
     geo = ConvGeometry(c, 1, k, s, p, d)
     lay = InputLayout(geo, size)
@@ -57,9 +57,12 @@ def test_stride_one_rows_share_their_zero_columns():
 
 @settings(max_examples=60, deadline=None)
 @given(
-    k=st.integers(1, 4), s=st.integers(1, 3), p=st.integers(0, 4), d=st.integers(1, 3),
+    k=st.integers(1, 4),
+    s=st.integers(1, 3),
+    p=st.integers(0, 4),
+    d=st.integers(1, 3),
     depth=st.integers(1, 7),
-)  # fmt: skip
+)
 def test_depth_taps_are_exactly_the_taps_that_read_real_input(k, s, p, d, depth):
     lay = InputLayout(ConvGeometry(1, 1, (k, 1, 1), (s, 1, 1), (p, 0, 0), (d, 1, 1)), (depth, 2, 2))
     if lay.out[0] < 1:

@@ -64,8 +64,14 @@ def test_compiled_model_runs_pruned_fc_layers_sparse_on_the_cpu(monkeypatch):
     from edgeguard.compile.passes import lowering
 
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Dropout(0.5), nn.Linear(48, 32),
-                        nn.ReLU(), nn.Linear(32, 10)).eval()  # fmt: skip
+    net = nn.Sequential(
+        nn.Linear(64, 48),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Linear(48, 32),
+        nn.ReLU(),
+        nn.Linear(32, 10),
+    ).eval()
     with torch.no_grad():
         for i in (0, 3):
             net[i].weight *= get_scheme("kgs").mask(net[i].weight, 0.7)
@@ -94,8 +100,14 @@ def test_compiled_sparse_fc_exports_to_onnx_with_a_dynamic_batch(tmp_path, monke
     from edgeguard.compile.onnx_export import export_onnx
 
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv3d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                        nn.Linear(8 * 4 * 6 * 6, 64), nn.ReLU(), nn.Linear(64, 5)).eval()  # fmt: skip
+    net = nn.Sequential(
+        nn.Conv3d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 6 * 6, 64),
+        nn.ReLU(),
+        nn.Linear(64, 5),
+    ).eval()
     with torch.no_grad():
         net[3].weight *= get_scheme("kgs").mask(net[3].weight, 0.7)
     comp = compile_model(net, "cpu")

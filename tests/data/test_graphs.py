@@ -83,8 +83,20 @@ def test_cli_gnn_refuses_a_planted_graph_folder(shared_data, tmp_path, capsys):
     root = _copy_cora(shared_data, tmp_path)
     sentinel = tmp_path / "pwned"
     (root / "Cora/raw/ind.cora.tx").write_bytes(pickle.dumps(_Planted(sentinel)))
-    code = main(["gnn", "attack", "--dataset", "cora", "--data-root", str(root), "--epochs", "2",
-                 "--out", str(tmp_path / "out")])  # fmt: skip
+    code = main(
+        [
+            "gnn",
+            "attack",
+            "--dataset",
+            "cora",
+            "--data-root",
+            str(root),
+            "--epochs",
+            "2",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "refusing to read" in err and "Path.touch" in err
     assert not sentinel.exists()

@@ -30,8 +30,9 @@ def test_loader_reads_boxes_and_counts_images_without_them(tmp_path):
     assert data.photos[0].boxes[1].tolist() == [5, 5, 20, 39]
 
 
-@pytest.mark.parametrize(("boxes", "message"), [("1 2 40 30", "outside"), ("1 2 x 30", "x1 y1"),
-                                                 ("5 5 5 9", "empty")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("boxes", "message"), [("1 2 40 30", "outside"), ("1 2 x 30", "x1 y1"), ("5 5 5 9", "empty")]
+)
 def test_bad_boxes_name_the_file(tmp_path, boxes, message):
     root = write(tmp_path, [f"a_1.png,30,40,{boxes}"])
     with pytest.raises(PersonDataError, match=f"a_1.png.*{message}|{message}.*a_1.png"):

@@ -18,8 +18,9 @@ def test_adversarial_training_raises_pgd_accuracy(tmp_path):
     fit(standard, train, None, cfg)
     seed_everything(0)
     robust = build("digits_cnn")
-    adversarial_training(robust, train, None, PGD(eps=0.1, steps=5, seed=None), cfg,
-                         checkpoint_dir=tmp_path)  # fmt: skip
+    adversarial_training(
+        robust, train, None, PGD(eps=0.1, steps=5, seed=None), cfg, checkpoint_dir=tmp_path
+    )
     pgd = PGD(eps=0.1, steps=10)
     std_rob, adv_rob = robust_accuracy(standard, test, pgd), robust_accuracy(robust, test, pgd)
     assert adv_rob > std_rob + 0.2, (std_rob, adv_rob)

@@ -86,8 +86,14 @@ def test_resume_with_other_settings_is_refused_naming_them(tmp_path: Path):
     fit(build("digits_cnn"), digits(train=True), None, FAST, checkpoint_dir=tmp_path)
     longer = TrainConfig(**{**FAST.__dict__, "epochs": FAST.epochs + 1, "lr": 0.5})
     with pytest.raises(CheckpointError, match=r"other settings \(epochs: stored 2, given 3; lr: "):
-        fit(build("digits_cnn"), digits(train=True), None, longer, checkpoint_dir=tmp_path,
-            resume=True)  # fmt: skip
+        fit(
+            build("digits_cnn"),
+            digits(train=True),
+            None,
+            longer,
+            checkpoint_dir=tmp_path,
+            resume=True,
+        )
 
 
 def test_checkpoint_errors(tmp_path: Path):
@@ -127,8 +133,14 @@ def test_damaged_checkpoints_are_refused_with_a_message(tmp_path: Path, change, 
     change(state)
     save_checkpoint(state, tmp_path / "last.pt")
     with pytest.raises(CheckpointError, match=match):
-        fit(build("digits_cnn"), digits(train=True), None, FAST, checkpoint_dir=tmp_path,
-            resume=True)  # fmt: skip
+        fit(
+            build("digits_cnn"),
+            digits(train=True),
+            None,
+            FAST,
+            checkpoint_dir=tmp_path,
+            resume=True,
+        )
 
 
 def test_bad_config_values():
@@ -155,9 +167,14 @@ def test_torchrun_two_processes_end_with_identical_weights(tmp_path: Path):
     worker = Path(__file__).with_name("ddp_worker.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-        str(worker), str(tmp_path),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29533",
+        str(worker),
+        str(tmp_path),
+    ]
     subprocess.run(cmd, check=True, env=env, timeout=600)
     a = torch.load(tmp_path / "rank0.pt", weights_only=True)
     b = torch.load(tmp_path / "rank1.pt", weights_only=True)

@@ -38,8 +38,9 @@ def test_grad_cam_of_a_gap_linear_network_is_cam_over_the_map_area(digits_model,
 def test_topk_overlap_hand_worked():
     a = torch.tensor([[9.0, 8, 1, 0, 0, 0, 0, 0, 0, 7]])
     b = torch.tensor([[5.0, 0, 6, 0, 0, 0, 0, 0, 0, 7]])
-    assert top_mask(a, 0.3).tolist() == [[True, True, False, False, False, False, False, False,
-                                          False, True]]  # fmt: skip
+    assert top_mask(a, 0.3).tolist() == [
+        [True, True, False, False, False, False, False, False, False, True]
+    ]
     assert topk_overlap(a, b, 0.3).item() == pytest.approx(2 / 3)  # {0, 9} of {0, 1, 9}
     assert topk_overlap(a, a, 0.2).item() == 1.0
     with pytest.raises(ExplainError, match="fraction must be in"):

@@ -38,8 +38,12 @@ class Planted(nn.Module):
     def forward(self, x):
         r, g, b = x.unbind(1)
         s = x.sum(1) + 1e-6
-        hue = [r - torch.maximum(g, b), g - torch.maximum(r, b), b - torch.maximum(r, g),
-               torch.minimum(r, g) - b]  # fmt: skip
+        hue = [
+            r - torch.maximum(g, b),
+            g - torch.maximum(r, b),
+            b - torch.maximum(r, g),
+            torch.minimum(r, g) - b,
+        ]
         det = self.blur(torch.stack([(h / s).relu() for h in hue], 1))
         shuffled = det.flatten(2)[:, :, self.perm].view_as(det)
         return self.units(torch.cat([det, shuffled], 1))

@@ -71,9 +71,13 @@ def test_categories_hand_worked():
     share = suppression_share(p, s)
     assert torch.allclose(share[:5].nan_to_num(-1), torch.tensor([0.75, 0.5, 0.25, 1.0, -1.0]))
     assert categorize(share) == [
-        "suppression-dominated", "balanced", "promotion-dominated", "suppression-dominated",
-        "none", "promotion-dominated",
-    ]  # fmt: skip
+        "suppression-dominated",
+        "balanced",
+        "promotion-dominated",
+        "suppression-dominated",
+        "none",
+        "promotion-dominated",
+    ]
     assert categorize(share, 0.8, 0.2)[0] == "balanced"
     with pytest.raises(ExplainError, match="thresholds"):
         categorize(share, 0.3, 0.5)

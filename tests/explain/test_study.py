@@ -31,8 +31,13 @@ def test_study_over_attacks_writes_the_figures(digits_model, digits_batch, tmp_p
     assert len(rows) == 2 and all(len(r) == len(HEADERS) for r in rows)
     assert "PGD-10" in study.table()
     names = sorted(p.name for p in study.figures.values())
-    assert names == ["pse_categories.png", "pse_maps_fgsm.png", "pse_maps_pgd_10.png",
-                     "pse_units_fgsm.png", "pse_units_pgd_10.png"]  # fmt: skip
+    assert names == [
+        "pse_categories.png",
+        "pse_maps_fgsm.png",
+        "pse_maps_pgd_10.png",
+        "pse_units_fgsm.png",
+        "pse_units_pgd_10.png",
+    ]
     assert all(p.stat().st_size > 5000 for p in study.figures.values())
     for e in study.explanations:  # the pixel maps point where Grad-CAM does more than chance
         assert float(e.overlap_suppression.mean()) > float(e.random_suppression.mean())

@@ -91,8 +91,13 @@ class FakeRCNN(nn.Module):
         out = []
         for im in images:
             s = torch.sigmoid(self.conv(im[None]).mean((1, 2, 3)).expand(3) + torch.arange(3.0))
-            out.append({"boxes": torch.tensor([[0.0, 0, 10, 20], [5, 5, 20, 40], [1, 1, 8, 8]]),
-                        "labels": torch.tensor([1, 1, 3]), "scores": s})  # fmt: skip
+            out.append(
+                {
+                    "boxes": torch.tensor([[0.0, 0, 10, 20], [5, 5, 20, 40], [1, 1, 8, 8]]),
+                    "labels": torch.tensor([1, 1, 3]),
+                    "scores": s,
+                }
+            )
         return out
 
 

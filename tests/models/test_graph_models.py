@@ -56,6 +56,7 @@ def test_a_zero_weight_edge_is_no_edge():
     for model in (GCN(6, 3), GraphSAGE(6, 3)):
         model.eval()
         extra = torch.tensor([[0, 7], [7, 0]])
-        with_zero = model(x, torch.cat([ei, extra], 1), torch.cat([torch.ones(ei.shape[1]),
-                                                                   torch.zeros(2)]))  # fmt: skip
+        with_zero = model(
+            x, torch.cat([ei, extra], 1), torch.cat([torch.ones(ei.shape[1]), torch.zeros(2)])
+        )
         assert torch.allclose(with_zero, model(x, ei), atol=1e-6)

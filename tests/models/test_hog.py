@@ -20,8 +20,9 @@ from edgeguard.models.detectors.hog import descriptor, fast_atan2_deg
 from edgeguard.settings import data_root
 
 PERSONS = data_root() / "persons"  # EDGEGUARD_DATA, default ../shared/data
-needs_photos = pytest.mark.skipif(not (PERSONS / "manifest.csv").is_file(),
-                                  reason=f"{PERSONS} absent (EDGEGUARD_DATA)")  # fmt: skip
+needs_photos = pytest.mark.skipif(
+    not (PERSONS / "manifest.csv").is_file(), reason=f"{PERSONS} absent (EDGEGUARD_DATA)"
+)
 
 
 def photos(k: int, prefix: str = "") -> list[np.ndarray]:
@@ -65,11 +66,15 @@ def test_window_scores_equal_hog_detect_within_1e3(opencv_hog):
     for img in photos(4, "pennfudan") + photos(2, "coco"):
         locs, weights = opencv_hog.detect(img, hitThreshold=-1e9, winStride=(8, 8), padding=(8, 8))
         scores, tl = det.window_scores(to_tensor(img))
-        ours = {tuple(p): float(s) for p, s in zip(tl.reshape(-1, 2).tolist(),
-                                                   scores[0].flatten(), strict=True)}  # fmt: skip
+        ours = {
+            tuple(p): float(s)
+            for p, s in zip(tl.reshape(-1, 2).tolist(), scores[0].flatten(), strict=True)
+        }
         assert len(ours) == len(locs)
-        diff = [abs(ours[(int(x), int(y))] - float(w)) for (x, y), w in zip(locs, weights.flatten(),
-                                                                              strict=True)]  # fmt: skip
+        diff = [
+            abs(ours[(int(x), int(y))] - float(w))
+            for (x, y), w in zip(locs, weights.flatten(), strict=True)
+        ]
         assert max(diff) < 1e-3
 
 
@@ -88,8 +93,14 @@ def test_multiscale_detections_match_detect_multiscale(opencv_hog):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 60), st.integers(0, 60), st.integers(20, 40)),
-                min_size=1, max_size=25), st.integers(1, 3))  # fmt: skip
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 60), st.integers(0, 60), st.integers(20, 40)),
+        min_size=1,
+        max_size=25,
+    ),
+    st.integers(1, 3),
+)
 @example([(0, 0, 20), (0, 0, 21)], 1)  # a mean of 20.5: OpenCV rounds half to even
 def test_group_rectangles_equals_opencv(rects, threshold):
     boxes = torch.tensor([[x, y, x + s, y + 2 * s] for x, y, s in rects], dtype=torch.float32)

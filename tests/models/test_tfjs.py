@@ -31,8 +31,13 @@ def _ints(*values: int) -> dict:
     return {"list": {"i": [str(v) for v in values]}}
 
 
-def write_model(folder: Path, nodes: list[dict], weights: dict[str, np.ndarray],
-                input_shape: list[int], float16: bool = True) -> Path:  # fmt: skip
+def write_model(
+    folder: Path,
+    nodes: list[dict],
+    weights: dict[str, np.ndarray],
+    input_shape: list[int],
+    float16: bool = True,
+) -> Path:
     """A TF.js graph model (model.json + one shard) with ``nodes`` after an ``x`` placeholder."""
     folder.mkdir(parents=True, exist_ok=True)
     specs, data = [], b""
@@ -47,11 +52,20 @@ def write_model(folder: Path, nodes: list[dict], weights: dict[str, np.ndarray],
         else:
             data += arr.astype(np.float32).tobytes()
         specs.append(spec)
-    placeholder = {"name": "x", "op": "Placeholder", "attr": {"shape": {"shape": {"dim": [
-        {"size": str(d)} for d in input_shape]}}, "dtype": {"type": "DT_FLOAT"}}}  # fmt: skip
+    placeholder = {
+        "name": "x",
+        "op": "Placeholder",
+        "attr": {
+            "shape": {"shape": {"dim": [{"size": str(d)} for d in input_shape]}},
+            "dtype": {"type": "DT_FLOAT"},
+        },
+    }
     consts = [{"name": n, "op": "Const", "attr": {}} for n in weights]
-    model = {"format": "graph-model", "modelTopology": {"node": [placeholder, *consts, *nodes]},
-             "weightsManifest": [{"paths": ["w.bin"], "weights": specs}]}  # fmt: skip
+    model = {
+        "format": "graph-model",
+        "modelTopology": {"node": [placeholder, *consts, *nodes]},
+        "weightsManifest": [{"paths": ["w.bin"], "weights": specs}],
+    }
     (folder / "w.bin").write_bytes(data)
     path = folder / "model.json"
     path.write_text(json.dumps(model))
@@ -59,8 +73,12 @@ def write_model(folder: Path, nodes: list[dict], weights: dict[str, np.ndarray],
 
 
 def conv_node(name, x, w, *, op="Conv2D", stride=1, padding="SAME", bias=None, acts=(), dil=1):
-    attr = {"strides": _ints(1, stride, stride, 1), "padding": _s(padding),
-            "data_format": _s("NHWC"), "dilations": _ints(1, dil, dil, 1)}  # fmt: skip
+    attr = {
+        "strides": _ints(1, stride, stride, 1),
+        "padding": _s(padding),
+        "data_format": _s("NHWC"),
+        "dilations": _ints(1, dil, dil, 1),
+    }
     inputs = [x, w]
     if bias is not None:
         inputs.append(bias)
@@ -85,8 +103,12 @@ def np_conv_nhwc(x, w, stride, padding, dilation=1, depthwise=False):
     out = np.zeros((n, ho, wo, c * m if depthwise else m))
     for i in range(ho):
         for j in range(wo):
-            patch = xp[:, i * stride : i * stride + (kh - 1) * dilation + 1 : dilation,
-                       j * stride : j * stride + (kw - 1) * dilation + 1 : dilation, :]  # fmt: skip
+            patch = xp[
+                :,
+                i * stride : i * stride + (kh - 1) * dilation + 1 : dilation,
+                j * stride : j * stride + (kw - 1) * dilation + 1 : dilation,
+                :,
+            ]
             if depthwise:  # output channel c * m + k
                 out[:, i, j] = np.einsum("nhwc,hwck->nck", patch, w).reshape(n, -1)
             else:
@@ -164,36 +186,62 @@ def test_maxpool_mean_concat_pad_transpose_reshape_split_resize(tmp_path):
     """A small graph through every layout-sensitive op, against NumPy."""
     rng = np.random.default_rng(0)
     weights = {
-        "axes": np.array([1, 2], np.int32), "cat_axis": np.array(3, np.int32),
+        "axes": np.array([1, 2], np.int32),
+        "cat_axis": np.array(3, np.int32),
         "pads": np.array([[0, 0], [1, 2], [0, 1], [0, 0]], np.int32),
-        "perm": np.array([0, 3, 1, 2], np.int32), "shape": np.array([1, 4, -1], np.int32),
-        "sizes": np.array([1, 3], np.int32), "split_dim": np.array(1, np.int32),
-        "rsize": np.array([6, 10], np.int32), "scale": np.array([0.5, 2.0], np.float32),
-    }  # fmt: skip
-    pool = {"name": "pool", "op": "MaxPool", "input": ["x"], "attr": {
-        "ksize": _ints(1, 3, 3, 1), "strides": _ints(1, 2, 2, 1), "padding": _s("SAME"),
-        "data_format": _s("NHWC")}}  # fmt: skip
+        "perm": np.array([0, 3, 1, 2], np.int32),
+        "shape": np.array([1, 4, -1], np.int32),
+        "sizes": np.array([1, 3], np.int32),
+        "split_dim": np.array(1, np.int32),
+        "rsize": np.array([6, 10], np.int32),
+        "scale": np.array([0.5, 2.0], np.float32),
+    }
+    pool = {
+        "name": "pool",
+        "op": "MaxPool",
+        "input": ["x"],
+        "attr": {
+            "ksize": _ints(1, 3, 3, 1),
+            "strides": _ints(1, 2, 2, 1),
+            "padding": _s("SAME"),
+            "data_format": _s("NHWC"),
+        },
+    }
     nodes = [
         pool,
         {"name": "scaled", "op": "Mul", "input": ["pool", "scale"]},
-        {"name": "mean", "op": "Mean", "input": ["scaled", "axes"], "attr": {"keep_dims": {"b": True}}},
+        {
+            "name": "mean",
+            "op": "Mean",
+            "input": ["scaled", "axes"],
+            "attr": {"keep_dims": {"b": True}},
+        },
         {"name": "added", "op": "Add", "input": ["scaled", "mean"]},
         {"name": "cat", "op": "ConcatV2", "input": ["added", "scaled", "cat_axis"]},
         {"name": "padded", "op": "Pad", "input": ["cat", "pads"]},
-        {"name": "resized", "op": "ResizeBilinear", "input": ["padded", "rsize"],
-         "attr": {"align_corners": {"b": False}, "half_pixel_centers": {"b": False}}},
+        {
+            "name": "resized",
+            "op": "ResizeBilinear",
+            "input": ["padded", "rsize"],
+            "attr": {"align_corners": {"b": False}, "half_pixel_centers": {"b": False}},
+        },
         {"name": "nchw", "op": "Transpose", "input": ["resized", "perm"]},
         {"name": "flat", "op": "Reshape", "input": ["nchw", "shape"]},
         {"name": "parts", "op": "SplitV", "input": ["flat", "sizes", "split_dim"]},
         {"name": "sig", "op": "Sigmoid", "input": ["parts:1"]},
-    ]  # fmt: skip
+    ]
     path = write_model(tmp_path, nodes, weights, [1, 7, 6, 2], float16=False)
     x = rng.standard_normal((1, 7, 6, 2)).astype(np.float32)
     _, (first, sig) = run(path, ["parts", "sig"], x.transpose(0, 3, 1, 2))
     # NumPy: SAME max pool of a 7 x 6 map, kernel 3 stride 2: pads (1, 1) rows, (0, 1) columns
     xp = np.pad(x, ((0, 0), (1, 1), (0, 1), (0, 0)), constant_values=-np.inf)
-    pooled = np.stack([np.stack([xp[:, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3].max((1, 2))
-                                 for j in range(3)], 1) for i in range(4)], 1)  # fmt: skip
+    pooled = np.stack(
+        [
+            np.stack([xp[:, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3].max((1, 2)) for j in range(3)], 1)
+            for i in range(4)
+        ],
+        1,
+    )
     scaled = pooled * np.array([0.5, 2.0])
     added = scaled + scaled.mean((1, 2), keepdims=True)
     cat = np.concatenate([added, scaled], 3)
@@ -209,8 +257,9 @@ def test_maxpool_mean_concat_pad_transpose_reshape_split_resize(tmp_path):
 def test_batches_and_gradients_flow(tmp_path):
     rng = np.random.default_rng(3)
     w = rng.standard_normal((3, 3, 3, 2)).astype(np.float32)
-    path = write_model(tmp_path, [conv_node("y", "x", "w", stride=2)], {"w": w}, [1, 9, 9, 3],
-                       float16=False)  # fmt: skip
+    path = write_model(
+        tmp_path, [conv_node("y", "x", "w", stride=2)], {"w": w}, [1, 9, 9, 3], float16=False
+    )
     gm = load_graph_model(path, ["y"])
     x = torch.rand(3, 3, 9, 9, requires_grad=True)
     y = gm(x)
@@ -224,8 +273,12 @@ def test_unsupported_ops_and_broken_files_are_named(tmp_path):
     path = write_model(tmp_path / "a", nodes, {}, [1, 4, 4, 3])
     with pytest.raises(TFJSError, match=r"unsupported op\(s\) Softplus \(at y\)"):
         load_graph_model(path, ["y"])
-    path = write_model(tmp_path / "b", [conv_node("y", "x", "w")],
-                       {"w": np.ones((3, 3, 3, 2), np.float32)}, [1, 4, 4, 3])  # fmt: skip
+    path = write_model(
+        tmp_path / "b",
+        [conv_node("y", "x", "w")],
+        {"w": np.ones((3, 3, 3, 2), np.float32)},
+        [1, 4, 4, 3],
+    )
     (tmp_path / "b" / "w.bin").write_bytes(b"\0" * 10)
     with pytest.raises(TFJSError, match="end before 'w'"):
         read_graph_model(path)
@@ -246,12 +299,23 @@ def test_a_loaded_graph_is_pruned_and_compiled_like_any_model(tmp_path):
     from edgeguard.sparsity import prune_model
 
     rng = np.random.default_rng(0)
-    weights = {"w1": rng.standard_normal((3, 3, 3, 16)), "b1": rng.standard_normal(16),
-               "w2": rng.standard_normal((3, 3, 16, 16)), "b2": rng.standard_normal(16)}  # fmt: skip
-    nodes = [conv_node("a", "x", "w1", op="_FusedConv2D", stride=2, bias="b1", acts=("Relu",)),
-             conv_node("y", "a", "w2", op="_FusedConv2D", bias="b2", acts=("Relu6",))]  # fmt: skip
-    path = write_model(tmp_path, nodes, {k: v.astype(np.float32) for k, v in weights.items()},
-                       [1, 15, 15, 3], float16=False)  # fmt: skip
+    weights = {
+        "w1": rng.standard_normal((3, 3, 3, 16)),
+        "b1": rng.standard_normal(16),
+        "w2": rng.standard_normal((3, 3, 16, 16)),
+        "b2": rng.standard_normal(16),
+    }
+    nodes = [
+        conv_node("a", "x", "w1", op="_FusedConv2D", stride=2, bias="b1", acts=("Relu",)),
+        conv_node("y", "a", "w2", op="_FusedConv2D", bias="b2", acts=("Relu6",)),
+    ]
+    path = write_model(
+        tmp_path,
+        nodes,
+        {k: v.astype(np.float32) for k, v in weights.items()},
+        [1, 15, 15, 3],
+        float16=False,
+    )
     gm = load_graph_model(path, ["y"])
     prune_model(gm, "kgs", rates=0.5)
     x = torch.rand(2, 3, 15, 15)

@@ -98,9 +98,11 @@ def test_tampered_or_missing_weights_are_refused(tmp_path, monkeypatch):
 @needs_weights
 def test_bad_images_are_refused(detectors):
     det = detectors["nanodet"]
-    for bad, match in [(torch.rand(1, 1, 64, 64), r"\[B, 3, H, W\]"),
-                       (torch.rand(1, 3, 64, 64) * 2, r"in \[0, 1\]"),
-                       (torch.full((1, 3, 64, 64), float("nan")), "NaN")]:  # fmt: skip
+    for bad, match in [
+        (torch.rand(1, 1, 64, 64), r"\[B, 3, H, W\]"),
+        (torch.rand(1, 3, 64, 64) * 2, r"in \[0, 1\]"),
+        (torch.full((1, 3, 64, 64), float("nan")), "NaN"),
+    ]:
         with pytest.raises(DetectorError, match=match):
             det(bad)
 

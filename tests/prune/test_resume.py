@@ -20,8 +20,12 @@ from edgeguard.sparsity import SparsityError
 SHAPE = (1, 1, 8, 8)
 REG = TrainConfig(epochs=2, batch_size=64, lr=1e-3, optimizer="sgd", progress=False)
 FT = TrainConfig(epochs=2, batch_size=64, lr=1e-3, progress=False)
-OPTIONS = {"magnitude": {}, "reweighted": {"lam": 1e-3}, "admm": {"rho": 1e-2},
-           "primal-proximal": {"rho": 1e-2}}  # fmt: skip
+OPTIONS = {
+    "magnitude": {},
+    "reweighted": {"lam": 1e-3},
+    "admm": {"rho": 1e-2},
+    "primal-proximal": {"rho": 1e-2},
+}
 
 
 class Killed(BaseException):
@@ -37,9 +41,19 @@ def dense():
 
 
 def _prune(dense, method: str, workdir: Path, resume: bool = False):
-    return run_pruning(dense, get_pruner(method, **OPTIONS[method]), digits(True), digits(False),
-                       SHAPE, flops_reduction=2.5, regularize=REG, finetune=FT, workdir=workdir,
-                       resume=resume, distill_weight=0.5)  # fmt: skip
+    return run_pruning(
+        dense,
+        get_pruner(method, **OPTIONS[method]),
+        digits(True),
+        digits(False),
+        SHAPE,
+        flops_reduction=2.5,
+        regularize=REG,
+        finetune=FT,
+        workdir=workdir,
+        resume=resume,
+        distill_weight=0.5,
+    )
 
 
 def _kill_after(monkeypatch, module, name: str, when) -> None:
@@ -55,12 +69,18 @@ def _kill_after(monkeypatch, module, name: str, when) -> None:
 
 
 STAGES = {
-    "regularize epoch 1": (train_module, "save_checkpoint",
-                           lambda state, path: "regularize" in str(path) and state["epoch"] == 1),
+    "regularize epoch 1": (
+        train_module,
+        "save_checkpoint",
+        lambda state, path: "regularize" in str(path) and state["epoch"] == 1,
+    ),
     "hard-pruned stage": (pipeline_module, "save_pruned", lambda *a: True),
-    "fine-tune epoch 1": (train_module, "save_checkpoint",
-                          lambda state, path: "finetune" in str(path) and state["epoch"] == 1),
-}  # fmt: skip
+    "fine-tune epoch 1": (
+        train_module,
+        "save_checkpoint",
+        lambda state, path: "finetune" in str(path) and state["epoch"] == 1,
+    ),
+}
 
 
 SLOW = (

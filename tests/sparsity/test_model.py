@@ -114,8 +114,11 @@ def _rewrite_spec(path: Path, spec: dict) -> None:
     """Replace the spec embedded in a saved weights file (what a tampering user would do)."""
     from safetensors.torch import load_file, save_file
 
-    save_file(load_file(str(path)), str(path),
-              metadata={"format": "edgeguard.pruned/1", "edgeguard_spec": json.dumps(spec)})  # fmt: skip
+    save_file(
+        load_file(str(path)),
+        str(path),
+        metadata={"format": "edgeguard.pruned/1", "edgeguard_spec": json.dumps(spec)},
+    )
 
 
 def test_loading_rejects_mismatched_specs(tmp_path: Path):

@@ -36,4 +36,4 @@ __all__ = [
     "distortions",
     "get_attack",
     "project_simplex",
-]  # fmt: skip
+]

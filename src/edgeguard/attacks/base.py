@@ -101,15 +101,21 @@ class Attack(ABC):
     norms: ClassVar[tuple[str, ...]] = ("linf",)
 
     def __call__(
-        self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
         target: torch.Tensor | None = None,
-    ) -> torch.Tensor:  # fmt: skip
+    ) -> torch.Tensor:
         return self.run(model, inputs, labels, target).adversarial
 
     def run(
-        self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
         target: torch.Tensor | None = None,
-    ) -> AttackResult:  # fmt: skip
+    ) -> AttackResult:
         if not isinstance(model, nn.Module):
             raise AttackError(f"model must be an nn.Module, got {type(model).__name__}")
         was_training = model.training
@@ -151,8 +157,9 @@ class Attack(ABC):
             if not isinstance(v, torch.Tensor) or v.dtype not in (torch.int64, torch.int32):
                 raise AttackError(f"{what} must be an integer tensor [N]")
             if v.shape != (x.shape[0],):
-                raise AttackError(f"{what} has shape {tuple(v.shape)}; expected [{x.shape[0]}] "
-                                  "(one per input)")  # fmt: skip
+                raise AttackError(
+                    f"{what} has shape {tuple(v.shape)}; expected [{x.shape[0]}] (one per input)"
+                )
             if v.min() < 0 or v.max() >= n_classes:
                 raise AttackError(f"{what} must be in [0, {n_classes - 1}] for this model")
             return v.detach().clone().long().to(x.device)

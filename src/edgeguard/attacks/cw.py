@@ -25,9 +25,14 @@ class CW(Attack):
     norms = ("l2",)
 
     def __init__(
-        self, c: float = 1.0, kappa: float = 0.0, steps: int = 100, lr: float = 0.01,
-        binary_steps: int = 5, abort_early: bool = True,
-    ) -> None:  # fmt: skip
+        self,
+        c: float = 1.0,
+        kappa: float = 0.0,
+        steps: int = 100,
+        lr: float = 0.01,
+        binary_steps: int = 5,
+        abort_early: bool = True,
+    ) -> None:
         self.c = check_positive(c, "c")
         self.kappa = check_positive(kappa, "kappa", allow_zero=True)
         self.steps = check_steps(steps)

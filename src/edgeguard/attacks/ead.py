@@ -22,9 +22,16 @@ class EAD(Attack):
     norms = ("l1", "l2")
 
     def __init__(
-        self, c: float = 1.0, beta: float = 1e-2, kappa: float = 0.0, steps: int = 100,
-        lr: float = 1e-2, binary_steps: int = 5, solver: str = "fista", decision: str = "en",
-    ) -> None:  # fmt: skip
+        self,
+        c: float = 1.0,
+        beta: float = 1e-2,
+        kappa: float = 0.0,
+        steps: int = 100,
+        lr: float = 1e-2,
+        binary_steps: int = 5,
+        solver: str = "fista",
+        decision: str = "en",
+    ) -> None:
         self.c = check_positive(c, "c")
         self.beta = check_positive(beta, "beta", allow_zero=True)
         self.kappa = check_positive(kappa, "kappa", allow_zero=True)

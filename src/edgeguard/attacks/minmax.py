@@ -68,10 +68,16 @@ class MinMaxPGD(Attack):
     norms = ("linf", "l2")
 
     def __init__(
-        self, eps: float = 8 / 255, steps: int = 50, alpha: float | None = None,
-        norm: str = "linf", weighting: str = "minmax", beta: float = 0.5, gamma: float = 1.0,
+        self,
+        eps: float = 8 / 255,
+        steps: int = 50,
+        alpha: float | None = None,
+        norm: str = "linf",
+        weighting: str = "minmax",
+        beta: float = 0.5,
+        gamma: float = 1.0,
         kappa: float = 0.0,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.eps = check_positive(eps, "eps", allow_zero=True)
         self.steps = check_steps(steps)
         self.alpha = check_positive(alpha, "alpha") if alpha is not None else 2.5 * self.eps / steps
@@ -123,8 +129,9 @@ class MinMaxWeights:
     after each call ``w`` ascends ``L - gamma (w - 1/K)`` by ``beta`` and is projected onto the
     simplex (``"minmax"``), or stays uniform (``"average"``)."""
 
-    def __init__(self, k: int, weighting: str = "minmax", beta: float = 0.5,
-                 gamma: float = 1.0) -> None:  # fmt: skip
+    def __init__(
+        self, k: int, weighting: str = "minmax", beta: float = 0.5, gamma: float = 1.0
+    ) -> None:
         if weighting not in ("minmax", "average"):
             raise AttackError(f"weighting must be 'minmax' or 'average', got {weighting!r}")
         if beta <= 0 or gamma < 0:

@@ -22,9 +22,15 @@ class PGD(Attack):
     norms = ("linf", "l2")
 
     def __init__(
-        self, eps: float = 8 / 255, alpha: float | None = None, steps: int = 10,
-        norm: str = "linf", random_start: bool = True, restarts: int = 1, seed: int | None = 0,
-    ) -> None:  # fmt: skip
+        self,
+        eps: float = 8 / 255,
+        alpha: float | None = None,
+        steps: int = 10,
+        norm: str = "linf",
+        random_start: bool = True,
+        restarts: int = 1,
+        seed: int | None = 0,
+    ) -> None:
         self.eps = check_positive(eps, "eps", allow_zero=True)
         self.steps = check_steps(steps)
         self.restarts = check_steps(restarts, "restarts")

@@ -12,8 +12,12 @@ def add_parser(sub) -> None:
         "attack", help="attack a saved model and report success, distortion, queries"
     )
     attack_arguments(p, "pgd", names.attacks(), 200, "runs/attack")
-    p.add_argument("--target-shift", type=int_in(0), default=0,
-                   help="targeted attack toward (label + shift) mod classes; 0: untargeted")  # fmt: skip
+    p.add_argument(
+        "--target-shift",
+        type=int_in(0),
+        default=0,
+        help="targeted attack toward (label + shift) mod classes; 0: untargeted",
+    )
     p.set_defaults(func=run)
 
 
@@ -39,8 +43,10 @@ def run(args) -> int:
     out = start_run(args, "attack", (args.model,))
     res = attack.run(model, x, y, target)
     norm = getattr(attack, "norm", "linf")
-    print(f"attack {args.attack} {settings} on {len(x)} correctly classified inputs "
-          f"(clean accuracy {float(correct.float().mean()):.3f} on {n})")  # fmt: skip
+    print(
+        f"attack {args.attack} {settings} on {len(x)} correctly classified inputs "
+        f"(clean accuracy {float(correct.float().mean()):.3f} on {n})"
+    )
     print(f"success rate: {res.success_rate:.3f}")
     print(f"mean {norm} distortion (successful): {res.mean_distortion(norm):.4f}")
     print(f"mean queries: {float(res.queries.float().mean()):.1f}")

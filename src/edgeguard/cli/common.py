@@ -32,9 +32,15 @@ def start_run(args, command: str, inputs: tuple[str | None, ...] = ()) -> Path:
     from ..engine.rundir import prepare_run_dir
 
     options = {k: v for k, v in vars(args).items() if k not in RUNTIME_OPTIONS}
-    return prepare_run_dir(args.out, command, options, resume=getattr(args, "resume", False),
-                           overwrite=args.overwrite, resumable="resume" in args,
-                           inputs=inputs)  # fmt: skip
+    return prepare_run_dir(
+        args.out,
+        command,
+        options,
+        resume=getattr(args, "resume", False),
+        overwrite=args.overwrite,
+        resumable="resume" in args,
+        inputs=inputs,
+    )
 
 
 def kv(items: list[str] | None) -> dict[str, Any]:
@@ -82,13 +88,24 @@ def int_in(minimum: int, maximum: int | None = None):
     return checked(int, "an integer", check_int, minimum=minimum, maximum=maximum)
 
 
-def number_in(minimum: float | None = None, maximum: float | None = None, open_min: bool = False,
-           open_max: bool = False):  # fmt: skip
+def number_in(
+    minimum: float | None = None,
+    maximum: float | None = None,
+    open_min: bool = False,
+    open_max: bool = False,
+):
     """argparse type: a finite number in the interval (NaN and Inf refused)."""
     from ..validation import check_number
 
-    return checked(float, "a number", check_number, minimum=minimum, maximum=maximum,
-                    open_min=open_min, open_max=open_max)  # fmt: skip
+    return checked(
+        float,
+        "a number",
+        check_number,
+        minimum=minimum,
+        maximum=maximum,
+        open_min=open_min,
+        open_max=open_max,
+    )
 
 
 POSITIVE = number_in(0.0, open_min=True)
@@ -144,8 +161,11 @@ def add_train_args(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
 
 
 def add_overwrite(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the run already in --out (refused without it)")  # fmt: skip
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out (refused without it)",
+    )
 
 
 def datasets(args):
@@ -180,10 +200,16 @@ def train_config(args):
     from ..engine import TrainConfig
 
     return TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-        weight_decay=args.weight_decay, amp=args.amp, device=args.device, seed=args.seed,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
+        amp=args.amp,
+        device=args.device,
+        seed=args.seed,
         progress=not args.no_progress,
-    )  # fmt: skip
+    )
 
 
 def build_attack(name: str, args, strict: bool = True):

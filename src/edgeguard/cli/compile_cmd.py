@@ -11,15 +11,22 @@ def add_parser(sub) -> None:
     p.add_argument("checkpoint", help="model.safetensors written by prune")
     p.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuda", "torch"])
     p.add_argument("--input-shape", type=shape_arg, help="e.g. 1,3,16,112,112 (batch included)")
-    p.add_argument("--bench", action="store_true",
-                   help="per-layer and end-to-end latency (dense vs compiled; glibc then keeps freed "
-                        "memory instead of mmap'ing large blocks, for a stable dense baseline)")  # fmt: skip
+    p.add_argument(
+        "--bench",
+        action="store_true",
+        help="per-layer and end-to-end latency (dense vs compiled; glibc then keeps freed "
+        "memory instead of mmap'ing large blocks, for a stable dense baseline)",
+    )
     p.add_argument(
         "--repeats", type=int_in(1), default=10, help="timed runs per measurement (median)"
     )
     p.add_argument("--threads", type=int_in(1), help="CPU threads (default: PyTorch's)")
-    p.add_argument("--max-density", type=FRACTION, default=0.8,
-                   help="layers denser than this stay dense (default 0.8)")  # fmt: skip
+    p.add_argument(
+        "--max-density",
+        type=FRACTION,
+        default=0.8,
+        help="layers denser than this stay dense (default 0.8)",
+    )
     p.add_argument("--onnx", metavar="OUT", help="also export the compiled model to ONNX")
     p.set_defaults(func=run)
 
@@ -37,8 +44,9 @@ def run(args) -> int:
         raise UsageError("the checkpoint records no input shape; pass --input-shape 1,3,16,112,112")
     if args.threads:
         torch.set_num_threads(args.threads)
-    compiled = compile_model(model, args.backend, input_shape=tuple(shape),
-                             max_density=args.max_density)  # fmt: skip
+    compiled = compile_model(
+        model, args.backend, input_shape=tuple(shape), max_density=args.max_density
+    )
     print(compiled.summary())
     x = torch.randn(*shape)
     with torch.no_grad():

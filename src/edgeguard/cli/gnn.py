@@ -73,10 +73,13 @@ def _gnn_setup(args):
     def build(data):
         return arch(data.num_features, classes, hidden=args.hidden)
 
-    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, weight_decay=5e-4, scheduler="none",
-                      seed=args.seed)  # fmt: skip
-    print(f"{args.dataset}: {data.num_nodes} nodes, {data.edge_index.shape[1] // 2} edges, "
-          f"{data.num_features} features, {classes} classes; model {args.model}")  # fmt: skip
+    cfg = TrainConfig(
+        epochs=args.epochs, lr=args.lr, weight_decay=5e-4, scheduler="none", seed=args.seed
+    )
+    print(
+        f"{args.dataset}: {data.num_nodes} nodes, {data.edge_index.shape[1] // 2} edges, "
+        f"{data.num_features} features, {classes} classes; model {args.model}"
+    )
     return data, build, cfg
 
 
@@ -95,8 +98,10 @@ def _describe_graph_attack(name: str, attack, res, data, accuracy: float) -> str
     else:
         add, rem = res.added_removed(data)
         what = f"{res.num_flips} edge flips (+{add}/-{rem})"
-    return (f"{name}: accuracy {accuracy:.4f} after {what}, budget {res.budget}, "
-            f"{res.queries} model evaluations, {res.seconds:.1f} s")  # fmt: skip
+    return (
+        f"{name}: accuracy {accuracy:.4f} after {what}, budget {res.budget}, "
+        f"{res.queries} model evaluations, {res.seconds:.1f} s"
+    )
 
 
 def run(args) -> int:
@@ -114,13 +119,19 @@ def run(args) -> int:
     if args.mode == "poisoning":
         surrogate = None  # trained once, attacked by each attack
         for name, attack in attacks.items():
-            res = poison(attack, lambda: build(data), data, cfg, seed=args.seed,
-                         surrogate=surrogate)  # fmt: skip
+            res = poison(
+                attack, lambda: build(data), data, cfg, seed=args.seed, surrogate=surrogate
+            )
             surrogate = res.surrogate
-            print(f"clean test accuracy: {res.clean:.4f}; surrogate on the perturbed graph "
-                  f"(evasion): {res.evasion:.4f}")  # fmt: skip
-            print(_describe_graph_attack(f"{name} (poisoning, retrained)", attack, res.attack,
-                                         data, res.poisoned))  # fmt: skip
+            print(
+                f"clean test accuracy: {res.clean:.4f}; surrogate on the perturbed graph "
+                f"(evasion): {res.evasion:.4f}"
+            )
+            print(
+                _describe_graph_attack(
+                    f"{name} (poisoning, retrained)", attack, res.attack, data, res.poisoned
+                )
+            )
         return 0
     model = build(data)
     if args.action == "attack":
@@ -129,10 +140,16 @@ def run(args) -> int:
         budget = args.budget if args.inner_budget is None else args.inner_budget
         inner = _graph_attacks(args.inner, budget, args.seed)
         out = start_run(args, "gnn robust-train")
-        hist = robust_train(model, data, list(inner.values()), cfg,
-                            checkpoint_dir=out, resume=args.resume,
-                            log_every=max(1, args.epochs // 10),
-                            weighting=args.weighting)  # fmt: skip
+        hist = robust_train(
+            model,
+            data,
+            list(inner.values()),
+            cfg,
+            checkpoint_dir=out,
+            resume=args.resume,
+            log_every=max(1, args.epochs // 10),
+            weighting=args.weighting,
+        )
         secs = [e["seconds"] for e in hist.epochs]
         print(f"robust training ({args.inner}): {sum(secs) / len(secs):.3f} s per epoch")
         if "weights" in hist.epochs[-1]:

@@ -80,10 +80,19 @@ def run(args) -> int:
     regularize = replace(finetune, epochs=args.reg_epochs) if args.reg_epochs > 0 else None
     out = start_run(args, "prune", (args.checkpoint,))
     res = run_pruning(
-        model, pruner, train, val, shape, rates=rates, flops_reduction=args.flops_reduction,
-        regularize=regularize, finetune=finetune, distill_weight=args.distill_weight,
-        workdir=out, resume=args.resume,
-    )  # fmt: skip
+        model,
+        pruner,
+        train,
+        val,
+        shape,
+        rates=rates,
+        flops_reduction=args.flops_reduction,
+        regularize=regularize,
+        finetune=finetune,
+        distill_weight=args.distill_weight,
+        workdir=out,
+        resume=args.resume,
+    )
     extra = {
         "input_shape": list(shape),
         "accuracy": res.accuracy_finetuned,

@@ -38,8 +38,11 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--eval-detectors", help="detectors to evaluate on (default: the training ones and opencv)"
     )
-    p.add_argument("--data", default=str(data_root() / "persons"),
-                   help="manifest.csv + images/ (default: $EDGEGUARD_DATA/persons)")  # fmt: skip
+    p.add_argument(
+        "--data",
+        default=str(data_root() / "persons"),
+        help="manifest.csv + images/ (default: $EDGEGUARD_DATA/persons)",
+    )
     p.add_argument("--sources", default="pennfudan,inria", help="file-name prefixes to use")
     p.add_argument(
         "--held-out",
@@ -122,24 +125,31 @@ def run(args) -> int:
 
     sources = [s for s in args.sources.split(",") if s] or None
     train_specs = [d for d in args.detector.split(",") if d]
-    eval_specs = [d for d in (args.eval_detectors or ",".join([*train_specs, "opencv"])).split(",")
-                  if d]  # fmt: skip
+    eval_specs = [
+        d for d in (args.eval_detectors or ",".join([*train_specs, "opencv"])).split(",") if d
+    ]
     # COCO detectors see whole photos: every person in a photo wears the patch (scenes); the
     # sliding-window detectors work on person-normalised crops
     whole = any(d.split(":")[0] in COCO_DETECTORS for d in [*train_specs, *eval_specs])
     iou = 0.5 if whole else 0.3
     if whole:
-        split = load_scenes(args.data, sources, args.held_out, args.seed, args.scale, args.limit,
-                            args.shape)  # fmt: skip
-        print(f"whole photos: {len(split.train)} train photos ({split.train.persons} wearers), "
-              f"{len(split.test)} held-out photos ({split.test.persons} wearers); skipped "
-              f"{split.skipped}")  # fmt: skip
+        split = load_scenes(
+            args.data, sources, args.held_out, args.seed, args.scale, args.limit, args.shape
+        )
+        print(
+            f"whole photos: {len(split.train)} train photos ({split.train.persons} wearers), "
+            f"{len(split.test)} held-out photos ({split.test.persons} wearers); skipped "
+            f"{split.skipped}"
+        )
     else:
-        split = load_crops(args.data, sources, args.held_out, args.seed, args.scale, args.limit,
-                           args.shape)  # fmt: skip
-        print(f"persons: {len(split.train)} train crops from {split.photos[0]} photos, "
-              f"{len(split.test)} held-out crops from {split.photos[1]} photos; skipped "
-              f"{split.skipped}")  # fmt: skip
+        split = load_crops(
+            args.data, sources, args.held_out, args.seed, args.scale, args.limit, args.shape
+        )
+        print(
+            f"persons: {len(split.train)} train crops from {split.photos[0]} photos, "
+            f"{len(split.test)} held-out crops from {split.photos[1]} photos; skipped "
+            f"{split.skipped}"
+        )
     eot = EOT.rigid() if args.rigid else EOT()
     if args.cloth_video:
         from dataclasses import replace
@@ -175,22 +185,33 @@ def run(args) -> int:
             else:
                 raise UsageError("--zo attacks one detector as a black box; give one --detector")
             crops = only_detected(see, split.train)
-            trainer = ZOTShirt(score, ZOConfig(steps=args.steps, eot=eot, size=size,
-                                               seed=args.seed))  # fmt: skip
+            trainer = ZOTShirt(
+                score, ZOConfig(steps=args.steps, eot=eot, size=size, seed=args.seed)
+            )
         else:
             dets = [training_view(get_detector(d, args.trust_pickle)) for d in train_specs]
             crops = split.train
             for d in dets:  # attack the persons every training detector finds
                 crops = only_detected(partial(detected, d, iou=iou), crops)
-            cfg = TShirtConfig(steps=args.steps, batch=args.batch, samples=args.samples, size=size,
-                               eot=eot, weighting=args.ensemble, seed=args.seed, iou=iou,
-                               topk=1 if whole else 3)  # fmt: skip
+            cfg = TShirtConfig(
+                steps=args.steps,
+                batch=args.batch,
+                samples=args.samples,
+                size=size,
+                eot=eot,
+                weighting=args.ensemble,
+                seed=args.seed,
+                iou=iou,
+                topk=1 if whole else 3,
+            )
             trainer = AdversarialTShirt(dets, cfg)
             label = "+".join(train_specs) + (f" ({args.ensemble})" if len(dets) > 1 else "")
         if len(crops) == 0:
             raise UsageError("no training person is detected without a patch: nothing to attack")
-        print(f"training on {len(crops)} {'photos with a wearer' if whole else 'persons'} the "
-              "detector(s) find")  # fmt: skip
+        print(
+            f"training on {len(crops)} {'photos with a wearer' if whole else 'persons'} the "
+            "detector(s) find"
+        )
         result = trainer.train(crops)
         patch = result.patch
         with atomic_path(out / "patch.safetensors") as tmp:
@@ -212,14 +233,19 @@ def run(args) -> int:
         lo, hi = a.interval()
         ci = f"{100 * lo:.1f}-{100 * hi:.1f}"
         rows.append([p, d, a.clean_detected, a.attacked, a.hidden, round(100 * a.rate, 1), ci])
-        print(f"{p} vs {d}: ASR {100 * a.rate:.1f}% (95% CI {ci}, persons resampled; "
-              f"{a.hidden}/{a.attacked} held-out samples of {a.clean_detected} persons detected "
-              "without the patch)")  # fmt: skip
-    (out / "asr.json").write_text(json.dumps([dict(zip(cols, r, strict=True)) for r in rows],
-                                             indent=1))  # fmt: skip
+        print(
+            f"{p} vs {d}: ASR {100 * a.rate:.1f}% (95% CI {ci}, persons resampled; "
+            f"{a.hidden}/{a.attacked} held-out samples of {a.clean_detected} persons detected "
+            "without the patch)"
+        )
+    (out / "asr.json").write_text(
+        json.dumps([dict(zip(cols, r, strict=True)) for r in rows], indent=1)
+    )
     rep = Report("edgeguard: adversarial T-shirt")
-    rep.paragraph(f"Held-out persons: {len(split.test)}; transformations: "
-                  f"{'rigid' if args.rigid else 'TPS cloth deformation'} + EOT.")  # fmt: skip
+    rep.paragraph(
+        f"Held-out persons: {len(split.test)}; transformations: "
+        f"{'rigid' if args.rigid else 'TPS cloth deformation'} + EOT."
+    )
     rep.table(cols, rows)
     save_patch(patch, out / "patch.png")
     rep.figure("patch.png", "the patch (print resolution)")

@@ -101,11 +101,15 @@ class BenchResult:
         return self.dense_ms / self.compiled_ms
 
     def table(self) -> str:
-        rows = [f"{'layer':28s} {'action':8s} {'density':>7s} {'dense ms':>9s} {'compiled ms':>11s} "
-                f"{'speedup':>7s}"]  # fmt: skip
+        rows = [
+            f"{'layer':28s} {'action':8s} {'density':>7s} {'dense ms':>9s} {'compiled ms':>11s} "
+            f"{'speedup':>7s}"
+        ]
         for t in self.layers:
-            rows.append(f"{t.name:28s} {t.action:8s} {t.density:7.3f} {t.dense_ms:9.2f} "
-                        f"{t.compiled_ms:11.2f} {t.speedup:7.2f}")  # fmt: skip
+            rows.append(
+                f"{t.name:28s} {t.action:8s} {t.density:7.3f} {t.dense_ms:9.2f} "
+                f"{t.compiled_ms:11.2f} {t.speedup:7.2f}"
+            )
         rows.append(
             f"end to end: dense {self.dense_ms:.1f} ms, compiled {self.compiled_ms:.1f} ms, "
             f"speedup {self.speedup:.2f}x at {self.flops_reduction:.2f}x fewer MACs"
@@ -130,9 +134,12 @@ def _layer_inputs(model: nn.Module, x: torch.Tensor, types) -> dict[str, torch.T
 
 
 def benchmark(
-    model: nn.Module, compiled: CompiledModel, input_shape: tuple[int, ...], repeats: int = 10,
+    model: nn.Module,
+    compiled: CompiledModel,
+    input_shape: tuple[int, ...],
+    repeats: int = 10,
     per_layer: bool = True,
-) -> BenchResult:  # fmt: skip
+) -> BenchResult:
     """Time ``model`` with dense weights (what PyTorch runs without a compiler: masks do not make
     it faster) against ``compiled`` on one random input of ``input_shape``."""
     device = next(compiled.parameters(), next(compiled.buffers(), torch.zeros(0))).device

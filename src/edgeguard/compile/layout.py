@@ -80,8 +80,11 @@ class InputLayout:
         g = self.geometry
         taps = []
         for d in range(self.out[0]):
-            ok = [k for k in range(g.kernel[0])
-                  if 0 <= d * g.stride[0] + k * g.dilation[0] - g.padding[0] < self.size[0]]  # fmt: skip
+            ok = [
+                k
+                for k in range(g.kernel[0])
+                if 0 <= d * g.stride[0] + k * g.dilation[0] - g.padding[0] < self.size[0]
+            ]
             taps.append((ok[0], ok[-1] + 1) if ok else (0, 0))
         return taps
 

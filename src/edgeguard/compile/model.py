@@ -34,9 +34,14 @@ class CompiledModel(nn.Module):
     mode), so they propagate exactly as there: the sparse kernels skip pruned weights and would
     never compute ``0 * inf``.  Inputs that require gradients are refused (inference only)."""
 
-    def __init__(self, graph_module: fx.GraphModule | nn.Module, backend: str,
-                 decisions: list[LayerDecision], reference: nn.Module | None = None,
-                 input_shape: tuple[int, ...] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        graph_module: fx.GraphModule | nn.Module,
+        backend: str,
+        decisions: list[LayerDecision],
+        reference: nn.Module | None = None,
+        input_shape: tuple[int, ...] | None = None,
+    ) -> None:
         nn.Module.__init__(self)
         self.module = graph_module
         self.backend = backend
@@ -51,8 +56,10 @@ class CompiledModel(nn.Module):
     def forward(self, *args, **kwargs):
         tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-            raise CompileError("a compiled model is inference-only: no gradients flow through its "
-                               "kernels; attack or train the model given to edgeguard.compile")  # fmt: skip
+            raise CompileError(
+                "a compiled model is inference-only: no gradients flow through its "
+                "kernels; attack or train the model given to edgeguard.compile"
+            )
         if self._reference is not None and any(
             t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in tensors
         ):
@@ -64,10 +71,12 @@ class CompiledModel(nn.Module):
                 out = self.module(*args, **kwargs)
             except CompileError as err:
                 shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
-                compiled_for = f"compiled for input {self.input_shape}" if self.input_shape else (
-                    "compiled")  # fmt: skip
-                raise CompileError(f"input {shapes} does not fit this model ({compiled_for}): "
-                                   f"{err}") from None  # fmt: skip
+                compiled_for = (
+                    f"compiled for input {self.input_shape}" if self.input_shape else ("compiled")
+                )
+                raise CompileError(
+                    f"input {shapes} does not fit this model ({compiled_for}): {err}"
+                ) from None
             return _copied(out)
 
     def _reference_forward(self, args, kwargs):
@@ -78,8 +87,13 @@ class CompiledModel(nn.Module):
             model.eval()
             try:
                 move = [a.to(dev) if isinstance(a, torch.Tensor) else a for a in args]
-                out = model(*move, **{k: v.to(dev) if isinstance(v, torch.Tensor) else v
-                                      for k, v in kwargs.items()})  # fmt: skip
+                out = model(
+                    *move,
+                    **{
+                        k: v.to(dev) if isinstance(v, torch.Tensor) else v
+                        for k, v in kwargs.items()
+                    },
+                )
             finally:
                 model.train(was_training)
         target = next(t.device for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor))

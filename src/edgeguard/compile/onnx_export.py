@@ -46,10 +46,15 @@ def export_onnx(
             # traced as constants for this input size) are expected here.
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                module, (example,), str(tmp), input_names=["input"], output_names=["output"],
-                opset_version=opset, dynamo=False,
+                module,
+                (example,),
+                str(tmp),
+                input_names=["input"],
+                output_names=["output"],
+                opset_version=opset,
+                dynamo=False,
                 dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-            )  # fmt: skip
+            )
         os.replace(tmp, path)
     except Exception as err:
         tmp.unlink(missing_ok=True)

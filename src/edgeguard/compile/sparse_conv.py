@@ -23,10 +23,19 @@ class SparseConv(nn.Module):
     """
 
     def __init__(
-        self, plan: SparsePlan, *, relu: bool = False, two_d: bool = False, mode: str = "torch",
-        nv: int | None = None, kc: int | None = None, name: str = "conv", ct: int | None = None,
-        fg: int | None = None, pack: bool = False,
-    ) -> None:  # fmt: skip
+        self,
+        plan: SparsePlan,
+        *,
+        relu: bool = False,
+        two_d: bool = False,
+        mode: str = "torch",
+        nv: int | None = None,
+        kc: int | None = None,
+        name: str = "conv",
+        ct: int | None = None,
+        fg: int | None = None,
+        pack: bool = False,
+    ) -> None:
         super().__init__()
         if mode not in MODES:
             raise CompileError(f"unknown mode {mode!r}; expected one of {MODES}")
@@ -93,8 +102,13 @@ class SparseConv(nn.Module):
         out = self.bias.view(1, -1, 1).expand(n, -1, do * ho * wo).contiguous()
         for i, (kd, kh, kw) in enumerate(self._locs):
             a, b, c = kd * dd, kh * dh, kw * dw
-            xs = xp[:, :, a : a + (do - 1) * sd + 1 : sd, b : b + (ho - 1) * sh + 1 : sh,
-                    c : c + (wo - 1) * sw + 1 : sw]  # fmt: skip
+            xs = xp[
+                :,
+                :,
+                a : a + (do - 1) * sd + 1 : sd,
+                b : b + (ho - 1) * sh + 1 : sh,
+                c : c + (wo - 1) * sw + 1 : sw,
+            ]
             xs = xs.index_select(1, getattr(self, f"chans_{i}")).reshape(n, -1, do * ho * wo)
             out = out + torch.matmul(getattr(self, f"wloc_{i}"), xs)
         out = out.view(n, -1, do, ho, wo)
@@ -115,9 +129,18 @@ class SparseConv(nn.Module):
             target = target or host_target()
             nv = Target(target.cxx, target.flags, vector_floats).nv_for(lay.positions, self.plan.mr)
         return generate_source(
-            self.plan, lay, nv, vector_floats, self.relu, self.name, kc=self.kc,
-            ct=self.ct, fg=self.fg, pack=self.pack, pool=self.pool or (1, 1, 1),
-        )  # fmt: skip
+            self.plan,
+            lay,
+            nv,
+            vector_floats,
+            self.relu,
+            self.name,
+            kc=self.kc,
+            ct=self.ct,
+            fg=self.fg,
+            pack=self.pack,
+            pool=self.pool or (1, 1, 1),
+        )
 
     def _cpu_kernel(self, x: torch.Tensor):
         key = ("cpu", tuple(x.shape[1:]))

@@ -25,13 +25,23 @@ class SparseLinear(nn.Module):
     split into this many tasks (a batch of one sample is a single tile, so the threads share the
     work by blocks, not by positions)."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-                 relu: bool = False, mode: str = "torch", mr: int = 8, nv: int | None = 2,
-                 groups: int = 16, name: str = "linear") -> None:  # fmt: skip
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        *,
+        relu: bool = False,
+        mode: str = "torch",
+        mr: int = 8,
+        nv: int | None = 2,
+        groups: int = 16,
+        name: str = "linear",
+    ) -> None:
         super().__init__()
         if weight.dim() != 2:
-            raise CompileError(f"{name}: expected a [out_features, in_features] weight, got "
-                             f"{tuple(weight.shape)}")  # fmt: skip
+            raise CompileError(
+                f"{name}: expected a [out_features, in_features] weight, got {tuple(weight.shape)}"
+            )
         f, c = weight.shape
         geometry = ConvGeometry(c, f, (1, 1, 1), (1, 1, 1), (0, 0, 0), (1, 1, 1))
         plan = make_plan(weight.detach().float()[:, :, None, None, None], bias, geometry, mr)
@@ -48,8 +58,9 @@ class SparseLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
-            raise CompileError(f"{self.conv.name}: expected [..., {self.in_features}] input, got "
-                             f"{tuple(x.shape)}")  # fmt: skip
+            raise CompileError(
+                f"{self.conv.name}: expected [..., {self.in_features}] input, got {tuple(x.shape)}"
+            )
         lead = x.shape[:-1]
         rows = x.reshape(-1, self.in_features)
         n = rows.shape[0]
@@ -60,5 +71,7 @@ class SparseLinear(nn.Module):
         return out.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"density={self.density:.3f}, mode={self.conv.mode}")  # fmt: skip
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"density={self.density:.3f}, mode={self.conv.mode}"
+        )

@@ -19,11 +19,30 @@ from .errors import CompileError
 
 @triton.jit
 def _sparse_conv_kernel(
-    x_ptr, w_ptr, roff_ptr, kb_ptr, taps_ptr, fil_ptr, bias_ptr, out_ptr,
-    XN, XD, P, WQ, WO, DO, M, OPLANE,
-    KD: tl.constexpr, MR: tl.constexpr, MRP: tl.constexpr, BK: tl.constexpr, BP: tl.constexpr,
-    RELU: tl.constexpr, PREC: tl.constexpr,
-):  # fmt: skip
+    x_ptr,
+    w_ptr,
+    roff_ptr,
+    kb_ptr,
+    taps_ptr,
+    fil_ptr,
+    bias_ptr,
+    out_ptr,
+    XN,
+    XD,
+    P,
+    WQ,
+    WO,
+    DO,
+    M,
+    OPLANE,
+    KD: tl.constexpr,
+    MR: tl.constexpr,
+    MRP: tl.constexpr,
+    BK: tl.constexpr,
+    BP: tl.constexpr,
+    RELU: tl.constexpr,
+    PREC: tl.constexpr,
+):
     pid_p = tl.program_id(0)
     b = tl.program_id(1)
     nd = tl.program_id(2)
@@ -45,8 +64,11 @@ def _sparse_conv_kernel(
         xt = tl.load(
             xb + roff[:, None] + p[None, :], mask=kmask[:, None] & pmask[None, :], other=0.0
         )
-        wt = tl.load(w_ptr + ks[None, :] * MR + mrow[:, None],
-                     mask=kmask[None, :] & (mrow[:, None] < MR), other=0.0)  # fmt: skip
+        wt = tl.load(
+            w_ptr + ks[None, :] * MR + mrow[:, None],
+            mask=kmask[None, :] & (mrow[:, None] < MR),
+            other=0.0,
+        )
         acc += tl.dot(wt, xt, input_precision=PREC)
     f = tl.load(fil_ptr + b * MR + mrow, mask=mrow < MR, other=-1)
     bias = tl.load(bias_ptr + f, mask=f >= 0, other=0.0)
@@ -91,9 +113,13 @@ def _tables(conv, x: torch.Tensor):
 
 
 def sparse_conv_triton(
-    conv, x: torch.Tensor, precision: str | None = None, bp: int | None = None,
-    bk: int | None = None, num_warps: int | None = None,
-) -> torch.Tensor:  # fmt: skip
+    conv,
+    x: torch.Tensor,
+    precision: str | None = None,
+    bp: int | None = None,
+    bk: int | None = None,
+    num_warps: int | None = None,
+) -> torch.Tensor:
     """Run ``conv`` (a :class:`~edgeguard.compile.SparseConv`) on ``x [N, C, D, H, W]`` float32."""
     if x.dtype != torch.float32:
         raise CompileError(f"{conv.name}: the Triton kernel takes float32 input, got {x.dtype}")
@@ -114,9 +140,29 @@ def sparse_conv_triton(
     _hq, wq = lay.phased[1], lay.phased[2]
     grid = (triton.cdiv(lay.positions, bp), nb, n * do)
     _sparse_conv_kernel[grid](
-        buf, t["panel"], t["roff"], t["kb"], t["taps"], t["fil"], t["bias"], out,
-        lay.batch_stride, lay.phased[1] * wq, lay.positions, wq, wo, do, g.out_channels, ho * wo,
-        KD=g.kernel[0], MR=conv.plan.mr, MRP=max(16, triton.next_power_of_2(conv.plan.mr)), BK=bk, BP=bp,
-        RELU=conv.relu, PREC=precision, num_warps=num_warps,
-    )  # fmt: skip
+        buf,
+        t["panel"],
+        t["roff"],
+        t["kb"],
+        t["taps"],
+        t["fil"],
+        t["bias"],
+        out,
+        lay.batch_stride,
+        lay.phased[1] * wq,
+        lay.positions,
+        wq,
+        wo,
+        do,
+        g.out_channels,
+        ho * wo,
+        KD=g.kernel[0],
+        MR=conv.plan.mr,
+        MRP=max(16, triton.next_power_of_2(conv.plan.mr)),
+        BK=bk,
+        BP=bp,
+        RELU=conv.relu,
+        PREC=precision,
+        num_warps=num_warps,
+    )
     return out

@@ -34,13 +34,27 @@ def get_dataset(name: str, train: bool = True, root: str | None = None, **option
     if name == "synthetic-video":
         seed = int(options.pop("seed", 0))
         n = options.pop("num_samples", 2000 if train else 600)
-        return construct(SyntheticMovingShapes, name, "dataset", ConfigError, n,
-                         seed=2 * seed + (0 if train else 1), **options)  # fmt: skip
+        return construct(
+            SyntheticMovingShapes,
+            name,
+            "dataset",
+            ConfigError,
+            n,
+            seed=2 * seed + (0 if train else 1),
+            **options,
+        )
     if name == "synthetic-concepts":  # 4 shapes to classify; items (image, shape index)
         seed = int(options.pop("seed", 0))
         n = int(options.pop("num_samples", 2000 if train else 500))
-        return construct(SyntheticConcepts, name, "dataset", ConfigError, n,
-                         seed=2 * seed + (0 if train else 1), **options).classification()  # fmt: skip
+        return construct(
+            SyntheticConcepts,
+            name,
+            "dataset",
+            ConfigError,
+            n,
+            seed=2 * seed + (0 if train else 1),
+            **options,
+        ).classification()
     if name == "digits":
         return construct(digits, name, "dataset", ConfigError, train=train, **options)
     if name in ("ucf101", "hmdb51", "cifar10", "cifar100"):

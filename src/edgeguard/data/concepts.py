@@ -27,8 +27,12 @@ from torch.utils.data import Dataset, TensorDataset
 from .errors import DatasetError
 
 SHAPES = ("circle", "square", "triangle", "cross")
-COLOURS = {"red": (0.9, 0.1, 0.1), "green": (0.1, 0.8, 0.1), "blue": (0.15, 0.2, 0.95),
-           "yellow": (0.95, 0.9, 0.1)}  # fmt: skip
+COLOURS = {
+    "red": (0.9, 0.1, 0.1),
+    "green": (0.1, 0.8, 0.1),
+    "blue": (0.15, 0.2, 0.95),
+    "yellow": (0.95, 0.9, 0.1),
+}
 TEXTURES = ("solid", "stripes", "checker")
 
 
@@ -132,8 +136,9 @@ class Broden(Dataset):
     same size), so a dataset of mixed sizes is reported as an error by :func:`dissect`.
     """
 
-    def __init__(self, root: str | Path, categories=None, split: str | None = None,
-                 limit: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, root: str | Path, categories=None, split: str | None = None, limit: int | None = None
+    ) -> None:
         self.root = Path(root)
         for f in ("index.csv", "label.csv"):
             if not (self.root / f).is_file():

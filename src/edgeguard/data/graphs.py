@@ -57,8 +57,12 @@ def planetoid(root: str | Path, name: str) -> torch_geometric.data.Data:  # noqa
     x, tx, allx = (torch.from_numpy(arrays[s]) for s in ("x", "tx", "allx"))
     y, ty, ally = (torch.from_numpy(arrays[s]) for s in ("y", "ty", "ally"))
     test_index = torch.from_numpy(test_index)
-    if not (isinstance(graph, dict) and len(test_index) == len(tx) == len(ty)
-            and len(x) == len(y) and len(allx) == len(ally)):  # fmt: skip
+    if not (
+        isinstance(graph, dict)
+        and len(test_index) == len(tx) == len(ty)
+        and len(x) == len(y)
+        and len(allx) == len(ally)
+    ):
         raise DatasetError(f"{raw}: the Planetoid files do not fit together\n{PLANETOID_LAYOUT}")
     sorted_test = test_index.sort().values
     if key == "citeseer":  # isolated test nodes: indices are not consecutive, fill them with zeros
@@ -76,8 +80,11 @@ def planetoid(root: str | Path, name: str) -> torch_geometric.data.Data:  # noqa
     labels[test_index] = labels[sorted_test].clone()
     rows, cols = [], []
     for node, neighbours in graph.items():
-        if not (isinstance(node, int) and isinstance(neighbours, list)
-                and all(isinstance(v, int) for v in neighbours)):  # fmt: skip
+        if not (
+            isinstance(node, int)
+            and isinstance(neighbours, list)
+            and all(isinstance(v, int) for v in neighbours)
+        ):
             raise DatasetError(f"{files['graph']}: expected node -> list of neighbour indices")
         rows += [node] * len(neighbours)
         cols += neighbours
@@ -91,10 +98,14 @@ def planetoid(root: str | Path, name: str) -> torch_geometric.data.Data:  # noqa
         return torch.zeros(n, dtype=torch.bool).index_fill_(0, index, True)
 
     n_train = len(y)
-    return Data(x=feats, edge_index=edge_index, y=labels,
-                train_mask=mask(torch.arange(n_train)),
-                val_mask=mask(torch.arange(n_train, n_train + 500)),
-                test_mask=mask(test_index))  # fmt: skip
+    return Data(
+        x=feats,
+        edge_index=edge_index,
+        y=labels,
+        train_mask=mask(torch.arange(n_train)),
+        val_mask=mask(torch.arange(n_train, n_train + 500)),
+        test_mask=mask(test_index),
+    )
 
 
 def _planetoid_matrix(path: Path) -> np.ndarray:

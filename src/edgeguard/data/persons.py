@@ -93,10 +93,12 @@ class PersonPhotos:
             for i, item in enumerate(items):
                 parts[i % k].append(item)
         return [
-            (PersonPhotos([p for j, part in enumerate(parts) if j != i for p in part]),
-             PersonPhotos(parts[i]))
+            (
+                PersonPhotos([p for j, part in enumerate(parts) if j != i for p in part]),
+                PersonPhotos(parts[i]),
+            )
             for i in range(k)
-        ]  # fmt: skip
+        ]
 
     def only(self, sources: list[str] | tuple[str, ...]) -> PersonPhotos:
         return PersonPhotos([p for p in self.photos if p.source in sources], self.skipped)
@@ -117,8 +119,9 @@ def parse_boxes(text: str, width: int, height: int, where: str) -> torch.Tensor:
     return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
 
 
-def load_persons(root: str | Path, sources: list[str] | None = None,
-                 limit: int | None = None) -> PersonPhotos:  # fmt: skip
+def load_persons(
+    root: str | Path, sources: list[str] | None = None, limit: int | None = None
+) -> PersonPhotos:
     """Read ``root/manifest.csv`` and its images (RGB).  ``sources`` keeps those file-name prefixes."""
     import cv2
 
@@ -137,16 +140,22 @@ def load_persons(root: str | Path, sources: list[str] | None = None,
     for line, r in enumerate(rows, start=2):
         if any(r.get(k) is None for k in need) or None in r:
             given = sum(v is not None for k, v in r.items() if k is not None) + len(r.get(None, []))
-            raise PersonDataError(f"{manifest} line {line}: expected the {len(header)} fields of "
-                                  f"the header, got {given}")  # fmt: skip
+            raise PersonDataError(
+                f"{manifest} line {line}: expected the {len(header)} fields of "
+                f"the header, got {given}"
+            )
         if not r["file"] or Path(r["file"]).name != r["file"]:
-            raise PersonDataError(f"{manifest} line {line}: 'file' must be a file name inside "
-                                  f"images/, got {r['file']!r}")  # fmt: skip
+            raise PersonDataError(
+                f"{manifest} line {line}: 'file' must be a file name inside "
+                f"images/, got {r['file']!r}"
+            )
         try:
             declared = (int(r["width"]), int(r["height"]))
         except ValueError:
-            raise PersonDataError(f"{manifest} line {line}: width and height must be integers, "
-                                  f"got {r['width']!r}, {r['height']!r}") from None  # fmt: skip
+            raise PersonDataError(
+                f"{manifest} line {line}: width and height must be integers, "
+                f"got {r['width']!r}, {r['height']!r}"
+            ) from None
         source = r["file"].split("_", 1)[0]
         if sources is not None and source not in sources:
             continue

@@ -42,15 +42,23 @@ class CSRState:
         s = self.state
         shape = s.get("_shape", s.get("shape"))
         arrays = [s.get(k) for k in ("data", "indices", "indptr")]
-        if not (isinstance(shape, tuple) and len(shape) == 2
-                and all(isinstance(v, int) and v >= 0 for v in shape)
-                and all(isinstance(a, np.ndarray) and a.ndim == 1 for a in arrays)):  # fmt: skip
+        if not (
+            isinstance(shape, tuple)
+            and len(shape) == 2
+            and all(isinstance(v, int) and v >= 0 for v in shape)
+            and all(isinstance(a, np.ndarray) and a.ndim == 1 for a in arrays)
+        ):
             raise pickle.UnpicklingError("malformed CSR matrix (data, indices, indptr, shape)")
         data, indices, indptr = arrays
         rows, cols = shape
-        if (len(indptr) != rows + 1 or indptr[0] != 0 or np.any(np.diff(indptr) < 0)
-                or indptr[-1] != len(indices) or len(indices) != len(data)
-                or (len(indices) and (indices.min() < 0 or indices.max() >= cols))):  # fmt: skip
+        if (
+            len(indptr) != rows + 1
+            or indptr[0] != 0
+            or np.any(np.diff(indptr) < 0)
+            or indptr[-1] != len(indices)
+            or len(indices) != len(data)
+            or (len(indices) and (indices.min() < 0 or indices.max() >= cols))
+        ):
             raise pickle.UnpicklingError("inconsistent CSR matrix index arrays")
         out = np.zeros(shape, dtype=np.float32)
         row_of = np.repeat(np.arange(rows), np.diff(indptr))
@@ -99,6 +107,14 @@ def restricted_load(path: str | Path, extra: dict[tuple[str, str], Any] | None =
     allowed = NUMPY_GLOBALS | (extra or {})
     try:
         return _RestrictedUnpickler(io.BytesIO(path.read_bytes()), allowed).load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-            IndexError, KeyError, ImportError) as err:  # fmt: skip
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        ImportError,
+    ) as err:
         raise DatasetError(f"refusing to read {path}: not a plain data pickle ({err})") from None

@@ -39,15 +39,27 @@ class AdversarialBatches:
 
 
 def adversarial_training(
-    model: nn.Module, train_set: Dataset, val_set: Dataset | None = None,
-    attack: Attack | None = None, config: TrainConfig | None = None,
-    checkpoint_dir: str | Path | None = None, resume: bool = False, mix: float = 1.0,
-) -> History:  # fmt: skip
+    model: nn.Module,
+    train_set: Dataset,
+    val_set: Dataset | None = None,
+    attack: Attack | None = None,
+    config: TrainConfig | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    mix: float = 1.0,
+) -> History:
     """Train ``model`` on adversarial examples of ``attack`` (default PGD L-inf, eps 8/255, 10 steps,
     random start)."""
     attack = attack or PGD(eps=8 / 255, steps=10, seed=None)
-    return fit(model, train_set, val_set, config, checkpoint_dir=checkpoint_dir, resume=resume,
-               input_transform=AdversarialBatches(attack, mix))  # fmt: skip
+    return fit(
+        model,
+        train_set,
+        val_set,
+        config,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        input_transform=AdversarialBatches(attack, mix),
+    )
 
 
 def robust_accuracy(

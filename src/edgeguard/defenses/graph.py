@@ -68,5 +68,13 @@ def robust_train(
     combine = None
     if perturb is not None and len(perturb.attacks) > 1:
         combine = MinMaxWeights(len(perturb.attacks), weighting)
-    return fit_graph(model, data, config, perturb=perturb, combine=combine,
-                     checkpoint_dir=checkpoint_dir, resume=resume, log_every=log_every)  # fmt: skip
+    return fit_graph(
+        model,
+        data,
+        config,
+        perturb=perturb,
+        combine=combine,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        log_every=log_every,
+    )

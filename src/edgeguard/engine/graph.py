@@ -16,7 +16,7 @@ from torch import nn
 from .checkpoint import load_checkpoint, save_checkpoint
 from .train import History, TrainConfig, _make_optimizer, _make_scheduler, _restore, _state
 
-log = logging.getLogger("edgeguard")
+log = logging.getLogger(__name__)
 Combine = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -87,8 +87,9 @@ def fit_graph(
         losses = []
         for g in graphs:
             out = graph_forward(model, g)
-            losses.append(F.cross_entropy(out[train], data.y[train],
-                                          label_smoothing=cfg.label_smoothing))  # fmt: skip
+            losses.append(
+                F.cross_entropy(out[train], data.y[train], label_smoothing=cfg.label_smoothing)
+            )
         losses = torch.stack(losses)
         loss = losses.mean() if combine is None or len(graphs) == 1 else combine(losses)
         loss.backward()
@@ -111,9 +112,16 @@ def fit_graph(
         history.epochs.append(metrics)
         last = epoch + 1 == cfg.epochs
         if (epoch + 1) % log_every == 0 or last or epoch == start:
-            log.info("epoch %d/%d  %s", epoch + 1, cfg.epochs,
-                     "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                               for k, v in metrics.items() if k != "epoch"))  # fmt: skip
+            log.info(
+                "epoch %d/%d  %s",
+                epoch + 1,
+                cfg.epochs,
+                "  ".join(
+                    f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                    for k, v in metrics.items()
+                    if k != "epoch"
+                ),
+            )
             if ckpt is not None:
                 state = _state(model, optimizer, scheduler, epoch + 1, history, cfg)
                 if hasattr(combine, "state_dict"):

@@ -50,31 +50,42 @@ def prepare_run_dir(
     if busy and resume:
         stored = _read(record)
         if stored.get("command") != command:
-            raise UsageError(f"cannot resume {out}: it holds a {stored.get('command')!r} run, "
-                             f"not {command!r}")  # fmt: skip
+            raise UsageError(
+                f"cannot resume {out}: it holds a {stored.get('command')!r} run, not {command!r}"
+            )
         old = stored.get("options", {})
-        diff = [f"{k}: stored {old.get(k)!r}, given {options.get(k)!r}"
-                for k in sorted(set(old) | set(options)) if old.get(k) != options.get(k)]  # fmt: skip
+        diff = [
+            f"{k}: stored {old.get(k)!r}, given {options.get(k)!r}"
+            for k in sorted(set(old) | set(options))
+            if old.get(k) != options.get(k)
+        ]
         if diff:
-            raise UsageError(f"cannot resume {out} with other options ({'; '.join(diff)}); "
-                             "repeat the stored options or use another --out")  # fmt: skip
+            raise UsageError(
+                f"cannot resume {out} with other options ({'; '.join(diff)}); "
+                "repeat the stored options or use another --out"
+            )
         return out
     if busy and overwrite:
         if not record.is_file():
-            raise UsageError(f"refusing to overwrite {out}: it is not an edgeguard run folder (no "
-                             f"{RUN_FILE}); choose a new or empty folder")  # fmt: skip
+            raise UsageError(
+                f"refusing to overwrite {out}: it is not an edgeguard run folder (no "
+                f"{RUN_FILE}); choose a new or empty folder"
+            )
         for item in inputs:
             if item is not None and Path(item).resolve().is_relative_to(out.resolve()):
-                raise UsageError(f"{item} lies inside --out {out}, which --overwrite would delete; "
-                                 "give another --out")  # fmt: skip
+                raise UsageError(
+                    f"{item} lies inside --out {out}, which --overwrite would delete; "
+                    "give another --out"
+                )
         shutil.rmtree(out)
     elif busy:
         resume_hint = "--resume to continue the run in it, " if resumable else ""
-        raise OutputExistsError(f"output folder {out} is not empty; pass {resume_hint}--overwrite "
-                                "to replace it, or give another --out")  # fmt: skip
+        raise OutputExistsError(
+            f"output folder {out} is not empty; pass {resume_hint}--overwrite "
+            "to replace it, or give another --out"
+        )
     out.mkdir(parents=True, exist_ok=True)
-    _write(record, {"format": FORMAT, "command": command, "options": options,
-                    "status": "running"})  # fmt: skip
+    _write(record, {"format": FORMAT, "command": command, "options": options, "status": "running"})
     return out
 
 
@@ -88,8 +99,10 @@ def finish_run(out: str | Path) -> None:
 
 def _read(record: Path) -> dict[str, Any]:
     if not record.is_file():
-        raise UsageError(f"cannot resume {record.parent}: it holds no {RUN_FILE}, so it is not an "
-                         "edgeguard run folder")  # fmt: skip
+        raise UsageError(
+            f"cannot resume {record.parent}: it holds no {RUN_FILE}, so it is not an "
+            "edgeguard run folder"
+        )
     try:
         state = json.loads(record.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:

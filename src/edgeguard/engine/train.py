@@ -22,7 +22,7 @@ from ..masks import apply_masks, masks_of, set_mask
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .distributed import all_reduce_sum, barrier, init_distributed, is_main_process, world_size
 
-log = logging.getLogger("edgeguard")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -189,18 +189,42 @@ def fit(
     own_group = init_distributed(dev)
     try:
         return _fit(
-            model, train_set, val_set, cfg, dev, checkpoint_dir, resume, penalty, callbacks,
-            teacher, distill_weight, distill_temperature, extra_state, input_transform,
-        )  # fmt: skip
+            model,
+            train_set,
+            val_set,
+            cfg,
+            dev,
+            checkpoint_dir,
+            resume,
+            penalty,
+            callbacks,
+            teacher,
+            distill_weight,
+            distill_temperature,
+            extra_state,
+            input_transform,
+        )
     finally:
         if own_group:
             torch.distributed.destroy_process_group()
 
 
 def _fit(
-    model, train_set, val_set, cfg, dev, checkpoint_dir, resume, penalty, callbacks,
-    teacher, distill_weight, distill_temperature, extra_state, input_transform=None,
-) -> History:  # fmt: skip
+    model,
+    train_set,
+    val_set,
+    cfg,
+    dev,
+    checkpoint_dir,
+    resume,
+    penalty,
+    callbacks,
+    teacher,
+    distill_weight,
+    distill_temperature,
+    extra_state,
+    input_transform=None,
+) -> History:
     model.to(dev)
     if teacher is not None:
         teacher.to(dev).eval()
@@ -216,8 +240,10 @@ def _fit(
         _restore(model, optimizer, scheduler, state, ckpt_path)
         if extra_state is not None:
             if extra_state.state_dict() and not state.get("extra"):
-                raise CheckpointError(f"{ckpt_path} holds no {type(extra_state).__name__} state "
-                                      "(auxiliary variables) to resume from")  # fmt: skip
+                raise CheckpointError(
+                    f"{ckpt_path} holds no {type(extra_state).__name__} state "
+                    "(auxiliary variables) to resume from"
+                )
             extra_state.load_state_dict(state.get("extra", {}))
         history.epochs = list(state.get("history", []))
         start_epoch = int(state["epoch"])
@@ -347,11 +373,16 @@ def _check_same_config(state: dict[str, Any], cfg: TrainConfig, path: Path) -> N
     if not isinstance(stored, dict):
         raise CheckpointError(f"{path} records no training settings; it cannot be resumed")
     given = asdict(cfg)
-    diff = [f"{k}: stored {stored.get(k)!r}, given {v!r}" for k, v in given.items()
-            if k not in _RUNTIME_SETTINGS and stored.get(k) != v]  # fmt: skip
+    diff = [
+        f"{k}: stored {stored.get(k)!r}, given {v!r}"
+        for k, v in given.items()
+        if k not in _RUNTIME_SETTINGS and stored.get(k) != v
+    ]
     if diff:
-        raise CheckpointError(f"cannot resume {path} with other settings ({'; '.join(diff)}); "
-                              "use the stored settings or start a new run")  # fmt: skip
+        raise CheckpointError(
+            f"cannot resume {path} with other settings ({'; '.join(diff)}); "
+            "use the stored settings or start a new run"
+        )
 
 
 def _restore(model, optimizer, scheduler, state, path) -> None:
@@ -359,8 +390,9 @@ def _restore(model, optimizer, scheduler, state, path) -> None:
         raise CheckpointError(f"{path} is not an edgeguard training checkpoint")
     missing = [k for k in ("epoch", "model", "optimizer", "torch_rng") if k not in state]
     if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}: truncated or not "
-                              "written by edgeguard")  # fmt: skip
+        raise CheckpointError(
+            f"checkpoint {path} lacks {', '.join(missing)}: truncated or not written by edgeguard"
+        )
     epoch = state["epoch"]
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
         raise CheckpointError(f"checkpoint {path}: epoch must be an integer >= 0, got {epoch!r}")

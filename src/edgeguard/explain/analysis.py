@@ -103,9 +103,12 @@ class AttackExplanation:
 
 
 def successful(
-    model: nn.Module, inputs: torch.Tensor, adversarial: torch.Tensor, labels: torch.Tensor,
+    model: nn.Module,
+    inputs: torch.Tensor,
+    adversarial: torch.Tensor,
+    labels: torch.Tensor,
     target: torch.Tensor | None = None,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """``[N]`` bool: the attack succeeded (prediction left the label; reached ``target`` if given)."""
     with torch.no_grad():
         pred = model(adversarial).argmax(1)
@@ -163,12 +166,24 @@ def explain_attack(
     cam_true = grad_cam(model, x, cam_layer, y)
     cam_adv = grad_cam(model, xa, cam_layer, t)
     return AttackExplanation(
-        attack=name, misclassified=misclassified, attempted=len(ok), failed=failed, inputs=x, adversarial=xa, labels=y,
-        adv_class=t, unit=unit, pixel=pixel, cam_layer=cam_layer, cam_true=cam_true,
-        cam_adv=cam_adv, fraction=fraction,
+        attack=name,
+        misclassified=misclassified,
+        attempted=len(ok),
+        failed=failed,
+        inputs=x,
+        adversarial=xa,
+        labels=y,
+        adv_class=t,
+        unit=unit,
+        pixel=pixel,
+        cam_layer=cam_layer,
+        cam_true=cam_true,
+        cam_adv=cam_adv,
+        fraction=fraction,
         overlap_suppression=topk_overlap(pixel.suppression, cam_true, fraction),
         overlap_promotion=topk_overlap(pixel.promotion, cam_adv, fraction),
         random_suppression=random_overlap(cam_true, fraction),
         random_promotion=random_overlap(cam_adv, fraction),
-        sensitivity=unit_sensitivity(model, cam_layer, x, xa), thresholds=thresholds,
-    )  # fmt: skip
+        sensitivity=unit_sensitivity(model, cam_layer, x, xa),
+        thresholds=thresholds,
+    )

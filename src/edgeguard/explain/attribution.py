@@ -121,9 +121,10 @@ def unit_conductance(
         d_act = a[2::2] - a[:-2:2]  # [steps, m, K, ...]: activation change over each interval
         for j, t in enumerate(targets):
             (g,) = torch.autograd.grad(
-                _class_sum(logits, t[s : s + per].repeat(pts)), act,
+                _class_sum(logits, t[s : s + per].repeat(pts)),
+                act,
                 retain_graph=j + 1 < len(targets),
-            )  # fmt: skip
+            )
             g = g.view(pts, m, *act.shape[1:])[1::2]  # gradients at the midpoints
             contrib = (g * d_act).sum(0)
             out[j].append(contrib.flatten(2).sum(2) if contrib.dim() > 2 else contrib)

@@ -182,9 +182,12 @@ def dissect(
 
 @torch.no_grad()
 def unit_sensitivity(
-    model: nn.Module, layer: str | nn.Module, inputs: torch.Tensor, adversarial: torch.Tensor,
+    model: nn.Module,
+    layer: str | nn.Module,
+    inputs: torch.Tensor,
+    adversarial: torch.Tensor,
     batch_size: int = 256,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """``[K]`` attack sensitivity of each unit (channel) of ``layer``: the mean absolute change of its
     activation under the attack, ``mean |A_k(x_adv) - A_k(x)|``, divided by its mean clean magnitude
     ``mean |A_k(x)|`` (so units of different scales compare); NaN for units silent on every input."""

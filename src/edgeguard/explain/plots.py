@@ -23,8 +23,12 @@ def category_bars(explanations: Sequence[AttackExplanation], path: Path) -> Path
     fig, ax = plt.subplots(figsize=(6, 3.4))
     names = [e.attack for e in explanations]
     bottom = np.zeros(len(names))
-    colours = {"suppression-dominated": "#3b6fb6", "balanced": "#9a9a9a",
-               "promotion-dominated": "#d0542c", "none": "#eeeeee"}  # fmt: skip
+    colours = {
+        "suppression-dominated": "#3b6fb6",
+        "balanced": "#9a9a9a",
+        "promotion-dominated": "#d0542c",
+        "none": "#eeeeee",
+    }
     for cat in [*CATEGORIES, "none"]:
         vals = np.array([100 * e.category_shares().get(cat, 0.0) for e in explanations])
         if cat == "none" and not vals.any():
@@ -64,16 +68,27 @@ def pse_overlays(e: AttackExplanation, path: Path, n: int = 5) -> Path:
     """Per sample: clean image, adversarial image, promotion and suppression maps over the image,
     Grad-CAM of the true class and of the adversarial class."""
     n = min(n, len(e.inputs))
-    cols = ["clean", "adversarial", "promotion (IG)", "suppression (IG)", "Grad-CAM true",
-            "Grad-CAM adv."]  # fmt: skip
+    cols = [
+        "clean",
+        "adversarial",
+        "promotion (IG)",
+        "suppression (IG)",
+        "Grad-CAM true",
+        "Grad-CAM adv.",
+    ]
     fig, axes = plt.subplots(max(n, 1), len(cols), figsize=(1.6 * len(cols), 1.7 * max(n, 1)))
     axes = np.atleast_2d(axes)
     cmap = "gray" if e.inputs.shape[1] == 1 else None
     for i in range(n):
         base = _image(e.inputs[i])
-        panels = [(base, None), (_image(e.adversarial[i]), None),
-                  (e.pixel.promotion[i], "Reds"), (e.pixel.suppression[i], "Blues"),
-                  (e.cam_true[i, 0], "jet"), (e.cam_adv[i, 0], "jet")]  # fmt: skip
+        panels = [
+            (base, None),
+            (_image(e.adversarial[i]), None),
+            (e.pixel.promotion[i], "Reds"),
+            (e.pixel.suppression[i], "Blues"),
+            (e.cam_true[i, 0], "jet"),
+            (e.cam_adv[i, 0], "jet"),
+        ]
         for j, (img, heat) in enumerate(panels):
             ax = axes[i, j]
             if heat is None:

@@ -60,8 +60,9 @@ class UnitPSE:
     def suppression_share(self) -> torch.Tensor:
         return suppression_share(self.delta_adv, -self.delta_true)
 
-    def categories(self, suppression_above: float = SUPPRESSION_ABOVE,
-                   promotion_below: float = PROMOTION_BELOW) -> list[str]:  # fmt: skip
+    def categories(
+        self, suppression_above: float = SUPPRESSION_ABOVE, promotion_below: float = PROMOTION_BELOW
+    ) -> list[str]:
         return categorize(self.suppression_share(), suppression_above, promotion_below)
 
 

@@ -20,10 +20,17 @@ from .hooks import last_spatial_layer
 log = logging.getLogger(__name__)
 
 HEADERS = (
-    "attack", "attacked", "failed (excluded)", "suppression-dominated", "balanced",
-    "promotion-dominated", "overlap supp./CAM true", "overlap prom./CAM adv", "random overlap",
+    "attack",
+    "attacked",
+    "failed (excluded)",
+    "suppression-dominated",
+    "balanced",
+    "promotion-dominated",
+    "overlap supp./CAM true",
+    "overlap prom./CAM adv",
+    "random overlap",
     "sensitivity-IoU rho (p)",
-)  # fmt: skip
+)
 
 
 @dataclass
@@ -50,14 +57,21 @@ class Study:
             shares = e.category_shares()
             c = self.correlations.get(e.attack)
             corr = f"{c.rho:+.2f} (p={c.p_value:.2g})" if c else "-"
-            out.append((
-                e.attack, e.attempted, e.failed,
-                *(f"{100 * shares[k]:.0f}%" for k in
-                  ("suppression-dominated", "balanced", "promotion-dominated")),
-                f"{float(e.overlap_suppression.mean()):.3f}",
-                f"{float(e.overlap_promotion.mean()):.3f}",
-                f"{float(e.random_suppression.mean()):.3f}", corr,
-            ))  # fmt: skip
+            out.append(
+                (
+                    e.attack,
+                    e.attempted,
+                    e.failed,
+                    *(
+                        f"{100 * shares[k]:.0f}%"
+                        for k in ("suppression-dominated", "balanced", "promotion-dominated")
+                    ),
+                    f"{float(e.overlap_suppression.mean()):.3f}",
+                    f"{float(e.overlap_promotion.mean()):.3f}",
+                    f"{float(e.random_suppression.mean()):.3f}",
+                    corr,
+                )
+            )
         out += [
             (name, reason, *["-"] * (len(HEADERS) - 2)) for name, reason in self.skipped.items()
         ]
@@ -92,8 +106,17 @@ def explain_attacks(
     for name, attack in attacks.items():
         log.info("explaining %s", name)
         try:
-            e = explain_attack(model, inputs, labels, attack, name, layer=layer,
-                               cam_layer=cam_layer, fraction=fraction, steps=steps)  # fmt: skip
+            e = explain_attack(
+                model,
+                inputs,
+                labels,
+                attack,
+                name,
+                layer=layer,
+                cam_layer=cam_layer,
+                fraction=fraction,
+                steps=steps,
+            )
         except NothingToExplain as err:
             log.warning("%s: %s", name, err)
             study.skipped[name] = str(err)
@@ -125,10 +148,9 @@ def explain_attacks(
             f["Network dissection of the CAM layer."] = plots.dissection_summary(
                 study.dissection, out / "dissection.png"
             )
-            f["Attack sensitivity against interpretability per unit."] = (
-                plots.sensitivity_scatter(
-                    {e.attack: e.sensitivity for e in study.explanations}, study.dissection,
-                    out / "sensitivity_vs_iou.png",
-                )
-            )  # fmt: skip
+            f["Attack sensitivity against interpretability per unit."] = plots.sensitivity_scatter(
+                {e.attack: e.sensitivity for e in study.explanations},
+                study.dissection,
+                out / "sensitivity_vs_iou.png",
+            )
     return study

@@ -36,8 +36,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 def build(name: str, **kwargs: Any) -> nn.Module:
     """Build a zoo model by name (one of ``MODELS``) and record ``{"name", "kwargs"}`` on it as
     ``model.edgeguard_arch`` (kwargs must be JSON-serialisable: numbers, strings, lists)."""
-    model = construct(lookup(MODELS, name, "model", ConfigError), name, "model", ConfigError,
-                      **kwargs)  # fmt: skip
+    model = construct(
+        lookup(MODELS, name, "model", ConfigError), name, "model", ConfigError, **kwargs
+    )
     model.edgeguard_arch = {"name": name, "kwargs": dict(kwargs)}
     return model
 

@@ -14,13 +14,15 @@ def describe(model: nn.Module) -> str:
     return repr(arch["name"]) if isinstance(arch, dict) and "name" in arch else type(model).__name__
 
 
-def input_error(model: nn.Module, shape: tuple[int, ...], err: Exception,
-                what: str = "input") -> ConfigError:  # fmt: skip
+def input_error(
+    model: nn.Module, shape: tuple[int, ...], err: Exception, what: str = "input"
+) -> ConfigError:
     """The error for ``model`` failing on an input of ``shape``: one line, the framework's reason."""
     text = str(err).strip()
     first = text.splitlines()[0] if text else type(err).__name__
-    return ConfigError(f"{what} of shape {tuple(shape)} does not fit the model {describe(model)} "
-                       f"({first})")  # fmt: skip
+    return ConfigError(
+        f"{what} of shape {tuple(shape)} does not fit the model {describe(model)} ({first})"
+    )
 
 
 def check_input_fits(model: nn.Module, shape: tuple[int, ...], what: str = "input") -> torch.Tensor:
@@ -44,5 +46,7 @@ def check_classes(model: nn.Module, shape: tuple[int, ...], num_classes: int, wh
     """The model's output must score at least ``num_classes`` classes for ``what``'s labels."""
     out = check_input_fits(model, shape, what)
     if out.dim() != 2 or out.shape[1] < num_classes:
-        raise ConfigError(f"the model {describe(model)} outputs {tuple(out.shape[1:])} scores per "
-                          f"input but {what} has {num_classes} classes")  # fmt: skip
+        raise ConfigError(
+            f"the model {describe(model)} outputs {tuple(out.shape[1:])} scores per "
+            f"input but {what} has {num_classes} classes"
+        )

@@ -56,15 +56,17 @@ class GCNLayer(nn.Module):
 class _LayerStack(nn.Module):
     """``layers`` graph layers ``layer(in, out)`` with dropout before each and ReLU between them."""
 
-    def __init__(self, layer, in_features: int, num_classes: int, hidden: int, layers: int,
-                 dropout: float) -> None:  # fmt: skip
+    def __init__(
+        self, layer, in_features: int, num_classes: int, hidden: int, layers: int, dropout: float
+    ) -> None:
         super().__init__()
         dims = [in_features] + [hidden] * (layers - 1) + [num_classes]
         self.convs = nn.ModuleList(layer(a, b) for a, b in itertools.pairwise(dims))
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor, edge_index: torch.Tensor,
-                edge_weight: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    def forward(
+        self, x: torch.Tensor, edge_index: torch.Tensor, edge_weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
         for i, conv in enumerate(self.convs):
             x = F.dropout(x, self.dropout, self.training)
             x = conv(x, edge_index, edge_weight)
@@ -83,12 +85,19 @@ class GCN(_LayerStack):
 
     dense_pairs_up_to = 8192  # nodes: all-pair gradients as one N x N matrix up to this size
 
-    def __init__(self, in_features: int, num_classes: int, hidden: int = 64, layers: int = 2,
-                 dropout: float = 0.5) -> None:  # fmt: skip
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        hidden: int = 64,
+        layers: int = 2,
+        dropout: float = 0.5,
+    ) -> None:
         super().__init__(GCNLayer, in_features, num_classes, hidden, layers, dropout)
 
-    def forward(self, x: torch.Tensor, edge_index: torch.Tensor,
-                edge_weight: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    def forward(
+        self, x: torch.Tensor, edge_index: torch.Tensor, edge_weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
         # the normalisation is computed once for all layers (the generic stack would redo it)
         return self._forward(x, gcn_norm(edge_index, edge_weight, x.shape[0]))[0]
 
@@ -106,9 +115,13 @@ class GCN(_LayerStack):
         return x, hs, outs
 
     def pair_gradients(
-        self, x: torch.Tensor, edge_index: torch.Tensor, edge_weight: torch.Tensor | None,
-        pairs: torch.Tensor, loss_fn,
-    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        self,
+        x: torch.Tensor,
+        edge_index: torch.Tensor,
+        edge_weight: torch.Tensor | None,
+        pairs: torch.Tensor,
+        loss_fn,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(loss, [P] dL/dw_ij)``: the gradient of ``loss_fn(logits)`` with respect to the weight of
         each undirected pair ``(i, j)`` of ``pairs [2, P]`` (both directions together), at the graph
         ``(edge_index, edge_weight)``; a pair need not be in the graph (its weight is then 0).
@@ -167,8 +180,14 @@ class WeightedSAGEConv(nn.Module):
 class GraphSAGE(_LayerStack):
     """Two (or more) weighted-mean GraphSAGE layers with ReLU and dropout."""
 
-    def __init__(self, in_features: int, num_classes: int, hidden: int = 64, layers: int = 2,
-                 dropout: float = 0.5) -> None:  # fmt: skip
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        hidden: int = 64,
+        layers: int = 2,
+        dropout: float = 0.5,
+    ) -> None:
         super().__init__(WeightedSAGEConv, in_features, num_classes, hidden, layers, dropout)
 
 

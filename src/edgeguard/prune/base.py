@@ -147,5 +147,6 @@ def get_pruner(method: str, scheme: str | SparsityScheme | None = None, **option
     cls = lookup(_PRUNERS, method, "pruning method", SparsityError)
     args = () if scheme is None else (scheme,)
     # kernel-group sizes reach the scheme through the pruner's **scheme_options
-    return construct(cls, method, "pruning method", SparsityError, *args, also=("gm", "gn"),
-                     **options)  # fmt: skip
+    return construct(
+        cls, method, "pruning method", SparsityError, *args, also=("gm", "gn"), **options
+    )

@@ -18,7 +18,7 @@ from ..sparsity import SparsityError, SparsityScheme, load_pruned, save_pruned
 from ..sparsity.model import attach_masks, compute_masks, resolve_rates
 from .base import Pruner, get_pruner
 
-log = logging.getLogger("edgeguard")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,8 +43,10 @@ def _check_same_pruner(spec: dict[str, Any], pruner: Pruner, stage: Path) -> Non
     extra = spec.get("extra", {})
     scheme = pruner.spec_scheme.spec() if pruner.spec_scheme is not None else None
     stored_scheme = next((e.get("scheme") for e in spec.get("layers", {}).values()), None)
-    pairs = {"method": (extra.get("method"), pruner.name),
-             "options": (extra.get("options"), pruner.options())}  # fmt: skip
+    pairs = {
+        "method": (extra.get("method"), pruner.name),
+        "options": (extra.get("options"), pruner.options()),
+    }
     if scheme is not None:
         pairs["scheme"] = (stored_scheme, scheme)
     diff = [f"{k}: stored {a!r}, given {b!r}" for k, (a, b) in pairs.items() if a != b]
@@ -108,19 +110,26 @@ def run_pruning(
             log.info("%s: regularising for %d epochs", pruner.name, regularize.epochs)
             torch.manual_seed(regularize.seed)  # see the fine-tuning stage
             hist = fit(
-                net, train_set, val_set, regularize,
-                checkpoint_dir=work / "regularize" if work is not None else None, resume=resume,
-                penalty=pruner.penalty, callbacks=[pruner.on_epoch_end], extra_state=pruner,
-            )  # fmt: skip
+                net,
+                train_set,
+                val_set,
+                regularize,
+                checkpoint_dir=work / "regularize" if work is not None else None,
+                resume=resume,
+                penalty=pruner.penalty,
+                callbacks=[pruner.on_epoch_end],
+                extra_state=pruner,
+            )
             reg_history = hist.epochs
         final_masks = pruner.final_masks(net)
         scheme = pruner.spec_scheme
         # rates as removed units of the scheme, or removed weights when masks mix structures
         final = {
-            n: float((~scheme.units_of_mask(m)).float().mean()) if scheme is not None
+            n: float((~scheme.units_of_mask(m)).float().mean())
+            if scheme is not None
             else 1.0 - float(m.float().mean())
             for n, m in final_masks.items()
-        }  # fmt: skip
+        }
         attach_masks(net, final_masks)
         if stage is not None:
             extra = {
@@ -141,9 +150,15 @@ def run_pruning(
     # stage boundary replays the draws of an uninterrupted one; a resumed epoch restores its own
     torch.manual_seed(ft.seed)
     hist = fit(
-        net, train_set, val_set, ft, checkpoint_dir=work / "finetune" if work is not None else None,
-        resume=resume, teacher=teacher, distill_weight=distill_weight,
-    )  # fmt: skip
+        net,
+        train_set,
+        val_set,
+        ft,
+        checkpoint_dir=work / "finetune" if work is not None else None,
+        resume=resume,
+        teacher=teacher,
+        distill_weight=distill_weight,
+    )
     return PruningOutcome(
         model=net,
         method=pruner.name,

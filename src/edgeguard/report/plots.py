@@ -137,8 +137,9 @@ def attack_grid(clean: torch.Tensor, adversarial: torch.Tensor, path: Path, n: i
     return _save(fig, path)
 
 
-def accuracy_vs_budget(curves: Mapping[str, Mapping[float, float]], path: Path,
-                       title: str = "") -> Path:  # fmt: skip
+def accuracy_vs_budget(
+    curves: Mapping[str, Mapping[float, float]], path: Path, title: str = ""
+) -> Path:
     """Accuracy (%) against the attack budget (% of edges flipped), one line per model."""
     fig, ax = plt.subplots(figsize=(5.4, 3.4))
     for name, pts in curves.items():
@@ -172,8 +173,13 @@ def save_patch(patch: torch.Tensor, path: Path, print_side: int = 1024) -> Path:
     return Path(path)
 
 
-def detection_grid(images: torch.Tensor, boxes: Sequence[torch.Tensor], found: Sequence[bool],
-                   path: Path, titles: Sequence[str]) -> Path:  # fmt: skip
+def detection_grid(
+    images: torch.Tensor,
+    boxes: Sequence[torch.Tensor],
+    found: Sequence[bool],
+    path: Path,
+    titles: Sequence[str],
+) -> Path:
     """Images ``[N, 3, H, W]`` with detector boxes drawn (green when the person is found, red when
     hidden), one column per image."""
     n = len(images)
@@ -182,8 +188,16 @@ def detection_grid(images: torch.Tensor, boxes: Sequence[torch.Tensor], found: S
         ax = axes[0][i]
         ax.imshow(images[i].detach().clamp(0, 1).permute(1, 2, 0).numpy())
         for x1, y1, x2, y2 in boxes[i].detach().tolist():
-            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.2,
-                                       color="lime" if found[i] else "red"))  # fmt: skip
+            ax.add_patch(
+                plt.Rectangle(
+                    (x1, y1),
+                    x2 - x1,
+                    y2 - y1,
+                    fill=False,
+                    lw=1.2,
+                    color="lime" if found[i] else "red",
+                )
+            )
         ax.set_title(titles[i], fontsize=7, color="black" if found[i] else "darkred")
         ax.set_xticks([])
         ax.set_yticks([])

@@ -26,7 +26,7 @@ FORMAT = "edgeguard.pruned/1"
 MASK_PREFIX = "__mask__."
 SPEC_KEY = "edgeguard_spec"  # safetensors metadata entry holding the spec as JSON
 
-log = logging.getLogger("edgeguard")
+log = logging.getLogger(__name__)
 
 
 def spec_path(path: str | Path) -> Path:
@@ -95,8 +95,11 @@ def _parse_spec(text: str, where: str) -> dict[str, Any]:
         raise SparsityError(f"{where} is not an edgeguard sparsity spec (format {FORMAT!r})")
     arch = spec.get("arch")
     problems = []
-    if arch is not None and not (isinstance(arch, dict) and isinstance(arch.get("name"), str)
-                                 and isinstance(arch.get("kwargs", {}), dict)):  # fmt: skip
+    if arch is not None and not (
+        isinstance(arch, dict)
+        and isinstance(arch.get("name"), str)
+        and isinstance(arch.get("kwargs", {}), dict)
+    ):
         problems.append(f'"arch" must be null or {{"name": str, "kwargs": {{...}}}}, got {arch!r}')
     if not isinstance(spec.get("extra", {}), dict):
         problems.append(f'"extra" must be a mapping, got {spec.get("extra")!r}')
@@ -107,8 +110,11 @@ def _parse_spec(text: str, where: str) -> dict[str, Any]:
     if not (isinstance(tensors, list) and all(isinstance(t, str) for t in tensors)):
         problems.append('"tensors" must be a list of tensor names')
     shape = spec.get("extra", {}).get("input_shape") if not problems else None
-    if shape is not None and not (isinstance(shape, list) and shape and all(
-            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):  # fmt: skip
+    if shape is not None and not (
+        isinstance(shape, list)
+        and shape
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)
+    ):
         problems.append(f'"extra.input_shape" must be a list of positive integers, got {shape!r}')
     if problems:
         raise SparsityError(f"sparsity spec {where} is malformed: {'; '.join(problems)}")
@@ -130,8 +136,12 @@ def read_spec(path: str | Path) -> dict[str, Any]:
     if SPEC_KEY in meta:
         spec = _parse_spec(meta[SPEC_KEY], f"inside {path}")
         if sp.is_file() and sp.read_text(errors="replace") != meta[SPEC_KEY]:
-            log.warning("%s differs from the spec inside %s (an interrupted save or an edit); "
-                        "using the one inside the weights file", sp, path.name)  # fmt: skip
+            log.warning(
+                "%s differs from the spec inside %s (an interrupted save or an edit); "
+                "using the one inside the weights file",
+                sp,
+                path.name,
+            )
         return spec
     if not sp.is_file():
         raise SparsityError(f"sparsity spec not found: {sp} (expected beside {path.name})")
@@ -202,8 +212,9 @@ def load_pruned(
         try:
             model = build(arch["name"], **arch.get("kwargs", {}))
         except ConfigError as err:
-            raise SparsityError(f"the spec of {path} records a model that cannot be built: {err}"
-                                ) from None  # fmt: skip
+            raise SparsityError(
+                f"the spec of {path} records a model that cannot be built: {err}"
+            ) from None
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:

@@ -81,8 +81,9 @@ def test_rotated_torso_print_keeps_its_area_and_is_not_clipped():
     x1, y1, x2, y2 = crops.patch_boxes[0].tolist()
     black = PersonCrops(torch.zeros_like(crops.images), crops.boxes, crops.patch_boxes, crops.names)
     turned = EOT(0, 0, 40.0, 0, 0, 0, 0, 0, 0)  # rotations uniform in +-40 degrees
-    out = apply_patch(black, torch.ones(3, 40, 20), turned, samples=64,
-                      generator=torch.Generator().manual_seed(0))  # fmt: skip
+    out = apply_patch(
+        black, torch.ones(3, 40, 20), turned, samples=64, generator=torch.Generator().manual_seed(0)
+    )
     covered = out.mean(1).sum((1, 2))  # the print's pixels (bilinear edges count fractionally)
     assert covered.tolist() == pytest.approx([(x2 - x1) * (y2 - y1)] * 64, rel=0.04)
 
@@ -103,8 +104,9 @@ def test_square_patch_is_the_largest_square_of_the_torso_region():
 def test_transformed_patch_is_differentiable_and_stays_in_range():
     crops, _ = person_crops(photos())
     patch = torch.rand(3, 32, 32, requires_grad=True)
-    out = apply_patch(crops, patch, EOT(), ColorTransform(), samples=3,
-                      generator=torch.Generator().manual_seed(0))  # fmt: skip
+    out = apply_patch(
+        crops, patch, EOT(), ColorTransform(), samples=3, generator=torch.Generator().manual_seed(0)
+    )
     assert out.shape == (3, 3, 176, 112) and out.min() >= 0 and out.max() <= 1
     out.sum().backward()
     assert patch.grad.abs().sum() > 0
@@ -157,8 +159,12 @@ def test_printability_and_smoothness_terms():
 
 
 def test_attack_success_counts_only_persons_seen_without_the_patch():
-    crops = PersonCrops(torch.rand(3, 3, 176, 112), torch.tensor([[30.0, 38, 82, 138]] * 3),
-                        torch.tensor([[40.0, 60, 72, 92]] * 3), ["a", "b", "c"])  # fmt: skip
+    crops = PersonCrops(
+        torch.rand(3, 3, 176, 112),
+        torch.tensor([[30.0, 38, 82, 138]] * 3),
+        torch.tensor([[40.0, 60, 72, 92]] * 3),
+        ["a", "b", "c"],
+    )
     crops.images[2] = 0.0  # a dark crop: the stand-in detector misses it without any patch
 
     def bright_torso(images, boxes):  # "detected" while the torso is not dark

@@ -18,8 +18,12 @@ def photos() -> PersonPhotos:
     """Two black photos: one with two standing persons and a sitting (wide) one, one with a tiny
     person only."""
     img = torch.zeros(3, 200, 300, dtype=torch.uint8)
-    a = PersonPhoto("a.png", "a", img, torch.tensor([[20.0, 20, 80, 180], [150, 30, 200, 190],
-                                                     [220, 100, 299, 150]]))  # fmt: skip
+    a = PersonPhoto(
+        "a.png",
+        "a",
+        img,
+        torch.tensor([[20.0, 20, 80, 180], [150, 30, 200, 190], [220, 100, 299, 150]]),
+    )
     b = PersonPhoto("b.png", "b", img, torch.tensor([[10.0, 10, 20, 40]]))
     return PersonPhotos([a, b])
 
@@ -62,9 +66,15 @@ class TorsoBrightness(PersonDetector):
     def candidates(self, images):
         out = []
         for img in images:
-            scores = torch.stack([1 - img[:, int(b[1]) + 60 : int(b[1]) + 90,
-                                          int(b[0]) + 20 : int(b[0]) + 40].mean()
-                                  for b in self.boxes])  # fmt: skip
+            scores = torch.stack(
+                [
+                    1
+                    - img[
+                        :, int(b[1]) + 60 : int(b[1]) + 90, int(b[0]) + 20 : int(b[0]) + 40
+                    ].mean()
+                    for b in self.boxes
+                ]
+            )
             out.append(Detections(self.boxes, scores))
         return out
 
@@ -76,8 +86,13 @@ def test_asr_counts_persons_of_scenes_found_without_the_patch():
     def check(images, boxes):
         with torch.no_grad():
             found = det(images)
-        return torch.tensor([len(f) > 0 and bool((f.boxes == b).all(1).any())
-                             for f, bs in zip(found, boxes, strict=True) for b in bs])  # fmt: skip
+        return torch.tensor(
+            [
+                len(f) > 0 and bool((f.boxes == b).all(1).any())
+                for f, bs in zip(found, boxes, strict=True)
+                for b in bs
+            ]
+        )
 
     white = attack_success(check, scenes, torch.ones(3, 8, 8), EOT.none(), None, samples=3)
     assert (white.persons, white.clean_detected, white.attacked, white.hidden) == (2, 2, 6, 6)

@@ -41,8 +41,18 @@ def test_patch_learns_to_hide_the_person_from_a_detector(schedule):
     before = c.images.clone()
     det = GreenTorso(c.boxes[0])
     assert detected(det, c.images, c.boxes).all()
-    cfg = TShirtConfig(steps=40, batch=1, samples=2, size=(20, 14), eot=EOT.rigid(), tv=0.0,
-                       nps=0.0, topk=1, kappa=5.0, schedule=schedule)  # fmt: skip
+    cfg = TShirtConfig(
+        steps=40,
+        batch=1,
+        samples=2,
+        size=(20, 14),
+        eot=EOT.rigid(),
+        tv=0.0,
+        nps=0.0,
+        topk=1,
+        kappa=5.0,
+        schedule=schedule,
+    )
     res = AdversarialTShirt(det, cfg).train(c)
     assert res.patch.shape == (3, 20, 14)
     first, last = res.history[0]["loss"], res.history[-1]["loss"]

@@ -19,8 +19,10 @@ from .pgd import PGDTopology, project_budget
 from .poisoning import PoisoningResult, poison
 from .zo_gta import ZOGreedyTopology
 
-GRAPH_ATTACKS = {cls.name: cls for cls in (PGDTopology, GreedyTopology, ZOGreedyTopology,
-                                            RandomFlips, DICE, PGDFeatures)}  # fmt: skip
+GRAPH_ATTACKS = {
+    cls.name: cls
+    for cls in (PGDTopology, GreedyTopology, ZOGreedyTopology, RandomFlips, DICE, PGDFeatures)
+}
 
 
 def get_graph_attack(name: str, **settings) -> GraphAttack:

@@ -60,8 +60,9 @@ class GraphAttackResult:
 
     def added_removed(self, original) -> tuple[int, int]:
         """(edges added, edges removed) relative to ``original``."""
-        exists = pair_exists(self.flips, edge_keys(original.edge_index, original.num_nodes),
-                             original.num_nodes)  # fmt: skip
+        exists = pair_exists(
+            self.flips, edge_keys(original.edge_index, original.num_nodes), original.num_nodes
+        )
         return int((~exists).sum()), int(exists.sum())
 
 
@@ -154,9 +155,12 @@ def flip_pairs(data, pairs: torch.Tensor):
 
 # ----------------------------------------------------------------------------- candidates
 def candidate_pairs(
-    data, max_pairs: int, generator: torch.Generator, target: int | None = None,
+    data,
+    max_pairs: int,
+    generator: torch.Generator,
+    target: int | None = None,
     exclude: torch.Tensor | None = None,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """``[2, C]`` candidate pairs (i < j): every pair touching ``target`` (targeted attacks); every
     pair when there are at most ``max_pairs``; else a random block of ``max_pairs`` distinct pairs
     (three quarters uniform pairs, one quarter existing edges, so removals stay possible).  Pairs in
@@ -294,12 +298,14 @@ class GraphAttack(ABC):
         self.budget = budget
         self.seed = seed
 
-    def __call__(self, model: nn.Module, data, target: int | None = None,
-                 nodes: torch.Tensor | None = None):  # fmt: skip
+    def __call__(
+        self, model: nn.Module, data, target: int | None = None, nodes: torch.Tensor | None = None
+    ):
         return self.run(model, data, target, nodes)
 
-    def run(self, model: nn.Module, data, target: int | None = None,
-            nodes: torch.Tensor | None = None) -> GraphAttackResult:  # fmt: skip
+    def run(
+        self, model: nn.Module, data, target: int | None = None, nodes: torch.Tensor | None = None
+    ) -> GraphAttackResult:
         check_graph(data)
         nodes = attacked_nodes(data, target, nodes)
         budget = self._budget(data, target)
@@ -315,8 +321,9 @@ class GraphAttack(ABC):
             raise AssertionError(
                 f"{self.name} flipped {flips.shape[1]} pairs over a budget of {budget}"
             )
-        return GraphAttackResult(self._apply(data, flips), flips, budget, queries,
-                                 time.perf_counter() - t0)  # fmt: skip
+        return GraphAttackResult(
+            self._apply(data, flips), flips, budget, queries, time.perf_counter() - t0
+        )
 
     def _budget(self, data, target: int | None) -> int:
         """Number of flips: a fraction is of the undirected edges, or of the target's degree."""

@@ -43,8 +43,9 @@ class PGDFeatures(RelaxedPGD):
         check_binary(data.x)
         if target is None:
             return resolve_budget(self.budget, max(int((data.x != 0).sum()), 1), data.x.numel())
-        return resolve_budget(self.budget, max(int((data.x[target] != 0).sum()), 1),
-                              data.x.shape[1])  # fmt: skip
+        return resolve_budget(
+            self.budget, max(int((data.x[target] != 0).sum()), 1), data.x.shape[1]
+        )
 
     def _rows(self, data, nodes, target, gen) -> torch.Tensor:
         n, d = data.x.shape

@@ -31,9 +31,15 @@ class GreedyTopology(GraphAttack):
 
     name = "gta"
 
-    def __init__(self, budget: float | int = 0.05, loss: str = "masked-ce", rounds: int = 50,
-                 flips_per_step: int | None = None, max_candidates: int = 6_000_000,
-                 seed: int | None = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        budget: float | int = 0.05,
+        loss: str = "masked-ce",
+        rounds: int = 50,
+        flips_per_step: int | None = None,
+        max_candidates: int = 6_000_000,
+        seed: int | None = 0,
+    ) -> None:
         super().__init__(budget, seed)
         self.loss = check_loss(loss)
         self.rounds = check_count(rounds, "rounds")
@@ -65,8 +71,9 @@ class GreedyTopology(GraphAttack):
         chosen = torch.empty(0, dtype=torch.long)  # keys of flipped pairs
         queries, relax, current = 0, None, data
         while chosen.numel() < budget:
-            pairs, q = self.round_candidates(model, current, nodes, y, gen, chosen, target,
-                                             relax is None)  # fmt: skip
+            pairs, q = self.round_candidates(
+                model, current, nodes, y, gen, chosen, target, relax is None
+            )
             queries += q
             if pairs is not None:
                 if pairs.shape[1] == 0:

@@ -41,15 +41,23 @@ class RelaxedPGD(GraphAttack):
 
     default_max_candidates = 6_000_000
 
-    def __init__(self, budget: float | int = 0.05, loss: str = "ce", steps: int = 100,
-                 lr: float = 1.0, samples: int = 20, max_candidates: int | None = None,
-                 seed: int | None = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        budget: float | int = 0.05,
+        loss: str = "ce",
+        steps: int = 100,
+        lr: float = 1.0,
+        samples: int = 20,
+        max_candidates: int | None = None,
+        seed: int | None = 0,
+    ) -> None:
         super().__init__(budget, seed)
         self.loss = check_loss(loss)
         self.steps = check_count(steps, "steps")
         self.samples = check_count(samples, "samples")
-        self.max_candidates = check_count(max_candidates or self.default_max_candidates,
-                                          "max_candidates")  # fmt: skip
+        self.max_candidates = check_count(
+            max_candidates or self.default_max_candidates, "max_candidates"
+        )
         if lr <= 0:
             raise GraphAttackError(f"lr must be > 0, got {lr}")
         self.lr = lr
@@ -98,8 +106,13 @@ class PGDTopology(RelaxedPGD):
 
 
 @torch.no_grad()
-def sample_binary(s: torch.Tensor, budget: int, samples: int, gen: torch.Generator,
-                  value: Callable[[torch.Tensor], float]) -> torch.Tensor:  # fmt: skip
+def sample_binary(
+    s: torch.Tensor,
+    budget: int,
+    samples: int,
+    gen: torch.Generator,
+    value: Callable[[torch.Tensor], float],
+) -> torch.Tensor:
     """Random sampling of a binary perturbation from relaxed ``s`` in [0, 1] (IJCAI 2019): the
     top-``budget`` entries and ``samples`` Bernoulli(s) draws (cut to the ``budget`` most likely when
     over), keeping the draw with the largest ``value(draw as float)``.  Returns a bool mask."""

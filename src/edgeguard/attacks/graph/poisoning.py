@@ -60,7 +60,11 @@ def poison(
     victim = make_model()
     fit_graph(victim, res.data, config, log_every=10**9)
     mask = data.test_mask if nodes is None else nodes
-    return PoisoningResult(node_accuracy(surrogate, data, mask),
-                           node_accuracy(surrogate, res.data, mask),
-                           node_accuracy(victim, res.data, mask), res, victim,
-                           surrogate)  # fmt: skip
+    return PoisoningResult(
+        node_accuracy(surrogate, data, mask),
+        node_accuracy(surrogate, res.data, mask),
+        node_accuracy(victim, res.data, mask),
+        res,
+        victim,
+        surrogate,
+    )

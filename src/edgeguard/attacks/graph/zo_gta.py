@@ -55,10 +55,19 @@ class ZOGreedyTopology(GreedyTopology):
     name = "zo-gta"
     uses_gradients = False
 
-    def __init__(self, budget: float | int = 0.05, loss: str = "masked-ce", rounds: int = 50,
-                 flips_per_step: int | None = None, q: int = 40, mu: float = 0.05,
-                 block: int = 400, batch: int = 8, candidates: str = "margin",
-                 seed: int | None = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        budget: float | int = 0.05,
+        loss: str = "masked-ce",
+        rounds: int = 50,
+        flips_per_step: int | None = None,
+        q: int = 40,
+        mu: float = 0.05,
+        block: int = 400,
+        batch: int = 8,
+        candidates: str = "margin",
+        seed: int | None = 0,
+    ) -> None:
         super().__init__(budget, loss, rounds, flips_per_step, max_candidates=block, seed=seed)
         if q < 1 or mu <= 0 or block < 1 or batch < 1:
             raise GraphAttackError("q, block and batch must be >= 1 and mu > 0")
@@ -111,10 +120,12 @@ class ZOGreedyTopology(GreedyTopology):
         c = sub.pairs.shape[1]
         u = torch.randn(self.q, c, generator=gen, dtype=relax.x.dtype)
         points = torch.cat([torch.zeros(1, c, dtype=relax.x.dtype), self.mu * u])
-        losses = torch.cat([
-            output_loss(oracle(points[i : i + self.batch])[:, nodes], y, self.loss)
-            for i in range(0, len(points), self.batch)
-        ])  # fmt: skip
+        losses = torch.cat(
+            [
+                output_loss(oracle(points[i : i + self.batch])[:, nodes], y, self.loss)
+                for i in range(0, len(points), self.batch)
+            ]
+        )
         est = ((losses[1:] - losses[0]) / self.mu) @ u / self.q
         if keep is None:
             return est, oracle.queries

@@ -46,16 +46,25 @@ class PersonCrops:
 
     def subset(self, index) -> PersonCrops:
         idx = torch.as_tensor(index, dtype=torch.long)
-        return PersonCrops(self.images[idx], self.boxes[idx], self.patch_boxes[idx],
-                           [self.names[i] for i in idx.tolist()])  # fmt: skip
+        return PersonCrops(
+            self.images[idx],
+            self.boxes[idx],
+            self.patch_boxes[idx],
+            [self.names[i] for i in idx.tolist()],
+        )
 
     @property
     def persons(self) -> int:
         return len(self)
 
-    def dress(self, patch: torch.Tensor, eot: EOT | None = None, color: ColorTransform | None = None,
-              samples: int = 1, generator: torch.Generator | None = None,
-              ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def dress(
+        self,
+        patch: torch.Tensor,
+        eot: EOT | None = None,
+        color: ColorTransform | None = None,
+        samples: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(``[N * samples, 3, H, W]`` crops wearing the patch, crop-major; ``[N * samples, 4]`` the
         wearer's box in each): the interface :class:`~.scenes.PersonScenes` shares."""
         images = apply_patch(self, patch, eot, color, samples, generator)
@@ -87,10 +96,15 @@ def torso_patch(box: torch.Tensor, scale: float, shape: str = "square") -> torch
     return torch.tensor([cx - pw / 2, cy - ph / 2, cx + pw / 2, cy + ph / 2])
 
 
-def person_crops(photos: PersonPhotos, size: tuple[int, int] = (176, 112),
-                 person_height: int = 100, scale: float = 0.8, min_height: float = 40.0,
-                 max_aspect: float = 1.0, shape: str = "square",
-                 ) -> tuple[PersonCrops, dict[str, int]]:  # fmt: skip
+def person_crops(
+    photos: PersonPhotos,
+    size: tuple[int, int] = (176, 112),
+    person_height: int = 100,
+    scale: float = 0.8,
+    min_height: float = 40.0,
+    max_aspect: float = 1.0,
+    shape: str = "square",
+) -> tuple[PersonCrops, dict[str, int]]:
     """Crops of every usable person and counts of what was skipped (too small, too wide: sitting
     or partly annotated people, for whom a torso patch is not defined).  ``shape``: see
     :func:`torso_patch`."""
@@ -118,11 +132,13 @@ def person_crops(photos: PersonPhotos, size: tuple[int, int] = (176, 112),
             pad = (max(0, -left), max(0, right - w_img), max(0, -top), max(0, bottom - h_img))
             region = F.pad(img, pad, mode="replicate") if any(pad) else img
             region = region[:, :, top + pad[2] : bottom + pad[2], left + pad[0] : right + pad[0]]
-            crop = F.interpolate(region, size=size, mode="bilinear", align_corners=False,
-                                 antialias=True).clamp(0, 1)  # fmt: skip
+            crop = F.interpolate(
+                region, size=size, mode="bilinear", align_corners=False, antialias=True
+            ).clamp(0, 1)
             sx, sy = wc / (right - left), hc / (bottom - top)
-            cbox = torch.tensor([(x1 - left) * sx, (y1 - top) * sy, (x2 - left) * sx,
-                                 (y2 - top) * sy])  # fmt: skip
+            cbox = torch.tensor(
+                [(x1 - left) * sx, (y1 - top) * sy, (x2 - left) * sx, (y2 - top) * sy]
+            )
             images.append(crop[0])
             boxes.append(cbox)
             squares.append(torso_patch(cbox, scale, shape))
@@ -134,9 +150,14 @@ def person_crops(photos: PersonPhotos, size: tuple[int, int] = (176, 112),
     ), skipped
 
 
-def apply_patch(crops: PersonCrops, patch: torch.Tensor, eot: EOT | None = None,
-                color: ColorTransform | None = None, samples: int = 1,
-                generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
+def apply_patch(
+    crops: PersonCrops,
+    patch: torch.Tensor,
+    eot: EOT | None = None,
+    color: ColorTransform | None = None,
+    samples: int = 1,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """``[N * samples, 3, H, W]``: each crop with the patch ``[3, h, w]`` (values in [0, 1]) printed
     on its torso under random transformations (``samples`` draws per crop, crop-major order)."""
     if patch.dim() != 3 or patch.shape[0] != 3:
@@ -175,8 +196,13 @@ def apply_patch(crops: PersonCrops, patch: torch.Tensor, eot: EOT | None = None,
     where = backward_map(uv.flatten(1, 2), eot, generator).view_as(uv)
     where = torch.stack([where[..., 0] * aspect, where[..., 1]], -1)
     warped = F.grid_sample(p, where, mode="bilinear", padding_mode="zeros", align_corners=False)
-    mask = F.grid_sample(torch.ones(n, 1, *p.shape[2:]), where, mode="bilinear",
-                         padding_mode="zeros", align_corners=False)  # fmt: skip
+    mask = F.grid_sample(
+        torch.ones(n, 1, *p.shape[2:]),
+        where,
+        mode="bilinear",
+        padding_mode="zeros",
+        align_corners=False,
+    )
     region = images[:, :, r0:r1, c0:c1]
     out = images.clone()
     out[:, :, r0:r1, c0:c1] = region * (1 - mask) + warped * mask

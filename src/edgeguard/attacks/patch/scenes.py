@@ -46,12 +46,21 @@ class PersonScenes:
 
     def subset(self, index) -> PersonScenes:
         idx = torch.as_tensor(index, dtype=torch.long).reshape(-1).tolist()
-        return PersonScenes(self.images[idx], [self.boxes[i] for i in idx],
-                            [self.patch_boxes[i] for i in idx], [self.names[i] for i in idx])  # fmt: skip
+        return PersonScenes(
+            self.images[idx],
+            [self.boxes[i] for i in idx],
+            [self.patch_boxes[i] for i in idx],
+            [self.names[i] for i in idx],
+        )
 
-    def dress(self, patch: torch.Tensor, eot: EOT | None = None, color: ColorTransform | None = None,
-              samples: int = 1, generator: torch.Generator | None = None,
-              ) -> tuple[torch.Tensor, list[torch.Tensor]]:  # fmt: skip
+    def dress(
+        self,
+        patch: torch.Tensor,
+        eot: EOT | None = None,
+        color: ColorTransform | None = None,
+        samples: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(``[N * samples, 3, H, W]`` scenes with the patch on every wearer, scene-major; the wearer
         boxes ``[k, 4]`` of each image)."""
         images = self.images.repeat_interleave(samples, 0)
@@ -59,16 +68,25 @@ class PersonScenes:
         pboxes = [b for b in self.patch_boxes for _ in range(samples)]
         for k in range(max((len(b) for b in boxes), default=0)):
             rows = [i for i, b in enumerate(boxes) if len(b) > k]
-            view = PersonCrops(images[rows], torch.stack([boxes[i][k] for i in rows]),
-                               torch.stack([pboxes[i][k] for i in rows]), [""] * len(rows))  # fmt: skip
+            view = PersonCrops(
+                images[rows],
+                torch.stack([boxes[i][k] for i in rows]),
+                torch.stack([pboxes[i][k] for i in rows]),
+                [""] * len(rows),
+            )
             dressed = apply_patch(view, patch, eot, color, 1, generator)
             images = images.index_copy(0, torch.tensor(rows), dressed)
         return images, boxes
 
 
-def person_scenes(photos: PersonPhotos, size: tuple[int, int] = (416, 416), scale: float = 1.0,
-                  shape: str = "torso", min_height: float = 48.0, max_aspect: float = 1.0,
-                  ) -> tuple[PersonScenes, dict[str, int]]:  # fmt: skip
+def person_scenes(
+    photos: PersonPhotos,
+    size: tuple[int, int] = (416, 416),
+    scale: float = 1.0,
+    shape: str = "torso",
+    min_height: float = 48.0,
+    max_aspect: float = 1.0,
+) -> tuple[PersonScenes, dict[str, int]]:
     """Scenes of ``photos`` and counts of what was skipped (``small`` / ``wide`` persons, photos
     with ``no wearer``)."""
     torso_patch(torch.tensor([0.0, 0.0, 1.0, 2.0]), scale, shape)  # validate early
@@ -79,8 +97,9 @@ def person_scenes(photos: PersonPhotos, size: tuple[int, int] = (416, 416), scal
         img = photo.float_image()[None]
         ph, pw = img.shape[2:]
         sx, sy = w / pw, h / ph
-        canvas = F.interpolate(img, size=size, mode="bilinear", align_corners=False,
-                               antialias=True)[0].clamp(0, 1)  # fmt: skip
+        canvas = F.interpolate(
+            img, size=size, mode="bilinear", align_corners=False, antialias=True
+        )[0].clamp(0, 1)
         keep = []
         for box in photo.boxes * torch.tensor([sx, sy, sx, sy]):
             bw, bh = float(box[2] - box[0]), float(box[3] - box[1])

@@ -33,9 +33,16 @@ class CropSplit:
     held_out_photos: PersonPhotos  # the whole held-out photos (e.g. for a detector's AP)
 
 
-def load_crops(root: str | Path, sources: list[str] | None = None, held_out: float = 0.3,
-               seed: int = 0, scale: float = 1.0, limit: int | None = None,
-               shape: str = "square", fold: tuple[int, int] | None = None) -> CropSplit:  # fmt: skip
+def load_crops(
+    root: str | Path,
+    sources: list[str] | None = None,
+    held_out: float = 0.3,
+    seed: int = 0,
+    scale: float = 1.0,
+    limit: int | None = None,
+    shape: str = "square",
+    fold: tuple[int, int] | None = None,
+) -> CropSplit:
     """Person crops of the train and held-out photos (split by source with ``seed``); ``shape``
     of the patch: ``"square"`` or ``"torso"`` (see :func:`~.placement.torso_patch`); ``fold``
     ``(i, k)``: fold ``i`` of a ``k``-fold cross-validation instead of the ``held_out`` split."""
@@ -73,10 +80,17 @@ class SceneSplit:
     held_out_photos: PersonPhotos
 
 
-def load_scenes(root: str | Path, sources: list[str] | None = None, held_out: float = 0.3,
-                seed: int = 0, scale: float = 1.0, limit: int | None = None,
-                shape: str = "torso", fold: tuple[int, int] | None = None,
-                size: tuple[int, int] = (416, 416)) -> SceneSplit:  # fmt: skip
+def load_scenes(
+    root: str | Path,
+    sources: list[str] | None = None,
+    held_out: float = 0.3,
+    seed: int = 0,
+    scale: float = 1.0,
+    limit: int | None = None,
+    shape: str = "torso",
+    fold: tuple[int, int] | None = None,
+    size: tuple[int, int] = (416, 416),
+) -> SceneSplit:
     """Scenes (whole photos, every usable person a wearer) of the train and held-out photos, split
     as :func:`load_crops` splits them."""
     photos, train, test = _split_photos(root, sources, held_out, seed, limit, fold)
@@ -95,8 +109,12 @@ def training_view(detector: PersonDetector) -> PersonDetector:
     return detector
 
 
-def detector_checks(specs: list[str], trust_pickle: bool = False, iou: float = 0.3,
-                    loaded: Mapping[str, PersonDetector] | None = None) -> dict[str, Detect]:  # fmt: skip
+def detector_checks(
+    specs: list[str],
+    trust_pickle: bool = False,
+    iou: float = 0.3,
+    loaded: Mapping[str, PersonDetector] | None = None,
+) -> dict[str, Detect]:
     """``is_detected(images, boxes)`` per detector spec (a person is found when a detection has
     IoU >= ``iou`` with its box); ``opencv`` is OpenCV's own HOG; ``loaded``: detectors already
     built, by spec."""
@@ -111,26 +129,42 @@ def detector_checks(specs: list[str], trust_pickle: bool = False, iou: float = 0
     return out
 
 
-def only_detected(check: Detect, crops: PersonCrops | PersonScenes,
-                  batch: int = 32) -> PersonCrops | PersonScenes:  # fmt: skip
+def only_detected(
+    check: Detect, crops: PersonCrops | PersonScenes, batch: int = 32
+) -> PersonCrops | PersonScenes:
     """The crops whose person (the scenes with a wearer) the detector finds without a patch: the
     ones worth attacking."""
     _, _, keep = found_without_patch(check, crops, batch)
     return crops.subset(keep.nonzero().squeeze(1))
 
 
-def evaluate_patches(patches: Mapping[str, torch.Tensor], checks: Mapping[str, Detect],
-                     crops: PersonCrops | PersonScenes, eot: EOT, samples: int = 4,
-                     seed: int = 1234, color: ColorTransform | None = None,
-                     ) -> dict[tuple[str, str], ASR]:  # fmt: skip
+def evaluate_patches(
+    patches: Mapping[str, torch.Tensor],
+    checks: Mapping[str, Detect],
+    crops: PersonCrops | PersonScenes,
+    eot: EOT,
+    samples: int = 4,
+    seed: int = 1234,
+    color: ColorTransform | None = None,
+) -> dict[tuple[str, str], ASR]:
     """ASR of every patch against every detector on the same held-out draws (crops or scenes)."""
-    return {(p, d): attack_success(check, crops, patch, eot, color, samples, seed)
-            for p, patch in patches.items() for d, check in checks.items()}  # fmt: skip
+    return {
+        (p, d): attack_success(check, crops, patch, eot, color, samples, seed)
+        for p, patch in patches.items()
+        for d, check in checks.items()
+    }
 
 
-def detection_examples(detector: PersonDetector, crops: PersonCrops | PersonScenes,
-                       patch: torch.Tensor, eot: EOT, path: Path, n: int = 6, seed: int = 7,
-                       iou: float = 0.3) -> Path:  # fmt: skip
+def detection_examples(
+    detector: PersonDetector,
+    crops: PersonCrops | PersonScenes,
+    patch: torch.Tensor,
+    eot: EOT,
+    path: Path,
+    n: int = 6,
+    seed: int = 7,
+    iou: float = 0.3,
+) -> Path:
     """Before/after figure: ``n`` held-out crops (or whole photos) without and with the patch, with
     the detector's boxes (green: every wearer found at IoU >= ``iou``, red: some hidden)."""
     part = crops.subset(range(min(n, len(crops))))
@@ -139,8 +173,10 @@ def detection_examples(detector: PersonDetector, crops: PersonCrops | PersonScen
         images = torch.cat([part.images, after])
         dets = detector(images)
     wearers = [b.reshape(-1, 4) for b in part.boxes] * 2
-    found = [bool(len(d)) and bool((box_iou(w, d.boxes) >= iou).any(1).all())
-             for d, w in zip(dets, wearers, strict=True)]  # fmt: skip
+    found = [
+        bool(len(d)) and bool((box_iou(w, d.boxes) >= iou).any(1).all())
+        for d, w in zip(dets, wearers, strict=True)
+    ]
     titles = ["clean"] * len(part) + ["patched"] * len(part)
     return detection_grid(images, [d.boxes for d in dets], found, path, titles)
 

@@ -47,11 +47,13 @@ class ThinPlateSpline:
         ones = torch.ones(*src.shape[:-1], 1, dtype=torch.float64)
         p = torch.cat([ones, src], -1)  # [..., K, 3]
         top = torch.cat([big_k, p], -1)
-        bottom = torch.cat([p.transpose(-1, -2), torch.zeros(*src.shape[:-2], 3, 3,
-                                                             dtype=torch.float64)], -1)  # fmt: skip
+        bottom = torch.cat(
+            [p.transpose(-1, -2), torch.zeros(*src.shape[:-2], 3, 3, dtype=torch.float64)], -1
+        )
         system = torch.cat([top, bottom], -2)  # [..., K+3, K+3]
-        rhs = torch.cat([target.double(), torch.zeros(*src.shape[:-2], 3, 2,
-                                                      dtype=torch.float64)], -2)  # fmt: skip
+        rhs = torch.cat(
+            [target.double(), torch.zeros(*src.shape[:-2], 3, 2, dtype=torch.float64)], -2
+        )
         try:
             sol = torch.linalg.solve(system, rhs)
         except RuntimeError as err:  # singular: duplicate or collinear points
@@ -75,14 +77,20 @@ def control_grid(n: int = 5) -> torch.Tensor:
     return torch.stack([x.flatten(), y.flatten()], 1)
 
 
-def random_tps_grid(batch: int, size: tuple[int, int], strength: float = 0.1, points: int = 5,
-                    generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
+def random_tps_grid(
+    batch: int,
+    size: tuple[int, int],
+    strength: float = 0.1,
+    points: int = 5,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """``[B, H, W, 2]`` backward sampling grids of :func:`random_cloth` deformations."""
     return tps_grid(random_cloth(batch, strength, points, generator), size)
 
 
-def random_cloth(batch: int, strength: float, points: int = 5,
-                 generator: torch.Generator | None = None) -> ThinPlateSpline:  # fmt: skip
+def random_cloth(
+    batch: int, strength: float, points: int = 5, generator: torch.Generator | None = None
+) -> ThinPlateSpline:
     """``batch`` backward splines of random cloth-like bending: the ``points x points`` control grid
     moved by Gaussian offsets of std ``strength`` (in patch half-widths)."""
     src = control_grid(points).expand(batch, -1, -1)
@@ -109,8 +117,9 @@ def warp(patch: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(patch, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def fit_tps_to_checkerboard(reference: torch.Tensor, observed: torch.Tensor,
-                            regularization: float = 1e-3) -> ThinPlateSpline:  # fmt: skip
+def fit_tps_to_checkerboard(
+    reference: torch.Tensor, observed: torch.Tensor, regularization: float = 1e-3
+) -> ThinPlateSpline:
     """Backward TPS of a printed checkerboard as it appears in a frame: maps points of the frame's
     deformed board (``observed [K, 2]``, normalised to the board's bounding box) to where they sit on
     the flat board (``reference [K, 2]`` in [-1, 1]^2).  Apply to a patch printed in its place."""

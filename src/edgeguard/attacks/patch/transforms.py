@@ -64,8 +64,9 @@ def _homography(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     return torch.cat([h, torch.ones(b, 1)], 1).view(b, 3, 3)
 
 
-def backward_map(points: torch.Tensor, eot: EOT,
-                 generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
+def backward_map(
+    points: torch.Tensor, eot: EOT, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Where ``points [B, P, 2]`` (coordinates of the nominal patch square, [-1, 1]^2 inside it)
     read in the flat patch under one random transformation per sample: scale, rotation, shift
     and perspective (one homography: where the patch's corners land), then TPS cloth bending.
@@ -105,10 +106,16 @@ def appearance(
         t = torch.arange(-r, r + 1, dtype=patch.dtype)
         k = torch.exp(-(t**2) / (2 * sigma**2))
         k = k / k.sum()
-        out = F.conv2d(F.pad(out, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).expand(3, 1, 1, -1),
-                       groups=3)  # fmt: skip
-        out = F.conv2d(F.pad(out, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).expand(3, 1, -1, 1),
-                       groups=3)  # fmt: skip
+        out = F.conv2d(
+            F.pad(out, (r, r, 0, 0), mode="replicate"),
+            k.view(1, 1, 1, -1).expand(3, 1, 1, -1),
+            groups=3,
+        )
+        out = F.conv2d(
+            F.pad(out, (0, 0, r, r), mode="replicate"),
+            k.view(1, 1, -1, 1).expand(3, 1, -1, 1),
+            groups=3,
+        )
     if eot.noise > 0:
         out = out + eot.noise * torch.randn(out.shape, generator=g)
     return out.clamp(0, 1)
@@ -131,8 +138,10 @@ class ColorTransform:
         """Least squares from a colour chart: ``printed [N, 3]`` (the colours sent to the printer)
         and ``photographed [N, 3]`` (as the camera saw them), both in [0, 1], N >= 4."""
         if printed.shape != photographed.shape or printed.dim() != 2 or printed.shape[1] != 3:
-            raise AttackError(f"colour charts are [N, 3] pairs, got {tuple(printed.shape)} and "
-                             f"{tuple(photographed.shape)}")  # fmt: skip
+            raise AttackError(
+                f"colour charts are [N, 3] pairs, got {tuple(printed.shape)} and "
+                f"{tuple(photographed.shape)}"
+            )
         if printed.shape[0] < 4:
             raise AttackError(
                 f"need at least 4 chart colours to fit M and b, got {printed.shape[0]}"

@@ -33,7 +33,7 @@ from .printability import default_palette, non_printability, total_variation
 from .scenes import PersonScenes
 from .transforms import EOT, ColorTransform
 
-log = logging.getLogger("edgeguard")
+log = logging.getLogger(__name__)
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images, boxes) -> [N] scores
 
@@ -49,8 +49,14 @@ def _per_image(boxes: Boxes) -> list[torch.Tensor]:
     )
 
 
-def person_scores(detector: PersonDetector, images: torch.Tensor, boxes: Boxes,
-                  iou: float = 0.3, topk: int = 1, kappa: float = math.inf) -> torch.Tensor:  # fmt: skip
+def person_scores(
+    detector: PersonDetector,
+    images: torch.Tensor,
+    boxes: Boxes,
+    iou: float = 0.3,
+    topk: int = 1,
+    kappa: float = math.inf,
+) -> torch.Tensor:
     """``[P]`` per person (image-major): the mean of the ``topk`` best candidate scores (minus the
     detector's threshold, each floored at ``-kappa``) among the candidate boxes with IoU >= ``iou``
     with the person's box; ``-kappa`` where none overlaps.  ``boxes``: ``[N, 4]`` (one person per
@@ -72,8 +78,9 @@ def person_scores(detector: PersonDetector, images: torch.Tensor, boxes: Boxes,
     return torch.stack(out) if out else torch.zeros(0)
 
 
-def detected(detector: PersonDetector, images: torch.Tensor, boxes: Boxes,
-             iou: float = 0.3) -> torch.Tensor:  # fmt: skip
+def detected(
+    detector: PersonDetector, images: torch.Tensor, boxes: Boxes, iou: float = 0.3
+) -> torch.Tensor:
     """``[P]`` bool per person (image-major): a final detection (after threshold and grouping) has
     IoU >= ``iou`` with the person's box (``boxes`` as in :func:`person_scores`)."""
     with torch.no_grad():
@@ -144,23 +151,33 @@ class TShirtResult:
 class AdversarialTShirt:
     """Gradient-based T-shirt patch against one or several differentiable person detectors."""
 
-    def __init__(self, detectors: PersonDetector | Sequence[PersonDetector],
-                 config: TShirtConfig | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        detectors: PersonDetector | Sequence[PersonDetector],
+        config: TShirtConfig | None = None,
+    ) -> None:
         self.detectors = [detectors] if isinstance(detectors, PersonDetector) else list(detectors)
         if not self.detectors or not all(isinstance(d, PersonDetector) for d in self.detectors):
             raise AttackError(f"need PersonDetector instances, got {detectors!r}")
         self.config = config or TShirtConfig()
         self.config.validate()
 
-    def train(self, crops: PersonCrops | PersonScenes, init: torch.Tensor | None = None,
-              log_every: int = 25) -> TShirtResult:  # fmt: skip
+    def train(
+        self,
+        crops: PersonCrops | PersonScenes,
+        init: torch.Tensor | None = None,
+        log_every: int = 25,
+    ) -> TShirtResult:
         cfg = self.config
         gen = torch.Generator().manual_seed(cfg.seed)
         start = init.clone() if init is not None else torch.rand(3, *cfg.size, generator=gen)
         param = torch.logit(start.clamp(1e-3, 1 - 1e-3)).requires_grad_(True)
         opt = torch.optim.Adam([param], lr=cfg.lr * 4)  # logit space: about cfg.lr in colour
-        sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
-                 if cfg.schedule == "cosine" else None)  # fmt: skip
+        sched = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
+            if cfg.schedule == "cosine"
+            else None
+        )
         weights = MinMaxWeights(len(self.detectors), cfg.weighting)
         palette = default_palette()
         history = []
@@ -171,10 +188,12 @@ class AdversarialTShirt:
             batch = crops.subset(idx)
             patch = torch.sigmoid(param)
             images, boxes = batch.dress(patch, cfg.eot, cfg.color, cfg.samples, gen)
-            losses = torch.stack([
-                person_scores(d, images, boxes, cfg.iou, cfg.topk, cfg.kappa).mean()
-                for d in self.detectors
-            ])  # fmt: skip
+            losses = torch.stack(
+                [
+                    person_scores(d, images, boxes, cfg.iou, cfg.topk, cfg.kappa).mean()
+                    for d in self.detectors
+                ]
+            )
             attack = weights(losses) if len(self.detectors) > 1 else losses[0]
             reg = cfg.tv * total_variation(patch) + cfg.nps * non_printability(patch, palette)
             loss = attack + reg
@@ -183,15 +202,25 @@ class AdversarialTShirt:
             opt.step()
             if sched is not None:
                 sched.step()
-            entry = {"step": step + 1, "loss": float(loss.detach()), "detector_losses":
-                     [round(float(v), 4) for v in losses.detach()],
-                     "weights": [round(float(v), 4) for v in weights.weights]}  # fmt: skip
+            entry = {
+                "step": step + 1,
+                "loss": float(loss.detach()),
+                "detector_losses": [round(float(v), 4) for v in losses.detach()],
+                "weights": [round(float(v), 4) for v in weights.weights],
+            }
             history.append(entry)
             if (step + 1) % log_every == 0 or step == 0 or step + 1 == cfg.steps:
-                log.info("t-shirt step %d/%d  loss %.4f  detectors %s  weights %s", step + 1,
-                         cfg.steps, entry["loss"], entry["detector_losses"], entry["weights"])  # fmt: skip
-        return TShirtResult(torch.sigmoid(param).detach(), history,
-                            [float(v) for v in weights.weights])  # fmt: skip
+                log.info(
+                    "t-shirt step %d/%d  loss %.4f  detectors %s  weights %s",
+                    step + 1,
+                    cfg.steps,
+                    entry["loss"],
+                    entry["detector_losses"],
+                    entry["weights"],
+                )
+        return TShirtResult(
+            torch.sigmoid(param).detach(), history, [float(v) for v in weights.weights]
+        )
 
 
 class OpenCVHOGBlackBox:
@@ -214,9 +243,14 @@ class OpenCVHOGBlackBox:
         return np.ascontiguousarray(arr[:, :, ::-1])
 
     def _detect(self, image: torch.Tensor, hit: float, group: int):
-        rects, weights = self.hog.detectMultiScale(self._bgr(image), hitThreshold=hit,
-                                                   winStride=(8, 8), padding=(8, 8),
-                                                   scale=self.scale, groupThreshold=group)  # fmt: skip
+        rects, weights = self.hog.detectMultiScale(
+            self._bgr(image),
+            hitThreshold=hit,
+            winStride=(8, 8),
+            padding=(8, 8),
+            scale=self.scale,
+            groupThreshold=group,
+        )
         self.queries += 1
         boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in rects], dtype=torch.float32)
         return boxes.reshape(-1, 4), torch.as_tensor(weights, dtype=torch.float32).reshape(-1)
@@ -270,11 +304,17 @@ class ZOTShirt:
         self.config = config or ZOConfig()
 
     def _patch(self, z: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(torch.sigmoid(z), size=self.config.size, mode="bilinear",
-                             align_corners=False)  # fmt: skip
+        return F.interpolate(
+            torch.sigmoid(z), size=self.config.size, mode="bilinear", align_corners=False
+        )
 
-    def train(self, crops: PersonCrops | PersonScenes, init: torch.Tensor | None = None,
-              log_every: int = 10, snapshots: Sequence[int] = ()) -> TShirtResult:  # fmt: skip
+    def train(
+        self,
+        crops: PersonCrops | PersonScenes,
+        init: torch.Tensor | None = None,
+        log_every: int = 10,
+        snapshots: Sequence[int] = (),
+    ) -> TShirtResult:
         """Optimise the patch on ``crops`` (or scenes); ``snapshots``: query counts at which the
         current patch is kept (``result.snapshots[count]``), for ASR-against-queries curves."""
         cfg = self.config
@@ -298,8 +338,9 @@ class ZOTShirt:
                 vals = []
                 for one in zz:
                     g = torch.Generator().manual_seed(draw_seed)
-                    imgs, boxes = batch.dress(self._patch(one[None])[0], cfg.eot, cfg.color,
-                                              cfg.samples, g)  # fmt: skip
+                    imgs, boxes = batch.dress(
+                        self._patch(one[None])[0], cfg.eot, cfg.color, cfg.samples, g
+                    )
                     vals.append(self.score(imgs, boxes).mean())
                 return torch.stack(vals)
 
@@ -314,8 +355,13 @@ class ZOTShirt:
             while pending and queries >= pending[0]:
                 kept[pending.pop(0)] = self._patch(z)[0].detach()
             if t % log_every == 0 or step == 0 or t == cfg.steps:
-                log.info("zo t-shirt step %d/%d  black-box score %.4f  queries %d", t, cfg.steps,
-                         float(fz[0]), queries)  # fmt: skip
+                log.info(
+                    "zo t-shirt step %d/%d  black-box score %.4f  queries %d",
+                    t,
+                    cfg.steps,
+                    float(fz[0]),
+                    queries,
+                )
         return TShirtResult(self._patch(z)[0].detach(), history, snapshots=kept)
 
 
@@ -343,9 +389,13 @@ class ASR:
             raise AttackError("nothing to pool")
         pp = [a.per_person for a in parts]
         per_person = None if any(p is None for p in pp) else torch.cat(pp)
-        return cls(sum(a.attacked for a in parts), sum(a.hidden for a in parts),
-                   sum(a.clean_detected for a in parts), sum(a.persons for a in parts),
-                   per_person)  # fmt: skip
+        return cls(
+            sum(a.attacked for a in parts),
+            sum(a.hidden for a in parts),
+            sum(a.clean_detected for a in parts),
+            sum(a.persons for a in parts),
+            per_person,
+        )
 
     def interval(
         self, level: float = 0.95, draws: int = 2000, seed: int = 0
@@ -404,9 +454,11 @@ def person_counts(data: PersonCrops | PersonScenes) -> torch.Tensor:
     return torch.tensor([len(b) for b in data.boxes], dtype=torch.long)
 
 
-def found_without_patch(is_detected: Callable[[torch.Tensor, Boxes], torch.Tensor],
-                        data: PersonCrops | PersonScenes, batch: int = 16,
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+def found_without_patch(
+    is_detected: Callable[[torch.Tensor, Boxes], torch.Tensor],
+    data: PersonCrops | PersonScenes,
+    batch: int = 16,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(``[P]`` bool: each person found without a patch; ``[P]`` the item (crop or scene) each
     person belongs to; ``[N]`` bool: items with at least one found person)."""
     clean = torch.cat([is_detected(*_part(data, i, batch)) for i in range(0, len(data), batch)])

@@ -7,5 +7,13 @@ from .estimators import coordinate_estimate, random_estimate
 from .signsgd import ZOSignSGD
 from .zoo import ZOO
 
-__all__ = ["ZOO", "BlackBox", "BlackBoxError", "ZOAdam", "ZOAttack", "ZOSignSGD",
-           "coordinate_estimate", "random_estimate"]  # fmt: skip
+__all__ = [
+    "ZOO",
+    "BlackBox",
+    "BlackBoxError",
+    "ZOAdam",
+    "ZOAttack",
+    "ZOSignSGD",
+    "coordinate_estimate",
+    "random_estimate",
+]

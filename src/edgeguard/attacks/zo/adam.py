@@ -18,8 +18,10 @@ class ZOAdam(ZOAttack):
         self.q, self.kind = check_steps(q, "q (random directions per estimate)"), check_kind(kind)
         if not (isinstance(betas, list | tuple) and len(betas) == 2):
             raise AttackError(f"betas must be two numbers in [0, 1), got {betas!r}")
-        self.betas = tuple(check_number(b, "betas", minimum=0.0, maximum=1.0, open_max=True,
-                                        error=AttackError) for b in betas)  # fmt: skip
+        self.betas = tuple(
+            check_number(b, "betas", minimum=0.0, maximum=1.0, open_max=True, error=AttackError)
+            for b in betas
+        )
 
     def _step(self, state, f, x, gen, active, fx):
         g, spent = random_estimate(f, x, self.q, self.mu, self.kind, gen, fx=fx)

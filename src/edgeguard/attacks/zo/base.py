@@ -16,8 +16,15 @@ class ZOAttack(Attack):
 
     norms = ("linf",)
 
-    def __init__(self, eps: float = 0.1, max_queries: int = 2000, lr: float = 0.01,
-                 mu: float = 0.005, kappa: float = 0.0, seed: int | None = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        eps: float = 0.1,
+        max_queries: int = 2000,
+        lr: float = 0.01,
+        mu: float = 0.005,
+        kappa: float = 0.0,
+        seed: int | None = 0,
+    ) -> None:
         self.eps = check_positive(eps, "eps", allow_zero=True)
         self.max_queries = check_steps(max_queries, "max_queries")
         self.lr = check_positive(lr, "lr")

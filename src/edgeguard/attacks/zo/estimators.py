@@ -26,9 +26,14 @@ def check_kind(kind: str) -> str:
 
 
 def random_estimate(
-    f: Loss, x: torch.Tensor, q: int, mu: float, kind: str = "gaussian",
-    gen: torch.Generator | None = None, fx: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, int]:  # fmt: skip
+    f: Loss,
+    x: torch.Tensor,
+    q: int,
+    mu: float,
+    kind: str = "gaussian",
+    gen: torch.Generator | None = None,
+    fx: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, int]:
     """(gradient estimate shaped like ``x``, queries per sample)."""
     if kind not in ("gaussian", "sphere"):
         raise AttackError(f"kind must be 'gaussian' or 'sphere', got {kind!r}")

@@ -34,6 +34,9 @@ class ZOO(ZOAttack):
         v = torch.where(sel, b2 * v + (1 - b2) * gf * gf, v)
         t = torch.where(sel, t + 1, t)
         state["m"][active], state["v"][active], state["t"][active] = m, v, t
-        step = torch.where(sel, (m / (1 - b1 ** t.clamp_min(1))) / (
-            (v / (1 - b2 ** t.clamp_min(1))).sqrt() + 1e-8), torch.zeros_like(m))  # fmt: skip
+        step = torch.where(
+            sel,
+            (m / (1 - b1 ** t.clamp_min(1))) / ((v / (1 - b2 ** t.clamp_min(1))).sqrt() + 1e-8),
+            torch.zeros_like(m),
+        )
         return (x.flatten(1) - self.lr * step).view_as(x), spent

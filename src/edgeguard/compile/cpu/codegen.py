@@ -97,8 +97,13 @@ def register_tile_macros(mr: int, nv: int, nxm: int = 0) -> dict[str, list[str]]
         for v in range(nv)
     ]
     extra = [f"if constexpr ({x} < NX) ex[{x}] = e{x};" for x in range(nxm)]
-    return {"EG_ACC_INIT": init, "EG_ACC_FMA": fma, "EG_ACC_SAVE": save,
-            "EG_ACC_ARRAY": array, "EG_EXTRA_ARRAY": extra}  # fmt: skip
+    return {
+        "EG_ACC_INIT": init,
+        "EG_ACC_FMA": fma,
+        "EG_ACC_SAVE": save,
+        "EG_ACC_ARRAY": array,
+        "EG_EXTRA_ARRAY": extra,
+    }
 
 
 def tile_kind(rem: int, nv: int, vl: int, nxm: int) -> tuple[int, int]:
@@ -140,10 +145,20 @@ def is_temporal(g) -> bool:
 
 
 def generate_source(
-    plan: SparsePlan, layout: InputLayout, nv: int, vl: int, relu: bool, name: str = "conv",
-    ct: int | None = None, kc: int | None = None, gn: int = 4, pf: int | None = None,
-    fg: int | None = None, pack: bool = False, pool: tuple[int, int, int] = (1, 1, 1),
-) -> tuple[str, torch.Tensor]:  # fmt: skip
+    plan: SparsePlan,
+    layout: InputLayout,
+    nv: int,
+    vl: int,
+    relu: bool,
+    name: str = "conv",
+    ct: int | None = None,
+    kc: int | None = None,
+    gn: int = 4,
+    pf: int | None = None,
+    fg: int | None = None,
+    pack: bool = False,
+    pool: tuple[int, int, int] = (1, 1, 1),
+) -> tuple[str, torch.Tensor]:
     """C++ source of one layer's kernel for one input size, and the order (indices into the plan's
     concatenated panels) in which the kernel expects the weight rows.  ``ct`` (tiles per task) and
     ``fg`` (filter-block groups): see :func:`tuning.chunking`; ``kc``: rows per slice (default

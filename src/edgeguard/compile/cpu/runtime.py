@@ -21,12 +21,16 @@ def check_private(path: Path) -> None:
     would run its code when loaded."""
     st = path.stat()
     if hasattr(os, "getuid") and st.st_uid != os.getuid():
-        raise CompileError(f"refusing to use the kernel cache {path}: it belongs to another user "
-                           f"(uid {st.st_uid}); set EDGEGUARD_CACHE to a folder of your own")  # fmt: skip
+        raise CompileError(
+            f"refusing to use the kernel cache {path}: it belongs to another user "
+            f"(uid {st.st_uid}); set EDGEGUARD_CACHE to a folder of your own"
+        )
     if st.st_mode & 0o022:
-        raise CompileError(f"refusing to use the kernel cache {path}: it is writable by other users "
-                           f"(mode {st.st_mode & 0o777:o}); run chmod go-w on it or set "
-                           "EDGEGUARD_CACHE to a private folder")  # fmt: skip
+        raise CompileError(
+            f"refusing to use the kernel cache {path}: it is writable by other users "
+            f"(mode {st.st_mode & 0o777:o}); run chmod go-w on it or set "
+            "EDGEGUARD_CACHE to a private folder"
+        )
 
 
 def _keys_in(lib: Path) -> set[str]:
@@ -68,13 +72,22 @@ class CppKernel:
         self._fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int, ctypes.c_int]
 
     def __call__(
-        self, x: torch.Tensor, bias: torch.Tensor, out: torch.Tensor, batch: int,
+        self,
+        x: torch.Tensor,
+        bias: torch.Tensor,
+        out: torch.Tensor,
+        batch: int,
         xin: torch.Tensor | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """``x``: the padded input buffer; ``xin``: the raw contiguous input ``[N, C, D, H, W]``,
         which a stride-1 kernel copies into ``x`` itself first (``None``: ``x`` is already filled)."""
         threads = torch.get_num_threads()
         self._fn(
-            xin.data_ptr() if xin is not None else None, x.data_ptr(), self.panel.data_ptr(),
-            bias.data_ptr(), out.data_ptr(), batch, threads,
-        )  # fmt: skip
+            xin.data_ptr() if xin is not None else None,
+            x.data_ptr(),
+            self.panel.data_ptr(),
+            bias.data_ptr(),
+            out.data_ptr(),
+            batch,
+            threads,
+        )

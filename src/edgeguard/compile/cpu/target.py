@@ -72,8 +72,16 @@ def host_target() -> Target:
         vl = 4
     else:  # AVX-512 doubles the work per instruction (docs/compiler.md, design decisions)
         vl = 16 if "avx512f" in flag_set and not os.environ.get("EDGEGUARD_NO_AVX512") else 8
-    flags = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c++17",
-             "-ffp-contract=fast", f"-DEG_CPU={cpu_flags or machine}")  # fmt: skip
+    flags = (
+        "-O3",
+        "-march=native",
+        "-fopenmp",
+        "-fPIC",
+        "-shared",
+        "-std=c++17",
+        "-ffp-contract=fast",
+        f"-DEG_CPU={cpu_flags or machine}",
+    )
     return Target(cxx, flags, vl)
 
 

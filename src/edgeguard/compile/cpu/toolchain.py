@@ -34,8 +34,10 @@ def cache_dir() -> Path:
         os.environ.get("EDGEGUARD_CACHE") or Path.home() / ".cache" / "edgeguard" / "kernels"
     )
     if root.exists() and not root.is_dir():
-        raise CompileError(f"the kernel cache {root} (EDGEGUARD_CACHE) is not a folder; point "
-                           "EDGEGUARD_CACHE at a folder of your own")  # fmt: skip
+        raise CompileError(
+            f"the kernel cache {root} (EDGEGUARD_CACHE) is not a folder; point "
+            "EDGEGUARD_CACHE at a folder of your own"
+        )
     return root
 
 
@@ -54,8 +56,9 @@ def entry_dir(source: str, target: Target) -> Path:
 def _stamped(source: str, key: str) -> str:
     """The source as compiled: it also holds and returns its cache key, so a library moved or
     copied into another entry is recognised before it is loaded (and checked again after)."""
-    return source + (f'\nextern "C" const char* {KEY_SYMBOL}(void) '
-                     f'{{ return "{KEY_MARK}{key}"; }}\n')  # fmt: skip
+    return source + (
+        f'\nextern "C" const char* {KEY_SYMBOL}(void) {{ return "{KEY_MARK}{key}"; }}\n'
+    )
 
 
 def _valid(entry: Path) -> bool:
@@ -137,9 +140,14 @@ def _compile(todo: dict[Path, str], target: Target) -> None:
         if shutil.which("ninja"):
             cmd = ["ninja", "-C", str(tmpd), "-j", jobs]
         else:  # still correct without ninja, only serial
-            cmd = ["sh", "-c", " && ".join(
-                f"{target.cxx} {' '.join(target.flags)} {tmpd}/k{i}.cpp -o {tmpd}/k{i}.so"
-                for i in range(len(todo)))]  # fmt: skip
+            cmd = [
+                "sh",
+                "-c",
+                " && ".join(
+                    f"{target.cxx} {' '.join(target.flags)} {tmpd}/k{i}.cpp -o {tmpd}/k{i}.so"
+                    for i in range(len(todo))
+                ),
+            ]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
             raise CompilerUnavailable(
@@ -159,8 +167,9 @@ def build_standalone(source: str, target: Target, out: Path) -> Path:
     out = Path(out)
     src = out.with_suffix(".cpp")
     src.write_text(source + "\n" + template("harness.cpp"))
-    res = subprocess.run([target.cxx, *target.flags, str(src), "-o", str(out)],
-                         capture_output=True, text=True)  # fmt: skip
+    res = subprocess.run(
+        [target.cxx, *target.flags, str(src), "-o", str(out)], capture_output=True, text=True
+    )
     if res.returncode != 0:
         raise CompilerUnavailable(f"cross compilation failed:\n{res.stderr[-3000:]}")
     return out

@@ -78,9 +78,13 @@ def pool_rows(kh: int, ho: int, wq: int, t: int, row_bytes: int) -> int:
 
 
 def chunking(
-    tiles_plane: int, planes: int, blocks: int, ct: int | None, fg: int | None,
+    tiles_plane: int,
+    planes: int,
+    blocks: int,
+    ct: int | None,
+    fg: int | None,
     weight_bytes: int = 0,
-) -> tuple[int, int]:  # fmt: skip
+) -> tuple[int, int]:
     """Tiles per task (CT) and filter-block groups (FG); ``None`` picks the default.
 
     Every chunk reads the group's kept weights once.  Default: chunks of up to 4 tiles, fewer where

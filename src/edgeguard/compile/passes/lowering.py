@@ -25,10 +25,16 @@ LINEAR_MIN_WEIGHTS = 1 << 22
 
 
 def lower(
-    gm: fx.GraphModule, backend: Backend, max_density: float, mr: int, linear_mr: int,
-    nv: int | None, shrunk: dict[str, tuple[int, int]], orig_density: dict[str, float],
+    gm: fx.GraphModule,
+    backend: Backend,
+    max_density: float,
+    mr: int,
+    linear_mr: int,
+    nv: int | None,
+    shrunk: dict[str, tuple[int, int]],
+    orig_density: dict[str, float],
     orig_numel: dict[str, int],
-) -> list[LayerDecision]:  # fmt: skip
+) -> list[LayerDecision]:
     """Replace the layers of ``gm`` by sparse kernels where they pay off; returns one decision per
     conv/linear layer.  ``shrunk``: filters before/after per shrunk conv; ``orig_*``: density and
     weight count of each layer before the passes (decisions report against the original)."""
@@ -49,8 +55,9 @@ def lower(
             continue
         if not isinstance(m, CONVS):
             if mask_of(m) is not None:
-                decisions.append(LayerDecision(name, "unsupported", 1.0,
-                                               f"{type(m).__name__} is left as it is"))  # fmt: skip
+                decisions.append(
+                    LayerDecision(name, "unsupported", 1.0, f"{type(m).__name__} is left as it is")
+                )
             continue
         decision, new = lower_conv(name, m, backend, max_density, mr, nv, gm, node)
         # report against the original layer: a shrunk layer's density counts the removed filters
@@ -70,9 +77,15 @@ def lower(
 
 
 def lower_linear(
-    gm: fx.GraphModule, node: fx.Node, m: nn.Linear, backend: Backend, max_density: float,
-    mr: int, nv: int | None, density: float,
-) -> LayerDecision:  # fmt: skip
+    gm: fx.GraphModule,
+    node: fx.Node,
+    m: nn.Linear,
+    backend: Backend,
+    max_density: float,
+    mr: int,
+    nv: int | None,
+    density: float,
+) -> LayerDecision:
     """A pruned Linear becomes a :class:`SparseLinear` where the backend has one and it pays off
     (batch-1 FC layers are bound by reading their weights: the kernel reads only the kept ones)."""
     name = str(node.target)
@@ -96,9 +109,15 @@ def lower_linear(
 
 
 def lower_conv(
-    name: str, m: nn.Module, backend: Backend, max_density: float, mr: int, nv: int | None,
-    gm: fx.GraphModule | None = None, node: fx.Node | None = None,
-) -> tuple[LayerDecision, SparseConv | None]:  # fmt: skip
+    name: str,
+    m: nn.Module,
+    backend: Backend,
+    max_density: float,
+    mr: int,
+    nv: int | None,
+    gm: fx.GraphModule | None = None,
+    node: fx.Node | None = None,
+) -> tuple[LayerDecision, SparseConv | None]:
     """The decision for one conv and its :class:`SparseConv` (None: it stays as it is).  Without a
     graph (``gm`` None) no ReLU is fused."""
     materialise_mask(m)
@@ -115,9 +134,10 @@ def lower_conv(
     plan = make_plan(w5, m.bias, ConvGeometry.of(m), mr)
     if plan.density > max_density or (backend.keeps_unpruned_dense and plan.density > 0.999):
         detail = (
-            "nothing pruned" if plan.density > 0.999 else
-            f"too dense to pay off (density {plan.density:.2f} > {max_density}): dense kernel"
-        )  # fmt: skip
+            "nothing pruned"
+            if plan.density > 0.999
+            else f"too dense to pay off (density {plan.density:.2f} > {max_density}): dense kernel"
+        )
         if plan.density <= 0.999:
             log.info("%s: %s", name, detail)
         return LayerDecision(name, "dense", plan.density, detail), None

@@ -18,9 +18,10 @@ FUSE_POOL_MIN_BYTES = 16 << 20
 
 
 def fuse_pools(
-    gm: fx.GraphModule, in_shapes: dict[nn.Module, tuple[int, ...]],
+    gm: fx.GraphModule,
+    in_shapes: dict[nn.Module, tuple[int, ...]],
     decisions: list[LayerDecision] | None = None,
-) -> list[str]:  # fmt: skip
+) -> list[str]:
     """Fuse each CPU max pool (stride = window, no padding) whose input is a sparse conv's only
     output into that conv, where the conv's output (for its input shape in ``in_shapes``, 5D) has
     at least :data:`FUSE_POOL_MIN_BYTES`; returns the names of the convs that took a pool."""

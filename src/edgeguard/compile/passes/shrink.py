@@ -19,14 +19,45 @@ from torch import fx, nn
 
 from .graph import BATCHNORMS, CONVS, effective_weight, module_of, set_module
 
-ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh,
-               nn.Hardswish, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)  # fmt: skip
+ACTIVATIONS = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardswish,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+)
 # Pooling that maps a constant channel to the same constant (max pooling pads with -inf).
-CONSTANT_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d,
-                  nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.AdaptiveAvgPool1d,
-                  nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)  # fmt: skip
-ACT_FUNCS = {torch.relu, F.relu, torch.sigmoid, torch.tanh, F.gelu, F.silu, F.relu6,
-             F.dropout, torch.nn.functional.leaky_relu}  # fmt: skip
+CONSTANT_POOLS = (
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+)
+ACT_FUNCS = {
+    torch.relu,
+    F.relu,
+    torch.sigmoid,
+    torch.tanh,
+    F.gelu,
+    F.silu,
+    F.relu6,
+    F.dropout,
+    torch.nn.functional.leaky_relu,
+}
 
 
 class ConstantChannelField(nn.Module):
@@ -44,8 +75,9 @@ class ConstantChannelField(nn.Module):
         if size not in self._cache:
             ones = self.value.view(1, -1, *[1] * len(size)).expand(1, -1, *size)
             conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(size)]
-            self._cache[size] = conv(ones, self.weight, None, self.stride, self.padding,
-                                     self.dilation)  # fmt: skip
+            self._cache[size] = conv(
+                ones, self.weight, None, self.stride, self.padding, self.dilation
+            )
         return self._cache[size]
 
     def forward(self, consumer_input: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -114,8 +146,17 @@ def _slice_conv(conv: nn.Module, out_keep=None, in_keep=None) -> nn.Module:
         w, b = w[out_keep], (b[out_keep] if b is not None else None)
     if in_keep is not None:
         w = w[:, in_keep]
-    new = type(conv)(w.shape[1], w.shape[0], conv.kernel_size, conv.stride, conv.padding,
-                     conv.dilation, 1, b is not None, conv.padding_mode)  # fmt: skip
+    new = type(conv)(
+        w.shape[1],
+        w.shape[0],
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        1,
+        b is not None,
+        conv.padding_mode,
+    )
     new.weight.data = w.contiguous()
     if b is not None:
         new.bias.data = b.clone()

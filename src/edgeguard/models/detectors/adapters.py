@@ -35,9 +35,15 @@ class YOLOAdapter(PersonDetector):
 
     name = "yolo"
 
-    def __init__(self, model: nn.Module, person_class: int = 0, score: str = "obj*cls",
-                 threshold: float = 0.25, nms_iou: float = 0.45,
-                 input_size: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        person_class: int = 0,
+        score: str = "obj*cls",
+        threshold: float = 0.25,
+        nms_iou: float = 0.45,
+        input_size: int | None = None,
+    ) -> None:
         super().__init__()
         if score not in SCORES:
             raise DetectorError(f"score must be one of {', '.join(SCORES)}, got {score!r}")

@@ -49,8 +49,9 @@ def check_unit_images(images: torch.Tensor) -> None:
     if values.numel() and not bool(torch.isfinite(values).all()):
         raise DetectorError("images hold NaN or Inf values; expected finite values in [0, 1]")
     if values.numel() and (float(values.min()) < 0 or float(values.max()) > 1):
-        raise DetectorError(f"images must be in [0, 1], got [{float(values.min()):.3g}, "
-                            f"{float(values.max()):.3g}]")  # fmt: skip
+        raise DetectorError(
+            f"images must be in [0, 1], got [{float(values.min()):.3g}, {float(values.max()):.3g}]"
+        )
 
 
 class PersonDetector(nn.Module):
@@ -147,9 +148,13 @@ def group_rectangles(det: Detections, group_threshold: int = 2, eps: float = 0.2
             if j == i or n2 <= group_threshold:
                 continue
             dx, dy = round(float(r2[2]) * eps), round(float(r2[3]) * eps)
-            if (r1[0] >= r2[0] - dx and r1[1] >= r2[1] - dy
-                    and r1[0] + r1[2] <= r2[0] + r2[2] + dx and r1[1] + r1[3] <= r2[1] + r2[3] + dy
-                    and (n2 > max(3, n1) or n1 < 3)):  # fmt: skip
+            if (
+                r1[0] >= r2[0] - dx
+                and r1[1] >= r2[1] - dy
+                and r1[0] + r1[2] <= r2[0] + r2[2] + dx
+                and r1[1] + r1[3] <= r2[1] + r2[3] + dy
+                and (n2 > max(3, n1) or n1 < 3)
+            ):
                 inside = True
                 break
         if not inside:

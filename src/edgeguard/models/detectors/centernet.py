@@ -42,8 +42,9 @@ class CenterNetDetector(PersonDetector):
         heat, wh = self.net(x)
         heat = heat[..., 0]
         gh, gw = heat.shape[1:]
-        ys, xs = torch.meshgrid(torch.arange(gh, dtype=wh.dtype), torch.arange(gw, dtype=wh.dtype),
-                                indexing="ij")  # fmt: skip
+        ys, xs = torch.meshgrid(
+            torch.arange(gh, dtype=wh.dtype), torch.arange(gw, dtype=wh.dtype), indexing="ij"
+        )
         cx, cy = xs * STRIDE, ys * STRIDE
         boxes = torch.stack(
             [cx - wh[..., 0], cy - wh[..., 1], cx + wh[..., 2], cy + wh[..., 3]], -1

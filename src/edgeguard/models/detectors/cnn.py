@@ -19,8 +19,9 @@ OFFSET = 2.0  # a cell predicts a centre up to 2 cells away (positives lie withi
 
 
 def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))  # fmt: skip
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 class TinyPersonNet(nn.Module):
@@ -30,17 +31,29 @@ class TinyPersonNet(nn.Module):
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            _block(3, w, 2), _block(w, w, 1),
-            _block(w, 2 * w, 2), _block(2 * w, 2 * w, 1),
-            _block(2 * w, 4 * w, 2), _block(4 * w, 4 * w, 1),
+            _block(3, w, 2),
+            _block(w, w, 1),
+            _block(w, 2 * w, 2),
+            _block(2 * w, 2 * w, 1),
+            _block(2 * w, 4 * w, 2),
+            _block(4 * w, 4 * w, 1),
             # a wider receptive field at stride 8: dilated context for whole bodies
-            nn.Sequential(nn.Conv2d(4 * w, 4 * w, 3, 1, 2, dilation=2, bias=False),
-                          nn.BatchNorm2d(4 * w), nn.ReLU(inplace=True)),
-            nn.Sequential(nn.Conv2d(4 * w, 4 * w, 3, 1, 4, dilation=4, bias=False),
-                          nn.BatchNorm2d(4 * w), nn.ReLU(inplace=True)),
-            nn.Sequential(nn.Conv2d(4 * w, 4 * w, 3, 1, 8, dilation=8, bias=False),
-                          nn.BatchNorm2d(4 * w), nn.ReLU(inplace=True)),
-        )  # fmt: skip
+            nn.Sequential(
+                nn.Conv2d(4 * w, 4 * w, 3, 1, 2, dilation=2, bias=False),
+                nn.BatchNorm2d(4 * w),
+                nn.ReLU(inplace=True),
+            ),
+            nn.Sequential(
+                nn.Conv2d(4 * w, 4 * w, 3, 1, 4, dilation=4, bias=False),
+                nn.BatchNorm2d(4 * w),
+                nn.ReLU(inplace=True),
+            ),
+            nn.Sequential(
+                nn.Conv2d(4 * w, 4 * w, 3, 1, 8, dilation=8, bias=False),
+                nn.BatchNorm2d(4 * w),
+                nn.ReLU(inplace=True),
+            ),
+        )
         self.head = nn.Conv2d(4 * w, 5, 1)
         nn.init.constant_(self.head.bias, 0.0)
         with torch.no_grad():
@@ -53,8 +66,9 @@ class TinyPersonNet(nn.Module):
 def decode(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``raw [B, 5, h, w]`` -> (boxes ``[B, h*w, 4]`` pixels, logits ``[B, h*w]``)."""
     b, _, h, w = raw.shape
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=raw.dtype), torch.arange(w, dtype=raw.dtype),
-                            indexing="ij")  # fmt: skip
+    ys, xs = torch.meshgrid(
+        torch.arange(h, dtype=raw.dtype), torch.arange(w, dtype=raw.dtype), indexing="ij"
+    )
     cx = (xs + 0.5 + OFFSET * raw[:, 1].tanh()) * STRIDE
     cy = (ys + 0.5 + OFFSET * raw[:, 2].tanh()) * STRIDE
     bw = raw[:, 3].clamp(-4, 6).exp() * STRIDE
@@ -70,8 +84,9 @@ class CNNPersonDetector(PersonDetector):
 
     name = "cnn"
 
-    def __init__(self, net: TinyPersonNet | None = None, threshold: float = -1.5,
-                 nms_iou: float = 0.45) -> None:  # fmt: skip
+    def __init__(
+        self, net: TinyPersonNet | None = None, threshold: float = -1.5, nms_iou: float = 0.45
+    ) -> None:
         super().__init__()
         self.net = net if net is not None else TinyPersonNet()
         self.threshold, self.nms_iou = threshold, nms_iou
@@ -118,8 +133,9 @@ def targets(boxes: list[torch.Tensor], size: tuple[int, int]) -> tuple[torch.Ten
     return pos, reg
 
 
-def detection_loss(raw: torch.Tensor, pos: torch.Tensor, reg: torch.Tensor,
-                   alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:  # fmt: skip
+def detection_loss(
+    raw: torch.Tensor, pos: torch.Tensor, reg: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
+) -> torch.Tensor:
     """Focal loss on the person logit over all cells (normalised by the positives) plus L1 on the
     box of positive cells."""
     logit = raw[:, 0]
@@ -131,8 +147,9 @@ def detection_loss(raw: torch.Tensor, pos: torch.Tensor, reg: torch.Tensor,
     npos = t.sum().clamp_min(1)
     if pos.any():
         pred = torch.stack([raw[:, 1].tanh(), raw[:, 2].tanh(), raw[:, 3], raw[:, 4]], 1)
-        box = F.l1_loss(pred.permute(0, 2, 3, 1)[pos], reg.permute(0, 2, 3, 1)[pos],
-                        reduction="sum")  # fmt: skip
+        box = F.l1_loss(
+            pred.permute(0, 2, 3, 1)[pos], reg.permute(0, 2, 3, 1)[pos], reduction="sum"
+        )
     else:
         box = raw.sum() * 0
     return (focal.sum() + box) / npos

@@ -194,8 +194,14 @@ class HOGPersonDetector(PersonDetector):
 
     name = "hog"
 
-    def __init__(self, hit_threshold: float = 0.0, scale: float = 1.05, padding: int = 8,
-                 group_threshold: int = 2, max_levels: int = 64) -> None:  # fmt: skip
+    def __init__(
+        self,
+        hit_threshold: float = 0.0,
+        scale: float = 1.05,
+        padding: int = 8,
+        group_threshold: int = 2,
+        max_levels: int = 64,
+    ) -> None:
         super().__init__()
         if padding < 0 or padding % STRIDE:
             raise DetectorError(f"padding must be a multiple of {STRIDE} >= 0, got {padding}")
@@ -237,8 +243,13 @@ class HOGPersonDetector(PersonDetector):
             size = (round(h / s), round(w / s))
             if size[0] < WIN_H or size[1] < WIN_W:
                 continue
-            img = images if s == 1.0 else F.interpolate(images, size=size, mode="bilinear",
-                                                        align_corners=False, antialias=False)  # fmt: skip
+            img = (
+                images
+                if s == 1.0
+                else F.interpolate(
+                    images, size=size, mode="bilinear", align_corners=False, antialias=False
+                )
+            )
             sc, tl = self.window_scores(img)
             tl = tl.reshape(-1, 2).to(images.dtype)
             # OpenCV: Rect(cvRound(x * s), cvRound(y * s), cvRound(64 * s), cvRound(128 * s))

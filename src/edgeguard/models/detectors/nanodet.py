@@ -53,8 +53,15 @@ class NanoDetDetector(PersonDetector):
         dist = (reg.reshape(*reg.shape[:2], 4, BINS).softmax(-1) * self.bins).sum(-1)
         dist = dist * self.strides[:, None]
         c = self.centres
-        boxes = torch.stack([c[:, 0] - dist[..., 0], c[:, 1] - dist[..., 1],
-                             c[:, 0] + dist[..., 2], c[:, 1] + dist[..., 3]], -1)  # fmt: skip
+        boxes = torch.stack(
+            [
+                c[:, 0] - dist[..., 0],
+                c[:, 1] - dist[..., 1],
+                c[:, 0] + dist[..., 2],
+                c[:, 1] + dist[..., 3],
+            ],
+            -1,
+        )
         scale = boxes.new_tensor([w / SIZE, h / SIZE, w / SIZE, h / SIZE])
         return scores, boxes * scale
 

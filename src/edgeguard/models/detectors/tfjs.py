@@ -48,11 +48,33 @@ class TFJSError(DetectorError):
 
 
 SUPPORTED = (
-    "Placeholder", "Const", "Identity", "_FusedConv2D", "Conv2D", "DepthwiseConv2dNative",
-    "FusedDepthwiseConv2dNative", "MaxPool", "Relu", "Relu6", "LeakyRelu", "Sigmoid", "Add",
-    "AddV2", "Sub", "Mul", "Mean", "ConcatV2", "ResizeBilinear", "Pad", "PadV2", "Transpose",
-    "Reshape", "SplitV", "SparseToDense", "Cast",
-)  # fmt: skip
+    "Placeholder",
+    "Const",
+    "Identity",
+    "_FusedConv2D",
+    "Conv2D",
+    "DepthwiseConv2dNative",
+    "FusedDepthwiseConv2dNative",
+    "MaxPool",
+    "Relu",
+    "Relu6",
+    "LeakyRelu",
+    "Sigmoid",
+    "Add",
+    "AddV2",
+    "Sub",
+    "Mul",
+    "Mean",
+    "ConcatV2",
+    "ResizeBilinear",
+    "Pad",
+    "PadV2",
+    "Transpose",
+    "Reshape",
+    "SplitV",
+    "SparseToDense",
+    "Cast",
+)
 
 _DTYPES = {"float32": np.float32, "int32": np.int32, "bool": np.bool_}
 _NHWC_TO_NCHW_AXIS = {0: 0, 1: 2, 2: 3, 3: 1}
@@ -84,8 +106,10 @@ def read_graph_model(path: str | Path) -> tuple[dict[str, Any], dict[str, np.nda
             count = math.prod(shape)
             quant = spec.get("quantization")
             if quant is not None and quant.get("dtype") != "float16":
-                raise TFJSError(f"{path}: weight {spec['name']!r} uses {quant.get('dtype')} "
-                                "quantisation; only float16 is supported")  # fmt: skip
+                raise TFJSError(
+                    f"{path}: weight {spec['name']!r} uses {quant.get('dtype')} "
+                    "quantisation; only float16 is supported"
+                )
             stored = np.float16 if quant is not None else _DTYPES.get(spec["dtype"])
             if stored is None:
                 raise TFJSError(f"{path}: weight {spec['name']!r} has dtype {spec['dtype']!r}")
@@ -179,8 +203,13 @@ def _attr(node: dict, key: str, default: Any = None) -> Any:
 
 
 class _Builder:
-    def __init__(self, model: dict, weights: dict[str, np.ndarray], source: str,
-                 input_layout: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: dict,
+        weights: dict[str, np.ndarray],
+        source: str,
+        input_layout: str | None = None,
+    ) -> None:
         self.input_layout = input_layout
         self.nodes = {n["name"]: n for n in model["modelTopology"]["node"]}
         self.weights = weights
@@ -211,10 +240,12 @@ class _Builder:
         return a.value if isinstance(a, _Value) else a
 
     def call(self, fn: Callable, *args: Any, nhwc: bool = False, **kwargs: Any) -> _Value:
-        node = self.graph.call_function(fn, tuple(self._arg(a) for a in args),
-                                        {k: self._arg(v) for k, v in kwargs.items()})  # fmt: skip
-        value = fn(*(self._example(a) for a in args),
-                   **{k: self._example(v) for k, v in kwargs.items()})  # fmt: skip
+        node = self.graph.call_function(
+            fn, tuple(self._arg(a) for a in args), {k: self._arg(v) for k, v in kwargs.items()}
+        )
+        value = fn(
+            *(self._example(a) for a in args), **{k: self._example(v) for k, v in kwargs.items()}
+        )
         return _Value(node, value, nhwc)
 
     def module(self, name: str, mod: nn.Module, x: _Value, nhwc: bool = True) -> _Value:
@@ -294,8 +325,10 @@ class _Builder:
         unsupported = sorted({self.nodes[n]["op"] for n in order} - set(SUPPORTED))
         if unsupported:
             users = [n for n in order if self.nodes[n]["op"] in unsupported][:3]
-            raise TFJSError(f"{self.source}: unsupported op(s) {', '.join(unsupported)} (at "
-                            f"{', '.join(users)}); supported: {', '.join(SUPPORTED)}")  # fmt: skip
+            raise TFJSError(
+                f"{self.source}: unsupported op(s) {', '.join(unsupported)} (at "
+                f"{', '.join(users)}); supported: {', '.join(SUPPORTED)}"
+            )
         for name in order:
             node = self.nodes[name]
             try:
@@ -303,8 +336,9 @@ class _Builder:
             except TFJSError:
                 raise
             except (RuntimeError, ValueError, IndexError, KeyError, TypeError) as err:
-                raise TFJSError(f"{self.source}: cannot translate {node['op']} node {name!r} "
-                                f"({err})") from None  # fmt: skip
+                raise TFJSError(
+                    f"{self.source}: cannot translate {node['op']} node {name!r} ({err})"
+                ) from None
             results = result if isinstance(result, list) else [result]
             for i, v in enumerate(results):
                 self.env[name if i == 0 else f"{name}:{i}"] = v
@@ -383,9 +417,16 @@ class _Builder:
         symmetric = pt == pb and pl == pr
         if not symmetric:
             x = self.call(F.pad, x, (pl, pr, pt, pb), nhwc=True)
-        conv = nn.Conv2d(x.value.shape[1], cout, (kh, kw), (sh, sw),
-                         padding=(pt, pl) if symmetric else 0, dilation=(dh, dw), groups=groups,
-                         bias=bias is not None)  # fmt: skip
+        conv = nn.Conv2d(
+            x.value.shape[1],
+            cout,
+            (kh, kw),
+            (sh, sw),
+            padding=(pt, pl) if symmetric else 0,
+            dilation=(dh, dw),
+            groups=groups,
+            bias=bias is not None,
+        )
         with torch.no_grad():
             conv.weight.copy_(torch.from_numpy(np.ascontiguousarray(weight)))
             if bias is not None:
@@ -477,8 +518,9 @@ class _Builder:
         keep = bool(_attr(node, "keep_dims", False))
         dims = [int(a) % x.value.dim() for a in np.atleast_1d(axes.value)]
         if x.nhwc and keep:
-            return self.call(torch.mean, x, [_NHWC_TO_NCHW_AXIS[d] for d in dims], keepdim=True,
-                             nhwc=True)  # fmt: skip
+            return self.call(
+                torch.mean, x, [_NHWC_TO_NCHW_AXIS[d] for d in dims], keepdim=True, nhwc=True
+            )
         return self.call(torch.mean, self.plain(x), dims, keepdim=keep)
 
     def op_ConcatV2(self, node, _):
@@ -536,8 +578,12 @@ class _Builder:
     def op_SplitV(self, node, _):
         x, sizes, dim = self.inputs(node)
         x = self.plain(x)
-        parts = self.call(torch.split, x, [int(v) for v in np.asarray(sizes.value).reshape(-1)],
-                          int(np.asarray(dim.value).reshape(())))  # fmt: skip
+        parts = self.call(
+            torch.split,
+            x,
+            [int(v) for v in np.asarray(sizes.value).reshape(-1)],
+            int(np.asarray(dim.value).reshape(())),
+        )
         return [self.call(operator.getitem, parts, i) for i in range(len(parts.value))]
 
     def op_SparseToDense(self, node, _):
@@ -553,9 +599,12 @@ class _Builder:
         return _Value(None, out)
 
 
-def load_graph_model(path: str | Path, outputs: Sequence[str],
-                     input_shape: tuple[int, ...] | None = None,
-                     input_layout: str | None = None) -> fx.GraphModule:  # fmt: skip
+def load_graph_model(
+    path: str | Path,
+    outputs: Sequence[str],
+    input_shape: tuple[int, ...] | None = None,
+    input_layout: str | None = None,
+) -> fx.GraphModule:
     """The sub-graph of the TF.js graph model at ``path`` that computes ``outputs`` (node names; a
     ``:0`` suffix is accepted), as an ``fx.GraphModule`` in eval mode taking one input: NCHW
     ``[B, C, H, W]`` for an NHWC image placeholder, otherwise the placeholder's own layout.
@@ -572,8 +621,9 @@ def load_graph_model(path: str | Path, outputs: Sequence[str],
     return gm.eval()
 
 
-def fixed_graph_model(path: str | Path, outputs: Sequence[str], size: int,
-                      input_layout: str) -> fx.GraphModule:  # fmt: skip
+def fixed_graph_model(
+    path: str | Path, outputs: Sequence[str], size: int, input_layout: str
+) -> fx.GraphModule:
     """A pretrained detector's graph for ``size`` x ``size`` RGB inputs with frozen weights: attacks
     take gradients with respect to the pixels only."""
     gm = load_graph_model(path, outputs, (1, 3, size, size), input_layout)

