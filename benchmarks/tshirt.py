@@ -24,6 +24,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from edgeguard.attacks.patch import (
+    ASR,
+    AdversarialTShirt,
+    TShirtConfig,
+    ZOConfig,
+    ZOTShirt,
+    detected,
+)
 from edgeguard.attacks.patch.placement import PATCH_SIZES, SHAPES
 from edgeguard.attacks.patch.study import (
     detection_examples,
@@ -35,16 +43,8 @@ from edgeguard.attacks.patch.study import (
     training_view,
 )
 from edgeguard.attacks.patch.transforms import EOT
-from edgeguard.attacks.patch.tshirt import (
-    ASR,
-    AdversarialTShirt,
-    OpenCVHOGBlackBox,
-    TShirtConfig,
-    ZOConfig,
-    ZOTShirt,
-    detected,
-)
 from edgeguard.models.detectors import HOGPersonDetector
+from edgeguard.models.detectors.opencv import OpenCVHOGBlackBox
 from edgeguard.models.detectors.train import evaluate_ap, load_cnn_detector
 from edgeguard.report.plots import save_patch
 from edgeguard.settings import data_root

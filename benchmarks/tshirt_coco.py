@@ -27,14 +27,7 @@ from pathlib import Path
 
 import torch
 
-from edgeguard.attacks.patch.study import (
-    detection_examples,
-    detector_checks,
-    evaluate_patches,
-    load_scenes,
-)
-from edgeguard.attacks.patch.transforms import EOT, ColorTransform
-from edgeguard.attacks.patch.tshirt import (
+from edgeguard.attacks.patch import (
     ASR,
     AdversarialTShirt,
     TShirtConfig,
@@ -43,6 +36,13 @@ from edgeguard.attacks.patch.tshirt import (
     attack_success,
     person_scores,
 )
+from edgeguard.attacks.patch.study import (
+    detection_examples,
+    detector_checks,
+    evaluate_patches,
+    load_scenes,
+)
+from edgeguard.attacks.patch.transforms import EOT, ColorTransform
 from edgeguard.models.detectors import get_detector
 from edgeguard.report.plots import save_patch
 from edgeguard.settings import data_root

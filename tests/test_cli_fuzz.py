@@ -34,7 +34,7 @@ STUBS = [
     ("edgeguard.defenses.graph.robust_train", None),
     ("edgeguard.attacks.graph.poison", None),
     ("edgeguard.attacks.patch.tshirt.AdversarialTShirt.train", None),
-    ("edgeguard.attacks.patch.tshirt.ZOTShirt.train", None),
+    ("edgeguard.attacks.patch.zo.ZOTShirt.train", None),
     ("edgeguard.attacks.patch.study.evaluate_patches", None),
     ("edgeguard.demo.run_demo", None),
 ]

@@ -400,6 +400,7 @@ def tshirt_section(s: DemoSettings, out: Path, rep: Report) -> None:
     """A short adversarial T-shirt run against CenterNet (COCO-trained, on whole photos: every
     person wears the patch), evaluated on held-out photos against CenterNet and OpenCV's HOG; the
     HOG port on person crops when the CenterNet weights were not fetched."""
+    from .attacks.patch import AdversarialTShirt, TShirtConfig, detected
     from .attacks.patch.placement import PATCH_SIZES
     from .attacks.patch.study import (
         detection_examples,
@@ -411,7 +412,6 @@ def tshirt_section(s: DemoSettings, out: Path, rep: Report) -> None:
         training_view,
     )
     from .attacks.patch.transforms import EOT
-    from .attacks.patch.tshirt import AdversarialTShirt, TShirtConfig, detected
     from .models.detectors import HOGPersonDetector, get_detector
     from .models.detectors import weights as detector_weights
 

@@ -96,6 +96,14 @@ def run(args) -> int:
     import torch
     from safetensors.torch import save_file
 
+    from ..attacks.patch import (
+        AdversarialTShirt,
+        TShirtConfig,
+        ZOConfig,
+        ZOTShirt,
+        detected,
+        person_scores,
+    )
     from ..attacks.patch.study import (
         COCO_DETECTORS,
         detection_examples,
@@ -108,18 +116,10 @@ def run(args) -> int:
         training_view,
     )
     from ..attacks.patch.transforms import EOT
-    from ..attacks.patch.tshirt import (
-        AdversarialTShirt,
-        OpenCVHOGBlackBox,
-        TShirtConfig,
-        ZOConfig,
-        ZOTShirt,
-        detected,
-        person_scores,
-    )
     from ..engine.atomic import atomic_path
     from ..engine.rundir import finish_run
     from ..models.detectors import get_detector
+    from ..models.detectors.opencv import OpenCVHOGBlackBox
     from ..report import Report
     from ..report.plots import save_patch
 

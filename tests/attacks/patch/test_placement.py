@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from edgeguard.attacks.patch import attack_success, person_scores
 from edgeguard.attacks.patch.placement import (
     PersonCrops,
     PlacementError,
@@ -13,7 +14,6 @@ from edgeguard.attacks.patch.placement import (
 )
 from edgeguard.attacks.patch.printability import default_palette, non_printability, total_variation
 from edgeguard.attacks.patch.transforms import EOT, ColorTransform, appearance
-from edgeguard.attacks.patch.tshirt import attack_success, person_scores
 from edgeguard.data.persons import PersonPhoto, PersonPhotos
 from edgeguard.models.detectors import Detections, PersonDetector
 
@@ -179,7 +179,7 @@ def test_attack_success_counts_only_persons_seen_without_the_patch():
 
 
 def test_asr_interval_resamples_persons():
-    from edgeguard.attacks.patch.tshirt import ASR
+    from edgeguard.attacks.patch import ASR
 
     # 10 persons x 4 samples: 6 always hidden, 4 never: rate 0.6.  Resampling persons spreads the
     # rate over 0.6 +- 1.96 * sqrt(0.24 / 10) = [0.30, 0.90]; a binomial over 40 samples would give

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from edgeguard.attacks.patch import attack_success, person_scores
 from edgeguard.attacks.patch.placement import PlacementError, torso_patch
 from edgeguard.attacks.patch.scenes import person_scenes
 from edgeguard.attacks.patch.transforms import EOT
-from edgeguard.attacks.patch.tshirt import attack_success, person_scores
 from edgeguard.data.persons import PersonPhoto, PersonPhotos
 from edgeguard.models.detectors import Detections, PersonDetector
 
@@ -104,7 +104,7 @@ def test_asr_counts_persons_of_scenes_found_without_the_patch():
 
 
 def test_zeroth_order_trainer_on_scenes_lowers_a_black_box_score_and_keeps_snapshots():
-    from edgeguard.attacks.patch.tshirt import ZOConfig, ZOTShirt
+    from edgeguard.attacks.patch import ZOConfig, ZOTShirt
 
     scenes, _ = person_scenes(photos(), size=(200, 300), min_height=35)
     det = TorsoBrightness(scenes.boxes[0])

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from edgeguard.attacks.patch import AdversarialTShirt, TShirtConfig, detected
 from edgeguard.attacks.patch.placement import apply_patch, person_crops
 from edgeguard.attacks.patch.transforms import EOT
-from edgeguard.attacks.patch.tshirt import AdversarialTShirt, TShirtConfig, detected
 from edgeguard.data.persons import PersonPhoto, PersonPhotos
 from edgeguard.models.detectors import Detections, PersonDetector
 

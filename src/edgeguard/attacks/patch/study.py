@@ -14,12 +14,14 @@ import torch
 from ...data.errors import DatasetError
 from ...data.persons import PersonPhotos, load_persons
 from ...models.detectors import HOGPersonDetector, PersonDetector, box_iou, get_detector
+from ...models.detectors.opencv import OpenCVHOGBlackBox
 from ...report.plots import detection_grid
 from ..base import AttackError
+from .loss import detected
+from .metrics import ASR, attack_success, found_without_patch
 from .placement import PersonCrops, person_crops
 from .scenes import PersonScenes, person_scenes
 from .transforms import EOT, ColorTransform
-from .tshirt import ASR, OpenCVHOGBlackBox, attack_success, detected, found_without_patch
 
 Detect = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

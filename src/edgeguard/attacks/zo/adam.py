@@ -10,6 +10,23 @@ from .base import ZOAttack
 from .estimators import check_kind, random_estimate
 
 
+def adam_moments(
+    m: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    t: torch.Tensor | int,
+    betas: tuple[float, float] = (0.9, 0.999),
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Adam's moments after gradient ``g`` and the bias-corrected step direction (multiply by the
+    learning rate and subtract): ``(m, v, mhat / (sqrt(vhat) + 1e-8))``; ``t``: the step count
+    after this update (>= 1), a number or a tensor broadcastable to ``g``.  Every ZO optimiser here
+    (ZO-Adam, ZOO, the T-shirt's ZO trainer) uses this one update."""
+    b1, b2 = betas
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    return m, v, (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + 1e-8)
+
+
 class ZOAdam(ZOAttack):
     name = "zo-adam"
 
@@ -30,12 +47,10 @@ class ZOAdam(ZOAttack):
             state["m"] = torch.zeros(n_all, *x.shape[1:])
             state["v"] = torch.zeros(n_all, *x.shape[1:])
             state["t"] = torch.zeros(n_all)
-        b1, b2 = self.betas
-        m = state["m"][active] * b1 + (1 - b1) * g
-        v = state["v"][active] * b2 + (1 - b2) * g * g
         t = state["t"][active] + 1
-        state["m"][active], state["v"][active], state["t"][active] = m, v, t
         view = (-1,) + (1,) * (x.dim() - 1)
-        mhat = m / (1 - b1 ** t.view(view))
-        vhat = v / (1 - b2 ** t.view(view))
-        return x - self.lr * mhat / (vhat.sqrt() + 1e-8), spent
+        m, v, step = adam_moments(
+            state["m"][active], state["v"][active], g, t.view(view), self.betas
+        )
+        state["m"][active], state["v"][active], state["t"][active] = m, v, t
+        return x - self.lr * step, spent

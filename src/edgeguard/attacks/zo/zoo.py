@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from .adam import adam_moments
 from .base import ZOAttack
 from .estimators import coordinate_estimate
 
@@ -26,17 +27,13 @@ class ZOO(ZOAttack):
             state["m"] = torch.zeros(n_all, d)
             state["v"] = torch.zeros(n_all, d)
             state["t"] = torch.zeros(n_all, d)
-        b1, b2 = self.betas
         gf = g.flatten(1)
         m, v, t = state["m"][active], state["v"][active], state["t"][active]
         sel = torch.zeros_like(gf, dtype=torch.bool).scatter_(1, coords, True)
-        m = torch.where(sel, b1 * m + (1 - b1) * gf, m)
-        v = torch.where(sel, b2 * v + (1 - b2) * gf * gf, v)
-        t = torch.where(sel, t + 1, t)
+        m2, v2, step = adam_moments(
+            m, v, gf, t + 1, self.betas
+        )  # applied to the chosen coordinates
+        m, v, t = torch.where(sel, m2, m), torch.where(sel, v2, v), torch.where(sel, t + 1, t)
         state["m"][active], state["v"][active], state["t"][active] = m, v, t
-        step = torch.where(
-            sel,
-            (m / (1 - b1 ** t.clamp_min(1))) / ((v / (1 - b2 ** t.clamp_min(1))).sqrt() + 1e-8),
-            torch.zeros_like(m),
-        )
+        step = torch.where(sel, step, torch.zeros_like(step))
         return (x.flatten(1) - self.lr * step).view_as(x), spent

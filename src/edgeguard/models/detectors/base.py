@@ -6,6 +6,7 @@ patch attacks minimise them."""
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -13,6 +14,17 @@ import torch
 from torch import nn
 
 from ...errors import EdgeguardError
+
+Boxes = torch.Tensor | Sequence[torch.Tensor]  # [N, 4] one person per image, or [k, 4] per image
+
+
+def boxes_per_image(boxes: Boxes) -> list[torch.Tensor]:
+    """``[k, 4]`` boxes of each image, from one ``[N, 4]`` box per image or a list per image."""
+    return (
+        [b[None] for b in boxes]
+        if isinstance(boxes, torch.Tensor)
+        else [b.reshape(-1, 4) for b in boxes]
+    )
 
 
 class DetectorError(EdgeguardError, ValueError):
