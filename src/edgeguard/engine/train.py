@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,105 +16,20 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..masks import apply_masks, masks_of, set_mask
+from ..masks import apply_masks
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import (
+    History,
+    TrainConfig,
+    _autocast,
+    _make_optimizer,
+    _make_scheduler,
+    resolve_device,
+)
 from .distributed import all_reduce_sum, barrier, init_distributed, is_main_process, world_size
+from .state import _check_same_config, _restore, _state
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    """Settings of one training run.
-
-    Attributes:
-        epochs: number of passes over the training set (>= 1).
-        batch_size: per-process batch size.
-        lr: learning rate; optimizer: "sgd" (momentum 0.9, nesterov) or "adam" / "adamw".
-        weight_decay: L2 weight decay.
-        scheduler: "cosine" (per epoch, to 0) or "none".
-        amp: mixed precision (bfloat16 autocast on CPU, float16 + grad scaling on CUDA).
-        seed: seeds the data order (per epoch), so a resumed run sees the same batches.
-        device: "cpu", "cuda" or "auto".
-        progress: show a progress bar per epoch (main process only).
-        label_smoothing: cross-entropy label smoothing in [0, 1).
-        warmup_epochs: linear learning-rate warmup over this many epochs (fractions allowed), per
-            step from lr/steps to lr; helps from-scratch video models leave their initial plateau.
-    """
-
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    scheduler: str = "cosine"
-    amp: bool = False
-    seed: int = 0
-    device: str = "auto"
-    num_workers: int = 0
-    progress: bool = True
-    label_smoothing: float = 0.0
-    warmup_epochs: float = 0.0
-
-    def validate(self) -> None:
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ConfigError(f"epochs must be an integer >= 1, got {self.epochs!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
-        if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
-        if self.optimizer not in ("sgd", "adam", "adamw"):
-            raise ConfigError(f"optimizer must be 'sgd', 'adam' or 'adamw', got {self.optimizer!r}")
-        if self.scheduler not in ("cosine", "none"):
-            raise ConfigError(f"scheduler must be 'cosine' or 'none', got {self.scheduler!r}")
-        if not (
-            isinstance(self.warmup_epochs, int | float) and 0 <= self.warmup_epochs <= self.epochs
-        ):
-            raise ConfigError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs!r}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
-
-
-@dataclass
-class History:
-    """One dict per finished epoch: epoch, train_loss, train_acc, val_loss, val_acc, seconds."""
-
-    epochs: list[dict[str, float]] = field(default_factory=list)
-
-    @property
-    def last(self) -> dict[str, float]:
-        return self.epochs[-1] if self.epochs else {}
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but no CUDA GPU is available")
-    return dev
-
-
-def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay
-        )
-    cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
-    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def _make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
-    """Per-epoch cosine annealing to 0 (``cfg.scheduler == "cosine"``) or None."""
-    if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-    return None
-
-
-def _autocast(device: torch.device, enabled: bool):
-    dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
 
 
 @torch.no_grad()
@@ -347,70 +260,4 @@ def _fit(
     return history
 
 
-def _state(model, optimizer, scheduler, epoch, history, cfg) -> dict[str, Any]:
-    masks = {n: mask.cpu() for n, mask in masks_of(model).items()}
-    return {
-        "format": "edgeguard.train/1",
-        "epoch": epoch,
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "masks": masks,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else {},
-        "history": history.epochs,
-        "config": asdict(cfg),
-        "arch": getattr(model, "edgeguard_arch", None) or {},
-        "torch_rng": torch.get_rng_state(),
-    }
-
-
-# settings that do not change the trained weights: a resumed run may differ in these
-_RUNTIME_SETTINGS = ("progress", "num_workers", "device")
-
-
-def _check_same_config(state: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
-    """Refuse to resume ``path`` with settings other than those it was trained with."""
-    stored = state.get("config")
-    if not isinstance(stored, dict):
-        raise CheckpointError(f"{path} records no training settings; it cannot be resumed")
-    given = asdict(cfg)
-    diff = [
-        f"{k}: stored {stored.get(k)!r}, given {v!r}"
-        for k, v in given.items()
-        if k not in _RUNTIME_SETTINGS and stored.get(k) != v
-    ]
-    if diff:
-        raise CheckpointError(
-            f"cannot resume {path} with other settings ({'; '.join(diff)}); "
-            "use the stored settings or start a new run"
-        )
-
-
-def _restore(model, optimizer, scheduler, state, path) -> None:
-    if state.get("format") != "edgeguard.train/1":
-        raise CheckpointError(f"{path} is not an edgeguard training checkpoint")
-    missing = [k for k in ("epoch", "model", "optimizer", "torch_rng") if k not in state]
-    if missing:
-        raise CheckpointError(
-            f"checkpoint {path} lacks {', '.join(missing)}: truncated or not written by edgeguard"
-        )
-    epoch = state["epoch"]
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-        raise CheckpointError(f"checkpoint {path}: epoch must be an integer >= 0, got {epoch!r}")
-    try:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler"):
-            scheduler.load_state_dict(state["scheduler"])
-    except (RuntimeError, ValueError, KeyError) as err:
-        raise CheckpointError(
-            f"checkpoint {path} does not fit this model/optimizer: {err}"
-        ) from None
-    for name, mask in state.get("masks", {}).items():
-        module = dict(model.named_modules()).get(name)
-        if module is None or module.weight.shape != mask.shape:
-            raise CheckpointError(f"checkpoint {path}: mask for {name!r} does not fit the model")
-        set_mask(module, mask)
-    try:
-        torch.set_rng_state(state["torch_rng"])
-    except (TypeError, RuntimeError) as err:
-        raise CheckpointError(f"checkpoint {path}: invalid random-number state ({err})") from None
+__all__ = ["History", "TrainConfig", "evaluate", "fit", "resolve_device"]
