@@ -1,5 +1,8 @@
 """TensorFlow.js graph models (``model.json`` + weight shards) as differentiable PyTorch modules.
 
+(Over 400 lines on purpose: one converter method per TF op in one builder, next to the table of
+supported ops and the TF numerics they share, so an op is added in one place.)
+
 :func:`load_graph_model` turns the part of a TF.js graph that computes the requested outputs into a
 ``torch.fx.GraphModule``.  Its convolutions are real ``nn.Conv2d`` modules with their weights as
 parameters (depthwise convolutions are grouped ones), so pruning, ``edgeguard.compile`` and ONNX export
