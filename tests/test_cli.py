@@ -63,7 +63,14 @@ def test_train_prune_info_end_to_end(tmp_path: Path, capsys):
     assert main(["info", str(pruned / "model.safetensors")]) == 0
     text = capsys.readouterr().out
     assert "features.2" in text and "kgs" in text and "total" in text
-    # resuming a finished prune run reuses its stages
+    # resuming a finished prune run reuses its stages: no stage file is rewritten, same model
+    model_before = _saved(pruned / "model.safetensors")
+    stages = {
+        p: p.stat().st_mtime_ns
+        for p in pruned.rglob("*")
+        if p.is_file() and p.name not in ("run.json", "model.safetensors", "model.json")
+    }
+    assert stages
     assert (
         main(
             [
@@ -90,6 +97,17 @@ def test_train_prune_info_end_to_end(tmp_path: Path, capsys):
         )
         == 0
     )
+    metadata, tensors = _saved(pruned / "model.safetensors")
+    assert metadata == model_before[0]
+    assert all(torch.equal(tensors[k], model_before[1][k]) for k in model_before[1])
+    assert {p: p.stat().st_mtime_ns for p in stages} == stages
+
+
+def _saved(path: Path) -> tuple[dict, dict]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
 
 
 def test_cli_errors_are_clear(tmp_path: Path, capsys):
