@@ -36,28 +36,10 @@ def test_train_prune_info_end_to_end(tmp_path: Path, capsys):
     )
     assert "validation accuracy" in capsys.readouterr().out
     pruned = tmp_path / "kgs"
-    rc = main(
-        [
-            "-q",
-            "prune",
-            str(out / "model.safetensors"),
-            "--scheme",
-            "kgs",
-            "--gm",
-            "4",
-            "--gn",
-            "4",
-            "--flops-reduction",
-            "2",
-            "--dataset",
-            "digits",
-            "--epochs",
-            "1",
-            "--out",
-            str(pruned),
-            "--no-progress",
-        ]
-    )
+    options = "--scheme kgs --gm 4 --gn 4 --flops-reduction 2 --dataset digits --epochs 1"
+    prune_argv = ["-q", "prune", str(out / "model.safetensors"), *options.split()]
+    prune_argv += ["--out", str(pruned), "--no-progress"]
+    rc = main(prune_argv)
     text = capsys.readouterr().out
     assert rc == 0 and "FLOPs reduction 2.0" in text and "fine-tuned" in text
     assert main(["info", str(pruned / "model.safetensors")]) == 0
@@ -71,32 +53,7 @@ def test_train_prune_info_end_to_end(tmp_path: Path, capsys):
         if p.is_file() and p.name not in ("run.json", "model.safetensors", "model.json")
     }
     assert stages
-    assert (
-        main(
-            [
-                "-q",
-                "prune",
-                str(out / "model.safetensors"),
-                "--scheme",
-                "kgs",
-                "--gm",
-                "4",
-                "--gn",
-                "4",
-                "--flops-reduction",
-                "2",
-                "--dataset",
-                "digits",
-                "--epochs",
-                "1",
-                "--out",
-                str(pruned),
-                "--no-progress",
-                "--resume",
-            ]
-        )
-        == 0
-    )
+    assert main([*prune_argv, "--resume"]) == 0
     metadata, tensors = _saved(pruned / "model.safetensors")
     assert metadata == model_before[0]
     assert all(torch.equal(tensors[k], model_before[1][k]) for k in model_before[1])

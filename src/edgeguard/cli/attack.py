@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from ..errors import UsageError
 from . import names
-from .common import attack_arguments, build_attack, check_model_data, held_out, int_in, start_run
+from .common import (
+    attack_arguments,
+    build_attack,
+    int_in,
+    model_and_held_out,
+    start_run,
+)
 
 
 def add_parser(sub) -> None:
@@ -26,12 +32,8 @@ def run(args) -> int:
 
     from ..engine.rundir import finish_run
     from ..report import plots
-    from ..sparsity import load_pruned
 
-    model, _, spec = load_pruned(args.model)
-    model.eval()
-    x, y, data = held_out(args)
-    check_model_data(model, data, f"dataset {args.data!r}", spec)
+    model, x, y, _ = model_and_held_out(args)
     n = len(x)
     attack, settings = build_attack(args.attack, args)
     with torch.no_grad():

@@ -269,3 +269,15 @@ def attack_arguments(p, attack: str, attack_help: str, num: int, out: str) -> No
     p.add_argument("--num", type=int_in(1), default=num, help="inputs to attack")
     p.add_argument("--out", default=out)
     add_overwrite(p)
+
+
+def model_and_held_out(args):
+    """The saved model (eval mode) of ``--model`` and the held-out inputs it is attacked on,
+    ``(model, x, y, dataset)``, refused when the model cannot take them."""
+    from ..sparsity import load_pruned
+
+    model, _, spec = load_pruned(args.model)
+    model.eval()
+    x, y, data = held_out(args)
+    check_model_data(model, data, f"dataset {args.data!r}", spec)
+    return model, x, y, data

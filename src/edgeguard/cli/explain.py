@@ -8,9 +8,8 @@ from .common import (
     FRACTION,
     attack_arguments,
     build_attack,
-    check_model_data,
-    held_out,
     int_in,
+    model_and_held_out,
     start_run,
 )
 
@@ -42,12 +41,8 @@ def run(args) -> int:
     from ..engine.rundir import finish_run
     from ..explain import HEADERS, explain_attacks
     from ..report import Report
-    from ..sparsity import load_pruned
 
-    model, _, spec = load_pruned(args.model)
-    model.eval()
-    x, y, data = held_out(args)
-    check_model_data(model, data, f"dataset {args.data!r}", spec)
+    model, x, y, _ = model_and_held_out(args)
     names = [a.strip() for a in args.attack.split(",") if a.strip()]
     attacks = {name: build_attack(name, args, strict=len(names) == 1)[0] for name in names}
     concepts = None
