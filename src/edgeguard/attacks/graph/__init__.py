@@ -4,15 +4,10 @@ GraphAttackResult`` is evasion; :func:`poison` turns any of them into poisoning 
 perturbed graph)."""
 
 from ...registry import construct, lookup
-from .base import (
-    GraphAttack,
-    GraphAttackError,
-    GraphAttackResult,
-    check_graph,
-    flip_pairs,
-    resolve_budget,
-)
+from .base import GraphAttack, GraphAttackResult
 from .baselines import DICE, RandomFlips
+from .edges import check_graph, flip_pairs, resolve_budget
+from .errors import GraphAttackError
 from .features import PGDFeatures
 from .gta import GreedyTopology
 from .pgd import PGDTopology, project_budget

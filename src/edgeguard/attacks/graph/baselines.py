@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from .base import GraphAttack, GraphAttackError, candidate_pairs, edge_keys
+from .base import GraphAttack
+from .edges import candidate_pairs, edge_keys
+from .errors import GraphAttackError
 
 
 class RandomFlips(GraphAttack):

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from .base import GraphAttackError, node_loss, resolve_budget
+from .edges import resolve_budget
+from .errors import GraphAttackError
+from .losses import node_loss
 from .pgd import RelaxedPGD, sample_binary
 
 

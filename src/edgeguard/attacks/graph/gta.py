@@ -6,15 +6,10 @@ from __future__ import annotations
 
 import torch
 
-from .base import (
-    GraphAttack,
-    Relaxation,
-    candidate_pairs,
-    check_count,
-    check_loss,
-    node_loss,
-    steps_for,
-)
+from .base import GraphAttack, check_count, steps_for
+from .edges import candidate_pairs
+from .losses import check_loss, node_loss
+from .relaxation import Relaxation
 
 
 class GreedyTopology(GraphAttack):

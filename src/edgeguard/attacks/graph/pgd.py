@@ -9,15 +9,11 @@ from collections.abc import Callable
 
 import torch
 
-from .base import (
-    GraphAttack,
-    GraphAttackError,
-    Relaxation,
-    candidate_pairs,
-    check_count,
-    check_loss,
-    node_loss,
-)
+from .base import GraphAttack, check_count
+from .edges import candidate_pairs
+from .errors import GraphAttackError
+from .losses import check_loss, node_loss
+from .relaxation import Relaxation
 
 
 def project_budget(s: torch.Tensor, budget: float, iters: int = 40) -> torch.Tensor:

@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from ..zo import BlackBox
-from .base import GraphAttackError, Relaxation
+from .errors import GraphAttackError
 from .gta import GreedyTopology
+from .relaxation import Relaxation
 
 
 class RelaxedGraph(nn.Module):
