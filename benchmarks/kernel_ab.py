@@ -41,12 +41,15 @@ def load_checkout(tag: str, root: Path):
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
-    return importlib.import_module(f"{name}.compile")
+    try:  # the compiler package (named "compile" in checkouts before the rename)
+        return importlib.import_module(f"{name}.compiler")
+    except ModuleNotFoundError:
+        return importlib.import_module(f"{name}.compile")
 
 
 def three_pairs(dense, a, b, x, repeats: int) -> tuple[float, ...]:
     """Medians (ms) of the pairs dense/A, B/A and B/dense, each timed alternately."""
-    from edgeguard.compile.bench import paired_ms
+    from edgeguard.compiler.bench import paired_ms
 
     d1, ta1 = paired_ms(lambda: dense(x), lambda: a(x), repeats)
     tb1, ta2 = paired_ms(lambda: b(x), lambda: a(x), repeats)

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgeguard.compile import compile_model
-from edgeguard.compile.bench import median_ms, paired_ms, steady_allocator
+from edgeguard.compiler import compile_model
+from edgeguard.compiler.bench import median_ms, paired_ms, steady_allocator
 from edgeguard.models import build, count_flops
 from edgeguard.sparsity import get_scheme, prune_model
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgeguard.compile import SparseConv, compile_model, plan_conv
-from edgeguard.compile.bench import median_ms
+from edgeguard.compiler import SparseConv, compile_model, plan_conv
+from edgeguard.compiler.bench import median_ms
 from edgeguard.models import build, count_flops
 from edgeguard.sparsity import get_scheme, prune_model
 

@@ -28,7 +28,7 @@ def _stop(*args, **kwargs):
 STUBS = [
     ("edgeguard.engine.fit", None),
     ("edgeguard.prune.run_pruning", None),
-    ("edgeguard.compile.compile_model", None),
+    ("edgeguard.compiler.compile_model", None),
     ("edgeguard.attacks.base.Attack.run", None),
     ("edgeguard.explain.explain_attacks", None),
     ("edgeguard.defenses.graph.robust_train", None),
@@ -201,7 +201,7 @@ def test_bad_option_values_end_in_one_line_or_a_valid_run(command, files, capsys
 )
 def test_known_bad_input_is_exit_2_with_one_line(argv, files, capsys, monkeypatch):
     for target, _ in STUBS:
-        if target != "edgeguard.compile.compile_model":  # it checks the shape itself (fast here)
+        if target != "edgeguard.compiler.compile_model":  # it checks the shape itself (fast here)
             monkeypatch.setattr(target, _stop)
     argv = [files["ckpt"] if a == "CKPT" else a for a in argv]
     out = ["--out", str(files["root"] / f"out{next(COUNTER)}")]

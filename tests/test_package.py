@@ -15,5 +15,5 @@ def test_version_and_public_names():
 
 def test_typed_and_ships_the_kernel_templates():
     assert resources.files("edgeguard").joinpath("py.typed").is_file()
-    kernels = resources.files("edgeguard.compile.cpu").joinpath("kernels")
+    kernels = resources.files("edgeguard.compiler.cpu").joinpath("kernels")
     assert {"conv.cpp", "pool.cpp", "harness.cpp"} <= {p.name for p in kernels.iterdir()}

@@ -1,7 +1,7 @@
 """edgeguard: make deep models fast on edge hardware and safe against adversaries.
 
 ``edgeguard.compile(model, backend="cpu" | "cuda" | "auto")`` compiles a pruned model (see
-:mod:`edgeguard.compile`); the other capabilities live in their subpackages (``dir(edgeguard)``
+:mod:`edgeguard.compiler`); the other capabilities live in their subpackages (``dir(edgeguard)``
 lists them; the README's package map says what each holds).
 """
 
@@ -19,6 +19,7 @@ __all__ = [
     "attacks",
     "cli",
     "compile",
+    "compiler",
     "data",
     "defenses",
     "demo",
@@ -36,8 +37,19 @@ __all__ = [
 ]
 
 
+def compile(model, backend: str = "auto", **kwargs):
+    """Compile a pruned model for inference: :func:`edgeguard.compiler.compile_model` (same
+    arguments); importing edgeguard does not load the compiler until this is called."""
+    from .compiler import compile_model
+
+    return compile_model(model, backend, **kwargs)
+
+
 def __getattr__(name: str):
-    if name in __all__ and name != "__version__":  # lazy: importing edgeguard loads nothing else
+    if name in __all__ and name not in (
+        "__version__",
+        "compile",
+    ):  # lazy: importing edgeguard loads nothing else
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'edgeguard' has no attribute {name!r}")
 

@@ -295,7 +295,7 @@ def test_unsupported_ops_and_broken_files_are_named(tmp_path):
 
 @pytest.mark.skipif(__import__("shutil").which("g++") is None, reason="no C++ compiler (g++) here")
 def test_a_loaded_graph_is_pruned_and_compiled_like_any_model(tmp_path):
-    from edgeguard.compile import compile_model
+    from edgeguard.compiler import compile_model
     from edgeguard.sparsity import prune_model
 
     rng = np.random.default_rng(0)

@@ -34,7 +34,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     import torch
 
-    from ..compile import compile_model
+    from ..compiler import compile_model
     from ..sparsity import load_pruned
 
     model, _, spec = load_pruned(args.checkpoint)
@@ -55,14 +55,14 @@ def run(args) -> int:
     err = float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
     print(f"max relative error against the masked model: {err:.2e}")
     if args.bench:
-        from ..compile.bench import benchmark, steady_allocator
+        from ..compiler.bench import benchmark, steady_allocator
 
         # a stable dense baseline: no page faults on each large output (see steady_allocator)
         steady_allocator()
         print(f"threads: {torch.get_num_threads()}")
         print(benchmark(model, compiled, tuple(shape), repeats=args.repeats).table())
     if args.onnx:
-        from ..compile.onnx_export import export_onnx
+        from ..compiler.onnx_export import export_onnx
 
         path = export_onnx(compiled, args.onnx, tuple(shape))
         print(f"ONNX written to {path}")

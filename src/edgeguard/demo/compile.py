@@ -20,8 +20,8 @@ def compile_section(
     """Compile the pruned demo models and measure speedup against MAC reduction."""
     from torch import nn
 
-    from ..compile import compile_model
-    from ..compile.bench import paired_ms
+    from ..compiler import compile_model
+    from ..compiler.bench import paired_ms
     from ..sparsity import get_scheme
 
     rep.heading("Sparse inference: compiled models")

@@ -8,11 +8,11 @@ import subprocess
 import pytest
 import torch
 
-from edgeguard.compile.cpu import generate_source, tile_kind
-from edgeguard.compile.cpu.codegen import INCLUDE, template
-from edgeguard.compile.layout import InputLayout
-from edgeguard.compile.plan import ConvGeometry, make_plan
-from edgeguard.compile.pool import MaxPoolCpu
+from edgeguard.compiler.cpu import generate_source, tile_kind
+from edgeguard.compiler.cpu.codegen import INCLUDE, template
+from edgeguard.compiler.layout import InputLayout
+from edgeguard.compiler.plan import ConvGeometry, make_plan
+from edgeguard.compiler.pool import MaxPoolCpu
 
 
 def _layer(vl: int, nv: int, relu: bool = True):

@@ -1,4 +1,4 @@
-"""Graph passes of the compiler, in the order :func:`edgeguard.compile.compile_model` runs them:
+"""Graph passes of the compiler, in the order :func:`edgeguard.compiler.compile_model` runs them:
 identities out, BatchNorm folded, channels shrunk, layers lowered to kernels (ReLU fused), max
 pools fused into the CPU convs before them (once the input size is known)."""
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgeguard.compile import SparseConv, plan_conv
-from edgeguard.compile.cpu import entry_dir, host_target
-from edgeguard.compile.errors import CompileError
+from edgeguard.compiler import SparseConv, plan_conv
+from edgeguard.compiler.cpu import entry_dir, host_target
+from edgeguard.compiler.errors import CompileError
 
 from .test_kernels import masked_conv, needs_cxx
 
@@ -37,8 +37,8 @@ SWAPPED_CHECK = """
 import logging, sys, torch
 sys.path.insert(0, ".")
 logging.basicConfig(level=logging.WARNING)
-from tests.compile.test_kernels import masked_conv
-from edgeguard.compile import SparseConv, plan_conv
+from tests.compiler.test_kernels import masked_conv
+from edgeguard.compiler import SparseConv, plan_conv
 x = torch.randn(1, 4, 3, 6, 6)
 for seed in (0, 1):
     conv = masked_conv(4, 8, 3, 1, 1, 1, seed=seed)

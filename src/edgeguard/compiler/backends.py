@@ -1,7 +1,7 @@
 """The backends a model compiles for, behind one protocol.
 
 Each backend says what it lowers (sparse Linear layers, generated max pools, fused ReLUs), its
-default filter block, how a :class:`~edgeguard.compile.SparseConv` runs on it and what happens once
+default filter block, how a :class:`~edgeguard.compiler.SparseConv` runs on it and what happens once
 the model is lowered (build the kernels, move to the GPU).  ``compile_model`` and ``SparseConv`` ask
 the backend instead of testing its name.
 """
@@ -47,7 +47,7 @@ class Backend:
 
 
 class CpuBackend(Backend):
-    """Generated C++ (edgeguard.compile.cpu), built per layer and input size."""
+    """Generated C++ (edgeguard.compiler.cpu), built per layer and input size."""
 
     name = "cpu"
     sparse_linear = True

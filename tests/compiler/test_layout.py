@@ -5,8 +5,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgeguard.compile.layout import InputLayout
-from edgeguard.compile.plan import ConvGeometry
+from edgeguard.compiler.layout import InputLayout
+from edgeguard.compiler.plan import ConvGeometry
 
 
 @settings(max_examples=60, deadline=None)

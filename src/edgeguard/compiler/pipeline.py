@@ -62,7 +62,7 @@ def compile_model(
         mr: filters per block (CPU default: 8 with AVX-512, else 4, the register tile; 16 on CUDA,
             one tensor-core tile).
         nv: vectors of output positions in the CPU register tile (default: per layer and input
-            size with AVX-512, 2 or 3 (:meth:`~edgeguard.compile.cpu.Target.nv_for`), else 3).
+            size with AVX-512, 2 or 3 (:meth:`~edgeguard.compiler.cpu.Target.nv_for`), else 3).
         precision: CUDA matmul precision, ``"ieee"`` (float32, default) or ``"tf32"``.
 
     Returns:

@@ -1,6 +1,6 @@
 // edgeguard CPU sparse convolution kernel, one per layer and input size.
 //
-// edgeguard.compile.cpu.codegen writes the layer's header (its shapes as constexpr, its sparsity
+// edgeguard.compiler.cpu.codegen writes the layer's header (its shapes as constexpr, its sparsity
 // pattern as constant tables, its register tile unrolled into macros) in place of the include of
 // eg_layer.h below; everything else is this file, compiled as it is.
 //

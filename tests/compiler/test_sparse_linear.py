@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeguard.compile import SparseLinear, compile_model
+from edgeguard.compiler import SparseLinear, compile_model
 from edgeguard.sparsity import get_scheme
 
 needs_cxx = pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler (g++) here")
@@ -61,7 +61,7 @@ def test_sparse_linear_rejects_bad_input():
 
 @needs_cxx
 def test_compiled_model_runs_pruned_fc_layers_sparse_on_the_cpu(monkeypatch):
-    from edgeguard.compile.passes import lowering
+    from edgeguard.compiler.passes import lowering
 
     torch.manual_seed(0)
     net = nn.Sequential(
@@ -92,12 +92,12 @@ def test_compiled_model_runs_pruned_fc_layers_sparse_on_the_cpu(monkeypatch):
 
 @needs_cxx
 def test_compiled_sparse_fc_exports_to_onnx_with_a_dynamic_batch(tmp_path, monkeypatch):
-    from edgeguard.compile.passes import lowering
+    from edgeguard.compiler.passes import lowering
 
     monkeypatch.setattr(lowering, "LINEAR_MIN_WEIGHTS", 0)
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from edgeguard.compile.onnx_export import export_onnx
+    from edgeguard.compiler.onnx_export import export_onnx
 
     torch.manual_seed(0)
     net = nn.Sequential(

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import edgeguard
-from edgeguard.compile import CompileError, SparseConv, compile_model
+from edgeguard.compiler import CompileError, SparseConv, compile_model
 from edgeguard.masks import mask_of
 from edgeguard.models import build
 from edgeguard.sparsity import prune_model
@@ -236,7 +236,7 @@ class ConvPool(nn.Module):
 @needs_cxx
 @pytest.mark.parametrize("min_bytes, fused", [(0, ["conv1"]), (1 << 40, [])])
 def test_large_conv_outputs_take_their_max_pool(monkeypatch, min_bytes, fused):
-    from edgeguard.compile.passes import pool_fusion
+    from edgeguard.compiler.passes import pool_fusion
 
     monkeypatch.setattr(pool_fusion, "FUSE_POOL_MIN_BYTES", min_bytes)
     torch.manual_seed(0)
@@ -255,11 +255,11 @@ def test_large_conv_outputs_take_their_max_pool(monkeypatch, min_bytes, fused):
 
 @needs_cxx
 def test_a_fused_max_pool_exports_to_onnx_as_a_max_pool(tmp_path, monkeypatch):
-    from edgeguard.compile.passes import pool_fusion
+    from edgeguard.compiler.passes import pool_fusion
 
     ort = pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")
-    from edgeguard.compile.onnx_export import export_onnx
+    from edgeguard.compiler.onnx_export import export_onnx
 
     monkeypatch.setattr(pool_fusion, "FUSE_POOL_MIN_BYTES", 0)
     torch.manual_seed(0)

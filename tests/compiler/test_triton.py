@@ -17,7 +17,7 @@ SCRIPT = textwrap.dedent(
     """
     import torch
     from torch import nn
-    from edgeguard.compile import SparseConv, compile_model, plan_conv
+    from edgeguard.compiler import SparseConv, compile_model, plan_conv
     from edgeguard.models import build
     from edgeguard.sparsity import get_scheme, prune_model
 

@@ -120,7 +120,7 @@ def sparse_conv_triton(
     bk: int | None = None,
     num_warps: int | None = None,
 ) -> torch.Tensor:
-    """Run ``conv`` (a :class:`~edgeguard.compile.SparseConv`) on ``x [N, C, D, H, W]`` float32."""
+    """Run ``conv`` (a :class:`~edgeguard.compiler.SparseConv`) on ``x [N, C, D, H, W]`` float32."""
     if x.dtype != torch.float32:
         raise CompileError(f"{conv.name}: the Triton kernel takes float32 input, got {x.dtype}")
     precision = precision or getattr(conv, "precision", "ieee")

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from edgeguard.compile import SparseConv, make_plan, plan_conv
-from edgeguard.compile.plan import ConvGeometry
+from edgeguard.compiler import SparseConv, make_plan, plan_conv
+from edgeguard.compiler.plan import ConvGeometry
 from edgeguard.sparsity import get_scheme
 
 needs_cxx = pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler (g++) here")
@@ -111,7 +111,7 @@ def test_cpu_kernel_vector_widths_and_tiles(monkeypatch, no_avx512, mr, nv, pack
     # tile must give the dense result at either width, tiles crossing row ends included.
     import platform
 
-    from edgeguard.compile.cpu import host_target
+    from edgeguard.compiler.cpu import host_target
 
     monkeypatch.setenv("EDGEGUARD_NO_AVX512", no_avx512)
     target = host_target()
@@ -237,7 +237,7 @@ def test_task_shape_knobs_reject_non_positive_ints(knob, bad):
 
 
 def test_default_task_shape():
-    from edgeguard.compile.cpu import chunking
+    from edgeguard.compiler.cpu import chunking
 
     assert chunking(33, 8, 64, None, None) == (4, 1)  # 264 tiles: chunks of 4, one group
     assert chunking(3, 2, 128, None, None) == (1, 1)  # 6 tiles: one per task
@@ -249,8 +249,8 @@ def test_default_task_shape():
 
 
 def test_last_tile_takes_a_small_remainder_as_extra_positions():
-    from edgeguard.compile.cpu import last_tiles, tile_kind
-    from edgeguard.compile.layout import InputLayout
+    from edgeguard.compiler.cpu import last_tiles, tile_kind
+    from edgeguard.compiler.layout import InputLayout
 
     # 16-float vectors, tiles of 2, at most 2 extra positions
     assert tile_kind(32, 2, 16, 2) == (2, 0)
@@ -286,7 +286,7 @@ def test_partial_last_tiles_and_extra_positions_match_dense(width, pool):
 
 
 def test_tile_width_follows_the_plane():
-    from edgeguard.compile.cpu import Target
+    from edgeguard.compiler.cpu import Target
 
     avx512, avx2 = Target("g++", (), 16), Target("g++", (), 8)
     # C3D at 16x112x112 (rows of W + 1): conv3 planes of 27 * 29 + 28 = 811 positions take 17

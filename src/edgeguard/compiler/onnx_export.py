@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import EdgeguardError
-from .compiler import CompiledModel
+from .pipeline import CompiledModel
 
 
 class ExportError(EdgeguardError, RuntimeError):

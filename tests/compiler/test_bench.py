@@ -7,7 +7,7 @@ import pytest
 
 SCRIPT = r"""
 import ctypes, torch
-from edgeguard.compile.bench import steady_allocator
+from edgeguard.compiler.bench import steady_allocator
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in

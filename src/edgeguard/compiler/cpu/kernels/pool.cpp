@@ -1,5 +1,5 @@
 // edgeguard CPU max pooling, one per layer and input size (PyTorch's CPU max_pool3d computes
-// indices even in inference).  edgeguard.compile.pool writes the layer's header in place of the
+// indices even in inference).  edgeguard.compiler.pool writes the layer's header in place of the
 // include of eg_layer.h: input C x DI x HI x WI, output DO x HO x WO, window KD x KH x KW, stride
 // SD x SH x SW, padding PD x PH x PW.
 #include <cstdint>

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from edgeguard.compile import compile_model
-from edgeguard.compile.errors import CompileError
+from edgeguard.compiler import compile_model
+from edgeguard.compiler.errors import CompileError
 from edgeguard.sparsity import prune_model
 
 needs_cxx = pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler (g++) here")

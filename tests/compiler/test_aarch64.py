@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeguard.compile import SparseConv, plan_conv
-from edgeguard.compile.cpu import build_standalone, cross_target
+from edgeguard.compiler import SparseConv, plan_conv
+from edgeguard.compiler.cpu import build_standalone, cross_target
 from edgeguard.sparsity import get_scheme
 
 pytestmark = [
