@@ -30,6 +30,7 @@ class Backend:
     native_pools = False  # max pools get a generated kernel (MaxPoolCpu)
     fuses_relu = False  # a ReLU after a sparse conv is applied by its kernel
     keeps_unpruned_dense = True  # a layer with nothing pruned stays a dense op at any max_density
+    builds_per_shape = False  # kernels are generated and built per input shape
 
     def register_tile(self) -> tuple[int, int]:
         """Default ``(filters per block, vectors per tile)``."""
@@ -54,6 +55,7 @@ class CpuBackend(Backend):
     native_pools = True
     fuses_relu = True
     keeps_unpruned_dense = False
+    builds_per_shape = True
 
     def register_tile(self) -> tuple[int, int]:
         from .cpu import host_target
@@ -71,10 +73,8 @@ class CpuBackend(Backend):
             return conv.forward_cpu(x)
 
     def finish(self, compiled: CompiledModel, input_shape: tuple[int, ...] | None) -> None:
-        if input_shape is not None:
-            from .build import build_kernels
-
-            build_kernels(compiled, input_shape)
+        for i, shape in enumerate(compiled.input_shapes):  # pools fuse for the first shape only
+            compiled.build_for(shape, fuse=i == 0)
 
 
 class CudaBackend(Backend):

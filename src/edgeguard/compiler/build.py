@@ -12,10 +12,12 @@ from .pool import MaxPoolCpu
 from .sparse_conv import SparseConv
 
 
-def build_kernels(compiled: CompiledModel, input_shape: tuple[int, ...]) -> None:
+def build_kernels(compiled: CompiledModel, input_shape: tuple[int, ...], fuse: bool = True) -> int:
     """Generate and build every CPU kernel the model needs for ``input_shape`` in one parallel build
     (the model runs once with the standard-operator path to learn each layer's input size; large
-    conv outputs then take their max pool into the conv, :func:`fuse_pools`)."""
+    conv outputs then take their max pool into the conv, :func:`fuse_pools`, unless ``fuse`` is
+    False: a model already built for another shape keeps its graph).  Returns the number of kernels
+    it needed (built now or found in the cache)."""
     layers = [
         m
         for m in compiled.module.modules()
@@ -23,7 +25,7 @@ def build_kernels(compiled: CompiledModel, input_shape: tuple[int, ...]) -> None
         or isinstance(m, MaxPoolCpu)
     ]
     if not layers:
-        return
+        return 0
     from .cpu import build_many, host_target
 
     target = host_target()
@@ -47,7 +49,7 @@ def build_kernels(compiled: CompiledModel, input_shape: tuple[int, ...]) -> None
         for m, mode in modes.items():
             m.mode = mode
     gm = compiled.module
-    if isinstance(gm, fx.GraphModule):
+    if isinstance(gm, fx.GraphModule) and fuse:
         once = {m: v[0] for m, v in shapes.items() if len(v) == 1}  # one size: fusion is safe
         fuse_pools(gm, once, compiled.decisions)
         called = {module_of(gm, n) for n in gm.graph.nodes}
@@ -62,3 +64,4 @@ def build_kernels(compiled: CompiledModel, input_shape: tuple[int, ...]) -> None
     libs = build_many(sources, target)
     for (mod, shape, order), lib in zip(seen, libs, strict=True):
         mod.load_kernel(shape, lib, order)
+    return len(sources)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from dataclasses import dataclass
 
 import torch
 from torch import fx, nn
 
+from .calls import compiled_call
 from .errors import CompileError
 from .sparse_conv import SparseConv
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,13 +45,15 @@ class CompiledModel(nn.Module):
         backend: str,
         decisions: list[LayerDecision],
         reference: nn.Module | None = None,
-        input_shape: tuple[int, ...] | None = None,
+        input_shape: tuple[int, ...] | list[tuple[int, ...]] | None = None,
     ) -> None:
         nn.Module.__init__(self)
         self.module = graph_module
         self.backend = backend
         self.decisions = decisions
-        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self.input_shapes = input_shapes(input_shape)
+        self.input_shape = self.input_shapes[0] if self.input_shapes else None
+        self._built: set[tuple[int, ...]] = set()
         object.__setattr__(self, "_reference", reference)  # not a submodule: no copy, no .to()
         self._lock = threading.Lock()
         for m in graph_module.modules():
@@ -64,9 +71,11 @@ class CompiledModel(nn.Module):
             t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in tensors
         ):
             return self._reference_forward(args, kwargs)
+        if len(tensors) == 1 and tuple(tensors[0].shape) not in self._built:
+            self._new_shape(tuple(tensors[0].shape))
         # Layers reuse their buffers between calls, so calls are serialised and tensor outputs are
         # copied out (a conv output returned as is would be overwritten by the next call).
-        with self._lock, torch.no_grad():
+        with self._lock, torch.no_grad(), compiled_call():
             try:
                 out = self.module(*args, **kwargs)
             except CompileError as err:
@@ -78,6 +87,41 @@ class CompiledModel(nn.Module):
                     f"input {shapes} does not fit this model ({compiled_for}): {err}"
                 ) from None
             return _copied(out)
+
+    def build_for(self, shape: tuple[int, ...], fuse: bool = False) -> None:
+        """Generate and build every kernel for inputs of ``shape`` now (in one parallel build);
+        ``fuse``: let large conv outputs take their max pool (first shape only)."""
+        from .backends import get_backend
+
+        self._built.add(tuple(shape))
+        if not get_backend(self.backend).builds_per_shape:
+            return
+        from .build import build_kernels
+
+        t0 = time.perf_counter()
+        n = build_kernels(self, tuple(shape), fuse=fuse)
+        log.info(
+            "kernels for input %s: %d layers in %.1f s", tuple(shape), n, time.perf_counter() - t0
+        )
+
+    def _new_shape(self, shape: tuple[int, ...]) -> None:
+        from .backends import get_backend
+
+        if not get_backend(self.backend).builds_per_shape:
+            self._built.add(shape)
+            return
+        log.info(
+            "input %s is a new size for this compiled model: building its kernels (give every "
+            "size as compile_model(..., input_shape=[...]) to build them ahead)",
+            shape,
+        )
+        try:
+            self.build_for(shape)
+        except CompileError:
+            self._built.discard(shape)  # a wrong shape: the forward below says what is wrong
+        except Exception:
+            self._built.discard(shape)
+            raise
 
     def _reference_forward(self, args, kwargs):
         model = self._reference
@@ -110,6 +154,22 @@ class CompiledModel(nn.Module):
         for d in self.decisions:
             lines.append(f"{d.name:32s} {d.action:12s} {d.density:8.3f}  {d.detail}")
         return "\n".join(lines)
+
+
+def input_shapes(spec) -> list[tuple[int, ...]]:
+    """``None``, one shape ``(N, C, ...)`` or a list of shapes -> a list of shape tuples."""
+    if spec is None:
+        return []
+    if len(spec) and all(isinstance(v, int) and not isinstance(v, bool) for v in spec):
+        return [tuple(spec)]
+    shapes = [tuple(s) for s in spec]
+    if not shapes or any(
+        not s or not all(isinstance(v, int) and not isinstance(v, bool) for v in s) for s in shapes
+    ):
+        raise CompileError(
+            f"input_shape must be a shape of positive integers or a list of shapes, got {spec!r}"
+        )
+    return shapes
 
 
 def _copied(out, device: torch.device | None = None):

@@ -16,7 +16,7 @@ from ..errors import ConfigError
 from .backends import BACKENDS, get_backend, resolve_backend
 from .build import build_kernels
 from .errors import CompileError
-from .model import CompiledModel, LayerDecision
+from .model import CompiledModel, LayerDecision, input_shapes
 from .passes import CONVS, effective_weight, fold_batchnorm, remove_identities, shrink
 from .passes.graph import materialise_mask, set_module
 from .passes.lowering import LINEAR_MIN_WEIGHTS, lower, lower_conv
@@ -39,7 +39,7 @@ __all__ = [
 def compile_model(
     model: nn.Module,
     backend: str = "auto",
-    input_shape: tuple[int, ...] | None = None,
+    input_shape: tuple[int, ...] | list[tuple[int, ...]] | None = None,
     *,
     max_density: float = 0.8,
     shrink_channels: bool = True,
@@ -54,8 +54,9 @@ def compile_model(
             (as left by :func:`edgeguard.sparsity.prune_model`); it is copied, never modified.
         backend: ``"cpu"`` (generated C++), ``"cuda"`` (Triton), ``"auto"`` or ``"torch"`` (standard
             operators only).
-        input_shape: full input shape incl. batch, e.g. ``(1, 3, 16, 112, 112)``; when given, every
-            kernel is generated and built now (in parallel) instead of on first use.
+        input_shape: full input shape incl. batch, e.g. ``(1, 3, 16, 112, 112)``, or a list of
+            them; every kernel for each is generated and built now (in parallel).  A size met
+            later is built on its first call, all its layers at once, with a log line.
         max_density: a conv layer that would still multiply more than this fraction of its weights
             stays a dense (oneDNN/cuDNN) op, since a sparse kernel would not pay off; in (0, 1].
         shrink_channels: physically remove dead filters and the matching channels downstream.
@@ -89,10 +90,11 @@ def compile_model(
     if input_shape is not None:
         from ..models.check import check_input_fits
 
-        try:
-            check_input_fits(model, tuple(input_shape), "input_shape")
-        except ConfigError as err:
-            raise CompileError(str(err)) from None
+        for shape in input_shapes(input_shape):
+            try:
+                check_input_fits(model, shape, "input_shape")
+            except ConfigError as err:
+                raise CompileError(str(err)) from None
     orig_density: dict[str, float] = {}
     orig_numel: dict[str, int] = {}
     for name, m in model.named_modules():

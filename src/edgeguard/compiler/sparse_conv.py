@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .calls import first_use
 from .errors import CompileError
 from .layout import InputLayout
 from .plan import SparsePlan
@@ -181,6 +182,8 @@ class SparseConv(nn.Module):
         # mmap'ed and page-faulted on every call, which cost as much as a small layer's compute.
         key = tuple(x.shape)
         inbuf, out = self._buffers_cpu.get(key, (None, None))
+        if not first_use(self):  # called again in this forward: the kept output is still in use
+            out = None
         x = x.contiguous()
         if lay.phases == 1:  # the kernel fills the buffer's interior itself (zero borders kept)
             if inbuf is None:
@@ -190,7 +193,7 @@ class SparseConv(nn.Module):
             inbuf, xin = lay.prepare(x, slack=slack, buf=inbuf), None
         if out is None:
             out = torch.empty(n, self.plan.geometry.out_channels, *self.out_size(lay.size))
-        if self.reuse_buffers:
+        if self.reuse_buffers and key not in self._buffers_cpu:
             self._buffers_cpu = {key: (inbuf, out)}
         kernel(inbuf, self.bias, out, n, xin)
         self._fill_dead(out)

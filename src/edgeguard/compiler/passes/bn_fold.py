@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
-from .graph import BATCHNORMS, CONVS, materialise_mask, module_of
+from .graph import BATCHNORMS, CONVS, materialise_mask, module_of, shared
 
 
 def fold_batchnorm(gm: fx.GraphModule) -> list[str]:
@@ -17,7 +17,12 @@ def fold_batchnorm(gm: fx.GraphModule) -> list[str]:
             continue
         src = node.args[0]
         conv = module_of(gm, src) if isinstance(src, fx.Node) else None
-        if not isinstance(conv, CONVS) or len(src.users) != 1 or conv.groups != 1:
+        if (
+            not isinstance(conv, CONVS)
+            or len(src.users) != 1
+            or conv.groups != 1
+            or shared(gm, src)
+        ):
             continue
         materialise_mask(conv)
         scale = (bn.weight.detach() if bn.affine else 1.0) / torch.sqrt(bn.running_var + bn.eps)

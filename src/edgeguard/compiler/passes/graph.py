@@ -11,11 +11,27 @@ from ...masks import masked_weight as effective_weight
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
-__all__ = ["BATCHNORMS", "CONVS", "effective_weight", "materialise_mask", "module_of", "set_module"]
+__all__ = [
+    "BATCHNORMS",
+    "CONVS",
+    "effective_weight",
+    "materialise_mask",
+    "module_of",
+    "set_module",
+    "shared",
+]
 
 
 def module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     return gm.get_submodule(node.target) if node.op == "call_module" else None
+
+
+def shared(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether ``node``'s module is called at more than one place in the graph (a module used
+    twice, e.g. siamese branches): passes that rewrite one call must leave such modules alone."""
+    if node.op != "call_module":
+        return False
+    return sum(n.op == "call_module" and n.target == node.target for n in gm.graph.nodes) > 1
 
 
 def set_module(root: nn.Module, name: str, new: nn.Module) -> None:

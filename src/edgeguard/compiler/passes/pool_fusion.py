@@ -10,7 +10,7 @@ from torch import fx, nn
 from ..model import LayerDecision
 from ..pool import MaxPoolCpu
 from ..sparse_conv import SparseConv
-from .graph import module_of
+from .graph import module_of, shared
 
 # Fuse only where the conv's unpooled output is at least this large (past the L3): below it the
 # separate pool is as fast (docs/compiler.md, design decisions).
@@ -30,7 +30,7 @@ def fuse_pools(
         conv = module_of(gm, node)
         if not isinstance(conv, SparseConv) or conv.mode != "cpu" or conv.pool:
             continue
-        if len(node.users) != 1 or conv not in in_shapes:
+        if len(node.users) != 1 or conv not in in_shapes or shared(gm, node):
             continue
         (user,) = node.users
         pool = module_of(gm, user)

@@ -6,14 +6,14 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .graph import module_of
+from .graph import module_of, shared
 
 RELU_FUNCS = {torch.relu, F.relu}
 
 
 def fuse_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
     """If ``node``'s only user is a ReLU, remove that ReLU (the caller's kernel applies it)."""
-    if len(node.users) != 1:
+    if len(node.users) != 1 or shared(gm, node):  # a shared module's other calls have no ReLU
         return False
     (u,) = node.users
     is_relu = isinstance(module_of(gm, u), nn.ReLU) or (

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .graph import BATCHNORMS, CONVS, effective_weight, module_of, set_module
+from .graph import BATCHNORMS, CONVS, effective_weight, module_of, set_module, shared
 
 ACTIVATIONS = (
     nn.ReLU,
@@ -104,6 +104,8 @@ def _chain(gm: fx.GraphModule, node: fx.Node):
             return None
         if isinstance(m, CONVS) and m.groups == 1:
             return chain, nxt, "conv"
+        if isinstance(m, BATCHNORMS) and m.running_mean is None:
+            return None  # normalises with the batch's statistics: not a fixed per-channel map
         if isinstance(m, ACTIVATIONS + CONSTANT_POOLS + BATCHNORMS) or (
             nxt.op == "call_function" and nxt.target in ACT_FUNCS
         ):
@@ -168,12 +170,14 @@ def shrink(gm: fx.GraphModule) -> dict[str, tuple[int, int]]:
     changed: dict[str, tuple[int, int]] = {}
     for node in list(gm.graph.nodes):
         conv = module_of(gm, node)
-        if not isinstance(conv, CONVS) or conv.groups != 1:
+        if not isinstance(conv, CONVS) or conv.groups != 1 or shared(gm, node):
             continue
         found = _chain(gm, node)
         if found is None:
             continue
         chain, consumer, kind = found
+        if shared(gm, consumer) or any(shared(gm, n) for n in chain):
+            continue  # slicing a module called elsewhere would change its other calls
         if any(len(getattr(module_of(gm, n), "_forward_hooks", {})) for n in chain):
             continue
         w = effective_weight(conv)
