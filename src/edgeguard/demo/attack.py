@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
 
 from ..report import Report, plots
 from .settings import DemoContext, DemoSettings
-
-log = logging.getLogger(__name__)
 
 
 def attack_section(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
@@ -10,8 +9,6 @@ import torch
 from ..engine import evaluate
 from ..report import Report, plots
 from .settings import DemoContext, DemoSettings
-
-log = logging.getLogger(__name__)
 
 
 def compile_section(

@@ -15,7 +15,6 @@ so no dense N x N matrix is ever built.
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from abc import ABC, abstractmethod
@@ -29,8 +28,6 @@ from ... import validation
 from .edges import check_graph, edge_keys, flip_pairs, pair_exists, resolve_budget
 from .errors import GraphAttackError
 from .losses import attacked_nodes
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -3,13 +3,9 @@ every edge, no self-loops, no duplicates); no dense N x N matrix is ever built."
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
 from .errors import GraphAttackError
-
-log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- graph checks

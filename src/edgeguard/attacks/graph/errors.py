@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import logging
-
 from ...errors import EdgeguardError
-
-log = logging.getLogger(__name__)
 
 
 class GraphAttackError(EdgeguardError, ValueError):

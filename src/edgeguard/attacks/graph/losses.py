@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-
 import torch
 import torch.nn.functional as F
 
 from .errors import GraphAttackError
-
-log = logging.getLogger(__name__)
-
 
 # ----------------------------------------------------------------------------- losses
 LOSSES = ("ce", "cw", "masked-ce")

@@ -4,14 +4,10 @@ appended to the edge list with weight ``-s`` or ``+s``; message passing and degr
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from torch import nn
 
 from .edges import edge_keys, flip_pairs, pair_exists
-
-log = logging.getLogger(__name__)
 
 
 class Relaxation:

@@ -14,8 +14,7 @@ from collections.abc import Callable
 import torch
 
 from ...models.detectors import PersonDetector, box_iou
-from ...models.detectors.base import Boxes
-from ...models.detectors.base import boxes_per_image as _per_image
+from ...models.detectors.base import Boxes, boxes_per_image
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images, boxes) -> [N] scores
 
@@ -35,7 +34,7 @@ def person_scores(
     than one matters for detectors that group windows (OpenCV's HOG keeps a cluster of at least 3)."""
     out = []
     floor = torch.tensor(-kappa)
-    for cand, person_boxes in zip(detector.candidates(images), _per_image(boxes), strict=True):
+    for cand, person_boxes in zip(detector.candidates(images), boxes_per_image(boxes), strict=True):
         if len(person_boxes) == 0:
             continue
         near_all = box_iou(person_boxes, cand.boxes.detach()) >= iou
@@ -57,7 +56,7 @@ def detected(
     with torch.no_grad():
         dets = detector(images)
     out = []
-    for d, person_boxes in zip(dets, _per_image(boxes), strict=True):
+    for d, person_boxes in zip(dets, boxes_per_image(boxes), strict=True):
         if len(person_boxes) == 0:
             continue
         if len(d) == 0:

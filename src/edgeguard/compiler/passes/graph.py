@@ -31,7 +31,7 @@ def shared(gm: fx.GraphModule, node: fx.Node) -> bool:
     twice, e.g. siamese branches): passes that rewrite one call must leave such modules alone."""
     if node.op != "call_module":
         return False
-    return sum(n.op == "call_module" and n.target == node.target for n in gm.graph.nodes) > 1
+    return len(gm.graph.find_nodes(op="call_module", target=node.target)) > 1
 
 
 def set_module(root: nn.Module, name: str, new: nn.Module) -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Boxes, box_iou
-from .base import boxes_per_image as _per_image
+from .base import Boxes, box_iou, boxes_per_image
 
 
 class OpenCVHOGBlackBox:
@@ -44,7 +43,7 @@ class OpenCVHOGBlackBox:
     def scores(self, images: torch.Tensor, boxes: Boxes, iou: float = 0.3) -> torch.Tensor:
         """``[P]`` per person (``boxes`` as in :func:`person_scores`)."""
         out = []
-        for img, person_boxes in zip(images, _per_image(boxes), strict=True):
+        for img, person_boxes in zip(images, boxes_per_image(boxes), strict=True):
             b, w = self._detect(img, self.floor, 0)
             for box in person_boxes:
                 near = (
@@ -56,7 +55,7 @@ class OpenCVHOGBlackBox:
     def detected(self, images: torch.Tensor, boxes: Boxes, iou: float = 0.3) -> torch.Tensor:
         """Default call (hitThreshold 0, grouping 2): is each person found (IoU >= ``iou``)?"""
         out = []
-        for img, person_boxes in zip(images, _per_image(boxes), strict=True):
+        for img, person_boxes in zip(images, boxes_per_image(boxes), strict=True):
             b, _ = self._detect(img, 0.0, 2)
             for box in person_boxes:
                 out.append(bool(len(b)) and bool((box_iou(box[None], b)[0] >= iou).any()))
