@@ -63,6 +63,42 @@ def test_patch_learns_to_hide_the_person_from_a_detector(schedule):
     assert torch.equal(c.images, before)  # the caller's crops are not modified
 
 
+class Shifted(GreenTorso):
+    """GreenTorso with every score lowered by ``shift``: the easy detector of an ensemble."""
+
+    def __init__(self, box: torch.Tensor, shift: float) -> None:
+        super().__init__(box)
+        self.shift = shift
+
+    def candidates(self, images):
+        return [Detections(d.boxes, d.scores - self.shift) for d in super().candidates(images)]
+
+
+@pytest.mark.parametrize("weighting", ["minmax", "average"])
+def test_minmax_weights_move_to_the_detector_that_still_sees_people(weighting):
+    c = crops()
+    hard, easy = GreenTorso(c.boxes[0]), Shifted(c.boxes[0], 0.3)
+    cfg = TShirtConfig(
+        steps=15,
+        batch=1,
+        samples=1,
+        size=(20, 14),
+        eot=EOT.rigid(),
+        tv=0.0,
+        nps=0.0,
+        topk=1,
+        kappa=5.0,
+        weighting=weighting,
+    )
+    res = AdversarialTShirt([hard, easy], cfg).train(c)
+    gaps = [h["detector_losses"][0] - h["detector_losses"][1] for h in res.history]
+    assert all(abs(g - 0.3) < 1e-3 for g in gaps)  # the easy detector's loss is 0.3 lower
+    if weighting == "average":
+        assert res.weights == [0.5, 0.5]
+    else:  # at equilibrium w_hard - w_easy = gap / gamma, capped at 1 by the simplex
+        assert res.weights[0] > 0.95 and res.weights[1] < 0.05
+
+
 def test_bad_configs_are_refused():
     with pytest.raises(ValueError, match="schedule must be 'constant' or 'cosine'"):
         TShirtConfig(schedule="linear").validate()
@@ -70,5 +106,7 @@ def test_bad_configs_are_refused():
         TShirtConfig(steps=0).validate()
     with pytest.raises(ValueError, match=r"iou must be in \(0, 1\]"):
         TShirtConfig(iou=0.0).validate()
+    with pytest.raises(ValueError, match="gamma >= 0"):
+        TShirtConfig(gamma=-1.0).validate()
     with pytest.raises(ValueError, match="need PersonDetector instances"):
         AdversarialTShirt([], TShirtConfig())

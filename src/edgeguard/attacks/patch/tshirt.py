@@ -34,7 +34,8 @@ class TShirtConfig:
     kappa: margin below the threshold past which a person stops pulling; iou: overlap that ties a
     candidate box to the person; eot: transformation ranges (``EOT.rigid()`` for Thys et al.'s
     rigid patch); color: printer colour transform (None: none); weighting: ``"minmax"`` or
-    ``"average"`` over detectors; topk: the loss averages the best ``topk`` overlapping candidates
+    ``"average"`` over detectors; gamma: pull of the min-max weights back toward uniform (a
+    loss gap d between detectors moves their weights apart by about d / gamma); topk: the loss averages the best ``topk`` overlapping candidates
     (3: OpenCV's HOG needs 3 grouped windows for a detection); schedule: ``"constant"`` step size
     or ``"cosine"`` decay to zero over the steps; seed."""
 
@@ -51,6 +52,8 @@ class TShirtConfig:
     eot: EOT = field(default_factory=EOT)
     color: ColorTransform | None = None
     weighting: str = "minmax"
+    # losses are score gaps (|d| < 0.3 typically): gamma 1 would keep the weights within 0.1 of uniform
+    gamma: float = 0.2
     schedule: str = "constant"
     seed: int = 0
 
@@ -61,8 +64,8 @@ class TShirtConfig:
                 raise AttackError(f"{name} must be an integer >= 1, got {v!r}")
         if len(self.size) != 2 or min(self.size) < 4:
             raise AttackError(f"size is the patch (h, w) in pixels, >= 4 each, got {self.size}")
-        if self.lr <= 0 or self.tv < 0 or self.nps < 0 or self.kappa < 0:
-            raise AttackError("lr must be > 0 and tv, nps, kappa >= 0")
+        if self.lr <= 0 or self.tv < 0 or self.nps < 0 or self.kappa < 0 or self.gamma < 0:
+            raise AttackError("lr must be > 0 and tv, nps, kappa, gamma >= 0")
         if not 0 < self.iou <= 1:
             raise AttackError(f"iou must be in (0, 1], got {self.iou}")
         if self.schedule not in ("constant", "cosine"):
@@ -109,7 +112,7 @@ class AdversarialTShirt:
             if cfg.schedule == "cosine"
             else None
         )
-        weights = MinMaxWeights(len(self.detectors), cfg.weighting)
+        weights = MinMaxWeights(len(self.detectors), cfg.weighting, gamma=cfg.gamma)
         palette = default_palette()
         history = []
         for d in self.detectors:
