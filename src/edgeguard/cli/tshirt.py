@@ -91,35 +91,15 @@ def _patch_size(text: str | None, shape: str) -> tuple[int, int]:
 
 
 def run(args) -> int:
-    from functools import partial
-
     import torch
     from safetensors.torch import save_file
 
-    from ..attacks.patch import (
-        AdversarialTShirt,
-        TShirtConfig,
-        ZOConfig,
-        ZOTShirt,
-        detected,
-        person_scores,
-    )
-    from ..attacks.patch.study import (
-        COCO_DETECTORS,
-        detection_examples,
-        detector_checks,
-        evaluate_patches,
-        load_crops,
-        load_patch,
-        load_scenes,
-        only_detected,
-        training_view,
-    )
+    from ..attacks.patch import ZOConfig
+    from ..attacks.patch.study import load_patch
     from ..attacks.patch.transforms import EOT
+    from ..attacks.patch.workflow import TShirtStudy
     from ..engine.atomic import atomic_path
     from ..engine.rundir import finish_run
-    from ..models.detectors import get_detector
-    from ..models.detectors.opencv import OpenCVHOGBlackBox
     from ..report import Report
     from ..report.plots import save_patch
 
@@ -128,28 +108,18 @@ def run(args) -> int:
     eval_specs = [
         d for d in (args.eval_detectors or ",".join([*train_specs, "opencv"])).split(",") if d
     ]
-    # COCO detectors see whole photos: every person in a photo wears the patch (scenes); the
-    # sliding-window detectors work on person-normalised crops
-    whole = any(d.split(":")[0] in COCO_DETECTORS for d in [*train_specs, *eval_specs])
-    iou = 0.5 if whole else 0.3
-    if whole:
-        split = load_scenes(
-            args.data, sources, args.held_out, args.seed, args.scale, args.limit, args.shape
-        )
-        print(
-            f"whole photos: {len(split.train)} train photos ({split.train.persons} wearers), "
-            f"{len(split.test)} held-out photos ({split.test.persons} wearers); skipped "
-            f"{split.skipped}"
-        )
-    else:
-        split = load_crops(
-            args.data, sources, args.held_out, args.seed, args.scale, args.limit, args.shape
-        )
-        print(
-            f"persons: {len(split.train)} train crops from {split.photos[0]} photos, "
-            f"{len(split.test)} held-out crops from {split.photos[1]} photos; skipped "
-            f"{split.skipped}"
-        )
+    study = TShirtStudy.open(
+        args.data,
+        [*train_specs, *eval_specs],
+        sources,
+        args.held_out,
+        args.seed,
+        args.scale,
+        args.limit,
+        args.shape,
+        trust_pickle=args.trust_pickle,
+    )
+    print(study.describe())
     eot = EOT.rigid() if args.rigid else EOT()
     if args.cloth_video:
         from dataclasses import replace
@@ -171,29 +141,15 @@ def run(args) -> int:
     out = start_run(args, f"tshirt {args.action}", (args.patch, args.cloth_video))
     if args.action == "train":
         if args.zo:
-            if train_specs == ["hog"]:  # OpenCV's own HOG, through detectMultiScale's output
-                box = OpenCVHOGBlackBox()
-                see, score, label = box.detected, box.scores, "zo-opencv"
-            elif len(train_specs) == 1:  # the detector's output scores only: no gradients
-                det = get_detector(train_specs[0], args.trust_pickle)
-
-                def score(images, boxes, det=det):
-                    with torch.no_grad():
-                        return person_scores(det, images, boxes, iou, kappa=1.0)
-
-                see, label = partial(detected, det, iou=iou), f"zo-{train_specs[0]}"
-            else:
+            if len(train_specs) != 1:
                 raise UsageError("--zo attacks one detector as a black box; give one --detector")
-            crops = only_detected(see, split.train)
-            trainer = ZOTShirt(
-                score, ZOConfig(steps=args.steps, eot=eot, size=size, seed=args.seed)
-            )
+            # with hog: OpenCV's own HOG detector, through detectMultiScale's output
+            spec = "opencv" if train_specs == ["hog"] else train_specs[0]
+            label = f"zo-{spec}"
+            zcfg = ZOConfig(steps=args.steps, eot=eot, size=size, seed=args.seed)
+            result = study.train_zo(spec, zcfg)
         else:
-            dets = [training_view(get_detector(d, args.trust_pickle)) for d in train_specs]
-            crops = split.train
-            for d in dets:  # attack the persons every training detector finds
-                crops = only_detected(partial(detected, d, iou=iou), crops)
-            cfg = TShirtConfig(
+            cfg = study.config(
                 steps=args.steps,
                 batch=args.batch,
                 samples=args.samples,
@@ -201,18 +157,9 @@ def run(args) -> int:
                 eot=eot,
                 weighting=args.ensemble,
                 seed=args.seed,
-                iou=iou,
-                topk=1 if whole else 3,
             )
-            trainer = AdversarialTShirt(dets, cfg)
-            label = "+".join(train_specs) + (f" ({args.ensemble})" if len(dets) > 1 else "")
-        if len(crops) == 0:
-            raise UsageError("no training person is detected without a patch: nothing to attack")
-        print(
-            f"training on {len(crops)} {'photos with a wearer' if whole else 'persons'} the "
-            "detector(s) find"
-        )
-        result = trainer.train(crops)
+            label = "+".join(train_specs) + (f" ({args.ensemble})" if len(train_specs) > 1 else "")
+            result = study.train(train_specs, cfg)
         patch = result.patch
         with atomic_path(out / "patch.safetensors") as tmp:
             save_file({"patch": patch.contiguous()}, str(tmp), metadata={"detectors": label})
@@ -225,8 +172,7 @@ def run(args) -> int:
         label = Path(args.patch).name
     noise = torch.rand(3, *size, generator=torch.Generator().manual_seed(args.seed + 1))
     patches = {label: patch, "random noise": noise}
-    checks = detector_checks(eval_specs, args.trust_pickle, iou=iou)
-    asr = evaluate_patches(patches, checks, split.test, eot, args.eval_samples)
+    asr = study.evaluate(patches, eval_specs, eot, args.eval_samples)
     rows = []
     cols = ["patch", "detector", "persons detected", "samples", "hidden", "ASR %", "95% CI"]
     for (p, d), a in asr.items():
@@ -243,7 +189,7 @@ def run(args) -> int:
     )
     rep = Report("edgeguard: adversarial T-shirt")
     rep.paragraph(
-        f"Held-out persons: {len(split.test)}; transformations: "
+        f"Held-out persons: {study.test_set.persons}; transformations: "
         f"{'rigid' if args.rigid else 'TPS cloth deformation'} + EOT."
     )
     rep.table(cols, rows)
@@ -251,8 +197,7 @@ def run(args) -> int:
     rep.figure("patch.png", "the patch (print resolution)")
     first = next((s for s in eval_specs if s != "opencv"), None)
     if first is not None:
-        det = get_detector(first, args.trust_pickle)
-        path = detection_examples(det, split.test, patch, eot, out / "detections.png", iou=iou)
+        path = study.examples(first, patch, eot, out / "detections.png")
         rep.figure(path.name, f"held-out persons without / with the patch ({first})")
     print(f"report: {rep.save(out / 'report.html')}")
     finish_run(out)

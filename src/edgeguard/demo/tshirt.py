@@ -19,19 +19,9 @@ def tshirt_section(s: DemoSettings, out: Path, rep: Report) -> None:
     """A short adversarial T-shirt run against CenterNet (COCO-trained, on whole photos: every
     person wears the patch), evaluated on held-out photos against CenterNet and OpenCV's HOG; the
     HOG port on person crops when the CenterNet weights were not fetched."""
-    from ..attacks.patch import AdversarialTShirt, TShirtConfig, detected
     from ..attacks.patch.placement import PATCH_SIZES
-    from ..attacks.patch.study import (
-        detection_examples,
-        detector_checks,
-        evaluate_patches,
-        load_crops,
-        load_scenes,
-        only_detected,
-        training_view,
-    )
     from ..attacks.patch.transforms import EOT
-    from ..models.detectors import HOGPersonDetector, get_detector
+    from ..attacks.patch.workflow import TShirtStudy
     from ..models.detectors import weights as detector_weights
 
     rep.heading("Adversarial T-shirt: hiding people from a person detector")
@@ -42,54 +32,38 @@ def tshirt_section(s: DemoSettings, out: Path, rep: Report) -> None:
     size = PATCH_SIZES["torso"]  # a print over the whole torso region
     noise = torch.rand(3, *size, generator=torch.Generator().manual_seed(s.seed + 1))
     if detector_weights.available():
-        det, name, iou = get_detector("centernet"), "CenterNet", 0.5
-        split = load_scenes(root, None, 0.3, s.seed, limit=s.tshirt_photos, shape="torso")
-        train = only_detected(lambda im, bx: detected(det, im, bx, iou), split.train)
-        what = (
-            f"{len(train)} training photos ({train.persons} wearers; every person in a photo "
-            f"wears the patch), evaluated on {len(split.test)} held-out photos "
-            f"({split.test.persons} wearers)"
-        )
-        cfg = TShirtConfig(
-            steps=s.tshirt_steps,
-            seed=s.seed,
-            size=size,
-            batch=4,
-            samples=1,
-            topk=1,
-            iou=iou,
-            tv=1.0,
-        )
-        checks = detector_checks(["opencv"], iou=iou) | {
-            name: lambda im, bx: detected(det, im, bx, iou)
-        }
+        spec, name = "centernet", "CenterNet"
+        study = TShirtStudy.open(root, [spec], None, 0.3, s.seed, limit=s.tshirt_photos)
+        cfg = study.config(steps=s.tshirt_steps, seed=s.seed, size=size, batch=4, samples=1, tv=1.0)
     else:
         rep.paragraph(
             "The CenterNet weights are not fetched (`make models`): the HOG port on "
             "person crops instead."
         )
-        det, name, iou = HOGPersonDetector(), "HOG port", 0.3
-        split = load_crops(
-            root, ["pennfudan", "inria"], 0.3, s.seed, limit=s.tshirt_photos, shape="torso"
+        spec, name = "hog", "HOG port"
+        study = TShirtStudy.open(
+            root, [spec], ["pennfudan", "inria"], 0.3, s.seed, limit=s.tshirt_photos
         )
-        train = only_detected(lambda im, bx: detected(training_view(det), im, bx), split.train)
-        what = f"{len(train)} persons of {split.photos[0]} training photos"
-        cfg = TShirtConfig(steps=s.tshirt_steps, seed=s.seed, size=size)
-        checks = detector_checks(["opencv"]) | {name: lambda im, bx: detected(det, im, bx)}
+        cfg = study.config(steps=s.tshirt_steps, seed=s.seed, size=size)
+    train = study.attackable([spec])
+    te = study.test_set
+    what = (
+        f"{len(train)} training photos ({train.persons} wearers; every person in a photo wears "
+        f"the patch), evaluated on {len(te)} held-out photos ({te.persons} wearers)"
+        if study.whole
+        else f"{len(train)} persons of {study.split.photos[0]} training photos"
+    )
     log.info("t-shirt: %d steps against %s", s.tshirt_steps, name)
-    patch = (
-        AdversarialTShirt(training_view(det), cfg)
-        .train(train, log_every=max(1, s.tshirt_steps // 4))
-        .patch
+    patch = study.train([spec], cfg, log_every=max(1, s.tshirt_steps // 4)).patch
+    asr = study.evaluate(
+        {"T-shirt patch": patch, "random noise": noise}, [spec, "opencv"], EOT(), samples=2
     )
-    asr = evaluate_patches(
-        {"T-shirt patch": patch, "random noise": noise}, checks, split.test, EOT(), samples=2
-    )
+    asr = {(p, name if d == spec else d): a for (p, d), a in asr.items()}
     plots.save_patch(patch, out / "tshirt_patch.png", print_side=256)
     rep.paragraph(
         f"A patch trained for {s.tshirt_steps} steps against {name} (TPS cloth deformation + EOT) "
         f"on {what}, under new random deformations.  ASR: share of the persons detected without a "
-        f"patch that are no longer detected (IoU >= {iou}).  A short run: docs/benchmarks.md has "
+        f"patch that are no longer detected (IoU >= {study.iou}).  A short run: docs/benchmarks.md has "
         "the full one."
     )
     rep.table(
@@ -97,9 +71,7 @@ def tshirt_section(s: DemoSettings, out: Path, rep: Report) -> None:
         [[p, d, a.clean_detected, a.attacked, round(100 * a.rate, 1)] for (p, d), a in asr.items()],
     )
     rep.figure("tshirt_patch.png", "the T-shirt patch")
-    path = detection_examples(
-        det, split.test, patch, EOT(), out / "tshirt_detections.png", n=4, iou=iou
-    )
+    path = study.examples(spec, patch, EOT(), out / "tshirt_detections.png", n=4)
     rep.figure(path.name, f"held-out photos without / with the patch ({name}; red: someone hidden)")
 
 

@@ -6,12 +6,14 @@
 - :mod:`.metrics`: attack success with bootstrap intervals, pooled over folds;
 - :mod:`.placement`, :mod:`.scenes`: the patch on person crops or on every wearer in whole photos;
 - :mod:`.tps`, :mod:`.transforms`, :mod:`.printability`: cloth warps, EOT, printable colours;
-- :mod:`.study`: the workflow the CLI, the demo and the benchmarks share.
+- :mod:`.workflow`: :class:`TShirtStudy`, the workflow the CLI, the demo and the benchmarks run;
+- :mod:`.study`: its building blocks (splits, detector checks, evaluation, figures).
 """
 
 from .loss import detected, person_scores
 from .metrics import ASR, attack_success, found_without_patch, person_counts
 from .tshirt import AdversarialTShirt, TShirtConfig, TShirtResult
+from .workflow import TShirtStudy
 from .zo import ZOConfig, ZOTShirt
 
 __all__ = [
@@ -19,6 +21,7 @@ __all__ = [
     "AdversarialTShirt",
     "TShirtConfig",
     "TShirtResult",
+    "TShirtStudy",
     "ZOConfig",
     "ZOTShirt",
     "attack_success",

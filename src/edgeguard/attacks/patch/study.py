@@ -1,4 +1,4 @@
-"""The T-shirt workflow shared by the CLI, the demo and the benchmark: person crops of a photo
+"""Building blocks of the T-shirt workflow (:mod:`.workflow` assembles them): person crops of a photo
 folder split into train / held-out, training detectors' fast views, patch evaluation on held-out
 (person, transformation) samples against several detectors, figures."""
 
