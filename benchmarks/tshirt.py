@@ -22,7 +22,6 @@ from datetime import date
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from edgeguard.attacks.patch import (
     ASR,
@@ -43,6 +42,7 @@ from edgeguard.attacks.patch.study import (
     training_view,
 )
 from edgeguard.attacks.patch.transforms import EOT
+from edgeguard.modelfile import save_patch_file
 from edgeguard.models.detectors import HOGPersonDetector
 from edgeguard.models.detectors.opencv import OpenCVHOGBlackBox
 from edgeguard.models.detectors.train import evaluate_ap, load_cnn_detector
@@ -197,7 +197,7 @@ def run_split(args, split, out: Path, patches_dir, hog, cnn, pooled) -> dict:
         patches[name] = fn()
         seconds[name] = time.perf_counter() - t0
         save_patch(patches[name], out / f"{stem}.png", print_side=256)
-        save_file({"patch": patches[name].contiguous()}, str(out / f"{stem}.safetensors"))
+        save_patch_file(patches[name], out / f"{stem}.safetensors")
         print(f"{name}: trained in {seconds[name]:.0f} s", flush=True)
 
     cfg = {

@@ -99,12 +99,13 @@ def test_quick_demo_writes_a_report(tmp_path: Path):
 
 
 def test_info_takes_an_input_shape(tmp_path: Path, capsys):
+    from edgeguard.modelfile import save_model
     from edgeguard.models import build
-    from edgeguard.sparsity import prune_model, save_pruned
+    from edgeguard.sparsity import prune_model
 
     model = build("c3d", num_classes=4, width=0.125, clip_size=[16, 32, 32])
     prune_model(model, "vanilla", rates=0.5)
-    path = save_pruned(model, tmp_path / "m.safetensors")  # records no input shape
+    path = save_model(model, tmp_path / "m.safetensors")  # records no input shape
     assert main(["info", str(path)]) == 2
     assert "--input-shape" in capsys.readouterr().err
     assert main(["info", str(path), "--input-shape", "1,3,16,32,32"]) == 0
@@ -164,13 +165,14 @@ def test_prune_methods_from_the_cli(tmp_path: Path, capsys):
 
 
 def test_compile_prints_decisions_latency_and_checks_onnx(tmp_path: Path, capsys):
+    from edgeguard.modelfile import save_model
     from edgeguard.models import build
-    from edgeguard.sparsity import prune_model, save_pruned
+    from edgeguard.sparsity import prune_model
 
     torch.manual_seed(0)
     model = build("c3d", num_classes=4, width=0.125, clip_size=[16, 16, 16])
     prune_model(model, "kgs", rates=0.7)
-    path = save_pruned(model, tmp_path / "m.safetensors", extra={"input_shape": [1, 3, 16, 16, 16]})
+    path = save_model(model, tmp_path / "m.safetensors", extra={"input_shape": [1, 3, 16, 16, 16]})
     onnx_path = tmp_path / "m.onnx"
     args = ["compile", str(path), "--backend", "torch", "--bench", "--repeats", "2"]
     assert main([*args, "--onnx", str(onnx_path)]) == 0

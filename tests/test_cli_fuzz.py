@@ -45,12 +45,12 @@ COUNTER = itertools.count()
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """A saved digits model, a plain file and a non-empty folder (that is not a run)."""
+    from edgeguard.modelfile import save_model
     from edgeguard.models import build
-    from edgeguard.sparsity import save_pruned
 
     root = tmp_path_factory.mktemp("fuzz")
     torch.manual_seed(0)
-    ckpt = save_pruned(
+    ckpt = save_model(
         build("digits_cnn"), root / "m.safetensors", extra={"input_shape": [1, 1, 8, 8]}
     )
     afile = root / "afile.txt"

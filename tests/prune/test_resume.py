@@ -74,7 +74,7 @@ STAGES = {
         "save_checkpoint",
         lambda state, path: "regularize" in str(path) and state["epoch"] == 1,
     ),
-    "hard-pruned stage": (pipeline_module, "save_pruned", lambda *a: True),
+    "hard-pruned stage": (pipeline_module, "save_model", lambda *a: True),
     "fine-tune epoch 1": (
         train_module,
         "save_checkpoint",

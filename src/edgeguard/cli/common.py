@@ -274,9 +274,9 @@ def attack_arguments(p, attack: str, attack_help: str, num: int, out: str) -> No
 def model_and_held_out(args):
     """The saved model (eval mode) of ``--model`` and the held-out inputs it is attacked on,
     ``(model, x, y, dataset)``, refused when the model cannot take them."""
-    from ..sparsity import load_pruned
+    from ..modelfile import load_model
 
-    model, _, spec = load_pruned(args.model)
+    model, _, spec = load_model(args.model)
     model.eval()
     x, y, data = held_out(args)
     check_model_data(model, data, f"dataset {args.data!r}", spec)

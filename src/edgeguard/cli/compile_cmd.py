@@ -35,9 +35,9 @@ def run(args) -> int:
     import torch
 
     from ..compiler import compile_model
-    from ..sparsity import load_pruned
+    from ..modelfile import load_model
 
-    model, _, spec = load_pruned(args.checkpoint)
+    model, _, spec = load_model(args.checkpoint)
     model.eval()
     shape = args.input_shape or tuple(spec.get("extra", {}).get("input_shape") or ())
     if not shape:

@@ -63,15 +63,17 @@ def _gnn_setup(args):
     """(graph, model factory ``build(data)``, train config) from the ``gnn`` options."""
     from ..data.graphs import load_graph
     from ..engine import TrainConfig, seed_everything
-    from ..models.graph import gcn, graphsage
+    from ..models import build as build_model
 
     seed_everything(args.seed)
     data = load_graph(args.dataset, root=args.data_root, seed=args.seed)
     classes = int(data.y.max()) + 1
-    arch = {"gcn": gcn, "sage": graphsage}[args.model]
+    arch = {"gcn": "gcn", "sage": "graphsage"}[args.model]
 
     def build(data):
-        return arch(data.num_features, classes, hidden=args.hidden)
+        return build_model(
+            arch, in_features=data.num_features, num_classes=classes, hidden=args.hidden
+        )
 
     cfg = TrainConfig(
         epochs=args.epochs, lr=args.lr, weight_decay=5e-4, scheduler="none", seed=args.seed
@@ -160,13 +162,13 @@ def run(args) -> int:
         res = attack(model, data)
         print(_describe_graph_attack(name, attack, res, data, node_accuracy(model, res.data)))
     if args.action == "robust-train":
-        from safetensors.torch import save_file
+        from ..modelfile import save_model
 
-        from ..engine.atomic import atomic_path
-
-        out = Path(args.out) / "model.safetensors"
-        with atomic_path(out) as tmp:
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+        out = save_model(
+            model,
+            Path(args.out) / "model.safetensors",
+            extra={"dataset": args.dataset, "inner": args.inner, "weighting": args.weighting},
+        )
         print(f"weights: {out}")
         finish_run(out.parent)
     return 0

@@ -17,10 +17,10 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..engine.text import format_table
-    from ..sparsity import load_pruned
+    from ..modelfile import load_model
     from ..sparsity.summary import HEADERS, layer_table
 
-    model, _, spec = load_pruned(args.checkpoint)
+    model, _, spec = load_model(args.checkpoint)
     shape = args.input_shape or tuple(spec.get("extra", {}).get("input_shape") or ())
     if not shape:
         raise UsageError("the checkpoint records no input shape; pass --input-shape 1,3,16,112,112")

@@ -61,8 +61,8 @@ def run(args) -> int:
     from ..engine import seed_everything
     from ..engine.rundir import finish_run
     from ..engine.text import format_table
+    from ..modelfile import load_model, save_model
     from ..prune import get_pruner, run_pruning
-    from ..sparsity import load_pruned, save_pruned
     from ..sparsity.summary import HEADERS, layer_table
 
     seed_everything(args.seed)
@@ -72,7 +72,7 @@ def run(args) -> int:
     opts = kv(args.method_option)
     opts |= {k: v for k, v in (("gm", args.gm), ("gn", args.gn)) if v is not None}
     pruner = get_pruner(args.method, args.scheme, **opts)  # bad names/options fail before loading
-    model, _, spec = load_pruned(args.checkpoint)
+    model, _, spec = load_model(args.checkpoint)
     train, val = datasets(args)
     shape = check_model_data(model, train, f"dataset {args.dataset!r}", spec)
     rates = args.profile if args.profile is not None else args.rate
@@ -99,7 +99,7 @@ def run(args) -> int:
         "dataset": args.dataset,
         "method": res.method,
     }
-    path = save_pruned(
+    path = save_model(
         res.model, out / "model.safetensors", pruner.spec_scheme, res.rates, extra=extra
     )
     structure = getattr(pruner, "structure", res.scheme.name)

@@ -32,8 +32,8 @@ def run(args) -> int:
     from ..engine import evaluate, fit, seed_everything
     from ..engine.distributed import is_main_process
     from ..engine.rundir import finish_run
+    from ..modelfile import save_model
     from ..models import build
-    from ..sparsity import save_pruned
 
     seed_everything(args.seed)
     train, val = datasets(args)
@@ -53,7 +53,7 @@ def run(args) -> int:
     if is_main_process():
         acc = evaluate(model, val, args.batch_size, args.device)["accuracy"]
         shape = (1, *train[0][0].shape)
-        path = save_pruned(
+        path = save_model(
             model,
             out / "model.safetensors",
             extra={"input_shape": list(shape), "accuracy": acc, "dataset": args.dataset},

@@ -92,14 +92,13 @@ def _patch_size(text: str | None, shape: str) -> tuple[int, int]:
 
 def run(args) -> int:
     import torch
-    from safetensors.torch import save_file
 
     from ..attacks.patch import ZOConfig
     from ..attacks.patch.study import load_patch
     from ..attacks.patch.transforms import EOT
     from ..attacks.patch.workflow import TShirtStudy
-    from ..engine.atomic import atomic_path
     from ..engine.rundir import finish_run
+    from ..modelfile import save_patch_file
     from ..report import Report
     from ..report.plots import save_patch
 
@@ -161,8 +160,7 @@ def run(args) -> int:
             label = "+".join(train_specs) + (f" ({args.ensemble})" if len(train_specs) > 1 else "")
             result = study.train(train_specs, cfg)
         patch = result.patch
-        with atomic_path(out / "patch.safetensors") as tmp:
-            save_file({"patch": patch.contiguous()}, str(tmp), metadata={"detectors": label})
+        save_patch_file(patch, out / "patch.safetensors", {"detectors": label})
         save_patch(patch, out / "patch.png")
         print(f"patch: {out / 'patch.png'} (print resolution), {out / 'patch.safetensors'}")
     else:

@@ -12,10 +12,10 @@ from torch.utils.data import Dataset, TensorDataset
 from ..data import SyntheticMovingShapes
 from ..engine import TrainConfig, evaluate, fit, seed_everything
 from ..masks import mask_of
+from ..modelfile import save_model
 from ..models import build, count_flops
 from ..prune import get_pruner, run_pruning
 from ..report import plots
-from ..sparsity import save_pruned
 from ..sparsity.summary import HEADERS, layer_table
 from .settings import DemoContext
 
@@ -53,7 +53,7 @@ def section(ctx: DemoContext) -> None:
     )
     history = fit(model, train, val, cfg, checkpoint_dir=out / "dense")
     dense_acc = evaluate(model, val)["accuracy"]
-    save_pruned(
+    save_model(
         model, out / "dense.safetensors", extra={"input_shape": list(shape), "accuracy": dense_acc}
     )
 
@@ -76,7 +76,7 @@ def section(ctx: DemoContext) -> None:
             finetune=ft,
             workdir=out / scheme,
         )
-        save_pruned(
+        save_model(
             res.model,
             out / f"{scheme}.safetensors",
             res.scheme,

@@ -1,5 +1,5 @@
-"""Model zoo: video CNNs (C3D, R(2+1)D-18), image CNNs (digits, VGG-16/ResNet-18 for CIFAR) and MAC
-counting.  ``build(name, **kwargs)`` creates a model and records how, so that checkpoints can rebuild
+"""Model zoo: video CNNs (C3D, R(2+1)D-18), image CNNs (digits, VGG-16/ResNet-18 for CIFAR), GNNs
+(GCN, GraphSAGE) and MAC counting.  ``build(name, **kwargs)`` creates a model and records how, so that checkpoints can rebuild
 it (``model.edgeguard_arch``)."""
 
 from __future__ import annotations
@@ -23,6 +23,21 @@ from .vision import (
     vgg16_cifar,
 )
 
+
+def _gcn(in_features: int, num_classes: int, hidden: int = 64, dropout: float = 0.5) -> nn.Module:
+    from .graph import gcn  # imported on use: torch_geometric comes with the "graph" extra
+
+    return gcn(in_features, num_classes, hidden, dropout)
+
+
+def _graphsage(
+    in_features: int, num_classes: int, hidden: int = 64, dropout: float = 0.5
+) -> nn.Module:
+    from .graph import graphsage
+
+    return graphsage(in_features, num_classes, hidden, dropout)
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "c3d": c3d,
     "r2plus1d_18": r2plus1d_18,
@@ -30,6 +45,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "concept_cnn": concept_cnn,
     "vgg16_cifar": vgg16_cifar,
     "resnet18_cifar": resnet18_cifar,
+    "gcn": _gcn,
+    "graphsage": _graphsage,
 }
 
 

@@ -13,8 +13,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..engine import TrainConfig, evaluate, fit
+from ..modelfile import load_model, save_model
 from ..models.flops import FlopsReport, count_flops
-from ..sparsity import SparsityError, SparsityScheme, load_pruned, save_pruned
+from ..sparsity import SparsityError, SparsityScheme
 from ..sparsity.model import attach_masks, compute_masks, resolve_rates
 from .base import Pruner, get_pruner
 
@@ -94,7 +95,7 @@ def run_pruning(
     reg_history: list[dict[str, float]] = []
 
     if resume and stage is not None and stage.is_file():
-        net, _, spec = load_pruned(stage, model=net)
+        net, _, spec = load_model(stage, model=net)
         _check_same_pruner(spec, pruner, stage)
         final = {k: v.get("rate", float("nan")) for k, v in spec["layers"].items()}
         log.info("resumed: hard-pruned model loaded from %s", stage)
@@ -137,7 +138,7 @@ def run_pruning(
                 "method": pruner.name,
                 "options": pruner.options(),
             }
-            save_pruned(net, stage, pruner.spec_scheme, final, extra=extra)
+            save_model(net, stage, pruner.spec_scheme, final, extra=extra)
     pruned_acc = evaluate(net, val_set, ft.batch_size, ft.device)["accuracy"]
     log.info(
         "%s/%s: accuracy %.4f dense -> %.4f hard-pruned",

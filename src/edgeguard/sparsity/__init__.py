@@ -18,7 +18,6 @@ from .base import (
 from .channel import ChannelSparsity
 from .column import ColumnSparsity
 from .filter import FilterSparsity
-from .io import load_pruned, read_spec, save_pruned
 from .kgs import KernelGroupSparsity
 from .model import (
     PruneResult,
@@ -50,11 +49,8 @@ __all__ = [
     "get_masks",
     "get_scheme",
     "load_profile",
-    "load_pruned",
     "prunable_layers",
     "prune_model",
-    "read_spec",
     "register_scheme",
-    "save_pruned",
     "scheme_from_spec",
 ]

@@ -195,12 +195,9 @@ def load_patch(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
     if not p.is_file():
         raise DatasetError(f"patch file {p} not found")
     if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from ...modelfile import load_patch_file
 
-        patch = load_file(str(p)).get("patch")
-        if patch is None or patch.dim() != 3 or patch.shape[0] != 3:
-            raise AttackError(f"{p} holds no [3, h, w] 'patch' tensor")
-        return patch.float().clamp(0, 1)
+        return load_patch_file(p)[0]
     img = cv2.imread(str(p), cv2.IMREAD_COLOR)
     if img is None:
         raise AttackError(f"cannot read the patch image {p} (expected .safetensors, PNG or JPEG)")
