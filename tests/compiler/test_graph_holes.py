@@ -92,3 +92,50 @@ def test_new_input_sizes_are_built_at_once_and_logged(caplog):
         compiled(x)  # built once
     said = [r.getMessage() for r in caplog.records if "(1, 4, 6, 10)" in r.getMessage()]
     assert len(said) == 2 and "new size" in said[0] and "layers in" in said[1], said
+
+
+class PaddedAfterDeadFilters(nn.Module):
+    """Filter-pruned conv (its dead filters still emit their bias) feeding a conv whose padding is
+    not zeros: the removed channels' contribution must be padded as the model pads them."""
+
+    def __init__(self, padding, padding_mode: str) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(4, 16, 3, padding=1)
+        self.b = nn.Conv2d(16, 8, 3, padding=padding, padding_mode=padding_mode)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+@needs_cxx
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+@pytest.mark.parametrize(
+    "padding, mode",
+    [(1, "reflect"), (1, "replicate"), (1, "circular"), ("same", "reflect"), ("same", "zeros")],
+)
+def test_padding_modes_after_filter_pruning(padding, mode, backend):
+    torch.manual_seed(2)
+    model = PaddedAfterDeadFilters(padding, mode)
+    with torch.no_grad():
+        model.a.bias.uniform_(0.2, 0.5)  # dead filters output a positive constant through ReLU
+    model = _pruned(model, "filter", 0.5)
+    x = torch.randn(2, 4, 10, 9)
+    want = model(x)
+    compiled = compile_model(model, backend, max_density=1.0)
+    got = compiled(x)
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-5), float((got - want).abs().max())
+    rows = {d.name: d for d in compiled.decisions}
+    if mode != "zeros":  # left dense, and said why
+        assert f"padding mode {mode!r}" in rows["b"].detail
+    else:  # "same" with an odd kernel is symmetric: compiled like padding=1
+        assert rows["b"].action != "unsupported"
+
+
+def test_same_padding_that_pads_unevenly_stays_dense_and_says_why():
+    model = nn.Sequential(nn.Conv2d(4, 16, 2, padding="same")).eval()
+    _pruned(model, "kgs", 0.5)
+    x = torch.randn(1, 4, 9, 8)
+    compiled = compile_model(model, "torch", max_density=1.0)
+    assert torch.allclose(compiled(x), model(x), atol=1e-6)
+    row = compiled.decisions[0]
+    assert row.action == "unsupported" and "padding 'same'" in row.detail

@@ -20,6 +20,17 @@ from ..masks import mask_of
 from .errors import CompileError
 
 
+def numeric_padding(conv: nn.Module) -> tuple[int, ...] | None:
+    """The conv's padding as numbers per dim: ``"valid"`` is 0, ``"same"`` is ``d * (k - 1) / 2``
+    where that is a whole number (otherwise torch pads one side more: None)."""
+    if not isinstance(conv.padding, str):
+        return tuple(conv.padding)
+    if conv.padding == "valid":
+        return (0,) * len(conv.kernel_size)
+    total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size, strict=True)]
+    return None if any(t % 2 for t in total) else tuple(t // 2 for t in total)
+
+
 @dataclass(frozen=True)
 class ConvGeometry:
     """Shape-independent hyperparameters of a 3D convolution (2D convs use depth 1)."""
@@ -37,8 +48,11 @@ class ConvGeometry:
             v = tuple(v)
             return (fill, *v) if len(v) == 2 else v
 
-        if isinstance(conv.padding, str):
-            raise CompileError(f"string padding {conv.padding!r} is not supported; give numbers")
+        padding = numeric_padding(conv)
+        if padding is None:
+            raise CompileError(
+                f"padding {conv.padding!r} with even dilation*(kernel-1) pads unevenly; give numbers"
+            )
         if conv.padding_mode != "zeros":
             raise CompileError(
                 f"padding_mode {conv.padding_mode!r} is not supported (only 'zeros')"
@@ -50,7 +64,7 @@ class ConvGeometry:
             conv.out_channels,
             three(conv.kernel_size, 1),
             three(conv.stride, 1),
-            three(conv.padding, 0),
+            three(padding, 0),
             three(conv.dilation, 1),
         )
 

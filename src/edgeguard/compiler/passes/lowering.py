@@ -9,7 +9,7 @@ from torch import fx, nn
 from ...masks import mask_of
 from ..backends import Backend
 from ..model import LayerDecision
-from ..plan import ConvGeometry, make_plan
+from ..plan import ConvGeometry, make_plan, numeric_padding
 from ..pool import MaxPoolCpu
 from ..pool import supported as pool_supported
 from ..sparse_conv import SparseConv
@@ -125,9 +125,17 @@ def lower_conv(
         m.groups != 1
         or isinstance(m, nn.Conv1d)
         or m.padding_mode != "zeros"
-        or isinstance(m.padding, str)
+        or numeric_padding(m) is None
     ):
-        why = "grouped" if m.groups != 1 else "conv1d/padding mode"
+        why = (
+            "grouped"
+            if m.groups != 1
+            else "conv1d"
+            if isinstance(m, nn.Conv1d)
+            else f"padding mode {m.padding_mode!r}"
+            if m.padding_mode != "zeros"
+            else f"padding {m.padding!r}"
+        )
         return LayerDecision(name, "unsupported", 1.0, f"{why}: left as a dense op"), None
     w = m.weight.detach().float()
     w5 = w if w.dim() == 5 else w.unsqueeze(2)

@@ -62,22 +62,29 @@ ACT_FUNCS = {
 
 class ConstantChannelField(nn.Module):
     """Adds back what removed constant input channels contributed to a conv: ``conv(v * ones)``
-    with the consumer's zero padding, computed once per input size (inference only)."""
+    with the consumer's own padding (zeros, ``"same"``, reflect, replicate, circular), computed
+    once per input size (inference only)."""
 
     def __init__(self, weight: torch.Tensor, value: torch.Tensor, conv: nn.Module) -> None:
         super().__init__()
         self.register_buffer("weight", weight.contiguous())  # [M, R, *kernel]
         self.register_buffer("value", value.contiguous())  # [R]
         self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
+        self.padding_mode = conv.padding_mode
+        # nn.ConvNd's own (left, right) pads per dim, last dim first, as F.pad takes them
+        self.pads = tuple(conv._reversed_padding_repeated_twice)
         self._cache: dict[tuple, torch.Tensor] = {}
 
     def field(self, size: tuple[int, ...]) -> torch.Tensor:
         if size not in self._cache:
             ones = self.value.view(1, -1, *[1] * len(size)).expand(1, -1, *size)
             conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(size)]
-            self._cache[size] = conv(
-                ones, self.weight, None, self.stride, self.padding, self.dilation
-            )
+            if self.padding_mode != "zeros":  # padded as nn.ConvNd pads, then a valid conv
+                padded = F.pad(ones.contiguous(), self.pads, mode=self.padding_mode)
+                out = conv(padded, self.weight, None, self.stride, 0, self.dilation)
+            else:
+                out = conv(ones, self.weight, None, self.stride, self.padding, self.dilation)
+            self._cache[size] = out
         return self._cache[size]
 
     def forward(self, consumer_input: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -185,7 +192,7 @@ def shrink(gm: fx.GraphModule) -> dict[str, tuple[int, int]]:
         dead = (w.reshape(nf, -1) == 0).all(1)
         for n in chain:
             # A filter with zero weights still varies over positions if a field of removed input
-            # channels is added to it (zero padding makes the field position dependent).
+            # channels is added to it (padding makes the field position dependent).
             if isinstance(field := module_of(gm, n), ConstantChannelField):
                 dead &= (field.weight.reshape(nf, -1) == 0).all(1)
         cm = module_of(gm, consumer)
