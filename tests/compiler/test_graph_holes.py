@@ -139,3 +139,13 @@ def test_same_padding_that_pads_unevenly_stays_dense_and_says_why():
     assert torch.allclose(compiled(x), model(x), atol=1e-6)
     row = compiled.decisions[0]
     assert row.action == "unsupported" and "padding 'same'" in row.detail
+
+
+def test_errors_name_the_users_2d_shapes():
+    torch.manual_seed(0)
+    model = _pruned(nn.Sequential(nn.Conv2d(4, 16, 3, padding=1), nn.Conv2d(16, 16, 3)), "kgs", 0.5)
+    compiled = compile_model(model, "torch", max_density=1.0)
+    with pytest.raises(ValueError, match=r"expected input \[N, 4, H, W\], got \(1, 3, 8, 8\)"):
+        compiled(torch.randn(1, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"input \(1, 16, 2, 2\) is too small for kernel \(3, 3\)"):
+        compiled(torch.randn(1, 4, 2, 2))

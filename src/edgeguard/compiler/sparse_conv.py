@@ -216,6 +216,14 @@ class SparseConv(nn.Module):
                 f"{self.name}: expected input [N, {self.plan.geometry.in_channels}, {dims}], "
                 f"got {given}"
             )
+        out_size = self.out_size(tuple(x.shape[2:]))
+        if min(out_size) < 1:
+            g = self.plan.geometry
+            k, p = (g.kernel[1:], g.padding[1:]) if self.two_d else (g.kernel, g.padding)
+            raise CompileError(
+                f"{self.name}: input {given} is too small for kernel {tuple(k)} with padding "
+                f"{tuple(p)}, stride and dilation of this layer (no output position)"
+            )
         if torch.onnx.is_in_onnx_export():  # the standard-operator form is what ONNX holds
             out = self.forward_torch(x)
         else:
