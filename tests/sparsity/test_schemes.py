@@ -53,8 +53,8 @@ def test_mask_properties(name, opts, shape, rate, seed):
     # exactly round(rate * U) units removed, whole units only
     keep = scheme.units_of_mask(mask)
     assert int((~keep).sum()) == round(rate * lay.num_units)
-    # the removed units are the smallest by L2 norm
-    norms = scheme.unit_norms(w)
+    # the removed units are the smallest by L2 norm per weight
+    norms = scheme.unit_sq_norms(w) / lay.sizes
     if keep.any() and (~keep).any():
         assert norms[~keep].max() <= norms[keep].min() + 1e-6
     # idempotent under re-projection at the same rate
@@ -107,6 +107,19 @@ def test_partial_groups_are_units_of_their_own():
     w[8:] = 5.0  # the small partial group has the larger norm
     mask = scheme.mask(w, 0.5)
     assert mask[8:].all() and not mask[:8].any()
+
+
+def test_partial_groups_are_ranked_by_norm_per_weight_not_removed_first():
+    """KGS 5x3 on 16 filters x 9 channels: the last filter group holds 1 filter, 1/5 of a full
+    unit.  Every weight is set to its unit's score, so the removal order must follow the scores
+    whatever the unit sizes (raw L2 norms would remove the 1-filter units first)."""
+    scheme = get_scheme("kgs", gm=5, gn=3)
+    layout = scheme.layout((16, 9, 3, 3))
+    score = torch.randperm(layout.num_units, generator=torch.Generator().manual_seed(0)) + 1.0
+    weight = layout.expand(score)
+    assert torch.equal(scheme.removal_order(weight), torch.argsort(score))
+    keep = scheme.mask(torch.randn(16, 9, 3, 3, generator=torch.Generator().manual_seed(1)), 0.6)
+    assert keep[15].any()  # the remainder filter is not removed entirely at rate 0.6
 
 
 def test_mask_kept_units_hand_example():

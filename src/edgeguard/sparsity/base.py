@@ -1,7 +1,8 @@
 """The structured-sparsity protocol shared by every scheme.
 
 A scheme partitions a layer's weight into *units* (groups of weights that are kept or removed whole),
-scores each unit by its L2 norm, and removes the ``round(rate * num_units)`` lowest-scoring units.
+scores each unit by its L2 norm per weight (RMS: a partial group at a layer's edge is not removed
+first just for being smaller), and removes the ``round(rate * num_units)`` lowest-scoring units.
 Weights are seen in their natural layout ``[F, C, *k]`` (F filters, C input channels, kernel ``k``) for
 ``Conv1d/2d/3d`` and ``[F, C]`` for ``Linear`` (a 0-d kernel, one location).  Every scheme is fully
 described by ``_axis_groups``: a group id per filter, per channel and per kernel location, so
@@ -179,14 +180,17 @@ class SparsityScheme(ABC):
             )
 
     def removal_order(self, weight: torch.Tensor) -> torch.Tensor:
-        """Unit ids from first to last removed: ascending L2 norm, ties by unit id."""
+        """Unit ids from first to last removed: ascending mean square per weight (the unit's L2
+        norm normalised by its size), ties by unit id."""
         self._check_weight(weight)
-        norms = self.unit_sq_norms(weight.detach().float()).cpu()
-        return torch.argsort(norms, stable=True)
+        w = weight.detach().float()
+        layout = self.layout(w.shape)
+        scores = layout.reduce(w.square()).cpu() / layout.sizes.to(torch.float32)
+        return torch.argsort(scores, stable=True)
 
     def unit_mask(self, weight: torch.Tensor, rate: float) -> torch.Tensor:
         """Boolean ``[num_units]``: True for kept units.  Removes exactly ``round(rate*U)`` units,
-        those with the smallest L2 norm (ties broken by unit order, deterministically)."""
+        those with the smallest size-normalised L2 norm (ties broken by unit order, deterministically)."""
         rate = check_rate(rate)
         order = self.removal_order(weight)
         keep = torch.ones(order.numel(), dtype=torch.bool)
