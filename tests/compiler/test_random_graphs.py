@@ -1,0 +1,219 @@
+"""Property test (issue 25): random small graphs (module reuse, residual and concat branches, tuple
+and dict outputs, strides, dilations, paddings and padding modes, BatchNorm variants, pools) x
+schemes x rates: the compiled model equals the masked model it was given, call after call.
+
+The fast suite draws 50 graphs on the torch backend (every graph pass: shrinking, BN folding, ReLU
+fusion, lowering) and 10 on the generated C++ kernels; the slow suite 500 and 40 more."""
+
+from __future__ import annotations
+
+import random
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from edgeguard.compiler import compile_model
+from edgeguard.sparsity import get_scheme
+
+SCHEMES = [
+    ("filter", {}),
+    ("channel", {}),
+    ("column", {}),
+    ("vanilla", {"gm": 4, "gn": 2}),
+    ("kgs", {"gm": 4, "gn": 2}),
+    ("kgs", {"gm": 3, "gn": 5}),
+]
+
+
+def _out(n: int, k: int, s: int, p: int, d: int) -> int:
+    return (n + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+class RandomNet(nn.Module):
+    """A graph drawn by ``rng``: a list of steps interpreted in ``forward`` (fx unrolls it)."""
+
+    def __init__(self, rng: random.Random, size: int) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList()
+        self.bns = nn.ModuleList()
+        self.steps: list[tuple] = []
+        ch, n = 3, size
+
+        def conv(cin: int, cout: int, keep_size: bool) -> int:
+            k = rng.choice([1, 3, 3, 5])
+            d = rng.choice([1, 1, 2]) if k > 1 else 1
+            mode = rng.choice(["zeros", "zeros", "reflect", "replicate", "circular"])
+            if keep_size:
+                s, p = 1, d * (k - 1) // 2
+                pad = "same" if rng.random() < 0.3 else p
+            else:
+                s = rng.choice([1, 2])
+                p = rng.choice([0, 1]) if d * (k - 1) // 2 >= 1 else 0
+                pad = p
+            if p >= n:  # torch's reflect / circular padding must stay within the input
+                mode = "zeros"
+            m = nn.Conv2d(cin, cout, k, s, pad, d, bias=rng.random() < 0.8, padding_mode=mode)
+            self.convs.append(m)
+            return len(self.convs) - 1
+
+        for _ in range(rng.randint(2, 5)):
+            kind = rng.choice(["conv", "conv", "reuse", "res", "cat", "pool", "bn"])
+            if kind == "conv" or n < 6:
+                cout = rng.choice([8, 12, 16])
+                i = conv(ch, cout, keep_size=n < 6)
+                m = self.convs[i]
+                n2 = _out(n, m.kernel_size[0], m.stride[0], _pad(m), m.dilation[0])
+                if n2 < 3:
+                    self.convs = self.convs[:-1]
+                    continue
+                self.steps.append(("conv", i))
+                ch, n = cout, n2
+                if rng.random() < 0.5:
+                    self.steps.append(("relu",))
+            elif kind == "reuse":  # one conv applied twice in sequence, or to two halves
+                i = conv(ch, ch, keep_size=True)
+                self.steps.append(("twice" if rng.random() < 0.5 else "siamese", i))
+            elif kind == "res":
+                self.steps.append(("res", conv(ch, ch, keep_size=True)))
+            elif kind == "cat":
+                cout = rng.choice([4, 8])
+                self.steps.append(("cat", conv(ch, cout, keep_size=True)))
+                ch += cout
+            elif kind == "pool" and n >= 8:
+                self.steps.append((rng.choice(["maxpool", "avgpool"]),))
+                n //= 2
+            elif kind == "bn":
+                bn = nn.BatchNorm2d(
+                    ch, affine=rng.random() < 0.7, track_running_stats=rng.random() < 0.7
+                )
+                with torch.no_grad():
+                    if bn.affine:
+                        bn.weight.uniform_(0.5, 1.5)
+                        bn.bias.uniform_(-0.5, 0.5)
+                    if bn.track_running_stats:
+                        bn.running_mean.uniform_(-0.3, 0.3)
+                        bn.running_var.uniform_(0.5, 2.0)
+                self.bns.append(bn)
+                self.steps.append(("bn", len(self.bns) - 1))
+        self.output = rng.choice(["tensor", "tuple", "dict"])
+        self.head = nn.Linear(ch, 5)
+
+    def forward(self, x):
+        for step in self.steps:
+            op = step[0]
+            if op == "conv":
+                x = self.convs[step[1]](x)
+            elif op == "relu":
+                x = torch.relu(x)
+            elif op == "bn":
+                x = self.bns[step[1]](x)
+            elif op == "twice":
+                c = self.convs[step[1]]
+                x = c(torch.relu(c(x)))
+            elif op == "siamese":
+                c = self.convs[step[1]]
+                x = c(x) - c(x.flip(3))
+            elif op == "res":
+                x = x + self.convs[step[1]](x)
+            elif op == "cat":
+                x = torch.cat([x, self.convs[step[1]](x)], 1)
+            elif op == "maxpool":
+                x = F.max_pool2d(x, 2)
+            elif op == "avgpool":
+                x = F.avg_pool2d(x, 2)
+        if self.output == "tensor":
+            return x
+        pooled = self.head(x.mean((2, 3)))
+        return (x, pooled) if self.output == "tuple" else {"features": x, "logits": pooled}
+
+
+def _pad(m: nn.Conv2d) -> int:
+    if isinstance(m.padding, str):
+        return m.dilation[0] * (m.kernel_size[0] - 1) // 2
+    return m.padding[0]
+
+
+def random_case(seed: int) -> tuple[nn.Module, torch.Tensor, str]:
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    size = rng.choice([10, 12, 16, 17])
+    model = RandomNet(rng, size)
+    name, opts = rng.choice(SCHEMES)
+    scheme = get_scheme(name, **opts)
+    with torch.no_grad():
+        for m in model.convs:
+            if m.bias is not None:
+                m.bias.uniform_(-0.5, 0.5)  # dead filters still emit their bias: shrinking's case
+            rate = rng.choice([0.3, 0.6, 0.9])
+            if scheme.num_units(m.weight.shape) > 1:
+                m.weight *= scheme.mask(m.weight, rate)
+    x = torch.randn(rng.choice([1, 2]), 3, size, size)
+    return model.eval(), x, f"seed {seed}: {name} {opts}, steps {model.steps}, {model.output}"
+
+
+def _flat(out) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [out[k] for k in sorted(out)]
+    return list(out)
+
+
+def check_case(seed: int, backend: str) -> None:
+    model, x, what = random_case(seed)
+    with torch.no_grad():
+        want = _flat(model(x))
+    compiled = compile_model(model, backend, max_density=1.0)
+    first = _flat(compiled(x))
+    kept = [t.clone() for t in first]
+    second = _flat(compiled(x * 0.5))  # must not overwrite what the first call returned
+    for w, g, k in zip(want, first, kept, strict=True):
+        scale = float(w.abs().max()) + 1e-6
+        err = float((g - w).abs().max()) / scale
+        assert err < 1e-4, f"{what}: relative error {err:.2e}"
+        assert torch.equal(g, k), f"{what}: a later call changed an earlier call's output"
+    with torch.no_grad():
+        want2 = _flat(model(x * 0.5))
+    for w, g in zip(want2, second, strict=True):
+        assert float((g - w).abs().max()) <= 1e-4 * (float(w.abs().max()) + 1e-6), what
+
+
+FAST = settings(
+    max_examples=50, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+)
+
+
+@FAST
+@given(seed=st.integers(0, 10**6))
+def test_compiled_equals_masked_on_random_graphs(seed):
+    check_case(seed, "torch")
+
+
+@pytest.mark.slow
+@settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
+@given(seed=st.integers(10**6, 10**7))
+def test_compiled_equals_masked_on_500_random_graphs(seed):
+    check_case(seed, "torch")
+
+
+needs_cxx = pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler (g++) here")
+
+
+@needs_cxx
+@settings(max_examples=10, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(seed=st.integers(10**8, 10**9))
+def test_generated_kernels_equal_masked_on_10_random_graphs(seed):
+    check_case(seed, "cpu")
+
+
+@pytest.mark.slow
+@needs_cxx
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(seed=st.integers(10**7, 10**8))
+def test_generated_kernels_equal_masked_on_random_graphs(seed):
+    check_case(seed, "cpu")
