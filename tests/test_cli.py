@@ -318,6 +318,11 @@ def test_gnn_attack_and_robust_training_on_a_synthetic_graph(tmp_path: Path, cap
     assert main([*args[:2], "robust-train", *args[2:], "--inner", "gta", "--attack", "gta"]) == 0
     out = capsys.readouterr().out
     assert "s per epoch" in out and (tmp_path / "model.safetensors").is_file()
+    from edgeguard.modelfile import load_model
+
+    gcn, _, spec = load_model(tmp_path / "model.safetensors")  # rebuilt from the file alone
+    assert spec["arch"]["name"] == "gcn" and spec["extra"]["inner"] == "gta"
+    assert gcn.__class__.__name__ == "GCN"
     assert main([*args[:2], "attack", *args[2:], "--budget", "2"]) == 2
     assert (
         "--budget: the value must be a finite number in (0, 1], got 2.0" in capsys.readouterr().err
@@ -325,6 +330,48 @@ def test_gnn_attack_and_robust_training_on_a_synthetic_graph(tmp_path: Path, cap
     assert main([*args[:2], "attack", *args[2:], "--attack", "nettack"]) == 2
     assert main([*args[:2], "attack", "--dataset", "cora", "--data-root", str(tmp_path)]) == 2
     assert "missing ind.cora" in capsys.readouterr().err
+
+
+def test_gnn_on_a_gnn_meta_attack_npz_with_a_pre_attacked_adjacency(tmp_path: Path, capsys):
+    import numpy as np
+    import scipy.sparse as sp
+
+    from edgeguard.data.graphs import synthetic_graph
+
+    g = synthetic_graph(300, feature_dim=16, seed=0)
+    n = g.num_nodes
+    adj = sp.csr_matrix((np.ones(g.edge_index.shape[1]), g.edge_index.numpy()), shape=(n, n))
+    attr = sp.csr_matrix((g.x > 0.5).numpy().astype(np.float32))
+    np.savez(
+        tmp_path / "toy.npz",
+        **{
+            f"adj_{k}": v
+            for k, v in zip(
+                ("data", "indices", "indptr"), (adj.data, adj.indices, adj.indptr), strict=True
+            )
+        },
+        adj_shape=np.array(adj.shape),
+        **{
+            f"attr_{k}": v
+            for k, v in zip(
+                ("data", "indices", "indptr"), (attr.data, attr.indices, attr.indptr), strict=True
+            )
+        },
+        attr_shape=np.array(attr.shape),
+        labels=g.y.numpy(),
+    )
+    args = ["-q", "gnn", "attack", "--dataset", str(tmp_path / "toy.npz"), "--epochs", "20"]
+    assert main([*args, "--attack", "random", "--out", str(tmp_path / "a")]) == 0
+    assert "toy.npz: " in capsys.readouterr().out
+    sp.save_npz(tmp_path / "attacked.npz", sp.csr_matrix((5, 5)))
+    assert (
+        main([*args, "--adjacency", str(tmp_path / "attacked.npz"), "--out", str(tmp_path / "b")])
+        == 2
+    )
+    assert "does not fit the" in capsys.readouterr().err
+    cora = ["-q", "gnn", "attack", "--dataset", "cora", "--adjacency", "x.npz"]
+    assert main([*cora, "--out", str(tmp_path / "c")]) == 2
+    assert "--adjacency goes with a gnn-meta-attack .npz" in capsys.readouterr().err
 
 
 def test_gnn_poisoning_and_minmax_robust_training(tmp_path: Path, capsys):

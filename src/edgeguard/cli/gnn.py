@@ -13,9 +13,20 @@ def add_parser(sub) -> None:
     p = sub.add_parser("gnn", help="topology attacks and min-max robust training of GNNs")
     p.add_argument("action", choices=["attack", "robust-train"])
     p.add_argument(
-        "--dataset", default="cora", help="cora, citeseer, pubmed, synthetic:N, ogb:NAME"
+        "--dataset",
+        default="cora",
+        help="cora, citeseer, pubmed (Planetoid), synthetic:N, ogb:NAME, or a gnn-meta-attack "
+        "PATH.npz (Nettack/Metattack/Pro-GNN data: largest component, stratified 10/10/80 split)",
     )
-    p.add_argument("--data-root", help="folder with <Name>/raw (Planetoid) or ogbn_<name> (OGB)")
+    p.add_argument(
+        "--data-root",
+        help="folder with <Name>/raw (Planetoid), ogbn_<name> (OGB) or the .npz files",
+    )
+    p.add_argument(
+        "--adjacency",
+        help="with a .npz dataset: a pre-attacked adjacency over its largest component "
+        "(npz: adj_* or SciPy's save_npz layout)",
+    )
     p.add_argument("--model", default="gcn", choices=["gcn", "sage"])
     p.add_argument("--hidden", type=int_in(1), default=16, help="hidden units")
     p.add_argument("--epochs", type=int_in(1), default=200)
@@ -66,7 +77,12 @@ def _gnn_setup(args):
     from ..models import build as build_model
 
     seed_everything(args.seed)
-    data = load_graph(args.dataset, root=args.data_root, seed=args.seed)
+    options = {}
+    if args.adjacency:
+        if not args.dataset.endswith(".npz"):
+            raise UsageError("--adjacency goes with a gnn-meta-attack .npz --dataset")
+        options["adjacency"] = args.adjacency
+    data = load_graph(args.dataset, root=args.data_root, seed=args.seed, **options)
     classes = int(data.y.max()) + 1
     arch = {"gcn": "gcn", "sage": "graphsage"}[args.model]
 

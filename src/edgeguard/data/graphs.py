@@ -222,7 +222,10 @@ def synthetic_graph(
 
 def load_graph(spec: str, root: str | Path | None = None, seed: int = 0, **options):
     """A graph by name: ``cora``, ``citeseer``, ``pubmed`` (Planetoid, from ``root``),
-    ``synthetic:N`` (``synthetic_graph(N)``), ``ogb:NAME`` (``ogb_node(root, NAME)``)."""
+    ``synthetic:N`` (``synthetic_graph(N)``), ``ogb:NAME`` (``ogb_node(root, NAME)``), or a
+    gnn-meta-attack ``PATH.npz`` (:func:`~.graph_npz.npz_graph`: largest component, stratified
+    split with ``seed``; options ``adjacency``, ``train``, ``val``; a relative path not found as
+    given is looked up in ``root``)."""
     if spec.startswith("synthetic:"):
         try:
             n = int(float(spec.split(":", 1)[1]))
@@ -231,6 +234,13 @@ def load_graph(spec: str, root: str | Path | None = None, seed: int = 0, **optio
                 f"synthetic graphs are 'synthetic:N' with N nodes, got {spec!r}"
             ) from None
         return synthetic_graph(n, seed=seed, **options)
+    if spec.endswith(".npz"):
+        from .graph_npz import npz_graph
+
+        path = Path(spec)
+        if not path.is_file() and root is not None and (Path(root) / spec).is_file():
+            path = Path(root) / spec
+        return npz_graph(path, seed=seed, **options)
     if root is None:
         raise DatasetError(f"graph {spec!r} is read from a local folder: pass root=/data/path")
     if spec.startswith("ogb:"):
@@ -238,5 +248,6 @@ def load_graph(spec: str, root: str | Path | None = None, seed: int = 0, **optio
     if spec.lower() in PLANETOID_NAMES:
         return planetoid(root, spec)
     raise DatasetError(
-        f"unknown graph {spec!r}; use cora, citeseer, pubmed, synthetic:N or ogb:NAME"
+        f"unknown graph {spec!r}; use cora, citeseer, pubmed, synthetic:N, ogb:NAME or a "
+        "gnn-meta-attack PATH.npz"
     )
