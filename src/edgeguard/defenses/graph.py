@@ -59,11 +59,15 @@ def robust_train(
     resume: bool = False,
     log_every: int = 10,
     weighting: str = "minmax",
+    select: str = "val",
+    patience: int | None = None,
 ) -> History:
     """Train ``model`` on ``data`` with the inner maximisation ``attack`` each epoch (``None``:
     natural training; a list: several attacks combined by ``weighting``, ``"minmax"`` or
     ``"average"``).  History entries carry ``seconds`` and ``attack_seconds`` per epoch, and with
-    several attacks their training losses and weights."""
+    several attacks their training losses and weights.  ``select`` / ``patience``: the model
+    selection of :func:`~edgeguard.engine.graph.fit_graph` (``"attacked-val"``: validation
+    accuracy on the epoch's perturbed graphs)."""
     perturb = InnerMax(attack) if attack is not None else None
     combine = None
     if perturb is not None and len(perturb.attacks) > 1:
@@ -77,4 +81,6 @@ def robust_train(
         checkpoint_dir=checkpoint_dir,
         resume=resume,
         log_every=log_every,
+        select=select,
+        patience=patience,
     )

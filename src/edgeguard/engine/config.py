@@ -69,6 +69,7 @@ class History:
     """One dict per finished epoch: epoch, train_loss, train_acc, val_loss, val_acc, seconds."""
 
     epochs: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int | None = None  # the epoch whose weights were kept (validation selection)
 
     @property
     def last(self) -> dict[str, float]:

@@ -1,9 +1,11 @@
 """Full-batch training of node classifiers on one graph (PyG ``Data``), with an optional inner
-maximisation per epoch (min-max robust training), per-epoch log lines with the time split, atomic
-checkpoints and resume."""
+maximisation per epoch (min-max robust training), model selection on the validation nodes (the
+best epoch's weights are kept, as every published GCN figure does), optional early stopping,
+per-epoch log lines with the time split, atomic checkpoints and resume."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable
@@ -13,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from .checkpoint import load_checkpoint, save_checkpoint
 from .train import History, TrainConfig, _make_optimizer, _make_scheduler, _restore, _state
 
@@ -47,6 +50,8 @@ def fit_graph(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     log_every: int = 10,
+    select: str = "val",
+    patience: int | None = None,
 ) -> History:
     """Train on ``data.train_mask`` with cross-entropy, one full-batch step per epoch.
 
@@ -59,13 +64,29 @@ def fit_graph(
             ``weights`` (if any) are logged and its ``state_dict`` checkpointed.
         checkpoint_dir / resume: ``last.pt`` written atomically every ``log_every`` epochs and at the
             end; ``resume`` continues from it.
-    History entries: epoch, train_loss, train_acc, val_acc (clean graph), seconds, attack_seconds.
+        select: which epoch's weights the model ends with: ``"val"`` the best validation accuracy
+            on the clean graph (ties: lower validation loss, then the earlier epoch),
+            ``"attacked-val"`` the best validation accuracy on the epoch's perturbed graph(s)
+            (the worst of them; robust training), ``"last"`` the last epoch.  Without validation
+            nodes the last epoch is kept.
+        patience: stop when the selection score has not improved for this many epochs (None:
+            train all ``config.epochs``).
+    History entries: epoch, train_loss, train_acc, val_loss and val_acc (clean graph),
+    attacked_val_acc (``"attacked-val"``), seconds, attack_seconds; ``history.best_epoch``.
     """
+    if select not in ("val", "attacked-val", "last"):
+        raise ConfigError(f"select must be 'val', 'attacked-val' or 'last', got {select!r}")
+    if select == "attacked-val" and perturb is None:
+        raise ConfigError("select='attacked-val' needs perturb (robust training)")
+    if patience is not None and (
+        isinstance(patience, bool) or int(patience) != patience or patience < 1
+    ):
+        raise ConfigError(f"patience must be an integer >= 1 or None, got {patience!r}")
     cfg = config or TrainConfig(epochs=200, lr=0.01, weight_decay=5e-4, scheduler="none")
     cfg.validate()
     optimizer = _make_optimizer(model, cfg)
     scheduler = _make_scheduler(optimizer, cfg)
-    history, start = History(), 0
+    history, start, best = History(), 0, None
     ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir is not None else None
     if resume and ckpt is not None and ckpt.is_file():
         state = load_checkpoint(ckpt)
@@ -73,8 +94,13 @@ def fit_graph(
         if "combine" in state and hasattr(combine, "load_state_dict"):
             combine.load_state_dict(state["combine"])
         history.epochs, start = list(state.get("history", [])), int(state["epoch"])
+        best = state.get("best")
+        if state.get("stopped"):  # stopped early: nothing left to train
+            start = cfg.epochs
         log.info("resumed from %s at epoch %d/%d", ckpt, start, cfg.epochs)
     train, val = data.train_mask, getattr(data, "val_mask", None)
+    selecting = select != "last" and val is not None and bool(val.any())
+    stopped = False
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         graph = data
@@ -102,7 +128,9 @@ def fit_graph(
             "train_acc": float((out[train].argmax(1) == data.y[train]).float().mean()),
         }
         if val is not None and val.any():
-            metrics["val_acc"] = node_accuracy(model, data, val)
+            metrics["val_loss"], metrics["val_acc"] = _val_metrics(model, data, val)
+        if select == "attacked-val" and selecting:
+            metrics["attacked_val_acc"] = min(node_accuracy(model, g, val) for g in graphs)
         if len(graphs) > 1:
             metrics["attack_losses"] = [round(float(v), 4) for v in losses.detach()]
             if getattr(combine, "weights", None) is not None:
@@ -111,6 +139,19 @@ def fit_graph(
         metrics["attack_seconds"] = t_attack
         history.epochs.append(metrics)
         last = epoch + 1 == cfg.epochs
+        if selecting:
+            score = metrics["attacked_val_acc" if select == "attacked-val" else "val_acc"]
+            key = [score, -metrics["val_loss"]]
+            if best is None or key > best["key"]:
+                model_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best = {"epoch": epoch + 1, "key": key, "model": model_state}
+            elif patience is not None and epoch + 1 - best["epoch"] >= patience:
+                log.info(
+                    "early stop at epoch %d: no better validation since epoch %d",
+                    epoch + 1,
+                    best["epoch"],
+                )
+                last = True
         if (epoch + 1) % log_every == 0 or last or epoch == start:
             log.info(
                 "epoch %d/%d  %s",
@@ -126,5 +167,27 @@ def fit_graph(
                 state = _state(model, optimizer, scheduler, epoch + 1, history, cfg)
                 if hasattr(combine, "state_dict"):
                     state["combine"] = combine.state_dict()
+                if best is not None:
+                    state["best"] = copy.deepcopy(best)
+                state["stopped"] = stopped
                 save_checkpoint(state, ckpt)
+        if last:
+            break
+    if selecting and best is not None:
+        model.load_state_dict(best["model"])
+        history.best_epoch = best["epoch"]
+        log.info("kept the weights of epoch %d (best validation)", best["epoch"])
     return history
+
+
+@torch.no_grad()
+def _val_metrics(model: nn.Module, data, mask: torch.Tensor) -> tuple[float, float]:
+    """(cross-entropy, accuracy) on the nodes of ``mask``, model in eval mode."""
+    was = model.training
+    model.eval()
+    try:
+        out = graph_forward(model, data)[mask]
+        y = data.y[mask]
+        return float(F.cross_entropy(out, y)), float((out.argmax(1) == y).float().mean())
+    finally:
+        model.train(was)
