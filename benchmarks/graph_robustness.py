@@ -8,6 +8,10 @@ seconds per epoch); and a scale run on a synthetic graph (time and peak memory).
     .venv/bin/python benchmarks/graph_robustness.py attacks --datasets cora citeseer --seeds 0 1 2 3 4
     .venv/bin/python benchmarks/graph_robustness.py robust --datasets cora --seeds 0 1
     .venv/bin/python benchmarks/graph_robustness.py scale --nodes 1000000
+    .venv/bin/python benchmarks/graph_robustness.py clean --datasets meta:cora meta:citeseer meta:polblogs
+
+Datasets: ``cora``, ``citeseer`` (Planetoid, standard split) or ``meta:NAME`` (the gnn-meta-attack
+npz of ../shared/data/graphs: largest component, stratified 10/10/80 split with seed 15, as Pro-GNN).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 import torch
 
 from edgeguard.attacks.graph import get_graph_attack, poison
+from edgeguard.data.graph_npz import npz_graph
 from edgeguard.data.graphs import planetoid, synthetic_graph
 from edgeguard.defenses.graph import robust_train
 from edgeguard.engine import TrainConfig, seed_everything
@@ -43,14 +48,19 @@ EVAL = {
 }
 
 
+SPLIT_SEED = 15  # Pro-GNN's / DeepRobust's split seed for the npz graphs
+
+
 def load(name: str):
+    if name.startswith("meta:"):
+        return npz_graph(data_root() / "graphs" / f"{name[5:]}.npz", seed=SPLIT_SEED)
     tmp = Path(tempfile.mkdtemp())
     proper = {"cora": "Cora", "citeseer": "CiteSeer"}[name]
     shutil.copytree(ROOT / proper, tmp / proper)
     return planetoid(tmp, name)
 
 
-def natural(data, seed, epochs=200):
+def natural(data, seed, epochs=200, select="val"):
     seed_everything(seed)
     m = gcn(data.num_features, int(data.y.max()) + 1, hidden=16)
     robust_train(
@@ -59,8 +69,23 @@ def natural(data, seed, epochs=200):
         None,
         TrainConfig(epochs=epochs, lr=0.01, weight_decay=5e-4, scheduler="none"),
         log_every=10**6,
+        select=select,
     )
     return m.eval()
+
+
+def run_clean(args) -> list[dict]:
+    """Clean GCN test accuracy, best-validation epoch against the last epoch."""
+    rows = []
+    for name in args.datasets:
+        data = load(name)
+        for seed in args.seeds:
+            r = {"dataset": name, "seed": seed}
+            for select in ("val", "last"):
+                r[f"clean ({select})"] = node_accuracy(natural(data, seed, select=select), data)
+            print(json.dumps(r), flush=True)
+            rows.append(r)
+    return rows
 
 
 def pyg_attack(cls, model, data, budget):
@@ -251,7 +276,7 @@ def print_summary(rows: list[dict]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["attacks", "robust", "scale", "summarize"])
+    ap.add_argument("what", choices=["attacks", "robust", "scale", "clean", "summarize"])
     ap.add_argument("--datasets", nargs="+", default=["cora", "citeseer"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--budget", type=float, default=0.05)
@@ -278,7 +303,8 @@ def main() -> None:
     if args.what == "summarize":
         summarize(args.inputs)
         return
-    rows = {"attacks": run_attacks, "robust": run_robust, "scale": run_scale}[args.what](args)
+    runs = {"attacks": run_attacks, "robust": run_robust, "scale": run_scale, "clean": run_clean}
+    rows = runs[args.what](args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.what}.json").write_text(json.dumps(rows, indent=1))

@@ -89,6 +89,23 @@ def test_gradient_and_zeroth_order_greedy_beat_random_and_dice(graph, model):
     assert acc["pgd"] < min(acc["random"], acc["dice"]) - 0.03
 
 
+def test_pgd_restarts_never_weaken_the_attack(graph, model):
+    """Restart 0 is the single run itself, so the best of 3 has at least its loss."""
+    from edgeguard.attacks.graph.losses import node_loss
+
+    def loss(res):
+        with torch.no_grad():
+            logits = model(res.data.x, res.data.edge_index)
+        return float(node_loss(logits[graph.test_mask], graph.y[graph.test_mask], "ce"))
+
+    one = PGDTopology(0.05, steps=15, samples=5)(model, graph)
+    three = PGDTopology(0.05, steps=15, samples=5, restarts=3)(model, graph)
+    assert loss(three) >= loss(one) - 1e-6
+    assert three.queries == 3 * one.queries and three.num_flips <= three.budget
+    with pytest.raises(ValueError, match="restarts"):
+        PGDTopology(restarts=0)
+
+
 def test_zo_gta_only_queries_outputs(graph, model, monkeypatch):
     res = ZOGreedyTopology(0.03, q=10, rounds=5)(model, graph)
     assert res.queries >= 5 * 12

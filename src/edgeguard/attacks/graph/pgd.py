@@ -75,30 +75,51 @@ class PGDTopology(RelaxedPGD):
         samples: Bernoulli draws of the binary perturbation (the best one is kept).
         max_candidates: all pairs up to this many (default 6M), else a random block of pairs
             (large graphs).
+        restarts: PGD runs, the first from ``s = 0``, the others from random ``s`` on the budget
+            (uniform, projected); the sampled perturbation with the largest loss over all runs
+            is returned, so more restarts never give a weaker attack than one.
     """
 
     name = "pgd"
+
+    def __init__(
+        self,
+        budget: float | int = 0.05,
+        loss: str = "ce",
+        steps: int = 100,
+        lr: float = 1.0,
+        samples: int = 20,
+        max_candidates: int | None = None,
+        seed: int | None = 0,
+        restarts: int = 1,
+    ) -> None:
+        super().__init__(budget, loss, steps, lr, samples, max_candidates, seed)
+        self.restarts = check_count(restarts, "restarts")
 
     def _flips(self, model, data, nodes, budget, target, gen):
         pairs = candidate_pairs(data, self.max_candidates, gen, target)
         relax = Relaxation(data, pairs)
         y = data.y[nodes]
-        s = torch.zeros(pairs.shape[1], dtype=data.x.dtype)
 
         def loss_fn(logits):
             return node_loss(logits[nodes], y, self.loss)
 
-        for t in range(1, self.steps + 1):
-            _, g = relax.gradient(model, s, loss_fn)
-            s = self.ascend(s, g, t, budget)
-        pert = sample_binary(
-            s,
-            budget,
-            self.samples,
-            gen,
-            lambda d: float(node_loss(relax.logits(model, d)[nodes], y, self.loss)),
-        )
-        return pairs[:, pert], self.steps + self.samples + 1
+        def value(d: torch.Tensor) -> float:
+            return float(node_loss(relax.logits(model, d)[nodes], y, self.loss))
+
+        best, best_value = None, -math.inf
+        for r in range(self.restarts):
+            s = torch.zeros(pairs.shape[1], dtype=data.x.dtype)
+            if r:  # a random start on the budget
+                s = project_budget(torch.rand(s.shape, generator=gen, dtype=s.dtype), budget)
+            for t in range(1, self.steps + 1):
+                _, g = relax.gradient(model, s, loss_fn)
+                s = self.ascend(s, g, t, budget)
+            pert = sample_binary(s, budget, self.samples, gen, value)
+            v = value(pert.to(s.dtype))
+            if v > best_value:
+                best, best_value = pert, v
+        return pairs[:, best], self.restarts * (self.steps + self.samples + 2)
 
 
 @torch.no_grad()
