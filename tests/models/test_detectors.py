@@ -157,3 +157,14 @@ def test_shipped_cnn_detector_finds_held_out_persons():
     photos = load_persons(PERSONS, ["pennfudan", "inria"])
     held_out = photos.split(0.3, seed=0)[1]  # the split the shipped weights did not train on
     assert evaluate_ap(load_cnn_detector(), held_out) > 0.6
+
+
+def test_detector_specs_say_what_was_wrong():
+    from edgeguard.models.detectors import get_detector
+
+    with pytest.raises(DetectorError, match="unknown detector 'detr'; available: centernet"):
+        get_detector("detr")
+    with pytest.raises(DetectorError, match="detector 'hog' takes no file, got 'hog:x.pt'"):
+        get_detector("hog:x.pt")
+    with pytest.raises(DetectorError, match="detector 'yolo' needs a file: yolo:PATH"):
+        get_detector("yolo")

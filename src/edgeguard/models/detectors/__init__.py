@@ -79,6 +79,12 @@ def get_detector(spec: str, trust_pickle: bool = False) -> PersonDetector:
     ``faster-rcnn:PATH`` (user modules; see :func:`adapters.load_detector`)."""
     name, _, path = spec.partition(":") if isinstance(spec, str) else (spec, "", "")
     factory, kind = lookup(DETECTORS, name, "detector", DetectorError)
-    if (kind == "none" and path) or (kind == "required" and not path):
-        raise DetectorError(f"unknown detector {spec!r}; available: {', '.join(DETECTOR_SPECS)}")
+    if kind == "none" and path:
+        raise DetectorError(
+            f"detector {name!r} takes no file, got {spec!r}; accepted: {', '.join(DETECTOR_SPECS)}"
+        )
+    if kind == "required" and not path:
+        raise DetectorError(
+            f"detector {name!r} needs a file: {name}:PATH; accepted: {', '.join(DETECTOR_SPECS)}"
+        )
     return factory(path, trust_pickle)
