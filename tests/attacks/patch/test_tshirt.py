@@ -35,25 +35,19 @@ def crops():
     return person_crops(photos, scale=1.0, shape="torso")[0]
 
 
+def _config(**change) -> TShirtConfig:
+    """A small rigid patch, the attack loss alone (no TV or printability), the best window."""
+    base = dict(batch=1, size=(20, 14), eot=EOT.rigid(), tv=0.0, nps=0.0, topk=1, kappa=5.0)
+    return TShirtConfig(**(base | change))
+
+
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
 def test_patch_learns_to_hide_the_person_from_a_detector(schedule):
     c = crops()
     before = c.images.clone()
     det = GreenTorso(c.boxes[0])
     assert detected(det, c.images, c.boxes).all()
-    cfg = TShirtConfig(
-        steps=40,
-        batch=1,
-        samples=2,
-        size=(20, 14),
-        eot=EOT.rigid(),
-        tv=0.0,
-        nps=0.0,
-        topk=1,
-        kappa=5.0,
-        schedule=schedule,
-    )
-    res = AdversarialTShirt(det, cfg).train(c)
+    res = AdversarialTShirt(det, _config(steps=40, samples=2, schedule=schedule)).train(c)
     assert res.patch.shape == (3, 20, 14)
     first, last = res.history[0]["loss"], res.history[-1]["loss"]
     assert last < first - 0.1  # the loss falls
@@ -78,19 +72,9 @@ class Shifted(GreenTorso):
 def test_minmax_weights_move_to_the_detector_that_still_sees_people(weighting):
     c = crops()
     hard, easy = GreenTorso(c.boxes[0]), Shifted(c.boxes[0], 0.3)
-    cfg = TShirtConfig(
-        steps=15,
-        batch=1,
-        samples=1,
-        size=(20, 14),
-        eot=EOT.rigid(),
-        tv=0.0,
-        nps=0.0,
-        topk=1,
-        kappa=5.0,
-        weighting=weighting,
+    res = AdversarialTShirt([hard, easy], _config(steps=15, samples=1, weighting=weighting)).train(
+        c
     )
-    res = AdversarialTShirt([hard, easy], cfg).train(c)
     gaps = [h["detector_losses"][0] - h["detector_losses"][1] for h in res.history]
     assert all(abs(g - 0.3) < 1e-3 for g in gaps)  # the easy detector's loss is 0.3 lower
     if weighting == "average":

@@ -82,18 +82,8 @@ class PGDTopology(RelaxedPGD):
 
     name = "pgd"
 
-    def __init__(
-        self,
-        budget: float | int = 0.05,
-        loss: str = "ce",
-        steps: int = 100,
-        lr: float = 1.0,
-        samples: int = 20,
-        max_candidates: int | None = None,
-        seed: int | None = 0,
-        restarts: int = 1,
-    ) -> None:
-        super().__init__(budget, loss, steps, lr, samples, max_candidates, seed)
+    def __init__(self, *args, restarts: int = 1, **settings) -> None:
+        super().__init__(*args, **settings)  # budget, loss, steps, lr, samples, ... as RelaxedPGD
         self.restarts = check_count(restarts, "restarts")
 
     def _flips(self, model, data, nodes, budget, target, gen):
