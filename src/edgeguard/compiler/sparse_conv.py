@@ -216,8 +216,7 @@ class SparseConv(nn.Module):
                 f"{self.name}: expected input [N, {self.plan.geometry.in_channels}, {dims}], "
                 f"got {given}"
             )
-        out_size = self.out_size(tuple(x.shape[2:]))
-        if min(out_size) < 1:
+        if min(self.plan.geometry.output_size(tuple(x.shape[2:]))) < 1:  # before any fused pool
             g = self.plan.geometry
             k, p = (g.kernel[1:], g.padding[1:]) if self.two_d else (g.kernel, g.padding)
             raise CompileError(
