@@ -124,6 +124,8 @@ def npz_graph(
         labels = np.asarray(z["labels"])
     except KeyError:
         raise DatasetError(f"{path}: missing labels; {NPZ_LAYOUT}") from None
+    except ValueError:  # an object array: refused with allow_pickle=False
+        raise DatasetError(f"{path}: labels hold Python objects; {NPZ_LAYOUT}") from None
     if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
         raise DatasetError(f"{path}: labels must be {n} non-negative integers, got {labels.shape}")
     attr = _csr(z, "attr_", path) if "attr_data" in z.files else None

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..validation import check_int
 from .checkpoint import load_checkpoint, save_checkpoint
 from .train import History, TrainConfig, _make_optimizer, _make_scheduler, _restore, _state
 
@@ -29,16 +30,22 @@ def graph_forward(model: nn.Module, data) -> torch.Tensor:
 
 
 @torch.no_grad()
-def node_accuracy(model: nn.Module, data, mask: torch.Tensor | None = None) -> float:
-    """Accuracy on the nodes of ``mask`` (default ``data.test_mask``), model in eval mode."""
+def node_metrics(model: nn.Module, data, mask: torch.Tensor | None = None) -> tuple[float, float]:
+    """(cross-entropy, accuracy) on the nodes of ``mask`` (default ``data.test_mask``), model in
+    eval mode."""
     was = model.training
     model.eval()
     try:
         mask = data.test_mask if mask is None else mask
-        pred = graph_forward(model, data).argmax(1)
-        return float((pred[mask] == data.y[mask]).float().mean())
+        out, y = graph_forward(model, data)[mask], data.y[mask]
+        return float(F.cross_entropy(out, y)), float((out.argmax(1) == y).float().mean())
     finally:
         model.train(was)
+
+
+def node_accuracy(model: nn.Module, data, mask: torch.Tensor | None = None) -> float:
+    """Accuracy on the nodes of ``mask`` (default ``data.test_mask``), model in eval mode."""
+    return node_metrics(model, data, mask)[1]
 
 
 def fit_graph(
@@ -78,10 +85,8 @@ def fit_graph(
         raise ConfigError(f"select must be 'val', 'attacked-val' or 'last', got {select!r}")
     if select == "attacked-val" and perturb is None:
         raise ConfigError("select='attacked-val' needs perturb (robust training)")
-    if patience is not None and (
-        isinstance(patience, bool) or int(patience) != patience or patience < 1
-    ):
-        raise ConfigError(f"patience must be an integer >= 1 or None, got {patience!r}")
+    if patience is not None:
+        check_int(patience, "patience", error=ConfigError)
     cfg = config or TrainConfig(epochs=200, lr=0.01, weight_decay=5e-4, scheduler="none")
     cfg.validate()
     optimizer = _make_optimizer(model, cfg)
@@ -128,7 +133,7 @@ def fit_graph(
             "train_acc": float((out[train].argmax(1) == data.y[train]).float().mean()),
         }
         if val is not None and val.any():
-            metrics["val_loss"], metrics["val_acc"] = _val_metrics(model, data, val)
+            metrics["val_loss"], metrics["val_acc"] = node_metrics(model, data, val)
         if select == "attacked-val" and selecting:
             metrics["attacked_val_acc"] = min(node_accuracy(model, g, val) for g in graphs)
         if len(graphs) > 1:
@@ -178,16 +183,3 @@ def fit_graph(
         history.best_epoch = best["epoch"]
         log.info("kept the weights of epoch %d (best validation)", best["epoch"])
     return history
-
-
-@torch.no_grad()
-def _val_metrics(model: nn.Module, data, mask: torch.Tensor) -> tuple[float, float]:
-    """(cross-entropy, accuracy) on the nodes of ``mask``, model in eval mode."""
-    was = model.training
-    model.eval()
-    try:
-        out = graph_forward(model, data)[mask]
-        y = data.y[mask]
-        return float(F.cross_entropy(out, y)), float((out.argmax(1) == y).float().mean())
-    finally:
-        model.train(was)

@@ -81,7 +81,7 @@ class PGDFeatures(RelaxedPGD):
                 (g,) = torch.autograd.grad(value(sv), sv)
             s = self.ascend(s, g, t, budget)
         with torch.no_grad():
-            draw = sample_binary(s, budget, self.samples, gen, lambda d: float(value(d)))
+            draw, _ = sample_binary(s, budget, self.samples, gen, lambda d: float(value(d)))
         r, f = draw.nonzero().T
         return torch.stack([rows[r], f]), self.steps + self.samples + 1
 

@@ -105,11 +105,10 @@ class PGDTopology(RelaxedPGD):
             for t in range(1, self.steps + 1):
                 _, g = relax.gradient(model, s, loss_fn)
                 s = self.ascend(s, g, t, budget)
-            pert = sample_binary(s, budget, self.samples, gen, value)
-            v = value(pert.to(s.dtype))
+            pert, v = sample_binary(s, budget, self.samples, gen, value)
             if v > best_value:
                 best, best_value = pert, v
-        return pairs[:, best], self.restarts * (self.steps + self.samples + 2)
+        return pairs[:, best], self.restarts * (self.steps + self.samples + 1)
 
 
 @torch.no_grad()
@@ -119,10 +118,11 @@ def sample_binary(
     samples: int,
     gen: torch.Generator,
     value: Callable[[torch.Tensor], float],
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, float]:
     """Random sampling of a binary perturbation from relaxed ``s`` in [0, 1] (IJCAI 2019): the
     top-``budget`` entries and ``samples`` Bernoulli(s) draws (cut to the ``budget`` most likely when
-    over), keeping the draw with the largest ``value(draw as float)``.  Returns a bool mask."""
+    over), keeping the draw with the largest ``value(draw as float)``.  Returns the bool mask and
+    its value."""
     best, best_value = None, -math.inf
     for k in range(samples + 1):
         if k == 0:
@@ -137,4 +137,4 @@ def sample_binary(
         v = value(draw.to(s.dtype))
         if v > best_value:
             best, best_value = draw, v
-    return best
+    return best, best_value

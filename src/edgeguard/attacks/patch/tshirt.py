@@ -35,8 +35,9 @@ class TShirtConfig:
     candidate box to the person; eot: transformation ranges (``EOT.rigid()`` for Thys et al.'s
     rigid patch); color: printer colour transform (None: none); weighting: ``"minmax"`` or
     ``"average"`` over detectors; gamma: pull of the min-max weights back toward uniform (a
-    loss gap d between detectors moves their weights apart by about d / gamma); topk: the loss averages the best ``topk`` overlapping candidates
-    (3: OpenCV's HOG needs 3 grouped windows for a detection); schedule: ``"constant"`` step size
+    loss gap d between detectors moves their weights apart by about d / gamma); topk: the loss
+    averages the best ``topk`` overlapping candidates (3: OpenCV's HOG needs 3 grouped windows
+    for a detection); schedule: ``"constant"`` step size
     or ``"cosine"`` decay to zero over the steps; seed."""
 
     steps: int = 300

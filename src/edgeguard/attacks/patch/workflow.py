@@ -22,7 +22,7 @@ import torch
 from ...models.detectors import PersonDetector, get_detector
 from ...models.detectors.opencv import OpenCVHOGBlackBox
 from ..base import AttackError
-from .loss import detected, person_scores
+from .loss import person_scores
 from .metrics import ASR
 from .placement import PersonCrops
 from .scenes import PersonScenes
@@ -128,14 +128,12 @@ class TShirtStudy:
         without a patch: the ones worth attacking.  ``"opencv"`` is OpenCV's own HOG."""
         if tuple(specs) in self._attackable:
             return self._attackable[tuple(specs)]
+        # the views the trainer attacks (HOG: fewer pyramid levels)
+        views = {s: training_view(d) for s, d in self._loaded(specs).items()}
+        checks = detector_checks(list(specs), self.trust_pickle, self.iou, views)
         items = self.split.train
         for spec in specs:
-            if spec == "opencv":
-                check = detector_checks(["opencv"], iou=self.iou)["opencv"]
-            else:  # the view the trainer attacks (HOG: fewer pyramid levels)
-                det = training_view(self.detector(spec))
-                check = lambda im, bx, d=det: detected(d, im, bx, self.iou)  # noqa: E731
-            items = only_detected(check, items)
+            items = only_detected(checks[spec], items)
         if len(items) == 0:
             raise AttackError(
                 f"no training person is detected by {', '.join(specs)} without a patch: nothing "

@@ -69,9 +69,10 @@ class ConstantChannelField(nn.Module):
         super().__init__()
         self.register_buffer("weight", weight.contiguous())  # [M, R, *kernel]
         self.register_buffer("value", value.contiguous())  # [R]
-        self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
-        self.padding_mode = conv.padding_mode
-        # nn.ConvNd's own (left, right) pads per dim, last dim first, as F.pad takes them
+        self.stride, self.dilation = conv.stride, conv.dilation
+        self.mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+        # nn.ConvNd's own (left, right) pads per dim, last dim first, as F.pad takes them (this
+        # also covers padding="same" where torch pads one side more)
         self.pads = tuple(conv._reversed_padding_repeated_twice)
         self._cache: dict[tuple, torch.Tensor] = {}
 
@@ -79,12 +80,8 @@ class ConstantChannelField(nn.Module):
         if size not in self._cache:
             ones = self.value.view(1, -1, *[1] * len(size)).expand(1, -1, *size)
             conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(size)]
-            if self.padding_mode != "zeros":  # padded as nn.ConvNd pads, then a valid conv
-                padded = F.pad(ones.contiguous(), self.pads, mode=self.padding_mode)
-                out = conv(padded, self.weight, None, self.stride, 0, self.dilation)
-            else:
-                out = conv(ones, self.weight, None, self.stride, self.padding, self.dilation)
-            self._cache[size] = out
+            padded = F.pad(ones.contiguous(), self.pads, mode=self.mode)  # as nn.ConvNd pads
+            self._cache[size] = conv(padded, self.weight, None, self.stride, 0, self.dilation)
         return self._cache[size]
 
     def forward(self, consumer_input: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
