@@ -90,20 +90,56 @@ def test_gradient_and_zeroth_order_greedy_beat_random_and_dice(graph, model):
 
 
 def test_pgd_restarts_never_weaken_the_attack(graph, model):
-    """Restart 0 is the single run itself, so the best of 3 has at least its loss."""
-    from edgeguard.attacks.graph.losses import node_loss
+    """Restart 0 is the single run itself, so the best of 3 misclassifies at least as many nodes
+    (ties: at least its loss)."""
+    from edgeguard.attacks.graph.losses import attack_value
 
-    def loss(res):
+    def value(res):
         with torch.no_grad():
             logits = model(res.data.x, res.data.edge_index)
-        return float(node_loss(logits[graph.test_mask], graph.y[graph.test_mask], "ce"))
+        return attack_value(logits[graph.test_mask], graph.y[graph.test_mask], "ce")
 
     one = PGDTopology(0.05, steps=15, samples=5)(model, graph)
     three = PGDTopology(0.05, steps=15, samples=5, restarts=3)(model, graph)
-    assert loss(three) >= loss(one) - 1e-6
+    assert value(three) >= value(one)
     assert three.queries == 3 * one.queries and three.num_flips <= three.budget
     with pytest.raises(ValueError, match="restarts"):
         PGDTopology(restarts=0)
+
+
+def test_probability_margin_loss_by_hand():
+    from edgeguard.attacks.graph.losses import attack_value, node_loss
+
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 3.0]])
+    y = torch.tensor([0, 1])
+    p = logits.softmax(1)
+    by_hand = ((p[0, 1] - p[0, 0]) + (p[1, 2] - p[1, 1])) / 2
+    assert float(node_loss(logits, y, "prob-margin")) == pytest.approx(float(by_hand))
+    assert attack_value(logits, y, "prob-margin")[0] == 1  # node 1 is misclassified
+
+
+def test_pgd_is_as_strong_as_pyg_prbcd(graph, model):
+    """Against PyG's PRBCD (Geisler et al. 2021) at the same budget: PGD with a margin-type loss
+    within a point of it; with plain CE, still stronger than random flips by far."""
+    from torch_geometric.contrib.nn import PRBCDAttack
+
+    torch.manual_seed(0)
+    pm = PGDTopology(0.05, loss="prob-margin", steps=50)(model, graph)
+    # 40 epochs (PyG's default 125 takes 15 s here and does no better on this graph)
+    peer = PRBCDAttack(model, block_size=250_000, log=False, epochs=40, epochs_resampling=30)
+    ei, _ = peer.attack(
+        graph.x,
+        graph.edge_index,
+        graph.y,
+        budget=pm.budget,
+        idx_attack=graph.test_mask.nonzero().squeeze(1),
+    )
+    d = graph.clone()
+    d.edge_index = ei
+    prbcd = node_accuracy(model, d)
+    assert node_accuracy(model, pm.data) <= prbcd + 0.01
+    masked = PGDTopology(0.05, loss="masked-ce", steps=50)(model, graph)
+    assert node_accuracy(model, masked.data) <= prbcd + 0.02
 
 
 def test_zo_gta_only_queries_outputs(graph, model, monkeypatch):

@@ -59,10 +59,16 @@ def fit_graph(
     log_every: int = 10,
     select: str = "val",
     patience: int | None = None,
+    labels: torch.Tensor | None = None,
+    train_nodes: torch.Tensor | None = None,
+    val_perturb: Callable[[nn.Module, object], object] | None = None,
 ) -> History:
     """Train on ``data.train_mask`` with cross-entropy, one full-batch step per epoch.
 
     Args:
+        labels / train_nodes: the targets ``[N]`` (int64) and the nodes (bool ``[N]``) of the
+            training loss, default ``data.y`` and ``data.train_mask`` (self-training: pseudo-labels
+            on unlabelled nodes).  Validation always uses ``data.y``.
         perturb: ``perturb(model, data) -> data'``, the inner maximisation of min-max training
             (see :func:`edgeguard.defenses.graph.robust_train`); the step is taken on ``data'``.
             It may return a list of graphs (several attacks); their training losses ``[K]`` are
@@ -73,8 +79,9 @@ def fit_graph(
             end; ``resume`` continues from it.
         select: which epoch's weights the model ends with: ``"val"`` the best validation accuracy
             on the clean graph (ties: lower validation loss, then the earlier epoch),
-            ``"attacked-val"`` the best validation accuracy on the epoch's perturbed graph(s)
-            (the worst of them; robust training), ``"last"`` the last epoch.  Without validation
+            ``"attacked-val"`` the best validation accuracy under attack (the worst over the
+            graphs of ``val_perturb(model, data)``, by default the epoch's perturbed graphs; after
+            the step; robust training), ``"last"`` the last epoch.  Without validation
             nodes the last epoch is kept.
         patience: stop when the selection score has not improved for this many epochs (None:
             train all ``config.epochs``).
@@ -103,7 +110,14 @@ def fit_graph(
         if state.get("stopped"):  # stopped early: nothing left to train
             start = cfg.epochs
         log.info("resumed from %s at epoch %d/%d", ckpt, start, cfg.epochs)
-    train, val = data.train_mask, getattr(data, "val_mask", None)
+    train = data.train_mask if train_nodes is None else train_nodes
+    targets = data.y if labels is None else labels
+    if targets.shape != data.y.shape or train.shape != data.train_mask.shape:
+        raise ConfigError(
+            f"labels and train_nodes must have one entry per node ({data.num_nodes}), got "
+            f"{tuple(targets.shape)} and {tuple(train.shape)}"
+        )
+    val = getattr(data, "val_mask", None)
     selecting = select != "last" and val is not None and bool(val.any())
     stopped = False
     for epoch in range(start, cfg.epochs):
@@ -119,7 +133,7 @@ def fit_graph(
         for g in graphs:
             out = graph_forward(model, g)
             losses.append(
-                F.cross_entropy(out[train], data.y[train], label_smoothing=cfg.label_smoothing)
+                F.cross_entropy(out[train], targets[train], label_smoothing=cfg.label_smoothing)
             )
         losses = torch.stack(losses)
         loss = losses.mean() if combine is None or len(graphs) == 1 else combine(losses)
@@ -130,12 +144,17 @@ def fit_graph(
         metrics = {
             "epoch": epoch + 1,
             "train_loss": loss.item(),
-            "train_acc": float((out[train].argmax(1) == data.y[train]).float().mean()),
+            "train_acc": float((out[train].argmax(1) == targets[train]).float().mean()),
         }
         if val is not None and val.any():
             metrics["val_loss"], metrics["val_acc"] = node_metrics(model, data, val)
         if select == "attacked-val" and selecting:
-            metrics["attacked_val_acc"] = min(node_accuracy(model, g, val) for g in graphs)
+            if val_perturb is not None:
+                judged = val_perturb(model, data)
+                judged = judged if isinstance(judged, list | tuple) else [judged]
+            else:
+                judged = graphs
+            metrics["attacked_val_acc"] = min(node_accuracy(model, g, val) for g in judged)
         if len(graphs) > 1:
             metrics["attack_losses"] = [round(float(v), 4) for v in losses.detach()]
             if getattr(combine, "weights", None) is not None:

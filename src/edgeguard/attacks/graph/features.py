@@ -10,7 +10,7 @@ import torch
 
 from .edges import resolve_budget
 from .errors import GraphAttackError
-from .losses import node_loss
+from .losses import attack_value, node_loss
 from .pgd import RelaxedPGD, sample_binary
 
 
@@ -31,7 +31,7 @@ class PGDFeatures(RelaxedPGD):
     Args:
         budget: a fraction in (0, 1] of the nonzero feature entries (of the whole graph, or of the
             target's row when targeted) or a number of flips.
-        loss: ``"ce"``, ``"cw"`` or ``"masked-ce"`` over the attacked nodes.
+        loss: ``"ce"``, ``"cw"``, ``"masked-ce"`` or ``"prob-margin"`` over the attacked nodes.
         steps, lr, samples: as :class:`PGDTopology`.
         max_candidates: flip variables at most (default 20M); on larger graphs the rows are the
             attacked nodes first, then random other nodes, up to this many entries.
@@ -72,8 +72,11 @@ class PGDFeatures(RelaxedPGD):
         def perturbed(s):
             return x0.index_add(0, rows, sign * s)
 
+        def logits(s):
+            return model(perturbed(s), data.edge_index, None)[nodes]
+
         def value(s):
-            return node_loss(model(perturbed(s), data.edge_index, None)[nodes], y, self.loss)
+            return node_loss(logits(s), y, self.loss)
 
         for t in range(1, self.steps + 1):
             sv = s.detach().requires_grad_(True)
@@ -81,7 +84,9 @@ class PGDFeatures(RelaxedPGD):
                 (g,) = torch.autograd.grad(value(sv), sv)
             s = self.ascend(s, g, t, budget)
         with torch.no_grad():
-            draw, _ = sample_binary(s, budget, self.samples, gen, lambda d: float(value(d)))
+            draw, _ = sample_binary(
+                s, budget, self.samples, gen, lambda d: attack_value(logits(d), y, self.loss)
+            )
         r, f = draw.nonzero().T
         return torch.stack([rows[r], f]), self.steps + self.samples + 1
 

@@ -8,22 +8,35 @@ import torch.nn.functional as F
 from .errors import GraphAttackError
 
 # ----------------------------------------------------------------------------- losses
-LOSSES = ("ce", "cw", "masked-ce")
+LOSSES = ("ce", "cw", "masked-ce", "prob-margin")
 
 
 def node_loss(logits: torch.Tensor, y: torch.Tensor, kind: str, kappa: float = 0.0) -> torch.Tensor:
     """Loss to *maximise* over the attacked nodes (``logits [M, C]``, ``y [M]``): mean cross-entropy
     (``"ce"``), cross-entropy of the nodes still classified correctly, over all M (``"masked-ce"``,
     PyG's GRBCD default: flips are not spent on nodes already lost), or mean CW margin
-    ``min(max_{c != y} z_c - z_y, kappa)`` (``"cw"``; a node misclassified by ``kappa`` stops pulling)."""
+    ``min(max_{c != y} z_c - z_y, kappa)`` (``"cw"``; a node misclassified by ``kappa`` stops pulling),
+    or mean probability margin ``max_{c != y} p_c - p_y`` in [-1, 1] (``"prob-margin"``, PRBCD's
+    default, Geisler et al. 2021: bounded, so confident and already-lost nodes do not dominate)."""
     if kind == "ce":
         return F.cross_entropy(logits, y)
     if kind == "masked-ce":
         right = (logits.argmax(1) == y).to(logits.dtype)
         return (F.cross_entropy(logits, y, reduction="none") * right).sum() / len(y)
+    if kind == "prob-margin":
+        logits = logits.softmax(1)
     z_y = logits.gather(1, y[:, None]).squeeze(1)
     other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(1)
+    if kind == "prob-margin":
+        return (other - z_y).mean()
     return (other - z_y).clamp(max=kappa).mean()
+
+
+@torch.no_grad()
+def attack_value(logits: torch.Tensor, y: torch.Tensor, kind: str) -> tuple[int, float]:
+    """How well a discrete perturbation did, to compare candidates: (attacked nodes misclassified,
+    loss), compared as a tuple (the loss breaks ties)."""
+    return int((logits.argmax(1) != y).sum()), float(node_loss(logits, y, kind))
 
 
 def attacked_nodes(data, target: int | None, nodes: torch.Tensor | None) -> torch.Tensor:

@@ -52,7 +52,7 @@ class Relaxation:
         the real edges alone; others by autograd through every candidate pair."""
         if hasattr(model, "pair_gradients"):
             loss, g = model.pair_gradients(self.x, *self.graph(s), self.pairs, loss_fn)
-            return float(loss), self.sign * g
+            return float(loss.detach()), self.sign * g
         s = s.detach().requires_grad_(True)
         with torch.enable_grad():
             loss = loss_fn(model(self.x, *self.graph(s, all_pairs=True)))
