@@ -164,3 +164,20 @@ def npz_graph(
         test_mask=te,
         num_removed=n - len(keep),
     )
+
+
+def save_adjacency(data, path: str | Path) -> Path:
+    """Write the undirected adjacency of ``data`` (``edge_index``, ``num_nodes``) in SciPy's
+    ``save_npz`` CSR layout, atomically: the ``adjacency=`` file of :func:`npz_graph` (e.g. a
+    poisoned graph, to train on later with ``--adjacency``)."""
+    import scipy.sparse as sp
+
+    from ..engine.atomic import atomic_path
+
+    n = data.num_nodes
+    i, j = data.edge_index.numpy()
+    adj = sp.csr_matrix((np.ones(len(i), dtype=np.float32), (i, j)), shape=(n, n))
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        sp.save_npz(fh, adj, compressed=True)
+    return path
