@@ -379,6 +379,9 @@ def test_gnn_poisoning_and_minmax_robust_training(tmp_path: Path, capsys):
     assert main([*args[:2], "attack", *args[2:], "--attack", "gta", "--mode", "poisoning"]) == 0
     out = capsys.readouterr().out
     assert "gta (poisoning, retrained): accuracy" in out and "(evasion)" in out
+    meta = ["--attack", "metattack", "--mode", "poisoning", "--budget", "0.01"]
+    assert main([*args[:2], "attack", *args[2:], *meta]) == 0
+    assert "metattack (poisoning, retrained): accuracy" in capsys.readouterr().out
     assert (
         main(
             [
@@ -391,11 +394,15 @@ def test_gnn_poisoning_and_minmax_robust_training(tmp_path: Path, capsys):
                 "minmax",
                 "--attack",
                 "gta",
+                "--select",
+                "attacked-val",
             ]
         )
         == 0
     )
     assert "final minmax weights over gta,random" in capsys.readouterr().out
+    train_only = ["--inner", "gta", "--cover", "train", "--overwrite"]
+    assert main([*args[:2], "robust-train", *args[2:], *train_only]) == 0
     # synthetic features are continuous: feature flips are refused with the reason
     assert main([*args[:2], "attack", *args[2:], "--attack", "pgd-features"]) == 2
     assert "binary" in capsys.readouterr().err

@@ -63,6 +63,20 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--inner-budget", type=FRACTION, help="robust-train: its budget (default --budget)"
     )
+    p.add_argument(
+        "--cover",
+        default="all",
+        choices=["all", "train"],
+        help="robust-train: the min-max game over all nodes (natural phase, then pseudo-labels on "
+        "the unlabelled nodes; Xu et al.) or over the labelled training nodes only",
+    )
+    p.add_argument(
+        "--select",
+        default="val",
+        choices=["val", "attacked-val", "last"],
+        help="which epoch's weights to keep: best validation accuracy, best validation accuracy "
+        "under the inner attack (robust-train), or the last",
+    )
     p.add_argument("--seed", type=int_in(0), default=0)
     p.add_argument("--resume", action="store_true")
     add_overwrite(p)
@@ -153,7 +167,7 @@ def run(args) -> int:
         return 0
     model = build(data)
     if args.action == "attack":
-        robust_train(model, data, None, cfg, log_every=max(1, args.epochs // 5))
+        robust_train(model, data, None, cfg, log_every=max(1, args.epochs // 5), select=args.select)
     else:
         budget = args.budget if args.inner_budget is None else args.inner_budget
         inner = _graph_attacks(args.inner, budget, args.seed)
@@ -167,6 +181,8 @@ def run(args) -> int:
             resume=args.resume,
             log_every=max(1, args.epochs // 10),
             weighting=args.weighting,
+            cover=args.cover,
+            select=args.select,
         )
         secs = [e["seconds"] for e in hist.epochs]
         print(f"robust training ({args.inner}): {sum(secs) / len(secs):.3f} s per epoch")
