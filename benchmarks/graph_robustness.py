@@ -55,9 +55,13 @@ EVAL = {
 SPLIT_SEED = 15  # Pro-GNN's / DeepRobust's split seed for the npz graphs
 
 
+SPLIT = "stratified"  # --split: ours, or "deeprobust" (DeepRobust's / Pro-GNN's exact nodes)
+
+
 def load(name: str):
     if name.startswith("meta:"):
-        return npz_graph(data_root() / "graphs" / f"{name[5:]}.npz", seed=SPLIT_SEED)
+        path = data_root() / "graphs" / f"{name[5:]}.npz"
+        return npz_graph(path, seed=SPLIT_SEED, split=SPLIT)
     tmp = Path(tempfile.mkdtemp())
     proper = {"cora": "Cora", "citeseer": "CiteSeer"}[name]
     shutil.copytree(ROOT / proper, tmp / proper)
@@ -375,6 +379,12 @@ def main() -> None:
         default="attacked-val",
         help="robust: model selection of the robust trainings (natural: always val)",
     )
+    ap.add_argument(
+        "--split",
+        choices=["stratified", "deeprobust"],
+        default="stratified",
+        help="meta: datasets: our stratified split or DeepRobust's exact one (seed 15 both)",
+    )
     ap.add_argument("--out", default="runs/bench/graph")
     ap.add_argument(
         "--inputs",
@@ -384,6 +394,8 @@ def main() -> None:
         help="summarize: result files (.json lists or .jsonl rows) of earlier runs",
     )
     args = ap.parse_args()
+    global SPLIT
+    SPLIT = args.split
     if args.what == "summarize":
         summarize(args.inputs)
         return

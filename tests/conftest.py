@@ -1,9 +1,16 @@
+import os
+
 import pytest
 import torch
 
 from edgeguard.data import digits
 from edgeguard.engine import TrainConfig, fit, seed_everything
 from edgeguard.models import build
+
+
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # one worker per core: two threads each would thrash
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -132,3 +132,25 @@ def test_the_real_graphs_have_the_fields_sizes(shared_data, name, nodes, edges, 
     d = load_graph(str(shared_data("graphs") / f"{name}.npz"), seed=15)
     assert (d.num_nodes, d.edge_index.shape[1] // 2, d.x.shape[1]) == (nodes, edges, features)
     assert abs(int(d.train_mask.sum()) - round(0.1 * nodes)) <= 7  # per-class rounding
+
+
+@pytest.mark.parametrize(
+    ("name", "sizes", "first_train"),
+    [
+        ("cora", (247, 249, 1988), [4, 19, 29, 39, 43]),
+        ("citeseer", (210, 211, 1688), [15, 24, 31, 32, 38]),
+        ("polblogs", (121, 123, 978), [8, 9, 13, 25, 40]),
+    ],
+)
+def test_the_deeprobust_split_gives_deeprobusts_nodes(shared_data, name, sizes, first_train):
+    """Sizes and first training nodes of ``get_train_val_test(N, 0.1, 0.8, stratify=labels,
+    seed=15)`` as DeepRobust 0.2.11 itself returns them (all three index sets were compared in
+    full once, by importing its utils module beside ours)."""
+    d = npz_graph(shared_data("graphs") / f"{name}.npz", seed=15, split="deeprobust")
+    masks = (d.train_mask, d.val_mask, d.test_mask)
+    assert tuple(int(m.sum()) for m in masks) == sizes
+    assert d.train_mask.nonzero().flatten()[:5].tolist() == first_train
+    # disjoint; DeepRobust's float shares leave one node of Cora and CiteSeer in no set
+    assert int(sum(m.long() for m in masks).max()) == 1
+    with pytest.raises(DatasetError, match="split must be one of"):
+        npz_graph(shared_data("graphs") / f"{name}.npz", split="random")

@@ -89,6 +89,44 @@ def stratified_split(
     return masks[0], masks[1], masks[2]
 
 
+def deeprobust_split(
+    labels: torch.Tensor, train: float = 0.1, val: float = 0.1, seed: int = 15
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The split DeepRobust and Pro-GNN publish their figures on (``get_train_val_test``): two
+    scikit-learn stratified ``train_test_split`` calls on one NumPy ``RandomState(seed)``, the test
+    share first, then train against validation.  Returns boolean ``[N]`` masks."""
+    from sklearn.model_selection import train_test_split
+
+    if not (0 < train < 1 and 0 < val < 1 and train + val < 1):
+        raise DatasetError(
+            f"split shares must be in (0, 1) with train + val < 1, got {train}, {val}"
+        )
+    n = len(labels)
+    y = labels.numpy()
+    rng = np.random.RandomState(seed)
+    test = 1 - train - val
+    share = 1 - val - test  # the float expressions DeepRobust evaluates, for the same counts
+    idx_tv, idx_test = train_test_split(
+        np.arange(n), random_state=rng, train_size=share + val, test_size=test, stratify=y
+    )
+    idx_train, idx_val = train_test_split(
+        idx_tv,
+        random_state=rng,
+        train_size=share / (share + val),
+        test_size=val / (share + val),
+        stratify=y[idx_tv],
+    )
+    masks = []
+    for idx in (idx_train, idx_val, idx_test):
+        m = torch.zeros(n, dtype=torch.bool)
+        m[torch.from_numpy(idx)] = True
+        masks.append(m)
+    return masks[0], masks[1], masks[2]
+
+
+SPLITS = {"stratified": stratified_split, "deeprobust": deeprobust_split}
+
+
 def npz_graph(
     path: str | Path,
     adjacency: str | Path | None = None,
@@ -96,6 +134,7 @@ def npz_graph(
     val: float = 0.1,
     seed: int = 0,
     largest_component: bool = True,
+    split: str = "stratified",
 ) -> torch_geometric.data.Data:  # noqa: F821
     """A graph from a gnn-meta-attack ``.npz`` as PyG ``Data`` (see the module docstring).
 
@@ -107,6 +146,9 @@ def npz_graph(
         train, val: shares of each class for training and validation; the rest is the test set.
         seed: the split's seed.
         largest_component: keep only the largest connected component (the field's setting).
+        split: ``"stratified"`` (:func:`stratified_split`: per class, our own draw) or
+            ``"deeprobust"`` (:func:`deeprobust_split`: the exact nodes of DeepRobust / Pro-GNN
+            for the same seed; their figures use seed 15).
     Returns ``Data`` with ``x [N, F]`` float (identity ``[N, N]`` without attributes),
     ``edge_index [2, E]`` (both directions), ``y [N]``, boolean masks, and ``num_removed``: nodes
     outside the largest component.
@@ -114,6 +156,8 @@ def npz_graph(
     from scipy.sparse.csgraph import connected_components
     from torch_geometric.data import Data
 
+    if split not in SPLITS:
+        raise DatasetError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     path = Path(path)
     z = _load(path)
     adj = _csr(z, "adj_", path)
@@ -154,7 +198,7 @@ def npz_graph(
     coo = adj.tocoo()
     edge_index = torch.from_numpy(np.stack([coo.row, coo.col]).astype(np.int64))
     y = torch.from_numpy(labels[keep].astype(np.int64))
-    tr, va, te = stratified_split(y, train, val, seed)
+    tr, va, te = SPLITS[split](y, train, val, seed)
     return Data(
         x=x,
         edge_index=edge_index,
