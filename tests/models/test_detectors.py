@@ -57,6 +57,27 @@ def test_cnn_detector_weights_round_trip_and_bad_files(tmp_path):
         load_cnn_detector(tmp_path / "bad.safetensors")
     with pytest.raises(DetectorError, match="not found"):
         load_cnn_detector(tmp_path / "missing.safetensors")
+    # one model file format: it is an edgeguard model file, and a foreign model is refused
+    from edgeguard.modelfile import load_model, save_model
+    from edgeguard.models import build
+
+    net, _, spec = load_model(path)
+    assert spec["arch"] == {"name": "person_cnn", "kwargs": {"width": 8}}
+    save_model(build("digits_cnn"), tmp_path / "digits.safetensors")
+    with pytest.raises(DetectorError, match="not a person_cnn"):
+        load_cnn_detector(tmp_path / "digits.safetensors")
+
+
+def test_cnn_detector_reads_the_older_person_cnn_layout(tmp_path):
+    from safetensors.torch import save_file
+
+    net = TinyPersonNet(8).eval()
+    old = tmp_path / "old.safetensors"
+    save_file(
+        net.state_dict(), str(old), metadata={"format": "edgeguard.person_cnn/1", "width": "8"}
+    )
+    x = torch.rand(1, 3, 64, 48)
+    assert torch.equal(load_cnn_detector(old).net(x), net(x))
 
 
 class FakeYOLOv5(nn.Module):

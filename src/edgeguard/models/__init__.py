@@ -38,6 +38,12 @@ def _graphsage(
     return graphsage(in_features, num_classes, hidden, dropout)
 
 
+def _person_cnn(width: int = 16) -> nn.Module:
+    from .detectors.cnn import TinyPersonNet
+
+    return TinyPersonNet(width)
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "c3d": c3d,
     "r2plus1d_18": r2plus1d_18,
@@ -47,6 +53,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet18_cifar": resnet18_cifar,
     "gcn": _gcn,
     "graphsage": _graphsage,
+    "person_cnn": _person_cnn,
 }
 
 

@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 from ...data.persons import PersonPhoto, PersonPhotos
-from ...engine.atomic import atomic_path
 from .base import DetectorError, box_iou
 from .cnn import CNNPersonDetector, TinyPersonNet, detection_loss, targets
 
@@ -198,23 +197,26 @@ def _ap(detector, photos: PersonPhotos, side: int, iou: float) -> float:
     return average_precision(torch.cat(scores), torch.cat(matched), positives)
 
 
-def save_detector(detector: CNNPersonDetector, path: str | Path) -> Path:
-    from safetensors.torch import save_file
+LEGACY_FORMAT = "edgeguard.person_cnn/1"  # before every model shared edgeguard.modelfile's format
 
-    path = Path(path)
-    state = {k: v.contiguous() for k, v in detector.net.state_dict().items()}
+
+def save_detector(detector: CNNPersonDetector, path: str | Path) -> Path:
+    """Save the detector's network as an edgeguard model file (architecture ``person_cnn``)."""
+    from ...modelfile import save_model
+
     width = detector.net.head.in_channels // 4
-    with atomic_path(path) as tmp:
-        save_file(
-            state, str(tmp), metadata={"format": "edgeguard.person_cnn/1", "width": str(width)}
-        )
-    return path
+    detector.net.edgeguard_arch = {"name": "person_cnn", "kwargs": {"width": width}}
+    return save_model(detector.net, path, extra={"threshold": detector.threshold})
 
 
 def load_cnn_detector(path: str | Path | None = None, threshold: float = -1.5) -> CNNPersonDetector:
-    """The CNN person detector from a safetensors file (default: the weights shipped with the
-    package).  Wrong format or shapes give a :class:`DetectorError` naming the file."""
+    """The CNN person detector from a model file (default: the weights shipped with the package),
+    as :func:`save_detector` writes it or in the older ``edgeguard.person_cnn/1`` layout.  A
+    missing, unreadable or foreign file gives a :class:`DetectorError` naming it."""
     from safetensors import SafetensorError, safe_open
+
+    from ...errors import EdgeguardError
+    from ...modelfile import load_model
 
     path = Path(path) if path is not None else WEIGHTS
     if not path.is_file():
@@ -222,16 +224,23 @@ def load_cnn_detector(path: str | Path | None = None, threshold: float = -1.5) -
     try:
         with safe_open(str(path), "pt") as fh:
             meta = fh.metadata() or {}
-            state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no iter)
+            legacy = meta.get("format") == LEGACY_FORMAT
+            state = {k: fh.get_tensor(k) for k in fh.keys()} if legacy else {}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError) as err:
         raise DetectorError(f"{path} is not a readable safetensors file: {err}") from None
-    if meta.get("format") != "edgeguard.person_cnn/1":
-        raise DetectorError(
-            f"{path} is not an edgeguard person detector (format {meta.get('format')!r})"
-        )
-    net = TinyPersonNet(int(meta.get("width", 16)))
+    if legacy:
+        net = TinyPersonNet(int(meta.get("width", 16)))
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as err:
+            raise DetectorError(f"{path}: weights do not fit the detector: {err}") from None
+        return CNNPersonDetector(net.eval(), threshold)
     try:
-        net.load_state_dict(state)
-    except RuntimeError as err:
-        raise DetectorError(f"{path}: weights do not fit the detector: {err}") from None
+        net, _, spec = load_model(path)
+    except EdgeguardError as err:
+        raise DetectorError(f"{path} is not an edgeguard person detector: {err}") from None
+    if (spec.get("arch") or {}).get("name") != "person_cnn":
+        raise DetectorError(
+            f"{path} holds a {(spec.get('arch') or {}).get('name')!r} model, not a person_cnn"
+        )
     return CNNPersonDetector(net.eval(), threshold)
