@@ -68,6 +68,14 @@ def load(name: str):
     return planetoid(tmp, name)
 
 
+def emit(row: dict) -> None:
+    """Print one result row as JSON (floats to 4 places) as soon as it is measured."""
+    print(
+        json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
+        flush=True,
+    )
+
+
 def natural(data, seed, epochs=200, select="val"):
     seed_everything(seed)
     m = gcn(data.num_features, int(data.y.max()) + 1, hidden=16)
@@ -140,10 +148,7 @@ def run_attacks(args) -> list[dict]:
             )
             r["GTA poisoning"] = pois.poisoned
             r["GTA poisoning s"] = time.perf_counter() - t0
-            print(
-                json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}),
-                flush=True,
-            )
+            emit(r)
             rows.append(r)
     return rows
 
@@ -197,12 +202,7 @@ def run_robust(args) -> list[dict]:
                     r[ev] = node_accuracy(
                         m, get_graph_attack(a, budget=args.budget, seed=seed, **kw)(m, data).data
                     )
-                print(
-                    json.dumps(
-                        {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
-                    ),
-                    flush=True,
-                )
+                emit(r)
                 rows.append(r)
     return rows
 
@@ -244,12 +244,7 @@ def run_metattack(args) -> list[dict]:
                 )
                 r["GTA-RT"] = node_accuracy(m.eval(), poisoned)
                 r["attack s"] = attack_s
-                print(
-                    json.dumps(
-                        {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
-                    ),
-                    flush=True,
-                )
+                emit(r)
                 rows.append(r)
     return rows
 

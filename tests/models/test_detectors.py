@@ -61,7 +61,7 @@ def test_cnn_detector_weights_round_trip_and_bad_files(tmp_path):
     from edgeguard.modelfile import load_model, save_model
     from edgeguard.models import build
 
-    net, _, spec = load_model(path)
+    _, _, spec = load_model(path)
     assert spec["arch"] == {"name": "person_cnn", "kwargs": {"width": 8}}
     save_model(build("digits_cnn"), tmp_path / "digits.safetensors")
     with pytest.raises(DetectorError, match="not a person_cnn"):
