@@ -27,10 +27,10 @@ demo: $(STAMP) models
 	$(BIN)/edgeguard demo
 
 test: $(STAMP) models
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n auto --durations=15
 
 test-slow: $(STAMP) models
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -n auto -m slow
 
 bench: $(STAMP) models
 	@for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
