@@ -12,7 +12,7 @@ import torch
 pytest.importorskip("torch_geometric")
 
 from edgeguard.data.errors import DatasetError
-from edgeguard.data.graph_npz import npz_graph, stratified_split
+from edgeguard.data.graph_npz import npz_graph, save_adjacency, stratified_split
 from edgeguard.data.graphs import load_graph
 
 
@@ -91,6 +91,24 @@ def test_a_pre_attacked_adjacency_replaces_the_clean_one(tmp_path: Path):
     _write(tmp_path / "wrong.npz", np.zeros((7, 7)), [0] * 7)  # the graph before the component
     with pytest.raises(DatasetError, match="does not fit the 5 nodes"):
         npz_graph(path, adjacency=tmp_path / "wrong.npz", train=0.4, val=0.3)
+
+
+def test_a_saved_adjacency_is_scipys_layout_and_loads_back(tmp_path: Path):
+    """save_adjacency writes what SciPy's own load_npz reads, and npz_graph takes it back."""
+    from edgeguard.attacks.graph import flip_pairs
+
+    path = _toy(tmp_path)
+    d = npz_graph(path, train=0.4, val=0.3)
+    poisoned = flip_pairs(d, torch.tensor([[0, 1], [4, 2]]))  # add 0-4, remove 1-2
+    save_adjacency(poisoned, tmp_path / "poisoned.npz")
+    adj = sp.load_npz(tmp_path / "poisoned.npz").toarray()
+    assert (adj == adj.T).all() and set(zip(*adj.nonzero(), strict=True)) == {
+        tuple(e) for e in poisoned.edge_index.T.tolist()
+    }
+    again = npz_graph(path, adjacency=tmp_path / "poisoned.npz", train=0.4, val=0.3)
+    assert {tuple(e) for e in again.edge_index.T.tolist()} == {
+        tuple(e) for e in poisoned.edge_index.T.tolist()
+    }
 
 
 def test_bad_files_are_refused_with_the_expected_layout(tmp_path: Path):
