@@ -55,13 +55,11 @@ EVAL = {
 SPLIT_SEED = 15  # Pro-GNN's / DeepRobust's split seed for the npz graphs
 
 
-SPLIT = "stratified"  # --split: ours, or "deeprobust" (DeepRobust's / Pro-GNN's exact nodes)
-
-
-def load(name: str):
+def load(name: str, split: str = "stratified"):
+    """``split`` for ``meta:`` graphs: ours or ``"deeprobust"`` (DeepRobust's / Pro-GNN's nodes)."""
     if name.startswith("meta:"):
         path = data_root() / "graphs" / f"{name[5:]}.npz"
-        return npz_graph(path, seed=SPLIT_SEED, split=SPLIT)
+        return npz_graph(path, seed=SPLIT_SEED, split=split)
     tmp = Path(tempfile.mkdtemp())
     proper = {"cora": "Cora", "citeseer": "CiteSeer"}[name]
     shutil.copytree(ROOT / proper, tmp / proper)
@@ -94,7 +92,7 @@ def run_clean(args) -> list[dict]:
     """Clean GCN test accuracy, best-validation epoch against the last epoch."""
     rows = []
     for name in args.datasets:
-        data = load(name)
+        data = load(name, args.split)
         for seed in args.seeds:
             r = {"dataset": name, "seed": seed}
             for select in ("val", "last"):
@@ -123,7 +121,7 @@ def run_attacks(args) -> list[dict]:
 
     rows = []
     for name in args.datasets:
-        data = load(name)
+        data = load(name, args.split)
         for seed in args.seeds:
             m = natural(data, seed)
             r = {"dataset": name, "seed": seed, "clean": node_accuracy(m, data)}
@@ -166,7 +164,7 @@ def run_robust(args) -> list[dict]:
     }
     rows = []
     for name in args.datasets:
-        data = load(name)
+        data = load(name, args.split)
         for seed in args.seeds:
             for label, spec in inner.items():
                 if args.trainings and label not in args.trainings:
@@ -215,7 +213,7 @@ def run_metattack(args) -> list[dict]:
     rows = []
     out = Path(args.out)
     for name in args.datasets:
-        data = load(name)
+        data = load(name, args.split)
         surrogate = natural(data, 0)
         top = max(args.rates)
         t0 = time.perf_counter()
@@ -227,9 +225,10 @@ def run_metattack(args) -> list[dict]:
             poisoned = flip_pairs(data, res.flips[:, :k])
             slug = name.replace(":", "_")
             save_adjacency(poisoned, out / f"{slug}_meta_{rate:g}.npz")
+            evasion = node_accuracy(surrogate, poisoned)
             for seed in args.seeds:
                 r = {"dataset": name, "rate": rate, "seed": seed, "flips": k}
-                r["surrogate (evasion)"] = node_accuracy(surrogate, poisoned)
+                r["surrogate (evasion)"] = evasion
                 r["GCN"] = node_accuracy(natural(poisoned, seed), poisoned)
                 seed_everything(seed)
                 m = gcn(data.num_features, int(data.y.max()) + 1, hidden=16)
@@ -389,8 +388,6 @@ def main() -> None:
         help="summarize: result files (.json lists or .jsonl rows) of earlier runs",
     )
     args = ap.parse_args()
-    global SPLIT
-    SPLIT = args.split
     if args.what == "summarize":
         summarize(args.inputs)
         return

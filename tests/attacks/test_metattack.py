@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from edgeguard.attacks.graph import DICE, GraphAttackError, Metattack, get_graph_attack, poison
-from edgeguard.attacks.graph.metattack import normalized_dense
+from edgeguard.attacks.graph.metattack import feature_operand, normalized_dense
 from edgeguard.data.graphs import synthetic_graph
 from edgeguard.engine import TrainConfig
 from edgeguard.models.graph import gcn
@@ -39,13 +39,15 @@ def test_meta_gradient_equals_autograd_through_the_unrolled_training(binary_feat
     adj = adj + adj.T
     x = torch.rand(n, f, generator=gen)
     if binary_features:
-        x = (x < 0.05).float()  # sparse: the CSR path
+        x = (x < 0.03).float()  # mostly zeros: the CSR path
     labels = torch.randint(c, (n,), generator=gen)
     train = torch.zeros(n, dtype=torch.bool)
     train[:10] = True
     weights = [torch.randn(f, 16, generator=gen) * 0.3, torch.randn(16, c, generator=gen) * 0.3]
     att = Metattack(train_iters=6)
-    ours = att.meta_gradient(adj, x, labels, train, weights)
+    operand = feature_operand(x)
+    assert (operand.layout == torch.sparse_csr) == binary_features  # both paths are exercised
+    ours = att.meta_gradient(adj, operand, labels, train, weights)
     ref = _reference_meta_gradient(att, adj, x, labels, train, weights)
     assert torch.allclose(ours, ref, rtol=1e-4, atol=1e-7)
 

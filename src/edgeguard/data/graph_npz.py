@@ -66,15 +66,19 @@ def _symmetric_binary(adj):
     return adj
 
 
+def _check_shares(train: float, val: float) -> None:
+    if not (0 < train < 1 and 0 < val < 1 and train + val < 1):
+        raise DatasetError(
+            f"split shares must be in (0, 1) with train + val < 1, got {train}, {val}"
+        )
+
+
 def stratified_split(
     labels: torch.Tensor, train: float = 0.1, val: float = 0.1, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Boolean ``[N]`` train / validation / test masks: in every class, ``round(train * n_c)`` and
     ``round(val * n_c)`` nodes (at least 1 each) drawn with ``seed``, the rest test."""
-    if not (0 < train < 1 and 0 < val < 1 and train + val < 1):
-        raise DatasetError(
-            f"split shares must be in (0, 1) with train + val < 1, got {train}, {val}"
-        )
+    _check_shares(train, val)
     g = torch.Generator().manual_seed(seed)
     n = len(labels)
     masks = [torch.zeros(n, dtype=torch.bool) for _ in range(3)]
@@ -97,10 +101,7 @@ def deeprobust_split(
     share first, then train against validation.  Returns boolean ``[N]`` masks."""
     from sklearn.model_selection import train_test_split
 
-    if not (0 < train < 1 and 0 < val < 1 and train + val < 1):
-        raise DatasetError(
-            f"split shares must be in (0, 1) with train + val < 1, got {train}, {val}"
-        )
+    _check_shares(train, val)
     n = len(labels)
     y = labels.numpy()
     rng = np.random.RandomState(seed)

@@ -22,6 +22,7 @@ With several attacks (say a topology and a feature attack, or CE and CW losses) 
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +33,7 @@ from torch import nn
 from ..attacks.graph import GraphAttack, GraphAttackError
 from ..attacks.minmax import MinMaxWeights
 from ..engine import TrainConfig
-from ..engine.graph import fit_graph, graph_forward
+from ..engine.graph import eval_logits, fit_graph
 from ..engine.train import History
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class InnerMax:
     def __call__(self, model: nn.Module, data):
         target = data
         if self.labels is not None:
-            target = data.clone()
+            target = copy.copy(data)  # shallow: only y differs, the attack copies what it changes
             target.y = self.labels
         nodes = data.train_mask if self.nodes is None else self.nodes
         out = []
@@ -75,15 +76,9 @@ class InnerMax:
         return out[0] if len(out) == 1 else out
 
 
-@torch.no_grad()
 def pseudo_labels(model: nn.Module, data) -> torch.Tensor:
     """``[N]`` int64: ``data.y`` on the training nodes, the model's prediction on every other node."""
-    was = model.training
-    model.eval()
-    try:
-        labels = graph_forward(model, data).argmax(1)
-    finally:
-        model.train(was)
+    labels = eval_logits(model, data).argmax(1)
     labels[data.train_mask] = data.y[data.train_mask]
     return labels
 
@@ -111,8 +106,9 @@ def robust_train(
     training nodes only, from the given weights.  ``select`` / ``patience``: the model selection
     of :func:`~edgeguard.engine.graph.fit_graph`; ``"attacked-val"``: validation accuracy after
     the same attack(s) aimed at the validation nodes with their labels, after each step (it
-    doubles the attack cost of an epoch; not counted in ``attack_seconds``).  Returns the robust phase's history: ``seconds`` and
-    ``attack_seconds`` per epoch, with several attacks their training losses and weights."""
+    doubles the attack cost of an epoch; not counted in ``attack_seconds``).  Returns the robust
+    phase's history: ``seconds`` and ``attack_seconds`` per epoch, with several attacks their
+    training losses and weights."""
     if cover not in COVERS:
         raise GraphAttackError(f"cover must be one of {', '.join(COVERS)}, got {cover!r}")
     settings = {"resume": resume, "log_every": log_every, "select": select, "patience": patience}

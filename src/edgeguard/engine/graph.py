@@ -30,17 +30,22 @@ def graph_forward(model: nn.Module, data) -> torch.Tensor:
 
 
 @torch.no_grad()
-def node_metrics(model: nn.Module, data, mask: torch.Tensor | None = None) -> tuple[float, float]:
-    """(cross-entropy, accuracy) on the nodes of ``mask`` (default ``data.test_mask``), model in
-    eval mode."""
+def eval_logits(model: nn.Module, data) -> torch.Tensor:
+    """:func:`graph_forward` in eval mode, without gradients; the model's mode is restored."""
     was = model.training
     model.eval()
     try:
-        mask = data.test_mask if mask is None else mask
-        out, y = graph_forward(model, data)[mask], data.y[mask]
-        return float(F.cross_entropy(out, y)), float((out.argmax(1) == y).float().mean())
+        return graph_forward(model, data)
     finally:
         model.train(was)
+
+
+def node_metrics(model: nn.Module, data, mask: torch.Tensor | None = None) -> tuple[float, float]:
+    """(cross-entropy, accuracy) on the nodes of ``mask`` (default ``data.test_mask``), model in
+    eval mode."""
+    mask = data.test_mask if mask is None else mask
+    out, y = eval_logits(model, data)[mask], data.y[mask]
+    return float(F.cross_entropy(out, y)), float((out.argmax(1) == y).float().mean())
 
 
 def node_accuracy(model: nn.Module, data, mask: torch.Tensor | None = None) -> float:
@@ -128,7 +133,7 @@ def fit_graph(
         t_attack = time.perf_counter() - t0
         model.train()
         optimizer.zero_grad(set_to_none=True)
-        graphs = graph if isinstance(graph, list | tuple) else [graph]
+        graphs = _as_list(graph)
         losses = []
         for g in graphs:
             out = graph_forward(model, g)
@@ -149,11 +154,7 @@ def fit_graph(
         if val is not None and val.any():
             metrics["val_loss"], metrics["val_acc"] = node_metrics(model, data, val)
         if select == "attacked-val" and selecting:
-            if val_perturb is not None:
-                judged = val_perturb(model, data)
-                judged = judged if isinstance(judged, list | tuple) else [judged]
-            else:
-                judged = graphs
+            judged = graphs if val_perturb is None else _as_list(val_perturb(model, data))
             metrics["attacked_val_acc"] = min(node_accuracy(model, g, val) for g in judged)
         if len(graphs) > 1:
             metrics["attack_losses"] = [round(float(v), 4) for v in losses.detach()]
@@ -202,3 +203,8 @@ def fit_graph(
         history.best_epoch = best["epoch"]
         log.info("kept the weights of epoch %d (best validation)", best["epoch"])
     return history
+
+
+def _as_list(graphs) -> list:
+    """A perturbation's result as a list of graphs (one attack gives one graph)."""
+    return list(graphs) if isinstance(graphs, list | tuple) else [graphs]

@@ -1,7 +1,7 @@
 """Attacks on graph neural networks (global or targeted): topology attacks PGD (CE/CW), GTA, ZO-GTA,
-random flips and DICE; a PGD feature-flip attack; Metattack (poisoning by meta-gradients).  ``attack(model, data, target=None) ->
-GraphAttackResult`` is evasion; :func:`poison` turns any of them into poisoning (retraining on the
-perturbed graph)."""
+random flips and DICE; a PGD feature-flip attack; Metattack (poisoning by meta-gradients).
+``attack(model, data, target=None) -> GraphAttackResult`` is evasion; :func:`poison` turns any of
+them into poisoning (retraining on the perturbed graph)."""
 
 from ...registry import construct, lookup
 from .base import GraphAttack, GraphAttackResult

@@ -30,6 +30,16 @@ def normalized_dense(adj: torch.Tensor) -> torch.Tensor:
     return d[:, None] * a * d[None, :]
 
 
+def feature_operand(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as the surrogate multiplies it: sparse CSR when mostly zeros (bag-of-words or
+    identity features), else as given."""
+    if (x != 0).float().mean() >= 0.1:
+        return x
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        return x.to_sparse_csr()
+
+
 class _Stash:
     """Where :class:`_AdjMatmul` puts the factors of ``dL/dÂ`` (None: not collecting)."""
 
@@ -108,7 +118,8 @@ class Metattack(GraphAttack):
 
     def meta_gradient(self, adj, x, labels, train, weights) -> torch.Tensor:
         """``dL/dflip [N, N]`` (symmetric): the attack loss after training the surrogate from
-        ``weights`` on ``adj`` (with the pairs' flips relaxed), differentiated through training.
+        ``weights`` on ``adj`` (with the pairs' flips relaxed), differentiated through training;
+        ``x`` dense or as :func:`feature_operand` gives it.
 
         Every use of ``Â`` is a product ``Â @ M`` with ``M`` C columns wide, so ``dL/dÂ`` is a sum
         of rank-C terms ``G M^T``: :class:`_AdjMatmul` collects them during the one backward pass
@@ -127,11 +138,6 @@ class Metattack(GraphAttack):
 
             def amul(m):
                 return _AdjMatmul.apply(a_const, m, stash)
-
-            if (x != 0).float().mean() < 0.1:  # bag-of-words or identity features
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)
-                    x = x.to_sparse_csr()
 
             def forward(w):  # linear: X (W1 W2) first keeps every product C columns wide
                 return amul(amul(x @ (w[0] @ w[1])))
@@ -178,10 +184,12 @@ class Metattack(GraphAttack):
             weights.append(
                 (torch.rand(fan_in, fan_out, generator=gen, dtype=dtype) * 2 - 1) * bound
             )
+        x = feature_operand(data.x)
         upper = torch.ones(n, n, dtype=torch.bool).triu(1)
-        flips, done = [], 0
+        flips, done, steps = [], 0, 0
         while done < budget:
-            score = self.meta_gradient(adj, data.x, labels, train, weights)
+            score = self.meta_gradient(adj, x, labels, train, weights)
+            steps += 1
             deg = adj.sum(1)
             lonely = (deg == 1)[:, None] | (deg == 1)[None, :]
             allowed = upper & ~(lonely & (adj == 1))
@@ -195,4 +203,4 @@ class Metattack(GraphAttack):
             done += k
             if done % 50 < k or done == budget:
                 log.info("metattack: %d/%d flips", done, budget)
-        return torch.cat(flips, 1), done // self.flips_per_step + 1
+        return torch.cat(flips, 1), steps + 1  # meta-gradients and the labelling forward

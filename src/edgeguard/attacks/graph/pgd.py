@@ -96,15 +96,11 @@ class PGDTopology(RelaxedPGD):
         super().__init__(*args, **settings)  # budget, loss, steps, lr, samples, ... as RelaxedPGD
         self.restarts = check_count(restarts, "restarts")
 
-    def ascend(self, s: torch.Tensor, g: torch.Tensor, t: int, budget: int) -> torch.Tensor:
-        step = self.lr * budget / self.num_nodes / math.sqrt(t) * g
-        return project_budget((s + step).flatten(), budget).view_as(s)
-
     def _flips(self, model, data, nodes, budget, target, gen):
         pairs = candidate_pairs(data, self.max_candidates, gen, target)
         relax = Relaxation(data, pairs)
         y = data.y[nodes]
-        self.num_nodes = data.num_nodes
+        scale = self.lr * budget / data.num_nodes  # PRBCD's step: the raw gradient times B / N
 
         def loss_fn(logits):
             return node_loss(logits[nodes], y, self.loss)
@@ -120,7 +116,7 @@ class PGDTopology(RelaxedPGD):
             kept, kept_value = s, (-1, -math.inf)  # the iterate whose top-B pairs do best
             for t in range(1, self.steps + 1):
                 _, g = relax.gradient(model, s, loss_fn)
-                s = self.ascend(s, g, t, budget)
+                s = project_budget(s + scale / math.sqrt(t) * g, budget)
                 v = value(top_budget(s, budget).to(s.dtype))
                 if v > kept_value:
                     kept, kept_value = s, v
