@@ -167,6 +167,8 @@ def test_bad_arguments_are_rejected_with_what_is_accepted():
         compile_model(model, "torch", max_density=0)
     with pytest.raises(CompileError, match="must be an nn.Module"):
         compile_model("model.pt", "torch")
+    with pytest.raises(CompileError, match=r"precision must be one of \('ieee', 'tf32', 'bf16'\)"):
+        compile_model(model, "torch", precision="fp8")
     if not torch.cuda.is_available():
         with pytest.raises(CompileError, match="needs a CUDA GPU"):
             compile_model(model, "cuda")

@@ -46,6 +46,33 @@ SCRIPT = textwrap.dedent(
     x = torch.randn(1, 3, 16, 16, 16)
     err = float((compiled(x) - model(x)).abs().max() / model(x).abs().max())
     assert err <= 1e-4, err
+    # bfloat16 operands (float32 accumulation) and every launch configuration give the same result
+    from edgeguard.compiler.triton_backend import DEFAULT_CONFIGS, LaunchConfig, sparse_conv_triton, tune_model
+    conv = nn.Conv3d(8, 20, 3, 1, 1)
+    with torch.no_grad():
+        conv.weight *= get_scheme("kgs").mask(conv.weight, 0.6)
+    x = torch.randn(2, 8, 4, 10, 11)
+    sc = SparseConv(plan_conv(conv, mr=16), mode="cuda")
+    ref = conv(x).detach()
+    y = sparse_conv_triton(sc, x, "bf16")
+    err = float((y - ref).abs().max() / ref.abs().max())
+    assert 1e-5 < err <= 2e-2, err  # rounded, yet close
+    base = sparse_conv_triton(sc, x)
+    for cfg in (LaunchConfig(16, 16, 4, 2, True), LaunchConfig(128, 32, 8, 4, False)):
+        # (rows per step change the summation order only)
+        assert float((sparse_conv_triton(sc, x, config=cfg) - base).abs().max()) <= 1e-5, cfg
+    for bad in (dict(bp=48), dict(bk=8), dict(stages=0)):
+        try:
+            LaunchConfig(**bad)
+        except Exception as e:
+            assert "LaunchConfig" in str(e), e
+        else:
+            raise AssertionError(bad)
+    want = compiled(torch.ones(1, 3, 16, 16, 16))
+    report = tune_model(compiled, torch.ones(1, 3, 16, 16, 16), DEFAULT_CONFIGS[:2], repeats=1)
+    assert set(report) == set(compiled.sparse_layers()), report.keys()
+    assert all(m.triton_config in DEFAULT_CONFIGS[:2] for m in compiled.sparse_layers().values())
+    assert torch.equal(compiled(torch.ones(1, 3, 16, 16, 16)), want)
     print("OK")
     """
 )

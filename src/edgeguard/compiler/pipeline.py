@@ -21,7 +21,7 @@ from .passes import CONVS, effective_weight, fold_batchnorm, remove_identities, 
 from .passes.graph import materialise_mask, set_module
 from .passes.lowering import LINEAR_MIN_WEIGHTS, lower, lower_conv
 from .passes.pool_fusion import FUSE_POOL_MIN_BYTES, fuse_pools
-from .sparse_conv import SparseConv
+from .sparse_conv import PRECISIONS, SparseConv
 
 __all__ = [
     "BACKENDS",
@@ -64,7 +64,8 @@ def compile_model(
             one tensor-core tile).
         nv: vectors of output positions in the CPU register tile (default: per layer and input
             size with AVX-512, 2 or 3 (:meth:`~edgeguard.compiler.cpu.Target.nv_for`), else 3).
-        precision: CUDA matmul precision, ``"ieee"`` (float32, default) or ``"tf32"``.
+        precision: CUDA matmul precision, ``"ieee"`` (float32, default), ``"tf32"`` or ``"bf16"``
+            (operands rounded, float32 accumulation).
 
     Returns:
         A :class:`CompiledModel` whose ``decisions`` say what happened to each layer.
@@ -73,8 +74,8 @@ def compile_model(
         raise CompileError(f"model must be an nn.Module, got {type(model).__name__}")
     if not 0 < max_density <= 1:
         raise CompileError(f"max_density must be in (0, 1], got {max_density}")
-    if precision not in ("ieee", "tf32"):
-        raise CompileError(f"precision must be 'ieee' or 'tf32', got {precision!r}")
+    if precision not in PRECISIONS:
+        raise CompileError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     be = get_backend(resolve_backend(backend))
     # Linear layers (batch-1 GEMVs, bound by reading their weights) use blocks of at least 8
     # outputs unless told otherwise (docs/compiler.md, design decisions).

@@ -12,6 +12,7 @@ from .layout import InputLayout
 from .plan import SparsePlan
 
 MODES = ("cpu", "cuda", "torch")
+PRECISIONS = ("ieee", "tf32", "bf16")  # CUDA matmul operands: float32, TF32, bfloat16
 
 
 class SparseConv(nn.Module):
@@ -51,7 +52,8 @@ class SparseConv(nn.Module):
                 raise CompileError(f"{knob} must be a positive int or None (default), got {val!r}")
         self.ct, self.fg = ct, fg  # CPU task shape (tiles per task, filter groups); None: default
         self.pack = pack  # CPU: pack each tile's rows (True) or read them in place (default)
-        self.precision = "ieee"  # CUDA matmul precision ("ieee" or "tf32")
+        self.precision = "ieee"  # CUDA matmul precision (one of PRECISIONS)
+        self.triton_config = None  # CUDA launch configuration (triton_backend.tune); None: default
         # A max pool fused after the activation: window (kd, kh, kw), stride = window, no padding,
         # floor mode; set by the compiler when the conv's only user is such a pool.
         self.pool: tuple[int, int, int] | None = None

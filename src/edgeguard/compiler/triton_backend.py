@@ -4,20 +4,27 @@ One program computes ``mr`` filters (padded to 16 for the tensor-core dot) x ``B
 positions of one output depth plane: it walks its block's kept rows ``BK`` at a time, gathers the
 input rows (one unit-stride run per row, thanks to the polyphase layout) and multiplies them with the
 block's compact weight panel.  ``precision="ieee"`` keeps full float32 (the default, it matches the
-masked model to 1e-4); ``"tf32"`` uses TF32 tensor cores like cuDNN's default.  Runs on the CPU under
+masked model to 1e-4); ``"tf32"`` uses TF32 tensor cores like cuDNN's default, ``"bf16"`` rounds both operands to bfloat16
+(float32 accumulation, as autocast does).  :func:`tune` picks each layer's launch configuration.  Runs on the CPU under
 ``TRITON_INTERPRET=1`` (how CI tests it).
 """
 
 from __future__ import annotations
+
+import os
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
 from .errors import CompileError
+from .sparse_conv import PRECISIONS
 
 
-@triton.jit
+# Sizes and strides are plain runtime integers: one compiled kernel per configuration serves every
+# layer and input size (Triton would otherwise compile again per divisibility of each).
+@triton.jit(do_not_specialize=["XN", "XD", "P", "WQ", "WO", "DO", "M", "OPLANE"])
 def _sparse_conv_kernel(
     x_ptr,
     w_ptr,
@@ -42,9 +49,15 @@ def _sparse_conv_kernel(
     BP: tl.constexpr,
     RELU: tl.constexpr,
     PREC: tl.constexpr,
+    BLOCKS_FIRST: tl.constexpr,
+    INTERPRETED: tl.constexpr,
 ):
-    pid_p = tl.program_id(0)
-    b = tl.program_id(1)
+    if BLOCKS_FIRST:  # neighbouring programs share one input tile (L2 reuse across blocks)
+        b = tl.program_id(0)
+        pid_p = tl.program_id(1)
+    else:  # neighbouring programs share one weight panel
+        pid_p = tl.program_id(0)
+        b = tl.program_id(1)
     nd = tl.program_id(2)
     n = nd // DO
     d = nd % DO
@@ -69,7 +82,12 @@ def _sparse_conv_kernel(
             mask=kmask[None, :] & (mrow[:, None] < MR),
             other=0.0,
         )
-        acc += tl.dot(wt, xt, input_precision=PREC)
+        if PREC == "bf16" and INTERPRETED:  # the interpreter's bfloat16 dot returns garbage
+            acc += tl.dot(wt.to(tl.bfloat16).to(tl.float32), xt.to(tl.bfloat16).to(tl.float32))
+        elif PREC == "bf16":
+            acc += tl.dot(wt.to(tl.bfloat16), xt.to(tl.bfloat16), out_dtype=tl.float32)
+        else:
+            acc += tl.dot(wt, xt, input_precision=PREC)
     f = tl.load(fil_ptr + b * MR + mrow, mask=mrow < MR, other=-1)
     bias = tl.load(bias_ptr + f, mask=f >= 0, other=0.0)
     acc += bias[:, None]
@@ -112,21 +130,54 @@ def _tables(conv, x: torch.Tensor):
     return conv._kernels[key]
 
 
+@dataclass(frozen=True)
+class LaunchConfig:
+    """How one Triton sparse conv is launched: ``bp`` output positions and ``bk`` kept rows per
+    step (powers of two >= 16), ``warps`` and pipeline ``stages`` per program, and the grid order
+    (``blocks_first``: programs next to each other compute other filters of the same positions)."""
+
+    bp: int = 64
+    bk: int = 32
+    warps: int = 4
+    stages: int = 3
+    blocks_first: bool = False
+
+    def __post_init__(self) -> None:
+        for knob in ("bp", "bk", "warps"):
+            v = getattr(self, knob)
+            if not isinstance(v, int) or v < 1 or v & (v - 1):
+                raise CompileError(f"LaunchConfig.{knob} must be a power of two, got {v!r}")
+        if self.bp < 16 or self.bk < 16:
+            raise CompileError(f"LaunchConfig bp and bk must be >= 16, got {self.bp}, {self.bk}")
+        if not isinstance(self.stages, int) or self.stages < 1:
+            raise CompileError(f"LaunchConfig.stages must be a positive int, got {self.stages!r}")
+
+
+# The configurations :func:`tune` tries by default: the former fixed launch first, then larger
+# position tiles, deeper pipelines and the other grid order.
+DEFAULT_CONFIGS = tuple(
+    LaunchConfig(bp, bk, w, st, bf)
+    for bf in (False, True)
+    for bp, bk, w in ((64, 32, 4), (128, 32, 4), (128, 32, 8), (64, 16, 4))
+    for st in (2, 3, 4)
+)
+
+
 def sparse_conv_triton(
-    conv,
-    x: torch.Tensor,
-    precision: str | None = None,
-    bp: int | None = None,
-    bk: int | None = None,
-    num_warps: int | None = None,
+    conv, x: torch.Tensor, precision: str | None = None, config: LaunchConfig | None = None
 ) -> torch.Tensor:
-    """Run ``conv`` (a :class:`~edgeguard.compiler.SparseConv`) on ``x [N, C, D, H, W]`` float32."""
+    """Run ``conv`` (a :class:`~edgeguard.compiler.SparseConv`) on ``x [N, C, D, H, W]`` float32.
+
+    ``precision`` (default: the layer's ``precision``) is ``"ieee"`` (float32 products), ``"tf32"``
+    or ``"bf16"`` (operands rounded to TF32 / bfloat16, float32 accumulation); ``config`` defaults
+    to the layer's tuned ``triton_config`` (:func:`tune`), else :class:`LaunchConfig`'s defaults.
+    """
     if x.dtype != torch.float32:
         raise CompileError(f"{conv.name}: the Triton kernel takes float32 input, got {x.dtype}")
     precision = precision or getattr(conv, "precision", "ieee")
-    bp = bp or getattr(conv, "triton_bp", 64)  # output positions per program
-    bk = bk or getattr(conv, "triton_bk", 32)  # kept rows per dot
-    num_warps = num_warps or getattr(conv, "triton_warps", 4)
+    if precision not in PRECISIONS:
+        raise CompileError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    cfg = config or getattr(conv, "triton_config", None) or LaunchConfig()
     n = x.shape[0]
     g = conv.plan.geometry
     t = _tables(conv, x)
@@ -136,9 +187,10 @@ def sparse_conv_triton(
     nb = len(conv.plan.block_rows)
     if nb == 0:
         return out
-    buf = lay.prepare(x.contiguous(), slack=bp)
+    buf = lay.prepare(x.contiguous(), slack=cfg.bp)
     _hq, wq = lay.phased[1], lay.phased[2]
-    grid = (triton.cdiv(lay.positions, bp), nb, n * do)
+    tiles = triton.cdiv(lay.positions, cfg.bp)
+    grid = (nb, tiles, n * do) if cfg.blocks_first else (tiles, nb, n * do)
     _sparse_conv_kernel[grid](
         buf,
         t["panel"],
@@ -159,10 +211,83 @@ def sparse_conv_triton(
         KD=g.kernel[0],
         MR=conv.plan.mr,
         MRP=max(16, triton.next_power_of_2(conv.plan.mr)),
-        BK=bk,
-        BP=bp,
+        BK=cfg.bk,
+        BP=cfg.bp,
         RELU=conv.relu,
         PREC=precision,
-        num_warps=num_warps,
+        BLOCKS_FIRST=cfg.blocks_first,
+        INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1",
+        num_warps=cfg.warps,
+        num_stages=cfg.stages,
     )
     return out
+
+
+def time_ms(fn, repeats: int = 20, warmup: int = 3) -> float:
+    """Median time (ms) of ``fn()`` on the current CUDA stream (events around each call); wall time
+    where CUDA is absent (Triton's interpreter)."""
+    import statistics
+    import time
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(1e3 * (time.perf_counter() - t0))
+    return statistics.median(times)
+
+
+def tune(
+    conv, x: torch.Tensor, configs=DEFAULT_CONFIGS, repeats: int = 20
+) -> tuple[LaunchConfig, dict[LaunchConfig, float]]:
+    """Time ``conv`` on ``x`` under each launch configuration, keep the fastest as the layer's
+    ``triton_config`` and return it with every time (ms).  Outputs do not depend on the choice."""
+    if not configs:
+        raise CompileError("tune needs at least one LaunchConfig")
+    times = {}
+    with torch.no_grad():
+        for cfg in configs:
+            times[cfg] = time_ms(lambda c=cfg: sparse_conv_triton(conv, x, config=c), repeats)
+    best = min(times, key=times.get)
+    conv.triton_config = best
+    return best, times
+
+
+def tune_model(compiled, example: torch.Tensor, configs=DEFAULT_CONFIGS, repeats: int = 20) -> dict:
+    """:func:`tune` every sparse conv of a compiled CUDA model (a :class:`CompiledModel`) on the inputs it sees for
+    ``example`` (its batch and size: tune for the shape you will run).  Returns, per layer name,
+    the chosen configuration and its time against the default launch's (ms)."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(name: str):
+        def hook(mod, args) -> None:  # first call's input only (a layer reused sees one shape)
+            seen.setdefault(name, args[0])
+
+        return hook
+
+    convs = compiled.sparse_layers()
+    hooks = [m.register_forward_pre_hook(keep(name)) for name, m in convs.items()]
+    try:
+        with torch.no_grad():
+            compiled(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    report = {}
+    for name, x in seen.items():
+        conv = convs[name]
+        if conv.two_d:
+            x = x.unsqueeze(2)
+        best, times = tune(conv, x.contiguous(), configs, repeats)
+        report[name] = {"config": best, "ms": times[best], "default_ms": times.get(LaunchConfig())}
+    return report
