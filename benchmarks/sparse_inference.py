@@ -3,7 +3,9 @@
 Per layer: C3D's conv shapes at 1x3x16x112x112, KGS at 2x..8x fewer MACs, speedup over dense torch
 conv3d.  End to end: C3D and R(2+1)D-18 pruned 2.5x and 3.6x (KGS and vanilla), compiled, against
 dense torch, dense ONNX Runtime, and the channel-pruned (filter scheme, physically shrunk) model of the
-same MACs in torch and ONNX Runtime.  Weights are random (speed does not depend on them); masks are
+same MACs in torch and ONNX Runtime.  2-D end to end (``--only e2e2d``): ResNet-18 and VGG-16 (CIFAR,
+32x32) pruned 3x, batch 1 and 32, compiled and exported to ONNX, against dense torch and ONNX Runtime.
+Weights are random (speed does not depend on them); masks are
 one-shot magnitude masks.  Prints markdown tables and writes results JSON and a PNG plot.
 
     .venv/bin/python benchmarks/sparse_inference.py --threads 2              # all (~15 min)
@@ -17,6 +19,7 @@ import json
 import platform
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -187,6 +190,91 @@ def end_to_end(repeats: int, threads: int, models, targets):
     return rows
 
 
+def ort_session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def end_to_end_2d(repeats: int, threads: int, models, batches, target: float, schemes):
+    """2-D CIFAR models: compiled (edgeguard kernels) and edgeguard's ONNX export in ONNX Runtime
+    against dense torch and the dense ONNX export, all four timed in turn in one loop."""
+    import warnings
+
+    from edgeguard.compiler.bench import interleaved_ms
+    from edgeguard.compiler.onnx_export import export_onnx
+
+    rows = []
+    for arch in models:
+        torch.manual_seed(0)
+        dense = build(arch, num_classes=10).eval()
+        for scheme in schemes:
+            model = build(arch, num_classes=10).eval()
+            model.load_state_dict(dense.state_dict())
+            prune_model(model, scheme, flops_reduction=target, input_shape=(1, 3, 32, 32))
+            red = count_flops(model, (1, 3, 32, 32)).reduction
+            for batch in batches:
+                shape = (batch, 3, 32, 32)
+                x = torch.randn(*shape)
+                comp = compile_model(model, "cpu", input_shape=shape)
+                with tempfile.TemporaryDirectory() as tmp:
+                    dpath, spath = Path(tmp) / "dense.onnx", Path(tmp) / "sparse.onnx"
+                    with torch.no_grad(), warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        torch.onnx.export(
+                            dense,
+                            (x,),
+                            str(dpath),
+                            dynamo=False,
+                            input_names=["input"],
+                            opset_version=18,
+                        )
+                    export_onnx(comp, spath, shape)
+                    dsess, ssess = ort_session(dpath, threads), ort_session(spath, threads)
+                    feed = {"input": x.numpy()}
+                    with torch.no_grad():
+                        ref = model(x)
+                        err = float((comp(x) - ref).abs().max() / ref.abs().max())
+                        onnx_out = torch.from_numpy(ssess.run(None, feed)[0])
+                        onnx_err = float((onnx_out - ref).abs().max() / ref.abs().max())
+                        t_dense, t_ort, t_comp, t_export = interleaved_ms(
+                            [
+                                partial(dense, x),
+                                partial(dsess.run, None, feed),
+                                partial(comp, x),
+                                partial(ssess.run, None, feed),
+                            ],
+                            repeats,
+                        )
+                forms = sorted({m.standard_form() for m in comp.sparse_layers().values()})
+                row = {
+                    "model": arch,
+                    "scheme": scheme,
+                    "batch": batch,
+                    "reduction": red,
+                    "dense_torch_ms": t_dense,
+                    "dense_ort_ms": t_ort,
+                    "compiled_ms": t_comp,
+                    "export_ort_ms": t_export,
+                    "rel_err": err,
+                    "export_rel_err": onnx_err,
+                    "export_forms": forms,
+                }
+                rows.append(row)
+                print(
+                    f"{arch} {scheme} {red:.2f}x batch {batch}: dense torch {t_dense:.1f} ms, "
+                    f"dense ORT {t_ort:.1f}, compiled {t_comp:.1f} (x{t_dense / t_comp:.2f} torch, "
+                    f"x{t_ort / t_comp:.2f} ORT; target x{0.8 * red:.2f}), our export in ORT "
+                    f"{t_export:.1f} (x{t_ort / t_export:.2f} dense export, forms {forms}); "
+                    f"err {err:.1e} / {onnx_err:.1e}",
+                    flush=True,
+                )
+    return rows
+
+
 def plot(layers, out: Path) -> None:
     import matplotlib
 
@@ -214,7 +302,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--only", choices=["layers", "e2e"])
+    ap.add_argument("--only", choices=["layers", "e2e", "e2e2d"])
+    ap.add_argument("--models2d", nargs="+", default=["resnet18_cifar", "vgg16_cifar"])
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    ap.add_argument("--schemes2d", nargs="+", default=["kgs", "column"])
+    ap.add_argument("--target2d", type=float, default=3.0)
     ap.add_argument("--reductions", type=float, nargs="+", default=[2, 3, 4, 6, 8])
     ap.add_argument("--models", nargs="+", default=["c3d", "r2plus1d_18"])
     ap.add_argument("--targets", type=float, nargs="+", default=[2.5, 3.6])
@@ -245,6 +337,10 @@ def main() -> None:
         plot(results["layers"], out / "layer_speedup.png")
     if args.only in (None, "e2e"):
         results["end_to_end"] = end_to_end(args.repeats, args.threads, args.models, args.targets)
+    if args.only in (None, "e2e2d"):
+        results["end_to_end_2d"] = end_to_end_2d(
+            args.repeats, args.threads, args.models2d, args.batches, args.target2d, args.schemes2d
+        )
     (out / "results.json").write_text(json.dumps(results, indent=1))
     print(f"results: {out / 'results.json'}")
 

@@ -13,6 +13,8 @@ from .plan import SparsePlan
 
 MODES = ("cpu", "cuda", "torch")
 PRECISIONS = ("ieee", "tf32", "bf16")  # CUDA matmul operands: float32, TF32, bfloat16
+STANDARD_FORMS = ("auto", "gather", "conv")
+GATHER_MAX_DENSITY = 0.4  # "auto": gather form up to this share of the dense MACs
 
 
 class SparseConv(nn.Module):
@@ -73,6 +75,7 @@ class SparseConv(nn.Module):
                     dense[f, rows] = panel[:, j]
         dense = dense.view(g.out_channels, g.in_channels, g.locations)
         self._locs: list[tuple[int, int, int]] = []
+        wcat: list[torch.Tensor] = []
         for loc in range(g.locations):
             chans = torch.nonzero(dense[:, :, loc].any(0)).flatten()
             if len(chans) == 0:
@@ -80,7 +83,13 @@ class SparseConv(nn.Module):
             kh_, kw_ = g.kernel[1], g.kernel[2]
             self._locs.append((loc // (kh_ * kw_), (loc // kw_) % kh_, loc % kw_))
             self.register_buffer(f"chans_{len(self._locs) - 1}", chans)
-            self.register_buffer(f"wloc_{len(self._locs) - 1}", dense[:, chans, loc].contiguous())
+            wcat.append(dense[:, chans, loc])
+        # the kept weights of every location side by side: one matmul over the gathered slices
+        self.register_buffer("wcat", torch.cat(wcat, 1) if wcat else torch.zeros(g.out_channels, 0))
+        kept = sum(len(getattr(self, f"chans_{i}")) for i in range(len(self._locs)))
+        # the share of the dense MACs that the gather form multiplies (union over all filters)
+        self.gather_density = kept / max(1, g.in_channels * g.locations)
+        self.form = "auto"  # standard-operator form: "gather", "conv" or "auto" (see standard_form)
         self._kernels: dict[tuple, object] = {}
         self.reuse_buffers = False
         self._buffers_cpu: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -94,15 +103,54 @@ class SparseConv(nn.Module):
         out = self.plan.geometry.output_size(size)
         return tuple(n // k for n, k in zip(out, self.pool, strict=True)) if self.pool else out
 
+    def standard_form(self) -> str:
+        """How the standard-operator path (torch backend, ONNX export) computes this layer:
+        ``"gather"`` (per kernel location: shifted slice, gather of the channels any filter keeps
+        there, matmul; multiplies ``gather_density`` of the dense MACs) or ``"conv"`` (one dense
+        conv with the pruned weights as zeros).  ``form="auto"`` takes the gather form only while
+        it multiplies at most 40 % of the dense MACs: past that a runtime's dense conv is faster
+        (docs/compiler.md, ONNX).  Either form gives the masked model's result."""
+        if self.form not in STANDARD_FORMS:
+            raise CompileError(f"form must be one of {STANDARD_FORMS}, got {self.form!r}")
+        if self.form != "auto":
+            return self.form
+        return "gather" if self.gather_density <= GATHER_MAX_DENSITY else "conv"
+
+    def conv_weight(self) -> torch.Tensor:
+        """The dense weight ``[M, C, kd, kh, kw]`` with pruned entries zero (from the kept slices)."""
+        g = self.plan.geometry
+        w = self.panel.new_zeros(g.out_channels, g.in_channels, g.locations)
+        kh, kw = g.kernel[1], g.kernel[2]
+        start = 0
+        for i, (a, b, c) in enumerate(self._locs):
+            chans = getattr(self, f"chans_{i}")
+            w[:, chans, (a * kh + b) * kw + c] = self.wcat[:, start : start + len(chans)]
+            start += len(chans)
+        return w.view(g.out_channels, g.in_channels, *g.kernel)
+
     def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
         g = self.plan.geometry
+        if self.standard_form() == "conv":
+            w = self.conv_weight()
+            if self.two_d:  # a 2-D conv (runtimes optimise it far better than a 3-D one)
+                out = F.conv2d(
+                    x.squeeze(2),
+                    w.squeeze(2),
+                    self.bias,
+                    g.stride[1:],
+                    g.padding[1:],
+                    g.dilation[1:],
+                ).unsqueeze(2)
+            else:
+                out = F.conv3d(x, w, self.bias, g.stride, g.padding, g.dilation)
+            return self._pooled(F.relu(out) if self.relu else out)
         n = x.shape[0]
         do, ho, wo = g.output_size(tuple(x.shape[2:]))
         pd, ph, pw = g.padding
         xp = F.pad(x, (pw, pw, ph, ph, pd, pd))
         sd, sh, sw = g.stride
         dd, dh, dw = g.dilation
-        out = self.bias.view(1, -1, 1).expand(n, -1, do * ho * wo).contiguous()
+        cols = []
         for i, (kd, kh, kw) in enumerate(self._locs):
             a, b, c = kd * dd, kh * dh, kw * dw
             xs = xp[
@@ -112,8 +160,14 @@ class SparseConv(nn.Module):
                 b : b + (ho - 1) * sh + 1 : sh,
                 c : c + (wo - 1) * sw + 1 : sw,
             ]
-            xs = xs.index_select(1, getattr(self, f"chans_{i}")).reshape(n, -1, do * ho * wo)
-            out = out + torch.matmul(getattr(self, f"wloc_{i}"), xs)
+            cols.append(
+                xs.index_select(1, getattr(self, f"chans_{i}")).reshape(n, -1, do * ho * wo)
+            )
+        out = self.bias.view(1, -1, 1)
+        if cols:  # the kept rows of every location stacked (an im2col of kept rows), one matmul
+            out = torch.matmul(self.wcat, torch.cat(cols, 1)) + out
+        else:
+            out = out.expand(n, -1, do * ho * wo).contiguous()
         out = out.view(n, -1, do, ho, wo)
         return self._pooled(F.relu(out) if self.relu else out)
 

@@ -1,0 +1,83 @@
+"""The two standard-operator forms of a sparse conv (gather, conv) and which one ONNX export writes."""
+
+import pytest
+import torch
+from torch import nn
+
+from edgeguard.compiler import CompileError, SparseConv, compile_model, plan_conv
+from edgeguard.sparsity import get_scheme, prune_model
+
+
+def masked_conv(conv: nn.Module, scheme: str, rate: float) -> nn.Module:
+    with torch.no_grad():
+        conv.weight *= get_scheme(scheme).mask(conv.weight, rate)
+    return conv
+
+
+@pytest.mark.parametrize("two_d", [False, True])
+@pytest.mark.parametrize("scheme", ["kgs", "column", "vanilla"])
+def test_both_forms_equal_the_dense_conv_and_auto_follows_the_kept_channels(two_d, scheme):
+    torch.manual_seed(0)
+    if two_d:
+        conv = masked_conv(nn.Conv2d(12, 16, 3, (2, 1), (1, 2), (1, 2)), scheme, 0.7)
+        x = torch.randn(2, 12, 9, 10)
+        sc = SparseConv(plan_conv(conv, mr=8), relu=True, two_d=True)
+    else:
+        conv = masked_conv(nn.Conv3d(12, 16, 3, (1, 2, 1), 1), scheme, 0.7)
+        x = torch.randn(2, 12, 5, 9, 10)
+        sc = SparseConv(plan_conv(conv, mr=8), relu=True)
+    ref = conv(x).relu().detach()
+    weight = conv.weight.detach()
+    assert torch.equal(sc.conv_weight().view_as(weight), weight)
+    for form in ("gather", "conv"):
+        sc.form = form
+        assert sc.standard_form() == form
+        assert (sc(x) - ref).abs().max() <= 1e-5 * ref.abs().max(), form
+    # column pruning drops (channel, location) rows for every filter: the gather form multiplies
+    # only the kept rows; kernel groups and single weights leave nearly every row kept by someone
+    sc.form = "auto"
+    assert sc.standard_form() == ("gather" if sc.gather_density <= 0.4 else "conv")
+    if scheme != "vanilla":
+        assert sc.standard_form() == {"column": "gather", "kgs": "conv"}[scheme], sc.gather_density
+    sc.form = "im2col"
+    with pytest.raises(CompileError, match=r"form must be one of \('auto', 'gather', 'conv'\)"):
+        sc(x)
+
+
+class TwoConvs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 16, 3, padding=1)
+        self.b = nn.Conv2d(16, 16, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x)))
+
+
+@pytest.mark.parametrize("scheme,op", [("kgs", "Conv"), ("column", "MatMul")])
+def test_export_writes_the_auto_form_and_onnx_runtime_equals_the_masked_model(
+    tmp_path, scheme, op
+):
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from edgeguard.compiler.onnx_export import ExportError, export_onnx
+
+    torch.manual_seed(0)
+    model = TwoConvs().eval()
+    prune_model(model, scheme, rates=0.7)
+    comp = compile_model(model, "torch")
+    assert len(comp.sparse_layers()) == 2
+    shape = (2, 3, 12, 12)
+    x = torch.randn(*shape)
+    for form in ("auto", "gather", "conv"):
+        path = export_onnx(comp, tmp_path / f"{form}.onnx", shape, form=form)
+        ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+        want = {"auto": op, "gather": "MatMul", "conv": "Conv"}[form]
+        assert ops.count(want) == 2, (form, ops)
+        out = ort.InferenceSession(str(path)).run(None, {"input": x.numpy()})[0]
+        with torch.no_grad():
+            ref = model(x)
+        assert (torch.from_numpy(out) - ref).abs().max() <= 1e-5 * ref.abs().max(), form
+    assert all(m.form == "auto" for m in comp.sparse_layers().values())  # restored
+    with pytest.raises(ExportError, match="form must be one of"):
+        export_onnx(comp, tmp_path / "bad.onnx", shape, form="fast")
