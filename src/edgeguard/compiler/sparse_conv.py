@@ -128,22 +128,22 @@ class SparseConv(nn.Module):
             start += len(chans)
         return w.view(g.out_channels, g.in_channels, *g.kernel)
 
+    def _conv_form(self, x: torch.Tensor) -> torch.Tensor:
+        """The "conv" standard form on the layer's own rank (4-D for a 2-D layer: a 2-D conv
+        between reshapes would cost runtimes their blocked-layout conv chains)."""
+        g = self.plan.geometry
+        w = self.conv_weight()
+        if x.dim() == 4:
+            out = F.conv2d(x, w.squeeze(2), self.bias, g.stride[1:], g.padding[1:], g.dilation[1:])
+            out = F.relu(out) if self.relu else out
+            return F.max_pool2d(out, self.pool[1:], self.pool[1:]) if self.pool else out
+        out = F.conv3d(x, w, self.bias, g.stride, g.padding, g.dilation)
+        return self._pooled(F.relu(out) if self.relu else out)
+
     def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
         g = self.plan.geometry
         if self.standard_form() == "conv":
-            w = self.conv_weight()
-            if self.two_d:  # a 2-D conv (runtimes optimise it far better than a 3-D one)
-                out = F.conv2d(
-                    x.squeeze(2),
-                    w.squeeze(2),
-                    self.bias,
-                    g.stride[1:],
-                    g.padding[1:],
-                    g.dilation[1:],
-                ).unsqueeze(2)
-            else:
-                out = F.conv3d(x, w, self.bias, g.stride, g.padding, g.dilation)
-            return self._pooled(F.relu(out) if self.relu else out)
+            return self._conv_form(x.squeeze(2)).unsqueeze(2) if self.two_d else self._conv_form(x)
         n = x.shape[0]
         do, ho, wo = g.output_size(tuple(x.shape[2:]))
         pd, ph, pw = g.padding
@@ -263,7 +263,7 @@ class SparseConv(nn.Module):
         return self._pooled(out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        given = tuple(x.shape)
+        given, x0 = tuple(x.shape), x
         if self.two_d:
             x = x.unsqueeze(2)
         if x.dim() != 5 or x.shape[1] != self.plan.geometry.in_channels:
@@ -279,6 +279,9 @@ class SparseConv(nn.Module):
                 f"{self.name}: input {given} is too small for kernel {tuple(k)} with padding "
                 f"{tuple(p)}, stride and dilation of this layer (no output position)"
             )
+        standard = torch.onnx.is_in_onnx_export() or self.mode == "torch"
+        if standard and self.two_d and self.standard_form() == "conv":
+            return self._conv_form(x0)
         if torch.onnx.is_in_onnx_export():  # the standard-operator form is what ONNX holds
             out = self.forward_torch(x)
         else:
