@@ -275,3 +275,27 @@ def test_a_fused_max_pool_exports_to_onnx_as_a_max_pool(tmp_path, monkeypatch):
     out = ort.InferenceSession(str(path)).run(None, {"input": x.numpy()})[0]
     with torch.no_grad():
         assert rel_err(torch.from_numpy(out), model(x)) < 1e-5
+
+
+@pytest.mark.parametrize("gm,gn,want", [(8, 4, 8), (4, 8, 4), (3, 5, 4)])
+def test_each_layer_gets_the_block_size_that_fits_its_kernel_groups(monkeypatch, gm, gn, want):
+    # 8-filter blocks over kernel groups of 4 (or 3) filters store the union of two groups' rows;
+    # the planner takes 4-filter blocks there, and keeps 8 where the groups fit
+    from edgeguard.compiler import backends, plan_conv
+    from edgeguard.compiler.passes.lowering import SMALLER_BLOCK_COST, choose_plan
+    from edgeguard.compiler.plan import ConvGeometry, conv_weight
+    from edgeguard.sparsity import get_scheme
+
+    monkeypatch.setattr(backends.CpuBackend, "register_tile", lambda self: (8, 2))  # AVX-512
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3))
+    prune_model(model, get_scheme("kgs", gm=gm, gn=gn), rates=0.6)
+    conv = model[2]
+    stored = {r: plan_conv(conv, r).density for r in (8, 4)}
+    sizes = backends.get_backend("cpu").block_sizes()
+    assert sizes == (8, 4)
+    plan = choose_plan(conv_weight(conv), conv.bias, ConvGeometry.of(conv), sizes)
+    assert plan.mr == want and plan.density == stored[want]
+    assert (stored[8] > SMALLER_BLOCK_COST * stored[4]) == (want == 4), stored
+    with pytest.raises(CompileError, match=r"mr \(filters per block\) must be one of \(1, 2, 4, 8"):
+        compile_model(model, "cpu", mr=3)

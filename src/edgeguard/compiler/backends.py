@@ -39,6 +39,13 @@ class Backend:
     def default_mr(self) -> int:
         return self.register_tile()[0]
 
+    def block_sizes(self) -> tuple[int, ...]:
+        """Filters per block the planner may choose per layer, the preferred one first."""
+        return (self.default_mr(),)
+
+    def check_mr(self, mr: int) -> None:
+        """Refuse a block size the kernels cannot take (one-line CompileError)."""
+
     def run(self, conv: SparseConv, x: torch.Tensor) -> torch.Tensor:
         """Run ``conv`` on ``x`` (5D, checked) with this backend's kernel."""
         return conv.forward_torch(x)
@@ -61,6 +68,19 @@ class CpuBackend(Backend):
         from .cpu import host_target
 
         return host_target().tile
+
+    def block_sizes(self) -> tuple[int, ...]:
+        # half blocks too: a kernel group of 4 (or 3, 5, ...) filters would otherwise share a
+        # block of 8 with another group and store the union of their rows
+        mr = self.default_mr()
+        return (mr, mr // 2) if mr >= 8 else (mr,)
+
+    def check_mr(self, mr: int) -> None:
+        if mr not in CPU_BLOCK_SIZES:
+            raise CompileError(
+                f"mr (filters per block) must be one of {CPU_BLOCK_SIZES} for the cpu backend "
+                f"(a vector of mr floats), got {mr}"
+            )
 
     def run(self, conv: SparseConv, x: torch.Tensor) -> torch.Tensor:
         # named in torch.profiler traces only while profiling (the record has a per-call cost)
@@ -97,6 +117,7 @@ class CudaBackend(Backend):
 
 BACKENDS_BY_NAME: dict[str, Backend] = {b.name: b for b in (CpuBackend(), CudaBackend(), Backend())}
 BACKENDS = ("cpu", "cuda", "auto", "torch")
+CPU_BLOCK_SIZES = (1, 2, 4, 8, 16)
 
 
 def get_backend(name: str) -> Backend:

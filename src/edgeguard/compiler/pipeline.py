@@ -60,8 +60,10 @@ def compile_model(
         max_density: a conv layer that would still multiply more than this fraction of its weights
             stays a dense (oneDNN/cuDNN) op, since a sparse kernel would not pay off; in (0, 1].
         shrink_channels: physically remove dead filters and the matching channels downstream.
-        mr: filters per block (CPU default: 8 with AVX-512, else 4, the register tile; 16 on CUDA,
-            one tensor-core tile).
+        mr: filters per block for every layer (CPU: 1, 2, 4, 8 or 16; CUDA: 16 is one tensor-core
+            tile).  Default: per layer, the block size that stores the fewest weights, among the
+            register tile (CPU: 8 with AVX-512, else 4) and half of it, the smaller counted 15 %
+            dearer (a kernel group of 4 filters gets blocks of 4 rather than sharing 8); 16 on CUDA.
         nv: vectors of output positions in the CPU register tile (default: per layer and input
             size with AVX-512, 2 or 3 (:meth:`~edgeguard.compiler.cpu.Target.nv_for`), else 3).
         precision: CUDA matmul precision, ``"ieee"`` (float32, default), ``"tf32"`` or ``"bf16"``
@@ -80,12 +82,15 @@ def compile_model(
     # Linear layers (batch-1 GEMVs, bound by reading their weights) use blocks of at least 8
     # outputs unless told otherwise (docs/compiler.md, design decisions).
     linear_mr = mr if mr is not None else max(8, be.register_tile()[0])
-    if mr is None:
-        mr = be.default_mr()
     if nv is not None and (not isinstance(nv, int) or nv < 1):
         raise CompileError(f"nv must be a positive integer or None, got {nv!r}")
-    if not isinstance(mr, int) or mr < 1:
-        raise CompileError(f"mr must be a positive integer, got {mr!r}")
+    if mr is None:  # per layer, the backend's block sizes (lower_conv picks)
+        mrs = be.block_sizes()
+    else:
+        if not isinstance(mr, int) or isinstance(mr, bool) or mr < 1:
+            raise CompileError(f"mr must be a positive integer, got {mr!r}")
+        be.check_mr(mr)
+        mrs = (mr,)
     reference = model
     model = copy.deepcopy(model).eval().float()
     if input_shape is not None:
@@ -111,14 +116,14 @@ def compile_model(
             "layers in place, without BatchNorm folding, ReLU fusion or channel shrinking",
             stacklevel=2,
         )
-        decisions = _lower_in_place(model, be, max_density, mr, nv)
+        decisions = _lower_in_place(model, be, max_density, mrs, nv)
         compiled = CompiledModel(model, be.name, decisions, reference, input_shape)
         be.finish(compiled, input_shape)
         return compiled
     remove_identities(gm)
     fold_batchnorm(gm)
     shrunk = shrink(gm) if shrink_channels else {}
-    decisions = lower(gm, be, max_density, mr, linear_mr, nv, shrunk, orig_density, orig_numel)
+    decisions = lower(gm, be, max_density, mrs, linear_mr, nv, shrunk, orig_density, orig_numel)
     for m in gm.modules():
         if isinstance(m, SparseConv):
             m.precision = precision

@@ -9,7 +9,7 @@ from torch import fx, nn
 from ...masks import mask_of
 from ..backends import Backend
 from ..model import LayerDecision
-from ..plan import ConvGeometry, make_plan, numeric_padding
+from ..plan import ConvGeometry, SparsePlan, make_plan, numeric_padding
 from ..pool import MaxPoolCpu
 from ..pool import supported as pool_supported
 from ..sparse_conv import SparseConv
@@ -28,7 +28,7 @@ def lower(
     gm: fx.GraphModule,
     backend: Backend,
     max_density: float,
-    mr: int,
+    mr: int | tuple[int, ...],
     linear_mr: int,
     nv: int | None,
     shrunk: dict[str, tuple[int, int]],
@@ -108,18 +108,32 @@ def lower_linear(
     return LayerDecision(name, "sparse", density, detail)
 
 
+# A block smaller than the preferred register tile runs its stored weights this much slower
+# (docs/compiler.md, design decisions: ResNet-18 KGS 4x8 with 4-filter blocks).
+SMALLER_BLOCK_COST = 1.15
+
+
+def choose_plan(weight, bias, geometry: ConvGeometry, mr: int | tuple[int, ...]) -> SparsePlan:
+    """The plan whose blocks store the fewest weights, among block sizes ``mr`` (preferred first;
+    the others count ``SMALLER_BLOCK_COST`` times their stored weights)."""
+    sizes = (mr,) if isinstance(mr, int) else tuple(mr)
+    plans = [make_plan(weight, bias, geometry, r) for r in sizes]
+    return min(plans, key=lambda p: p.density * (1.0 if p.mr == sizes[0] else SMALLER_BLOCK_COST))
+
+
 def lower_conv(
     name: str,
     m: nn.Module,
     backend: Backend,
     max_density: float,
-    mr: int,
+    mr: int | tuple[int, ...],
     nv: int | None,
     gm: fx.GraphModule | None = None,
     node: fx.Node | None = None,
 ) -> tuple[LayerDecision, SparseConv | None]:
     """The decision for one conv and its :class:`SparseConv` (None: it stays as it is).  Without a
-    graph (``gm`` None) no ReLU is fused."""
+    graph (``gm`` None) no ReLU is fused.  ``mr``: filters per block, or the candidates, preferred
+    first (:func:`choose_plan`)."""
     materialise_mask(m)
     if (
         m.groups != 1
@@ -139,7 +153,7 @@ def lower_conv(
         return LayerDecision(name, "unsupported", 1.0, f"{why}: left as a dense op"), None
     w = m.weight.detach().float()
     w5 = w if w.dim() == 5 else w.unsqueeze(2)
-    plan = make_plan(w5, m.bias, ConvGeometry.of(m), mr)
+    plan = choose_plan(w5, m.bias, ConvGeometry.of(m), mr)
     if plan.density > max_density or (backend.keeps_unpruned_dense and plan.density > 0.999):
         detail = (
             "nothing pruned"
@@ -151,5 +165,7 @@ def lower_conv(
         return LayerDecision(name, "dense", plan.density, detail), None
     relu = fuse_relu(gm, node) if gm is not None and backend.fuses_relu else False
     new = SparseConv(plan, relu=relu, two_d=w.dim() == 4, mode=backend.name, nv=nv, name=name)
-    detail = f"{len(plan.block_rows)} blocks of {mr} filters" + (", ReLU fused" if relu else "")
+    detail = f"{len(plan.block_rows)} blocks of {plan.mr} filters" + (
+        ", ReLU fused" if relu else ""
+    )
     return LayerDecision(name, "sparse", plan.density, detail), new
