@@ -196,7 +196,17 @@ def ort_session(path: Path, threads: int):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+    # timed in turn with torch: ORT's workers must not spin on the cores after each run
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def scheme_of(spec: str):
+    """``"kgs"``, ``"column"``, ... or ``"kgs4x8"`` (KGS with groups of 4 filters x 8 channels)."""
+    if spec.startswith("kgs") and "x" in spec:
+        gm, gn = spec[3:].split("x")
+        return get_scheme("kgs", gm=int(gm), gn=int(gn))
+    return get_scheme(spec)
 
 
 def end_to_end_2d(repeats: int, threads: int, models, batches, target: float, schemes):
@@ -214,7 +224,9 @@ def end_to_end_2d(repeats: int, threads: int, models, batches, target: float, sc
         for scheme in schemes:
             model = build(arch, num_classes=10).eval()
             model.load_state_dict(dense.state_dict())
-            prune_model(model, scheme, flops_reduction=target, input_shape=(1, 3, 32, 32))
+            prune_model(
+                model, scheme_of(scheme), flops_reduction=target, input_shape=(1, 3, 32, 32)
+            )
             red = count_flops(model, (1, 3, 32, 32)).reduction
             for batch in batches:
                 shape = (batch, 3, 32, 32)
