@@ -57,6 +57,8 @@ def export_onnx(
     before = [m.form for m in layers]
     for m in layers:
         m.form = form
+        if m.standard_form() == "conv":
+            m.conv_weight()  # built here, so the export holds it as a constant
     try:
         with torch.no_grad(), warnings.catch_warnings():
             # The TorchScript exporter is deprecated in favour of torch.export, which does not yet

@@ -14,7 +14,7 @@ from .plan import SparsePlan
 MODES = ("cpu", "cuda", "torch")
 PRECISIONS = ("ieee", "tf32", "bf16")  # CUDA matmul operands: float32, TF32, bfloat16
 STANDARD_FORMS = ("auto", "gather", "conv")
-GATHER_MAX_DENSITY = 0.4  # "auto": gather form up to this share of the dense MACs
+GATHER_MAX_DENSITY = 0.2  # "auto": gather form up to this share of the dense MACs
 
 
 class SparseConv(nn.Module):
@@ -89,6 +89,7 @@ class SparseConv(nn.Module):
         kept = sum(len(getattr(self, f"chans_{i}")) for i in range(len(self._locs)))
         # the share of the dense MACs that the gather form multiplies (union over all filters)
         self.gather_density = kept / max(1, g.in_channels * g.locations)
+        self._conv_weights: dict[str, torch.Tensor] = {}  # conv_weight(), per device
         self.form = "auto"  # standard-operator form: "gather", "conv" or "auto" (see standard_form)
         self._kernels: dict[tuple, object] = {}
         self.reuse_buffers = False
@@ -108,7 +109,7 @@ class SparseConv(nn.Module):
         ``"gather"`` (per kernel location: shifted slice, gather of the channels any filter keeps
         there, matmul; multiplies ``gather_density`` of the dense MACs) or ``"conv"`` (one dense
         conv with the pruned weights as zeros).  ``form="auto"`` takes the gather form only while
-        it multiplies at most 40 % of the dense MACs: past that a runtime's dense conv is faster
+        it multiplies at most 20 % of the dense MACs: past that a runtime's dense conv is faster
         (docs/compiler.md, ONNX).  Either form gives the masked model's result."""
         if self.form not in STANDARD_FORMS:
             raise CompileError(f"form must be one of {STANDARD_FORMS}, got {self.form!r}")
@@ -117,7 +118,15 @@ class SparseConv(nn.Module):
         return "gather" if self.gather_density <= GATHER_MAX_DENSITY else "conv"
 
     def conv_weight(self) -> torch.Tensor:
-        """The dense weight ``[M, C, kd, kh, kw]`` with pruned entries zero (from the kept slices)."""
+        """The dense weight ``[M, C, kd, kh, kw]`` with pruned entries zero (from the kept slices),
+        built once per device: a constant (an ONNX initializer), not ops of every call."""
+        key = str(self.wcat.device)
+        if key not in self._conv_weights:
+            with torch.no_grad():
+                self._conv_weights = {key: self._build_conv_weight()}
+        return self._conv_weights[key]
+
+    def _build_conv_weight(self) -> torch.Tensor:
         g = self.plan.geometry
         w = self.panel.new_zeros(g.out_channels, g.in_channels, g.locations)
         kh, kw = g.kernel[1], g.kernel[2]
