@@ -299,3 +299,29 @@ def test_each_layer_gets_the_block_size_that_fits_its_kernel_groups(monkeypatch,
     assert (stored[8] > SMALLER_BLOCK_COST * stored[4]) == (want == 4), stored
     with pytest.raises(CompileError, match=r"mr \(filters per block\) must be one of \(1, 2, 4, 8"):
         compile_model(model, "cpu", mr=3)
+
+
+def test_kept_channel_counts_are_rounded_up_to_a_multiple_of_8():
+    from edgeguard.compiler.passes.shrink import align_kept
+
+    def mask(n, idx):
+        m = torch.zeros(n, dtype=torch.bool)
+        m[list(idx)] = True
+        return m
+
+    # 64 channels, 11 removed: 53 kept -> 3 go back, the preferred ones (4, 7) first
+    got = align_kept(mask(64, range(11)), mask(64, [4, 7]))
+    assert torch.equal(got, mask(64, [1, 2, 3, 5, 6, 8, 9, 10])), torch.nonzero(got).flatten()
+    # already a multiple; rounding up would restore every channel; a small or odd-sized layer
+    for remove, n in ((range(16), 64), ((0, 5, 9), 64), (range(5), 24), (range(3), 36)):
+        assert torch.equal(align_kept(mask(n, remove), mask(n, [])), mask(n, remove))
+    # in a model: 64 filters of which 11 are dead shrink to 56, and the result equals the masked model
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 32, 3)).eval()
+    with torch.no_grad():
+        model[0].weight[:11] = 0
+    comp = compile_model(model, "torch")
+    assert comp.module.get_submodule("0").out_channels == 56
+    x = torch.randn(2, 3, 9, 9)
+    with torch.no_grad():
+        assert rel_err(comp(x), model(x)) <= 1e-5

@@ -119,8 +119,15 @@ class BenchResult:
 
 def _layer_inputs(model: nn.Module, x: torch.Tensor, types) -> dict[str, torch.Tensor]:
     seen: dict[str, torch.Tensor] = {}
+
+    def keep(name: str):
+        def hook(mod, args) -> None:  # returns None: the call's inputs stay as they are
+            seen.setdefault(name, args[0].detach())
+
+        return hook
+
     handles = [
-        m.register_forward_pre_hook(lambda mod, a, n=n: seen.setdefault(n, a[0].detach()))
+        m.register_forward_pre_hook(keep(n))
         for n, m in model.named_modules()
         if isinstance(m, types)
     ]

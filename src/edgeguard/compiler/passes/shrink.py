@@ -169,6 +169,28 @@ def _slice_conv(conv: nn.Module, out_keep=None, in_keep=None) -> nn.Module:
     return new.train(conv.training)
 
 
+# Kept channel counts are rounded up to a multiple of this (when the layer had one): runtimes'
+# blocked layouts (oneDNN, ONNX Runtime's NCHWc) fall back to slower paths on other counts
+# (docs/compiler.md, design decisions).
+CHANNEL_ALIGN = 8
+
+
+def align_kept(remove: torch.Tensor, prefer: torch.Tensor) -> torch.Tensor:
+    """``remove [C]`` with the fewest channels put back so that the kept count is a multiple of
+    ``CHANNEL_ALIGN``; channels in ``prefer`` go back first.  Only for layers of at least four
+    such multiples whose ``C`` is one, and never back to all ``C`` (small layers shrink as is)."""
+    n = len(remove)
+    kept = n - int(remove.sum())
+    back = -kept % CHANNEL_ALIGN
+    if n % CHANNEL_ALIGN or n < 4 * CHANNEL_ALIGN or back == 0 or kept in (0, n - back):
+        return remove
+    order = torch.nonzero(remove).flatten()
+    order = order[torch.argsort((~prefer[order]).to(torch.int8), stable=True)]
+    remove = remove.clone()
+    remove[order[:back]] = False
+    return remove
+
+
 def shrink(gm: fx.GraphModule) -> dict[str, tuple[int, int]]:
     """Physically remove dead filters/channels; returns ``{conv: (filters before, after)}``."""
     changed: dict[str, tuple[int, int]] = {}
@@ -202,7 +224,7 @@ def shrink(gm: fx.GraphModule) -> dict[str, tuple[int, int]]:
                 continue
             span = cw.shape[1] // nf
             unused = (cw.view(cw.shape[0], nf, span) == 0).all(0).all(1)
-        remove = dead | unused
+        remove = align_kept(dead | unused, dead & ~unused)
         if not remove.any() or remove.all():
             continue
         keep = torch.nonzero(~remove).flatten()
