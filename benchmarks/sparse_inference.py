@@ -287,6 +287,64 @@ def end_to_end_2d(repeats: int, threads: int, models, batches, target: float, sc
     return rows
 
 
+def peer_files(repeats: int, threads: int, out: Path) -> list[dict]:
+    """Step 1 of benchmarks/deepsparse_peer.py: C3D (KGS 3.6x) and ResNet-18 CIFAR (KGS 3x) as
+    dense and masked ONNX files, with edgeguard's compiled time and dense ORT's, timed in turn."""
+    import warnings
+
+    from edgeguard.compiler.bench import interleaved_ms
+
+    rows = []
+    for arch, shape, target, classes in (
+        ("c3d", (1, 3, 16, 112, 112), 3.6, 101),
+        ("resnet18_cifar", (1, 3, 32, 32), 3.0, 10),
+    ):
+        torch.manual_seed(0)
+        dense = build(arch, num_classes=classes).eval()
+        model = build(arch, num_classes=classes).eval()
+        model.load_state_dict(dense.state_dict())
+        prune_model(model, "kgs", flops_reduction=target, input_shape=shape)
+        red = count_flops(model, shape).reduction
+        x = torch.randn(*shape)
+        files = {}
+        for tag, net in (("dense", dense), ("masked", model)):
+            files[tag] = f"{arch}_{tag}.onnx"
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    net,
+                    (x,),
+                    str(out / files[tag]),
+                    dynamo=False,
+                    input_names=["input"],
+                    opset_version=13,
+                )
+        comp = compile_model(model, "cpu", input_shape=shape)
+        sess = ort_session(out / files["dense"], threads)
+        feed = {"input": x.numpy()}
+        with torch.no_grad():
+            t_comp, t_ort = interleaved_ms(
+                [partial(comp, x), partial(sess.run, None, feed)], repeats
+            )
+        row = {
+            "model": arch,
+            "scheme": "kgs",
+            "reduction": red,
+            "input_shape": list(shape),
+            "dense_onnx": files["dense"],
+            "masked_onnx": files["masked"],
+            "compiled_ms": t_comp,
+            "dense_ort_ms": t_ort,
+        }
+        rows.append(row)
+        print(
+            f"{arch} KGS {red:.2f}x: compiled {t_comp:.1f} ms, dense ORT {t_ort:.1f} ms",
+            flush=True,
+        )
+    (out / "peers.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
 def plot(layers, out: Path) -> None:
     import matplotlib
 
@@ -314,7 +372,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--only", choices=["layers", "e2e", "e2e2d"])
+    ap.add_argument("--only", choices=["layers", "e2e", "e2e2d", "peers"])
     ap.add_argument("--models2d", nargs="+", default=["resnet18_cifar", "vgg16_cifar"])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--schemes2d", nargs="+", default=["kgs", "column"])
@@ -353,6 +411,8 @@ def main() -> None:
         results["end_to_end_2d"] = end_to_end_2d(
             args.repeats, args.threads, args.models2d, args.batches, args.target2d, args.schemes2d
         )
+    if args.only == "peers":
+        results["peers"] = peer_files(args.repeats, args.threads, out)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     print(f"results: {out / 'results.json'}")
 
