@@ -125,20 +125,25 @@ def test_padding_modes_after_filter_pruning(padding, mode, backend):
     got = compiled(x)
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-5), float((got - want).abs().max())
     rows = {d.name: d for d in compiled.decisions}
-    if mode != "zeros":  # left dense, and said why
-        assert f"padding mode {mode!r}" in rows["b"].detail
+    # after shrinking b has nothing pruned: the torch backend keeps it dense, cpu runs it sparse
+    assert rows["b"].action == ("sparse" if backend == "cpu" else "dense"), rows["b"]
+    if backend == "cpu" and mode != "zeros":  # the padding as its own op, then the sparse conv
+        assert f"{mode} padding as a separate op" in rows["b"].detail
     else:  # "same" with an odd kernel is symmetric: compiled like padding=1
-        assert rows["b"].action != "unsupported"
+        assert "separate op" not in rows["b"].detail
 
 
-def test_same_padding_that_pads_unevenly_stays_dense_and_says_why():
-    model = nn.Sequential(nn.Conv2d(4, 16, 2, padding="same")).eval()
+@pytest.mark.parametrize("backend", ["torch", pytest.param("cpu", marks=needs_cxx)])
+def test_same_padding_that_pads_unevenly_is_padded_by_a_separate_op(backend):
+    # torch pads one side more (kernel 2: 0 before, 1 after): the kernels read symmetric zeros only
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 16, 2, padding="same"), nn.ReLU()).eval()
     _pruned(model, "kgs", 0.5)
     x = torch.randn(1, 4, 9, 8)
-    compiled = compile_model(model, "torch", max_density=1.0)
+    compiled = compile_model(model, backend, max_density=1.0)
     assert torch.allclose(compiled(x), model(x), atol=1e-6)
     row = compiled.decisions[0]
-    assert row.action == "unsupported" and "padding 'same'" in row.detail
+    assert row.action == "sparse" and "constant padding as a separate op" in row.detail
 
 
 def test_errors_name_the_users_2d_shapes():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from ...masks import mask_of
@@ -121,6 +123,34 @@ def choose_plan(weight, bias, geometry: ConvGeometry, mr: int | tuple[int, ...])
     return min(plans, key=lambda p: p.density * (1.0 if p.mr == sizes[0] else SMALLER_BLOCK_COST))
 
 
+class PaddedConv(nn.Module):
+    """``F.pad(x, pads, mode)`` then a sparse conv without padding: a conv whose padding the
+    kernels cannot read as zeros (``padding_mode`` reflect/replicate/circular, uneven "same")."""
+
+    def __init__(self, conv: SparseConv, pads: tuple[int, ...], mode: str) -> None:
+        super().__init__()
+        self.conv, self.pads, self.mode = conv, pads, mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, self.pads, mode=self.mode))
+
+
+def unpadded(m: nn.Module) -> nn.Module:
+    """A copy of conv ``m`` with no padding (same weights and bias)."""
+    new = type(m)(
+        m.in_channels,
+        m.out_channels,
+        m.kernel_size,
+        m.stride,
+        0,
+        m.dilation,
+        bias=m.bias is not None,
+    )
+    new.weight = m.weight
+    new.bias = m.bias
+    return new
+
+
 def lower_conv(
     name: str,
     m: nn.Module,
@@ -135,22 +165,18 @@ def lower_conv(
     graph (``gm`` None) no ReLU is fused.  ``mr``: filters per block, or the candidates, preferred
     first (:func:`choose_plan`)."""
     materialise_mask(m)
-    if (
-        m.groups != 1
-        or isinstance(m, nn.Conv1d)
-        or m.padding_mode != "zeros"
-        or numeric_padding(m) is None
-    ):
-        why = (
-            "grouped"
-            if m.groups != 1
-            else "conv1d"
-            if isinstance(m, nn.Conv1d)
-            else f"padding mode {m.padding_mode!r}"
-            if m.padding_mode != "zeros"
-            else f"padding {m.padding!r}"
-        )
+    if m.groups != 1 or isinstance(m, nn.Conv1d):
+        why = "grouped" if m.groups != 1 else "conv1d"
         return LayerDecision(name, "unsupported", 1.0, f"{why}: left as a dense op"), None
+    if m.padding_mode != "zeros" or numeric_padding(m) is None:
+        # reflect/replicate/circular or uneven "same": the padding as its own op, then the
+        # sparse conv without padding
+        decision, inner = lower_conv(name, unpadded(m), backend, max_density, mr, nv, gm, node)
+        if inner is None:
+            return decision, None
+        mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
+        decision.detail += f", {mode} padding as a separate op"
+        return decision, PaddedConv(inner, tuple(m._reversed_padding_repeated_twice), mode)
     w = m.weight.detach().float()
     w5 = w if w.dim() == 5 else w.unsqueeze(2)
     plan = choose_plan(w5, m.bias, ConvGeometry.of(m), mr)
