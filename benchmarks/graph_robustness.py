@@ -217,7 +217,13 @@ def run_metattack(args) -> list[dict]:
         surrogate = natural(data, 0)
         top = max(args.rates)
         t0 = time.perf_counter()
-        res = Metattack(top, flips_per_step=args.flips_per_step, seed=0)(surrogate, data)
+        res = Metattack(
+            top,
+            flips_per_step=args.flips_per_step,
+            seed=0,
+            self_training=args.self_training,
+            reinit=args.reinit,
+        )(surrogate, data)
         attack_s = time.perf_counter() - t0
         print(f"{name}: Metattack {res.num_flips} flips in {attack_s:.0f} s", flush=True)
         for rate in sorted(args.rates):
@@ -340,6 +346,18 @@ def main() -> None:
         nargs="+",
         default=[0.05, 0.1, 0.2],
         help="metattack: poisoning rates (fractions of the edges)",
+    )
+    ap.add_argument(
+        "--self-training",
+        choices=["model", "linear"],
+        default="model",
+        help="metattack: who labels the unlabelled nodes (the natural GCN, or a linearised GCN as in "
+        "the reference code)",
+    )
+    ap.add_argument(
+        "--reinit",
+        action="store_true",
+        help="metattack: draw the surrogate's initial weights anew for every meta-gradient",
     )
     ap.add_argument(
         "--flips-per-step",

@@ -80,6 +80,12 @@ class Metattack(GraphAttack):
         flips_per_step: pairs flipped per meta-gradient (1: the paper; more: an approximation that
             divides the time by as much).
         max_nodes: largest graph accepted (the meta-gradient is a dense N x N tensor).
+        self_training: who labels the unlabelled nodes: ``"model"`` (the attacked model's
+            predictions) or ``"linear"`` (the reference code's choice: a linearised GCN like the
+            surrogate, trained on the clean graph's labelled nodes, 200 epochs of Adam; its labels
+            are noisier where features are weak, which weakens the attack).
+        reinit: draw the surrogate's initial weights anew for every meta-gradient (the reference
+            code) instead of once per attack.
     ``result.flips`` are in the order chosen: with ``flips_per_step`` dividing ``k``, the first
     ``k`` are the attack at budget ``k``.  Pairs whose removal would leave a node without
     neighbours are never flipped (the paper's singleton filter).
@@ -98,8 +104,15 @@ class Metattack(GraphAttack):
         flips_per_step: int = 1,
         max_nodes: int = 20_000,
         seed: int | None = 0,
+        self_training: str = "model",
+        reinit: bool = False,
     ) -> None:
         super().__init__(budget, seed)
+        if self_training not in ("linear", "model"):
+            raise GraphAttackError(
+                f"self_training must be 'linear' or 'model', got {self_training!r}"
+            )
+        self.self_training, self.reinit = self_training, bool(reinit)
         self.train_iters = check_count(train_iters, "train_iters")
         self.hidden = check_count(hidden, "hidden")
         self.flips_per_step = check_count(flips_per_step, "flips_per_step")
@@ -161,6 +174,27 @@ class Metattack(GraphAttack):
             (grad,) = torch.autograd.grad(a_hat, delta, left @ right.T)
         return grad
 
+    @staticmethod
+    def _linear_labels(adj, x, y, train, weights, epochs: int = 200) -> torch.Tensor:
+        """Predictions of a linearised GCN ``Â Â X W1 W2`` trained on the labelled nodes of the
+        clean graph (Adam, lr 0.01, weight decay 5e-4: the reference's surrogate)."""
+        w = [p.clone().requires_grad_(True) for p in weights]
+        opt = torch.optim.Adam(w, lr=0.01, weight_decay=5e-4)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            a_hat = normalized_dense(adj).to_sparse_csr()
+
+            def forward():
+                return a_hat @ (a_hat @ ((x @ w[0]) @ w[1]))
+
+            with torch.enable_grad():
+                for _ in range(epochs):
+                    opt.zero_grad()
+                    F.cross_entropy(forward()[train], y[train]).backward()
+                    opt.step()
+            with torch.no_grad():
+                return forward().argmax(1)
+
     def _flips(self, model, data, nodes, budget, target, gen):
         n = data.num_nodes
         if n > self.max_nodes:
@@ -171,23 +205,33 @@ class Metattack(GraphAttack):
         train = data.train_mask
         if not bool(train.any()) or bool(train.all()):
             raise GraphAttackError("Metattack needs labelled (train_mask) and unlabelled nodes")
-        with torch.no_grad():
-            labels = model(data.x, data.edge_index).argmax(1)
-        labels[train] = data.y[train]
         dtype = data.x.dtype
         adj = torch.zeros(n, n, dtype=dtype)
         adj[data.edge_index[0], data.edge_index[1]] = 1
-        classes = int(labels.max()) + 1
-        weights = []
-        for fan_in, fan_out in ((data.num_features, self.hidden), (self.hidden, classes)):
-            bound = (6 / (fan_in + fan_out)) ** 0.5  # Glorot, as the surrogate's GCN
-            weights.append(
-                (torch.rand(fan_in, fan_out, generator=gen, dtype=dtype) * 2 - 1) * bound
-            )
         x = feature_operand(data.x)
+        classes = int(data.y.max()) + 1
+
+        def draw():
+            out = []
+            for fan_in, fan_out in ((data.num_features, self.hidden), (self.hidden, classes)):
+                bound = (6 / (fan_in + fan_out)) ** 0.5  # Glorot, as the surrogate's GCN
+                out.append(
+                    (torch.rand(fan_in, fan_out, generator=gen, dtype=dtype) * 2 - 1) * bound
+                )
+            return out
+
+        if self.self_training == "linear":
+            labels = self._linear_labels(adj, x, data.y, train, draw())
+        else:
+            with torch.no_grad():
+                labels = model(data.x, data.edge_index).argmax(1)
+        labels[train] = data.y[train]
+        weights = draw()
         upper = torch.ones(n, n, dtype=torch.bool).triu(1)
         flips, done, steps = [], 0, 0
         while done < budget:
+            if self.reinit and steps:
+                weights = draw()
             score = self.meta_gradient(adj, x, labels, train, weights)
             steps += 1
             deg = adj.sum(1)
