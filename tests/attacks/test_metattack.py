@@ -99,6 +99,25 @@ def test_metattack_poisons_harder_than_dice(graph, surrogate):
     assert meta.poisoned < meta.clean - 0.05
 
 
+def test_reference_options_label_with_a_linear_gcn_and_redraw_the_start(graph, surrogate):
+    from edgeguard.attacks.graph.metattack import feature_operand
+
+    n = graph.num_nodes
+    adj = torch.zeros(n, n)
+    adj[graph.edge_index[0], graph.edge_index[1]] = 1
+    gen = torch.Generator().manual_seed(0)
+    weights = [torch.randn(12, 16, generator=gen) * 0.3, torch.randn(16, 3, generator=gen) * 0.3]
+    labels = Metattack._linear_labels(
+        adj, feature_operand(graph.x), graph.y, graph.train_mask, weights
+    )
+    unl = ~graph.train_mask
+    acc = float((labels == graph.y)[unl].float().mean())
+    assert 0.5 < acc < 1.0, acc  # trained (chance is 1/3), and not handed the true labels
+    base = Metattack(6, train_iters=20)(surrogate, graph)
+    ref = Metattack(6, train_iters=20, self_training="linear", reinit=True)(surrogate, graph)
+    assert ref.num_flips == 6 and not torch.equal(ref.flips, base.flips)
+
+
 def test_bad_input_is_reported(graph, surrogate):
     with pytest.raises(GraphAttackError, match="global"):
         Metattack(2)(surrogate, graph, target=0)
@@ -108,7 +127,13 @@ def test_bad_input_is_reported(graph, surrogate):
     unlabelled.train_mask = torch.zeros_like(graph.train_mask)
     with pytest.raises(GraphAttackError, match="labelled"):
         Metattack(2)(surrogate, unlabelled)
-    for bad in ({"momentum": 1.0}, {"lambda_": 2.0}, {"lr": float("nan")}, {"train_iters": 0}):
+    for bad in (
+        {"momentum": 1.0},
+        {"lambda_": 2.0},
+        {"lr": float("nan")},
+        {"train_iters": 0},
+        {"self_training": "oracle"},
+    ):
         with pytest.raises(GraphAttackError):
             Metattack(**bad)
     assert isinstance(get_graph_attack("metattack", budget=3), Metattack)
