@@ -117,7 +117,8 @@ class BenchResult:
         return "\n".join(rows)
 
 
-def _layer_inputs(model: nn.Module, x: torch.Tensor, types) -> dict[str, torch.Tensor]:
+def layer_inputs(model: nn.Module, x: torch.Tensor, types) -> dict[str, torch.Tensor]:
+    """The input of each module of ``types`` in ``model(x)`` (its first call), by module name."""
     seen: dict[str, torch.Tensor] = {}
 
     def keep(name: str):
@@ -159,8 +160,8 @@ def benchmark(
     result = BenchResult(dense_ms, compiled_ms, reduction)
     if not per_layer:
         return result
-    dense_in = _layer_inputs(dense, x, (*CONVS, nn.Linear))
-    comp_in = _layer_inputs(compiled.module, x, (*CONVS, nn.Linear, SparseConv, SparseLinear))
+    dense_in = layer_inputs(dense, x, (*CONVS, nn.Linear))
+    comp_in = layer_inputs(compiled.module, x, (*CONVS, nn.Linear, SparseConv, SparseLinear))
     by_name = {d.name: d for d in compiled.decisions}
     dense_mods = dict(dense.named_modules())
     comp_mods = dict(compiled.module.named_modules())

@@ -264,25 +264,14 @@ def tune(
 
 
 def tune_model(compiled, example: torch.Tensor, configs=DEFAULT_CONFIGS, repeats: int = 20) -> dict:
-    """:func:`tune` every sparse conv of a compiled CUDA model (a :class:`CompiledModel`) on the inputs it sees for
-    ``example`` (its batch and size: tune for the shape you will run).  Returns, per layer name,
+    """:func:`tune` every sparse conv of a compiled CUDA model (:class:`CompiledModel`) on the
+    inputs it sees for ``example`` (its batch and size: tune for the shape you will run).  Returns, per layer name,
     the chosen configuration and its time against the default launch's (ms)."""
-    seen: dict[str, torch.Tensor] = {}
+    from .bench import layer_inputs
+    from .sparse_conv import SparseConv
 
-    def keep(name: str):
-        def hook(mod, args) -> None:  # first call's input only (a layer reused sees one shape)
-            seen.setdefault(name, args[0])
-
-        return hook
-
+    seen = layer_inputs(compiled.module, example, (SparseConv,))
     convs = compiled.sparse_layers()
-    hooks = [m.register_forward_pre_hook(keep(name)) for name, m in convs.items()]
-    try:
-        with torch.no_grad():
-            compiled(example)
-    finally:
-        for h in hooks:
-            h.remove()
     report = {}
     for name, x in seen.items():
         conv = convs[name]
