@@ -95,7 +95,7 @@ def run_clean(args) -> list[dict]:
         data = load(name, args.split)
         for seed in args.seeds:
             r = {"dataset": name, "seed": seed}
-            for select in ("val", "last"):
+            for select in ("val", "loss-or-acc", "last"):
                 r[f"clean ({select})"] = node_accuracy(natural(data, seed, select=select), data)
             print(json.dumps(r), flush=True)
             rows.append(r)

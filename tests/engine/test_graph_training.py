@@ -49,6 +49,20 @@ def test_select_last_keeps_the_last_epoch():
     assert node_accuracy(model, data, data.val_mask) == pytest.approx(history.last["val_acc"])
 
 
+def test_loss_or_accuracy_keeps_the_last_record_of_either():
+    # DeepRobust's GCN.fit: a new lowest validation loss or a new highest accuracy both take over
+    data, model, cfg = _setup()
+    history = fit_graph(model, data, cfg, log_every=10**9, select="loss-or-acc")
+    best_loss, best_acc, want = float("inf"), -1.0, None
+    for r in history.epochs:
+        if r["val_loss"] < best_loss or r["val_acc"] > best_acc:
+            want = r["epoch"]
+        best_loss, best_acc = min(best_loss, r["val_loss"]), max(best_acc, r["val_acc"])
+    assert history.best_epoch == want
+    kept = history.epochs[want - 1]["val_acc"]
+    assert node_accuracy(model, data, data.val_mask) == pytest.approx(kept)
+
+
 def test_patience_stops_after_that_many_epochs_without_progress():
     data, model, cfg = _setup()
     history = fit_graph(model, data, cfg, log_every=10**9, patience=5)
@@ -79,7 +93,7 @@ def test_resume_keeps_the_selection_bit_exactly(tmp_path: Path):
 
 def test_bad_selection_settings_are_refused():
     data, model, cfg = _setup()
-    with pytest.raises(ConfigError, match="select must be 'val', 'attacked-val' or 'last'"):
+    with pytest.raises(ConfigError, match="select must be one of .'val', 'attacked-val', 'loss-or"):
         fit_graph(model, data, cfg, select="best")
     with pytest.raises(ConfigError, match="needs perturb"):
         fit_graph(model, data, cfg, select="attacked-val")

@@ -86,15 +86,17 @@ def fit_graph(
             on the clean graph (ties: lower validation loss, then the earlier epoch),
             ``"attacked-val"`` the best validation accuracy under attack (the worst over the
             graphs of ``val_perturb(model, data)``, by default the epoch's perturbed graphs; after
-            the step; robust training), ``"last"`` the last epoch.  Without validation
-            nodes the last epoch is kept.
+            the step; robust training), ``"loss-or-acc"`` the last epoch that set a record of
+            either the lowest validation loss or the highest validation accuracy (DeepRobust's /
+            Pro-GNN's GCN), ``"last"`` the last epoch.  Without validation nodes the last epoch
+            is kept.
         patience: stop when the selection score has not improved for this many epochs (None:
             train all ``config.epochs``).
     History entries: epoch, train_loss, train_acc, val_loss and val_acc (clean graph),
     attacked_val_acc (``"attacked-val"``), seconds, attack_seconds; ``history.best_epoch``.
     """
-    if select not in ("val", "attacked-val", "last"):
-        raise ConfigError(f"select must be 'val', 'attacked-val' or 'last', got {select!r}")
+    if select not in SELECTS:
+        raise ConfigError(f"select must be one of {SELECTS}, got {select!r}")
     if select == "attacked-val" and perturb is None:
         raise ConfigError("select='attacked-val' needs perturb (robust training)")
     if patience is not None:
@@ -165,9 +167,18 @@ def fit_graph(
         history.epochs.append(metrics)
         last = epoch + 1 == cfg.epochs
         if selecting:
-            score = metrics["attacked_val_acc" if select == "attacked-val" else "val_acc"]
-            key = [score, -metrics["val_loss"]]
-            if best is None or key > best["key"]:
+            if select == "loss-or-acc":  # a new record of either: DeepRobust's GCN.fit rule
+                loss_v, acc_v = metrics["val_loss"], metrics["val_acc"]
+                key = [
+                    min(loss_v, best["key"][0]) if best else loss_v,
+                    max(acc_v, best["key"][1]) if best else acc_v,
+                ]
+                improved = best is None or loss_v < best["key"][0] or acc_v > best["key"][1]
+            else:
+                score = metrics["attacked_val_acc" if select == "attacked-val" else "val_acc"]
+                key = [score, -metrics["val_loss"]]
+                improved = best is None or key > best["key"]
+            if improved:
                 model_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 best = {"epoch": epoch + 1, "key": key, "model": model_state}
             elif patience is not None and epoch + 1 - best["epoch"] >= patience:
@@ -203,6 +214,9 @@ def fit_graph(
         history.best_epoch = best["epoch"]
         log.info("kept the weights of epoch %d (best validation)", best["epoch"])
     return history
+
+
+SELECTS = ("val", "attacked-val", "loss-or-acc", "last")
 
 
 def _as_list(graphs) -> list:
