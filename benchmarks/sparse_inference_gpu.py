@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from edgeguard.compiler import SparseConv, compile_model, plan_conv
-from edgeguard.compiler.triton_backend import DEFAULT_CONFIGS, time_ms, tune_model
+from edgeguard.compiler.bench import layer_inputs, median_ms
+from edgeguard.compiler.triton_backend import DEFAULT_CONFIGS, tune_model
 from edgeguard.models import build, count_flops
 from edgeguard.sparsity import get_scheme, prune_model
 
@@ -65,38 +66,23 @@ def dense_times(dense: nn.Module, x: torch.Tensor, repeats: int) -> dict[str, fl
     with torch.no_grad():
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cuda.matmul.allow_tf32 = True
-        out["tf32"] = time_ms(lambda: dense(x), repeats, 5)
+        out["tf32"] = median_ms(lambda: dense(x), repeats, 5)
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            out["bf16"] = time_ms(lambda: dense(x), repeats, 5)
+            out["bf16"] = median_ms(lambda: dense(x), repeats, 5)
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
-        out["fp32"] = time_ms(lambda: dense(x), repeats, 5)
+        out["fp32"] = median_ms(lambda: dense(x), repeats, 5)
         torch.backends.cudnn.allow_tf32 = True
     return out
 
 
 def dense_layer_times(dense: nn.Module, x: torch.Tensor, repeats: int) -> dict[str, float]:
     """Each dense conv alone on its own input, cuDNN TF32 (ms), by the compiled model's names."""
-    seen: dict[str, tuple[nn.Module, torch.Tensor]] = {}
-
-    def keep(name: str):
-        def hook(mod, a) -> None:
-            seen.setdefault(name, (mod, a[0]))
-
-        return hook
-
-    hooks = [
-        m.register_forward_pre_hook(keep(name))
-        for name, m in dense.named_modules()
-        if isinstance(m, nn.Conv3d)
-    ]
-    with torch.no_grad():
-        dense(x)
-    for h in hooks:
-        h.remove()
+    convs = dict(dense.named_modules())
     with torch.no_grad():
         return {
-            f"module.{n}": time_ms(lambda m=m, a=a: m(a), repeats, 3) for n, (m, a) in seen.items()
+            n: median_ms(lambda m=convs[n], a=a: m(a), repeats, 3)
+            for n, a in layer_inputs(dense, x, (nn.Conv3d,)).items()
         }
 
 
@@ -163,7 +149,7 @@ def main() -> None:
                     with torch.no_grad():
                         y = compiled(x)
                         err = float((y - refs[b]).abs().max() / refs[b].abs().max())
-                        ms = time_ms(lambda x=x: compiled(x), args.repeats, 5)
+                        ms = median_ms(lambda x=x: compiled(x), args.repeats, 5)
                     entry[f"{tag}_{prec}_b{b}"] = {"ms": ms, "rel_err": err}
                     print(mr, tag, prec, b, round(ms, 3), f"{err:.1e}", flush=True)
 

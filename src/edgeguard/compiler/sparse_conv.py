@@ -17,6 +17,19 @@ STANDARD_FORMS = ("auto", "gather", "conv")
 GATHER_MAX_DENSITY = 0.2  # "auto": gather form up to this share of the dense MACs
 
 
+def dense_weight(plan: SparsePlan) -> torch.Tensor:
+    """The weight ``[M, C, kd * kh * kw]`` a plan encodes, pruned entries zero (float32, CPU)."""
+    g = plan.geometry
+    dense = torch.zeros(g.out_channels, g.in_channels * g.locations)
+    for rows, panel, slots in zip(
+        plan.block_rows, plan.panels, plan.filters.view(-1, plan.mr), strict=True
+    ):
+        for j, f in enumerate(slots.tolist()):
+            if f >= 0:
+                dense[f, rows] = panel[:, j]
+    return dense.view(g.out_channels, g.in_channels, g.locations)
+
+
 class SparseConv(nn.Module):
     """Computes ``act(conv(x, W) + b)`` for a weight whose pruned entries are exact zeros.
 
@@ -66,14 +79,7 @@ class SparseConv(nn.Module):
         )
         self.register_buffer("bias", plan.bias.contiguous())
         # Per-location dense slices over the union of kept channels: the standard-operator form.
-        dense = torch.zeros(g.out_channels, g.in_channels * g.locations)
-        for rows, panel, slots in zip(
-            plan.block_rows, plan.panels, plan.filters.view(-1, plan.mr), strict=True
-        ):
-            for j, f in enumerate(slots.tolist()):
-                if f >= 0:
-                    dense[f, rows] = panel[:, j]
-        dense = dense.view(g.out_channels, g.in_channels, g.locations)
+        dense = dense_weight(plan)
         self._locs: list[tuple[int, int, int]] = []
         wcat: list[torch.Tensor] = []
         for loc in range(g.locations):
@@ -86,10 +92,9 @@ class SparseConv(nn.Module):
             wcat.append(dense[:, chans, loc])
         # the kept weights of every location side by side: one matmul over the gathered slices
         self.register_buffer("wcat", torch.cat(wcat, 1) if wcat else torch.zeros(g.out_channels, 0))
-        kept = sum(len(getattr(self, f"chans_{i}")) for i in range(len(self._locs)))
         # the share of the dense MACs that the gather form multiplies (union over all filters)
-        self.gather_density = kept / max(1, g.in_channels * g.locations)
-        self._conv_weights: dict[str, torch.Tensor] = {}  # conv_weight(), per device
+        self.gather_density = self.wcat.shape[1] / max(1, g.in_channels * g.locations)
+        self._conv_weights: dict[tuple, torch.Tensor] = {}  # conv_weight(), one device and dtype
         self.form = "auto"  # standard-operator form: "gather", "conv" or "auto" (see standard_form)
         self._kernels: dict[tuple, object] = {}
         self.reuse_buffers = False
@@ -118,24 +123,14 @@ class SparseConv(nn.Module):
         return "gather" if self.gather_density <= GATHER_MAX_DENSITY else "conv"
 
     def conv_weight(self) -> torch.Tensor:
-        """The dense weight ``[M, C, kd, kh, kw]`` with pruned entries zero (from the kept slices),
-        built once per device: a constant (an ONNX initializer), not ops of every call."""
-        key = str(self.wcat.device)
+        """The dense weight ``[M, C, kd, kh, kw]`` with pruned entries zero (from the plan), built
+        once per device and dtype: a constant (an ONNX initializer), not ops of every call."""
+        key = (str(self.wcat.device), self.wcat.dtype)
         if key not in self._conv_weights:
-            with torch.no_grad():
-                self._conv_weights = {key: self._build_conv_weight()}
+            g = self.plan.geometry
+            w = dense_weight(self.plan).view(g.out_channels, g.in_channels, *g.kernel)
+            self._conv_weights = {key: w.to(self.wcat)}
         return self._conv_weights[key]
-
-    def _build_conv_weight(self) -> torch.Tensor:
-        g = self.plan.geometry
-        w = self.panel.new_zeros(g.out_channels, g.in_channels, g.locations)
-        kh, kw = g.kernel[1], g.kernel[2]
-        start = 0
-        for i, (a, b, c) in enumerate(self._locs):
-            chans = getattr(self, f"chans_{i}")
-            w[:, chans, (a * kh + b) * kw + c] = self.wcat[:, start : start + len(chans)]
-            start += len(chans)
-        return w.view(g.out_channels, g.in_channels, *g.kernel)
 
     def _conv_form(self, x: torch.Tensor) -> torch.Tensor:
         """The "conv" standard form on the layer's own rank (4-D for a 2-D layer: a 2-D conv
@@ -288,10 +283,10 @@ class SparseConv(nn.Module):
                 f"{self.name}: input {given} is too small for kernel {tuple(k)} with padding "
                 f"{tuple(p)}, stride and dilation of this layer (no output position)"
             )
-        standard = torch.onnx.is_in_onnx_export() or self.mode == "torch"
-        if standard and self.two_d and self.standard_form() == "conv":
-            return self._conv_form(x0)
-        if torch.onnx.is_in_onnx_export():  # the standard-operator form is what ONNX holds
+        exporting = torch.onnx.is_in_onnx_export()  # the standard-operator form is what ONNX holds
+        if (exporting or self.mode == "torch") and self.standard_form() == "conv":
+            return self._conv_form(x0)  # on the given rank: no reshapes around a 2-D conv
+        if exporting:
             out = self.forward_torch(x)
         else:
             from .backends import get_backend

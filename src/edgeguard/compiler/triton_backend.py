@@ -4,9 +4,9 @@ One program computes ``mr`` filters (padded to 16 for the tensor-core dot) x ``B
 positions of one output depth plane: it walks its block's kept rows ``BK`` at a time, gathers the
 input rows (one unit-stride run per row, thanks to the polyphase layout) and multiplies them with the
 block's compact weight panel.  ``precision="ieee"`` keeps full float32 (the default, it matches the
-masked model to 1e-4); ``"tf32"`` uses TF32 tensor cores like cuDNN's default, ``"bf16"`` rounds both operands to bfloat16
-(float32 accumulation, as autocast does).  :func:`tune` picks each layer's launch configuration.  Runs on the CPU under
-``TRITON_INTERPRET=1`` (how CI tests it).
+masked model to 1e-4); ``"tf32"`` uses TF32 tensor cores like cuDNN's default, ``"bf16"`` rounds both
+operands to bfloat16 (float32 accumulation, as autocast does).  :func:`tune` picks each layer's
+launch configuration.  Runs on the CPU under ``TRITON_INTERPRET=1`` (how CI tests it).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from .errors import CompileError
-from .sparse_conv import PRECISIONS
+from .sparse_conv import PRECISIONS, SparseConv
 
 
 # Sizes and strides are plain runtime integers: one compiled kernel per configuration serves every
@@ -223,41 +223,20 @@ def sparse_conv_triton(
     return out
 
 
-def time_ms(fn, repeats: int = 20, warmup: int = 3) -> float:
-    """Median time (ms) of ``fn()`` on the current CUDA stream (events around each call); wall time
-    where CUDA is absent (Triton's interpreter)."""
-    import statistics
-    import time
-
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(1e3 * (time.perf_counter() - t0))
-    return statistics.median(times)
-
-
 def tune(
     conv, x: torch.Tensor, configs=DEFAULT_CONFIGS, repeats: int = 20
 ) -> tuple[LaunchConfig, dict[LaunchConfig, float]]:
-    """Time ``conv`` on ``x`` under each launch configuration, keep the fastest as the layer's
+    """Time ``conv`` on ``x`` under each launch configuration (median wall time, the GPU
+    synchronised around each call), keep the fastest as the layer's
     ``triton_config`` and return it with every time (ms).  Outputs do not depend on the choice."""
+    from .bench import median_ms
+
     if not configs:
         raise CompileError("tune needs at least one LaunchConfig")
     times = {}
     with torch.no_grad():
         for cfg in configs:
-            times[cfg] = time_ms(lambda c=cfg: sparse_conv_triton(conv, x, config=c), repeats)
+            times[cfg] = median_ms(lambda c=cfg: sparse_conv_triton(conv, x, config=c), repeats, 3)
     best = min(times, key=times.get)
     conv.triton_config = best
     return best, times
@@ -265,10 +244,10 @@ def tune(
 
 def tune_model(compiled, example: torch.Tensor, configs=DEFAULT_CONFIGS, repeats: int = 20) -> dict:
     """:func:`tune` every sparse conv of a compiled CUDA model (:class:`CompiledModel`) on the
-    inputs it sees for ``example`` (its batch and size: tune for the shape you will run).  Returns, per layer name,
-    the chosen configuration and its time against the default launch's (ms)."""
+    inputs it sees for ``example`` (its batch and size: tune for the shape you will run).
+    Returns, per layer name, the chosen configuration and its time against the default launch's
+    (ms)."""
     from .bench import layer_inputs
-    from .sparse_conv import SparseConv
 
     seen = layer_inputs(compiled.module, example, (SparseConv,))
     convs = compiled.sparse_layers()
