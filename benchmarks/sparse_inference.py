@@ -108,29 +108,39 @@ def channel_pruned(dense: nn.Module, arch: str, shape, target: float):
     return comp
 
 
+def export_plain(model: nn.Module, x: torch.Tensor, path: Path, opset: int = 18) -> None:
+    """``model`` as PyTorch's own ONNX export writes it (the dense baseline; DeepSparse's input)."""
+    import warnings
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model.eval(), (x,), str(path), dynamo=False, input_names=["input"], opset_version=opset
+        )
+
+
+def ort_session(path: Path, threads: int, spinning: bool = False):
+    """An ONNX Runtime CPU session; ``spinning=False`` when it is timed in turn with torch (its
+    workers must not spin on the cores after each run)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
 def ort_ms(model: nn.Module, shape, repeats: int, threads: int) -> float | None:
     try:
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401
     except ImportError:
         return None
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.onnx"
-        import warnings
-
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model.eval(),
-                (torch.randn(*shape),),
-                str(path),
-                dynamo=False,
-                input_names=["input"],
-                opset_version=18,
-            )
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        export_plain(model, torch.randn(*shape), path)
+        sess = ort_session(path, threads, spinning=True)  # timed alone
         feed = {"input": torch.randn(*shape).numpy()}
         return median_ms(lambda: sess.run(None, feed), repeats)
 
@@ -190,17 +200,6 @@ def end_to_end(repeats: int, threads: int, models, targets):
     return rows
 
 
-def ort_session(path: Path, threads: int):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    # timed in turn with torch: ORT's workers must not spin on the cores after each run
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
 def torch_then_ort(torch_fns, ort_fns, repeats: int) -> list[float]:
     """Median ms of the torch-side calls (timed in turn), then, after half a second, of the ONNX
     Runtime calls (in turn).  Not all interleaved: OpenMP workers of torch and of the generated
@@ -224,7 +223,6 @@ def scheme_of(spec: str):
 def end_to_end_2d(repeats: int, threads: int, models, batches, target: float, schemes):
     """2-D CIFAR models: compiled (edgeguard kernels) and edgeguard's ONNX export in ONNX Runtime
     against dense torch and the dense ONNX export, all four timed in turn in one loop."""
-    import warnings
 
     from edgeguard.compiler.onnx_export import export_onnx
 
@@ -245,16 +243,7 @@ def end_to_end_2d(repeats: int, threads: int, models, batches, target: float, sc
                 comp = compile_model(model, "cpu", input_shape=shape)
                 with tempfile.TemporaryDirectory() as tmp:
                     dpath, spath = Path(tmp) / "dense.onnx", Path(tmp) / "sparse.onnx"
-                    with torch.no_grad(), warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        torch.onnx.export(
-                            dense,
-                            (x,),
-                            str(dpath),
-                            dynamo=False,
-                            input_names=["input"],
-                            opset_version=18,
-                        )
+                    export_plain(dense, x, dpath)
                     export_onnx(comp, spath, shape)
                     dsess, ssess = ort_session(dpath, threads), ort_session(spath, threads)
                     feed = {"input": x.numpy()}
@@ -297,7 +286,6 @@ def end_to_end_2d(repeats: int, threads: int, models, batches, target: float, sc
 def peer_files(repeats: int, threads: int, out: Path) -> list[dict]:
     """Step 1 of benchmarks/deepsparse_peer.py: C3D (KGS 3.6x) and ResNet-18 CIFAR (KGS 3x) as
     dense and masked ONNX files, with edgeguard's compiled time and dense ORT's, timed in turn."""
-    import warnings
 
     rows = []
     for arch, shape, target, classes in (
@@ -314,16 +302,7 @@ def peer_files(repeats: int, threads: int, out: Path) -> list[dict]:
         files = {}
         for tag, net in (("dense", dense), ("masked", model)):
             files[tag] = f"{arch}_{tag}.onnx"
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    net,
-                    (x,),
-                    str(out / files[tag]),
-                    dynamo=False,
-                    input_names=["input"],
-                    opset_version=13,
-                )
+            export_plain(net, x, out / files[tag], opset=13)
         comp = compile_model(model, "cpu", input_shape=shape)
         sess = ort_session(out / files["dense"], threads)
         feed = {"input": x.numpy()}
