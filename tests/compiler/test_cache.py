@@ -125,3 +125,25 @@ def test_cache_path_that_is_a_file_and_stale_build_folders(cache, tmp_path, monk
     monkeypatch.setenv("EDGEGUARD_CACHE", str(afile))
     with pytest.raises(CompileError, match="is not a folder"):
         _run(masked_conv(4, 8, 3, 1, 1, 1, seed=5), x)
+
+
+def test_the_precompiled_prelude_changes_no_byte_and_a_tampered_one_is_rebuilt(cache, monkeypatch):
+    from edgeguard.compiler.cpu import toolchain
+
+    if not toolchain.prelude_flags(host_target()):
+        pytest.skip("the compiler is not GCC: kernels parse their headers (no prelude)")
+    conv, x = masked_conv(4, 8, 3, 1, 1, 1), torch.randn(1, 4, 3, 6, 6)
+    _run(conv, x)
+    (entry,) = (p.parent for p in cache.glob("*/kernel.so"))
+    with_prelude = (entry / "kernel.so").read_bytes()
+    shutil.rmtree(entry)
+    monkeypatch.setattr(toolchain, "prelude_flags", lambda target: [])
+    assert torch.allclose(_run(conv, x), conv(x), atol=1e-5)
+    assert (entry / "kernel.so").read_bytes() == with_prelude
+    monkeypatch.undo()
+    monkeypatch.setenv("EDGEGUARD_CACHE", str(cache))
+    (pch,) = cache.glob("prelude-*/prelude.h.gch")
+    pch.write_bytes(b"not a precompiled header")
+    other = masked_conv(4, 8, 3, 1, 1, 1, seed=3)
+    assert torch.allclose(_run(other, x), other(x), atol=1e-5)
+    assert pch.read_bytes() != b"not a precompiled header"  # rebuilt before any kernel used it

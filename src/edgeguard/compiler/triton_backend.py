@@ -224,11 +224,12 @@ def sparse_conv_triton(
 
 
 def tune(
-    conv, x: torch.Tensor, configs=DEFAULT_CONFIGS, repeats: int = 20
+    conv, x: torch.Tensor, configs=DEFAULT_CONFIGS, repeats: int = 20, warmup: int = 3
 ) -> tuple[LaunchConfig, dict[LaunchConfig, float]]:
-    """Time ``conv`` on ``x`` under each launch configuration (median wall time, the GPU
-    synchronised around each call), keep the fastest as the layer's
-    ``triton_config`` and return it with every time (ms).  Outputs do not depend on the choice."""
+    """Time ``conv`` on ``x`` under each launch configuration (median wall time of ``repeats`` calls
+    after ``warmup`` untimed ones, the GPU synchronised around each call), keep the fastest as the
+    layer's ``triton_config`` and return it with every time (ms).  Outputs do not depend on the
+    choice."""
     from .bench import median_ms
 
     if not configs:
@@ -236,13 +237,17 @@ def tune(
     times = {}
     with torch.no_grad():
         for cfg in configs:
-            times[cfg] = median_ms(lambda c=cfg: sparse_conv_triton(conv, x, config=c), repeats, 3)
+            times[cfg] = median_ms(
+                lambda c=cfg: sparse_conv_triton(conv, x, config=c), repeats, warmup
+            )
     best = min(times, key=times.get)
     conv.triton_config = best
     return best, times
 
 
-def tune_model(compiled, example: torch.Tensor, configs=DEFAULT_CONFIGS, repeats: int = 20) -> dict:
+def tune_model(
+    compiled, example: torch.Tensor, configs=DEFAULT_CONFIGS, repeats: int = 20, warmup: int = 3
+) -> dict:
     """:func:`tune` every sparse conv of a compiled CUDA model (:class:`CompiledModel`) on the
     inputs it sees for ``example`` (its batch and size: tune for the shape you will run).
     Returns, per layer name, the chosen configuration and its time against the default launch's
@@ -256,6 +261,6 @@ def tune_model(compiled, example: torch.Tensor, configs=DEFAULT_CONFIGS, repeats
         conv = convs[name]
         if conv.two_d:
             x = x.unsqueeze(2)
-        best, times = tune(conv, x.contiguous(), configs, repeats)
+        best, times = tune(conv, x.contiguous(), configs, repeats, warmup)
         report[name] = {"config": best, "ms": times[best], "default_ms": times.get(LaunchConfig())}
     return report
