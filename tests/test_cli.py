@@ -14,26 +14,8 @@ PERSONS = data_root() / "persons"  # EDGEGUARD_DATA, default ../shared/data
 
 def test_train_prune_info_end_to_end(tmp_path: Path, capsys):
     out = tmp_path / "dense"
-    assert (
-        main(
-            [
-                "-q",
-                "train",
-                "--model",
-                "digits_cnn",
-                "--dataset",
-                "digits",
-                "--epochs",
-                "2",
-                "--out",
-                str(out),
-                "--no-progress",
-                "--lr",
-                "3e-3",
-            ]
-        )
-        == 0
-    )
+    train = "-q train --model digits_cnn --dataset digits --epochs 2 --no-progress --lr 3e-3"
+    assert main([*train.split(), "--out", str(out)]) == 0
     assert "validation accuracy" in capsys.readouterr().out
     pruned = tmp_path / "kgs"
     options = "--scheme kgs --gm 4 --gn 4 --flops-reduction 2 --dataset digits --epochs 1"
@@ -189,24 +171,8 @@ def test_compile_prints_decisions_latency_and_checks_onnx(tmp_path: Path, capsys
 
 
 def test_attack_prints_success_distortion_queries_and_saves_a_grid(tmp_path: Path, capsys):
-    assert (
-        main(
-            [
-                "-q",
-                "train",
-                "--model",
-                "digits_cnn",
-                "--dataset",
-                "digits",
-                "--epochs",
-                "3",
-                "--no-progress",
-                "--out",
-                str(tmp_path / "m"),
-            ]
-        )
-        == 0
-    )
+    train = "-q train --model digits_cnn --dataset digits --epochs 3 --no-progress --out"
+    assert main([*train.split(), str(tmp_path / "m")]) == 0
     ckpt = str(tmp_path / "m" / "model.safetensors")
     args = ["attack", "--model", ckpt, "--num", "60", "--out", str(tmp_path / "a")]
     assert main([*args, "--attack", "pgd", "--eps", "0.2", "--steps", "10"]) == 0

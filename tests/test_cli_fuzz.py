@@ -61,34 +61,15 @@ def files(tmp_path_factory):
     return {"ckpt": str(ckpt), "file": str(afile), "folder": str(folder), "root": root}
 
 
+TRAIN = "train --model digits_cnn --dataset digits --epochs 1 --no-progress --out"
+PRUNE = "--rate 0.5 --dataset digits --epochs 1 --no-progress --out"
+
+
 def _base(command: str, files, out: str) -> list[str]:
     ckpt = files["ckpt"]
     return {
-        "train": [
-            "train",
-            "--model",
-            "digits_cnn",
-            "--dataset",
-            "digits",
-            "--epochs",
-            "1",
-            "--no-progress",
-            "--out",
-            out,
-        ],
-        "prune": [
-            "prune",
-            ckpt,
-            "--rate",
-            "0.5",
-            "--dataset",
-            "digits",
-            "--epochs",
-            "1",
-            "--no-progress",
-            "--out",
-            out,
-        ],
+        "train": [*TRAIN.split(), out],
+        "prune": ["prune", ckpt, *PRUNE.split(), out],
         "info": ["info", ckpt],
         "compile": ["compile", ckpt, "--backend", "torch"],
         "attack": ["attack", "--model", ckpt, "--num", "4", "--out", out],

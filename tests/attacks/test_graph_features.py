@@ -83,47 +83,27 @@ def test_feature_attack_rejects_non_binary_features(binary_graph, model):
         PGDFeatures(1.5)
 
 
+def _poison(attack, graph, **options):
+    """``poison`` with a 16-unit GCN victim, the module's training recipe and seed 0."""
+    return poison(attack, lambda: gcn(graph.num_features, 4, 16), graph, CFG, seed=0, **options)
+
+
 def test_poisoning_retrains_on_the_perturbed_graph(binary_graph):
-    res = poison(
-        GreedyTopology(0.1, rounds=5),
-        lambda: gcn(binary_graph.num_features, 4, 16),
-        binary_graph,
-        CFG,
-        seed=0,
-    )
+    res = _poison(GreedyTopology(0.1, rounds=5), binary_graph)
     assert res.attack.num_flips <= res.attack.budget
     assert res.evasion < res.clean  # the surrogate is hurt by its own perturbation
     assert res.poisoned == node_accuracy(res.model, res.attack.data)
     # same seed and recipe as the surrogate: the victim differs only because its graph did
-    again = poison(
-        GreedyTopology(1, rounds=1),
-        lambda: gcn(binary_graph.num_features, 4, 16),
-        binary_graph,
-        CFG,
-        seed=0,
-    )
+    again = _poison(GreedyTopology(1, rounds=1), binary_graph)
     w = [r.model.convs[0].lin.weight for r in (res, again)]
     assert not torch.allclose(*w)
     assert res.poisoned < again.poisoned
 
 
 def test_a_given_surrogate_is_attacked_without_training_it_again(binary_graph):
-    first = poison(
-        GreedyTopology(0.05, rounds=2),
-        lambda: gcn(binary_graph.num_features, 4, 16),
-        binary_graph,
-        CFG,
-        seed=0,
-    )
+    first = _poison(GreedyTopology(0.05, rounds=2), binary_graph)
     before = {k: v.clone() for k, v in first.surrogate.state_dict().items()}
-    again = poison(
-        GreedyTopology(0.05, rounds=2),
-        lambda: gcn(binary_graph.num_features, 4, 16),
-        binary_graph,
-        CFG,
-        seed=0,
-        surrogate=first.surrogate,
-    )
+    again = _poison(GreedyTopology(0.05, rounds=2), binary_graph, surrogate=first.surrogate)
     assert again.surrogate is first.surrogate
     assert all(torch.equal(v, first.surrogate.state_dict()[k]) for k, v in before.items())
     # the same surrogate, attack and seed: the same outcome as training it afresh

@@ -58,19 +58,8 @@ def _saved(out: Path) -> tuple:
 
 def test_cli_train_refuses_to_replace_a_finished_run(tmp_path: Path, capsys):
     out = tmp_path / "m"
-    base = [
-        "-q",
-        "train",
-        "--model",
-        "digits_cnn",
-        "--dataset",
-        "digits",
-        "--epochs",
-        "1",
-        "--no-progress",
-        "--out",
-        str(out),
-    ]
+    train = "-q train --model digits_cnn --dataset digits --epochs 1 --no-progress --out"
+    base = [*train.split(), str(out)]
     assert main(base) == 0
     model = _saved(out)
     capsys.readouterr()

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
 import torch
 
 from edgeguard.data import digits
-from edgeguard.engine import TrainConfig, seed_everything
+from edgeguard.engine import TrainConfig
 from edgeguard.models import build
 from edgeguard.prune import ADMMPruner, ReweightedPruner, available_pruners, get_pruner, run_pruning
 from edgeguard.sparsity import SparsityError, get_masks, get_scheme
@@ -15,23 +16,10 @@ SHAPE = (1, 1, 8, 8)
 QUICK = TrainConfig(epochs=1, batch_size=64, lr=2e-3, progress=False)
 
 
-def trained_digits_cnn():
-    seed_everything(0)
-    from edgeguard.engine import fit
-
-    model = build("digits_cnn")
-    fit(
-        model,
-        digits(train=True),
-        None,
-        TrainConfig(epochs=6, batch_size=32, lr=3e-3, progress=False),
-    )
-    return model
-
-
 @pytest.fixture(scope="module")
-def dense():
-    return trained_digits_cnn()
+def dense(digits_model):
+    """The session's trained digits CNN (conftest), copied: pruning here must not touch it."""
+    return copy.deepcopy(digits_model).train()
 
 
 def test_registry():
@@ -174,34 +162,24 @@ def test_interrupted_pipeline_resumes_from_its_stages(dense, tmp_path: Path, mon
             raise KeyboardInterrupt
 
     monkeypatch.setattr(train_module, "save_checkpoint", crash_in_finetune)
+    job = {
+        "model": dense,
+        "pruner": get_pruner("admm", "filter", rho=1e-2),
+        "train_set": digits(True),
+        "val_set": digits(False),
+        "input_shape": SHAPE,
+        "flops_reduction": 2.0,
+        "regularize": reg,
+        "finetune": TrainConfig(epochs=2, batch_size=64, progress=False),
+        "workdir": tmp_path,
+    }
     with pytest.raises(KeyboardInterrupt):
-        run_pruning(
-            dense,
-            get_pruner("admm", "filter", rho=1e-2),
-            digits(True),
-            digits(False),
-            SHAPE,
-            flops_reduction=2.0,
-            regularize=reg,
-            finetune=TrainConfig(epochs=2, batch_size=64, progress=False),
-            workdir=tmp_path,
-        )
+        run_pruning(**job)
     assert (tmp_path / "pruned.safetensors").is_file() and (
         tmp_path / "regularize/last.pt"
     ).is_file()
     monkeypatch.setattr(train_module, "save_checkpoint", real_save)
-    res = run_pruning(
-        dense,
-        get_pruner("admm", "filter", rho=1e-2),
-        digits(True),
-        digits(False),
-        SHAPE,
-        flops_reduction=2.0,
-        regularize=reg,
-        finetune=TrainConfig(epochs=2, batch_size=64, progress=False),
-        workdir=tmp_path,
-        resume=True,
-    )
+    res = run_pruning(**job, resume=True)
     assert [h["epoch"] for h in res.history] == [1, 2]  # epoch 1 came from the checkpoint
     assert res.flops.reduction >= 2.0
 

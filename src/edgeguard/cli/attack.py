@@ -4,19 +4,11 @@ from __future__ import annotations
 
 from ..errors import UsageError
 from . import names
-from .common import (
-    attack_arguments,
-    build_attack,
-    int_in,
-    model_and_held_out,
-    start_run,
-)
+from .common import attack_arguments, build_attack, int_in, model_and_held_out, start_run
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "attack", help="attack a saved model and report success, distortion, queries"
-    )
+    p = sub.add_parser("attack", help="attack a saved model: success, distortion, queries")
     attack_arguments(p, "pgd", names.attacks(), 200, "runs/attack")
     p.add_argument(
         "--target-shift",

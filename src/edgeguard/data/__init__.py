@@ -31,30 +31,16 @@ DATASETS = (
 def get_dataset(name: str, train: bool = True, root: str | None = None, **options: Any) -> Dataset:
     """Build a dataset by name (one of ``DATASETS``).  Folder datasets need ``root``.  For
     ``synthetic-video`` the training and test sets use different seeds (``seed`` and ``seed + 1``)."""
-    if name == "synthetic-video":
+    if name in ("synthetic-video", "synthetic-concepts"):
+        concepts = name == "synthetic-concepts"  # 4 shapes to classify; items (image, shape index)
         seed = int(options.pop("seed", 0))
-        n = options.pop("num_samples", 2000 if train else 600)
-        return construct(
-            SyntheticMovingShapes,
-            name,
-            "dataset",
-            ConfigError,
-            n,
-            seed=2 * seed + (0 if train else 1),
-            **options,
+        n = options.pop("num_samples", 2000 if train else 500 if concepts else 600)
+        cls = SyntheticConcepts if concepts else SyntheticMovingShapes
+        seed = 2 * seed + (0 if train else 1)
+        ds = construct(
+            cls, name, "dataset", ConfigError, int(n) if concepts else n, seed=seed, **options
         )
-    if name == "synthetic-concepts":  # 4 shapes to classify; items (image, shape index)
-        seed = int(options.pop("seed", 0))
-        n = int(options.pop("num_samples", 2000 if train else 500))
-        return construct(
-            SyntheticConcepts,
-            name,
-            "dataset",
-            ConfigError,
-            n,
-            seed=2 * seed + (0 if train else 1),
-            **options,
-        ).classification()
+        return ds.classification() if concepts else ds
     if name == "digits":
         return construct(digits, name, "dataset", ConfigError, train=train, **options)
     if name in ("ucf101", "hmdb51", "cifar10", "cifar100"):

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -13,14 +15,18 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def init_distributed(device: torch.device) -> bool:
-    """Join the process group torchrun set up (env:// rendezvous); returns whether this call created
-    it (and so should destroy it).  A no-op on a single process."""
+@contextmanager
+def distributed_group(device: torch.device) -> Iterator[None]:
+    """Join the process group torchrun set up (env:// rendezvous) for the ``with`` block and leave
+    it after, unless it existed before.  A no-op on a single process."""
     if not launched_by_torchrun() or dist.is_initialized():
-        return False
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend)
-    return True
+        yield
+        return
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
 
 
 def rank() -> int:

@@ -26,7 +26,7 @@ from .config import (
     _make_scheduler,
     resolve_device,
 )
-from .distributed import all_reduce_sum, barrier, init_distributed, is_main_process, world_size
+from .distributed import all_reduce_sum, barrier, distributed_group, is_main_process, world_size
 from .state import _check_same_config, _restore, _state
 
 log = logging.getLogger(__name__)
@@ -99,165 +99,134 @@ def fit(
     cfg = config or TrainConfig()
     cfg.validate()
     dev = resolve_device(cfg.device)
-    own_group = init_distributed(dev)
-    try:
-        return _fit(
-            model,
-            train_set,
-            val_set,
-            cfg,
-            dev,
-            checkpoint_dir,
-            resume,
-            penalty,
-            callbacks,
-            teacher,
-            distill_weight,
-            distill_temperature,
-            extra_state,
-            input_transform,
-        )
-    finally:
-        if own_group:
-            torch.distributed.destroy_process_group()
-
-
-def _fit(
-    model,
-    train_set,
-    val_set,
-    cfg,
-    dev,
-    checkpoint_dir,
-    resume,
-    penalty,
-    callbacks,
-    teacher,
-    distill_weight,
-    distill_temperature,
-    extra_state,
-    input_transform=None,
-) -> History:
-    model.to(dev)
-    if teacher is not None:
-        teacher.to(dev).eval()
-    optimizer = _make_optimizer(model, cfg)
-    scheduler = _make_scheduler(optimizer, cfg)
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and dev.type == "cuda")
-    history = History()
-    start_epoch = 0
-    ckpt_path = Path(checkpoint_dir) / "last.pt" if checkpoint_dir is not None else None
-    if resume and ckpt_path is not None and ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path)
-        _check_same_config(state, cfg, ckpt_path)
-        _restore(model, optimizer, scheduler, state, ckpt_path)
-        if extra_state is not None:
-            if extra_state.state_dict() and not state.get("extra"):
-                raise CheckpointError(
-                    f"{ckpt_path} holds no {type(extra_state).__name__} state "
-                    "(auxiliary variables) to resume from"
-                )
-            extra_state.load_state_dict(state.get("extra", {}))
-        history.epochs = list(state.get("history", []))
-        start_epoch = int(state["epoch"])
-        log.info("resumed from %s at epoch %d/%d", ckpt_path, start_epoch, cfg.epochs)
-    apply_masks(model)
-
-    distributed = world_size() > 1
-    net: nn.Module = DistributedDataParallel(model) if distributed else model
-    sampler = (
-        DistributedSampler(train_set, shuffle=True, seed=cfg.seed, drop_last=False)
-        if distributed
-        else None
-    )
-    show = cfg.progress and is_main_process()
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-            loader = DataLoader(
-                train_set, cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers
-            )
-        else:
-            # a per-epoch generator makes the order a function of (seed, epoch): resuming replays it
-            gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-            loader = DataLoader(
-                train_set, cfg.batch_size, shuffle=True, generator=gen, num_workers=cfg.num_workers
-            )
-        net.train()
-        loss_sum, correct, count = 0.0, 0, 0
-        epoch_lrs = [g["lr"] for g in optimizer.param_groups]
-        warm_steps = round(cfg.warmup_epochs * len(loader))
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False)
-        for step, (x, y) in enumerate(bar):
-            global_step = epoch * len(loader) + step
-            if global_step < warm_steps:
-                for g, lr in zip(optimizer.param_groups, epoch_lrs, strict=True):
-                    g["lr"] = lr * (global_step + 1) / warm_steps
-            x, y = x.to(dev), y.to(dev)
-            if input_transform is not None:
-                x = input_transform(model, x, y)
-            with _autocast(dev, cfg.amp):
-                out = net(x)
-                loss = nn.functional.cross_entropy(
-                    out.float(), y, label_smoothing=cfg.label_smoothing
-                )
-                if teacher is not None and distill_weight > 0:
-                    with torch.no_grad():
-                        t_out = teacher(x).float()
-                    t = distill_temperature
-                    kd = nn.functional.kl_div(
-                        nn.functional.log_softmax(out.float() / t, 1),
-                        nn.functional.log_softmax(t_out / t, 1),
-                        reduction="batchmean",
-                        log_target=True,
+    with distributed_group(dev):
+        model.to(dev)
+        if teacher is not None:
+            teacher.to(dev).eval()
+        optimizer = _make_optimizer(model, cfg)
+        scheduler = _make_scheduler(optimizer, cfg)
+        scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and dev.type == "cuda")
+        history = History()
+        start_epoch = 0
+        ckpt_path = Path(checkpoint_dir) / "last.pt" if checkpoint_dir is not None else None
+        if resume and ckpt_path is not None and ckpt_path.is_file():
+            state = load_checkpoint(ckpt_path)
+            _check_same_config(state, cfg, ckpt_path)
+            _restore(model, optimizer, scheduler, state, ckpt_path)
+            if extra_state is not None:
+                if extra_state.state_dict() and not state.get("extra"):
+                    raise CheckpointError(
+                        f"{ckpt_path} holds no {type(extra_state).__name__} state "
+                        "(auxiliary variables) to resume from"
                     )
-                    loss = (1 - distill_weight) * loss + distill_weight * t * t * kd
-            total = loss + penalty(model) if penalty is not None else loss
-            if not torch.isfinite(total):
-                raise FloatingPointError(
-                    f"loss became {total.item()} at epoch {epoch + 1}; lower the learning rate"
+                extra_state.load_state_dict(state.get("extra", {}))
+            history.epochs = list(state.get("history", []))
+            start_epoch = int(state["epoch"])
+            log.info("resumed from %s at epoch %d/%d", ckpt_path, start_epoch, cfg.epochs)
+        apply_masks(model)
+
+        distributed = world_size() > 1
+        net: nn.Module = DistributedDataParallel(model) if distributed else model
+        sampler = (
+            DistributedSampler(train_set, shuffle=True, seed=cfg.seed, drop_last=False)
+            if distributed
+            else None
+        )
+        show = cfg.progress and is_main_process()
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+                loader = DataLoader(
+                    train_set, cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers
                 )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(total).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            apply_masks(model)
-            loss_sum += loss.item() * y.numel()
-            correct += (out.argmax(1) == y).sum().item()
-            count += y.numel()
-            bar.set_postfix(loss=f"{loss_sum / count:.3f}", acc=f"{correct / count:.3f}")
-        for g, lr in zip(optimizer.param_groups, epoch_lrs, strict=True):
-            g["lr"] = lr  # the scheduler's recursion must see its own value, not the warmup's
-        if scheduler is not None:
-            scheduler.step()
-        loss_sum, correct, count = all_reduce_sum([loss_sum, correct, count])
-        metrics = {
-            "epoch": epoch + 1,
-            "train_loss": loss_sum / max(count, 1),
-            "train_acc": correct / max(count, 1),
-        }
-        if val_set is not None:
-            ev = evaluate(model, val_set, cfg.batch_size, dev, cfg.amp)
-            metrics |= {"val_loss": ev["loss"], "val_acc": ev["accuracy"]}
-        metrics["seconds"] = time.perf_counter() - t0
-        history.epochs.append(metrics)
-        for cb in callbacks:
-            cb(epoch, model, metrics)
-        if is_main_process():
-            log.info(
-                "epoch %d/%d  %s",
-                epoch + 1,
-                cfg.epochs,
-                "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "epoch"),
+            else:
+                # a per-epoch generator makes the order a function of (seed, epoch): resuming
+                # replays it
+                gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+                loader = DataLoader(
+                    train_set,
+                    cfg.batch_size,
+                    shuffle=True,
+                    generator=gen,
+                    num_workers=cfg.num_workers,
+                )
+            net.train()
+            loss_sum, correct, count = 0.0, 0, 0
+            epoch_lrs = [g["lr"] for g in optimizer.param_groups]
+            warm_steps = round(cfg.warmup_epochs * len(loader))
+            bar = tqdm(
+                loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False
             )
-            if ckpt_path is not None:
-                state = _state(model, optimizer, scheduler, epoch + 1, history, cfg)
-                if extra_state is not None:
-                    state["extra"] = extra_state.state_dict()
-                save_checkpoint(state, ckpt_path)
-        barrier()
-    return history
+            for step, (x, y) in enumerate(bar):
+                global_step = epoch * len(loader) + step
+                if global_step < warm_steps:
+                    for g, lr in zip(optimizer.param_groups, epoch_lrs, strict=True):
+                        g["lr"] = lr * (global_step + 1) / warm_steps
+                x, y = x.to(dev), y.to(dev)
+                if input_transform is not None:
+                    x = input_transform(model, x, y)
+                with _autocast(dev, cfg.amp):
+                    out = net(x)
+                    loss = nn.functional.cross_entropy(
+                        out.float(), y, label_smoothing=cfg.label_smoothing
+                    )
+                    if teacher is not None and distill_weight > 0:
+                        with torch.no_grad():
+                            t_out = teacher(x).float()
+                        t = distill_temperature
+                        kd = nn.functional.kl_div(
+                            nn.functional.log_softmax(out.float() / t, 1),
+                            nn.functional.log_softmax(t_out / t, 1),
+                            reduction="batchmean",
+                            log_target=True,
+                        )
+                        loss = (1 - distill_weight) * loss + distill_weight * t * t * kd
+                total = loss + penalty(model) if penalty is not None else loss
+                if not torch.isfinite(total):
+                    raise FloatingPointError(
+                        f"loss became {total.item()} at epoch {epoch + 1}; lower the learning rate"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(total).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                apply_masks(model)
+                loss_sum += loss.item() * y.numel()
+                correct += (out.argmax(1) == y).sum().item()
+                count += y.numel()
+                bar.set_postfix(loss=f"{loss_sum / count:.3f}", acc=f"{correct / count:.3f}")
+            for g, lr in zip(optimizer.param_groups, epoch_lrs, strict=True):
+                g["lr"] = lr  # the scheduler's recursion must see its own value, not the warmup's
+            if scheduler is not None:
+                scheduler.step()
+            loss_sum, correct, count = all_reduce_sum([loss_sum, correct, count])
+            metrics = {
+                "epoch": epoch + 1,
+                "train_loss": loss_sum / max(count, 1),
+                "train_acc": correct / max(count, 1),
+            }
+            if val_set is not None:
+                ev = evaluate(model, val_set, cfg.batch_size, dev, cfg.amp)
+                metrics |= {"val_loss": ev["loss"], "val_acc": ev["accuracy"]}
+            metrics["seconds"] = time.perf_counter() - t0
+            history.epochs.append(metrics)
+            for cb in callbacks:
+                cb(epoch, model, metrics)
+            if is_main_process():
+                log.info(
+                    "epoch %d/%d  %s",
+                    epoch + 1,
+                    cfg.epochs,
+                    "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "epoch"),
+                )
+                if ckpt_path is not None:
+                    state = _state(model, optimizer, scheduler, epoch + 1, history, cfg)
+                    if extra_state is not None:
+                        state["extra"] = extra_state.state_dict()
+                    save_checkpoint(state, ckpt_path)
+            barrier()
+        return history
 
 
 __all__ = ["History", "TrainConfig", "evaluate", "fit", "resolve_device"]

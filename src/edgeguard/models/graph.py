@@ -54,14 +54,22 @@ class GCNLayer(nn.Module):
 
 
 class _LayerStack(nn.Module):
-    """``layers`` graph layers ``layer(in, out)`` with dropout before each and ReLU between them."""
+    """``layers`` graph layers ``layer(in, out)`` (the subclass's ``layer`` type) with dropout
+    before each and ReLU between them; ``hidden`` features between layers."""
+
+    layer: type[nn.Module]
 
     def __init__(
-        self, layer, in_features: int, num_classes: int, hidden: int, layers: int, dropout: float
+        self,
+        in_features: int,
+        num_classes: int,
+        hidden: int = 64,
+        layers: int = 2,
+        dropout: float = 0.5,
     ) -> None:
         super().__init__()
         dims = [in_features] + [hidden] * (layers - 1) + [num_classes]
-        self.convs = nn.ModuleList(layer(a, b) for a, b in itertools.pairwise(dims))
+        self.convs = nn.ModuleList(self.layer(a, b) for a, b in itertools.pairwise(dims))
         self.dropout = dropout
 
     def forward(
@@ -83,17 +91,8 @@ class GCN(_LayerStack):
     candidate node pair from one forward-backward pass over the real edges only (no message over the
     candidate pairs), which makes gradient topology attacks cheap on large graphs."""
 
+    layer = GCNLayer
     dense_pairs_up_to = 8192  # nodes: all-pair gradients as one N x N matrix up to this size
-
-    def __init__(
-        self,
-        in_features: int,
-        num_classes: int,
-        hidden: int = 64,
-        layers: int = 2,
-        dropout: float = 0.5,
-    ) -> None:
-        super().__init__(GCNLayer, in_features, num_classes, hidden, layers, dropout)
 
     def forward(
         self, x: torch.Tensor, edge_index: torch.Tensor, edge_weight: torch.Tensor | None = None
@@ -180,15 +179,7 @@ class WeightedSAGEConv(nn.Module):
 class GraphSAGE(_LayerStack):
     """Two (or more) weighted-mean GraphSAGE layers with ReLU and dropout."""
 
-    def __init__(
-        self,
-        in_features: int,
-        num_classes: int,
-        hidden: int = 64,
-        layers: int = 2,
-        dropout: float = 0.5,
-    ) -> None:
-        super().__init__(WeightedSAGEConv, in_features, num_classes, hidden, layers, dropout)
+    layer = WeightedSAGEConv
 
 
 def gcn(in_features: int, num_classes: int, hidden: int = 64, dropout: float = 0.5) -> GCN:
