@@ -14,6 +14,7 @@ from ..errors import ConfigError
 from ..registry import construct
 from .concepts import Broden, SyntheticConcepts
 from .errors import DatasetError
+from .images import UnlabeledImages
 from .video import SyntheticMovingShapes, VideoClipDataset, hmdb51, read_frames, ucf101
 from .vision import CIFAR, cifar10, cifar100, digits
 
@@ -60,6 +61,7 @@ __all__ = [
     "DatasetError",
     "SyntheticConcepts",
     "SyntheticMovingShapes",
+    "UnlabeledImages",
     "VideoClipDataset",
     "cifar10",
     "cifar100",

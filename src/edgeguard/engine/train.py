@@ -74,8 +74,9 @@ def fit(
     distill_temperature: float = 4.0,
     extra_state: Any = None,
     input_transform: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> History:
-    """Train a classifier with cross-entropy.
+    """Train a classifier with cross-entropy (or any model with ``loss_fn``).
 
     Args:
         model: the network; masks attached by ``edgeguard.sparsity`` stay applied after every step.
@@ -92,12 +93,20 @@ def fit(
             (1 - w) * CE + w * T^2 * KL(student_T || teacher_T).
         extra_state: an object with ``state_dict()`` / ``load_state_dict()`` (tensors and plain data)
             saved in every checkpoint and restored on resume, e.g. a pruner's auxiliary variables.
+        loss_fn: ``loss_fn(net, x, y) -> scalar`` replaces cross-entropy (it calls the network
+            itself, e.g. to match a teacher detector's outputs); no accuracy is counted, and
+            ``val_set`` and the classifier distillation must be left out (evaluate in a callback).
 
     Under ``torchrun`` the model is wrapped in DistributedDataParallel and the training set is
     sharded; checkpoints and logs come from rank 0 only; every rank ends with the same weights.
     """
     cfg = config or TrainConfig()
     cfg.validate()
+    if loss_fn is not None and (val_set is not None or teacher is not None):
+        raise ConfigError(
+            "fit with loss_fn trains on that loss alone: pass val_set=None and no teacher "
+            "(evaluate in a callback; distil inside loss_fn)"
+        )
     dev = resolve_device(cfg.device)
     with distributed_group(dev):
         model.to(dev)
@@ -167,9 +176,13 @@ def fit(
                 if input_transform is not None:
                     x = input_transform(model, x, y)
                 with _autocast(dev, cfg.amp):
-                    out = net(x)
-                    loss = nn.functional.cross_entropy(
-                        out.float(), y, label_smoothing=cfg.label_smoothing
+                    out = net(x) if loss_fn is None else None
+                    loss = (
+                        loss_fn(net, x, y)
+                        if out is None
+                        else nn.functional.cross_entropy(
+                            out.float(), y, label_smoothing=cfg.label_smoothing
+                        )
                     )
                     if teacher is not None and distill_weight > 0:
                         with torch.no_grad():
@@ -192,20 +205,21 @@ def fit(
                 scaler.step(optimizer)
                 scaler.update()
                 apply_masks(model)
-                loss_sum += loss.item() * y.numel()
-                correct += (out.argmax(1) == y).sum().item()
-                count += y.numel()
-                bar.set_postfix(loss=f"{loss_sum / count:.3f}", acc=f"{correct / count:.3f}")
+                loss_sum += loss.item() * len(x)
+                count += len(x)
+                if out is None:
+                    bar.set_postfix(loss=f"{loss_sum / count:.4f}")
+                else:
+                    correct += (out.argmax(1) == y).sum().item()
+                    bar.set_postfix(loss=f"{loss_sum / count:.3f}", acc=f"{correct / count:.3f}")
             for g, lr in zip(optimizer.param_groups, epoch_lrs, strict=True):
                 g["lr"] = lr  # the scheduler's recursion must see its own value, not the warmup's
             if scheduler is not None:
                 scheduler.step()
             loss_sum, correct, count = all_reduce_sum([loss_sum, correct, count])
-            metrics = {
-                "epoch": epoch + 1,
-                "train_loss": loss_sum / max(count, 1),
-                "train_acc": correct / max(count, 1),
-            }
+            metrics = {"epoch": epoch + 1, "train_loss": loss_sum / max(count, 1)}
+            if loss_fn is None:
+                metrics["train_acc"] = correct / max(count, 1)
             if val_set is not None:
                 ev = evaluate(model, val_set, cfg.batch_size, dev, cfg.amp)
                 metrics |= {"val_loss": ev["loss"], "val_acc": ev["accuracy"]}

@@ -5,6 +5,7 @@ method: ``magnitude`` (one-shot baseline), ``reweighted`` (RT3D), ``admm``, ``pr
 from . import admm, magnitude, primal_proximal, reweighted  # noqa: F401  (register the methods)
 from .admm import ADMMPruner
 from .base import Pruner, available_pruners, get_pruner, register_pruner
+from .distill import DetectorDistillation, detector_ap, prune_detector, with_net
 from .magnitude import MagnitudePruner
 from .pipeline import PruningOutcome, run_pruning
 from .primal_proximal import PrimalProximalPruner
@@ -12,13 +13,17 @@ from .reweighted import ReweightedPruner
 
 __all__ = [
     "ADMMPruner",
+    "DetectorDistillation",
     "MagnitudePruner",
     "PrimalProximalPruner",
     "Pruner",
     "PruningOutcome",
     "ReweightedPruner",
     "available_pruners",
+    "detector_ap",
     "get_pruner",
+    "prune_detector",
     "register_pruner",
     "run_pruning",
+    "with_net",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PruningOutcome:
-    """Accuracies (in [0, 1]) of the dense model, right after hard pruning and after fine-tuning, the
-    FLOPs report of the pruned model, its per-layer rates and the training histories."""
+    """Accuracies (in [0, 1]; or the run's ``score``) of the dense model, right after hard pruning and
+    after fine-tuning, the FLOPs report of the pruned model, its per-layer rates and the training histories."""
 
     model: nn.Module
     method: str
@@ -59,7 +60,7 @@ def run_pruning(
     model: nn.Module,
     pruner: Pruner | str,
     train_set: Dataset,
-    val_set: Dataset,
+    val_set: Dataset | None,
     input_shape: tuple[int, ...],
     rates: Any = None,
     flops_reduction: float | None = None,
@@ -70,6 +71,8 @@ def run_pruning(
     resume: bool = False,
     copy_model: bool = True,
     layers: list[str] | None = None,
+    loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    score: Callable[[nn.Module], float] | None = None,
 ) -> PruningOutcome:
     """Prune ``model`` with ``pruner`` to ``rates`` or ``flops_reduction`` and fine-tune it.
 
@@ -78,6 +81,11 @@ def run_pruning(
     knowledge distillation from the dense model when ``distill_weight > 0``.  With ``workdir`` each
     stage checkpoints there (``regularize/last.pt``, ``pruned.safetensors``, ``finetune/last.pt``) and
     ``resume=True`` continues from the last finished stage.
+
+    Models other than classifiers: ``loss_fn(net, x, y)`` is the training loss of both training
+    stages (see :func:`~edgeguard.engine.fit`; e.g. distillation from a dense detector) and
+    ``score(model)`` the quality figure reported in place of ``val_set`` accuracy (e.g. AP50);
+    ``val_set`` may then be None.
     """
     pruner = get_pruner(pruner) if isinstance(pruner, str) else pruner
     ft = finetune or TrainConfig(epochs=2, lr=1e-4)
@@ -86,8 +94,21 @@ def run_pruning(
         regularize.validate()
     if not 0.0 <= distill_weight <= 1.0:
         raise SparsityError(f"distill_weight must be in [0, 1], got {distill_weight}")
+    if loss_fn is not None and distill_weight > 0:
+        raise SparsityError(
+            "distill_weight is the classifier's distillation: with loss_fn, distil there"
+        )
+    if val_set is None and score is None:
+        raise SparsityError("give val_set (accuracy) or score (any quality figure)")
+
+    def measure(m: nn.Module) -> float:
+        if score is not None:
+            return float(score(m))
+        return evaluate(m, val_set, ft.batch_size, ft.device)["accuracy"]
+
+    fit_val = val_set if loss_fn is None else None
     goal = resolve_rates(model, pruner.scheme, rates, flops_reduction, input_shape, layers)
-    dense_acc = evaluate(model, val_set, ft.batch_size, ft.device)["accuracy"]
+    dense_acc = measure(model)
     teacher = copy.deepcopy(model).eval() if distill_weight > 0 else None
     net = copy.deepcopy(model) if copy_model else model
     work = Path(workdir) if workdir is not None else None
@@ -113,13 +134,14 @@ def run_pruning(
             hist = fit(
                 net,
                 train_set,
-                val_set,
+                fit_val,
                 regularize,
                 checkpoint_dir=work / "regularize" if work is not None else None,
                 resume=resume,
                 penalty=pruner.penalty,
                 callbacks=[pruner.on_epoch_end],
                 extra_state=pruner,
+                loss_fn=loss_fn,
             )
             reg_history = hist.epochs
         final_masks = pruner.final_masks(net)
@@ -139,7 +161,7 @@ def run_pruning(
                 "options": pruner.options(),
             }
             save_model(net, stage, pruner.spec_scheme, final, extra=extra)
-    pruned_acc = evaluate(net, val_set, ft.batch_size, ft.device)["accuracy"]
+    pruned_acc = measure(net)
     log.info(
         "%s/%s: accuracy %.4f dense -> %.4f hard-pruned",
         pruner.name,
@@ -153,12 +175,13 @@ def run_pruning(
     hist = fit(
         net,
         train_set,
-        val_set,
+        fit_val,
         ft,
         checkpoint_dir=work / "finetune" if work is not None else None,
         resume=resume,
         teacher=teacher,
         distill_weight=distill_weight,
+        loss_fn=loss_fn,
     )
     return PruningOutcome(
         model=net,
@@ -168,7 +191,7 @@ def run_pruning(
         flops=count_flops(net, input_shape),
         accuracy_dense=dense_acc,
         accuracy_pruned=pruned_acc,
-        accuracy_finetuned=evaluate(net, val_set, ft.batch_size, ft.device)["accuracy"],
+        accuracy_finetuned=measure(net),
         regularize_history=reg_history,
         history=hist.epochs,
     )

@@ -34,12 +34,40 @@ class CenterNetDetector(PersonDetector):
         self.net = fixed_graph_model(path or graph_model("centernet"), OUTPUTS, SIZE, "NHWC")
         self.threshold, self.nms_iou = threshold, nms_iou
 
+    input_size = (SIZE, SIZE)
+
+    def prepare(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The graph's input for ``images [B, 3, H, W]`` in [0, 1]: stretched to 512 x 512 (TF's
+        legacy resize), raw 0-255 values."""
+        check_unit_images(images)
+        return (tf_resize_bilinear(images * 255.0, (SIZE, SIZE), half_pixel=False),)
+
+    @staticmethod
+    def distillation_loss(
+        student: tuple[torch.Tensor, ...],
+        teacher: tuple[torch.Tensor, ...],
+        box_weight: float = 0.1,
+    ) -> torch.Tensor:
+        """Label-free loss matching the graph's outputs to a teacher's (0 when they are equal):
+        the binary KL divergence of the 80 class heatmaps from the teacher's, summed and divided by
+        the teacher's heat mass (CenterNet normalises by the object count), plus ``box_weight`` times
+        the L1 distance of the box sides (512-px units), weighted per cell by the teacher's
+        highest class probability."""
+        (heat_s, wh_s), (heat_t, wh_t) = student, teacher
+        eps = 1e-6
+        t = heat_t.clamp(eps, 1 - eps)  # KL form (BCE less the teacher's entropy): 0 when equal
+        bce = F.binary_cross_entropy(heat_s.clamp(eps, 1 - eps), t, reduction="sum") - (
+            F.binary_cross_entropy(t, t, reduction="sum")
+        )
+        mass = heat_t.sum().clamp_min(1.0)
+        w = heat_t.amax(-1, keepdim=True)
+        box = ((wh_s - wh_t).abs() * w).sum() / (4 * w.sum()).clamp_min(eps)
+        return bce / mass + box_weight * box
+
     def heatmap(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(person heatmap ``[B, 128, 128]``, boxes ``[B, 128, 128, 4]`` in the photo's pixels)."""
-        check_unit_images(images)
         h, w = images.shape[2:]
-        x = tf_resize_bilinear(images * 255.0, (SIZE, SIZE), half_pixel=False)
-        heat, wh = self.net(x)
+        heat, wh = self.net(*self.prepare(images))
         heat = heat[..., 0]
         gh, gw = heat.shape[1:]
         ys, xs = torch.meshgrid(

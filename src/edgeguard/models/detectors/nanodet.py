@@ -12,6 +12,7 @@ those at or above the threshold, merged by NMS at IoU 0.6.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .base import Detections, PersonDetector, check_unit_images
 from .tfjs import fixed_graph_model, tf_resize_bilinear
@@ -43,11 +44,44 @@ class NanoDetDetector(PersonDetector):
         self.register_buffer("strides", torch.cat(strides), persistent=False)
         self.register_buffer("bins", torch.arange(BINS, dtype=torch.float32), persistent=False)
 
+    input_size = (SIZE, SIZE)
+
+    def prepare(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The graph's input for ``images [B, 3, H, W]`` in [0, 1]: stretched to 416 x 416
+        (half-pixel resize), values in [0, 1]."""
+        check_unit_images(images)
+        return (tf_resize_bilinear(images, (SIZE, SIZE), half_pixel=True),)
+
+    @staticmethod
+    def distillation_loss(
+        student: tuple[torch.Tensor, ...],
+        teacher: tuple[torch.Tensor, ...],
+        box_weight: float = 1.0,
+    ) -> torch.Tensor:
+        """Label-free loss matching the graph's outputs to a teacher's (0 when they are equal): the
+        binary KL divergence of the 80 class scores of every level from the teacher's, divided by
+        the teacher's score mass, plus ``box_weight`` times the KL divergence of each box side's
+        11-bin distribution from the teacher's (localisation distillation), weighted per location
+        by the teacher's highest class score."""
+        eps = 1e-6
+        bce, mass, kl, weight = 0.0, 0.0, 0.0, 0.0
+        for s, t in zip(student[:3], teacher[:3], strict=True):
+            t = t.clamp(eps, 1 - eps)  # KL form (BCE less the teacher's entropy): 0 when equal
+            bce = bce + F.binary_cross_entropy(s.clamp(eps, 1 - eps), t, reduction="sum")
+            bce = bce - F.binary_cross_entropy(t, t, reduction="sum")
+            mass = mass + t.sum()
+        for s, t, score in zip(student[3:], teacher[3:], teacher[:3], strict=True):
+            log_s = s.reshape(*s.shape[:2], 4, BINS).log_softmax(-1)
+            log_t = t.reshape(*t.shape[:2], 4, BINS).log_softmax(-1)
+            side = (log_t.exp() * (log_t - log_s)).sum(-1).mean(-1)  # [B, N]
+            w = score.amax(-1)
+            kl, weight = kl + (side * w).sum(), weight + w.sum()
+        return bce / mass.clamp_min(1.0) + box_weight * kl / weight.clamp_min(eps)
+
     def decode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(person scores ``[B, 3549]``, boxes ``[B, 3549, 4]`` in the photo's pixels)."""
-        check_unit_images(images)
         h, w = images.shape[2:]
-        outs = self.net(tf_resize_bilinear(images, (SIZE, SIZE), half_pixel=True))
+        outs = self.net(*self.prepare(images))
         scores = torch.cat([o[..., 0] for o in outs[:3]], 1)
         reg = torch.cat(outs[3:], 1)
         dist = (reg.reshape(*reg.shape[:2], 4, BINS).softmax(-1) * self.bins).sum(-1)

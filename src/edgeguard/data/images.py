@@ -1,0 +1,127 @@
+"""Unlabeled photos for label-free training (distillation from a teacher network): a folder of
+images, or the photos of a :class:`~.persons.PersonPhotos` split, served at one size with strong
+augmentation (random resized crop, horizontal flip, brightness / contrast / saturation jitter).
+
+The random draws come from torch's global generator in the loading process (``num_workers=0``), so
+the training engine's checkpoints, which save that generator, resume a run bit-exactly."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from .errors import DatasetError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+class UnlabeledImages(Dataset):
+    """Items ``(image [3, H, W] float in [0, 1], 0)`` at ``size = (H, W)``.
+
+    Args:
+        images: uint8 RGB tensors ``[3, h, w]`` of any sizes.
+        size: output ``(H, W)`` in pixels (the network's input size: images are stretched, as the
+            COCO detectors stretch a photo).
+        augment: draw a crop of ``scale`` of the area (aspect ratio in [3/4, 4/3]), a horizontal
+            flip (p = 0.5) and colour factors in ``[1 - jitter, 1 + jitter]``; False: the whole
+            photo, resized.
+        copies: each photo serves ``copies`` items per epoch (different draws).
+    """
+
+    def __init__(
+        self,
+        images: Sequence[torch.Tensor],
+        size: tuple[int, int],
+        augment: bool = True,
+        scale: tuple[float, float] = (0.35, 1.0),
+        jitter: float = 0.3,
+        copies: int = 1,
+    ) -> None:
+        if not images:
+            raise DatasetError("no images to serve (an empty folder or photo set)")
+        for i, img in enumerate(images):
+            if img.dtype != torch.uint8 or img.dim() != 3 or img.shape[0] != 3:
+                raise DatasetError(
+                    f"image {i}: expected a uint8 RGB tensor [3, h, w], got {img.dtype} "
+                    f"{tuple(img.shape)}"
+                )
+        if len(size) != 2 or min(size) < 8:
+            raise DatasetError(f"size must be (H, W) of at least 8 pixels, got {size}")
+        if not 0 < scale[0] <= scale[1] <= 1:
+            raise DatasetError(f"scale must satisfy 0 < low <= high <= 1, got {scale}")
+        if not 0 <= jitter < 1:
+            raise DatasetError(f"jitter must be in [0, 1), got {jitter}")
+        if copies < 1:
+            raise DatasetError(f"copies must be >= 1, got {copies}")
+        self.images, self.size = list(images), (int(size[0]), int(size[1]))
+        self.augment, self.scale, self.jitter, self.copies = augment, scale, jitter, copies
+
+    @classmethod
+    def from_folder(cls, root: str | Path, size: tuple[int, int], **options) -> UnlabeledImages:
+        """Every readable image directly in ``root`` (suffixes :data:`IMAGE_SUFFIXES`); files that
+        cannot be decoded are skipped, and a folder without any readable image is an error."""
+        import cv2
+
+        root = Path(root)
+        if not root.is_dir():
+            raise DatasetError(f"{root} is not a folder of images")
+        images = []
+        for path in sorted(root.iterdir()):
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if img is not None:
+                rgb = np.ascontiguousarray(img[:, :, ::-1])
+                images.append(torch.from_numpy(rgb).permute(2, 0, 1).contiguous())
+        if not images:
+            raise DatasetError(
+                f"no readable images in {root} (looked for {', '.join(IMAGE_SUFFIXES)})"
+            )
+        return cls(images, size, **options)
+
+    @classmethod
+    def from_photos(cls, photos, size: tuple[int, int], **options) -> UnlabeledImages:
+        """The images of a :class:`~.persons.PersonPhotos` (their boxes are not used)."""
+        return cls([p.image for p in photos], size, **options)
+
+    def __len__(self) -> int:
+        return len(self.images) * self.copies
+
+    def _crop(self, h: int, w: int) -> tuple[int, int, int, int]:
+        """(top, left, height, width) of a random crop (torchvision's RandomResizedCrop rule)."""
+        area = h * w
+        for _ in range(10):
+            target = area * float(torch.empty(1).uniform_(*self.scale))
+            log_ratio = torch.empty(1).uniform_(math.log(3 / 4), math.log(4 / 3))
+            ratio = math.exp(float(log_ratio))
+            cw, ch = round(math.sqrt(target * ratio)), round(math.sqrt(target / ratio))
+            if 0 < cw <= w and 0 < ch <= h:
+                top = int(torch.randint(0, h - ch + 1, (1,)))
+                left = int(torch.randint(0, w - cw + 1, (1,)))
+                return top, left, ch, cw
+        return 0, 0, h, w
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        img = self.images[index % len(self.images)]
+        if self.augment:
+            top, left, ch, cw = self._crop(*img.shape[1:])
+            img = img[:, top : top + ch, left : left + cw]
+        x = F.interpolate(
+            img[None].float() / 255, self.size, mode="bilinear", align_corners=False, antialias=True
+        )[0]
+        if self.augment:
+            if bool(torch.rand(1) < 0.5):
+                x = x.flip(-1)
+            b, c, s = (1 + self.jitter * (2 * torch.rand(3) - 1)).tolist()
+            x = x * b
+            mean = x.mean()
+            x = (x - mean) * c + mean
+            grey = x.mean(0, keepdim=True)
+            x = (x - grey) * s + grey
+        return x.clamp(0, 1), 0

@@ -1,0 +1,71 @@
+"""Unlabeled photos for distillation: size, range, augmentation draws reproducible from torch's
+generator, folders read with unreadable files skipped, bad settings refused."""
+
+import numpy as np
+import pytest
+import torch
+
+from edgeguard.data import DatasetError, UnlabeledImages
+
+
+def _photos(n=3):
+    g = torch.Generator().manual_seed(0)
+    return [
+        torch.randint(0, 256, (3, 40 + 7 * i, 60), dtype=torch.uint8, generator=g) for i in range(n)
+    ]
+
+
+def test_items_have_the_size_and_range_and_replay_from_the_seed():
+    ds = UnlabeledImages(_photos(), (32, 48), copies=2)
+    assert len(ds) == 6
+    torch.manual_seed(5)
+    a = [ds[i][0] for i in range(len(ds))]
+    torch.manual_seed(5)
+    b = [ds[i][0] for i in range(len(ds))]
+    assert all(x.shape == (3, 32, 48) and x.min() >= 0 and x.max() <= 1 for x in a)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not torch.equal(a[0], a[3])  # the same photo, another draw
+    assert ds[0][1] == 0
+
+
+def test_without_augmentation_an_item_is_the_resized_photo():
+    img = _photos(1)[0]
+    x, _ = UnlabeledImages([img], tuple(img.shape[1:]), augment=False)[0]
+    assert torch.allclose(x, img.float() / 255, atol=1e-6)  # same size: resizing is the identity
+
+
+def test_folder_reading_skips_unreadable_files_and_refuses_an_empty_folder(tmp_path):
+    import cv2
+
+    img = np.zeros((20, 30, 3), np.uint8)
+    img[..., 2] = 255  # BGR red
+    cv2.imwrite(str(tmp_path / "a.png"), img)
+    (tmp_path / "b.jpg").write_bytes(b"not an image")
+    (tmp_path / "notes.txt").write_text("skip me")
+    ds = UnlabeledImages.from_folder(tmp_path, (20, 30), augment=False)
+    assert len(ds) == 1
+    x, _ = ds[0]
+    assert torch.allclose(x[0], torch.ones(20, 30)) and float(x[1:].abs().max()) == 0.0  # RGB
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetError, match="no readable images in"):
+        UnlabeledImages.from_folder(empty, (20, 30))
+    with pytest.raises(DatasetError, match="is not a folder"):
+        UnlabeledImages.from_folder(tmp_path / "missing", (20, 30))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"size": (4, 4)}, "size must be"),
+        ({"scale": (0.0, 1.0)}, "scale must"),
+        ({"jitter": 1.0}, "jitter must"),
+        ({"copies": 0}, "copies must"),
+    ],
+)
+def test_bad_settings_are_refused(kwargs, match):
+    options = {"size": (16, 16)} | kwargs
+    with pytest.raises(DatasetError, match=match):
+        UnlabeledImages(_photos(), **options)
+    with pytest.raises(DatasetError, match="uint8 RGB"):
+        UnlabeledImages([torch.zeros(3, 8, 8)], (16, 16))

@@ -1,0 +1,155 @@
+"""Label-free distillation of pruned detectors: the CenterNet and NanoDet losses against a direct
+formula, fit's loss_fn contract, and prune_detector end to end (regularise-free magnitude pruning,
+distillation fine-tuning, AP scores, resume) on a small CenterNet-shaped detector."""
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from edgeguard.data import UnlabeledImages
+from edgeguard.data.persons import PersonPhoto, PersonPhotos
+from edgeguard.engine import TrainConfig, fit
+from edgeguard.errors import ConfigError
+from edgeguard.masks import masks_of
+from edgeguard.models.detectors import centernet as cn
+from edgeguard.models.detectors.base import PersonDetector
+from edgeguard.models.detectors.nanodet import BINS, NanoDetDetector
+from edgeguard.prune import DetectorDistillation, detector_ap, prune_detector, with_net
+from edgeguard.sparsity import SparsityError
+
+
+def _binary_kl(s, t):
+    return sum(
+        b * math.log(b / a) + (1 - b) * math.log((1 - b) / (1 - a))
+        for a, b in zip(s.flatten().tolist(), t.flatten().tolist(), strict=True)
+    )
+
+
+def test_centernet_loss_is_the_binary_kl_over_the_heat_mass_plus_weighted_box_l1():
+    g = torch.Generator().manual_seed(0)
+    heat_t, heat_s = (torch.rand(1, 3, 2, 5, generator=g) * 0.9 + 0.05 for _ in range(2))
+    wh_t, wh_s = (torch.rand(1, 3, 2, 4, generator=g) * 20 for _ in range(2))
+    got = cn.CenterNetDetector.distillation_loss((heat_s, wh_s), (heat_t, wh_t))
+    w = heat_t.amax(-1, keepdim=True)
+    box = float(((wh_s - wh_t).abs() * w).sum() / (4 * w.sum()))
+    want = _binary_kl(heat_s, heat_t) / max(float(heat_t.sum()), 1.0) + 0.1 * box
+    assert float(got) == pytest.approx(want, rel=1e-4)
+    same = cn.CenterNetDetector.distillation_loss((heat_t, wh_t), (heat_t, wh_t))
+    assert abs(float(same)) < 1e-5
+
+
+def test_nanodet_loss_is_zero_at_the_teacher_and_its_box_term_a_weighted_kl():
+    g = torch.Generator().manual_seed(1)
+    scores = [torch.rand(2, n, 80, generator=g) * 0.9 + 0.05 for n in (6, 3, 2)]
+    regs = [torch.randn(2, n, 4 * BINS, generator=g) for n in (6, 3, 2)]
+    teacher = (*scores, *regs)
+    assert abs(float(NanoDetDetector.distillation_loss(teacher, teacher))) < 1e-5
+    moved = (*scores, *(r + torch.randn(r.shape, generator=g) for r in regs))
+    got = float(NanoDetDetector.distillation_loss(moved, teacher))
+    kl, weight = 0.0, 0.0
+    for s, t, sc in zip(moved[3:], regs, scores, strict=True):
+        p = t.reshape(*t.shape[:2], 4, BINS).softmax(-1)
+        q = s.reshape(*s.shape[:2], 4, BINS).softmax(-1)
+        side = (p * (p.log() - q.log())).sum(-1).mean(-1)
+        kl += float((side * sc.amax(-1)).sum())
+        weight += float(sc.amax(-1).sum())
+    assert got == pytest.approx(kl / weight, rel=1e-4)
+
+
+def test_fit_with_loss_fn_trains_on_it_alone():
+    model = nn.Linear(4, 2)
+    data = torch.utils.data.TensorDataset(torch.randn(32, 4), torch.zeros(32, dtype=torch.long))
+    target = torch.tensor([1.0, -1.0])
+
+    def loss_fn(net, x, y):
+        return ((net(x) - target) ** 2).mean()
+
+    cfg = TrainConfig(epochs=30, batch_size=8, lr=0.05, progress=False)
+    hist = fit(model, data, None, cfg, loss_fn=loss_fn)
+    assert hist.epochs[-1]["train_loss"] < 0.1 * hist.epochs[0]["train_loss"]
+    assert "train_acc" not in hist.epochs[-1]
+    with pytest.raises(ConfigError, match="val_set=None"):
+        fit(model, data, data, cfg, loss_fn=loss_fn)
+
+
+class TinyGraph(nn.Module):
+    """CenterNet's interface at a fraction of the cost: 512 x 512 raw 0-255 input, outputs a sigmoid
+    heatmap [B, 128, 128, 80] and box sides [B, 128, 128, 4]."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 4, 4)
+        self.mid = nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Conv2d(16, 84, 1)
+
+    def forward(self, x):
+        y = self.head(self.mid(self.stem(x / 255).relu()).relu())
+        return y[:, :80].sigmoid().permute(0, 2, 3, 1), y[:, 80:].exp().permute(0, 2, 3, 1)
+
+
+class TinyCenterNet(cn.CenterNetDetector):
+    def __init__(self):
+        PersonDetector.__init__(self)
+        torch.manual_seed(0)
+        self.net = TinyGraph()
+        self.threshold, self.nms_iou = 0.3, 0.4
+
+
+def _photos(n):
+    g = torch.Generator().manual_seed(3)
+    box = torch.tensor([[10.0, 12.0, 40.0, 60.0]])
+    return PersonPhotos(
+        [
+            PersonPhoto(
+                f"p_{i}",
+                "p",
+                torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8, generator=g),
+                box,
+            )
+            for i in range(n)
+        ]
+    )
+
+
+def test_prune_detector_distils_the_pruned_graph_and_resumes(tmp_path):
+    det = TinyCenterNet()
+    images = UnlabeledImages.from_photos(_photos(4), det.input_size)
+    held_out = _photos(2)
+    cfg = TrainConfig(epochs=2, batch_size=2, lr=1e-3, progress=False)
+    dense_net = copy.deepcopy(det.net)
+    out = prune_detector(
+        det, "magnitude", images, held_out, rates=0.5, finetune=cfg, workdir=tmp_path
+    )
+    assert set(masks_of(out.model)) == {"stem", "mid", "head"}
+    assert all(
+        0.0 <= a <= 1.0 for a in (out.accuracy_dense, out.accuracy_pruned, out.accuracy_finetuned)
+    )
+    assert out.accuracy_dense == pytest.approx(detector_ap(det, held_out))
+    assert out.history[-1]["train_loss"] < out.history[0]["train_loss"]  # distillation learns
+    # the detector itself is untouched; with_net detects with the pruned graph
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(det.net.state_dict().values(), dense_net.state_dict().values(), strict=True)
+    )
+    assert with_net(det, out.model).net is out.model and det.net is not out.model
+    again = prune_detector(
+        det, "magnitude", images, held_out, rates=0.5, finetune=cfg, workdir=tmp_path, resume=True
+    )
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            out.model.state_dict().values(), again.model.state_dict().values(), strict=True
+        )
+    )
+
+
+def test_a_detector_without_the_distillation_members_is_refused():
+    class Plain(PersonDetector):
+        def candidates(self, images):
+            return []
+
+    with pytest.raises(SparsityError, match="cannot be distilled: it lacks net, prepare"):
+        DetectorDistillation(Plain())
