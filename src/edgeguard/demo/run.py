@@ -28,8 +28,13 @@ def run_demo(
     ctx = DemoContext(s, out, Report("edgeguard demo"), quick)
     ctx.made["t_start"] = time.perf_counter()
     seed_everything(s.seed)
+    took = []
     for section in SECTIONS:
+        t0 = time.perf_counter()
         section.section(ctx)
+        took.append(f"{section.__name__.rsplit('.', 1)[-1]} {time.perf_counter() - t0:.0f} s")
     path = ctx.report.save(out / "report.html")
-    log.info("demo finished in %.0f s", time.perf_counter() - ctx.made["t_start"])
+    log.info(
+        "demo finished in %.0f s (%s)", time.perf_counter() - ctx.made["t_start"], ", ".join(took)
+    )
     return path
