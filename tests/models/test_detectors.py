@@ -189,3 +189,22 @@ def test_detector_specs_say_what_was_wrong():
         get_detector("hog:x.pt")
     with pytest.raises(DetectorError, match="detector 'yolo' needs a file: yolo:PATH"):
         get_detector("yolo")
+
+
+def test_flat_scores_send_only_the_top_candidates_to_nms():
+    """A detector whose scores went flat (e.g. badly pruned) scores every cell alike: only
+    ``pre_nms`` of them reach the quadratic NMS."""
+    from edgeguard.models.detectors.base import Detections, PersonDetector, top_k
+
+    class Flat(PersonDetector):
+        pre_nms = 50
+
+        def candidates(self, images):
+            xy = torch.rand(20_000, 2) * 400
+            boxes = torch.cat([xy, xy + 30], 1)
+            return [Detections(boxes, torch.linspace(0.5, 0.6, 20_000))]
+
+    (found,) = Flat()(torch.zeros(1, 3, 8, 8))
+    assert 0 < len(found) <= 50 and float(found.scores.min()) > 0.599
+    det = Detections(torch.zeros(3, 4), torch.tensor([0.1, 0.3, 0.2]))
+    assert top_k(det, 2).scores.tolist() == pytest.approx([0.3, 0.2]) and top_k(det, None) is det

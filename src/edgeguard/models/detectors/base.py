@@ -73,6 +73,7 @@ class PersonDetector(nn.Module):
     name: ClassVar[str] = ""
     threshold: float = 0.0
     nms_iou: float = 0.5
+    pre_nms: ClassVar[int | None] = None  # at most this many top-scoring candidates are merged
 
     @abstractmethod
     def candidates(self, images: torch.Tensor) -> list[Detections]:
@@ -82,7 +83,9 @@ class PersonDetector(nn.Module):
         out = []
         for cand in self.candidates(images):
             keep = cand.scores >= self.threshold
-            out.append(self.merge(Detections(cand.boxes[keep], cand.scores[keep])))
+            out.append(
+                self.merge(top_k(Detections(cand.boxes[keep], cand.scores[keep]), self.pre_nms))
+            )
         return out
 
     def merge(self, det: Detections) -> Detections:
@@ -99,6 +102,16 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     area_b = (b[:, 2:] - b[:, :2]).clamp_min(0).prod(1)
     union = area_a[:, None] + area_b[None, :] - inter
     return torch.where(union > 0, inter / union.clamp_min(1e-12), torch.zeros_like(inter))
+
+
+def top_k(det: Detections, k: int | None) -> Detections:
+    """The ``k`` highest-scoring detections (all when ``k`` is None or not exceeded): a detector
+    whose scores went flat (a badly pruned one) would otherwise send every cell to the quadratic
+    NMS."""
+    if k is None or len(det) <= k:
+        return det
+    idx = torch.topk(det.scores.detach(), k).indices
+    return Detections(det.boxes[idx], det.scores[idx])
 
 
 def nms(det: Detections, iou: float = 0.5) -> Detections:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Detections, PersonDetector, check_unit_images, nms
+from .base import Detections, PersonDetector, check_unit_images, nms, top_k
 from .tfjs import fixed_graph_model, tf_resize_bilinear
 from .weights import graph_model
 
@@ -28,6 +28,7 @@ class CenterNetDetector(PersonDetector):
     ``threshold`` 0.3 is the operating point (see docs/benchmarks.md)."""
 
     name = "centernet"
+    pre_nms = 100  # CenterNet's K: the 100 highest peaks
 
     def __init__(self, threshold: float = 0.3, nms_iou: float = 0.4, path=None) -> None:
         super().__init__()
@@ -92,5 +93,5 @@ class CenterNetDetector(PersonDetector):
         out = []
         for b, s, p in zip(boxes, heat, peak, strict=True):
             keep = p & (s >= self.threshold)
-            out.append(nms(Detections(b[keep], s[keep]), self.nms_iou))
+            out.append(nms(top_k(Detections(b[keep], s[keep]), self.pre_nms), self.nms_iou))
         return out

@@ -29,6 +29,7 @@ class NanoDetDetector(PersonDetector):
     the operating point (see docs/benchmarks.md)."""
 
     name = "nanodet"
+    pre_nms = 1000  # NanoDet's nms_pre
 
     def __init__(self, threshold: float = 0.35, nms_iou: float = 0.6, path=None) -> None:
         super().__init__()
