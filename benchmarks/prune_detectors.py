@@ -16,6 +16,7 @@ import copy
 import json
 import platform
 import time
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
@@ -26,11 +27,28 @@ from edgeguard.data.persons import load_persons
 from edgeguard.engine import TrainConfig, fit, seed_everything
 from edgeguard.models import count_flops
 from edgeguard.models.detectors import get_detector
-from edgeguard.prune import DetectorDistillation, detector_ap, get_pruner, prune_detector
+from edgeguard.prune import (
+    DetectorDistillation,
+    detector_ap,
+    detector_layers,
+    get_pruner,
+    prune_detector,
+)
 from edgeguard.settings import data_root
 
 
-def torch_pruning_job(det, target: float, images, held_out, cfg: TrainConfig) -> dict:
+def ap_curve(det, held_out, every: int, curve: list):
+    """A fine-tuning callback: AP50 on the held-out photos every ``every`` epochs."""
+
+    def cb(epoch, model, metrics):
+        if (epoch + 1) % every == 0:
+            curve.append((epoch + 1, round(detector_ap(det, held_out, model), 4)))
+            print(f"epoch {epoch + 1}: AP50 {curve[-1][1]}", flush=True)
+
+    return cb
+
+
+def torch_pruning_job(det, target: float, images, held_out, cfg: TrainConfig, every: int) -> dict:
     """Torch-Pruning channel pruning of the detector's graph to ``target`` x fewer MACs (ratio found
     by bisection), then the same distillation fine-tuning."""
     import torch_pruning as tp
@@ -39,12 +57,19 @@ def torch_pruning_job(det, target: float, images, held_out, cfg: TrainConfig) ->
     example = torch.zeros(shape)
     dense = count_flops(det.net, shape).dense_macs
 
+    _, dense_layers = detector_layers(det)  # the layers edgeguard leaves dense stay whole here too
+
     def pruned(ratio: float):
         net = copy.deepcopy(det.net)
         for p in net.parameters():
             p.requires_grad_(True)
+        mods = dict(net.named_modules())
         tp.pruner.MetaPruner(
-            net, example, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=ratio
+            net,
+            example,
+            importance=tp.importance.MagnitudeImportance(p=2),
+            pruning_ratio=ratio,
+            ignored_layers=[mods[n] for n in dense_layers],
         ).step()
         return net
 
@@ -59,7 +84,15 @@ def torch_pruning_job(det, target: float, images, held_out, cfg: TrainConfig) ->
     kept = count_flops(net, shape).dense_macs
     ap_pruned = detector_ap(det, held_out, net)
     t0 = time.perf_counter()
-    hist = fit(net, images, None, cfg, loss_fn=DetectorDistillation(det))
+    curve = []
+    hist = fit(
+        net,
+        images,
+        None,
+        cfg,
+        loss_fn=DetectorDistillation(det),
+        callbacks=[ap_curve(det, held_out, every, curve)],
+    )
     seconds = time.perf_counter() - t0
     return {
         "job": "torch-pruning:channel",
@@ -69,12 +102,14 @@ def torch_pruning_job(det, target: float, images, held_out, cfg: TrainConfig) ->
         "ap_finetuned": round(detector_ap(det, held_out, net), 4),
         "seconds_per_step": round(seconds / (cfg.epochs * -(-len(images) // cfg.batch_size)), 2),
         "train_loss": [round(e["train_loss"], 4) for e in hist.epochs],
+        "ap_curve": curve,
     }
 
 
-def edgeguard_job(det, job: str, target: float, images, held_out, cfg, workdir) -> dict:
+def edgeguard_job(det, job: str, target: float, images, held_out, cfg, reg, workdir, every) -> dict:
     scheme, method = job.split(":")
     t0 = time.perf_counter()
+    curve = []
     out = prune_detector(
         det,
         get_pruner(method, scheme),
@@ -82,7 +117,9 @@ def edgeguard_job(det, job: str, target: float, images, held_out, cfg, workdir) 
         held_out,
         flops_reduction=target,
         finetune=cfg,
+        regularize=reg,
         workdir=workdir,
+        callbacks=[ap_curve(det, held_out, every, curve)],
     )
     seconds = sum(e["seconds"] for e in out.history)
     return {
@@ -93,6 +130,7 @@ def edgeguard_job(det, job: str, target: float, images, held_out, cfg, workdir) 
         "ap_finetuned": round(out.accuracy_finetuned, 4),
         "seconds_per_step": round(seconds / (cfg.epochs * -(-len(images) // cfg.batch_size)), 2),
         "train_loss": [round(e["train_loss"], 4) for e in out.history],
+        "ap_curve": curve,
         "wall_seconds": round(time.perf_counter() - t0, 1),
     }
 
@@ -108,6 +146,10 @@ def main() -> None:
         help="scheme:method pairs (e.g. kgs:magnitude filter:magnitude) and/or torch-pruning",
     )
     ap.add_argument("--epochs", type=int, default=3, help="distillation epochs over the photos")
+    ap.add_argument(
+        "--reg-epochs", type=int, default=0, help="regularisation epochs (reweighted, admm, ...)"
+    )
+    ap.add_argument("--ap-every", type=int, default=2, help="held-out AP50 every N epochs")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--copies", type=int, default=1, help="augmented draws per photo and epoch")
@@ -124,6 +166,7 @@ def main() -> None:
     cfg = TrainConfig(
         epochs=args.epochs, batch_size=args.batch, lr=args.lr, seed=args.seed, progress=True
     )
+    reg = replace(cfg, epochs=args.reg_epochs) if args.reg_epochs > 0 else None
     print(
         f"# {args.detector}: {len(train)} training photos (unlabeled), {len(held_out)} held out "
         f"({held_out.num_persons} persons); {platform.machine()}, {torch.get_num_threads()} threads"
@@ -132,9 +175,11 @@ def main() -> None:
     for job in args.jobs:
         work = Path(args.workdir) / args.detector / f"{job.replace(':', '-')}-{args.target:g}x"
         if job == "torch-pruning":
-            row = torch_pruning_job(det, args.target, images, held_out, cfg)
+            row = torch_pruning_job(det, args.target, images, held_out, cfg, args.ap_every)
         else:
-            row = edgeguard_job(det, job, args.target, images, held_out, cfg, work)
+            row = edgeguard_job(
+                det, job, args.target, images, held_out, cfg, reg, work, args.ap_every
+            )
         print(json.dumps(row))
         rows.append(row)
     out = Path(args.out or Path(args.workdir) / f"{args.detector}-{args.target:g}x.json")

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from torch import nn
+from torch import fx, nn
 
 from edgeguard.data import UnlabeledImages
 from edgeguard.data.persons import PersonPhoto, PersonPhotos
@@ -17,7 +17,13 @@ from edgeguard.masks import masks_of
 from edgeguard.models.detectors import centernet as cn
 from edgeguard.models.detectors.base import PersonDetector
 from edgeguard.models.detectors.nanodet import BINS, NanoDetDetector
-from edgeguard.prune import DetectorDistillation, detector_ap, prune_detector, with_net
+from edgeguard.prune import (
+    DetectorDistillation,
+    detector_ap,
+    detector_layers,
+    prune_detector,
+    with_net,
+)
 from edgeguard.sparsity import SparsityError
 
 
@@ -94,7 +100,7 @@ class TinyCenterNet(cn.CenterNetDetector):
     def __init__(self):
         PersonDetector.__init__(self)
         torch.manual_seed(0)
-        self.net = TinyGraph()
+        self.net = fx.symbolic_trace(TinyGraph())
         self.threshold, self.nms_iou = 0.3, 0.4
 
 
@@ -123,7 +129,7 @@ def test_prune_detector_distils_the_pruned_graph_and_resumes(tmp_path):
     out = prune_detector(
         det, "magnitude", images, held_out, rates=0.5, finetune=cfg, workdir=tmp_path
     )
-    assert set(masks_of(out.model)) == {"stem", "mid", "head"}
+    assert set(masks_of(out.model)) == {"mid"}  # the stem and the head stay dense
     assert all(
         0.0 <= a <= 1.0 for a in (out.accuracy_dense, out.accuracy_pruned, out.accuracy_finetuned)
     )
@@ -153,3 +159,12 @@ def test_a_detector_without_the_distillation_members_is_refused():
 
     with pytest.raises(SparsityError, match="cannot be distilled: it lacks net, prepare"):
         DetectorDistillation(Plain())
+
+
+def test_detector_layers_leave_the_stem_heads_and_tiny_layers_dense():
+    det = TinyCenterNet()
+    layers, dense = detector_layers(det)
+    assert layers == ["mid"]
+    assert dense == {"stem": "first conv (the raw image)", "head": "head (feeds an output)"}
+    layers, dense = detector_layers(det, min_share=0.6)  # mid: 52 % of the MACs
+    assert layers == [] and dense["mid"] == "under 60.0% of the MACs"

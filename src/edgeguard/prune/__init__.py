@@ -5,7 +5,13 @@ method: ``magnitude`` (one-shot baseline), ``reweighted`` (RT3D), ``admm``, ``pr
 from . import admm, magnitude, primal_proximal, reweighted  # noqa: F401  (register the methods)
 from .admm import ADMMPruner
 from .base import Pruner, available_pruners, get_pruner, register_pruner
-from .distill import DetectorDistillation, detector_ap, prune_detector, with_net
+from .distill import (
+    DetectorDistillation,
+    detector_ap,
+    detector_layers,
+    prune_detector,
+    with_net,
+)
 from .magnitude import MagnitudePruner
 from .pipeline import PruningOutcome, run_pruning
 from .primal_proximal import PrimalProximalPruner
@@ -21,6 +27,7 @@ __all__ = [
     "ReweightedPruner",
     "available_pruners",
     "detector_ap",
+    "detector_layers",
     "get_pruner",
     "prune_detector",
     "register_pruner",

@@ -76,6 +76,57 @@ def detector_ap(detector: PersonDetector, photos, net: nn.Module | None = None) 
         return evaluate_ap(det, photos, side=None, min_score=0.01)
 
 
+def detector_layers(
+    detector: PersonDetector, min_share: float = 0.005
+) -> tuple[list[str], dict[str, str]]:
+    """(layers to prune, {layer left dense: why}) of a detector's graph (a ``torch.fx``
+    GraphModule) at its input size: every prunable conv except the first one (it sees the raw
+    image), the heads (convs from which a graph output is reached without another conv) and convs
+    with under ``min_share`` of the dense MACs (squeeze-excite and similar: pruning them saves
+    nothing and costs accuracy).  Depthwise convs are not prunable by the schemes and stay dense."""
+    from torch import fx
+
+    from ..models.flops import count_flops
+    from ..sparsity import prunable_layers
+
+    _check_distillable(detector)
+    net = detector.net
+    if not isinstance(net, fx.GraphModule):
+        raise SparsityError("detector_layers reads the graph of a torch.fx GraphModule")
+    mods = dict(net.named_modules())
+    flops = count_flops(net, (1, 3, *detector.input_size))
+    macs = {layer.name: layer.dense_macs for layer in flops.layers}
+
+    def is_conv(node) -> bool:
+        return node.op == "call_module" and isinstance(mods[node.target], nn.Conv2d)
+
+    def reaches_output(node) -> bool:
+        stack, seen = [node], set()
+        while stack:
+            for user in stack.pop().users:
+                if user in seen:
+                    continue
+                seen.add(user)
+                if user.op == "output":
+                    return True
+                if not is_conv(user):
+                    stack.append(user)
+        return False
+
+    convs = [n for n in net.graph.nodes if is_conv(n)]
+    dense = {}
+    if convs:
+        dense[convs[0].target] = "first conv (the raw image)"
+    for n in convs:
+        if reaches_output(n):
+            dense.setdefault(n.target, "head (feeds an output)")
+        elif mods[n.target].groups > 1:
+            dense.setdefault(n.target, "depthwise / grouped")
+        elif macs.get(n.target, 0) < min_share * flops.dense_macs:
+            dense.setdefault(n.target, f"under {min_share:.1%} of the MACs")
+    return [n for n in prunable_layers(net) if n not in dense], dense
+
+
 def prune_detector(
     detector: PersonDetector,
     pruner: Pruner | str,
@@ -88,14 +139,19 @@ def prune_detector(
     workdir: str | Path | None = None,
     resume: bool = False,
     layers: list[str] | None = None,
+    callbacks=(),
 ) -> PruningOutcome:
     """Prune ``detector``'s graph with ``pruner`` (to ``flops_reduction`` x fewer MACs at the
     detector's input size, or to ``rates``) and fine-tune it by distillation from the dense graph
     on the unlabeled ``images`` (items ``(image [3, H, W] in [0, 1], _)``, e.g.
     :class:`~edgeguard.data.UnlabeledImages`); AP50 on the ``held_out`` photos is the score of each
-    stage (``accuracy_*`` of the outcome).  The detector itself is left as it is: the pruned graph is
+    stage (``accuracy_*`` of the outcome).  ``layers``: default :func:`detector_layers` (the
+    layers it leaves dense are logged).  The detector itself is left as it is: the pruned graph is
     ``outcome.model`` (``with_net(detector, outcome.model)`` detects with it)."""
     _check_distillable(detector)
+    if layers is None:
+        layers, dense = detector_layers(detector)
+        log.info("pruning %d layers; dense: %s", len(layers), dense)
     net = copy.deepcopy(detector.net)
     for p in net.parameters():  # a loaded detector is frozen for attacks: its copy trains
         p.requires_grad_(True)
@@ -115,4 +171,5 @@ def prune_detector(
         layers=layers,
         loss_fn=DetectorDistillation(detector),
         score=lambda m: detector_ap(detector, held_out, m),
+        callbacks=callbacks,
     )

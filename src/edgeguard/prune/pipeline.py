@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,7 @@ def run_pruning(
     layers: list[str] | None = None,
     loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     score: Callable[[nn.Module], float] | None = None,
+    callbacks: Sequence[Callable[[int, nn.Module, dict[str, float]], None]] = (),
 ) -> PruningOutcome:
     """Prune ``model`` with ``pruner`` to ``rates`` or ``flops_reduction`` and fine-tune it.
 
@@ -85,7 +86,8 @@ def run_pruning(
     Models other than classifiers: ``loss_fn(net, x, y)`` is the training loss of both training
     stages (see :func:`~edgeguard.engine.fit`; e.g. distillation from a dense detector) and
     ``score(model)`` the quality figure reported in place of ``val_set`` accuracy (e.g. AP50);
-    ``val_set`` may then be None.
+    ``val_set`` may then be None.  ``callbacks`` run after every fine-tuning epoch
+    (:func:`~edgeguard.engine.fit`'s ``cb(epoch, model, metrics)``; e.g. a score curve).
     """
     pruner = get_pruner(pruner) if isinstance(pruner, str) else pruner
     ft = finetune or TrainConfig(epochs=2, lr=1e-4)
@@ -182,6 +184,7 @@ def run_pruning(
         teacher=teacher,
         distill_weight=distill_weight,
         loss_fn=loss_fn,
+        callbacks=callbacks,
     )
     return PruningOutcome(
         model=net,
