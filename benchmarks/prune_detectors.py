@@ -106,7 +106,9 @@ def torch_pruning_job(det, target: float, images, held_out, cfg: TrainConfig, ev
     }
 
 
-def edgeguard_job(det, job: str, target: float, images, held_out, cfg, reg, workdir, every) -> dict:
+def edgeguard_job(
+    det, job: str, target: float, images, held_out, cfg, reg, workdir, every, feature_weight
+) -> dict:
     scheme, method = job.split(":")
     t0 = time.perf_counter()
     curve = []
@@ -120,6 +122,7 @@ def edgeguard_job(det, job: str, target: float, images, held_out, cfg, reg, work
         regularize=reg,
         workdir=workdir,
         callbacks=[ap_curve(det, held_out, every, curve)],
+        feature_weight=feature_weight,
     )
     seconds = sum(e["seconds"] for e in out.history)
     return {
@@ -148,6 +151,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3, help="distillation epochs over the photos")
     ap.add_argument(
         "--reg-epochs", type=int, default=0, help="regularisation epochs (reweighted, admm, ...)"
+    )
+    ap.add_argument(
+        "--feature-weight", type=float, default=0.0, help="feature distillation on pruned layers"
     )
     ap.add_argument("--ap-every", type=int, default=2, help="held-out AP50 every N epochs")
     ap.add_argument("--batch", type=int, default=4)
@@ -178,7 +184,16 @@ def main() -> None:
             row = torch_pruning_job(det, args.target, images, held_out, cfg, args.ap_every)
         else:
             row = edgeguard_job(
-                det, job, args.target, images, held_out, cfg, reg, work, args.ap_every
+                det,
+                job,
+                args.target,
+                images,
+                held_out,
+                cfg,
+                reg,
+                work,
+                args.ap_every,
+                args.feature_weight,
             )
         print(json.dumps(row))
         rows.append(row)

@@ -168,3 +168,22 @@ def test_detector_layers_leave_the_stem_heads_and_tiny_layers_dense():
     assert dense == {"stem": "first conv (the raw image)", "head": "head (feeds an output)"}
     layers, dense = detector_layers(det, min_share=0.6)  # mid: 52 % of the MACs
     assert layers == [] and dense["mid"] == "under 60.0% of the MACs"
+
+
+def test_feature_distillation_matches_the_pruned_layers_outputs():
+    det = TinyCenterNet()
+    x = torch.rand(2, 3, 64, 64)
+    plain = DetectorDistillation(det)
+    feats = DetectorDistillation(det, features=["mid"], feature_weight=2.0)
+    student = copy.deepcopy(det.net)
+    assert float(feats(student, x)) == pytest.approx(0.0, abs=1e-5)
+    with torch.no_grad():
+        student.mid.weight[:8] = 0  # half the filters pruned
+    inputs = det.prepare(x)
+    with torch.no_grad():
+        t = det.net.stem(inputs[0] / 255).relu()
+        want = (student.mid(t) - det.net.mid(t)).pow(2).mean() / det.net.mid(t).pow(2).mean()
+    got = float(feats(student, x)) - float(plain(student, x))
+    assert got == pytest.approx(2.0 * float(want), rel=1e-4)
+    with pytest.raises(SparsityError, match="no modules named"):
+        DetectorDistillation(det, features=["nope"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -50,21 +51,61 @@ def with_net(detector: PersonDetector, net: nn.Module) -> PersonDetector:
 class DetectorDistillation:
     """``loss(net, images, _) -> scalar``: ``net`` (the student graph) and a frozen copy of the
     dense graph (the teacher) run on ``detector.prepare(images)``; the detector's
-    ``distillation_loss`` compares their outputs.  ``images`` ``[B, 3, H, W]`` in [0, 1]."""
+    ``distillation_loss`` compares their outputs.  ``images`` ``[B, 3, H, W]`` in [0, 1].
 
-    def __init__(self, detector: PersonDetector, teacher: nn.Module | None = None) -> None:
+    ``features``: names of modules whose outputs are matched too (feature distillation: a masked
+    student has the teacher's shapes, so its pruned convs can be asked to reproduce the dense
+    activations, as channel-pruning methods reconstruct each layer's output), each term the
+    squared error divided by the teacher activation's mean square, averaged over the layers and
+    scaled by ``feature_weight``."""
+
+    def __init__(
+        self,
+        detector: PersonDetector,
+        teacher: nn.Module | None = None,
+        features: Sequence[str] = (),
+        feature_weight: float = 1.0,
+    ) -> None:
         _check_distillable(detector)
         self.detector = detector
         self.teacher = copy.deepcopy(detector.net if teacher is None else teacher).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
+        known = dict(self.teacher.named_modules())
+        unknown = [f for f in features if f not in known]
+        if unknown:
+            raise SparsityError(f"no modules named {unknown} in the detector's graph")
+        if feature_weight < 0:
+            raise SparsityError(f"feature_weight must be >= 0, got {feature_weight}")
+        self.features, self.feature_weight = list(features), float(feature_weight)
+
+    def _run(self, net: nn.Module, inputs) -> tuple[object, list[torch.Tensor]]:
+        """The network's outputs and the outputs of ``self.features`` (hooks live for one call)."""
+        modules = dict(getattr(net, "module", net).named_modules())  # DDP wraps the graph
+        seen: list[torch.Tensor] = []
+        hooks = [
+            modules[f].register_forward_hook(lambda _m, _i, out: seen.append(out))
+            for f in self.features
+        ]
+        try:
+            return net(*inputs), seen
+        finally:
+            for h in hooks:
+                h.remove()
 
     def __call__(self, net: nn.Module, images: torch.Tensor, _labels=None) -> torch.Tensor:
         inputs = self.detector.prepare(images)
-        student = net(*inputs)
+        student, s_feats = self._run(net, inputs)
         with torch.no_grad():
-            teacher = self.teacher(*inputs)
-        return self.detector.distillation_loss(student, teacher)
+            teacher, t_feats = self._run(self.teacher, inputs)
+        loss = self.detector.distillation_loss(student, teacher)
+        if self.features and self.feature_weight > 0:
+            terms = [
+                (s - t).pow(2).mean() / t.pow(2).mean().clamp_min(1e-8)
+                for s, t in zip(s_feats, t_feats, strict=True)
+            ]
+            loss = loss + self.feature_weight * torch.stack(terms).mean()
+        return loss
 
 
 def detector_ap(detector: PersonDetector, photos, net: nn.Module | None = None) -> float:
@@ -140,13 +181,16 @@ def prune_detector(
     resume: bool = False,
     layers: list[str] | None = None,
     callbacks=(),
+    feature_weight: float = 0.0,
 ) -> PruningOutcome:
     """Prune ``detector``'s graph with ``pruner`` (to ``flops_reduction`` x fewer MACs at the
     detector's input size, or to ``rates``) and fine-tune it by distillation from the dense graph
     on the unlabeled ``images`` (items ``(image [3, H, W] in [0, 1], _)``, e.g.
     :class:`~edgeguard.data.UnlabeledImages`); AP50 on the ``held_out`` photos is the score of each
     stage (``accuracy_*`` of the outcome).  ``layers``: default :func:`detector_layers` (the
-    layers it leaves dense are logged).  The detector itself is left as it is: the pruned graph is
+    layers it leaves dense are logged).  ``feature_weight > 0`` adds feature distillation on the
+    outputs of the pruned layers (see :class:`DetectorDistillation`).  The detector itself is left
+    as it is: the pruned graph is
     ``outcome.model`` (``with_net(detector, outcome.model)`` detects with it)."""
     _check_distillable(detector)
     if layers is None:
@@ -169,7 +213,7 @@ def prune_detector(
         resume=resume,
         copy_model=False,
         layers=layers,
-        loss_fn=DetectorDistillation(detector),
+        loss_fn=DetectorDistillation(detector, features=layers, feature_weight=feature_weight),
         score=lambda m: detector_ap(detector, held_out, m),
         callbacks=callbacks,
     )
