@@ -157,7 +157,7 @@ def main() -> None:
     )
     ap.add_argument("--ap-every", type=int, default=2, help="held-out AP50 every N epochs")
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--lr", type=float, default=2e-5, help="Adam; 5e-4 wrecks the pretrained graph")
     ap.add_argument("--copies", type=int, default=1, help="augmented draws per photo and epoch")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default="runs/prune_detectors")
