@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from edgeguard.data import digits
-from edgeguard.engine import TrainConfig
+from edgeguard.engine import TrainConfig, fit
 from edgeguard.models import build
 from edgeguard.prune import ADMMPruner, ReweightedPruner, available_pruners, get_pruner, run_pruning
 from edgeguard.sparsity import SparsityError, get_masks, get_scheme
@@ -184,7 +184,9 @@ def test_interrupted_pipeline_resumes_from_its_stages(dense, tmp_path: Path, mon
     assert res.flops.reduction >= 2.0
 
 
-@pytest.mark.parametrize("method", ["magnitude", "reweighted", "admm", "primal-proximal"])
+@pytest.mark.parametrize(
+    "method", ["magnitude", "reweighted", "admm", "primal-proximal", "gradual"]
+)
 @pytest.mark.parametrize("scheme", ["filter", "channel", "column", "vanilla", "kgs"])
 def test_every_method_with_every_scheme_on_conv3d_and_linear(method, scheme):
     from torch.utils.data import TensorDataset
@@ -209,3 +211,33 @@ def test_every_method_with_every_scheme_on_conv3d_and_linear(method, scheme):
     for mask in masks.values():
         assert pruner.scheme.is_structured(mask) and not mask.all()
     assert res.flops.reduction > 1.0
+
+
+def test_gradual_pruning_raises_the_rates_along_the_cubic_schedule(dense):
+    from edgeguard.masks import masks_of
+
+    pruner = get_pruner("gradual", "filter", ramp_epochs=3)
+    assert [round(pruner.share(e), 4) for e in range(5)] == [0.0, 0.7037, 0.963, 1.0, 1.0]
+    shares = []
+
+    def removed(epoch, model, metrics):
+        m = masks_of(model)["features.2"]
+        shares.append(round(1 - float(m.flatten(1).any(1).float().mean()), 3))
+
+    net = copy.deepcopy(dense)
+    pruner.setup(net, {"features.2": 0.5})
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=1e-3, progress=False)
+    fit(
+        net,
+        digits(True),
+        None,
+        cfg,
+        penalty=pruner.penalty,
+        callbacks=[pruner.on_epoch_end, removed],
+    )
+    n = dict(net.named_modules())["features.2"].weight.shape[0]
+    want = [round(round(0.5 * pruner.share(e) * n) / n, 3) for e in (1, 2, 3)]
+    assert shares == want  # filters removed after each epoch: 0.5 x the schedule
+    for bad in ({"ramp_epochs": 0}, {"exponent": 0}):
+        with pytest.raises(SparsityError):
+            get_pruner("gradual", "filter", **bad)

@@ -25,6 +25,7 @@ OPTIONS = {
     "reweighted": {"lam": 1e-3},
     "admm": {"rho": 1e-2},
     "primal-proximal": {"rho": 1e-2},
+    "gradual": {"ramp_epochs": 2},
 }
 
 

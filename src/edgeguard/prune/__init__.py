@@ -2,7 +2,7 @@
 method: ``magnitude`` (one-shot baseline), ``reweighted`` (RT3D), ``admm``, ``primal-proximal``
 (SS-Auto)."""
 
-from . import admm, magnitude, primal_proximal, reweighted  # noqa: F401  (register the methods)
+from . import admm, gradual, magnitude, primal_proximal, reweighted  # noqa: F401  (register the methods)
 from .admm import ADMMPruner
 from .base import Pruner, available_pruners, get_pruner, register_pruner
 from .distill import (
@@ -12,6 +12,7 @@ from .distill import (
     prune_detector,
     with_net,
 )
+from .gradual import GradualPruner
 from .magnitude import MagnitudePruner
 from .pipeline import PruningOutcome, run_pruning
 from .primal_proximal import PrimalProximalPruner
@@ -20,6 +21,7 @@ from .reweighted import ReweightedPruner
 __all__ = [
     "ADMMPruner",
     "DetectorDistillation",
+    "GradualPruner",
     "MagnitudePruner",
     "PrimalProximalPruner",
     "Pruner",
