@@ -187,3 +187,10 @@ def test_feature_distillation_matches_the_pruned_layers_outputs():
     assert got == pytest.approx(2.0 * float(want), rel=1e-4)
     with pytest.raises(SparsityError, match="no modules named"):
         DetectorDistillation(det, features=["nope"])
+
+
+def test_an_unreachable_mac_target_is_refused_before_any_training():
+    det = TinyCenterNet()
+    images = UnlabeledImages.from_photos(_photos(2), det.input_size)
+    with pytest.raises(SparsityError, match=r"out of reach .* at most"):
+        prune_detector(det, "magnitude", images, _photos(1), flops_reduction=50.0)
