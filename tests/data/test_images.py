@@ -34,7 +34,7 @@ def test_without_augmentation_an_item_is_the_resized_photo():
     assert torch.allclose(x, img.float() / 255, atol=1e-6)  # same size: resizing is the identity
 
 
-def test_folder_reading_skips_unreadable_files_and_refuses_an_empty_folder(tmp_path):
+def test_folder_reading_skips_unreadable_files_and_refuses_an_empty_folder(tmp_path, caplog):
     import cv2
 
     img = np.zeros((20, 30, 3), np.uint8)
@@ -44,6 +44,7 @@ def test_folder_reading_skips_unreadable_files_and_refuses_an_empty_folder(tmp_p
     (tmp_path / "notes.txt").write_text("skip me")
     ds = UnlabeledImages.from_folder(tmp_path, (20, 30), augment=False)
     assert len(ds) == 1
+    assert "1 of 2 image files could not be decoded" in caplog.text
     x, _ = ds[0]
     assert torch.allclose(x[0], torch.ones(20, 30)) and float(x[1:].abs().max()) == 0.0  # RGB
     empty = tmp_path / "empty"

@@ -7,6 +7,7 @@ the training engine's checkpoints, which save that generator, resume a run bit-e
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,19 @@ from torch.utils.data import Dataset
 from .errors import DatasetError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+log = logging.getLogger(__name__)
+
+
+def read_rgb(path: str | Path) -> torch.Tensor | None:
+    """The image at ``path`` as a uint8 RGB tensor ``[3, H, W]`` (OpenCV decodes it), or None when
+    it cannot be read or decoded."""
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        return None
+    return torch.from_numpy(np.ascontiguousarray(img[:, :, ::-1])).permute(2, 0, 1).contiguous()
 
 
 class UnlabeledImages(Dataset):
@@ -66,19 +80,18 @@ class UnlabeledImages(Dataset):
     def from_folder(cls, root: str | Path, size: tuple[int, int], **options) -> UnlabeledImages:
         """Every readable image directly in ``root`` (suffixes :data:`IMAGE_SUFFIXES`); files that
         cannot be decoded are skipped, and a folder without any readable image is an error."""
-        import cv2
-
         root = Path(root)
         if not root.is_dir():
             raise DatasetError(f"{root} is not a folder of images")
-        images = []
-        for path in sorted(root.iterdir()):
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if img is not None:
-                rgb = np.ascontiguousarray(img[:, :, ::-1])
-                images.append(torch.from_numpy(rgb).permute(2, 0, 1).contiguous())
+        paths = [p for p in sorted(root.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+        images = [img for img in map(read_rgb, paths) if img is not None]
+        if len(images) < len(paths):
+            log.warning(
+                "%s: %d of %d image files could not be decoded: skipped",
+                root,
+                len(paths) - len(images),
+                len(paths),
+            )
         if not images:
             raise DatasetError(
                 f"no readable images in {root} (looked for {', '.join(IMAGE_SUFFIXES)})"

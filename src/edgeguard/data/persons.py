@@ -12,10 +12,10 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..errors import EdgeguardError
+from .images import read_rgb
 
 
 class PersonDataError(EdgeguardError, ValueError):
@@ -123,8 +123,6 @@ def load_persons(
     root: str | Path, sources: list[str] | None = None, limit: int | None = None
 ) -> PersonPhotos:
     """Read ``root/manifest.csv`` and its images (RGB).  ``sources`` keeps those file-name prefixes."""
-    import cv2
-
     root = Path(root)
     manifest = root / "manifest.csv"
     if not manifest.is_file():
@@ -163,16 +161,15 @@ def load_persons(
             skipped.append(r["file"])
             continue
         path = root / "images" / r["file"]
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if img is None:
+        rgb = read_rgb(path)
+        if rgb is None:
             raise PersonDataError(f"cannot read image {path}")
-        h, w = img.shape[:2]
+        h, w = rgb.shape[1:]
         if (w, h) != declared:
             raise PersonDataError(
                 f"{r['file']}: manifest says {r['width']}x{r['height']}, the image is {w}x{h}"
             )
         boxes = parse_boxes(r["boxes"], w, h, r["file"])
-        rgb = torch.from_numpy(np.ascontiguousarray(img[:, :, ::-1])).permute(2, 0, 1).contiguous()
         photos.append(PersonPhoto(r["file"], source, rgb, boxes))
         if limit is not None and len(photos) >= limit:
             break
