@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ...errors import EdgeguardError
@@ -102,6 +103,17 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     area_b = (b[:, 2:] - b[:, :2]).clamp_min(0).prod(1)
     union = area_a[:, None] + area_b[None, :] - inter
     return torch.where(union > 0, inter / union.clamp_min(1e-12), torch.zeros_like(inter))
+
+
+def binary_kl_sum(student: torch.Tensor, teacher: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Summed binary KL divergence of probabilities ``student`` from ``teacher`` (same shape, in
+    [0, 1], clamped to ``[eps, 1 - eps]``): the cross-entropy less the teacher's entropy, so 0 when
+    they are equal.  The class-score term of the detectors' distillation losses."""
+    t = teacher.clamp(eps, 1 - eps)
+    s = student.clamp(eps, 1 - eps)
+    return F.binary_cross_entropy(s, t, reduction="sum") - F.binary_cross_entropy(
+        t, t, reduction="sum"
+    )
 
 
 def top_k(det: Detections, k: int | None) -> Detections:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Detections, PersonDetector, check_unit_images, nms, top_k
+from .base import Detections, PersonDetector, binary_kl_sum, check_unit_images, nms, top_k
 from .tfjs import fixed_graph_model, tf_resize_bilinear
 from .weights import graph_model
 
@@ -55,15 +55,11 @@ class CenterNetDetector(PersonDetector):
         the L1 distance of the box sides (512-px units), weighted per cell by the teacher's
         highest class probability."""
         (heat_s, wh_s), (heat_t, wh_t) = student, teacher
-        eps = 1e-6
-        t = heat_t.clamp(eps, 1 - eps)  # KL form (BCE less the teacher's entropy): 0 when equal
-        bce = F.binary_cross_entropy(heat_s.clamp(eps, 1 - eps), t, reduction="sum") - (
-            F.binary_cross_entropy(t, t, reduction="sum")
-        )
+        kl = binary_kl_sum(heat_s, heat_t)
         mass = heat_t.sum().clamp_min(1.0)
         w = heat_t.amax(-1, keepdim=True)
-        box = ((wh_s - wh_t).abs() * w).sum() / (4 * w.sum()).clamp_min(eps)
-        return bce / mass + box_weight * box
+        box = ((wh_s - wh_t).abs() * w).sum() / (4 * w.sum()).clamp_min(1e-6)
+        return kl / mass + box_weight * box
 
     def heatmap(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(person heatmap ``[B, 128, 128]``, boxes ``[B, 128, 128, 4]`` in the photo's pixels)."""

@@ -12,9 +12,8 @@ those at or above the threshold, merged by NMS at IoU 0.6.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from .base import Detections, PersonDetector, check_unit_images
+from .base import Detections, PersonDetector, binary_kl_sum, check_unit_images
 from .tfjs import fixed_graph_model, tf_resize_bilinear
 from .weights import graph_model
 
@@ -67,10 +66,8 @@ class NanoDetDetector(PersonDetector):
         eps = 1e-6
         bce, mass, kl, weight = 0.0, 0.0, 0.0, 0.0
         for s, t in zip(student[:3], teacher[:3], strict=True):
-            t = t.clamp(eps, 1 - eps)  # KL form (BCE less the teacher's entropy): 0 when equal
-            bce = bce + F.binary_cross_entropy(s.clamp(eps, 1 - eps), t, reduction="sum")
-            bce = bce - F.binary_cross_entropy(t, t, reduction="sum")
-            mass = mass + t.sum()
+            bce = bce + binary_kl_sum(s, t, eps)
+            mass = mass + t.clamp(eps, 1 - eps).sum()
         for s, t, score in zip(student[3:], teacher[3:], teacher[:3], strict=True):
             log_s = s.reshape(*s.shape[:2], 4, BINS).log_softmax(-1)
             log_t = t.reshape(*t.shape[:2], 4, BINS).log_softmax(-1)
