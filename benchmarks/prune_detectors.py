@@ -35,6 +35,12 @@ from edgeguard.prune import (
     prune_detector,
 )
 from edgeguard.settings import data_root
+from pruning_accuracy import torch_pruning_channels
+
+
+def per_step(seconds: float, cfg: TrainConfig, images) -> float:
+    """Seconds per fine-tuning step of ``cfg`` over ``images``."""
+    return round(seconds / (cfg.epochs * -(-len(images) // cfg.batch_size)), 2)
 
 
 def ap_curve(det, held_out, every: int, curve: list):
@@ -50,37 +56,22 @@ def ap_curve(det, held_out, every: int, curve: list):
 
 def torch_pruning_job(det, target: float, images, held_out, cfg: TrainConfig, every: int) -> dict:
     """Torch-Pruning channel pruning of the detector's graph to ``target`` x fewer MACs (ratio found
-    by bisection), then the same distillation fine-tuning."""
-    import torch_pruning as tp
-
+    by bisection, the heads left whole), then the same distillation fine-tuning."""
     shape = (1, 3, *det.input_size)
-    example = torch.zeros(shape)
     dense = count_flops(det.net, shape).dense_macs
+    _, dense_layers = detector_layers(det)
+    # only the heads stay whole (their outputs keep their channels); Torch-Pruning prunes the stem
+    # and the depthwise convs with their neighbours (ignoring those too caps it near 1.3x)
+    heads = [n for n, why in dense_layers.items() if why.startswith("head")]
+    trainable = copy.deepcopy(det.net)
+    for p in trainable.parameters():  # Torch-Pruning leaves frozen parameters (attack mode) whole
+        p.requires_grad_(True)
 
-    _, dense_layers = detector_layers(det)  # the layers edgeguard leaves dense stay whole here too
-
-    def pruned(ratio: float):
-        net = copy.deepcopy(det.net)
-        for p in net.parameters():
-            p.requires_grad_(True)
+    def ignored(net):
         mods = dict(net.named_modules())
-        tp.pruner.MetaPruner(
-            net,
-            example,
-            importance=tp.importance.MagnitudeImportance(p=2),
-            pruning_ratio=ratio,
-            ignored_layers=[mods[n] for n in dense_layers],
-        ).step()
-        return net
+        return [mods[n] for n in heads]
 
-    lo, hi = 0.0, 0.9
-    for _ in range(10):
-        mid = (lo + hi) / 2
-        if dense / count_flops(pruned(mid), shape).dense_macs >= target:
-            hi = mid
-        else:
-            lo = mid
-    net = pruned(hi)
+    net, ratio = torch_pruning_channels(trainable, shape, target, ignored)
     kept = count_flops(net, shape).dense_macs
     ap_pruned = detector_ap(det, held_out, net)
     t0 = time.perf_counter()
@@ -97,10 +88,10 @@ def torch_pruning_job(det, target: float, images, held_out, cfg: TrainConfig, ev
     return {
         "job": "torch-pruning:channel",
         "reduction": round(dense / kept, 3),
-        "ratio": round(hi, 4),
+        "ratio": round(ratio, 4),
         "ap_pruned": round(ap_pruned, 4),
         "ap_finetuned": round(detector_ap(det, held_out, net), 4),
-        "seconds_per_step": round(seconds / (cfg.epochs * -(-len(images) // cfg.batch_size)), 2),
+        "seconds_per_step": per_step(seconds, cfg, images),
         "train_loss": [round(e["train_loss"], 4) for e in hist.epochs],
         "ap_curve": curve,
     }
@@ -131,7 +122,7 @@ def edgeguard_job(
         "ap_dense": round(out.accuracy_dense, 4),
         "ap_pruned": round(out.accuracy_pruned, 4),
         "ap_finetuned": round(out.accuracy_finetuned, 4),
-        "seconds_per_step": round(seconds / (cfg.epochs * -(-len(images) // cfg.batch_size)), 2),
+        "seconds_per_step": per_step(seconds, cfg, images),
         "train_loss": [round(e["train_loss"], 4) for e in out.history],
         "ap_curve": curve,
         "wall_seconds": round(time.perf_counter() - t0, 1),

@@ -72,24 +72,26 @@ def task_setup(task: str, seed: int):
     raise SystemExit(f"unknown task {task!r}")
 
 
-def torch_pruning_channels(model, shape, target: float):
+def torch_pruning_channels(model, shape, target: float, ignored=None):
     """Torch-Pruning channel pruning (L2 magnitude importance, local uniform ratio) to ``target``x
-    fewer MACs; returns the physically pruned model.  The classifier is left whole."""
+    fewer MACs: (the physically pruned model, the ratio found by bisection).  ``ignored(net)``: the
+    modules of a copy left whole (default: the classifier, the last Linear)."""
     import torch_pruning as tp
 
     example = torch.zeros(shape)
     dense = count_flops(model, shape).dense_macs
-    last_linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+
+    def classifier(net):
+        return [[m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]]
 
     def pruned(ratio: float):
         net = copy.deepcopy(model)
-        last = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
         pruner = tp.pruner.MetaPruner(
             net,
             example,
             importance=tp.importance.MagnitudeImportance(p=2),
             pruning_ratio=ratio,
-            ignored_layers=[last],
+            ignored_layers=(ignored or classifier)(net),
         )
         pruner.step()
         return net
@@ -103,8 +105,7 @@ def torch_pruning_channels(model, shape, target: float):
             hi = mid
         else:
             lo = mid
-    assert last_linear is not None
-    return pruned(hi)
+    return pruned(hi), hi
 
 
 def main() -> None:
@@ -165,7 +166,7 @@ def main() -> None:
                     seed_everything(seed)
                     try:
                         if method == "torch-pruning":
-                            net = torch_pruning_channels(model, shape, target)
+                            net, _ = torch_pruning_channels(model, shape, target)
                             fit(net, train, val, ft)
                             acc = evaluate(net, val)["accuracy"]
                             red = (
