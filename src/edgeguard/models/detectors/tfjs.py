@@ -143,9 +143,12 @@ def tf_resize_bilinear(x: torch.Tensor, size: tuple[int, int], half_pixel: bool)
 
     y0, y1, ly = axis(ih, oh)
     x0, x1, lx = axis(iw, ow)
-    top_rows, bottom_rows = x[..., y0, :], x[..., y1, :]
-    top = top_rows[..., x0] + (top_rows[..., x1] - top_rows[..., x0]) * lx
-    bottom = bottom_rows[..., x0] + (bottom_rows[..., x1] - bottom_rows[..., x0]) * lx
+    # columns first on the smaller input; gather and index_select run several times faster than
+    # advanced indexing, and the arithmetic is the same as rows first (bitwise equal outputs)
+    shape = (*x.shape[:-1], ow)
+    left, right = torch.gather(x, -1, x0.expand(shape)), torch.gather(x, -1, x1.expand(shape))
+    cols = left + (right - left) * lx
+    top, bottom = cols.index_select(-2, y0), cols.index_select(-2, y1)
     return top + (bottom - top) * ly[:, None]
 
 
