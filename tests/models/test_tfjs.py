@@ -182,6 +182,30 @@ def test_depthwise_channel_multiplier_order(tmp_path, multiplier):
     assert np.abs(out.numpy() - ref).max() < 1e-4
 
 
+def test_unfused_bias_adds_fold_into_their_conv_only_when_it_is_the_sole_user(tmp_path):
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((1, 1, 2, 3)).astype(np.float32)
+    b, c = rng.standard_normal(3).astype(np.float32), rng.standard_normal(3).astype(np.float32)
+    nodes = [
+        conv_node("y", "x", "w", padding="VALID"),
+        {"name": "yb", "op": "Add", "input": ["y", "b"]},  # y's only user: folds
+        conv_node("z", "x", "w", padding="VALID"),
+        {"name": "zc", "op": "AddV2", "input": ["c", "z"]},  # z also feeds "zz": stays an Add
+        {"name": "zz", "op": "Mul", "input": ["z", "z"]},
+    ]
+    path = write_model(tmp_path, nodes, {"w": w, "b": b, "c": c}, [1, 4, 4, 2], float16=False)
+    x = rng.standard_normal((1, 4, 4, 2))
+    gm, (yb, zc, zz) = run(path, ["yb", "zc", "zz"], x.transpose(0, 3, 1, 2))
+    plain = np_conv_nhwc(x, w, 1, "VALID")
+    for got, ref in ((yb, plain + b), (zc, plain + c), (zz, plain * plain)):
+        assert np.abs(got.numpy() - ref).max() < 1e-5  # outputs in TF layout (NHWC)
+    convs = [m for m in gm.modules() if isinstance(m, nn.Conv2d)]
+    assert [m.bias is not None for m in convs] == [True, False]
+    assert np.allclose(convs[0].bias.detach().numpy(), b)
+    adds = [n for n in gm.graph.nodes if n.op == "call_function" and "add" in str(n.target)]
+    assert len(adds) == 1
+
+
 def test_maxpool_mean_concat_pad_transpose_reshape_split_resize(tmp_path):
     """A small graph through every layout-sensitive op, against NumPy."""
     rng = np.random.default_rng(0)

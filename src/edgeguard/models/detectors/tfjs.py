@@ -208,6 +208,46 @@ def _attr(node: dict, key: str, default: Any = None) -> Any:
     return default
 
 
+def fold_bias_adds(gm: fx.GraphModule) -> int:
+    """Fold ``conv(x) + b`` (``b`` a per-channel constant [1, C, 1, 1], the conv's only user) into
+    the conv's bias, in place; returns how many.  Graphs exported with an unfused ``Add`` after each
+    ``Conv2D`` (NanoDet) then hold their whole layer in one ``nn.Conv2d``, which pruners'
+    dependency graphs, BatchNorm folding and the compiler's shrinking follow."""
+    mods = dict(gm.named_modules())
+    folded = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not operator.add or len(node.args) != 2:
+            continue
+        conv_node, const = node.args
+        if getattr(const, "op", None) == "call_module":
+            conv_node, const = const, conv_node
+        conv = (
+            mods.get(conv_node.target) if getattr(conv_node, "op", None) == "call_module" else None
+        )
+        if not isinstance(conv, nn.Conv2d) or len(conv_node.users) != 1:
+            continue
+        if getattr(const, "op", None) != "get_attr" or len(const.users) != 1:
+            continue
+        b = getattr(gm, const.target)
+        if tuple(b.shape) != (1, conv.out_channels, 1, 1):
+            continue
+        with torch.no_grad():
+            bias = b.reshape(-1).to(conv.weight.dtype)
+            if conv.bias is None:
+                conv.bias = nn.Parameter(bias.clone(), requires_grad=conv.weight.requires_grad)
+            else:
+                conv.bias.add_(bias)
+        node.replace_all_uses_with(conv_node)
+        gm.graph.erase_node(node)
+        gm.graph.erase_node(const)
+        delattr(gm, const.target)
+        folded += 1
+    if folded:
+        gm.graph.lint()
+        gm.recompile()
+    return folded
+
+
 class _Builder:
     def __init__(
         self,
@@ -355,7 +395,9 @@ class _Builder:
                 raise TFJSError(f"{self.source}: output {o!r} is a constant")
             outs.append(self.plain(v).node)
         self.graph.output(tuple(outs) if len(outs) > 1 else outs[0])
-        return fx.GraphModule(self.root, self.graph, class_name="TFJSGraph")
+        gm = fx.GraphModule(self.root, self.graph, class_name="TFJSGraph")
+        fold_bias_adds(gm)
+        return gm
 
     # ops ---------------------------------------------------------------------------------------
     def op_Placeholder(self, node, input_shape):
