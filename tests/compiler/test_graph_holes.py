@@ -154,3 +154,28 @@ def test_errors_name_the_users_2d_shapes():
         compiled(torch.randn(1, 3, 8, 8))
     with pytest.raises(ValueError, match=r"input \(1, 16, 2, 2\) is too small for kernel \(3, 3\)"):
         compiled(torch.randn(1, 4, 2, 2))
+
+
+class FunctionalRelus(nn.Module):
+    """ReLUs as TF.js graphs hold them: ``F.relu`` calls, which torch.fx records with
+    ``inplace=False``, and an in-place one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(4, 16, 3, padding=1)
+        self.b = nn.Conv2d(16, 16, 1)
+
+    def forward(self, x):
+        return nn.functional.relu(self.b(nn.functional.relu(self.a(x), inplace=True)))
+
+
+@needs_cxx
+def test_functional_relus_fuse_into_their_sparse_convs():
+    torch.manual_seed(2)
+    model = _pruned(FunctionalRelus(), "kgs", 0.5)
+    x = torch.randn(2, 4, 8, 8)
+    want = model(x)
+    compiled = compile_model(model, "cpu", max_density=1.0)
+    assert torch.allclose(compiled(x), want, rtol=1e-4, atol=1e-5)
+    assert [m.relu for m in (compiled.module.a, compiled.module.b)] == [True, True]
+    assert "relu" not in compiled.module.code

@@ -16,8 +16,12 @@ def fuse_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
     if len(node.users) != 1 or shared(gm, node):  # a shared module's other calls have no ReLU
         return False
     (u,) = node.users
+    # F.relu traced through torch.fx records inplace=False; an in-place ReLU is fused all the same
     is_relu = isinstance(module_of(gm, u), nn.ReLU) or (
-        u.op == "call_function" and u.target in RELU_FUNCS and len(u.args) == 1 and not u.kwargs
+        u.op == "call_function"
+        and u.target in RELU_FUNCS
+        and len(u.args) <= 2
+        and set(u.kwargs) <= {"inplace"}
     )
     if not is_relu or u.args[:1] != (node,):
         return False
