@@ -40,6 +40,7 @@ class RandomNet(nn.Module):
     def __init__(self, rng: random.Random, size: int) -> None:
         super().__init__()
         self.convs = nn.ModuleList()
+        self.dws = nn.ModuleList()  # depthwise: left dense, as pruning leaves them
         self.bns = nn.ModuleList()
         self.steps: list[tuple] = []
         ch, n = 3, size
@@ -62,7 +63,7 @@ class RandomNet(nn.Module):
             return len(self.convs) - 1
 
         for _ in range(rng.randint(2, 5)):
-            kind = rng.choice(["conv", "conv", "reuse", "res", "cat", "pool", "bn"])
+            kind = rng.choice(["conv", "conv", "reuse", "res", "cat", "pool", "bn", "dw"])
             if kind == "conv" or n < 6:
                 cout = rng.choice([8, 12, 16])
                 i = conv(ch, cout, keep_size=n < 6)
@@ -87,6 +88,17 @@ class RandomNet(nn.Module):
             elif kind == "pool" and n >= 8:
                 self.steps.append((rng.choice(["maxpool", "avgpool"]),))
                 n //= 2
+            elif kind == "dw":  # TF's SAME: an asymmetric F.pad, then an unpadded depthwise conv
+                k, s = rng.choice([3, 5]), rng.choice([1, 2])
+                pads = tuple(rng.choice([0, 1, 2]) for _ in range(4))
+                n2 = _out(n + pads[2] + pads[3], k, s, 0, 1)
+                if n2 >= 3 and n + pads[0] + pads[1] >= k:
+                    self.dws.append(nn.Conv2d(ch, ch * rng.choice([1, 1, 2]), k, s, groups=ch))
+                    ch = self.dws[-1].out_channels
+                    self.steps.append(("dw", len(self.dws) - 1, pads))
+                    n = min(n2, _out(n + pads[0] + pads[1], k, s, 0, 1))
+                    if rng.random() < 0.5:
+                        self.steps.append(("relu",))
             elif kind == "bn":
                 bn = nn.BatchNorm2d(
                     ch, affine=rng.random() < 0.7, track_running_stats=rng.random() < 0.7
@@ -112,6 +124,8 @@ class RandomNet(nn.Module):
                 x = torch.relu(x)
             elif op == "bn":
                 x = self.bns[step[1]](x)
+            elif op == "dw":
+                x = self.dws[step[1]](F.pad(x, step[2]))
             elif op == "twice":
                 c = self.convs[step[1]]
                 x = c(torch.relu(c(x)))

@@ -28,6 +28,7 @@ class Backend:
     name = "torch"
     sparse_linear = False  # pruned Linear layers become SparseLinear
     native_pools = False  # max pools get a generated kernel (MaxPoolCpu)
+    native_depthwise = False  # depthwise convs get a generated kernel (DepthwiseConvCpu)
     fuses_relu = False  # a ReLU after a sparse conv is applied by its kernel
     keeps_unpruned_dense = True  # a layer with nothing pruned stays a dense op at any max_density
     builds_per_shape = False  # kernels are generated and built per input shape
@@ -60,6 +61,7 @@ class CpuBackend(Backend):
     name = "cpu"
     sparse_linear = True
     native_pools = True
+    native_depthwise = True
     fuses_relu = True
     keeps_unpruned_dense = False
     builds_per_shape = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
+from .depthwise import DepthwiseConvCpu
 from .model import CompiledModel
 from .passes.graph import module_of
 from .passes.pool_fusion import fuse_pools
@@ -22,7 +23,7 @@ def build_kernels(compiled: CompiledModel, input_shape: tuple[int, ...], fuse: b
         m
         for m in compiled.module.modules()
         if (isinstance(m, SparseConv) and m.mode == "cpu" and m.plan.block_rows)
-        or isinstance(m, MaxPoolCpu)
+        or isinstance(m, MaxPoolCpu | DepthwiseConvCpu)
     ]
     if not layers:
         return 0

@@ -109,7 +109,9 @@ def compile_model(
             orig_density[name] = float((w != 0).float().mean())
             orig_numel[name] = w.numel()
     try:
-        gm = fx.symbolic_trace(model)
+        # a GraphModule (a loaded TF.js graph) is its own trace: re-tracing would trace into its
+        # custom leaf modules, which fx cannot always follow
+        gm = model if isinstance(model, fx.GraphModule) else fx.symbolic_trace(model)
     except Exception as err:
         warnings.warn(
             f"model is not traceable by torch.fx ({type(err).__name__}: {err}); compiling its conv "

@@ -10,13 +10,14 @@ from torch import fx, nn
 
 from ...masks import mask_of
 from ..backends import Backend
+from ..depthwise import DepthwiseConvCpu, depthwise_supported
 from ..model import LayerDecision
 from ..plan import ConvGeometry, SparsePlan, make_plan, numeric_padding
 from ..pool import MaxPoolCpu
 from ..pool import supported as pool_supported
 from ..sparse_conv import SparseConv
 from ..sparse_linear import SparseLinear
-from .graph import CONVS, materialise_mask, module_of, set_module
+from .graph import CONVS, materialise_mask, module_of, set_module, shared
 from .relu_fusion import fuse_relu
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,9 @@ def lower(
             continue
         if backend.native_pools and pool_supported(m):
             set_module(gm, name, MaxPoolCpu(m, name))
+            continue
+        if backend.native_depthwise and depthwise_supported(m) and not shared(gm, node):
+            decisions.append(lower_depthwise(gm, node, m, name))
             continue
         if not isinstance(m, CONVS):
             if mask_of(m) is not None:
@@ -113,6 +117,43 @@ def lower_linear(
 # A block smaller than the preferred register tile runs its stored weights this much slower
 # (docs/compiler.md, design decisions: ResNet-18 KGS 4x8 with 4-filter blocks).
 SMALLER_BLOCK_COST = 1.15
+
+
+def _zero_pad_of(gm: fx.GraphModule, node: fx.Node) -> tuple[int, int, int, int] | None:
+    """(left, right, top, bottom) of a constant-zero 2-D ``F.pad`` producing ``node``'s input and
+    used by nothing else (TF's SAME padding with the odd pixel after); None when there is none."""
+    src = node.args[0] if node.args else None
+    if not isinstance(src, fx.Node) or src.op != "call_function" or src.target is not F.pad:
+        return None
+    pads = src.args[1] if len(src.args) > 1 else src.kwargs.get("pad")
+    mode = src.args[2] if len(src.args) > 2 else src.kwargs.get("mode", "constant")
+    value = src.args[3] if len(src.args) > 3 else src.kwargs.get("value")
+    if len(src.users) != 1 or mode != "constant" or value not in (None, 0, 0.0):
+        return None
+    if not isinstance(pads, tuple | list) or len(pads) != 4 or min(pads) < 0:
+        return None
+    return tuple(int(p) for p in pads)
+
+
+def lower_depthwise(gm: fx.GraphModule, node: fx.Node, m: nn.Conv2d, name: str) -> LayerDecision:
+    """Replace depthwise conv ``m`` (called at ``node``) by a generated kernel that also takes the
+    zero ``F.pad`` before it and the ReLU after it."""
+    materialise_mask(m)
+    ph, pw = m.padding
+    pads, notes = (pw, pw, ph, ph), ["generated depthwise kernel"]
+    before = _zero_pad_of(gm, node)
+    if before is not None:
+        pad_node = node.args[0]
+        pads = tuple(a + b for a, b in zip(pads, before, strict=True))
+        node.replace_input_with(pad_node, pad_node.args[0])
+        gm.graph.erase_node(pad_node)
+        notes.append("zero padding taken in")
+    relu = fuse_relu(gm, node)
+    if relu:
+        notes.append("ReLU fused")
+    set_module(gm, name, DepthwiseConvCpu(m, name, pads, relu))
+    density = float((m.weight != 0).float().mean())
+    return LayerDecision(name, "depthwise", density, ", ".join(notes))
 
 
 def choose_plan(weight, bias, geometry: ConvGeometry, mr: int | tuple[int, ...]) -> SparsePlan:
