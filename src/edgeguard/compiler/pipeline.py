@@ -17,7 +17,14 @@ from .backends import BACKENDS, get_backend, resolve_backend
 from .build import build_kernels
 from .errors import CompileError
 from .model import CompiledModel, LayerDecision, input_shapes
-from .passes import CONVS, effective_weight, fold_batchnorm, remove_identities, shrink
+from .passes import (
+    CONVS,
+    effective_weight,
+    fold_batchnorm,
+    fuse_hard_swish,
+    remove_identities,
+    shrink,
+)
 from .passes.graph import materialise_mask, set_module
 from .passes.lowering import LINEAR_MIN_WEIGHTS, lower, lower_conv
 from .passes.pool_fusion import FUSE_POOL_MIN_BYTES, fuse_pools
@@ -123,6 +130,7 @@ def compile_model(
         be.finish(compiled, input_shape)
         return compiled
     remove_identities(gm)
+    fuse_hard_swish(gm)
     fold_batchnorm(gm)
     shrunk = shrink(gm) if shrink_channels else {}
     decisions = lower(gm, be, max_density, mrs, linear_mr, nv, shrunk, orig_density, orig_numel)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .graph import BATCHNORMS, CONVS, effective_weight, module_of, set_module, shared
+from .hard_swish import hard_swish_scaled
 
 ACTIVATIONS = (
     nn.ReLU,
@@ -55,8 +56,10 @@ ACT_FUNCS = {
     F.gelu,
     F.silu,
     F.relu6,
+    F.hardswish,
     F.dropout,
     torch.nn.functional.leaky_relu,
+    hard_swish_scaled,
 }
 
 
