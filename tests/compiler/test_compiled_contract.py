@@ -76,3 +76,13 @@ def test_errors_name_the_compile_time_shape_and_inference_only():
         compiled(torch.randn(1, 4, 12, 12))
     with pytest.raises(CompileError, match="inference-only"):
         compiled(torch.randn(1, 3, 12, 12, requires_grad=True))
+
+
+def test_the_finite_check_sums_once_and_is_exact_when_the_sum_overflows():
+    from edgeguard.compiler.model import _finite
+
+    assert _finite(torch.full((4,), 3e38))  # finite values whose sum overflows to inf
+    assert _finite(torch.arange(5))  # integers are always finite
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        assert not _finite(torch.tensor([1.0, bad, 2.0]))
+    assert not _finite(torch.tensor([float("inf"), -float("inf")]))  # sums to NaN

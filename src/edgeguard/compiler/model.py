@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -67,9 +68,7 @@ class CompiledModel(nn.Module):
                 "a compiled model is inference-only: no gradients flow through its "
                 "kernels; attack or train the model given to edgeguard.compile"
             )
-        if self._reference is not None and any(
-            t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in tensors
-        ):
+        if self._reference is not None and not all(_finite(t) for t in tensors):
             return self._reference_forward(args, kwargs)
         if len(tensors) == 1 and tuple(tensors[0].shape) not in self._built:
             self._new_shape(tuple(tensors[0].shape))
@@ -170,6 +169,14 @@ def input_shapes(spec) -> list[tuple[int, ...]]:
             f"input_shape must be a shape of positive integers or a list of shapes, got {spec!r}"
         )
     return shapes
+
+
+def _finite(t: torch.Tensor) -> bool:
+    """Whether a tensor holds no NaN or Inf: one summing pass (NaN and Inf make the sum
+    non-finite), the element-wise check only when the sum is not finite (it may overflow)."""
+    if not t.is_floating_point() or math.isfinite(float(t.sum())):
+        return True
+    return bool(torch.isfinite(t).all())
 
 
 def _copied(out, device: torch.device | None = None):
