@@ -77,6 +77,7 @@ def test_quick_demo_writes_a_report(tmp_path: Path):
     assert "Adversarial T-shirt" in html
     if (PERSONS / "manifest.csv").is_file():
         assert "tshirt_patch.png" in html and (tmp_path / "tshirt_detections.png").is_file()
+    assert "Pruning and compiling a real detector" in html
     assert "Graph robustness" in html and (tmp_path / "graph_accuracy_vs_budget.png").is_file()
 
 

@@ -8,13 +8,13 @@ from pathlib import Path
 
 from ..engine import seed_everything
 from ..report import Report
-from . import attack, compile, explain, graph, methods, pruning, tshirt
+from . import attack, compile, detectors, explain, graph, methods, pruning, tshirt
 from .settings import QUICK, DemoContext, DemoSettings
 
 log = logging.getLogger(__name__)
 
 # each section(ctx) adds to the report; later ones may use what earlier ones put in ctx.made
-SECTIONS = (pruning, compile, methods, attack, explain, graph, tshirt)
+SECTIONS = (pruning, compile, methods, attack, explain, graph, tshirt, detectors)
 
 
 def run_demo(

@@ -43,6 +43,10 @@ class DemoSettings:
     persons_root: str = ""  # default: edgeguard.settings.data_root() / "persons"
     tshirt_photos: int = 40
     tshirt_steps: int = 40
+    # detector section (CenterNet: the fetched weights and the persons photos)
+    detector_photos: int = 40  # unlabeled training photos; half as many held out for AP50
+    detector_target: float = 1.25  # KGS, fine-tuned by distillation
+    detector_speed_target: float = 2.0  # KGS one-shot, compiled for speed
 
 
 QUICK = DemoSettings(
@@ -62,6 +66,7 @@ QUICK = DemoSettings(
     graph_budgets=(0.05,),
     tshirt_photos=10,
     tshirt_steps=2,
+    detector_photos=4,
 )
 
 
