@@ -1,7 +1,9 @@
 """Structured sparsity for Conv1d/2d/3d and Linear: WHAT is pruned.
 
 Schemes (``get_scheme(name, **options)``): ``filter``, ``channel``, ``column``, ``vanilla`` (RT3D
-kernel groups) and ``kgs`` (RT3D kernel-group structured sparsity).
+kernel groups) and ``kgs`` (RT3D kernel-group structured sparsity).  Whole graphs:
+``prune_channels`` removes coupled channels physically (dependency-aware, through depthwise convs,
+squeeze-excite, residual adds and concatenations).
 """
 
 from . import channel, column, filter, kgs, vanilla  # noqa: F401  (register the schemes)
@@ -16,6 +18,7 @@ from .base import (
     scheme_from_spec,
 )
 from .channel import ChannelSparsity
+from .channel_graph import ChannelGraph, ChannelPruning, prune_channels
 from .column import ColumnSparsity
 from .filter import FilterSparsity
 from .kgs import KernelGroupSparsity
@@ -32,6 +35,8 @@ from .model import (
 from .vanilla import VanillaSparsity
 
 __all__ = [
+    "ChannelGraph",
+    "ChannelPruning",
     "ChannelSparsity",
     "ColumnSparsity",
     "FilterSparsity",
@@ -50,6 +55,7 @@ __all__ = [
     "get_scheme",
     "load_profile",
     "prunable_layers",
+    "prune_channels",
     "prune_model",
     "register_scheme",
     "scheme_from_spec",

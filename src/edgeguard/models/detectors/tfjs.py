@@ -155,6 +155,8 @@ def tf_resize_bilinear(x: torch.Tensor, size: tuple[int, int], half_pixel: bool)
 class TFResizeBilinear(nn.Module):
     """``ResizeBilinear`` to a fixed ``size`` (h, w) of NCHW tensors (see :func:`tf_resize_bilinear`)."""
 
+    channelwise = True  # channel i in, channel i out: channel pruning follows it
+
     def __init__(self, size: tuple[int, int], half_pixel: bool) -> None:
         super().__init__()
         self.size, self.half_pixel = (int(size[0]), int(size[1])), bool(half_pixel)
