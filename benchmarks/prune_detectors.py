@@ -2,7 +2,8 @@
 held-out photos of ../shared/data/persons (split 0.3 by source, seed 0; the T-shirt protocol) for the
 dense detector, right after hard pruning and after distillation on the training photos (unlabeled,
 augmented), per scheme x method at a MAC reduction; seconds per fine-tuning step; optionally
-Torch-Pruning channel pruning (L2 magnitude, uniform ratio) with the same distillation budget.
+physical channel pruning (edgeguard's ``prune_channels`` and Torch-Pruning, L2 magnitude, uniform
+ratio) with the same distillation budget.
 MACs are counted at the detector's input size (masked weights count as removed).
 
     .venv/bin/python benchmarks/prune_detectors.py --detector centernet --target 2 \\
@@ -35,6 +36,7 @@ from edgeguard.prune import (
     prune_detector,
 )
 from edgeguard.settings import data_root
+from edgeguard.sparsity import prune_channels
 from pruning_accuracy import torch_pruning_channels
 
 
@@ -54,24 +56,32 @@ def ap_curve(det, held_out, every: int, curve: list):
     return cb
 
 
-def torch_pruning_job(det, target: float, images, held_out, cfg: TrainConfig, every: int) -> dict:
-    """Torch-Pruning channel pruning of the detector's graph to ``target`` x fewer MACs (ratio found
-    by bisection, the heads left whole), then the same distillation fine-tuning."""
+def channel_job(det, job: str, target: float, images, held_out, cfg: TrainConfig, every: int):
+    """Physical channel pruning of the detector's graph to ``target`` x fewer MACs (counted on the
+    shrunk graph; the heads keep their filters), then the same distillation fine-tuning.
+    ``job``: ``"torch-pruning"`` (Torch-Pruning's L2 ratio, found by bisection) or
+    ``"channel:l2"`` (edgeguard's ``prune_channels``, the same criterion and rule)."""
     shape = (1, 3, *det.input_size)
     dense = count_flops(det.net, shape).dense_macs
     _, dense_layers = detector_layers(det)
-    # only the heads stay whole (their outputs keep their channels); Torch-Pruning prunes the stem
-    # and the depthwise convs with their neighbours (ignoring those too caps it near 1.3x)
+    # only the heads stay whole (their outputs keep their channels); the stem and the depthwise
+    # convs are pruned with their neighbours (ignoring those too caps Torch-Pruning near 1.3x)
     heads = [n for n, why in dense_layers.items() if why.startswith("head")]
     trainable = copy.deepcopy(det.net)
     for p in trainable.parameters():  # Torch-Pruning leaves frozen parameters (attack mode) whole
         p.requires_grad_(True)
+    if job == "torch-pruning":
 
-    def ignored(net):
-        mods = dict(net.named_modules())
-        return [mods[n] for n in heads]
+        def ignored(net):
+            mods = dict(net.named_modules())
+            return [mods[n] for n in heads]
 
-    net, ratio = torch_pruning_channels(trainable, shape, target, ignored)
+        net, ratio = torch_pruning_channels(trainable, shape, target, ignored)
+        name = "torch-pruning:channel"
+    else:
+        res = prune_channels(trainable, shape, target, ignored=heads)
+        net, ratio, name = res.model, res.rate, "edgeguard:channel-l2"
+        net.requires_grad_(True)
     kept = count_flops(net, shape).dense_macs
     ap_pruned = detector_ap(det, held_out, net)
     t0 = time.perf_counter()
@@ -86,7 +96,7 @@ def torch_pruning_job(det, target: float, images, held_out, cfg: TrainConfig, ev
     )
     seconds = time.perf_counter() - t0
     return {
-        "job": "torch-pruning:channel",
+        "job": name,
         "reduction": round(dense / kept, 3),
         "ratio": round(ratio, 4),
         "ap_pruned": round(ap_pruned, 4),
@@ -137,7 +147,8 @@ def main() -> None:
         "--jobs",
         nargs="+",
         default=["kgs:magnitude"],
-        help="scheme:method pairs (e.g. kgs:magnitude filter:magnitude) and/or torch-pruning",
+        help="scheme:method pairs (e.g. kgs:magnitude filter:magnitude), channel:l2 (edgeguard's "
+        "dependency-aware channel pruning) and/or torch-pruning",
     )
     ap.add_argument("--epochs", type=int, default=3, help="distillation epochs over the photos")
     ap.add_argument(
@@ -171,8 +182,8 @@ def main() -> None:
     rows = []
     for job in args.jobs:
         work = Path(args.workdir) / args.detector / f"{job.replace(':', '-')}-{args.target:g}x"
-        if job == "torch-pruning":
-            row = torch_pruning_job(det, args.target, images, held_out, cfg, args.ap_every)
+        if job in ("torch-pruning", "channel:l2"):
+            row = channel_job(det, job, args.target, images, held_out, cfg, args.ap_every)
         else:
             row = edgeguard_job(
                 det,
