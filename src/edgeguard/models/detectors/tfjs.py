@@ -144,12 +144,13 @@ def tf_resize_bilinear(x: torch.Tensor, size: tuple[int, int], half_pixel: bool)
     y0, y1, ly = axis(ih, oh)
     x0, x1, lx = axis(iw, ow)
     # columns first on the smaller input; gather and index_select run several times faster than
-    # advanced indexing, and the arithmetic is the same as rows first (bitwise equal outputs)
+    # advanced indexing, and the arithmetic is the same as rows first (bitwise equal outputs); the
+    # lerps run in place on the fresh gathered tensors (no full-size temporaries; autograd-safe)
     shape = (*x.shape[:-1], ow)
     left, right = torch.gather(x, -1, x0.expand(shape)), torch.gather(x, -1, x1.expand(shape))
-    cols = left + (right - left) * lx
+    cols = right.sub_(left).mul_(lx).add_(left)
     top, bottom = cols.index_select(-2, y0), cols.index_select(-2, y1)
-    return top + (bottom - top) * ly[:, None]
+    return bottom.sub_(top).mul_(ly[:, None]).add_(top)
 
 
 class TFResizeBilinear(nn.Module):
