@@ -195,7 +195,8 @@ def main() -> None:
                         target,
                         args.repeats,
                         args.threads,
-                        per_layer=target == args.per_layer_target,
+                        # a shrunk graph's layers are not the dense layers: no per-layer rows
+                        per_layer=target == args.per_layer_target and scheme != "depchannel",
                     )
                 )
                 record = {
