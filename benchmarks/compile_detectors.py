@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from edgeguard.compiler import compile_model
-from edgeguard.compiler.bench import benchmark
+from edgeguard.compiler.bench import benchmark, steady_allocator
 from edgeguard.models import count_flops
 from edgeguard.models.detectors import get_detector
 from edgeguard.prune.distill import detector_layers
@@ -182,6 +182,9 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench/compile_detectors")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    # dense PyTorch's large outputs would otherwise be mapped fresh (page faults) on many calls:
+    # the baseline is the faster, stable one
+    steady = steady_allocator()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -203,6 +206,7 @@ def main() -> None:
                     "date": str(date.today()),
                     "machine": platform.processor() or platform.machine(),
                     "threads": args.threads,
+                    "steady_allocator": steady,
                     "args": vars(args),
                     "rows": rows,
                 }
