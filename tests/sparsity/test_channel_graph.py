@@ -109,6 +109,7 @@ def test_the_shrunk_model_equals_the_masked_one_and_reaches_the_target(target):
     assert res.model.gate.out_channels == 8
     assert res.model.b1.dw.groups == res.model.b1.dw.out_channels < 48  # depthwise shrunk too
     assert res.model.b1.se2.out_channels == res.model.b1.dw.out_channels
+    assert res.model.b1.dw.out_channels % 8 == 0  # 48 channels: a multiple of round_to kept
     assert net.b1.expand.out_channels == 48  # the given model is not modified
 
 
@@ -117,3 +118,5 @@ def test_an_unreachable_target_is_refused():
         prune_channels(_net(), SHAPE, 1000.0)
     with pytest.raises(SparsityError, match=">= 1"):
         prune_channels(_net(), SHAPE, 0.5)
+    with pytest.raises(SparsityError, match="round_to"):
+        prune_channels(_net(), SHAPE, 1.5, round_to=0)

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..models.flops import count_flops
 from .passes.graph import CONVS
+from .depthwise import DepthwiseConvCpu
 from .pipeline import CompiledModel
 from .sparse_conv import SparseConv
 from .sparse_linear import SparseLinear
@@ -161,7 +162,9 @@ def benchmark(
     if not per_layer:
         return result
     dense_in = layer_inputs(dense, x, (*CONVS, nn.Linear))
-    comp_in = layer_inputs(compiled.module, x, (*CONVS, nn.Linear, SparseConv, SparseLinear))
+    comp_in = layer_inputs(
+        compiled.module, x, (*CONVS, nn.Linear, SparseConv, SparseLinear, DepthwiseConvCpu)
+    )
     by_name = {d.name: d for d in compiled.decisions}
     dense_mods = dict(dense.named_modules())
     comp_mods = dict(compiled.module.named_modules())

@@ -447,17 +447,22 @@ def prune_channels(
     input_shape: tuple[int, ...],
     flops_reduction: float,
     ignored: tuple[str, ...] | list[str] = (),
+    round_to: int = 8,
 ) -> ChannelPruning:
     """Dependency-aware channel pruning of ``model`` to ``flops_reduction`` x fewer MACs at
     ``input_shape`` (counted on the physically smaller model), by filter L2 norm: within each
     cluster of groups made by the same convs, the same share of the groups with the smallest
     filters (normalised by the conv's mean filter norm) goes, at least one group stays; one share
     for the whole model, found by bisection.  ``ignored``: convs whose filters all stay (heads,
-    the stem); their inputs may still shrink.  ``model`` is not modified."""
+    the stem); their inputs may still shrink.  ``round_to``: clusters of at least ``4 * round_to``
+    groups keep a multiple of it (oneDNN and the generated kernels run channel counts such as 61 or
+    125 well below the speed of 64 or 128).  ``model`` is not modified."""
     from ..models.flops import count_flops
 
     if not flops_reduction >= 1:
         raise SparsityError(f"flops_reduction must be >= 1, got {flops_reduction}")
+    if not isinstance(round_to, int) or round_to < 1:
+        raise SparsityError(f"round_to must be a positive integer, got {round_to!r}")
     work = copy.deepcopy(model).eval()
     graph = ChannelGraph(work, input_shape)
     kept_whole = dict(graph.frozen)
@@ -477,14 +482,17 @@ def prune_channels(
     x = torch.randn(input_shape)
     blocked: set[int] = set()
 
+    def count(n: int, rate: float) -> int:
+        drop = min(int(rate * n), n - 1)
+        if round_to > 1 and n >= 4 * round_to:
+            drop = n - -(-(n - drop) // round_to) * round_to
+        return max(drop, 0)
+
     def attempt(rate: float):
-        removed = [
-            gi
-            for members in clusters.values()
-            for gi in [m for m in members if m not in blocked][
-                : min(int(rate * len(members)), len(members) - 1)
-            ]
-        ]
+        removed = []
+        for members in clusters.values():
+            free = [m for m in members if m not in blocked]
+            removed += free[: count(len(free), rate)]
         masked = copy.deepcopy(work)
         graph.mask(masked, removed)
         return removed, masked
