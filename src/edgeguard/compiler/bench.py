@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from ..models.flops import count_flops
-from .passes.graph import CONVS
 from .depthwise import DepthwiseConvCpu
+from .passes.graph import CONVS
 from .pipeline import CompiledModel
 from .sparse_conv import SparseConv
 from .sparse_linear import SparseLinear
