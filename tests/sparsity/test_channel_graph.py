@@ -111,6 +111,8 @@ def test_the_shrunk_model_equals_the_masked_one_and_reaches_the_target(target):
     assert res.model.b1.se2.out_channels == res.model.b1.dw.out_channels
     assert res.model.b1.dw.out_channels % 8 == 0  # 48 channels: a multiple of round_to kept
     assert net.b1.expand.out_channels == 48  # the given model is not modified
+    text = res.summary()
+    assert "kept whole: read by call_method reshape" in text and "stem" in text
 
 
 def test_an_unreachable_target_is_refused():

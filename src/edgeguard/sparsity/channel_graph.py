@@ -188,6 +188,10 @@ class ChannelGraph:
             if channelwise and src is not None and c_out == len(src):
                 return src
             return self._unknown(n, args, atoms_of, c_out, f"{type(m).__name__} {n.target}")
+        if (n.op == "call_function" and n.target is getattr) or (
+            n.op == "call_method" and n.target in ("size", "dim")
+        ):
+            return None  # reads shapes only: the channels are not touched
         if n.op == "call_function":
             f = n.target
             if f in _CHANNELWISE and args and atoms_of(args[0]) is not None:
@@ -441,6 +445,23 @@ class ChannelPruning:
     reduction: float
     kept_whole: dict[str, str]
 
+    def summary(self) -> str:
+        """Per conv of the input model: filters before -> after, or kept whole and why."""
+        before = {n: m for n, m in self.masked.named_modules() if isinstance(m, nn.Conv2d)}
+        after = dict(self.model.named_modules())
+        lines = [
+            f"{len(self.removed)} of {len(self.graph.groups)} channel groups removed (share "
+            f"{self.rate:.3f}): {self.reduction:.2f}x fewer MACs"
+        ]
+        for name, m in before.items():
+            why = self.kept_whole.get(name)
+            new = after[name].out_channels
+            lines.append(
+                f"{name:48s} {m.out_channels:5d} -> {new:5d}"
+                + (f"  kept whole: {why}" if why else "")
+            )
+        return "\n".join(lines)
+
 
 def prune_channels(
     model: nn.Module,
@@ -523,12 +544,15 @@ def prune_channels(
             lo = mid
     red, removed, masked, shrunk = reduction_at(hi)
     log.info(
-        "channel pruning: %d of %d groups removed (rate %.3f): %.2fx fewer MACs; %d convs whole",
+        "channel pruning: %d of %d groups removed (rate %.3f): %.2fx fewer MACs; %d convs keep "
+        "their filters (%s)",
         len(removed),
         len(graph.groups),
         hi,
         red,
         len(kept_whole),
+        "; ".join(f"{n}: {why}" for n, why in list(kept_whole.items())[:3])
+        + (" ..." if len(kept_whole) > 3 else ""),
     )
     return ChannelPruning(shrunk, masked, graph, removed, hi, red, kept_whole)
 
