@@ -1,0 +1,69 @@
+"""AP50 against MAC reduction of pruned COCO detectors (issue 27), from the JSON results of
+``benchmarks/prune_detectors.py``: the best held-out AP50 each run reached during distillation, one
+marker per method, the dense detector's AP50 at 1x.
+
+    .venv/bin/python benchmarks/plot_detector_ap.py docs/results/prune_detectors_*_2026-12-04.json \\
+        --out docs/img/prune_detectors_ap_vs_macs.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+DENSE = {"centernet": 0.730, "nanodet": 0.568}  # held-out AP50 of the dense graphs (same split)
+
+
+def points(paths: list[Path]) -> dict[str, list[tuple[float, float, str, str]]]:
+    """{detector: [(reduction, best AP50, job, file stem)]} over every run in ``paths``."""
+    out: dict[str, list[tuple[float, float, str, str]]] = {}
+    for path in paths:
+        record = json.loads(path.read_text())
+        det = record.get("meta", {}).get("args", {}).get("detector")
+        det = det or ("nanodet" if "nanodet" in path.stem else "centernet")
+        for row in record.get("rows", []):
+            if not row or row.get("reduction") is None:
+                continue
+            aps = [row.get("ap_finetuned") or 0.0] + [ap for _, ap in row.get("ap_curve", [])]
+            out.setdefault(det, []).append((row["reduction"], max(aps), row["job"], path.stem))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("results", nargs="+", type=Path)
+    ap.add_argument("--out", type=Path, default=Path("docs/img/prune_detectors_ap_vs_macs.png"))
+    args = ap.parse_args()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = points(args.results)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    markers = {}
+    for det, rows in sorted(pts.items()):
+        color = "tab:blue" if det == "centernet" else "tab:orange"
+        ax.scatter([1.0], [DENSE[det]], color=color, marker="*", s=120, label=f"{det} dense")
+        for red, best, job, _ in rows:
+            m = markers.setdefault(job, "osD^vP"[len(markers) % 6])
+            ax.scatter([red], [best], color=color, marker=m, alpha=0.8)
+    for job, m in markers.items():
+        ax.scatter([], [], color="gray", marker=m, label=job)
+    ax.set_xlabel("MAC reduction (x)")
+    ax.set_ylabel("best held-out person AP50 after distillation")
+    ax.set_ylim(-0.02, 0.8)
+    ax.legend(fontsize=7, loc="upper right")
+    ax.set_title("Pruned COCO detectors, label-free distillation")
+    fig.tight_layout()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=110)
+    for det, rows in sorted(pts.items()):
+        for red, best, job, stem in sorted(rows):
+            print(f"{det} {red:.2f}x {job}: best AP50 {best:.4f} ({stem})")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
