@@ -1,6 +1,6 @@
-"""AP50 against MAC reduction of pruned COCO detectors (issue 27), from the JSON results of
-``benchmarks/prune_detectors.py``: the best held-out AP50 each run reached during distillation, one
-marker per method, the dense detector's AP50 at 1x.
+"""AP50 against MAC reduction of the COCO detectors pruned by edgeguard (issue 27), from the JSON
+results of ``benchmarks/prune_detectors.py``: the best held-out AP50 each run reached during
+distillation, one marker per method, the dense detector's AP50 at 1x.
 
     .venv/bin/python benchmarks/plot_detector_ap.py docs/results/prune_detectors_*_2026-12-04.json \\
         --out docs/img/prune_detectors_ap_vs_macs.png
