@@ -4,14 +4,12 @@ does not touch them, so without a faster kernel they cap the end-to-end speedup.
 
 from __future__ import annotations
 
-import ctypes
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .calls import first_use
 from .errors import CompileError
+from .generated import INT, VOID_P, GeneratedKernelModule
 
 
 def depthwise_supported(conv: nn.Module) -> bool:
@@ -28,13 +26,15 @@ def depthwise_supported(conv: nn.Module) -> bool:
     )
 
 
-class DepthwiseConvCpu(nn.Module):
+class DepthwiseConvCpu(GeneratedKernelModule):
     """A depthwise ``nn.Conv2d`` (see :func:`depthwise_supported`) with an optional zero padding
     ``pads`` = (left, right, top, bottom) in place of the conv's own (TF's SAME padding, odd pixel
     after, arrives as a separate ``F.pad``) and an optional fused ReLU; a kernel is generated and
     built per input size.  Input/output NCHW float32."""
 
     two_d = False  # build_kernels: the input shape is used as it is (4-D)
+    symbol = "edgeguard_dwconv"
+    argtypes = (VOID_P, VOID_P, VOID_P, VOID_P, INT, INT)
 
     def __init__(
         self,
@@ -43,7 +43,7 @@ class DepthwiseConvCpu(nn.Module):
         pads: tuple[int, int, int, int] | None = None,
         relu: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(name)
         if not depthwise_supported(conv):
             raise CompileError(
                 f"{name}: not a depthwise conv the cpu kernel takes (groups = in_channels, "
@@ -62,11 +62,7 @@ class DepthwiseConvCpu(nn.Module):
         self.kernel_size = tuple(conv.kernel_size)
         self.stride = tuple(conv.stride)
         self.multiplier = conv.out_channels // conv.in_channels
-        self.relu, self.name = relu, name
-        self.mode = "cpu"  # "torch": PyTorch's conv (while the compiler collects kernel sources)
-        self._kernels: dict[tuple, object] = {}
-        self._out: dict[tuple, torch.Tensor] = {}
-        self.reuse_buffers = False
+        self.relu = relu
 
     def out_size(self, hi: int, wi: int) -> tuple[int, int]:
         (pl, pr, pt, pb), (kh, kw), (sh, sw) = self.pads, self.kernel_size, self.stride
@@ -92,14 +88,6 @@ class DepthwiseConvCpu(nn.Module):
         )
         return render("depthwise.cpp", header), None
 
-    def load_kernel(self, shape, lib, _extra=None) -> None:
-        from .cpu import load_library
-
-        fn = load_library(lib).edgeguard_dwconv
-        fn.restype = None
-        fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int, ctypes.c_int]
-        self._kernels[tuple(shape)] = fn
-
     def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
         y = F.conv2d(
             F.pad(x, self.pads),
@@ -120,21 +108,9 @@ class DepthwiseConvCpu(nn.Module):
         ):
             return self.forward_torch(x)
         x = x.contiguous()
-        key = tuple(x.shape[1:])
-        if key not in self._kernels:
-            from .cpu import build_many, host_target
-
-            target = host_target()
-            (lib,) = build_many([self.source(x, target.vector_floats)[0]], target)
-            self.load_kernel(key, lib)
-        ho, wo = self.out_size(*key[1:])
-        shape = (x.shape[0], self.weight.shape[0], ho, wo)
-        out = self._out.get(shape) if first_use(self) else None
-        if out is None:
-            out = torch.empty(shape)
-            if self.reuse_buffers and shape not in self._out:
-                self._out = {shape: out}
-        self._kernels[key](
+        kernel = self.kernel_for(x)
+        out = self.output((x.shape[0], self.weight.shape[0], *self.out_size(*x.shape[2:])))
+        kernel(
             x.data_ptr(),
             self.weight.data_ptr(),
             self.bias.data_ptr(),

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .calls import first_use
 from .errors import CompileError
+from .generated import INT, VOID_P, GeneratedKernelModule
 
 
 def _three(v, fill, dims: int) -> tuple[int, int, int]:
@@ -18,11 +18,14 @@ def _three(v, fill, dims: int) -> tuple[int, int, int]:
     return (fill, *v) if dims == 2 else v
 
 
-class MaxPoolCpu(nn.Module):
+class MaxPoolCpu(GeneratedKernelModule):
     """``nn.MaxPool2d/3d`` (no dilation, floor mode) run by a kernel generated per input size."""
 
+    symbol = "edgeguard_pool"
+    argtypes = (VOID_P, VOID_P, INT, INT)
+
     def __init__(self, pool: nn.MaxPool2d | nn.MaxPool3d, name: str = "pool") -> None:
-        super().__init__()
+        super().__init__(name)
         if not supported(pool):
             raise CompileError(f"{name}: dilation, ceil_mode or return_indices are not supported")
         self.two_d = isinstance(pool, nn.MaxPool2d)
@@ -30,11 +33,6 @@ class MaxPoolCpu(nn.Module):
         self.kernel = _three(pool.kernel_size, 1, dims)
         self.stride = _three(pool.stride or pool.kernel_size, 1, dims)
         self.padding = _three(pool.padding, 0, dims)
-        self.name = name
-        self._kernels: dict[tuple, object] = {}
-        self.mode = "cpu"  # "torch": PyTorch's pooling (while the compiler collects kernel sources)
-        self.reuse_buffers = False
-        self._out: dict[tuple, torch.Tensor] = {}
 
     def out_size(self, size):
         return tuple(
@@ -57,35 +55,15 @@ class MaxPoolCpu(nn.Module):
         )
         return render("pool.cpp", header), None
 
-    def load_kernel(self, shape, lib, _extra=None) -> None:
-        import ctypes
-
-        from .cpu import load_library
-
-        fn = load_library(lib).edgeguard_pool
-        fn.restype = None
-        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
-        self._kernels[tuple(shape)] = fn
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x5 = x.unsqueeze(2) if self.two_d else x
         if self.mode == "torch" or torch.onnx.is_in_onnx_export() or x5.dtype != torch.float32:
             out = F.max_pool3d(x5, self.kernel, self.stride, self.padding)
             return out.squeeze(2) if self.two_d else out
         x5 = x5.contiguous()
-        key = tuple(x5.shape[1:])
-        if key not in self._kernels:
-            from .cpu import build_many, host_target
-
-            target = host_target()
-            (lib,) = build_many([self.source(x5, target.vector_floats)[0]], target)
-            self.load_kernel(key, lib)
-        out = self._out.get((*key, x5.shape[0])) if first_use(self) else None
-        if out is None:
-            out = torch.empty(x5.shape[0], x5.shape[1], *self.out_size(tuple(x5.shape[2:])))
-            if self.reuse_buffers and (*key, x5.shape[0]) not in self._out:
-                self._out = {(*key, x5.shape[0]): out}
-        self._kernels[key](x5.data_ptr(), out.data_ptr(), x5.shape[0], torch.get_num_threads())
+        kernel = self.kernel_for(x5)
+        out = self.output((*x5.shape[:2], *self.out_size(tuple(x5.shape[2:]))))
+        kernel(x5.data_ptr(), out.data_ptr(), x5.shape[0], torch.get_num_threads())
         return out.squeeze(2) if self.two_d else out
 
 
