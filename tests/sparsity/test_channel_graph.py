@@ -120,5 +120,37 @@ def test_an_unreachable_target_is_refused():
         prune_channels(_net(), SHAPE, 1000.0)
     with pytest.raises(SparsityError, match=">= 1"):
         prune_channels(_net(), SHAPE, 0.5)
+    with pytest.raises(SparsityError, match="ignored names no conv of the model: nope"):
+        prune_channels(_net(), SHAPE, 1.5, ignored=["nope"])
     with pytest.raises(SparsityError, match="round_to"):
         prune_channels(_net(), SHAPE, 1.5, round_to=0)
+
+
+class Plain(nn.Module):
+    """BatchNorm without affine parameters, a per-channel constant added by ``Tensor.add`` and a
+    spatial mean by ``Tensor.mean`` with an int-free dims tuple."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 32, 3, padding=1)
+        self.bn = nn.BatchNorm2d(32, affine=False)
+        self.register_buffer("offset", torch.linspace(-1, 1, 32).view(1, 32, 1, 1))
+        self.b = nn.Conv2d(32, 4, 1)
+
+    def forward(self, x):
+        y = F.relu(self.bn(self.a(x)).add(self.offset))
+        return self.b(y * y.mean((-1, -2), keepdim=True))
+
+
+def test_affine_free_batchnorm_and_added_constants_shrink_exactly():
+    torch.manual_seed(3)
+    net = Plain().eval()
+    with torch.no_grad():
+        net.a.weight.mul_(torch.rand(32, 1, 1, 1) * 2)
+        net.bn.running_mean.uniform_(-0.5, 0.5)
+    res = prune_channels(net, (2, 3, 12, 12), 1.5, round_to=1)
+    assert res.model.a.out_channels < 32 and res.model.bn.num_features == res.model.a.out_channels
+    assert res.model.offset.shape[1] == res.model.a.out_channels
+    x = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        assert torch.allclose(res.model(x), res.masked(x), rtol=1e-5, atol=1e-5)

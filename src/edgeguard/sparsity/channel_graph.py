@@ -198,11 +198,8 @@ class ChannelGraph:
                 src = atoms_of(args[0])
                 if c_out == len(src):
                     return src
-            if f is torch.mean and args and atoms_of(args[0]) is not None:
-                dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
-                keep = n.kwargs.get("keepdim", n.args[2] if len(n.args) > 2 else False)
-                if keep and sorted(d % 4 for d in dims) == [2, 3]:
-                    return atoms_of(args[0])
+            if f is torch.mean and args and atoms_of(args[0]) is not None and _spatial_mean(n):
+                return atoms_of(args[0])
             if f in _BINARY:
                 return self._binary(n, out, atoms_of, c_out)
             if f is torch.cat:
@@ -216,15 +213,8 @@ class ChannelGraph:
             src = atoms_of(args[0])
             if n.target in _CHANNELWISE_METHODS and c_out == len(src):
                 return src
-            if n.target == "mean":
-                dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
-                keep = n.kwargs.get("keepdim", n.args[2] if len(n.args) > 2 else False)
-                if (
-                    keep
-                    and isinstance(dims, tuple | list)
-                    and sorted(d % 4 for d in dims) == [2, 3]
-                ):
-                    return src
+            if n.target == "mean" and _spatial_mean(n):
+                return src
             if n.target in ("add", "mul", "sub"):
                 return self._binary(n, out, atoms_of, c_out)
         return self._unknown(n, args, atoms_of, c_out, f"{n.op} {n.target}")
@@ -243,11 +233,7 @@ class ChannelGraph:
         if isinstance(other, fx.Node) and other.op == "get_attr":
             const = getattr(self.gm, other.target)
             if const.dim() == 4 and const.shape[1] == len(src) and const.numel() == len(src):
-                kind = (
-                    "add"
-                    if n.target in (operator.add, torch.add, operator.sub, torch.sub)
-                    else "mul"
-                )
+                kind = "add" if n.target in _ADDITIVE else "mul"
                 self._consts[other.target] = (kind, src)
                 return src
             if const.numel() == 1:
@@ -382,7 +368,8 @@ class ChannelGraph:
                         getattr(new, attr).data = t.data[k].clone()
             else:
                 continue
-            new.requires_grad_(m.weight.requires_grad)
+            first = next(m.parameters(), None)
+            new.requires_grad_(first is not None and first.requires_grad)
             _set(out, name, new)
         for buf, (_, atoms) in self._consts.items():
             t = getattr(out, buf)
@@ -390,6 +377,16 @@ class ChannelGraph:
         if isinstance(out, fx.GraphModule):
             out.recompile()
         return out
+
+
+def _spatial_mean(n: fx.Node) -> bool:
+    """Whether ``n`` (``torch.mean`` or ``Tensor.mean``) averages H and W of an NCHW tensor and
+    keeps their dimensions (the squeeze of squeeze-excite)."""
+    dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+    keep = n.args[2] if len(n.args) > 2 else n.kwargs.get("keepdim", False)
+    if not keep or not isinstance(dims, tuple | list):
+        return False
+    return sorted(int(d) % 4 for d in dims) == [2, 3]
 
 
 def _name(target) -> str:
@@ -490,6 +487,13 @@ def prune_channels(
     for name in ignored:
         kept_whole[name] = "ignored"
     ignored_set = set(ignored)
+    convs = {n for n, m in work.named_modules() if isinstance(m, nn.Conv2d)}
+    unknown = sorted(ignored_set - convs)
+    if unknown:
+        raise SparsityError(
+            f"ignored names no conv of the model: {', '.join(unknown[:3])}; convs are e.g. "
+            f"{', '.join(sorted(convs)[:3])}"
+        )
     score = _scores(graph, work)
     clusters: dict[frozenset, list[int]] = {}
     for gi, g in enumerate(graph.groups):
