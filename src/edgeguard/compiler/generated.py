@@ -51,7 +51,7 @@ class GeneratedKernelModule(nn.Module):
         compiled call (its output is still in use)."""
         out = self._out.get(shape) if first_use(self) else None
         if out is None:
-            out = torch.empty(shape)
+            out = kernel_output(shape)
             if self.reuse_buffers and shape not in self._out:
                 self._out = {shape: out}
         return out
@@ -59,3 +59,30 @@ class GeneratedKernelModule(nn.Module):
 
 VOID_P = ctypes.c_void_p
 INT = ctypes.c_int
+
+# zero floats after every kernel output: a stride-1 unpadded conv reading it can take it as its
+# input buffer (its last tile reads up to one tile past the end) instead of copying it
+OUTPUT_SLACK = 1024
+
+
+def kernel_output(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised float32 tensor of ``shape`` followed by :data:`OUTPUT_SLACK` zeros."""
+    n = 1
+    for d in shape:
+        n *= d
+    flat = torch.empty(n + OUTPUT_SLACK)
+    flat[n:].zero_()
+    return flat[:n].view(shape)
+
+
+def has_slack(x: torch.Tensor, floats: int) -> bool:
+    """Whether ``x`` is a whole :func:`kernel_output` buffer (or one updated in place): contiguous
+    float32 at the start of a storage that ends with the zero slack, of at least ``floats``."""
+    size = (x.numel() + OUTPUT_SLACK) * x.element_size()
+    return (
+        floats <= OUTPUT_SLACK
+        and x.dtype == torch.float32
+        and x.storage_offset() == 0
+        and x.is_contiguous()
+        and x.untyped_storage().nbytes() == size
+    )

@@ -8,6 +8,7 @@ from torch import nn
 
 from .calls import first_use
 from .errors import CompileError
+from .generated import has_slack, kernel_output
 from .layout import InputLayout
 from .plan import SparsePlan
 
@@ -233,7 +234,7 @@ class SparseConv(nn.Module):
         lay = self.layout(x)
         n = x.shape[0]
         if not self.plan.block_rows:  # every filter pruned: the output is the bias
-            out = torch.empty(n, self.plan.geometry.out_channels, *self.out_size(lay.size))
+            out = kernel_output((n, self.plan.geometry.out_channels, *self.out_size(lay.size)))
             self._fill_dead(out)
             return out
         kernel = self._cpu_kernel(x)
@@ -245,17 +246,20 @@ class SparseConv(nn.Module):
         if not first_use(self):  # called again in this forward: the kept output is still in use
             out = None
         x = x.contiguous()
-        if lay.phases == 1:  # the kernel fills the buffer's interior itself (zero borders kept)
+        if lay.phases == 1 and not any(lay.geometry.padding) and has_slack(x, slack):
+            buf, xin = x.view(-1), None  # unpadded: a kernel output is its own input buffer
+        elif lay.phases == 1:  # the kernel fills the buffer's interior itself (zero borders kept)
             if inbuf is None:
                 inbuf = x.new_zeros(n * lay.batch_stride + slack)
-            xin = x
+            buf, xin = inbuf, x
         else:
-            inbuf, xin = lay.prepare(x, slack=slack, buf=inbuf), None
+            inbuf = buf = lay.prepare(x, slack=slack, buf=inbuf)
+            xin = None
         if out is None:
-            out = torch.empty(n, self.plan.geometry.out_channels, *self.out_size(lay.size))
+            out = kernel_output((n, self.plan.geometry.out_channels, *self.out_size(lay.size)))
         if self.reuse_buffers and key not in self._buffers_cpu:
             self._buffers_cpu = {key: (inbuf, out)}
-        kernel(inbuf, self.bias, out, n, xin)
+        kernel(buf, self.bias, out, n, xin)
         self._fill_dead(out)
         return out
 

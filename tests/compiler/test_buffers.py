@@ -1,0 +1,84 @@
+"""Kernel outputs carry zero slack after them, so an unpadded stride-1 sparse conv reads its
+input in place instead of copying it into a buffer; a residual sum whose operand is a kernel output
+used by nothing else is written into that output.  Both give the masked model's result, call after
+call, and leave earlier results alone."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeguard.compiler import compile_model
+from edgeguard.compiler.generated import OUTPUT_SLACK, has_slack, kernel_output
+from edgeguard.compiler.passes.inplace import add_into
+from edgeguard.sparsity import get_scheme
+
+needs_cxx = pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler (g++) here")
+
+
+class Chain(nn.Module):
+    """1x1 convs in a row with a residual: a -> relu -> b (+ a's input via c) -> d."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(8, 32, 1)
+        self.b = nn.Conv2d(32, 16, 1)
+        self.c = nn.Conv2d(8, 16, 3, padding=1)
+        self.d = nn.Conv2d(16, 24, 1)
+
+    def forward(self, x):
+        y = self.b(F.relu(self.a(x))) + self.c(x)
+        return self.d(y), y.mean()
+
+
+def test_kernel_outputs_end_in_zero_slack_and_are_recognised():
+    out = kernel_output((2, 3, 4, 5))
+    assert out.shape == (2, 3, 4, 5) and has_slack(out, 64)
+    flat = torch.empty(0).set_(out.untyped_storage())
+    assert flat.numel() == out.numel() + OUTPUT_SLACK and not flat[out.numel() :].any()
+    assert not has_slack(torch.empty(2, 3, 4, 5), 64)  # an ordinary tensor: no slack
+    assert not has_slack(out[1:], 64)  # not the start of its storage
+    assert not has_slack(out.transpose(2, 3), 64)  # not contiguous
+
+
+def test_add_into_writes_into_the_kernel_output_only_when_the_shape_allows():
+    a, b = torch.ones(2, 3), torch.full((3,), 2.0)
+    assert add_into(a, b) is a and torch.equal(a, torch.full((2, 3), 3.0))
+    small = torch.ones(3)
+    got = add_into(small, torch.ones(2, 3))  # broadcasting would grow it: a new tensor
+    assert got is not small and got.shape == (2, 3) and torch.equal(small, torch.ones(3))
+    ints = torch.ones(3, dtype=torch.int64)
+    assert add_into(ints, torch.full((3,), 0.5)).dtype == torch.float32
+
+
+@needs_cxx
+@pytest.mark.parametrize("scheme", ["kgs", "column"])
+def test_direct_input_and_inplace_residual_equal_the_masked_model(scheme):
+    torch.manual_seed(4)
+    model = Chain().eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight *= get_scheme(scheme).mask(m.weight, 0.5)
+    compiled = compile_model(model, "cpu", max_density=1.0)
+    assert "add_into" in compiled.module.code
+    x = torch.randn(2, 8, 9, 13)
+    with torch.no_grad():
+        want = model(x)
+    first = compiled(x)
+    kept = [t.clone() for t in first]
+    second = compiled(2 * x)
+    for w, g, k in zip(want, first, kept, strict=True):
+        assert torch.allclose(g, w, rtol=1e-4, atol=1e-5) and torch.equal(g, k)
+    with torch.no_grad():
+        want2 = model(2 * x)
+    assert all(
+        torch.allclose(g, w, rtol=1e-4, atol=1e-4) for g, w in zip(second, want2, strict=True)
+    )
+    # b reads a's output (after the fused ReLU) in place: it keeps no input buffer of its own
+    assert all(inbuf is None for inbuf, _ in compiled.module.b._buffers_cpu.values())
+    assert all(inbuf is None for inbuf, _ in compiled.module.d._buffers_cpu.values())
