@@ -82,3 +82,44 @@ def test_direct_input_and_inplace_residual_equal_the_masked_model(scheme):
     # b reads a's output (after the fused ReLU) in place: it keeps no input buffer of its own
     assert all(inbuf is None for inbuf, _ in compiled.module.b._buffers_cpu.values())
     assert all(inbuf is None for inbuf, _ in compiled.module.d._buffers_cpu.values())
+
+
+class SqueezeExcite(nn.Module):
+    """A depthwise output scaled by its own squeeze-excite (mean taken before the product), then a
+    1x1 conv; a second branch keeps a view of another depthwise output past its product."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.dw2 = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.se = nn.Conv2d(16, 16, 1)
+        self.project = nn.Conv2d(16, 8, 1)
+        self.register_buffer("scale", torch.linspace(0.5, 1.5, 16).view(1, 16, 1, 1))
+
+    def forward(self, x):
+        y = F.relu(self.dw(x))
+        y = y * torch.sigmoid(self.se(y.mean((2, 3), keepdim=True)))
+        z = self.dw2(x)
+        head = z[:, :4]  # a view of z, read after z's product
+        z = z * self.scale  # would fit in place, but the view of z is read after it
+        return self.project(y), head.sum() + z.sum()
+
+
+@needs_cxx
+def test_products_go_into_kernel_outputs_only_when_nothing_reads_them_later():
+    torch.manual_seed(5)
+    model = SqueezeExcite().eval()
+    with torch.no_grad():
+        model.project.weight *= get_scheme("kgs").mask(model.project.weight, 0.5)
+    compiled = compile_model(model, "cpu", max_density=1.0)
+    code = compiled.module.code
+    assert code.count("mul_into") == 1  # the SE product; z's product has a view read later
+    x = torch.randn(2, 16, 10, 10)
+    with torch.no_grad():
+        want = model(x)
+    for _ in range(2):
+        got = compiled(x)
+        assert all(
+            torch.allclose(g, w, rtol=1e-4, atol=1e-4) for g, w in zip(got, want, strict=True)
+        )
+    assert all(inbuf is None for inbuf, _ in compiled.module.project._buffers_cpu.values())

@@ -1,6 +1,7 @@
-"""Pass: a sum whose operand is a kernel output read by nothing else (a residual add after a
-sparse conv) is computed into that output: no new full-size tensor, and the sum keeps the kernel
-output's zero slack, so an unpadded sparse conv reading it takes it as its input buffer."""
+"""Pass: a sum or product whose operand is a kernel output read by nothing after it (a residual add
+after a sparse conv; squeeze-excite's scaling of a depthwise output, whose mean was taken before)
+is computed into that output: no new full-size tensor, and the result keeps the kernel output's
+zero slack, so an unpadded sparse conv reading it takes it as its input buffer."""
 
 from __future__ import annotations
 
@@ -17,36 +18,60 @@ from .graph import module_of
 KERNEL_MODULES = (SparseConv, DepthwiseConvCpu, MaxPoolCpu)
 
 
-def add_into(out: torch.Tensor, other) -> torch.Tensor:
-    """``out + other``, written into ``out`` when the sum has ``out``'s shape and dtype (addition
-    commutes exactly, so the operand order does not change a bit)."""
-    if (
+def _fits(out: torch.Tensor, other) -> bool:
+    return (
         isinstance(other, torch.Tensor)
         and not out.requires_grad
         and not other.requires_grad
         and torch.broadcast_shapes(out.shape, other.shape) == out.shape
         and torch.result_type(out, other) == out.dtype
-    ):
-        return out.add_(other)
-    return out + other
+    )
+
+
+def add_into(out: torch.Tensor, other) -> torch.Tensor:
+    """``out + other``, written into ``out`` when the sum has ``out``'s shape and dtype (addition
+    commutes exactly, so the operand order does not change a bit)."""
+    return out.add_(other) if _fits(out, other) else out + other
+
+
+def mul_into(out: torch.Tensor, other) -> torch.Tensor:
+    """``out * other``, written into ``out`` when the product has ``out``'s shape and dtype
+    (multiplication commutes exactly)."""
+    return out.mul_(other) if _fits(out, other) else out * other
+
+
+_INTO = {operator.add: add_into, torch.add: add_into, operator.mul: mul_into, torch.mul: mul_into}
+
+
+_REDUCTIONS = {torch.mean, torch.sum, torch.amax, torch.nn.functional.adaptive_avg_pool2d}
+
+
+def _fresh(u: fx.Node) -> bool:
+    """Whether node ``u`` returns a new tensor, never a view of its input (reductions)."""
+    if u.op == "call_function":
+        return u.target in _REDUCTIONS
+    return u.op == "call_method" and u.target in ("mean", "sum", "amax")
 
 
 def inplace_adds(gm: fx.GraphModule) -> int:
-    """Rewrite ``a + b`` into :func:`add_into` where ``a`` or ``b`` is the output of a kernel
-    module used by this sum alone (and not a graph output); returns how many."""
-    outputs = {n for n in gm.graph.nodes if n.op == "output"}
+    """Rewrite ``a + b`` / ``a * b`` into :func:`add_into` / :func:`mul_into` where ``a`` or ``b``
+    is the output of a kernel module that no node after this one reads (and no graph output);
+    returns how many."""
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
     done = 0
     for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target not in (operator.add, torch.add):
+        if node.op != "call_function" or node.target not in _INTO:
             continue
         if node.kwargs or len(node.args) != 2:
             continue
         for mine, other in (node.args, node.args[::-1]):
             if not isinstance(mine, fx.Node) or not isinstance(module_of(gm, mine), KERNEL_MODULES):
                 continue
-            if set(mine.users) != {node} or mine.users.keys() & outputs:
+            others = [u for u in mine.users if u is not node]
+            # the other readers come first and make new tensors (a view could be read later)
+            if mine is other or not all(order[u] < order[node] and _fresh(u) for u in others):
                 continue
-            node.target, node.args = add_into, (mine, other)
+            node.target, node.args = _INTO[node.target], (mine, other)
             done += 1
             break
     if done:
