@@ -1,6 +1,7 @@
 """AP50 against MAC reduction of the COCO detectors pruned by edgeguard (issue 27), from the JSON
-results of ``benchmarks/prune_detectors.py``: the best held-out AP50 each run reached during
-distillation, one marker per method, the dense detector's AP50 at 1x.
+results of ``benchmarks/prune_detectors.py``: the held-out AP50 each run ends with (the last
+distillation epoch: the held-out photos choose nothing), one marker per method, the dense
+detector's AP50 at 1x.
 
     .venv/bin/python benchmarks/plot_detector_ap.py docs/results/prune_detectors_*_2026-12-04.json \\
         --out docs/img/prune_detectors_ap_vs_macs.png
@@ -16,7 +17,7 @@ DENSE = {"centernet": 0.730, "nanodet": 0.568}  # held-out AP50 of the dense gra
 
 
 def points(paths: list[Path]) -> dict[str, list[tuple[float, float, str, str]]]:
-    """{detector: [(reduction, best AP50, job, file stem)]} over every run in ``paths``."""
+    """{detector: [(reduction, final AP50, job, file stem)]} over every run in ``paths``."""
     out: dict[str, list[tuple[float, float, str, str]]] = {}
     for path in paths:
         record = json.loads(path.read_text())
@@ -25,8 +26,8 @@ def points(paths: list[Path]) -> dict[str, list[tuple[float, float, str, str]]]:
         for row in record.get("rows", []):
             if not row or row.get("reduction") is None:
                 continue
-            aps = [row.get("ap_finetuned") or 0.0] + [ap for _, ap in row.get("ap_curve", [])]
-            out.setdefault(det, []).append((row["reduction"], max(aps), row["job"], path.stem))
+            final = row.get("ap_finetuned") or 0.0
+            out.setdefault(det, []).append((row["reduction"], final, row["job"], path.stem))
     return out
 
 
@@ -52,7 +53,7 @@ def main() -> None:
     for job, m in markers.items():
         ax.scatter([], [], color="gray", marker=m, label=job)
     ax.set_xlabel("MAC reduction (x)")
-    ax.set_ylabel("best held-out person AP50 after distillation")
+    ax.set_ylabel("held-out person AP50 after distillation")
     ax.set_ylim(-0.02, 0.8)
     ax.legend(fontsize=7, loc="upper right")
     ax.set_title("Pruned COCO detectors, label-free distillation")
@@ -61,7 +62,7 @@ def main() -> None:
     fig.savefig(args.out, dpi=110)
     for det, rows in sorted(pts.items()):
         for red, best, job, stem in sorted(rows):
-            print(f"{det} {red:.2f}x {job}: best AP50 {best:.4f} ({stem})")
+            print(f"{det} {red:.2f}x {job}: AP50 {best:.4f} ({stem})")
     print(f"wrote {args.out}")
 
 
