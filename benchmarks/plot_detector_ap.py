@@ -55,7 +55,7 @@ def main() -> None:
     ax.set_xlabel("MAC reduction (x)")
     ax.set_ylabel("held-out person AP50 after distillation")
     ax.set_ylim(-0.02, 0.8)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="upper center")
     ax.set_title("Pruned COCO detectors, label-free distillation")
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
