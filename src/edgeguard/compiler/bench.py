@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..models.flops import count_flops
+from ..models.surgery import layer_inputs
 from .depthwise import DepthwiseConvCpu
 from .passes.graph import CONVS
 from .pipeline import CompiledModel
@@ -116,30 +117,6 @@ class BenchResult:
             f"speedup {self.speedup:.2f}x at {self.flops_reduction:.2f}x fewer MACs"
         )
         return "\n".join(rows)
-
-
-def layer_inputs(model: nn.Module, x: torch.Tensor, types) -> dict[str, torch.Tensor]:
-    """The input of each module of ``types`` in ``model(x)`` (its first call), by module name."""
-    seen: dict[str, torch.Tensor] = {}
-
-    def keep(name: str):
-        def hook(mod, args) -> None:  # returns None: the call's inputs stay as they are
-            seen.setdefault(name, args[0].detach())
-
-        return hook
-
-    handles = [
-        m.register_forward_pre_hook(keep(n))
-        for n, m in model.named_modules()
-        if isinstance(m, types)
-    ]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return seen
 
 
 def benchmark(

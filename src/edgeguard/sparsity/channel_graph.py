@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from ..models.surgery import layer_inputs, set_module, slice_conv
 from .base import SparsityError
 
 log = logging.getLogger(__name__)
@@ -300,21 +301,7 @@ class ChannelGraph:
     def leaking(self, model: nn.Module, removed: list[int], x: torch.Tensor) -> list[int]:
         """The groups of ``removed`` whose channels are not exactly zero where a conv reads them in
         the masked ``model`` on input ``x``."""
-        seen: dict[str, torch.Tensor] = {}
-        hooks = []
-        for name in {n for (n, role) in self.layout if role == "in"}:
-            mod = model.get_submodule(name)
-            hooks.append(
-                mod.register_forward_pre_hook(
-                    lambda m, a, name=name: seen.setdefault(name, a[0].detach())
-                )
-            )
-        try:
-            with torch.no_grad():
-                model(x)
-        finally:
-            for h in hooks:
-                h.remove()
+        seen = layer_inputs(model, x, (nn.Conv2d,))
         bad = []
         for gi in removed:
             for name, i in self.groups[gi].consumers:
@@ -339,25 +326,11 @@ class ChannelGraph:
             outs = self.layout.get((name, "out"))
             ch = self.layout.get((name, "ch"))
             if isinstance(m, nn.Conv2d) and m.groups == 1:
-                new = _sliced_conv(
+                new = slice_conv(
                     m, keep(outs) if outs else None, keep(ins) if ins is not None else None
                 )
             elif _is_depthwise(m):
-                k = keep(ch)
-                new = nn.Conv2d(
-                    len(k),
-                    len(k),
-                    m.kernel_size,
-                    m.stride,
-                    m.padding,
-                    m.dilation,
-                    groups=len(k),
-                    bias=m.bias is not None,
-                    padding_mode=m.padding_mode,
-                )
-                new.weight.data = m.weight.data[k].clone()
-                if m.bias is not None:
-                    new.bias.data = m.bias.data[k].clone()
+                new = slice_conv(m, keep(ch))
             elif isinstance(m, nn.BatchNorm2d):
                 k = keep(ch)
                 new = copy.deepcopy(m)
@@ -370,7 +343,7 @@ class ChannelGraph:
                 continue
             first = next(m.parameters(), None)
             new.requires_grad_(first is not None and first.requires_grad)
-            _set(out, name, new)
+            set_module(out, name, new)
         for buf, (_, atoms) in self._consts.items():
             t = getattr(out, buf)
             setattr(out, buf, t[:, keep(atoms)].clone())
@@ -397,34 +370,6 @@ def _nodes_in(args) -> list[fx.Node]:
     found: list[fx.Node] = []
     fx.node.map_arg(args, lambda n: found.append(n))
     return found
-
-
-def _sliced_conv(m: nn.Conv2d, out_keep, in_keep) -> nn.Conv2d:
-    w = m.weight.data
-    if out_keep is not None:
-        w = w[out_keep]
-    if in_keep is not None:
-        w = w[:, in_keep]
-    new = nn.Conv2d(
-        w.shape[1],
-        w.shape[0],
-        m.kernel_size,
-        m.stride,
-        m.padding,
-        m.dilation,
-        bias=m.bias is not None,
-        padding_mode=m.padding_mode,
-    )
-    new.weight.data = w.clone()
-    if m.bias is not None:
-        b = m.bias.data
-        new.bias.data = (b[out_keep] if out_keep is not None else b).clone()
-    return new
-
-
-def _set(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, leaf, new)
 
 
 @dataclass

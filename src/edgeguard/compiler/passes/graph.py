@@ -7,6 +7,7 @@ from torch import fx, nn
 
 from ...masks import drop_mask, mask_of
 from ...masks import masked_weight as effective_weight
+from ...models.surgery import set_module
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -32,12 +33,6 @@ def shared(gm: fx.GraphModule, node: fx.Node) -> bool:
     if node.op != "call_module":
         return False
     return len(gm.graph.find_nodes(op="call_module", target=node.target)) > 1
-
-
-def set_module(root: nn.Module, name: str, new: nn.Module) -> None:
-    """Replace the submodule ``name`` (dotted path) of ``root`` by ``new``."""
-    parent, _, leaf = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, leaf, new)
 
 
 def materialise_mask(m: nn.Module) -> None:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from ...models.surgery import slice_conv
 from .graph import BATCHNORMS, CONVS, effective_weight, module_of, set_module, shared
 from .hard_swish import hard_swish_scaled
 
@@ -148,30 +149,6 @@ def _constant_through(gm: fx.GraphModule, chain: list[fx.Node], v: torch.Tensor)
     return x.view(-1)
 
 
-def _slice_conv(conv: nn.Module, out_keep=None, in_keep=None) -> nn.Module:
-    w = effective_weight(conv)
-    b = conv.bias.detach() if conv.bias is not None else None
-    if out_keep is not None:
-        w, b = w[out_keep], (b[out_keep] if b is not None else None)
-    if in_keep is not None:
-        w = w[:, in_keep]
-    new = type(conv)(
-        w.shape[1],
-        w.shape[0],
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
-        1,
-        b is not None,
-        conv.padding_mode,
-    )
-    new.weight.data = w.contiguous()
-    if b is not None:
-        new.bias.data = b.clone()
-    return new.train(conv.training)
-
-
 # Kept channel counts are rounded up to a multiple of this (when the layer had one): runtimes'
 # blocked layouts (oneDNN, ONNX Runtime's NCHWc) fall back to slower paths on other counts
 # (docs/compiler.md, design decisions).
@@ -237,7 +214,7 @@ def shrink(gm: fx.GraphModule) -> dict[str, tuple[int, int]]:
         bias = conv.bias.detach() if conv.bias is not None else torch.zeros(nf)
         value = _constant_through(gm, chain, torch.where(dead, bias, torch.zeros_like(bias)))
         fix = remove & ~unused & (value != 0)  # removed channels the consumer still reads
-        set_module(gm, node.target, _slice_conv(conv, out_keep=keep))
+        set_module(gm, node.target, slice_conv(conv, out_keep=keep))
         for n in chain:
             m = module_of(gm, n)
             if isinstance(m, ConstantChannelField):
@@ -251,7 +228,7 @@ def shrink(gm: fx.GraphModule) -> dict[str, tuple[int, int]]:
                 m.running_var = m.running_var[keep]
                 m.num_features = len(keep)
         if kind == "conv":
-            set_module(gm, consumer.target, _slice_conv(cm, in_keep=keep))
+            set_module(gm, consumer.target, slice_conv(cm, in_keep=keep))
             if fix.any():
                 field = ConstantChannelField(cw[:, fix], value[fix], cm)
                 name = consumer.target.replace(".", "_") + "_removed_channels"
