@@ -5,6 +5,7 @@ it, and the output buffer kept between calls."""
 from __future__ import annotations
 
 import ctypes
+import math
 
 import torch
 from torch import nn
@@ -79,9 +80,7 @@ OUTPUT_SLACK = 1024
 
 def kernel_output(shape: tuple[int, ...]) -> torch.Tensor:
     """An uninitialised float32 tensor of ``shape`` followed by :data:`OUTPUT_SLACK` zeros."""
-    n = 1
-    for d in shape:
-        n *= d
+    n = math.prod(shape)
     flat = torch.empty(n + OUTPUT_SLACK)
     flat[n:].zero_()
     return flat[:n].view(shape)

@@ -26,7 +26,7 @@ from .passes import (
     shrink,
 )
 from .passes.graph import materialise_mask, set_module
-from .passes.inplace import inplace_adds
+from .passes.inplace import compute_into_kernel_outputs
 from .passes.lowering import LINEAR_MIN_WEIGHTS, lower, lower_conv
 from .passes.pool_fusion import FUSE_POOL_MIN_BYTES, fuse_pools
 from .sparse_conv import PRECISIONS, SparseConv
@@ -135,7 +135,7 @@ def compile_model(
     fold_batchnorm(gm)
     shrunk = shrink(gm) if shrink_channels else {}
     decisions = lower(gm, be, max_density, mrs, linear_mr, nv, shrunk, orig_density, orig_numel)
-    inplace_adds(gm)
+    compute_into_kernel_outputs(gm)
     for m in gm.modules():
         if isinstance(m, SparseConv):
             m.precision = precision

@@ -1,6 +1,7 @@
 """Graph passes of the compiler, in the order :func:`edgeguard.compiler.compile_model` runs them:
-identities out, hard-swish chains fused, BatchNorm folded, channels shrunk, layers lowered to kernels (ReLU fused), max
-pools fused into the CPU convs before them (once the input size is known)."""
+identities out, hard-swish chains fused, BatchNorm folded, channels shrunk, layers lowered to
+kernels (ReLU fused), sums and products computed into kernel outputs, max pools fused into the CPU
+convs before them (once the input size is known)."""
 
 from .bn_fold import fold_batchnorm
 from .graph import BATCHNORMS, CONVS, effective_weight, materialise_mask, module_of, set_module

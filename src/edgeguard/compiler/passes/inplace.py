@@ -53,7 +53,7 @@ def _fresh(u: fx.Node) -> bool:
     return u.op == "call_method" and u.target in ("mean", "sum", "amax")
 
 
-def inplace_adds(gm: fx.GraphModule) -> int:
+def compute_into_kernel_outputs(gm: fx.GraphModule) -> int:
     """Rewrite ``a + b`` / ``a * b`` into :func:`add_into` / :func:`mul_into` where ``a`` or ``b``
     is the output of a kernel module that no node after this one reads (and no graph output);
     returns how many."""
