@@ -52,9 +52,8 @@ class GradualPruner(Pruner):
         self.epochs_done = epoch + 1
         share = self.share(self.epochs_done)
         masks = {
-            name: self.scheme.mask(layer.weight.detach(), rate * share).cpu()
+            name: self.scheme.mask(layer.weight.detach(), self.target_rates[name] * share).cpu()
             for name, layer in self.layers.items()
-            for rate in (self.target_rates[name],)
         }
         attach_masks(model, masks)
         metrics["gradual_share"] = share
