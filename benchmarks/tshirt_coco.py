@@ -60,6 +60,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=4, help="photos per step")
     ap.add_argument("--ensemble-steps", type=int, default=200, help="steps of the two ensembles")
+    ap.add_argument(
+        "--ensemble-kappa",
+        type=float,
+        default=0.1,
+        help="margin below the threshold past which a person stops pulling, for the two ensembles "
+        "(a hinge: each detector's loss then tracks the persons it still finds, which is what the "
+        "min-max weights should follow)",
+    )
     ap.add_argument("--zo-queries", type=int, default=5000)
     ap.add_argument("--samples", type=int, default=4, help="held-out draws per person")
     ap.add_argument("--folds", type=int, default=1, help="1: one held-out split (30%%)")
@@ -140,11 +148,15 @@ def main() -> None:
             ("ZO (NanoDet, outputs only)", zo_patch),
             (
                 "min-max (CenterNet+NanoDet)",
-                lambda: train(both, weighting="minmax", steps=args.ensemble_steps),
+                lambda: train(
+                    both, weighting="minmax", steps=args.ensemble_steps, kappa=args.ensemble_kappa
+                ),
             ),
             (
                 "uniform (CenterNet+NanoDet)",
-                lambda: train(both, weighting="average", steps=args.ensemble_steps),
+                lambda: train(
+                    both, weighting="average", steps=args.ensemble_steps, kappa=args.ensemble_kappa
+                ),
             ),
         ]
         if args.jobs:
