@@ -107,15 +107,38 @@ def channel_job(det, job: str, target: float, images, held_out, cfg: TrainConfig
     }
 
 
+def pruner_option(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with VALUE an int, a float or a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--pruner-options takes KEY=VALUE, got {text!r}")
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    return key, value
+
+
 def edgeguard_job(
-    det, job: str, target: float, images, held_out, cfg, reg, workdir, every, feature_weight
+    det,
+    job: str,
+    target: float,
+    images,
+    held_out,
+    cfg,
+    reg,
+    workdir,
+    every,
+    feature_weight,
+    options,
 ) -> dict:
     scheme, method = job.split(":")
     t0 = time.perf_counter()
     curve = []
     out = prune_detector(
         det,
-        get_pruner(method, scheme),
+        get_pruner(method, scheme, **options),
         images,
         held_out,
         flops_reduction=target,
@@ -128,6 +151,8 @@ def edgeguard_job(
     seconds = sum(e["seconds"] for e in out.history)
     return {
         "job": job,
+        "options": options,
+        "rates": {n: round(r, 3) for n, r in out.rates.items()},
         "reduction": round(out.flops.reduction, 3),
         "ap_dense": round(out.accuracy_dense, 4),
         "ap_pruned": round(out.accuracy_pruned, 4),
@@ -157,6 +182,13 @@ def main() -> None:
     ap.add_argument(
         "--feature-weight", type=float, default=0.0, help="feature distillation on pruned layers"
     )
+    ap.add_argument(
+        "--pruner-options",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="options of the pruners (e.g. ramp_epochs=10 exponent=1 criterion=output-error)",
+    )
     ap.add_argument("--ap-every", type=int, default=2, help="held-out AP50 every N epochs")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--lr", type=float, default=2e-5, help="Adam; 5e-4 wrecks the pretrained graph")
@@ -165,6 +197,7 @@ def main() -> None:
     ap.add_argument("--workdir", default="runs/prune_detectors")
     ap.add_argument("--out", default=None, help="JSON of the results (default: beside workdir)")
     args = ap.parse_args()
+    options = dict(pruner_option(o) for o in args.pruner_options)
 
     seed_everything(args.seed)
     photos = load_persons(data_root() / "persons")
@@ -196,6 +229,7 @@ def main() -> None:
                 work,
                 args.ap_every,
                 args.feature_weight,
+                options,
             )
         print(json.dumps(row))
         rows.append(row)
