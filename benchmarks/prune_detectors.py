@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from edgeguard.cli.common import kv
 from edgeguard.data import UnlabeledImages
 from edgeguard.data.persons import load_persons
 from edgeguard.engine import TrainConfig, fit, seed_everything
@@ -107,19 +108,6 @@ def channel_job(det, job: str, target: float, images, held_out, cfg: TrainConfig
     }
 
 
-def pruner_option(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` with VALUE an int, a float or a string."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise SystemExit(f"--pruner-options takes KEY=VALUE, got {text!r}")
-    for kind in (int, float):
-        try:
-            return key, kind(value)
-        except ValueError:
-            pass
-    return key, value
-
-
 def edgeguard_job(
     det,
     job: str,
@@ -197,7 +185,7 @@ def main() -> None:
     ap.add_argument("--workdir", default="runs/prune_detectors")
     ap.add_argument("--out", default=None, help="JSON of the results (default: beside workdir)")
     args = ap.parse_args()
-    options = dict(pruner_option(o) for o in args.pruner_options)
+    options = kv(args.pruner_options)
 
     seed_everything(args.seed)
     photos = load_persons(data_root() / "persons")
