@@ -63,10 +63,10 @@ def main() -> None:
     ap.add_argument(
         "--ensemble-kappa",
         type=float,
-        default=0.1,
+        default=1.0,
         help="margin below the threshold past which a person stops pulling, for the two ensembles "
-        "(a hinge: each detector's loss then tracks the persons it still finds, which is what the "
-        "min-max weights should follow)",
+        "(1.0, the trainer's default: never, scores are in [0, 1]; 0.1 was tried as a hinge and "
+        "made the min-max patch weaker, docs/benchmarks.md)",
     )
     ap.add_argument("--zo-queries", type=int, default=5000)
     ap.add_argument("--samples", type=int, default=4, help="held-out draws per person")
