@@ -180,6 +180,12 @@ def main() -> None:
     ap.add_argument("--ap-every", type=int, default=2, help="held-out AP50 every N epochs")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--lr", type=float, default=2e-5, help="Adam; 5e-4 wrecks the pretrained graph")
+    ap.add_argument(
+        "--optimizer",
+        default="adam",
+        choices=["adam", "adam-relative", "sgd"],
+        help="adam-relative: each filter's step scaled by its RMS (lr is then a relative change)",
+    )
     ap.add_argument("--copies", type=int, default=1, help="augmented draws per photo and epoch")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default="runs/prune_detectors")
@@ -193,7 +199,12 @@ def main() -> None:
     det = get_detector(args.detector)
     images = UnlabeledImages.from_photos(train, det.input_size, copies=args.copies)
     cfg = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch, lr=args.lr, seed=args.seed, progress=True
+        epochs=args.epochs,
+        batch_size=args.batch,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        seed=args.seed,
+        progress=True,
     )
     reg = replace(cfg, epochs=args.reg_epochs) if args.reg_epochs > 0 else None
     print(

@@ -148,7 +148,7 @@ def add_train_args(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
     p.add_argument("--epochs", type=int_in(1), default=epochs)
     p.add_argument("--batch-size", type=int_in(1), default=32)
     p.add_argument("--lr", type=POSITIVE, default=lr)
-    p.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
+    p.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "adam-relative", "sgd"])
     p.add_argument("--weight-decay", type=NONNEG, default=0.0)
     p.add_argument("--amp", action="store_true", help="mixed precision (bf16 on CPU, fp16 on CUDA)")
     p.add_argument("--device", default="auto")

@@ -10,6 +10,9 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .optim import RelativeAdam
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "adam-relative")
 
 
 @dataclass
@@ -19,7 +22,9 @@ class TrainConfig:
     Attributes:
         epochs: number of passes over the training set (>= 1).
         batch_size: per-process batch size.
-        lr: learning rate; optimizer: "sgd" (momentum 0.9, nesterov) or "adam" / "adamw".
+        lr: learning rate; optimizer: "sgd" (momentum 0.9, nesterov), "adam" / "adamw", or
+            "adam-relative" (each filter's step scaled by its RMS: ``lr`` is a relative change per
+            step; for batch-norm-folded networks, :mod:`.optim`).
         weight_decay: L2 weight decay.
         scheduler: "cosine" (per epoch, to 0) or "none".
         amp: mixed precision (bfloat16 autocast on CPU, float16 + grad scaling on CUDA).
@@ -52,8 +57,10 @@ class TrainConfig:
             raise ConfigError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
         if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
-        if self.optimizer not in ("sgd", "adam", "adamw"):
-            raise ConfigError(f"optimizer must be 'sgd', 'adam' or 'adamw', got {self.optimizer!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(
+                f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
+            )
         if self.scheduler not in ("cosine", "none"):
             raise ConfigError(f"scheduler must be 'cosine' or 'none', got {self.scheduler!r}")
         if not (
@@ -91,6 +98,8 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
         return torch.optim.SGD(
             params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay
         )
+    if cfg.optimizer == "adam-relative":
+        return RelativeAdam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
     return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
