@@ -36,8 +36,9 @@ from edgeguard.prune import (
     get_pruner,
     prune_detector,
 )
+from edgeguard.prune.importance import InputStatistics, output_error_masks
 from edgeguard.settings import data_root
-from edgeguard.sparsity import prune_channels
+from edgeguard.sparsity import attach_masks, get_scheme, prune_channels, prune_model
 from pruning_accuracy import torch_pruning_channels
 
 
@@ -108,6 +109,39 @@ def channel_job(det, job: str, target: float, images, held_out, cfg: TrainConfig
     }
 
 
+def one_shot_job(det, scheme: str, target: float, train, held_out, calibration: int = 16) -> dict:
+    """Hard-pruned AP50 (no fine-tuning) at ``target`` x fewer MACs: one uniform rate with the
+    smallest unit norms removed (``prune_model``) against units ranked over all layers by output
+    error, from input statistics of ``calibration`` training photos (``prune.importance``)."""
+    layers, _ = detector_layers(det)
+    shape = (1, 3, *det.input_size)
+    sch = get_scheme(scheme)
+    uniform = copy.deepcopy(det.net)
+    res = prune_model(uniform, sch, flops_reduction=target, input_shape=shape, layers=layers)
+    ranked = copy.deepcopy(det.net).train()
+    mods = dict(ranked.named_modules())
+    stats = InputStatistics({n: mods[n] for n in layers})
+    with torch.no_grad():
+        for photo in list(train)[:calibration]:
+            ranked(*det.prepare(photo.image[None].float() / 255))
+    stats.remove()
+    flops = count_flops(ranked, shape)
+    masks = output_error_masks(
+        {n: mods[n] for n in layers}, sch, stats, flops, flops.dense_macs * (1 - 1 / target)
+    )
+    attach_masks(ranked.eval(), masks)
+    return {
+        "job": f"one-shot:{scheme}",
+        "reduction": round(res.flops.reduction, 3),
+        "reduction_ranked": round(count_flops(ranked, shape).reduction, 3),
+        "ap_uniform_magnitude": round(detector_ap(det, held_out, uniform), 4),
+        "ap_output_error": round(detector_ap(det, held_out, ranked), 4),
+        "rates_output_error": {
+            n: round(float((~sch.units_of_mask(m)).float().mean()), 3) for n, m in masks.items()
+        },
+    }
+
+
 def edgeguard_job(
     det,
     job: str,
@@ -161,7 +195,8 @@ def main() -> None:
         nargs="+",
         default=["kgs:magnitude"],
         help="scheme:method pairs (e.g. kgs:magnitude filter:magnitude), channel:l2 (edgeguard's "
-        "dependency-aware channel pruning) and/or torch-pruning",
+        "dependency-aware channel pruning), torch-pruning, and/or one-shot:SCHEME (hard-pruned "
+        "AP50 only: uniform magnitude against output-error ranking)",
     )
     ap.add_argument("--epochs", type=int, default=3, help="distillation epochs over the photos")
     ap.add_argument(
@@ -214,7 +249,9 @@ def main() -> None:
     rows = []
     for job in args.jobs:
         work = Path(args.workdir) / args.detector / f"{job.replace(':', '-')}-{args.target:g}x"
-        if job in ("torch-pruning", "channel:l2"):
+        if job.startswith("one-shot:"):
+            row = one_shot_job(det, job.split(":", 1)[1], args.target, train, held_out)
+        elif job in ("torch-pruning", "channel:l2"):
             row = channel_job(det, job, args.target, images, held_out, cfg, args.ap_every)
         else:
             row = edgeguard_job(
