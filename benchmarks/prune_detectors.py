@@ -154,6 +154,7 @@ def edgeguard_job(
     every,
     feature_weight,
     options,
+    classes,
 ) -> dict:
     scheme, method = job.split(":")
     t0 = time.perf_counter()
@@ -169,6 +170,7 @@ def edgeguard_job(
         workdir=workdir,
         callbacks=[ap_curve(det, held_out, every, curve)],
         feature_weight=feature_weight,
+        classes=classes,
     )
     seconds = sum(e["seconds"] for e in out.history)
     return {
@@ -204,6 +206,14 @@ def main() -> None:
     )
     ap.add_argument(
         "--feature-weight", type=float, default=0.0, help="feature distillation on pruned layers"
+    )
+    ap.add_argument(
+        "--distill-classes",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="COCO_INDEX",
+        help="distil only these classes' scores (0: person); default all 80",
     )
     ap.add_argument(
         "--pruner-options",
@@ -266,6 +276,7 @@ def main() -> None:
                 args.ap_every,
                 args.feature_weight,
                 options,
+                args.distill_classes,
             )
         print(json.dumps(row))
         rows.append(row)

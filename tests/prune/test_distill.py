@@ -47,6 +47,32 @@ def test_centernet_loss_is_the_binary_kl_over_the_heat_mass_plus_weighted_box_l1
     assert abs(float(same)) < 1e-5
 
 
+def test_distilling_some_classes_reads_only_their_scores():
+    g = torch.Generator().manual_seed(2)
+    heat_t, heat_s = (torch.rand(1, 3, 2, 5, generator=g) * 0.9 + 0.05 for _ in range(2))
+    wh_t, wh_s = (torch.rand(1, 3, 2, 4, generator=g) * 20 for _ in range(2))
+    got = cn.CenterNetDetector.distillation_loss((heat_s, wh_s), (heat_t, wh_t), classes=[0])
+    w = heat_t[..., :1]
+    box = float(((wh_s - wh_t).abs() * w).sum() / (4 * w.sum()))
+    want = _binary_kl(heat_s[..., 0], heat_t[..., 0]) / max(float(w.sum()), 1.0) + 0.1 * box
+    assert float(got) == pytest.approx(want, rel=1e-4)
+    other = heat_s.clone()
+    other[..., 1:] = 0.5  # the other classes' scores change nothing
+    assert float(
+        cn.CenterNetDetector.distillation_loss((other, wh_s), (heat_t, wh_t), classes=[0])
+    ) == pytest.approx(float(got), rel=1e-6)
+    scores = [torch.rand(2, n, 80, generator=g) * 0.9 + 0.05 for n in (6, 3, 2)]
+    regs = [torch.randn(2, n, 4 * BINS, generator=g) for n in (6, 3, 2)]
+    moved = [s.clone() for s in scores]
+    for m in moved:
+        m[..., 1:] = torch.rand(m[..., 1:].shape, generator=g) * 0.9 + 0.05
+    t, st = (*scores, *regs), (*moved, *regs)
+    assert abs(float(NanoDetDetector.distillation_loss(st, t, classes=[0]))) < 1e-5
+    assert float(NanoDetDetector.distillation_loss(st, t)) > 0.1  # all 80 classes: they differ
+    with pytest.raises(SparsityError, match=r"in \[0, 79\]"):
+        DetectorDistillation(TinyCenterNet(), classes=[80])
+
+
 def test_nanodet_loss_is_zero_at_the_teacher_and_its_box_term_a_weighted_kl():
     g = torch.Generator().manual_seed(1)
     scores = [torch.rand(2, n, 80, generator=g) * 0.9 + 0.05 for n in (6, 3, 2)]

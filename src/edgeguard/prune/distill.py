@@ -5,7 +5,8 @@ network learns to reproduce its class scores and boxes on unlabeled photos.
 :func:`~edgeguard.prune.run_pruning` (so regularisation, hard pruning and fine-tuning, checkpoints,
 resume and progress come from the one pipeline); :func:`detector_ap` is its ``score``.  A detector
 takes part through two members: ``prepare(images)`` (photos in [0, 1] to the graph's input) and
-``distillation_loss(student_outputs, teacher_outputs)`` (see the CenterNet and NanoDet detectors).
+``distillation_loss(student_outputs, teacher_outputs, classes=None)`` (see the CenterNet and NanoDet
+detectors).
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ class DetectorDistillation:
     student has the teacher's shapes, so its pruned convs can be asked to reproduce the dense
     activations, as channel-pruning methods reconstruct each layer's output), each term the
     squared error divided by the teacher activation's mean square, averaged over the layers and
-    scaled by ``feature_weight``."""
+    scaled by ``feature_weight``.  ``classes``: match only these classes' scores (COCO indices,
+    person = 0; default all 80): a pruned person detector keeps its capacity for people."""
 
     def __init__(
         self,
@@ -65,6 +67,7 @@ class DetectorDistillation:
         teacher: nn.Module | None = None,
         features: Sequence[str] = (),
         feature_weight: float = 1.0,
+        classes: Sequence[int] | None = None,
     ) -> None:
         _check_distillable(detector)
         self.detector = detector
@@ -78,6 +81,11 @@ class DetectorDistillation:
         if feature_weight < 0:
             raise SparsityError(f"feature_weight must be >= 0, got {feature_weight}")
         self.features, self.feature_weight = list(features), float(feature_weight)
+        if classes is not None:
+            classes = [int(c) for c in classes]
+            if not classes or min(classes) < 0 or max(classes) >= 80:
+                raise SparsityError(f"classes must be COCO class indices in [0, 79], got {classes}")
+        self.classes = classes
 
     def _run(self, net: nn.Module, inputs) -> tuple[object, list[torch.Tensor]]:
         """The network's outputs and the outputs of ``self.features`` (hooks live for one call)."""
@@ -98,7 +106,7 @@ class DetectorDistillation:
         student, s_feats = self._run(net, inputs)
         with torch.no_grad():
             teacher, t_feats = self._run(self.teacher, inputs)
-        loss = self.detector.distillation_loss(student, teacher)
+        loss = self.detector.distillation_loss(student, teacher, classes=self.classes)
         if self.features and self.feature_weight > 0:
             terms = [
                 (s - t).pow(2).mean() / t.pow(2).mean().clamp_min(1e-8)
@@ -182,6 +190,7 @@ def prune_detector(
     layers: list[str] | None = None,
     callbacks=(),
     feature_weight: float = 0.0,
+    classes: Sequence[int] | None = None,
 ) -> PruningOutcome:
     """Prune ``detector``'s graph with ``pruner`` (to ``flops_reduction`` x fewer MACs at the
     detector's input size, or to ``rates``) and fine-tune it by distillation from the dense graph
@@ -189,7 +198,8 @@ def prune_detector(
     :class:`~edgeguard.data.UnlabeledImages`); AP50 on the ``held_out`` photos is the score of each
     stage (``accuracy_*`` of the outcome).  ``layers``: default :func:`detector_layers` (the
     layers it leaves dense are logged).  ``feature_weight > 0`` adds feature distillation on the
-    outputs of the pruned layers (see :class:`DetectorDistillation`).  The detector itself is left
+    outputs of the pruned layers and ``classes`` restricts the matched scores (see
+    :class:`DetectorDistillation`).  The detector itself is left
     as it is: the pruned graph is
     ``outcome.model`` (``with_net(detector, outcome.model)`` detects with it)."""
     _check_distillable(detector)
@@ -213,7 +223,9 @@ def prune_detector(
         resume=resume,
         copy_model=False,
         layers=layers,
-        loss_fn=DetectorDistillation(detector, features=layers, feature_weight=feature_weight),
+        loss_fn=DetectorDistillation(
+            detector, features=layers, feature_weight=feature_weight, classes=classes
+        ),
         score=lambda m: detector_ap(detector, held_out, m),
         callbacks=callbacks,
     )

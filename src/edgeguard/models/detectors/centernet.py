@@ -11,6 +11,8 @@ the threshold, merged by NMS at IoU 0.4.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -48,13 +50,17 @@ class CenterNetDetector(PersonDetector):
         student: tuple[torch.Tensor, ...],
         teacher: tuple[torch.Tensor, ...],
         box_weight: float = 0.1,
+        classes: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """Label-free loss matching the graph's outputs to a teacher's (0 when they are equal):
-        the binary KL divergence of the 80 class heatmaps from the teacher's, summed and divided by
-        the teacher's heat mass (CenterNet normalises by the object count), plus ``box_weight`` times
-        the L1 distance of the box sides (512-px units), weighted per cell by the teacher's
-        highest class probability."""
+        the binary KL divergence of the 80 class heatmaps (or of ``classes`` only, COCO indices,
+        person = 0) from the teacher's, summed and divided by the teacher's heat mass (CenterNet
+        normalises by the object count), plus ``box_weight`` times the L1 distance of the box
+        sides (512-px units), weighted per cell by the teacher's highest probability of those
+        classes."""
         (heat_s, wh_s), (heat_t, wh_t) = student, teacher
+        if classes is not None:
+            heat_s, heat_t = heat_s[..., list(classes)], heat_t[..., list(classes)]
         kl = binary_kl_sum(heat_s, heat_t)
         mass = heat_t.sum().clamp_min(1.0)
         w = heat_t.amax(-1, keepdim=True)

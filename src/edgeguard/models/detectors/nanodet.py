@@ -11,6 +11,8 @@ those at or above the threshold, merged by NMS at IoU 0.6.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from .base import Detections, PersonDetector, binary_kl_sum, check_unit_images
@@ -57,13 +59,19 @@ class NanoDetDetector(PersonDetector):
         student: tuple[torch.Tensor, ...],
         teacher: tuple[torch.Tensor, ...],
         box_weight: float = 1.0,
+        classes: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """Label-free loss matching the graph's outputs to a teacher's (0 when they are equal): the
-        binary KL divergence of the 80 class scores of every level from the teacher's, divided by
-        the teacher's score mass, plus ``box_weight`` times the KL divergence of each box side's
-        11-bin distribution from the teacher's (localisation distillation), weighted per location
-        by the teacher's highest class score."""
+        binary KL divergence of the 80 class scores (or of ``classes`` only, COCO indices, person
+        = 0) of every level from the teacher's, divided by the teacher's score mass, plus
+        ``box_weight`` times the KL divergence of each box side's 11-bin distribution from the
+        teacher's (localisation distillation), weighted per location by the teacher's highest
+        score of those classes."""
         eps = 1e-6
+        if classes is not None:
+            pick = list(classes)
+            student = tuple(s[..., pick] for s in student[:3]) + tuple(student[3:])
+            teacher = tuple(t[..., pick] for t in teacher[:3]) + tuple(teacher[3:])
         bce, mass, kl, weight = 0.0, 0.0, 0.0, 0.0
         for s, t in zip(student[:3], teacher[:3], strict=True):
             bce = bce + binary_kl_sum(s, t, eps)
