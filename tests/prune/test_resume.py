@@ -26,6 +26,7 @@ OPTIONS = {
     "admm": {"rho": 1e-2},
     "primal-proximal": {"rho": 1e-2},
     "gradual": {"ramp_epochs": 2},
+    "gradual output-error": {"ramp_epochs": 2, "criterion": "output-error"},
 }
 
 
@@ -44,7 +45,7 @@ def dense():
 def _prune(dense, method: str, workdir: Path, resume: bool = False):
     return run_pruning(
         dense,
-        get_pruner(method, **OPTIONS[method]),
+        get_pruner(method.split()[0], **OPTIONS[method]),
         digits(True),
         digits(False),
         SHAPE,
