@@ -24,8 +24,8 @@ def points(paths: list[Path]) -> dict[str, list[tuple[float, float, str, str]]]:
         det = record.get("meta", {}).get("args", {}).get("detector")
         det = det or ("nanodet" if "nanodet" in path.stem else "centernet")
         for row in record.get("rows", []):
-            if not row or row.get("reduction") is None:
-                continue
+            if not row or row.get("reduction") is None or "ap_finetuned" not in row:
+                continue  # one-shot comparisons: nothing was distilled
             final = row.get("ap_finetuned") or 0.0
             out.setdefault(det, []).append((row["reduction"], final, row["job"], path.stem))
     return out
