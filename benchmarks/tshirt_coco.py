@@ -71,6 +71,14 @@ def main() -> None:
     ap.add_argument("--zo-queries", type=int, default=5000)
     ap.add_argument("--samples", type=int, default=4, help="held-out draws per person")
     ap.add_argument("--folds", type=int, default=1, help="1: one held-out split (30%%)")
+    ap.add_argument(
+        "--only-fold",
+        type=int,
+        default=None,
+        metavar="K",
+        help="with --folds N: run fold K (1..N) alone (folds run as separate processes; "
+        "results.json keeps each fold's per-wearer counts under 'parts' for pooling)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--jobs",
@@ -114,6 +122,10 @@ def main() -> None:
     )
     limit = 24 if args.quick else None
     folds = [None] if args.folds == 1 else [(i, args.folds) for i in range(args.folds)]
+    if args.only_fold is not None:
+        if not 1 <= args.only_fold <= args.folds or args.folds == 1:
+            raise SystemExit(f"--only-fold takes 1..{args.folds} with --folds >= 2")
+        folds = [folds[args.only_fold - 1]]
     results: dict[tuple[str, str, str], list[ASR]] = {}
     zo_curve: dict[int, list[ASR]] = {}
     timing = {}
@@ -253,6 +265,27 @@ def _write(out: Path, args, results, zo_curve, timing):
                 "95% CI": f"{100 * lo:.1f}-{100 * hi:.1f}",
             }
         )
+    parts = [
+        {
+            "condition": cond,
+            "patch": p,
+            "detector": d,
+            "folds": [
+                {
+                    "attacked": a.attacked,
+                    "hidden": a.hidden,
+                    "clean_detected": a.clean_detected,
+                    "persons": a.persons,
+                    "per_person": None if a.per_person is None else a.per_person.tolist(),
+                }
+                for a in found
+            ],
+        }
+        for (cond, p, d), found in [
+            *results.items(),
+            *((("digital", f"ZO at {q} queries", "nanodet"), v) for q, v in zo_curve.items()),
+        ]
+    ]
     record = {
         "date": str(date.today()),
         "machine": platform.processor() or platform.machine(),
@@ -261,6 +294,7 @@ def _write(out: Path, args, results, zo_curve, timing):
         "rows": rows,
         "zo_curve": curve,
         "timing": timing,
+        "parts": parts,
     }
     (out / "results.json").write_text(json.dumps(record, indent=1))
     return rows, curve
