@@ -97,7 +97,18 @@ def main() -> None:
     )
     ap.add_argument("--quick", action="store_true", help="a few photos (smoke run)")
     ap.add_argument("--out", default="runs/bench/tshirt_coco")
+    ap.add_argument(
+        "--pool",
+        nargs="+",
+        type=Path,
+        metavar="RESULTS",
+        help="only pool the 'parts' of results.json files of --only-fold runs (one row per "
+        "condition, patch and detector over every fold found) and print the table",
+    )
     args = ap.parse_args()
+    if args.pool:
+        print_pooled(args.pool)
+        return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.manual_seed(args.seed)
     out = Path(args.out)
@@ -234,6 +245,37 @@ def main() -> None:
         print(
             f"speed: {timing['centernet steps/s']:.2f} CenterNet training steps/s (batch "
             f"{args.batch} photos)"
+        )
+
+
+def print_pooled(paths: list[Path]) -> None:
+    """The rows of several fold runs pooled over wearers (each fold's per-wearer counts)."""
+    found: dict[tuple[str, str, str], list[ASR]] = {}
+    for path in paths:
+        record = json.loads(path.read_text())
+        if "parts" not in record:
+            raise SystemExit(f"{path} has no 'parts' (written before --only-fold existed)")
+        for part in record["parts"]:
+            key = (part["condition"], part["patch"], part["detector"])
+            for f in part["folds"]:
+                pp = f["per_person"]
+                found.setdefault(key, []).append(
+                    ASR(
+                        f["attacked"],
+                        f["hidden"],
+                        f["clean_detected"],
+                        f["persons"],
+                        None if pp is None else torch.tensor(pp),
+                    )
+                )
+    print("| condition | patch | detector | ASR % | 95% CI | found clean / wearers | folds |")
+    print("|---|---|---|---|---|---|---|")
+    for (cond, p, d), parts in found.items():
+        a = ASR.pooled(parts)
+        lo, hi = a.interval()
+        print(
+            f"| {cond} | {p} | {d} | {100 * a.rate:.1f} | {100 * lo:.1f}-{100 * hi:.1f} | "
+            f"{a.clean_detected} / {a.persons} | {len(parts)} |"
         )
 
 
