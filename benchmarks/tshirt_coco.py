@@ -230,13 +230,7 @@ def main() -> None:
         run_fold(study, tag)
 
     rows, curve = _write(out, args, results, zo_curve, timing)
-    print("| condition | patch | detector | ASR % | 95% CI | found clean / wearers |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['condition']} | {r['patch']} | {r['detector']} | {r['ASR %']} | {r['95% CI']} | "
-            f"{r['wearers found clean']} / {r['wearers']} |"
-        )
+    print_table(rows)
     print(
         "\nZO vs NanoDet (outputs only): "
         + ", ".join(f"{c['queries']} queries {c['ASR %']}% [{c['95% CI']}]" for c in curve)
@@ -268,19 +262,12 @@ def print_pooled(paths: list[Path]) -> None:
                         None if pp is None else torch.tensor(pp),
                     )
                 )
-    print("| condition | patch | detector | ASR % | 95% CI | found clean / wearers | folds |")
-    print("|---|---|---|---|---|---|---|")
-    for (cond, p, d), parts in found.items():
-        a = ASR.pooled(parts)
-        lo, hi = a.interval()
-        print(
-            f"| {cond} | {p} | {d} | {100 * a.rate:.1f} | {100 * lo:.1f}-{100 * hi:.1f} | "
-            f"{a.clean_detected} / {a.persons} | {len(parts)} |"
-        )
+    print_table(pooled_rows(found))
 
 
-def _write(out: Path, args, results, zo_curve, timing):
-    """Pool the folds and write results.json (after every patch: a cut run keeps what it has)."""
+def pooled_rows(results: dict[tuple[str, str, str], list[ASR]]) -> list[dict]:
+    """One row per (condition, patch, detector): its folds pooled over wearers, with the 95 %
+    bootstrap interval."""
     rows = []
     for (cond, p, d), parts in results.items():
         a = ASR.pooled(parts)
@@ -296,6 +283,22 @@ def _write(out: Path, args, results, zo_curve, timing):
                 "wearers": a.persons,
             }
         )
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    print("| condition | patch | detector | ASR % | 95% CI | found clean / wearers |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['condition']} | {r['patch']} | {r['detector']} | {r['ASR %']} | {r['95% CI']} | "
+            f"{r['wearers found clean']} / {r['wearers']} |"
+        )
+
+
+def _write(out: Path, args, results, zo_curve, timing):
+    """Pool the folds and write results.json (after every patch: a cut run keeps what it has)."""
+    rows = pooled_rows(results)
     curve = []
     for q, parts in sorted(zo_curve.items()):
         a = ASR.pooled(parts)

@@ -112,8 +112,8 @@ class GradualPruner(Pruner):
         metrics["gradual_share"] = share
 
     def final_masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        if self.criterion == "magnitude":
-            return super().final_masks(model)
+        if self.stats is None:
+            return self._masks(1.0)
         if not self.stats.ready():
             raise SparsityError(
                 "criterion 'output-error' ranks units by statistics of training epochs: give "

@@ -6,8 +6,8 @@ batch norms were folded into its convolutions (every deployed MobileNet) input c
 RMS by 10-100x, and a small weight on a loud channel matters more than a large one on a quiet
 channel.  With ``E[x_c^2]`` the mean square of input channel ``c`` (over samples and positions),
 removing unit ``u`` changes its filters' outputs by about ``sum_{w in u} w^2 E[x_c(w)^2]`` in
-square sum (exact when input channels are uncorrelated; the diagonal of the inputs' second moment, as in
-Optimal Brain Damage or Wanda, Sun et al. 2023).  Divided by the layer's output mean square this is
+square sum (exact when input channels are uncorrelated; the diagonal of the inputs' second moment,
+as in Optimal Brain Damage or Wanda, Sun et al. 2023).  Divided by the layer's output mean square this is
 a relative error, comparable across layers, so one ranking over all layers (error per removed MAC)
 chooses the per-layer rates too.
 """
@@ -129,23 +129,20 @@ def output_error_masks(
         raise SparsityError(
             "no input statistics yet: the layers must run (in training mode) before units are ranked"
         )
-    costs, macs, owner = [], [], []
-    for i, (name, m) in enumerate(layers.items()):
+    costs, macs, kept = [], [], []
+    for name, m in layers.items():
         lay = scheme.layout(m.weight.shape)
         err = unit_output_errors(
             m.weight, scheme, stats.input_mean_square(name), stats.output_mean_square(name)
         )
         unit_macs = lay.sizes.double() * (by_name[name].dense_macs / m.weight.numel())
-        costs.append(err.double() / unit_macs.clamp_min(1e-12))
+        cost = err.double() / unit_macs.clamp_min(1e-12)
+        last = torch.zeros_like(cost, dtype=torch.bool)
+        last[cost.argmax()] = True  # each layer's most costly unit stays: no layer is emptied
+        costs.append(cost)
         macs.append(unit_macs)
-        owner.append(torch.full((lay.num_units,), i))
-    cost, mac, own = torch.cat(costs), torch.cat(macs), torch.cat(owner)
-    # keep each layer's most costly unit: a layer is never emptied
-    last = torch.zeros_like(cost, dtype=torch.bool)
-    start = 0
-    for c in costs:
-        last[start + int(c.argmax())] = True
-        start += len(c)
+        kept.append(last)
+    cost, mac, last = torch.cat(costs), torch.cat(macs), torch.cat(kept)
     if float(mac[~last].sum()) < remove_macs:
         raise SparsityError(
             f"the pruned layers hold {float(mac[~last].sum()) / 1e6:.1f} removable MMACs, "
@@ -156,8 +153,9 @@ def output_error_masks(
         order = torch.argsort(cost.masked_fill(last, float("inf")), stable=True)
         taken = int((mac[order].cumsum(0) < remove_macs).sum()) + 1
         removed[order[:taken]] = True
-    masks = {}
-    for i, (name, m) in enumerate(layers.items()):
-        keep = ~removed[own == i]
-        masks[name] = scheme.mask_from_units(tuple(m.weight.shape), keep)
+    per_layer = removed.split([len(c) for c in costs])
+    masks = {
+        name: scheme.mask_from_units(tuple(m.weight.shape), ~gone)
+        for (name, m), gone in zip(layers.items(), per_layer, strict=True)
+    }
     return masks
