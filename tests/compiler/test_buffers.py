@@ -80,8 +80,8 @@ def test_direct_input_and_inplace_residual_equal_the_masked_model(scheme):
         torch.allclose(g, w, rtol=1e-4, atol=1e-4) for g, w in zip(second, want2, strict=True)
     )
     # b reads a's output (after the fused ReLU) in place: it keeps no input buffer of its own
-    assert all(inbuf is None for inbuf, _ in compiled.module.b._buffers_cpu.values())
-    assert all(inbuf is None for inbuf, _ in compiled.module.d._buffers_cpu.values())
+    assert all(c.inbuf is None for c in compiled.module.b._cpu_calls.values())
+    assert all(c.inbuf is None for c in compiled.module.d._cpu_calls.values())
 
 
 class SqueezeExcite(nn.Module):
@@ -122,4 +122,4 @@ def test_products_go_into_kernel_outputs_only_when_nothing_reads_them_later():
         assert all(
             torch.allclose(g, w, rtol=1e-4, atol=1e-4) for g, w in zip(got, want, strict=True)
         )
-    assert all(inbuf is None for inbuf, _ in compiled.module.project._buffers_cpu.values())
+    assert all(c.inbuf is None for c in compiled.module.project._cpu_calls.values())

@@ -166,7 +166,7 @@ def random_case(seed: int) -> tuple[nn.Module, torch.Tensor, str]:
             rate = rng.choice([0.3, 0.6, 0.9])
             if scheme.num_units(m.weight.shape) > 1:
                 m.weight *= scheme.mask(m.weight, rate)
-    x = torch.randn(rng.choice([1, 2]), 3, size, size)
+    x = torch.randn(rng.choice([1, 2, 8]), 3, size, size)  # 8: batch-last kernels
     return model.eval(), x, f"seed {seed}: {name} {opts}, steps {model.steps}, {model.output}"
 
 

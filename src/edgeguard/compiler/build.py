@@ -60,7 +60,7 @@ def build_kernels(compiled: CompiledModel, input_shape: tuple[int, ...], fuse: b
     for mod in layers:
         for shape in shapes.get(mod, []):  # none: not reached by this input
             src, order = mod.source(torch.empty(shape, device="meta"), target.vector_floats, target)
-            seen.append((mod, shape[1:], order))
+            seen.append((mod, mod.kernel_key(shape), order))
             sources.append(src)
     libs = build_many(sources, target)
     for (mod, shape, order), lib in zip(seen, libs, strict=True):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -10,12 +13,44 @@ from .calls import first_use
 from .errors import CompileError
 from .generated import has_slack, kernel_output
 from .layout import InputLayout
-from .plan import SparsePlan
+from .plan import ConvGeometry, SparsePlan
 
 MODES = ("cpu", "cuda", "torch")
 PRECISIONS = ("ieee", "tf32", "bf16")  # CUDA matmul operands: float32, TF32, bfloat16
 STANDARD_FORMS = ("auto", "gather", "conv")
 GATHER_MAX_DENSITY = 0.2  # "auto": gather form up to this share of the dense MACs
+# CPU: a 2-D layer runs batch-last (below) from this batch on, where its output plane has at most
+# BATCH_LAST_MAX_PLANE positions (docs/compiler.md, design decisions)
+BATCH_LAST_MIN_BATCH = 8
+BATCH_LAST_MAX_PLANE = 64
+
+
+class KernelView(NamedTuple):
+    """What a CPU kernel computes for one layer input shape: ``plan`` on the kernel's geometry,
+    its 5-D input ``shape``, the ``subsample`` stride taken first (pointwise strided convs),
+    whether it is :func:`batch_last_geometry`, and ``strides``: where the kernel's own fill reads
+    each of its input elements in the layer's input (a subsample or a transpose gathered by the
+    kernel; None: the input as given, or a copy Python makes first)."""
+
+    plan: SparsePlan
+    shape: tuple[int, ...]
+    subsample: tuple[int, int, int] | None
+    batch_last: bool
+    strides: tuple[int, int, int, int, int] | None
+
+
+def batch_last_geometry(g: ConvGeometry) -> ConvGeometry:
+    """A 2-D conv (depth 1) over ``[N, C, H, W]`` as the 3-D conv over ``[1, C, H, W, N]`` that
+    computes the same numbers: kernel ``(kh, kw, 1)``; its rows keep their ids
+    (``c * L + kh * KW + kw``), so the plan's blocks and panels are unchanged."""
+    return ConvGeometry(
+        g.in_channels,
+        g.out_channels,
+        (*g.kernel[1:], 1),
+        (*g.stride[1:], 1),
+        (*g.padding[1:], 0),
+        (*g.dilation[1:], 1),
+    )
 
 
 def dense_weight(plan: SparsePlan) -> torch.Tensor:
@@ -99,7 +134,9 @@ class SparseConv(nn.Module):
         self.form = "auto"  # standard-operator form: "gather", "conv" or "auto" (see standard_form)
         self._kernels: dict[tuple, object] = {}
         self.reuse_buffers = False
-        self._buffers_cpu: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        # per 5-D input shape: what a CPU call needs (kernel, layout, kept buffers): _CpuCall
+        self._cpu_calls: dict[tuple, _CpuCall] = {}
+        self._plans: dict[str, SparsePlan] = {}  # the plan on other geometries (_variant)
 
     # -- standard-operator path (fallback and ONNX) ------------------------------------------------
     def _pooled(self, out: torch.Tensor) -> torch.Tensor:
@@ -180,18 +217,78 @@ class SparseConv(nn.Module):
     def layout(self, x: torch.Tensor) -> InputLayout:
         return InputLayout(self.plan.geometry, tuple(x.shape[2:]))
 
+    def _pointwise_stride(self) -> tuple[int, int, int] | None:
+        """The stride of a 1 x 1 (x 1) unpadded strided conv: it reads only every ``s``-th input,
+        so the kernel takes that subsample at stride 1 instead of a phase split of the whole input."""
+        g = self.plan.geometry
+        if g.kernel == (1, 1, 1) and not any(g.padding) and g.stride != (1, 1, 1):
+            return g.stride
+        return None
+
+    def batch_last(self, shape: tuple[int, ...]) -> bool:
+        """Whether the CPU kernel takes the 5-D input ``shape`` (depth 1) batch-last: as one
+        sample ``[1, C, H, W, N]`` of :func:`batch_last_geometry`, so that a small output plane's
+        positions times the batch fill whole vectors (a 4 x 4 plane computed alone fills half of
+        a 32-position tile with real outputs).  The input and output are transposed around it;
+        1 x 1 convs, whose planes hold no padding columns, stay plain."""
+        n, _, d, h, w = shape
+        if not self.two_d or d != 1 or self.pool or n < BATCH_LAST_MIN_BATCH:
+            return False
+        if self.plan.geometry.kernel == (1, 1, 1):  # no padding columns to waste: plain is faster
+            return False
+        _, ho, wo = self.plan.geometry.output_size((1, h, w))
+        return ho * wo <= BATCH_LAST_MAX_PLANE
+
+    def _variant(self, name: str) -> SparsePlan:
+        """The plan on another geometry with the same rows: ``"sub"`` (a pointwise strided conv
+        at stride 1), ``"bl"`` (:func:`batch_last_geometry`), ``"sub-bl"`` (both)."""
+        if name not in self._plans:
+            g = self.plan.geometry
+            if "sub" in name:
+                g = replace(g, stride=(1, 1, 1))
+            if "bl" in name:
+                g = batch_last_geometry(g)
+            self._plans[name] = replace(self.plan, geometry=g)
+        return self._plans[name]
+
+    def _kernel_view(self, shape: tuple[int, ...]) -> KernelView:
+        """What the CPU kernel computes for a 5-D layer input of ``shape``."""
+        sub = self._pointwise_stride()
+        n, c, d, h, w = shape
+        sd, sh, sw = sub or (1, 1, 1)
+        dv, hv, wv = (-(-v // s) for v, s in zip((d, h, w), (sd, sh, sw), strict=True))
+        bl = self.batch_last(shape)
+        name = ("sub" if sub else "") + ("-bl" if bl else "")
+        plan = self._variant(name.strip("-")) if name else self.plan
+        fills = plan.geometry.stride == (1, 1, 1)  # the kernel fills its buffer itself
+        strides = None
+        if fills and bl:  # element (0, c, h, w, n) of [1, C, H, W, N] is x[n, c, 0, h, w]
+            strides = (0, d * h * w, sh * w, sw, c * d * h * w)
+        elif fills and sub:
+            strides = (c * d * h * w, d * h * w, sd * h * w, sh * w, sw)
+        return KernelView(plan, (1, c, hv, wv, n) if bl else (n, c, dv, hv, wv), sub, bl, strides)
+
+    def kernel_key(self, shape: tuple[int, ...]) -> tuple:
+        """The key of the CPU kernel that serves 5-D inputs of ``shape``."""
+        view = self._kernel_view(shape)
+        if view.batch_last:
+            return ("cpu-batch-last", *shape)
+        return ("cpu", *shape[1:])
+
     def source(self, x: torch.Tensor, vector_floats: int, target=None) -> tuple[str, torch.Tensor]:
-        """Generated C++ for inputs shaped like ``x`` and the kernel's weight-row order;
+        """Generated C++ for 5-D inputs shaped like ``x`` and the kernel's weight-row order;
         ``target`` (default: this machine's) picks the tile when ``nv`` is None."""
         from .cpu import Target, generate_source, host_target
 
-        lay = self.layout(x)
+        view = self._kernel_view(tuple(x.shape))
+        plan = view.plan
+        lay = InputLayout(plan.geometry, view.shape[2:])
         nv = self.nv
         if nv is None:
             target = target or host_target()
-            nv = Target(target.cxx, target.flags, vector_floats).nv_for(lay.positions, self.plan.mr)
+            nv = Target(target.cxx, target.flags, vector_floats).nv_for(lay.positions, plan.mr)
         return generate_source(
-            self.plan,
+            plan,
             lay,
             nv,
             vector_floats,
@@ -202,24 +299,25 @@ class SparseConv(nn.Module):
             fg=self.fg,
             pack=self.pack,
             pool=self.pool or (1, 1, 1),
+            source_strides=view.strides,
         )
 
     def _cpu_kernel(self, x: torch.Tensor):
-        key = ("cpu", tuple(x.shape[1:]))
+        key = self.kernel_key(tuple(x.shape))
         if key not in self._kernels:
             from .cpu import build_many, host_target
 
             target = host_target()
             src, order = self.source(x, target.vector_floats)
             (lib,) = build_many([src], target)
-            self.load_kernel(tuple(x.shape[1:]), lib, order)
+            self.load_kernel(key, lib, order)
         return self._kernels[key]
 
-    def load_kernel(self, shape: tuple[int, ...], lib, order: torch.Tensor) -> None:
-        """Install an already built kernel for inputs of ``shape`` ``[C, D, H, W]``."""
+    def load_kernel(self, key: tuple, lib, order: torch.Tensor) -> None:
+        """Install an already built kernel under its :meth:`kernel_key`."""
         from .cpu import CppKernel
 
-        self._kernels[("cpu", tuple(shape))] = CppKernel(lib, self.panel[order])
+        self._kernels[tuple(key)] = CppKernel(lib, self.panel[order])
 
     def _fill_dead(self, out: torch.Tensor) -> None:
         dead = self.plan.dead
@@ -229,39 +327,16 @@ class SparseConv(nn.Module):
             out[:, dead] = val.view(1, -1, 1, 1, 1).to(out.dtype)
 
     def forward_cpu(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer on the generated CPU kernel; ``x`` is 5-D ``[N, C, D, H, W]``."""
         if x.dtype != torch.float32:
             raise CompileError(f"{self.name}: the CPU kernel takes float32 input, got {x.dtype}")
-        lay = self.layout(x)
-        n = x.shape[0]
-        if not self.plan.block_rows:  # every filter pruned: the output is the bias
-            out = kernel_output((n, self.plan.geometry.out_channels, *self.out_size(lay.size)))
-            self._fill_dead(out)
-            return out
-        kernel = self._cpu_kernel(x)
-        slack = (self.nv or 4) * 16  # >= one tile of any target (nv * vector floats)
-        # Buffers are kept between calls when ``reuse_buffers``: fresh multi-MB allocations are
-        # mmap'ed and page-faulted on every call, which cost as much as a small layer's compute.
         key = tuple(x.shape)
-        inbuf, out = self._buffers_cpu.get(key, (None, None))
-        if not first_use(self):  # called again in this forward: the kept output is still in use
-            out = None
-        x = x.contiguous()
-        if lay.phases == 1 and not any(lay.geometry.padding) and has_slack(x, slack):
-            buf, xin = x.view(-1), None  # unpadded: a kernel output is its own input buffer
-        elif lay.phases == 1:  # the kernel fills the buffer's interior itself (zero borders kept)
-            if inbuf is None:
-                inbuf = x.new_zeros(n * lay.batch_stride + slack)
-            buf, xin = inbuf, x
-        else:
-            inbuf = buf = lay.prepare(x, slack=slack, buf=inbuf)
-            xin = None
-        if out is None:
-            out = kernel_output((n, self.plan.geometry.out_channels, *self.out_size(lay.size)))
-        if self.reuse_buffers and key not in self._buffers_cpu:
-            self._buffers_cpu = {key: (inbuf, out)}
-        kernel(buf, self.bias, out, n, xin)
-        self._fill_dead(out)
-        return out
+        call = self._cpu_calls.get(key)
+        if call is None:
+            call = _CpuCall(self, key)
+            if self.reuse_buffers:  # one kept call (and its buffers) per layer: the latest shape
+                self._cpu_calls = {key: call}
+        return call(x)
 
     def forward_cuda(self, x: torch.Tensor) -> torch.Tensor:
         from .triton_backend import sparse_conv_triton
@@ -271,6 +346,17 @@ class SparseConv(nn.Module):
         return self._pooled(out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "cpu" and self._cpu_calls and not torch.onnx.is_in_onnx_export():
+            # a shape this layer already ran (checked then): straight to its kept call
+            call = self._cpu_calls.get(tuple(x.shape) if not self.two_d else _five(x.shape))
+            if (
+                call is not None
+                and x.dtype == torch.float32
+                and not torch.is_grad_enabled()
+                and not torch._C._autograd._profiler_enabled()  # profiled: the labelled path
+            ):
+                out = call(x.unsqueeze(2) if self.two_d else x)
+                return out.squeeze(2) if self.two_d else out
         given, x0 = tuple(x.shape), x
         if self.two_d:
             x = x.unsqueeze(2)
@@ -305,3 +391,97 @@ class SparseConv(nn.Module):
             f"mode={self.mode}, density={self.plan.density:.3f}, relu={self.relu}"
             + (f", max_pool={self.pool}" if self.pool else "")
         )
+
+
+def _five(shape: torch.Size) -> tuple[int, ...]:
+    """A 2-D layer's input shape as the 5-D shape its kernels see (depth 1)."""
+    return (shape[0], shape[1], 1, *shape[2:])
+
+
+class _CpuCall:
+    """One CPU call of a :class:`SparseConv` for one 5-D input shape, worked out once: the kernel,
+    what is copied into which buffer, the output shape; with ``reuse_buffers`` the layer keeps it
+    (and its buffers) for the next call of that shape, so a call does only the copies and the
+    kernel (the Python around a small layer's kernel otherwise costs as much as the kernel)."""
+
+    def __init__(self, conv: SparseConv, shape: tuple[int, ...]) -> None:
+        self.conv = conv
+        n = shape[0]
+        self.out_shape = (n, conv.plan.geometry.out_channels, *conv.out_size(shape[2:]))
+        self.kernel = (
+            conv._cpu_kernel(torch.empty(shape, device="meta")) if conv.plan.block_rows else None
+        )
+        view = conv._kernel_view(shape)
+        self.view = view
+        lay = InputLayout(view.plan.geometry, view.shape[2:])
+        self.slack = (conv.nv or 4) * 16  # >= one tile of any target (nv * vector floats)
+        self.unpadded = lay.phases == 1 and not any(lay.geometry.padding)
+        self.fill = lay.phases == 1  # the kernel fills the buffer's interior itself
+        self.layout = lay
+        self.inbuf: torch.Tensor | None = None
+        self.out: torch.Tensor | None = None
+        self.xt: torch.Tensor | None = None  # the input transposed and/or subsampled
+        self.res: torch.Tensor | None = None  # batch-last: the kernel's output [1, M, Ho, Wo, N]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        conv, view = self.conv, self.view
+        n = x.shape[0]
+        # Buffers are kept between calls when ``reuse_buffers``: fresh multi-MB allocations are
+        # mmap'ed and page-faulted on every call, which cost as much as a small layer's compute.
+        out = self.out if first_use(conv) else None  # called again: the kept one is in use
+        if out is None:
+            out = kernel_output(self.out_shape)
+            if conv.reuse_buffers and self.out is None:
+                self.out = out
+        if self.kernel is None:  # every filter pruned: the output is the bias
+            conv._fill_dead(out)
+            return out
+        if not x.is_contiguous():
+            x = x.contiguous()
+        if view.strides is not None:  # the kernel gathers its input from x itself
+            buf = self.inbuf
+            if buf is None:
+                buf = x.new_zeros(view.shape[0] * self.layout.batch_stride + self.slack)
+            self.inbuf = buf if conv.reuse_buffers else None
+            return self._run(buf, x, out)
+        if view.subsample:
+            sd, sh, sw = view.subsample
+            x = x[:, :, ::sd, ::sh, ::sw]
+        if view.batch_last:  # [N, C*H*W] -> [C*H*W, N]: a 2-D transpose (3x a 4-D permute)
+            xt = self.xt if self.xt is not None else kernel_output(view.shape)
+            xt.view(-1, n).copy_(x.reshape(n, -1).t())
+            self.xt = xt if conv.reuse_buffers else None
+            x = xt
+        elif view.subsample:
+            x = x.contiguous()
+        if self.unpadded and has_slack(x, self.slack):
+            buf, xin = x.view(-1), None  # unpadded: a kernel output is its own input buffer
+        elif self.fill:  # the kernel fills the buffer's interior itself (zero borders kept)
+            buf = self.inbuf
+            if buf is None:
+                buf = x.new_zeros(view.shape[0] * self.layout.batch_stride + self.slack)
+            buf, xin = buf, x
+        else:
+            buf = self.layout.prepare(x, slack=self.slack, buf=self.inbuf)
+            xin = None
+        if conv.reuse_buffers and not (self.unpadded and xin is None):
+            self.inbuf = buf
+        return self._run(buf, xin, out)
+
+    def _run(self, buf: torch.Tensor, xin: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+        """The kernel on the filled buffer ``buf`` (or filling it from ``xin`` itself)."""
+        conv, n = self.conv, out.shape[0]
+        if self.view.batch_last:
+            res = (
+                self.res
+                if self.res is not None
+                else kernel_output((1, self.out_shape[1], *self.out_shape[3:], n))
+            )
+            self.res = res if conv.reuse_buffers else None
+            self.kernel(buf, conv.bias, res, 1, xin)
+            conv._fill_dead(res)
+            out.view(n, -1).copy_(res.view(-1, n).t())
+        else:
+            self.kernel(buf, conv.bias, out, n, xin)
+            conv._fill_dead(out)
+        return out

@@ -144,6 +144,13 @@ def is_temporal(g) -> bool:
     return g.kernel[0] > 1 and g.kernel[1] == g.kernel[2] == 1
 
 
+def contiguous_strides(layout: InputLayout) -> tuple[int, int, int, int, int]:
+    """Strides of a contiguous ``[N, C, D, H, W]`` input of ``layout``."""
+    d, h, w = layout.size
+    c = layout.geometry.in_channels
+    return (c * d * h * w, d * h * w, h * w, w, 1)
+
+
 def generate_source(
     plan: SparsePlan,
     layout: InputLayout,
@@ -158,6 +165,7 @@ def generate_source(
     fg: int | None = None,
     pack: bool = False,
     pool: tuple[int, int, int] = (1, 1, 1),
+    source_strides: tuple[int, int, int, int, int] | None = None,
 ) -> tuple[str, torch.Tensor]:
     """C++ source of one layer's kernel for one input size, and the order (indices into the plan's
     concatenated panels) in which the kernel expects the weight rows.  ``ct`` (tiles per task) and
@@ -167,7 +175,11 @@ def generate_source(
     first (the older scheme) instead of reading them where they lie in the input buffer (the
     default: the rows of one tile overlap, kw shifts by one float, so reading in place touches a
     third of the cache lines the copy writes).  ``pool``: a fused max pool ``(kd, kh, kw)``
-    (stride = window, no padding, floor) applied after the activation; ``(1, 1, 1)``: none."""
+    (stride = window, no padding, floor) applied after the activation; ``(1, 1, 1)``: none.
+    ``source_strides``: where a stride-1 kernel (one that fills its padded buffer itself) reads
+    element ``(n, c, d, h, w)`` of its input, as strides of the raw input it is given (a subsample
+    or a transpose of a layer's input, read straight from that input); None: the input is
+    ``[N, C, D, H, W]`` contiguous."""
     nb = len(plan.block_rows)
     start = [0]
     for rows in plan.block_rows:
@@ -267,6 +279,11 @@ def generate_source(
         f"constexpr int CIN = {g.in_channels}, DI = {layout.size[0]}, HI = {layout.size[1]}, "
         f"WI = {layout.size[2]}, PD = {g.padding[0]}, PH = {g.padding[1]}, PW = {g.padding[2]};",
         f"constexpr int DQ = {dq}, HQ = {hq};",
+        "constexpr int64_t "
+        + ", ".join(
+            f"XS{i} = {v}" for i, v in enumerate(source_strides or contiguous_strides(layout))
+        )
+        + ";",
         f"constexpr int PKD = {pool[0]}, PKH = {pool[1]}, PKW = {pool[2]}, RC = {rc};",
         f"constexpr int KU = {len(union)}, KC = {kc}, NS = {ns}, PF = {pf}, KD = {KD};",
         _table("int32_t", "KB", "NB + 1", kb),

@@ -13,7 +13,9 @@
 //   NB: filter blocks; M: filters; DO x HO x WO: output; WQ: a buffer row; P: positions per plane.
 //   XN, XD: buffer strides of a sample and a plane.  RELU: ReLU fused.
 //   FUSE: the kernel copies the raw input [N, CIN, DI, HI, WI] into the padded buffer itself
-//   (stride 1 on every axis: no phase split), by the same threads, before computing.
+//   (stride 1 on every axis: no phase split), by the same threads, before computing; it reads
+//   element (n, c, d, h, w) at n * XS0 + c * XS1 + d * XS2 + h * XS3 + w * XS4 (a subsample or a
+//   transpose of a layer's input, XS4 > 1, is gathered straight from that input).
 //   PKD x PKH x PKW: fused max pooling (stride = window, no padding, floor; 1 x 1 x 1: none): a task
 //   computes whole windows (RC output rows of PKD planes) into its own scratch and writes only the
 //   pooled output, so the unpooled activations never reach memory.
@@ -197,10 +199,13 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
       for (int n = 0; n < batch; ++n)
         for (int c = 0; c < CIN; ++c)
           for (int d = 0; d < DI; ++d) {
-            const float* src = xin + (((int64_t)n * CIN + c) * DI + d) * HI * WI;
+            const float* src = xin + n * XS0 + c * XS1 + d * XS2;
             float* dst = x + n * XN + (((int64_t)c * DQ + d + PD) * HQ + PH) * WQ + PW;
             for (int h = 0; h < HI; ++h)
-              std::memcpy(dst + (int64_t)h * WQ, src + (int64_t)h * WI, WI * sizeof(float));
+              if (XS4 == 1)
+                std::memcpy(dst + (int64_t)h * WQ, src + h * XS3, WI * sizeof(float));
+              else  // a subsample or a transpose (batch-last) of the input, gathered
+                for (int w = 0; w < WI; ++w) dst[(int64_t)h * WQ + w] = src[h * XS3 + w * XS4];
           }
     }  // the implicit barrier: the buffer is complete before any tile reads it
     // Tasks in (sample, plane group, chunk, filter group) order, handed out one at a time.  A

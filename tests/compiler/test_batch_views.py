@@ -1,0 +1,139 @@
+"""Kernel views of a layer input: a 2-D layer on a small output plane at batch >= 8 runs
+batch-last (the batch folded into the positions), and a 1 x 1 strided conv runs at stride 1 on the
+subsample it reads.  Both give PyTorch's dense result, keyed kernels stay apart, and a compiled
+model keeps earlier outputs intact."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeguard.compiler import SparseConv, compile_model, plan_conv
+from edgeguard.compiler.plan import ConvGeometry
+from edgeguard.compiler.sparse_conv import BATCH_LAST_MIN_BATCH, batch_last_geometry
+from edgeguard.sparsity import get_scheme
+
+needs_cxx = pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler (g++) here")
+
+
+def masked_conv2d(cin, cout, k, s, p, d=1, rate=0.6, seed=0, scheme="kgs"):
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(cin, cout, k, s, p, d)
+    with torch.no_grad():
+        conv.weight *= get_scheme(scheme).mask(conv.weight, rate)
+        conv.bias.uniform_(-0.5, 0.5)
+    return conv.eval()
+
+
+def test_batch_last_geometry_moves_the_2d_axes_forward_and_keeps_rows():
+    g = ConvGeometry(4, 8, (1, 3, 5), (1, 2, 1), (0, 1, 2), (1, 1, 3))
+    b = batch_last_geometry(g)
+    assert b.kernel == (3, 5, 1) and b.stride == (2, 1, 1)
+    assert b.padding == (1, 2, 0) and b.dilation == (1, 3, 1)
+    assert b.locations == g.locations  # row id c * L + kh * KW + kw is the same on both
+
+
+def test_batch_last_only_for_2d_small_planes_from_the_minimum_batch():
+    conv = SparseConv(plan_conv(masked_conv2d(8, 16, 3, 1, 1)), two_d=True, mode="torch")
+    n = BATCH_LAST_MIN_BATCH
+    assert conv.batch_last((n, 8, 1, 8, 8))
+    assert not conv.batch_last((n - 1, 8, 1, 8, 8))  # too few samples to fill the positions
+    assert not conv.batch_last((n, 8, 1, 16, 16))  # a 16 x 16 plane fills its tiles alone
+    pointwise = SparseConv(plan_conv(masked_conv2d(8, 16, 1, 1, 0)), two_d=True, mode="torch")
+    assert not pointwise.batch_last((n, 8, 1, 8, 8))  # no padding columns to save
+    conv.pool = (1, 2, 2)  # a fused pool needs whole windows in the plane
+    assert not conv.batch_last((n, 8, 1, 8, 8))
+
+
+@needs_cxx
+@pytest.mark.parametrize(
+    "k, s, p, d, size",
+    [
+        (3, 1, 1, 1, 4),
+        (3, 2, 1, 1, 8),
+        (3, 1, 2, 2, 6),
+        (1, 1, 0, 1, 5),
+        (3, 1, 0, 1, 7),
+        (5, 2, 2, 1, 9),
+    ],
+)
+@pytest.mark.parametrize("batch", [8, 19])
+def test_batch_last_kernel_matches_dense(k, s, p, d, size, batch):
+    conv = masked_conv2d(12, 24, k, s, p, d)
+    sc = SparseConv(plan_conv(conv, mr=8), two_d=True, mode="cpu", relu=True)
+    x = torch.randn(batch, 12, size, size)
+    sc.batch_last = lambda shape: shape[0] >= 8  # 1 x 1 too (the default leaves them plain)
+    with torch.no_grad():
+        want = F.relu(conv(x))
+        got = sc(x)
+    assert got.shape == want.shape
+    assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+    # the same layer at batch 1 takes the plain kernel, under its own key
+    with torch.no_grad():
+        one = sc(x[:1])
+    assert (one - want[:1]).abs().max() <= 1e-4 * want.abs().max()
+    keys = {key[0] for key in sc._kernels}
+    assert keys == {"cpu", "cpu-batch-last"}
+
+
+@needs_cxx
+@pytest.mark.parametrize("batch, size", [(1, 16), (3, 7), (8, 9), (16, 8)])
+@pytest.mark.parametrize("dead", [False, True])
+def test_pointwise_strided_conv_reads_only_its_subsample(batch, size, dead):
+    conv = masked_conv2d(16, 32, 1, 2, 0)
+    if dead:  # every filter dead: the output is the bias
+        with torch.no_grad():
+            conv.weight.zero_()
+    sc = SparseConv(plan_conv(conv, mr=8), two_d=True, mode="cpu")
+    assert sc._kernel_view((batch, 16, 1, size, size)).subsample == (1, 2, 2)
+    x = torch.randn(batch, 16, size, size)
+    with torch.no_grad():
+        want, got = conv(x), sc(x)
+    assert got.shape == want.shape
+    assert (got - want).abs().max() <= 1e-4 * (want.abs().max() + 1e-6)
+
+
+class TwoSmall(nn.Module):
+    """A residual stage on an 8 x 8 plane: a strided 3 x 3, a 1 x 1 strided shortcut, a conv used
+    twice (its second call must not overwrite the first's output) and dead filters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(8, 16, 3, 2, 1)
+        self.b = nn.Conv2d(16, 16, 3, 1, 1)
+        self.short = nn.Conv2d(8, 16, 1, 2)
+
+    def forward(self, x):
+        y = F.relu(self.a(x))
+        z = self.b(y) + self.short(x)
+        return self.b(F.relu(z)) - self.b(y), z
+
+
+@needs_cxx
+def test_compiled_model_at_batch_last_sizes_equals_masked_call_after_call():
+    torch.manual_seed(0)
+    model = TwoSmall().eval()
+    with torch.no_grad():
+        for m in (model.a, model.b, model.short):
+            m.weight *= get_scheme("kgs", gm=4, gn=4).mask(m.weight, 0.6)
+            m.bias.uniform_(-0.5, 0.5)
+        model.a.weight[:4] = 0  # dead filters: their output is the bias
+    x = torch.randn(16, 8, 16, 16)
+    compiled = compile_model(model, "cpu", input_shape=tuple(x.shape), max_density=1.0)
+    with torch.no_grad():
+        want = model(x)
+        want2 = model(x * 0.5)
+    first = compiled(x)
+    kept = [t.clone() for t in first]
+    second = compiled(x * 0.5)
+    for w, g, k in zip(want, first, kept, strict=True):
+        assert (g - w).abs().max() <= 1e-4 * w.abs().max()
+        assert torch.equal(g, k)
+    for w, g in zip(want2, second, strict=True):
+        assert (g - w).abs().max() <= 1e-4 * w.abs().max()
+    used = [m for m in compiled.module.modules() if isinstance(m, SparseConv)]
+    assert any(key[0] == "cpu-batch-last" for m in used for key in m._kernels)
