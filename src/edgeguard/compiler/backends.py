@@ -30,6 +30,7 @@ class Backend:
     native_pools = False  # max pools get a generated kernel (MaxPoolCpu)
     native_depthwise = False  # depthwise convs get a generated kernel (DepthwiseConvCpu)
     fuses_relu = False  # a ReLU after a sparse conv is applied by its kernel
+    fuses_residual = False  # a residual sum (and ReLU) after a sparse conv is added by its kernel
     keeps_unpruned_dense = True  # a layer with nothing pruned stays a dense op at any max_density
     builds_per_shape = False  # kernels are generated and built per input shape
 
@@ -47,8 +48,11 @@ class Backend:
     def check_mr(self, mr: int) -> None:
         """Refuse a block size the kernels cannot take (one-line CompileError)."""
 
-    def run(self, conv: SparseConv, x: torch.Tensor) -> torch.Tensor:
-        """Run ``conv`` on ``x`` (5D, checked) with this backend's kernel."""
+    def run(
+        self, conv: SparseConv, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Run ``conv`` on ``x`` (5D, checked) with this backend's kernel (``residual``: 5D, the
+        output's shape, for backends that fuse residual sums)."""
         return conv.forward_torch(x)
 
     def finish(self, compiled: CompiledModel, input_shape: tuple[int, ...] | None) -> None:
@@ -63,6 +67,7 @@ class CpuBackend(Backend):
     native_pools = True
     native_depthwise = True
     fuses_relu = True
+    fuses_residual = True
     keeps_unpruned_dense = False
     builds_per_shape = True
 
@@ -84,7 +89,9 @@ class CpuBackend(Backend):
                 f"(a vector of mr floats), got {mr}"
             )
 
-    def run(self, conv: SparseConv, x: torch.Tensor) -> torch.Tensor:
+    def run(
+        self, conv: SparseConv, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
         # named in torch.profiler traces only while profiling (the record has a per-call cost)
         label = (
             torch.profiler.record_function(f"sparse_conv:{conv.name}")
@@ -92,7 +99,7 @@ class CpuBackend(Backend):
             else contextlib.nullcontext()
         )
         with torch.no_grad(), label:
-            return conv.forward_cpu(x)
+            return conv.forward_cpu(x, residual)
 
     def finish(self, compiled: CompiledModel, input_shape: tuple[int, ...] | None) -> None:
         for i, shape in enumerate(compiled.input_shapes):  # pools fuse for the first shape only
@@ -109,7 +116,9 @@ class CudaBackend(Backend):
     def default_mr(self) -> int:
         return 16  # one tensor-core tile (docs/compiler.md, design decisions)
 
-    def run(self, conv: SparseConv, x: torch.Tensor) -> torch.Tensor:
+    def run(
+        self, conv: SparseConv, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
         with torch.no_grad():
             return conv.forward_cuda(x)
 

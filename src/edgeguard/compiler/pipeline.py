@@ -29,6 +29,7 @@ from .passes.graph import materialise_mask, set_module
 from .passes.inplace import compute_into_kernel_outputs
 from .passes.lowering import LINEAR_MIN_WEIGHTS, lower, lower_conv
 from .passes.pool_fusion import FUSE_POOL_MIN_BYTES, fuse_pools
+from .passes.residual import fuse_residuals
 from .sparse_conv import PRECISIONS, SparseConv
 
 __all__ = [
@@ -135,6 +136,8 @@ def compile_model(
     fold_batchnorm(gm)
     shrunk = shrink(gm) if shrink_channels else {}
     decisions = lower(gm, be, max_density, mrs, linear_mr, nv, shrunk, orig_density, orig_numel)
+    if be.fuses_residual:
+        fuse_residuals(gm)
     compute_into_kernel_outputs(gm)
     for m in gm.modules():
         if isinstance(m, SparseConv):

@@ -108,6 +108,9 @@ class SparseConv(nn.Module):
         # A max pool fused after the activation: window (kd, kh, kw), stride = window, no padding,
         # floor mode; set by the compiler when the conv's only user is such a pool.
         self.pool: tuple[int, int, int] | None = None
+        # A residual sum fused after the conv (set by the compiler's residual pass): forward takes
+        # a second tensor of the output's shape, added before the ReLU: act(conv(x) + b + r).
+        self.residual = False
         self.name = name
         g = plan.geometry
         self.register_buffer(
@@ -170,22 +173,25 @@ class SparseConv(nn.Module):
             self._conv_weights = {key: w.to(self.wcat)}
         return self._conv_weights[key]
 
-    def _conv_form(self, x: torch.Tensor) -> torch.Tensor:
+    def _conv_form(self, x: torch.Tensor, act: bool = True) -> torch.Tensor:
         """The "conv" standard form on the layer's own rank (4-D for a 2-D layer: a 2-D conv
         between reshapes would cost runtimes their blocked-layout conv chains)."""
         g = self.plan.geometry
         w = self.conv_weight()
         if x.dim() == 4:
             out = F.conv2d(x, w.squeeze(2), self.bias, g.stride[1:], g.padding[1:], g.dilation[1:])
-            out = F.relu(out) if self.relu else out
+            out = F.relu(out) if self.relu and act else out
             return F.max_pool2d(out, self.pool[1:], self.pool[1:]) if self.pool else out
         out = F.conv3d(x, w, self.bias, g.stride, g.padding, g.dilation)
-        return self._pooled(F.relu(out) if self.relu else out)
+        return self._pooled(F.relu(out) if self.relu and act else out)
 
-    def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_torch(self, x: torch.Tensor, act: bool = True) -> torch.Tensor:
+        """The standard-operator path on a 5-D input; ``act``: apply the layer's ReLU."""
         g = self.plan.geometry
         if self.standard_form() == "conv":
-            return self._conv_form(x.squeeze(2)).unsqueeze(2) if self.two_d else self._conv_form(x)
+            if self.two_d:
+                return self._conv_form(x.squeeze(2), act).unsqueeze(2)
+            return self._conv_form(x, act)
         n = x.shape[0]
         do, ho, wo = g.output_size(tuple(x.shape[2:]))
         pd, ph, pw = g.padding
@@ -211,7 +217,7 @@ class SparseConv(nn.Module):
         else:
             out = out.expand(n, -1, do * ho * wo).contiguous()
         out = out.view(n, -1, do, ho, wo)
-        return self._pooled(F.relu(out) if self.relu else out)
+        return self._pooled(F.relu(out) if self.relu and act else out)
 
     # -- generated kernels -------------------------------------------------------------------------
     def layout(self, x: torch.Tensor) -> InputLayout:
@@ -292,7 +298,7 @@ class SparseConv(nn.Module):
             lay,
             nv,
             vector_floats,
-            self.relu,
+            self.relu and not (self.residual and view.batch_last),  # there: after the transpose
             self.name,
             kc=self.kc,
             ct=self.ct,
@@ -300,6 +306,7 @@ class SparseConv(nn.Module):
             pack=self.pack,
             pool=self.pool or (1, 1, 1),
             source_strides=view.strides,
+            residual=self.residual and not view.batch_last,
         )
 
     def _cpu_kernel(self, x: torch.Tensor):
@@ -319,15 +326,21 @@ class SparseConv(nn.Module):
 
         self._kernels[tuple(key)] = CppKernel(lib, self.panel[order])
 
-    def _fill_dead(self, out: torch.Tensor) -> None:
+    def _fill_dead(
+        self, out: torch.Tensor, residual: torch.Tensor | None = None, act: bool = True
+    ) -> None:
+        """Write the output of the filters with no kept weight: their bias (plus the residual),
+        through the ReLU when ``act`` and the layer has one."""
         dead = self.plan.dead
         if len(dead):
-            val = self.bias[dead]
-            val = val.clamp_min(0) if self.relu else val
-            out[:, dead] = val.view(1, -1, 1, 1, 1).to(out.dtype)
+            val = self.bias[dead].view(1, -1, 1, 1, 1).to(out.dtype)
+            if residual is not None:
+                val = val + residual[:, dead]
+            out[:, dead] = val.clamp_min(0) if self.relu and act else val
 
-    def forward_cpu(self, x: torch.Tensor) -> torch.Tensor:
-        """The layer on the generated CPU kernel; ``x`` is 5-D ``[N, C, D, H, W]``."""
+    def forward_cpu(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The layer on the generated CPU kernel; ``x`` is 5-D ``[N, C, D, H, W]``, ``residual``
+        (a residual layer only) the output's shape."""
         if x.dtype != torch.float32:
             raise CompileError(f"{self.name}: the CPU kernel takes float32 input, got {x.dtype}")
         key = tuple(x.shape)
@@ -336,7 +349,7 @@ class SparseConv(nn.Module):
             call = _CpuCall(self, key)
             if self.reuse_buffers:  # one kept call (and its buffers) per layer: the latest shape
                 self._cpu_calls = {key: call}
-        return call(x)
+        return call(x, residual)
 
     def forward_cuda(self, x: torch.Tensor) -> torch.Tensor:
         from .triton_backend import sparse_conv_triton
@@ -345,7 +358,13 @@ class SparseConv(nn.Module):
         self._fill_dead(out)
         return self._pooled(out)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``act(conv(x) + b)``, or with ``residual`` (a layer the compiler fused a residual sum
+        into) ``act(conv(x) + b + residual)``; ``residual`` broadcasts to the output."""
+        if residual is not None and not self.residual:
+            raise CompileError(f"{self.name}: this layer takes no residual")
+        if residual is not None and not isinstance(residual, torch.Tensor):
+            residual = torch.as_tensor(residual, dtype=x.dtype)
         if self.mode == "cpu" and self._cpu_calls and not torch.onnx.is_in_onnx_export():
             # a shape this layer already ran (checked then): straight to its kept call
             call = self._cpu_calls.get(tuple(x.shape) if not self.two_d else _five(x.shape))
@@ -354,9 +373,12 @@ class SparseConv(nn.Module):
                 and x.dtype == torch.float32
                 and not torch.is_grad_enabled()
                 and not torch._C._autograd._profiler_enabled()  # profiled: the labelled path
+                and (residual is None or call.takes(residual))
             ):
-                out = call(x.unsqueeze(2) if self.two_d else x)
-                return out.squeeze(2) if self.two_d else out
+                if self.two_d:
+                    r = residual.unsqueeze(2) if residual is not None else None
+                    return call(x.unsqueeze(2), r).squeeze(2)
+                return call(x, residual)
         given, x0 = tuple(x.shape), x
         if self.two_d:
             x = x.unsqueeze(2)
@@ -374,6 +396,22 @@ class SparseConv(nn.Module):
                 f"{tuple(p)}, stride and dilation of this layer (no output position)"
             )
         exporting = torch.onnx.is_in_onnx_export()  # the standard-operator form is what ONNX holds
+        if self.mode == "cpu" and not exporting:
+            from .backends import get_backend
+
+            r5 = residual.unsqueeze(2) if residual is not None and self.two_d else residual
+            if r5 is None or _CpuCall.fits(r5, tuple(x.shape), self):
+                out = get_backend(self.mode).run(self, x, r5)
+                return out.squeeze(2) if self.two_d else out
+        if residual is not None or self.residual:  # the sum and the ReLU after the conv
+            act = self.relu
+            if (exporting or self.mode == "torch") and self.standard_form() == "conv":
+                out = self._conv_form(x0, act=False)
+            else:
+                out = self.forward_torch(x, act=False)
+                out = out.squeeze(2) if self.two_d else out
+            out = out + residual if residual is not None else out
+            return F.relu(out) if act else out
         if (exporting or self.mode == "torch") and self.standard_form() == "conv":
             return self._conv_form(x0)  # on the given rank: no reshapes around a 2-D conv
         if exporting:
@@ -422,10 +460,30 @@ class _CpuCall:
         self.out: torch.Tensor | None = None
         self.xt: torch.Tensor | None = None  # the input transposed and/or subsampled
         self.res: torch.Tensor | None = None  # batch-last: the kernel's output [1, M, Ho, Wo, N]
+        self.zeros: torch.Tensor | None = None  # a residual layer called without its residual
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def fits(residual: torch.Tensor, x_shape: tuple[int, ...], conv: SparseConv) -> bool:
+        """Whether the kernel can add ``residual`` (5-D) itself for a 5-D input of ``x_shape``:
+        float32 and broadcasting to the output's shape (else the layer adds it with PyTorch)."""
+        out = (x_shape[0], conv.plan.geometry.out_channels, *conv.out_size(tuple(x_shape[2:])))
+        if residual.dtype != torch.float32 or residual.dim() != 5:
+            return False
+        try:
+            return torch.broadcast_shapes(tuple(residual.shape), out) == out
+        except RuntimeError:
+            return False
+
+    def takes(self, residual: torch.Tensor) -> bool:
+        """Whether this call's kernel can add ``residual`` (given on the layer's own rank)."""
+        shape = self.out_shape if not self.conv.two_d else self.out_shape[:2] + self.out_shape[3:]
+        return residual.dtype == torch.float32 and tuple(residual.shape) == shape
+
+    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         conv, view = self.conv, self.view
         n = x.shape[0]
+        if conv.residual:
+            residual = self._residual(residual)
         # Buffers are kept between calls when ``reuse_buffers``: fresh multi-MB allocations are
         # mmap'ed and page-faulted on every call, which cost as much as a small layer's compute.
         out = self.out if first_use(conv) else None  # called again: the kept one is in use
@@ -434,7 +492,7 @@ class _CpuCall:
             if conv.reuse_buffers and self.out is None:
                 self.out = out
         if self.kernel is None:  # every filter pruned: the output is the bias
-            conv._fill_dead(out)
+            conv._fill_dead(out, residual)
             return out
         if not x.is_contiguous():
             x = x.contiguous()
@@ -443,7 +501,7 @@ class _CpuCall:
             if buf is None:
                 buf = x.new_zeros(view.shape[0] * self.layout.batch_stride + self.slack)
             self.inbuf = buf if conv.reuse_buffers else None
-            return self._run(buf, x, out)
+            return self._run(buf, x, out, residual)
         if view.subsample:
             sd, sh, sw = view.subsample
             x = x[:, :, ::sd, ::sh, ::sw]
@@ -466,10 +524,26 @@ class _CpuCall:
             xin = None
         if conv.reuse_buffers and not (self.unpadded and xin is None):
             self.inbuf = buf
-        return self._run(buf, xin, out)
+        return self._run(buf, xin, out, residual)
 
-    def _run(self, buf: torch.Tensor, xin: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
-        """The kernel on the filled buffer ``buf`` (or filling it from ``xin`` itself)."""
+    def _residual(self, residual: torch.Tensor | None) -> torch.Tensor:
+        """The residual as the kernel reads it: contiguous, the output's shape (zeros if none)."""
+        if residual is None:
+            if self.zeros is None:
+                self.zeros = torch.zeros(self.out_shape)
+            return self.zeros
+        residual = residual.expand(self.out_shape)
+        return residual if residual.is_contiguous() else residual.contiguous()
+
+    def _run(
+        self,
+        buf: torch.Tensor,
+        xin: torch.Tensor | None,
+        out: torch.Tensor,
+        residual: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The kernel on the filled buffer ``buf`` (or filling it from ``xin`` itself), adding
+        ``residual`` (a residual layer)."""
         conv, n = self.conv, out.shape[0]
         if self.view.batch_last:
             res = (
@@ -479,9 +553,13 @@ class _CpuCall:
             )
             self.res = res if conv.reuse_buffers else None
             self.kernel(buf, conv.bias, res, 1, xin)
-            conv._fill_dead(res)
-            out.view(n, -1).copy_(res.view(-1, n).t())
-        else:
-            self.kernel(buf, conv.bias, out, n, xin)
-            conv._fill_dead(out)
+            if residual is None:
+                conv._fill_dead(res)
+                out.view(n, -1).copy_(res.view(-1, n).t())
+                return out
+            conv._fill_dead(res, act=False)  # the sum and the ReLU come with the transpose
+            torch.add(res.view(-1, n).t(), residual.view(n, -1), out=out.view(n, -1))
+            return out.clamp_min_(0) if conv.relu else out
+        self.kernel(buf, conv.bias, out, n, xin, residual)
+        conv._fill_dead(out, residual)
         return out

@@ -166,6 +166,7 @@ def generate_source(
     pack: bool = False,
     pool: tuple[int, int, int] = (1, 1, 1),
     source_strides: tuple[int, int, int, int, int] | None = None,
+    residual: bool = False,
 ) -> tuple[str, torch.Tensor]:
     """C++ source of one layer's kernel for one input size, and the order (indices into the plan's
     concatenated panels) in which the kernel expects the weight rows.  ``ct`` (tiles per task) and
@@ -179,7 +180,10 @@ def generate_source(
     ``source_strides``: where a stride-1 kernel (one that fills its padded buffer itself) reads
     element ``(n, c, d, h, w)`` of its input, as strides of the raw input it is given (a subsample
     or a transpose of a layer's input, read straight from that input); None: the input is
-    ``[N, C, D, H, W]`` contiguous."""
+    ``[N, C, D, H, W]`` contiguous.  ``residual``: the kernel adds a tensor of the output's shape
+    before the ReLU (a residual sum after the conv); not with a fused pool."""
+    if residual and pool != (1, 1, 1):
+        raise CompileError("a kernel cannot both add a residual and fuse a max pool")
     nb = len(plan.block_rows)
     start = [0]
     for rows in plan.block_rows:
@@ -275,7 +279,7 @@ def generate_source(
         f"WQ = {wq}, P = {layout.positions};",
         f"constexpr int64_t XN = {layout.batch_stride}, XD = {hq * wq};",
         f"constexpr bool RELU = {_bool(relu)}, FUSE = {_bool(layout.phases == 1)}, "
-        f"PACK = {_bool(pack)}, PLANES_INNER = {_bool(temporal)};",
+        f"PACK = {_bool(pack)}, PLANES_INNER = {_bool(temporal)}, RES = {_bool(residual)};",
         f"constexpr int CIN = {g.in_channels}, DI = {layout.size[0]}, HI = {layout.size[1]}, "
         f"WI = {layout.size[2]}, PD = {g.padding[0]}, PH = {g.padding[1]}, PW = {g.padding[2]};",
         f"constexpr int DQ = {dq}, HQ = {hq};",

@@ -62,14 +62,14 @@ def load_library(lib: Path) -> ctypes.CDLL:
 
 class CppKernel:
     """A loaded layer kernel with its weight panel in kernel order:
-    ``kernel(xbuf, bias, out, batch, xin=None)``."""
+    ``kernel(xbuf, bias, out, batch, xin=None, residual=None)``."""
 
     def __init__(self, lib: Path, panel: torch.Tensor) -> None:
         self.panel = panel.contiguous()
         self._lib = load_library(lib)
         self._fn = self._lib.edgeguard_conv
         self._fn.restype = None
-        self._fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int, ctypes.c_int]
+        self._fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int, ctypes.c_int]
 
     def __call__(
         self,
@@ -78,9 +78,12 @@ class CppKernel:
         out: torch.Tensor,
         batch: int,
         xin: torch.Tensor | None = None,
+        residual: torch.Tensor | None = None,
     ) -> None:
         """``x``: the padded input buffer; ``xin``: the raw contiguous input ``[N, C, D, H, W]``,
-        which a stride-1 kernel copies into ``x`` itself first (``None``: ``x`` is already filled)."""
+        which a stride-1 kernel copies into ``x`` itself first (``None``: ``x`` is already filled);
+        ``residual``: a contiguous tensor of ``out``'s shape that a kernel generated with a
+        residual adds before its ReLU (required there, ignored elsewhere)."""
         threads = torch.get_num_threads()
         self._fn(
             xin.data_ptr() if xin is not None else None,
@@ -88,6 +91,7 @@ class CppKernel:
             self.panel.data_ptr(),
             bias.data_ptr(),
             out.data_ptr(),
+            residual.data_ptr() if residual is not None else None,
             batch,
             threads,
         )

@@ -28,7 +28,7 @@ def fuse_pools(
     fused = []
     for node in list(gm.graph.nodes):
         conv = module_of(gm, node)
-        if not isinstance(conv, SparseConv) or conv.mode != "cpu" or conv.pool:
+        if not isinstance(conv, SparseConv) or conv.mode != "cpu" or conv.pool or conv.residual:
             continue
         if len(node.users) != 1 or conv not in in_shapes or shared(gm, node):
             continue

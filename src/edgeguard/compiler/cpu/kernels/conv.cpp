@@ -11,7 +11,9 @@
 //   past its last whole vector as "extra" positions: one MR-float accumulator each (the block's
 //   filters), the input value broadcast; TS: floats of one tile's partial sums.
 //   NB: filter blocks; M: filters; DO x HO x WO: output; WQ: a buffer row; P: positions per plane.
-//   XN, XD: buffer strides of a sample and a plane.  RELU: ReLU fused.
+//   XN, XD: buffer strides of a sample and a plane.  RELU: ReLU fused.  RES: a residual
+//   res [N, M, DO, HO, WO] (the output's shape) is added before the ReLU, by each task over the
+//   outputs it has just written (still in its cache); the tiles then store without the ReLU.
 //   FUSE: the kernel copies the raw input [N, CIN, DI, HI, WI] into the padded buffer itself
 //   (stride 1 on every axis: no phase split), by the same threads, before computing; it reads
 //   element (n, c, d, h, w) at n * XS0 + c * XS1 + d * XS2 + h * XS3 + w * XS4 (a subsample or a
@@ -88,7 +90,7 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
   constexpr int TT = NVT * VL;  // positions of the whole vectors
   vf acc[MR][NV] = {};
   EG_ACC_ARRAY
-  if (RELU)
+  if (RELU && !RES)
     for (int m = 0; m < MR; ++m)
       for (int v = 0; v < NVT; ++v) acc[m][v] = acc[m][v] > 0 ? acc[m][v] : (vf){};
   const int h0 = p0 / WQ, w0 = p0 % WQ, hr = h0 - hb;
@@ -99,7 +101,7 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
       const int px = p0 + TT + x, h = px / WQ, w = px % WQ;
       if (w >= WO || px >= pl) continue;  // a padding column
       float e[MR];
-      stm(e, RELU ? (ex[x] > 0 ? ex[x] : (vm){}) : ex[x]);
+      stm(e, RELU && !RES ? (ex[x] > 0 ? ex[x] : (vm){}) : ex[x]);
       for (int m = 0; m < MR; ++m)
         if (op[m]) op[m][(h - hb) * WO + w] = e[m];
     }
@@ -158,8 +160,23 @@ static inline int run_tile(const float* __restrict pk, const int32_t* __restrict
   return rem;
 }
 
+// out[i] = act(out[i] + res[i]) over the positions [p0, p1) of a plane (rows of WQ, of which the
+// first WO are outputs).
+static inline void add_residual(float* __restrict o, const float* __restrict r, int p0, int p1) {
+  for (int h = p0 / WQ, w = p0 % WQ; h * WQ < p1; ++h, w = 0) {
+    const int we = p1 - h * WQ < WO ? p1 - h * WQ : WO;
+    float* oh = o + (int64_t)h * WO;
+    const float* rh = r + (int64_t)h * WO;
+#pragma GCC ivdep
+    for (int q = w; q < we; ++q) {
+      const float v = oh[q] + rh[q];
+      oh[q] = RELU ? (v > 0.f ? v : 0.f) : v;
+    }
+  }
+}
+
 extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const float* bias,
-                               float* out, int batch, int nthreads) {
+                               float* out, const float* res, int batch, int nthreads) {
   // GEMM-style blocking.  One task = DGP output depth planes x one chunk of CT tiles of each x one
   // group of filter blocks.  Row slices are the outer loop, so one slice of the group's weights
   // (slice-major, sequential) stays in L2 while the task's tiles use it; each tile's kept input
@@ -266,6 +283,15 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
             }
           }
       }
+      if (RES)  // the task's outputs are complete: add the residual (and the ReLU) in cache
+        for (int i = b0 * MR; i < b1 * MR; ++i) {
+          const int f = FIL[i];
+          if (f < 0) continue;
+          for (int dd = 0; dd < dgp; ++dd) {
+            const int64_t o = ((int64_t)(n * M + f) * DO + d0 + dd) * OPLANE;
+            add_residual(out + o, res + o, pbeg, pend);
+          }
+        }
       if (POOL)  // the task's windows are complete: pool its scratch into the output
         for (int i = b0 * MR; i < b1 * MR; ++i) {
           const int f = FIL[i];

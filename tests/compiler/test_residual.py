@@ -1,0 +1,101 @@
+"""A residual sum after a sparse conv (``relu(conv(x) + r)``) is added by the conv's kernel: the
+compiled model equals the masked one on plain and batch-last kernels, with dead filters, with a
+residual that broadcasts, without its residual, and in the ONNX export."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeguard.compiler import CompileError, SparseConv, compile_model
+from edgeguard.compiler.onnx_export import export_onnx
+from edgeguard.sparsity import get_scheme
+
+needs_cxx = pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler (g++) here")
+
+
+class Block(nn.Module):
+    """A ResNet basic block with a strided 1 x 1 shortcut, and a sum with a per-channel tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(8, 16, 3, 2, 1)
+        self.conv2 = nn.Conv2d(16, 16, 3, 1, 1)
+        self.shortcut = nn.Conv2d(8, 16, 1, 2)
+        self.head = nn.Conv2d(16, 16, 3, 1, 1)
+        self.offset = nn.Parameter(torch.randn(1, 16, 1, 1))
+
+    def forward(self, x):
+        y = F.relu(self.conv2(F.relu(self.conv1(x))) + self.shortcut(x))
+        return self.head(y) + self.offset  # broadcasts: added after a kernel without it
+
+
+def masked_block(seed: int = 0, dead: bool = False) -> nn.Module:
+    torch.manual_seed(seed)
+    model = Block().eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight *= get_scheme("kgs", gm=4, gn=4).mask(m.weight, 0.6)
+                m.bias.uniform_(-0.5, 0.5)
+        if dead:  # filters with no weight left: their output is bias + residual
+            model.conv2.weight[:5] = 0
+            model.head.weight[3:9] = 0
+    return model
+
+
+@needs_cxx
+@pytest.mark.parametrize("batch", [1, 3, 8])
+@pytest.mark.parametrize("dead", [False, True])
+def test_fused_residual_equals_the_masked_model(batch, dead):
+    model = masked_block(dead=dead)
+    x = torch.randn(batch, 8, 12, 12)
+    compiled = compile_model(model, "cpu", input_shape=tuple(x.shape), max_density=1.0)
+    gm = compiled.module
+    assert gm.conv2.residual and gm.conv2.relu and gm.head.residual and not gm.head.relu
+    assert "relu" not in gm.code  # both ReLUs went into kernels
+    with torch.no_grad():
+        want, want2 = model(x), model(-x)
+    first = compiled(x)
+    kept = first.clone()
+    second = compiled(-x)
+    assert (first - want).abs().max() <= 1e-4 * want.abs().max()
+    assert (second - want2).abs().max() <= 1e-4 * want2.abs().max()
+    assert torch.equal(first, kept)
+
+
+@needs_cxx
+def test_a_residual_layer_called_alone_adds_nothing():
+    model = masked_block()
+    compiled = compile_model(model, "cpu", max_density=1.0)
+    conv2 = compiled.module.conv2
+    h = torch.randn(2, 16, 6, 6)
+    with torch.no_grad():
+        want = F.relu(model.conv2(h))
+        assert torch.allclose(conv2(h), want, atol=1e-5)
+        r = torch.randn(2, 16, 6, 6)
+        assert torch.allclose(conv2(h, r), F.relu(model.conv2(h) + r), atol=1e-5)
+    with pytest.raises(CompileError, match="takes no residual"):
+        compiled.module.conv1(torch.randn(2, 8, 12, 12), r)
+
+
+def test_the_torch_backend_keeps_the_sum_in_the_graph():
+    compiled = compile_model(masked_block(), "torch", max_density=1.0)
+    assert not any(m.residual for m in compiled.module.modules() if isinstance(m, SparseConv))
+
+
+@needs_cxx
+def test_onnx_export_of_fused_residuals_equals_the_model(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    model = masked_block(dead=True)
+    x = torch.randn(2, 8, 12, 12)
+    compiled = compile_model(model, "cpu", input_shape=tuple(x.shape), max_density=1.0)
+    path = export_onnx(compiled, tmp_path / "block.onnx", tuple(x.shape))
+    got = ort.InferenceSession(str(path)).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        want = model(x)
+    assert (torch.from_numpy(got) - want).abs().max() <= 1e-4 * want.abs().max()
