@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from edgeguard.compiler import SparseConv, make_plan, plan_conv
+from edgeguard.compiler.passes.lowering import choose_plan
 from edgeguard.compiler.plan import ConvGeometry
 from edgeguard.sparsity import get_scheme
 
@@ -40,12 +41,13 @@ def assert_relu_kernel_matches_dense(conv, x, mr=4, **knobs):
     mr=st.sampled_from([1, 4, 8]),
     keep=st.floats(0.0, 1.0),
     seed=st.integers(0, 99),
+    by_pattern=st.booleans(),
 )
-def test_plan_stores_every_kept_weight_exactly_once(m, c, k, mr, keep, seed):
+def test_plan_stores_every_kept_weight_exactly_once(m, c, k, mr, keep, seed, by_pattern):
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(m, c, 1, k, k, generator=g) * (torch.rand(m, c, 1, k, k, generator=g) < keep)
     geo = ConvGeometry(c, m, (1, k, k), (1, 1, 1), (0, 0, 0), (1, 1, 1))
-    plan = make_plan(w, None, geo, mr)
+    plan = make_plan(w, None, geo, mr, by_pattern)
     rebuilt = torch.zeros(m, c * k * k)
     slots = plan.filters.view(-1, mr)
     for rows, panel, slot in zip(plan.block_rows, plan.panels, slots, strict=True):
@@ -61,6 +63,26 @@ def test_plan_stores_every_kept_weight_exactly_once(m, c, k, mr, keep, seed):
     assert plan.density == pytest.approx(stored / w.numel())
     assert stored >= plan.kept_weights
     assert plan.kept_weights == int((w != 0).sum())
+
+
+def test_blocks_cut_at_pattern_boundaries_store_groups_of_3_in_blocks_of_4():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 30, 3, padding=1)
+    with torch.no_grad():
+        conv.weight *= get_scheme("kgs", gm=3, gn=5).mask(conv.weight, 0.6)
+    w = conv.weight.detach().unsqueeze(2)
+    geo = ConvGeometry.of(conv)
+    kept = int((w != 0).sum())
+    mixed = make_plan(w, None, geo, 4)
+    split = make_plan(w, None, geo, 4, by_pattern=True)
+    for rows, slot in zip(split.block_rows, split.filters.view(-1, 4), strict=True):
+        live = [f for f in slot.tolist() if f >= 0]
+        patterns = {tuple(torch.nonzero(w[f].flatten()).flatten().tolist()) for f in live}
+        assert len(patterns) == 1 and len(rows) == len(next(iter(patterns)))
+    stored = sum(p.numel() for p in split.panels)
+    assert stored == pytest.approx(kept * 4 / 3, rel=0.02)  # one empty slot per group of 3
+    assert stored < sum(p.numel() for p in mixed.panels)
+    assert choose_plan(w, None, geo, (8, 4)).density == pytest.approx(split.density)
 
 
 def test_kgs_plan_has_no_padding_when_mr_divides_gm():

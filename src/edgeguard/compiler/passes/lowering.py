@@ -158,9 +158,10 @@ def lower_depthwise(gm: fx.GraphModule, node: fx.Node, m: nn.Conv2d, name: str) 
 
 def choose_plan(weight, bias, geometry: ConvGeometry, mr: int | tuple[int, ...]) -> SparsePlan:
     """The plan whose blocks store the fewest weights, among block sizes ``mr`` (preferred first;
-    the others count ``SMALLER_BLOCK_COST`` times their stored weights)."""
+    the others count ``SMALLER_BLOCK_COST`` times their stored weights), each cut by ``mr`` or at
+    pattern boundaries (:func:`make_plan`)."""
     sizes = (mr,) if isinstance(mr, int) else tuple(mr)
-    plans = [make_plan(weight, bias, geometry, r) for r in sizes]
+    plans = [make_plan(weight, bias, geometry, r, by) for r in sizes for by in (False, True)]
     return min(plans, key=lambda p: p.density * (1.0 if p.mr == sizes[0] else SMALLER_BLOCK_COST))
 
 
