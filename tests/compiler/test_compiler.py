@@ -281,7 +281,7 @@ def test_a_fused_max_pool_exports_to_onnx_as_a_max_pool(tmp_path, monkeypatch):
 def test_each_layer_gets_the_block_size_that_fits_its_kernel_groups(monkeypatch, gm, gn, want):
     # 8-filter blocks over kernel groups of 4 (or 3) filters store the union of two groups' rows;
     # the planner takes 4-filter blocks there, and keeps 8 where the groups fit
-    from edgeguard.compiler import backends, plan_conv
+    from edgeguard.compiler import backends, make_plan
     from edgeguard.compiler.passes.lowering import SMALLER_BLOCK_COST, choose_plan
     from edgeguard.compiler.plan import ConvGeometry, conv_weight
     from edgeguard.sparsity import get_scheme
@@ -291,7 +291,8 @@ def test_each_layer_gets_the_block_size_that_fits_its_kernel_groups(monkeypatch,
     model = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3))
     prune_model(model, get_scheme("kgs", gm=gm, gn=gn), rates=0.6)
     conv = model[2]
-    stored = {r: plan_conv(conv, r).density for r in (8, 4)}
+    w, geo = conv_weight(conv), ConvGeometry.of(conv)
+    stored = {r: min(make_plan(w, conv.bias, geo, r, by).density for by in (0, 1)) for r in (8, 4)}
     sizes = backends.get_backend("cpu").block_sizes()
     assert sizes == (8, 4)
     plan = choose_plan(conv_weight(conv), conv.bias, ConvGeometry.of(conv), sizes)

@@ -7,6 +7,17 @@ are in docs/compiler.md ("Design decisions"), not here.
 from __future__ import annotations
 
 LONG_CHUNK_BYTES = 4 << 20  # kept weights past an L2: longer chunks, fewer passes over them
+FV_MAX_POSITIONS = 16  # filter-vectorised tiles for output planes up to this many positions
+FV_TILE, FV_TILE_AVX2 = 16, 12  # positions per filter-vectorised tile (accumulator registers)
+
+
+def filter_vectors(vector_floats: int, mr: int, out: tuple[int, int, int], other: bool) -> bool:
+    """Whether a layer gets filter-vectorised tiles (one vector of its 8 filters per output
+    position): output planes of at most ``FV_MAX_POSITIONS`` positions (a 4 x 4 plane in rows
+    padded to 6 fills half of a position-vectorised tile), 8-filter blocks, and not ``other``
+    (a fused pool, packed rows)."""
+    _, ho, wo = out
+    return not other and mr == 8 and vector_floats >= 8 and ho * wo <= FV_MAX_POSITIONS
 
 
 def register_tile(vector_floats: int) -> tuple[int, int]:

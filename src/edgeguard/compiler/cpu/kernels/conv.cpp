@@ -11,7 +11,9 @@
 //   past its last whole vector as "extra" positions: one MR-float accumulator each (the block's
 //   filters), the input value broadcast; TS: floats of one tile's partial sums.
 //   NB: filter blocks; M: filters; DO x HO x WO: output; WQ: a buffer row; P: positions per plane.
-//   XN, XD: buffer strides of a sample and a plane.  RELU: ReLU fused.  RES: a residual
+//   XN, XD: buffer strides of a sample and a plane.  RELU: ReLU fused.  FV: filter-vectorised
+//   tiles (fv_tile: one vector of MR filters per output position; small planes), which read the
+//   output position q = h * WO + w of a row at FV_POFF[q] and run the tiles of EG_FV_CASES.  RES: a residual
 //   res [N, M, DO, HO, WO] (the output's shape) is added before the ReLU, by each task over the
 //   outputs it has just written (still in its cache); the tiles then store without the ReLU.
 //   FUSE: the kernel copies the raw input [N, CIN, DI, HI, WI] into the padded buffer itself
@@ -160,6 +162,38 @@ static inline int run_tile(const float* __restrict pk, const int32_t* __restrict
   return rem;
 }
 
+// Filter-vectorised tile (FV, planes of a few positions): NPT output positions from P0 of one
+// plane, each an accumulator of the block's MR filters (one vector); per kept row, one load of
+// the MR weights and a broadcast input value per position.  Every lane is a real output, where a
+// position-vectorised tile of a 4 x 4 plane fills half of its lanes.  FV kernels have one slice.
+template <int P0, int NPT>
+static inline void fv_tile(const float* __restrict xb, const int32_t* __restrict ridx, int k0,
+                           int k1, const float* __restrict wb, const float* bv,
+                           float* const* op, const float* const* rp) {
+  vm acc[NPT];
+#pragma GCC unroll 32
+  for (int i = 0; i < NPT; ++i) acc[i] = ldm(bv);
+#pragma GCC unroll 2
+  for (int k = k0; k < k1; ++k) {
+    const float* xr = xb + ridx[k];
+    const vm wv = ldm(wb + (int64_t)k * MR);
+#pragma GCC unroll 32
+    for (int i = 0; i < NPT; ++i) acc[i] += wv * xr[FV_POFF[P0 + i]];
+  }
+#pragma GCC unroll 32
+  for (int i = 0; i < NPT; ++i) {
+    float e[MR];
+    stm(e, acc[i]);
+    const int q = P0 + i;  // output position h * WO + w
+    for (int m = 0; m < MR; ++m)
+      if (op[m]) {
+        float v = e[m];
+        if (RES) v += rp[m][q];
+        op[m][q] = RELU ? (v > 0.f ? v : 0.f) : v;
+      }
+  }
+}
+
 // out[i] = act(out[i] + res[i]) over the positions [p0, p1) of a plane (rows of WQ, of which the
 // first WO are outputs).
 static inline void add_residual(float* __restrict o, const float* __restrict r, int p0, int p1) {
@@ -225,6 +259,28 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
                 for (int w = 0; w < WI; ++w) dst[(int64_t)h * WQ + w] = src[h * XS3 + w * XS4];
           }
     }  // the implicit barrier: the buffer is complete before any tile reads it
+    if constexpr (FV) {  // one task = one filter block x one plane; one slice (NS == 1)
+#pragma omp for schedule(dynamic, 1)
+      for (int task = 0; task < batch * DO * NB; ++task) {
+        const int b = task % NB, d = task / NB % DO, n = task / (NB * DO);
+        const int32_t* ksb = KS + b * (KD + 1);
+        // (maybe_unused: a kernel without FV tiles has an empty EG_FV_CASES)
+        [[maybe_unused]] const int k0 = KB[b] + ksb[KLO[d]], k1 = KB[b] + ksb[KHI[d]];
+        [[maybe_unused]] const float* wb = w + ((int64_t)WOFF[b] - KB[b] - ksb[0]) * MR;
+        [[maybe_unused]] const float* xb = x + n * XN + (int64_t)d * XD;
+        [[maybe_unused]] float bv[MR];
+        [[maybe_unused]] float* op[MR];
+        [[maybe_unused]] const float* rp[MR];
+        for (int m = 0; m < MR; ++m) {
+          const int f = FIL[b * MR + m];
+          bv[m] = f >= 0 ? bias[f] : 0.f;
+          const int64_t o = ((int64_t)(n * M + f) * DO + d) * OPLANE;
+          op[m] = f >= 0 ? out + o : nullptr;
+          rp[m] = f >= 0 && RES ? res + o : nullptr;
+        }
+        EG_FV_CASES
+      }
+    } else {
     // Tasks in (sample, plane group, chunk, filter group) order, handed out one at a time.  A
     // temporal kernel (kd x 1 x 1: an input row is read by kd planes and by no neighbouring
     // position) has its planes innermost instead, and each thread takes one run of consecutive
@@ -316,6 +372,7 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
             }
         }
     }
+    }  // FV
     std::free(pk);
     delete[] scr;
     std::free(accbuf);
