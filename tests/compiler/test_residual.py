@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeguard.compiler import CompileError, SparseConv, compile_model
+from edgeguard.compiler import CompileError, SparseConv, compile_model, plan_conv
 from edgeguard.compiler.onnx_export import export_onnx
 from edgeguard.sparsity import get_scheme
 
@@ -99,3 +99,24 @@ def test_onnx_export_of_fused_residuals_equals_the_model(tmp_path):
     with torch.no_grad():
         want = model(x)
     assert (torch.from_numpy(got) - want).abs().max() <= 1e-4 * want.abs().max()
+
+
+@needs_cxx
+@pytest.mark.parametrize("no_avx512", ["", "1"])
+@pytest.mark.parametrize("mr, nv", [(8, 2), (4, 3), (8, 1)])
+@pytest.mark.parametrize("width", [9, 21, 33])
+def test_residual_at_every_store_path(monkeypatch, no_avx512, mr, nv, width):
+    # whole vectors, tiles crossing row ends (masked stores or the copy without AVX-512) and
+    # extra positions all add the residual before the ReLU
+    monkeypatch.setenv("EDGEGUARD_NO_AVX512", no_avx512)
+    torch.manual_seed(width)
+    conv = nn.Conv2d(16, 24, 3, 1, 1)
+    with torch.no_grad():
+        conv.weight *= get_scheme("kgs").mask(conv.weight, 0.6)
+    sc = SparseConv(plan_conv(conv, mr=mr), two_d=True, mode="cpu", relu=True, nv=nv)
+    sc.residual = True
+    x, r = torch.randn(2, 16, 7, width), torch.randn(2, 24, 7, width)
+    with torch.no_grad():
+        want = F.relu(conv(x) + r)
+        got = sc(x, r)
+    assert (got - want).abs().max() <= 1e-4 * want.abs().max()

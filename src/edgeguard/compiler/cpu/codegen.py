@@ -283,7 +283,7 @@ def generate_source(
     t = nv * vl
     cases = [
         f"case {nvt * 8 + nx}: tile<FIRST, LAST, {nvt}, {nx}>"
-        "(pk, ridx, k0, k1, wb, bv, accbuf, op, p0, pl, hb); break;"
+        "(pk, ridx, k0, k1, wb, bv, accbuf, op, rp, p0, pl, hb); break;"
         for nvt, nx in sorted(
             {tile_kind(r, nv, vl, nxm) for r in last_tiles(layout, t, ct, rc, hc, nxm)}
         )

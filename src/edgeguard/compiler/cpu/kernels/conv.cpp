@@ -13,9 +13,9 @@
 //   NB: filter blocks; M: filters; DO x HO x WO: output; WQ: a buffer row; P: positions per plane.
 //   XN, XD: buffer strides of a sample and a plane.  RELU: ReLU fused.  FV: filter-vectorised
 //   tiles (fv_tile: one vector of MR filters per output position; small planes), which read the
-//   output position q = h * WO + w of a row at FV_POFF[q] and run the tiles of EG_FV_CASES.  RES: a residual
-//   res [N, M, DO, HO, WO] (the output's shape) is added before the ReLU, by each task over the
-//   outputs it has just written (still in its cache); the tiles then store without the ReLU.
+//   output position q = h * WO + w of a row at FV_POFF[q] and run the tiles of EG_FV_CASES.
+//   RES: a residual res [N, M, DO, HO, WO] (the output's shape) is added before the ReLU, as each
+//   tile stores its outputs.
 //   FUSE: the kernel copies the raw input [N, CIN, DI, HI, WI] into the padded buffer itself
 //   (stride 1 on every axis: no phase split), by the same threads, before computing; it reads
 //   element (n, c, d, h, w) at n * XS0 + c * XS1 + d * XS2 + h * XS3 + w * XS4 (a subsample or a
@@ -61,6 +61,10 @@ typedef float vm __attribute__((vector_size(MR * 4)));
 static inline vm ldm(const float* p) { vm v; std::memcpy(&v, p, sizeof v); return v; }
 static inline void stm(float* p, vm v) { std::memcpy(p, &v, sizeof v); }
 
+// the activation after a residual sum (RES): the ReLU or nothing
+static inline float act(float v) { return RELU ? (v > 0.f ? v : 0.f) : v; }
+static inline vf actv(vf v) { return RELU ? (v > 0 ? v : (vf){}) : v; }
+
 constexpr int T = NV * VL, TS = MR * T + NXM * MR;
 constexpr int64_t OPLANE = (int64_t)HO * WO;
 constexpr bool POOL = PKD * PKH * PKW > 1;
@@ -69,7 +73,7 @@ constexpr int DOP = DO / PKD, HOP = HO / PKH, WOP = WO / PKW;
 template <bool FIRST, bool LAST, int NVT, int NX>
 static inline void tile(const float* __restrict pk, const int32_t* __restrict ridx, int k0, int k1,
                         const float* __restrict wb, const float* bv, float* accbuf,
-                        float* const* op, int p0, int pl, int hb) {
+                        float* const* op, const float* const* rp, int p0, int pl, int hb) {
   // The accumulators are named variables (generated for MR x NV), not an array: GCC kept an
   // array in memory at every call's entry and exit.
   EG_ACC_INIT
@@ -92,7 +96,7 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
   constexpr int TT = NVT * VL;  // positions of the whole vectors
   vf acc[MR][NV] = {};
   EG_ACC_ARRAY
-  if (RELU && !RES)
+  if (RELU && !RES)  // with a residual: after adding it, at the stores
     for (int m = 0; m < MR; ++m)
       for (int v = 0; v < NVT; ++v) acc[m][v] = acc[m][v] > 0 ? acc[m][v] : (vf){};
   const int h0 = p0 / WQ, w0 = p0 % WQ, hr = h0 - hb;
@@ -105,13 +109,16 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
       float e[MR];
       stm(e, RELU && !RES ? (ex[x] > 0 ? ex[x] : (vm){}) : ex[x]);
       for (int m = 0; m < MR; ++m)
-        if (op[m]) op[m][(h - hb) * WO + w] = e[m];
+        if (op[m]) op[m][(h - hb) * WO + w] = RES ? act(e[m] + rp[m][(h - hb) * WO + w]) : e[m];
     }
   }
   if (w0 + TT <= WO) {
     for (int m = 0; m < MR; ++m)
       if (op[m])
-        for (int v = 0; v < NVT; ++v) st(op[m] + hr * WO + w0 + v * VL, acc[m][v]);
+        for (int v = 0; v < NVT; ++v) {
+          const int64_t o = hr * WO + w0 + v * VL;
+          st(op[m] + o, RES ? actv(acc[m][v] + ld(rp[m] + o)) : acc[m][v]);
+        }
     return;
   }
   // (op[m] + (h - hb) * WO + w is output row h of filter slot m: hb is the first row op[m] holds.)
@@ -131,11 +138,20 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
         const int a = j > v * VL ? j - v * VL : 0, b = j + n < (v + 1) * VL ? j + n - v * VL : VL;
         const __mmask16 k = (__mmask16)(((1u << b) - 1) & ~((1u << a) - 1));
         for (int m = 0; m < MR; ++m)
-          if (op[m]) _mm512_mask_storeu_ps(op[m] + h * WO + w - j + v * VL, k, (__m512)acc[m][v]);
+          if (op[m]) {
+            const int64_t o = h * WO + w - j + v * VL;
+            vf a = acc[m][v];
+            if (RES) a = actv(a + (vf)_mm512_maskz_loadu_ps(k, rp[m] + o));
+            _mm512_mask_storeu_ps(op[m] + o, k, (__m512)a);
+          }
       }
 #else
       for (int m = 0; m < MR; ++m)
-        if (op[m]) std::memcpy(op[m] + h * WO + w, &tmp[m][j], n * sizeof(float));
+        if (op[m] && RES)
+          for (int q = 0; q < n; ++q)
+            op[m][h * WO + w + q] = act(tmp[m][j + q] + rp[m][h * WO + w + q]);
+        else if (op[m])
+          std::memcpy(op[m] + h * WO + w, &tmp[m][j], n * sizeof(float));
 #endif
     }
     j += (WQ - w);
@@ -147,16 +163,16 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
 template <bool FIRST, bool LAST>
 static inline int run_tile(const float* __restrict pk, const int32_t* __restrict ridx, int k0,
                            int k1, const float* __restrict wb, const float* bv, float* accbuf,
-                           float* const* op, int p0, int pl, int hb) {
+                           float* const* op, const float* const* rp, int p0, int pl, int hb) {
   const int rem = pl - p0;
   if (rem > T + NXM) {
-    tile<FIRST, LAST, NV, 0>(pk, ridx, k0, k1, wb, bv, accbuf, op, p0, pl, hb);
+    tile<FIRST, LAST, NV, 0>(pk, ridx, k0, k1, wb, bv, accbuf, op, rp, p0, pl, hb);
     return T;
   }
   switch (TILE_KIND[rem]) {
     EG_TILE_CASES
     default:  // (not generated: a whole tile, stores clipped at pl; the loop goes on past it)
-      tile<FIRST, LAST, NV, 0>(pk, ridx, k0, k1, wb, bv, accbuf, op, p0, pl, hb);
+      tile<FIRST, LAST, NV, 0>(pk, ridx, k0, k1, wb, bv, accbuf, op, rp, p0, pl, hb);
       return T;
   }
   return rem;
@@ -194,21 +210,6 @@ static inline void fv_tile(const float* __restrict xb, const int32_t* __restrict
   }
 }
 
-// out[i] = act(out[i] + res[i]) over the positions [p0, p1) of a plane (rows of WQ, of which the
-// first WO are outputs).
-static inline void add_residual(float* __restrict o, const float* __restrict r, int p0, int p1) {
-  for (int h = p0 / WQ, w = p0 % WQ; h * WQ < p1; ++h, w = 0) {
-    const int we = p1 - h * WQ < WO ? p1 - h * WQ : WO;
-    float* oh = o + (int64_t)h * WO;
-    const float* rh = r + (int64_t)h * WO;
-#pragma GCC ivdep
-    for (int q = w; q < we; ++q) {
-      const float v = oh[q] + rh[q];
-      oh[q] = RELU ? (v > 0.f ? v : 0.f) : v;
-    }
-  }
-}
-
 extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const float* bias,
                                float* out, const float* res, int batch, int nthreads) {
   // GEMM-style blocking.  One task = DGP output depth planes x one chunk of CT tiles of each x one
@@ -242,6 +243,7 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
     float* pk = PACK ? static_cast<float*>(std::aligned_alloc(64, (size_t)KC * T * 4)) : nullptr;
     float* bvall = new float[NB * MR];
     float** opall = new float*[(size_t)dgp * NB * MR];
+    const float** rpall = new const float*[(size_t)dgp * NB * MR];  // RES: the residual's rows
     float* accbuf = static_cast<float*>(
         std::aligned_alloc(64, ((size_t)dgp * CT * NBG * TS * 4 + 63) / 64 * 64));
     float* scr = POOL ? new float[(size_t)dgp * SCR_PLANE] : nullptr;
@@ -301,11 +303,14 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
       for (int i = b0 * MR; i < b1 * MR; ++i) {  // once per task, not per (block, slice)
         const int f = FIL[i];
         bvall[i] = f >= 0 ? bias[f] : 0.f;
-        for (int dd = 0; dd < dgp; ++dd)
+        for (int dd = 0; dd < dgp; ++dd) {
+          const int64_t o = ((int64_t)(n * M + f) * DO + d0 + dd) * OPLANE;
           opall[(size_t)dd * NB * MR + i] =
               f < 0  ? nullptr
               : POOL ? scr + ((size_t)(i - b0 * MR) * dgp + dd) * RC * WO
-                     : out + ((int64_t)(n * M + f) * DO + d0 + dd) * OPLANE;
+                     : out + o;
+          rpall[(size_t)dd * NB * MR + i] = RES && f >= 0 ? res + o : nullptr;
+        }
       }
       for (int s = 0; s < NS; ++s) {
         const int r0 = s * KC, r1 = r0 + KC < KU ? r0 + KC : KU;
@@ -327,27 +332,19 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
               const float* wb = w + ((int64_t)WOFF[b * NS + s] - KB[b] - ksb[0]) * MR;
               const float* bv = bvall + b * MR;
               float* const* op = opall + (size_t)dd * NB * MR + b * MR;
+              const float* const* rp = rpall + (size_t)dd * NB * MR + b * MR;
               float* ab = accbuf + ((size_t)t * NBG + b - b0) * TS;
               if (NS == 1)
-                step = run_tile<true, true>(base, RIDX, k0, k1, wb, bv, ab, op, p0, pend, hb);
+                step = run_tile<true, true>(base, RIDX, k0, k1, wb, bv, ab, op, rp, p0, pend, hb);
               else if (s == 0)
-                step = run_tile<true, false>(base, RIDX, k0, k1, wb, bv, ab, op, p0, pend, hb);
+                step = run_tile<true, false>(base, RIDX, k0, k1, wb, bv, ab, op, rp, p0, pend, hb);
               else if (s == NS - 1)
-                step = run_tile<false, true>(base, RIDX, k0, k1, wb, bv, ab, op, p0, pend, hb);
+                step = run_tile<false, true>(base, RIDX, k0, k1, wb, bv, ab, op, rp, p0, pend, hb);
               else
-                step = run_tile<false, false>(base, RIDX, k0, k1, wb, bv, ab, op, p0, pend, hb);
+                step = run_tile<false, false>(base, RIDX, k0, k1, wb, bv, ab, op, rp, p0, pend, hb);
             }
           }
       }
-      if (RES)  // the task's outputs are complete: add the residual (and the ReLU) in cache
-        for (int i = b0 * MR; i < b1 * MR; ++i) {
-          const int f = FIL[i];
-          if (f < 0) continue;
-          for (int dd = 0; dd < dgp; ++dd) {
-            const int64_t o = ((int64_t)(n * M + f) * DO + d0 + dd) * OPLANE;
-            add_residual(out + o, res + o, pbeg, pend);
-          }
-        }
       if (POOL)  // the task's windows are complete: pool its scratch into the output
         for (int i = b0 * MR; i < b1 * MR; ++i) {
           const int f = FIL[i];
@@ -378,5 +375,6 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
     std::free(accbuf);
     delete[] bvall;
     delete[] opall;
+    delete[] rpall;
   }
 }
