@@ -81,6 +81,8 @@ def test_a_residual_layer_called_alone_adds_nothing():
         assert torch.allclose(conv2(h, r), F.relu(model.conv2(h) + r), atol=1e-5)
     with pytest.raises(CompileError, match="takes no residual"):
         compiled.module.conv1(torch.randn(2, 8, 12, 12), r)
+    with pytest.raises(CompileError, match=r"residual \(2, 16, 5, 6\) does not broadcast"):
+        conv2(h, torch.randn(2, 16, 5, 6))
 
 
 def test_the_torch_backend_keeps_the_sum_in_the_graph():

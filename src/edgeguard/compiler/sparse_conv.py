@@ -410,7 +410,15 @@ class SparseConv(nn.Module):
             else:
                 out = self.forward_torch(x, act=False)
                 out = out.squeeze(2) if self.two_d else out
-            out = out + residual if residual is not None else out
+            if residual is not None:
+                try:
+                    torch.broadcast_shapes(tuple(out.shape), tuple(residual.shape))
+                except RuntimeError:
+                    raise CompileError(
+                        f"{self.name}: the residual {tuple(residual.shape)} does not broadcast "
+                        f"to the output {tuple(out.shape)}"
+                    ) from None
+                out = out + residual
             return F.relu(out) if act else out
         if (exporting or self.mode == "torch") and self.standard_form() == "conv":
             return self._conv_form(x0)  # on the given rank: no reshapes around a 2-D conv

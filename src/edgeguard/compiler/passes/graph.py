@@ -3,6 +3,8 @@ their pruning masks applied."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from torch import fx, nn
 
 from ...masks import drop_mask, mask_of
@@ -15,12 +17,25 @@ BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 __all__ = [
     "BATCHNORMS",
     "CONVS",
+    "binary_calls",
     "effective_weight",
     "materialise_mask",
     "module_of",
     "set_module",
     "shared",
 ]
+
+
+def binary_calls(gm: fx.GraphModule, targets) -> Iterator[tuple[fx.Node, list[tuple]]]:
+    """Each call of a function in ``targets`` with two positional arguments and no keywords (a sum
+    or product), with its operands in both orders: ``(node, [(a, b), (b, a)])``; the graph may be
+    changed between items."""
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in targets:
+            continue
+        if node.kwargs or len(node.args) != 2:
+            continue
+        yield node, [tuple(node.args), tuple(node.args[::-1])]
 
 
 def module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:

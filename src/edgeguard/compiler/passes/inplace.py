@@ -13,7 +13,7 @@ from torch import fx
 from ..depthwise import DepthwiseConvCpu
 from ..pool import MaxPoolCpu
 from ..sparse_conv import SparseConv
-from .graph import module_of
+from .graph import binary_calls, module_of
 
 KERNEL_MODULES = (SparseConv, DepthwiseConvCpu, MaxPoolCpu)
 
@@ -59,12 +59,8 @@ def compute_into_kernel_outputs(gm: fx.GraphModule) -> int:
     returns how many."""
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     done = 0
-    for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target not in _INTO:
-            continue
-        if node.kwargs or len(node.args) != 2:
-            continue
-        for mine, other in (node.args, node.args[::-1]):
+    for node, pairs in binary_calls(gm, _INTO):
+        for mine, other in pairs:
             if not isinstance(mine, fx.Node) or not isinstance(module_of(gm, mine), KERNEL_MODULES):
                 continue
             others = [u for u in mine.users if u is not node]

@@ -11,7 +11,7 @@ import torch
 from torch import fx
 
 from ..sparse_conv import SparseConv
-from .graph import module_of, shared
+from .graph import binary_calls, module_of, shared
 from .relu_fusion import fuse_relu
 
 _ADDS = {operator.add, torch.add}
@@ -23,12 +23,8 @@ def fuse_residuals(gm: fx.GraphModule) -> int:
     output only that sum reads; returns how many.  ``r`` broadcasts as in the sum (the layer adds
     a broadcast residual with PyTorch)."""
     done = 0
-    for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target not in _ADDS:
-            continue
-        if node.kwargs or len(node.args) != 2:
-            continue
-        for mine, other in (node.args, node.args[::-1]):
+    for node, pairs in binary_calls(gm, _ADDS):
+        for mine, other in pairs:
             if not isinstance(mine, fx.Node) or not isinstance(other, fx.Node) or mine is other:
                 continue
             conv = module_of(gm, mine)
