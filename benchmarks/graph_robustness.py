@@ -151,30 +151,38 @@ def run_attacks(args) -> list[dict]:
     return rows
 
 
+# the inner attacks of each robust training (a list: the min-max game over several attacks)
+INNER = {
+    "natural": None,
+    "PGD": ("pgd", {"steps": 10, "samples": 5}),
+    "GTA": ("gta", {"rounds": 1}),
+    "ZO-GTA": ("zo-gta", {"rounds": 1, "q": 20}),
+    "GTA+features minmax": [
+        ("gta", {"rounds": 1}),
+        ("pgd-features", {"steps": 10, "samples": 5}),
+    ],
+}
+
+
+def inner_attacks(label: str, budget: float, seed: int):
+    """The attack objects of training ``label`` (None: natural training)."""
+    spec = INNER[label]
+    specs = spec if isinstance(spec, list) else [spec] if spec else []
+    return [get_graph_attack(a, budget=budget, seed=seed, **kw) for a, kw in specs] or None
+
+
 def run_robust(args) -> list[dict]:
-    inner = {
-        "natural": None,
-        "PGD": ("pgd", {"steps": 10, "samples": 5}),
-        "GTA": ("gta", {"rounds": 1}),
-        "ZO-GTA": ("zo-gta", {"rounds": 1, "q": 20}),
-        "GTA+features minmax": [
-            ("gta", {"rounds": 1}),
-            ("pgd-features", {"steps": 10, "samples": 5}),
-        ],
-    }
+    inner = INNER
     rows = []
     for name in args.datasets:
         data = load(name, args.split)
         for seed in args.seeds:
-            for label, spec in inner.items():
+            for label in inner:
                 if args.trainings and label not in args.trainings:
                     continue
                 seed_everything(seed)
                 m = gcn(data.num_features, int(data.y.max()) + 1, hidden=16)
-                specs = spec if isinstance(spec, list) else [spec] if spec else []
-                attack = [
-                    get_graph_attack(a, budget=args.budget, seed=seed, **kw) for a, kw in specs
-                ] or None
+                attack = inner_attacks(label, args.budget, seed)
                 hist = robust_train(
                     m,
                     data,
@@ -205,11 +213,16 @@ def run_robust(args) -> list[dict]:
     return rows
 
 
+POISONED_ROWS = {"GTA": "GTA-RT", "GTA+features minmax": "min-max RT"}
+
+
 def run_metattack(args) -> list[dict]:
     """Metattack poisoning (Meta-Self, our implementation): one greedy run to the largest rate on
     a surrogate GCN (seed 0); the first k flips are the attack at each smaller rate.  Each poisoned
-    adjacency is saved (``--adjacency`` input of ``edgeguard gnn``), then natural and GTA-robust
-    GCNs are trained on it with each seed and tested on it."""
+    adjacency is saved (``--adjacency`` input of ``edgeguard gnn``), then the GCNs of
+    ``--trainings`` (default: natural and GTA-robust) are trained on it with each seed and tested
+    on it."""
+    trainings = args.trainings or ["natural", "GTA"]
     rows = []
     out = Path(args.out)
     for name in args.datasets:
@@ -235,19 +248,23 @@ def run_metattack(args) -> list[dict]:
             for seed in args.seeds:
                 r = {"dataset": name, "rate": rate, "seed": seed, "flips": k}
                 r["surrogate (evasion)"] = evasion
-                r["GCN"] = node_accuracy(natural(poisoned, seed), poisoned)
-                seed_everything(seed)
-                m = gcn(data.num_features, int(data.y.max()) + 1, hidden=16)
-                robust_train(
-                    m,
-                    poisoned,
-                    get_graph_attack("gta", budget=args.budget, rounds=1, seed=seed),
-                    TrainConfig(epochs=args.epochs, lr=0.01, weight_decay=5e-4, scheduler="none"),
-                    log_every=10**6,
-                    select=args.select,
-                    cover=args.cover,
-                )
-                r["GTA-RT"] = node_accuracy(m.eval(), poisoned)
+                if "natural" in trainings:
+                    r["GCN"] = node_accuracy(natural(poisoned, seed), poisoned)
+                for label in (t for t in trainings if t != "natural"):
+                    seed_everything(seed)
+                    m = gcn(data.num_features, int(data.y.max()) + 1, hidden=16)
+                    robust_train(
+                        m,
+                        poisoned,
+                        inner_attacks(label, args.budget, seed),
+                        TrainConfig(
+                            epochs=args.epochs, lr=0.01, weight_decay=5e-4, scheduler="none"
+                        ),
+                        log_every=10**6,
+                        select=args.select,
+                        cover=args.cover,
+                    )
+                    r[POISONED_ROWS.get(label, f"{label}-RT")] = node_accuracy(m.eval(), poisoned)
                 r["attack s"] = attack_s
                 emit(r)
                 rows.append(r)
@@ -303,7 +320,7 @@ def summarize(paths: list[Path]) -> None:
             else [json.loads(x) for x in text.splitlines() if x.strip()]
         )
         for r in recs:
-            rows[(r["dataset"], r.get("training"), r["seed"])] = r
+            rows[(r["dataset"], r.get("training"), r.get("rate"), r["seed"])] = r
     print_summary(list(rows.values()))
 
 
@@ -376,7 +393,8 @@ def main() -> None:
         "--trainings",
         nargs="+",
         default=None,
-        help="robust: only these rows",
+        help="robust: only these rows; metattack: the trainings on each poisoned graph (default: "
+        "natural and GTA)",
         choices=["natural", "PGD", "GTA", "ZO-GTA", "GTA+features minmax"],
     )
     ap.add_argument(
