@@ -54,6 +54,7 @@ def test_batch_last_only_for_2d_small_planes_from_the_minimum_batch():
     "k, s, p, d, size",
     [
         (3, 1, 1, 1, 4),
+        (3, 1, 1, 1, 2),  # a 2 x 2 plane: at batch 8 the view's plane is 16 positions (FV tiles)
         (3, 2, 1, 1, 8),
         (3, 1, 2, 2, 6),
         (1, 1, 0, 1, 5),
