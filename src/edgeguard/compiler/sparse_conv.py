@@ -266,11 +266,10 @@ class SparseConv(nn.Module):
         bl = self.batch_last(shape)
         name = ("sub" if sub else "") + ("-bl" if bl else "")
         plan = self._variant(name.strip("-")) if name else self.plan
-        fills = plan.geometry.stride == (1, 1, 1)  # the kernel fills its buffer itself
-        strides = None
-        if fills and bl:  # element (0, c, h, w, n) of [1, C, H, W, N] is x[n, c, 0, h, w]
+        strides = None  # the kernel fills its buffer itself (the phases of a strided one too)
+        if bl:  # element (0, c, h, w, n) of [1, C, H, W, N] is x[n, c, 0, h, w]
             strides = (0, d * h * w, sh * w, sw, c * d * h * w)
-        elif fills and sub:
+        elif sub:
             strides = (c * d * h * w, d * h * w, sd * h * w, sh * w, sw)
         return KernelView(plan, (1, c, hv, wv, n) if bl else (n, c, dv, hv, wv), sub, bl, strides)
 
@@ -462,11 +461,9 @@ class _CpuCall:
         lay = InputLayout(view.plan.geometry, view.shape[2:])
         self.slack = (conv.nv or 4) * 16  # >= one tile of any target (nv * vector floats)
         self.unpadded = lay.phases == 1 and not any(lay.geometry.padding)
-        self.fill = lay.phases == 1  # the kernel fills the buffer's interior itself
         self.layout = lay
         self.inbuf: torch.Tensor | None = None
         self.out: torch.Tensor | None = None
-        self.xt: torch.Tensor | None = None  # the input transposed and/or subsampled
         self.res: torch.Tensor | None = None  # batch-last: the kernel's output [1, M, Ho, Wo, N]
         self.zeros: torch.Tensor | None = None  # a residual layer called without its residual
 
@@ -489,7 +486,6 @@ class _CpuCall:
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         conv, view = self.conv, self.view
-        n = x.shape[0]
         if conv.residual:
             residual = self._residual(residual)
         # Buffers are kept between calls when ``reuse_buffers``: fresh multi-MB allocations are
@@ -510,26 +506,13 @@ class _CpuCall:
                 buf = x.new_zeros(view.shape[0] * self.layout.batch_stride + self.slack)
             self.inbuf = buf if conv.reuse_buffers else None
             return self._run(buf, x, out, residual)
-        if view.subsample:
-            sd, sh, sw = view.subsample
-            x = x[:, :, ::sd, ::sh, ::sw]
-        if view.batch_last:  # [N, C*H*W] -> [C*H*W, N]: a 2-D transpose (3x a 4-D permute)
-            xt = self.xt if self.xt is not None else kernel_output(view.shape)
-            xt.view(-1, n).copy_(x.reshape(n, -1).t())
-            self.xt = xt if conv.reuse_buffers else None
-            x = xt
-        elif view.subsample:
-            x = x.contiguous()
         if self.unpadded and has_slack(x, self.slack):
             buf, xin = x.view(-1), None  # unpadded: a kernel output is its own input buffer
-        elif self.fill:  # the kernel fills the buffer's interior itself (zero borders kept)
+        else:  # the kernel fills the buffer's interior (its phases) itself, zero borders kept
             buf = self.inbuf
             if buf is None:
                 buf = x.new_zeros(view.shape[0] * self.layout.batch_stride + self.slack)
-            buf, xin = buf, x
-        else:
-            buf = self.layout.prepare(x, slack=self.slack, buf=self.inbuf)
-            xin = None
+            xin = x
         if conv.reuse_buffers and not (self.unpadded and xin is None):
             self.inbuf = buf
         return self._run(buf, xin, out, residual)

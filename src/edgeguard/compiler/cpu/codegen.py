@@ -313,7 +313,9 @@ def generate_source(
         f"FV = {_bool(fv)};",
         f"constexpr int CIN = {g.in_channels}, DI = {layout.size[0]}, HI = {layout.size[1]}, "
         f"WI = {layout.size[2]}, PD = {g.padding[0]}, PH = {g.padding[1]}, PW = {g.padding[2]};",
-        f"constexpr int DQ = {dq}, HQ = {hq};",
+        f"constexpr int DQ = {dq}, HQ = {hq}, SD = {g.stride[0]}, SH = {g.stride[1]}, "
+        f"SW = {g.stride[2]};",
+        f"constexpr bool PFILL = {_bool(layout.phases > 1)};",
         "constexpr int64_t "
         + ", ".join(
             f"XS{i} = {v}" for i, v in enumerate(source_strides or contiguous_strides(layout))

@@ -16,6 +16,8 @@
 //   output position q = h * WO + w of a row at FV_POFF[q] and run the tiles of EG_FV_CASES.
 //   RES: a residual res [N, M, DO, HO, WO] (the output's shape) is added before the ReLU, as each
 //   tile stores its outputs.
+//   PFILL: a strided kernel splits the raw input into its padded phase buffer itself (phase
+//   (a, b, e) of strides SD x SH x SW holds x[i * SD + a - PD][j * SH + b - PH][k * SW + e - PW]).
 //   FUSE: the kernel copies the raw input [N, CIN, DI, HI, WI] into the padded buffer itself
 //   (stride 1 on every axis: no phase split), by the same threads, before computing; it reads
 //   element (n, c, d, h, w) at n * XS0 + c * XS1 + d * XS2 + h * XS3 + w * XS4 (a subsample or a
@@ -261,6 +263,32 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
                 for (int w = 0; w < WI; ++w) dst[(int64_t)h * WQ + w] = src[h * XS3 + w * XS4];
           }
     }  // the implicit barrier: the buffer is complete before any tile reads it
+    if (PFILL && xin) {  // strided: the kernel splits the raw input into its phases itself
+#pragma omp for collapse(3) schedule(static)
+      for (int n = 0; n < batch; ++n)
+        for (int c = 0; c < CIN; ++c)
+          for (int ph = 0; ph < SD * SH * SW; ++ph) {
+            const int a = ph / (SH * SW), b = ph / SW % SH, e = ph % SW;
+            float* pb = x + n * XN + ((int64_t)c * SD * SH * SW + ph) * DQ * HQ * WQ;
+            const float* src = xin + n * XS0 + c * XS1;
+            for (int i = 0; i < DQ; ++i) {
+              const int d = i * SD + a - PD;
+              if (d < 0 || d >= DI) continue;  // depth padding: the buffer's zeros
+              for (int j = 0; j < HQ; ++j) {
+                const int h = j * SH + b - PH;
+                if (h < 0 || h >= HI) continue;
+                float* dst = pb + ((int64_t)i * HQ + j) * WQ;
+                const float* sr = src + d * XS2 + h * XS3;
+                const int k0 = (PW - e + SW - 1) / SW;  // first k with w = k * SW + e - PW >= 0
+                for (int k = k0; k < WQ; ++k) {
+                  const int w = k * SW + e - PW;
+                  if (w >= WI) break;
+                  dst[k] = sr[w * XS4];
+                }
+              }
+            }
+          }
+    }  // (the implicit barrier again)
     if constexpr (FV) {  // one task = one filter block x one plane; one slice (NS == 1)
 #pragma omp for schedule(dynamic, 1)
       for (int task = 0; task < batch * DO * NB; ++task) {
