@@ -5,8 +5,6 @@ model keeps earlier outputs intact."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,16 +15,7 @@ from edgeguard.compiler.plan import ConvGeometry
 from edgeguard.compiler.sparse_conv import BATCH_LAST_MIN_BATCH, batch_last_geometry
 from edgeguard.sparsity import get_scheme
 
-needs_cxx = pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler (g++) here")
-
-
-def masked_conv2d(cin, cout, k, s, p, d=1, rate=0.6, seed=0, scheme="kgs"):
-    torch.manual_seed(seed)
-    conv = nn.Conv2d(cin, cout, k, s, p, d)
-    with torch.no_grad():
-        conv.weight *= get_scheme(scheme).mask(conv.weight, rate)
-        conv.bias.uniform_(-0.5, 0.5)
-    return conv.eval()
+from .test_kernels import masked_conv, needs_cxx
 
 
 def test_batch_last_geometry_moves_the_2d_axes_forward_and_keeps_rows():
@@ -38,12 +27,14 @@ def test_batch_last_geometry_moves_the_2d_axes_forward_and_keeps_rows():
 
 
 def test_batch_last_only_for_2d_small_planes_from_the_minimum_batch():
-    conv = SparseConv(plan_conv(masked_conv2d(8, 16, 3, 1, 1)), two_d=True, mode="torch")
+    conv = SparseConv(plan_conv(masked_conv(8, 16, 3, 1, 1, 1, dims=2)), two_d=True, mode="torch")
     n = BATCH_LAST_MIN_BATCH
     assert conv.batch_last((n, 8, 1, 8, 8))
     assert not conv.batch_last((n - 1, 8, 1, 8, 8))  # too few samples to fill the positions
     assert not conv.batch_last((n, 8, 1, 16, 16))  # a 16 x 16 plane fills its tiles alone
-    pointwise = SparseConv(plan_conv(masked_conv2d(8, 16, 1, 1, 0)), two_d=True, mode="torch")
+    pointwise = SparseConv(
+        plan_conv(masked_conv(8, 16, 1, 1, 0, 1, dims=2)), two_d=True, mode="torch"
+    )
     assert not pointwise.batch_last((n, 8, 1, 8, 8))  # no padding columns to save
     conv.pool = (1, 2, 2)  # a fused pool needs whole windows in the plane
     assert not conv.batch_last((n, 8, 1, 8, 8))
@@ -64,7 +55,7 @@ def test_batch_last_only_for_2d_small_planes_from_the_minimum_batch():
 )
 @pytest.mark.parametrize("batch", [8, 19])
 def test_batch_last_kernel_matches_dense(k, s, p, d, size, batch):
-    conv = masked_conv2d(12, 24, k, s, p, d)
+    conv = masked_conv(12, 24, k, s, p, d, dims=2)
     sc = SparseConv(plan_conv(conv, mr=8), two_d=True, mode="cpu", relu=True)
     x = torch.randn(batch, 12, size, size)
     sc.batch_last = lambda shape: shape[0] >= 8  # 1 x 1 too (the default leaves them plain)
@@ -85,7 +76,7 @@ def test_batch_last_kernel_matches_dense(k, s, p, d, size, batch):
 @pytest.mark.parametrize("batch, size", [(1, 16), (3, 7), (8, 9), (16, 8)])
 @pytest.mark.parametrize("dead", [False, True])
 def test_pointwise_strided_conv_reads_only_its_subsample(batch, size, dead):
-    conv = masked_conv2d(16, 32, 1, 2, 0)
+    conv = masked_conv(16, 32, 1, 2, 0, 1, dims=2)
     if dead:  # every filter dead: the output is the bias
         with torch.no_grad():
             conv.weight.zero_()

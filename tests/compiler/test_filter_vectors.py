@@ -4,8 +4,6 @@ planes of a few positions: chosen by the plane size, and equal to PyTorch's dens
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,7 +14,7 @@ from edgeguard.compiler.cpu.tuning import FV_MAX_POSITIONS, filter_vectors
 from edgeguard.compiler.layout import InputLayout
 from edgeguard.sparsity import get_scheme
 
-needs_cxx = pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler (g++) here")
+from .test_kernels import needs_cxx
 
 
 def test_filter_vectors_for_small_planes_and_8_filter_blocks_only():

@@ -4,8 +4,6 @@ residual that broadcasts, without its residual, and in the ONNX export."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,7 +13,7 @@ from edgeguard.compiler import CompileError, SparseConv, compile_model, plan_con
 from edgeguard.compiler.onnx_export import export_onnx
 from edgeguard.sparsity import get_scheme
 
-needs_cxx = pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler (g++) here")
+from .test_kernels import needs_cxx
 
 
 class Block(nn.Module):

@@ -149,13 +149,13 @@ def make_plan(
     live = torch.nonzero(alive).flatten()
     # Sort live filters by row pattern so identical patterns are adjacent (one block, no union waste).
     if len(live):
-        pat = nz[live].to(torch.uint8).numpy()
-        order = sorted(range(len(live)), key=lambda i: pat[i].tobytes(), reverse=True)
+        pat = [p.tobytes() for p in nz[live].to(torch.uint8).numpy()]
+        order = sorted(range(len(live)), key=lambda i: pat[i], reverse=True)
         live = live[torch.tensor(order, dtype=torch.int64)]
     cuts = list(range(0, len(live), mr))
     if by_pattern and len(live):
         cuts, start = [], 0
-        keys = [pat[i].tobytes() for i in order]
+        keys = [pat[i] for i in order]
         for i in range(1, len(live) + 1):
             if i == len(live) or keys[i] != keys[start]:
                 cuts += range(start, i, mr)

@@ -30,7 +30,7 @@ class KernelView(NamedTuple):
     its 5-D input ``shape``, the ``subsample`` stride taken first (pointwise strided convs),
     whether it is :func:`batch_last_geometry`, and ``strides``: where the kernel's own fill reads
     each of its input elements in the layer's input (a subsample or a transpose gathered by the
-    kernel; None: the input as given, or a copy Python makes first)."""
+    kernel; None: the layer's input is the kernel's, contiguous)."""
 
     plan: SparsePlan
     shape: tuple[int, ...]
@@ -139,11 +139,15 @@ class SparseConv(nn.Module):
         self.reuse_buffers = False
         # per 5-D input shape: what a CPU call needs (kernel, layout, kept buffers): _CpuCall
         self._cpu_calls: dict[tuple, _CpuCall] = {}
-        self._plans: dict[str, SparsePlan] = {}  # the plan on other geometries (_variant)
+        self._plans: dict[tuple[bool, bool], SparsePlan] = {}  # on other geometries (_variant)
 
     # -- standard-operator path (fallback and ONNX) ------------------------------------------------
     def _pooled(self, out: torch.Tensor) -> torch.Tensor:
         return F.max_pool3d(out, self.pool, self.pool) if self.pool else out
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The 5-D output shape for a 5-D input of ``shape`` (after the fused pool if any)."""
+        return (shape[0], self.plan.geometry.out_channels, *self.out_size(tuple(shape[2:])))
 
     def out_size(self, size: tuple[int, int, int]) -> tuple[int, int, int]:
         """Output ``(D, H, W)`` for an input of ``size``, after the fused pool if any."""
@@ -235,8 +239,9 @@ class SparseConv(nn.Module):
         """Whether the CPU kernel takes the 5-D input ``shape`` (depth 1) batch-last: as one
         sample ``[1, C, H, W, N]`` of :func:`batch_last_geometry`, so that a small output plane's
         positions times the batch fill whole vectors (a 4 x 4 plane computed alone fills half of
-        a 32-position tile with real outputs).  The input and output are transposed around it;
-        1 x 1 convs, whose planes hold no padding columns, stay plain."""
+        a 32-position tile with real outputs).  The kernel gathers the transposed input itself and
+        its output is transposed back; 1 x 1 convs, whose planes hold no padding columns, stay
+        plain."""
         n, _, d, h, w = shape
         if not self.two_d or d != 1 or self.pool or n < BATCH_LAST_MIN_BATCH:
             return False
@@ -245,17 +250,19 @@ class SparseConv(nn.Module):
         _, ho, wo = self.plan.geometry.output_size((1, h, w))
         return ho * wo <= BATCH_LAST_MAX_PLANE
 
-    def _variant(self, name: str) -> SparsePlan:
-        """The plan on another geometry with the same rows: ``"sub"`` (a pointwise strided conv
-        at stride 1), ``"bl"`` (:func:`batch_last_geometry`), ``"sub-bl"`` (both)."""
-        if name not in self._plans:
+    def _variant(self, sub: bool, bl: bool) -> SparsePlan:
+        """The plan on the geometry a kernel computes, with the same rows: at stride 1 (``sub``:
+        a pointwise strided conv on its subsample) and/or :func:`batch_last_geometry` (``bl``)."""
+        if not (sub or bl):
+            return self.plan
+        if (sub, bl) not in self._plans:
             g = self.plan.geometry
-            if "sub" in name:
+            if sub:
                 g = replace(g, stride=(1, 1, 1))
-            if "bl" in name:
+            if bl:
                 g = batch_last_geometry(g)
-            self._plans[name] = replace(self.plan, geometry=g)
-        return self._plans[name]
+            self._plans[sub, bl] = replace(self.plan, geometry=g)
+        return self._plans[sub, bl]
 
     def _kernel_view(self, shape: tuple[int, ...]) -> KernelView:
         """What the CPU kernel computes for a 5-D layer input of ``shape``."""
@@ -264,8 +271,7 @@ class SparseConv(nn.Module):
         sd, sh, sw = sub or (1, 1, 1)
         dv, hv, wv = (-(-v // s) for v, s in zip((d, h, w), (sd, sh, sw), strict=True))
         bl = self.batch_last(shape)
-        name = ("sub" if sub else "") + ("-bl" if bl else "")
-        plan = self._variant(name.strip("-")) if name else self.plan
+        plan = self._variant(sub is not None, bl)
         strides = None  # the kernel fills its buffer itself (the phases of a strided one too)
         if bl:  # element (0, c, h, w, n) of [1, C, H, W, N] is x[n, c, 0, h, w]
             strides = (0, d * h * w, sh * w, sw, c * d * h * w)
@@ -451,8 +457,7 @@ class _CpuCall:
 
     def __init__(self, conv: SparseConv, shape: tuple[int, ...]) -> None:
         self.conv = conv
-        n = shape[0]
-        self.out_shape = (n, conv.plan.geometry.out_channels, *conv.out_size(shape[2:]))
+        self.out_shape = conv.out_shape(shape)
         self.kernel = (
             conv._cpu_kernel(torch.empty(shape, device="meta")) if conv.plan.block_rows else None
         )
@@ -471,7 +476,7 @@ class _CpuCall:
     def fits(residual: torch.Tensor, x_shape: tuple[int, ...], conv: SparseConv) -> bool:
         """Whether the kernel can add ``residual`` (5-D) itself for a 5-D input of ``x_shape``:
         float32 and broadcasting to the output's shape (else the layer adds it with PyTorch)."""
-        out = (x_shape[0], conv.plan.geometry.out_channels, *conv.out_size(tuple(x_shape[2:])))
+        out = conv.out_shape(x_shape)
         if residual.dtype != torch.float32 or residual.dim() != 5:
             return False
         try:
@@ -500,22 +505,14 @@ class _CpuCall:
             return out
         if not x.is_contiguous():
             x = x.contiguous()
-        if view.strides is not None:  # the kernel gathers its input from x itself
-            buf = self.inbuf
-            if buf is None:
-                buf = x.new_zeros(view.shape[0] * self.layout.batch_stride + self.slack)
-            self.inbuf = buf if conv.reuse_buffers else None
-            return self._run(buf, x, out, residual)
-        if self.unpadded and has_slack(x, self.slack):
-            buf, xin = x.view(-1), None  # unpadded: a kernel output is its own input buffer
-        else:  # the kernel fills the buffer's interior (its phases) itself, zero borders kept
-            buf = self.inbuf
-            if buf is None:
-                buf = x.new_zeros(view.shape[0] * self.layout.batch_stride + self.slack)
-            xin = x
-        if conv.reuse_buffers and not (self.unpadded and xin is None):
-            self.inbuf = buf
-        return self._run(buf, xin, out, residual)
+        if view.strides is None and self.unpadded and has_slack(x, self.slack):
+            return self._run(x.view(-1), None, out, residual)  # a kernel output is its own buffer
+        # the kernel fills the buffer's interior (its phases; a gather, ``view.strides``) from x
+        buf = self.inbuf
+        if buf is None:
+            buf = x.new_zeros(view.shape[0] * self.layout.batch_stride + self.slack)
+            self.inbuf = buf if conv.reuse_buffers else None  # zero borders, kept
+        return self._run(buf, x, out, residual)
 
     def _residual(self, residual: torch.Tensor | None) -> torch.Tensor:
         """The residual as the kernel reads it: contiguous, the output's shape (zeros if none)."""

@@ -186,9 +186,9 @@ def generate_source(
     default: the rows of one tile overlap, kw shifts by one float, so reading in place touches a
     third of the cache lines the copy writes).  ``pool``: a fused max pool ``(kd, kh, kw)``
     (stride = window, no padding, floor) applied after the activation; ``(1, 1, 1)``: none.
-    ``source_strides``: where a stride-1 kernel (one that fills its padded buffer itself) reads
-    element ``(n, c, d, h, w)`` of its input, as strides of the raw input it is given (a subsample
-    or a transpose of a layer's input, read straight from that input); None: the input is
+    ``source_strides``: where the kernel's fill of its padded (phase) buffer reads element
+    ``(n, c, d, h, w)`` of its input, as strides of the raw input it is given (a subsample or a
+    transpose of a layer's input, read straight from that input); None: the input is
     ``[N, C, D, H, W]`` contiguous.  ``residual``: the kernel adds a tensor of the output's shape
     before the ReLU (a residual sum after the conv); not with a fused pool.  ``fv``: filter-
     vectorised tiles (one vector of the block's filters per output position); None: where
@@ -315,7 +315,6 @@ def generate_source(
         f"WI = {layout.size[2]}, PD = {g.padding[0]}, PH = {g.padding[1]}, PW = {g.padding[2]};",
         f"constexpr int DQ = {dq}, HQ = {hq}, SD = {g.stride[0]}, SH = {g.stride[1]}, "
         f"SW = {g.stride[2]};",
-        f"constexpr bool PFILL = {_bool(layout.phases > 1)};",
         "constexpr int64_t "
         + ", ".join(
             f"XS{i} = {v}" for i, v in enumerate(source_strides or contiguous_strides(layout))

@@ -16,8 +16,9 @@
 //   output position q = h * WO + w of a row at FV_POFF[q] and run the tiles of EG_FV_CASES.
 //   RES: a residual res [N, M, DO, HO, WO] (the output's shape) is added before the ReLU, as each
 //   tile stores its outputs.
-//   PFILL: a strided kernel splits the raw input into its padded phase buffer itself (phase
-//   (a, b, e) of strides SD x SH x SW holds x[i * SD + a - PD][j * SH + b - PH][k * SW + e - PW]).
+//   PFILL (= !FUSE, defined below): a strided kernel splits the raw input into its padded phase
+//   buffer itself (phase (a, b, e) of strides SD x SH x SW holds
+//   x[i * SD + a - PD][j * SH + b - PH][k * SW + e - PW]).
 //   FUSE: the kernel copies the raw input [N, CIN, DI, HI, WI] into the padded buffer itself
 //   (stride 1 on every axis: no phase split), by the same threads, before computing; it reads
 //   element (n, c, d, h, w) at n * XS0 + c * XS1 + d * XS2 + h * XS3 + w * XS4 (a subsample or a
@@ -68,6 +69,7 @@ static inline float act(float v) { return RELU ? (v > 0.f ? v : 0.f) : v; }
 static inline vf actv(vf v) { return RELU ? (v > 0 ? v : (vf){}) : v; }
 
 constexpr int T = NV * VL, TS = MR * T + NXM * MR;
+constexpr bool PFILL = !FUSE;  // a strided kernel fills its phase buffer itself
 constexpr int64_t OPLANE = (int64_t)HO * WO;
 constexpr bool POOL = PKD * PKH * PKW > 1;
 constexpr int DOP = DO / PKD, HOP = HO / PKH, WOP = WO / PKW;
