@@ -2,6 +2,7 @@
 
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -216,6 +217,24 @@ def test_flip_pairs_is_a_symmetric_difference(graph):
 def test_projection_lands_in_the_budget_set(values, budget):
     s = project_budget(torch.tensor(values, dtype=torch.float64), budget)
     assert (s >= 0).all() and (s <= 1).all() and float(s.sum()) <= budget + 1e-6
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.floats(-3, 3), min_size=2, max_size=300),
+    st.floats(0.1, 10),
+)
+def test_projection_equals_the_exact_one(values, budget):
+    # reference: mu with sum clip(s - mu, 0, 1) = budget by scipy's root finder (float64)
+    from scipy.optimize import brentq
+
+    v = np.asarray(values)
+    s = project_budget(torch.tensor(v), budget).numpy()
+    if np.clip(v, 0, 1).sum() <= budget:
+        np.testing.assert_allclose(s, np.clip(v, 0, 1))
+        return
+    mu = brentq(lambda m: np.clip(v - m, 0, 1).sum() - budget, v.min() - 1, v.max(), xtol=1e-14)
+    np.testing.assert_allclose(s, np.clip(v - mu, 0, 1), atol=1e-9)
 
 
 def test_resolve_budget():

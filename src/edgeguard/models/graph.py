@@ -137,21 +137,26 @@ class GCN(_LayerStack):
         dinv = deg.clamp_min(1e-12).rsqrt()
         n = x.shape[0]
         i, j = pairs
-        # all pairs of a small graph: one dense N x N score matrix (a few matmuls) beats gathers
+        # all pairs of a small graph: the scores of every layer in one N x N matmul beat gathers
         dense = n <= self.dense_pairs_up_to and pairs.shape[1] == n * (n - 1) // 2
-        total = torch.zeros(n, n) if dense else torch.zeros(pairs.shape[1], dtype=x.dtype)
+        gs, hs_, dsum = [], [], torch.zeros_like(deg)
+        total = None if dense else torch.zeros(pairs.shape[1], dtype=x.dtype)
         for h, g in zip(hs, grads, strict=True):
             h = h.detach()
             a = (g[dst] * h[src]).sum(1) * nrm  # norm_e <G_dst, H_src> per edge
             d = torch.zeros_like(deg).index_add_(0, dst, a).index_add_(0, src, a) * (-0.5 / deg)
             if dense:
-                gs, hs_ = g * dinv[:, None], h * dinv[:, None]
-                total += gs @ hs_.T + hs_ @ gs.T + d[:, None] + d[None, :]
+                gs.append(g * dinv[:, None])
+                hs_.append(h * dinv[:, None])
+                dsum += d
             else:
                 direct = (g[i] * h[j]).sum(1) + (g[j] * h[i]).sum(1)
                 total += dinv[i] * dinv[j] * direct + d[i] + d[j]
-        if dense:
-            total = total[i, j]
+        if dense:  # [G, H, d, 1] @ [H, G, 1, d]^T = G_i.H_j + H_i.G_j + d_i + d_j for every (i, j)
+            one = torch.ones(n, 1, dtype=x.dtype)
+            left = torch.cat([*gs, *hs_, dsum[:, None], one], 1)
+            right = torch.cat([*hs_, *gs, one, dsum[:, None]], 1)
+            total = (left @ right.T)[i, j]
         return loss.detach(), total
 
 

@@ -32,12 +32,17 @@ def project_budget(s: torch.Tensor, budget: float, iters: int = 40) -> torch.Ten
     if clipped.sum() <= budget:
         return clipped
     lo, hi = float(s.min()) - 1, float(s.max())
-    for _ in range(iters):
+    # entries <= lo add 0 and entries >= hi + 1 add 1 at every later mu: only the rest is summed
+    active, ones = s.flatten(), 0
+    for k in range(iters):
         mu = (lo + hi) / 2
-        if (s - mu).clamp(0, 1).sum() > budget:
+        if (active - mu).clamp(0, 1).sum() + ones > budget:
             lo = mu
         else:
             hi = mu
+        if k % 4 == 3:
+            ones += int((active >= hi + 1).sum())
+            active = active[(active > lo) & (active < hi + 1)]
     return (s - hi).clamp(0, 1)
 
 
