@@ -191,6 +191,7 @@ def prune_detector(
     callbacks=(),
     feature_weight: float = 0.0,
     classes: Sequence[int] | None = None,
+    reconstruct: int = 0,
 ) -> PruningOutcome:
     """Prune ``detector``'s graph with ``pruner`` (to ``flops_reduction`` x fewer MACs at the
     detector's input size, or to ``rates``) and fine-tune it by distillation from the dense graph
@@ -199,7 +200,9 @@ def prune_detector(
     stage (``accuracy_*`` of the outcome).  ``layers``: default :func:`detector_layers` (the
     layers it leaves dense are logged).  ``feature_weight > 0`` adds feature distillation on the
     outputs of the pruned layers and ``classes`` restricts the matched scores (see
-    :class:`DetectorDistillation`).  The detector itself is left
+    :class:`DetectorDistillation`).  ``reconstruct > 0``: the hard pruning re-solves the kept
+    weights on the first ``reconstruct`` images, and refits every other conv of the graph
+    (:mod:`.reconstruct`).  The detector itself is left
     as it is: the pruned graph is
     ``outcome.model`` (``with_net(detector, outcome.model)`` detects with it)."""
     _check_distillable(detector)
@@ -209,6 +212,10 @@ def prune_detector(
     net = copy.deepcopy(detector.net)
     for p in net.parameters():  # a loaded detector is frozen for attacks: its copy trains
         p.requires_grad_(True)
+    calibration = [
+        detector.prepare(images[i][0][None]) for i in range(min(reconstruct, len(images)))
+    ]
+    convs = [n for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]
     return run_pruning(
         net,
         pruner,
@@ -228,4 +235,6 @@ def prune_detector(
         ),
         score=lambda m: detector_ap(detector, held_out, m),
         callbacks=callbacks,
+        reconstruct_inputs=calibration,
+        refit=convs,
     )

@@ -19,6 +19,7 @@ from ..models.flops import FlopsReport, count_flops
 from ..sparsity import SparsityError, SparsityScheme
 from ..sparsity.model import attach_masks, compute_masks, resolve_rates
 from .base import Pruner, get_pruner
+from .reconstruct import reconstruct
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ def run_pruning(
     loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     score: Callable[[nn.Module], float] | None = None,
     callbacks: Sequence[Callable[[int, nn.Module, dict[str, float]], None]] = (),
+    reconstruct_inputs: Sequence[tuple] | None = None,
+    refit: Sequence[str] = (),
 ) -> PruningOutcome:
     """Prune ``model`` with ``pruner`` to ``rates`` or ``flops_reduction`` and fine-tune it.
 
@@ -86,7 +89,10 @@ def run_pruning(
     Models other than classifiers: ``loss_fn(net, x, y)`` is the training loss of both training
     stages (see :func:`~edgeguard.engine.fit`; e.g. distillation from a dense detector) and
     ``score(model)`` the quality figure reported in place of ``val_set`` accuracy (e.g. AP50);
-    ``val_set`` may then be None.  ``callbacks`` run after every fine-tuning epoch
+    ``val_set`` may then be None.  ``reconstruct_inputs`` (argument tuples of the model): the hard
+    pruning re-solves the kept weights on them, and the ``refit`` layers with all theirs
+    (:func:`~edgeguard.prune.reconstruct.reconstruct`; the targets are the model as it stands
+    after regularisation).  ``callbacks`` run after every fine-tuning epoch
     (:func:`~edgeguard.engine.fit`'s ``cb(epoch, model, metrics)``; e.g. a score curve).
     """
     pruner = get_pruner(pruner) if isinstance(pruner, str) else pruner
@@ -155,7 +161,10 @@ def run_pruning(
             else 1.0 - float(m.float().mean())
             for n, m in final_masks.items()
         }
-        attach_masks(net, final_masks)
+        if reconstruct_inputs:
+            reconstruct(net, final_masks, reconstruct_inputs, refit=refit)
+        else:
+            attach_masks(net, final_masks)
         if stage is not None:
             extra = {
                 "input_shape": list(input_shape),
