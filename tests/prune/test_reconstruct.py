@@ -166,3 +166,23 @@ def test_run_pruning_with_reconstruction_keeps_more_accuracy(digits_model):
     for n, m in get_masks(masked.model).items():
         assert torch.equal(get_masks(rebuilt.model)[n], m)
     assert rebuilt.accuracy_pruned > masked.accuracy_pruned + 0.02
+
+
+def test_a_refitted_depthwise_conv_is_each_channels_least_squares_fit():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1, groups=4)
+    ).double()
+    x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
+    masks = {"0": get_scheme("kgs", gm=2, gn=1).mask(model[0].weight, 0.5)}
+    dense = copy.deepcopy(model)
+    reconstruct(model, masks, [(x,)], damp=0.0, refit=["2"], max_positions=10**6)
+    with torch.no_grad():
+        mid = model[1](model[0](x))  # what the refitted conv now reads
+        target = _outputs(dense[2], dense[1](dense[0](x)))
+    cols = unfold_input(model[2], mid)  # [4 groups, S, 9]
+    for c in range(4):
+        a = torch.cat([cols[c], torch.ones(len(cols[c]), 1, dtype=x.dtype)], 1)
+        sol = torch.linalg.lstsq(a, target[:, c : c + 1]).solution.squeeze(1)
+        torch.testing.assert_close(model[2].weight.detach()[c].flatten(), sol[:-1])
+        torch.testing.assert_close(model[2].bias.detach()[c], sol[-1])
