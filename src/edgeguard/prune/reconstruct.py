@@ -10,8 +10,9 @@ with ``H = E[x x^T]`` and ``C = E[x x0^T]``.  Where nothing upstream changed (``
 OBC's ``w'_M = w_M + H_MM^-1 H_{M,~M} w_{~M}``: the removed weights' share is carried by the kept
 ones through the inputs' correlations; further down, the kept weights also undo the drift the
 layers above left (and the bias its mean).  Filters with one kept set (a KGS group, a column
-scheme's layer) share one Cholesky factor.  ``H`` is damped by ``damp`` times its own diagonal
-(Levenberg-Marquardt's scale-free damping).
+scheme's layer) share one Cholesky factor.  ``H`` is damped by ``damp`` times its mean diagonal
+(SparseGPT's choice; a damping relative to each input's own mean square, scale-free, kept less
+of CenterNet's AP50: docs/benchmarks.md).
 
 The deployed MobileNets fold batch norm into their convolutions and their input channels differ in
 scale by 10-100x; there one-shot pruning by weight magnitude or by the diagonal of ``H`` alone
@@ -80,12 +81,10 @@ def _solve(
     w: torch.Tensor, keep: torch.Tensor, h: torch.Tensor, c: torch.Tensor, damp: float
 ) -> torch.Tensor:
     """Rows of ``w`` (``[F, K]``, float64) re-solved on their kept entries ``keep`` (``[F, K]``
-    bool): ``(H_MM + damp diag(H_MM)) w'_M = (C w)_M`` per kept set ``M``, removed entries zero."""
+    bool): ``(H_MM + damp mean(diag H) I) w'_M = (C w)_M`` per kept set ``M``, removed entries
+    zero."""
     out = w * keep
-    # damped per input, relative to its own mean square: BN-folded inputs differ in scale by
-    # 10-100x, and a damping relative to the mean diagonal would flatten the quiet ones' weights
-    diag = h.diagonal()
-    h = h + torch.diag(damp * diag + 1e-9 * float(diag.mean().clamp_min(1e-12)))
+    h = h + damp * float(h.diagonal().mean().clamp_min(1e-12)) * torch.eye(len(h), dtype=h.dtype)
     target = w @ c.T  # row f: C w_f
     patterns, which = torch.unique(keep, dim=0, return_inverse=True)
     for p, kept in enumerate(patterns):
@@ -120,7 +119,7 @@ def reconstruct(
     the kept weights re-solved, layer by layer in the order they run, from the model's own forward
     passes over ``inputs`` (argument tuples, ``model(*args)``; a few dozen images are enough).
     ``max_positions``: output positions sampled per input and layer (evenly spaced); ``damp``:
-    ``H``'s damping, relative to each input's own mean square.  The weights must still be the unpruned ones
+    ``H``'s damping, relative to its mean diagonal.  The weights must still be the unpruned ones
     (the removed weights are what the kept ones take over).  Leaves the model in eval mode.
     Returns ``{layer: (relative output error of masking alone, after reconstruction)}`` on the
     calibration inputs.  ``refit``: more layers (not in ``masks``) re-solved with every weight
@@ -162,8 +161,13 @@ def reconstruct(
             w = torch.cat([w, m.bias.detach().double().reshape(g, -1, 1)], 2)
             keep = torch.cat([keep, torch.ones_like(keep[..., :1])], 2)
         if keep.all():  # a refitted layer: every group at once (a depthwise conv has hundreds)
-            diag = mom["h"].diagonal(dim1=1, dim2=2)
-            h = mom["h"] + torch.diag_embed(damp * diag + 1e-9 * diag.mean().clamp_min(1e-12))
+            eye = torch.eye(mom["h"].shape[1], dtype=torch.float64)
+            h = (
+                mom["h"]
+                + damp
+                * mom["h"].diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-12)[:, None, None]
+                * eye
+            )
             new = torch.linalg.solve(h, (w @ mom["c"].transpose(1, 2)).transpose(1, 2))
             new = new.transpose(1, 2)
         else:
