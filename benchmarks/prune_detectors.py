@@ -110,7 +110,9 @@ def channel_job(det, job: str, target: float, images, held_out, cfg: TrainConfig
     }
 
 
-def one_shot_job(det, scheme: str, target: float, train, held_out, calibration: int = 16) -> dict:
+def one_shot_job(
+    det, scheme: str, target: float, train, held_out, calibration: int = 16, damp: float = 0.01
+) -> dict:
     """Hard-pruned AP50 (no fine-tuning) at ``target`` x fewer MACs: one uniform rate with the
     smallest unit norms removed (``prune_model``) against units ranked over all layers by output
     error, from input statistics of ``calibration`` training photos (``prune.importance``); each
@@ -143,7 +145,7 @@ def one_shot_job(det, scheme: str, target: float, train, held_out, calibration: 
         for suffix, refit in (("reconstructed", ()), ("reconstructed_all", convs)):
             net = copy.deepcopy(det.net)
             t0 = time.perf_counter()
-            errors = reconstruct(net, chosen, inputs, refit=refit)
+            errors = reconstruct(net, chosen, inputs, damp=damp, refit=refit)
             row[f"ap_{label}_{suffix}"] = round(detector_ap(det, held_out, net), 4)
             row[f"s_{label}_{suffix}"] = round(time.perf_counter() - t0, 1)
             row[f"output_error_{label}_{suffix}"] = {
@@ -242,6 +244,19 @@ def main() -> None:
         "the other convs (edgeguard.prune.reconstruct); 0: plain masking",
     )
     ap.add_argument(
+        "--calibration",
+        type=int,
+        default=16,
+        metavar="PHOTOS",
+        help="one-shot jobs: training photos of the input statistics and the reconstruction",
+    )
+    ap.add_argument(
+        "--damp",
+        type=float,
+        default=0.01,
+        help="one-shot jobs: reconstruction damping (times H's mean diagonal)",
+    )
+    ap.add_argument(
         "--pruner-options",
         nargs="+",
         default=[],
@@ -286,7 +301,15 @@ def main() -> None:
     for job in args.jobs:
         work = Path(args.workdir) / args.detector / f"{job.replace(':', '-')}-{args.target:g}x"
         if job.startswith("one-shot:"):
-            row = one_shot_job(det, job.split(":", 1)[1], args.target, train, held_out)
+            row = one_shot_job(
+                det,
+                job.split(":", 1)[1],
+                args.target,
+                train,
+                held_out,
+                args.calibration,
+                args.damp,
+            )
         elif job in ("torch-pruning", "channel:l2"):
             row = channel_job(det, job, args.target, images, held_out, cfg, args.ap_every)
         else:
