@@ -186,3 +186,26 @@ def test_a_refitted_depthwise_conv_is_each_channels_least_squares_fit():
         sol = torch.linalg.lstsq(a, target[:, c : c + 1]).solution.squeeze(1)
         torch.testing.assert_close(model[2].weight.detach()[c].flatten(), sol[:-1])
         torch.testing.assert_close(model[2].bias.detach()[c], sol[-1])
+
+
+def test_a_layer_called_twice_is_fitted_on_both_calls():
+    # conv(a) + conv(b): both calls' inputs enter the fit (least squares over both halves)
+    torch.manual_seed(0)
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(4, 6, 3, padding=1)
+
+        def forward(self, x):
+            return torch.cat([self.conv(x[:, :4]), self.conv(x[:, 4:] * 3)], 1)
+
+    model = Twice().double()
+    x = torch.randn(3, 8, 7, 7, dtype=torch.float64)
+    mask = get_scheme("kgs", gm=2, gn=1).mask(model.conv.weight, 0.5)
+    dense = copy.deepcopy(model.conv)
+    reconstruct(model, {"conv": mask}, [(x,)], damp=0.0, max_positions=10**6)
+    both = torch.cat([x[:, :4], x[:, 4:] * 3])
+    w, b = _lstsq_layer(dense, mask, both, _outputs(dense, both))
+    torch.testing.assert_close(model.conv.weight.detach(), w)
+    torch.testing.assert_close(model.conv.bias.detach(), b)

@@ -214,7 +214,7 @@ def _moments(pruned, dense, inputs, max_positions: int, stop: bool, bias: bool) 
     """``{"h": E[x x^T], "c": E[x x0^T], "d": E[x0 x0^T]}``, ``[groups, K, K]`` float64, of one
     layer's unfolded inputs ``x`` in the pruned model and ``x0`` in the dense one (``(model,
     module)`` each) over ``inputs``, with a constant 1 appended when ``bias``."""
-    got: dict[str, torch.Tensor] = {}
+    got: dict[str, list[torch.Tensor]] = {"x": [], "x0": []}  # every call of the layer
 
     def capture(key):
         def hook(mod, inp, out):
@@ -224,7 +224,7 @@ def _moments(pruned, dense, inputs, max_positions: int, stop: bool, bias: bool) 
                 cols = cols[:, torch.linspace(0, cols.shape[1] - 1, max_positions).long()]
             if bias:
                 cols = torch.cat([cols, torch.ones_like(cols[..., :1])], 2)
-            got[key] = cols
+            got[key].append(cols)
             if stop:
                 raise _Stop
 
@@ -240,11 +240,13 @@ def _moments(pruned, dense, inputs, max_positions: int, stop: bool, bias: bool) 
             for model in (pruned[0], dense[0]):
                 with contextlib.suppress(_Stop):
                     model(*args)
-            x, x0 = got["x"], got["x0"]
-            for key, (a, b) in {"h": (x, x), "c": (x, x0), "d": (x0, x0)}.items():
-                part = (a.transpose(1, 2) @ b).double()
-                sums[key] = sums[key] + part if key in sums else part
-            count += x.shape[1]
+            for x, x0 in zip(got["x"], got["x0"], strict=True):
+                for key, (a, b) in {"h": (x, x), "c": (x, x0), "d": (x0, x0)}.items():
+                    part = (a.transpose(1, 2) @ b).double()
+                    sums[key] = sums[key] + part if key in sums else part
+                count += x.shape[1]
+            got["x"].clear()
+            got["x0"].clear()
     finally:
         for h in handles:
             h.remove()
