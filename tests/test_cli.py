@@ -126,6 +126,27 @@ def test_prune_methods_from_the_cli(tmp_path: Path, capsys):
         )
         text = capsys.readouterr().out
         assert rc == 0 and f"{method} / " in text and "FLOPs reduction 2.0" in text
+    args = [
+        "--rate",
+        "0.7",
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-9",
+        "--dataset",
+        "digits",
+        "--no-progress",
+    ]
+    hard = {}
+    for n in (0, 256):  # the same magnitude masks, with and without re-solved weights
+        dest = ["--out", str(tmp_path / f"rec{n}")]
+        rc = main(
+            ["-q", "prune", str(out / "model.safetensors"), "--reconstruct", str(n), *args, *dest]
+        )
+        text = capsys.readouterr().out
+        assert rc == 0
+        hard[n] = float(text.split("hard-pruned ")[1].split("%")[0])
+    assert hard[256] > hard[0]
     assert (
         main(
             [

@@ -49,6 +49,14 @@ def add_parser(sub) -> None:
         "--flops-reduction", type=number_in(1.0), help="global target: dense MACs / kept MACs"
     )
     p.add_argument("--profile", help="YAML file: layer name -> rate")
+    p.add_argument(
+        "--reconstruct",
+        type=int_in(0),
+        default=0,
+        metavar="N",
+        help="re-solve the kept weights at hard pruning on the first N training samples "
+        "(layer-wise least squares against the unpruned layers; 0: plain masking)",
+    )
     p.add_argument("--out", default="runs/prune")
     add_data_args(p)
     add_train_args(p, epochs=3, lr=3e-4)
@@ -92,6 +100,7 @@ def run(args) -> int:
         distill_weight=args.distill_weight,
         workdir=out,
         resume=args.resume,
+        reconstruct_inputs=[(train[i][0][None],) for i in range(min(args.reconstruct, len(train)))],
     )
     extra = {
         "input_shape": list(shape),
