@@ -84,7 +84,7 @@ def _solve(
     bool): ``(H_MM + damp mean(diag H) I) w'_M = (C w)_M`` per kept set ``M``, removed entries
     zero."""
     out = w * keep
-    h = h + damp * float(h.diagonal().mean().clamp_min(1e-12)) * torch.eye(len(h), dtype=h.dtype)
+    h = _damped(h, damp)
     target = w @ c.T  # row f: C w_f
     patterns, which = torch.unique(keep, dim=0, return_inverse=True)
     for p, kept in enumerate(patterns):
@@ -95,6 +95,12 @@ def _solve(
         chol = torch.linalg.cholesky(h[cols][:, cols])
         out[rows[:, None], cols[None]] = torch.cholesky_solve(target[rows][:, cols].T, chol).T
     return out
+
+
+def _damped(h: torch.Tensor, damp: float) -> torch.Tensor:
+    """``H + damp * mean(diag H) * I`` for ``[..., K, K]`` moments (SparseGPT's damping)."""
+    scale = h.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)[..., None, None]
+    return h + damp * scale * torch.eye(h.shape[-1], dtype=h.dtype)
 
 
 def _relative_error(new: torch.Tensor, w: torch.Tensor, m: dict[str, torch.Tensor]) -> float:
@@ -161,15 +167,8 @@ def reconstruct(
             w = torch.cat([w, m.bias.detach().double().reshape(g, -1, 1)], 2)
             keep = torch.cat([keep, torch.ones_like(keep[..., :1])], 2)
         if keep.all():  # a refitted layer: every group at once (a depthwise conv has hundreds)
-            eye = torch.eye(mom["h"].shape[1], dtype=torch.float64)
-            h = (
-                mom["h"]
-                + damp
-                * mom["h"].diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-12)[:, None, None]
-                * eye
-            )
-            new = torch.linalg.solve(h, (w @ mom["c"].transpose(1, 2)).transpose(1, 2))
-            new = new.transpose(1, 2)
+            rhs = (w @ mom["c"].transpose(1, 2)).transpose(1, 2)
+            new = torch.linalg.solve(_damped(mom["h"], damp), rhs).transpose(1, 2)
         else:
             new = torch.stack(
                 [_solve(w[k], keep[k], mom["h"][k], mom["c"][k], damp) for k in range(g)]
@@ -217,7 +216,7 @@ def _moments(pruned, dense, inputs, max_positions: int, stop: bool, bias: bool) 
     got: dict[str, list[torch.Tensor]] = {"x": [], "x0": []}  # every call of the layer
 
     def capture(key):
-        def hook(mod, inp, out):
+        def hook(mod, inp):  # before the layer runs: with ``stop`` it never does
             x = inp[0].detach()
             cols = unfold_input(mod, x if x.dtype == torch.float64 else x.float())
             if cols.shape[1] > max_positions:  # evenly spaced positions
@@ -232,8 +231,8 @@ def _moments(pruned, dense, inputs, max_positions: int, stop: bool, bias: bool) 
 
     sums, count = {}, 0
     handles = [
-        pruned[1].register_forward_hook(capture("x")),
-        dense[1].register_forward_hook(capture("x0")),
+        pruned[1].register_forward_pre_hook(capture("x")),
+        dense[1].register_forward_pre_hook(capture("x0")),
     ]
     try:
         for args in inputs:
