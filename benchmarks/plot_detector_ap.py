@@ -3,7 +3,7 @@ results of ``benchmarks/prune_detectors.py``: the held-out AP50 each run ends wi
 distillation epoch: the held-out photos choose nothing), one marker per method, the dense
 detector's AP50 at 1x.
 
-    .venv/bin/python benchmarks/plot_detector_ap.py docs/results/prune_detectors_*_2026-12-04.json \\
+    .venv/bin/python benchmarks/plot_detector_ap.py docs/results/prune_detectors_*_2026-12-0[45].json \\
         --out docs/img/prune_detectors_ap_vs_macs.png
 """
 
@@ -23,11 +23,14 @@ def points(paths: list[Path]) -> dict[str, list[tuple[float, float, str, str]]]:
         record = json.loads(path.read_text())
         det = record.get("meta", {}).get("args", {}).get("detector")
         det = det or ("nanodet" if "nanodet" in path.stem else "centernet")
+        rebuilt = record.get("meta", {}).get("args", {}).get("reconstruct", 0)
+        suffix = " + reconstruction" if rebuilt else ""
         for row in record.get("rows", []):
             if not row or row.get("reduction") is None or "ap_finetuned" not in row:
                 continue  # one-shot comparisons: nothing was distilled
             final = row.get("ap_finetuned") or 0.0
-            out.setdefault(det, []).append((row["reduction"], final, row["job"], path.stem))
+            job = row["job"] + suffix
+            out.setdefault(det, []).append((row["reduction"], final, job, path.stem))
     return out
 
 
