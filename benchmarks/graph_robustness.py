@@ -172,12 +172,11 @@ def inner_attacks(label: str, budget: float, seed: int):
 
 
 def run_robust(args) -> list[dict]:
-    inner = INNER
     rows = []
     for name in args.datasets:
         data = load(name, args.split)
         for seed in args.seeds:
-            for label in inner:
+            for label in INNER:
                 if args.trainings and label not in args.trainings:
                     continue
                 seed_everything(seed)

@@ -153,7 +153,7 @@ def one_shot_job(
             }
             brief = {k: v for k, v in row.items() if not k.startswith("output_error_")}
             print(json.dumps(brief), flush=True)
-    row["reduction_ranked"] = round(count_flops(net, shape).reduction, 3)
+    row["reduction_ranked"] = round(count_flops(det.net, shape, masks=masks).reduction, 3)
     row["rates_output_error"] = {
         n: round(float((~sch.units_of_mask(m)).float().mean()), 3) for n, m in masks.items()
     }
