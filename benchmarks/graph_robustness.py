@@ -164,11 +164,20 @@ INNER = {
 }
 
 
-def inner_attacks(label: str, budget: float, seed: int):
-    """The attack objects of training ``label`` (None: natural training)."""
+def inner_attacks(label: str, budget: float, seed: int, steps: int | None = None):
+    """The attack objects of training ``label`` (None: natural training); ``steps`` overrides
+    the gradient steps of its PGD attacks."""
     spec = INNER[label]
     specs = spec if isinstance(spec, list) else [spec] if spec else []
-    return [get_graph_attack(a, budget=budget, seed=seed, **kw) for a, kw in specs] or None
+    return [
+        get_graph_attack(
+            a,
+            budget=budget,
+            seed=seed,
+            **{**kw, **({"steps": steps} if steps and "steps" in kw else {})},
+        )
+        for a, kw in specs
+    ] or None
 
 
 def run_robust(args) -> list[dict]:
@@ -181,7 +190,7 @@ def run_robust(args) -> list[dict]:
                     continue
                 seed_everything(seed)
                 m = gcn(data.num_features, int(data.y.max()) + 1, hidden=16)
-                attack = inner_attacks(label, args.budget, seed)
+                attack = inner_attacks(label, args.budget, seed, args.inner_steps)
                 hist = robust_train(
                     m,
                     data,
@@ -198,6 +207,7 @@ def run_robust(args) -> list[dict]:
                     "training": label,
                     "cover": args.cover,
                     "select": args.select,
+                    "inner steps": args.inner_steps,
                     "threads": torch.get_num_threads(),
                     "s/epoch": statistics.mean(e["seconds"] for e in hist.epochs),
                     "clean": node_accuracy(m, data),
@@ -255,7 +265,7 @@ def run_metattack(args) -> list[dict]:
                     robust_train(
                         m,
                         poisoned,
-                        inner_attacks(label, args.budget, seed),
+                        inner_attacks(label, args.budget, seed, args.inner_steps),
                         TrainConfig(
                             epochs=args.epochs, lr=0.01, weight_decay=5e-4, scheduler="none"
                         ),
@@ -395,6 +405,12 @@ def main() -> None:
         help="robust: only these rows; metattack: the trainings on each poisoned graph (default: "
         "natural and GTA)",
         choices=["natural", "PGD", "GTA", "ZO-GTA", "GTA+features minmax"],
+    )
+    ap.add_argument(
+        "--inner-steps",
+        type=int,
+        default=None,
+        help="robust, metattack: gradient steps of the PGD inner attacks (default: as in INNER)",
     )
     ap.add_argument(
         "--cover",
