@@ -9,7 +9,7 @@ from edgeguard.data import digits
 from edgeguard.engine import TrainConfig
 from edgeguard.masks import mask_of
 from edgeguard.prune import get_pruner, run_pruning
-from edgeguard.prune.reconstruct import reconstruct, unfold_input
+from edgeguard.prune.reconstruct import obs_saliency, reconstruct, unfold_input
 from edgeguard.sparsity import SparsityError, get_masks, get_scheme
 from edgeguard.sparsity.model import attach_masks
 
@@ -209,3 +209,48 @@ def test_a_layer_called_twice_is_fitted_on_both_calls():
     w, b = _lstsq_layer(dense, mask, both, _outputs(dense, both))
     torch.testing.assert_close(model.conv.weight.detach(), w)
     torch.testing.assert_close(model.conv.bias.detach(), b)
+
+
+def test_obs_saliency_is_the_error_of_removing_one_weight_with_the_rest_re_solved():
+    # hand-checkable reference: for each weight j, least squares of the filter's own outputs on
+    # every other input column (and a free bias): its residual mean square is w_j^2 / [H^-1]_jj
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 2, 2).double()
+    x = torch.randn(4, 3, 6, 6, dtype=torch.float64) * torch.tensor([1.0, 10.0, 0.1]).view(
+        1, 3, 1, 1
+    )  # input scales that differ by 100x, as in a folded MobileNet
+    cols = unfold_input(conv, x)[0]
+    cols1 = torch.cat([cols, torch.ones(len(cols), 1, dtype=x.dtype)], 1)
+    h = (cols1.T @ cols1 / len(cols))[None]
+    sal = obs_saliency(conv.weight, h, damp=0.0)
+    y = cols @ conv.weight.detach().reshape(2, -1).T  # bias-free outputs
+    for f in range(2):
+        for j in range(cols.shape[1]):
+            a = torch.cat([cols1[:, :j], cols1[:, j + 1 :]], 1)
+            res = y[:, f : f + 1] - a @ torch.linalg.lstsq(a, y[:, f : f + 1]).solution
+            torch.testing.assert_close(
+                sal.reshape(2, -1)[f, j], res.square().mean(), rtol=1e-6, atol=1e-12
+            )
+
+
+def test_select_keeps_the_unit_count_and_prefers_units_on_quiet_inputs():
+    # two input channels, one 30x louder: magnitude removes the small weights on the loud channel,
+    # the OBS re-selection removes the larger weights on the quiet one, with a smaller output error
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 8, 1, bias=False).eval()
+    with torch.no_grad():
+        conv.weight[:, 0] = 0.1 + 0.01 * torch.rand(8, 1, 1)  # loud channel, small weights
+        conv.weight[:, 1] = 1.0 + 0.1 * torch.rand(8, 1, 1)  # quiet channel, large weights
+    xs = [(torch.randn(2, 2, 6, 6) * torch.tensor([30.0, 1.0]).view(1, 2, 1, 1),) for _ in range(3)]
+    scheme = get_scheme("column")
+    mask = scheme.mask(conv.weight, 0.5)
+    assert not mask[:, 0].any()  # magnitude: the loud channel goes
+    by_magnitude, by_obs = copy.deepcopy(conv), copy.deepcopy(conv)
+    err_mag = reconstruct(by_magnitude, {"": mask}, xs)[""][1]
+    err_obs = reconstruct(by_obs, {"": mask}, xs, select=scheme)[""][1]
+    chosen = mask_of(by_obs)
+    assert int(chosen.sum()) == int(mask.sum())
+    assert chosen[:, 0].all() and not chosen[:, 1].any()
+    assert err_obs < 0.1 * err_mag
+    with pytest.raises(SparsityError, match="partly kept"):
+        reconstruct(copy.deepcopy(conv), {"": torch.rand(8, 2, 1, 1) > 0.5}, xs, select=scheme)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..masks import set_mask
-from ..sparsity import SparsityError
+from ..sparsity import SparsityError, SparsityScheme
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,7 @@ def reconstruct(
     damp: float = 0.01,
     max_positions: int = 8192,
     refit: Iterable[str] = (),
+    select: SparsityScheme | None = None,
 ) -> dict[str, tuple[float, float]]:
     """Hard-prune ``model``'s conv/linear layers to ``masks`` (``{layer: bool mask shaped like its
     weight}``, True = kept; attached as :func:`~edgeguard.sparsity.model.attach_masks` does) with
@@ -130,8 +131,12 @@ def reconstruct(
     Returns ``{layer: (relative output error of masking alone, after reconstruction)}`` on the
     calibration inputs.  ``refit``: more layers (not in ``masks``) re-solved with every weight
     kept and no mask attached, so that the unpruned layers (a MobileNet's depthwise convs, a
-    detector's heads) undo the drift of the pruned ones too.  Raises on unknown layers, wrong mask
-    shapes, layers that do not run."""
+    detector's heads) undo the drift of the pruned ones too.  ``select``: the scheme the masks
+    follow; each masked layer then keeps as many of its units as its mask does, but which ones is
+    chosen at its turn by the OBS saliency on its inputs in the model pruned so far
+    (:func:`obs_saliency`; weight magnitude ignores the inputs' scales); the chosen masks are
+    the ones attached.  Raises on unknown layers, wrong mask shapes, masks that split a unit of
+    ``select``, layers that do not run."""
     mods = dict(model.named_modules())
     refit = [n for n in refit if n not in masks]
     for n in [*masks, *refit]:
@@ -143,6 +148,8 @@ def reconstruct(
                 f"reconstruction: mask of {n!r} is {tuple(mask.shape)}, its weight "
                 f"{tuple(mods[n].weight.shape)}"
             )
+        if select is not None:
+            select.units_of_mask(mask)  # raises when the mask does not follow the scheme
     if not inputs:
         raise SparsityError("reconstruction needs at least one calibration input")
     model.eval()
@@ -162,6 +169,9 @@ def reconstruct(
         )
         g = mom["h"].shape[0]
         w = m.weight.detach().double().reshape(g, m.weight.shape[0] // g, -1)
+        if select is not None and name in masks:
+            masks = {**masks, name: _reselect(m.weight, masks[name], select, mom["h"], damp)}
+            wanted[name] = masks[name]
         keep = wanted[name].to(torch.bool).reshape(w.shape)
         if bias:  # the bias: one more weight, always kept, on a constant input
             w = torch.cat([w, m.bias.detach().double().reshape(g, -1, 1)], 2)
@@ -188,6 +198,31 @@ def reconstruct(
             *report[name],
         )
     return report
+
+
+def obs_saliency(weight: torch.Tensor, h: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
+    """Weight-shaped (float64) OBS saliency of each weight, ``w_j^2 / [H^-1]_jj`` (the output
+    error of removing it alone with the others re-solved; Optimal Brain Surgeon, Hassibi & Stork
+    1993, as SparseGPT ranks weights): ``weight`` ``[F, C / groups, *kernel]``, ``h`` the moments
+    of its unfolded input, ``[groups, K, K]`` with ``K = C / groups * prod(kernel)``, or ``K + 1``
+    with the bias's constant input last (the bias, never removed, is re-solved too), damped by
+    ``damp`` times its mean diagonal."""
+    g, k = h.shape[0], weight[0].numel()
+    inv = torch.cholesky_inverse(torch.linalg.cholesky(_damped(h, damp)))
+    w = weight.detach().double().reshape(g, -1, k)
+    diag = inv.diagonal(dim1=-2, dim2=-1)[:, None, :k]
+    return (w.square() / diag).reshape(weight.shape)
+
+
+def _reselect(weight, mask, scheme: SparsityScheme, h, damp: float) -> torch.Tensor:
+    """A mask removing as many of ``scheme``'s units of ``weight`` as ``mask`` does: those with the
+    smallest OBS saliency per weight (size-normalised, as magnitude ranking is)."""
+    lay = scheme.layout(weight.shape)
+    removed = int((~scheme.units_of_mask(mask)).sum())
+    score = lay.reduce(obs_saliency(weight, h, damp)) / lay.sizes.double()
+    keep = torch.ones(lay.num_units, dtype=torch.bool)
+    keep[torch.argsort(score, stable=True)[:removed]] = False
+    return scheme.mask_from_units(tuple(weight.shape), keep).to(mask.device)
 
 
 def _run_order(model, layers: Mapping[str, nn.Module], args: tuple) -> tuple[list[str], dict]:
