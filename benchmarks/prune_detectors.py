@@ -111,13 +111,21 @@ def channel_job(det, job: str, target: float, images, held_out, cfg: TrainConfig
 
 
 def one_shot_job(
-    det, scheme: str, target: float, train, held_out, calibration: int = 16, damp: float = 0.01
+    det,
+    scheme: str,
+    target: float,
+    train,
+    held_out,
+    calibration: int = 16,
+    damp: float = 0.01,
+    reselect: bool = False,
 ) -> dict:
     """Hard-pruned AP50 (no fine-tuning) at ``target`` x fewer MACs: one uniform rate with the
     smallest unit norms removed (``prune_model``) against units ranked over all layers by output
     error, from input statistics of ``calibration`` training photos (``prune.importance``); each
     with its kept weights as they were and re-solved by layer-wise reconstruction on the same
-    photos (``prune.reconstruct``)."""
+    photos (``prune.reconstruct``); with ``reselect`` also the uniform rate's units re-chosen by
+    OBS saliency during the reconstruction."""
     layers, _ = detector_layers(det)
     shape = (1, 3, *det.input_size)
     sch = get_scheme(scheme)
@@ -153,6 +161,13 @@ def one_shot_job(
             }
             brief = {k: v for k, v in row.items() if not k.startswith("output_error_")}
             print(json.dumps(brief), flush=True)
+    if reselect:
+        net = copy.deepcopy(det.net)
+        t0 = time.perf_counter()
+        reconstruct(net, get_masks(uniform), inputs, damp=damp, select=sch)
+        row["ap_uniform_obs_reconstructed"] = round(detector_ap(det, held_out, net), 4)
+        row["s_uniform_obs_reconstructed"] = round(time.perf_counter() - t0, 1)
+        row["reduction_obs"] = round(count_flops(det.net, shape, masks=get_masks(net)).reduction, 3)
     row["reduction_ranked"] = round(count_flops(det.net, shape, masks=masks).reduction, 3)
     row["rates_output_error"] = {
         n: round(float((~sch.units_of_mask(m)).float().mean()), 3) for n, m in masks.items()
@@ -174,6 +189,7 @@ def edgeguard_job(
     options,
     classes,
     reconstruct=0,
+    reselect=False,
 ) -> dict:
     scheme, method = job.split(":")
     t0 = time.perf_counter()
@@ -191,6 +207,7 @@ def edgeguard_job(
         feature_weight=feature_weight,
         classes=classes,
         reconstruct=reconstruct,
+        reselect=reselect,
     )
     seconds = sum(e["seconds"] for e in out.history)
     return {
@@ -242,6 +259,12 @@ def main() -> None:
         metavar="PHOTOS",
         help="hard pruning re-solves the kept weights on this many training photos and refits "
         "the other convs (edgeguard.prune.reconstruct); 0: plain masking",
+    )
+    ap.add_argument(
+        "--reselect",
+        action="store_true",
+        help="with --reconstruct (and one-shot jobs): the units each layer keeps are chosen by OBS "
+        "saliency during the reconstruction, as many as the method's masks keep",
     )
     ap.add_argument(
         "--calibration",
@@ -309,6 +332,7 @@ def main() -> None:
                 held_out,
                 args.calibration,
                 args.damp,
+                args.reselect,
             )
         elif job in ("torch-pruning", "channel:l2"):
             row = channel_job(det, job, args.target, images, held_out, cfg, args.ap_every)
@@ -327,6 +351,7 @@ def main() -> None:
                 options,
                 args.distill_classes,
                 args.reconstruct,
+                args.reselect,
             )
         print(json.dumps(row))
         rows.append(row)

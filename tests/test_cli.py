@@ -147,6 +147,12 @@ def test_prune_methods_from_the_cli(tmp_path: Path, capsys):
         assert rc == 0
         hard[n] = float(text.split("hard-pruned ")[1].split("%")[0])
     assert hard[256] > hard[0]
+    dest = ["--out", str(tmp_path / "reselect")]
+    assert main(["-q", "prune", str(out / "model.safetensors"), "--reselect", *args, *dest]) == 2
+    assert "--reconstruct N" in capsys.readouterr().err
+    reselect = ["--reconstruct", "256", "--reselect", *args, *dest]
+    rc = main(["-q", "prune", str(out / "model.safetensors"), *reselect])
+    assert rc == 0 and "hard-pruned" in capsys.readouterr().out
     assert (
         main(
             [

@@ -57,6 +57,12 @@ def add_parser(sub) -> None:
         help="re-solve the kept weights at hard pruning on the first N training samples "
         "(layer-wise least squares against the unpruned layers; 0: plain masking)",
     )
+    p.add_argument(
+        "--reselect",
+        action="store_true",
+        help="with --reconstruct: each layer keeps as many units as the method's masks, chosen by "
+        "their OBS saliency on the layer's inputs (weight magnitude ignores the inputs' scales)",
+    )
     p.add_argument("--out", default="runs/prune")
     add_data_args(p)
     add_train_args(p, epochs=3, lr=3e-4)
@@ -77,6 +83,8 @@ def run(args) -> int:
     given = [args.rate is not None, args.flops_reduction is not None, args.profile is not None]
     if sum(given) != 1:
         raise UsageError("give exactly one of --rate, --flops-reduction, --profile")
+    if args.reselect and not args.reconstruct:
+        raise UsageError("--reselect chooses units during the reconstruction: give --reconstruct N")
     opts = kv(args.method_option)
     opts |= {k: v for k, v in (("gm", args.gm), ("gn", args.gn)) if v is not None}
     pruner = get_pruner(args.method, args.scheme, **opts)  # bad names/options fail before loading
@@ -101,6 +109,7 @@ def run(args) -> int:
         workdir=out,
         resume=args.resume,
         reconstruct_inputs=[(train[i][0][None],) for i in range(min(args.reconstruct, len(train)))],
+        reselect=args.reselect,
     )
     extra = {
         "input_shape": list(shape),

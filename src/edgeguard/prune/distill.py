@@ -192,6 +192,7 @@ def prune_detector(
     feature_weight: float = 0.0,
     classes: Sequence[int] | None = None,
     reconstruct: int = 0,
+    reselect: bool = False,
 ) -> PruningOutcome:
     """Prune ``detector``'s graph with ``pruner`` (to ``flops_reduction`` x fewer MACs at the
     detector's input size, or to ``rates``) and fine-tune it by distillation from the dense graph
@@ -202,8 +203,9 @@ def prune_detector(
     outputs of the pruned layers and ``classes`` restricts the matched scores (see
     :class:`DetectorDistillation`).  ``reconstruct > 0``: the hard pruning re-solves the kept
     weights on the first ``reconstruct`` images, and refits every other conv of the graph
-    (:mod:`.reconstruct`).  The detector itself is left
-    as it is: the pruned graph is
+    (:mod:`.reconstruct`); ``reselect``: the units each pruned layer keeps are chosen there by
+    their OBS saliency (as many as the pruner's masks keep).  The detector itself is left as it
+    is: the pruned graph is
     ``outcome.model`` (``with_net(detector, outcome.model)`` detects with it)."""
     _check_distillable(detector)
     if layers is None:
@@ -237,4 +239,5 @@ def prune_detector(
         callbacks=callbacks,
         reconstruct_inputs=calibration,
         refit=convs,
+        reselect=reselect,
     )

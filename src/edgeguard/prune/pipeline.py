@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from ..engine import TrainConfig, evaluate, fit
 from ..modelfile import load_model, save_model
 from ..models.flops import FlopsReport, count_flops
-from ..sparsity import SparsityError, SparsityScheme
+from ..sparsity import SparsityError, SparsityScheme, get_masks
 from ..sparsity.model import attach_masks, compute_masks, resolve_rates
 from .base import Pruner, get_pruner
 from .reconstruct import reconstruct
@@ -77,6 +77,7 @@ def run_pruning(
     callbacks: Sequence[Callable[[int, nn.Module, dict[str, float]], None]] = (),
     reconstruct_inputs: Sequence[tuple] | None = None,
     refit: Sequence[str] = (),
+    reselect: bool = False,
 ) -> PruningOutcome:
     """Prune ``model`` with ``pruner`` to ``rates`` or ``flops_reduction`` and fine-tune it.
 
@@ -92,7 +93,8 @@ def run_pruning(
     ``val_set`` may then be None.  ``reconstruct_inputs`` (argument tuples of the model): the hard
     pruning re-solves the kept weights on them, and the ``refit`` layers with all theirs
     (:func:`~edgeguard.prune.reconstruct.reconstruct`; the targets are the model as it stands
-    after regularisation).  ``callbacks`` run after every fine-tuning epoch
+    after regularisation); ``reselect``: each layer keeps as many units as the pruner's mask, chosen
+    by their OBS saliency during the reconstruction (``select=``).  ``callbacks`` run after every fine-tuning epoch
     (:func:`~edgeguard.engine.fit`'s ``cb(epoch, model, metrics)``; e.g. a score curve).
     """
     pruner = get_pruner(pruner) if isinstance(pruner, str) else pruner
@@ -108,6 +110,11 @@ def run_pruning(
         )
     if val_set is None and score is None:
         raise SparsityError("give val_set (accuracy) or score (any quality figure)")
+    if reselect and (not reconstruct_inputs or pruner.spec_scheme is None):
+        raise SparsityError(
+            "reselect chooses units during the reconstruction: give reconstruct_inputs and a "
+            "pruner with one scheme"
+        )
 
     def measure(m: nn.Module) -> float:
         if score is not None:
@@ -154,6 +161,13 @@ def run_pruning(
             reg_history = hist.epochs
         final_masks = pruner.final_masks(net)
         scheme = pruner.spec_scheme
+        if reconstruct_inputs:
+            select = scheme if reselect else None
+            reconstruct(net, final_masks, reconstruct_inputs, refit=refit, select=select)
+            chosen = get_masks(net)
+            final_masks = {n: chosen[n] for n in final_masks}
+        else:
+            attach_masks(net, final_masks)
         # rates as removed units of the scheme, or removed weights when masks mix structures
         final = {
             n: float((~scheme.units_of_mask(m)).float().mean())
@@ -161,10 +175,6 @@ def run_pruning(
             else 1.0 - float(m.float().mean())
             for n, m in final_masks.items()
         }
-        if reconstruct_inputs:
-            reconstruct(net, final_masks, reconstruct_inputs, refit=refit)
-        else:
-            attach_masks(net, final_masks)
         if stage is not None:
             extra = {
                 "input_shape": list(input_shape),
