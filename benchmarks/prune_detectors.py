@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import logging
 import platform
 import time
 from dataclasses import replace
@@ -300,6 +301,7 @@ def main() -> None:
     ap.add_argument("--workdir", default="runs/prune_detectors")
     ap.add_argument("--out", default=None, help="JSON of the results (default: beside workdir)")
     args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the stages' progress lines
     options = kv(args.pruner_options)
 
     seed_everything(args.seed)
