@@ -191,6 +191,7 @@ def edgeguard_job(
     classes,
     reconstruct=0,
     reselect=False,
+    resume=False,
 ) -> dict:
     scheme, method = job.split(":")
     t0 = time.perf_counter()
@@ -204,6 +205,7 @@ def edgeguard_job(
         finetune=cfg,
         regularize=reg,
         workdir=workdir,
+        resume=resume,
         callbacks=[ap_curve(det, held_out, every, curve)],
         feature_weight=feature_weight,
         classes=classes,
@@ -299,6 +301,12 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=1, help="augmented draws per photo and epoch")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default="runs/prune_detectors")
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue each job from its last finished stage in --workdir (e.g. a hard-pruned "
+        "pruned.safetensors copied there: fine-tuning starts afresh from it)",
+    )
     ap.add_argument("--out", default=None, help="JSON of the results (default: beside workdir)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the stages' progress lines
@@ -354,6 +362,7 @@ def main() -> None:
                 args.distill_classes,
                 args.reconstruct,
                 args.reselect,
+                args.resume,
             )
         print(json.dumps(row))
         rows.append(row)
