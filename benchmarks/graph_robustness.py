@@ -362,7 +362,17 @@ def print_summary(rows: list[dict]) -> None:
             k
             for k in rs[0]
             if k
-            not in ("dataset", "training", "seed", "threads", "cover", "select", "rate", "flips")
+            not in (
+                "dataset",
+                "training",
+                "seed",
+                "threads",
+                "cover",
+                "select",
+                "rate",
+                "flips",
+                "inner steps",
+            )
             and not k.endswith((" s", " queries"))
         ]
         cells = []
