@@ -23,8 +23,10 @@ def points(paths: list[Path]) -> dict[str, list[tuple[float, float, str, str]]]:
         record = json.loads(path.read_text())
         det = record.get("meta", {}).get("args", {}).get("detector")
         det = det or ("nanodet" if "nanodet" in path.stem else "centernet")
-        rebuilt = record.get("meta", {}).get("args", {}).get("reconstruct", 0)
-        suffix = " + reconstruction" if rebuilt else ""
+        args = record.get("meta", {}).get("args", {})
+        suffix = ""
+        if args.get("reconstruct", 0):
+            suffix = " + reconstruction" + (", OBS units" if args.get("reselect") else "")
         for row in record.get("rows", []):
             if not row or row.get("reduction") is None or "ap_finetuned" not in row:
                 continue  # one-shot comparisons: nothing was distilled
@@ -45,20 +47,20 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     pts = points(args.results)
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(9.5, 4.2))
     markers = {}
     for det, rows in sorted(pts.items()):
         color = "tab:blue" if det == "centernet" else "tab:orange"
         ax.scatter([1.0], [DENSE[det]], color=color, marker="*", s=120, label=f"{det} dense")
         for red, best, job, _ in rows:
-            m = markers.setdefault(job, "osD^vP"[len(markers) % 6])
+            m = markers.setdefault(job, "osD^vPXhp<>"[len(markers) % 11])
             ax.scatter([red], [best], color=color, marker=m, alpha=0.8)
     for job, m in markers.items():
         ax.scatter([], [], color="gray", marker=m, label=job)
     ax.set_xlabel("MAC reduction (x)")
     ax.set_ylabel("held-out person AP50 after distillation")
     ax.set_ylim(-0.02, 0.8)
-    ax.legend(fontsize=7, loc="upper center")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the points
     ax.set_title("Pruned COCO detectors, label-free distillation")
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
