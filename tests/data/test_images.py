@@ -34,6 +34,18 @@ def test_without_augmentation_an_item_is_the_resized_photo():
     assert torch.allclose(x, img.float() / 255, atol=1e-6)  # same size: resizing is the identity
 
 
+def test_the_plain_view_serves_each_whole_photo_once_without_draws():
+    photos = _photos()
+    ds = UnlabeledImages(photos, (40, 60), copies=2)
+    plain = ds.plain()
+    assert len(plain) == 3 and plain.size == ds.size
+    torch.manual_seed(1)
+    a = plain[0][0]
+    torch.manual_seed(2)
+    assert torch.equal(a, plain[0][0])  # no random draw
+    assert torch.allclose(a, photos[0].float() / 255, atol=1e-6)  # 40 x 60: the photo itself
+
+
 def test_folder_reading_skips_unreadable_files_and_refuses_an_empty_folder(tmp_path, caplog):
     import cv2
 

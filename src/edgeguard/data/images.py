@@ -106,6 +106,11 @@ class UnlabeledImages(Dataset):
     def __len__(self) -> int:
         return len(self.images) * self.copies
 
+    def plain(self) -> UnlabeledImages:
+        """The same photos, each once and whole, without augmentation (calibration inputs: the
+        distribution the network will see, not the training crops)."""
+        return UnlabeledImages(self.images, self.size, augment=False)
+
     def _crop(self, h: int, w: int) -> tuple[int, int, int, int]:
         """(top, left, height, width) of a random crop (torchvision's RandomResizedCrop rule)."""
         area = h * w
