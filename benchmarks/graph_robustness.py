@@ -245,7 +245,7 @@ POISONED_ROWS = {"GTA": "GTA-RT", "GTA+features minmax": "min-max RT"}
 
 def run_metattack(args) -> list[dict]:
     """Metattack poisoning (Meta-Self, our implementation): one greedy run to the largest rate on
-    a surrogate GCN (seed 0); the first k flips are the attack at each smaller rate.  Each poisoned
+    a surrogate GCN (``--attack-seed``, default 0); the first k flips are the attack at each smaller rate.  Each poisoned
     adjacency is saved (``--adjacency`` input of ``edgeguard gnn``), then the GCNs of
     ``--trainings`` (default: natural and GTA-robust) are trained on it with each seed and tested
     on it."""
@@ -254,13 +254,13 @@ def run_metattack(args) -> list[dict]:
     out = Path(args.out)
     for name in args.datasets:
         data = load(name, args.split)
-        surrogate = natural(data, 0)
+        surrogate = natural(data, args.attack_seed)
         top = max(args.rates)
         t0 = time.perf_counter()
         res = Metattack(
             top,
             flips_per_step=args.flips_per_step,
-            seed=0,
+            seed=args.attack_seed,
             self_training=args.self_training,
             reinit=args.reinit,
         )(surrogate, data)
@@ -270,10 +270,12 @@ def run_metattack(args) -> list[dict]:
             k = resolve_budget(rate, data.edge_index.shape[1] // 2)
             poisoned = flip_pairs(data, res.flips[:, :k])
             slug = name.replace(":", "_")
-            save_adjacency(poisoned, out / f"{slug}_meta_{rate:g}.npz")
+            tag = f"_seed{args.attack_seed}" if args.attack_seed else ""
+            save_adjacency(poisoned, out / f"{slug}_meta_{rate:g}{tag}.npz")
             evasion = node_accuracy(surrogate, poisoned)
             for seed in args.seeds:
                 r = {"dataset": name, "rate": rate, "seed": seed, "flips": k}
+                r["attack seed"] = args.attack_seed
                 r["surrogate (evasion)"] = evasion
                 if "natural" in trainings:
                     r["GCN"] = node_accuracy(natural(poisoned, seed), poisoned)
@@ -372,6 +374,7 @@ def print_summary(rows: list[dict]) -> None:
                 "rate",
                 "flips",
                 "inner steps",
+                "attack seed",
             )
             and not k.endswith((" s", " queries"))
         ]
@@ -412,6 +415,12 @@ def main() -> None:
         "--reinit",
         action="store_true",
         help="metattack: draw the surrogate's initial weights anew for every meta-gradient",
+    )
+    ap.add_argument(
+        "--attack-seed",
+        type=int,
+        default=0,
+        help="metattack: seed of the surrogate GCN and of the attack (one poisoned graph per seed)",
     )
     ap.add_argument(
         "--flips-per-step",
