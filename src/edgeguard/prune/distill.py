@@ -202,12 +202,12 @@ def prune_detector(
     layers it leaves dense are logged).  ``feature_weight > 0`` adds feature distillation on the
     outputs of the pruned layers and ``classes`` restricts the matched scores (see
     :class:`DetectorDistillation`).  ``reconstruct > 0``: the hard pruning re-solves the kept
-    weights on the first ``reconstruct`` images (whole, unaugmented when ``images`` has a
-    ``plain()`` view, as :class:`~edgeguard.data.UnlabeledImages`), and refits every other conv of the graph
-    (:mod:`.reconstruct`); ``reselect``: the units each pruned layer keeps are chosen there by
-    their OBS saliency (as many as the pruner's masks keep).  The detector itself is left as it
-    is: the pruned graph is
-    ``outcome.model`` (``with_net(detector, outcome.model)`` detects with it)."""
+    weights on the first ``reconstruct`` images (whole and unaugmented when ``images`` has a
+    ``plain()`` view, as :class:`~edgeguard.data.UnlabeledImages` has), and refits every other
+    conv of the graph (:mod:`.reconstruct`); ``reselect``: the units each pruned layer keeps are
+    chosen there by their OBS saliency (as many as the pruner's masks keep).  The detector itself
+    is left as it is: the pruned graph is ``outcome.model`` (``with_net(detector,
+    outcome.model)`` detects with it)."""
     _check_distillable(detector)
     if layers is None:
         layers, dense = detector_layers(detector)
@@ -215,10 +215,12 @@ def prune_detector(
     net = copy.deepcopy(detector.net)
     for p in net.parameters():  # a loaded detector is frozen for attacks: its copy trains
         p.requires_grad_(True)
-    source = images.plain() if hasattr(images, "plain") else images  # no training crops
-    calibration = [
-        detector.prepare(source[i][0][None]) for i in range(min(reconstruct, len(source)))
-    ]
+    calibration = []
+    if reconstruct > 0:
+        source = images.plain() if hasattr(images, "plain") else images  # no training crops
+        calibration = [
+            detector.prepare(source[i][0][None]) for i in range(min(reconstruct, len(source)))
+        ]
     convs = [n for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]
     return run_pruning(
         net,

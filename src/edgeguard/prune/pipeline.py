@@ -93,9 +93,10 @@ def run_pruning(
     ``val_set`` may then be None.  ``reconstruct_inputs`` (argument tuples of the model): the hard
     pruning re-solves the kept weights on them, and the ``refit`` layers with all theirs
     (:func:`~edgeguard.prune.reconstruct.reconstruct`; the targets are the model as it stands
-    after regularisation); ``reselect``: each layer keeps as many units as the pruner's mask, chosen
-    by their OBS saliency during the reconstruction (``select=``).  ``callbacks`` run after every fine-tuning epoch
-    (:func:`~edgeguard.engine.fit`'s ``cb(epoch, model, metrics)``; e.g. a score curve).
+    after regularisation); ``reselect``: each layer keeps as many units as the pruner's mask,
+    chosen by their OBS saliency during the reconstruction (its ``select``).  ``callbacks`` run
+    after every fine-tuning epoch (:func:`~edgeguard.engine.fit`'s ``cb(epoch, model,
+    metrics)``; e.g. a score curve).
     """
     pruner = get_pruner(pruner) if isinstance(pruner, str) else pruner
     ft = finetune or TrainConfig(epochs=2, lr=1e-4)
