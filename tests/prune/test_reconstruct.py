@@ -150,10 +150,9 @@ def test_run_pruning_with_reconstruction_keeps_more_accuracy(digits_model):
     train = digits(True)
     calib = [(train[i][0][None],) for i in range(256)]
     cfg = TrainConfig(epochs=1, batch_size=64, lr=1e-9, progress=False)
-    out = {}
-    runs = (("masked", None, False), ("reconstructed", calib, False), ("reselected", calib, True))
-    for label, inputs, reselect in runs:
-        out[label] = run_pruning(
+
+    def prune(inputs, reselect):
+        return run_pruning(
             copy.deepcopy(digits_model),
             get_pruner("magnitude", "kgs"),
             train,
@@ -164,7 +163,8 @@ def test_run_pruning_with_reconstruction_keeps_more_accuracy(digits_model):
             reconstruct_inputs=inputs,
             reselect=reselect,
         )
-    masked, rebuilt, chosen = out["masked"], out["reconstructed"], out["reselected"]
+
+    masked, rebuilt, chosen = prune(None, False), prune(calib, False), prune(calib, True)
     for n, m in get_masks(masked.model).items():
         assert torch.equal(get_masks(rebuilt.model)[n], m)
         assert int(get_masks(chosen.model)[n].sum()) == int(m.sum())  # as many kept, others
@@ -172,16 +172,7 @@ def test_run_pruning_with_reconstruction_keeps_more_accuracy(digits_model):
     assert rebuilt.accuracy_pruned > masked.accuracy_pruned + 0.02
     assert chosen.accuracy_pruned > masked.accuracy_pruned + 0.02
     with pytest.raises(SparsityError, match="give reconstruct_inputs"):
-        run_pruning(
-            copy.deepcopy(digits_model),
-            get_pruner("magnitude", "kgs"),
-            train,
-            digits(False),
-            (1, 1, 8, 8),
-            rates=0.7,
-            finetune=cfg,
-            reselect=True,
-        )
+        prune(None, True)
 
 
 def test_a_refitted_depthwise_conv_is_each_channels_least_squares_fit():
