@@ -509,3 +509,33 @@ def test_tshirt_against_a_coco_detector_on_whole_photos(tmp_path: Path, capsys, 
         == 2
     )
     assert "--zo attacks one detector" in capsys.readouterr().err
+
+
+def test_prune_detector_distils_on_a_few_photos_and_resumes(tmp_path: Path, capsys, shared_data):
+    from edgeguard.modelfile import load_model
+    from edgeguard.models.detectors import get_detector, weights
+    from edgeguard.sparsity import get_masks
+
+    if not weights.available():
+        pytest.skip(f"COCO detector weights absent under {weights.models_dir()} (make models)")
+    data = str(shared_data("persons"))
+    out = tmp_path / "pd"
+    args = ["-q", "prune-detector", "nanodet", "--flops-reduction", "1.5", "--persons", data]
+    args += ["--photos", "4", "--epochs", "1", "--batch-size", "2", "--out", str(out)]
+    assert main([*args, "--reconstruct", "2", "--reselect", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "held-out person AP50 dense" in text and "MAC reduction 1.5" in text
+    net, _, spec = load_model(out / "model.safetensors", model=get_detector("nanodet").net)
+    assert get_masks(net) and spec["extra"]["detector"] == "nanodet"
+    # a finished run is not overwritten; resuming it with the same options is allowed
+    assert main([*args, "--reconstruct", "2", "--reselect", "--no-progress"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    # bad input: reselect without reconstruction, an empty image folder, an unknown detector
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([*args[:-1], str(tmp_path / "x"), "--reselect"]) == 2
+    assert "--reconstruct N" in capsys.readouterr().err
+    assert main([*args[:-1], str(tmp_path / "y"), "--images", str(empty)]) == 2
+    assert "no readable images" in capsys.readouterr().err
+    assert main(["-q", "prune-detector", "detr", "--flops-reduction", "2"]) == 2
+    assert "detr" in capsys.readouterr().err

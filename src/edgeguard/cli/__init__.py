@@ -12,10 +12,10 @@ import logging
 import sys
 
 from ..errors import EdgeguardError
-from . import attack, compile_cmd, demo, explain, gnn, info, prune, train, tshirt
+from . import attack, compile_cmd, demo, explain, gnn, info, prune, prune_detector, train, tshirt
 from .common import Parser
 
-SUBCOMMANDS = (train, prune, info, compile_cmd, attack, explain, gnn, tshirt, demo)
+SUBCOMMANDS = (train, prune, prune_detector, info, compile_cmd, attack, explain, gnn, tshirt, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
