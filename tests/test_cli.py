@@ -539,3 +539,6 @@ def test_prune_detector_distils_on_a_few_photos_and_resumes(tmp_path: Path, caps
     assert "no readable images" in capsys.readouterr().err
     assert main(["-q", "prune-detector", "detr", "--flops-reduction", "2"]) == 2
     assert "detr" in capsys.readouterr().err
+    hog = ["-q", "prune-detector", "hog", "--flops-reduction", "2", "--out", str(tmp_path / "h")]
+    assert main(hog) == 2
+    assert "centernet or nanodet" in capsys.readouterr().err and not (tmp_path / "h").exists()

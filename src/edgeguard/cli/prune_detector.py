@@ -75,6 +75,10 @@ def run(args) -> int:
     seed_everything(args.seed)
     pruner = get_pruner(args.method, args.scheme, **kv(args.method_option))
     det = get_detector(args.detector)
+    if not hasattr(det, "distillation_loss"):  # before the run folder is made
+        raise UsageError(
+            f"{args.detector!r} cannot be pruned by distillation: use centernet or nanodet"
+        )
     root = Path(args.persons) if args.persons else data_root() / "persons"
     train, held = load_persons(root).split(0.3, args.seed)
     if args.photos:
