@@ -125,45 +125,46 @@ def pyg_attack(cls, model, data, budget, **kw):
 def run_attacks(args) -> list[dict]:
     from torch_geometric.contrib.nn import GRBCDAttack, PRBCDAttack
 
+    peers = {
+        "PRBCD": (PRBCDAttack, {}),
+        "PRBCD-CE": (PRBCDAttack, {"loss": ce_loss}),
+        "GRBCD": (GRBCDAttack, {}),
+    }
+
+    def wanted(label: str) -> bool:
+        return not args.only or label in args.only
+
     rows = []
     for name in args.datasets:
         data = load(name, args.split)
+        budget = resolve_budget(args.budget, data.edge_index.shape[1] // 2)
         for seed in args.seeds:
             m = natural(data, seed)
             r = {"dataset": name, "seed": seed, "clean": node_accuracy(m, data)}
-            budget = resolve_budget(args.budget, data.edge_index.shape[1] // 2)
             for label, (attack, kw) in EVAL.items():
-                if args.only and label not in args.only:
+                if not wanted(label):
                     continue
                 res = get_graph_attack(attack, budget=args.budget, seed=seed, **kw)(m, data)
                 r[label] = node_accuracy(m, res.data)
                 r[f"{label} s"] = res.seconds
                 r[f"{label} queries"] = res.queries
-            peers = {
-                "PRBCD": (PRBCDAttack, {}),
-                "PRBCD-CE": (PRBCDAttack, {"loss": ce_loss}),
-                "GRBCD": (GRBCDAttack, {}),
-            }
             for label, (cls, kw) in peers.items():
-                if args.only and label not in args.only:
+                if not wanted(label):
                     continue
                 t0 = time.perf_counter()
                 r[label] = pyg_attack(cls, m, data, budget, **kw)
                 r[f"{label} s"] = time.perf_counter() - t0
-            if args.only and "GTA poisoning" not in args.only:
-                emit(r)
-                rows.append(r)
-                continue
-            t0 = time.perf_counter()
-            pois = poison(
-                get_graph_attack("gta", budget=args.budget, seed=seed),
-                lambda d=data: gcn(d.num_features, int(d.y.max()) + 1, hidden=16),
-                data,
-                TrainConfig(epochs=200, lr=0.01, weight_decay=5e-4, scheduler="none"),
-                seed=seed,
-            )
-            r["GTA poisoning"] = pois.poisoned
-            r["GTA poisoning s"] = time.perf_counter() - t0
+            if wanted("GTA poisoning"):
+                t0 = time.perf_counter()
+                pois = poison(
+                    get_graph_attack("gta", budget=args.budget, seed=seed),
+                    lambda d=data: gcn(d.num_features, int(d.y.max()) + 1, hidden=16),
+                    data,
+                    TrainConfig(epochs=200, lr=0.01, weight_decay=5e-4, scheduler="none"),
+                    seed=seed,
+                )
+                r["GTA poisoning"] = pois.poisoned
+                r["GTA poisoning s"] = time.perf_counter() - t0
             emit(r)
             rows.append(r)
     return rows
@@ -187,15 +188,12 @@ def inner_attacks(label: str, budget: float, seed: int, steps: int | None = None
     the gradient steps of its PGD attacks."""
     spec = INNER[label]
     specs = spec if isinstance(spec, list) else [spec] if spec else []
-    return [
-        get_graph_attack(
-            a,
-            budget=budget,
-            seed=seed,
-            **{**kw, **({"steps": steps} if steps and "steps" in kw else {})},
-        )
-        for a, kw in specs
-    ] or None
+    attacks = []
+    for a, kw in specs:
+        if steps and "steps" in kw:
+            kw = {**kw, "steps": steps}
+        attacks.append(get_graph_attack(a, budget=budget, seed=seed, **kw))
+    return attacks or None
 
 
 def run_robust(args) -> list[dict]:
@@ -245,10 +243,10 @@ POISONED_ROWS = {"GTA": "GTA-RT", "GTA+features minmax": "min-max RT"}
 
 def run_metattack(args) -> list[dict]:
     """Metattack poisoning (Meta-Self, our implementation): one greedy run to the largest rate on
-    a surrogate GCN (``--attack-seed``, default 0); the first k flips are the attack at each smaller rate.  Each poisoned
-    adjacency is saved (``--adjacency`` input of ``edgeguard gnn``), then the GCNs of
-    ``--trainings`` (default: natural and GTA-robust) are trained on it with each seed and tested
-    on it."""
+    a surrogate GCN (``--attack-seed``, default 0); the first k flips are the attack at each
+    smaller rate.  Each poisoned adjacency is saved (``--adjacency`` input of ``edgeguard gnn``),
+    then the GCNs of ``--trainings`` (default: natural and GTA-robust) are trained on it with each
+    seed and tested on it."""
     trainings = args.trainings or ["natural", "GTA"]
     rows = []
     out = Path(args.out)
