@@ -61,13 +61,15 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from dataclasses import replace
+
     from ..data import UnlabeledImages
     from ..data.persons import PersonPhotos, load_persons
     from ..engine import seed_everything
     from ..engine.rundir import finish_run
     from ..modelfile import save_model
     from ..models.detectors import get_detector
-    from ..prune import get_pruner, prune_detector
+    from ..prune import check_distillable, get_pruner, prune_detector
     from ..settings import data_root
 
     if args.reselect and not args.reconstruct:
@@ -75,10 +77,7 @@ def run(args) -> int:
     seed_everything(args.seed)
     pruner = get_pruner(args.method, args.scheme, **kv(args.method_option))
     det = get_detector(args.detector)
-    if not hasattr(det, "distillation_loss"):  # before the run folder is made
-        raise UsageError(
-            f"{args.detector!r} cannot be pruned by distillation: use centernet or nanodet"
-        )
+    check_distillable(det)  # before the run folder is made
     root = Path(args.persons) if args.persons else data_root() / "persons"
     train, held = load_persons(root).split(0.3, args.seed)
     if args.photos:
@@ -89,11 +88,7 @@ def run(args) -> int:
     else:
         images = UnlabeledImages.from_photos(train, det.input_size)
     finetune = train_config(args)
-    regularize = None
-    if args.reg_epochs > 0:
-        from dataclasses import replace
-
-        regularize = replace(finetune, epochs=args.reg_epochs)
+    regularize = replace(finetune, epochs=args.reg_epochs) if args.reg_epochs > 0 else None
     out = start_run(args, "prune-detector", (args.images, str(root)))
     res = prune_detector(
         det,

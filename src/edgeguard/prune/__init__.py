@@ -7,6 +7,7 @@ from .admm import ADMMPruner
 from .base import Pruner, available_pruners, get_pruner, register_pruner
 from .distill import (
     DetectorDistillation,
+    check_distillable,
     detector_ap,
     detector_layers,
     prune_detector,
@@ -28,6 +29,7 @@ __all__ = [
     "PruningOutcome",
     "ReweightedPruner",
     "available_pruners",
+    "check_distillable",
     "detector_ap",
     "detector_layers",
     "get_pruner",

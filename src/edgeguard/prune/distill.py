@@ -30,19 +30,21 @@ from .pipeline import PruningOutcome, run_pruning
 log = logging.getLogger(__name__)
 
 
-def _check_distillable(detector: PersonDetector) -> None:
+def check_distillable(detector: PersonDetector) -> None:
+    """Raise :class:`SparsityError` unless ``detector`` has a graph to prune and a distillation
+    loss (the COCO detectors do; HOG and the small CNN do not), naming what it lacks."""
     missing = [m for m in ("net", "prepare", "distillation_loss") if not hasattr(detector, m)]
     if missing:
         raise SparsityError(
             f"detector {getattr(detector, 'name', type(detector).__name__)!r} cannot be distilled: "
-            f"it lacks {', '.join(missing)} (the COCO detectors centernet and nanodet have them)"
+            f"it lacks {', '.join(missing)} (the COCO detectors have them: use centernet or nanodet)"
         )
 
 
 def with_net(detector: PersonDetector, net: nn.Module) -> PersonDetector:
     """A copy of ``detector`` that runs ``net`` (e.g. its pruned graph) in place of its own; the
     detector's other modules and buffers are shared, not copied."""
-    _check_distillable(detector)
+    check_distillable(detector)
     twin = copy.copy(detector)
     twin._modules = dict(detector._modules)  # copy.copy shares the module table: give it its own
     twin.net = net
@@ -69,7 +71,7 @@ class DetectorDistillation:
         feature_weight: float = 1.0,
         classes: Sequence[int] | None = None,
     ) -> None:
-        _check_distillable(detector)
+        check_distillable(detector)
         self.detector = detector
         self.teacher = copy.deepcopy(detector.net if teacher is None else teacher).eval()
         for p in self.teacher.parameters():
@@ -138,7 +140,7 @@ def detector_layers(
     from ..models.flops import count_flops
     from ..sparsity import prunable_layers
 
-    _check_distillable(detector)
+    check_distillable(detector)
     net = detector.net
     if not isinstance(net, fx.GraphModule):
         raise SparsityError("detector_layers reads the graph of a torch.fx GraphModule")
@@ -208,7 +210,7 @@ def prune_detector(
     chosen there by their OBS saliency (as many as the pruner's masks keep).  The detector itself
     is left as it is: the pruned graph is ``outcome.model`` (``with_net(detector,
     outcome.model)`` detects with it)."""
-    _check_distillable(detector)
+    check_distillable(detector)
     if layers is None:
         layers, dense = detector_layers(detector)
         log.info("pruning %d layers; dense: %s", len(layers), dense)
