@@ -40,12 +40,13 @@ def test_depthwise_kernel_equals_grouped_conv(k, stride, pads, mult, size, relu)
 
 
 class Block(nn.Module):
-    """A MobileNetV3 block as TF.js graphs hold it: 1x1 expand, TF SAME padding as an ``F.pad``,
-    a stride-2 depthwise conv, ReLUs as ``F.relu``, 1x1 project."""
+    """A MobileNet block as TF.js graphs hold it: a conv, TF SAME padding as an ``F.pad``, a
+    stride-2 depthwise conv, ReLUs as ``F.relu``, 1x1 project (a 3x3 first conv: a 1x1 expand
+    would be fused with the depthwise conv, test_pointwise_depthwise.py)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.expand = nn.Conv2d(8, 32, 1)
+        self.expand = nn.Conv2d(8, 32, 3, padding=1)
         self.dw = nn.Conv2d(32, 32, 3, 2, groups=32)
         self.project = nn.Conv2d(32, 16, 1)
 

@@ -63,7 +63,7 @@ class RandomNet(nn.Module):
             return len(self.convs) - 1
 
         for _ in range(rng.randint(2, 5)):
-            kind = rng.choice(["conv", "conv", "reuse", "res", "cat", "pool", "bn", "dw"])
+            kind = rng.choice(["conv", "conv", "reuse", "res", "cat", "pool", "bn", "dw", "mb"])
             if kind == "conv" or n < 6:
                 cout = rng.choice([8, 12, 16])
                 i = conv(ch, cout, keep_size=n < 6)
@@ -99,6 +99,18 @@ class RandomNet(nn.Module):
                     n = min(n2, _out(n + pads[0] + pads[1], k, s, 0, 1))
                     if rng.random() < 0.5:
                         self.steps.append(("relu",))
+            elif kind == "mb" and n >= 5:  # MobileNet block: 1x1 expand, act, SAME pad, depthwise
+                k, s = rng.choice([3, 5]), rng.choice([1, 2])
+                cout = ch * rng.choice([1, 2, 3])
+                total = max((-(-n // s) - 1) * s + k - n, 0)  # TF's SAME: odd pixel after
+                pads = (total // 2, total - total // 2) * 2
+                self.convs.append(nn.Conv2d(ch, cout, 1, bias=rng.random() < 0.8))
+                self.dws.append(nn.Conv2d(cout, cout, k, s, groups=cout))
+                act = rng.choice(["none", "relu", "hard_swish"])
+                self.steps.append(("mb", len(self.convs) - 1, len(self.dws) - 1, act, pads))
+                ch, n = cout, -(-n // s)
+                if rng.random() < 0.5:
+                    self.steps.append(("relu",))
             elif kind == "bn":
                 bn = nn.BatchNorm2d(
                     ch, affine=rng.random() < 0.7, track_running_stats=rng.random() < 0.7
@@ -126,6 +138,13 @@ class RandomNet(nn.Module):
                 x = self.bns[step[1]](x)
             elif op == "dw":
                 x = self.dws[step[1]](F.pad(x, step[2]))
+            elif op == "mb":
+                y = self.convs[step[1]](x)
+                if step[3] == "relu":
+                    y = F.relu(y)
+                elif step[3] == "hard_swish":  # as TF graphs hold it
+                    y = (y * 0.16666) * F.relu6(y + 3.0)
+                x = self.dws[step[2]](F.pad(y, step[4]))
             elif op == "twice":
                 c = self.convs[step[1]]
                 x = c(torch.relu(c(x)))

@@ -15,6 +15,7 @@ from ..models.surgery import layer_inputs
 from .depthwise import DepthwiseConvCpu
 from .passes.graph import CONVS
 from .pipeline import CompiledModel
+from .pointwise_depthwise import PointwiseDepthwiseCpu
 from .sparse_conv import SparseConv
 from .sparse_linear import SparseLinear
 
@@ -78,11 +79,15 @@ def paired_ms(
 
 @dataclass
 class LayerTiming:
+    """One compiled layer against the dense layer(s) it replaces; ``covers``: the dense layers a
+    fused kernel stands for (a 1x1 conv and its depthwise conv), timed one after the other."""
+
     name: str
     action: str
     density: float
     dense_ms: float
     compiled_ms: float
+    covers: tuple[str, ...] = ()
 
     @property
     def speedup(self) -> float:
@@ -139,15 +144,36 @@ def benchmark(
     if not per_layer:
         return result
     dense_in = layer_inputs(dense, x, (*CONVS, nn.Linear))
-    comp_in = layer_inputs(
-        compiled.module, x, (*CONVS, nn.Linear, SparseConv, SparseLinear, DepthwiseConvCpu)
-    )
+    kinds = (*CONVS, nn.Linear, SparseConv, SparseLinear, DepthwiseConvCpu, PointwiseDepthwiseCpu)
+    comp_in = layer_inputs(compiled.module, x, kinds)
     by_name = {d.name: d for d in compiled.decisions}
     dense_mods = dict(dense.named_modules())
     comp_mods = dict(compiled.module.named_modules())
     with torch.no_grad():
         for name, xin in dense_in.items():
-            if name not in comp_in or name not in by_name:
+            if name not in by_name or isinstance(comp_mods.get(name), PointwiseDepthwiseCpu):
+                continue  # a fused depthwise conv is timed with its 1x1 conv
+            pair = next(
+                (
+                    m
+                    for m in comp_mods.values()
+                    if isinstance(m, PointwiseDepthwiseCpu) and m.fused_from[0] == name
+                ),
+                None,
+            )
+            if pair is not None and pair.fused_from[1] in dense_in:
+                pw, dw = pair.fused_from
+                d_ms, c_ms = paired_ms(
+                    lambda a=dense_mods[pw], b=dense_mods[dw], u=xin, v=dense_in[dw]: (a(u), b(v)),
+                    lambda m=pair, v=comp_in[dw]: m(v),
+                    repeats,
+                )
+                dec = by_name[name]
+                result.layers.append(
+                    LayerTiming(name, dec.action, dec.density, d_ms, c_ms, (pw, dw))
+                )
+                continue
+            if name not in comp_in:
                 continue
             d_ms, c_ms = paired_ms(
                 lambda m=dense_mods[name], v=xin: m(v),

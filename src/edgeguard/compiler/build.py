@@ -9,6 +9,7 @@ from .depthwise import DepthwiseConvCpu
 from .model import CompiledModel
 from .passes.graph import module_of
 from .passes.pool_fusion import fuse_pools
+from .pointwise_depthwise import PointwiseDepthwiseCpu
 from .pool import MaxPoolCpu
 from .sparse_conv import SparseConv
 
@@ -23,7 +24,7 @@ def build_kernels(compiled: CompiledModel, input_shape: tuple[int, ...], fuse: b
         m
         for m in compiled.module.modules()
         if (isinstance(m, SparseConv) and m.mode == "cpu" and m.plan.block_rows)
-        or isinstance(m, MaxPoolCpu | DepthwiseConvCpu)
+        or isinstance(m, MaxPoolCpu | DepthwiseConvCpu | PointwiseDepthwiseCpu)
     ]
     if not layers:
         return 0

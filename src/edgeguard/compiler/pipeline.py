@@ -29,6 +29,7 @@ from .passes.graph import materialise_mask, set_module
 from .passes.inplace import compute_into_kernel_outputs
 from .passes.lowering import LINEAR_MIN_WEIGHTS, lower, lower_conv
 from .passes.pool_fusion import FUSE_POOL_MIN_BYTES, fuse_pools
+from .passes.pw_dw_fusion import fuse_pointwise_depthwise
 from .passes.residual import fuse_residuals
 from .sparse_conv import PRECISIONS, SparseConv
 
@@ -135,7 +136,10 @@ def compile_model(
     fuse_hard_swish(gm)
     fold_batchnorm(gm)
     shrunk = shrink(gm) if shrink_channels else {}
+    fused = fuse_pointwise_depthwise(gm, orig_numel) if be.native_depthwise else []
     decisions = lower(gm, be, max_density, mrs, linear_mr, nv, shrunk, orig_density, orig_numel)
+    rank = {n: i for i, n in enumerate(orig_density)}
+    decisions = sorted([*decisions, *fused], key=lambda d: rank.get(d.name, len(rank)))
     if be.fuses_residual:
         fuse_residuals(gm)
     compute_into_kernel_outputs(gm)

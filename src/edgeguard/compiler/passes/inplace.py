@@ -11,11 +11,12 @@ import torch
 from torch import fx
 
 from ..depthwise import DepthwiseConvCpu
+from ..pointwise_depthwise import PointwiseDepthwiseCpu
 from ..pool import MaxPoolCpu
 from ..sparse_conv import SparseConv
 from .graph import binary_calls, module_of
 
-KERNEL_MODULES = (SparseConv, DepthwiseConvCpu, MaxPoolCpu)
+KERNEL_MODULES = (SparseConv, DepthwiseConvCpu, MaxPoolCpu, PointwiseDepthwiseCpu)
 
 
 def _fits(out: torch.Tensor, other) -> bool:

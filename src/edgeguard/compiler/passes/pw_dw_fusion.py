@@ -1,0 +1,117 @@
+"""Pass (CPU backend): a 1x1 conv that expands (at least as many outputs as inputs: its output,
+not its input, is the tensor worth keeping out of memory) whose only consumer is a depthwise conv, through an optional
+ReLU or scaled hard-swish and an optional zero ``F.pad`` (TF's SAME padding), becomes one
+:class:`~..pointwise_depthwise.PointwiseDepthwiseCpu`, which also takes the ReLU after the
+depthwise conv.  Runs before lowering, on BatchNorm-folded, shrunk graphs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch.nn.functional as F
+from torch import fx, nn
+
+from ..model import LayerDecision
+from ..pointwise_depthwise import PointwiseDepthwiseCpu, fusable_depthwise, pointwise_supported
+from .graph import materialise_mask, module_of, set_module, shared
+from .hard_swish import hard_swish_scaled
+from .lowering import _zero_pad_of
+from .relu_fusion import RELU_FUNCS, fuse_relu
+
+
+def _activation(gm: fx.GraphModule, node: fx.Node) -> tuple[str, float] | None:
+    """``(act, scale)`` when ``node`` is a ReLU or a scaled hard-swish of its first argument."""
+    if node.op == "call_module" and isinstance(module_of(gm, node), nn.ReLU):
+        return "relu", 1.0
+    if node.op != "call_function":
+        return None
+    if node.target in RELU_FUNCS and len(node.args) <= 2 and set(node.kwargs) <= {"inplace"}:
+        return "relu", 1.0
+    if node.target is hard_swish_scaled and len(node.args) == 2 and not node.kwargs:
+        scale = node.args[1]
+        return ("hard_swish", float(scale)) if isinstance(scale, int | float) else None
+    return None
+
+
+def _only_user(node: fx.Node) -> fx.Node | None:
+    return next(iter(node.users)) if len(node.users) == 1 else None
+
+
+def fuse_pointwise_depthwise(
+    gm: fx.GraphModule, orig_numel: Mapping[str, int] | None = None
+) -> list[LayerDecision]:
+    """Fuse every ``depthwise(pad?(act?(conv1x1(x))))`` chain of ``gm`` whose intermediate
+    results have no other user and whose modules are called once; returns two decisions per
+    fused pair (the 1x1 conv: ``"sparse"`` when pruned, else ``"dense"``; the depthwise conv:
+    ``"depthwise"``), each saying what it was fused with.  ``orig_numel``: each layer's weight
+    count before shrinking (densities are reported against the original layer)."""
+    orig_numel = orig_numel or {}
+    decisions: list[LayerDecision] = []
+    for node in list(gm.graph.nodes):
+        pw = module_of(gm, node)
+        if pw is None or not pointwise_supported(pw) or shared(gm, node):
+            continue
+        if pw.out_channels < pw.in_channels:  # a reduction: its output is smaller than its input
+            continue
+        chain, act, scale = [], "none", 1.0
+        nxt = _only_user(node)
+        if nxt is not None and nxt.args[:1] == (node,):
+            found = _activation(gm, nxt)
+            if found is not None:
+                act, scale = found
+                chain.append(nxt)
+                nxt = _only_user(nxt)
+        if nxt is None:
+            continue
+        dw = module_of(gm, nxt)
+        pads = (0, 0, 0, 0)
+        if dw is None and nxt.op == "call_function" and nxt.target is F.pad:
+            user = _only_user(nxt)
+            if (
+                nxt.args[:1] != ((chain or [node])[-1],)
+                or user is None
+                or _zero_pad_of(gm, user) is None
+            ):
+                continue
+            pads = _zero_pad_of(gm, user)
+            chain.append(nxt)
+            nxt, dw = user, module_of(gm, user)
+        if dw is None or not fusable_depthwise(dw) or shared(gm, nxt):
+            continue
+        if dw.in_channels != pw.out_channels or nxt.args[:1] != ((chain or [node])[-1],):
+            continue
+        materialise_mask(pw)
+        materialise_mask(dw)
+        pw_name, dw_name = str(node.target), str(nxt.target)
+        relu = fuse_relu(gm, nxt)
+        fused = PointwiseDepthwiseCpu(pw, dw, dw_name, act, scale, pads, relu)
+        fused.fused_from = (pw_name, dw_name)
+        set_module(gm, dw_name, fused)
+        nxt.args = (node.args[0], *nxt.args[1:])
+        for dead in [*reversed(chain), node]:
+            gm.graph.erase_node(dead)
+        gm.delete_submodule(pw_name)
+        numel = fused.pw_weight.numel()
+        density = fused.density * numel / orig_numel.get(pw_name, numel)
+        what = f"{'ReLU, ' if act == 'relu' else 'hard-swish, ' if act != 'none' else ''}"
+        decisions.append(
+            LayerDecision(
+                pw_name,
+                "sparse" if density < 0.999 else "dense",
+                density,
+                f"fused with depthwise {dw_name} ({what}expanded tensor kept in cache)",
+            )
+        )
+        decisions.append(
+            LayerDecision(
+                dw_name,
+                "depthwise",
+                float((dw.weight != 0).float().mean()),
+                f"fused with the 1x1 conv {pw_name} before it"
+                + (", zero padding taken in" if any(pads) else "")
+                + (", ReLU fused" if relu else ""),
+            )
+        )
+    gm.graph.lint()
+    gm.recompile()
+    return decisions
