@@ -78,13 +78,18 @@ def unfold_input(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _solve(
-    w: torch.Tensor, keep: torch.Tensor, h: torch.Tensor, c: torch.Tensor, damp: float
+    w: torch.Tensor,
+    keep: torch.Tensor,
+    h: torch.Tensor,
+    c: torch.Tensor,
+    damp: float,
+    bias: bool = False,
 ) -> torch.Tensor:
     """Rows of ``w`` (``[F, K]``, float64) re-solved on their kept entries ``keep`` (``[F, K]``
     bool): ``(H_MM + damp mean(diag H) I) w'_M = (C w)_M`` per kept set ``M``, removed entries
-    zero."""
+    zero (``bias``: the last entry is the bias, whose constant input is not damped)."""
     out = w * keep
-    h = _damped(h, damp)
+    h = _damped(h, damp, bias)
     target = w @ c.T  # row f: C w_f
     patterns, which = torch.unique(keep, dim=0, return_inverse=True)
     for p, kept in enumerate(patterns):
@@ -97,10 +102,19 @@ def _solve(
     return out
 
 
-def _damped(h: torch.Tensor, damp: float) -> torch.Tensor:
-    """``H + damp * mean(diag H) * I`` for ``[..., K, K]`` moments (SparseGPT's damping)."""
-    scale = h.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)[..., None, None]
-    return h + damp * scale * torch.eye(h.shape[-1], dtype=h.dtype)
+def _damped(h: torch.Tensor, damp: float, bias: bool = False) -> torch.Tensor:
+    """``H + damp * mean(diag H) * I`` for ``[..., K, K]`` moments (SparseGPT's damping); with
+    ``bias`` the last entry is the bias's constant input, left out of both the mean and the
+    damping: damped by the inputs' scale (CenterNet's stem reads 0-255 pixels) it would pull the
+    bias towards zero (``H`` stays positive definite: its Schur complement on the constant is
+    ``1 - mu^T (H_xx + lambda I)^-1 mu > 0``)."""
+    diag = h.diagonal(dim1=-2, dim2=-1)
+    k = h.shape[-1] - 1 if bias else h.shape[-1]
+    scale = diag[..., :k].mean(-1).clamp_min(1e-12)[..., None, None]
+    eye = torch.eye(h.shape[-1], dtype=h.dtype)
+    if bias:
+        eye[-1, -1] = 0
+    return h + damp * scale * eye
 
 
 def _relative_error(new: torch.Tensor, w: torch.Tensor, m: dict[str, torch.Tensor]) -> float:
@@ -170,7 +184,10 @@ def reconstruct(
         g = mom["h"].shape[0]
         w = m.weight.detach().double().reshape(g, m.weight.shape[0] // g, -1)
         if select is not None and name in masks:
-            masks = {**masks, name: _reselect(m.weight, masks[name], select, mom["h"], damp)}
+            masks = {
+                **masks,
+                name: _reselect(m.weight, masks[name], select, mom["h"], damp, bias),
+            }
             wanted[name] = masks[name]
         keep = wanted[name].to(torch.bool).reshape(w.shape)
         if bias:  # the bias: one more weight, always kept, on a constant input
@@ -178,12 +195,15 @@ def reconstruct(
             keep = torch.cat([keep, torch.ones_like(keep[..., :1])], 2)
         if keep.all():  # a refitted layer: every group at once (a depthwise conv has hundreds)
             rhs = (w @ mom["c"].transpose(1, 2)).transpose(1, 2)
-            new = torch.linalg.solve(_damped(mom["h"], damp), rhs).transpose(1, 2)
+            new = torch.linalg.solve(_damped(mom["h"], damp, bias), rhs).transpose(1, 2)
         else:
             new = torch.stack(
-                [_solve(w[k], keep[k], mom["h"][k], mom["c"][k], damp) for k in range(g)]
+                [_solve(w[k], keep[k], mom["h"][k], mom["c"][k], damp, bias) for k in range(g)]
             )
-        report[name] = (_relative_error(w * keep, w, mom), _relative_error(new, w, mom))
+        before, after = _relative_error(w * keep, w, mom), _relative_error(new, w, mom)
+        if after >= before:  # a damped solve can lose to the weights as they are where nothing
+            new, after = w * keep, before  # upstream changed: never make a layer worse
+        report[name] = (before, after)
         if bias:
             m.bias.copy_(new[..., -1].reshape(m.bias.shape).to(m.bias.dtype))
             new = new[..., :-1]
@@ -200,26 +220,28 @@ def reconstruct(
     return report
 
 
-def obs_saliency(weight: torch.Tensor, h: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
+def obs_saliency(
+    weight: torch.Tensor, h: torch.Tensor, damp: float = 0.01, bias: bool = False
+) -> torch.Tensor:
     """Weight-shaped (float64) OBS saliency of each weight, ``w_j^2 / [H^-1]_jj`` (the output
     error of removing it alone with the others re-solved; Optimal Brain Surgeon, Hassibi & Stork
     1993, as SparseGPT ranks weights): ``weight`` ``[F, C / groups, *kernel]``, ``h`` the moments
     of its unfolded input, ``[groups, K, K]`` with ``K = C / groups * prod(kernel)``, or ``K + 1``
-    with the bias's constant input last (the bias, never removed, is re-solved too), damped by
-    ``damp`` times its mean diagonal."""
+    with the bias's constant input last and ``bias`` True (the bias, never removed, is re-solved
+    too), damped by ``damp`` times its mean diagonal."""
     g, k = h.shape[0], weight[0].numel()
-    inv = torch.cholesky_inverse(torch.linalg.cholesky(_damped(h, damp)))
+    inv = torch.cholesky_inverse(torch.linalg.cholesky(_damped(h, damp, bias)))
     w = weight.detach().double().reshape(g, -1, k)
     diag = inv.diagonal(dim1=-2, dim2=-1)[:, None, :k]
     return (w.square() / diag).reshape(weight.shape)
 
 
-def _reselect(weight, mask, scheme: SparsityScheme, h, damp: float) -> torch.Tensor:
+def _reselect(weight, mask, scheme: SparsityScheme, h, damp: float, bias: bool) -> torch.Tensor:
     """A mask removing as many of ``scheme``'s units of ``weight`` as ``mask`` does: those with the
     smallest OBS saliency per weight (size-normalised, as magnitude ranking is)."""
     lay = scheme.layout(weight.shape)
     removed = int((~scheme.units_of_mask(mask)).sum())
-    score = lay.reduce(obs_saliency(weight, h, damp)) / lay.sizes.double()
+    score = lay.reduce(obs_saliency(weight, h, damp, bias)) / lay.sizes.double()
     keep = torch.ones(lay.num_units, dtype=torch.bool)
     keep[torch.argsort(score, stable=True)[:removed]] = False
     return scheme.mask_from_units(tuple(weight.shape), keep).to(mask.device)
