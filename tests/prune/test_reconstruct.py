@@ -145,6 +145,23 @@ def test_refit_layers_keep_every_weight_and_take_no_mask():
     assert err(refit) < err(only)
 
 
+def test_refitting_a_layer_whose_input_did_not_change_keeps_its_bias_on_large_inputs():
+    # CenterNet's stem reads 0-255 pixels: damping scaled by those inputs once shrank its bias
+    # about 100-fold although nothing upstream had changed
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    with torch.no_grad():
+        model[0].bias.fill_(20.0)
+    xs = [(torch.rand(2, 3, 12, 12) * 255,) for _ in range(3)]
+    masks = {"2": get_scheme("kgs", gm=4, gn=1).mask(model[2].weight, 0.5)}
+    refit = copy.deepcopy(model)
+    report = reconstruct(refit, masks, xs, refit=["0"])
+    assert report["0"][1] <= report["0"][0] + 1e-12 and report["0"][1] < 1e-6
+    assert torch.allclose(refit[0].bias, model[0].bias, rtol=1e-3)
+    for before, after in report.values():
+        assert after <= before  # never worse than the weights as they were
+
+
 def test_run_pruning_with_reconstruction_keeps_more_accuracy(digits_model):
     # the same masks (magnitude KGS) hard-pruned with and without re-solved weights
     train = digits(True)
