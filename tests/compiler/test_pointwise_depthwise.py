@@ -162,3 +162,20 @@ def test_onnx_export_of_a_fused_block_equals_the_model(tmp_path):
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (got,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
     assert torch.allclose(torch.from_numpy(got), model(x), rtol=1e-4, atol=1e-5)
+
+
+@needs_cxx
+def test_the_kernel_at_avx2_and_neon_vector_width_equals_too():
+    # 8-float vectors: 2 vectors per tile at most (16 registers); built here with the host's flags
+    from edgeguard.compiler.cpu import build_many, host_target
+
+    pw, dw = _pair(12, 20, 3, 2, 0.5, seed=3)
+    x = torch.randn(1, 12, 29, 33)  # 16 outputs a row: 2 vectors
+    with torch.no_grad():
+        want = _reference(pw, dw, x, "relu", 1.0, (0, 1, 0, 1), True)
+    fused = PointwiseDepthwiseCpu(pw, dw, act="relu", pads=(0, 1, 0, 1), relu=True)
+    src, _ = fused.source(x, 8)
+    assert "VL = 8" in src and "NT = 2" in src
+    (lib,) = build_many([src], host_target())
+    fused.load_kernel(fused.kernel_key(tuple(x.shape)), lib)
+    assert torch.allclose(fused(x), want, rtol=1e-5, atol=1e-5)
