@@ -522,13 +522,14 @@ def test_prune_detector_distils_on_a_few_photos_and_resumes(tmp_path: Path, caps
     out = tmp_path / "pd"
     args = ["-q", "prune-detector", "nanodet", "--flops-reduction", "1.5", "--persons", data]
     args += ["--photos", "4", "--epochs", "1", "--batch-size", "2", "--out", str(out)]
-    assert main([*args, "--reconstruct", "2", "--reselect", "--no-progress"]) == 0
+    assert main([*args, "--reconstruct", "2", "--reselect", "--no-progress", "--person-only"]) == 0
     text = capsys.readouterr().out
     assert "held-out person AP50 dense" in text and "MAC reduction 1.5" in text
     net, _, spec = load_model(out / "model.safetensors", model=get_detector("nanodet").net)
     assert get_masks(net) and spec["extra"]["detector"] == "nanodet"
+    assert spec["extra"]["distilled_classes"] == "person"
     # a finished run is not overwritten; resuming it with the same options is allowed
-    assert main([*args, "--reconstruct", "2", "--reselect", "--no-progress"]) == 2
+    assert main([*args, "--reconstruct", "2", "--reselect", "--no-progress", "--person-only"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     # bad input: reselect without reconstruction, an empty image folder, an unknown detector
     empty = tmp_path / "empty"
