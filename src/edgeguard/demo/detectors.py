@@ -95,7 +95,8 @@ def detectors_section(s: DemoSettings, out: Path, rep: Report, quick: bool) -> N
         "layers by the output error their removal causes; by weight magnitude at one uniform "
         "rate the AP50 falls to about 0.04, docs/benchmarks.md); after one epoch of label-free "
         f"distillation on {len(train)} photos {res.accuracy_finetuned:.3f}.  Compiled with "
-        "edgeguard.compile (depthwise convs and hard-swish run fused kernels); batch 1, "
+        "edgeguard.compile (each 1x1 expand conv and its depthwise conv run as one kernel; "
+        "hard-swish fused); batch 1, "
         f"{torch.get_num_threads()} threads.  docs/benchmarks.md has the full runs."
     )
     rep.table(["model", "MAC reduction", "AP50", "dense ms", "compiled ms", "speedup"], rows)
