@@ -16,6 +16,10 @@ from pathlib import Path
 DENSE = {"centernet": 0.730, "nanodet": 0.568}  # held-out AP50 of the dense graphs (same split)
 
 
+# one distinct marker per method (matplotlib's filled markers)
+MARKERS = "osD^vPXhp<>d8H"
+
+
 def points(paths: list[Path]) -> dict[str, list[tuple[float, float, str, str]]]:
     """{detector: [(reduction, final AP50, job, file stem)]} over every run in ``paths``."""
     out: dict[str, list[tuple[float, float, str, str]]] = {}
@@ -27,6 +31,8 @@ def points(paths: list[Path]) -> dict[str, list[tuple[float, float, str, str]]]:
         suffix = ""
         if args.get("reconstruct", 0):
             suffix = " + reconstruction" + (", OBS units" if args.get("reselect") else "")
+        if args.get("distill_classes") == [0]:
+            suffix += ", person only"
         for row in record.get("rows", []):
             if not row or row.get("reduction") is None or "ap_finetuned" not in row:
                 continue  # one-shot comparisons: nothing was distilled
@@ -53,7 +59,7 @@ def main() -> None:
         color = "tab:blue" if det == "centernet" else "tab:orange"
         ax.scatter([1.0], [DENSE[det]], color=color, marker="*", s=120, label=f"{det} dense")
         for red, best, job, _ in rows:
-            m = markers.setdefault(job, "osD^vPXhp<>"[len(markers) % 11])
+            m = markers.setdefault(job, MARKERS[len(markers) % len(MARKERS)])
             ax.scatter([red], [best], color=color, marker=m, alpha=0.8)
     for job, m in markers.items():
         ax.scatter([], [], color="gray", marker=m, label=job)
