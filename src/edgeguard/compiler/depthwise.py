@@ -96,13 +96,7 @@ class DepthwiseConvCpu(GeneratedKernelModule):
         return F.relu(y) if self.relu else y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            self.mode == "torch"
-            or torch.onnx.is_in_onnx_export()
-            or x.dtype != torch.float32
-            or x.device.type != "cpu"
-            or x.requires_grad
-        ):
+        if self.standard_path(x):
             return self.forward_torch(x)
         x = x.contiguous()
         kernel = self.kernel_for(x)

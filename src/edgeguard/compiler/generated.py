@@ -52,6 +52,18 @@ class GeneratedKernelModule(nn.Module):
         fn.argtypes = list(self.argtypes)
         self._kernels[tuple(shape)] = fn
 
+    def standard_path(self, x: torch.Tensor) -> bool:
+        """Whether a call on ``x`` runs PyTorch's ops instead of the kernel: the compiler is still
+        collecting sources, an ONNX export is tracing, or ``x`` is not a float32 CPU tensor
+        without gradients (the kernel computes float32 on the CPU, inference only)."""
+        return (
+            self.mode == "torch"
+            or torch.onnx.is_in_onnx_export()
+            or x.dtype != torch.float32
+            or x.device.type != "cpu"
+            or x.requires_grad
+        )
+
     def kernel_for(self, x: torch.Tensor):
         """The kernel for inputs shaped like ``x`` (without the batch), built now if missing."""
         key = self.kernel_key(tuple(x.shape))
