@@ -10,6 +10,7 @@ loop loads ``nv`` input vectors of one kept row once and reuses them across the 
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from importlib import resources
 
@@ -37,12 +38,18 @@ def template(name: str) -> str:
     return resources.files(__package__).joinpath("kernels", name).read_text()
 
 
+# code shared by several templates: ``#include "eg_part_<name>"`` is replaced by kernels/<name>
+PART = re.compile(r'^#include "eg_part_([a-z_]+\.h)".*$', re.MULTILINE)
+
+
 def render(name: str, header: str) -> str:
-    """Template ``name`` with its ``#include "eg_layer.h"`` line replaced by ``header``: one
-    self-contained translation unit (the cache keys on the whole text)."""
+    """Template ``name`` with its ``#include "eg_layer.h"`` line replaced by ``header`` and each
+    ``#include "eg_part_X.h"`` by ``kernels/X.h`` (after the header: parts use its constants):
+    one self-contained translation unit (the cache keys on the whole text)."""
     text = template(name)
     if text.count(INCLUDE) != 1:
         raise CompileError(f"kernel template {name} must include eg_layer.h exactly once")
+    text = PART.sub(lambda m: template(m.group(1)).rstrip("\n"), text)
     return text.replace(INCLUDE, header.rstrip("\n"))
 
 

@@ -23,6 +23,8 @@ constexpr int HP = (HO - 1) * SH + KH;                  // padded rows read
 constexpr int WPH = ((WO - 1) * SW + KW + SW - 1) / SW;  // columns per phase
 constexpr int PHASE = HP * WPH;
 
+#include "eg_part_phase_row.h"  // after the constants it uses
+
 extern "C" void edgeguard_dwconv(const float* x, const float* w, const float* b, float* out,
                                  int batch, int nthreads) {
 #pragma omp parallel num_threads(nthreads)
@@ -41,27 +43,7 @@ extern "C" void edgeguard_dwconv(const float* x, const float* w, const float* b,
           continue;
         }
         const float* xr = xp + (int64_t)ih * WI;
-        // columns q with every phase's input inside the row: [QLO, QHI); the rest are padding
-        constexpr int QLO = (PL + SW - 1) / SW;
-        constexpr int QHI0 = (WI + PL) / SW;
-        constexpr int QHI = QHI0 < WPH ? QHI0 : WPH;
-        for (int q = 0; q < WPH; ++q) {
-          if (q >= QLO && q < QHI) {
-            q = QHI - 1;
-            continue;
-          }
-          for (int p = 0; p < SW; ++p) {
-            const int iw = q * SW + p - PL;
-            dst[p * PHASE + q] = iw >= 0 && iw < WI ? xr[iw] : 0.0f;
-          }
-        }
-        if (SW == 1) {
-          if (QHI > QLO) std::memcpy(dst + QLO, xr + QLO - PL, sizeof(float) * (QHI - QLO));
-        } else {
-          for (int q = QLO; q < QHI; ++q)
-#pragma GCC unroll 4
-            for (int p = 0; p < SW; ++p) dst[p * PHASE + q] = xr[q * SW + p - PL];
-        }
+        phase_row<PHASE>(xr, dst);
       }
       const int n = nc / C, c = nc % C;
       for (int m = 0; m < M; ++m) {

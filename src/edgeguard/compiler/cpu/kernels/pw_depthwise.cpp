@@ -49,6 +49,8 @@ static inline vf act(vf v, float s) {
   return v;
 }
 
+#include "eg_part_phase_row.h"  // after the constants it uses
+
 extern "C" void edgeguard_pwdw(const float* x, const int32_t* off, const int32_t* idx,
                                const float* val, const float* bpw, const float* wdw,
                                const float* bdw, float* out, int batch, int nthreads,
@@ -80,27 +82,7 @@ extern "C" void edgeguard_pwdw(const float* x, const int32_t* off, const int32_t
               continue;
             }
             const float* xr = xc + (int64_t)ih * WI;
-            // columns q with every phase's input inside the row: [QLO, QHI); the rest are padding
-            constexpr int QLO = (PL + SW - 1) / SW;
-            constexpr int QHI0 = (WI + PL) / SW;
-            constexpr int QHI = QHI0 < WPH ? QHI0 : WPH;
-            for (int q = 0; q < WPH; ++q) {
-              if (q >= QLO && q < QHI) {
-                q = QHI - 1;
-                continue;
-              }
-              for (int p = 0; p < SW; ++p) {
-                const int iw = q * SW + p - PL;
-                dst[p * WPH + q] = iw >= 0 && iw < WI ? xr[iw] : 0.0f;
-              }
-            }
-            if (SW == 1) {
-              if (QHI > QLO) std::memcpy(dst + QLO, xr + QLO - PL, sizeof(float) * (QHI - QLO));
-            } else {
-              for (int q = QLO; q < QHI; ++q)
-#pragma GCC unroll 4
-                for (int p = 0; p < SW; ++p) dst[p * WPH + q] = xr[q * SW + p - PL];
-            }
+            phase_row<WPH>(xr, dst);
           }
         }
       }
