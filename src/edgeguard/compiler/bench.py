@@ -149,18 +149,13 @@ def benchmark(
     by_name = {d.name: d for d in compiled.decisions}
     dense_mods = dict(dense.named_modules())
     comp_mods = dict(compiled.module.named_modules())
+    # fused 1x1 + depthwise kernels by their 1x1 conv's name
+    pairs = {m.fused_from[0]: m for m in comp_mods.values() if isinstance(m, PointwiseDepthwiseCpu)}
     with torch.no_grad():
         for name, xin in dense_in.items():
             if name not in by_name or isinstance(comp_mods.get(name), PointwiseDepthwiseCpu):
                 continue  # a fused depthwise conv is timed with its 1x1 conv
-            pair = next(
-                (
-                    m
-                    for m in comp_mods.values()
-                    if isinstance(m, PointwiseDepthwiseCpu) and m.fused_from[0] == name
-                ),
-                None,
-            )
+            pair = pairs.get(name)
             if pair is not None and pair.fused_from[1] in dense_in:
                 pw, dw = pair.fused_from
                 d_ms, c_ms = paired_ms(

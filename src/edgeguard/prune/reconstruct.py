@@ -184,10 +184,7 @@ def reconstruct(
         g = mom["h"].shape[0]
         w = m.weight.detach().double().reshape(g, m.weight.shape[0] // g, -1)
         if select is not None and name in masks:
-            masks = {
-                **masks,
-                name: _reselect(m.weight, masks[name], select, mom["h"], damp, bias),
-            }
+            masks = {**masks, name: _reselect(m.weight, masks[name], select, mom["h"], damp)}
             wanted[name] = masks[name]
         keep = wanted[name].to(torch.bool).reshape(w.shape)
         if bias:  # the bias: one more weight, always kept, on a constant input
@@ -220,28 +217,27 @@ def reconstruct(
     return report
 
 
-def obs_saliency(
-    weight: torch.Tensor, h: torch.Tensor, damp: float = 0.01, bias: bool = False
-) -> torch.Tensor:
+def obs_saliency(weight: torch.Tensor, h: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
     """Weight-shaped (float64) OBS saliency of each weight, ``w_j^2 / [H^-1]_jj`` (the output
     error of removing it alone with the others re-solved; Optimal Brain Surgeon, Hassibi & Stork
     1993, as SparseGPT ranks weights): ``weight`` ``[F, C / groups, *kernel]``, ``h`` the moments
     of its unfolded input, ``[groups, K, K]`` with ``K = C / groups * prod(kernel)``, or ``K + 1``
-    with the bias's constant input last and ``bias`` True (the bias, never removed, is re-solved
-    too), damped by ``damp`` times its mean diagonal."""
+    with the bias's constant input last (the bias, never removed, is re-solved too; its constant
+    is not damped), damped by ``damp`` times its mean diagonal."""
     g, k = h.shape[0], weight[0].numel()
+    bias = h.shape[-1] == k + 1
     inv = torch.cholesky_inverse(torch.linalg.cholesky(_damped(h, damp, bias)))
     w = weight.detach().double().reshape(g, -1, k)
     diag = inv.diagonal(dim1=-2, dim2=-1)[:, None, :k]
     return (w.square() / diag).reshape(weight.shape)
 
 
-def _reselect(weight, mask, scheme: SparsityScheme, h, damp: float, bias: bool) -> torch.Tensor:
+def _reselect(weight, mask, scheme: SparsityScheme, h, damp: float) -> torch.Tensor:
     """A mask removing as many of ``scheme``'s units of ``weight`` as ``mask`` does: those with the
     smallest OBS saliency per weight (size-normalised, as magnitude ranking is)."""
     lay = scheme.layout(weight.shape)
     removed = int((~scheme.units_of_mask(mask)).sum())
-    score = lay.reduce(obs_saliency(weight, h, damp, bias)) / lay.sizes.double()
+    score = lay.reduce(obs_saliency(weight, h, damp)) / lay.sizes.double()
     keep = torch.ones(lay.num_units, dtype=torch.bool)
     keep[torch.argsort(score, stable=True)[:removed]] = False
     return scheme.mask_from_units(tuple(weight.shape), keep).to(mask.device)

@@ -1,32 +1,30 @@
 """Pass (CPU backend): a 1x1 conv that expands (at least as many outputs as inputs: its output,
-not its input, is the tensor worth keeping out of memory) whose only consumer is a depthwise conv, through an optional
-ReLU or scaled hard-swish and an optional zero ``F.pad`` (TF's SAME padding), becomes one
-:class:`~..pointwise_depthwise.PointwiseDepthwiseCpu`, which also takes the ReLU after the
-depthwise conv.  Runs before lowering, on BatchNorm-folded, shrunk graphs."""
+not its input, is the tensor worth keeping out of memory) whose only consumer is a depthwise
+conv, through an optional ReLU or scaled hard-swish and an optional zero ``F.pad`` (TF's SAME
+padding), becomes one :class:`~..pointwise_depthwise.PointwiseDepthwiseCpu`, which also takes
+the ReLU after the depthwise conv.  Runs before lowering, on BatchNorm-folded, shrunk graphs."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 import torch.nn.functional as F
-from torch import fx, nn
+from torch import fx
 
 from ..model import LayerDecision
 from ..pointwise_depthwise import PointwiseDepthwiseCpu, fusable_depthwise, pointwise_supported
 from .graph import materialise_mask, module_of, set_module, shared
 from .hard_swish import hard_swish_scaled
 from .lowering import _zero_pad_of
-from .relu_fusion import RELU_FUNCS, fuse_relu
+from .relu_fusion import fuse_relu, is_relu
 
 
 def _activation(gm: fx.GraphModule, node: fx.Node) -> tuple[str, float] | None:
     """``(act, scale)`` when ``node`` is a ReLU or a scaled hard-swish of its first argument."""
-    if node.op == "call_module" and isinstance(module_of(gm, node), nn.ReLU):
+    if is_relu(gm, node):
         return "relu", 1.0
     if node.op != "call_function":
         return None
-    if node.target in RELU_FUNCS and len(node.args) <= 2 and set(node.kwargs) <= {"inplace"}:
-        return "relu", 1.0
     if node.target is hard_swish_scaled and len(node.args) == 2 and not node.kwargs:
         scale = node.args[1]
         return ("hard_swish", float(scale)) if isinstance(scale, int | float) else None
@@ -67,13 +65,10 @@ def fuse_pointwise_depthwise(
         pads = (0, 0, 0, 0)
         if dw is None and nxt.op == "call_function" and nxt.target is F.pad:
             user = _only_user(nxt)
-            if (
-                nxt.args[:1] != ((chain or [node])[-1],)
-                or user is None
-                or _zero_pad_of(gm, user) is None
-            ):
+            found_pads = _zero_pad_of(gm, user) if user is not None else None
+            if nxt.args[:1] != ((chain or [node])[-1],) or found_pads is None:
                 continue
-            pads = _zero_pad_of(gm, user)
+            pads = found_pads
             chain.append(nxt)
             nxt, dw = user, module_of(gm, user)
         if dw is None or not fusable_depthwise(dw) or shared(gm, nxt):

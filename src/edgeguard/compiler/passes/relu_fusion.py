@@ -11,19 +11,23 @@ from .graph import module_of, shared
 RELU_FUNCS = {torch.relu, F.relu}
 
 
+def is_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether ``node`` is a ReLU: an ``nn.ReLU`` module or ``torch.relu``/``F.relu`` (F.relu
+    traced through torch.fx records inplace=False; an in-place ReLU counts all the same)."""
+    return isinstance(module_of(gm, node), nn.ReLU) or (
+        node.op == "call_function"
+        and node.target in RELU_FUNCS
+        and len(node.args) <= 2
+        and set(node.kwargs) <= {"inplace"}
+    )
+
+
 def fuse_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
     """If ``node``'s only user is a ReLU, remove that ReLU (the caller's kernel applies it)."""
     if len(node.users) != 1 or shared(gm, node):  # a shared module's other calls have no ReLU
         return False
     (u,) = node.users
-    # F.relu traced through torch.fx records inplace=False; an in-place ReLU is fused all the same
-    is_relu = isinstance(module_of(gm, u), nn.ReLU) or (
-        u.op == "call_function"
-        and u.target in RELU_FUNCS
-        and len(u.args) <= 2
-        and set(u.kwargs) <= {"inplace"}
-    )
-    if not is_relu or u.args[:1] != (node,):
+    if not is_relu(gm, u) or u.args[:1] != (node,):
         return False
     u.replace_all_uses_with(node)
     gm.graph.erase_node(u)
