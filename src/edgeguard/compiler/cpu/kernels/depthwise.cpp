@@ -23,7 +23,8 @@ constexpr int HP = (HO - 1) * SH + KH;                  // padded rows read
 constexpr int WPH = ((WO - 1) * SW + KW + SW - 1) / SW;  // columns per phase
 constexpr int PHASE = HP * WPH;
 
-#include "eg_part_phase_row.h"  // after the constants it uses
+#include "eg_part_phase_row.h"  // after the constants they use
+#include "eg_part_dw_row.h"
 
 extern "C" void edgeguard_dwconv(const float* x, const float* w, const float* b, float* out,
                                  int batch, int nthreads) {
@@ -50,35 +51,8 @@ extern "C" void edgeguard_dwconv(const float* x, const float* w, const float* b,
         const int oc = c * M + m;
         const float* wk = w + (int64_t)oc * KH * KW;
         float* o = out + ((int64_t)n * C * M + oc) * HO * WO;
-        const vf zero = {}, bias = zero + b[oc];
         for (int oh = 0; oh < HO; ++oh)
-          for (int ow0 = 0; ow0 < WO; ow0 += T) {
-            vf acc[NT];
-#pragma GCC unroll 8
-            for (int i = 0; i < NT; ++i) acc[i] = bias;
-#pragma GCC unroll 8
-            for (int kh = 0; kh < KH; ++kh) {
-              const float* row = ph + (oh * SH + kh) * WPH + ow0;
-#pragma GCC unroll 8
-              for (int kw = 0; kw < KW; ++kw) {
-                const vf wv = zero + wk[kh * KW + kw];
-                const float* src = row + (kw % SW) * PHASE + kw / SW;
-                // a tail tile's lanes past WO read the next row (or the slack): never stored
-#pragma GCC unroll 8
-                for (int i = 0; i < NT; ++i) acc[i] += wv * ld(src + i * VL);
-              }
-            }
-            float* dst = o + oh * WO + ow0;
-            if (ow0 + T <= WO) {
-#pragma GCC unroll 8
-              for (int i = 0; i < NT; ++i) st(dst + i * VL, RELU ? (acc[i] < zero ? zero : acc[i]) : acc[i]);
-            } else {
-              float tail[T];
-#pragma GCC unroll 8
-              for (int i = 0; i < NT; ++i) st(tail + i * VL, RELU ? (acc[i] < zero ? zero : acc[i]) : acc[i]);
-              for (int t = 0; t < WO - ow0; ++t) dst[t] = tail[t];
-            }
-          }
+          dw_row<WPH, PHASE>(ph + oh * SH * WPH, wk, b[oc], o + oh * WO);
       }
     }
   }

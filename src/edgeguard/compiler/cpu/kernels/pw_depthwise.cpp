@@ -49,7 +49,8 @@ static inline vf act(vf v, float s) {
   return v;
 }
 
-#include "eg_part_phase_row.h"  // after the constants it uses
+#include "eg_part_phase_row.h"  // after the constants they use
+#include "eg_part_dw_row.h"
 
 extern "C" void edgeguard_pwdw(const float* x, const int32_t* off, const int32_t* idx,
                                const float* val, const float* bpw, const float* wdw,
@@ -137,38 +138,9 @@ extern "C" void edgeguard_pwdw(const float* x, const int32_t* off, const int32_t
           }
           // the depthwise taps over the band
           const float* wk = wdw + (int64_t)f * KH * KW;
-          const vf bd = zero + bdw[f];
           float* o = out + ((int64_t)n * F + f) * HO * WO;
           for (int ol = 0; ol < rows; ++ol)
-            for (int ow0 = 0; ow0 < WO; ow0 += T) {
-              vf acc[NT];
-#pragma GCC unroll 8
-              for (int i = 0; i < NT; ++i) acc[i] = bd;
-#pragma GCC unroll 8
-              for (int kh = 0; kh < KH; ++kh) {
-                const float* row = ef + (ol * SH + kh) * ROW + ow0;
-#pragma GCC unroll 8
-                for (int kw = 0; kw < KW; ++kw) {
-                  const vf wv = zero + wk[kh * KW + kw];
-                  const float* src = row + (kw % SW) * WPH + kw / SW;
-                  // a tail tile's lanes past WO read the next phase/row (or the slack): never stored
-#pragma GCC unroll 8
-                  for (int i = 0; i < NT; ++i) acc[i] += wv * ld(src + i * VL);
-                }
-              }
-              float* dst = o + (int64_t)(oh0 + ol) * WO + ow0;
-              if (ow0 + T <= WO) {
-#pragma GCC unroll 8
-                for (int i = 0; i < NT; ++i)
-                  st(dst + i * VL, RELU ? (acc[i] < zero ? zero : acc[i]) : acc[i]);
-              } else {
-                float tail[T];
-#pragma GCC unroll 8
-                for (int i = 0; i < NT; ++i)
-                  st(tail + i * VL, RELU ? (acc[i] < zero ? zero : acc[i]) : acc[i]);
-                for (int t = 0; t < WO - ow0; ++t) dst[t] = tail[t];
-              }
-            }
+            dw_row<ROW, WPH>(ef + ol * SH * ROW, wk, bdw[f], o + (int64_t)(oh0 + ol) * WO);
         }
       }
     }
