@@ -192,6 +192,7 @@ def edgeguard_job(
     reconstruct=0,
     reselect=False,
     resume=False,
+    feature_at="pruned",
 ) -> dict:
     scheme, method = job.split(":")
     t0 = time.perf_counter()
@@ -211,6 +212,7 @@ def edgeguard_job(
         classes=classes,
         reconstruct=reconstruct,
         reselect=reselect,
+        feature_at=feature_at,
     )
     seconds = sum(e["seconds"] for e in out.history)
     return {
@@ -246,6 +248,15 @@ def main() -> None:
     )
     ap.add_argument(
         "--feature-weight", type=float, default=0.0, help="feature distillation on pruned layers"
+    )
+    ap.add_argument(
+        "--feature-at",
+        default="pruned",
+        choices=["pruned", "heads", "both"],
+        help="feature distillation on the pruned layers' outputs and/or the head convs' inputs",
+    )
+    ap.add_argument(
+        "--mosaic", type=float, default=0.0, help="probability of a 2x2 mosaic distillation image"
     )
     ap.add_argument(
         "--distill-classes",
@@ -316,7 +327,9 @@ def main() -> None:
     photos = load_persons(data_root() / "persons")
     train, held_out = photos.split(0.3, args.seed)
     det = get_detector(args.detector)
-    images = UnlabeledImages.from_photos(train, det.input_size, copies=args.copies)
+    images = UnlabeledImages.from_photos(
+        train, det.input_size, copies=args.copies, mosaic=args.mosaic
+    )
     cfg = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch,
@@ -363,6 +376,7 @@ def main() -> None:
                 args.reconstruct,
                 args.reselect,
                 args.resume,
+                args.feature_at,
             )
         print(json.dumps(row))
         rows.append(row)

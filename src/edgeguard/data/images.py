@@ -46,6 +46,9 @@ class UnlabeledImages(Dataset):
             flip (p = 0.5) and colour factors in ``[1 - jitter, 1 + jitter]``; False: the whole
             photo, resized.
         copies: each photo serves ``copies`` items per epoch (different draws).
+        mosaic: with this probability (augmenting only) an item is a 2 x 2 mosaic: the photo
+            and three others drawn at random, each augmented and shrunk into one quadrant (small
+            objects and new contexts, as detectors train with since YOLOv4).
     """
 
     def __init__(
@@ -56,6 +59,7 @@ class UnlabeledImages(Dataset):
         scale: tuple[float, float] = (0.35, 1.0),
         jitter: float = 0.3,
         copies: int = 1,
+        mosaic: float = 0.0,
     ) -> None:
         if not images:
             raise DatasetError("no images to serve (an empty folder or photo set)")
@@ -73,8 +77,11 @@ class UnlabeledImages(Dataset):
             raise DatasetError(f"jitter must be in [0, 1), got {jitter}")
         if copies < 1:
             raise DatasetError(f"copies must be >= 1, got {copies}")
+        if not 0 <= mosaic <= 1:
+            raise DatasetError(f"mosaic must be a probability in [0, 1], got {mosaic}")
         self.images, self.size = list(images), (int(size[0]), int(size[1]))
         self.augment, self.scale, self.jitter, self.copies = augment, scale, jitter, copies
+        self.mosaic = float(mosaic)
 
     @classmethod
     def from_folder(cls, root: str | Path, size: tuple[int, int], **options) -> UnlabeledImages:
@@ -125,14 +132,34 @@ class UnlabeledImages(Dataset):
                 return top, left, ch, cw
         return 0, 0, h, w
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        img = self.images[index % len(self.images)]
+    def _draw(self, img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """``img`` (uint8 ``[3, h, w]``) cropped when augmenting and resized to ``size``."""
         if self.augment:
             top, left, ch, cw = self._crop(*img.shape[1:])
             img = img[:, top : top + ch, left : left + cw]
-        x = F.interpolate(
-            img[None].float() / 255, self.size, mode="bilinear", align_corners=False, antialias=True
+        return F.interpolate(
+            img[None].float() / 255, size, mode="bilinear", align_corners=False, antialias=True
         )[0]
+
+    def _mosaic(self, index: int) -> torch.Tensor:
+        """A 2 x 2 mosaic around a random centre: photo ``index`` and three random others."""
+        h, w = self.size
+        # the centre in the middle third: a quadrant's aspect stays within 1:2 of the canvas's
+        cy = int(torch.randint(h // 3, h - h // 3 + 1, (1,)))
+        cx = int(torch.randint(w // 3, w - w // 3 + 1, (1,)))
+        others = torch.randint(0, len(self.images), (3,)).tolist()
+        x = torch.empty(3, h, w)
+        quads = ((0, cy, 0, cx), (0, cy, cx, w), (cy, h, 0, cx), (cy, h, cx, w))
+        for i, (y0, y1, x0, x1) in zip([index, *others], quads, strict=True):
+            x[:, y0:y1, x0:x1] = self._draw(self.images[i], (y1 - y0, x1 - x0))
+        return x
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        index %= len(self.images)
+        if self.augment and self.mosaic > 0 and bool(torch.rand(1) < self.mosaic):
+            x = self._mosaic(index)
+        else:
+            x = self._draw(self.images[index], self.size)
         if self.augment:
             if bool(torch.rand(1) < 0.5):
                 x = x.flip(-1)

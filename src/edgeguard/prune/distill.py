@@ -60,8 +60,10 @@ class DetectorDistillation:
     student has the teacher's shapes, so its pruned convs can be asked to reproduce the dense
     activations, as channel-pruning methods reconstruct each layer's output), each term the
     squared error divided by the teacher activation's mean square, averaged over the layers and
-    scaled by ``feature_weight``.  ``classes``: match only these classes' scores (COCO indices,
-    person = 0; default all 80): a pruned person detector keeps its capacity for people."""
+    scaled by ``feature_weight``.  ``feature_inputs``: names of modules whose *inputs* are matched
+    the same way (e.g. the heads: the last features before each output, the penultimate features
+    that few-sample compression mimics).  ``classes``: match only these classes' scores (COCO
+    indices, person = 0; default all 80): a pruned person detector keeps its capacity for people."""
 
     def __init__(
         self,
@@ -70,6 +72,7 @@ class DetectorDistillation:
         features: Sequence[str] = (),
         feature_weight: float = 1.0,
         classes: Sequence[int] | None = None,
+        feature_inputs: Sequence[str] = (),
     ) -> None:
         check_distillable(detector)
         self.detector = detector
@@ -77,12 +80,13 @@ class DetectorDistillation:
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         known = dict(self.teacher.named_modules())
-        unknown = [f for f in features if f not in known]
+        unknown = [f for f in [*features, *feature_inputs] if f not in known]
         if unknown:
             raise SparsityError(f"no modules named {unknown} in the detector's graph")
         if feature_weight < 0:
             raise SparsityError(f"feature_weight must be >= 0, got {feature_weight}")
         self.features, self.feature_weight = list(features), float(feature_weight)
+        self.feature_inputs = list(feature_inputs)
         if classes is not None:
             classes = [int(c) for c in classes]
             if not classes or min(classes) < 0 or max(classes) >= 80:
@@ -90,12 +94,16 @@ class DetectorDistillation:
         self.classes = classes
 
     def _run(self, net: nn.Module, inputs) -> tuple[object, list[torch.Tensor]]:
-        """The network's outputs and the outputs of ``self.features`` (hooks live for one call)."""
+        """The network's outputs and the outputs of ``self.features`` then the first inputs of
+        ``self.feature_inputs``, in call order (hooks live for one call)."""
         modules = dict(getattr(net, "module", net).named_modules())  # DDP wraps the graph
         seen: list[torch.Tensor] = []
         hooks = [
             modules[f].register_forward_hook(lambda _m, _i, out: seen.append(out))
             for f in self.features
+        ] + [
+            modules[f].register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+            for f in self.feature_inputs
         ]
         try:
             return net(*inputs), seen
@@ -109,7 +117,7 @@ class DetectorDistillation:
         with torch.no_grad():
             teacher, t_feats = self._run(self.teacher, inputs)
         loss = self.detector.distillation_loss(student, teacher, classes=self.classes)
-        if self.features and self.feature_weight > 0:
+        if (self.features or self.feature_inputs) and self.feature_weight > 0:
             terms = [
                 (s - t).pow(2).mean() / t.pow(2).mean().clamp_min(1e-8)
                 for s, t in zip(s_feats, t_feats, strict=True)
@@ -178,6 +186,16 @@ def detector_layers(
     return [n for n in prunable_layers(net) if n not in dense], dense
 
 
+FEATURE_AT = ("pruned", "heads", "both")
+
+
+def head_convs(detector: PersonDetector) -> list[str]:
+    """The head convs of a detector's graph: those :func:`detector_layers` leaves dense because a
+    graph output is reached from them without another conv."""
+    _, dense = detector_layers(detector)
+    return [n for n, why in dense.items() if why.startswith("head")]
+
+
 def prune_detector(
     detector: PersonDetector,
     pruner: Pruner | str,
@@ -195,14 +213,16 @@ def prune_detector(
     classes: Sequence[int] | None = None,
     reconstruct: int = 0,
     reselect: bool = False,
+    feature_at: str = "pruned",
 ) -> PruningOutcome:
     """Prune ``detector``'s graph with ``pruner`` (to ``flops_reduction`` x fewer MACs at the
     detector's input size, or to ``rates``) and fine-tune it by distillation from the dense graph
     on the unlabeled ``images`` (items ``(image [3, H, W] in [0, 1], _)``, e.g.
     :class:`~edgeguard.data.UnlabeledImages`); AP50 on the ``held_out`` photos is the score of each
     stage (``accuracy_*`` of the outcome).  ``layers``: default :func:`detector_layers` (the
-    layers it leaves dense are logged).  ``feature_weight > 0`` adds feature distillation on the
-    outputs of the pruned layers and ``classes`` restricts the matched scores (see
+    layers it leaves dense are logged).  ``feature_weight > 0`` adds feature distillation
+    (``feature_at``: ``"pruned"``, the outputs of the pruned layers; ``"heads"``, the inputs of the
+    head convs; ``"both"``) and ``classes`` restricts the matched scores (see
     :class:`DetectorDistillation`).  ``reconstruct > 0``: the hard pruning re-solves the kept
     weights on the first ``reconstruct`` images (whole and unaugmented when ``images`` has a
     ``plain()`` view, as :class:`~edgeguard.data.UnlabeledImages` has), and refits every other
@@ -211,6 +231,9 @@ def prune_detector(
     is left as it is: the pruned graph is ``outcome.model`` (``with_net(detector,
     outcome.model)`` detects with it)."""
     check_distillable(detector)
+    if feature_at not in FEATURE_AT:
+        raise SparsityError(f"feature_at must be one of {FEATURE_AT}, got {feature_at!r}")
+    heads = head_convs(detector) if feature_at != "pruned" and feature_weight > 0 else []
     if layers is None:
         layers, dense = detector_layers(detector)
         log.info("pruning %d layers; dense: %s", len(layers), dense)
@@ -239,7 +262,11 @@ def prune_detector(
         copy_model=False,
         layers=layers,
         loss_fn=DetectorDistillation(
-            detector, features=layers, feature_weight=feature_weight, classes=classes
+            detector,
+            features=layers if feature_at in ("pruned", "both") else (),
+            feature_weight=feature_weight,
+            classes=classes,
+            feature_inputs=heads if feature_at in ("heads", "both") else (),
         ),
         score=lambda m: detector_ap(detector, held_out, m),
         callbacks=callbacks,
