@@ -35,6 +35,7 @@ from edgeguard.prune import (
     detector_ap,
     detector_layers,
     get_pruner,
+    head_convs,
     prune_detector,
 )
 from edgeguard.prune.importance import InputStatistics, output_error_masks
@@ -67,10 +68,9 @@ def channel_job(det, job: str, target: float, images, held_out, cfg: TrainConfig
     ``"channel:l2"`` (edgeguard's ``prune_channels``, the same criterion and rule)."""
     shape = (1, 3, *det.input_size)
     dense = count_flops(det.net, shape).dense_macs
-    _, dense_layers = detector_layers(det)
     # only the heads stay whole (their outputs keep their channels); the stem and the depthwise
     # convs are pruned with their neighbours (ignoring those too caps Torch-Pruning near 1.3x)
-    heads = [n for n, why in dense_layers.items() if why.startswith("head")]
+    heads = head_convs(det)
     trainable = copy.deepcopy(det.net)
     for p in trainable.parameters():  # Torch-Pruning leaves frozen parameters (attack mode) whole
         p.requires_grad_(True)

@@ -46,6 +46,23 @@ def test_the_plain_view_serves_each_whole_photo_once_without_draws():
     assert torch.allclose(a, photos[0].float() / 255, atol=1e-6)  # 40 x 60: the photo itself
 
 
+def test_a_mosaic_tiles_four_photos_into_the_quadrants_around_its_centre():
+    photos = [torch.full((3, 30, 40), v, dtype=torch.uint8) for v in (0, 60, 120, 180, 240)]
+    ds = UnlabeledImages(photos, (48, 48), mosaic=1.0, jitter=0.0)
+    torch.manual_seed(0)
+    for i in range(len(photos)):
+        x = ds[i][0]
+        assert x.shape == (3, 48, 48)
+        # flat photos: each quadrant holds one value, photo i's in the top left corner
+        assert float(x[:, 0, 0].sub(photos[i][0, 0, 0] / 255).abs().max()) < 1e-6
+        values = {round(float(v) * 255) for v in x[0].unique()}
+        assert values <= {0, 60, 120, 180, 240}
+        # the centre lies in the middle third: the top left quadrant spans 16-32 pixels a side
+        assert float(x[0, 15, 15] * 255) == pytest.approx(int(photos[i][0, 0, 0]), abs=1e-3)
+    plain = UnlabeledImages(photos, (48, 48), mosaic=1.0, augment=False)
+    assert torch.allclose(plain[1][0], torch.full((3, 48, 48), 60 / 255))  # no mosaic unaugmented
+
+
 def test_folder_reading_skips_unreadable_files_and_refuses_an_empty_folder(tmp_path, caplog):
     import cv2
 
@@ -74,6 +91,7 @@ def test_folder_reading_skips_unreadable_files_and_refuses_an_empty_folder(tmp_p
         ({"scale": (0.0, 1.0)}, "scale must"),
         ({"jitter": 1.0}, "jitter must"),
         ({"copies": 0}, "copies must"),
+        ({"mosaic": 1.5}, "mosaic must"),
     ],
 )
 def test_bad_settings_are_refused(kwargs, match):

@@ -21,6 +21,7 @@ from edgeguard.prune import (
     DetectorDistillation,
     detector_ap,
     detector_layers,
+    head_convs,
     prune_detector,
     with_net,
 )
@@ -213,6 +214,34 @@ def test_feature_distillation_matches_the_pruned_layers_outputs():
     assert got == pytest.approx(2.0 * float(want), rel=1e-4)
     with pytest.raises(SparsityError, match="no modules named"):
         DetectorDistillation(det, features=["nope"])
+
+
+def test_head_feature_distillation_matches_the_heads_inputs():
+    det = TinyCenterNet()
+    x = torch.rand(2, 3, 64, 64)
+    plain = DetectorDistillation(det)
+    heads = DetectorDistillation(det, feature_inputs=head_convs(det), feature_weight=3.0)
+    assert head_convs(det) == ["head"]
+    student = copy.deepcopy(det.net)
+    assert float(heads(student, x)) == pytest.approx(0.0, abs=1e-5)
+    with torch.no_grad():
+        student.mid.weight[:8] = 0
+    inputs = det.prepare(x)
+    with torch.no_grad():
+        t = det.net.stem(inputs[0] / 255).relu()
+        s_in, t_in = student.mid(t).relu(), det.net.mid(t).relu()  # what the head reads
+        want = (s_in - t_in).pow(2).mean() / t_in.pow(2).mean()
+    got = float(heads(student, x)) - float(plain(student, x))
+    assert got == pytest.approx(3.0 * float(want), rel=1e-4)
+    with pytest.raises(SparsityError, match="no modules named"):
+        DetectorDistillation(det, feature_inputs=["nope"])
+
+
+def test_prune_detector_refuses_an_unknown_feature_place(tmp_path):
+    det = TinyCenterNet()
+    images = UnlabeledImages.from_photos(_photos(2), det.input_size)
+    with pytest.raises(SparsityError, match="feature_at must be one of"):
+        prune_detector(det, "magnitude", images, _photos(1), rates=0.5, feature_at="middle")
 
 
 def test_an_unreachable_mac_target_is_refused_before_any_training():

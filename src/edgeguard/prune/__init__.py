@@ -10,6 +10,7 @@ from .distill import (
     check_distillable,
     detector_ap,
     detector_layers,
+    head_convs,
     prune_detector,
     with_net,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "detector_ap",
     "detector_layers",
     "get_pruner",
+    "head_convs",
     "prune_detector",
     "register_pruner",
     "run_pruning",
