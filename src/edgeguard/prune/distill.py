@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..engine import TrainConfig
-from ..models.detectors.base import PersonDetector
+from ..models.detectors.base import PersonDetector, twin_with_net
 from ..models.detectors.train import evaluate_ap
 from ..sparsity import SparsityError
 from .base import Pruner
@@ -45,10 +45,7 @@ def with_net(detector: PersonDetector, net: nn.Module) -> PersonDetector:
     """A copy of ``detector`` that runs ``net`` (e.g. its pruned graph) in place of its own; the
     detector's other modules and buffers are shared, not copied."""
     check_distillable(detector)
-    twin = copy.copy(detector)
-    twin._modules = dict(detector._modules)  # copy.copy shares the module table: give it its own
-    twin.net = net
-    return twin
+    return twin_with_net(detector, net)
 
 
 class DetectorDistillation:
@@ -91,6 +88,10 @@ class DetectorDistillation:
             classes = [int(c) for c in classes]
             if not classes or min(classes) < 0 or max(classes) >= 80:
                 raise SparsityError(f"classes must be COCO class indices in [0, 79], got {classes}")
+            have = list(getattr(detector, "classes", range(80)))  # a detector may keep fewer
+            if any(c not in have for c in classes):
+                raise SparsityError(f"classes {classes} are not all among the detector's {have}")
+            classes = [have.index(c) for c in classes]  # COCO indices -> output channels
         self.classes = classes
 
     def _run(self, net: nn.Module, inputs) -> tuple[object, list[torch.Tensor]]:

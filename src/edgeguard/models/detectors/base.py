@@ -5,6 +5,7 @@ patch attacks minimise them."""
 
 from __future__ import annotations
 
+import copy
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -200,3 +201,50 @@ def group_rectangles(det: Detections, group_threshold: int = 2, eps: float = 0.2
         return Detections(det.boxes[:0], det.scores[:0])
     boxes = torch.stack([torch.cat([rects[i][:2], rects[i][:2] + rects[i][2:]]) for i in keep])
     return Detections(boxes.to(det.boxes.dtype), torch.stack([scores[i] for i in keep]))
+
+
+COCO_CLASSES = 80
+
+
+def check_kept_classes(classes: Sequence[int]) -> list[int]:
+    """``classes`` as sorted unique COCO indices (person = 0 first); a person detector must keep
+    the person class, and every index must be in [0, 80)."""
+    keep = sorted({int(c) for c in classes})
+    if not keep or keep[0] < 0 or keep[-1] >= COCO_CLASSES:
+        raise DetectorError(f"classes must be COCO class indices in [0, 79], got {list(classes)}")
+    if keep[0] != 0:
+        raise DetectorError(f"a person detector keeps the person class (0), got {keep}")
+    return keep
+
+
+def slice_conv(conv: nn.Conv2d, filters: Sequence[int]) -> nn.Conv2d:
+    """A copy of ``conv`` computing only ``filters`` (output channels, in that order), its
+    parameters' ``requires_grad`` as the original's."""
+    out = nn.Conv2d(
+        conv.in_channels,
+        len(filters),
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        conv.bias is not None,
+        conv.padding_mode,
+    )
+    idx = torch.as_tensor(list(filters))
+    with torch.no_grad():
+        out.weight.copy_(conv.weight[idx])
+        if conv.bias is not None:
+            out.bias.copy_(conv.bias[idx])
+    for p in out.parameters():
+        p.requires_grad_(conv.weight.requires_grad)
+    return out
+
+
+def twin_with_net(detector: PersonDetector, net: nn.Module) -> PersonDetector:
+    """A shallow copy of ``detector`` that runs ``net`` in place of its graph; its other modules
+    and buffers are shared, not copied."""
+    twin = copy.copy(detector)
+    twin._modules = dict(detector._modules)  # copy.copy shares the module table: give it its own
+    twin.net = net
+    return twin

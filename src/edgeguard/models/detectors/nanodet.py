@@ -11,11 +11,23 @@ those at or above the threshold, merged by NMS at IoU 0.6.
 
 from __future__ import annotations
 
+import copy
+import operator
 from collections.abc import Sequence
 
 import torch
 
-from .base import Detections, PersonDetector, binary_kl_sum, check_unit_images
+from .base import (
+    COCO_CLASSES,
+    Detections,
+    DetectorError,
+    PersonDetector,
+    binary_kl_sum,
+    check_kept_classes,
+    check_unit_images,
+    slice_conv,
+    twin_with_net,
+)
 from .tfjs import fixed_graph_model, tf_resize_bilinear
 from .weights import graph_model
 
@@ -31,6 +43,7 @@ class NanoDetDetector(PersonDetector):
 
     name = "nanodet"
     pre_nms = 1000  # NanoDet's nms_pre
+    classes: tuple[int, ...] = tuple(range(COCO_CLASSES))  # COCO index of each score column
 
     def __init__(self, threshold: float = 0.35, nms_iou: float = 0.6, path=None) -> None:
         super().__init__()
@@ -47,6 +60,40 @@ class NanoDetDetector(PersonDetector):
         self.register_buffer("bins", torch.arange(BINS, dtype=torch.float32), persistent=False)
 
     input_size = (SIZE, SIZE)
+
+    def keep_classes(self, classes: Sequence[int]) -> NanoDetDetector:
+        """A copy whose score outputs hold only ``classes`` (COCO indices, person = 0 included;
+        column i is ``sorted(classes)[i]``): each level's head conv computes those score filters
+        and its 44 box filters alone, and the graph's split and reshape of the scores follow.
+        Person scores and boxes are unchanged; the graph is a copy."""
+        keep = [self.classes.index(c) for c in check_kept_classes(classes) if c in self.classes]
+        if len(keep) != len(set(classes)):
+            raise DetectorError(f"classes {sorted(set(classes))} are not all in {self.classes}")
+        n, box = len(self.classes), 4 * BINS
+        net = copy.deepcopy(self.net)
+        heads = 0
+        for node in net.graph.nodes:  # head conv -> split([n, 44]) -> [0] -> sigmoid -> reshape
+            split = next(iter(node.users), None) if node.op == "call_module" else None
+            sizes = split.args[1] if split is not None and len(split.args) > 1 else None
+            if not isinstance(sizes, list | tuple) or list(sizes) != [n, box]:
+                continue
+            conv = net.get_submodule(node.target)
+            setattr(net, node.target, slice_conv(conv, keep + list(range(n, n + box))))
+            split.args = (split.args[0], [len(keep), box], *split.args[2:])
+            scores = [u for u in split.users if u.target is operator.getitem and u.args[1] == 0]
+            for sig in list(scores[0].users) if scores else ():
+                for reshape in list(sig.users):
+                    if reshape.args[1:2] == ((n, -1),):
+                        reshape.args = (reshape.args[0], (len(keep), -1), *reshape.args[2:])
+            heads += 1
+        if heads != len(STRIDES):
+            raise DetectorError(
+                f"found {heads} of NanoDet's {len(STRIDES)} head convs in its graph"
+            )
+        net.recompile()
+        twin = twin_with_net(self, net)
+        twin.classes = tuple(self.classes[i] for i in keep)
+        return twin
 
     def prepare(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The graph's input for ``images [B, 3, H, W]`` in [0, 1]: stretched to 416 x 416
