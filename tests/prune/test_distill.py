@@ -72,6 +72,12 @@ def test_distilling_some_classes_reads_only_their_scores():
     assert float(NanoDetDetector.distillation_loss(st, t)) > 0.1  # all 80 classes: they differ
     with pytest.raises(SparsityError, match=r"in \[0, 79\]"):
         DetectorDistillation(TinyCenterNet(), classes=[80])
+    # a detector keeping some classes: COCO indices map to its output channels
+    kept = TinyCenterNet()
+    kept.classes = (0, 2, 5)
+    assert DetectorDistillation(kept, classes=[5, 0]).classes == [2, 0]
+    with pytest.raises(SparsityError, match="not all among the detector's"):
+        DetectorDistillation(kept, classes=[1])
 
 
 def test_nanodet_loss_is_zero_at_the_teacher_and_its_box_term_a_weighted_kl():
