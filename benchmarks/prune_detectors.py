@@ -32,6 +32,7 @@ from edgeguard.models import count_flops
 from edgeguard.models.detectors import get_detector
 from edgeguard.prune import (
     DetectorDistillation,
+    cut_classes,
     detector_ap,
     detector_layers,
     get_pruner,
@@ -336,13 +337,9 @@ def main() -> None:
     photos = load_persons(data_root() / "persons")
     train, held_out = photos.split(0.3, args.seed)
     det = get_detector(args.detector)
-    shape = (1, 3, *det.input_size)
-    full_macs = count_flops(det.net, shape).dense_macs
     target = args.target
-    if args.keep_classes is not None:
-        det = det.keep_classes(args.keep_classes)
-        # the class head's cut counts towards the target: prune the rest by what is left of it
-        target = args.target * count_flops(det.net, shape).dense_macs / full_macs
+    if args.keep_classes is not None:  # the class head's cut counts towards the target
+        det, target = cut_classes(det, args.keep_classes, args.target)
         print(f"# classes {list(det.classes)}: the remaining target is {target:.3f}x")
     images = UnlabeledImages.from_photos(
         train, det.input_size, copies=args.copies, mosaic=args.mosaic

@@ -525,9 +525,11 @@ def test_prune_detector_distils_on_a_few_photos_and_resumes(tmp_path: Path, caps
     assert main([*args, "--reconstruct", "2", "--reselect", "--no-progress", "--person-only"]) == 0
     text = capsys.readouterr().out
     assert "held-out person AP50 dense" in text and "MAC reduction 1.5" in text
-    net, _, spec = load_model(out / "model.safetensors", model=get_detector("nanodet").net)
+    assert "keep_classes([0])" in text  # a person detector: the class head was cut
+    person = get_detector("nanodet").keep_classes([0])
+    net, _, spec = load_model(out / "model.safetensors", model=person.net)
     assert get_masks(net) and spec["extra"]["detector"] == "nanodet"
-    assert spec["extra"]["distilled_classes"] == "person"
+    assert spec["extra"]["distilled_classes"] == "person" and spec["extra"]["classes"] == [0]
     # a finished run is not overwritten; resuming it with the same options is allowed
     assert main([*args, "--reconstruct", "2", "--reselect", "--no-progress", "--person-only"]) == 2
     assert "--overwrite" in capsys.readouterr().err
@@ -538,6 +540,9 @@ def test_prune_detector_distils_on_a_few_photos_and_resumes(tmp_path: Path, caps
     assert "--reconstruct N" in capsys.readouterr().err
     assert main([*args[:-1], str(tmp_path / "y"), "--images", str(empty)]) == 2
     assert "no readable images" in capsys.readouterr().err
+    cut = [*args[:4], "1.01", *args[5:-1], str(tmp_path / "z"), "--person-only"]
+    assert main(cut) == 2  # the head's cut alone reaches 1.01x
+    assert "already meets a 1.01x target" in capsys.readouterr().err
     assert main(["-q", "prune-detector", "detr", "--flops-reduction", "2"]) == 2
     assert "detr" in capsys.readouterr().err
     hog = ["-q", "prune-detector", "hog", "--flops-reduction", "2", "--out", str(tmp_path / "h")]

@@ -8,6 +8,7 @@ from .base import Pruner, available_pruners, get_pruner, register_pruner
 from .distill import (
     DetectorDistillation,
     check_distillable,
+    cut_classes,
     detector_ap,
     detector_layers,
     head_convs,
@@ -31,6 +32,7 @@ __all__ = [
     "ReweightedPruner",
     "available_pruners",
     "check_distillable",
+    "cut_classes",
     "detector_ap",
     "detector_layers",
     "get_pruner",

@@ -190,6 +190,29 @@ def detector_layers(
 FEATURE_AT = ("pruned", "heads", "both")
 
 
+def cut_classes(
+    detector: PersonDetector, classes: Sequence[int], flops_reduction: float
+) -> tuple[PersonDetector, float]:
+    """(``detector.keep_classes(classes)``, the MAC reduction still to make on it so that the
+    pruned graph has ``flops_reduction`` x fewer MACs than ``detector``'s, the cut included).
+    A MAC target the cut alone already reaches is refused."""
+    from ..models.flops import count_flops
+
+    check_distillable(detector)
+    if not hasattr(detector, "keep_classes"):
+        raise SparsityError(f"detector {detector.name!r} cannot keep only some classes")
+    shape = (1, 3, *detector.input_size)
+    cut = detector.keep_classes(classes)
+    share = count_flops(cut.net, shape).dense_macs / count_flops(detector.net, shape).dense_macs
+    rest = flops_reduction * share
+    if rest <= 1.0:
+        raise SparsityError(
+            f"keeping classes {list(cut.classes)} alone removes {1 - share:.1%} of the MACs, "
+            f"which already meets a {flops_reduction}x target: ask for more than {1 / share:.3f}x"
+        )
+    return cut, rest
+
+
 def head_convs(detector: PersonDetector) -> list[str]:
     """The head convs of a detector's graph: those :func:`detector_layers` leaves dense because a
     graph output is reached from them without another conv."""
