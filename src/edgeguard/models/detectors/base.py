@@ -206,15 +206,18 @@ def group_rectangles(det: Detections, group_threshold: int = 2, eps: float = 0.2
 COCO_CLASSES = 80
 
 
-def check_kept_classes(classes: Sequence[int]) -> list[int]:
-    """``classes`` as sorted unique COCO indices (person = 0 first); a person detector must keep
-    the person class, and every index must be in [0, 80)."""
+def class_channels(have: Sequence[int], classes: Sequence[int]) -> list[int]:
+    """The output channels, among a detector's ``have`` (the COCO index of each channel), of
+    ``classes`` sorted (person = 0 first).  A person detector keeps the person class; every index
+    must be in [0, 80) and among ``have``."""
     keep = sorted({int(c) for c in classes})
     if not keep or keep[0] < 0 or keep[-1] >= COCO_CLASSES:
         raise DetectorError(f"classes must be COCO class indices in [0, 79], got {list(classes)}")
     if keep[0] != 0:
         raise DetectorError(f"a person detector keeps the person class (0), got {keep}")
-    return keep
+    if any(c not in have for c in keep):
+        raise DetectorError(f"classes {keep} are not all in {tuple(have)}")
+    return [list(have).index(c) for c in keep]
 
 
 def slice_conv(conv: nn.Conv2d, filters: Sequence[int]) -> nn.Conv2d:
@@ -241,10 +244,15 @@ def slice_conv(conv: nn.Conv2d, filters: Sequence[int]) -> nn.Conv2d:
     return out
 
 
-def twin_with_net(detector: PersonDetector, net: nn.Module) -> PersonDetector:
-    """A shallow copy of ``detector`` that runs ``net`` in place of its graph; its other modules
-    and buffers are shared, not copied."""
+def twin_with_net(
+    detector: PersonDetector, net: nn.Module, channels: Sequence[int] | None = None
+) -> PersonDetector:
+    """A shallow copy of ``detector`` that runs ``net`` in place of its graph (its other modules
+    and buffers shared, not copied); ``channels``: ``net`` outputs only these of the detector's
+    class channels (its ``classes`` follow)."""
     twin = copy.copy(detector)
     twin._modules = dict(detector._modules)  # copy.copy shares the module table: give it its own
     twin.net = net
+    if channels is not None:
+        twin.classes = tuple(detector.classes[i] for i in channels)
     return twin

@@ -20,11 +20,10 @@ import torch.nn.functional as F
 from .base import (
     COCO_CLASSES,
     Detections,
-    DetectorError,
     PersonDetector,
     binary_kl_sum,
-    check_kept_classes,
     check_unit_images,
+    class_channels,
     nms,
     slice_conv,
     top_k,
@@ -58,14 +57,10 @@ class CenterNetDetector(PersonDetector):
         """A copy whose heatmap holds only ``classes`` (COCO indices, person = 0 included; channel
         i is ``sorted(classes)[i]``): the heatmap's 1x1 conv, 13 % of the MACs at 80 classes,
         computes those filters alone.  Person scores and boxes are unchanged; the graph is a copy."""
-        keep = [self.classes.index(c) for c in check_kept_classes(classes) if c in self.classes]
-        if len(keep) != len(set(classes)):
-            raise DetectorError(f"classes {sorted(set(classes))} are not all in {self.classes}")
+        keep = class_channels(self.classes, classes)
         net = copy.deepcopy(self.net)
         setattr(net, CLASS_HEAD, slice_conv(net.get_submodule(CLASS_HEAD), keep))
-        twin = twin_with_net(self, net)
-        twin.classes = tuple(self.classes[i] for i in keep)
-        return twin
+        return twin_with_net(self, net, keep)
 
     def prepare(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The graph's input for ``images [B, 3, H, W]`` in [0, 1]: stretched to 512 x 512 (TF's

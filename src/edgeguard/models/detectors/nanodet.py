@@ -23,8 +23,8 @@ from .base import (
     DetectorError,
     PersonDetector,
     binary_kl_sum,
-    check_kept_classes,
     check_unit_images,
+    class_channels,
     slice_conv,
     twin_with_net,
 )
@@ -66,9 +66,7 @@ class NanoDetDetector(PersonDetector):
         column i is ``sorted(classes)[i]``): each level's head conv computes those score filters
         and its 44 box filters alone, and the graph's split and reshape of the scores follow.
         Person scores and boxes are unchanged; the graph is a copy."""
-        keep = [self.classes.index(c) for c in check_kept_classes(classes) if c in self.classes]
-        if len(keep) != len(set(classes)):
-            raise DetectorError(f"classes {sorted(set(classes))} are not all in {self.classes}")
+        keep = class_channels(self.classes, classes)
         n, box = len(self.classes), 4 * BINS
         net = copy.deepcopy(self.net)
         heads = 0
@@ -91,9 +89,7 @@ class NanoDetDetector(PersonDetector):
                 f"found {heads} of NanoDet's {len(STRIDES)} head convs in its graph"
             )
         net.recompile()
-        twin = twin_with_net(self, net)
-        twin.classes = tuple(self.classes[i] for i in keep)
-        return twin
+        return twin_with_net(self, net, keep)
 
     def prepare(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The graph's input for ``images [B, 3, H, W]`` in [0, 1]: stretched to 416 x 416
