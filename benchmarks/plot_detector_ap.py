@@ -31,14 +31,18 @@ def points(paths: list[Path]) -> dict[str, list[tuple[float, float, str, str]]]:
         suffix = ""
         if args.get("reconstruct", 0):
             suffix = " + reconstruction" + (", OBS units" if args.get("reselect") else "")
-        if args.get("distill_classes") == [0]:
+        if args.get("keep_classes") == [0]:
+            suffix += ", person detector (class head cut)"
+        elif args.get("distill_classes") == [0]:
             suffix += ", person only"
         for row in record.get("rows", []):
             if not row or row.get("reduction") is None or "ap_finetuned" not in row:
                 continue  # one-shot comparisons: nothing was distilled
             final = row.get("ap_finetuned") or 0.0
             job = row["job"] + suffix
-            out.setdefault(det, []).append((row["reduction"], final, job, path.stem))
+            # against the 80-class graph (a cut class head counts towards it)
+            red = row.get("reduction_of_full", row["reduction"])
+            out.setdefault(det, []).append((red, final, job, path.stem))
     return out
 
 
