@@ -24,7 +24,8 @@ def test_the_section_reports_ap_and_speed_of_the_pruned_detector(tmp_path, share
     detectors_section(settings, tmp_path, rep, quick=True)
     html = rep.save(tmp_path / "r.html").read_text()
     assert "CenterNet" in html and "Skipped" not in html
-    assert "KGS 1.1x + distillation" in html and "one-shot (speed only)" in html
+    assert "KGS 1.5x + distillation" in html and "one-shot (speed only)" in html
+    assert "as a person detector" in html and "re-solved layer by layer on 2 photos" in html
     assert "person AP50 on 2 held-out photos" in html
 
 
