@@ -1,7 +1,8 @@
 """AP50 against MAC reduction of the COCO detectors pruned by edgeguard (issue 27), from the JSON
 results of ``benchmarks/prune_detectors.py``: the held-out AP50 each run ends with (the last
 distillation epoch: the held-out photos choose nothing), one marker per method, the dense
-detector's AP50 at 1x.
+detector's AP50 at 1x; with ``--curves``, held-out AP50 against distillation steps of the runs
+given there (steps = epochs x ceil(photos x copies / batch)).
 
     .venv/bin/python benchmarks/plot_detector_ap.py docs/results/prune_detectors_*_2026-12-0[45].json \\
         --out docs/img/prune_detectors_ap_vs_macs.png
@@ -46,10 +47,57 @@ def points(paths: list[Path]) -> dict[str, list[tuple[float, float, str, str]]]:
     return out
 
 
+def label(path: Path, record: dict, row: dict) -> str:
+    """A legend entry for one run: detector, MACs, job, the options that matter."""
+    args = record.get("meta", {}).get("args", {})
+    red = row.get("reduction_of_full", row.get("reduction", 0.0))
+    what = f"{args.get('detector', '?')} {red:.2f}x {row['job']}"
+    if args.get("keep_classes") == [0]:
+        what += ", person detector"
+    elif args.get("distill_classes") == [0]:
+        what += ", person only"
+    return what
+
+
+def plot_curves(paths: list[Path], out: Path, photos: int = 126) -> None:
+    """Held-out AP50 after each evaluated epoch against distillation steps, one line per run."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    for path in paths:
+        record = json.loads(path.read_text())
+        args = record.get("meta", {}).get("args", {})
+        per_epoch = -(-photos * args.get("copies", 1) // args.get("batch", 4))
+        for row in record.get("rows", []):
+            curve = row.get("ap_curve") or []
+            if not curve:
+                continue
+            steps = [0] + [e * per_epoch for e, _ in curve]
+            aps = [row.get("ap_pruned", 0.0)] + [a for _, a in curve]
+            ax.plot(steps, aps, marker="o", ms=3, label=label(path, record, row))
+            det = args.get("detector")
+            if det in DENSE:
+                ax.axhline(DENSE[det], color="gray", lw=0.8, ls="--")
+    ax.set_xlabel(f"distillation steps (batch 4, {photos} photos: 32 steps an epoch)")
+    ax.set_ylabel("held-out person AP50")
+    ax.set_title("Label-free distillation of pruned detectors (dashed: dense)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results", nargs="+", type=Path)
     ap.add_argument("--out", type=Path, default=Path("docs/img/prune_detectors_ap_vs_macs.png"))
+    ap.add_argument(
+        "--curves", type=Path, nargs="+", default=[], help="runs whose AP50-vs-steps curves to plot"
+    )
+    ap.add_argument(
+        "--curves-out", type=Path, default=Path("docs/img/distillation_ap_vs_steps.png")
+    )
     args = ap.parse_args()
     import matplotlib
 
@@ -79,6 +127,8 @@ def main() -> None:
         for red, best, job, stem in sorted(rows):
             print(f"{det} {red:.2f}x {job}: AP50 {best:.4f} ({stem})")
     print(f"wrote {args.out}")
+    if args.curves:
+        plot_curves(args.curves, args.curves_out)
 
 
 if __name__ == "__main__":
