@@ -18,7 +18,7 @@ DENSE = {"centernet": 0.730, "nanodet": 0.568}  # held-out AP50 of the dense gra
 
 
 # one distinct marker per method (matplotlib's filled markers)
-MARKERS = "osD^vPXhp<>d8H"
+MARKERS = "osD^vPXhp<>d8H1234+x|_"
 
 
 def points(paths: list[Path]) -> dict[str, list[tuple[float, float, str, str]]]:
