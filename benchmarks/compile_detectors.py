@@ -30,8 +30,9 @@ from edgeguard.compiler import compile_model
 from edgeguard.compiler.bench import benchmark, steady_allocator
 from edgeguard.models import count_flops
 from edgeguard.models.detectors import get_detector
-from edgeguard.prune.distill import cut_classes, detector_layers
+from edgeguard.prune.distill import cut_classes, detector_layers, head_convs
 from edgeguard.sparsity import prune_channels, prune_model
+from prune_detectors import add_keep_classes
 from sparse_inference import export_plain, ort_session, torch_then_ort
 
 # inputs in each graph's own range: CenterNet takes raw 0-255 pixels, NanoDet 0-1
@@ -62,7 +63,7 @@ def run_one(
         det, rest = cut_classes(det, keep, target)
     layers, dense_layers = detector_layers(det)
     if scheme == "depchannel":  # physically smaller: dependency-aware channel pruning, heads whole
-        heads = [n for n, why in dense_layers.items() if why.startswith("head")]
+        heads = head_convs(det, dense_layers)
         model = prune_channels(copy.deepcopy(det.net).eval(), shape, rest, ignored=heads).model
         model.eval()
     else:
@@ -198,15 +199,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--per-layer-target", type=float, default=2.0, help="per-layer table here")
-    ap.add_argument(
-        "--keep-classes",
-        type=int,
-        nargs="+",
-        default=None,
-        metavar="COCO_INDEX",
-        help="cut the class head to these classes first (0: a person detector); the targets stay "
-        "reductions of the 80-class graph, which stays the dense baseline",
-    )
+    add_keep_classes(ap)  # the dense baselines stay the 80-class graph
     ap.add_argument("--out", default="runs/bench/compile_detectors")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

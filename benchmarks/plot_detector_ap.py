@@ -21,6 +21,21 @@ DENSE = {"centernet": 0.730, "nanodet": 0.568}  # held-out AP50 of the dense gra
 MARKERS = "osD^vPXhp<>d8H1234+x|_"
 
 
+def person_suffix(args: dict) -> str:
+    """How a run treated the classes: a person detector (class head cut) or person-only
+    distillation of the 80-class graph; empty otherwise."""
+    if args.get("keep_classes") == [0]:
+        return ", person detector (class head cut)"
+    if args.get("distill_classes") == [0]:
+        return ", person only"
+    return ""
+
+
+def full_reduction(row: dict) -> float:
+    """A row's MAC reduction against the 80-class graph (a cut class head counts towards it)."""
+    return row.get("reduction_of_full", row.get("reduction", 0.0))
+
+
 def points(paths: list[Path]) -> dict[str, list[tuple[float, float, str, str]]]:
     """{detector: [(reduction, final AP50, job, file stem)]} over every run in ``paths``."""
     out: dict[str, list[tuple[float, float, str, str]]] = {}
@@ -32,31 +47,20 @@ def points(paths: list[Path]) -> dict[str, list[tuple[float, float, str, str]]]:
         suffix = ""
         if args.get("reconstruct", 0):
             suffix = " + reconstruction" + (", OBS units" if args.get("reselect") else "")
-        if args.get("keep_classes") == [0]:
-            suffix += ", person detector (class head cut)"
-        elif args.get("distill_classes") == [0]:
-            suffix += ", person only"
+        suffix += person_suffix(args)
         for row in record.get("rows", []):
             if not row or row.get("reduction") is None or "ap_finetuned" not in row:
                 continue  # one-shot comparisons: nothing was distilled
             final = row.get("ap_finetuned") or 0.0
             job = row["job"] + suffix
-            # against the 80-class graph (a cut class head counts towards it)
-            red = row.get("reduction_of_full", row["reduction"])
-            out.setdefault(det, []).append((red, final, job, path.stem))
+            out.setdefault(det, []).append((full_reduction(row), final, job, path.stem))
     return out
 
 
-def label(path: Path, record: dict, row: dict) -> str:
-    """A legend entry for one run: detector, MACs, job, the options that matter."""
-    args = record.get("meta", {}).get("args", {})
-    red = row.get("reduction_of_full", row.get("reduction", 0.0))
-    what = f"{args.get('detector', '?')} {red:.2f}x {row['job']}"
-    if args.get("keep_classes") == [0]:
-        what += ", person detector"
-    elif args.get("distill_classes") == [0]:
-        what += ", person only"
-    return what
+def label(args: dict, row: dict) -> str:
+    """A legend entry for one run: detector, MACs, job, the person options."""
+    red = full_reduction(row)
+    return f"{args.get('detector', '?')} {red:.2f}x {row['job']}{person_suffix(args)}"
 
 
 def plot_curves(paths: list[Path], out: Path, photos: int = 126) -> None:
@@ -74,7 +78,7 @@ def plot_curves(paths: list[Path], out: Path, photos: int = 126) -> None:
                 continue
             steps = [0] + [e * per_epoch for e, _ in curve]
             aps = [row.get("ap_pruned", 0.0)] + [a for _, a in curve]
-            ax.plot(steps, aps, marker="o", ms=3, label=label(path, record, row))
+            ax.plot(steps, aps, marker="o", ms=3, label=label(args, row))
             det = args.get("detector")
             if det in DENSE:
                 ax.axhline(DENSE[det], color="gray", lw=0.8, ls="--")

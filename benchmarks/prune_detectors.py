@@ -231,6 +231,20 @@ def edgeguard_job(
     }
 
 
+def add_keep_classes(ap: argparse.ArgumentParser) -> None:
+    """``--keep-classes``: the detector's class head cut to some COCO classes before pruning (this
+    benchmark's and compile_detectors.py's)."""
+    ap.add_argument(
+        "--keep-classes",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="COCO_INDEX",
+        help="cut the class head to these classes first (0: a person detector); MAC targets stay "
+        "reductions of the 80-class graph's MACs",
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--detector", default="centernet", choices=["centernet", "nanodet"])
@@ -250,15 +264,7 @@ def main() -> None:
     ap.add_argument(
         "--feature-weight", type=float, default=0.0, help="feature distillation on pruned layers"
     )
-    ap.add_argument(
-        "--keep-classes",
-        type=int,
-        nargs="+",
-        default=None,
-        metavar="COCO_INDEX",
-        help="prune the class head to these classes first (0: a person-only detector); --target "
-        "stays a reduction of the 80-class detector's MACs",
-    )
+    add_keep_classes(ap)
     ap.add_argument(
         "--feature-at",
         default="pruned",

@@ -75,7 +75,7 @@ def detectors_section(s: DemoSettings, out: Path, rep: Report, quick: bool) -> N
     full_macs = count_flops(full.net, shape).dense_macs
     layers, _ = detector_layers(det)
     speed = copy.deepcopy(det.net)
-    _, speed_rest = cut_classes(full, [0], s.detector_speed_target)
+    speed_rest = s.detector_speed_target * rest / s.detector_target  # the same cut's share
     prune_model(speed, "kgs", flops_reduction=speed_rest, input_shape=shape, layers=layers)
     backend = "torch" if quick else "auto"  # quick (smoke-test) runs skip the C++ builds
     x = torch.rand(shape) * 255  # the graph takes raw 0-255 pixels

@@ -213,10 +213,12 @@ def cut_classes(
     return cut, rest
 
 
-def head_convs(detector: PersonDetector) -> list[str]:
+def head_convs(detector: PersonDetector, dense: dict[str, str] | None = None) -> list[str]:
     """The head convs of a detector's graph: those :func:`detector_layers` leaves dense because a
-    graph output is reached from them without another conv."""
-    _, dense = detector_layers(detector)
+    graph output is reached from them without another conv (``dense``: its second result, when
+    the caller has it already)."""
+    if dense is None:
+        _, dense = detector_layers(detector)
     return [n for n, why in dense.items() if why.startswith("head")]
 
 
@@ -257,10 +259,11 @@ def prune_detector(
     check_distillable(detector)
     if feature_at not in FEATURE_AT:
         raise SparsityError(f"feature_at must be one of {FEATURE_AT}, got {feature_at!r}")
-    heads = head_convs(detector) if feature_at != "pruned" and feature_weight > 0 else []
+    dense = None
     if layers is None:
         layers, dense = detector_layers(detector)
         log.info("pruning %d layers; dense: %s", len(layers), dense)
+    heads = head_convs(detector, dense) if feature_at != "pruned" and feature_weight > 0 else []
     net = copy.deepcopy(detector.net)
     for p in net.parameters():  # a loaded detector is frozen for attacks: its copy trains
         p.requires_grad_(True)
