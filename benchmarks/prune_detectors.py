@@ -28,6 +28,7 @@ from edgeguard.cli.common import kv
 from edgeguard.data import UnlabeledImages
 from edgeguard.data.persons import load_persons
 from edgeguard.engine import TrainConfig, fit, seed_everything
+from edgeguard.engine.checkpoint import load_checkpoint
 from edgeguard.models import count_flops
 from edgeguard.models.detectors import get_detector
 from edgeguard.prune import (
@@ -177,6 +178,18 @@ def one_shot_job(
     return row
 
 
+def start_state(path: str | None) -> dict | None:
+    """The graph of a finished job's fine-tuning checkpoint (``WORKDIR/.../finetune/last.pt``),
+    its masks applied, to prune further (``--start``)."""
+    if path is None:
+        return None
+    state = load_checkpoint(path)
+    model = dict(state["model"])
+    for name, mask in state.get("masks", {}).items():
+        model[f"{name}.weight"] = model[f"{name}.weight"] * mask.to(model[f"{name}.weight"].dtype)
+    return model
+
+
 def edgeguard_job(
     det,
     job: str,
@@ -194,6 +207,7 @@ def edgeguard_job(
     reselect=False,
     resume=False,
     feature_at="pruned",
+    start=None,
 ) -> dict:
     scheme, method = job.split(":")
     t0 = time.perf_counter()
@@ -214,6 +228,7 @@ def edgeguard_job(
         reconstruct=reconstruct,
         reselect=reselect,
         feature_at=feature_at,
+        start=start,
     )
     seconds = sum(e["seconds"] for e in out.history)
     return {
@@ -327,6 +342,13 @@ def main() -> None:
     )
     ap.add_argument("--copies", type=int, default=1, help="augmented draws per photo and epoch")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--start",
+        default=None,
+        metavar="CHECKPOINT",
+        help="prune a finished job's fine-tuned graph further (its finetune/last.pt; same "
+        "detector and --keep-classes): gradual pruning in stages, the teacher stays dense",
+    )
     ap.add_argument("--workdir", default="runs/prune_detectors")
     ap.add_argument(
         "--resume",
@@ -397,6 +419,7 @@ def main() -> None:
                 args.reselect,
                 args.resume,
                 args.feature_at,
+                start_state(args.start),
             )
         if "reduction" in row:  # against the 80-class detector
             row["reduction_of_full"] = round(row["reduction"] * args.target / target, 3)

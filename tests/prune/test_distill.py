@@ -255,3 +255,60 @@ def test_an_unreachable_mac_target_is_refused_before_any_training():
     images = UnlabeledImages.from_photos(_photos(2), det.input_size)
     with pytest.raises(SparsityError, match=r"out of reach .* at most"):
         prune_detector(det, "magnitude", images, _photos(1), flops_reduction=50.0)
+
+
+def _stage_one(det, images, held_out, tmp_path):
+    cfg = TrainConfig(epochs=1, batch_size=2, lr=1e-3, progress=False)
+    out = prune_detector(
+        det, "magnitude", images, held_out, rates=0.25, finetune=cfg, workdir=tmp_path / "one"
+    )
+    return out, cfg
+
+
+def test_a_pruned_graph_is_pruned_further_from_its_own_weights_against_the_dense_teacher(tmp_path):
+    det = TinyCenterNet()
+    images = UnlabeledImages.from_photos(_photos(4), det.input_size)
+    held_out = _photos(2)
+    one, cfg = _stage_one(det, images, held_out, tmp_path)
+    dense_net = copy.deepcopy(det.net)
+    start = one.model.state_dict()
+    two = prune_detector(
+        det,
+        "magnitude",
+        images,
+        held_out,
+        rates=0.5,
+        finetune=cfg,
+        workdir=tmp_path / "two",
+        start=start,
+    )
+    # scored from the start graph, not the dense detector
+    assert two.accuracy_dense == pytest.approx(detector_ap(with_net(det, one.model), held_out))
+    m1, m2 = masks_of(one.model)["mid"], masks_of(two.model)["mid"]
+    assert m2.float().mean() < m1.float().mean()
+    assert not (m2.bool() & ~m1.bool()).any()  # magnitude: the units stage one removed stay out
+    assert all(  # the detector (the teacher) is untouched
+        torch.equal(a, b)
+        for a, b in zip(det.net.state_dict().values(), dense_net.state_dict().values(), strict=True)
+    )
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda s: s.pop("mid.weight"), r"missing \['mid.weight'\]"),
+        (lambda s: s.update(extra=torch.zeros(1)), r"unexpected \['extra'\]"),
+        (
+            lambda s: s.update({"mid.weight": torch.zeros(16, 16, 1, 1)}),
+            r"mid.weight is \(16, 16, 1",
+        ),
+        (lambda s: s["mid.bias"].fill_(float("nan")), "mid.bias holds NaN or Inf"),
+    ],
+)
+def test_a_start_graph_that_does_not_fit_is_refused(edit, message):
+    det = TinyCenterNet()
+    images = UnlabeledImages.from_photos(_photos(2), det.input_size)
+    start = {k: v.clone() for k, v in det.net.state_dict().items()}
+    edit(start)
+    with pytest.raises(SparsityError, match=message):
+        prune_detector(det, "magnitude", images, _photos(1), rates=0.5, start=start)

@@ -222,6 +222,27 @@ def head_convs(detector: PersonDetector, dense: dict[str, str] | None = None) ->
     return [n for n, why in dense.items() if why.startswith("head")]
 
 
+def load_start(net: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load ``state`` into ``net`` (a copy of a detector's graph): every tensor of the graph, with
+    its shape, dtype float and finite values; else a one-line error naming the first that is not."""
+    own = net.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    if missing or extra:
+        raise SparsityError(
+            f"start does not fit the detector's graph: missing {missing[:3]}, unexpected "
+            f"{extra[:3]} ({len(missing)} / {len(extra)} in all)"
+        )
+    for k, v in own.items():
+        t = state[k]
+        if not torch.is_tensor(t) or t.shape != v.shape:
+            shape = tuple(t.shape) if torch.is_tensor(t) else type(t).__name__
+            raise SparsityError(f"start: {k} is {shape}, the graph's is {tuple(v.shape)}")
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise SparsityError(f"start: {k} holds NaN or Inf")
+    net.load_state_dict(state)
+
+
 def prune_detector(
     detector: PersonDetector,
     pruner: Pruner | str,
@@ -240,6 +261,7 @@ def prune_detector(
     reconstruct: int = 0,
     reselect: bool = False,
     feature_at: str = "pruned",
+    start: dict[str, torch.Tensor] | None = None,
 ) -> PruningOutcome:
     """Prune ``detector``'s graph with ``pruner`` (to ``flops_reduction`` x fewer MACs at the
     detector's input size, or to ``rates``) and fine-tune it by distillation from the dense graph
@@ -253,7 +275,10 @@ def prune_detector(
     weights on the first ``reconstruct`` images (whole and unaugmented when ``images`` has a
     ``plain()`` view, as :class:`~edgeguard.data.UnlabeledImages` has), and refits every other
     conv of the graph (:mod:`.reconstruct`); ``reselect``: the units each pruned layer keeps are
-    chosen there by their OBS saliency (as many as the pruner's masks keep).  The detector itself
+    chosen there by their OBS saliency (as many as the pruner's masks keep).  ``start``: a state
+    dict of the same graph to prune instead of the detector's weights (a pruned and fine-tuned
+    graph pruned further: gradual pruning in stages, Zhu & Gupta 2017); the teacher stays the
+    detector, and the MAC target stays a reduction of its dense graph.  The detector itself
     is left as it is: the pruned graph is ``outcome.model`` (``with_net(detector,
     outcome.model)`` detects with it)."""
     check_distillable(detector)
@@ -265,6 +290,8 @@ def prune_detector(
         log.info("pruning %d layers; dense: %s", len(layers), dense)
     heads = head_convs(detector, dense) if feature_at != "pruned" and feature_weight > 0 else []
     net = copy.deepcopy(detector.net)
+    if start is not None:
+        load_start(net, start)
     for p in net.parameters():  # a loaded detector is frozen for attacks: its copy trains
         p.requires_grad_(True)
     calibration = []
