@@ -48,6 +48,8 @@ def points(paths: list[Path]) -> dict[str, list[tuple[float, float, str, str]]]:
         if args.get("reconstruct", 0):
             suffix = " + reconstruction" + (", OBS units" if args.get("reselect") else "")
         suffix += person_suffix(args)
+        if args.get("start"):
+            suffix += ", second stage (from a pruned graph)"
         for row in record.get("rows", []):
             if not row or row.get("reduction") is None or "ap_finetuned" not in row:
                 continue  # one-shot comparisons: nothing was distilled
