@@ -16,6 +16,8 @@ from safetensors.torch import load_file
 from edgeguard.models.detectors import DetectorError, get_detector
 from edgeguard.models.detectors import weights as detector_weights
 from edgeguard.models.detectors.tfjs import tf_resize_bilinear
+from edgeguard.prune import cut_classes
+from edgeguard.sparsity import SparsityError
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "tfjs_reference.safetensors"
 needs_weights = pytest.mark.skipif(
@@ -142,12 +144,8 @@ def test_keeping_some_classes_cuts_the_head_and_leaves_their_outputs(detectors, 
     cut = 1 - count_flops(kept.net, shape).dense_macs / count_flops(det.net, shape).dense_macs
     assert cut == pytest.approx(share * 77 / 80, abs=0.002)  # 77 of 80 class filters gone
     assert kept.keep_classes([0]).classes == (0,)
-    from edgeguard.prune import cut_classes
-    from edgeguard.sparsity import SparsityError
-
-    person, rest = cut_classes(
-        det, [0], 2.0
-    )  # 79 of 80 class filters gone: 2x asks less of the rest
+    # 79 of 80 class filters gone: 2x asks less of the rest
+    person, rest = cut_classes(det, [0], 2.0)
     assert person.classes == (0,) and rest == pytest.approx(2.0 * (1 - share * 79 / 80), abs=0.005)
     with pytest.raises(SparsityError, match="already meets"):
         cut_classes(det, [0], 1.0 / (1 - share * 79 / 80) - 0.003)

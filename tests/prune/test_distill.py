@@ -257,19 +257,14 @@ def test_an_unreachable_mac_target_is_refused_before_any_training():
         prune_detector(det, "magnitude", images, _photos(1), flops_reduction=50.0)
 
 
-def _stage_one(det, images, held_out, tmp_path):
-    cfg = TrainConfig(epochs=1, batch_size=2, lr=1e-3, progress=False)
-    out = prune_detector(
-        det, "magnitude", images, held_out, rates=0.25, finetune=cfg, workdir=tmp_path / "one"
-    )
-    return out, cfg
-
-
 def test_a_pruned_graph_is_pruned_further_from_its_own_weights_against_the_dense_teacher(tmp_path):
     det = TinyCenterNet()
     images = UnlabeledImages.from_photos(_photos(4), det.input_size)
     held_out = _photos(2)
-    one, cfg = _stage_one(det, images, held_out, tmp_path)
+    cfg = TrainConfig(epochs=1, batch_size=2, lr=1e-3, progress=False)
+    one = prune_detector(
+        det, "magnitude", images, held_out, rates=0.25, finetune=cfg, workdir=tmp_path / "one"
+    )
     dense_net = copy.deepcopy(det.net)
     start = one.model.state_dict()
     two = prune_detector(
