@@ -63,7 +63,9 @@ def ap_curve(det, held_out, every: int, curve: list):
     return cb
 
 
-def channel_job(det, job: str, target: float, images, held_out, cfg: TrainConfig, every: int):
+def channel_job(
+    det, job: str, target: float, images, held_out, cfg: TrainConfig, every: int, box_weight=None
+):
     """Physical channel pruning of the detector's graph to ``target`` x fewer MACs (counted on the
     shrunk graph; the heads keep their filters), then the same distillation fine-tuning.
     ``job``: ``"torch-pruning"`` (Torch-Pruning's L2 ratio, found by bisection) or
@@ -97,7 +99,7 @@ def channel_job(det, job: str, target: float, images, held_out, cfg: TrainConfig
         images,
         None,
         cfg,
-        loss_fn=DetectorDistillation(det),
+        loss_fn=DetectorDistillation(det, box_weight=box_weight),
         callbacks=[ap_curve(det, held_out, every, curve)],
     )
     seconds = time.perf_counter() - t0
@@ -208,6 +210,7 @@ def edgeguard_job(
     resume=False,
     feature_at="pruned",
     start=None,
+    box_weight=None,
 ) -> dict:
     scheme, method = job.split(":")
     t0 = time.perf_counter()
@@ -229,6 +232,7 @@ def edgeguard_job(
         reselect=reselect,
         feature_at=feature_at,
         start=start,
+        box_weight=box_weight,
     )
     seconds = sum(e["seconds"] for e in out.history)
     return {
@@ -280,6 +284,13 @@ def main() -> None:
         "--feature-weight", type=float, default=0.0, help="feature distillation on pruned layers"
     )
     add_keep_classes(ap)
+    ap.add_argument(
+        "--box-weight",
+        type=float,
+        default=None,
+        help="weight of the distillation's box term (default: the detector's own: CenterNet 0.1, "
+        "NanoDet 1)",
+    )
     ap.add_argument(
         "--feature-at",
         default="pruned",
@@ -400,7 +411,9 @@ def main() -> None:
                 args.reselect,
             )
         elif job in ("torch-pruning", "channel:l2"):
-            row = channel_job(det, job, target, images, held_out, cfg, args.ap_every)
+            row = channel_job(
+                det, job, target, images, held_out, cfg, args.ap_every, args.box_weight
+            )
         else:
             row = edgeguard_job(
                 det,
@@ -420,6 +433,7 @@ def main() -> None:
                 args.resume,
                 args.feature_at,
                 start_state(args.start),
+                args.box_weight,
             )
         if "reduction" in row:  # against the 80-class detector
             row["reduction_of_full"] = round(row["reduction"] * args.target / target, 3)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -60,7 +61,9 @@ class DetectorDistillation:
     scaled by ``feature_weight``.  ``feature_inputs``: names of modules whose *inputs* are matched
     the same way (e.g. the heads: the last features before each output, the penultimate features
     that few-sample compression mimics).  ``classes``: match only these classes' scores (COCO
-    indices, person = 0; default all 80): a pruned person detector keeps its capacity for people."""
+    indices, person = 0; default all 80): a pruned person detector keeps its capacity for people.
+    ``box_weight``: the box term's weight in ``distillation_loss`` (>= 0; default the detector's
+    own)."""
 
     def __init__(
         self,
@@ -70,6 +73,7 @@ class DetectorDistillation:
         feature_weight: float = 1.0,
         classes: Sequence[int] | None = None,
         feature_inputs: Sequence[str] = (),
+        box_weight: float | None = None,
     ) -> None:
         check_distillable(detector)
         self.detector = detector
@@ -84,6 +88,9 @@ class DetectorDistillation:
             raise SparsityError(f"feature_weight must be >= 0, got {feature_weight}")
         self.features, self.feature_weight = list(features), float(feature_weight)
         self.feature_inputs = list(feature_inputs)
+        if box_weight is not None and not (math.isfinite(box_weight) and box_weight >= 0):
+            raise SparsityError(f"box_weight must be a finite number >= 0, got {box_weight}")
+        self.box_weight = box_weight
         if classes is not None:
             classes = [int(c) for c in classes]
             if not classes or min(classes) < 0 or max(classes) >= 80:
@@ -117,7 +124,8 @@ class DetectorDistillation:
         student, s_feats = self._run(net, inputs)
         with torch.no_grad():
             teacher, t_feats = self._run(self.teacher, inputs)
-        loss = self.detector.distillation_loss(student, teacher, classes=self.classes)
+        weight = {} if self.box_weight is None else {"box_weight": self.box_weight}
+        loss = self.detector.distillation_loss(student, teacher, classes=self.classes, **weight)
         if (self.features or self.feature_inputs) and self.feature_weight > 0:
             terms = [
                 (s - t).pow(2).mean() / t.pow(2).mean().clamp_min(1e-8)
@@ -262,6 +270,7 @@ def prune_detector(
     reselect: bool = False,
     feature_at: str = "pruned",
     start: dict[str, torch.Tensor] | None = None,
+    box_weight: float | None = None,
 ) -> PruningOutcome:
     """Prune ``detector``'s graph with ``pruner`` (to ``flops_reduction`` x fewer MACs at the
     detector's input size, or to ``rates``) and fine-tune it by distillation from the dense graph
@@ -278,7 +287,8 @@ def prune_detector(
     chosen there by their OBS saliency (as many as the pruner's masks keep).  ``start``: a state
     dict of the same graph to prune instead of the detector's weights (a pruned and fine-tuned
     graph pruned further: gradual pruning in stages, Zhu & Gupta 2017); the teacher stays the
-    detector, and the MAC target stays a reduction of its dense graph.  The detector itself
+    detector, and the MAC target stays a reduction of its dense graph.  ``box_weight``: the
+    weight of the box term against the scores' (default: the detector's own).  The detector itself
     is left as it is: the pruned graph is ``outcome.model`` (``with_net(detector,
     outcome.model)`` detects with it)."""
     check_distillable(detector)
@@ -321,6 +331,7 @@ def prune_detector(
             feature_weight=feature_weight,
             classes=classes,
             feature_inputs=heads if feature_at in ("heads", "both") else (),
+            box_weight=box_weight,
         ),
         score=lambda m: detector_ap(detector, held_out, m),
         callbacks=callbacks,
