@@ -98,6 +98,23 @@ def test_nanodet_loss_is_zero_at_the_teacher_and_its_box_term_a_weighted_kl():
     assert got == pytest.approx(kl / weight, rel=1e-4)
 
 
+def test_box_weight_scales_only_the_box_term_and_is_checked():
+    det = TinyCenterNet()
+    student = copy.deepcopy(det.net)
+    with torch.no_grad():
+        student.head.bias.add_(0.3)  # moves both the heat and the box sides
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    loss = {w: float(DetectorDistillation(det, box_weight=w)(student, images)) for w in (0, 1, 3)}
+    box = loss[1] - loss[0]
+    assert box > 0 and loss[0] > 0
+    assert loss[3] == pytest.approx(loss[0] + 3 * box, rel=1e-5)
+    default = float(DetectorDistillation(det)(student, images))
+    assert default == pytest.approx(loss[0] + 0.1 * box, rel=1e-5)  # CenterNet's own 0.1
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(SparsityError, match="box_weight must be a finite number >= 0"):
+            DetectorDistillation(det, box_weight=bad)
+
+
 def test_fit_with_loss_fn_trains_on_it_alone():
     model = nn.Linear(4, 2)
     data = torch.utils.data.TensorDataset(torch.randn(32, 4), torch.zeros(32, dtype=torch.long))
