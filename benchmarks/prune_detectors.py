@@ -64,7 +64,15 @@ def ap_curve(det, held_out, every: int, curve: list):
 
 
 def channel_job(
-    det, job: str, target: float, images, held_out, cfg: TrainConfig, every: int, box_weight=None
+    det,
+    job: str,
+    target: float,
+    images,
+    held_out,
+    cfg: TrainConfig,
+    every: int,
+    box_weight=None,
+    focal=0.0,
 ):
     """Physical channel pruning of the detector's graph to ``target`` x fewer MACs (counted on the
     shrunk graph; the heads keep their filters), then the same distillation fine-tuning.
@@ -99,7 +107,7 @@ def channel_job(
         images,
         None,
         cfg,
-        loss_fn=DetectorDistillation(det, box_weight=box_weight),
+        loss_fn=DetectorDistillation(det, box_weight=box_weight, focal=focal),
         callbacks=[ap_curve(det, held_out, every, curve)],
     )
     seconds = time.perf_counter() - t0
@@ -211,6 +219,7 @@ def edgeguard_job(
     feature_at="pruned",
     start=None,
     box_weight=None,
+    focal=0.0,
 ) -> dict:
     scheme, method = job.split(":")
     t0 = time.perf_counter()
@@ -233,6 +242,7 @@ def edgeguard_job(
         feature_at=feature_at,
         start=start,
         box_weight=box_weight,
+        focal=focal,
     )
     seconds = sum(e["seconds"] for e in out.history)
     return {
@@ -290,6 +300,12 @@ def main() -> None:
         default=None,
         help="weight of the distillation's box term (default: the detector's own: CenterNet 0.1, "
         "NanoDet 1)",
+    )
+    ap.add_argument(
+        "--focal",
+        type=float,
+        default=0.0,
+        help="quality-focal exponent of the distillation's score term (GFL's beta, e.g. 2; 0: KL)",
     )
     ap.add_argument(
         "--feature-at",
@@ -412,7 +428,7 @@ def main() -> None:
             )
         elif job in ("torch-pruning", "channel:l2"):
             row = channel_job(
-                det, job, target, images, held_out, cfg, args.ap_every, args.box_weight
+                det, job, target, images, held_out, cfg, args.ap_every, args.box_weight, args.focal
             )
         else:
             row = edgeguard_job(
@@ -434,6 +450,7 @@ def main() -> None:
                 args.feature_at,
                 start_state(args.start),
                 args.box_weight,
+                args.focal,
             )
         if "reduction" in row:  # against the 80-class detector
             row["reduction_of_full"] = round(row["reduction"] * args.target / target, 3)

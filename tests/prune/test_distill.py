@@ -15,7 +15,7 @@ from edgeguard.engine import TrainConfig, fit
 from edgeguard.errors import ConfigError
 from edgeguard.masks import masks_of
 from edgeguard.models.detectors import centernet as cn
-from edgeguard.models.detectors.base import PersonDetector
+from edgeguard.models.detectors.base import PersonDetector, binary_kl_sum
 from edgeguard.models.detectors.nanodet import BINS, NanoDetDetector
 from edgeguard.prune import (
     DetectorDistillation,
@@ -113,6 +113,31 @@ def test_box_weight_scales_only_the_box_term_and_is_checked():
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(SparsityError, match="box_weight must be a finite number >= 0"):
             DetectorDistillation(det, box_weight=bad)
+
+
+def test_quality_focal_kl_weights_each_cell_by_its_error_power():
+    g = torch.Generator().manual_seed(5)
+    heat_t, heat_s = (torch.rand(1, 3, 2, 5, generator=g) * 0.9 + 0.05 for _ in range(2))
+    wh = torch.rand(1, 3, 2, 4, generator=g) * 20
+    want = sum(
+        abs(a - b) ** 2 * (b * math.log(b / a) + (1 - b) * math.log((1 - b) / (1 - a)))
+        for a, b in zip(heat_s.flatten().tolist(), heat_t.flatten().tolist(), strict=True)
+    )
+    got = cn.CenterNetDetector.distillation_loss((heat_s, wh), (heat_t, wh), focal=2.0)
+    assert float(got) == pytest.approx(want / float(heat_t.sum()), rel=1e-4)
+    plain = cn.CenterNetDetector.distillation_loss((heat_s, wh), (heat_t, wh))
+    assert float(plain) == pytest.approx(_binary_kl(heat_s, heat_t) / float(heat_t.sum()), 1e-4)
+    # a cell the student misses (0.05 against 0.6) outweighs a nearly matched one far more
+    t, s = torch.tensor([0.6, 0.01]), torch.tensor([0.05, 0.02])
+    ratio = [
+        float(binary_kl_sum(s[:1], t[:1], focal=f) / binary_kl_sum(s[1:], t[1:], focal=f))
+        for f in (0.0, 2.0)
+    ]
+    assert ratio[1] > 100 * ratio[0]
+    assert float(binary_kl_sum(t, t, focal=2.0)) == pytest.approx(0.0, abs=1e-6)
+    for bad in (-0.5, float("nan")):
+        with pytest.raises(SparsityError, match="focal must be a finite number >= 0"):
+            DetectorDistillation(TinyCenterNet(), focal=bad)
 
 
 def test_fit_with_loss_fn_trains_on_it_alone():

@@ -63,7 +63,8 @@ class DetectorDistillation:
     that few-sample compression mimics).  ``classes``: match only these classes' scores (COCO
     indices, person = 0; default all 80): a pruned person detector keeps its capacity for people.
     ``box_weight``: the box term's weight in ``distillation_loss`` (>= 0; default the detector's
-    own)."""
+    own); ``focal``: the score term's quality-focal exponent (>= 0; 0, the default, is the plain
+    KL; :func:`~edgeguard.models.detectors.base.binary_kl_sum`)."""
 
     def __init__(
         self,
@@ -74,6 +75,7 @@ class DetectorDistillation:
         classes: Sequence[int] | None = None,
         feature_inputs: Sequence[str] = (),
         box_weight: float | None = None,
+        focal: float = 0.0,
     ) -> None:
         check_distillable(detector)
         self.detector = detector
@@ -90,7 +92,9 @@ class DetectorDistillation:
         self.feature_inputs = list(feature_inputs)
         if box_weight is not None and not (math.isfinite(box_weight) and box_weight >= 0):
             raise SparsityError(f"box_weight must be a finite number >= 0, got {box_weight}")
-        self.box_weight = box_weight
+        if not (math.isfinite(focal) and focal >= 0):
+            raise SparsityError(f"focal must be a finite number >= 0, got {focal}")
+        self.box_weight, self.focal = box_weight, float(focal)
         if classes is not None:
             classes = [int(c) for c in classes]
             if not classes or min(classes) < 0 or max(classes) >= 80:
@@ -124,8 +128,10 @@ class DetectorDistillation:
         student, s_feats = self._run(net, inputs)
         with torch.no_grad():
             teacher, t_feats = self._run(self.teacher, inputs)
-        weight = {} if self.box_weight is None else {"box_weight": self.box_weight}
-        loss = self.detector.distillation_loss(student, teacher, classes=self.classes, **weight)
+        options = {} if self.box_weight is None else {"box_weight": self.box_weight}
+        if self.focal:
+            options["focal"] = self.focal
+        loss = self.detector.distillation_loss(student, teacher, classes=self.classes, **options)
         if (self.features or self.feature_inputs) and self.feature_weight > 0:
             terms = [
                 (s - t).pow(2).mean() / t.pow(2).mean().clamp_min(1e-8)
@@ -271,6 +277,7 @@ def prune_detector(
     feature_at: str = "pruned",
     start: dict[str, torch.Tensor] | None = None,
     box_weight: float | None = None,
+    focal: float = 0.0,
 ) -> PruningOutcome:
     """Prune ``detector``'s graph with ``pruner`` (to ``flops_reduction`` x fewer MACs at the
     detector's input size, or to ``rates``) and fine-tune it by distillation from the dense graph
@@ -288,7 +295,8 @@ def prune_detector(
     dict of the same graph to prune instead of the detector's weights (a pruned and fine-tuned
     graph pruned further: gradual pruning in stages, Zhu & Gupta 2017); the teacher stays the
     detector, and the MAC target stays a reduction of its dense graph.  ``box_weight``: the
-    weight of the box term against the scores' (default: the detector's own).  The detector itself
+    weight of the box term against the scores' (default: the detector's own); ``focal``: the
+    score term's quality-focal exponent (0: plain KL).  The detector itself
     is left as it is: the pruned graph is ``outcome.model`` (``with_net(detector,
     outcome.model)`` detects with it)."""
     check_distillable(detector)
@@ -332,6 +340,7 @@ def prune_detector(
             classes=classes,
             feature_inputs=heads if feature_at in ("heads", "both") else (),
             box_weight=box_weight,
+            focal=focal,
         ),
         score=lambda m: detector_ap(detector, held_out, m),
         callbacks=callbacks,

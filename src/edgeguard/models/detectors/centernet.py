@@ -74,17 +74,18 @@ class CenterNetDetector(PersonDetector):
         teacher: tuple[torch.Tensor, ...],
         box_weight: float = 0.1,
         classes: Sequence[int] | None = None,
+        focal: float = 0.0,
     ) -> torch.Tensor:
         """Label-free loss matching the graph's outputs to a teacher's (0 when they are equal):
         the binary KL divergence of the 80 class heatmaps (or of ``classes`` only, COCO indices,
         person = 0) from the teacher's, summed and divided by the teacher's heat mass (CenterNet
         normalises by the object count), plus ``box_weight`` times the L1 distance of the box
         sides (512-px units), weighted per cell by the teacher's highest probability of those
-        classes."""
+        classes.  ``focal``: the heatmap KL's quality-focal exponent (:func:`.binary_kl_sum`)."""
         (heat_s, wh_s), (heat_t, wh_t) = student, teacher
         if classes is not None:
             heat_s, heat_t = heat_s[..., list(classes)], heat_t[..., list(classes)]
-        kl = binary_kl_sum(heat_s, heat_t)
+        kl = binary_kl_sum(heat_s, heat_t, focal=focal)
         mass = heat_t.sum().clamp_min(1.0)
         w = heat_t.amax(-1, keepdim=True)
         box = ((wh_s - wh_t).abs() * w).sum() / (4 * w.sum()).clamp_min(1e-6)

@@ -103,13 +103,15 @@ class NanoDetDetector(PersonDetector):
         teacher: tuple[torch.Tensor, ...],
         box_weight: float = 1.0,
         classes: Sequence[int] | None = None,
+        focal: float = 0.0,
     ) -> torch.Tensor:
         """Label-free loss matching the graph's outputs to a teacher's (0 when they are equal): the
         binary KL divergence of the 80 class scores (or of ``classes`` only, COCO indices, person
         = 0) of every level from the teacher's, divided by the teacher's score mass, plus
         ``box_weight`` times the KL divergence of each box side's 11-bin distribution from the
         teacher's (localisation distillation), weighted per location by the teacher's highest
-        score of those classes."""
+        score of those classes.  ``focal``: the score KL's quality-focal exponent
+        (:func:`.binary_kl_sum`)."""
         eps = 1e-6
         if classes is not None:
             pick = list(classes)
@@ -117,7 +119,7 @@ class NanoDetDetector(PersonDetector):
             teacher = tuple(t[..., pick] for t in teacher[:3]) + tuple(teacher[3:])
         bce, mass, kl, weight = 0.0, 0.0, 0.0, 0.0
         for s, t in zip(student[:3], teacher[:3], strict=True):
-            bce = bce + binary_kl_sum(s, t, eps)
+            bce = bce + binary_kl_sum(s, t, eps, focal)
             mass = mass + t.clamp(eps, 1 - eps).sum()
         for s, t, score in zip(student[3:], teacher[3:], teacher[:3], strict=True):
             log_s = s.reshape(*s.shape[:2], 4, BINS).log_softmax(-1)
