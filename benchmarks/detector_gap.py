@@ -1,0 +1,164 @@
+"""Where a pruned, distilled detector loses person AP50 against its dense teacher.
+
+Reads a graph that ``prune_detectors.py`` wrote (``WORKDIR/.../finetune/last.pt`` or
+``pruned.safetensors``, masks applied) and reports, on the held-out photos (split 0.3 by source,
+seed 0, the T-shirt protocol) and on the training photos:
+
+- AP50 of the teacher, of the student, and of the two crossed: the student's scores with the
+  teacher's boxes, the teacher's scores with the student's boxes (which half costs the AP);
+- recall and detection count at score thresholds (0.01 to 0.5);
+- per annotated person the teacher finds (a cell scoring >= 0.1 whose teacher box has IoU >= 0.5):
+  the student's score at the teacher's best such cell over the teacher's (median), and the
+  persons the student misses (no cell of its own with IoU >= 0.5 scoring >= 0.05).
+
+Example: ``.venv/bin/python benchmarks/detector_gap.py --detector centernet --keep-classes 0
+--graph runs/prune_detectors/centernet/kgs-magnitude-2x/finetune/last.pt``
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from edgeguard.data.persons import PersonPhotos, load_persons
+from edgeguard.models.detectors import get_detector
+from edgeguard.models.detectors.base import box_iou
+from edgeguard.models.detectors.train import match_detections
+from edgeguard.prune import detector_ap, with_net
+from edgeguard.prune.distill import load_start
+from edgeguard.settings import data_root
+from prune_detectors import add_keep_classes, start_state
+
+# how many leading graph outputs are scores (the rest are boxes)
+SCORE_OUTPUTS = {"centernet": 1, "nanodet": 3}
+MASK_PREFIX = "__mask__."
+
+
+class Crossed(nn.Module):
+    """The score outputs of ``scores`` with the box outputs of ``boxes`` (same graph shapes)."""
+
+    def __init__(self, scores: nn.Module, boxes: nn.Module, n_scores: int) -> None:
+        super().__init__()
+        self.scores, self.boxes, self.n = scores, boxes, n_scores
+
+    def forward(self, *x):
+        return (*self.scores(*x)[: self.n], *self.boxes(*x)[self.n :])
+
+
+def load_graph(path: Path) -> dict[str, torch.Tensor]:
+    """A fine-tuning checkpoint's or a hard-pruned file's state, masks applied."""
+    if path.suffix == ".pt":
+        return start_state(str(path))
+    raw = load_file(str(path))
+    state = {k: v for k, v in raw.items() if not k.startswith(MASK_PREFIX)}
+    for key, mask in raw.items():
+        if key.startswith(MASK_PREFIX):
+            weight = f"{key[len(MASK_PREFIX) :]}.weight"
+            state[weight] = state[weight] * mask.to(state[weight].dtype)
+    return state
+
+
+def recall_table(det, photos: PersonPhotos, thresholds) -> list[dict]:
+    saved, det.threshold = det.threshold, min(thresholds)
+    scores, matched, positives = [], [], 0
+    try:
+        with torch.no_grad():
+            for p in photos:
+                out = det(p.float_image()[None])[0]
+                scores.append(out.scores)
+                matched.append(match_detections(out.boxes, out.scores, p.boxes, 0.5))
+                positives += len(p.boxes)
+    finally:
+        det.threshold = saved
+    s, m = torch.cat(scores), torch.cat(matched).bool()
+    return [
+        {
+            "score": t,
+            "detections": int((s >= t).sum()),
+            "recall": round(float(m[s >= t].sum()) / max(positives, 1), 3),
+        }
+        for t in thresholds
+    ]
+
+
+def per_person(teacher, student, photos: PersonPhotos, found: float = 0.1, miss: float = 0.05):
+    ratios, missed, finds, persons = [], 0, 0, 0
+    with torch.no_grad():
+        for p in photos:
+            img = p.float_image()[None]
+            t, s = teacher.candidates(img)[0], student.candidates(img)[0]
+            for gt in p.boxes:
+                persons += 1
+                fits_t = box_iou(t.boxes, gt[None])[:, 0] >= 0.5
+                best = torch.where(fits_t, t.scores, torch.zeros_like(t.scores))
+                if float(best.max()) < found:
+                    continue
+                finds += 1
+                cell = int(best.argmax())
+                ratios.append(float(s.scores[cell]) / float(best[cell]))
+                fits_s = box_iou(s.boxes, gt[None])[:, 0] >= 0.5
+                if float(torch.where(fits_s, s.scores, torch.zeros_like(s.scores)).max()) < miss:
+                    missed += 1
+    return {
+        "persons": persons,
+        "teacher_finds": finds,
+        "student_misses": missed,
+        "median_score_ratio_at_teacher_cell": round(float(torch.tensor(ratios).median()), 3),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--detector", choices=sorted(SCORE_OUTPUTS), default="centernet")
+    ap.add_argument("--graph", required=True, help="finetune/last.pt or pruned.safetensors")
+    add_keep_classes(ap)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="JSON of the figures")
+    args = ap.parse_args()
+
+    photos = load_persons(data_root() / "persons")
+    train, held_out = photos.split(0.3, args.seed)
+    teacher = get_detector(args.detector)
+    if args.keep_classes is not None:
+        teacher = teacher.keep_classes(args.keep_classes)
+    net = copy.deepcopy(teacher.net)
+    load_start(net, load_graph(Path(args.graph)))
+    net.eval()
+    student = with_net(teacher, net)
+    n = SCORE_OUTPUTS[args.detector]
+    result = {
+        "graph": args.graph,
+        "ap50": {
+            "teacher": round(detector_ap(teacher, held_out), 4),
+            "student": round(detector_ap(teacher, held_out, net), 4),
+            "student scores, teacher boxes": round(
+                detector_ap(teacher, held_out, Crossed(net, teacher.net, n)), 4
+            ),
+            "teacher scores, student boxes": round(
+                detector_ap(teacher, held_out, Crossed(teacher.net, net, n)), 4
+            ),
+        },
+    }
+    thresholds = [0.01, 0.05, 0.1, 0.2, 0.3, 0.5]
+    for name, dset in (("held_out", held_out), ("train", train)):
+        result[name] = {
+            "recall": {
+                "teacher": recall_table(teacher, dset, thresholds),
+                "student": recall_table(student, dset, thresholds),
+            },
+            "persons": per_person(teacher, student, dset),
+        }
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
