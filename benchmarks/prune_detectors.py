@@ -220,6 +220,7 @@ def edgeguard_job(
     start=None,
     box_weight=None,
     focal=0.0,
+    rates=None,
 ) -> dict:
     scheme, method = job.split(":")
     t0 = time.perf_counter()
@@ -229,7 +230,8 @@ def edgeguard_job(
         get_pruner(method, scheme, **options),
         images,
         held_out,
-        flops_reduction=target,
+        flops_reduction=None if rates else target,
+        rates=rates,
         finetune=cfg,
         regularize=reg,
         workdir=workdir,
@@ -300,6 +302,13 @@ def main() -> None:
         default=None,
         help="weight of the distillation's box term (default: the detector's own: CenterNet 0.1, "
         "NanoDet 1)",
+    )
+    ap.add_argument(
+        "--rates",
+        default=None,
+        metavar="PROFILE",
+        help="per-layer rates (a YAML/JSON profile 'layer: rate') instead of one uniform rate for "
+        "--target (which then only names the run); edgeguard jobs only",
     )
     ap.add_argument(
         "--focal",
@@ -451,6 +460,7 @@ def main() -> None:
                 start_state(args.start),
                 args.box_weight,
                 args.focal,
+                args.rates,
             )
         if "reduction" in row:  # against the 80-class detector
             row["reduction_of_full"] = round(row["reduction"] * args.target / target, 3)
