@@ -42,6 +42,7 @@ from edgeguard.prune import (
 )
 from edgeguard.prune.importance import InputStatistics, output_error_masks
 from edgeguard.prune.reconstruct import reconstruct
+from edgeguard.prune.sensitivity import allocate_rates, layer_sensitivity
 from edgeguard.settings import data_root
 from edgeguard.sparsity import attach_masks, get_masks, get_scheme, prune_channels, prune_model
 from pruning_accuracy import torch_pruning_channels
@@ -200,6 +201,38 @@ def start_state(path: str | None) -> dict | None:
     return model
 
 
+def sensitivity_profile(det, scheme: str, images, target: float, max_rate: float, out: Path):
+    """Per-layer rates for ``target`` x fewer MACs (of ``det``'s graph) from output-level
+    sensitivity (``prune.sensitivity``): each pruned layer alone at rates 0.2-0.8, its units
+    re-chosen and re-solved on 16 training photos, scored by the distillation loss against the
+    dense graph on 8 others (whole photos); written to ``out`` (reusable with ``--rates``)."""
+    layers, _ = detector_layers(det)
+    plain = images.plain()
+    inputs = det.prepare(torch.stack([plain[i][0] for i in range(0, len(plain), 16)]))
+    calibration = [det.prepare(plain[i][0][None]) for i in range(3, len(plain), 8)]
+    with torch.no_grad():
+        teacher = det.net(*inputs)
+    table = layer_sensitivity(
+        det.net,
+        scheme,
+        layers,
+        lambda net: det.distillation_loss(net(*inputs), teacher),
+        calibration=calibration,
+    )
+    flops = count_flops(det.net, (1, 3, *det.input_size))
+    rates = allocate_rates(
+        table,
+        {n: flops[n].dense_macs for n in layers},
+        flops.dense_macs * (1 - 1 / target),
+        max_rate=max_rate,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rates, indent=1))
+    (out.parent / f"{out.stem}_table.json").write_text(json.dumps(table, indent=1))
+    print(f"# sensitivity rates written to {out}", flush=True)
+    return rates
+
+
 def edgeguard_job(
     det,
     job: str,
@@ -309,6 +342,15 @@ def main() -> None:
         metavar="PROFILE",
         help="per-layer rates (a YAML/JSON profile 'layer: rate') instead of one uniform rate for "
         "--target (which then only names the run); edgeguard jobs only",
+    )
+    ap.add_argument(
+        "--sensitivity",
+        type=float,
+        default=None,
+        metavar="MAX_RATE",
+        help="per-layer rates from output-level sensitivity (each layer pruned alone, re-solved, "
+        "scored by the distillation loss), no layer past MAX_RATE (e.g. 0.7); written to "
+        "WORKDIR/<detector>/<scheme>-sensitivity-<target>x.json; edgeguard jobs only",
     )
     ap.add_argument(
         "--focal",
@@ -440,6 +482,16 @@ def main() -> None:
                 det, job, target, images, held_out, cfg, args.ap_every, args.box_weight, args.focal
             )
         else:
+            rates = args.rates
+            if args.sensitivity is not None:
+                profile = work.parent / f"{job.split(':')[0]}-sensitivity-{args.target:g}x.json"
+                if args.resume and profile.is_file():
+                    rates = str(profile)
+                else:
+                    scheme = job.split(":")[0]
+                    rates = sensitivity_profile(
+                        det, scheme, images, target, args.sensitivity, profile
+                    )
             row = edgeguard_job(
                 det,
                 job,
@@ -460,7 +512,7 @@ def main() -> None:
                 start_state(args.start),
                 args.box_weight,
                 args.focal,
-                args.rates,
+                rates,
             )
         if "reduction" in row:  # against the 80-class detector
             row["reduction_of_full"] = round(row["reduction"] * args.target / target, 3)
