@@ -40,6 +40,10 @@ def test_allocation_refuses_bad_input():
     sens = {"a": {0.5: 1.0}}
     with pytest.raises(SparsityError, match="needs more than max_rate 0.7"):
         allocate_rates(sens, {"a": 100.0}, 80)
+    # a cap off the step grid: the steps reach 0.6 of 0.65, so 62 of 100 MACs is out of reach
+    with pytest.raises(SparsityError, match="needs more than max_rate 0.65"):
+        allocate_rates(sens, {"a": 100.0}, 62, max_rate=0.65, step=0.2)
+    assert allocate_rates(sens, {"a": 100.0}, 60, max_rate=0.65, step=0.2) == {"a": 0.6}
     with pytest.raises(SparsityError, match="no MAC count for layers"):
         allocate_rates(sens, {}, 10)
     with pytest.raises(SparsityError, match="need 0 < step <= max_rate < 1"):

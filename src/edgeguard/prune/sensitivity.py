@@ -90,7 +90,8 @@ def allocate_rates(
     missing = [n for n in sensitivity if n not in macs]
     if missing:
         raise SparsityError(f"no MAC count for layers {missing}")
-    reachable = max_rate * sum(macs[n] for n in sensitivity)
+    top = math.floor(max_rate / step + 1e-9) * step  # the highest rate the steps reach
+    reachable = top * sum(macs[n] for n in sensitivity)
     if remove > reachable + 1e-9:
         raise SparsityError(
             f"removing {remove:.4g} MACs needs more than max_rate {max_rate} on every layer "
@@ -99,7 +100,7 @@ def allocate_rates(
     rates = {n: 0.0 for n in sensitivity}
     removed = 0.0
     while removed < remove - 1e-9:
-        open_ = [n for n in rates if rates[n] + step <= max_rate + 1e-9 and macs[n] > 0]
+        open_ = [n for n in rates if rates[n] + step <= top + 1e-9 and macs[n] > 0]
 
         def cost(n: str) -> float:
             r = rates[n]
