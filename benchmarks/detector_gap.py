@@ -23,13 +23,13 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from edgeguard.data.persons import PersonPhotos, load_persons
+from edgeguard.modelfile import load_model
 from edgeguard.models.detectors import get_detector
 from edgeguard.models.detectors.base import box_iou
-from edgeguard.models.detectors.train import match_detections
+from edgeguard.models.detectors.train import matched_detections
 from edgeguard.prune import detector_ap, with_net
 from edgeguard.prune.distill import load_start
 from edgeguard.settings import data_root
@@ -37,7 +37,6 @@ from prune_detectors import add_keep_classes, start_state
 
 # how many leading graph outputs are scores (the rest are boxes)
 SCORE_OUTPUTS = {"centernet": 1, "nanodet": 3}
-MASK_PREFIX = "__mask__."
 
 
 class Crossed(nn.Module):
@@ -51,32 +50,18 @@ class Crossed(nn.Module):
         return (*self.scores(*x)[: self.n], *self.boxes(*x)[self.n :])
 
 
-def load_graph(path: Path) -> dict[str, torch.Tensor]:
-    """A fine-tuning checkpoint's or a hard-pruned file's state, masks applied."""
+def load_graph(path: Path, net: nn.Module) -> None:
+    """Load a fine-tuning checkpoint's (masks applied) or a hard-pruned model file's state (masks
+    attached, the file's digests checked) into ``net``."""
     if path.suffix == ".pt":
-        return start_state(str(path))
-    raw = load_file(str(path))
-    state = {k: v for k, v in raw.items() if not k.startswith(MASK_PREFIX)}
-    for key, mask in raw.items():
-        if key.startswith(MASK_PREFIX):
-            weight = f"{key[len(MASK_PREFIX) :]}.weight"
-            state[weight] = state[weight] * mask.to(state[weight].dtype)
-    return state
+        load_start(net, start_state(str(path)))
+    else:
+        load_model(path, model=net)
 
 
 def recall_table(det, photos: PersonPhotos, thresholds) -> list[dict]:
-    saved, det.threshold = det.threshold, min(thresholds)
-    scores, matched, positives = [], [], 0
-    try:
-        with torch.no_grad():
-            for p in photos:
-                out = det(p.float_image()[None])[0]
-                scores.append(out.scores)
-                matched.append(match_detections(out.boxes, out.scores, p.boxes, 0.5))
-                positives += len(p.boxes)
-    finally:
-        det.threshold = saved
-    s, m = torch.cat(scores), torch.cat(matched).bool()
+    s, m, positives = matched_detections(det, photos, side=None, min_score=min(thresholds))
+    m = m.bool()
     return [
         {
             "score": t,
@@ -128,7 +113,7 @@ def main() -> None:
     if args.keep_classes is not None:
         teacher = teacher.keep_classes(args.keep_classes)
     net = copy.deepcopy(teacher.net)
-    load_start(net, load_graph(Path(args.graph)))
+    load_graph(Path(args.graph), net)
     net.eval()
     student = with_net(teacher, net)
     n = SCORE_OUTPUTS[args.detector]

@@ -10,8 +10,10 @@ from edgeguard.models.detectors.adapters import FasterRCNNAdapter, YOLOAdapter, 
 from edgeguard.models.detectors.cnn import CNNPersonDetector, TinyPersonNet, decode, targets
 from edgeguard.models.detectors.train import (
     average_precision,
+    evaluate_ap,
     load_cnn_detector,
     match_detections,
+    matched_detections,
     save_detector,
 )
 from edgeguard.settings import data_root
@@ -44,6 +46,34 @@ def test_average_precision_hand_worked():
         torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 11]]), torch.tensor([0.5, 0.9]), gt
     )
     assert tp.tolist() == [False, True]  # one person, matched once, by the higher score
+
+
+def test_matched_detections_lowers_the_threshold_only_while_it_runs():
+    from edgeguard.data.persons import PersonPhoto, PersonPhotos
+
+    class Fixed:  # a detector with three fixed detections, of which the threshold keeps some
+        threshold = 0.5
+
+        def __call__(self, images):
+            boxes = torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 10, 11]])
+            scores = torch.tensor([0.9, 0.6, 0.2])
+            keep = scores >= self.threshold
+            return [Detections(boxes[keep], scores[keep])]
+
+    img = torch.zeros(3, 40, 40, dtype=torch.uint8)
+    gt = torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]])
+    photos = PersonPhotos([PersonPhoto("a", "s", img, gt), PersonPhoto("b", "s", img, gt[:1])])
+    det = Fixed()
+    scores, matched, positives = matched_detections(det, photos, side=None, min_score=0.1)
+    assert scores.tolist() == pytest.approx([0.9, 0.6, 0.2, 0.9, 0.6, 0.2])
+    # photo b has no second person: its 0.6 detection is a false positive
+    assert matched.tolist() == [True, True, False, True, False, False]
+    assert positives == 3 and det.threshold == 0.5  # restored
+    kept = matched_detections(det, photos, side=None, min_score=None)  # the detector's own 0.5
+    assert kept[0].tolist() == pytest.approx([0.9, 0.6, 0.9, 0.6])
+    assert evaluate_ap(det, photos, side=None, min_score=0.1) == pytest.approx(
+        float(average_precision(scores, matched, positives))
+    )
 
 
 def test_cnn_detector_weights_round_trip_and_bad_files(tmp_path):

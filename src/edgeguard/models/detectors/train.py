@@ -176,25 +176,34 @@ def evaluate_ap(
     photos' longer side for the detector, None: as they are).  The whole
     precision-recall curve needs low-scoring detections too: the detector's threshold is lowered to
     ``min_score`` during the evaluation (None keeps it)."""
+    return average_precision(*matched_detections(detector, photos, side, iou, min_score))
+
+
+def matched_detections(
+    detector,
+    photos: PersonPhotos,
+    side: int | None = 320,
+    iou: float = 0.5,
+    min_score: float | None = -4.0,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``(scores [N], matched [N] bool, positives)``: every detection of ``detector`` on
+    ``photos`` (arguments as :func:`evaluate_ap`), whether it matches an annotated person at IoU
+    >= ``iou`` (each person once, highest score first), and the number of annotated persons."""
     saved = detector.threshold
     if min_score is not None:
         detector.threshold = min(saved, min_score)
+    scores, matched, positives = [], [], 0
     try:
-        return _ap(detector, photos, side, iou)
+        with torch.no_grad():
+            for photo in photos:
+                img, gt = resize_photo(photo, side) if side else (photo.float_image(), photo.boxes)
+                det = detector(img[None])[0]
+                scores.append(det.scores)
+                matched.append(match_detections(det.boxes, det.scores, gt, iou))
+                positives += len(gt)
     finally:
         detector.threshold = saved
-
-
-def _ap(detector, photos: PersonPhotos, side: int, iou: float) -> float:
-    scores, matched, positives = [], [], 0
-    with torch.no_grad():
-        for photo in photos:
-            img, gt = resize_photo(photo, side) if side else (photo.float_image(), photo.boxes)
-            det = detector(img[None])[0]
-            scores.append(det.scores)
-            matched.append(match_detections(det.boxes, det.scores, gt, iou))
-            positives += len(gt)
-    return average_precision(torch.cat(scores), torch.cat(matched), positives)
+    return torch.cat(scores), torch.cat(matched), positives
 
 
 LEGACY_FORMAT = "edgeguard.person_cnn/1"  # before every model shared edgeguard.modelfile's format
