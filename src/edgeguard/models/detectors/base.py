@@ -117,14 +117,10 @@ def binary_kl_sum(
     instead of the many nearly matched background cells; 0 is the plain KL."""
     t = teacher.clamp(eps, 1 - eps)
     s = student.clamp(eps, 1 - eps)
-    if focal == 0:
-        return F.binary_cross_entropy(s, t, reduction="sum") - F.binary_cross_entropy(
-            t, t, reduction="sum"
-        )
     kl = F.binary_cross_entropy(s, t, reduction="none") - F.binary_cross_entropy(
         t, t, reduction="none"
     )
-    return (kl * (s - t).abs().pow(focal)).sum()
+    return (kl * (s - t).abs().pow(focal) if focal else kl).sum()
 
 
 def top_k(det: Detections, k: int | None) -> Detections:
