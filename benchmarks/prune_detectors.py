@@ -484,11 +484,11 @@ def main() -> None:
         else:
             rates = args.rates
             if args.sensitivity is not None:
-                profile = work.parent / f"{job.split(':')[0]}-sensitivity-{args.target:g}x.json"
+                scheme = job.split(":")[0]
+                profile = work.parent / f"{scheme}-sensitivity-{args.target:g}x.json"
                 if args.resume and profile.is_file():
                     rates = str(profile)
                 else:
-                    scheme = job.split(":")[0]
                     rates = sensitivity_profile(
                         det, scheme, images, target, args.sensitivity, profile
                     )
