@@ -434,6 +434,17 @@ def main() -> None:
         help="continue each job from its last finished stage in --workdir (e.g. a hard-pruned "
         "pruned.safetensors copied there: fine-tuning starts afresh from it)",
     )
+    ap.add_argument(
+        "--images",
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help="more unlabeled images to distil on, after the training photos: folders of images "
+        "and/or video files",
+    )
+    ap.add_argument(
+        "--frame-every", type=int, default=8, help="with --images: every Nth frame of a video"
+    )
     ap.add_argument("--out", default=None, help="JSON of the results (default: beside workdir)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the stages' progress lines
@@ -447,8 +458,13 @@ def main() -> None:
     if args.keep_classes is not None:  # the class head's cut counts towards the target
         det, target = cut_classes(det, args.keep_classes, args.target)
         print(f"# classes {list(det.classes)}: the remaining target is {target:.3f}x")
-    images = UnlabeledImages.from_photos(
-        train, det.input_size, copies=args.copies, mosaic=args.mosaic
+    images = UnlabeledImages.from_sources(
+        args.images,
+        det.input_size,
+        every=args.frame_every,
+        first=[p.image for p in train],  # first: the reconstruction takes the first images
+        copies=args.copies,
+        mosaic=args.mosaic,
     )
     cfg = TrainConfig(
         epochs=args.epochs,
@@ -460,7 +476,8 @@ def main() -> None:
     )
     reg = replace(cfg, epochs=args.reg_epochs) if args.reg_epochs > 0 else None
     print(
-        f"# {args.detector}: {len(train)} training photos (unlabeled), {len(held_out)} held out "
+        f"# {args.detector}: {len(train)} training photos (unlabeled), "
+        f"{len(images.images) - len(train)} more images, {len(held_out)} held out "
         f"({held_out.num_persons} persons); {platform.machine()}, {torch.get_num_threads()} threads"
     )
     rows = []

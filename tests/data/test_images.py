@@ -100,3 +100,41 @@ def test_bad_settings_are_refused(kwargs, match):
         UnlabeledImages(_photos(), **options)
     with pytest.raises(DatasetError, match="uint8 RGB"):
         UnlabeledImages([torch.zeros(3, 8, 8)], (16, 16))
+
+
+def _video(path, n=7):
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 24))
+    assert writer.isOpened()
+    for i in range(n):
+        frame = np.zeros((24, 32, 3), np.uint8)
+        frame[..., 2] = 30 * i  # BGR red rises by 30 a frame
+        writer.write(frame)
+    writer.release()
+
+
+def test_sources_mix_folders_and_videos_after_the_given_images(tmp_path):
+    import cv2
+
+    _video(tmp_path / "clip.avi")
+    folder = tmp_path / "stills"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), np.zeros((20, 30, 3), np.uint8))
+    first = _photos(2)
+    ds = UnlabeledImages.from_sources(
+        [folder, tmp_path / "clip.avi"], (16, 16), every=2, first=first
+    )
+    assert len(ds) == 2 + 1 + 4  # the photos first (reconstruction takes the first images)
+    assert torch.equal(ds.images[0], first[0]) and ds.images[2].shape == (3, 20, 30)
+    for frame, i in zip(ds.images[3:], (0, 2, 4, 6), strict=True):  # every 2nd frame, RGB
+        assert frame.dtype == torch.uint8 and frame.shape == (3, 24, 32)
+        assert float(frame[0].float().mean()) == pytest.approx(30 * i, abs=4)  # MJPG is lossy
+        assert float(frame[1:].float().abs().max()) <= 4
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(DatasetError, match="no frames could be decoded"):
+        UnlabeledImages.from_sources([tmp_path / "notes.txt"], (16, 16))
+    with pytest.raises(DatasetError, match="expected a folder of images or a video file"):
+        UnlabeledImages.from_sources([tmp_path / "missing"], (16, 16))
+    with pytest.raises(DatasetError, match="every must be"):
+        UnlabeledImages.from_sources([tmp_path / "clip.avi"], (16, 16), every=0)

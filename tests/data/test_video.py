@@ -109,6 +109,17 @@ def test_ucf101_reads_videos_and_frame_folders(ucf_tree: Path):
     assert len(read_frames(ucf_tree / "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi")) == 20
 
 
+def test_read_frames_takes_every_nth_frame_of_a_video_or_folder(ucf_tree: Path):
+    video = ucf_tree / "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi"
+    every = read_frames(video, every=6)
+    assert len(every) == 4  # frames 0, 6, 12, 18
+    for frame, t in zip(every, (0, 6, 12, 18), strict=True):  # frame t has column t white
+        assert frame[:, t].mean() > 200 and frame[:, t + 2].mean() < 100
+    assert len(read_frames(ucf_tree / "Archery/v_Archery_g08_c01", every=5)) == 4  # of 18 files
+    with pytest.raises(DatasetError, match="every must be"):
+        read_frames(video, every=0)
+
+
 def test_ucf101_errors_name_the_layout(ucf_tree: Path, tmp_path: Path):
     with pytest.raises(DatasetError, match="expected UCF101 layout"):
         ucf101(tmp_path / "nowhere")

@@ -106,6 +106,29 @@ class UnlabeledImages(Dataset):
         return cls(images, size, **options)
 
     @classmethod
+    def from_sources(
+        cls,
+        sources: Sequence[str | Path],
+        size: tuple[int, int],
+        every: int = 1,
+        first: Sequence[torch.Tensor] = (),
+        **options,
+    ) -> UnlabeledImages:
+        """``first`` (uint8 RGB tensors) then the images of each source in turn: a folder (as
+        :meth:`from_folder`) or a video file (every ``every``-th frame, :func:`~.video.read_frames`)."""
+        from .video import read_frames
+
+        images = list(first)
+        for source in map(Path, sources):
+            if source.is_dir():
+                images += cls.from_folder(source, size).images
+            elif source.is_file():
+                images += [torch.from_numpy(f).permute(2, 0, 1) for f in read_frames(source, every)]
+            else:
+                raise DatasetError(f"{source}: expected a folder of images or a video file")
+        return cls(images, size, **options)
+
+    @classmethod
     def from_photos(cls, photos, size: tuple[int, int], **options) -> UnlabeledImages:
         """The images of a :class:`~.persons.PersonPhotos` (their boxes are not used)."""
         return cls([p.image for p in photos], size, **options)

@@ -189,12 +189,16 @@ HMDB51_LAYOUT = """expected HMDB51 layout:
 _IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp")
 
 
-def read_frames(path: str | Path) -> list[np.ndarray]:
-    """All frames of a video file (OpenCV) or of a folder of images, as RGB uint8 ``[H, W, 3]``."""
+def read_frames(path: str | Path, every: int = 1) -> list[np.ndarray]:
+    """Frames ``0, every, 2 * every, ...`` of a video file (OpenCV) or of a folder of images, as
+    RGB uint8 ``[H, W, 3]``."""
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise DatasetError(f"every must be an integer >= 1, got {every!r}")
     path = Path(path)
     frames: list[np.ndarray] = []
     if path.is_dir():
-        for f in sorted(p for p in path.iterdir() if p.suffix.lower() in _IMAGE_EXT):
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in _IMAGE_EXT)
+        for f in files[::every]:
             img = cv2.imread(str(f), cv2.IMREAD_COLOR)
             if img is None:
                 raise DatasetError(f"cannot decode frame {f}")
@@ -202,11 +206,14 @@ def read_frames(path: str | Path) -> list[np.ndarray]:
     elif path.is_file():
         cap = cv2.VideoCapture(str(path))
         try:
-            while True:
-                ok, img = cap.read()
-                if not ok:
-                    break
-                frames.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+            index = 0
+            while cap.grab():  # the skipped frames are not converted
+                if index % every == 0:
+                    ok, img = cap.retrieve()
+                    if not ok:
+                        break
+                    frames.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+                index += 1
         finally:
             cap.release()
     else:
