@@ -9,7 +9,8 @@ seed 0, the T-shirt protocol) and on the training photos:
 - recall and detection count at score thresholds (0.01 to 0.5);
 - per annotated person the teacher finds (a cell scoring >= 0.1 whose teacher box has IoU >= 0.5):
   the student's score at the teacher's best such cell over the teacher's (median), and the
-  persons the student misses (no cell of its own with IoU >= 0.5 scoring >= 0.05).
+  persons the student misses (no cell of its own with IoU >= 0.5 scoring >= 0.05); also by the
+  person's height as a fraction of the photo's (under 1/4, 1/4 to 1/2, over 1/2).
 
 Example: ``.venv/bin/python benchmarks/detector_gap.py --detector centernet --keep-classes 0
 --graph runs/prune_detectors/centernet/kgs-magnitude-2x/finetune/last.pt``
@@ -72,30 +73,46 @@ def recall_table(det, photos: PersonPhotos, thresholds) -> list[dict]:
     ]
 
 
+# person height as a fraction of the photo's (the graph sees every photo stretched to one size)
+SIZE_BINS = ((0.0, 0.25), (0.25, 0.5), (0.5, 1.01))
+
+
 def per_person(teacher, student, photos: PersonPhotos, found: float = 0.1, miss: float = 0.05):
-    ratios, missed, finds, persons = [], 0, 0, 0
+    rows = []  # (height fraction, teacher finds, student's score / teacher's, student misses)
     with torch.no_grad():
         for p in photos:
             img = p.float_image()[None]
             t, s = teacher.candidates(img)[0], student.candidates(img)[0]
             for gt in p.boxes:
-                persons += 1
+                height = float(gt[3] - gt[1]) / img.shape[2]
                 fits_t = box_iou(t.boxes, gt[None])[:, 0] >= 0.5
                 best = torch.where(fits_t, t.scores, torch.zeros_like(t.scores))
                 if float(best.max()) < found:
+                    rows.append((height, False, 0.0, False))
                     continue
-                finds += 1
                 cell = int(best.argmax())
-                ratios.append(float(s.scores[cell]) / float(best[cell]))
                 fits_s = box_iou(s.boxes, gt[None])[:, 0] >= 0.5
-                if float(torch.where(fits_s, s.scores, torch.zeros_like(s.scores)).max()) < miss:
-                    missed += 1
-    return {
-        "persons": persons,
-        "teacher_finds": finds,
-        "student_misses": missed,
-        "median_score_ratio_at_teacher_cell": round(float(torch.tensor(ratios).median()), 3),
+                own = float(torch.where(fits_s, s.scores, torch.zeros_like(s.scores)).max())
+                rows.append((height, True, float(s.scores[cell]) / float(best[cell]), own < miss))
+
+    def summary(sel):
+        found_rows = [r for r in sel if r[1]]
+        ratios = torch.tensor([r[2] for r in found_rows])
+        return {
+            "persons": len(sel),
+            "teacher_finds": len(found_rows),
+            "student_misses": sum(r[3] for r in found_rows),
+            "median_score_ratio_at_teacher_cell": (
+                round(float(ratios.median()), 3) if len(found_rows) else None
+            ),
+        }
+
+    out = summary(rows)
+    out["by_height"] = {
+        f"{lo:g}-{min(hi, 1):g}": summary([r for r in rows if lo <= r[0] < hi])
+        for lo, hi in SIZE_BINS
     }
+    return out
 
 
 def main() -> None:

@@ -72,13 +72,13 @@ def channel_job(
     held_out,
     cfg: TrainConfig,
     every: int,
-    box_weight=None,
-    focal=0.0,
+    loss: dict | None = None,
 ):
     """Physical channel pruning of the detector's graph to ``target`` x fewer MACs (counted on the
     shrunk graph; the heads keep their filters), then the same distillation fine-tuning.
     ``job``: ``"torch-pruning"`` (Torch-Pruning's L2 ratio, found by bisection) or
-    ``"channel:l2"`` (edgeguard's ``prune_channels``, the same criterion and rule)."""
+    ``"channel:l2"`` (edgeguard's ``prune_channels``, the same criterion and rule).  ``loss``:
+    options of the distillation loss (``DetectorDistillation``'s box_weight, focal, balance)."""
     shape = (1, 3, *det.input_size)
     dense = count_flops(det.net, shape).dense_macs
     # only the heads stay whole (their outputs keep their channels); the stem and the depthwise
@@ -108,7 +108,7 @@ def channel_job(
         images,
         None,
         cfg,
-        loss_fn=DetectorDistillation(det, box_weight=box_weight, focal=focal),
+        loss_fn=DetectorDistillation(det, **(loss or {})),
         callbacks=[ap_curve(det, held_out, every, curve)],
     )
     seconds = time.perf_counter() - t0
@@ -251,8 +251,7 @@ def edgeguard_job(
     resume=False,
     feature_at="pruned",
     start=None,
-    box_weight=None,
-    focal=0.0,
+    loss=None,
     rates=None,
 ) -> dict:
     scheme, method = job.split(":")
@@ -276,8 +275,7 @@ def edgeguard_job(
         reselect=reselect,
         feature_at=feature_at,
         start=start,
-        box_weight=box_weight,
-        focal=focal,
+        **(loss or {}),
     )
     seconds = sum(e["seconds"] for e in out.history)
     return {
@@ -357,6 +355,13 @@ def main() -> None:
         type=float,
         default=0.0,
         help="quality-focal exponent of the distillation's score term (GFL's beta, e.g. 2; 0: KL)",
+    )
+    ap.add_argument(
+        "--balance",
+        type=float,
+        default=0.0,
+        help="size-balance exponent of the distillation loss (CenterNet: 2 gives a small "
+        "person's cells the pull of a large one's; 0: every cell alike)",
     )
     ap.add_argument(
         "--feature-at",
@@ -480,6 +485,9 @@ def main() -> None:
         f"{len(images.images) - len(train)} more images, {len(held_out)} held out "
         f"({held_out.num_persons} persons); {platform.machine()}, {torch.get_num_threads()} threads"
     )
+    loss = {"focal": args.focal, "balance": args.balance}
+    if args.box_weight is not None:
+        loss["box_weight"] = args.box_weight
     rows = []
     for job in args.jobs:
         work = Path(args.workdir) / args.detector / f"{job.replace(':', '-')}-{args.target:g}x"
@@ -495,9 +503,7 @@ def main() -> None:
                 args.reselect,
             )
         elif job in ("torch-pruning", "channel:l2"):
-            row = channel_job(
-                det, job, target, images, held_out, cfg, args.ap_every, args.box_weight, args.focal
-            )
+            row = channel_job(det, job, target, images, held_out, cfg, args.ap_every, loss)
         else:
             rates = args.rates
             if args.sensitivity is not None:
@@ -527,8 +533,7 @@ def main() -> None:
                 args.resume,
                 args.feature_at,
                 start_state(args.start),
-                args.box_weight,
-                args.focal,
+                loss,
                 rates,
             )
         if "reduction" in row:  # against the 80-class detector

@@ -12,6 +12,7 @@ detectors).
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import math
 from collections.abc import Sequence
@@ -64,7 +65,9 @@ class DetectorDistillation:
     indices, person = 0; default all 80): a pruned person detector keeps its capacity for people.
     ``box_weight``: the box term's weight in ``distillation_loss`` (>= 0; default the detector's
     own); ``focal``: the score term's quality-focal exponent (>= 0; 0, the default, is the plain
-    KL; :func:`~edgeguard.models.detectors.base.binary_kl_sum`)."""
+    KL; :func:`~edgeguard.models.detectors.base.binary_kl_sum`); ``balance``: the size-balance
+    exponent of the loss's per-location weights (CenterNet; 0, the default, weighs every location
+    alike; :func:`~edgeguard.models.detectors.base.size_balance`)."""
 
     def __init__(
         self,
@@ -76,6 +79,7 @@ class DetectorDistillation:
         feature_inputs: Sequence[str] = (),
         box_weight: float | None = None,
         focal: float = 0.0,
+        balance: float = 0.0,
     ) -> None:
         check_distillable(detector)
         self.detector = detector
@@ -95,6 +99,14 @@ class DetectorDistillation:
         if not (math.isfinite(focal) and focal >= 0):
             raise SparsityError(f"focal must be a finite number >= 0, got {focal}")
         self.box_weight, self.focal = box_weight, float(focal)
+        if not (math.isfinite(balance) and balance >= 0):
+            raise SparsityError(f"balance must be a finite number >= 0, got {balance}")
+        if balance and "balance" not in inspect.signature(detector.distillation_loss).parameters:
+            raise SparsityError(
+                f"balance: {type(detector).__name__}'s distillation loss has no size balance "
+                "(CenterNet's has); leave it at 0"
+            )
+        self.balance = float(balance)
         if classes is not None:
             classes = [int(c) for c in classes]
             if not classes or min(classes) < 0 or max(classes) >= 80:
@@ -131,6 +143,8 @@ class DetectorDistillation:
         options = {} if self.box_weight is None else {"box_weight": self.box_weight}
         if self.focal:
             options["focal"] = self.focal
+        if self.balance:
+            options["balance"] = self.balance
         loss = self.detector.distillation_loss(student, teacher, classes=self.classes, **options)
         if (self.features or self.feature_inputs) and self.feature_weight > 0:
             terms = [
@@ -278,6 +292,7 @@ def prune_detector(
     start: dict[str, torch.Tensor] | None = None,
     box_weight: float | None = None,
     focal: float = 0.0,
+    balance: float = 0.0,
 ) -> PruningOutcome:
     """Prune ``detector``'s graph with ``pruner`` (to ``flops_reduction`` x fewer MACs at the
     detector's input size, or to ``rates``) and fine-tune it by distillation from the dense graph
@@ -296,7 +311,8 @@ def prune_detector(
     graph pruned further: gradual pruning in stages, Zhu & Gupta 2017); the teacher stays the
     detector, and the MAC target stays a reduction of its dense graph.  ``box_weight``: the
     weight of the box term against the scores' (default: the detector's own); ``focal``: the
-    score term's quality-focal exponent (0: plain KL).  The detector itself
+    score term's quality-focal exponent (0: plain KL); ``balance``: the loss's size balance
+    (:class:`DetectorDistillation`).  The detector itself
     is left as it is: the pruned graph is ``outcome.model`` (``with_net(detector,
     outcome.model)`` detects with it)."""
     check_distillable(detector)
@@ -341,6 +357,7 @@ def prune_detector(
             feature_inputs=heads if feature_at in ("heads", "both") else (),
             box_weight=box_weight,
             focal=focal,
+            balance=balance,
         ),
         score=lambda m: detector_ap(detector, held_out, m),
         callbacks=callbacks,

@@ -107,20 +107,43 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def binary_kl_sum(
-    student: torch.Tensor, teacher: torch.Tensor, eps: float = 1e-6, focal: float = 0.0
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    eps: float = 1e-6,
+    focal: float = 0.0,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Summed binary KL divergence of probabilities ``student`` from ``teacher`` (same shape, in
     [0, 1], clamped to ``[eps, 1 - eps]``): the cross-entropy less the teacher's entropy, so 0 when
     they are equal.  The class-score term of the detectors' distillation losses.  ``focal`` (>= 0):
     each element weighted by ``|student - teacher| ** focal``, the modulating factor of Li et al.'s
     quality focal loss (GFL, 2020), so the cells the student gets most wrong (missed peaks) lead
-    instead of the many nearly matched background cells; 0 is the plain KL."""
+    instead of the many nearly matched background cells; 0 is the plain KL.  ``weight``: per-element
+    weights (broadcast against ``teacher``), e.g. :func:`size_balance`'s."""
     t = teacher.clamp(eps, 1 - eps)
     s = student.clamp(eps, 1 - eps)
     kl = F.binary_cross_entropy(s, t, reduction="none") - F.binary_cross_entropy(
         t, t, reduction="none"
     )
-    return (kl * (s - t).abs().pow(focal) if focal else kl).sum()
+    if focal:
+        kl = kl * (s - t).abs().pow(focal)
+    return (kl if weight is None else kl * weight).sum()
+
+
+def size_balance(
+    score: torch.Tensor, side: torch.Tensor, balance: float, ref: float, cap: float = 16.0
+) -> torch.Tensor:
+    """Per-location weights that give a small object's locations the pull of a large one's:
+    ``1 + score * (f - 1)`` with ``f = clamp(ref / side, 1, cap ** (1 / balance)) ** balance``,
+    where ``score [...]`` is the teacher's object probability at the location (0-1) and ``side``
+    (same shape, > 0) the geometric mean side of the teacher's box there, in ``ref``'s units.  A
+    teacher's heat blob and its summed KL grow with the object's area, so a distillation loss
+    summed over locations is ruled by the large objects, and a pruned student learns to miss the
+    small ones; ``balance`` 2 evens that out for objects down to ``ref / 4``, 0 gives all ones."""
+    if balance == 0:
+        return torch.ones_like(score)
+    f = (ref / side.clamp_min(1e-6)).clamp(1.0, cap ** (1.0 / balance)).pow(balance)
+    return 1 + score * (f - 1)
 
 
 def top_k(det: Detections, k: int | None) -> Detections:

@@ -25,6 +25,7 @@ from .base import (
     check_unit_images,
     class_channels,
     nms,
+    size_balance,
     slice_conv,
     top_k,
     twin_with_net,
@@ -75,19 +76,31 @@ class CenterNetDetector(PersonDetector):
         box_weight: float = 0.1,
         classes: Sequence[int] | None = None,
         focal: float = 0.0,
+        balance: float = 0.0,
     ) -> torch.Tensor:
         """Label-free loss matching the graph's outputs to a teacher's (0 when they are equal):
         the binary KL divergence of the 80 class heatmaps (or of ``classes`` only, COCO indices,
         person = 0) from the teacher's, summed and divided by the teacher's heat mass (CenterNet
         normalises by the object count), plus ``box_weight`` times the L1 distance of the box
         sides (512-px units), weighted per cell by the teacher's highest probability of those
-        classes.  ``focal``: the heatmap KL's quality-focal exponent (:func:`.binary_kl_sum`)."""
+        classes.  ``focal``: the heatmap KL's quality-focal exponent (:func:`.binary_kl_sum`).
+        ``balance``: each cell of both terms weighted by :func:`.size_balance` of the teacher's
+        box there (reference side 128 px): 2 gives a person of 32-128 px the pull of a large one."""
         (heat_s, wh_s), (heat_t, wh_t) = student, teacher
         if classes is not None:
             heat_s, heat_t = heat_s[..., list(classes)], heat_t[..., list(classes)]
-        kl = binary_kl_sum(heat_s, heat_t, focal=focal)
-        mass = heat_t.sum().clamp_min(1.0)
         w = heat_t.amax(-1, keepdim=True)
+        sw = size_balance(
+            w,
+            ((wh_t[..., 0:1] + wh_t[..., 2:3]) * (wh_t[..., 1:2] + wh_t[..., 3:4]))
+            .clamp_min(1)
+            .sqrt(),
+            balance,
+            ref=128.0,
+        )
+        kl = binary_kl_sum(heat_s, heat_t, focal=focal, weight=sw)
+        mass = (heat_t * sw).sum().clamp_min(1.0)
+        w = w * sw
         box = ((wh_s - wh_t).abs() * w).sum() / (4 * w.sum()).clamp_min(1e-6)
         return kl / mass + box_weight * box
 
