@@ -15,7 +15,7 @@ from edgeguard.engine import TrainConfig, fit
 from edgeguard.errors import ConfigError
 from edgeguard.masks import masks_of
 from edgeguard.models.detectors import centernet as cn
-from edgeguard.models.detectors.base import PersonDetector, binary_kl_sum
+from edgeguard.models.detectors.base import PersonDetector, binary_kl_sum, size_balance
 from edgeguard.models.detectors.nanodet import BINS, NanoDetDetector
 from edgeguard.prune import (
     DetectorDistillation,
@@ -138,6 +138,48 @@ def test_quality_focal_kl_weights_each_cell_by_its_error_power():
     for bad in (-0.5, float("nan")):
         with pytest.raises(SparsityError, match="focal must be a finite number >= 0"):
             DetectorDistillation(TinyCenterNet(), focal=bad)
+
+
+def test_size_balance_gives_a_small_persons_cells_the_weight_of_a_large_ones():
+    # a hand-worked case: reference side 128 px, balance 2
+    score = torch.tensor([0.0, 1.0, 1.0, 1.0, 0.5])
+    side = torch.tensor([10.0, 256.0, 64.0, 8.0, 64.0])
+    w = size_balance(score, side, 2.0, ref=128.0)
+    # background (score 0): 1; larger than the reference: 1; half of it: 4; a 16th: capped at 16
+    assert w.tolist() == pytest.approx([1.0, 1.0, 4.0, 16.0, 2.5])
+    assert torch.equal(size_balance(score, side, 0.0, ref=128.0), torch.ones(5))
+    # CenterNet: two persons, a large and a small one, missed alike by the student: with balance 2
+    # the small one's term rises by its weight against the large one's
+    heat_t = torch.zeros(1, 8, 8, 1)
+    heat_t[0, 1, 1, 0], heat_t[0, 6, 6, 0] = 0.8, 0.8
+    wh = torch.zeros(1, 8, 8, 4)
+    wh[0, 1, 1], wh[0, 6, 6] = torch.full((4,), 150.0), torch.full((4,), 16.0)  # sides 300, 32
+    heat_s = heat_t.clone()
+    heat_s[0, 1, 1, 0] = 0.1
+    large = cn.CenterNetDetector.distillation_loss((heat_s, wh), (heat_t, wh), balance=2.0)
+    heat_s = heat_t.clone()
+    heat_s[0, 6, 6, 0] = 0.1
+    small = cn.CenterNetDetector.distillation_loss((heat_s, wh), (heat_t, wh), balance=2.0)
+    # weights at the two peaks: 1 and 1 + 0.8 * (16 - 1) = 13
+    assert float(small / large) == pytest.approx(13.0, rel=1e-3)
+    misses = []
+    for p in (1, 6):  # balance 0: the two misses cost alike
+        heat_s = heat_t.clone()
+        heat_s[0, p, p, 0] = 0.1
+        misses.append(cn.CenterNetDetector.distillation_loss((heat_s, wh), (heat_t, wh)))
+    assert float(misses[1] / misses[0]) == pytest.approx(1.0, rel=1e-5)
+    for bad in (-1.0, float("inf")):
+        with pytest.raises(SparsityError, match="balance must be a finite number >= 0"):
+            DetectorDistillation(TinyCenterNet(), balance=bad)
+
+    class NoBalance(TinyCenterNet):  # a detector whose loss has no size balance (as NanoDet's)
+        @staticmethod
+        def distillation_loss(student, teacher, box_weight=0.1, classes=None, focal=0.0):
+            return cn.CenterNetDetector.distillation_loss(student, teacher, box_weight, classes)
+
+    with pytest.raises(SparsityError, match="distillation loss has no size balance"):
+        DetectorDistillation(NoBalance(), balance=2.0)
+    DetectorDistillation(NoBalance())  # balance 0 asks nothing of the loss
 
 
 def test_fit_with_loss_fn_trains_on_it_alone():
