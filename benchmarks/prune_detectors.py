@@ -357,6 +357,13 @@ def main() -> None:
         help="quality-focal exponent of the distillation's score term (GFL's beta, e.g. 2; 0: KL)",
     )
     ap.add_argument(
+        "--zoom-out",
+        type=float,
+        default=0.0,
+        help="probability of a zoomed-out distillation image (the photo shrunk up to 3x on a "
+        "mean-colour canvas: small persons)",
+    )
+    ap.add_argument(
         "--balance",
         type=float,
         default=0.0,
@@ -470,6 +477,7 @@ def main() -> None:
         first=[p.image for p in train],  # first: the reconstruction takes the first images
         copies=args.copies,
         mosaic=args.mosaic,
+        zoom_out=args.zoom_out,
     )
     cfg = TrainConfig(
         epochs=args.epochs,

@@ -63,6 +63,28 @@ def test_a_mosaic_tiles_four_photos_into_the_quadrants_around_its_centre():
     assert torch.allclose(plain[1][0], torch.full((3, 48, 48), 60 / 255))  # no mosaic unaugmented
 
 
+def test_zoom_out_places_the_whole_photo_shrunk_on_a_mean_colour_canvas():
+    photo = torch.zeros(3, 40, 40, dtype=torch.uint8)
+    photo[:, :, 20:] = 200  # left half black, right half 200: mean 100
+    torch.manual_seed(1)
+    ds = UnlabeledImages([photo], (40, 40), zoom_out=1.0, max_zoom=4.0, jitter=0.0)
+    for _ in range(5):
+        x, _ = ds[0]
+        x = x.flip(-1) if float(x[0, 20, 0]) > 0.5 else x  # undo a horizontal flip
+        canvas = (x[0] - 100 / 255).abs() < 1e-3
+        inside = ~canvas
+        assert 0 < int(inside.sum()) < 40 * 40  # the photo, shrunk, and canvas around it
+        rows, cols = inside.any(1).nonzero(), inside.any(0).nonzero()
+        h, w = int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+        assert h == w and 10 <= h <= 40  # the whole square photo, shrunk at most 4x
+        # both halves of the photo are inside: it was not cropped
+        assert float(x[0][inside].min()) < 0.05 and float(x[0][inside].max()) > 0.7
+    with pytest.raises(DatasetError, match="zoom_out must be"):
+        UnlabeledImages([photo], (40, 40), zoom_out=1.5)
+    with pytest.raises(DatasetError, match="max_zoom must be"):
+        UnlabeledImages([photo], (40, 40), max_zoom=0.5)
+
+
 def test_folder_reading_skips_unreadable_files_and_refuses_an_empty_folder(tmp_path, caplog):
     import cv2
 

@@ -49,6 +49,10 @@ class UnlabeledImages(Dataset):
         mosaic: with this probability (augmenting only) an item is a 2 x 2 mosaic: the photo
             and three others drawn at random, each augmented and shrunk into one quadrant (small
             objects and new contexts, as detectors train with since YOLOv4).
+        zoom_out: with this probability (augmenting only) the whole photo is shrunk by a factor
+            in ``[1, max_zoom]`` and placed at random on a canvas of its mean colour (SSD's
+            "expand" augmentation): random crops only ever enlarge what a photo shows, and a
+            student distilled on them sees few small objects.
     """
 
     def __init__(
@@ -60,6 +64,8 @@ class UnlabeledImages(Dataset):
         jitter: float = 0.3,
         copies: int = 1,
         mosaic: float = 0.0,
+        zoom_out: float = 0.0,
+        max_zoom: float = 3.0,
     ) -> None:
         if not images:
             raise DatasetError("no images to serve (an empty folder or photo set)")
@@ -81,7 +87,12 @@ class UnlabeledImages(Dataset):
             raise DatasetError(f"mosaic must be a probability in [0, 1], got {mosaic}")
         self.images, self.size = list(images), (int(size[0]), int(size[1]))
         self.augment, self.scale, self.jitter, self.copies = augment, scale, jitter, copies
+        if not 0 <= zoom_out <= 1:
+            raise DatasetError(f"zoom_out must be a probability in [0, 1], got {zoom_out}")
+        if not (math.isfinite(max_zoom) and max_zoom >= 1):
+            raise DatasetError(f"max_zoom must be a finite number >= 1, got {max_zoom}")
         self.mosaic = float(mosaic)
+        self.zoom_out, self.max_zoom = float(zoom_out), float(max_zoom)
 
     @classmethod
     def from_folder(cls, root: str | Path, size: tuple[int, int], **options) -> UnlabeledImages:
@@ -177,10 +188,30 @@ class UnlabeledImages(Dataset):
             x[:, y0:y1, x0:x1] = self._draw(self.images[i], (y1 - y0, x1 - x0))
         return x
 
+    def _zoomed_out(self, index: int) -> torch.Tensor:
+        """Photo ``index`` whole, shrunk by a random factor and placed on a mean-colour canvas."""
+        h, w = self.size
+        r = float(torch.empty(1).uniform_(1.0, self.max_zoom))
+        sh, sw = max(1, round(h / r)), max(1, round(w / r))
+        small = F.interpolate(  # the whole photo: a crop would enlarge it again
+            self.images[index][None].float() / 255,
+            (sh, sw),
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
+        )[0]
+        top = int(torch.randint(0, h - sh + 1, (1,)))
+        left = int(torch.randint(0, w - sw + 1, (1,)))
+        x = small.mean((1, 2), keepdim=True).expand(3, h, w).clone()
+        x[:, top : top + sh, left : left + sw] = small
+        return x
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         index %= len(self.images)
         if self.augment and self.mosaic > 0 and bool(torch.rand(1) < self.mosaic):
             x = self._mosaic(index)
+        elif self.augment and self.zoom_out > 0 and bool(torch.rand(1) < self.zoom_out):
+            x = self._zoomed_out(index)
         else:
             x = self._draw(self.images[index], self.size)
         if self.augment:
