@@ -540,6 +540,9 @@ def test_prune_detector_distils_on_a_few_photos_and_resumes(tmp_path: Path, caps
     assert "--reconstruct N" in capsys.readouterr().err
     assert main([*args[:-1], str(tmp_path / "y"), "--images", str(empty)]) == 2
     assert "no readable images" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("not a video")
+    assert main([*args[:-1], str(tmp_path / "v"), "--images", str(tmp_path / "notes.txt")]) == 2
+    assert "no frames could be decoded" in capsys.readouterr().err
     cut = [*args[:4], "1.01", *args[5:-1], str(tmp_path / "z"), "--person-only"]
     assert main(cut) == 2  # the head's cut alone reaches 1.01x
     assert "already meets a 1.01x target" in capsys.readouterr().err

@@ -30,7 +30,17 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--images",
-        help="folder of unlabeled images to distil on (default: the training split of --persons)",
+        nargs="+",
+        metavar="PATH",
+        help="folders of unlabeled images and/or video files to distil on (default: the training "
+        "split of --persons)",
+    )
+    p.add_argument(
+        "--frame-every",
+        type=int_in(1),
+        default=8,
+        metavar="N",
+        help="with --images: every Nth frame of a video",
     )
     p.add_argument(
         "--persons",
@@ -94,12 +104,12 @@ def run(args) -> int:
         train = PersonPhotos(train.photos[: args.photos])
         held = PersonPhotos(held.photos[: max(1, args.photos // 2)])
     if args.images:
-        images = UnlabeledImages.from_folder(args.images, det.input_size)
+        images = UnlabeledImages.from_sources(args.images, det.input_size, every=args.frame_every)
     else:
         images = UnlabeledImages.from_photos(train, det.input_size)
     finetune = train_config(args)
     regularize = replace(finetune, epochs=args.reg_epochs) if args.reg_epochs > 0 else None
-    out = start_run(args, "prune-detector", (args.images, str(root)))
+    out = start_run(args, "prune-detector", (*(args.images or ()), str(root)))
     res = prune_detector(
         det,
         pruner,
