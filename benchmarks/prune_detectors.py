@@ -364,6 +364,12 @@ def main() -> None:
         "mean-colour canvas: small persons)",
     )
     ap.add_argument(
+        "--box-loss",
+        choices=["l1", "iou"],
+        default="l1",
+        help="CenterNet's box distillation term: the sides' L1 (pixels) or 1 - IoU (scale-free)",
+    )
+    ap.add_argument(
         "--balance",
         type=float,
         default=0.0,
@@ -493,7 +499,7 @@ def main() -> None:
         f"{len(images.images) - len(train)} more images, {len(held_out)} held out "
         f"({held_out.num_persons} persons); {platform.machine()}, {torch.get_num_threads()} threads"
     )
-    loss = {"focal": args.focal, "balance": args.balance}
+    loss = {"focal": args.focal, "balance": args.balance, "box_loss": args.box_loss}
     if args.box_weight is not None:
         loss["box_weight"] = args.box_weight
     rows = []

@@ -67,7 +67,8 @@ class DetectorDistillation:
     own); ``focal``: the score term's quality-focal exponent (>= 0; 0, the default, is the plain
     KL; :func:`~edgeguard.models.detectors.base.binary_kl_sum`); ``balance``: the size-balance
     exponent of the loss's per-location weights (CenterNet; 0, the default, weighs every location
-    alike; :func:`~edgeguard.models.detectors.base.size_balance`)."""
+    alike; :func:`~edgeguard.models.detectors.base.size_balance`); ``box_loss``: CenterNet's box
+    term, ``"l1"`` (default) or ``"iou"`` (scale-free)."""
 
     def __init__(
         self,
@@ -80,6 +81,7 @@ class DetectorDistillation:
         box_weight: float | None = None,
         focal: float = 0.0,
         balance: float = 0.0,
+        box_loss: str = "l1",
     ) -> None:
         check_distillable(detector)
         self.detector = detector
@@ -101,12 +103,21 @@ class DetectorDistillation:
         self.box_weight, self.focal = box_weight, float(focal)
         if not (math.isfinite(balance) and balance >= 0):
             raise SparsityError(f"balance must be a finite number >= 0, got {balance}")
-        if balance and "balance" not in inspect.signature(detector.distillation_loss).parameters:
+        params = inspect.signature(detector.distillation_loss).parameters
+        if balance and "balance" not in params:
             raise SparsityError(
                 f"balance: {type(detector).__name__}'s distillation loss has no size balance "
                 "(CenterNet's has); leave it at 0"
             )
         self.balance = float(balance)
+        if box_loss not in ("l1", "iou"):
+            raise SparsityError(f"box_loss must be 'l1' or 'iou', got {box_loss!r}")
+        if box_loss != "l1" and "box_loss" not in params:
+            raise SparsityError(
+                f"box_loss: {type(detector).__name__}'s distillation loss has only its own box "
+                "term (CenterNet's has 'iou'); leave it at 'l1'"
+            )
+        self.box_loss = box_loss
         if classes is not None:
             classes = [int(c) for c in classes]
             if not classes or min(classes) < 0 or max(classes) >= 80:
@@ -145,6 +156,8 @@ class DetectorDistillation:
             options["focal"] = self.focal
         if self.balance:
             options["balance"] = self.balance
+        if self.box_loss != "l1":
+            options["box_loss"] = self.box_loss
         loss = self.detector.distillation_loss(student, teacher, classes=self.classes, **options)
         if (self.features or self.feature_inputs) and self.feature_weight > 0:
             terms = [
@@ -293,6 +306,7 @@ def prune_detector(
     box_weight: float | None = None,
     focal: float = 0.0,
     balance: float = 0.0,
+    box_loss: str = "l1",
 ) -> PruningOutcome:
     """Prune ``detector``'s graph with ``pruner`` (to ``flops_reduction`` x fewer MACs at the
     detector's input size, or to ``rates``) and fine-tune it by distillation from the dense graph
@@ -312,7 +326,7 @@ def prune_detector(
     detector, and the MAC target stays a reduction of its dense graph.  ``box_weight``: the
     weight of the box term against the scores' (default: the detector's own); ``focal``: the
     score term's quality-focal exponent (0: plain KL); ``balance``: the loss's size balance
-    (:class:`DetectorDistillation`).  The detector itself
+    and ``box_loss``: its box term (:class:`DetectorDistillation`).  The detector itself
     is left as it is: the pruned graph is ``outcome.model`` (``with_net(detector,
     outcome.model)`` detects with it)."""
     check_distillable(detector)
@@ -358,6 +372,7 @@ def prune_detector(
             box_weight=box_weight,
             focal=focal,
             balance=balance,
+            box_loss=box_loss,
         ),
         score=lambda m: detector_ap(detector, held_out, m),
         callbacks=callbacks,

@@ -130,6 +130,18 @@ def binary_kl_sum(
     return (kl if weight is None else kl * weight).sum()
 
 
+def side_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of boxes given as distances ``[..., 4]`` = (left, top, right, bottom) from one shared
+    point (negative distances count as 0), shape ``[...]``; 1 where both boxes are empty."""
+    a, b = a.clamp_min(0), b.clamp_min(0)
+    area_a = (a[..., 0] + a[..., 2]) * (a[..., 1] + a[..., 3])
+    area_b = (b[..., 0] + b[..., 2]) * (b[..., 1] + b[..., 3])
+    m = torch.minimum(a, b)
+    inter = (m[..., 0] + m[..., 2]) * (m[..., 1] + m[..., 3])
+    union = area_a + area_b - inter
+    return torch.where(union > 0, inter / union.clamp_min(1e-12), torch.ones_like(union))
+
+
 def size_balance(
     score: torch.Tensor, side: torch.Tensor, balance: float, ref: float, cap: float = 16.0
 ) -> torch.Tensor:

@@ -25,6 +25,7 @@ from .base import (
     check_unit_images,
     class_channels,
     nms,
+    side_iou,
     size_balance,
     slice_conv,
     top_k,
@@ -77,6 +78,7 @@ class CenterNetDetector(PersonDetector):
         classes: Sequence[int] | None = None,
         focal: float = 0.0,
         balance: float = 0.0,
+        box_loss: str = "l1",
     ) -> torch.Tensor:
         """Label-free loss matching the graph's outputs to a teacher's (0 when they are equal):
         the binary KL divergence of the 80 class heatmaps (or of ``classes`` only, COCO indices,
@@ -85,7 +87,10 @@ class CenterNetDetector(PersonDetector):
         sides (512-px units), weighted per cell by the teacher's highest probability of those
         classes.  ``focal``: the heatmap KL's quality-focal exponent (:func:`.binary_kl_sum`).
         ``balance``: each cell of both terms weighted by :func:`.size_balance` of the teacher's
-        box there (reference side 128 px): 2 gives a person of 32-128 px the pull of a large one."""
+        box there (reference side 128 px): 2 gives a person of 32-128 px the pull of a large one.
+        ``box_loss``: ``"l1"`` (the sides' L1 distance, in pixels: a large box's errors dominate)
+        or ``"iou"`` (1 - the IoU of the two boxes around the cell, UnitBox / FCOS's IoU loss:
+        scale-free, as AP50's match is)."""
         (heat_s, wh_s), (heat_t, wh_t) = student, teacher
         if classes is not None:
             heat_s, heat_t = heat_s[..., list(classes)], heat_t[..., list(classes)]
@@ -101,7 +106,10 @@ class CenterNetDetector(PersonDetector):
         kl = binary_kl_sum(heat_s, heat_t, focal=focal, weight=sw)
         mass = (heat_t * sw).sum().clamp_min(1.0)
         w = w * sw
-        box = ((wh_s - wh_t).abs() * w).sum() / (4 * w.sum()).clamp_min(1e-6)
+        if box_loss == "iou":
+            box = ((1 - side_iou(wh_s, wh_t)[..., None]) * w).sum() / w.sum().clamp_min(1e-6)
+        else:
+            box = ((wh_s - wh_t).abs() * w).sum() / (4 * w.sum()).clamp_min(1e-6)
         return kl / mass + box_weight * box
 
     def heatmap(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
