@@ -15,7 +15,12 @@ from edgeguard.engine import TrainConfig, fit
 from edgeguard.errors import ConfigError
 from edgeguard.masks import masks_of
 from edgeguard.models.detectors import centernet as cn
-from edgeguard.models.detectors.base import PersonDetector, binary_kl_sum, size_balance
+from edgeguard.models.detectors.base import (
+    PersonDetector,
+    binary_kl_sum,
+    side_iou,
+    size_balance,
+)
 from edgeguard.models.detectors.nanodet import BINS, NanoDetDetector
 from edgeguard.prune import (
     DetectorDistillation,
@@ -179,7 +184,36 @@ def test_size_balance_gives_a_small_persons_cells_the_weight_of_a_large_ones():
 
     with pytest.raises(SparsityError, match="distillation loss has no size balance"):
         DetectorDistillation(NoBalance(), balance=2.0)
+    with pytest.raises(SparsityError, match="has only its own box term"):
+        DetectorDistillation(NoBalance(), box_loss="iou")
     DetectorDistillation(NoBalance())  # balance 0 asks nothing of the loss
+
+
+def test_iou_box_term_is_scale_free_and_matches_a_hand_worked_iou():
+    # (left, top, right, bottom) around one point: areas 4 x 2 = 8 and 3 x 2 = 6, overlap 2 x 1
+    a, b = torch.tensor([1.0, 2.0, 3.0, 0.0]), torch.tensor([2.0, 1.0, 1.0, 1.0])
+    assert float(side_iou(a, b)) == pytest.approx(2 / 12)
+    assert float(side_iou(a, a)) == 1.0 and float(side_iou(a, a * 2)) == pytest.approx(0.25)
+    heat = torch.zeros(1, 2, 2, 1)
+    heat[0, 0, 0, 0], heat[0, 1, 1, 0] = 0.5, 1.0
+    wh_t = torch.tensor([1.0, 2.0, 3.0, 0.0]).expand(1, 2, 2, 4).clone()
+    wh_s = wh_t.clone()
+    wh_s[0, 0, 0] = b
+    got = cn.CenterNetDetector.distillation_loss((heat, wh_s), (heat, wh_t), 1.0, box_loss="iou")
+    assert float(got) == pytest.approx(0.5 * (1 - 2 / 12) / 1.5, rel=1e-5)  # heat-weighted mean
+    # a small and a large box with the same relative error cost alike; the L1 term does not
+    big, small = torch.full((1, 1, 1, 4), 100.0), torch.full((1, 1, 1, 4), 10.0)
+    one = torch.ones(1, 1, 1, 1)
+    for kind, same in (("iou", True), ("l1", False)):
+        costs = [
+            float(
+                cn.CenterNetDetector.distillation_loss((one, x * 1.2), (one, x), 1.0, box_loss=kind)
+            )
+            for x in (big, small)
+        ]
+        assert (costs[0] == pytest.approx(costs[1], rel=1e-5)) is same
+    with pytest.raises(SparsityError, match="box_loss must be 'l1' or 'iou'"):
+        DetectorDistillation(TinyCenterNet(), box_loss="giou")
 
 
 def test_fit_with_loss_fn_trains_on_it_alone():
