@@ -78,7 +78,8 @@ def channel_job(
     shrunk graph; the heads keep their filters), then the same distillation fine-tuning.
     ``job``: ``"torch-pruning"`` (Torch-Pruning's L2 ratio, found by bisection) or
     ``"channel:l2"`` (edgeguard's ``prune_channels``, the same criterion and rule).  ``loss``:
-    options of the distillation loss (``DetectorDistillation``'s box_weight, focal, balance)."""
+    options of the distillation loss (``DetectorDistillation``'s box_weight, focal, balance,
+    box_loss)."""
     shape = (1, 3, *det.input_size)
     dense = count_flops(det.net, shape).dense_macs
     # only the heads stay whole (their outputs keep their channels); the stem and the depthwise
@@ -499,9 +500,12 @@ def main() -> None:
         f"{len(images.images) - len(train)} more images, {len(held_out)} held out "
         f"({held_out.num_persons} persons); {platform.machine()}, {torch.get_num_threads()} threads"
     )
-    loss = {"focal": args.focal, "balance": args.balance, "box_loss": args.box_loss}
-    if args.box_weight is not None:
-        loss["box_weight"] = args.box_weight
+    loss = {  # DetectorDistillation's options (box_weight None: the detector's own)
+        "box_weight": args.box_weight,
+        "focal": args.focal,
+        "balance": args.balance,
+        "box_loss": args.box_loss,
+    }
     rows = []
     for job in args.jobs:
         work = Path(args.workdir) / args.detector / f"{job.replace(':', '-')}-{args.target:g}x"

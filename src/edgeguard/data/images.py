@@ -85,12 +85,12 @@ class UnlabeledImages(Dataset):
             raise DatasetError(f"copies must be >= 1, got {copies}")
         if not 0 <= mosaic <= 1:
             raise DatasetError(f"mosaic must be a probability in [0, 1], got {mosaic}")
-        self.images, self.size = list(images), (int(size[0]), int(size[1]))
-        self.augment, self.scale, self.jitter, self.copies = augment, scale, jitter, copies
         if not 0 <= zoom_out <= 1:
             raise DatasetError(f"zoom_out must be a probability in [0, 1], got {zoom_out}")
         if not (math.isfinite(max_zoom) and max_zoom >= 1):
             raise DatasetError(f"max_zoom must be a finite number >= 1, got {max_zoom}")
+        self.images, self.size = list(images), (int(size[0]), int(size[1]))
+        self.augment, self.scale, self.jitter, self.copies = augment, scale, jitter, copies
         self.mosaic = float(mosaic)
         self.zoom_out, self.max_zoom = float(zoom_out), float(max_zoom)
 
