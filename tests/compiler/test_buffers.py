@@ -124,3 +124,44 @@ def test_products_go_into_kernel_outputs_only_when_nothing_reads_them_later():
             torch.allclose(g, w, rtol=1e-4, atol=1e-4) for g, w in zip(got, want, strict=True)
         )
     assert all(c.inbuf is None for c in compiled.module.project._cpu_calls.values())
+
+
+class Factorised(nn.Module):
+    """(2+1)-D blocks: spatial (1, 3, 3) convs and temporal (k, 1, 1) convs padded along depth
+    only; `a` and `b` take inputs of the same layout (4 channels, same size and padding)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv3d(4, 16, (1, 3, 3), padding=(0, 1, 1))
+        self.t = nn.Conv3d(16, 4, (3, 1, 1), padding=(1, 0, 0))
+        self.b = nn.Conv3d(4, 16, (1, 3, 3), padding=(0, 1, 1))
+        self.t2 = nn.Conv3d(16, 8, (3, 1, 1), padding=(2, 0, 0), dilation=(2, 1, 1))
+
+    def forward(self, x):
+        return self.t2(F.relu(self.b(F.relu(self.t(F.relu(self.a(x)))))))
+
+
+@needs_cxx
+def test_temporal_convs_read_in_place_and_same_layout_buffers_are_shared():
+    torch.manual_seed(5)
+    model = Factorised().eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv3d):
+                m.weight *= get_scheme("kgs").mask(m.weight, 0.5)
+    compiled = compile_model(model, "cpu", max_density=1.0)
+    x = torch.randn(2, 4, 5, 6, 7)
+    with torch.no_grad():
+        want, want2 = model(x), model(-x)
+    first = compiled(x)
+    assert torch.allclose(first, want, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(compiled(-x), want2, rtol=1e-4, atol=1e-5)
+    calls = {n: next(iter(compiled.module.get_submodule(n)._cpu_calls.values())) for n in ("a", "t", "b", "t2")}
+    for name in ("t", "t2"):  # depth padding virtual: the kernel reads the previous output as is
+        assert calls[name].layout.virtual_depth and calls[name].inbuf is None
+    assert calls["a"].inbuf is calls["b"].inbuf  # one zero-bordered buffer for both
+    # a temporal layer given a plain tensor (no slack after it) fills an unpadded buffer instead
+    layer = compiled.module.t
+    y = torch.randn(2, 16, 5, 6, 7).relu()
+    with torch.no_grad():
+        assert torch.allclose(layer(y), F.relu(model.t(y)), rtol=1e-4, atol=1e-5)

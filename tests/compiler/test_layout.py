@@ -80,3 +80,47 @@ def test_depth_taps_of_c3d_conv4b():
     # 4 planes, kernel 3, padding 1: the first plane's kd = 0 and the last's kd = 2 read padding
     lay = InputLayout(ConvGeometry(4, 4, (3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1)), (4, 14, 14))
     assert lay.depth_taps() == [(1, 3), (0, 3), (0, 3), (0, 2)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    k=st.integers(1, 5),
+    p=st.integers(1, 3),
+    d=st.integers(1, 2),
+    size=st.tuples(st.integers(1, 6), st.integers(1, 5), st.integers(1, 6)),
+    c=st.integers(1, 3),
+    n=st.integers(1, 2),
+)
+def test_virtual_depth_rows_read_the_raw_input_where_the_taps_are_real(k, p, d, size, c, n):
+    # a temporal conv padded along depth only reads its raw input in place: the rows of plane
+    # `plane` in depth_taps' range read what the zero-padded input holds there
+    geo = ConvGeometry(c, 1, (k, 1, 1), (1, 1, 1), (p, 0, 0), (d, 1, 1))
+    assert InputLayout.virtual_depth_fits(geo, size)
+    lay = InputLayout(geo, size, virtual_depth=True)
+    if lay.out[0] < 1:
+        return
+    assert lay.stored_padding == (0, 0, 0) and lay.batch_stride == c * size[0] * size[1] * size[2]
+    x = torch.randn(n, c, *size)
+    flat = x.flatten()
+    xp = F.pad(x, (0, 0, 0, 0, p, p))
+    hw = size[1] * size[2]
+    rows = torch.arange(c * k)
+    offs = lay.row_offsets(rows)
+    for b in range(n):
+        for plane, (lo, hi) in enumerate(lay.depth_taps()):
+            for r, off in zip(rows.tolist(), offs.tolist(), strict=True):
+                ch, kd = divmod(r, k)
+                if not lo <= kd < hi:
+                    continue
+                start = b * lay.batch_stride + plane * hw + off
+                assert start >= 0 and start + hw <= flat.numel()
+                assert torch.equal(flat[start : start + hw], xp[b, ch, plane + kd * d].flatten())
+
+
+def test_virtual_depth_only_for_stride_one_depth_padded_convs():
+    fits = InputLayout.virtual_depth_fits
+    assert fits(ConvGeometry(4, 4, (3, 1, 1), (1, 1, 1), (1, 0, 0), (1, 1, 1)), (8, 7, 7))
+    assert not fits(ConvGeometry(4, 4, (3, 1, 1), (2, 1, 1), (1, 0, 0), (1, 1, 1)), (8, 7, 7))
+    assert not fits(ConvGeometry(4, 4, (3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1)), (8, 7, 7))
+    assert not fits(ConvGeometry(4, 4, (3, 1, 1), (1, 1, 1), (0, 0, 0), (1, 1, 1)), (8, 7, 7))
+    assert not fits(ConvGeometry(2**20, 4, (3, 1, 1), (1, 1, 1), (1, 0, 0), (1, 1, 1)), (64, 8, 8))

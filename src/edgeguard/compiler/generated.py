@@ -102,6 +102,26 @@ def kernel_output(shape: tuple[int, ...]) -> torch.Tensor:
     return flat[:n].view(shape)
 
 
+class ScratchPool:
+    """Zero-bordered input buffers shared by the layers of one compiled model.
+
+    A layer whose kernel copies its input into a padded (or phase-split) buffer writes only the
+    buffer's interior, so layers with the same buffer layout can share one buffer: its zero
+    borders stay valid, and one shared buffer stays in cache where one buffer per layer is
+    streamed from DRAM on every call.  Calls are serialised by the compiled model."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[tuple, torch.Tensor] = {}
+
+    def zeros(self, key: tuple, numel: int) -> torch.Tensor:
+        """The float32 buffer of ``numel`` elements for layout ``key``, zero where never written."""
+        buf = self._bufs.get(key)
+        if buf is None or buf.numel() != numel:
+            buf = torch.zeros(numel)
+            self._bufs[key] = buf
+        return buf
+
+
 def has_slack(x: torch.Tensor, floats: int) -> bool:
     """Whether ``x`` is a whole :func:`kernel_output` buffer (or one updated in place): contiguous
     float32 at the start of a storage that ends with the zero slack, of at least ``floats``."""

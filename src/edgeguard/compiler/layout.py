@@ -28,10 +28,32 @@ class InputLayout:
 
     geometry: ConvGeometry
     size: tuple[int, int, int]  # input D, H, W
+    # Depth padding not stored: every kernel tap that would read it is skipped (depth_taps), so
+    # the rows of plane d read the input planes d + kd - pd in place (see virtual_depth_fits).
+    virtual_depth: bool = False
+
+    @staticmethod
+    def virtual_depth_fits(geometry: ConvGeometry, size: tuple[int, int, int]) -> bool:
+        """Whether a CPU kernel can read the raw input of a conv padded along depth only (a
+        temporal ``kd x 1 x 1`` conv) in place, with no padded copy: stride 1 on every axis and
+        int32 row offsets (the padding rows are never read, their offsets would be negative)."""
+        d, h, w = size
+        return (
+            geometry.stride == (1, 1, 1)
+            and geometry.padding[0] > 0
+            and geometry.padding[1:] == (0, 0)
+            and geometry.in_channels * d * h * w + h * w < 2**31
+        )
+
+    @property
+    def stored_padding(self) -> tuple[int, int, int]:
+        """The padding the buffer holds (depth's is virtual with ``virtual_depth``)."""
+        pd, ph, pw = self.geometry.padding
+        return (0 if self.virtual_depth else pd, ph, pw)
 
     @property
     def padded(self) -> tuple[int, int, int]:
-        return tuple(n + 2 * p for n, p in zip(self.size, self.geometry.padding, strict=True))
+        return tuple(n + 2 * p for n, p in zip(self.size, self.stored_padding, strict=True))
 
     @property
     def shares_columns(self) -> bool:
@@ -99,6 +121,8 @@ class InputLayout:
         loc = rows % g.locations
         kd, kh, kw = loc // (kh_ * kw_), (loc // kw_) % kh_, loc % kw_
         zd, zh, zw = kd * dd, kh * dh, kw * dw
+        if self.virtual_depth:  # plane d's row reads input plane d + zd - pd (stride 1)
+            return (c * dq + zd - g.padding[0]) * hq * wq + zh * wq + zw
         phase = (zd % sd) * sh * sw + (zh % sh) * sw + zw % sw
         return ((c * self.phases + phase) * dq + zd // sd) * hq * wq + (zh // sh) * wq + zw // sw
 
@@ -108,7 +132,7 @@ class InputLayout:
         an earlier call for the same shape, reused (its zero borders are never written)."""
         g = self.geometry
         n = x.shape[0]
-        pd, ph, pw = g.padding
+        pd, ph, pw = self.stored_padding
         sd, sh, sw = g.stride
         dq, hq, wq = self.phased
         dp, hp, wp = self.padded

@@ -13,6 +13,7 @@ from torch import fx, nn
 
 from .calls import compiled_call
 from .errors import CompileError
+from .generated import ScratchPool
 from .sparse_conv import SparseConv
 
 log = logging.getLogger(__name__)
@@ -57,9 +58,12 @@ class CompiledModel(nn.Module):
         self._built: set[tuple[int, ...]] = set()
         object.__setattr__(self, "_reference", reference)  # not a submodule: no copy, no .to()
         self._lock = threading.Lock()
+        scratch = ScratchPool()
         for m in graph_module.modules():
             if hasattr(m, "reuse_buffers"):
                 m.reuse_buffers = True
+            if hasattr(m, "scratch"):
+                m.scratch = scratch
 
     def forward(self, *args, **kwargs):
         tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]

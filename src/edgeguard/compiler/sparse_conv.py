@@ -11,7 +11,7 @@ from torch import nn
 
 from .calls import first_use
 from .errors import CompileError
-from .generated import has_slack, kernel_output
+from .generated import ScratchPool, has_slack, kernel_output
 from .layout import InputLayout
 from .plan import ConvGeometry, SparsePlan
 
@@ -137,6 +137,7 @@ class SparseConv(nn.Module):
         self.form = "auto"  # standard-operator form: "gather", "conv" or "auto" (see standard_form)
         self._kernels: dict[tuple, object] = {}
         self.reuse_buffers = False
+        self.scratch: ScratchPool | None = None  # the compiled model's shared input buffers
         # per 5-D input shape: what a CPU call needs (kernel, layout, kept buffers): _CpuCall
         self._cpu_calls: dict[tuple, _CpuCall] = {}
         self._plans: dict[tuple[bool, bool], SparsePlan] = {}  # on other geometries (_variant)
@@ -279,6 +280,14 @@ class SparseConv(nn.Module):
             strides = (c * d * h * w, d * h * w, sd * h * w, sh * w, sw)
         return KernelView(plan, (1, c, hv, wv, n) if bl else (n, c, dv, hv, wv), sub, bl, strides)
 
+    def kernel_layout(self, view: KernelView) -> InputLayout:
+        """The input buffer layout of the CPU kernel of ``view``: a conv padded along depth only
+        reads its input in place (virtual depth padding) unless its rows are packed (packing
+        copies every row, the padding ones too)."""
+        g, size = view.plan.geometry, tuple(view.shape[2:])
+        virtual = not self.pack and InputLayout.virtual_depth_fits(g, size)
+        return InputLayout(g, size, virtual_depth=virtual)
+
     def kernel_key(self, shape: tuple[int, ...]) -> tuple:
         """The key of the CPU kernel that serves 5-D inputs of ``shape``."""
         view = self._kernel_view(shape)
@@ -293,7 +302,7 @@ class SparseConv(nn.Module):
 
         view = self._kernel_view(tuple(x.shape))
         plan = view.plan
-        lay = InputLayout(plan.geometry, view.shape[2:])
+        lay = self.kernel_layout(view)
         nv = self.nv
         if nv is None:
             target = target or host_target()
@@ -463,9 +472,9 @@ class _CpuCall:
         )
         view = conv._kernel_view(shape)
         self.view = view
-        lay = InputLayout(view.plan.geometry, view.shape[2:])
+        lay = conv.kernel_layout(view)
         self.slack = (conv.nv or 4) * 16  # >= one tile of any target (nv * vector floats)
-        self.unpadded = lay.phases == 1 and not any(lay.geometry.padding)
+        self.unpadded = lay.phases == 1 and not any(lay.stored_padding)
         self.layout = lay
         self.inbuf: torch.Tensor | None = None
         self.out: torch.Tensor | None = None
@@ -510,7 +519,13 @@ class _CpuCall:
         # the kernel fills the buffer's interior (its phases; a gather, ``view.strides``) from x
         buf = self.inbuf
         if buf is None:
-            buf = x.new_zeros(view.shape[0] * self.layout.batch_stride + self.slack)
+            lay = self.layout
+            numel = view.shape[0] * lay.batch_stride + self.slack
+            if conv.scratch is not None:  # shared with the model's layers of the same layout
+                key = (view.shape[:2], lay.size, lay.stored_padding, lay.geometry.stride)
+                buf = conv.scratch.zeros((*key, lay.phased, numel), numel)
+            else:
+                buf = x.new_zeros(numel)
             self.inbuf = buf if conv.reuse_buffers else None  # zero borders, kept
         return self._run(buf, x, out, residual)
 

@@ -297,6 +297,9 @@ def generate_source(
     ]
     kinds = [nvt * 8 + nx for nvt, nx in (tile_kind(r, nv, vl, nxm) for r in range(t + nxm + 1))]
     g = plan.geometry
+    pd, ph, pw = layout.stored_padding  # the fill's offsets into the buffer
+    if layout.virtual_depth and pack:
+        raise CompileError("a kernel reading its input in place (virtual depth) cannot pack rows")
     npt = FV_TILE if vl >= 16 else FV_TILE_AVX2
     fv_cases = (
         [
@@ -319,7 +322,7 @@ def generate_source(
         f"PACK = {_bool(pack)}, PLANES_INNER = {_bool(temporal)}, RES = {_bool(residual)}, "
         f"FV = {_bool(fv)};",
         f"constexpr int CIN = {g.in_channels}, DI = {layout.size[0]}, HI = {layout.size[1]}, "
-        f"WI = {layout.size[2]}, PD = {g.padding[0]}, PH = {g.padding[1]}, PW = {g.padding[2]};",
+        f"WI = {layout.size[2]}, PD = {pd}, PH = {ph}, PW = {pw};",
         f"constexpr int DQ = {dq}, HQ = {hq}, SD = {g.stride[0]}, SH = {g.stride[1]}, "
         f"SW = {g.stride[2]};",
         "constexpr int64_t "
