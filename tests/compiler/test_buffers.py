@@ -156,7 +156,10 @@ def test_temporal_convs_read_in_place_and_same_layout_buffers_are_shared():
     first = compiled(x)
     assert torch.allclose(first, want, rtol=1e-4, atol=1e-5)
     assert torch.allclose(compiled(-x), want2, rtol=1e-4, atol=1e-5)
-    calls = {n: next(iter(compiled.module.get_submodule(n)._cpu_calls.values())) for n in ("a", "t", "b", "t2")}
+    calls = {
+        n: next(iter(compiled.module.get_submodule(n)._cpu_calls.values()))
+        for n in ("a", "t", "b", "t2")
+    }
     for name in ("t", "t2"):  # depth padding virtual: the kernel reads the previous output as is
         assert calls[name].layout.virtual_depth and calls[name].inbuf is None
     assert calls["a"].inbuf is calls["b"].inbuf  # one zero-bordered buffer for both
