@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeguard.compiler import compile_model
-from edgeguard.compiler.generated import OUTPUT_SLACK, has_slack, kernel_output
+from edgeguard.compiler.generated import OUTPUT_SLACK, BufferPool, has_slack, kernel_output
 from edgeguard.compiler.passes.inplace import add_into
 from edgeguard.sparsity import get_scheme
 
@@ -168,3 +168,41 @@ def test_temporal_convs_read_in_place_and_same_layout_buffers_are_shared():
     y = torch.randn(2, 16, 5, 6, 7).relu()
     with torch.no_grad():
         assert torch.allclose(layer(y), F.relu(model.t(y)), rtol=1e-4, atol=1e-5)
+
+
+def test_the_pool_hands_out_an_output_buffer_only_when_nothing_references_it():
+    pool = BufferPool()
+    a = pool.output((2, 3, 4))
+    assert has_slack(a, 64)
+    b = pool.output((2, 3, 4))  # a is alive: another buffer
+    assert a.data_ptr() != b.data_ptr()
+    view = a[0]  # a view keeps a's storage alive after a itself is dropped
+    ptr = a.data_ptr()
+    del a
+    c = pool.output((2, 3, 4))
+    assert c.data_ptr() not in (ptr, b.data_ptr())
+    del view, c
+    d = pool.output((2, 3, 4))  # the first buffer is free again: handed out again
+    assert d.data_ptr() == ptr and d.shape == (2, 3, 4)
+    assert pool.output((24,)).data_ptr() not in (ptr, b.data_ptr())  # sizes match exactly
+
+
+@needs_cxx
+def test_a_chain_of_layers_cycles_through_a_few_output_buffers():
+    torch.manual_seed(6)
+    convs = [nn.Conv2d(8, 8, 3, padding=1) for _ in range(6)]
+    model = nn.Sequential(*[m for c in convs for m in (c, nn.ReLU())]).eval()
+    with torch.no_grad():
+        for c in convs:
+            c.weight *= get_scheme("kgs").mask(c.weight, 0.5)
+    compiled = compile_model(model, "cpu", max_density=1.0)
+    x = torch.randn(1, 8, 10, 12)
+    with torch.no_grad():
+        want = model(x)
+    got = compiled(x)
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(compiled(x), got)
+    pool = next(m.scratch for m in compiled.module.modules() if getattr(m, "scratch", None))
+    assert isinstance(pool, BufferPool)
+    (entries,) = pool._outputs.values()
+    assert len(entries) == 2  # six layers, each reading the last one's output: two buffers

@@ -25,6 +25,7 @@ class GeneratedKernelModule(nn.Module):
         self.name = name
         self.mode = "cpu"  # "torch": PyTorch's op (while the compiler collects kernel sources)
         self.reuse_buffers = False  # CompiledModel turns it on: calls are then serialised
+        self.scratch: BufferPool | None = None  # CompiledModel's shared buffers
         self._kernels: dict[tuple, object] = {}
         self._out: dict[tuple, torch.Tensor] = {}
 
@@ -78,6 +79,8 @@ class GeneratedKernelModule(nn.Module):
     def output(self, shape: tuple[int, ...]) -> torch.Tensor:
         """An output buffer of ``shape``: the kept one unless this module already ran in this
         compiled call (its output is still in use)."""
+        if self.scratch is not None:
+            return self.scratch.output(shape)
         out = self._out.get(shape) if first_use(self) else None
         if out is None:
             out = kernel_output(shape)
@@ -102,24 +105,45 @@ def kernel_output(shape: tuple[int, ...]) -> torch.Tensor:
     return flat[:n].view(shape)
 
 
-class ScratchPool:
-    """Zero-bordered input buffers shared by the layers of one compiled model.
+class BufferPool:
+    """The buffers of one compiled model's kernels, shared between its layers.
 
-    A layer whose kernel copies its input into a padded (or phase-split) buffer writes only the
-    buffer's interior, so layers with the same buffer layout can share one buffer: its zero
-    borders stay valid, and one shared buffer stays in cache where one buffer per layer is
-    streamed from DRAM on every call.  Calls are serialised by the compiled model."""
+    Input buffers: a layer whose kernel copies its input into a padded (or phase-split) buffer
+    writes only the buffer's interior, so layers with the same buffer layout share one buffer
+    (its zero borders stay valid).  Outputs: a layer takes a :func:`kernel_output` buffer of its
+    output's size that nothing references any more (its storage's use count is back to the
+    pool's own), so a forward cycles through a few buffers that stay in cache instead of one per
+    layer streamed from DRAM.  A buffer still referenced (an output not yet consumed, a view the
+    caller kept) is never handed out.  Calls are serialised by the compiled model."""
+
+    MAX_PER_SIZE = 16  # buffers tracked per output size; busy ones past it are left to their users
 
     def __init__(self) -> None:
-        self._bufs: dict[tuple, torch.Tensor] = {}
+        self._zeros: dict[tuple, torch.Tensor] = {}
+        self._outputs: dict[int, list[tuple[torch.Tensor, int, int]]] = {}
 
     def zeros(self, key: tuple, numel: int) -> torch.Tensor:
         """The float32 buffer of ``numel`` elements for layout ``key``, zero where never written."""
-        buf = self._bufs.get(key)
+        buf = self._zeros.get(key)
         if buf is None or buf.numel() != numel:
             buf = torch.zeros(numel)
-            self._bufs[key] = buf
+            self._zeros[key] = buf
         return buf
+
+    def output(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """A :func:`kernel_output` of ``shape`` that no live tensor shares."""
+        n = math.prod(shape)
+        entries = self._outputs.setdefault(n, [])
+        for flat, cdata, base in entries:
+            if torch._C._storage_Use_Count(cdata) == base:
+                return flat[:n].view(shape)
+        if len(entries) >= self.MAX_PER_SIZE:
+            entries[:] = [e for e in entries if torch._C._storage_Use_Count(e[1]) == e[2]]
+        flat = torch.empty(n + OUTPUT_SLACK)  # as kernel_output: zero slack after the output
+        flat[n:].zero_()
+        cdata = flat.untyped_storage()._cdata
+        entries.append((flat, cdata, torch._C._storage_Use_Count(cdata)))
+        return flat[:n].view(shape)
 
 
 def has_slack(x: torch.Tensor, floats: int) -> bool:

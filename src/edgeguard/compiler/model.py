@@ -13,7 +13,7 @@ from torch import fx, nn
 
 from .calls import compiled_call
 from .errors import CompileError
-from .generated import ScratchPool
+from .generated import BufferPool
 from .sparse_conv import SparseConv
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class CompiledModel(nn.Module):
         self._built: set[tuple[int, ...]] = set()
         object.__setattr__(self, "_reference", reference)  # not a submodule: no copy, no .to()
         self._lock = threading.Lock()
-        scratch = ScratchPool()
+        scratch = BufferPool()
         for m in graph_module.modules():
             if hasattr(m, "reuse_buffers"):
                 m.reuse_buffers = True

@@ -11,7 +11,7 @@ from torch import nn
 
 from .calls import first_use
 from .errors import CompileError
-from .generated import ScratchPool, has_slack, kernel_output
+from .generated import BufferPool, has_slack, kernel_output
 from .layout import InputLayout
 from .plan import ConvGeometry, SparsePlan
 
@@ -137,7 +137,7 @@ class SparseConv(nn.Module):
         self.form = "auto"  # standard-operator form: "gather", "conv" or "auto" (see standard_form)
         self._kernels: dict[tuple, object] = {}
         self.reuse_buffers = False
-        self.scratch: ScratchPool | None = None  # the compiled model's shared input buffers
+        self.scratch: BufferPool | None = None  # the compiled model's shared input buffers
         # per 5-D input shape: what a CPU call needs (kernel, layout, kept buffers): _CpuCall
         self._cpu_calls: dict[tuple, _CpuCall] = {}
         self._plans: dict[tuple[bool, bool], SparsePlan] = {}  # on other geometries (_variant)
@@ -504,7 +504,10 @@ class _CpuCall:
             residual = self._residual(residual)
         # Buffers are kept between calls when ``reuse_buffers``: fresh multi-MB allocations are
         # mmap'ed and page-faulted on every call, which cost as much as a small layer's compute.
-        out = self.out if first_use(conv) else None  # called again: the kept one is in use
+        if conv.scratch is not None:  # a free buffer of the compiled model's pool
+            out = conv.scratch.output(self.out_shape)
+        else:
+            out = self.out if first_use(conv) else None  # called again: the kept one is in use
         if out is None:
             out = kernel_output(self.out_shape)
             if conv.reuse_buffers and self.out is None:
