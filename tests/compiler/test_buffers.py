@@ -184,7 +184,10 @@ def test_the_pool_hands_out_an_output_buffer_only_when_nothing_references_it():
     del view, c
     d = pool.output((2, 3, 4))  # the first buffer is free again: handed out again
     assert d.data_ptr() == ptr and d.shape == (2, 3, 4)
-    assert pool.output((24,)).data_ptr() not in (ptr, b.data_ptr())  # sizes match exactly
+    e = pool.output((5,))  # a smaller output takes a free larger buffer, zeros after it
+    assert e.data_ptr() not in (ptr, b.data_ptr()) and has_slack(e, OUTPUT_SLACK)
+    tail = torch.empty(0).set_(e.untyped_storage())[5 : 5 + OUTPUT_SLACK]
+    assert not tail.any()
 
 
 @needs_cxx
@@ -204,5 +207,30 @@ def test_a_chain_of_layers_cycles_through_a_few_output_buffers():
     assert torch.allclose(compiled(x), got)
     pool = next(m.scratch for m in compiled.module.modules() if getattr(m, "scratch", None))
     assert isinstance(pool, BufferPool)
-    (entries,) = pool._outputs.values()
-    assert len(entries) == 2  # six layers, each reading the last one's output: two buffers
+    assert len(pool._outputs) == 2  # six layers, each reading the last one's output: two buffers
+
+
+@needs_cxx
+@pytest.mark.parametrize("size", [(3, 5, 7), (4, 6, 6), (2, 9, 11)])
+def test_kernels_reading_in_place_never_use_what_lies_past_the_input(size):
+    # has_slack accepts any storage with room after the input: fill that room with NaN, and the
+    # in-place readers (an unpadded 1x1x1 conv, a depth-padded temporal conv) stay exact
+    torch.manual_seed(7)
+    convs = [nn.Conv3d(6, 16, 1), nn.Conv3d(6, 16, (3, 1, 1), padding=(1, 0, 0))]
+    for conv in convs:
+        model = nn.Sequential(conv).eval()
+        with torch.no_grad():
+            conv.weight *= get_scheme("kgs").mask(conv.weight, 0.5)
+        compiled = compile_model(model, "cpu", max_density=1.0)
+        (layer,) = compiled.sparse_layers().values()
+        n = 6 * size[0] * size[1] * size[2]
+        big = torch.full((n + OUTPUT_SLACK + 100,), float("nan"))
+        x = big[:n].view(1, 6, *size)
+        x.copy_(torch.randn(1, 6, *size))
+        assert has_slack(x, 64)
+        with torch.no_grad():
+            got = layer(x)
+            want = model(x)
+        call = next(iter(layer._cpu_calls.values()))
+        assert call.inbuf is None  # read in place
+        assert torch.isfinite(got).all() and torch.allclose(got, want, rtol=1e-4, atol=1e-5)
