@@ -141,9 +141,9 @@ class BufferPool:
         best = None
         for entry in self._outputs:
             flat, cdata, base = entry
-            if flat.numel() >= need and use(cdata) == base:
-                if best is None or flat.numel() < best[0].numel():
-                    best = entry
+            fits = flat.numel() >= need and (best is None or flat.numel() < best[0].numel())
+            if fits and use(cdata) == base:
+                best = entry
         if best is None:
             if len(self._outputs) >= self.MAX_OUTPUTS:
                 self._outputs = [e for e in self._outputs if use(e[1]) == e[2]]
