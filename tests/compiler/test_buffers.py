@@ -142,7 +142,7 @@ class Factorised(nn.Module):
 
 
 @needs_cxx
-def test_temporal_convs_read_in_place_and_same_layout_buffers_are_shared():
+def test_temporal_convs_read_in_place_and_padded_buffers_come_from_the_pool():
     torch.manual_seed(5)
     model = Factorised().eval()
     with torch.no_grad():
@@ -162,7 +162,8 @@ def test_temporal_convs_read_in_place_and_same_layout_buffers_are_shared():
     }
     for name in ("t", "t2"):  # depth padding virtual: the kernel reads the previous output as is
         assert calls[name].layout.virtual_depth and calls[name].inbuf is None
-    assert calls["a"].inbuf is calls["b"].inbuf  # one zero-bordered buffer for both
+    # a and b fill padded buffers taken from the pool (borders written too): none kept per layer
+    assert calls["a"].inbuf is None and calls["b"].inbuf is None
     # a temporal layer given a plain tensor (no slack after it) fills an unpadded buffer instead
     layer = compiled.module.t
     y = torch.randn(2, 16, 5, 6, 7).relu()
@@ -207,7 +208,9 @@ def test_a_chain_of_layers_cycles_through_a_few_output_buffers():
     assert torch.allclose(compiled(x), got)
     pool = next(m.scratch for m in compiled.module.modules() if getattr(m, "scratch", None))
     assert isinstance(pool, BufferPool)
-    assert len(pool._outputs) == 2  # six layers, each reading the last one's output: two buffers
+    # six outputs and six padded inputs: three buffers (an output, the next layer's padded
+    # input, and the one the next output goes to)
+    assert len(pool._outputs) == 3
 
 
 @needs_cxx
@@ -234,3 +237,43 @@ def test_kernels_reading_in_place_never_use_what_lies_past_the_input(size):
         call = next(iter(layer._cpu_calls.values()))
         assert call.inbuf is None  # read in place
         assert torch.isfinite(got).all() and torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+class Padded(nn.Module):
+    """Convs whose kernels fill padded buffers: 3-D padded on every axis, strided (phase split),
+    depth-padded temporal, and a 1x1x1 strided subsample."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv3d(3, 16, 3, padding=1)
+        self.b = nn.Conv3d(16, 16, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+        self.c = nn.Conv3d(16, 8, (3, 1, 1), padding=(1, 0, 0))
+        self.d = nn.Conv3d(16, 8, 1, stride=2)
+
+    def forward(self, x):
+        y = F.relu(self.b(F.relu(self.a(x))))
+        return self.c(y), self.d(y)
+
+
+@needs_cxx
+def test_padded_buffers_are_written_whole_whatever_the_pool_buffer_held():
+    # every pool buffer is filled with NaN between calls: the kernels' fills must write the
+    # padding too, or NaN reaches the outputs
+    torch.manual_seed(8)
+    model = Padded().eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv3d):
+                m.weight *= get_scheme("kgs").mask(m.weight, 0.5)
+    compiled = compile_model(model, "cpu", max_density=1.0)
+    pool = next(m.scratch for m in compiled.module.modules() if getattr(m, "scratch", None))
+    for k in range(3):
+        x = torch.randn(2, 3, 4, 9, 11)
+        for flat, _, _ in pool._outputs:
+            flat.fill_(float("nan"))
+        with torch.no_grad():
+            want = model(x)
+        got = compiled(x)
+        assert pool._outputs, k
+        for g, w in zip(got, want, strict=True):
+            assert torch.isfinite(g).all() and torch.allclose(g, w, rtol=1e-4, atol=1e-5)

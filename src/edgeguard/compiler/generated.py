@@ -108,27 +108,17 @@ def kernel_output(shape: tuple[int, ...]) -> torch.Tensor:
 class BufferPool:
     """The buffers of one compiled model's kernels, shared between its layers.
 
-    Input buffers: a layer whose kernel copies its input into a padded (or phase-split) buffer
-    writes only the buffer's interior, so layers with the same buffer layout share one buffer
-    (its zero borders stay valid).  Outputs: a layer takes a :func:`kernel_output` buffer of its
-    output's size that nothing references any more (its storage's use count is back to the
-    pool's own), so a forward cycles through a few buffers that stay in cache instead of one per
-    layer streamed from DRAM.  A buffer still referenced (an output not yet consumed, a view the
-    caller kept) is never handed out.  Calls are serialised by the compiled model."""
+    A layer takes its output buffer, and the padded (or phase-split) input buffer its kernel
+    fills (borders included), from the pool: a buffer that nothing references any more (its
+    storage's use count is back to the pool's own), so a forward cycles through a few buffers
+    that stay in cache instead of one per layer streamed from DRAM.  A buffer still referenced
+    (an output not yet consumed, a view the caller kept) is never handed out.  Calls are
+    serialised by the compiled model."""
 
     MAX_OUTPUTS = 64  # buffers tracked; busy ones past it are left to their users
 
     def __init__(self) -> None:
-        self._zeros: dict[tuple, torch.Tensor] = {}
         self._outputs: list[tuple[torch.Tensor, int, int]] = []  # (flat, storage, its use count)
-
-    def zeros(self, key: tuple, numel: int) -> torch.Tensor:
-        """The float32 buffer of ``numel`` elements for layout ``key``, zero where never written."""
-        buf = self._zeros.get(key)
-        if buf is None or buf.numel() != numel:
-            buf = torch.zeros(numel)
-            self._zeros[key] = buf
-        return buf
 
     def output(self, shape: tuple[int, ...]) -> torch.Tensor:
         """A tensor of ``shape`` at the start of a buffer no live tensor shares, followed by

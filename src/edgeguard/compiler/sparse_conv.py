@@ -520,16 +520,14 @@ class _CpuCall:
         if view.strides is None and self.unpadded and has_slack(x, self.slack):
             return self._run(x.view(-1), None, out, residual)  # a kernel output is its own buffer
         # the kernel fills the buffer's interior (its phases; a gather, ``view.strides``) from x
+        # the kernel writes every float of the buffer (borders too): any free one will do
+        if conv.scratch is not None:  # the compiled model's pool: one still in cache
+            buf = conv.scratch.output((view.shape[0] * self.layout.batch_stride,))
+            return self._run(buf, x, out, residual)
         buf = self.inbuf
         if buf is None:
-            lay = self.layout
-            numel = view.shape[0] * lay.batch_stride + self.slack
-            if conv.scratch is not None:  # shared with the model's layers of the same layout
-                key = (view.shape[:2], lay.size, lay.stored_padding, lay.geometry.stride)
-                buf = conv.scratch.zeros((*key, lay.phased, numel), numel)
-            else:
-                buf = x.new_zeros(numel)
-            self.inbuf = buf if conv.reuse_buffers else None  # zero borders, kept
+            buf = x.new_zeros(view.shape[0] * self.layout.batch_stride + self.slack)
+            self.inbuf = buf if conv.reuse_buffers else None
         return self._run(buf, x, out, residual)
 
     def _residual(self, residual: torch.Tensor | None) -> torch.Tensor:

@@ -251,18 +251,36 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
     float* accbuf = static_cast<float*>(
         std::aligned_alloc(64, ((size_t)dgp * CT * NBG * TS * 4 + 63) / 64 * 64));
     float* scr = POOL ? new float[(size_t)dgp * SCR_PLANE] : nullptr;
+    // The fills write every float of the buffer, its zero borders too, so the buffer may be any
+    // free one (the compiled model's pool hands out one still in cache) rather than one kept
+    // zero-bordered per layer.
     if (FUSE && xin) {  // every thread takes this branch or none: a valid worksharing region
 #pragma omp for collapse(3) schedule(static)
       for (int n = 0; n < batch; ++n)
         for (int c = 0; c < CIN; ++c)
-          for (int d = 0; d < DI; ++d) {
+          for (int i = 0; i < DQ; ++i) {
+            float* dst = x + n * XN + ((int64_t)c * DQ + i) * HQ * WQ;
+            const int d = i - PD;
+            if (d < 0 || d >= DI) {  // a depth padding plane
+              std::memset(dst, 0, (size_t)HQ * WQ * sizeof(float));
+              continue;
+            }
             const float* src = xin + n * XS0 + c * XS1 + d * XS2;
-            float* dst = x + n * XN + (((int64_t)c * DQ + d + PD) * HQ + PH) * WQ + PW;
-            for (int h = 0; h < HI; ++h)
+            for (int j = 0; j < HQ; ++j) {
+              float* row = dst + (int64_t)j * WQ;
+              const int h = j - PH;
+              if (h < 0 || h >= HI) {
+                std::memset(row, 0, WQ * sizeof(float));
+                continue;
+              }
+              // PW zeros, the WI inputs, zeros to WQ (none where rows share their zero columns)
+              for (int w = 0; w < PW; ++w) row[w] = 0.f;
               if (XS4 == 1)
-                std::memcpy(dst + (int64_t)h * WQ, src + h * XS3, WI * sizeof(float));
+                std::memcpy(row + PW, src + h * XS3, WI * sizeof(float));
               else  // a subsample or a transpose (batch-last) of the input, gathered
-                for (int w = 0; w < WI; ++w) dst[(int64_t)h * WQ + w] = src[h * XS3 + w * XS4];
+                for (int w = 0; w < WI; ++w) row[PW + w] = src[h * XS3 + w * XS4];
+              for (int w = PW + WI; w < WQ; ++w) row[w] = 0.f;
+            }
           }
     }  // the implicit barrier: the buffer is complete before any tile reads it
     if (PFILL && xin) {  // strided: the kernel splits the raw input into its phases itself
@@ -273,20 +291,27 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
             const int a = ph / (SH * SW), b = ph / SW % SH, e = ph % SW;
             float* pb = x + n * XN + ((int64_t)c * SD * SH * SW + ph) * DQ * HQ * WQ;
             const float* src = xin + n * XS0 + c * XS1;
+            // columns k of this phase read w = k * SW + e - PW: real input for k in [k0, k1)
+            const int k0 = (PW - e + SW - 1) / SW;
+            const int k1a = (WI + PW - e + SW - 1) / SW, k1 = k1a < WQ ? k1a : WQ;
             for (int i = 0; i < DQ; ++i) {
+              float* plane = pb + (int64_t)i * HQ * WQ;
               const int d = i * SD + a - PD;
-              if (d < 0 || d >= DI) continue;  // depth padding: the buffer's zeros
+              if (d < 0 || d >= DI) {  // depth padding
+                std::memset(plane, 0, (size_t)HQ * WQ * sizeof(float));
+                continue;
+              }
               for (int j = 0; j < HQ; ++j) {
+                float* dst = plane + (int64_t)j * WQ;
                 const int h = j * SH + b - PH;
-                if (h < 0 || h >= HI) continue;
-                float* dst = pb + ((int64_t)i * HQ + j) * WQ;
-                const float* sr = src + d * XS2 + h * XS3;
-                const int k0 = (PW - e + SW - 1) / SW;  // first k with w = k * SW + e - PW >= 0
-                for (int k = k0; k < WQ; ++k) {
-                  const int w = k * SW + e - PW;
-                  if (w >= WI) break;
-                  dst[k] = sr[w * XS4];
+                if (h < 0 || h >= HI) {
+                  std::memset(dst, 0, WQ * sizeof(float));
+                  continue;
                 }
+                const float* sr = src + d * XS2 + h * XS3;
+                for (int k = 0; k < k0 && k < WQ; ++k) dst[k] = 0.f;
+                for (int k = k0; k < k1; ++k) dst[k] = sr[(k * SW + e - PW) * XS4];
+                for (int k = k1 > k0 ? k1 : k0; k < WQ; ++k) dst[k] = 0.f;
               }
             }
           }
