@@ -343,7 +343,8 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
     // position) has its planes innermost instead, and each thread takes one run of consecutive
     // tasks, so the next plane's task finds most of its input rows in the thread's L2.
     const int ntasks = batch * ndg * NCH * FG;
-    const int tchunk = PLANES_INNER ? (ntasks + nthreads - 1) / nthreads : 1;
+    const int tchunk = PLANES_INNER ? (ntasks + nthreads - 1) / nthreads
+                                    : (ntasks / (8 * nthreads) > 1 ? ntasks / (8 * nthreads) : 1);
 #pragma omp for schedule(dynamic, tchunk)
     for (int task = 0; task < ntasks; ++task) {
       const int g = task % FG, q = task / FG, n = q / (ndg * NCH);
