@@ -321,6 +321,11 @@ class SparseConv(nn.Module):
             pool=self.pool or (1, 1, 1),
             source_strides=view.strides,
             residual=self.residual and not view.batch_last,
+            batch_last=(
+                (view.shape[-1], self.residual, self.relu and self.residual)
+                if view.batch_last
+                else (0, False, False)
+            ),
         )
 
     def _cpu_kernel(self, x: torch.Tensor):
@@ -556,14 +561,11 @@ class _CpuCall:
                 else kernel_output((1, self.out_shape[1], *self.out_shape[3:], n))
             )
             self.res = res if conv.reuse_buffers else None
-            self.kernel(buf, conv.bias, res, 1, xin)
-            if residual is None:
-                conv._fill_dead(res)
-                out.view(n, -1).copy_(res.view(-1, n).t())
-                return out
-            conv._fill_dead(res, act=False)  # the sum and the ReLU come with the transpose
-            torch.add(res.view(-1, n).t(), residual.view(n, -1), out=out.view(n, -1))
-            return out.clamp_min_(0) if conv.relu else out
+            # the dead filters' rows first (with a residual: the sum and the ReLU come with the
+            # kernel's transpose into out)
+            conv._fill_dead(res, act=residual is None)
+            self.kernel(buf, conv.bias, res, 1, xin, None, out, residual)
+            return out
         self.kernel(buf, conv.bias, out, n, xin, residual)
         conv._fill_dead(out, residual)
         return out

@@ -183,6 +183,7 @@ def generate_source(
     source_strides: tuple[int, int, int, int, int] | None = None,
     residual: bool = False,
     fv: bool | None = None,
+    batch_last: tuple[int, bool, bool] = (0, False, False),
 ) -> tuple[str, torch.Tensor]:
     """C++ source of one layer's kernel for one input size, and the order (indices into the plan's
     concatenated panels) in which the kernel expects the weight rows.  ``ct`` (tiles per task) and
@@ -199,7 +200,10 @@ def generate_source(
     ``[N, C, D, H, W]`` contiguous.  ``residual``: the kernel adds a tensor of the output's shape
     before the ReLU (a residual sum after the conv); not with a fused pool.  ``fv``: filter-
     vectorised tiles (one vector of the block's filters per output position); None: where
-    :func:`tuning.filter_vectors` says (planes of a few positions)."""
+    :func:`tuning.filter_vectors` says (planes of a few positions).  ``batch_last``: ``(n,
+    residual, relu)`` of a batch-last kernel (its input the ``[1, C, H, W, N]`` view, ``n = N``):
+    after its tiles it transposes its output into ``[N, M, H, W]`` itself, adding a residual
+    and then the ReLU there when asked; ``(0, False, False)``: not batch-last."""
     if residual and pool != (1, 1, 1):
         raise CompileError("a kernel cannot both add a residual and fuse a max pool")
     if fv is None:
@@ -321,6 +325,8 @@ def generate_source(
         f"constexpr bool RELU = {_bool(relu)}, FUSE = {_bool(layout.phases == 1)}, "
         f"PACK = {_bool(pack)}, PLANES_INNER = {_bool(temporal)}, RES = {_bool(residual)}, "
         f"FV = {_bool(fv)};",
+        f"constexpr int BLN = {int(batch_last[0])}; "
+        f"constexpr bool BLRES = {_bool(batch_last[1])}, BLRELU = {_bool(batch_last[2])};",
         f"constexpr int CIN = {g.in_channels}, DI = {layout.size[0]}, HI = {layout.size[1]}, "
         f"WI = {layout.size[2]}, PD = {pd}, PH = {ph}, PW = {pw};",
         f"constexpr int DQ = {dq}, HQ = {hq}, SD = {g.stride[0]}, SH = {g.stride[1]}, "

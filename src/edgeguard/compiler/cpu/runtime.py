@@ -69,7 +69,7 @@ class CppKernel:
         self._lib = load_library(lib)
         self._fn = self._lib.edgeguard_conv
         self._fn.restype = None
-        self._fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int, ctypes.c_int]
+        self._fn.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int, ctypes.c_int]
 
     def __call__(
         self,
@@ -79,11 +79,15 @@ class CppKernel:
         batch: int,
         xin: torch.Tensor | None = None,
         residual: torch.Tensor | None = None,
+        tout: torch.Tensor | None = None,
+        tres: torch.Tensor | None = None,
     ) -> None:
         """``x``: the padded input buffer; ``xin``: the raw contiguous input ``[N, C, D, H, W]``,
         which a stride-1 kernel copies into ``x`` itself first (``None``: ``x`` is already filled);
         ``residual``: a contiguous tensor of ``out``'s shape that a kernel generated with a
-        residual adds before its ReLU (required there, ignored elsewhere)."""
+        residual adds before its ReLU (required there, ignored elsewhere).  A batch-last kernel
+        writes ``out`` ``[1, M, H, W, N]`` and then its transpose into ``tout`` ``[N, M, 1, H, W]``,
+        adding ``tres`` (that shape) where it was generated with one."""
         threads = torch.get_num_threads()
         self._fn(
             xin.data_ptr() if xin is not None else None,
@@ -92,6 +96,8 @@ class CppKernel:
             bias.data_ptr(),
             out.data_ptr(),
             residual.data_ptr() if residual is not None else None,
+            tout.data_ptr() if tout is not None else None,
+            tres.data_ptr() if tres is not None else None,
             batch,
             threads,
         )

@@ -26,6 +26,9 @@
 //   PKD x PKH x PKW: fused max pooling (stride = window, no padding, floor; 1 x 1 x 1: none): a task
 //   computes whole windows (RC output rows of PKD planes) into its own scratch and writes only the
 //   pooled output, so the unpooled activations never reach memory.
+//   BLN: a batch-last kernel (BLN = the batch N > 0; its output out is [1, M, H, W, N]) then
+//   transposes out into tout [N, M, H, W] itself, adding tres [N, M, H, W] first (BLRES) and
+//   applying the ReLU after that sum (BLRELU); 0: out is the output.
 //   PLANES_INNER: tasks take the planes innermost (temporal kernels, kd x 1 x 1).
 //   PACK: false (default): each kept row is read where it lies in the input buffer and RIDX holds
 //   its offset there; true: rows are first copied into a packed tile and RIDX holds union row * T.
@@ -73,6 +76,7 @@ constexpr bool PFILL = !FUSE;  // a strided kernel fills its phase buffer itself
 constexpr int64_t OPLANE = (int64_t)HO * WO;
 constexpr bool POOL = PKD * PKH * PKW > 1;
 constexpr int DOP = DO / PKD, HOP = HO / PKH, WOP = WO / PKW;
+static_assert(BLN == 0 || BLN == WO, "a batch-last output's width is the batch");
 
 template <bool FIRST, bool LAST, int NVT, int NX>
 static inline void tile(const float* __restrict pk, const int32_t* __restrict ridx, int k0, int k1,
@@ -215,7 +219,8 @@ static inline void fv_tile(const float* __restrict xb, const int32_t* __restrict
 }
 
 extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const float* bias,
-                               float* out, const float* res, int batch, int nthreads) {
+                               float* out, const float* res, float* tout, const float* tres,
+                               int batch, int nthreads) {
   // GEMM-style blocking.  One task = DGP output depth planes x one chunk of CT tiles of each x one
   // group of filter blocks.  Row slices are the outer loop, so one slice of the group's weights
   // (slice-major, sequential) stays in L2 while the task's tiles use it; each tile's kept input
@@ -426,6 +431,23 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
         }
     }
     }  // FV
+    if constexpr (BLN > 0) {  // batch-last: out is [Q, N]; tout = act(out^T (+ tres)), [N, Q]
+      constexpr int64_t Q = (int64_t)M * DO * HO;  // [1, M, H, W, N]: DO = H, HO = W, WO = N
+      constexpr int QB = 16;  // a block of QB rows of out (QB x N floats) stays in L1
+#pragma omp for schedule(static)
+      for (int64_t q0 = 0; q0 < Q; q0 += QB) {
+        const int nq = Q - q0 < QB ? (int)(Q - q0) : QB;
+        for (int n = 0; n < BLN; ++n) {
+          float* to = tout + n * Q + q0;
+          const float* src = out + q0 * BLN + n;
+          for (int q = 0; q < nq; ++q) {
+            float v = src[(int64_t)q * BLN];
+            if (BLRES) v += tres[n * Q + q0 + q];
+            to[q] = BLRELU ? (v > 0.f ? v : 0.f) : v;
+          }
+        }
+      }
+    }
     std::free(pk);
     delete[] scr;
     std::free(accbuf);

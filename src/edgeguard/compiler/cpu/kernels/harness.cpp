@@ -25,7 +25,8 @@ int main(int argc, char** argv) {
   auto w = read_floats(argv[3], std::atol(argv[4]));
   auto b = read_floats(argv[5], std::atol(argv[6]));
   std::vector<float> out(std::atol(argv[8]));
-  edgeguard_conv(nullptr, x.data(), w.data(), b.data(), out.data(), nullptr, std::atoi(argv[9]),
+  edgeguard_conv(nullptr, x.data(), w.data(), b.data(), out.data(), nullptr, nullptr, nullptr,
+                 std::atoi(argv[9]),
                  std::atoi(argv[10]));
   FILE* f = std::fopen(argv[7], "wb");
   std::fwrite(out.data(), sizeof(float), out.size(), f);
