@@ -322,8 +322,10 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
           }
     }  // (the implicit barrier again)
     if constexpr (FV) {  // one task = one filter block x one plane; one slice (NS == 1)
-#pragma omp for schedule(dynamic, 1)
-      for (int task = 0; task < batch * DO * NB; ++task) {
+      const int fvtasks = batch * DO * NB;  // in runs, as below: one task is a few us of work
+      const int fvchunk = fvtasks / (8 * nthreads) > 1 ? fvtasks / (8 * nthreads) : 1;
+#pragma omp for schedule(dynamic, fvchunk)
+      for (int task = 0; task < fvtasks; ++task) {
         const int b = task % NB, d = task / NB % DO, n = task / (NB * DO);
         const int32_t* ksb = KS + b * (KD + 1);
         // (maybe_unused: a kernel without FV tiles has an empty EG_FV_CASES)
@@ -348,6 +350,7 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
     // position) has its planes innermost instead, and each thread takes one run of consecutive
     // tasks, so the next plane's task finds most of its input rows in the thread's L2.
     const int ntasks = batch * ndg * NCH * FG;
+    // (dispatching one-tile tasks one at a time cost more than computing them at batch 32)
     const int tchunk = PLANES_INNER ? (ntasks + nthreads - 1) / nthreads
                                     : (ntasks / (8 * nthreads) > 1 ? ntasks / (8 * nthreads) : 1);
 #pragma omp for schedule(dynamic, tchunk)
