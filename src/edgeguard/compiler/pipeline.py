@@ -28,6 +28,7 @@ from .passes import (
 from .passes.graph import materialise_mask, set_module
 from .passes.inplace import compute_into_kernel_outputs
 from .passes.lowering import LINEAR_MIN_WEIGHTS, lower, lower_conv
+from .passes.pad_fold import fold_pads
 from .passes.pool_fusion import FUSE_POOL_MIN_BYTES, fuse_pools
 from .passes.pw_dw_fusion import fuse_pointwise_depthwise
 from .passes.residual import fuse_residuals
@@ -133,6 +134,7 @@ def compile_model(
         be.finish(compiled, input_shape)
         return compiled
     remove_identities(gm)
+    fold_pads(gm)
     fuse_hard_swish(gm)
     fold_batchnorm(gm)
     shrunk = shrink(gm) if shrink_channels else {}

@@ -1,5 +1,5 @@
 """Graph passes of the compiler, in the order :func:`edgeguard.compiler.compile_model` runs them:
-identities out, hard-swish chains fused, BatchNorm folded, channels shrunk, layers lowered to
+identities out, even constant pads folded into the conv or max pool after them, hard-swish chains fused, BatchNorm folded, channels shrunk, layers lowered to
 kernels (ReLU fused), sums and products computed into kernel outputs, max pools fused into the CPU
 convs before them (once the input size is known)."""
 
