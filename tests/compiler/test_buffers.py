@@ -17,6 +17,8 @@ from edgeguard.compiler.generated import OUTPUT_SLACK, BufferPool, has_slack, ke
 from edgeguard.compiler.passes.inplace import add_into
 from edgeguard.sparsity import get_scheme
 
+from .helpers import mask_convs
+
 needs_cxx = pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler (g++) here")
 
 
@@ -60,10 +62,7 @@ def test_add_into_writes_into_the_kernel_output_only_when_the_shape_allows():
 def test_direct_input_and_fused_residual_equal_the_masked_model(scheme):
     torch.manual_seed(4)
     model = Chain().eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d):
-                m.weight *= get_scheme(scheme).mask(m.weight, 0.5)
+    mask_convs(model, scheme)
     compiled = compile_model(model, "cpu", max_density=1.0)
     # b's kernel adds c's output (the residual) itself; no sum is left in the graph
     assert compiled.module.b.residual and "add" not in compiled.module.code
@@ -145,10 +144,7 @@ class Factorised(nn.Module):
 def test_temporal_convs_read_in_place_and_padded_buffers_come_from_the_pool():
     torch.manual_seed(5)
     model = Factorised().eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Conv3d):
-                m.weight *= get_scheme("kgs").mask(m.weight, 0.5)
+    mask_convs(model, "kgs")
     compiled = compile_model(model, "cpu", max_density=1.0)
     x = torch.randn(2, 4, 5, 6, 7)
     with torch.no_grad():
@@ -261,10 +257,7 @@ def test_padded_buffers_are_written_whole_whatever_the_pool_buffer_held():
     # padding too, or NaN reaches the outputs
     torch.manual_seed(8)
     model = Padded().eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Conv3d):
-                m.weight *= get_scheme("kgs").mask(m.weight, 0.5)
+    mask_convs(model, "kgs")
     compiled = compile_model(model, "cpu", max_density=1.0)
     pool = next(m.scratch for m in compiled.module.modules() if getattr(m, "scratch", None))
     for k in range(3):

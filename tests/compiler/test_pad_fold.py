@@ -15,7 +15,8 @@ from torch import fx, nn
 
 from edgeguard.compiler import compile_model
 from edgeguard.compiler.passes.pad_fold import fold_pads
-from edgeguard.sparsity import get_scheme
+
+from .helpers import mask_convs
 
 needs_cxx = pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler (g++) here")
 
@@ -72,10 +73,7 @@ def test_a_pool_pad_past_half_the_window_stays():
 def test_compiled_model_with_folded_pads_equals_the_masked_model():
     torch.manual_seed(1)
     model = Padded().eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d):
-                m.weight *= get_scheme("kgs").mask(m.weight, 0.5)
+    mask_convs(model, "kgs")
     x = torch.randn(2, 3, 17, 19)
     with torch.no_grad():
         want = model(x)
