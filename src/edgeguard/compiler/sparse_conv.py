@@ -80,6 +80,7 @@ class SparseConv(nn.Module):
         plan: SparsePlan,
         *,
         relu: bool = False,
+        slope: float = 0.0,
         two_d: bool = False,
         mode: str = "torch",
         nv: int | None = None,
@@ -94,6 +95,7 @@ class SparseConv(nn.Module):
             raise CompileError(f"unknown mode {mode!r}; expected one of {MODES}")
         self.plan = plan
         self.relu = relu
+        self.slope = float(slope)  # with relu: a leaky ReLU of this negative slope (0: ReLU)
         self.two_d = two_d
         self.mode = mode
         self.nv = nv  # CPU vectors per tile; None: per input size (Target.nv_for)
@@ -185,10 +187,16 @@ class SparseConv(nn.Module):
         w = self.conv_weight()
         if x.dim() == 4:
             out = F.conv2d(x, w.squeeze(2), self.bias, g.stride[1:], g.padding[1:], g.dilation[1:])
-            out = F.relu(out) if self.relu and act else out
+            out = self.activation(out) if act else out
             return F.max_pool2d(out, self.pool[1:], self.pool[1:]) if self.pool else out
         out = F.conv3d(x, w, self.bias, g.stride, g.padding, g.dilation)
-        return self._pooled(F.relu(out) if self.relu and act else out)
+        return self._pooled(self.activation(out) if act else out)
+
+    def activation(self, out: torch.Tensor) -> torch.Tensor:
+        """The layer's fused activation: ReLU, leaky ReLU (``slope``) or none."""
+        if not self.relu:
+            return out
+        return F.leaky_relu(out, self.slope) if self.slope else F.relu(out)
 
     def forward_torch(self, x: torch.Tensor, act: bool = True) -> torch.Tensor:
         """The standard-operator path on a 5-D input; ``act``: apply the layer's ReLU."""
@@ -222,7 +230,7 @@ class SparseConv(nn.Module):
         else:
             out = out.expand(n, -1, do * ho * wo).contiguous()
         out = out.view(n, -1, do, ho, wo)
-        return self._pooled(F.relu(out) if self.relu and act else out)
+        return self._pooled(self.activation(out) if act else out)
 
     # -- generated kernels -------------------------------------------------------------------------
     def layout(self, x: torch.Tensor) -> InputLayout:
@@ -321,6 +329,7 @@ class SparseConv(nn.Module):
             pool=self.pool or (1, 1, 1),
             source_strides=view.strides,
             residual=self.residual and not view.batch_last,
+            slope=self.slope,
             batch_last=(
                 (view.shape[-1], self.residual, self.relu and self.residual)
                 if view.batch_last
@@ -355,7 +364,7 @@ class SparseConv(nn.Module):
             val = self.bias[dead].view(1, -1, 1, 1, 1).to(out.dtype)
             if residual is not None:
                 val = val + residual[:, dead]
-            out[:, dead] = val.clamp_min(0) if self.relu and act else val
+            out[:, dead] = self.activation(val) if act else val
 
     def forward_cpu(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """The layer on the generated CPU kernel; ``x`` is 5-D ``[N, C, D, H, W]``, ``residual``
@@ -374,6 +383,9 @@ class SparseConv(nn.Module):
         from .triton_backend import sparse_conv_triton
 
         out = sparse_conv_triton(self, x)
+        if self.relu and self.slope:  # the Triton kernel applies ReLU only
+            self._fill_dead(out, act=False)
+            return self._pooled(self.activation(out))
         self._fill_dead(out)
         return self._pooled(out)
 
@@ -438,7 +450,7 @@ class SparseConv(nn.Module):
                         f"to the output {tuple(out.shape)}"
                     ) from None
                 out = out + residual
-            return F.relu(out) if act else out
+            return self.activation(out) if act else out
         if (exporting or self.mode == "torch") and self.standard_form() == "conv":
             return self._conv_form(x0)  # on the given rank: no reshapes around a 2-D conv
         if exporting:
@@ -454,6 +466,7 @@ class SparseConv(nn.Module):
         return (
             f"{g.in_channels}, {g.out_channels}, kernel={g.kernel}, stride={g.stride}, "
             f"mode={self.mode}, density={self.plan.density:.3f}, relu={self.relu}"
+            + (f", slope={self.slope}" if self.slope else "")
             + (f", max_pool={self.pool}" if self.pool else "")
         )
 

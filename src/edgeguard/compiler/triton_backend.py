@@ -213,7 +213,7 @@ def sparse_conv_triton(
         MRP=max(16, triton.next_power_of_2(conv.plan.mr)),
         BK=cfg.bk,
         BP=cfg.bp,
-        RELU=conv.relu,
+        RELU=conv.relu and not conv.slope,  # a leaky ReLU: after, in PyTorch
         PREC=precision,
         BLOCKS_FIRST=cfg.blocks_first,
         INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1",

@@ -184,6 +184,7 @@ def generate_source(
     residual: bool = False,
     fv: bool | None = None,
     batch_last: tuple[int, bool, bool] = (0, False, False),
+    slope: float = 0.0,
 ) -> tuple[str, torch.Tensor]:
     """C++ source of one layer's kernel for one input size, and the order (indices into the plan's
     concatenated panels) in which the kernel expects the weight rows.  ``ct`` (tiles per task) and
@@ -203,7 +204,8 @@ def generate_source(
     :func:`tuning.filter_vectors` says (planes of a few positions).  ``batch_last``: ``(n,
     residual, relu)`` of a batch-last kernel (its input the ``[1, C, H, W, N]`` view, ``n = N``):
     after its tiles it transposes its output into ``[N, M, H, W]`` itself, adding a residual
-    and then the ReLU there when asked; ``(0, False, False)``: not batch-last."""
+    and then the ReLU there when asked; ``(0, False, False)``: not batch-last.  ``slope``: the
+    fused ReLU is a leaky ReLU of this negative slope (0: a ReLU)."""
     if residual and pool != (1, 1, 1):
         raise CompileError("a kernel cannot both add a residual and fuse a max pool")
     if fv is None:
@@ -325,6 +327,7 @@ def generate_source(
         f"constexpr bool RELU = {_bool(relu)}, FUSE = {_bool(layout.phases == 1)}, "
         f"PACK = {_bool(pack)}, PLANES_INNER = {_bool(temporal)}, RES = {_bool(residual)}, "
         f"FV = {_bool(fv)};",
+        f"constexpr float SLOPE = {float(slope)!r}f; "
         f"constexpr int BLN = {int(batch_last[0])}; "
         f"constexpr bool BLRES = {_bool(batch_last[1])}, BLRELU = {_bool(batch_last[2])};",
         f"constexpr int CIN = {g.in_channels}, DI = {layout.size[0]}, HI = {layout.size[1]}, "

@@ -18,7 +18,7 @@ from ..pool import supported as pool_supported
 from ..sparse_conv import SparseConv
 from ..sparse_linear import SparseLinear
 from .graph import CONVS, materialise_mask, module_of, set_module, shared
-from .relu_fusion import fuse_relu
+from .relu_fusion import fuse_leaky_relu, fuse_relu
 
 log = logging.getLogger(__name__)
 
@@ -232,8 +232,13 @@ def lower_conv(
             log.info("%s: %s", name, detail)
         return LayerDecision(name, "dense", plan.density, detail), None
     relu = fuse_relu(gm, node) if gm is not None and backend.fuses_relu else False
-    new = SparseConv(plan, relu=relu, two_d=w.dim() == 4, mode=backend.name, nv=nv, name=name)
-    detail = f"{len(plan.block_rows)} blocks of {plan.mr} filters" + (
-        ", ReLU fused" if relu else ""
+    slope = 0.0
+    if not relu and gm is not None and backend.name == "cpu":  # the CPU kernels take a leaky one
+        leaky = fuse_leaky_relu(gm, node)
+        relu, slope = leaky is not None, leaky or 0.0
+    new = SparseConv(
+        plan, relu=relu, slope=slope, two_d=w.dim() == 4, mode=backend.name, nv=nv, name=name
     )
+    fused = f", leaky ReLU ({slope:g}) fused" if slope else ", ReLU fused" if relu else ""
+    detail = f"{len(plan.block_rows)} blocks of {plan.mr} filters" + fused
     return LayerDecision(name, "sparse", plan.density, detail), new

@@ -32,3 +32,31 @@ def fuse_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
     u.replace_all_uses_with(node)
     gm.graph.erase_node(u)
     return True
+
+
+def fuse_leaky_relu(gm: fx.GraphModule, node: fx.Node) -> float | None:
+    """If ``node``'s only user is a leaky ReLU (``F.leaky_relu`` or ``nn.LeakyReLU``), remove it
+    and return its negative slope (the caller's kernel applies it); None otherwise."""
+    if len(node.users) != 1 or shared(gm, node):
+        return None
+    (u,) = node.users
+    m = module_of(gm, u)
+    if isinstance(m, nn.LeakyReLU):
+        slope = m.negative_slope
+    elif (
+        u.op == "call_function"
+        and u.target is F.leaky_relu
+        and set(u.kwargs)
+        <= {
+            "negative_slope",
+            "inplace",
+        }
+    ):
+        slope = u.args[1] if len(u.args) > 1 else u.kwargs.get("negative_slope", 0.01)
+    else:
+        return None
+    if u.args[:1] != (node,) or not isinstance(slope, int | float):
+        return None
+    u.replace_all_uses_with(node)
+    gm.graph.erase_node(u)
+    return float(slope)

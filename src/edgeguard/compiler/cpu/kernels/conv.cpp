@@ -11,7 +11,8 @@
 //   past its last whole vector as "extra" positions: one MR-float accumulator each (the block's
 //   filters), the input value broadcast; TS: floats of one tile's partial sums.
 //   NB: filter blocks; M: filters; DO x HO x WO: output; WQ: a buffer row; P: positions per plane.
-//   XN, XD: buffer strides of a sample and a plane.  RELU: ReLU fused.  FV: filter-vectorised
+//   XN, XD: buffer strides of a sample and a plane.  RELU: ReLU fused (a leaky one of slope
+//   SLOPE where SLOPE != 0).  FV: filter-vectorised
 //   tiles (fv_tile: one vector of MR filters per output position; small planes), which read the
 //   output position q = h * WO + w of a row at FV_POFF[q] and run the tiles of EG_FV_CASES.
 //   RES: a residual res [N, M, DO, HO, WO] (the output's shape) is added before the ReLU, as each
@@ -68,8 +69,12 @@ static inline vm ldm(const float* p) { vm v; std::memcpy(&v, p, sizeof v); retur
 static inline void stm(float* p, vm v) { std::memcpy(p, &v, sizeof v); }
 
 // the activation after a residual sum (RES): the ReLU or nothing
-static inline float act(float v) { return RELU ? (v > 0.f ? v : 0.f) : v; }
-static inline vf actv(vf v) { return RELU ? (v > 0 ? v : (vf){}) : v; }
+// the fused activation: ReLU, or with SLOPE != 0 a leaky ReLU (RELU false: none)
+static inline float lrelu(float v) { return v > 0.f ? v : (SLOPE == 0.f ? 0.f : SLOPE * v); }
+static inline vf lreluv(vf v) { return v > 0 ? v : (SLOPE == 0.f ? (vf){} : v * SLOPE); }
+static inline vm lrelum(vm v) { return v > 0 ? v : (SLOPE == 0.f ? (vm){} : v * SLOPE); }
+static inline float act(float v) { return RELU ? lrelu(v) : v; }
+static inline vf actv(vf v) { return RELU ? lreluv(v) : v; }
 
 constexpr int T = NV * VL, TS = MR * T + NXM * MR;
 constexpr bool PFILL = !FUSE;  // a strided kernel fills its phase buffer itself
@@ -106,7 +111,7 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
   EG_ACC_ARRAY
   if (RELU && !RES)  // with a residual: after adding it, at the stores
     for (int m = 0; m < MR; ++m)
-      for (int v = 0; v < NVT; ++v) acc[m][v] = acc[m][v] > 0 ? acc[m][v] : (vf){};
+      for (int v = 0; v < NVT; ++v) acc[m][v] = lreluv(acc[m][v]);
   const int h0 = p0 / WQ, w0 = p0 % WQ, hr = h0 - hb;
   if constexpr (NX > 0) {  // the extra positions: p0 + TT + x, each a vector of MR filters
     vm ex[NX > 0 ? NX : 1];
@@ -115,7 +120,7 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
       const int px = p0 + TT + x, h = px / WQ, w = px % WQ;
       if (w >= WO || px >= pl) continue;  // a padding column
       float e[MR];
-      stm(e, RELU && !RES ? (ex[x] > 0 ? ex[x] : (vm){}) : ex[x]);
+      stm(e, RELU && !RES ? lrelum(ex[x]) : ex[x]);
       for (int m = 0; m < MR; ++m)
         if (op[m]) op[m][(h - hb) * WO + w] = RES ? act(e[m] + rp[m][(h - hb) * WO + w]) : e[m];
     }
@@ -213,7 +218,7 @@ static inline void fv_tile(const float* __restrict xb, const int32_t* __restrict
       if (op[m]) {
         float v = e[m];
         if (RES) v += rp[m][q];
-        op[m][q] = RELU ? (v > 0.f ? v : 0.f) : v;
+        op[m][q] = act(v);
       }
   }
 }
@@ -446,7 +451,7 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
           for (int q = 0; q < nq; ++q) {
             float v = src[(int64_t)q * BLN];
             if (BLRES) v += tres[n * Q + q0 + q];
-            to[q] = BLRELU ? (v > 0.f ? v : 0.f) : v;
+            to[q] = BLRELU ? lrelu(v) : v;
           }
         }
       }
