@@ -146,6 +146,35 @@ def test_resize_bilinear_legacy_and_half_pixel_by_hand():
     assert torch.allclose(y.flatten(), torch.tensor([0.0, 4 / 3, 8 / 3]))
 
 
+def _legacy_resize_reference(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """TF's legacy ResizeBilinear by advanced indexing: src = dst * in / out, clamped above."""
+
+    def axis(n_in: int, n_out: int):
+        src = torch.arange(n_out, dtype=torch.float64) * n_in / n_out
+        lo = src.floor().long()
+        return lo, (lo + 1).clamp(max=n_in - 1), (src - lo).float()
+
+    (y0, y1, ly), (x0, x1, lx) = axis(x.shape[-2], size[0]), axis(x.shape[-1], size[1])
+    cols = x[..., x0] + (x[..., x1] - x[..., x0]) * lx
+    return cols[..., y0, :] + (cols[..., y1, :] - cols[..., y0, :]) * ly[:, None]
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 4, 1, 1), (1, 2, 13, 13)])
+def test_legacy_resize_by_exactly_two_equals_the_reference_with_its_gradient(shape):
+    # the FPN upsampling's fast path (no gathers) against an independent reference, values and
+    # gradients (the T-shirt attacks back-propagate through it)
+    torch.manual_seed(3)
+    x = torch.randn(*shape, requires_grad=True)
+    size = (2 * shape[2], 2 * shape[3])
+    ours = tf_resize_bilinear(x, size, half_pixel=False)
+    ref = _legacy_resize_reference(x, size)
+    assert ours.shape == ref.shape and torch.allclose(ours, ref, atol=1e-6)
+    up = torch.randn_like(ref)
+    (g_ours,) = torch.autograd.grad(ours, x, up)
+    (g_ref,) = torch.autograd.grad(ref, x, up)
+    assert torch.allclose(g_ours, g_ref, atol=1e-5)
+
+
 def test_half_pixel_resize_equals_pytorch_bilinear():
     x = torch.rand(2, 3, 7, 9)
     for size in ((14, 18), (5, 4), (7, 9)):
