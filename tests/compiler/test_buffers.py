@@ -270,3 +270,18 @@ def test_padded_buffers_are_written_whole_whatever_the_pool_buffer_held():
         assert pool._outputs, k
         for g, w in zip(got, want, strict=True):
             assert torch.isfinite(g).all() and torch.allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+@needs_cxx
+def test_without_storage_use_counts_each_layer_keeps_its_own_buffers(monkeypatch):
+    # the pool relies on a private PyTorch API: without it the compiled model still works
+    monkeypatch.setattr(BufferPool, "available", staticmethod(lambda: False))
+    torch.manual_seed(11)
+    model = mask_convs(Factorised().eval(), "kgs")
+    compiled = compile_model(model, "cpu", max_density=1.0)
+    assert all(getattr(m, "scratch", None) is None for m in compiled.module.modules())
+    x = torch.randn(2, 4, 5, 6, 7)
+    with torch.no_grad():
+        want = model(x)
+    assert torch.allclose(compiled(x), want, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(compiled(x), want, rtol=1e-4, atol=1e-5)

@@ -120,6 +120,11 @@ class BufferPool:
     def __init__(self) -> None:
         self._outputs: list[tuple[torch.Tensor, int, int]] = []  # (flat, storage, its use count)
 
+    @staticmethod
+    def available() -> bool:
+        """Whether this PyTorch exposes storage use counts (a private API the pool relies on)."""
+        return hasattr(torch._C, "_storage_Use_Count")
+
     def output(self, shape: tuple[int, ...]) -> torch.Tensor:
         """A tensor of ``shape`` at the start of a buffer no live tensor shares, followed by
         :data:`OUTPUT_SLACK` zeros (as :func:`kernel_output`): the smallest free buffer that holds

@@ -58,7 +58,8 @@ class CompiledModel(nn.Module):
         self._built: set[tuple[int, ...]] = set()
         object.__setattr__(self, "_reference", reference)  # not a submodule: no copy, no .to()
         self._lock = threading.Lock()
-        scratch = BufferPool()
+        # shared buffers where this PyTorch can tell when a buffer is free (else one per layer)
+        scratch = BufferPool() if BufferPool.available() else None
         for m in graph_module.modules():
             if hasattr(m, "reuse_buffers"):
                 m.reuse_buffers = True
