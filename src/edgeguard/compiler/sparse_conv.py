@@ -139,9 +139,8 @@ class SparseConv(nn.Module):
         self.form = "auto"  # standard-operator form: "gather", "conv" or "auto" (see standard_form)
         self._kernels: dict[tuple, object] = {}
         self.reuse_buffers = False
-        self.scratch: BufferPool | None = (
-            None  # the compiled model's shared buffers (outputs, inputs)
-        )
+        # the compiled model's shared buffers (outputs and padded inputs); None: this layer's own
+        self.scratch: BufferPool | None = None
         # per 5-D input shape: what a CPU call needs (kernel, layout, kept buffers): _CpuCall
         self._cpu_calls: dict[tuple, _CpuCall] = {}
         self._plans: dict[tuple[bool, bool], SparsePlan] = {}  # on other geometries (_variant)
