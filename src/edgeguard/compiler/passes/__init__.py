@@ -1,7 +1,8 @@
 """Graph passes of the compiler, in the order :func:`edgeguard.compiler.compile_model` runs them:
-identities out, even constant pads folded into the conv or max pool after them, hard-swish chains fused, BatchNorm folded, channels shrunk, layers lowered to
-kernels (ReLU fused), sums and products computed into kernel outputs, max pools fused into the CPU
-convs before them (once the input size is known)."""
+identities out, even constant pads folded into the conv or max pool after them, hard-swish chains
+fused, BatchNorm folded, channels shrunk, layers lowered to kernels (ReLU fused), sums and
+products computed into kernel outputs, max pools fused into the CPU convs before them (once the
+input size is known)."""
 
 from .bn_fold import fold_batchnorm
 from .graph import BATCHNORMS, CONVS, effective_weight, materialise_mask, module_of, set_module

@@ -18,6 +18,7 @@ from ..pool import supported as pool_supported
 from ..sparse_conv import SparseConv
 from ..sparse_linear import SparseLinear
 from .graph import CONVS, materialise_mask, module_of, set_module, shared
+from .pad_fold import pad_args
 from .relu_fusion import fuse_leaky_relu, fuse_relu
 
 log = logging.getLogger(__name__)
@@ -125,14 +126,13 @@ def _zero_pad_of(gm: fx.GraphModule, node: fx.Node) -> tuple[int, int, int, int]
     src = node.args[0] if node.args else None
     if not isinstance(src, fx.Node) or src.op != "call_function" or src.target is not F.pad:
         return None
-    pads = src.args[1] if len(src.args) > 1 else src.kwargs.get("pad")
-    mode = src.args[2] if len(src.args) > 2 else src.kwargs.get("mode", "constant")
-    value = src.args[3] if len(src.args) > 3 else src.kwargs.get("value")
-    if len(src.users) != 1 or mode != "constant" or value not in (None, 0, 0.0):
+    parsed = pad_args(src)
+    if parsed is None or len(src.users) != 1:
         return None
-    if not isinstance(pads, tuple | list) or len(pads) != 4 or min(pads) < 0:
+    _, pads, mode, value = parsed
+    if mode != "constant" or value != 0.0 or len(pads) != 4 or min(pads) < 0:
         return None
-    return tuple(int(p) for p in pads)
+    return tuple(pads)
 
 
 def lower_depthwise(gm: fx.GraphModule, node: fx.Node, m: nn.Conv2d, name: str) -> LayerDecision:

@@ -19,7 +19,7 @@ _POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def _pad_args(node: fx.Node) -> tuple[fx.Node, list[int], str, float] | None:
+def pad_args(node: fx.Node) -> tuple[fx.Node, list[int], str, float] | None:
     """(input, pads, mode, value) of an ``F.pad`` call, or None where they are not plain."""
     if not node.args or not isinstance(node.args[0], fx.Node):
         return None
@@ -31,6 +31,11 @@ def _pad_args(node: fx.Node) -> tuple[fx.Node, list[int], str, float] | None:
     if not isinstance(value, int | float | type(None)):
         return None
     return node.args[0], list(pads), mode, 0.0 if value is None else float(value)
+
+
+def _per_axis(v: int | tuple[int, ...], nd: int) -> tuple[int, ...]:
+    """A module's int-or-tuple size argument (padding, kernel, dilation) per spatial axis."""
+    return (v,) * nd if isinstance(v, int) else tuple(v)
 
 
 def _even_spatial(pads: list[int], nd: int) -> tuple[int, ...] | None:
@@ -51,7 +56,7 @@ def fold_pads(gm: fx.GraphModule) -> int:
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target is not F.pad or len(node.users) != 1:
             continue
-        parsed = _pad_args(node)
+        parsed = pad_args(node)
         (user,) = node.users
         m = module_of(gm, user)
         if parsed is None or m is None or shared(gm, user):
@@ -66,23 +71,20 @@ def fold_pads(gm: fx.GraphModule) -> int:
         elif isinstance(m, _POOLS):  # a max pool pads with -inf itself
             if value != -math.inf:
                 continue
-            nd = {nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3}[type(m)]
+            nd = 1 + next(i for i, t in enumerate(_POOLS) if isinstance(m, t))
         else:
             continue
         add = _even_spatial(pads, nd)
         if add is None:
             continue
-        old = (m.padding,) * nd if isinstance(m.padding, int) else tuple(m.padding)
-        new = tuple(o + a for o, a in zip(old, add, strict=True))
+        new = tuple(o + a for o, a in zip(_per_axis(m.padding, nd), add, strict=True))
         if isinstance(m, _POOLS):  # PyTorch takes at most half the (dilated) window
-            k = (m.kernel_size,) * nd if isinstance(m.kernel_size, int) else m.kernel_size
-            dil = (m.dilation,) * nd if isinstance(m.dilation, int) else m.dilation
+            k, dil = _per_axis(m.kernel_size, nd), _per_axis(m.dilation, nd)
             if any(p > ((kk - 1) * d + 1) // 2 for p, kk, d in zip(new, k, dil, strict=True)):
                 continue
-            m.padding = new
-        else:
-            m.padding = new
+        else:  # (what a conv's forward pads with for non-zero padding modes, kept in step)
             m._reversed_padding_repeated_twice = [p for p in reversed(new) for _ in range(2)]
+        m.padding = new
         user.replace_input_with(node, x)
         gm.graph.erase_node(node)
         folded += 1

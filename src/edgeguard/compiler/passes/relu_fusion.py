@@ -22,12 +22,19 @@ def is_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
     )
 
 
+def _activation_user(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
+    """``node``'s only user when it takes ``node`` as its first argument and ``node``'s module
+    is called nowhere else (a shared module's other calls have no such activation)."""
+    if len(node.users) != 1 or shared(gm, node):
+        return None
+    (u,) = node.users
+    return u if u.args[:1] == (node,) else None
+
+
 def fuse_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
     """If ``node``'s only user is a ReLU, remove that ReLU (the caller's kernel applies it)."""
-    if len(node.users) != 1 or shared(gm, node):  # a shared module's other calls have no ReLU
-        return False
-    (u,) = node.users
-    if not is_relu(gm, u) or u.args[:1] != (node,):
+    u = _activation_user(gm, node)
+    if u is None or not is_relu(gm, u):
         return False
     u.replace_all_uses_with(node)
     gm.graph.erase_node(u)
@@ -37,25 +44,19 @@ def fuse_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
 def fuse_leaky_relu(gm: fx.GraphModule, node: fx.Node) -> float | None:
     """If ``node``'s only user is a leaky ReLU (``F.leaky_relu`` or ``nn.LeakyReLU``), remove it
     and return its negative slope (the caller's kernel applies it); None otherwise."""
-    if len(node.users) != 1 or shared(gm, node):
+    u = _activation_user(gm, node)
+    if u is None:
         return None
-    (u,) = node.users
     m = module_of(gm, u)
     if isinstance(m, nn.LeakyReLU):
         slope = m.negative_slope
-    elif (
-        u.op == "call_function"
-        and u.target is F.leaky_relu
-        and set(u.kwargs)
-        <= {
-            "negative_slope",
-            "inplace",
-        }
-    ):
+    elif u.op == "call_function" and u.target is F.leaky_relu:
+        if not set(u.kwargs) <= {"negative_slope", "inplace"}:
+            return None
         slope = u.args[1] if len(u.args) > 1 else u.kwargs.get("negative_slope", 0.01)
     else:
         return None
-    if u.args[:1] != (node,) or not isinstance(slope, int | float):
+    if not isinstance(slope, int | float):
         return None
     u.replace_all_uses_with(node)
     gm.graph.erase_node(u)

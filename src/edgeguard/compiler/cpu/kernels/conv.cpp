@@ -68,13 +68,22 @@ typedef float vm __attribute__((vector_size(MR * 4)));
 static inline vm ldm(const float* p) { vm v; std::memcpy(&v, p, sizeof v); return v; }
 static inline void stm(float* p, vm v) { std::memcpy(p, &v, sizeof v); }
 
-// the activation after a residual sum (RES): the ReLU or nothing
-// the fused activation: ReLU, or with SLOPE != 0 a leaky ReLU (RELU false: none)
-static inline float lrelu(float v) { return v > 0.f ? v : (SLOPE == 0.f ? 0.f : SLOPE * v); }
-static inline vf lreluv(vf v) { return v > 0 ? v : (SLOPE == 0.f ? (vf){} : v * SLOPE); }
-static inline vm lrelum(vm v) { return v > 0 ? v : (SLOPE == 0.f ? (vm){} : v * SLOPE); }
-static inline float act(float v) { return RELU ? lrelu(v) : v; }
-static inline vf actv(vf v) { return RELU ? lreluv(v) : v; }
+// the fused activation, on a float or a vector: ReLU, or with SLOPE != 0 a leaky ReLU
+template <class V>
+static inline V lrelu(V v) {
+  return v > 0 ? v : (SLOPE == 0.f ? V{} : v * SLOPE);
+}
+// the activation after a residual sum (RES): lrelu, or nothing (RELU false)
+template <class V>
+static inline V act(V v) {
+  return RELU ? lrelu(v) : v;
+}
+
+// Tasks are handed out in runs (dynamic): a task of a few us cost more to dispatch one at a time
+// than to compute (batch 32), and 8 runs per thread still balance the threads.
+static inline int task_run(int ntasks, int nthreads) {
+  return ntasks / (8 * nthreads) > 1 ? ntasks / (8 * nthreads) : 1;
+}
 
 constexpr int T = NV * VL, TS = MR * T + NXM * MR;
 constexpr bool PFILL = !FUSE;  // a strided kernel fills its phase buffer itself
@@ -111,7 +120,7 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
   EG_ACC_ARRAY
   if (RELU && !RES)  // with a residual: after adding it, at the stores
     for (int m = 0; m < MR; ++m)
-      for (int v = 0; v < NVT; ++v) acc[m][v] = lreluv(acc[m][v]);
+      for (int v = 0; v < NVT; ++v) acc[m][v] = lrelu(acc[m][v]);
   const int h0 = p0 / WQ, w0 = p0 % WQ, hr = h0 - hb;
   if constexpr (NX > 0) {  // the extra positions: p0 + TT + x, each a vector of MR filters
     vm ex[NX > 0 ? NX : 1];
@@ -120,7 +129,7 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
       const int px = p0 + TT + x, h = px / WQ, w = px % WQ;
       if (w >= WO || px >= pl) continue;  // a padding column
       float e[MR];
-      stm(e, RELU && !RES ? lrelum(ex[x]) : ex[x]);
+      stm(e, RELU && !RES ? lrelu(ex[x]) : ex[x]);
       for (int m = 0; m < MR; ++m)
         if (op[m]) op[m][(h - hb) * WO + w] = RES ? act(e[m] + rp[m][(h - hb) * WO + w]) : e[m];
     }
@@ -130,7 +139,7 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
       if (op[m])
         for (int v = 0; v < NVT; ++v) {
           const int64_t o = hr * WO + w0 + v * VL;
-          st(op[m] + o, RES ? actv(acc[m][v] + ld(rp[m] + o)) : acc[m][v]);
+          st(op[m] + o, RES ? act(acc[m][v] + ld(rp[m] + o)) : acc[m][v]);
         }
     return;
   }
@@ -154,7 +163,7 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
           if (op[m]) {
             const int64_t o = h * WO + w - j + v * VL;
             vf a = acc[m][v];
-            if (RES) a = actv(a + (vf)_mm512_maskz_loadu_ps(k, rp[m] + o));
+            if (RES) a = act(a + (vf)_mm512_maskz_loadu_ps(k, rp[m] + o));
             _mm512_mask_storeu_ps(op[m] + o, k, (__m512)a);
           }
       }
@@ -327,9 +336,8 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
           }
     }  // (the implicit barrier again)
     if constexpr (FV) {  // one task = one filter block x one plane; one slice (NS == 1)
-      const int fvtasks = batch * DO * NB;  // in runs, as below: one task is a few us of work
-      const int fvchunk = fvtasks / (8 * nthreads) > 1 ? fvtasks / (8 * nthreads) : 1;
-#pragma omp for schedule(dynamic, fvchunk)
+      const int fvtasks = batch * DO * NB;
+#pragma omp for schedule(dynamic, task_run(fvtasks, nthreads))
       for (int task = 0; task < fvtasks; ++task) {
         const int b = task % NB, d = task / NB % DO, n = task / (NB * DO);
         const int32_t* ksb = KS + b * (KD + 1);
@@ -355,9 +363,8 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
     // position) has its planes innermost instead, and each thread takes one run of consecutive
     // tasks, so the next plane's task finds most of its input rows in the thread's L2.
     const int ntasks = batch * ndg * NCH * FG;
-    // (dispatching one-tile tasks one at a time cost more than computing them at batch 32)
-    const int tchunk = PLANES_INNER ? (ntasks + nthreads - 1) / nthreads
-                                    : (ntasks / (8 * nthreads) > 1 ? ntasks / (8 * nthreads) : 1);
+    const int tchunk =
+        PLANES_INNER ? (ntasks + nthreads - 1) / nthreads : task_run(ntasks, nthreads);
 #pragma omp for schedule(dynamic, tchunk)
     for (int task = 0; task < ntasks; ++task) {
       const int g = task % FG, q = task / FG, n = q / (ndg * NCH);
