@@ -216,6 +216,17 @@ def test_temporal_kernels_with_planes_innermost_give_the_same_result(batch, ct, 
         torch.set_num_threads(threads)
 
 
+@needs_cxx
+@pytest.mark.parametrize("k, pad", [((1, 1, 1), 0), ((3, 1, 1), (1, 0, 0))])
+@pytest.mark.parametrize("width", [13, 16, 33])
+def test_tiles_across_row_ends_of_unpadded_rows(k, pad, width):
+    # rows without padding columns store a tile crossing a row end as one run of the output
+    conv = masked_conv(16, 16, k, 1, pad, 1)
+    x = torch.randn(2, 16, 3, 5, width)
+    assert_relu_kernel_matches_dense(conv, x, mr=8, nv=2)
+    assert_relu_kernel_matches_dense(conv, x, mr=8, nv=2, ct=1)
+
+
 POOL_CASES = [  # cin, cout, input (D, H, W), pool window, SparseConv knobs
     (3, 16, (5, 22, 23), (1, 2, 2), {}),  # C3D's pool1 shape; odd W: floor drops a column
     (8, 12, (6, 13, 14), (2, 2, 2), {}),  # odd H: the last row is not computed

@@ -134,7 +134,9 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
         if (op[m]) op[m][(h - hb) * WO + w] = RES ? act(e[m] + rp[m][(h - hb) * WO + w]) : e[m];
     }
   }
-  if (w0 + TT <= WO) {
+  // Rows without padding columns (WQ == WO) are contiguous in the output too: a tile that crosses
+  // a row end is still one run of positions there.
+  if (WQ == WO ? p0 + TT <= pl : w0 + TT <= WO) {
     for (int m = 0; m < MR; ++m)
       if (op[m])
         for (int v = 0; v < NVT; ++v) {
