@@ -227,6 +227,41 @@ def test_tiles_across_row_ends_of_unpadded_rows(k, pad, width):
     assert_relu_kernel_matches_dense(conv, x, mr=8, nv=2, ct=1)
 
 
+@needs_cxx
+@pytest.mark.parametrize("no_avx512", ["", "1"])
+@pytest.mark.parametrize("nv", [1, 2, 3])
+@pytest.mark.parametrize(
+    "height, width, stride, dilation",
+    [(5, 32, 1, 1), (7, 16, 1, 1), (3, 64, 1, 2), (6, 32, 2, 1), (5, 8, 1, 1), (4, 48, 1, 1)],
+)
+def test_row_aligned_tiles(monkeypatch, no_avx512, nv, height, width, stride, dilation):
+    # output widths that a tile divides (or that divide it in whole vectors) number the tiles in
+    # the output's rows, no padding columns; odd heights end in a tile cut short; with a residual
+    monkeypatch.setenv("EDGEGUARD_NO_AVX512", no_avx512)
+    from edgeguard.compiler.cpu import host_target
+    from edgeguard.compiler.cpu.codegen import row_aligned
+
+    torch.manual_seed(width + height)
+    conv = nn.Conv2d(16, 24, 3, stride, dilation, dilation)
+    with torch.no_grad():
+        conv.weight *= get_scheme("kgs").mask(conv.weight, 0.6)
+    x = torch.randn(2, 16, height * stride, width * stride)
+    r = torch.randn(2, 24, height, width)
+    sc = SparseConv(plan_conv(conv, mr=8), two_d=True, mode="cpu", relu=True, nv=nv)
+    vl = host_target().vector_floats
+    lay = sc.kernel_layout(sc._kernel_view(tuple(x.unsqueeze(2).shape)))
+    assert row_aligned(lay, nv * vl, vl, False) == (
+        width % (nv * vl) == 0 or ((nv * vl) % width == 0 and width % vl == 0)
+    )
+    with torch.no_grad():
+        want = F.relu(conv(x))
+        assert (sc(x) - want).abs().max() <= 1e-4 * want.abs().max()
+        sc = SparseConv(plan_conv(conv, mr=8), two_d=True, mode="cpu", relu=True, nv=nv)
+        sc.residual = True
+        want = F.relu(conv(x) + r)
+        assert (sc(x, r) - want).abs().max() <= 1e-4 * want.abs().max()
+
+
 POOL_CASES = [  # cin, cout, input (D, H, W), pool window, SparseConv knobs
     (3, 16, (5, 22, 23), (1, 2, 2), {}),  # C3D's pool1 shape; odd W: floor drops a column
     (8, 12, (6, 13, 14), (2, 2, 2), {}),  # odd H: the last row is not computed

@@ -92,7 +92,7 @@ def register_tile_macros(mr: int, nv: int, nxm: int = 0) -> dict[str, list[str]]
         f"vm e{x}; if constexpr ({x} < NX) e{x} = FIRST ? ldm(bv) : ldm(accbuf + MR * T + {x} * MR);"
         for x in range(nxm)
     ]
-    fma = [f"vf x{v}; if constexpr ({v} < NVT) x{v} = ld(xr + {v} * VL);" for v in range(nv)]
+    fma = [f"vf x{v}; if constexpr ({v} < NVT) x{v} = ld(xr + VOFF[{v}]);" for v in range(nv)]
     for m in range(mr):
         body = " ".join(f"if constexpr ({v} < NVT) {acc[m][v]} += x{v} * s;" for v in range(nv))
         fma.append(f"{{ const float s = wk[{m}]; {body} }}")
@@ -152,6 +152,17 @@ def last_tiles(layout: InputLayout, tflat: int, ct: int, rc: int, hc: int | None
         if end > p0:
             rems.add(end - p0)
     return rems
+
+
+def row_aligned(layout: InputLayout, t: int, vl: int, other: bool) -> bool:
+    """Whether a kernel's tiles follow the output rows (``RA``): tiles of ``t`` positions numbered
+    in the output's own row-major order (no padding columns computed), each of its vectors inside
+    one output row, so a tile is stored as whole aligned vectors.  For output widths that a tile
+    divides or that divide a tile in whole vectors (32 or 16 wide planes at 32-position tiles), in
+    buffers whose rows hold padding columns; not with ``other`` (filter-vectorised or batch-last
+    tiles, packed rows, a fused pool)."""
+    wo, wq = layout.out[2], layout.phased[2]
+    return not other and wq != wo and (wo % t == 0 or (t % wo == 0 and wo % vl == 0))
 
 
 def is_temporal(g) -> bool:
@@ -290,10 +301,13 @@ def generate_source(
             order += (start[border[b]] + perm[b][int(ks[b, sl]) : int(ks[b, sl + 1])]).tolist()
     dq, hq, wq = layout.phased
     rows_at = ridx * nv * vl if pack else uroff[ridx]
-    # Extra positions (see NXM): with AVX-512's 32 registers only, and rows read in place.
-    nxm = 2 if vl >= 16 and not pack else 0
-    hc = ho // pool[1] * pool[1] if pool != (1, 1, 1) else None
     t = nv * vl
+    ra = row_aligned(layout, t, vl, fv or pack or pool != (1, 1, 1) or batch_last[0] > 0)
+    # vector v of a tile reads its positions at VOFF[v] from the tile's first one
+    voff = [(v * vl // wo) * wq + v * vl % wo if ra else v * vl for v in range(nv)]
+    # Extra positions (see NXM): with AVX-512's 32 registers only, rows read in place, flat tiles.
+    nxm = 2 if vl >= 16 and not pack and not ra else 0
+    hc = ho // pool[1] * pool[1] if pool != (1, 1, 1) else None
     cases = [
         f"case {nvt * 8 + nx}: tile<FIRST, LAST, {nvt}, {nx}>"
         "(pk, ridx, k0, k1, wb, bv, accbuf, op, rp, p0, pl, hb); break;"
@@ -324,6 +338,8 @@ def generate_source(
         f"constexpr int NB = {nb}, M = {g.out_channels}, DO = {do}, HO = {ho}, WO = {wo}, "
         f"WQ = {wq}, P = {layout.positions};",
         f"constexpr int64_t XN = {layout.batch_stride}, XD = {hq * wq};",
+        f"constexpr bool RA = {_bool(ra)};",
+        f"constexpr int VOFF[NV] = {{{', '.join(map(str, voff))}}};",
         f"constexpr bool RELU = {_bool(relu)}, FUSE = {_bool(layout.phases == 1)}, "
         f"PACK = {_bool(pack)}, PLANES_INNER = {_bool(temporal)}, RES = {_bool(residual)}, "
         f"FV = {_bool(fv)};",

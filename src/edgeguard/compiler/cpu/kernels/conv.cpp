@@ -104,9 +104,16 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
     const float* xr = pk + ridx[k];  // RIDX holds the row's offset from pk: no multiply
     if (PF > 0) {  // the rows are a gather: the hardware prefetcher cannot guess them
       const float* nx = pk + ridx[k + PF];
+      if (RA) {
+        for (int v = 0; v < NV; ++v) {  // each vector, which may straddle two lines
+          __builtin_prefetch(nx + VOFF[v]);
+          __builtin_prefetch(nx + VOFF[v] + VL - 1);
+        }
+      } else {
 #pragma GCC unroll 8
-      for (int o = 0; o < T; o += 16) __builtin_prefetch(nx + o);  // every 64-byte line
-      __builtin_prefetch(nx + T + 1);
+        for (int o = 0; o < T; o += 16) __builtin_prefetch(nx + o);  // every 64-byte line
+        __builtin_prefetch(nx + T + 1);
+      }
     }
     const float* wk = wb + (int64_t)k * MR;
     EG_ACC_FMA
@@ -121,6 +128,15 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
   if (RELU && !RES)  // with a residual: after adding it, at the stores
     for (int m = 0; m < MR; ++m)
       for (int v = 0; v < NVT; ++v) acc[m][v] = lrelu(acc[m][v]);
+  if constexpr (RA) {  // p0 is an output index, the tile's vectors whole rows' pieces
+    for (int m = 0; m < MR; ++m)
+      if (op[m])
+        for (int v = 0; v < NVT && p0 + v * VL < pl; ++v) {
+          const int64_t o = p0 + v * VL;
+          st(op[m] + o, RES ? act(acc[m][v] + ld(rp[m] + o)) : acc[m][v]);
+        }
+    return;
+  }
   const int h0 = p0 / WQ, w0 = p0 % WQ, hr = h0 - hb;
   if constexpr (NX > 0) {  // the extra positions: p0 + TT + x, each a vector of MR filters
     vm ex[NX > 0 ? NX : 1];
@@ -189,7 +205,7 @@ static inline int run_tile(const float* __restrict pk, const int32_t* __restrict
                            int k1, const float* __restrict wb, const float* bv, float* accbuf,
                            float* const* op, const float* const* rp, int p0, int pl, int hb) {
   const int rem = pl - p0;
-  if (rem > T + NXM) {
+  if (RA || rem > T + NXM) {  // (RA: whole tiles, their stores clipped at pl)
     tile<FIRST, LAST, NV, 0>(pk, ridx, k0, k1, wb, bv, accbuf, op, rp, p0, pl, hb);
     return T;
   }
@@ -245,7 +261,8 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
   // Chunks: CT tiles (CH positions) of a plane, or, with a fused pool, RC output rows (whole
   // pooling windows; the rows and planes that floor pooling drops are not computed at all).
   constexpr int CH = CT * T, HC = HOP * PKH;
-  constexpr int NCH = POOL ? (HC + RC - 1) / RC : (P + CH - 1) / CH;
+  constexpr int PP = RA ? HO * WO : P;  // positions a plane's tiles number (RA: output ones)
+  constexpr int NCH = POOL ? (HC + RC - 1) / RC : (PP + CH - 1) / CH;
   constexpr int DU = POOL ? DOP : DO;  // plane units: PKD planes each with a pool, else 1
   // Plane groups: where a chunk is a whole plane (layers with long chunks or few tiles), a task
   // takes as many planes as still leaves a task per thread, so the weights (past the L2 there)
@@ -376,7 +393,7 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
       const int hb = POOL ? c * RC : 0, he = hb + RC < HC ? hb + RC : HC;  // pool: rows
       const int pbeg = POOL ? hb * WQ : c * CH;
       const int pend0 = POOL ? (he - 1) * WQ + WO : (c + 1) * CH;  // pool: no padding column
-      const int pend = pend0 < P ? pend0 : P;
+      const int pend = pend0 < PP ? pend0 : PP;
       const int b0 = BG[g], b1 = BG[g + 1];
       for (int i = b0 * MR; i < b1 * MR; ++i) {  // once per task, not per (block, slice)
         const int f = FIL[i];
@@ -401,7 +418,7 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
 #pragma GCC unroll 8
                 for (int v = 0; v < NV; ++v)
                   st(pk + (r - r0) * T + v * VL, ld(xb + UROFF[r] + p0 + v * VL));
-            const float* base = PACK ? pks : xb + p0;
+            const float* base = PACK ? pks : xb + (RA ? p0 / WO * WQ + p0 % WO : p0);
             const int klo = KLO[d0 + dd], khi = KHI[d0 + dd];
             for (int b = b0; b < b1; ++b) {
               const int32_t* ksb = KS + (b * NS + s) * (KD + 1);
