@@ -262,6 +262,28 @@ def test_row_aligned_tiles(monkeypatch, no_avx512, nv, height, width, stride, di
         assert (sc(x, r) - want).abs().max() <= 1e-4 * want.abs().max()
 
 
+@needs_cxx
+@pytest.mark.parametrize("k, width", [(1, 32), (3, 32), (3, 48)])
+def test_streamed_stores_give_the_same_result(monkeypatch, k, width):
+    # outputs past STREAM_MIN_BYTES are stored with streaming stores where a store is a whole
+    # aligned vector (contiguous rows, row-aligned tiles, whole tiles inside a row)
+    from edgeguard.compiler.cpu import codegen, host_target
+
+    monkeypatch.setattr(codegen, "STREAM_MIN_BYTES", 0)
+    torch.manual_seed(k * width)
+    conv = nn.Conv2d(16, 24, k, 1, k // 2)
+    with torch.no_grad():
+        conv.weight *= get_scheme("kgs").mask(conv.weight, 0.6)
+    x, r = torch.randn(2, 16, 9, width), torch.randn(2, 24, 9, width)
+    sc = SparseConv(plan_conv(conv, mr=8), two_d=True, mode="cpu", relu=True)
+    src, _ = sc.source(x.unsqueeze(2), host_target().vector_floats)
+    assert "NT = true" in src
+    sc.residual = True
+    with torch.no_grad():
+        want = F.relu(conv(x) + r)
+        assert (sc(x, r) - want).abs().max() <= 1e-4 * want.abs().max()
+
+
 POOL_CASES = [  # cin, cout, input (D, H, W), pool window, SparseConv knobs
     (3, 16, (5, 22, 23), (1, 2, 2), {}),  # C3D's pool1 shape; odd W: floor drops a column
     (8, 12, (6, 13, 14), (2, 2, 2), {}),  # odd H: the last row is not computed

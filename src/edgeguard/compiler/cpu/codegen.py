@@ -22,6 +22,7 @@ from ..plan import SparsePlan
 from .tuning import (
     FV_TILE,
     FV_TILE_AVX2,
+    STREAM_MIN_BYTES,
     chunking,
     default_prefetch,
     default_slice_rows,
@@ -152,6 +153,12 @@ def last_tiles(layout: InputLayout, tflat: int, ct: int, rc: int, hc: int | None
         if end > p0:
             rems.add(end - p0)
     return rems
+
+
+def out_bytes(plan: SparsePlan, layout: InputLayout) -> int:
+    """Bytes of one sample's output of a layer at ``layout``."""
+    do, ho, wo = layout.out
+    return plan.geometry.out_channels * do * ho * wo * 4
 
 
 def row_aligned(layout: InputLayout, t: int, vl: int, other: bool) -> bool:
@@ -305,6 +312,9 @@ def generate_source(
     ra = row_aligned(layout, t, vl, fv or pack or pool != (1, 1, 1) or batch_last[0] > 0)
     # vector v of a tile reads its positions at VOFF[v] from the tile's first one
     voff = [(v * vl // wo) * wq + v * vl % wo if ra else v * vl for v in range(nv)]
+    # Streaming stores for outputs past the caches (not a pool's scratch, not batch-last: those
+    # are read back by the kernel itself).
+    nt = pool == (1, 1, 1) and batch_last[0] == 0 and out_bytes(plan, layout) >= STREAM_MIN_BYTES
     # Extra positions (see NXM): with AVX-512's 32 registers only, rows read in place, flat tiles.
     nxm = 2 if vl >= 16 and not pack and not ra else 0
     hc = ho // pool[1] * pool[1] if pool != (1, 1, 1) else None
@@ -338,7 +348,7 @@ def generate_source(
         f"constexpr int NB = {nb}, M = {g.out_channels}, DO = {do}, HO = {ho}, WO = {wo}, "
         f"WQ = {wq}, P = {layout.positions};",
         f"constexpr int64_t XN = {layout.batch_stride}, XD = {hq * wq};",
-        f"constexpr bool RA = {_bool(ra)};",
+        f"constexpr bool RA = {_bool(ra)}, NT = {_bool(nt)};",
         f"constexpr int VOFF[NV] = {{{', '.join(map(str, voff))}}};",
         f"constexpr bool RELU = {_bool(relu)}, FUSE = {_bool(layout.phases == 1)}, "
         f"PACK = {_bool(pack)}, PLANES_INNER = {_bool(temporal)}, RES = {_bool(residual)}, "

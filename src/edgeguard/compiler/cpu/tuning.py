@@ -7,6 +7,7 @@ are in docs/compiler.md ("Design decisions"), not here.
 from __future__ import annotations
 
 LONG_CHUNK_BYTES = 4 << 20  # kept weights past an L2: longer chunks, fewer passes over them
+STREAM_MIN_BYTES = 8 << 20  # a sample's output past two L2s: streamed (non-temporal) stores
 FV_MAX_POSITIONS = 16  # filter-vectorised tiles for output planes up to this many positions
 FV_TILE, FV_TILE_AVX2 = 16, 12  # positions per filter-vectorised tile (accumulator registers)
 

@@ -68,6 +68,18 @@ typedef float vm __attribute__((vector_size(MR * 4)));
 static inline vm ldm(const float* p) { vm v; std::memcpy(&v, p, sizeof v); return v; }
 static inline void stm(float* p, vm v) { std::memcpy(p, &v, sizeof v); }
 
+// A whole vector of the output: with NT (outputs past the caches' reach), an aligned one is
+// streamed to memory, so its line is not first read for ownership.
+static inline void st_out(float* p, vf v) {
+#if EG_MASKED_STORES
+  if (NT && ((uintptr_t)p & 63) == 0) {
+    _mm512_stream_ps(p, (__m512)v);
+    return;
+  }
+#endif
+  st(p, v);
+}
+
 // the fused activation, on a float or a vector: ReLU, or with SLOPE != 0 a leaky ReLU
 template <class V>
 static inline V lrelu(V v) {
@@ -133,7 +145,7 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
       if (op[m])
         for (int v = 0; v < NVT && p0 + v * VL < pl; ++v) {
           const int64_t o = p0 + v * VL;
-          st(op[m] + o, RES ? act(acc[m][v] + ld(rp[m] + o)) : acc[m][v]);
+          st_out(op[m] + o, RES ? act(acc[m][v] + ld(rp[m] + o)) : acc[m][v]);
         }
     return;
   }
@@ -157,7 +169,7 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
       if (op[m])
         for (int v = 0; v < NVT; ++v) {
           const int64_t o = hr * WO + w0 + v * VL;
-          st(op[m] + o, RES ? act(acc[m][v] + ld(rp[m] + o)) : acc[m][v]);
+          st_out(op[m] + o, RES ? act(acc[m][v] + ld(rp[m] + o)) : acc[m][v]);
         }
     return;
   }
@@ -482,6 +494,9 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
         }
       }
     }
+#if EG_MASKED_STORES
+    if (NT) _mm_sfence();  // the streamed stores are visible before the region's barrier
+#endif
     std::free(pk);
     delete[] scr;
     std::free(accbuf);
