@@ -31,6 +31,10 @@
 //   transposes out into tout [N, M, H, W] itself, adding tres [N, M, H, W] first (BLRES) and
 //   applying the ReLU after that sum (BLRELU); 0: out is the output.
 //   PLANES_INNER: tasks take the planes innermost (temporal kernels, kd x 1 x 1).
+//   RA: row-aligned tiles (codegen.row_aligned): a plane's tiles number its HO * WO output
+//   positions (no padding column), vector v of a tile reads at VOFF[v] from the tile's first
+//   position, and a tile is stored as whole vectors (clipped at the chunk's end); else VOFF[v] is
+//   v * VL.  NT: whole aligned output vectors are stored with streaming stores (large outputs).
 //   PACK: false (default): each kept row is read where it lies in the input buffer and RIDX holds
 //   its offset there; true: rows are first copied into a packed tile and RIDX holds union row * T.
 //   KC, NS: the union rows are cut into NS slices of KC rows; KD: kernel depth; PF: rows ahead
