@@ -263,6 +263,15 @@ def test_row_aligned_tiles(monkeypatch, no_avx512, nv, height, width, stride, di
 
 
 @needs_cxx
+@pytest.mark.parametrize("width, stride", [(32, 1), (16, 1), (64, 2)])
+def test_row_aligned_tiles_3d(width, stride):
+    # 3 x 3 x 3 convs (C3D's conv1 at 112 wide takes them): depth padding and planes of row tiles
+    conv = masked_conv(8, 16, 3, stride, 1, 1, "kgs", 0.6)
+    x = torch.randn(2, 8, 5, 6, width)
+    assert_relu_kernel_matches_dense(conv, x, mr=8, nv=2)
+
+
+@needs_cxx
 @pytest.mark.parametrize("k, width", [(1, 32), (3, 32), (3, 48)])
 def test_streamed_stores_give_the_same_result(monkeypatch, k, width):
     # outputs past STREAM_MIN_BYTES are stored with streaming stores where a store is a whole
