@@ -241,10 +241,7 @@ def test_row_aligned_tiles(monkeypatch, no_avx512, nv, height, width, stride, di
     from edgeguard.compiler.cpu import host_target
     from edgeguard.compiler.cpu.codegen import row_aligned
 
-    torch.manual_seed(width + height)
-    conv = nn.Conv2d(16, 24, 3, stride, dilation, dilation)
-    with torch.no_grad():
-        conv.weight *= get_scheme("kgs").mask(conv.weight, 0.6)
+    conv = masked_conv(16, 24, 3, stride, dilation, dilation, seed=width + height, dims=2)
     x = torch.randn(2, 16, height * stride, width * stride)
     r = torch.randn(2, 24, height, width)
     sc = SparseConv(plan_conv(conv, mr=8), two_d=True, mode="cpu", relu=True, nv=nv)
@@ -279,10 +276,7 @@ def test_streamed_stores_give_the_same_result(monkeypatch, k, width):
     from edgeguard.compiler.cpu import codegen, host_target
 
     monkeypatch.setattr(codegen, "STREAM_MIN_BYTES", 0)
-    torch.manual_seed(k * width)
-    conv = nn.Conv2d(16, 24, k, 1, k // 2)
-    with torch.no_grad():
-        conv.weight *= get_scheme("kgs").mask(conv.weight, 0.6)
+    conv = masked_conv(16, 24, k, 1, k // 2, 1, seed=k * width, dims=2)
     x, r = torch.randn(2, 16, 9, width), torch.randn(2, 24, 9, width)
     sc = SparseConv(plan_conv(conv, mr=8), two_d=True, mode="cpu", relu=True)
     src, _ = sc.source(x.unsqueeze(2), host_target().vector_floats)
