@@ -6,12 +6,13 @@ import torch
 from torch import fx, nn
 
 from .depthwise import DepthwiseConvCpu
+from .generated import kernel_output
 from .model import CompiledModel
 from .passes.graph import module_of
 from .passes.pool_fusion import fuse_pools
 from .pointwise_depthwise import PointwiseDepthwiseCpu
 from .pool import MaxPoolCpu
-from .sparse_conv import SparseConv
+from .sparse_conv import SparseConv, input_pitch, wide_strides
 
 
 def build_kernels(compiled: CompiledModel, input_shape: tuple[int, ...], fuse: bool = True) -> int:
@@ -31,15 +32,34 @@ def build_kernels(compiled: CompiledModel, input_shape: tuple[int, ...], fuse: b
     from .cpu import build_many, host_target
 
     target = host_target()
-    shapes: dict[nn.Module, list[tuple[int, ...]]] = {}  # every input shape a layer sees (5D)
+    # every input shape a layer sees (5D), with its pitch where it is a wide output's view
+    shapes: dict[nn.Module, list[tuple[tuple[int, ...], tuple[int, int] | None]]] = {}
 
     def hook(mod, args):
         x = args[0].unsqueeze(2) if mod.two_d else args[0]
-        if tuple(x.shape) not in shapes.setdefault(mod, []):
-            shapes[mod].append(tuple(x.shape))
+        seen = (tuple(x.shape), input_pitch(x) if isinstance(mod, SparseConv) else None)
+        if seen not in shapes.setdefault(mod, []):
+            shapes[mod].append(seen)
+
+    def widen(mod, args, out):  # the wide view a kernel will return, so that readers see it
+        view = mod._kernel_view(tuple(args[0].shape), input_pitch(args[0]))
+        ops = mod.wide_plane(view, target)
+        if not ops:
+            return None
+        n, m, do, _, _ = out.shape
+        wq = mod.kernel_layout(view).phased[2]
+        wide = kernel_output((n * m * do * ops,)).as_strided(
+            out.shape, wide_strides(out.shape, (wq, ops))
+        )
+        return wide.copy_(out)
 
     # One pass with the standard-operator path learns every layer's input size.
     handles = [m.register_forward_pre_hook(hook) for m in layers]
+    handles += [
+        m.register_forward_hook(widen)
+        for m in layers
+        if isinstance(m, SparseConv) and m.wide_out and not m.two_d
+    ]
     modes = {m: m.mode for m in layers}
     for m in layers:
         m.mode = "torch"
@@ -52,16 +72,24 @@ def build_kernels(compiled: CompiledModel, input_shape: tuple[int, ...], fuse: b
             m.mode = mode
     gm = compiled.module
     if isinstance(gm, fx.GraphModule) and fuse:
-        once = {m: v[0] for m, v in shapes.items() if len(v) == 1}  # one size: fusion is safe
+        once = {m: v[0][0] for m, v in shapes.items() if len(v) == 1}  # one size: fusion is safe
         fuse_pools(gm, once, compiled.decisions)
         called = {module_of(gm, n) for n in gm.graph.nodes}
         layers = [m for m in layers if m in called or not isinstance(m, MaxPoolCpu)]
     seen: list[tuple[nn.Module, tuple, torch.Tensor | None]] = []
     sources: list[str] = []
     for mod in layers:
-        for shape in shapes.get(mod, []):  # none: not reached by this input
-            src, order = mod.source(torch.empty(shape, device="meta"), target.vector_floats, target)
-            seen.append((mod, mod.kernel_key(shape), order))
+        for shape, pitch in shapes.get(mod, []):  # none: not reached by this input
+            meta = torch.empty(shape, device="meta")
+            if pitch is not None:
+                meta = torch.empty_strided(shape, wide_strides(shape, pitch), device="meta")
+            src, order = mod.source(meta, target.vector_floats, target)
+            key = (
+                mod.kernel_key(shape, pitch)
+                if isinstance(mod, SparseConv)
+                else mod.kernel_key(shape)
+            )
+            seen.append((mod, key, order))
             sources.append(src)
     libs = build_many(sources, target)
     for (mod, shape, order), lib in zip(seen, libs, strict=True):

@@ -31,6 +31,19 @@ class InputLayout:
     # Depth padding not stored: every kernel tap that would read it is skipped (depth_taps), so
     # the rows of plane d read the input planes d + kd - pd in place (see virtual_depth_fits).
     virtual_depth: bool = False
+    # (row pitch, plane pitch) of an input read in place from a wide producer's buffer (its rows
+    # end in columns the producer computed and dropped, see SparseConv.wide_out); None: rows of
+    # the input's own width.  Only for layouts with no stored H/W padding at stride 1.
+    pitch: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.pitch is not None:
+            g, (_, h, w) = self.geometry, self.size
+            wq, ps = self.pitch
+            if g.stride != (1, 1, 1) or g.padding[1:] != (0, 0) or wq < w or ps < h * wq:
+                raise ValueError(
+                    f"pitch {self.pitch} does not fit an in-place layout of {self.size}"
+                )
 
     @staticmethod
     def virtual_depth_fits(geometry: ConvGeometry, size: tuple[int, int, int]) -> bool:
@@ -73,7 +86,15 @@ class InputLayout:
         )
         if self.shares_columns:
             wq = self.size[2] + self.geometry.padding[2]
+        if self.pitch is not None:
+            wq = self.pitch[0]
         return dq, hq, wq
+
+    @property
+    def plane_stride(self) -> int:
+        """Floats from one depth plane of the buffer to the next."""
+        _, hq, wq = self.phased
+        return self.pitch[1] if self.pitch is not None else hq * wq
 
     @property
     def phases(self) -> int:
@@ -86,8 +107,7 @@ class InputLayout:
 
     @property
     def batch_stride(self) -> int:
-        dq, hq, wq = self.phased
-        return self.geometry.in_channels * self.phases * dq * hq * wq
+        return self.geometry.in_channels * self.phases * self.phased[0] * self.plane_stride
 
     @property
     def positions(self) -> int:
@@ -116,15 +136,16 @@ class InputLayout:
         _, kh_, kw_ = g.kernel
         dd, dh, dw = g.dilation
         sd, sh, sw = g.stride
-        dq, hq, wq = self.phased
+        dq, _, wq = self.phased
         c = rows // g.locations
         loc = rows % g.locations
         kd, kh, kw = loc // (kh_ * kw_), (loc // kw_) % kh_, loc % kw_
         zd, zh, zw = kd * dd, kh * dh, kw * dw
+        ps = self.plane_stride
         if self.virtual_depth:  # plane d's row reads input plane d + zd - pd (stride 1)
-            return (c * dq + zd - g.padding[0]) * hq * wq + zh * wq + zw
+            return (c * dq + zd - g.padding[0]) * ps + zh * wq + zw
         phase = (zd % sd) * sh * sw + (zh % sh) * sw + zw % sw
-        return ((c * self.phases + phase) * dq + zd // sd) * hq * wq + (zh // sh) * wq + zw // sw
+        return ((c * self.phases + phase) * dq + zd // sd) * ps + (zh // sh) * wq + zw // sw
 
     def prepare(self, x: torch.Tensor, slack: int, buf: torch.Tensor | None = None) -> torch.Tensor:
         """Padded, phase-split copy of ``x [N, C, D, H, W]`` as one flat buffer with ``slack`` extra

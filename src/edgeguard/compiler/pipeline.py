@@ -32,6 +32,7 @@ from .passes.pad_fold import fold_pads
 from .passes.pool_fusion import FUSE_POOL_MIN_BYTES, fuse_pools
 from .passes.pw_dw_fusion import fuse_pointwise_depthwise
 from .passes.residual import fuse_residuals
+from .passes.wide import wide_outputs
 from .sparse_conv import PRECISIONS, SparseConv
 
 __all__ = [
@@ -145,6 +146,7 @@ def compile_model(
     if be.fuses_residual:
         fuse_residuals(gm)
     compute_into_kernel_outputs(gm)
+    wide_outputs(gm)
     for m in gm.modules():
         if isinstance(m, SparseConv):
             m.precision = precision

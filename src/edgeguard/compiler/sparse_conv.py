@@ -11,7 +11,7 @@ from torch import nn
 
 from .calls import first_use
 from .errors import CompileError
-from .generated import BufferPool, has_slack, kernel_output
+from .generated import BufferPool, has_slack, has_wide_slack, kernel_output
 from .layout import InputLayout
 from .plan import ConvGeometry, SparsePlan
 
@@ -37,6 +37,28 @@ class KernelView(NamedTuple):
     subsample: tuple[int, int, int] | None
     batch_last: bool
     strides: tuple[int, int, int, int, int] | None
+    pitch: tuple[int, int] | None = None  # an input read in place from a wide buffer (InputLayout)
+    wide_gather: bool = False  # ``strides`` read a wide producer's view (taken as it is)
+
+
+def wide_strides(shape: tuple[int, ...], pitch: tuple[int, int]) -> tuple[int, ...]:
+    """Strides of the ``[N, C, D, H, W]`` view of a wide output of ``pitch`` (row, plane)."""
+    _, c, d, _, _ = shape
+    wq, ps = pitch
+    return (c * d * ps, d * ps, ps, wq, 1)
+
+
+def input_pitch(x: torch.Tensor) -> tuple[int, int] | None:
+    """``(row pitch, plane pitch)`` where ``x [N, C, D, H, W]`` is the view a wide kernel output
+    returns (:attr:`SparseConv.wide_out`: rows ``Wq > W`` floats apart, planes ``OPS``, from the
+    start of its storage); None for any other tensor."""
+    if x.dim() != 5 or x.storage_offset() != 0 or x.is_contiguous():
+        return None
+    _, c, d, h, w = x.shape
+    s = x.stride()
+    if s[4] != 1 or s[3] <= w or s[2] < h * s[3] or s[1] != d * s[2] or s[0] != c * s[1]:
+        return None
+    return (s[3], s[2])
 
 
 def batch_last_geometry(g: ConvGeometry) -> ConvGeometry:
@@ -113,6 +135,10 @@ class SparseConv(nn.Module):
         # A residual sum fused after the conv (set by the compiler's residual pass): forward takes
         # a second tensor of the output's shape, added before the ReLU: act(conv(x) + b + r).
         self.residual = False
+        # Store the output wide where the kernel allows (rows in the padded buffer's pitch, see
+        # codegen.wide_plane) and return a view of it: set by the compiler where every user of
+        # the output is a sparse conv that reads it in place (wide_outputs).
+        self.wide_out = False
         self.name = name
         g = plan.geometry
         self.register_buffer(
@@ -274,8 +300,24 @@ class SparseConv(nn.Module):
             self._plans[sub, bl] = replace(self.plan, geometry=g)
         return self._plans[sub, bl]
 
-    def _kernel_view(self, shape: tuple[int, ...]) -> KernelView:
-        """What the CPU kernel computes for a 5-D layer input of ``shape``."""
+    def reads_in_place(self) -> bool:
+        """Whether the CPU kernel can read its input where it lies, a wide producer's view
+        included: a 3-D conv at stride 1 with no height/width padding (1 x 1 x 1, temporal), rows
+        not packed."""
+        g = self.plan.geometry
+        return (
+            not self.two_d
+            and not self.pack
+            and g.stride == (1, 1, 1)
+            and g.padding[1:] == (0, 0)
+            and self.mode == "cpu"
+        )
+
+    def _kernel_view(
+        self, shape: tuple[int, ...], pitch: tuple[int, int] | None = None
+    ) -> KernelView:
+        """What the CPU kernel computes for a 5-D layer input of ``shape``; ``pitch``: the input is
+        a wide producer's view (:func:`input_pitch`), read in place where this layer can."""
         sub = self._pointwise_stride()
         n, c, d, h, w = shape
         sd, sh, sw = sub or (1, 1, 1)
@@ -287,7 +329,21 @@ class SparseConv(nn.Module):
             strides = (0, d * h * w, sh * w, sw, c * d * h * w)
         elif sub:
             strides = (c * d * h * w, d * h * w, sd * h * w, sh * w, sw)
-        return KernelView(plan, (1, c, hv, wv, n) if bl else (n, c, dv, hv, wv), sub, bl, strides)
+        gather = False
+        if pitch is not None and bl:
+            pitch = None  # the caller makes the input contiguous
+        elif pitch is not None and (
+            sub
+            or not self.reads_in_place()
+            or not (
+                InputLayout.virtual_depth_fits(plan.geometry, (d, h, pitch[0]))
+                or not any(plan.geometry.padding)
+            )
+        ):  # the kernel's fill reads the wide view through its strides
+            wq, ps = pitch
+            strides, pitch, gather = (c * d * ps, d * ps, sd * ps, sh * wq, sw), None, True
+        view = (1, c, hv, wv, n) if bl else (n, c, dv, hv, wv)
+        return KernelView(plan, view, sub, bl, strides, pitch, gather)
 
     def kernel_layout(self, view: KernelView) -> InputLayout:
         """The input buffer layout of the CPU kernel of ``view``: a conv padded along depth only
@@ -295,21 +351,38 @@ class SparseConv(nn.Module):
         copies every row, the padding ones too)."""
         g, size = view.plan.geometry, tuple(view.shape[2:])
         virtual = not self.pack and InputLayout.virtual_depth_fits(g, size)
-        return InputLayout(g, size, virtual_depth=virtual)
+        return InputLayout(g, size, virtual_depth=virtual, pitch=view.pitch)
 
-    def kernel_key(self, shape: tuple[int, ...]) -> tuple:
-        """The key of the CPU kernel that serves 5-D inputs of ``shape``."""
-        view = self._kernel_view(shape)
+    def kernel_key(self, shape: tuple[int, ...], pitch: tuple[int, int] | None = None) -> tuple:
+        """The key of the CPU kernel that serves 5-D inputs of ``shape`` (a wide producer's view
+        of ``pitch``: :func:`input_pitch`)."""
+        view = self._kernel_view(shape, pitch)
         if view.batch_last:
             return ("cpu-batch-last", *shape)
-        return ("cpu", *shape[1:])
+        return ("cpu", *shape[1:], view.pitch, view.strides, self.wide_out)
+
+    def wide_plane(self, view: KernelView, target=None) -> int:
+        """The plane stride of this layer's wide output for ``view`` (0: a plain output), as the
+        kernel :meth:`source` generates stores it."""
+        if not self.wide_out or self.pack or self.pool or view.batch_last:
+            return 0
+        from .cpu import Target, host_target
+        from .cpu.codegen import wide_plane
+        from .cpu.tuning import filter_vectors
+
+        target = target or host_target()
+        vl, lay, mr = target.vector_floats, self.kernel_layout(view), view.plan.mr
+        if filter_vectors(vl, mr, lay.out, False):
+            return 0
+        nv = self.nv or Target(target.cxx, target.flags, vl).nv_for(lay.positions, mr)
+        return wide_plane(lay, nv * vl, vl, False)
 
     def source(self, x: torch.Tensor, vector_floats: int, target=None) -> tuple[str, torch.Tensor]:
         """Generated C++ for 5-D inputs shaped like ``x`` and the kernel's weight-row order;
         ``target`` (default: this machine's) picks the tile when ``nv`` is None."""
         from .cpu import Target, generate_source, host_target
 
-        view = self._kernel_view(tuple(x.shape))
+        view = self._kernel_view(tuple(x.shape), input_pitch(x))
         plan = view.plan
         lay = self.kernel_layout(view)
         nv = self.nv
@@ -331,6 +404,7 @@ class SparseConv(nn.Module):
             source_strides=view.strides,
             residual=self.residual and not view.batch_last,
             slope=self.slope,
+            wide=self.wide_out,
             batch_last=(
                 (view.shape[-1], self.residual, self.relu and self.residual)
                 if view.batch_last
@@ -339,7 +413,7 @@ class SparseConv(nn.Module):
         )
 
     def _cpu_kernel(self, x: torch.Tensor):
-        key = self.kernel_key(tuple(x.shape))
+        key = self.kernel_key(tuple(x.shape), input_pitch(x))
         if key not in self._kernels:
             from .cpu import build_many, host_target
 
@@ -372,10 +446,11 @@ class SparseConv(nn.Module):
         (a residual layer only) the output's shape."""
         if x.dtype != torch.float32:
             raise CompileError(f"{self.name}: the CPU kernel takes float32 input, got {x.dtype}")
-        key = tuple(x.shape)
+        pitch = input_pitch(x)
+        key = (*x.shape, pitch)
         call = self._cpu_calls.get(key)
         if call is None:
-            call = _CpuCall(self, key)
+            call = _CpuCall(self, tuple(x.shape), pitch)
             if self.reuse_buffers:  # one kept call (and its buffers) per layer: the latest shape
                 self._cpu_calls = {key: call}
         return call(x, residual)
@@ -399,7 +474,9 @@ class SparseConv(nn.Module):
             residual = torch.as_tensor(residual, dtype=x.dtype)
         if self.mode == "cpu" and self._cpu_calls and not torch.onnx.is_in_onnx_export():
             # a shape this layer already ran (checked then): straight to its kept call
-            call = self._cpu_calls.get(tuple(x.shape) if not self.two_d else _five(x.shape))
+            call = self._cpu_calls.get(
+                (*x.shape, input_pitch(x)) if not self.two_d else (*_five(x.shape), None)
+            )
             if (
                 call is not None
                 and x.dtype == torch.float32
@@ -483,14 +560,19 @@ class _CpuCall:
     (and its buffers) for the next call of that shape, so a call does only the copies and the
     kernel (the Python around a small layer's kernel otherwise costs as much as the kernel)."""
 
-    def __init__(self, conv: SparseConv, shape: tuple[int, ...]) -> None:
+    def __init__(
+        self, conv: SparseConv, shape: tuple[int, ...], pitch: tuple[int, int] | None = None
+    ) -> None:
         self.conv = conv
         self.out_shape = conv.out_shape(shape)
-        self.kernel = (
-            conv._cpu_kernel(torch.empty(shape, device="meta")) if conv.plan.block_rows else None
-        )
-        view = conv._kernel_view(shape)
+        view = conv._kernel_view(shape, pitch)
         self.view = view
+        meta = torch.empty(shape, device="meta")
+        if pitch is not None:  # the wide producer's view, as the kernel reads it
+            meta = torch.empty_strided(shape, wide_strides(shape, pitch), device="meta")
+        self.kernel = conv._cpu_kernel(meta) if conv.plan.block_rows else None
+        # a wide output: its plane stride (the view returned has rows Wq apart), else 0
+        self.ops = conv.wide_plane(view) if self.kernel is not None else 0
         lay = conv.kernel_layout(view)
         self.slack = (conv.nv or 4) * 16  # >= one tile of any target (nv * vector floats)
         self.unpadded = lay.phases == 1 and not any(lay.stored_padding)
@@ -523,18 +605,32 @@ class _CpuCall:
             residual = self._residual(residual)
         # Buffers are kept between calls when ``reuse_buffers``: fresh multi-MB allocations are
         # mmap'ed and page-faulted on every call, which cost as much as a small layer's compute.
+        alloc = self.out_shape
+        if self.ops:  # wide: [N, M, DO, OPS] stored, returned as the [N, M, DO, HO, WO] view
+            alloc = (*self.out_shape[:3], self.ops)
         if conv.scratch is not None:  # a free buffer of the compiled model's pool
-            out = conv.scratch.output(self.out_shape)
+            out = conv.scratch.output(alloc)
         else:
             out = self.out if first_use(conv) else None  # called again: the kept one is in use
         if out is None:
-            out = kernel_output(self.out_shape)
+            out = kernel_output(alloc)
             if conv.reuse_buffers and self.out is None:
                 self.out = out
+        if self.ops:
+            wq = self.layout.phased[2]
+            out = out.as_strided(self.out_shape, wide_strides(self.out_shape, (wq, self.ops)))
+            if residual is not None and input_pitch(residual) != (wq, self.ops):
+                wide = conv.scratch.output(alloc) if conv.scratch is not None else None
+                wide = wide if wide is not None else kernel_output(alloc)
+                residual = wide.as_strided(out.shape, out.stride()).copy_(residual)
         if self.kernel is None:  # every filter pruned: the output is the bias
             conv._fill_dead(out, residual)
             return out
-        if not x.is_contiguous():
+        if self.view.pitch is not None:  # a wide producer's view: read where it lies
+            if input_pitch(x) != self.view.pitch or not has_wide_slack(x, self.slack):
+                raise CompileError(f"{conv.name}: internal: input is not the wide view expected")
+            return self._run(x, None, out, residual)
+        if not x.is_contiguous() and not view.wide_gather:
             x = x.contiguous()
         if view.strides is None and self.unpadded and has_slack(x, self.slack):
             return self._run(x.view(-1), None, out, residual)  # a kernel output is its own buffer
@@ -556,6 +652,8 @@ class _CpuCall:
                 self.zeros = torch.zeros(self.out_shape)
             return self.zeros
         residual = residual.expand(self.out_shape)
+        if self.ops and input_pitch(residual) is not None:  # a wide output reads it as it is
+            return residual
         return residual if residual.is_contiguous() else residual.contiguous()
 
     def _run(

@@ -172,6 +172,20 @@ def row_aligned(layout: InputLayout, t: int, vl: int, other: bool) -> bool:
     return not other and wq != wo and (wo % t == 0 or (t % wo == 0 and wo % vl == 0))
 
 
+def wide_plane(layout: InputLayout, t: int, vl: int, other: bool) -> int:
+    """Plane stride (floats) of a kernel's *wide* output, 0 where it stores a plain one.
+
+    A wide output keeps the buffer's row pitch: output position ``p = h * Wq + w`` of a plane is
+    stored at ``p`` (the ``Wq - Wo`` columns computed past each row end kept, never read), planes
+    ``OPS`` floats apart (a multiple of 16, so every plane starts on a cache line), so a tile is
+    stored as whole aligned vectors instead of masked pieces of two rows.  For flat tiles over
+    padded rows (``Wq > Wo``, not row-aligned) and not with ``other`` (filter-vectorised or
+    batch-last tiles, packed rows, a fused pool); a residual is then read in the same layout."""
+    if other or layout.phased[2] == layout.out[2] or row_aligned(layout, t, vl, other):
+        return 0
+    return -(-(layout.out[1] * layout.phased[2]) // 16) * 16
+
+
 def is_temporal(g) -> bool:
     """A temporal kernel (``kd x 1 x 1``, kd > 1): its tasks take the planes innermost."""
     return g.kernel[0] > 1 and g.kernel[1] == g.kernel[2] == 1
@@ -203,6 +217,7 @@ def generate_source(
     fv: bool | None = None,
     batch_last: tuple[int, bool, bool] = (0, False, False),
     slope: float = 0.0,
+    wide: bool = False,
 ) -> tuple[str, torch.Tensor]:
     """C++ source of one layer's kernel for one input size, and the order (indices into the plan's
     concatenated panels) in which the kernel expects the weight rows.  ``ct`` (tiles per task) and
@@ -223,7 +238,8 @@ def generate_source(
     residual, relu)`` of a batch-last kernel (its input the ``[1, C, H, W, N]`` view, ``n = N``):
     after its tiles it transposes its output into ``[N, M, H, W]`` itself, adding a residual
     and then the ReLU there when asked; ``(0, False, False)``: not batch-last.  ``slope``: the
-    fused ReLU is a leaky ReLU of this negative slope (0: a ReLU)."""
+    fused ReLU is a leaky ReLU of this negative slope (0: a ReLU).  ``wide``: store a wide output
+    where :func:`wide_plane` allows (its plane stride, the kernel's ``OPS``)."""
     if residual and pool != (1, 1, 1):
         raise CompileError("a kernel cannot both add a residual and fuse a max pool")
     if fv is None:
@@ -312,6 +328,8 @@ def generate_source(
     ra = row_aligned(layout, t, vl, fv or pack or pool != (1, 1, 1) or batch_last[0] > 0)
     # vector v of a tile reads its positions at VOFF[v] from the tile's first one
     voff = [(v * vl // wo) * wq + v * vl % wo if ra else v * vl for v in range(nv)]
+    other = fv or pack or pool != (1, 1, 1) or batch_last[0] > 0
+    ops = wide_plane(layout, t, vl, other) if wide else 0
     # Streaming stores for outputs past the caches (not a pool's scratch, not batch-last: those
     # are read back by the kernel itself).
     nt = pool == (1, 1, 1) and batch_last[0] == 0 and out_bytes(plan, layout) >= STREAM_MIN_BYTES
@@ -347,7 +365,8 @@ def generate_source(
         f"NBG = {max(1, -(-nb // fg))}, NXM = {nxm};",
         f"constexpr int NB = {nb}, M = {g.out_channels}, DO = {do}, HO = {ho}, WO = {wo}, "
         f"WQ = {wq}, P = {layout.positions};",
-        f"constexpr int64_t XN = {layout.batch_stride}, XD = {hq * wq};",
+        f"constexpr int64_t XN = {layout.batch_stride}, XD = {layout.plane_stride};",
+        f"constexpr bool WIDE = {_bool(ops > 0)}; constexpr int64_t OPS = {ops};",
         f"constexpr bool RA = {_bool(ra)}, NT = {_bool(nt)};",
         f"constexpr int VOFF[NV] = {{{', '.join(map(str, voff))}}};",
         f"constexpr bool RELU = {_bool(relu)}, FUSE = {_bool(layout.phases == 1)}, "

@@ -103,7 +103,7 @@ static inline int task_run(int ntasks, int nthreads) {
 
 constexpr int T = NV * VL, TS = MR * T + NXM * MR;
 constexpr bool PFILL = !FUSE;  // a strided kernel fills its phase buffer itself
-constexpr int64_t OPLANE = (int64_t)HO * WO;
+constexpr int64_t OPLANE = WIDE ? OPS : (int64_t)HO * WO;  // floats from one output plane to the next
 constexpr bool POOL = PKD * PKH * PKW > 1;
 constexpr int DOP = DO / PKD, HOP = HO / PKH, WOP = WO / PKW;
 static_assert(BLN == 0 || BLN == WO, "a batch-last output's width is the batch");
@@ -145,6 +145,25 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
     for (int m = 0; m < MR; ++m)
       for (int v = 0; v < NVT; ++v) acc[m][v] = lrelu(acc[m][v]);
   if constexpr (RA) {  // p0 is an output index, the tile's vectors whole rows' pieces
+    for (int m = 0; m < MR; ++m)
+      if (op[m])
+        for (int v = 0; v < NVT && p0 + v * VL < pl; ++v) {
+          const int64_t o = p0 + v * VL;
+          st_out(op[m] + o, RES ? act(acc[m][v] + ld(rp[m] + o)) : acc[m][v]);
+        }
+    return;
+  }
+  if constexpr (WIDE) {  // position p of the plane at p: whole vectors, the extras one by one
+    if constexpr (NX > 0) {
+      vm ex[NX > 0 ? NX : 1];
+      EG_EXTRA_ARRAY
+      for (int x = 0; x < NX && p0 + TT + x < pl; ++x) {
+        float e[MR];
+        stm(e, RELU && !RES ? lrelu(ex[x]) : ex[x]);
+        for (int m = 0; m < MR; ++m)
+          if (op[m]) op[m][p0 + TT + x] = RES ? act(e[m] + rp[m][p0 + TT + x]) : e[m];
+      }
+    }
     for (int m = 0; m < MR; ++m)
       if (op[m])
         for (int v = 0; v < NVT && p0 + v * VL < pl; ++v) {
