@@ -17,7 +17,7 @@ from edgeguard.compiler import compile_model
 from edgeguard.compiler.cpu.codegen import wide_plane
 from edgeguard.compiler.layout import InputLayout
 from edgeguard.compiler.plan import ConvGeometry
-from edgeguard.compiler.sparse_conv import input_pitch
+from edgeguard.compiler.sparse_conv import input_pitch, wide_input
 
 from .helpers import mask_convs
 
@@ -126,8 +126,8 @@ def _check_chain(seed, blocks, size, batch, scheme, head) -> None:
         assert torch.allclose(first, ref, rtol=1e-4, atol=tol)
         assert torch.allclose(again, model(x * 0.5), rtol=1e-4, atol=tol)
         assert torch.allclose(first, ref, rtol=1e-4, atol=tol)  # the first result kept
-    calls = [c for m in compiled.module.modules() for c in getattr(m, "_cpu_calls", {}).values()]
-    assert any(c.ops for c in calls)  # some layer stored wide (the spatial convs at least)
+    # (which layers store wide depends on the sizes: tiny planes take filter-vectorised tiles,
+    # filter pruning shrinks convs dense; the tests below pin down where they do)
 
 
 @needs_cxx
@@ -198,3 +198,17 @@ def test_a_layer_takes_wide_views_contiguous_tensors_and_a_residual_of_another_p
             got = t2(mid, res)
             assert input_pitch(got) is not None
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@needs_cxx
+def test_a_slice_with_a_wide_views_strides_but_no_slack_is_copied_not_read_past_its_end():
+    torch.manual_seed(0)
+    model = _prepare(R21Net([(8, 1)], 12, head=False), 0, "kgs", 0.5)
+    compiled = compile_model(model, "cpu", input_shape=(1, 3, 3, 22, 30))
+    t1 = dict(compiled.module.named_modules())["blocks.0.t1"]
+    big = torch.randn(1, 12, 3, 11, 16)
+    x = big[..., :15]  # the strides of a wide view, at the start of its storage, no slack
+    assert input_pitch(x) is not None and wide_input(x) is None
+    with torch.no_grad():
+        want = torch.relu(model.blocks[0].t1(x))
+        torch.testing.assert_close(t1(x), want, rtol=1e-4, atol=1e-5)

@@ -12,7 +12,7 @@ from .passes.graph import module_of
 from .passes.pool_fusion import fuse_pools
 from .pointwise_depthwise import PointwiseDepthwiseCpu
 from .pool import MaxPoolCpu
-from .sparse_conv import SparseConv, input_pitch, wide_strides
+from .sparse_conv import SparseConv, wide_input, wide_strides
 
 
 def build_kernels(compiled: CompiledModel, input_shape: tuple[int, ...], fuse: bool = True) -> int:
@@ -37,12 +37,12 @@ def build_kernels(compiled: CompiledModel, input_shape: tuple[int, ...], fuse: b
 
     def hook(mod, args):
         x = args[0].unsqueeze(2) if mod.two_d else args[0]
-        seen = (tuple(x.shape), input_pitch(x) if isinstance(mod, SparseConv) else None)
+        seen = (tuple(x.shape), wide_input(x) if isinstance(mod, SparseConv) else None)
         if seen not in shapes.setdefault(mod, []):
             shapes[mod].append(seen)
 
     def widen(mod, args, out):  # the wide view a kernel will return, so that readers see it
-        view = mod._kernel_view(tuple(args[0].shape), input_pitch(args[0]))
+        view = mod._kernel_view(tuple(args[0].shape), wide_input(args[0]))
         ops = mod.wide_plane(view, target)
         if not ops:
             return None

@@ -11,7 +11,7 @@ from torch import nn
 
 from .calls import first_use
 from .errors import CompileError
-from .generated import BufferPool, has_slack, has_wide_slack, kernel_output
+from .generated import OUTPUT_SLACK, BufferPool, has_slack, has_wide_slack, kernel_output
 from .layout import InputLayout
 from .plan import ConvGeometry, SparsePlan
 
@@ -51,7 +51,8 @@ def wide_strides(shape: tuple[int, ...], pitch: tuple[int, int]) -> tuple[int, .
 def input_pitch(x: torch.Tensor) -> tuple[int, int] | None:
     """``(row pitch, plane pitch)`` where ``x [N, C, D, H, W]`` is the view a wide kernel output
     returns (:attr:`SparseConv.wide_out`: rows ``Wq > W`` floats apart, planes ``OPS``, from the
-    start of its storage); None for any other tensor."""
+    start of its storage); None for any other tensor.  By strides only (meta tensors too): a
+    call's input is taken as wide only where :func:`wide_input` says so."""
     if x.dim() != 5 or x.storage_offset() != 0 or x.is_contiguous():
         return None
     _, c, d, h, w = x.shape
@@ -59,6 +60,14 @@ def input_pitch(x: torch.Tensor) -> tuple[int, int] | None:
     if s[4] != 1 or s[3] <= w or s[2] < h * s[3] or s[1] != d * s[2] or s[0] != c * s[1]:
         return None
     return (s[3], s[2])
+
+
+def wide_input(x: torch.Tensor) -> tuple[int, int] | None:
+    """:func:`input_pitch` of a layer's input where its storage also holds a kernel output's zero
+    slack after it (what the kernels may read past the last plane); None otherwise (a slice of a
+    user's tensor with a wide view's strides is copied, not read in place)."""
+    pitch = input_pitch(x)
+    return pitch if pitch is not None and has_wide_slack(x, OUTPUT_SLACK) else None
 
 
 def batch_last_geometry(g: ConvGeometry) -> ConvGeometry:
@@ -137,7 +146,7 @@ class SparseConv(nn.Module):
         self.residual = False
         # Store the output wide where the kernel allows (rows in the padded buffer's pitch, see
         # codegen.wide_plane) and return a view of it: set by the compiler where every user of
-        # the output is a sparse conv that reads it in place (wide_outputs).
+        # the output is a 3-D CPU sparse conv, as its input or its fused residual (wide_outputs).
         self.wide_out = False
         self.name = name
         g = plan.geometry
@@ -446,7 +455,7 @@ class SparseConv(nn.Module):
         (a residual layer only) the output's shape."""
         if x.dtype != torch.float32:
             raise CompileError(f"{self.name}: the CPU kernel takes float32 input, got {x.dtype}")
-        pitch = input_pitch(x)
+        pitch = wide_input(x)
         key = (*x.shape, pitch)
         call = self._cpu_calls.get(key)
         if call is None:
@@ -475,7 +484,7 @@ class SparseConv(nn.Module):
         if self.mode == "cpu" and self._cpu_calls and not torch.onnx.is_in_onnx_export():
             # a shape this layer already ran (checked then): straight to its kept call
             call = self._cpu_calls.get(
-                (*x.shape, input_pitch(x)) if not self.two_d else (*_five(x.shape), None)
+                (*x.shape, wide_input(x)) if not self.two_d else (*_five(x.shape), None)
             )
             if (
                 call is not None
@@ -627,7 +636,7 @@ class _CpuCall:
             conv._fill_dead(out, residual)
             return out
         if self.view.pitch is not None:  # a wide producer's view: read where it lies
-            if input_pitch(x) != self.view.pitch or not has_wide_slack(x, self.slack):
+            if wide_input(x) != self.view.pitch:
                 raise CompileError(f"{conv.name}: internal: input is not the wide view expected")
             return self._run(x, None, out, residual)
         if not x.is_contiguous() and not view.wide_gather:
