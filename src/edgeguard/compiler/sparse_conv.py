@@ -375,29 +375,35 @@ class SparseConv(nn.Module):
         kernel :meth:`source` generates stores it."""
         if not self.wide_out or self.pack or self.pool or view.batch_last:
             return 0
-        from .cpu import Target, host_target
+        from .cpu import host_target
         from .cpu.codegen import wide_plane
         from .cpu.tuning import filter_vectors
 
         target = target or host_target()
-        vl, lay, mr = target.vector_floats, self.kernel_layout(view), view.plan.mr
-        if filter_vectors(vl, mr, lay.out, False):
+        vl, lay = target.vector_floats, self.kernel_layout(view)
+        if filter_vectors(vl, view.plan.mr, lay.out, False):
             return 0
-        nv = self.nv or Target(target.cxx, target.flags, vl).nv_for(lay.positions, mr)
-        return wide_plane(lay, nv * vl, vl, False)
+        return wide_plane(lay, self._vectors(lay, view.plan, vl, target) * vl, vl, False)
+
+    def _vectors(self, lay: InputLayout, plan: SparsePlan, vector_floats: int, target=None) -> int:
+        """Vectors per tile of the CPU kernel at ``lay``: ``nv``, or the choice of ``target``
+        (default: this machine's, looked up only then)."""
+        from .cpu import Target, host_target
+
+        if self.nv is not None:
+            return self.nv
+        target = target or host_target()
+        return Target(target.cxx, target.flags, vector_floats).nv_for(lay.positions, plan.mr)
 
     def source(self, x: torch.Tensor, vector_floats: int, target=None) -> tuple[str, torch.Tensor]:
         """Generated C++ for 5-D inputs shaped like ``x`` and the kernel's weight-row order;
         ``target`` (default: this machine's) picks the tile when ``nv`` is None."""
-        from .cpu import Target, generate_source, host_target
+        from .cpu import generate_source
 
         view = self._kernel_view(tuple(x.shape), input_pitch(x))
         plan = view.plan
         lay = self.kernel_layout(view)
-        nv = self.nv
-        if nv is None:
-            target = target or host_target()
-            nv = Target(target.cxx, target.flags, vector_floats).nv_for(lay.positions, plan.mr)
+        nv = self._vectors(lay, plan, vector_floats, target)
         return generate_source(
             plan,
             lay,
@@ -583,6 +589,7 @@ class _CpuCall:
         # a wide output: its plane stride (the view returned has rows Wq apart), else 0
         self.ops = conv.wide_plane(view) if self.kernel is not None else 0
         lay = conv.kernel_layout(view)
+        self.wide = (lay.phased[2], self.ops)  # a wide output's (row, plane) pitch
         self.slack = (conv.nv or 4) * 16  # >= one tile of any target (nv * vector floats)
         self.unpadded = lay.phases == 1 and not any(lay.stored_padding)
         self.layout = lay
@@ -626,9 +633,8 @@ class _CpuCall:
             if conv.reuse_buffers and self.out is None:
                 self.out = out
         if self.ops:
-            wq = self.layout.phased[2]
-            out = out.as_strided(self.out_shape, wide_strides(self.out_shape, (wq, self.ops)))
-            if residual is not None and input_pitch(residual) != (wq, self.ops):
+            out = out.as_strided(self.out_shape, wide_strides(self.out_shape, self.wide))
+            if residual is not None and input_pitch(residual) != self.wide:
                 wide = conv.scratch.output(alloc) if conv.scratch is not None else None
                 wide = wide if wide is not None else kernel_output(alloc)
                 residual = wide.as_strided(out.shape, out.stride()).copy_(residual)

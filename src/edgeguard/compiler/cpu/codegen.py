@@ -325,10 +325,10 @@ def generate_source(
     dq, hq, wq = layout.phased
     rows_at = ridx * nv * vl if pack else uroff[ridx]
     t = nv * vl
-    ra = row_aligned(layout, t, vl, fv or pack or pool != (1, 1, 1) or batch_last[0] > 0)
+    other = fv or pack or pool != (1, 1, 1) or batch_last[0] > 0
+    ra = row_aligned(layout, t, vl, other)
     # vector v of a tile reads its positions at VOFF[v] from the tile's first one
     voff = [(v * vl // wo) * wq + v * vl % wo if ra else v * vl for v in range(nv)]
-    other = fv or pack or pool != (1, 1, 1) or batch_last[0] > 0
     ops = wide_plane(layout, t, vl, other) if wide else 0
     # Streaming stores for outputs past the caches (not a pool's scratch, not batch-last: those
     # are read back by the kernel itself).

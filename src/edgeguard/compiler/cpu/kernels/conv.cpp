@@ -144,16 +144,10 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
   if (RELU && !RES)  // with a residual: after adding it, at the stores
     for (int m = 0; m < MR; ++m)
       for (int v = 0; v < NVT; ++v) acc[m][v] = lrelu(acc[m][v]);
-  if constexpr (RA) {  // p0 is an output index, the tile's vectors whole rows' pieces
-    for (int m = 0; m < MR; ++m)
-      if (op[m])
-        for (int v = 0; v < NVT && p0 + v * VL < pl; ++v) {
-          const int64_t o = p0 + v * VL;
-          st_out(op[m] + o, RES ? act(acc[m][v] + ld(rp[m] + o)) : acc[m][v]);
-        }
-    return;
-  }
-  if constexpr (WIDE) {  // position p of the plane at p: whole vectors, the extras one by one
+  // RA: p0 is an output index, the tile's vectors whole rows' pieces; WIDE: position p of the
+  // plane is stored at p.  Either way whole vectors (clipped at pl), and (WIDE only: RA tiles
+  // have none) the extra positions one by one.
+  if constexpr (RA || WIDE) {
     if constexpr (NX > 0) {
       vm ex[NX > 0 ? NX : 1];
       EG_EXTRA_ARRAY
