@@ -12,7 +12,7 @@ from .passes.graph import module_of
 from .passes.pool_fusion import fuse_pools
 from .pointwise_depthwise import PointwiseDepthwiseCpu
 from .pool import MaxPoolCpu
-from .sparse_conv import SparseConv, wide_input, wide_strides
+from .sparse_conv import SparseConv, wide_strides
 
 
 def build_kernels(compiled: CompiledModel, input_shape: tuple[int, ...], fuse: bool = True) -> int:
@@ -37,20 +37,26 @@ def build_kernels(compiled: CompiledModel, input_shape: tuple[int, ...], fuse: b
 
     def hook(mod, args):
         x = args[0].unsqueeze(2) if mod.two_d else args[0]
-        seen = (tuple(x.shape), wide_input(x) if isinstance(mod, SparseConv) else None)
+        if isinstance(mod, SparseConv):
+            form = mod.call_key(x, args[1] if len(args) > 1 else None)[x.dim() :]
+        else:
+            form = (None, False, None)
+        seen = (tuple(x.shape), *form)
         if seen not in shapes.setdefault(mod, []):
             shapes[mod].append(seen)
 
     def widen(mod, args, out):  # the wide view a kernel will return, so that readers see it
-        view = mod._kernel_view(tuple(args[0].shape), wide_input(args[0]))
-        ops = mod.wide_plane(view, target)
+        view = mod._kernel_view(tuple(args[0].shape), *mod.input_form(args[0]))
+        ops, head = mod.output_layout(view, target)
         if not ops:
             return None
         n, m, do, _, _ = out.shape
         wq = mod.kernel_layout(view).phased[2]
-        wide = kernel_output((n * m * do * ops,)).as_strided(
-            out.shape, wide_strides(out.shape, (wq, ops))
+        wide = kernel_output((n * m * do * ops + head,)).as_strided(
+            out.shape, wide_strides(out.shape, (wq, ops)), head
         )
+        if head:  # written into its reader's padded buffer (the reader's key says so)
+            wide._eg_padded_for = mod.pad_reader[0]
         return wide.copy_(out)
 
     # One pass with the standard-operator path learns every layer's input size.
@@ -79,16 +85,18 @@ def build_kernels(compiled: CompiledModel, input_shape: tuple[int, ...], fuse: b
     seen: list[tuple[nn.Module, tuple, torch.Tensor | None]] = []
     sources: list[str] = []
     for mod in layers:
-        for shape, pitch in shapes.get(mod, []):  # none: not reached by this input
+        for shape, pitch, prepadded, rpitch in shapes.get(mod, []):  # none: not reached
             meta = torch.empty(shape, device="meta")
             if pitch is not None:
                 meta = torch.empty_strided(shape, wide_strides(shape, pitch), device="meta")
-            src, order = mod.source(meta, target.vector_floats, target)
-            key = (
-                mod.kernel_key(shape, pitch)
-                if isinstance(mod, SparseConv)
-                else mod.kernel_key(shape)
-            )
+            if prepadded:
+                meta._eg_padded_for = mod
+            if isinstance(mod, SparseConv):
+                src, order = mod.source(meta, target.vector_floats, target, rpitch)
+                key = mod.kernel_key(shape, pitch, prepadded, rpitch)
+            else:
+                src, order = mod.source(meta, target.vector_floats, target)
+                key = mod.kernel_key(shape)
             seen.append((mod, key, order))
             sources.append(src)
     libs = build_many(sources, target)

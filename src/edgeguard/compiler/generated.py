@@ -168,12 +168,9 @@ def has_slack(x: torch.Tensor, floats: int) -> bool:
 
 def has_wide_slack(x: torch.Tensor, floats: int) -> bool:
     """:func:`has_slack` for a wide kernel output's view ``x`` (rows and planes further apart than
-    its shape, from the start of its storage): at least :data:`OUTPUT_SLACK` floats after its
-    last sample's planes."""
-    size = (x.shape[0] * x.stride(0) + OUTPUT_SLACK) * x.element_size()
+    its shape; from the start of its storage, or past a padded reader's leading padding there):
+    at least :data:`OUTPUT_SLACK` floats after its last sample's planes."""
+    size = (x.storage_offset() + x.shape[0] * x.stride(0) + OUTPUT_SLACK) * x.element_size()
     return (
-        floats <= OUTPUT_SLACK
-        and x.dtype == torch.float32
-        and x.storage_offset() == 0
-        and x.untyped_storage().nbytes() >= size
+        floats <= OUTPUT_SLACK and x.dtype == torch.float32 and x.untyped_storage().nbytes() >= size
     )

@@ -35,8 +35,16 @@ class InputLayout:
     # end in columns the producer computed and dropped, see SparseConv.wide_out); None: rows of
     # the input's own width.  Only for layouts with no stored H/W padding at stride 1.
     pitch: tuple[int, int] | None = None
+    # Planes ``plane_stride`` = ``Hq * Wq`` rounded up to 16 floats apart: the layout a producer
+    # writes straight into (SparseConv.pad_reader), each plane's data on a 64-byte line.  Only for
+    # stride 1 (no phases) with no stored depth padding.
+    aligned_planes: bool = False
 
     def __post_init__(self) -> None:
+        if self.aligned_planes and (
+            self.pitch is not None or self.phases != 1 or self.stored_padding[0]
+        ):
+            raise ValueError("aligned planes need stride 1, no pitch and no stored depth padding")
         if self.pitch is not None:
             g, (_, h, w) = self.geometry, self.size
             wq, ps = self.pitch
@@ -94,7 +102,17 @@ class InputLayout:
     def plane_stride(self) -> int:
         """Floats from one depth plane of the buffer to the next."""
         _, hq, wq = self.phased
+        if self.aligned_planes:
+            return -(-(hq * wq) // 16) * 16
         return self.pitch[1] if self.pitch is not None else hq * wq
+
+    @property
+    def head(self) -> int:
+        """Floats from the start of a plane of the buffer to its first input element (the
+        stored padding rows and columns before it): where a producer writing into the buffer
+        puts its position 0."""
+        _, ph, pw = self.stored_padding
+        return ph * self.phased[2] + pw
 
     @property
     def phases(self) -> int:
@@ -160,7 +178,10 @@ class InputLayout:
         if buf is None:
             buf = x.new_zeros(n * self.batch_stride + slack)
         if self.phases == 1:
-            view = buf[: n * self.batch_stride].view(n, g.in_channels, dq, hq, wq)
+            view = buf.as_strided(
+                (n, g.in_channels, dq, hq, wq),
+                (self.batch_stride, dq * self.plane_stride, self.plane_stride, wq, 1),
+            )
             view[:, :, pd : pd + self.size[0], ph : ph + self.size[1], pw : pw + self.size[2]] = x
             return buf
         xp = F.pad(x, (pw, wq * sw - wp + pw, ph, hq * sh - hp + ph, pd, dq * sd - dp + pd))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import NamedTuple
 
@@ -39,6 +40,15 @@ class KernelView(NamedTuple):
     strides: tuple[int, int, int, int, int] | None
     pitch: tuple[int, int] | None = None  # an input read in place from a wide buffer (InputLayout)
     wide_gather: bool = False  # ``strides`` read a wide producer's view (taken as it is)
+    # the input is a view into this kernel's own padded buffer, written there by its producer
+    # (SparseConv.pad_reader): no fill, aligned planes (InputLayout.aligned_planes)
+    prepadded: bool = False
+
+
+def padded_for(x: torch.Tensor, conv: nn.Module) -> bool:
+    """Whether ``x`` is a producer's output written into ``conv``'s own padded input buffer
+    (:attr:`SparseConv.pad_reader`): its padding is in the storage around it, zero."""
+    return getattr(x, "_eg_padded_for", None) is conv
 
 
 def wide_strides(shape: tuple[int, ...], pitch: tuple[int, int]) -> tuple[int, ...]:
@@ -50,10 +60,10 @@ def wide_strides(shape: tuple[int, ...], pitch: tuple[int, int]) -> tuple[int, .
 
 def input_pitch(x: torch.Tensor) -> tuple[int, int] | None:
     """``(row pitch, plane pitch)`` where ``x [N, C, D, H, W]`` is the view a wide kernel output
-    returns (:attr:`SparseConv.wide_out`: rows ``Wq > W`` floats apart, planes ``OPS``, from the
-    start of its storage); None for any other tensor.  By strides only (meta tensors too): a
-    call's input is taken as wide only where :func:`wide_input` says so."""
-    if x.dim() != 5 or x.storage_offset() != 0 or x.is_contiguous():
+    returns (:attr:`SparseConv.wide_out`: rows ``Wq > W`` floats apart, planes ``OPS``); None
+    for any other tensor.  By strides only (meta tensors too): a call's input is taken as wide
+    only where :func:`wide_input` says so."""
+    if x.dim() != 5 or x.is_contiguous():
         return None
     _, c, d, h, w = x.shape
     s = x.stride()
@@ -148,6 +158,10 @@ class SparseConv(nn.Module):
         # codegen.wide_plane) and return a view of it: set by the compiler where every user of
         # the output is a 3-D CPU sparse conv, as its input or its fused residual (wide_outputs).
         self.wide_out = False
+        # A wide output written straight into this reader's padded input buffer (a 1-tuple of
+        # the reader, a padded stride-1 3-D sparse conv; not a submodule): set by the compiler
+        # (wide_outputs); used at an input size where the output's row pitch is the reader's.
+        self.pad_reader: tuple[SparseConv, ...] = ()
         self.name = name
         g = plan.geometry
         self.register_buffer(
@@ -312,21 +326,52 @@ class SparseConv(nn.Module):
     def reads_in_place(self) -> bool:
         """Whether the CPU kernel can read its input where it lies, a wide producer's view
         included: a 3-D conv at stride 1 with no height/width padding (1 x 1 x 1, temporal), rows
-        not packed."""
+        not packed (whatever :attr:`mode` is now: build_kernels runs the model in "torch" mode
+        to learn what each kernel will see)."""
         g = self.plan.geometry
         return (
             not self.two_d
             and not self.pack
             and g.stride == (1, 1, 1)
             and g.padding[1:] == (0, 0)
-            and self.mode == "cpu"
         )
 
+    def takes_prepadded(self) -> bool:
+        """Whether the CPU kernel can read an input its producer wrote into this layer's own
+        padded buffer (:attr:`pad_reader`, :attr:`InputLayout.aligned_planes`): a 3-D conv at
+        stride 1 with stored height/width padding and none along depth, rows not packed."""
+        g = self.plan.geometry
+        return (
+            not self.two_d
+            and not self.pack
+            and bool(self.plan.block_rows)
+            and g.stride == (1, 1, 1)
+            and g.padding[0] == 0
+            and g.padding[1:] != (0, 0)
+        )
+
+    def input_form(
+        self, x: torch.Tensor, slack: bool = True
+    ) -> tuple[tuple[int, int] | None, bool]:
+        """How the CPU kernel takes ``x``: ``(pitch, prepadded)``, the wide producer's pitch it
+        reads in place or through its strides (:func:`wide_input`; ``slack=False``: by strides
+        only, :func:`input_pitch`, for meta tensors), and whether ``x`` lies in this layer's own
+        padded buffer (:func:`padded_for`)."""
+        if padded_for(x, self) and self.takes_prepadded():
+            return None, True
+        return (wide_input(x) if slack else input_pitch(x)), False
+
     def _kernel_view(
-        self, shape: tuple[int, ...], pitch: tuple[int, int] | None = None
+        self,
+        shape: tuple[int, ...],
+        pitch: tuple[int, int] | None = None,
+        prepadded: bool = False,
     ) -> KernelView:
         """What the CPU kernel computes for a 5-D layer input of ``shape``; ``pitch``: the input is
-        a wide producer's view (:func:`input_pitch`), read in place where this layer can."""
+        a wide producer's view (:func:`input_pitch`), read in place where this layer can;
+        ``prepadded``: the input lies in this layer's padded buffer (:meth:`input_form`)."""
+        if prepadded:
+            return KernelView(self.plan, tuple(shape), None, False, None, prepadded=True)
         sub = self._pointwise_stride()
         n, c, d, h, w = shape
         sd, sh, sw = sub or (1, 1, 1)
@@ -360,19 +405,75 @@ class SparseConv(nn.Module):
         copies every row, the padding ones too)."""
         g, size = view.plan.geometry, tuple(view.shape[2:])
         virtual = not self.pack and InputLayout.virtual_depth_fits(g, size)
-        return InputLayout(g, size, virtual_depth=virtual, pitch=view.pitch)
+        return InputLayout(
+            g, size, virtual_depth=virtual, pitch=view.pitch, aligned_planes=view.prepadded
+        )
 
-    def kernel_key(self, shape: tuple[int, ...], pitch: tuple[int, int] | None = None) -> tuple:
+    def kernel_key(
+        self,
+        shape: tuple[int, ...],
+        pitch: tuple[int, int] | None = None,
+        prepadded: bool = False,
+        rpitch: tuple[int, int] | None = None,
+    ) -> tuple:
         """The key of the CPU kernel that serves 5-D inputs of ``shape`` (a wide producer's view
-        of ``pitch``: :func:`input_pitch`)."""
-        view = self._kernel_view(shape, pitch)
+        of ``pitch``: :func:`input_pitch`; ``prepadded``: :meth:`input_form`; ``rpitch``: a
+        wide residual's pitch, :meth:`residual_plane`)."""
+        view = self._kernel_view(shape, pitch, prepadded)
         if view.batch_last:
             return ("cpu-batch-last", *shape)
-        return ("cpu", *shape[1:], view.pitch, view.strides, self.wide_out)
+        return (
+            "cpu",
+            *shape[1:],
+            view.pitch,
+            view.strides,
+            prepadded,
+            self.output_layout(view),
+            self.residual_plane(view, rpitch),
+        )
+
+    def output_layout(self, view: KernelView, target=None) -> tuple[int, int]:
+        """``(plane stride, head)`` of this layer's output for ``view``: ``(0, 0)`` a plain
+        output; ``(OPS, 0)`` a wide one (:meth:`wide_plane`); ``head > 0``: a wide one written
+        into :attr:`pad_reader`'s padded buffer, its planes that buffer's (aligned) planes and
+        position 0 ``head`` floats into each, where the reader's rows have this output's row
+        pitch (its padding columns are then the columns this layer computes past each row end,
+        zeroed after the kernel) and its channels are this layer's filters."""
+        ops = self.wide_plane(view, target)
+        if not ops or not self.pad_reader:
+            return ops, 0
+        reader, lay = self.pad_reader[0], self.kernel_layout(view)
+        if (
+            not reader.takes_prepadded()
+            or reader.plan.geometry.in_channels != lay.geometry.out_channels
+        ):
+            return ops, 0
+        rl = InputLayout(reader.plan.geometry, lay.out, aligned_planes=True)
+        written = -(-lay.positions // 16) * 16  # the whole vectors the kernel stores
+        if rl.phased[2] != lay.phased[2] or rl.head + written > rl.plane_stride:
+            return ops, 0
+        return rl.plane_stride, rl.head
+
+    def residual_plane(self, view: KernelView, rpitch: tuple[int, int] | None, target=None) -> int:
+        """The plane stride at which the kernel of ``view`` reads a wide residual of ``rpitch``
+        (its row pitch the wide output's, its planes further apart: one written into another
+        layer's padded buffer) in place; 0: in the output's own layout (or copied into it)."""
+        if not self.residual or rpitch is None:
+            return 0
+        ops, _ = self.output_layout(view, target)
+        if not ops or rpitch[0] != self.kernel_layout(view).phased[2] or rpitch[1] == ops:
+            return 0
+        return rpitch[1] if rpitch[1] % 16 == 0 and rpitch[1] >= ops else 0
+
+    def call_key(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> tuple:
+        """The key of this layer's kept CPU call for a 5-D input ``x`` (and ``residual``): the
+        shape, :meth:`input_form` and a wide residual's pitch."""
+        rp = wide_input(residual) if self.residual and isinstance(residual, torch.Tensor) else None
+        return (*x.shape, *self.input_form(x), rp)
 
     def wide_plane(self, view: KernelView, target=None) -> int:
-        """The plane stride of this layer's wide output for ``view`` (0: a plain output), as the
-        kernel :meth:`source` generates stores it."""
+        """The plane stride of this layer's wide output for ``view`` (0: a plain output) where it
+        is not written into a reader's buffer (:meth:`output_layout`)."""
         if not self.wide_out or self.pack or self.pool or view.batch_last:
             return 0
         from .cpu import host_target
@@ -395,15 +496,23 @@ class SparseConv(nn.Module):
         target = target or host_target()
         return Target(target.cxx, target.flags, vector_floats).nv_for(lay.positions, plan.mr)
 
-    def source(self, x: torch.Tensor, vector_floats: int, target=None) -> tuple[str, torch.Tensor]:
+    def source(
+        self,
+        x: torch.Tensor,
+        vector_floats: int,
+        target=None,
+        rpitch: tuple[int, int] | None = None,
+    ) -> tuple[str, torch.Tensor]:
         """Generated C++ for 5-D inputs shaped like ``x`` and the kernel's weight-row order;
-        ``target`` (default: this machine's) picks the tile when ``nv`` is None."""
+        ``target`` (default: this machine's) picks the tile when ``nv`` is None; ``rpitch``: a
+        wide residual's pitch (:meth:`residual_plane`)."""
         from .cpu import generate_source
 
-        view = self._kernel_view(tuple(x.shape), input_pitch(x))
+        view = self._kernel_view(tuple(x.shape), *self.input_form(x, slack=False))
         plan = view.plan
         lay = self.kernel_layout(view)
         nv = self._vectors(lay, plan, vector_floats, target)
+        ops, _ = self.output_layout(view, target)
         return generate_source(
             plan,
             lay,
@@ -420,6 +529,8 @@ class SparseConv(nn.Module):
             residual=self.residual and not view.batch_last,
             slope=self.slope,
             wide=self.wide_out,
+            wide_ops=ops,
+            res_plane=self.residual_plane(view, rpitch, target),
             batch_last=(
                 (view.shape[-1], self.residual, self.relu and self.residual)
                 if view.batch_last
@@ -427,13 +538,13 @@ class SparseConv(nn.Module):
             ),
         )
 
-    def _cpu_kernel(self, x: torch.Tensor):
-        key = self.kernel_key(tuple(x.shape), input_pitch(x))
+    def _cpu_kernel(self, x: torch.Tensor, rpitch: tuple[int, int] | None = None):
+        key = self.kernel_key(tuple(x.shape), *self.input_form(x, slack=False), rpitch)
         if key not in self._kernels:
             from .cpu import build_many, host_target
 
             target = host_target()
-            src, order = self.source(x, target.vector_floats)
+            src, order = self.source(x, target.vector_floats, rpitch=rpitch)
             (lib,) = build_many([src], target)
             self.load_kernel(key, lib, order)
         return self._kernels[key]
@@ -461,11 +572,10 @@ class SparseConv(nn.Module):
         (a residual layer only) the output's shape."""
         if x.dtype != torch.float32:
             raise CompileError(f"{self.name}: the CPU kernel takes float32 input, got {x.dtype}")
-        pitch = wide_input(x)
-        key = (*x.shape, pitch)
+        key = self.call_key(x, residual)
         call = self._cpu_calls.get(key)
         if call is None:
-            call = _CpuCall(self, tuple(x.shape), pitch)
+            call = _CpuCall(self, tuple(x.shape), *key[5:])
             if self.reuse_buffers:  # one kept call (and its buffers) per layer: the latest shape
                 self._cpu_calls = {key: call}
         return call(x, residual)
@@ -490,7 +600,9 @@ class SparseConv(nn.Module):
         if self.mode == "cpu" and self._cpu_calls and not torch.onnx.is_in_onnx_export():
             # a shape this layer already ran (checked then): straight to its kept call
             call = self._cpu_calls.get(
-                (*x.shape, wide_input(x)) if not self.two_d else (*_five(x.shape), None)
+                self.call_key(x, residual)
+                if not self.two_d
+                else (*_five(x.shape), None, False, None)
             )
             if (
                 call is not None
@@ -576,20 +688,32 @@ class _CpuCall:
     kernel (the Python around a small layer's kernel otherwise costs as much as the kernel)."""
 
     def __init__(
-        self, conv: SparseConv, shape: tuple[int, ...], pitch: tuple[int, int] | None = None
+        self,
+        conv: SparseConv,
+        shape: tuple[int, ...],
+        pitch: tuple[int, int] | None = None,
+        prepadded: bool = False,
+        rpitch: tuple[int, int] | None = None,
     ) -> None:
         self.conv = conv
         self.out_shape = conv.out_shape(shape)
-        view = conv._kernel_view(shape, pitch)
+        view = conv._kernel_view(shape, pitch, prepadded)
         self.view = view
         meta = torch.empty(shape, device="meta")
         if pitch is not None:  # the wide producer's view, as the kernel reads it
             meta = torch.empty_strided(shape, wide_strides(shape, pitch), device="meta")
-        self.kernel = conv._cpu_kernel(meta) if conv.plan.block_rows else None
-        # a wide output: its plane stride (the view returned has rows Wq apart), else 0
-        self.ops = conv.wide_plane(view) if self.kernel is not None else 0
+        if prepadded:
+            meta._eg_padded_for = conv
+        self.kernel = conv._cpu_kernel(meta, rpitch) if conv.plan.block_rows else None
+        # a wide output: its plane stride (the view returned has rows Wq apart), else 0; head:
+        # written into the reader's padded buffer, position 0 that many floats into its planes
+        self.ops, self.head = conv.output_layout(view) if self.kernel is not None else (0, 0)
         lay = conv.kernel_layout(view)
         self.wide = (lay.phased[2], self.ops)  # a wide output's (row, plane) pitch
+        self.positions = lay.positions
+        # a wide residual the kernel reads in place with its own plane stride
+        rp = conv.residual_plane(view, rpitch) if self.kernel is not None else 0
+        self.res_pitch = (self.wide[0], rp) if rp else self.wide
         self.slack = (conv.nv or 4) * 16  # >= one tile of any target (nv * vector floats)
         self.unpadded = lay.phases == 1 and not any(lay.stored_padding)
         self.layout = lay
@@ -616,7 +740,7 @@ class _CpuCall:
         return residual.dtype == torch.float32 and tuple(residual.shape) == shape
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        conv, view = self.conv, self.view
+        conv = self.conv
         if conv.residual:
             residual = self._residual(residual)
         # Buffers are kept between calls when ``reuse_buffers``: fresh multi-MB allocations are
@@ -624,6 +748,8 @@ class _CpuCall:
         alloc = self.out_shape
         if self.ops:  # wide: [N, M, DO, OPS] stored, returned as the [N, M, DO, HO, WO] view
             alloc = (*self.out_shape[:3], self.ops)
+        if self.head:  # in the reader's buffer: its leading padding, room to align position 0
+            alloc = (math.prod(alloc) + self.head + 16,)
         if conv.scratch is not None:  # a free buffer of the compiled model's pool
             out = conv.scratch.output(alloc)
         else:
@@ -632,15 +758,59 @@ class _CpuCall:
             out = kernel_output(alloc)
             if conv.reuse_buffers and self.out is None:
                 self.out = out
+        flat = out
         if self.ops:
-            out = out.as_strided(self.out_shape, wide_strides(self.out_shape, self.wide))
-            if residual is not None and input_pitch(residual) != self.wide:
+            # planes on 64-byte lines: the kernel's whole-vector stores are aligned
+            start = (-(out.data_ptr() // 4 + self.head)) % 16 if self.head else 0
+            out = out.as_strided(
+                self.out_shape,
+                wide_strides(self.out_shape, self.wide),
+                out.storage_offset() + start + self.head,
+            )
+            if self.head:
+                out._eg_padded_for = conv.pad_reader[0]
+            if residual is not None and wide_input(residual) != self.res_pitch:
                 wide = conv.scratch.output(alloc) if conv.scratch is not None else None
                 wide = wide if wide is not None else kernel_output(alloc)
                 residual = wide.as_strided(out.shape, out.stride()).copy_(residual)
+        result = self._compute(x, out, residual)
+        if self.head:
+            self._zero_padding(flat, start)
+        return result
+
+    def _zero_padding(self, flat: torch.Tensor, start: int) -> None:
+        """Zero what the reader's padded buffer holds around this output (``flat[start:]``, its
+        planes): the leading padding rows and columns, every position from the last output on
+        (to the end of ``flat``, which :data:`OUTPUT_SLACK` zeros follow), and the columns the
+        kernel computed past each row end, which are the reader's padding columns (the kernel
+        wrote them; a pool buffer held anything before)."""
+        n, m, do, ho, wo = self.out_shape
+        wq, ps = self.wide
+        planes = flat[start : start + n * m * do * ps].view(n * m * do, ps)
+        flat[start + n * m * do * ps :].zero_()  # the reader's last rows read on into it
+        planes[:, : self.head].zero_()
+        planes[:, self.head + self.positions :].zero_()
+        for j in range(wo, wq):  # the computed columns past the row ends (not the last row's)
+            planes.as_strided(
+                (n * m * do, ho - 1), (ps, wq), planes.storage_offset() + self.head + j
+            ).zero_()
+
+    def _compute(
+        self, x: torch.Tensor, out: torch.Tensor, residual: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The kernel into ``out`` (filling its input buffer first where it must)."""
+        conv, view = self.conv, self.view
         if self.kernel is None:  # every filter pruned: the output is the bias
             conv._fill_dead(out, residual)
             return out
+        if view.prepadded:  # the producer wrote x into this layer's padded buffer: no fill
+            if not padded_for(x, conv):
+                raise CompileError(f"{conv.name}: internal: input is not in the padded buffer")
+            n, lay = x.shape[0], self.layout
+            buf = x.as_strided(
+                (n * lay.batch_stride + self.slack,), (1,), x.storage_offset() - lay.head
+            )
+            return self._run(buf, None, out, residual)
         if self.view.pitch is not None:  # a wide producer's view: read where it lies
             if wide_input(x) != self.view.pitch:
                 raise CompileError(f"{conv.name}: internal: input is not the wide view expected")

@@ -218,6 +218,8 @@ def generate_source(
     batch_last: tuple[int, bool, bool] = (0, False, False),
     slope: float = 0.0,
     wide: bool = False,
+    wide_ops: int = 0,
+    res_plane: int = 0,
 ) -> tuple[str, torch.Tensor]:
     """C++ source of one layer's kernel for one input size, and the order (indices into the plan's
     concatenated panels) in which the kernel expects the weight rows.  ``ct`` (tiles per task) and
@@ -239,7 +241,10 @@ def generate_source(
     after its tiles it transposes its output into ``[N, M, H, W]`` itself, adding a residual
     and then the ReLU there when asked; ``(0, False, False)``: not batch-last.  ``slope``: the
     fused ReLU is a leaky ReLU of this negative slope (0: a ReLU).  ``wide``: store a wide output
-    where :func:`wide_plane` allows (its plane stride, the kernel's ``OPS``)."""
+    where :func:`wide_plane` allows (its plane stride, the kernel's ``OPS``); ``wide_ops``: a
+    larger plane stride for it (a multiple of 16: a reader's padded planes), 0: its own.
+    ``res_plane``: the residual's plane stride where it differs from a wide output's (rows as the
+    output's), 0: the output's."""
     if residual and pool != (1, 1, 1):
         raise CompileError("a kernel cannot both add a residual and fuse a max pool")
     if fv is None:
@@ -330,6 +335,10 @@ def generate_source(
     # vector v of a tile reads its positions at VOFF[v] from the tile's first one
     voff = [(v * vl // wo) * wq + v * vl % wo if ra else v * vl for v in range(nv)]
     ops = wide_plane(layout, t, vl, other) if wide else 0
+    if ops and wide_ops:
+        if wide_ops < ops or wide_ops % 16:
+            raise CompileError(f"wide_ops {wide_ops} must be a multiple of 16 >= {ops}")
+        ops = wide_ops
     # Streaming stores for outputs past the caches (not a pool's scratch, not batch-last: those
     # are read back by the kernel itself).
     nt = pool == (1, 1, 1) and batch_last[0] == 0 and out_bytes(plan, layout) >= STREAM_MIN_BYTES
@@ -366,7 +375,8 @@ def generate_source(
         f"constexpr int NB = {nb}, M = {g.out_channels}, DO = {do}, HO = {ho}, WO = {wo}, "
         f"WQ = {wq}, P = {layout.positions};",
         f"constexpr int64_t XN = {layout.batch_stride}, XD = {layout.plane_stride};",
-        f"constexpr bool WIDE = {_bool(ops > 0)}; constexpr int64_t OPS = {ops};",
+        f"constexpr bool WIDE = {_bool(ops > 0)}; constexpr int64_t OPS = {ops}, "
+        f"RPL = {res_plane if ops and residual else 0};",
         f"constexpr bool RA = {_bool(ra)}, NT = {_bool(nt)};",
         f"constexpr int VOFF[NV] = {{{', '.join(map(str, voff))}}};",
         f"constexpr bool RELU = {_bool(relu)}, FUSE = {_bool(layout.phases == 1)}, "

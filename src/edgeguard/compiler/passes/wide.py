@@ -2,7 +2,9 @@
 its padded buffer's pitch, whole aligned vectors, see
 :func:`edgeguard.compiler.cpu.codegen.wide_plane`) and returns a view of it: a user that reads
 its input in place reads the view where it lies, one that fills a padded buffer reads it through
-its strides, one that adds it as a residual reads it in its own wide output's layout."""
+its strides, one that adds it as a residual reads it in its own wide output's layout.  Where
+a user pads its input (a 1 x 3 x 3 conv after a temporal one), the output is written straight
+into that user's padded buffer, which then needs no fill (:meth:`SparseConv.output_layout`)."""
 
 from __future__ import annotations
 
@@ -38,4 +40,11 @@ def wide_outputs(gm: fx.GraphModule) -> list[str]:
         if ok:
             conv.wide_out = True
             marked.append(str(node.target))
+            # the first user that can take its input in its own padded buffer gets it written
+            # there (where the sizes let it: SparseConv.output_layout)
+            for user in node.users:
+                reader = module_of(gm, user)
+                if user.args[0] is node and reader.takes_prepadded() and not shared(gm, user):
+                    conv.pad_reader = (reader,)
+                    break
     return marked

@@ -16,7 +16,8 @@
 //   tiles (fv_tile: one vector of MR filters per output position; small planes), which read the
 //   output position q = h * WO + w of a row at FV_POFF[q] and run the tiles of EG_FV_CASES.
 //   RES: a residual res [N, M, DO, HO, WO] (the output's shape) is added before the ReLU, as each
-//   tile stores its outputs.
+//   tile stores its outputs; it is read in the output's layout, its planes RPL floats apart where
+//   RPL > 0 (a wide residual written into another layer's padded buffer).
 //   PFILL (= !FUSE, defined below): a strided kernel splits the raw input into its padded phase
 //   buffer itself (phase (a, b, e) of strides SD x SH x SW holds
 //   x[i * SD + a - PD][j * SH + b - PH][k * SW + e - PW]).
@@ -104,6 +105,7 @@ static inline int task_run(int ntasks, int nthreads) {
 constexpr int T = NV * VL, TS = MR * T + NXM * MR;
 constexpr bool PFILL = !FUSE;  // a strided kernel fills its phase buffer itself
 constexpr int64_t OPLANE = WIDE ? OPS : (int64_t)HO * WO;  // floats from one output plane to the next
+constexpr int64_t RPLANE = RPL > 0 ? RPL : OPLANE;  // the residual's (a wide one's may differ)
 constexpr bool POOL = PKD * PKH * PKW > 1;
 constexpr int DOP = DO / PKD, HOP = HO / PKH, WOP = WO / PKW;
 static_assert(BLN == 0 || BLN == WO, "a batch-last output's width is the batch");
@@ -326,7 +328,7 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
       for (int n = 0; n < batch; ++n)
         for (int c = 0; c < CIN; ++c)
           for (int i = 0; i < DQ; ++i) {
-            float* dst = x + n * XN + ((int64_t)c * DQ + i) * HQ * WQ;
+            float* dst = x + n * XN + ((int64_t)c * DQ + i) * XD;  // (XD >= HQ * WQ)
             const int d = i - PD;
             if (d < 0 || d >= DI) {  // a depth padding plane
               std::memset(dst, 0, (size_t)HQ * WQ * sizeof(float));
@@ -401,7 +403,7 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
           bv[m] = f >= 0 ? bias[f] : 0.f;
           const int64_t o = ((int64_t)(n * M + f) * DO + d) * OPLANE;
           op[m] = f >= 0 ? out + o : nullptr;
-          rp[m] = f >= 0 && RES ? res + o : nullptr;
+          rp[m] = f >= 0 && RES ? res + ((int64_t)(n * M + f) * DO + d) * RPLANE : nullptr;
         }
         EG_FV_CASES
       }
@@ -433,7 +435,8 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
               f < 0  ? nullptr
               : POOL ? scr + ((size_t)(i - b0 * MR) * dgp + dd) * RC * WO
                      : out + o;
-          rpall[(size_t)dd * NB * MR + i] = RES && f >= 0 ? res + o : nullptr;
+          rpall[(size_t)dd * NB * MR + i] =
+              RES && f >= 0 ? res + ((int64_t)(n * M + f) * DO + d0 + dd) * RPLANE : nullptr;
         }
       }
       for (int s = 0; s < NS; ++s) {
