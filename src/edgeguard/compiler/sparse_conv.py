@@ -330,10 +330,7 @@ class SparseConv(nn.Module):
         to learn what each kernel will see)."""
         g = self.plan.geometry
         return (
-            not self.two_d
-            and not self.pack
-            and g.stride == (1, 1, 1)
-            and g.padding[1:] == (0, 0)
+            not self.two_d and not self.pack and g.stride == (1, 1, 1) and g.padding[1:] == (0, 0)
         )
 
     def takes_prepadded(self) -> bool:
@@ -512,7 +509,7 @@ class SparseConv(nn.Module):
         plan = view.plan
         lay = self.kernel_layout(view)
         nv = self._vectors(lay, plan, vector_floats, target)
-        ops, _ = self.output_layout(view, target)
+        ops, head = self.output_layout(view, target)
         return generate_source(
             plan,
             lay,
@@ -529,7 +526,7 @@ class SparseConv(nn.Module):
             residual=self.residual and not view.batch_last,
             slope=self.slope,
             wide=self.wide_out,
-            wide_ops=ops,
+            wide_ops=ops if head else 0,
             res_plane=self.residual_plane(view, rpitch, target),
             batch_last=(
                 (view.shape[-1], self.residual, self.relu and self.residual)
@@ -760,40 +757,41 @@ class _CpuCall:
                 self.out = out
         flat = out
         if self.ops:
-            # planes on 64-byte lines: the kernel's whole-vector stores are aligned
-            start = (-(out.data_ptr() // 4 + self.head)) % 16 if self.head else 0
-            out = out.as_strided(
-                self.out_shape,
-                wide_strides(self.out_shape, self.wide),
-                out.storage_offset() + start + self.head,
-            )
+            out = self._wide_view(flat)
             if self.head:
                 out._eg_padded_for = conv.pad_reader[0]
             if residual is not None and wide_input(residual) != self.res_pitch:
                 wide = conv.scratch.output(alloc) if conv.scratch is not None else None
                 wide = wide if wide is not None else kernel_output(alloc)
-                residual = wide.as_strided(out.shape, out.stride()).copy_(residual)
+                residual = self._wide_view(wide).copy_(residual)
         result = self._compute(x, out, residual)
         if self.head:
-            self._zero_padding(flat, start)
+            self._zero_padding(flat, out.storage_offset() - flat.storage_offset() - self.head)
         return result
+
+    def _wide_view(self, flat: torch.Tensor) -> torch.Tensor:
+        """The ``[N, M, DO, HO, WO]`` view of a wide output (or of a residual in its layout) in
+        the buffer ``flat``; in a reader's padded buffer, position 0 of every plane on a 64-byte
+        line, so that whole-vector stores and loads are aligned."""
+        start = (-(flat.data_ptr() // 4 + self.head)) % 16 if self.head else 0
+        return flat.as_strided(
+            self.out_shape,
+            wide_strides(self.out_shape, self.wide),
+            flat.storage_offset() + start + self.head,
+        )
 
     def _zero_padding(self, flat: torch.Tensor, start: int) -> None:
         """Zero what the reader's padded buffer holds around this output (``flat[start:]``, its
-        planes): the leading padding rows and columns, every position from the last output on
-        (to the end of ``flat``, which :data:`OUTPUT_SLACK` zeros follow), and the columns the
-        kernel computed past each row end, which are the reader's padding columns (the kernel
-        wrote them; a pool buffer held anything before)."""
-        n, m, do, ho, wo = self.out_shape
-        wq, ps = self.wide
+        planes) and the kernel does not write: the leading padding rows and columns, and every
+        position from the last output on (to the end of ``flat``, which :data:`OUTPUT_SLACK`
+        zeros follow); a pool buffer held anything before.  The columns past each row end, the
+        reader's padding columns too, the kernel stores as zeros itself (``ZJ``)."""
+        n, m, do, _, _ = self.out_shape
+        ps = self.ops
         planes = flat[start : start + n * m * do * ps].view(n * m * do, ps)
         flat[start + n * m * do * ps :].zero_()  # the reader's last rows read on into it
         planes[:, : self.head].zero_()
         planes[:, self.head + self.positions :].zero_()
-        for j in range(wo, wq):  # the computed columns past the row ends (not the last row's)
-            planes.as_strided(
-                (n * m * do, ho - 1), (ps, wq), planes.storage_offset() + self.head + j
-            ).zero_()
 
     def _compute(
         self, x: torch.Tensor, out: torch.Tensor, residual: torch.Tensor | None

@@ -242,7 +242,9 @@ def generate_source(
     and then the ReLU there when asked; ``(0, False, False)``: not batch-last.  ``slope``: the
     fused ReLU is a leaky ReLU of this negative slope (0: a ReLU).  ``wide``: store a wide output
     where :func:`wide_plane` allows (its plane stride, the kernel's ``OPS``); ``wide_ops``: a
-    larger plane stride for it (a multiple of 16: a reader's padded planes), 0: its own.
+    larger plane stride for it (a multiple of 16: a reader's padded planes), 0: its own; the
+    lanes of positions past each row end and past the plane's last position are then stored as
+    zero (``ZJ``: they are the reader's padding).
     ``res_plane``: the residual's plane stride where it differs from a wide output's (rows as the
     output's), 0: the output's."""
     if residual and pool != (1, 1, 1):
@@ -335,10 +337,18 @@ def generate_source(
     # vector v of a tile reads its positions at VOFF[v] from the tile's first one
     voff = [(v * vl // wo) * wq + v * vl % wo if ra else v * vl for v in range(nv)]
     ops = wide_plane(layout, t, vl, other) if wide else 0
-    if ops and wide_ops:
+    zero_junk = bool(ops and wide_ops)
+    if zero_junk:
         if wide_ops < ops or wide_ops % 16:
             raise CompileError(f"wide_ops {wide_ops} must be a multiple of 16 >= {ops}")
         ops = wide_ops
+    # ZJ's lane masks: -1 for a real output position, 0 past a row end or the plane's last one
+    npos, wq_ = layout.positions, layout.phased[2]
+    jmv = (
+        [-1 if p % wq_ < layout.out[2] and p < npos else 0 for p in range(-(-npos // 16) * 16)]
+        if zero_junk
+        else [0]
+    )
     # Streaming stores for outputs past the caches (not a pool's scratch, not batch-last: those
     # are read back by the kernel itself).
     nt = pool == (1, 1, 1) and batch_last[0] == 0 and out_bytes(plan, layout) >= STREAM_MIN_BYTES
@@ -377,6 +387,8 @@ def generate_source(
         f"constexpr int64_t XN = {layout.batch_stride}, XD = {layout.plane_stride};",
         f"constexpr bool WIDE = {_bool(ops > 0)}; constexpr int64_t OPS = {ops}, "
         f"RPL = {res_plane if ops and residual else 0};",
+        f"constexpr bool ZJ = {_bool(zero_junk)};",
+        _table("int32_t", "JMV", str(len(jmv)), jmv),
         f"constexpr bool RA = {_bool(ra)}, NT = {_bool(nt)};",
         f"constexpr int VOFF[NV] = {{{', '.join(map(str, voff))}}};",
         f"constexpr bool RELU = {_bool(relu)}, FUSE = {_bool(layout.phases == 1)}, "

@@ -72,6 +72,19 @@ static inline void st(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
 typedef float vm __attribute__((vector_size(MR * 4)));
 static inline vm ldm(const float* p) { vm v; std::memcpy(&v, p, sizeof v); return v; }
 static inline void stm(float* p, vm v) { std::memcpy(p, &v, sizeof v); }
+typedef int32_t vi __attribute__((vector_size(VL * 4)));
+// ZJ (a wide output written into its reader's padded buffer): the lanes of positions past a row
+// end or past the plane's last one are that buffer's padding, stored as zero (JMV[p]: all ones
+// for a real output position p, else 0; a bitwise and, so that NaN turns to zero too).
+static inline vf keep_real(vf v, int64_t p) {
+  if constexpr (!ZJ) return v;
+  vi bits, mask;
+  std::memcpy(&bits, &v, sizeof v);
+  std::memcpy(&mask, JMV + p, sizeof mask);
+  bits &= mask;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
 
 // A whole vector of the output: with NT (outputs past the caches' reach), an aligned one is
 // streamed to memory, so its line is not first read for ownership.
@@ -157,14 +170,17 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
         float e[MR];
         stm(e, RELU && !RES ? lrelu(ex[x]) : ex[x]);
         for (int m = 0; m < MR; ++m)
-          if (op[m]) op[m][p0 + TT + x] = RES ? act(e[m] + rp[m][p0 + TT + x]) : e[m];
+          if (op[m])
+            op[m][p0 + TT + x] = ZJ && !JMV[p0 + TT + x] ? 0.f
+                                 : RES                   ? act(e[m] + rp[m][p0 + TT + x])
+                                                         : e[m];
       }
     }
     for (int m = 0; m < MR; ++m)
       if (op[m])
         for (int v = 0; v < NVT && p0 + v * VL < pl; ++v) {
           const int64_t o = p0 + v * VL;
-          st_out(op[m] + o, RES ? act(acc[m][v] + ld(rp[m] + o)) : acc[m][v]);
+          st_out(op[m] + o, keep_real(RES ? act(acc[m][v] + ld(rp[m] + o)) : acc[m][v], o));
         }
     return;
   }
