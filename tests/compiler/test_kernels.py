@@ -396,6 +396,23 @@ def test_tile_width_follows_the_plane():
     assert avx2.nv_for(9, 4) == 2 and avx512.nv_for(17, 8) == 2
 
 
+def test_two_vector_tiles_where_only_they_follow_the_rows():
+    from edgeguard.compiler.cpu import Target
+    from edgeguard.compiler.cpu.codegen import row_aligned
+    from edgeguard.compiler.layout import InputLayout
+    from edgeguard.compiler.plan import ConvGeometry
+
+    avx512 = Target("g++", (), 16)
+    g = ConvGeometry(64, 64, (1, 3, 3), (1, 1, 1), (0, 1, 1), (1, 1, 1))
+    for width, want in ((32, 2), (64, 2), (16, 3), (48, 3), (56, 3)):
+        lay = InputLayout(g, (1, width, width))
+        ra = lambda nv, lay=lay: row_aligned(lay, nv * 16, 16, False)  # noqa: E731
+        # 32/64-wide rows: 3-vector tiles cover fewer padded positions (1003 against 1056 for
+        # 32 x 32) but cross row ends; 2-vector ones follow the rows (ResNet-18 CIFAR's layer1)
+        assert avx512.nv_for(lay.positions, 8, ra) == want, width
+        assert avx512.nv_for(lay.positions, 8) == (3 if width in (32, 16, 48, 64) else want)
+
+
 @needs_cxx
 def test_kernel_is_cached_and_a_corrupted_entry_is_rebuilt(tmp_path, monkeypatch):
     kernel_cache = tmp_path / "cache"

@@ -483,15 +483,29 @@ class SparseConv(nn.Module):
             return 0
         return wide_plane(lay, self._vectors(lay, view.plan, vl, target) * vl, vl, False)
 
-    def _vectors(self, lay: InputLayout, plan: SparsePlan, vector_floats: int, target=None) -> int:
+    def _vectors(
+        self,
+        lay: InputLayout,
+        plan: SparsePlan,
+        vector_floats: int,
+        target=None,
+        plain: bool = True,
+    ) -> int:
         """Vectors per tile of the CPU kernel at ``lay``: ``nv``, or the choice of ``target``
-        (default: this machine's, looked up only then)."""
+        (default: this machine's, looked up only then); ``plain``: tiles that may be row-aligned
+        (not batch-last, packed or pooled)."""
         from .cpu import Target, host_target
+        from .cpu.codegen import row_aligned
 
         if self.nv is not None:
             return self.nv
         target = target or host_target()
-        return Target(target.cxx, target.flags, vector_floats).nv_for(lay.positions, plan.mr)
+        ra = (
+            (lambda nv: row_aligned(lay, nv * vector_floats, vector_floats, False))
+            if plain
+            else None
+        )
+        return Target(target.cxx, target.flags, vector_floats).nv_for(lay.positions, plan.mr, ra)
 
     def source(
         self,
@@ -508,7 +522,8 @@ class SparseConv(nn.Module):
         view = self._kernel_view(tuple(x.shape), *self.input_form(x, slack=False))
         plan = view.plan
         lay = self.kernel_layout(view)
-        nv = self._vectors(lay, plan, vector_floats, target)
+        plain = not (view.batch_last or self.pack or self.pool)
+        nv = self._vectors(lay, plan, vector_floats, target, plain)
         ops, head = self.output_layout(view, target)
         return generate_source(
             plan,

@@ -33,10 +33,11 @@ class Target:
         """Default register tile ``(mr, nv)``: :func:`tuning.register_tile`."""
         return tuning.register_tile(self.vector_floats)
 
-    def nv_for(self, positions: int, mr: int) -> int:
-        """Vectors per tile for a layer with ``positions`` output positions per depth plane:
+    def nv_for(self, positions: int, mr: int, row_aligned=None) -> int:
+        """Vectors per tile for a layer with ``positions`` output positions per depth plane
+        (``row_aligned(nv)``: whether ``nv`` vectors give row-aligned tiles):
         :func:`tuning.vectors_per_tile`."""
-        return tuning.vectors_per_tile(self.vector_floats, positions, mr)
+        return tuning.vectors_per_tile(self.vector_floats, positions, mr, row_aligned)
 
     @property
     def key(self) -> str:

@@ -6,6 +6,8 @@ are in docs/compiler.md ("Design decisions"), not here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 LONG_CHUNK_BYTES = 4 << 20  # kept weights past an L2: longer chunks, fewer passes over them
 STREAM_MIN_BYTES = 8 << 20  # a sample's output past two L2s: streamed (non-temporal) stores
 FV_MAX_POSITIONS = 16  # filter-vectorised tiles for output planes up to this many positions
@@ -29,17 +31,23 @@ def register_tile(vector_floats: int) -> tuple[int, int]:
     return (8, 2) if vector_floats >= 16 else (4, 3)
 
 
-def vectors_per_tile(vector_floats: int, positions: int, mr: int) -> int:
+def vectors_per_tile(
+    vector_floats: int, positions: int, mr: int, row_aligned: Callable[[int], bool] | None = None
+) -> int:
     """Vectors per tile for a layer with ``positions`` output positions per depth plane.
 
     With 16-float vectors and 8-filter blocks the tile is 8 x 2 or 8 x 3 (24 accumulators, 28 of
     the 32 registers), whichever computes fewer positions once the plane is cut into tiles,
     counting a 3-vector position at 0.95 of a 2-vector one (fewer (block, slice, tile) entries and
-    one broadcast per 3 FMAs instead of 2).  Other targets: :func:`register_tile`.  Never more
-    vectors than the plane fills: a batch-1 linear layer (one position) gets 1."""
+    one broadcast per 3 FMAs instead of 2); but 2 where only 2 give row-aligned tiles
+    (``row_aligned(nv)``, :func:`codegen.row_aligned`: 32-, 64-, 128-wide planes), which compute
+    no padding column and store whole aligned vectors.  Other targets: :func:`register_tile`.
+    Never more vectors than the plane fills: a batch-1 linear layer (one position) gets 1."""
     default = min(register_tile(vector_floats)[1], -(-positions // vector_floats))
     if vector_floats < 16 or mr * 3 + 4 > 32 or default < 2:
         return default
+    if row_aligned is not None and row_aligned(2) and not row_aligned(3):
+        return 2
 
     def cost(nv: int) -> float:
         t = nv * vector_floats
