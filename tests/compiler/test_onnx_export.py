@@ -1,5 +1,7 @@
 """The two standard-operator forms of a sparse conv (gather, conv) and which one ONNX export writes."""
 
+import shutil
+
 import pytest
 import torch
 from torch import nn
@@ -83,3 +85,42 @@ def test_export_writes_the_auto_form_and_onnx_runtime_equals_the_masked_model(tm
     assert all(m.form == "auto" for m in comp.sparse_layers().values())  # restored
     with pytest.raises(ExportError, match="form must be one of"):
         export_onnx(comp, tmp_path / "bad.onnx", shape, form="fast")
+
+
+class ConvPool(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 16, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.b = nn.Conv2d(16, 8, 3, padding=1)
+
+    def forward(self, x):
+        return self.b(self.pool(torch.relu(self.a(x))))
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler (g++) here")
+def test_a_2d_max_pool_exports_as_one_2d_max_pool(tmp_path):
+    # the CPU pool runs a 2-D pool as a 3-D one over a depth of 1; the export must not (ONNX
+    # Runtime ran VGG-16's five Unsqueeze + 3-D MaxPool + Squeeze 4-6 % slower than MaxPool)
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from edgeguard.compiler.onnx_export import export_onnx
+
+    torch.manual_seed(0)
+    model = ConvPool().eval()
+    prune_model(model, "kgs", rates=0.6)
+    shape = (2, 3, 12, 12)
+    comp = compile_model(model, "cpu", input_shape=shape)
+    assert any(type(m).__name__ == "MaxPoolCpu" for m in comp.module.modules())
+    path = export_onnx(comp, tmp_path / "pool.onnx", shape)
+    graph = onnx.load(str(path)).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("MaxPool") == 1 and not {"Unsqueeze", "Squeeze"} & set(ops), ops
+    (pool,) = [n for n in graph.node if n.op_type == "MaxPool"]
+    kernel = next(a for a in pool.attribute if a.name == "kernel_shape")
+    assert list(kernel.ints) == [2, 2]
+    x = torch.randn(*shape)
+    out = ort.InferenceSession(str(path)).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        ref = model(x)
+    assert (torch.from_numpy(out) - ref).abs().max() <= 1e-5 * ref.abs().max()

@@ -53,10 +53,11 @@ class MaxPoolCpu(GeneratedKernelModule):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "torch" or torch.onnx.is_in_onnx_export() or x.dtype != torch.float32:
+            if self.two_d:  # a 2-D pool (ONNX: one MaxPool, not Unsqueeze + a 3-D one + Squeeze)
+                return F.max_pool2d(x, self.kernel[1:], self.stride[1:], self.padding[1:])
+            return F.max_pool3d(x, self.kernel, self.stride, self.padding)
         x5 = x.unsqueeze(2) if self.two_d else x
-        if self.mode == "torch" or torch.onnx.is_in_onnx_export() or x5.dtype != torch.float32:
-            out = F.max_pool3d(x5, self.kernel, self.stride, self.padding)
-            return out.squeeze(2) if self.two_d else out
         x5 = x5.contiguous()
         kernel = self.kernel_for(x5)
         out = self.output((*x5.shape[:2], *self.out_size(tuple(x5.shape[2:]))))
