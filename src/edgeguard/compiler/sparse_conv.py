@@ -505,7 +505,10 @@ class SparseConv(nn.Module):
             if plain
             else None
         )
-        return Target(target.cxx, target.flags, vector_floats).nv_for(lay.positions, plan.mr, ra)
+        out = lay.out[1] * lay.out[2]
+        return Target(target.cxx, target.flags, vector_floats).nv_for(
+            lay.positions, plan.mr, ra, out
+        )
 
     def source(
         self,

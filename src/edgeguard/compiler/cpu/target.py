@@ -33,11 +33,13 @@ class Target:
         """Default register tile ``(mr, nv)``: :func:`tuning.register_tile`."""
         return tuning.register_tile(self.vector_floats)
 
-    def nv_for(self, positions: int, mr: int, row_aligned=None) -> int:
+    def nv_for(self, positions: int, mr: int, row_aligned=None, out_positions: int = 0) -> int:
         """Vectors per tile for a layer with ``positions`` output positions per depth plane
-        (``row_aligned(nv)``: whether ``nv`` vectors give row-aligned tiles):
-        :func:`tuning.vectors_per_tile`."""
-        return tuning.vectors_per_tile(self.vector_floats, positions, mr, row_aligned)
+        (``row_aligned(nv)``: whether ``nv`` vectors give row-aligned tiles, over
+        ``out_positions``): :func:`tuning.vectors_per_tile`."""
+        return tuning.vectors_per_tile(
+            self.vector_floats, positions, mr, row_aligned, out_positions
+        )
 
     @property
     def key(self) -> str:

@@ -32,26 +32,33 @@ def register_tile(vector_floats: int) -> tuple[int, int]:
 
 
 def vectors_per_tile(
-    vector_floats: int, positions: int, mr: int, row_aligned: Callable[[int], bool] | None = None
+    vector_floats: int,
+    positions: int,
+    mr: int,
+    row_aligned: Callable[[int], bool] | None = None,
+    out_positions: int = 0,
 ) -> int:
-    """Vectors per tile for a layer with ``positions`` output positions per depth plane.
+    """Vectors per tile for a layer with ``positions`` output positions per depth plane (flat
+    tiles over padded rows), ``out_positions`` (``Ho * Wo``) where tiles follow the output rows.
 
     With 16-float vectors and 8-filter blocks the tile is 8 x 2 or 8 x 3 (24 accumulators, 28 of
     the 32 registers), whichever computes fewer positions once the plane is cut into tiles,
     counting a 3-vector position at 0.95 of a 2-vector one (fewer (block, slice, tile) entries and
-    one broadcast per 3 FMAs instead of 2); but 2 where only 2 give row-aligned tiles
-    (``row_aligned(nv)``, :func:`codegen.row_aligned`: 32-, 64-, 128-wide planes), which compute
-    no padding column and store whole aligned vectors.  Other targets: :func:`register_tile`.
-    Never more vectors than the plane fills: a batch-1 linear layer (one position) gets 1."""
+    one broadcast per 3 FMAs instead of 2); where ``nv`` vectors give row-aligned tiles
+    (``row_aligned(nv)``, :func:`codegen.row_aligned`) they count ``out_positions``, and 2 is
+    taken where only 2 give them (32-, 64-, 128-wide planes: no padding column computed, whole
+    aligned stores).  Other targets: :func:`register_tile`.  Never more vectors than the plane
+    fills: a batch-1 linear layer (one position) gets 1."""
     default = min(register_tile(vector_floats)[1], -(-positions // vector_floats))
     if vector_floats < 16 or mr * 3 + 4 > 32 or default < 2:
         return default
-    if row_aligned is not None and row_aligned(2) and not row_aligned(3):
+    ra = {nv: row_aligned is not None and out_positions > 0 and row_aligned(nv) for nv in (2, 3)}
+    if ra[2] and not ra[3]:
         return 2
 
     def cost(nv: int) -> float:
-        t = nv * vector_floats
-        return -(-positions // t) * t * (0.95 if nv == 3 else 1.0)
+        t, n = nv * vector_floats, out_positions if ra[nv] else positions
+        return -(-n // t) * t * (0.95 if nv == 3 else 1.0)
 
     return min((2, 3), key=cost)
 
