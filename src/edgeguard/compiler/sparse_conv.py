@@ -435,7 +435,7 @@ class SparseConv(nn.Module):
         into :attr:`pad_reader`'s padded buffer, its planes that buffer's (aligned) planes and
         position 0 ``head`` floats into each, where the reader's rows have this output's row
         pitch (its padding columns are then the columns this layer computes past each row end,
-        zeroed after the kernel) and its channels are this layer's filters."""
+        which the kernel stores as zeros, ``ZJ``) and its channels are this layer's filters."""
         ops = self.wide_plane(view, target)
         if not ops or not self.pad_reader:
             return ops, 0
