@@ -113,3 +113,26 @@ def test_a_padded_view_is_taken_as_such_only_by_its_own_reader():
         torch.testing.assert_close(s2(y), want, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(s2(y.contiguous()), want, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(s2(y + 0), want, rtol=1e-4, atol=1e-5)
+
+
+@needs_cxx
+def test_the_padding_in_dead_filters_planes_is_zeroed_too():
+    # vanilla pruning leaves filters of a residual block's last conv with no kept weight: the
+    # kernel does not write their planes (the bias plus the residual is written through the
+    # view), so their columns past each row end, the reader's padding, are zeroed after it
+    torch.manual_seed(1)
+    model = _prepare(R21Net([(16, 1), (8, 1)], 12, head=False), 1, "vanilla", 0.6)
+    shape = (1, 3, 2, 9, 9)
+    compiled = compile_model(model, "cpu", input_shape=shape)
+    pool = next(m.scratch for m in compiled.module.modules() if getattr(m, "scratch", None))
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = model(x)
+        for _ in range(2):
+            for flat, _, _ in pool._outputs:
+                flat.fill_(float("nan"))
+            got = compiled(x)
+            assert torch.isfinite(got).all()
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    t2 = compiled.module.get_submodule("blocks.0.t2")
+    assert len(t2.plan.dead) > 0 and _calls(compiled)["blocks.0.t2"].head > 0

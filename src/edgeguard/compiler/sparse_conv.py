@@ -803,13 +803,24 @@ class _CpuCall:
         planes) and the kernel does not write: the leading padding rows and columns, and every
         position from the last output on (to the end of ``flat``, which :data:`OUTPUT_SLACK`
         zeros follow); a pool buffer held anything before.  The columns past each row end, the
-        reader's padding columns too, the kernel stores as zeros itself (``ZJ``)."""
-        n, m, do, _, _ = self.out_shape
-        ps = self.ops
+        reader's padding columns too, the kernel stores as zeros itself (``ZJ``), except in the
+        planes of dead filters, which it does not write: zeroed here."""
+        n, m, do, ho, wo = self.out_shape
+        wq, ps = self.wide
         planes = flat[start : start + n * m * do * ps].view(n * m * do, ps)
         flat[start + n * m * do * ps :].zero_()  # the reader's last rows read on into it
         planes[:, : self.head].zero_()
         planes[:, self.head + self.positions :].zero_()
+        # dead filters' planes are written by _fill_dead through the view, not by the kernel:
+        # their columns past each row end (the reader's padding) still hold what the pool held
+        per_filter = planes.view(n, m, do * ps)
+        for f in self.conv.plan.dead.tolist():
+            for j in range(wo, wq):
+                per_filter[:, f].as_strided(
+                    (n, do, ho - 1),
+                    (m * do * ps, ps, wq),
+                    per_filter.storage_offset() + f * do * ps + self.head + j,
+                ).zero_()
 
     def _compute(
         self, x: torch.Tensor, out: torch.Tensor, residual: torch.Tensor | None
