@@ -726,6 +726,7 @@ class _CpuCall:
         lay = conv.kernel_layout(view)
         self.wide = (lay.phased[2], self.ops)  # a wide output's (row, plane) pitch
         self.positions = lay.positions
+        self.dead_junk: torch.Tensor | None = None  # see _zero_padding
         # a wide residual the kernel reads in place with its own plane stride
         rp = conv.residual_plane(view, rpitch) if self.kernel is not None else 0
         self.res_pitch = (self.wide[0], rp) if rp else self.wide
@@ -813,14 +814,18 @@ class _CpuCall:
         planes[:, self.head + self.positions :].zero_()
         # dead filters' planes are written by _fill_dead through the view, not by the kernel:
         # their columns past each row end (the reader's padding) still hold what the pool held
-        per_filter = planes.view(n, m, do * ps)
-        for f in self.conv.plan.dead.tolist():
-            for j in range(wo, wq):
-                per_filter[:, f].as_strided(
-                    (n, do, ho - 1),
-                    (m * do * ps, ps, wq),
-                    per_filter.storage_offset() + f * do * ps + self.head + j,
-                ).zero_()
+        if self.dead_junk is None:
+            dead = self.conv.plan.dead
+            cols = torch.tensor(
+                [h * wq + j for h in range(ho - 1) for j in range(wo, wq)], dtype=torch.long
+            )
+            self.dead_junk = (
+                dead[:, None, None] * (do * ps)
+                + torch.arange(do)[None, :, None] * ps
+                + (self.head + cols)[None, None, :]
+            ).flatten()
+        if len(self.dead_junk):
+            planes.view(n, m * do * ps).index_fill_(1, self.dead_junk, 0.0)
 
     def _compute(
         self, x: torch.Tensor, out: torch.Tensor, residual: torch.Tensor | None
