@@ -124,3 +124,15 @@ def test_a_2d_max_pool_exports_as_one_2d_max_pool(tmp_path):
     with torch.no_grad():
         ref = model(x)
     assert (torch.from_numpy(out) - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+def test_exporting_agrees_with_torch_onnx_is_in_onnx_export(monkeypatch):
+    from edgeguard.compiler import calls
+
+    assert calls.exporting() is torch.onnx.is_in_onnx_export() is False
+    if calls._TS_GLOBALS is not None:  # both exporters' flags, as torch reads them
+        monkeypatch.setattr(calls._TS_GLOBALS, "in_onnx_export", True)
+        assert calls.exporting() and torch.onnx.is_in_onnx_export()
+        monkeypatch.setattr(calls._TS_GLOBALS, "in_onnx_export", False)
+        monkeypatch.setattr(calls._dynamo_flags, "_is_onnx_exporting", True)
+        assert calls.exporting() and torch.onnx.is_in_onnx_export()

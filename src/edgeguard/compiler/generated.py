@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from .calls import first_use
+from .calls import exporting, first_use
 
 
 class GeneratedKernelModule(nn.Module):
@@ -59,7 +59,7 @@ class GeneratedKernelModule(nn.Module):
         without gradients (the kernel computes float32 on the CPU, inference only)."""
         return (
             self.mode == "torch"
-            or torch.onnx.is_in_onnx_export()
+            or exporting()
             or x.dtype != torch.float32
             or x.device.type != "cpu"
             or x.requires_grad

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .calls import exporting
 from .errors import CompileError
 from .generated import INT, VOID_P, GeneratedKernelModule
 
@@ -53,7 +54,7 @@ class MaxPoolCpu(GeneratedKernelModule):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode == "torch" or torch.onnx.is_in_onnx_export() or x.dtype != torch.float32:
+        if self.mode == "torch" or exporting() or x.dtype != torch.float32:
             if self.two_d:  # a 2-D pool (ONNX: one MaxPool, not Unsqueeze + a 3-D one + Squeeze)
                 return F.max_pool2d(x, self.kernel[1:], self.stride[1:], self.padding[1:])
             return F.max_pool3d(x, self.kernel, self.stride, self.padding)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .calls import first_use
+from .calls import exporting, first_use
 from .errors import CompileError
 from .generated import OUTPUT_SLACK, BufferPool, has_slack, has_wide_slack, kernel_output
 from .layout import InputLayout
@@ -612,7 +612,7 @@ class SparseConv(nn.Module):
             raise CompileError(f"{self.name}: this layer takes no residual")
         if residual is not None and not isinstance(residual, torch.Tensor):
             residual = torch.as_tensor(residual, dtype=x.dtype)
-        if self.mode == "cpu" and self._cpu_calls and not torch.onnx.is_in_onnx_export():
+        if self.mode == "cpu" and self._cpu_calls and not exporting():
             # a shape this layer already ran (checked then): straight to its kept call
             call = self._cpu_calls.get(
                 self.call_key(x, residual)
@@ -646,8 +646,8 @@ class SparseConv(nn.Module):
                 f"{self.name}: input {given} is too small for kernel {tuple(k)} with padding "
                 f"{tuple(p)}, stride and dilation of this layer (no output position)"
             )
-        exporting = torch.onnx.is_in_onnx_export()  # the standard-operator form is what ONNX holds
-        if self.mode == "cpu" and not exporting:
+        in_export = exporting()  # the standard-operator form is what ONNX holds
+        if self.mode == "cpu" and not in_export:
             from .backends import get_backend
 
             r5 = residual.unsqueeze(2) if residual is not None and self.two_d else residual
@@ -656,7 +656,7 @@ class SparseConv(nn.Module):
                 return out.squeeze(2) if self.two_d else out
         if residual is not None or self.residual:  # the sum and the ReLU after the conv
             act = self.relu
-            if (exporting or self.mode == "torch") and self.standard_form() == "conv":
+            if (in_export or self.mode == "torch") and self.standard_form() == "conv":
                 out = self._conv_form(x0, act=False)
             else:
                 out = self.forward_torch(x, act=False)
@@ -671,9 +671,9 @@ class SparseConv(nn.Module):
                     ) from None
                 out = out + residual
             return self.activation(out) if act else out
-        if (exporting or self.mode == "torch") and self.standard_form() == "conv":
+        if (in_export or self.mode == "torch") and self.standard_form() == "conv":
             return self._conv_form(x0)  # on the given rank: no reshapes around a 2-D conv
-        if exporting:
+        if in_export:
             out = self.forward_torch(x)
         else:
             from .backends import get_backend
