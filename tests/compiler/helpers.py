@@ -16,3 +16,26 @@ def mask_convs(model: nn.Module, scheme: str = "kgs", rate: float = 0.5) -> nn.M
             if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d):
                 m.weight *= get_scheme(scheme).mask(m.weight, rate)
     return model
+
+
+def poison_pools(compiled) -> int:
+    """Fill every buffer of ``compiled``'s pools with NaN (what a free buffer holds must never
+    reach an output); returns how many buffers were filled."""
+    pools = {
+        id(m.scratch): m.scratch for m in compiled.module.modules() if getattr(m, "scratch", None)
+    }
+    filled = 0
+    for pool in pools.values():
+        for flat, _, _ in pool._outputs:
+            flat.fill_(float("nan"))
+            filled += 1
+    return filled
+
+
+def kept_calls(compiled) -> dict:
+    """The kept CPU call (``_CpuCall``) of each layer of ``compiled`` that ran, by module name."""
+    return {
+        n: next(iter(m._cpu_calls.values()))
+        for n, m in compiled.module.named_modules()
+        if getattr(m, "_cpu_calls", None)
+    }

@@ -16,6 +16,7 @@ from edgeguard.compiler.layout import InputLayout
 from edgeguard.compiler.plan import ConvGeometry
 from edgeguard.compiler.sparse_conv import padded_for
 
+from .helpers import kept_calls, poison_pools
 from .test_wide_outputs import R21Net, _prepare
 
 needs_cxx = pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler (g++) here")
@@ -41,33 +42,23 @@ def test_aligned_planes_start_on_lines_and_keep_the_padding_before_the_data():
         InputLayout(strided, (3, 7, 9), aligned_planes=True)
 
 
-def _calls(compiled) -> dict:
-    return {
-        n: next(iter(m._cpu_calls.values()))
-        for n, m in compiled.module.named_modules()
-        if getattr(m, "_cpu_calls", None)
-    }
-
-
 @needs_cxx
 def test_temporal_outputs_are_written_into_the_spatial_readers_padded_buffer():
     torch.manual_seed(0)  # weights with which every conv compiles sparse (none stays dense)
     model = _prepare(R21Net([(8, 1), (8, 1), (16, 2)], 12, head=False), 0, "kgs", 0.6)
     shape = (2, 3, 3, 22, 30)
     compiled = compile_model(model, "cpu", input_shape=shape)
-    pool = next(m.scratch for m in compiled.module.modules() if getattr(m, "scratch", None))
     x = torch.randn(shape)
     with torch.no_grad():
         want = model(x)
         first = compiled(x)
         for k in range(3):  # NaN in every free pool buffer: the padding must be written
-            for flat, _, _ in pool._outputs:
-                flat.fill_(float("nan"))
+            assert poison_pools(compiled)
             got = compiled(x * (k + 1))
             assert torch.isfinite(got).all()
             torch.testing.assert_close(got, model(x * (k + 1)), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(first, want, rtol=1e-4, atol=1e-5)
-    calls = _calls(compiled)
+    calls = kept_calls(compiled)
     mods = dict(compiled.module.named_modules())
     for b in ("blocks.0", "blocks.1"):
         t1, s2 = calls[f"{b}.t1"], calls[f"{b}.s2"]
@@ -93,7 +84,7 @@ def test_every_kernel_is_built_before_the_first_call():
     with torch.no_grad():
         compiled(torch.randn(shape))
     assert all(set(m._kernels) == built[id(m)] for m in layers)  # none built at the call
-    assert any(c.view.prepadded for c in _calls(compiled).values())
+    assert any(c.view.prepadded for c in kept_calls(compiled).values())
 
 
 @needs_cxx
@@ -124,15 +115,13 @@ def test_the_padding_in_dead_filters_planes_is_zeroed_too():
     model = _prepare(R21Net([(16, 1), (8, 1)], 12, head=False), 1, "vanilla", 0.6)
     shape = (1, 3, 2, 9, 9)
     compiled = compile_model(model, "cpu", input_shape=shape)
-    pool = next(m.scratch for m in compiled.module.modules() if getattr(m, "scratch", None))
     x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want = model(x)
         for _ in range(2):
-            for flat, _, _ in pool._outputs:
-                flat.fill_(float("nan"))
+            assert poison_pools(compiled)
             got = compiled(x)
             assert torch.isfinite(got).all()
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     t2 = compiled.module.get_submodule("blocks.0.t2")
-    assert len(t2.plan.dead) > 0 and _calls(compiled)["blocks.0.t2"].head > 0
+    assert len(t2.plan.dead) > 0 and kept_calls(compiled)["blocks.0.t2"].head > 0

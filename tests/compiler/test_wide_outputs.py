@@ -19,7 +19,7 @@ from edgeguard.compiler.layout import InputLayout
 from edgeguard.compiler.plan import ConvGeometry
 from edgeguard.compiler.sparse_conv import input_pitch, wide_input
 
-from .helpers import mask_convs
+from .helpers import kept_calls, mask_convs, poison_pools
 
 needs_cxx = pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler (g++) here")
 
@@ -118,19 +118,10 @@ def _check_chain(seed, blocks, size, batch, scheme, head) -> None:
     shape = (batch, 3, *size)
     compiled = compile_model(model, "cpu", input_shape=shape)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-    pools = {
-        id(m.scratch): m.scratch for m in compiled.module.modules() if getattr(m, "scratch", None)
-    }
-
-    def poison() -> None:  # whatever a pool buffer held must never reach an output
-        for pool in pools.values():
-            for flat, _, _ in pool._outputs:
-                flat.fill_(float("nan"))
-
     with torch.no_grad():
         ref = model(x)
         first = compiled(x)
-        poison()
+        poison_pools(compiled)  # whatever a pool buffer held must never reach an output
         again = compiled(x * 0.5)
         tol = 1e-5 * ref.abs().max().item()
         assert torch.allclose(first, ref, rtol=1e-4, atol=tol)
@@ -169,11 +160,7 @@ def test_the_spatial_convs_store_wide_and_their_readers_take_the_view_as_it_lies
     with torch.no_grad():
         ref = model(torch.ones(shape))
         assert torch.allclose(compiled(torch.ones(shape)), ref, rtol=1e-4, atol=1e-6)
-    calls = {
-        n: next(iter(m._cpu_calls.values()))
-        for n, m in mods.items()
-        if getattr(m, "_cpu_calls", None)
-    }
+    calls = kept_calls(compiled)
     s1, t1 = calls["blocks.0.s1"], calls["blocks.0.t1"]
     assert s1.ops > 0 and s1.view.wide_gather  # stores wide; fills from the stem's wide view
     assert t1.view.pitch == (s1.layout.phased[2], s1.ops)  # reads s1's view where it lies

@@ -726,7 +726,9 @@ class _CpuCall:
         lay = conv.kernel_layout(view)
         self.wide = (lay.phased[2], self.ops)  # a wide output's (row, plane) pitch
         self.positions = lay.positions
-        self.dead_junk: torch.Tensor | None = None  # see _zero_padding
+        # a padded output: its dead filters' columns past each row end (_zero_padding), as
+        # offsets in one sample's [M, DO, OPS] planes
+        self.dead_junk = self._dead_junk(lay.out) if self.head else None
         # a wide residual the kernel reads in place with its own plane stride
         rp = conv.residual_plane(view, rpitch) if self.kernel is not None else 0
         self.res_pitch = (self.wide[0], rp) if rp else self.wide
@@ -806,26 +808,29 @@ class _CpuCall:
         zeros follow); a pool buffer held anything before.  The columns past each row end, the
         reader's padding columns too, the kernel stores as zeros itself (``ZJ``), except in the
         planes of dead filters, which it does not write: zeroed here."""
-        n, m, do, ho, wo = self.out_shape
-        wq, ps = self.wide
+        n, m, do, _, _ = self.out_shape
+        ps = self.ops
         planes = flat[start : start + n * m * do * ps].view(n * m * do, ps)
         flat[start + n * m * do * ps :].zero_()  # the reader's last rows read on into it
         planes[:, : self.head].zero_()
         planes[:, self.head + self.positions :].zero_()
         # dead filters' planes are written by _fill_dead through the view, not by the kernel:
         # their columns past each row end (the reader's padding) still hold what the pool held
-        if self.dead_junk is None:
-            dead = self.conv.plan.dead
-            cols = torch.tensor(
-                [h * wq + j for h in range(ho - 1) for j in range(wo, wq)], dtype=torch.long
-            )
-            self.dead_junk = (
-                dead[:, None, None] * (do * ps)
-                + torch.arange(do)[None, :, None] * ps
-                + (self.head + cols)[None, None, :]
-            ).flatten()
         if len(self.dead_junk):
             planes.view(n, m * do * ps).index_fill_(1, self.dead_junk, 0.0)
+
+    def _dead_junk(self, out: tuple[int, int, int]) -> torch.Tensor:
+        """Offsets, in one sample's ``[M, DO, OPS]`` planes, of the dead filters' columns past
+        each row end (all rows but the last, whose lie in the plane's tail)."""
+        (do, ho, wo), (wq, ps) = out, self.wide
+        cols = torch.tensor(
+            [h * wq + j for h in range(ho - 1) for j in range(wo, wq)], dtype=torch.long
+        )
+        return (
+            self.conv.plan.dead[:, None, None] * (do * ps)
+            + torch.arange(do)[None, :, None] * ps
+            + (self.head + cols)[None, None, :]
+        ).flatten()
 
     def _compute(
         self, x: torch.Tensor, out: torch.Tensor, residual: torch.Tensor | None
