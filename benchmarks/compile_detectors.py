@@ -11,6 +11,7 @@ filters), MACs counted on the smaller graph.
 
     .venv/bin/python benchmarks/compile_detectors.py --threads 2
     .venv/bin/python benchmarks/compile_detectors.py --detectors centernet --schemes kgs --targets 2
+    .venv/bin/python benchmarks/compile_detectors.py --schemes kgs --scheme-options gn=1
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ from pathlib import Path
 
 import torch
 
+from edgeguard.cli.common import kv
 from edgeguard.compiler import compile_model
 from edgeguard.compiler.bench import benchmark, steady_allocator
 from edgeguard.models import count_flops
 from edgeguard.models.detectors import get_detector
 from edgeguard.prune.distill import cut_classes, detector_layers, head_convs
-from edgeguard.sparsity import prune_channels, prune_model
+from edgeguard.sparsity import get_scheme, prune_channels, prune_model
 from prune_detectors import add_keep_classes
 from sparse_inference import export_plain, ort_session, torch_then_ort
 
@@ -52,9 +54,11 @@ def run_one(
     threads: int,
     per_layer: bool,
     keep: list[int] | None = None,
+    options: dict | None = None,
 ):
     """One detector x scheme x MAC target; ``keep``: the class head first cut to these COCO
-    classes (its cut counts towards ``target``; the dense baselines stay the 80-class graph)."""
+    classes (its cut counts towards ``target``; the dense baselines stay the 80-class graph);
+    ``options``: the scheme's (kernel-group sizes ``gm``, ``gn``)."""
     det = get_detector(name)
     shape = (1, 3, *det.input_size)
     dense = copy.deepcopy(det.net).eval()
@@ -68,7 +72,8 @@ def run_one(
         model.eval()
     else:
         model = copy.deepcopy(det.net).eval()
-        prune_model(model, scheme, flops_reduction=rest, input_shape=shape, layers=layers)
+        sch = get_scheme(scheme, **(options or {}))
+        prune_model(model, sch, flops_reduction=rest, input_shape=shape, layers=layers)
     flops = count_flops(model, shape)
     # against the dense graph: a physically smaller model has no masks, its own MACs are all kept
     reduction = count_flops(dense, shape).dense_macs / flops.kept_macs
@@ -94,6 +99,7 @@ def run_one(
     row = {
         "detector": name,
         "scheme": scheme,
+        "scheme_options": options or {},
         "target": target,
         "classes": list(getattr(det, "classes", range(80))),
         "reduction": reduction,
@@ -200,6 +206,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--per-layer-target", type=float, default=2.0, help="per-layer table here")
     add_keep_classes(ap)  # the dense baselines stay the 80-class graph
+    ap.add_argument(
+        "--scheme-options",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="options of the schemes (kernel-group sizes, e.g. gm=8 gn=1)",
+    )
     ap.add_argument("--out", default="runs/bench/compile_detectors")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -222,6 +235,7 @@ def main() -> None:
                         # a shrunk graph's layers are not the dense layers: no per-layer rows
                         per_layer=target == args.per_layer_target and scheme != "depchannel",
                         keep=args.keep_classes,
+                        options=kv(args.scheme_options) if scheme != "depchannel" else None,
                     )
                 )
                 record = {

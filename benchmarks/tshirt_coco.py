@@ -107,6 +107,12 @@ def main() -> None:
         help="detectors every patch is evaluated against: centernet and nanodet, and opencv "
         "(OpenCV's HOG, the slowest) unless left out",
     )
+    ap.add_argument(
+        "--train-photos",
+        action="store_true",
+        help="also evaluate every patch digitally on the training wearers (a 'digital, training "
+        "wearers' row: does the objective do what it should where it was optimised?)",
+    )
     ap.add_argument("--quick", action="store_true", help="a few photos (smoke run)")
     ap.add_argument("--out", default="runs/bench/tshirt_coco")
     ap.add_argument(
@@ -212,11 +218,14 @@ def main() -> None:
             save_patch(patch, out / f"patch_{slug}.png")
             if name == "TPS (CenterNet)":
                 study.examples("centernet", patch, EOT(), out / "detections_centernet.png", n=4)
-            for cond, eot, color in (
-                ("digital", EOT(), None),
-                ("held-out cloth", HELD_OUT_CLOTH, ColorTransform()),
-            ):
-                asr = study.evaluate({name: patch}, specs, eot, args.samples, color=color)
+            conditions = [
+                ("digital", EOT(), None, "test"),
+                ("held-out cloth", HELD_OUT_CLOTH, ColorTransform(), "test"),
+            ]
+            if args.train_photos:  # the wearers the patch was fitted to
+                conditions.append(("digital, training wearers", EOT(), None, "train"))
+            for cond, eot, color, on in conditions:
+                asr = study.evaluate({name: patch}, specs, eot, args.samples, color=color, on=on)
                 for (pn, d), a in asr.items():
                     results.setdefault((cond, pn, d), []).append(a)
             if name == "grey":

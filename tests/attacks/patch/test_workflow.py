@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from edgeguard.attacks.patch.transforms import EOT
 from edgeguard.attacks.patch.workflow import TShirtStudy
 from edgeguard.models.detectors import Detections, PersonDetector
 
@@ -47,3 +48,26 @@ def test_a_detector_that_finds_nobody_leaves_nothing_to_attack(tmp_path):
         study.attackable(["toy"])
     with pytest.raises(ValueError, match="train needs at least one detector"):
         study.train([])
+
+
+class Everyone(PersonDetector):
+    """Finds every person of ``_photos`` whatever it wears: one confident box on it."""
+
+    threshold = 0.5
+
+    def candidates(self, images):
+        box = torch.tensor([[30.0, 20.0, 70.0, 140.0]])
+        return [Detections(box, torch.ones(1)) for _ in images]
+
+
+def test_patches_are_evaluated_on_the_held_out_or_the_training_wearers(tmp_path):
+    study = TShirtStudy.open(_photos(tmp_path), ["toy"], held_out=0.5, loaded={"toy": Everyone()})
+    patch = {"grey": torch.full((3, 16, 12), 0.5)}
+    test = study.evaluate(patch, ["toy"], EOT(), samples=1)[("grey", "toy")]
+    train = study.evaluate(patch, ["toy"], EOT(), samples=1, on="train")[("grey", "toy")]
+    # one person a photo: each split's own wearers, all found, none hidden
+    assert (test.persons, train.persons) == (study.test_set.persons, study.train_set.persons)
+    assert test.persons + train.persons == 6
+    assert train.clean_detected == train.persons and train.hidden == 0
+    with pytest.raises(ValueError, match="evaluate on 'test' or 'train' wearers, got 'all'"):
+        study.evaluate(patch, ["toy"], EOT(), samples=1, on="all")

@@ -180,11 +180,17 @@ class TShirtStudy:
         eot: EOT,
         samples: int = 4,
         color: ColorTransform | None = None,
+        on: str = "test",
     ) -> dict[tuple[str, str], ASR]:
         """ASR (with person-level bootstrap intervals) of every patch against every detector in
-        ``specs`` on the same held-out draws: ``samples`` per wearer under ``eot`` and ``color``."""
+        ``specs`` on the same draws: ``samples`` per wearer under ``eot`` and ``color``, on the
+        held-out wearers (``on="test"``) or on the training ones (``"train"``: what the patch was
+        fitted to, to tell an objective that fails from one that does not generalise)."""
+        if on not in ("test", "train"):
+            raise AttackError(f"evaluate on 'test' or 'train' wearers, got {on!r}")
+        items = self.split.test if on == "test" else self.split.train
         checks = detector_checks(list(specs), self.trust_pickle, self.iou, self._loaded(specs))
-        return evaluate_patches(patches, checks, self.split.test, eot, samples, color=color)
+        return evaluate_patches(patches, checks, items, eot, samples, color=color)
 
     def examples(self, spec: str, patch: torch.Tensor, eot: EOT, path: Path, n: int = 6) -> Path:
         """PNG of ``n`` held-out items without / with the patch and the detector's boxes."""
