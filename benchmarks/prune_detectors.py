@@ -197,6 +197,8 @@ def start_state(path: str | None) -> dict | None:
         return None
     state = load_checkpoint(path)
     model = dict(state["model"])
+    if isinstance(state.get("ema"), dict):  # the run's result is its weight average
+        model.update(state["ema"]["avg"])
     for name, mask in state.get("masks", {}).items():
         model[f"{name}.weight"] = model[f"{name}.weight"] * mask.to(model[f"{name}.weight"].dtype)
     return model
@@ -438,6 +440,14 @@ def main() -> None:
         help="adam-relative: each filter's step scaled by its RMS (lr is then a relative change)",
     )
     ap.add_argument("--copies", type=int, default=1, help="augmented draws per photo and epoch")
+    ap.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        metavar="DECAY",
+        help="the student's weights averaged over steps (decay per step; 0: off): AP50 and the "
+        "result are the average's",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--start",
@@ -493,6 +503,7 @@ def main() -> None:
         optimizer=args.optimizer,
         seed=args.seed,
         progress=True,
+        ema=args.ema,
     )
     reg = replace(cfg, epochs=args.reg_epochs) if args.reg_epochs > 0 else None
     print(

@@ -150,6 +150,14 @@ def add_train_args(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
     p.add_argument("--lr", type=POSITIVE, default=lr)
     p.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "adam-relative", "sgd"])
     p.add_argument("--weight-decay", type=NONNEG, default=0.0)
+    p.add_argument(
+        "--ema",
+        type=number_in(0.0, 1.0, open_max=True),
+        default=0.0,
+        metavar="DECAY",
+        help="evaluate and keep an exponential moving average of the weights (decay per step, "
+        "e.g. 0.99; 0: off)",
+    )
     p.add_argument("--amp", action="store_true", help="mixed precision (bf16 on CPU, fp16 on CUDA)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int_in(0), default=0)
@@ -205,6 +213,7 @@ def train_config(args):
         lr=args.lr,
         optimizer=args.optimizer,
         weight_decay=args.weight_decay,
+        ema=args.ema,
         amp=args.amp,
         device=args.device,
         seed=args.seed,

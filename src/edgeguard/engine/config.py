@@ -34,6 +34,9 @@ class TrainConfig:
         label_smoothing: cross-entropy label smoothing in [0, 1).
         warmup_epochs: linear learning-rate warmup over this many epochs (fractions allowed), per
             step from lr/steps to lr; helps from-scratch video models leave their initial plateau.
+        ema: decay in [0, 1) of an exponential moving average of the weights, updated after every
+            step (0: off).  The callbacks, the validation and the returned model see the average;
+            training goes on from the raw weights (both are checkpointed).
     """
 
     epochs: int = 10
@@ -49,6 +52,7 @@ class TrainConfig:
     progress: bool = True
     label_smoothing: float = 0.0
     warmup_epochs: float = 0.0
+    ema: float = 0.0
 
     def validate(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -67,6 +71,8 @@ class TrainConfig:
             isinstance(self.warmup_epochs, int | float) and 0 <= self.warmup_epochs <= self.epochs
         ):
             raise ConfigError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs!r}")
+        if not (isinstance(self.ema, int | float) and 0.0 <= self.ema < 1.0):
+            raise ConfigError(f"ema must be a decay in [0, 1) (0: off), got {self.ema!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
 

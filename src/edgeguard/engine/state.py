@@ -39,10 +39,12 @@ def _check_same_config(state: dict[str, Any], cfg: TrainConfig, path: Path) -> N
     if not isinstance(stored, dict):
         raise CheckpointError(f"{path} records no training settings; it cannot be resumed")
     given = asdict(cfg)
+    # a setting added since the checkpoint was written: it was trained with the default
+    default = asdict(TrainConfig())
     diff = [
-        f"{k}: stored {stored.get(k)!r}, given {v!r}"
+        f"{k}: stored {stored.get(k, default[k])!r}, given {v!r}"
         for k, v in given.items()
-        if k not in _RUNTIME_SETTINGS and stored.get(k) != v
+        if k not in _RUNTIME_SETTINGS and stored.get(k, default[k]) != v
     ]
     if diff:
         raise CheckpointError(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from .config import (
     resolve_device,
 )
 from .distributed import all_reduce_sum, barrier, distributed_group, is_main_process, world_size
+from .ema import WeightAverage
 from .state import _check_same_config, _restore, _state
 
 log = logging.getLogger(__name__)
@@ -116,6 +118,7 @@ def fit(
         scheduler = _make_scheduler(optimizer, cfg)
         scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and dev.type == "cuda")
         history = History()
+        ema = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
         start_epoch = 0
         ckpt_path = Path(checkpoint_dir) / "last.pt" if checkpoint_dir is not None else None
         if resume and ckpt_path is not None and ckpt_path.is_file():
@@ -129,6 +132,10 @@ def fit(
                         "(auxiliary variables) to resume from"
                     )
                 extra_state.load_state_dict(state.get("extra", {}))
+            if ema is not None:
+                if "ema" not in state:
+                    raise CheckpointError(f"{ckpt_path} holds no weight average to resume from")
+                ema.load_state_dict(state["ema"])
             history.epochs = list(state.get("history", []))
             start_epoch = int(state["epoch"])
             log.info("resumed from %s at epoch %d/%d", ckpt_path, start_epoch, cfg.epochs)
@@ -205,6 +212,8 @@ def fit(
                 scaler.step(optimizer)
                 scaler.update()
                 apply_masks(model)
+                if ema is not None:
+                    ema.update(model)
                 loss_sum += loss.item() * len(x)
                 count += len(x)
                 if out is None:
@@ -220,13 +229,16 @@ def fit(
             metrics = {"epoch": epoch + 1, "train_loss": loss_sum / max(count, 1)}
             if loss_fn is None:
                 metrics["train_acc"] = correct / max(count, 1)
-            if val_set is not None:
-                ev = evaluate(model, val_set, cfg.batch_size, dev, cfg.amp)
-                metrics |= {"val_loss": ev["loss"], "val_acc": ev["accuracy"]}
-            metrics["seconds"] = time.perf_counter() - t0
-            history.epochs.append(metrics)
-            for cb in callbacks:
-                cb(epoch, model, metrics)
+            # the validation and the callbacks see the weight average, training goes on from
+            # the raw weights
+            with ema.applied(model) if ema is not None else nullcontext():
+                if val_set is not None:
+                    ev = evaluate(model, val_set, cfg.batch_size, dev, cfg.amp)
+                    metrics |= {"val_loss": ev["loss"], "val_acc": ev["accuracy"]}
+                metrics["seconds"] = time.perf_counter() - t0
+                history.epochs.append(metrics)
+                for cb in callbacks:
+                    cb(epoch, model, metrics)
             if is_main_process():
                 log.info(
                     "epoch %d/%d  %s",
@@ -238,8 +250,12 @@ def fit(
                     state = _state(model, optimizer, scheduler, epoch + 1, history, cfg)
                     if extra_state is not None:
                         state["extra"] = extra_state.state_dict()
+                    if ema is not None:
+                        state["ema"] = ema.state_dict()
                     save_checkpoint(state, ckpt_path)
             barrier()
+        if ema is not None:  # the run's result is the average
+            ema.copy_to(model)
         return history
 
 
