@@ -441,6 +441,14 @@ def main() -> None:
     )
     ap.add_argument("--copies", type=int, default=1, help="augmented draws per photo and epoch")
     ap.add_argument(
+        "--warmup",
+        type=float,
+        default=0.0,
+        metavar="EPOCHS",
+        help="the distillation's step ramped up linearly over this many epochs (a graph far from "
+        "its teacher after hard pruning takes its first, largest gradients at a small step)",
+    )
+    ap.add_argument(
         "--ema",
         type=float,
         default=0.0,
@@ -504,6 +512,7 @@ def main() -> None:
         seed=args.seed,
         progress=True,
         ema=args.ema,
+        warmup_epochs=args.warmup,
     )
     reg = replace(cfg, epochs=args.reg_epochs) if args.reg_epochs > 0 else None
     print(

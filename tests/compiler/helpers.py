@@ -26,7 +26,7 @@ def poison_pools(compiled) -> int:
     }
     filled = 0
     for pool in pools.values():
-        for flat, _, _ in pool._outputs:
+        for flat, *_ in pool._outputs:
             flat.fill_(float("nan"))
             filled += 1
     return filled

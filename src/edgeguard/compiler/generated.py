@@ -118,7 +118,8 @@ class BufferPool:
     MAX_OUTPUTS = 64  # buffers tracked; busy ones past it are left to their users
 
     def __init__(self) -> None:
-        self._outputs: list[tuple[torch.Tensor, int, int]] = []  # (flat, storage, its use count)
+        # (flat, storage, its use count, flat's floats)
+        self._outputs: list[tuple[torch.Tensor, int, int, int]] = []
 
     @staticmethod
     def available() -> bool:
@@ -135,16 +136,17 @@ class BufferPool:
         use = torch._C._storage_Use_Count
         best = None
         for entry in self._outputs:
-            flat, cdata, base = entry
-            fits = flat.numel() >= need and (best is None or flat.numel() < best[0].numel())
-            if fits and use(cdata) == base:
+            size = entry[3]
+            if size >= need and (best is None or size < best[3]) and use(entry[1]) == entry[2]:
                 best = entry
+                if size == need:  # nothing smaller fits (a layer of the same size ran before)
+                    break
         if best is None:
             if len(self._outputs) >= self.MAX_OUTPUTS:
                 self._outputs = [e for e in self._outputs if use(e[1]) == e[2]]
             flat = torch.empty(need)
             cdata = flat.untyped_storage()._cdata
-            best = (flat, cdata, use(cdata))
+            best = (flat, cdata, use(cdata), need)
             self._outputs.append(best)
         flat = best[0]
         flat[n:need].zero_()

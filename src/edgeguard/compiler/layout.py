@@ -11,6 +11,7 @@ dropped), so a kernel tile is ``T`` consecutive ``p`` and every kept row is one 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -66,13 +67,14 @@ class InputLayout:
             and geometry.in_channels * d * h * w + h * w < 2**31
         )
 
-    @property
+    # the derived sizes are read on every kernel call: worked out once per layout
+    @cached_property
     def stored_padding(self) -> tuple[int, int, int]:
         """The padding the buffer holds (depth's is virtual with ``virtual_depth``)."""
         pd, ph, pw = self.geometry.padding
         return (0 if self.virtual_depth else pd, ph, pw)
 
-    @property
+    @cached_property
     def padded(self) -> tuple[int, int, int]:
         return tuple(n + 2 * p for n, p in zip(self.size, self.stored_padding, strict=True))
 
@@ -86,7 +88,7 @@ class InputLayout:
         pw, kw, dw = g.padding[2], g.kernel[2], g.dilation[2]
         return g.stride[2] == 1 and 0 < pw <= (kw - 1) * dw
 
-    @property
+    @cached_property
     def phased(self) -> tuple[int, int, int]:
         """(Dq, Hq, Wq): per-phase extent of each axis."""
         dq, hq, wq = (
@@ -98,7 +100,7 @@ class InputLayout:
             wq = self.pitch[0]
         return dq, hq, wq
 
-    @property
+    @cached_property
     def plane_stride(self) -> int:
         """Floats from one depth plane of the buffer to the next."""
         _, hq, wq = self.phased
@@ -106,7 +108,7 @@ class InputLayout:
             return -(-(hq * wq) // 16) * 16
         return self.pitch[1] if self.pitch is not None else hq * wq
 
-    @property
+    @cached_property
     def head(self) -> int:
         """Floats from the start of a plane of the buffer to its first input element (the
         stored padding rows and columns before it): where a producer writing into the buffer
@@ -119,15 +121,15 @@ class InputLayout:
         sd, sh, sw = self.geometry.stride
         return sd * sh * sw
 
-    @property
+    @cached_property
     def out(self) -> tuple[int, int, int]:
         return self.geometry.output_size(self.size)
 
-    @property
+    @cached_property
     def batch_stride(self) -> int:
         return self.geometry.in_channels * self.phases * self.phased[0] * self.plane_stride
 
-    @property
+    @cached_property
     def positions(self) -> int:
         """P: flat output positions computed per output depth plane."""
         _, ho, wo = self.out
