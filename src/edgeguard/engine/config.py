@@ -36,7 +36,9 @@ class TrainConfig:
             step from lr/steps to lr; helps from-scratch video models leave their initial plateau.
         ema: decay in [0, 1) of an exponential moving average of the weights, updated after every
             step (0: off).  The callbacks, the validation and the returned model see the average;
-            training goes on from the raw weights (both are checkpointed).
+            training goes on from the raw weights (both are checkpointed), so what a callback
+            writes into the weights is dropped (masks it sets stay): leave it off for methods that
+            update weights in callbacks (ADMM's projection).
     """
 
     epochs: int = 10
