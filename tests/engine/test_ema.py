@@ -13,6 +13,8 @@ from torch.utils.data import TensorDataset
 from edgeguard.engine import CheckpointError, TrainConfig, fit, load_checkpoint
 from edgeguard.engine.ema import WeightAverage
 
+from .helpers import die_after_first_checkpoint
+
 
 def _data() -> TensorDataset:
     g = torch.Generator().manual_seed(0)
@@ -40,6 +42,10 @@ def _mse_recording(seen: list[torch.Tensor] | None = None):
     return loss
 
 
+def _train(model: nn.Module, ema: float, **options) -> None:
+    fit(model, _data(), None, _cfg(ema), loss_fn=_mse_recording(), **options)
+
+
 def _flat(model: nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
@@ -53,7 +59,7 @@ def test_the_average_follows_the_recurrence_over_every_steps_raw_weights():
     for w in steps:
         want = 0.8 * want + 0.2 * w
     averaged = _model()
-    fit(averaged, _data(), None, _cfg(0.8), loss_fn=_mse_recording())
+    _train(averaged, 0.8)
     assert len(steps) == 10 and not torch.allclose(want, steps[-1], atol=1e-3)
     torch.testing.assert_close(_flat(averaged), want, rtol=0, atol=1e-6)
 
@@ -61,14 +67,11 @@ def test_the_average_follows_the_recurrence_over_every_steps_raw_weights():
 def test_callbacks_see_the_average_and_checkpoints_keep_both(tmp_path: Path):
     at_callback: list[torch.Tensor] = []
     model = _model()
-    fit(
+    _train(
         model,
-        _data(),
-        None,
-        _cfg(0.8),
+        0.8,
         checkpoint_dir=tmp_path,
         callbacks=[lambda e, m, metrics: at_callback.append(_flat(m).clone())],
-        loss_fn=_mse_recording(),
     )
     state = load_checkpoint(tmp_path / "last.pt")
     avg = torch.cat([state["ema"]["avg"]["weight"].flatten(), state["ema"]["avg"]["bias"]])
@@ -80,66 +83,33 @@ def test_callbacks_see_the_average_and_checkpoints_keep_both(tmp_path: Path):
 
 def test_a_resumed_run_ends_with_the_same_average(tmp_path: Path, monkeypatch):
     full = _model()
-    fit(full, _data(), None, _cfg(0.8), checkpoint_dir=tmp_path / "full", loss_fn=_mse_recording())
-    import edgeguard.engine.train as train_module
-
-    real_save = train_module.save_checkpoint
-
-    def save_then_crash(state, path):
-        real_save(state, path)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_module, "save_checkpoint", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        fit(
-            _model(),
-            _data(),
-            None,
-            _cfg(0.8),
-            checkpoint_dir=tmp_path / "p",
-            loss_fn=_mse_recording(),
-        )
-    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
-    resumed = nn.Linear(3, 1)  # other weights: the checkpoint overwrites them
-    fit(
-        resumed,
-        _data(),
-        None,
-        _cfg(0.8),
-        checkpoint_dir=tmp_path / "p",
-        resume=True,
-        loss_fn=_mse_recording(),
+    _train(full, 0.8, checkpoint_dir=tmp_path / "full")
+    die_after_first_checkpoint(
+        monkeypatch, lambda: _train(_model(), 0.8, checkpoint_dir=tmp_path / "p")
     )
+    resumed = nn.Linear(3, 1)  # other weights: the checkpoint overwrites them
+    _train(resumed, 0.8, checkpoint_dir=tmp_path / "p", resume=True)
     torch.testing.assert_close(_flat(resumed), _flat(full), rtol=0, atol=0)
 
 
 def test_resuming_without_a_stored_average_and_bad_decays_are_refused(tmp_path: Path):
-    fit(_model(), _data(), None, _cfg(0.0), checkpoint_dir=tmp_path, loss_fn=_mse_recording())
+    _train(_model(), 0.0, checkpoint_dir=tmp_path)
     # an older checkpoint (no ema setting stored) resumes under the default, and only under it
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     del state["config"]["ema"]
     torch.save(state, tmp_path / "last.pt")
-    fit(
-        _model(),
-        _data(),
-        None,
-        _cfg(0.0),
-        checkpoint_dir=tmp_path,
-        resume=True,
-        loss_fn=_mse_recording(),
-    )
+    _train(_model(), 0.0, checkpoint_dir=tmp_path, resume=True)
     with pytest.raises(CheckpointError, match=r"other settings \(ema: stored 0.0, given 0.5\)"):
-        fit(
-            _model(),
-            _data(),
-            None,
-            _cfg(0.5),
-            checkpoint_dir=tmp_path,
-            resume=True,
-            loss_fn=_mse_recording(),
-        )
+        _train(_model(), 0.5, checkpoint_dir=tmp_path, resume=True)
+    # a checkpoint that says it was averaged but holds no average
+    _train(_model(), 0.5, checkpoint_dir=tmp_path / "avg")
+    state = torch.load(tmp_path / "avg" / "last.pt", weights_only=True)
+    del state["ema"]
+    torch.save(state, tmp_path / "avg" / "last.pt")
+    with pytest.raises(CheckpointError, match="holds no weight average to resume from"):
+        _train(_model(), 0.5, checkpoint_dir=tmp_path / "avg", resume=True)
     for bad in (1.0, -0.1, float("nan")):
         with pytest.raises(ValueError, match="ema must be a decay in"):
-            fit(_model(), _data(), None, _cfg(bad), loss_fn=_mse_recording())
+            _train(_model(), bad)
     with pytest.raises(CheckpointError, match="weight average does not fit"):
         WeightAverage(_model(), 0.5).load_state_dict({"avg": {"weight": torch.zeros(1, 3)}})

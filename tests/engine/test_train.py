@@ -23,6 +23,8 @@ from edgeguard.engine import (
 from edgeguard.models import build
 from edgeguard.sparsity import get_masks, prune_model
 
+from .helpers import die_after_first_checkpoint
+
 FAST = TrainConfig(epochs=2, batch_size=64, lr=3e-3, progress=False)
 
 
@@ -44,19 +46,11 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path: Path, m
     full = build("digits_cnn")
     fit(full, train, None, FAST, checkpoint_dir=tmp_path / "full")
 
-    import edgeguard.engine.train as train_module
-
-    real_save = train_module.save_checkpoint
-
-    def save_then_crash(state, path):
-        real_save(state, path)
-        raise KeyboardInterrupt  # the run dies right after its first checkpoint
-
-    monkeypatch.setattr(train_module, "save_checkpoint", save_then_crash)
     seed_everything(0)
-    with pytest.raises(KeyboardInterrupt):
-        fit(build("digits_cnn"), train, None, FAST, checkpoint_dir=tmp_path / "p")
-    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    die_after_first_checkpoint(
+        monkeypatch,
+        lambda: fit(build("digits_cnn"), train, None, FAST, checkpoint_dir=tmp_path / "p"),
+    )
     # a fresh process would rebuild the model with other weights: resume must overwrite them
     seed_everything(123)
     resumed = build("digits_cnn")
