@@ -74,6 +74,13 @@ def main() -> None:
         "made the min-max patch weaker, docs/benchmarks.md)",
     )
     ap.add_argument(
+        "--ensemble-ascend",
+        choices=["loss", "found"],
+        default="loss",
+        help="what the min-max weights ascend: the detectors' losses (the paper; their score gaps "
+        "are not on one scale) or each detector's share of the step's wearers still found",
+    )
+    ap.add_argument(
         "--train-eot",
         choices=sorted(TRAIN_EOTS),
         default="wide",
@@ -190,7 +197,11 @@ def main() -> None:
             (
                 "min-max (CenterNet+NanoDet)",
                 lambda: train(
-                    both, weighting="minmax", steps=args.ensemble_steps, kappa=args.ensemble_kappa
+                    both,
+                    weighting="minmax",
+                    ascend=args.ensemble_ascend,
+                    steps=args.ensemble_steps,
+                    kappa=args.ensemble_kappa,
                 ),
             ),
             (

@@ -127,7 +127,9 @@ class MinMaxWeights:
     """Weights over K losses (attacks, detectors, domains) of a min-max problem
     ``min_x max_{w in simplex} sum_k w_k L_k(x) - gamma/2 |w - 1/K|^2``: the loss is ``sum_k w_k L_k``;
     after each call ``w`` ascends ``L - gamma (w - 1/K)`` by ``beta`` and is projected onto the
-    simplex (``"minmax"``), or stays uniform (``"average"``)."""
+    simplex (``"minmax"``), or stays uniform (``"average"``).  ``ascend``, when given, is the
+    ``[K]`` quantity the weights ascend in place of ``L`` (e.g. each model's share of inputs it still
+    gets right: one scale for all K, where their losses need not be)."""
 
     def __init__(
         self, k: int, weighting: str = "minmax", beta: float = 0.5, gamma: float = 1.0
@@ -139,10 +141,15 @@ class MinMaxWeights:
         self.k, self.weighting, self.beta, self.gamma = k, weighting, beta, gamma
         self.weights = torch.full((k,), 1.0 / k)
 
-    def __call__(self, losses: torch.Tensor) -> torch.Tensor:
+    def __call__(self, losses: torch.Tensor, ascend: torch.Tensor | None = None) -> torch.Tensor:
+        """``losses``: ``[K]``; returns ``sum_k w_k L_k`` (before this call's ascent step)."""
+        if losses.shape != (self.k,) or (ascend is not None and ascend.shape != (self.k,)):
+            shapes = (tuple(losses.shape), None if ascend is None else tuple(ascend.shape))
+            raise AttackError(f"need [{self.k}] losses (and ascend), got shapes {shapes}")
         loss = (self.weights.to(losses.dtype) * losses).sum()
         if self.weighting == "minmax":
-            step = losses.detach() - self.gamma * (self.weights - 1.0 / self.k)
+            target = losses if ascend is None else ascend
+            step = target.detach().float() - self.gamma * (self.weights - 1.0 / self.k)
             self.weights = project_simplex((self.weights + self.beta * step)[None])[0]
         return loss
 

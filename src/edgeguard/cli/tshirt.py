@@ -22,6 +22,13 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--ensemble", default="minmax", choices=["minmax", "average"])
     p.add_argument(
+        "--ascend",
+        default="loss",
+        choices=["loss", "found"],
+        help="what the min-max weights ascend: the detectors' losses (the paper) or their shares "
+        "of wearers still found (one scale for every detector)",
+    )
+    p.add_argument(
         "--zo",
         action="store_true",
         help="zeroth-order: train against the detector's outputs only (no gradients); with "
@@ -155,6 +162,7 @@ def run(args) -> int:
                 size=size,
                 eot=eot,
                 weighting=args.ensemble,
+                ascend=args.ascend,
                 seed=args.seed,
             )
             label = "+".join(train_specs) + (f" ({args.ensemble})" if len(train_specs) > 1 else "")

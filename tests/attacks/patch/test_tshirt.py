@@ -83,6 +83,36 @@ def test_minmax_weights_move_to_the_detector_that_still_sees_people(weighting):
         assert res.weights[0] > 0.95 and res.weights[1] < 0.05
 
 
+class Offsets(GreenTorso):
+    """Near-constant gaps: image i of a batch scores ``offsets[i]`` (plus a trace of GreenTorso's
+    score, so the loss has a gradient)."""
+
+    def __init__(self, box: torch.Tensor, offsets: list[float]) -> None:
+        super().__init__(box)
+        self.offsets = torch.tensor(offsets)
+
+    def candidates(self, images):
+        return [
+            Detections(d.boxes, 1e-3 * d.scores + self.offsets[i])
+            for i, d in enumerate(super().candidates(images))
+        ]
+
+
+@pytest.mark.parametrize("ascend", ["loss", "found"])
+def test_minmax_weights_ascend_the_losses_or_the_share_still_found(ascend):
+    c = crops()
+    # two draws of the one wearer a step: "wide" has the larger mean gap (0.95) but finds one of
+    # two; "narrow" has a small gap (0.1) and finds both
+    wide, narrow = Offsets(c.boxes[0], [2.0, -0.1]), Offsets(c.boxes[0], [0.1, 0.1])
+    cfg = _config(steps=10, samples=2, weighting="minmax", ascend=ascend)
+    res = AdversarialTShirt([wide, narrow], cfg).train(c)
+    assert res.history[-1]["found"] == [0.5, 1.0]
+    assert res.history[-1]["detector_losses"] == pytest.approx([0.95, 0.1], abs=1e-2)
+    # at equilibrium w_a - w_b = (a_a - a_b) / gamma (0.85 / 0.2 or 0.5 / 0.2), capped by the simplex
+    heavier = 0 if ascend == "loss" else 1
+    assert res.weights[heavier] > 0.95
+
+
 def test_bad_configs_are_refused():
     with pytest.raises(ValueError, match="schedule must be 'constant' or 'cosine'"):
         TShirtConfig(schedule="linear").validate()
@@ -90,6 +120,8 @@ def test_bad_configs_are_refused():
         TShirtConfig(steps=0).validate()
     with pytest.raises(ValueError, match=r"iou must be in \(0, 1\]"):
         TShirtConfig(iou=0.0).validate()
+    with pytest.raises(ValueError, match="ascend must be 'loss' or 'found'"):
+        TShirtConfig(ascend="asr").validate()
     with pytest.raises(ValueError, match="gamma >= 0"):
         TShirtConfig(gamma=-1.0).validate()
     with pytest.raises(ValueError, match="need PersonDetector instances"):

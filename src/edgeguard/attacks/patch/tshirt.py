@@ -35,7 +35,10 @@ class TShirtConfig:
     candidate box to the person; eot: transformation ranges (``EOT.rigid()`` for Thys et al.'s
     rigid patch); color: printer colour transform (None: none); weighting: ``"minmax"`` or
     ``"average"`` over detectors; gamma: pull of the min-max weights back toward uniform (a
-    loss gap d between detectors moves their weights apart by about d / gamma); topk: the loss
+    loss gap d between detectors moves their weights apart by about d / gamma); ascend: what the
+    min-max weights ascend: ``"loss"`` (the detectors' losses, as the paper) or ``"found"`` (each
+    detector's share of the step's wearers whose best overlapping score is still at or above its
+    threshold: one scale for every detector, where their score gaps are not); topk: the loss
     averages the best ``topk`` overlapping candidates (3: OpenCV's HOG needs 3 grouped windows
     for a detection); schedule: ``"constant"`` step size
     or ``"cosine"`` decay to zero over the steps; seed."""
@@ -55,6 +58,7 @@ class TShirtConfig:
     weighting: str = "minmax"
     # losses are score gaps (|d| < 0.3 typically): gamma 1 would keep the weights within 0.1 of uniform
     gamma: float = 0.2
+    ascend: str = "loss"
     schedule: str = "constant"
     seed: int = 0
 
@@ -69,6 +73,8 @@ class TShirtConfig:
             raise AttackError("lr must be > 0 and tv, nps, kappa, gamma >= 0")
         if not 0 < self.iou <= 1:
             raise AttackError(f"iou must be in (0, 1], got {self.iou}")
+        if self.ascend not in ("loss", "found"):
+            raise AttackError(f"ascend must be 'loss' or 'found', got {self.ascend!r}")
         if self.schedule not in ("constant", "cosine"):
             raise AttackError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
 
@@ -123,13 +129,14 @@ class AdversarialTShirt:
             batch = crops.subset(idx)
             patch = torch.sigmoid(param)
             images, boxes = batch.dress(patch, cfg.eot, cfg.color, cfg.samples, gen)
-            losses = torch.stack(
-                [
-                    person_scores(d, images, boxes, cfg.iou, cfg.topk, cfg.kappa).mean()
-                    for d in self.detectors
-                ]
-            )
-            attack = weights(losses) if len(self.detectors) > 1 else losses[0]
+            gaps = [
+                person_scores(d, images, boxes, cfg.iou, cfg.topk, cfg.kappa)
+                for d in self.detectors
+            ]
+            losses = torch.stack([g.mean() for g in gaps])
+            found = torch.stack([(g.detach() >= 0).float().mean() for g in gaps])
+            ascend = found if cfg.ascend == "found" else None
+            attack = weights(losses, ascend) if len(self.detectors) > 1 else losses[0]
             reg = cfg.tv * total_variation(patch) + cfg.nps * non_printability(patch, palette)
             loss = attack + reg
             opt.zero_grad(set_to_none=True)
@@ -141,16 +148,18 @@ class AdversarialTShirt:
                 "step": step + 1,
                 "loss": float(loss.detach()),
                 "detector_losses": [round(float(v), 4) for v in losses.detach()],
+                "found": [round(float(v), 4) for v in found],
                 "weights": [round(float(v), 4) for v in weights.weights],
             }
             history.append(entry)
             if (step + 1) % log_every == 0 or step == 0 or step + 1 == cfg.steps:
                 log.info(
-                    "t-shirt step %d/%d  loss %.4f  detectors %s  weights %s",
+                    "t-shirt step %d/%d  loss %.4f  detectors %s  found %s  weights %s",
                     step + 1,
                     cfg.steps,
                     entry["loss"],
                     entry["detector_losses"],
+                    entry["found"],
                     entry["weights"],
                 )
         return TShirtResult(
