@@ -456,6 +456,13 @@ def main() -> None:
         help="the student's weights averaged over steps (decay per step; 0: off): AP50 and the "
         "result are the average's",
     )
+    ap.add_argument(
+        "--diverge",
+        type=float,
+        default=2.0,
+        metavar="FACTOR",
+        help="stop a distillation whose epoch loss exceeds FACTOR times its best epoch's (0: off)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--start",
@@ -513,6 +520,7 @@ def main() -> None:
         progress=True,
         ema=args.ema,
         warmup_epochs=args.warmup,
+        diverge=args.diverge,
     )
     reg = replace(cfg, epochs=args.reg_epochs) if args.reg_epochs > 0 else None
     print(

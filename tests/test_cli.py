@@ -55,6 +55,10 @@ def test_cli_errors_are_clear(tmp_path: Path, capsys):
     assert main(["-q", "train", "--dataset", "ucf101", "--out", str(tmp_path)]) == 2
     assert "local folder" in capsys.readouterr().err
     assert main(["prune"]) == 2  # argparse: one line, exit status 2
+    capsys.readouterr()
+    bad = ["-q", "train", "--model", "digits_cnn", "--dataset", "digits", "--diverge", "1"]
+    assert main([*bad, "--out", str(tmp_path / "d")]) == 2
+    assert "diverge must be 0 (off) or a factor > 1" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # the whole quick demo; make test-slow

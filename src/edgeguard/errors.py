@@ -21,3 +21,8 @@ class OutputExistsError(EdgeguardError, FileExistsError):
 
 class ConfigError(EdgeguardError, ValueError):
     """A setting (training, model or dataset option) outside what is accepted."""
+
+
+class TrainingDiverged(EdgeguardError, FloatingPointError):
+    """Training stopped because its loss became NaN/Inf or grew past ``TrainConfig.diverge`` times
+    its best epoch: a setting (usually the learning rate) too large for the model."""

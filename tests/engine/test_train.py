@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import subprocess
@@ -20,6 +21,7 @@ from edgeguard.engine import (
     save_checkpoint,
     seed_everything,
 )
+from edgeguard.errors import TrainingDiverged
 from edgeguard.models import build
 from edgeguard.sparsity import get_masks, prune_model
 
@@ -200,3 +202,63 @@ def test_warmup_ramps_the_learning_rate_linearly():
     assert seen == pytest.approx([2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2, 1e-2, 1e-2, 1e-2])
     with pytest.raises(ValueError, match="warmup_epochs"):
         fit(model, data, None, TrainConfig(epochs=1, warmup_epochs=2))
+
+
+def _scripted_losses(values: list[float], steps: int):
+    """A loss_fn whose value is ``values[epoch]`` (``steps`` batches an epoch), with a gradient."""
+    calls = []
+
+    def loss_fn(net, x, y):
+        calls.append(1)
+        return net(x).sum() * 0 + values[(len(calls) - 1) // steps]
+
+    return loss_fn
+
+
+@pytest.mark.parametrize(
+    "values, diverge, stops_at",
+    [
+        ([2.0, 1.0, 2.5, 0.5], 2.0, 3),  # 2.5 > 2 x the best (1.0): stop at epoch 3
+        ([2.0, 1.0, 2.0, 0.5], 2.0, None),  # exactly 2x is allowed
+        ([2.0, 1.0, 2.5, 0.5], 0.0, None),  # off
+        ([-1.0, -2.0, 5.0, 0.5], 2.0, None),  # no positive best: nothing to compare with
+    ],
+)
+def test_a_diverging_loss_stops_the_run_and_keeps_the_epoch_before(
+    tmp_path: Path, values, diverge, stops_at
+):
+    data = TensorDataset(torch.rand(20, 1, 8, 8), torch.zeros(20, dtype=torch.long))
+    cfg = TrainConfig(epochs=4, batch_size=10, diverge=diverge, progress=False)
+    run = lambda: fit(  # noqa: E731
+        build("digits_cnn"), data, None, cfg, tmp_path, loss_fn=_scripted_losses(values, 2)
+    )
+    if stops_at is None:
+        assert [e["train_loss"] for e in run().epochs] == pytest.approx(values)
+        return
+    with pytest.raises(
+        TrainingDiverged, match=r"epoch 3's mean loss 2\.5 is 2\.5x the best epoch's 1 \(limit 2x\)"
+    ):
+        run()
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == stops_at - 1
+    # the guard may change on resume (it computes nothing): off, the run goes on from epoch 2
+    cfg.diverge = 0.0
+    hist = fit(
+        build("digits_cnn"),
+        data,
+        None,
+        cfg,
+        tmp_path,
+        resume=True,
+        loss_fn=_scripted_losses(values[2:], 2),
+    )
+    assert [e["epoch"] for e in hist.epochs] == [1, 2, 3, 4]
+
+
+def test_a_non_finite_loss_and_a_bad_divergence_factor_are_refused():
+    data = TensorDataset(torch.rand(20, 1, 8, 8), torch.zeros(20, dtype=torch.long))
+    cfg = TrainConfig(epochs=1, batch_size=10, progress=False)
+    with pytest.raises(TrainingDiverged, match="loss became nan at epoch 1"):
+        fit(build("digits_cnn"), data, None, cfg, loss_fn=_scripted_losses([math.nan], 2))
+    for bad in (1.0, 0.5, -2.0, math.inf):
+        with pytest.raises(ValueError, match=r"diverge must be 0 \(off\) or a factor > 1"):
+            TrainConfig(diverge=bad).validate()

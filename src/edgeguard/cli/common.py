@@ -144,7 +144,9 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_train_args(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
+def add_train_args(
+    p: argparse.ArgumentParser, epochs: int, lr: float, diverge: float = 0.0
+) -> None:
     p.add_argument("--epochs", type=int_in(1), default=epochs)
     p.add_argument("--batch-size", type=int_in(1), default=32)
     p.add_argument("--lr", type=POSITIVE, default=lr)
@@ -157,6 +159,14 @@ def add_train_args(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
         metavar="DECAY",
         help="evaluate and keep an exponential moving average of the weights (decay per step, "
         "e.g. 0.99; 0: off)",
+    )
+    p.add_argument(
+        "--diverge",
+        type=NONNEG,
+        default=diverge,
+        metavar="FACTOR",
+        help="stop when an epoch's mean training loss exceeds FACTOR times the best epoch's "
+        f"(> 1; 0: off; default {diverge:g}); the checkpoint keeps the epoch before",
     )
     p.add_argument("--amp", action="store_true", help="mixed precision (bf16 on CPU, fp16 on CUDA)")
     p.add_argument("--device", default="auto")
@@ -214,6 +224,7 @@ def train_config(args):
         optimizer=args.optimizer,
         weight_decay=args.weight_decay,
         ema=args.ema,
+        diverge=args.diverge,
         amp=args.amp,
         device=args.device,
         seed=args.seed,

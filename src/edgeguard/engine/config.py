@@ -39,6 +39,11 @@ class TrainConfig:
             training goes on from the raw weights (both are checkpointed), so what a callback
             writes into the weights is dropped (masks it sets stay): leave it off for methods that
             update weights in callbacks (ADMM's projection).
+        diverge: stop with :class:`~edgeguard.errors.TrainingDiverged` when an epoch's mean
+            training loss exceeds this many times the lowest epoch mean before it (0: off; > 1;
+            only while that lowest mean is positive).  The epoch is not checkpointed, so
+            ``last.pt`` keeps the one before; a run that diverged needs a new run with a smaller
+            step.
     """
 
     epochs: int = 10
@@ -55,6 +60,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     warmup_epochs: float = 0.0
     ema: float = 0.0
+    diverge: float = 0.0
 
     def validate(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -75,6 +81,12 @@ class TrainConfig:
             raise ConfigError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs!r}")
         if not (isinstance(self.ema, int | float) and 0.0 <= self.ema < 1.0):
             raise ConfigError(f"ema must be a decay in [0, 1) (0: off), got {self.ema!r}")
+        if not (
+            isinstance(self.diverge, int | float)
+            and math.isfinite(self.diverge)
+            and (self.diverge == 0 or self.diverge > 1)
+        ):
+            raise ConfigError(f"diverge must be 0 (off) or a factor > 1, got {self.diverge!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
 

@@ -30,7 +30,8 @@ def _state(model, optimizer, scheduler, epoch, history, cfg) -> dict[str, Any]:
 
 
 # settings that do not change the trained weights: a resumed run may differ in these
-_RUNTIME_SETTINGS = ("progress", "num_workers", "device")
+# may differ on resume: they do not change what is computed (diverge only stops a run)
+_RUNTIME_SETTINGS = ("progress", "num_workers", "device", "diverge")
 
 
 def _check_same_config(state: dict[str, Any], cfg: TrainConfig, path: Path) -> None:

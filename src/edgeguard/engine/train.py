@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -16,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingDiverged
 from ..masks import apply_masks
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import (
@@ -204,7 +205,7 @@ def fit(
                         loss = (1 - distill_weight) * loss + distill_weight * t * t * kd
                 total = loss + penalty(model) if penalty is not None else loss
                 if not torch.isfinite(total):
-                    raise FloatingPointError(
+                    raise TrainingDiverged(
                         f"loss became {total.item()} at epoch {epoch + 1}; lower the learning rate"
                     )
                 optimizer.zero_grad(set_to_none=True)
@@ -229,6 +230,7 @@ def fit(
             metrics = {"epoch": epoch + 1, "train_loss": loss_sum / max(count, 1)}
             if loss_fn is None:
                 metrics["train_acc"] = correct / max(count, 1)
+            _check_divergence(history, metrics["train_loss"], cfg.diverge, ckpt_path)
             # the validation and the callbacks see the weight average, training goes on from
             # the raw weights
             with ema.applied(model) if ema is not None else nullcontext():
@@ -257,6 +259,21 @@ def fit(
         if ema is not None:  # the run's result is the average
             ema.copy_to(model)
         return history
+
+
+def _check_divergence(history: History, loss: float, factor: float, ckpt_path: Path | None) -> None:
+    """Raise TrainingDiverged when ``loss`` (this epoch's mean) exceeds ``factor`` times the lowest
+    positive epoch mean of ``history`` (factor 0: never)."""
+    best = min((e["train_loss"] for e in history.epochs), default=math.inf)
+    if factor == 0 or not 0 < best < math.inf or loss <= factor * best:
+        return
+    epoch = len(history.epochs) + 1
+    kept = f"; {ckpt_path} keeps epoch {epoch - 1}" if ckpt_path is not None else ""
+    raise TrainingDiverged(
+        f"training diverged: epoch {epoch}'s mean loss {loss:.4g} is {loss / best:.1f}x the best "
+        f"epoch's {best:.4g} (limit {factor:g}x){kept}; start a new run with a smaller learning "
+        "rate or a warm-up"
+    )
 
 
 __all__ = ["History", "TrainConfig", "evaluate", "fit", "resolve_device"]
