@@ -81,6 +81,12 @@ def main() -> None:
         "are not on one scale) or each detector's share of the step's wearers still found",
     )
     ap.add_argument(
+        "--ensemble-found-only",
+        action="store_true",
+        help="each detector's loss (and found share) in the two ensembles counts only the "
+        "wearers it finds without a patch, the persons its ASR counts",
+    )
+    ap.add_argument(
         "--train-eot",
         choices=sorted(TRAIN_EOTS),
         default="wide",
@@ -200,6 +206,7 @@ def main() -> None:
                     both,
                     weighting="minmax",
                     ascend=args.ensemble_ascend,
+                    found_only=args.ensemble_found_only,
                     steps=args.ensemble_steps,
                     kappa=args.ensemble_kappa,
                 ),
@@ -207,7 +214,11 @@ def main() -> None:
             (
                 "uniform (CenterNet+NanoDet)",
                 lambda: train(
-                    both, weighting="average", steps=args.ensemble_steps, kappa=args.ensemble_kappa
+                    both,
+                    weighting="average",
+                    found_only=args.ensemble_found_only,
+                    steps=args.ensemble_steps,
+                    kappa=args.ensemble_kappa,
                 ),
             ),
         ]

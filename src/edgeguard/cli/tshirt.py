@@ -29,6 +29,12 @@ def add_parser(sub) -> None:
         "of wearers still found (one scale for every detector)",
     )
     p.add_argument(
+        "--found-only",
+        action="store_true",
+        help="each detector's loss counts only the wearers it finds without a patch (the persons "
+        "its ASR counts)",
+    )
+    p.add_argument(
         "--zo",
         action="store_true",
         help="zeroth-order: train against the detector's outputs only (no gradients); with "
@@ -163,6 +169,7 @@ def run(args) -> int:
                 eot=eot,
                 weighting=args.ensemble,
                 ascend=args.ascend,
+                found_only=args.found_only,
                 seed=args.seed,
             )
             label = "+".join(train_specs) + (f" ({args.ensemble})" if len(train_specs) > 1 else "")

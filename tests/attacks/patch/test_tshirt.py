@@ -113,6 +113,39 @@ def test_minmax_weights_ascend_the_losses_or_the_share_still_found(ascend):
     assert res.weights[heavier] > 0.95
 
 
+class SceneColour(GreenTorso):
+    """Finds the person of a green scene (gap +0.2), never that of a blue one (gap -0.4), whatever
+    the patch (plus a trace of GreenTorso's score, for a gradient)."""
+
+    def candidates(self, images):
+        green = images[:, 1].mean((1, 2)) > images[:, 2].mean((1, 2))
+        return [
+            Detections(d.boxes, 1e-3 * d.scores + (0.2 if g else -0.4))
+            for d, g in zip(super().candidates(images), green, strict=True)
+        ]
+
+
+@pytest.mark.parametrize("found_only", [False, True])
+def test_found_only_counts_the_persons_each_detector_finds_without_a_patch(found_only):
+    photos = []
+    for name, channel in (("green.png", 1), ("blue.png", 2)):
+        img = torch.zeros(3, 300, 200, dtype=torch.uint8)
+        img[channel] = 200
+        photos.append(PersonPhoto(name, "s", img, torch.tensor([[60.0, 40.0, 140.0, 240.0]])))
+    c = person_crops(PersonPhotos(photos), scale=1.0, shape="torso")[0]
+    det = SceneColour(c.boxes[0])
+    assert detected(det, c.images, c.boxes).tolist() == [True, False]
+    cfg = _config(steps=3, batch=2, samples=2, found_only=found_only)
+    res = AdversarialTShirt(det, cfg).train(c)
+    for h in res.history:  # both crops every step, two draws each
+        if found_only:  # only the green scene's wearer, found without the patch, counts
+            assert h["detector_losses"][0] == pytest.approx(0.2, abs=1e-2)
+            assert h["found"] == [1.0]
+        else:
+            assert h["detector_losses"][0] == pytest.approx(-0.1, abs=1e-2)
+            assert h["found"] == [0.5]
+
+
 def test_bad_configs_are_refused():
     with pytest.raises(ValueError, match="schedule must be 'constant' or 'cosine'"):
         TShirtConfig(schedule="linear").validate()
@@ -126,3 +159,12 @@ def test_bad_configs_are_refused():
         TShirtConfig(gamma=-1.0).validate()
     with pytest.raises(ValueError, match="need PersonDetector instances"):
         AdversarialTShirt([], TShirtConfig())
+
+
+def test_person_rows_follow_the_dressed_batch_order():
+    from edgeguard.attacks.patch.tshirt import _person_rows
+
+    # items with 2, 0 and 3 wearers (all-wearers rows 0-1 and 2-4); batch = items 2 then 0, two
+    # draws each: dress emits item 2's image twice (its 3 wearers each time), then item 0's twice
+    rows = _person_rows(torch.tensor([2, 0]), torch.tensor([0, 2, 2]), torch.tensor([3, 2]), 2)
+    assert rows.tolist() == [2, 3, 4, 2, 3, 4, 0, 1, 0, 1]

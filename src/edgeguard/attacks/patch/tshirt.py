@@ -18,7 +18,8 @@ import torch
 from ...models.detectors import PersonDetector
 from ..base import AttackError
 from ..minmax import MinMaxWeights
-from .loss import person_scores
+from .loss import detected, person_scores
+from .metrics import found_without_patch, person_counts
 from .placement import PersonCrops
 from .printability import default_palette, non_printability, total_variation
 from .scenes import PersonScenes
@@ -38,7 +39,9 @@ class TShirtConfig:
     loss gap d between detectors moves their weights apart by about d / gamma); ascend: what the
     min-max weights ascend: ``"loss"`` (the detectors' losses, as the paper) or ``"found"`` (each
     detector's share of the step's wearers whose best overlapping score is still at or above its
-    threshold: one scale for every detector, where their score gaps are not); topk: the loss
+    threshold: one scale for every detector, where their score gaps are not); found_only: each
+    detector's loss and found share count only the wearers it finds without a patch (the persons
+    its ASR counts; False: every wearer of the training items); topk: the loss
     averages the best ``topk`` overlapping candidates (3: OpenCV's HOG needs 3 grouped windows
     for a detection); schedule: ``"constant"`` step size
     or ``"cosine"`` decay to zero over the steps; seed."""
@@ -59,6 +62,7 @@ class TShirtConfig:
     # losses are score gaps (|d| < 0.3 typically): gamma 1 would keep the weights within 0.1 of uniform
     gamma: float = 0.2
     ascend: str = "loss"
+    found_only: bool = False
     schedule: str = "constant"
     seed: int = 0
 
@@ -124,6 +128,8 @@ class AdversarialTShirt:
         history = []
         for d in self.detectors:
             d.eval()
+        clean = self._found_clean(crops) if cfg.found_only else None
+        starts = torch.cumsum(person_counts(crops), 0) - person_counts(crops)
         for step in range(cfg.steps):
             idx = torch.randperm(len(crops), generator=gen)[: cfg.batch]
             batch = crops.subset(idx)
@@ -133,8 +139,14 @@ class AdversarialTShirt:
                 person_scores(d, images, boxes, cfg.iou, cfg.topk, cfg.kappa)
                 for d in self.detectors
             ]
-            losses = torch.stack([g.mean() for g in gaps])
-            found = torch.stack([(g.detach() >= 0).float().mean() for g in gaps])
+            if clean is not None:  # the persons each detector's ASR counts
+                rows = _person_rows(idx, starts, person_counts(batch), cfg.samples)
+                gaps = [g[c[rows]] for g, c in zip(gaps, clean, strict=True)]
+            # a detector that finds nobody in this batch adds nothing (0, with a graph)
+            losses = torch.stack([g.mean() if len(g) else images.sum() * 0 for g in gaps])
+            found = torch.stack(
+                [(g.detach() >= 0).float().mean() if len(g) else torch.tensor(0.0) for g in gaps]
+            )
             ascend = found if cfg.ascend == "found" else None
             attack = weights(losses, ascend) if len(self.detectors) > 1 else losses[0]
             reg = cfg.tv * total_variation(patch) + cfg.nps * non_printability(patch, palette)
@@ -165,3 +177,26 @@ class AdversarialTShirt:
         return TShirtResult(
             torch.sigmoid(param).detach(), history, [float(v) for v in weights.weights]
         )
+
+    def _found_clean(self, crops: PersonCrops | PersonScenes) -> list[torch.Tensor]:
+        """Per detector, ``[P]`` bool over every wearer of ``crops`` (item-major): found without a
+        patch (a final detection with IoU >= ``iou``)."""
+        out = []
+        for d in self.detectors:
+            found, _, _ = found_without_patch(
+                lambda im, bx, d=d: detected(d, im, bx, self.config.iou), crops, batch=8
+            )
+            out.append(found)
+        return out
+
+
+def _person_rows(
+    idx: torch.Tensor, starts: torch.Tensor, counts: torch.Tensor, samples: int
+) -> torch.Tensor:
+    """Indices into the all-wearers order of the persons of ``dress``'s output for items ``idx``
+    (item-major, each item's persons repeated ``samples`` times in a row)."""
+    rows = [
+        torch.arange(int(starts[i]), int(starts[i]) + int(n)).repeat(samples)
+        for i, n in zip(idx.tolist(), counts.tolist(), strict=True)
+    ]
+    return torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
