@@ -104,7 +104,14 @@ def main() -> None:
         help="with --folds N: run fold K (1..N) alone (folds run as separate processes; "
         "results.json keeps each fold's per-wearer counts under 'parts' for pooling)",
     )
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="the photos' split or folds, and training")
+    ap.add_argument(
+        "--train-seed",
+        type=int,
+        default=None,
+        help="the patches' initialisation and draws only (default: --seed), the split unchanged: "
+        "how far a patch's ASR moves from one training run to the next",
+    )
     ap.add_argument(
         "--jobs",
         nargs="+",
@@ -160,7 +167,7 @@ def main() -> None:
         schedule="cosine",
         eot=TRAIN_EOTS[args.train_eot],
         color=ColorTransform(),
-        seed=args.seed,
+        seed=args.seed if args.train_seed is None else args.train_seed,
     )
     limit = 24 if args.quick else None
     folds = [None] if args.folds == 1 else [(i, args.folds) for i in range(args.folds)]
