@@ -292,18 +292,48 @@ def main() -> None:
         )
 
 
+# settings that may differ between the runs --pool combines (they do not change a patch)
+# (what the min-max weights ascend is kept apart in the min-max patch's name instead)
+POOL_FREE = {
+    "out",
+    "only_fold",
+    "train_seed",
+    "jobs",
+    "train_photos",
+    "pool",
+    "eval_detectors",
+    "ensemble_ascend",
+}
+
+
 def print_pooled(paths: list[Path]) -> None:
-    """The rows of several fold runs pooled over wearers (each fold's per-wearer counts)."""
-    found: dict[tuple[str, str, str], list[ASR]] = {}
+    """The rows of several fold runs pooled over wearers (each fold's per-wearer counts); runs of
+    the same fold with other ``--train-seed``s are repeated attacks on the same wearers, their
+    per-wearer counts added (``ASR.repeated``) before the folds are pooled."""
+    by_fold: dict[tuple[str, str, str], dict[tuple, list[ASR]]] = {}
+    config = None
     for path in paths:
         record = json.loads(path.read_text())
         if "parts" not in record:
             raise SystemExit(f"{path} has no 'parts' (written before --only-fold existed)")
+        args = record["args"]
+        mine = {k: v for k, v in args.items() if k not in POOL_FREE}
+        if config is None:
+            config = (path, mine)
+        elif mine != config[1]:
+            diff = sorted(
+                k for k in mine.keys() | config[1].keys() if mine.get(k) != config[1].get(k)
+            )
+            raise SystemExit(f"{path} was run with other settings than {config[0]}: {diff}")
+        fold = (args["folds"], args["only_fold"], args["seed"])
         for part in record["parts"]:
-            key = (part["condition"], part["patch"], part["detector"])
-            for f in part["folds"]:
+            patch = part["patch"]
+            if patch.startswith("min-max"):
+                patch += f", ascending {args.get('ensemble_ascend', 'loss')}"
+            key = (part["condition"], patch, part["detector"])
+            for i, f in enumerate(part["folds"]):
                 pp = f["per_person"]
-                found.setdefault(key, []).append(
+                by_fold.setdefault(key, {}).setdefault((*fold, i), []).append(
                     ASR(
                         f["attacked"],
                         f["hidden"],
@@ -312,7 +342,12 @@ def print_pooled(paths: list[Path]) -> None:
                         None if pp is None else torch.tensor(pp),
                     )
                 )
-    print_table(pooled_rows(found))
+    found = {key: [ASR.repeated(runs) for runs in folds.values()] for key, folds in by_fold.items()}
+    runs = {key: max(len(r) for r in folds.values()) for key, folds in by_fold.items()}
+    rows = pooled_rows(found)
+    for row in rows:
+        row["training runs per fold"] = runs[(row["condition"], row["patch"], row["detector"])]
+    print_table(rows)
 
 
 def pooled_rows(results: dict[tuple[str, str, str], list[ASR]]) -> list[dict]:
@@ -337,12 +372,12 @@ def pooled_rows(results: dict[tuple[str, str, str], list[ASR]]) -> list[dict]:
 
 
 def print_table(rows: list[dict]) -> None:
-    print("| condition | patch | detector | ASR % | 95% CI | found clean / wearers |")
-    print("|---|---|---|---|---|---|")
+    print("| condition | patch | detector | ASR % | 95% CI | found clean / wearers | runs |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['condition']} | {r['patch']} | {r['detector']} | {r['ASR %']} | {r['95% CI']} | "
-            f"{r['wearers found clean']} / {r['wearers']} |"
+            f"{r['wearers found clean']} / {r['wearers']} | {r.get('training runs per fold', 1)} |"
         )
 
 

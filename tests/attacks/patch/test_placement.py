@@ -195,6 +195,16 @@ def test_asr_interval_resamples_persons():
     assert (both.attacked, both.hidden, both.clean_detected, both.persons) == (48, 26, 12, 15)
     assert both.per_person.tolist() == [4] * 6 + [0] * 4 + [2, 0]
     assert both.rate == 26 / 48
+    # a second training run on the same 10 persons: counts add per person, so the bootstrap still
+    # resamples 10 persons (each now with 8 draws); persons must match
+    again = ASR(40, 10, 10, 10, torch.tensor([0, 4] * 3 + [1] * 4))
+    runs = ASR.repeated([asr, again])
+    assert (runs.attacked, runs.hidden, runs.clean_detected, runs.persons) == (80, 34, 10, 10)
+    assert runs.per_person.tolist() == [4, 8, 4, 8, 4, 8, 1, 1, 1, 1]
+    lo, hi = runs.interval(0.95, draws=4000)
+    assert lo <= 34 / 80 <= hi
+    with pytest.raises(ValueError, match="same persons"):
+        ASR.repeated([asr, ASR(8, 2, 2, 5, torch.tensor([2, 0]))])
 
 
 class StubDetector(PersonDetector):

@@ -48,6 +48,31 @@ class ASR:
             per_person,
         )
 
+    @classmethod
+    def repeated(cls, runs: Sequence[ASR]) -> ASR:
+        """One ASR over the *same* persons attacked by several patches (training runs of one
+        configuration, e.g. seeds): per-person counts add up, so the bootstrap of
+        :meth:`interval` still resamples persons, each with all runs' transformations."""
+        if not runs:
+            raise AttackError("nothing to combine")
+        first = runs[0]
+        same = all(
+            (a.clean_detected, a.persons) == (first.clean_detected, first.persons)
+            and (a.per_person is None) == (first.per_person is None)
+            and (a.per_person is None or a.per_person.shape == first.per_person.shape)
+            for a in runs
+        )
+        if not same:
+            raise AttackError("repeated runs must attack the same persons (counts differ)")
+        per_person = None if first.per_person is None else sum(a.per_person for a in runs)
+        return cls(
+            sum(a.attacked for a in runs),
+            sum(a.hidden for a in runs),
+            first.clean_detected,
+            first.persons,
+            per_person,
+        )
+
     def interval(
         self, level: float = 0.95, draws: int = 2000, seed: int = 0
     ) -> tuple[float, float]:
