@@ -29,8 +29,8 @@ def _state(model, optimizer, scheduler, epoch, history, cfg) -> dict[str, Any]:
     }
 
 
-# settings that do not change the trained weights: a resumed run may differ in these
-# may differ on resume: they do not change what is computed (diverge only stops a run)
+# settings that do not change the trained weights (diverge only stops a run): a resumed run
+# may differ in these
 _RUNTIME_SETTINGS = ("progress", "num_workers", "device", "diverge")
 
 

@@ -263,7 +263,7 @@ def fit(
 
 def _check_divergence(history: History, loss: float, factor: float, ckpt_path: Path | None) -> None:
     """Raise TrainingDiverged when ``loss`` (this epoch's mean) exceeds ``factor`` times the lowest
-    positive epoch mean of ``history`` (factor 0: never)."""
+    epoch mean of ``history``; never with factor 0, no epoch yet or a lowest mean <= 0."""
     best = min((e["train_loss"] for e in history.epochs), default=math.inf)
     if factor == 0 or not 0 < best < math.inf or loss <= factor * best:
         return

@@ -166,5 +166,5 @@ def test_person_rows_follow_the_dressed_batch_order():
 
     # items with 2, 0 and 3 wearers (all-wearers rows 0-1 and 2-4); batch = items 2 then 0, two
     # draws each: dress emits item 2's image twice (its 3 wearers each time), then item 0's twice
-    rows = _person_rows(torch.tensor([2, 0]), torch.tensor([0, 2, 2]), torch.tensor([3, 2]), 2)
+    rows = _person_rows(torch.tensor([2, 0]), torch.tensor([2, 0, 3]), 2)
     assert rows.tolist() == [2, 3, 4, 2, 3, 4, 0, 1, 0, 1]

@@ -129,7 +129,7 @@ class AdversarialTShirt:
         for d in self.detectors:
             d.eval()
         clean = self._found_clean(crops) if cfg.found_only else None
-        starts = torch.cumsum(person_counts(crops), 0) - person_counts(crops)
+        counts = person_counts(crops)
         for step in range(cfg.steps):
             idx = torch.randperm(len(crops), generator=gen)[: cfg.batch]
             batch = crops.subset(idx)
@@ -140,7 +140,7 @@ class AdversarialTShirt:
                 for d in self.detectors
             ]
             if clean is not None:  # the persons each detector's ASR counts
-                rows = _person_rows(idx, starts, person_counts(batch), cfg.samples)
+                rows = _person_rows(idx, counts, cfg.samples)
                 gaps = [g[c[rows]] for g, c in zip(gaps, clean, strict=True)]
             # a detector that finds nobody in this batch adds nothing (0, with a graph)
             losses = torch.stack([g.mean() if len(g) else images.sum() * 0 for g in gaps])
@@ -190,13 +190,13 @@ class AdversarialTShirt:
         return out
 
 
-def _person_rows(
-    idx: torch.Tensor, starts: torch.Tensor, counts: torch.Tensor, samples: int
-) -> torch.Tensor:
-    """Indices into the all-wearers order of the persons of ``dress``'s output for items ``idx``
-    (item-major, each item's persons repeated ``samples`` times in a row)."""
+def _person_rows(idx: torch.Tensor, counts: torch.Tensor, samples: int) -> torch.Tensor:
+    """Indices into the all-wearers order (item-major; ``counts``: ``[N]`` wearers per item) of
+    the persons of ``dress``'s output for items ``idx``: item-major, each item's persons repeated
+    ``samples`` times in a row."""
+    starts = torch.cumsum(counts, 0) - counts
     rows = [
-        torch.arange(int(starts[i]), int(starts[i]) + int(n)).repeat(samples)
-        for i, n in zip(idx.tolist(), counts.tolist(), strict=True)
+        torch.arange(int(starts[i]), int(starts[i] + counts[i])).repeat(samples)
+        for i in idx.tolist()
     ]
     return torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
