@@ -576,8 +576,8 @@ class SparseConv(nn.Module):
         """Write the output of the filters with no kept weight: their bias (plus the residual),
         through the ReLU when ``act`` and the layer has one."""
         dead = self.plan.dead
-        if len(dead):
-            val = self.bias[dead].view(1, -1, 1, 1, 1).to(out.dtype)
+        if dead.numel():  # not len(): Tensor.__len__ is Python, once per layer call
+            val = self.bias[dead].view(1, -1, *[1] * (out.dim() - 2)).to(out.dtype)
             if residual is not None:
                 val = val + residual[:, dead]
             out[:, dead] = self.activation(val) if act else val
@@ -626,10 +626,8 @@ class SparseConv(nn.Module):
                 and not torch._C._autograd._profiler_enabled()  # profiled: the labelled path
                 and (residual is None or call.takes(residual))
             ):
-                if self.two_d:
-                    r = residual.unsqueeze(2) if residual is not None else None
-                    return call(x.unsqueeze(2), r).squeeze(2)
-                return call(x, residual)
+                # a 2-D layer's 4-D tensors go to the kernel as they are (depth 1: same memory)
+                return call(x, residual, four=self.two_d)
         given, x0 = tuple(x.shape), x
         if self.two_d:
             x = x.unsqueeze(2)
@@ -712,6 +710,8 @@ class _CpuCall:
     ) -> None:
         self.conv = conv
         self.out_shape = conv.out_shape(shape)
+        # a 2-D layer's output as it returns it (its 4-D calls: :meth:`__call__` ``four``)
+        self.out4 = self.out_shape[:2] + self.out_shape[3:]
         view = conv._kernel_view(shape, pitch, prepadded)
         self.view = view
         meta = torch.empty(shape, device="meta")
@@ -757,13 +757,17 @@ class _CpuCall:
         shape = self.out_shape if not self.conv.two_d else self.out_shape[:2] + self.out_shape[3:]
         return residual.dtype == torch.float32 and tuple(residual.shape) == shape
 
-    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None, four: bool = False
+    ) -> torch.Tensor:
+        """The layer on ``x`` (5-D; ``four``: a 2-D layer's 4-D input, residual and output, the
+        same memory as their depth-1 5-D forms)."""
         conv = self.conv
         if conv.residual:
-            residual = self._residual(residual)
+            residual = self._residual(residual, four)
         # Buffers are kept between calls when ``reuse_buffers``: fresh multi-MB allocations are
         # mmap'ed and page-faulted on every call, which cost as much as a small layer's compute.
-        alloc = self.out_shape
+        alloc = self.out4 if four else self.out_shape
         if self.ops:  # wide: [N, M, DO, OPS] stored, returned as the [N, M, DO, HO, WO] view
             alloc = (*self.out_shape[:3], self.ops)
         if self.head:  # in the reader's buffer: its leading padding, room to align position 0
@@ -776,6 +780,8 @@ class _CpuCall:
             out = kernel_output(alloc)
             if conv.reuse_buffers and self.out is None:
                 self.out = out
+        if out.dim() != len(alloc):  # the kept buffer of the other rank (no pool)
+            out = out.view(alloc)
         flat = out
         if self.ops:
             out = self._wide_view(flat)
@@ -867,13 +873,14 @@ class _CpuCall:
             self.inbuf = buf if conv.reuse_buffers else None
         return self._run(buf, x, out, residual)
 
-    def _residual(self, residual: torch.Tensor | None) -> torch.Tensor:
-        """The residual as the kernel reads it: contiguous, the output's shape (zeros if none)."""
+    def _residual(self, residual: torch.Tensor | None, four: bool = False) -> torch.Tensor:
+        """The residual as the kernel reads it: contiguous, the output's shape (zeros if none;
+        ``four``: a 2-D layer's 4-D shape)."""
         if residual is None:
             if self.zeros is None:
                 self.zeros = torch.zeros(self.out_shape)
-            return self.zeros
-        residual = residual.expand(self.out_shape)
+            return self.zeros.view(self.out4) if four else self.zeros
+        residual = residual.expand(self.out4 if four else self.out_shape)
         if self.ops and input_pitch(residual) is not None:  # a wide output reads it as it is
             return residual
         return residual if residual.is_contiguous() else residual.contiguous()
