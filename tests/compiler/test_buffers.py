@@ -13,7 +13,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeguard.compiler import compile_model
-from edgeguard.compiler.generated import OUTPUT_SLACK, BufferPool, has_slack, kernel_output
+from edgeguard.compiler.generated import (
+    OUTPUT_SLACK,
+    BufferPool,
+    PoolSite,
+    has_slack,
+    kernel_output,
+)
 from edgeguard.compiler.passes.inplace import add_into
 from edgeguard.sparsity import get_scheme
 
@@ -185,6 +191,25 @@ def test_the_pool_hands_out_an_output_buffer_only_when_nothing_references_it():
     assert e.data_ptr() not in (ptr, b.data_ptr()) and has_slack(e, OUTPUT_SLACK)
     tail = torch.empty(0).set_(e.untyped_storage())[5 : 5 + OUTPUT_SLACK]
     assert not tail.any()
+
+
+def test_a_site_takes_its_last_buffer_again_only_while_nothing_references_it():
+    pool, site = BufferPool(), PoolSite()
+    a = pool.output((2, 3, 4), site)
+    ptr = a.data_ptr()
+    b = pool.output((2, 3, 4), site)  # a is alive: the site's buffer is busy, another one
+    assert b.data_ptr() != ptr and site.entry[0].data_ptr() == b.data_ptr()
+    del a, b
+    c = pool.output((2, 3, 4), site)  # the buffer the site got last, without a search
+    assert site.entry[0].data_ptr() == c.data_ptr() and c.shape == (2, 3, 4)
+    # the slack is zeroed at every hand-out, whatever the buffer held past the output
+    torch.empty(0).set_(c.untyped_storage()).fill_(float("nan"))
+    del c
+    d = pool.output((2, 3, 4), site)
+    tail = torch.empty(0).set_(d.untyped_storage())[24 : 24 + OUTPUT_SLACK]
+    assert not tail.isnan().any() and not tail.any() and d.is_contiguous()
+    e = pool.output((4, 6), site)  # another shape: searched, then remembered
+    assert e.shape == (4, 6) and site.shape == (4, 6) and has_slack(e, OUTPUT_SLACK)
 
 
 @needs_cxx

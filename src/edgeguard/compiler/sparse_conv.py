@@ -12,7 +12,14 @@ from torch import nn
 
 from .calls import exporting, first_use
 from .errors import CompileError
-from .generated import OUTPUT_SLACK, BufferPool, has_slack, has_wide_slack, kernel_output
+from .generated import (
+    OUTPUT_SLACK,
+    BufferPool,
+    PoolSite,
+    has_slack,
+    has_wide_slack,
+    kernel_output,
+)
 from .layout import InputLayout
 from .plan import ConvGeometry, SparsePlan
 
@@ -739,6 +746,8 @@ class _CpuCall:
         self.out: torch.Tensor | None = None
         self.res: torch.Tensor | None = None  # batch-last: the kernel's output [1, M, Ho, Wo, N]
         self.zeros: torch.Tensor | None = None  # a residual layer called without its residual
+        # the pool buffers this call took last: its output's, its padded input's
+        self.out_site, self.buf_site = PoolSite(), PoolSite()
 
     @staticmethod
     def fits(residual: torch.Tensor, x_shape: tuple[int, ...], conv: SparseConv) -> bool:
@@ -773,7 +782,7 @@ class _CpuCall:
         if self.head:  # in the reader's buffer: its leading padding, room to align position 0
             alloc = (math.prod(alloc) + self.head + 16,)
         if conv.scratch is not None:  # a free buffer of the compiled model's pool
-            out = conv.scratch.output(alloc)
+            out = conv.scratch.output(alloc, self.out_site)
         else:
             out = self.out if first_use(conv) else None  # called again: the kept one is in use
         if out is None:
@@ -865,7 +874,7 @@ class _CpuCall:
         # the kernel fills the buffer's interior (its phases; a gather, ``view.strides``) from x
         # the kernel writes every float of the buffer (borders too): any free one will do
         if conv.scratch is not None:  # the compiled model's pool: one still in cache
-            buf = conv.scratch.output((view.shape[0] * self.layout.batch_stride,))
+            buf = conv.scratch.output((view.shape[0] * self.layout.batch_stride,), self.buf_site)
             return self._run(buf, x, out, residual)
         buf = self.inbuf
         if buf is None:
