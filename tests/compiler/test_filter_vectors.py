@@ -1,6 +1,7 @@
-"""Filter-vectorised tiles (one vector of a block's 8 filters per output position) for output
-planes of a few positions: chosen by the plane size, and equal to PyTorch's dense conv on 2-D and
-3-D layers, strided, dilated, with depth padding skipped, dead filters, a ReLU and a residual."""
+"""Filter-vectorised tiles (one vector of a block's 8 filters per output position; on AVX-512 two
+positions a vector where rows hold whole pairs) for output planes of a few positions: chosen by
+the plane size, and equal to PyTorch's dense conv on 2-D and 3-D layers, strided, dilated, with
+depth padding skipped, dead filters, a ReLU and a residual."""
 
 from __future__ import annotations
 
@@ -47,6 +48,9 @@ def test_filter_vectorised_2d_kernel_matches_dense(k, s, p, d, size, batch):
     x = torch.randn(batch, 16, size, size)
     src, _ = sc.source(x.unsqueeze(2), 16)
     assert "constexpr bool" in src and "FV = true" in src
+    # AVX-512: two positions a vector where every row holds whole pairs (even output widths)
+    wo = conv(x[:1]).shape[-1]
+    assert ("fv_pair_tile<" in src) == (wo % 2 == 0) and ("fv_tile<" in src) == (wo % 2 == 1)
     with torch.no_grad():
         want = F.relu(conv(x))
         got = sc(x)

@@ -186,6 +186,16 @@ def wide_plane(layout: InputLayout, t: int, vl: int, other: bool) -> int:
     return -(-(layout.out[1] * layout.phased[2]) // 16) * 16
 
 
+PAIRED_FV = True  # fv_pair_tile where it applies (False: fv_tile everywhere; for A/B timing)
+
+
+def paired_fv(vl: int, mr: int, wo: int) -> bool:
+    """Whether a filter-vectorised kernel puts two output positions in a vector
+    (``fv_pair_tile``): 16-float vectors (AVX-512), 8-filter blocks, even output widths (each
+    pair in one row, next to each other in every input row)."""
+    return PAIRED_FV and vl == 16 and mr == 8 and wo % 2 == 0
+
+
 def is_temporal(g) -> bool:
     """A temporal kernel (``kd x 1 x 1``, kd > 1): its tasks take the planes innermost."""
     return g.kernel[0] > 1 and g.kernel[1] == g.kernel[2] == 1
@@ -368,9 +378,12 @@ def generate_source(
     if layout.virtual_depth and pack:
         raise CompileError("a kernel reading its input in place (virtual depth) cannot pack rows")
     npt = FV_TILE if vl >= 16 else FV_TILE_AVX2
+    # pairs of positions a vector (fv_pair_tile) where a row holds whole pairs, on AVX-512
+    fvp = fv and paired_fv(vl, plan.mr, wo)
     fv_cases = (
         [
-            f"fv_tile<{p0}, {min(npt, ho * wo - p0)}>(xb, RIDX, k0, k1, wb, bv, op, rp);"
+            f"{'fv_pair_tile' if fvp else 'fv_tile'}<{p0}, {min(npt, ho * wo - p0)}>"
+            "(xb, RIDX, k0, k1, wb, bv, op, rp);"
             for p0 in range(0, ho * wo, npt)
         ]
         if fv

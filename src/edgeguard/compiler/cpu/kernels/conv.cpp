@@ -297,6 +297,54 @@ static inline void fv_tile(const float* __restrict xb, const int32_t* __restrict
   }
 }
 
+#if EG_MASKED_STORES
+// FVP (AVX-512, 8-filter blocks, even output widths): the FV tile with two positions a vector, so
+// that every instruction fills 16 lanes, not 8.  Positions q and q + 1 of one row lie next to each
+// other in every input row (FV_POFF[q + 1] = FV_POFF[q] + 1), so one 64-bit broadcast loads the
+// pair into all lanes (x_q, x_q+1, x_q, ...); the block's weights and bias are duplicated in
+// register to (w0, w0, w1, w1, ...), and lane 2m + j of pair i accumulates filter m at q + j.
+template <int P0, int NPT>
+static inline void fv_pair_tile(const float* __restrict xb, const int32_t* __restrict ridx,
+                                int k0, int k1, const float* __restrict wb, const float* bv,
+                                float* const* op, const float* const* rp) {
+  constexpr int NP = NPT / 2;
+  static_assert(NPT % 2 == 0 && MR == 8, "FVP takes pairs of positions and 8-filter blocks");
+  const __m512i dup = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+  const __m512 b2 = _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(_mm256_loadu_ps(bv)));
+  __m512 acc[NP];
+#pragma GCC unroll 16
+  for (int i = 0; i < NP; ++i) acc[i] = b2;
+#pragma GCC unroll 2
+  for (int k = k0; k < k1; ++k) {
+    const float* xr = xb + ridx[k];
+    const __m512 w2 =
+        _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(_mm256_loadu_ps(wb + (int64_t)k * MR)));
+#pragma GCC unroll 16
+    for (int i = 0; i < NP; ++i) {
+      double pair;
+      std::memcpy(&pair, xr + FV_POFF[P0 + 2 * i], sizeof pair);
+      acc[i] = _mm512_fmadd_ps(w2, _mm512_castpd_ps(_mm512_set1_pd(pair)), acc[i]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < NP; ++i) {
+    float e[16];
+    _mm512_storeu_ps(e, acc[i]);
+    const int q = P0 + 2 * i;  // output positions q, q + 1 of one row
+    for (int m = 0; m < MR; ++m)
+      if (op[m]) {
+        float v0 = e[2 * m], v1 = e[2 * m + 1];
+        if (RES) {
+          v0 += rp[m][q];
+          v1 += rp[m][q + 1];
+        }
+        op[m][q] = act(v0);
+        op[m][q + 1] = act(v1);
+      }
+  }
+}
+#endif
+
 extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const float* bias,
                                float* out, const float* res, float* tout, const float* tres,
                                int batch, int nthreads) {
