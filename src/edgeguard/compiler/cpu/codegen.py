@@ -27,6 +27,7 @@ from .tuning import (
     default_prefetch,
     default_slice_rows,
     filter_vectors,
+    paired_fv,
     pool_rows,
 )
 
@@ -184,16 +185,6 @@ def wide_plane(layout: InputLayout, t: int, vl: int, other: bool) -> int:
     if other or layout.phased[2] == layout.out[2] or row_aligned(layout, t, vl, other):
         return 0
     return -(-(layout.out[1] * layout.phased[2]) // 16) * 16
-
-
-PAIRED_FV = True  # fv_pair_tile where it applies (False: fv_tile everywhere; for A/B timing)
-
-
-def paired_fv(vl: int, mr: int, wo: int) -> bool:
-    """Whether a filter-vectorised kernel puts two output positions in a vector
-    (``fv_pair_tile``): 16-float vectors (AVX-512), 8-filter blocks, even output widths (each
-    pair in one row, next to each other in every input row)."""
-    return PAIRED_FV and vl == 16 and mr == 8 and wo % 2 == 0
 
 
 def is_temporal(g) -> bool:

@@ -11,14 +11,23 @@ from collections.abc import Callable
 LONG_CHUNK_BYTES = 4 << 20  # kept weights past an L2: longer chunks, fewer passes over them
 STREAM_MIN_BYTES = 8 << 20  # a sample's output past two L2s: streamed (non-temporal) stores
 FV_MAX_POSITIONS = 16  # filter-vectorised tiles for output planes up to this many positions
+PAIRED_FV = True  # two positions a vector where they fit (False: one, everywhere; A/B timing)
 FV_TILE, FV_TILE_AVX2 = 16, 12  # positions per filter-vectorised tile (accumulator registers)
+
+
+def paired_fv(vector_floats: int, mr: int, wo: int) -> bool:
+    """Whether filter-vectorised tiles put two output positions in a vector (``fv_pair_tile``):
+    16-float vectors (AVX-512), 8-filter blocks, even output widths (each pair in one row, next
+    to each other in every input row)."""
+    return PAIRED_FV and vector_floats == 16 and mr == 8 and wo % 2 == 0
 
 
 def filter_vectors(vector_floats: int, mr: int, out: tuple[int, int, int], other: bool) -> bool:
     """Whether a layer gets filter-vectorised tiles (one vector of its 8 filters per output
-    position): output planes of at most ``FV_MAX_POSITIONS`` positions (a 4 x 4 plane in rows
-    padded to 6 fills half of a position-vectorised tile), 8-filter blocks, and not ``other``
-    (a fused pool, packed rows)."""
+    position, two positions a vector where :func:`paired_fv`): output planes of at most
+    ``FV_MAX_POSITIONS`` positions (a 4 x 4 plane in rows padded to 6 fills half of a
+    position-vectorised tile; 8 x 8 planes in paired tiles ran 0.9x their position tiles),
+    8-filter blocks, and not ``other`` (a fused pool, packed rows)."""
     _, ho, wo = out
     return not other and mr == 8 and vector_floats >= 8 and ho * wo <= FV_MAX_POSITIONS
 
