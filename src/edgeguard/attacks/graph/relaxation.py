@@ -57,4 +57,4 @@ class Relaxation:
         with torch.enable_grad():
             loss = loss_fn(model(self.x, *self.graph(s, all_pairs=True)))
             (g,) = torch.autograd.grad(loss, s)
-        return float(loss), g
+        return float(loss.detach()), g
