@@ -763,7 +763,7 @@ class _CpuCall:
 
     def takes(self, residual: torch.Tensor) -> bool:
         """Whether this call's kernel can add ``residual`` (given on the layer's own rank)."""
-        shape = self.out_shape if not self.conv.two_d else self.out_shape[:2] + self.out_shape[3:]
+        shape = self.out4 if self.conv.two_d else self.out_shape
         return residual.dtype == torch.float32 and tuple(residual.shape) == shape
 
     def __call__(
