@@ -309,3 +309,14 @@ def test_without_storage_use_counts_each_layer_keeps_its_own_buffers(monkeypatch
         want = model(x)
     assert torch.allclose(compiled(x), want, rtol=1e-4, atol=1e-5)
     assert torch.allclose(compiled(x), want, rtol=1e-4, atol=1e-5)
+    # a 2-D model: its first call keeps 5-D buffers, the kept calls after it take them as 4-D
+    chain = Chain().eval()
+    mask_convs(chain, "kgs")
+    compiled2 = compile_model(chain, "cpu", max_density=1.0)
+    assert all(getattr(m, "scratch", None) is None for m in compiled2.module.modules())
+    x2 = torch.randn(2, 8, 9, 13)
+    with torch.no_grad():
+        want2 = chain(x2)
+    for _ in range(2):
+        for g, w in zip(compiled2(x2), want2, strict=True):
+            assert torch.allclose(g, w, rtol=1e-4, atol=1e-5)

@@ -785,12 +785,12 @@ class _CpuCall:
             out = conv.scratch.output(alloc, self.out_site)
         else:
             out = self.out if first_use(conv) else None  # called again: the kept one is in use
+            if out is not None and out.dim() != len(alloc):  # kept for the other rank
+                out = out.view(alloc)
         if out is None:
             out = kernel_output(alloc)
             if conv.reuse_buffers and self.out is None:
                 self.out = out
-        if out.dim() != len(alloc):  # the kept buffer of the other rank (no pool)
-            out = out.view(alloc)
         flat = out
         if self.ops:
             out = self._wide_view(flat)
