@@ -53,7 +53,8 @@ def test_batch_last_only_for_2d_small_planes_from_the_minimum_batch():
         (5, 2, 2, 1, 9),
     ],
 )
-@pytest.mark.parametrize("batch", [8, 19])
+# batch 32 at 4 x 4 and 8 x 8 planes: the fill's AVX-512 transposes (16 samples x 16 positions)
+@pytest.mark.parametrize("batch", [8, 19, 32])
 def test_batch_last_kernel_matches_dense(k, s, p, d, size, batch):
     conv = masked_conv(12, 24, k, s, p, d, dims=2)
     sc = SparseConv(plan_conv(conv, mr=8), two_d=True, mode="cpu", relu=True)

@@ -345,6 +345,107 @@ static inline void fv_pair_tile(const float* __restrict xb, const int32_t* __res
 }
 #endif
 
+// dst[i] = src[i * S] for i < n: a row of a strided conv's phase, or of a subsample.  Stride 2
+// with AVX-512: two (masked) loads, the even lanes picked by one permute, a masked store; the
+// masks keep every read inside the source row (it may end a user's tensor).
+template <int64_t S>
+static inline void gather_row(float* __restrict dst, const float* __restrict src, int n) {
+#if EG_MASKED_STORES
+  if constexpr (S == 2) {
+    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    for (int i = 0; i < n; i += 16) {
+      const int m = n - i < 16 ? n - i : 16, cnt = 2 * m - 1;  // source floats needed
+      const __mmask16 lo = cnt >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << cnt) - 1);
+      const __mmask16 hi = cnt > 16 ? (__mmask16)((1u << (cnt - 16)) - 1) : (__mmask16)0;
+      const __m512 a = _mm512_maskz_loadu_ps(lo, src + 2 * i);
+      const __m512 b = _mm512_maskz_loadu_ps(hi, src + 2 * i + 16);
+      _mm512_mask_storeu_ps(dst + i, (__mmask16)((1u << m) - 1),
+                            _mm512_permutex2var_ps(a, even, b));
+    }
+    return;
+  }
+#endif
+  for (int i = 0; i < n; ++i) dst[i] = src[i * S];
+}
+
+#if EG_MASKED_STORES
+// r[0..15] (16 rows of 16 floats) transposed in place: r[j][k] becomes r[k][j].
+static inline void transpose16(__m512* r) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {  // per 128-bit lane: (a0 b0 a1 b1), (a2 b2 a3 b3)
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // u[4i + k]: column 4L + k of rows 4i .. 4i + 3, in lane L
+    const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+    const __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+    r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  for (int k = 0; k < 4; ++k) {  // a 4 x 4 transpose of the 128-bit lanes of u[k], u[4 + k], ...
+    const __m512 v0 = _mm512_shuffle_f32x4(r[k], r[4 + k], 0x44);
+    const __m512 v1 = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xEE);
+    const __m512 v2 = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x44);
+    const __m512 v3 = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0xEE);
+    t[k] = _mm512_shuffle_f32x4(v0, v2, 0x88);
+    t[4 + k] = _mm512_shuffle_f32x4(v0, v2, 0xDD);
+    t[8 + k] = _mm512_shuffle_f32x4(v1, v3, 0x88);
+    t[12 + k] = _mm512_shuffle_f32x4(v1, v3, 0xDD);
+  }
+  for (int j = 0; j < 16; ++j) r[j] = t[j];
+}
+#endif
+
+// The batch-last fill of input channel c: element (0, c, d, h, n) of the [1, CIN, DI, HI, WI]
+// view (d, h: the image's rows and columns; n: the sample) is xin[n * XS4 + c * XS1 + d * XS2 +
+// h * XS3], into the channel's part of the buffer (its phases: SD x SH; SW = 1 on the batch
+// axis).  Element by element in the buffer's order, each read is a whole sample away from the
+// last (a scalar gather); with AVX-512, 16 samples x 16 positions of a contiguous plane are
+// loaded as 16 vectors and transposed in registers, each stored as one row piece.
+static inline void bl_fill(const float* __restrict xin, float* __restrict x, int c) {
+  static_assert(BLN == 0 || SW == 1, "a batch-last view has stride 1 along the batch");
+  constexpr int64_t PLANE = FUSE ? XD : (int64_t)HQ * WQ;  // floats between a phase's planes
+  float* base = x + (int64_t)c * SD * SH * DQ * PLANE;
+  // row (a, i, j) of phase (a, b) holds input row d = i * SD + a - PD, column h = j * SH + b - PH
+  auto row_of = [base](int d, int h) {
+    const int a = (d + PD) % SD, i = (d + PD) / SD, b = (h + PH) % SH, j = (h + PH) / SH;
+    return base + ((int64_t)(a * SH + b) * DQ + i) * PLANE + (int64_t)j * WQ;
+  };
+  for (int ph = 0; ph < SD * SH; ++ph)  // the padding: rows past the input, columns beside it
+    for (int i = 0; i < DQ; ++i)
+      for (int j = 0; j < HQ; ++j) {
+        const int d = i * SD + ph / SH - PD, h = j * SH + ph % SH - PH;
+        float* row = base + ((int64_t)ph * DQ + i) * PLANE + (int64_t)j * WQ;
+        if (d < 0 || d >= DI || h < 0 || h >= HI) {
+          std::memset(row, 0, WQ * sizeof(float));
+          continue;
+        }
+        for (int k = 0; k < PW && k < WQ; ++k) row[k] = 0.f;
+        for (int k = PW + WI; k < WQ; ++k) row[k] = 0.f;
+      }
+  const float* src = xin + c * XS1;
+#if EG_MASKED_STORES
+  if constexpr (XS3 == 1 && XS2 == HI && (DI * HI) % 16 == 0 && WI % 16 == 0 && PW + WI <= WQ) {
+    for (int n0 = 0; n0 < WI; n0 += 16)
+      for (int q0 = 0; q0 < DI * HI; q0 += 16) {
+        __m512 r[16];
+        for (int k = 0; k < 16; ++k) r[k] = _mm512_loadu_ps(src + (int64_t)(n0 + k) * XS4 + q0);
+        transpose16(r);
+        for (int j = 0; j < 16; ++j) {
+          const int q = q0 + j;
+          _mm512_storeu_ps(row_of(q / HI, q % HI) + PW + n0, r[j]);
+        }
+      }
+    return;
+  }
+#endif
+  for (int n = 0; n < WI && n + PW < WQ; ++n)
+    for (int d = 0; d < DI; ++d)
+      for (int h = 0; h < HI; ++h) row_of(d, h)[PW + n] = src[n * XS4 + d * XS2 + h * XS3];
+}
+
 extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const float* bias,
                                float* out, const float* res, float* tout, const float* tres,
                                int batch, int nthreads) {
@@ -387,7 +488,10 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
     // The fills write every float of the buffer, its zero borders too, so the buffer may be any
     // free one (the compiled model's pool hands out one still in cache) rather than one kept
     // zero-bordered per layer.
-    if (FUSE && xin) {  // every thread takes this branch or none: a valid worksharing region
+    if (BLN > 0 && xin) {  // batch-last: bl_fill, channel by channel (phases too)
+#pragma omp for schedule(static)
+      for (int c = 0; c < CIN; ++c) bl_fill(xin, x, c);
+    } else if (FUSE && xin) {  // every thread takes this branch or none: a valid worksharing region
 #pragma omp for collapse(3) schedule(static)
       for (int n = 0; n < batch; ++n)
         for (int c = 0; c < CIN; ++c)
@@ -410,13 +514,13 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
               for (int w = 0; w < PW; ++w) row[w] = 0.f;
               if (XS4 == 1)
                 std::memcpy(row + PW, src + h * XS3, WI * sizeof(float));
-              else  // a subsample or a transpose (batch-last) of the input, gathered
-                for (int w = 0; w < WI; ++w) row[PW + w] = src[h * XS3 + w * XS4];
+              else  // a subsample of the input, gathered
+                gather_row<XS4>(row + PW, src + h * XS3, WI);
               for (int w = PW + WI; w < WQ; ++w) row[w] = 0.f;
             }
           }
     }  // the implicit barrier: the buffer is complete before any tile reads it
-    if (PFILL && xin) {  // strided: the kernel splits the raw input into its phases itself
+    if (PFILL && BLN == 0 && xin) {  // strided: the kernel splits the raw input into its phases
 #pragma omp for collapse(3) schedule(static)
       for (int n = 0; n < batch; ++n)
         for (int c = 0; c < CIN; ++c)
@@ -443,7 +547,7 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
                 }
                 const float* sr = src + d * XS2 + h * XS3;
                 for (int k = 0; k < k0 && k < WQ; ++k) dst[k] = 0.f;
-                for (int k = k0; k < k1; ++k) dst[k] = sr[(k * SW + e - PW) * XS4];
+                if (k1 > k0) gather_row<SW * XS4>(dst + k0, sr + (k0 * SW + e - PW) * XS4, k1 - k0);
                 for (int k = k1 > k0 ? k1 : k0; k < WQ; ++k) dst[k] = 0.f;
               }
             }
