@@ -60,6 +60,7 @@
 #endif
 
 #include "eg_layer.h"
+#include <omp.h>
 
 #if defined(__AVX512F__) && VL == 16
 #define EG_MASKED_STORES 1  // tiles crossing row ends are stored with masked stores (tile())
@@ -580,10 +581,17 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
     // temporal kernel (kd x 1 x 1: an input row is read by kd planes and by no neighbouring
     // position) has its planes innermost instead, and each thread takes one run of consecutive
     // tasks, so the next plane's task finds most of its input rows in the thread's L2.
+    // With at least a sample per thread, each thread takes whole samples in one static run, the
+    // same ones in every layer (the tasks are sample-major), so a sample's activations stay with
+    // its core from layer to layer instead of being read from lines the other core wrote.
     const int ntasks = batch * ndg * NCH * FG;
     const int tchunk =
         PLANES_INNER ? (ntasks + nthreads - 1) / nthreads : task_run(ntasks, nthreads);
-#pragma omp for schedule(dynamic, tchunk)
+    if (batch >= nthreads || PLANES_INNER)  // (planes innermost: one run a thread anyway)
+      omp_set_schedule(omp_sched_static, 0);
+    else
+      omp_set_schedule(omp_sched_dynamic, tchunk);
+#pragma omp for schedule(runtime)
     for (int task = 0; task < ntasks; ++task) {
       const int g = task % FG, q = task / FG, n = q / (ndg * NCH);
       const int dg = PLANES_INNER ? q % ndg : q / NCH % ndg;
@@ -668,10 +676,16 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
     if constexpr (BLN > 0) {  // batch-last: out is [Q, N]; tout = act(out^T (+ tres)), [N, Q]
       constexpr int64_t Q = (int64_t)M * DO * HO;  // [1, M, H, W, N]: DO = H, HO = W, WO = N
       constexpr int QB = 16;  // a block of QB rows of out (QB x N floats) stays in L1
+      // sample-major (blocks of 16 samples, one line of a row of out): with 32 samples and 2
+      // threads each thread writes whole samples, as the next layer's tasks read them
+      constexpr int SB = 16, NSB = (BLN + SB - 1) / SB;
+      constexpr int64_t NQB = (Q + QB - 1) / QB;
 #pragma omp for schedule(static)
-      for (int64_t q0 = 0; q0 < Q; q0 += QB) {
+      for (int64_t t = 0; t < NSB * NQB; ++t) {
+        const int64_t q0 = t % NQB * QB;
         const int nq = Q - q0 < QB ? (int)(Q - q0) : QB;
-        for (int n = 0; n < BLN; ++n) {
+        const int n0 = (int)(t / NQB) * SB, n1 = n0 + SB < BLN ? n0 + SB : BLN;
+        for (int n = n0; n < n1; ++n) {
           float* to = tout + n * Q + q0;
           const float* src = out + q0 * BLN + n;
           for (int q = 0; q < nq; ++q) {
