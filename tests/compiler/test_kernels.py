@@ -339,6 +339,11 @@ def test_default_task_shape():
     assert chunking(7, 4, 64, None, None, 14 << 20) == (7, 2)
     assert chunking(27, 8, 32, None, None, 5 << 20) == (16, 2)
     assert chunking(27, 8, 32, 3, 1, 5 << 20) == (3, 1)  # explicit knobs win
+    # batch-last (a plane holds one image row of every sample): whole planes, two filter groups
+    # past 1 MB of kept weights (ResNet-18's layer4 at batch 32: 4 tiles a plane, 3 MB)
+    assert chunking(4, 4, 64, None, None, 3 << 20, batch_last=True) == (4, 2)
+    assert chunking(8, 8, 32, None, None, 800 << 10, batch_last=True) == (8, 1)
+    assert chunking(8, 8, 32, 2, None, 800 << 10, batch_last=True) == (2, 1)
 
 
 def test_last_tile_takes_a_small_remainder_as_extra_positions():

@@ -263,7 +263,7 @@ def generate_source(
     do, ho, wo = layout.out
     tiles_plane = -(-layout.positions // (nv * vl))
     kept = sum(len(rows) for rows in plan.block_rows) * plan.mr * 4
-    ct, fg = chunking(tiles_plane, do, nb, ct, fg, kept)
+    ct, fg = chunking(tiles_plane, do, nb, ct, fg, kept, batch_last=batch_last[0] > 0)
     pool = tuple(int(k) for k in pool)
     if len(pool) != 3 or min(pool) < 1 or any(k > n for k, n in zip(pool, layout.out, strict=True)):
         raise CompileError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 LONG_CHUNK_BYTES = 4 << 20  # kept weights past an L2: longer chunks, fewer passes over them
+BL_GROUP_BYTES = 1 << 20  # a batch-last layer's kept weights past this: 2 filter groups
 STREAM_MIN_BYTES = 8 << 20  # a sample's output past two L2s: streamed (non-temporal) stores
 FV_MAX_POSITIONS = 16  # filter-vectorised tiles for output planes up to this many positions
 PAIRED_FV = True  # two positions a vector where they fit (False: one, everywhere; A/B timing)
@@ -120,16 +121,23 @@ def chunking(
     ct: int | None,
     fg: int | None,
     weight_bytes: int = 0,
+    batch_last: bool = False,
 ) -> tuple[int, int]:
     """Tiles per task (CT) and filter-block groups (FG); ``None`` picks the default.
 
     Every chunk reads the group's kept weights once.  Default: chunks of up to 4 tiles, fewer where
     a sample has under 128 tiles (>= 32 tasks per sample balance the threads), one group.  Layers
     whose kept weights pass :data:`LONG_CHUNK_BYTES` get chunks of up to 16 tiles in 2 filter
-    groups instead, so the weights stream from L3/DRAM several times less often."""
+    groups instead, so the weights stream from L3/DRAM several times less often.  A batch-last
+    kernel (a plane holds one image row of every sample) takes whole planes, in 2 filter groups
+    where its kept weights pass :data:`BL_GROUP_BYTES`: its weights (the deep layers') are read
+    once per plane and group, not once per tile."""
     long = weight_bytes > LONG_CHUNK_BYTES
     if ct is None:
-        ct = min(16, tiles_plane) if long else max(1, min(4, tiles_plane * planes // 32))
+        if batch_last:
+            ct = tiles_plane
+        else:
+            ct = min(16, tiles_plane) if long else max(1, min(4, tiles_plane * planes // 32))
     if fg is None:
-        fg = 2 if long else 1
+        fg = 2 if long or (batch_last and weight_bytes > BL_GROUP_BYTES) else 1
     return max(1, min(ct, tiles_plane)), max(1, min(fg, blocks))
