@@ -350,7 +350,9 @@ static inline void fv_pair_tile(const float* __restrict xb, const int32_t* __res
 // with AVX-512: two (masked) loads, the even lanes picked by one permute, a masked store; the
 // masks keep every read inside the source row (it may end a user's tensor).
 template <int64_t S>
-static inline void gather_row(float* __restrict dst, const float* __restrict src, int n) {
+// (No __restrict on the fills' pointers: with it, a fill that split each row between threads
+// lost whole blocks of its stores, though the threads' lines were disjoint.)
+static inline void gather_row(float* dst, const float* src, int n) {
 #if EG_MASKED_STORES
   if constexpr (S == 2) {
     const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
@@ -405,7 +407,7 @@ static inline void transpose16(__m512* r) {
 // axis).  Element by element in the buffer's order, each read is a whole sample away from the
 // last (a scalar gather); with AVX-512, 16 samples x 16 positions of a contiguous plane are
 // loaded as 16 vectors and transposed in registers, each stored as one row piece.
-static inline void bl_fill(const float* __restrict xin, float* __restrict x, int c) {
+static inline void bl_fill(const float* xin, float* x, int c) {
   static_assert(BLN == 0 || SW == 1, "a batch-last view has stride 1 along the batch");
   constexpr int64_t PLANE = FUSE ? XD : (int64_t)HQ * WQ;  // floats between a phase's planes
   float* base = x + (int64_t)c * SD * SH * DQ * PLANE;
