@@ -23,14 +23,16 @@
 //   x[i * SD + a - PD][j * SH + b - PH][k * SW + e - PW]).
 //   FUSE: the kernel copies the raw input [N, CIN, DI, HI, WI] into the padded buffer itself
 //   (stride 1 on every axis: no phase split), by the same threads, before computing; it reads
-//   element (n, c, d, h, w) at n * XS0 + c * XS1 + d * XS2 + h * XS3 + w * XS4 (a subsample or a
-//   transpose of a layer's input, XS4 > 1, is gathered straight from that input).
+//   element (n, c, d, h, w) at n * XS0 + c * XS1 + d * XS2 + h * XS3 + w * XS4 (a subsample of a
+//   layer's input, XS4 > 1, is gathered straight from that input; a batch-last kernel's
+//   transpose of it, phases too, by bl_fill).
 //   PKD x PKH x PKW: fused max pooling (stride = window, no padding, floor; 1 x 1 x 1: none): a task
 //   computes whole windows (RC output rows of PKD planes) into its own scratch and writes only the
 //   pooled output, so the unpooled activations never reach memory.
-//   BLN: a batch-last kernel (BLN = the batch N > 0; its output out is [1, M, H, W, N]) then
-//   transposes out into tout [N, M, H, W] itself, adding tres [N, M, H, W] first (BLRES) and
-//   applying the ReLU after that sum (BLRELU); 0: out is the output.
+//   BLN: a batch-last kernel (BLN = the batch N > 0; its output out is [1, M, H, W, N]; tasks
+//   of whole planes, tuning.chunking) then transposes out into tout [N, M, H, W] itself,
+//   adding tres [N, M, H, W] first (BLRES) and applying the ReLU after that sum (BLRELU); 0:
+//   out is the output.
 //   PLANES_INNER: tasks take the planes innermost (temporal kernels, kd x 1 x 1).
 //   RA: row-aligned tiles (codegen.row_aligned): a plane's tiles number its HO * WO output
 //   positions (no padding column), vector v of a tile reads at VOFF[v] from the tile's first
@@ -110,8 +112,9 @@ static inline V act(V v) {
   return RELU ? lrelu(v) : v;
 }
 
-// Tasks are handed out in runs (dynamic): a task of a few us cost more to dispatch one at a time
-// than to compute (batch 32), and 8 runs per thread still balance the threads.
+// Where tasks are handed out dynamically (a batch smaller than the threads), in runs: a task of a
+// few us cost more to dispatch one at a time than to compute, and 8 runs per thread still
+// balance the threads.
 static inline int task_run(int ntasks, int nthreads) {
   return ntasks / (8 * nthreads) > 1 ? ntasks / (8 * nthreads) : 1;
 }
@@ -348,10 +351,10 @@ static inline void fv_pair_tile(const float* __restrict xb, const int32_t* __res
 
 // dst[i] = src[i * S] for i < n: a row of a strided conv's phase, or of a subsample.  Stride 2
 // with AVX-512: two (masked) loads, the even lanes picked by one permute, a masked store; the
-// masks keep every read inside the source row (it may end a user's tensor).
+// masks keep every read inside the source row (it may end a user's tensor).  (No __restrict on
+// the fills' pointers: with it, a fill that split each row between threads lost whole blocks of
+// its stores, though the threads' lines were disjoint.)
 template <int64_t S>
-// (No __restrict on the fills' pointers: with it, a fill that split each row between threads
-// lost whole blocks of its stores, though the threads' lines were disjoint.)
 static inline void gather_row(float* dst, const float* src, int n) {
 #if EG_MASKED_STORES
   if constexpr (S == 2) {
