@@ -452,6 +452,85 @@ static inline void bl_fill(const float* xin, float* x, int c) {
       for (int h = 0; h < HI; ++h) row_of(d, h)[PW + n] = src[n * XS4 + d * XS2 + h * XS3];
 }
 
+// FUSE: plane i of channel c of sample n's padded buffer xs (sample n's part of the buffer):
+// the raw input's plane, its zero borders too (every float of the plane is written).
+static inline void fill_plane(const float* xin, float* xs, int n, int c, int i) {
+  float* dst = xs + ((int64_t)c * DQ + i) * XD;  // (XD >= HQ * WQ)
+  const int d = i - PD;
+  if (d < 0 || d >= DI) {  // a depth padding plane
+    std::memset(dst, 0, (size_t)HQ * WQ * sizeof(float));
+    return;
+  }
+  const float* src = xin + n * XS0 + c * XS1 + d * XS2;
+  for (int j = 0; j < HQ; ++j) {
+    float* row = dst + (int64_t)j * WQ;
+    const int h = j - PH;
+    if (h < 0 || h >= HI) {
+      std::memset(row, 0, WQ * sizeof(float));
+      continue;
+    }
+    // PW zeros, the WI inputs, zeros to WQ (none where rows share their zero columns)
+    for (int w = 0; w < PW; ++w) row[w] = 0.f;
+    if (XS4 == 1)
+      std::memcpy(row + PW, src + h * XS3, WI * sizeof(float));
+    else  // a subsample of the input, gathered
+      gather_row<XS4>(row + PW, src + h * XS3, WI);
+    for (int w = PW + WI; w < WQ; ++w) row[w] = 0.f;
+  }
+}
+
+// PFILL: phase ph of channel c of sample n's buffer xs, zero borders too.
+static inline void fill_phase(const float* xin, float* xs, int n, int c, int ph) {
+  const int a = ph / (SH * SW), b = ph / SW % SH, e = ph % SW;
+  float* pb = xs + ((int64_t)c * SD * SH * SW + ph) * DQ * HQ * WQ;
+  const float* src = xin + n * XS0 + c * XS1;
+  // columns k of this phase read w = k * SW + e - PW: real input for k in [k0, k1)
+  const int k0 = (PW - e + SW - 1) / SW;
+  const int k1a = (WI + PW - e + SW - 1) / SW, k1 = k1a < WQ ? k1a : WQ;
+  for (int i = 0; i < DQ; ++i) {
+    float* plane = pb + (int64_t)i * HQ * WQ;
+    const int d = i * SD + a - PD;
+    if (d < 0 || d >= DI) {  // depth padding
+      std::memset(plane, 0, (size_t)HQ * WQ * sizeof(float));
+      continue;
+    }
+    for (int j = 0; j < HQ; ++j) {
+      float* dst = plane + (int64_t)j * WQ;
+      const int h = j * SH + b - PH;
+      if (h < 0 || h >= HI) {
+        std::memset(dst, 0, WQ * sizeof(float));
+        continue;
+      }
+      const float* sr = src + d * XS2 + h * XS3;
+      for (int k = 0; k < k0 && k < WQ; ++k) dst[k] = 0.f;
+      if (k1 > k0) gather_row<SW * XS4>(dst + k0, sr + (k0 * SW + e - PW) * XS4, k1 - k0);
+      for (int k = k1 > k0 ? k1 : k0; k < WQ; ++k) dst[k] = 0.f;
+    }
+  }
+}
+
+// One sample's whole padded (phase) buffer: the per-sample fill (see per_sample).
+static inline void fill_sample(const float* xin, float* xs, int n) {
+  for (int c = 0; c < CIN; ++c) {
+    if constexpr (FUSE)
+      for (int i = 0; i < DQ; ++i) fill_plane(xin, xs, n, c, i);
+    else
+      for (int ph = 0; ph < SD * SH * SW; ++ph) fill_phase(xin, xs, n, c, ph);
+  }
+}
+
+// The per-sample fill's buffer: one sample's padded input, per thread and kernel, kept from call
+// to call (allocated once, never freed), with zeroed slack after it for the tiles' overhang.
+constexpr int64_t SAMPLE_SLACK = 1024;
+static float* sample_buffer() {
+  static thread_local float* buf = nullptr;
+  if (!buf) {
+    buf = static_cast<float*>(std::aligned_alloc(64, ((XN + SAMPLE_SLACK) * 4 + 63) / 64 * 64));
+    std::memset(buf + XN, 0, SAMPLE_SLACK * sizeof(float));
+  }
+  return buf;
+}
+
 extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const float* bias,
                                float* out, const float* res, float* tout, const float* tres,
                                int batch, int nthreads) {
@@ -482,6 +561,13 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
         break;
       }
   const int dgp = DU / ndg * PKD;
+  // Per-sample fills: where each thread takes whole samples (a batch of a sample per thread or
+  // more) and a sample's padded input fits an L2, each thread fills one sample at a time into
+  // its own buffer just before that sample's tasks, instead of all samples into x first: the
+  // buffer stays in the thread's L2 from sample to sample, where the whole batch's (9 MB for
+  // ResNet-18's layer1 at batch 32) went to memory between its fill and its tiles.
+  const bool per_sample = BLN == 0 && !FV && !PLANES_INNER && xin != nullptr &&
+                          batch >= nthreads && XN * 4 <= (1 << 20);
 #pragma omp parallel num_threads(nthreads)
   {
     float* pk = PACK ? static_cast<float*>(std::aligned_alloc(64, (size_t)KC * T * 4)) : nullptr;
@@ -497,67 +583,17 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
     if (BLN > 0 && xin) {  // batch-last: bl_fill, channel by channel (phases too)
 #pragma omp for schedule(static)
       for (int c = 0; c < CIN; ++c) bl_fill(xin, x, c);
-    } else if (FUSE && xin) {  // every thread takes this branch or none: a valid worksharing region
+    } else if (FUSE && xin && !per_sample) {  // every thread takes this branch or none
 #pragma omp for collapse(3) schedule(static)
       for (int n = 0; n < batch; ++n)
         for (int c = 0; c < CIN; ++c)
-          for (int i = 0; i < DQ; ++i) {
-            float* dst = x + n * XN + ((int64_t)c * DQ + i) * XD;  // (XD >= HQ * WQ)
-            const int d = i - PD;
-            if (d < 0 || d >= DI) {  // a depth padding plane
-              std::memset(dst, 0, (size_t)HQ * WQ * sizeof(float));
-              continue;
-            }
-            const float* src = xin + n * XS0 + c * XS1 + d * XS2;
-            for (int j = 0; j < HQ; ++j) {
-              float* row = dst + (int64_t)j * WQ;
-              const int h = j - PH;
-              if (h < 0 || h >= HI) {
-                std::memset(row, 0, WQ * sizeof(float));
-                continue;
-              }
-              // PW zeros, the WI inputs, zeros to WQ (none where rows share their zero columns)
-              for (int w = 0; w < PW; ++w) row[w] = 0.f;
-              if (XS4 == 1)
-                std::memcpy(row + PW, src + h * XS3, WI * sizeof(float));
-              else  // a subsample of the input, gathered
-                gather_row<XS4>(row + PW, src + h * XS3, WI);
-              for (int w = PW + WI; w < WQ; ++w) row[w] = 0.f;
-            }
-          }
+          for (int i = 0; i < DQ; ++i) fill_plane(xin, x + n * XN, n, c, i);
     }  // the implicit barrier: the buffer is complete before any tile reads it
-    if (PFILL && BLN == 0 && xin) {  // strided: the kernel splits the raw input into its phases
+    if (PFILL && BLN == 0 && xin && !per_sample) {  // strided: the kernel splits its input
 #pragma omp for collapse(3) schedule(static)
       for (int n = 0; n < batch; ++n)
         for (int c = 0; c < CIN; ++c)
-          for (int ph = 0; ph < SD * SH * SW; ++ph) {
-            const int a = ph / (SH * SW), b = ph / SW % SH, e = ph % SW;
-            float* pb = x + n * XN + ((int64_t)c * SD * SH * SW + ph) * DQ * HQ * WQ;
-            const float* src = xin + n * XS0 + c * XS1;
-            // columns k of this phase read w = k * SW + e - PW: real input for k in [k0, k1)
-            const int k0 = (PW - e + SW - 1) / SW;
-            const int k1a = (WI + PW - e + SW - 1) / SW, k1 = k1a < WQ ? k1a : WQ;
-            for (int i = 0; i < DQ; ++i) {
-              float* plane = pb + (int64_t)i * HQ * WQ;
-              const int d = i * SD + a - PD;
-              if (d < 0 || d >= DI) {  // depth padding
-                std::memset(plane, 0, (size_t)HQ * WQ * sizeof(float));
-                continue;
-              }
-              for (int j = 0; j < HQ; ++j) {
-                float* dst = plane + (int64_t)j * WQ;
-                const int h = j * SH + b - PH;
-                if (h < 0 || h >= HI) {
-                  std::memset(dst, 0, WQ * sizeof(float));
-                  continue;
-                }
-                const float* sr = src + d * XS2 + h * XS3;
-                for (int k = 0; k < k0 && k < WQ; ++k) dst[k] = 0.f;
-                if (k1 > k0) gather_row<SW * XS4>(dst + k0, sr + (k0 * SW + e - PW) * XS4, k1 - k0);
-                for (int k = k1 > k0 ? k1 : k0; k < WQ; ++k) dst[k] = 0.f;
-              }
-            }
-          }
+          for (int ph = 0; ph < SD * SH * SW; ++ph) fill_phase(xin, x + n * XN, n, c, ph);
     }  // (the implicit barrier again)
     if constexpr (FV) {  // one task = one filter block x one plane; one slice (NS == 1)
       const int fvtasks = batch * DO * NB;
@@ -596,9 +632,16 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
       omp_set_schedule(omp_sched_static, 0);
     else
       omp_set_schedule(omp_sched_dynamic, tchunk);
+    float* xsample = per_sample ? sample_buffer() : nullptr;
+    int filled = -1;  // the sample xsample holds (per_sample: static runs, samples in order)
 #pragma omp for schedule(runtime)
     for (int task = 0; task < ntasks; ++task) {
       const int g = task % FG, q = task / FG, n = q / (ndg * NCH);
+      if (per_sample && n != filled) {
+        fill_sample(xin, xsample, n);
+        filled = n;
+      }
+      const float* xs = per_sample ? xsample : x + n * XN;  // sample n's padded input
       const int dg = PLANES_INNER ? q % ndg : q / NCH % ndg;
       const int c = PLANES_INNER ? q / ndg % NCH : q % NCH;
       const int d0 = dg * dgp;
@@ -625,7 +668,7 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
         const float* pks = pk - (int64_t)r0 * T;  // ridx are union indices
         for (int dd = 0; dd < dgp; ++dd)
           for (int p0 = pbeg, t = dd * CT, step = T; p0 < pend; p0 += step, ++t) {
-            const float* xb = x + n * XN + (int64_t)(d0 + dd) * XD;
+            const float* xb = xs + (int64_t)(d0 + dd) * XD;
             if (PACK)
               for (int r = r0; r < r1; ++r)
 #pragma GCC unroll 8
