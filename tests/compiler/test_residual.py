@@ -121,3 +121,56 @@ def test_residual_at_every_store_path(monkeypatch, no_avx512, mr, nv, width):
         want = F.relu(conv(x) + r)
         got = sc(x, r)
     assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+
+
+class Blocks(nn.Module):
+    """Two identity blocks; ``keep``: the first block's input is also returned (read after the
+    second block's conv, so that conv must not write over it)."""
+
+    def __init__(self, keep: bool = False) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, 1, 1)
+        self.a1, self.a2 = nn.Conv2d(8, 8, 3, 1, 1), nn.Conv2d(8, 8, 3, 1, 1)
+        self.b1, self.b2 = nn.Conv2d(8, 8, 3, 1, 1), nn.Conv2d(8, 8, 3, 1, 1)
+        self.keep = keep
+
+    def forward(self, x):
+        s = F.relu(self.stem(x))
+        y = F.relu(self.a2(F.relu(self.a1(s))) + s)
+        z = F.relu(self.b2(F.relu(self.b1(y))) + y)
+        return (z, s) if self.keep else z
+
+
+@needs_cxx
+@pytest.mark.parametrize("keep", [False, True])
+@pytest.mark.parametrize("batch", [1, 4])
+def test_a_residual_read_by_nothing_after_takes_the_output(keep, batch):
+    torch.manual_seed(0)
+    model = Blocks(keep).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight *= get_scheme("kgs", gm=4, gn=4).mask(m.weight, 0.5)
+    x = torch.randn(batch, 3, 12, 12)
+    compiled = compile_model(model, "cpu", input_shape=tuple(x.shape), max_density=1.0)
+    gm = compiled.module
+    assert gm.b2.residual_into  # y: read by b1 before, by nothing after
+    assert gm.a2.residual_into is not keep  # s is returned too: read after a2
+    with torch.no_grad():
+        for scale in (1.0, -2.0):
+            want, got = model(x * scale), compiled(x * scale)
+            for w, g in zip(want if keep else [want], got if keep else [got], strict=True):
+                assert (g - w).abs().max() <= 1e-4 * w.abs().max()
+
+
+@needs_cxx
+def test_a_residual_given_by_the_caller_is_never_written():
+    model = masked_block()
+    compiled = compile_model(model, "cpu", input_shape=(2, 8, 12, 12), max_density=1.0)
+    conv2 = compiled.module.conv2
+    h, r = torch.randn(2, 16, 6, 6), torch.randn(2, 16, 6, 6)
+    kept = r.clone()
+    with torch.no_grad():
+        for _ in range(2):
+            conv2(h, r)
+    assert torch.equal(r, kept)

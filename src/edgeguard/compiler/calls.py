@@ -31,6 +31,12 @@ def compiled_call() -> Iterator[None]:
         _CURRENT.reset(token)
 
 
+def in_compiled_call() -> bool:
+    """Whether a compiled model's forward is running (its layers' inputs are then its own
+    buffers, never a caller's tensor, wherever the compiler's passes said so)."""
+    return _CURRENT.get() is not None
+
+
 def first_use(module: object) -> bool:
     """True the first time ``module`` runs within the current compiled call (and outside one);
     False when it already ran in this call, so its kept buffer still holds a live output."""

@@ -26,7 +26,7 @@ from .passes import (
     shrink,
 )
 from .passes.graph import materialise_mask, set_module
-from .passes.inplace import compute_into_kernel_outputs
+from .passes.inplace import compute_into_kernel_outputs, residuals_into_outputs
 from .passes.lowering import LINEAR_MIN_WEIGHTS, lower, lower_conv
 from .passes.pad_fold import fold_pads
 from .passes.pool_fusion import FUSE_POOL_MIN_BYTES, fuse_pools
@@ -146,6 +146,7 @@ def compile_model(
     if be.fuses_residual:
         fuse_residuals(gm)
     compute_into_kernel_outputs(gm)
+    residuals_into_outputs(gm)
     wide_outputs(gm)
     for m in gm.modules():
         if isinstance(m, SparseConv):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .calls import exporting, first_use
+from .calls import exporting, first_use, in_compiled_call
 from .errors import CompileError
 from .generated import (
     OUTPUT_SLACK,
@@ -161,6 +161,9 @@ class SparseConv(nn.Module):
         # A residual sum fused after the conv (set by the compiler's residual pass): forward takes
         # a second tensor of the output's shape, added before the ReLU: act(conv(x) + b + r).
         self.residual = False
+        # The output may be written over the fused residual (set by the compiler where nothing
+        # reads the residual after this layer: passes.inplace.residuals_into_outputs).
+        self.residual_into = False
         # Store the output wide where the kernel allows (rows in the padded buffer's pitch, see
         # codegen.wide_plane) and return a view of it: set by the compiler where every user of
         # the output is a 3-D CPU sparse conv, as its input or its fused residual (wide_outputs).
@@ -772,6 +775,9 @@ class _CpuCall:
         """The layer on ``x`` (5-D; ``four``: a 2-D layer's 4-D input, residual and output, the
         same memory as their depth-1 5-D forms)."""
         conv = self.conv
+        # the residual may take the output: only inside the compiled model's forward, where it
+        # is the model's own buffer (a layer called alone may be given the caller's tensor)
+        into = conv.residual_into and residual is not None and in_compiled_call()
         if conv.residual:
             residual = self._residual(residual, four)
         # Buffers are kept between calls when ``reuse_buffers``: fresh multi-MB allocations are
@@ -781,7 +787,14 @@ class _CpuCall:
             alloc = (*self.out_shape[:3], self.ops)
         if self.head:  # in the reader's buffer: its leading padding, room to align position 0
             alloc = (math.prod(alloc) + self.head + 16,)
-        if conv.scratch is not None:  # a free buffer of the compiled model's pool
+        if (  # written over the residual, which nothing reads after this layer
+            into
+            and not self.ops
+            and residual.is_contiguous()
+            and tuple(residual.shape) == tuple(alloc)
+        ):
+            out = residual
+        elif conv.scratch is not None:  # a free buffer of the compiled model's pool
             out = conv.scratch.output(alloc, self.out_site)
         else:
             out = self.out if first_use(conv) else None  # called again: the kept one is in use

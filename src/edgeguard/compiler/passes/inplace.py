@@ -14,7 +14,7 @@ from ..depthwise import DepthwiseConvCpu
 from ..pointwise_depthwise import PointwiseDepthwiseCpu
 from ..pool import MaxPoolCpu
 from ..sparse_conv import SparseConv
-from .graph import binary_calls, module_of
+from .graph import binary_calls, module_of, shared
 
 KERNEL_MODULES = (SparseConv, DepthwiseConvCpu, MaxPoolCpu, PointwiseDepthwiseCpu)
 
@@ -74,4 +74,33 @@ def compute_into_kernel_outputs(gm: fx.GraphModule) -> int:
     if done:
         gm.graph.lint()
         gm.recompile()
+    return done
+
+
+def residuals_into_outputs(gm: fx.GraphModule) -> int:
+    """Mark (:attr:`SparseConv.residual_into`) each CPU sparse conv with a fused residual ``r``
+    that may write its output over ``r``: ``r`` is another kernel module's output (a buffer of
+    the compiled model, never the caller's tensor), not this conv's input, and every other
+    reader of ``r`` comes before this conv and makes a new tensor (a conv, a reduction), so
+    nothing reads ``r`` afterwards; the conv is called at one place.  Each output position then
+    reads its residual and writes its result to the same place, where the residual's line is
+    already in cache, instead of a separate output buffer.  Returns how many."""
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    done = 0
+    for node in gm.graph.nodes:
+        conv = module_of(gm, node)
+        if not isinstance(conv, SparseConv) or not conv.residual or len(node.args) != 2:
+            continue
+        x, r = node.args
+        if not isinstance(r, fx.Node) or r is x or shared(gm, node):
+            continue
+        if not isinstance(module_of(gm, r), KERNEL_MODULES):
+            continue
+        others = [u for u in r.users if u is not node]
+        if all(
+            order[u] < order[node] and (isinstance(module_of(gm, u), KERNEL_MODULES) or _fresh(u))
+            for u in others
+        ):
+            conv.residual_into = True
+            done += 1
     return done
