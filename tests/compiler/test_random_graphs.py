@@ -206,14 +206,22 @@ def check_case(seed: int, backend: str) -> None:
     kept = [t.clone() for t in first]
     second = _flat(compiled(x * 0.5))  # must not overwrite what the first call returned
     for w, g, k in zip(want, first, kept, strict=True):
-        scale = float(w.abs().max()) + 1e-6
-        err = float((g - w).abs().max()) / scale
+        err = float((g - w).abs().max()) / _scale(w)
         assert err < 1e-4, f"{what}: relative error {err:.2e}"
         assert torch.equal(g, k), f"{what}: a later call changed an earlier call's output"
     with torch.no_grad():
         want2 = _flat(model(x * 0.5))
     for w, g in zip(want2, second, strict=True):
-        assert float((g - w).abs().max()) <= 1e-4 * (float(w.abs().max()) + 1e-6), what
+        assert float((g - w).abs().max()) <= 1e-4 * _scale(w), what
+
+
+def _scale(w: torch.Tensor) -> float:
+    """What an output's error is measured against: its largest value, at least 1e-3.  An output
+    that is the difference of two nearly equal branches (a module used twice, subtracted) is
+    tiny against its operands, which float32 rounds at about 1e-7 of their size (O(1)) whatever
+    the order of the sums: seed 4124386 (a siamese difference of at most 2e-4) differs from the
+    masked model by 6e-8 on the standard-operator backend itself."""
+    return max(float(w.abs().max()), 1e-3)
 
 
 FAST = settings(
