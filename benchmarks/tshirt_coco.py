@@ -2,8 +2,9 @@
 NanoDet, on whole photos of ../shared/data/persons where every usable person wears the patch.
 
 Patches trained on the training photos (or on k-1 folds), evaluated on held-out persons under
-held-out random draws: no patch, grey, random noise, rigid (Thys et al., no TPS), TPS + EOT (the
-paper), each against CenterNet; TPS against NanoDet; the min-max and uniform ensembles of both;
+held-out random draws: no patch, grey, random noise, rigid (the same draws without TPS), Thys et
+al.'s patch (their own transformations, no TPS, no colour transform), TPS + EOT (the paper), each
+against CenterNet; TPS against NanoDet; the min-max and uniform ensembles of both;
 a zeroth-order patch against NanoDet through its outputs only (ASR against queries).  Conditions:
 the training distribution ("digital") and held-out cloth (stronger TPS, rotation and scale, the
 printer/camera colour transform, more blur and noise).  Transfer: every patch against both
@@ -205,6 +206,12 @@ def main() -> None:
                 "rigid (CenterNet)",
                 lambda: train(["centernet"], eot=replace(base["eot"], tps=0.0)),
             ),
+            # Thys et al.'s method as they trained it (the paper's "state of the art" baseline):
+            # their transformations, no printer colour transform
+            (
+                "Thys et al. (CenterNet)",
+                lambda: train(["centernet"], eot=EOT.thys(), color=None),
+            ),
             ("TPS (NanoDet)", lambda: train(["nanodet"])),
             ("ZO (NanoDet, outputs only)", zo_patch),
             (
@@ -234,7 +241,7 @@ def main() -> None:
             if not jobs:
                 raise SystemExit(
                     f"--jobs {args.jobs} names no patch; names: grey, random noise, "
-                    "TPS (CenterNet), rigid, TPS (NanoDet), ZO, min-max, uniform"
+                    "TPS (CenterNet), rigid, Thys, TPS (NanoDet), ZO, min-max, uniform"
                 )
         for name, make in jobs:
             if name == "TPS (CenterNet)":

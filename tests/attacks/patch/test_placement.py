@@ -1,5 +1,7 @@
 """Patch placement, EOT, colour transform, printability and the ASR bookkeeping."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -13,7 +15,7 @@ from edgeguard.attacks.patch.placement import (
     torso_square,
 )
 from edgeguard.attacks.patch.printability import default_palette, non_printability, total_variation
-from edgeguard.attacks.patch.transforms import EOT, ColorTransform, appearance
+from edgeguard.attacks.patch.transforms import EOT, ColorTransform, appearance, backward_map
 from edgeguard.data.persons import PersonPhoto, PersonPhotos
 from edgeguard.models.detectors import Detections, PersonDetector
 
@@ -86,6 +88,20 @@ def test_rotated_torso_print_keeps_its_area_and_is_not_clipped():
     )
     covered = out.mean(1).sum((1, 2))  # the print's pixels (bilinear edges count fractionally)
     assert covered.tolist() == pytest.approx([(x2 - x1) * (y2 - y1)] * 64, rel=0.04)
+
+
+def test_thys_draws_are_rotations_within_20_degrees_with_their_noise_level():
+    g = torch.Generator().manual_seed(0)
+    pts = torch.tensor([[[1.0, 0.0], [0.0, 0.5], [-0.3, -0.7]]]).expand(256, -1, -1)
+    back = backward_map(pts, EOT.thys(), g)
+    # no scale, shift, perspective or bending: every point keeps its distance to the centre
+    assert back.norm(dim=2) == pytest.approx(pts.norm(dim=2), abs=1e-5)
+    angle = torch.rad2deg(torch.atan2(back[:, 0, 1], back[:, 0, 0]))
+    assert angle.abs().max() <= 20.0 and angle.abs().max() > 18.0  # uniform in +-20
+    # the pixel noise has the std of Thys et al.'s uniform +-0.1 noise
+    grey = torch.full((64, 3, 16, 16), 0.5)
+    out = appearance(grey, replace(EOT.thys(), brightness=0.0, contrast=0.0), g)
+    assert float((out - 0.5).std()) == pytest.approx(0.2 / 12**0.5, rel=0.02)
 
 
 def test_square_patch_is_the_largest_square_of_the_torso_region():

@@ -42,8 +42,25 @@ class EOT:
 
     @classmethod
     def rigid(cls) -> EOT:
-        """Thys et al.'s rigid patch: the same, without cloth deformation."""
+        """A rigid patch: these ranges without cloth deformation (the ablation of TPS alone)."""
         return cls(tps=0.0)
+
+    @classmethod
+    def thys(cls) -> EOT:
+        """Thys et al. (2019)'s own training transformations: contrast 0.8-1.2, brightness +-0.1,
+        rotation +-20 degrees, noise uniform in +-0.1 (here Gaussian of the same std, 0.058);
+        no scale or position jitter, perspective, blur or cloth deformation."""
+        return cls(
+            tps=0.0,
+            scale=0.0,
+            rotation=20.0,
+            perspective=0.0,
+            shift=0.0,
+            brightness=0.1,
+            contrast=0.2,
+            noise=0.1 / math.sqrt(3.0),
+            blur=0.0,
+        )
 
     @classmethod
     def none(cls) -> EOT:
