@@ -55,6 +55,7 @@
 // Macros from the header: EG_ACC_INIT, EG_ACC_FMA, EG_ACC_SAVE, EG_ACC_ARRAY, EG_EXTRA_ARRAY (the
 // unrolled MR x NV register tile) and EG_TILE_CASES (the last-tile shapes this layer needs).
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #if defined(__AVX512F__)
@@ -519,13 +520,24 @@ static inline void fill_sample(const float* xin, float* xs, int n) {
   }
 }
 
+// A kernel's 64-byte aligned scratch.  Out of memory ends the process with a message, as `new`
+// does (its exception cannot leave an OpenMP region), instead of writing through a null pointer.
+static float* scratch_alloc(size_t floats) {
+  void* p = std::aligned_alloc(64, (floats * 4 + 63) / 64 * 64);
+  if (p == nullptr) {
+    std::fprintf(stderr, "edgeguard: out of memory for a kernel's %zu-byte scratch\n", floats * 4);
+    std::abort();
+  }
+  return static_cast<float*>(p);
+}
+
 // The per-sample fill's buffer: one sample's padded input, per thread and kernel, kept from call
 // to call (allocated once, never freed), with zeroed slack after it for the tiles' overhang.
 constexpr int64_t SAMPLE_SLACK = 1024;
 static float* sample_buffer() {
   static thread_local float* buf = nullptr;
   if (!buf) {
-    buf = static_cast<float*>(std::aligned_alloc(64, ((XN + SAMPLE_SLACK) * 4 + 63) / 64 * 64));
+    buf = scratch_alloc(XN + SAMPLE_SLACK);
     std::memset(buf + XN, 0, SAMPLE_SLACK * sizeof(float));
   }
   return buf;
@@ -570,12 +582,11 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
                           batch >= nthreads && XN * 4 <= (1 << 20);
 #pragma omp parallel num_threads(nthreads)
   {
-    float* pk = PACK ? static_cast<float*>(std::aligned_alloc(64, (size_t)KC * T * 4)) : nullptr;
+    float* pk = PACK ? scratch_alloc((size_t)KC * T) : nullptr;
     float* bvall = new float[NB * MR];
     float** opall = new float*[(size_t)dgp * NB * MR];
     const float** rpall = new const float*[(size_t)dgp * NB * MR];  // RES: the residual's rows
-    float* accbuf = static_cast<float*>(
-        std::aligned_alloc(64, ((size_t)dgp * CT * NBG * TS * 4 + 63) / 64 * 64));
+    float* accbuf = scratch_alloc((size_t)dgp * CT * NBG * TS);
     float* scr = POOL ? new float[(size_t)dgp * SCR_PLANE] : nullptr;
     // The fills write every float of the buffer, its zero borders too, so the buffer may be any
     // free one (the compiled model's pool hands out one still in cache) rather than one kept
