@@ -513,6 +513,12 @@ def test_tshirt_against_a_coco_detector_on_whole_photos(tmp_path: Path, capsys, 
         == 2
     )
     assert "--zo attacks one detector" in capsys.readouterr().err
+    # Thys et al.'s transformations: trained and evaluated under them, named in the report
+    thys = ["-q", "tshirt", "train", "--thys", "--steps", "1", "--batch", "2", *common]
+    assert main([*thys, "--out", str(tmp_path / "y")]) == 0
+    assert "Thys et al. + EOT" in (tmp_path / "y" / "report.html").read_text()
+    assert main([*thys, "--rigid", "--out", str(tmp_path / "w")]) == 2
+    assert "not allowed with argument" in capsys.readouterr().err
 
 
 def test_prune_detector_distils_on_a_few_photos_and_resumes(tmp_path: Path, capsys, shared_data):

@@ -40,7 +40,16 @@ def add_parser(sub) -> None:
         help="zeroth-order: train against the detector's outputs only (no gradients); with "
         "hog, OpenCV's own HOG detector",
     )
-    p.add_argument("--rigid", action="store_true", help="no TPS cloth deformation (Thys et al.)")
+    rigid = p.add_mutually_exclusive_group()
+    rigid.add_argument(
+        "--rigid", action="store_true", help="the same transformations without TPS cloth bending"
+    )
+    rigid.add_argument(
+        "--thys",
+        action="store_true",
+        help="Thys et al.'s own transformations (rotation, brightness, contrast, noise; no TPS, "
+        "blur or perspective): their rigid patch as they trained it",
+    )
     p.add_argument(
         "--cloth-video",
         help="video of a printed checkerboard on a T-shirt: its "
@@ -132,7 +141,7 @@ def run(args) -> int:
         trust_pickle=args.trust_pickle,
     )
     print(study.describe())
-    eot = EOT.rigid() if args.rigid else EOT()
+    eot = EOT.rigid() if args.rigid else EOT.thys() if args.thys else EOT()
     if args.cloth_video:
         from dataclasses import replace
 
@@ -203,7 +212,8 @@ def run(args) -> int:
     rep = Report("edgeguard: adversarial T-shirt")
     rep.paragraph(
         f"Held-out persons: {study.test_set.persons}; transformations: "
-        f"{'rigid' if args.rigid else 'TPS cloth deformation'} + EOT."
+        f"{'rigid' if args.rigid else 'Thys et al.' if args.thys else 'TPS cloth deformation'}"
+        " + EOT."
     )
     rep.table(cols, rows)
     save_patch(patch, out / "patch.png")
