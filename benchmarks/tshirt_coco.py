@@ -144,10 +144,19 @@ def main() -> None:
         help="only pool the 'parts' of results.json files of --only-fold runs (one row per "
         "condition, patch and detector over every fold found) and print the table",
     )
+    ap.add_argument(
+        "--lead",
+        nargs=2,
+        metavar=("A", "B"),
+        help="with --pool: the lead of patch A over patch B (name prefixes, e.g. TPS Thys) per "
+        "condition and detector, with a paired 95 %% interval over the same wearers",
+    )
     args = ap.parse_args()
     if args.pool:
-        print_pooled(args.pool)
+        print_pooled(args.pool, args.lead)
         return
+    if args.lead:
+        raise SystemExit("--lead goes with --pool")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.manual_seed(args.seed)
     out = Path(args.out)
@@ -310,13 +319,15 @@ POOL_FREE = {
     "pool",
     "eval_detectors",
     "ensemble_ascend",
+    "lead",
 }
 
 
-def print_pooled(paths: list[Path]) -> None:
+def print_pooled(paths: list[Path], lead: list[str] | None = None) -> None:
     """The rows of several fold runs pooled over wearers (each fold's per-wearer counts); runs of
     the same fold with other ``--train-seed``s are repeated attacks on the same wearers, their
-    per-wearer counts added (``ASR.repeated``) before the folds are pooled."""
+    per-wearer counts added (``ASR.repeated``) before the folds are pooled.  ``lead``: two patch
+    name prefixes A, B: A's rate minus B's per condition and detector (``ASR.lead``)."""
     by_fold: dict[tuple[str, str, str], dict[tuple, list[ASR]]] = {}
     config = None
     for path in paths:
@@ -355,6 +366,29 @@ def print_pooled(paths: list[Path]) -> None:
     for row in rows:
         row["training runs per fold"] = runs[(row["condition"], row["patch"], row["detector"])]
     print_table(rows)
+    if lead:
+        print_leads(found, *lead)
+
+
+def print_leads(found: dict[tuple[str, str, str], list[ASR]], a: str, b: str) -> None:
+    """Patch ``a``'s pooled rate minus patch ``b``'s (name prefixes) on the same wearers, with the
+    paired bootstrap interval, for every condition and detector both were evaluated under."""
+    names = {p for _, p, _ in found}
+    pa = [p for p in names if p.startswith(a)]
+    pb = [p for p in names if p.startswith(b)]
+    if len(pa) != 1 or len(pb) != 1:
+        raise SystemExit(
+            f"--lead {a!r} {b!r} must each name one patch of {sorted(names)}; got {pa} and {pb}"
+        )
+    print()
+    for (cond, p, d), parts in found.items():
+        if p != pa[0] or (cond, pb[0], d) not in found:
+            continue
+        diff, lo, hi = ASR.pooled(parts).lead(ASR.pooled(found[(cond, pb[0], d)]))
+        print(
+            f"{cond}, {d}: {pa[0]} leads {pb[0]} by {100 * diff:+.1f} points "
+            f"(paired 95 % interval over wearers {100 * lo:+.1f} to {100 * hi:+.1f})"
+        )
 
 
 def pooled_rows(results: dict[tuple[str, str, str], list[ASR]]) -> list[dict]:

@@ -223,6 +223,27 @@ def test_asr_interval_resamples_persons():
         ASR.repeated([asr, ASR(8, 2, 2, 5, torch.tensor([2, 0]))])
 
 
+def test_asr_lead_is_a_paired_interval_over_the_same_persons():
+    from edgeguard.attacks.patch import ASR
+
+    # 10 persons x 4 draws; patch A hides 2 more draws of every person than patch B: the lead is
+    # 0.5 in every resample of persons, though each rate alone varies widely from person to person
+    a = ASR(40, 24, 10, 10, torch.tensor([4] * 6 + [2] * 4))
+    b = ASR(40, 4, 10, 10, torch.tensor([2] * 6 + [0] * 4))
+    assert a.lead(b) == pytest.approx((0.5, 0.5, 0.5))
+    lo, hi = b.interval()
+    assert hi - lo > 0.2  # unpaired, the same data spread far wider
+    # hand-worked: A hides one person's 4 draws that B does not, and nothing else differs
+    c = ASR(40, 5, 10, 10, torch.tensor([4] + [0] * 8 + [1]))
+    d = ASR(40, 1, 10, 10, torch.tensor([0] * 9 + [1]))
+    diff, lo, hi = c.lead(d, draws=4000)
+    assert diff == pytest.approx(0.1) and lo == 0.0 and 0.2 <= hi <= 0.3
+    with pytest.raises(ValueError, match="same persons"):
+        a.lead(ASR(8, 2, 2, 5, torch.tensor([2, 0])))
+    with pytest.raises(ValueError, match="same persons"):
+        a.lead(ASR(40, 24, 10, 10))
+
+
 class StubDetector(PersonDetector):
     """Fixed candidates: three boxes on the person, one far away."""
 

@@ -91,6 +91,36 @@ class ASR:
         lo, hi = torch.quantile(rates, torch.tensor([(1 - level) / 2, (1 + level) / 2]).double())
         return float(lo), float(hi)
 
+    def lead(
+        self, other: ASR, level: float = 0.95, draws: int = 2000, seed: int = 0
+    ) -> tuple[float, float, float]:
+        """How far this patch's rate lies above ``other``'s on the *same* persons and draws (two
+        patches evaluated on one split): ``(difference, lo, hi)``, the percentile bootstrap
+        interval resampling persons for both at once (paired: a hard person is hard for both,
+        which an interval from the two separate intervals would ignore)."""
+        if not 0 < level < 1:
+            raise AttackError(f"level must be in (0, 1), got {level}")
+        a, b = self.per_person, other.per_person
+        if (
+            a is None
+            or b is None
+            or a.shape != b.shape
+            or (self.attacked, self.persons) != (other.attacked, other.persons)
+        ):
+            raise AttackError(
+                "a lead compares two patches on the same persons and draws: per-person counts "
+                f"of equal length and attacked samples are needed, got {self.attacked} and "
+                f"{other.attacked} samples"
+            )
+        diff = self.rate - other.rate
+        if len(a) == 0:
+            return diff, math.nan, math.nan
+        gen = torch.Generator().manual_seed(seed)
+        idx = torch.randint(len(a), (draws, len(a)), generator=gen)
+        rates = (a.double() - b.double())[idx].sum(1) / self.attacked
+        lo, hi = torch.quantile(rates, torch.tensor([(1 - level) / 2, (1 + level) / 2]).double())
+        return diff, float(lo), float(hi)
+
 
 def attack_success(
     is_detected: Callable[[torch.Tensor, Boxes], torch.Tensor],
