@@ -185,5 +185,9 @@ def test_per_sample_fills_equal_the_masked_model_call_after_call(batch):
                 x = torch.randn(shape) * scale
                 want, got = model(x), compiled(x)
                 assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+        # the layers filling per sample took no batch-sized input buffer from the pool
+        calls = [c for m in compiled.sparse_layers().values() for c in m._cpu_calls.values()]
+        per_sample = [c for c in calls if c.kernel.fills_per_sample(batch)]
+        assert per_sample and all(c.buf_site.shape is None for c in per_sample)
     finally:
         torch.set_num_threads(threads)

@@ -699,6 +699,11 @@ class SparseConv(nn.Module):
         )
 
 
+# what a kernel filling each sample into its own per-thread buffer gets for the batch buffer it
+# does not touch
+_NO_BUFFER = torch.zeros(16)
+
+
 def _five(shape: torch.Size) -> tuple[int, ...]:
     """A 2-D layer's input shape as the 5-D shape its kernels see (depth 1)."""
     return (shape[0], shape[1], 1, *shape[2:])
@@ -886,6 +891,8 @@ class _CpuCall:
             return self._run(x.view(-1), None, out, residual)  # a kernel output is its own buffer
         # the kernel fills the buffer's interior (its phases; a gather, ``view.strides``) from x
         # the kernel writes every float of the buffer (borders too): any free one will do
+        if self.kernel.fills_per_sample(view.shape[0]):  # its own per-thread buffers: no x
+            return self._run(_NO_BUFFER, x, out, residual)
         if conv.scratch is not None:  # the compiled model's pool: one still in cache
             buf = conv.scratch.output((view.shape[0] * self.layout.batch_stride,), self.buf_site)
             return self._run(buf, x, out, residual)

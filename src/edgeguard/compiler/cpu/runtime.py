@@ -70,6 +70,20 @@ class CppKernel:
         self._fn = self._lib.edgeguard_conv
         self._fn.restype = None
         self._fn.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int, ctypes.c_int]
+        self._per_sample = self._lib.edgeguard_conv_per_sample
+        self._per_sample.restype = ctypes.c_int
+        self._per_sample.argtypes = [ctypes.c_int, ctypes.c_int]
+        self._per_sample_at: dict[tuple[int, int], bool] = {}
+
+    def fills_per_sample(self, batch: int) -> bool:
+        """Whether a call that fills its own input (``xin`` given) at this batch, on the threads
+        PyTorch uses now, fills each sample into a per-thread buffer and never touches ``x``
+        (the kernel's own predicate, asked once per batch and thread count)."""
+        key = (batch, torch.get_num_threads())
+        found = self._per_sample_at.get(key)
+        if found is None:
+            found = self._per_sample_at[key] = bool(self._per_sample(*key))
+        return found
 
     def __call__(
         self,

@@ -543,6 +543,20 @@ static float* sample_buffer() {
   return buf;
 }
 
+// Per-sample fills: where each thread takes whole samples (a batch of a sample per thread or
+// more) and a sample's padded input fits an L2, each thread fills one sample at a time into its
+// own buffer (sample_buffer) just before that sample's tasks, instead of all samples into x
+// first: the buffer stays in the thread's L2 from sample to sample, where the whole batch's (9 MB
+// for ResNet-18's layer1 at batch 32) went to memory between its fill and its tiles.  The kernel
+// then never touches x; the caller asks (edgeguard_conv_per_sample) and passes no batch buffer.
+static inline bool fills_per_sample(int batch, int nthreads) {
+  return BLN == 0 && !FV && !PLANES_INNER && batch >= nthreads && XN * 4 <= (1 << 20);
+}
+
+extern "C" int edgeguard_conv_per_sample(int batch, int nthreads) {
+  return fills_per_sample(batch, nthreads) ? 1 : 0;
+}
+
 extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const float* bias,
                                float* out, const float* res, float* tout, const float* tres,
                                int batch, int nthreads) {
@@ -573,13 +587,7 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
         break;
       }
   const int dgp = DU / ndg * PKD;
-  // Per-sample fills: where each thread takes whole samples (a batch of a sample per thread or
-  // more) and a sample's padded input fits an L2, each thread fills one sample at a time into
-  // its own buffer just before that sample's tasks, instead of all samples into x first: the
-  // buffer stays in the thread's L2 from sample to sample, where the whole batch's (9 MB for
-  // ResNet-18's layer1 at batch 32) went to memory between its fill and its tiles.
-  const bool per_sample = BLN == 0 && !FV && !PLANES_INNER && xin != nullptr &&
-                          batch >= nthreads && XN * 4 <= (1 << 20);
+  const bool per_sample = xin != nullptr && fills_per_sample(batch, nthreads);
 #pragma omp parallel num_threads(nthreads)
   {
     float* pk = PACK ? scratch_alloc((size_t)KC * T) : nullptr;
