@@ -141,7 +141,12 @@ def run(args) -> int:
         trust_pickle=args.trust_pickle,
     )
     print(study.describe())
-    eot = EOT.rigid() if args.rigid else EOT.thys() if args.thys else EOT()
+    if args.rigid:
+        eot, drawn = EOT.rigid(), "rigid"
+    elif args.thys:
+        eot, drawn = EOT.thys(), "Thys et al."
+    else:
+        eot, drawn = EOT(), "TPS cloth deformation"
     if args.cloth_video:
         from dataclasses import replace
 
@@ -210,11 +215,7 @@ def run(args) -> int:
         json.dumps([dict(zip(cols, r, strict=True)) for r in rows], indent=1)
     )
     rep = Report("edgeguard: adversarial T-shirt")
-    rep.paragraph(
-        f"Held-out persons: {study.test_set.persons}; transformations: "
-        f"{'rigid' if args.rigid else 'Thys et al.' if args.thys else 'TPS cloth deformation'}"
-        " + EOT."
-    )
+    rep.paragraph(f"Held-out persons: {study.test_set.persons}; transformations: {drawn} + EOT.")
     rep.table(cols, rows)
     save_patch(patch, out / "patch.png")
     rep.figure("patch.png", "the patch (print resolution)")

@@ -80,16 +80,11 @@ class ASR:
         transformations): samples of one person are correlated (a hard person stays hard), so a
         binomial interval over samples would be too narrow.  ``(nan, nan)`` without per-person
         counts or persons."""
-        if not 0 < level < 1:
-            raise AttackError(f"level must be in (0, 1), got {level}")
+        _check_level(level)
         pp = self.per_person
-        if pp is None or len(pp) == 0:
+        if pp is None:
             return math.nan, math.nan
-        gen = torch.Generator().manual_seed(seed)
-        idx = torch.randint(len(pp), (draws, len(pp)), generator=gen)
-        rates = pp.double()[idx].sum(1) / self.attacked  # every resample has P persons
-        lo, hi = torch.quantile(rates, torch.tensor([(1 - level) / 2, (1 + level) / 2]).double())
-        return float(lo), float(hi)
+        return _person_bootstrap(pp.double(), self.attacked, level, draws, seed)
 
     def lead(
         self, other: ASR, level: float = 0.95, draws: int = 2000, seed: int = 0
@@ -98,8 +93,7 @@ class ASR:
         patches evaluated on one split): ``(difference, lo, hi)``, the percentile bootstrap
         interval resampling persons for both at once (paired: a hard person is hard for both,
         which an interval from the two separate intervals would ignore)."""
-        if not 0 < level < 1:
-            raise AttackError(f"level must be in (0, 1), got {level}")
+        _check_level(level)
         a, b = self.per_person, other.per_person
         if (
             a is None
@@ -112,14 +106,28 @@ class ASR:
                 f"of equal length and attacked samples are needed, got {self.attacked} and "
                 f"{other.attacked} samples"
             )
-        diff = self.rate - other.rate
-        if len(a) == 0:
-            return diff, math.nan, math.nan
-        gen = torch.Generator().manual_seed(seed)
-        idx = torch.randint(len(a), (draws, len(a)), generator=gen)
-        rates = (a.double() - b.double())[idx].sum(1) / self.attacked
-        lo, hi = torch.quantile(rates, torch.tensor([(1 - level) / 2, (1 + level) / 2]).double())
-        return diff, float(lo), float(hi)
+        lo, hi = _person_bootstrap(a.double() - b.double(), self.attacked, level, draws, seed)
+        return self.rate - other.rate, lo, hi
+
+
+def _check_level(level: float) -> None:
+    if not 0 < level < 1:
+        raise AttackError(f"level must be in (0, 1), got {level}")
+
+
+def _person_bootstrap(
+    per_person: torch.Tensor, attacked: int, level: float, draws: int, seed: int
+) -> tuple[float, float]:
+    """Percentile interval of ``per_person.sum() / attacked`` over ``draws`` resamples of the
+    persons (``per_person [P]``: each person's hidden count, or a difference of two patches'),
+    ``(nan, nan)`` without persons."""
+    if len(per_person) == 0:
+        return math.nan, math.nan
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(len(per_person), (draws, len(per_person)), generator=gen)
+    rates = per_person[idx].sum(1) / attacked  # every resample has P persons
+    lo, hi = torch.quantile(rates, torch.tensor([(1 - level) / 2, (1 + level) / 2]).double())
+    return float(lo), float(hi)
 
 
 def attack_success(
