@@ -465,6 +465,13 @@ def main() -> None:
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
+        "--train-fraction",
+        type=float,
+        default=1.0,
+        help="distil on this fraction of each source's training photos (a data-scaling check; "
+        "the held-out photos stay the same)",
+    )
+    ap.add_argument(
         "--start",
         default=None,
         metavar="CHECKPOINT",
@@ -497,6 +504,10 @@ def main() -> None:
     seed_everything(args.seed)
     photos = load_persons(data_root() / "persons")
     train, held_out = photos.split(0.3, args.seed)
+    if not 0 < args.train_fraction <= 1:
+        ap.error(f"--train-fraction must be in (0, 1], got {args.train_fraction}")
+    if args.train_fraction < 1:
+        train = train.split(1 - args.train_fraction, args.seed)[0]
     det = get_detector(args.detector)
     target = args.target
     if args.keep_classes is not None:  # the class head's cut counts towards the target

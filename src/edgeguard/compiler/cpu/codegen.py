@@ -187,6 +187,16 @@ def wide_plane(layout: InputLayout, t: int, vl: int, other: bool) -> int:
     return -(-(layout.out[1] * layout.phased[2]) // 16) * 16
 
 
+def tile_footprint(offsets: torch.Tensor, positions: int, t: int) -> int:
+    """Bytes of input (64-byte lines) that a tile of ``t`` positions in the middle of a plane of
+    ``positions`` reads over kept rows at buffer ``offsets`` (floats)."""
+    if len(offsets) == 0:
+        return 0
+    p0 = max(0, positions // 2 - t // 2)
+    at = offsets.to(torch.int64)[:, None] + p0 + torch.arange(t)
+    return int(torch.unique(at // 16).numel()) * 64
+
+
 def is_temporal(g) -> bool:
     """A temporal kernel (``kd x 1 x 1``, kd > 1): its tasks take the planes innermost."""
     return g.kernel[0] > 1 and g.kernel[1] == g.kernel[2] == 1
@@ -316,7 +326,9 @@ def generate_source(
     if fv:  # one slice: a task is one block over a whole plane
         kc, pf = 1 << 30, 0
     kc = kc or default_slice_rows(vl, 0 if pack else tiles_plane, temporal and not pack)
-    pf = default_prefetch(vl, kc, temporal and not pack) if pf is None else pf
+    if pf is None:
+        foot = None if pack else tile_footprint(uroff[:kc], layout.positions, nv * vl)
+        pf = default_prefetch(vl, kc, temporal and not pack, foot)
     ns = max(1, -(-len(union) // kc))
     ks = torch.zeros(max(nb, 1), ns + 1, dtype=torch.int64)
     kds = torch.zeros(max(nb, 1), ns, KD + 1, dtype=torch.int64)
