@@ -454,3 +454,58 @@ def test_sparse_layers_are_named_in_profiler_traces():
     with torch.profiler.profile() as prof:
         sc(x)
     assert any(e.name == "sparse_conv:conv_x" for e in prof.events())
+
+
+def _with_threads(threads: int, fn):
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(old)
+
+
+@needs_cxx
+@pytest.mark.parametrize("batch, threads", [(1, 2), (1, 3), (2, 4), (3, 4)])
+@pytest.mark.parametrize(
+    "height, width, dil, pool",
+    [(96, 32, 1, None), (96, 30, 1, None), (96, 32, 2, None), (768, 32, 1, (1, 2, 2))],
+)
+def test_row_fills_give_the_same_result(batch, threads, height, width, dil, pool):
+    # Fewer samples than threads and >= 16 tasks a thread: each thread fills the padded rows its
+    # own static run of tasks starts on; runs that start mid-sample, span samples or end in the
+    # bottom padding must still find every row filled (row-aligned, flat and pooled chunks; a
+    # pooled chunk is 16 rows here, hence the tall plane)
+    conv = masked_conv(8, 16, (1, 3, 3), 1, (0, dil, dil), (1, dil, dil), "kgs", 0.5)
+    x = torch.randn(batch, 8, 1, height, width)
+    sc = SparseConv(plan_conv(conv, mr=8), relu=True, mode="cpu", ct=1)
+    sc.pool = pool
+    ref = F.relu(conv(x))
+    ref = F.max_pool3d(ref, pool) if pool else ref
+    assert sc._cpu_kernel(x).schedule(batch, threads) == {
+        "per_sample": False,
+        "row_fills": True,
+        "parts": 1,
+    }
+    y = _with_threads(threads, lambda: sc(x))
+    assert (y - ref).abs().max() <= 1e-4 * ref.abs().max()
+
+
+@needs_cxx
+@pytest.mark.parametrize("threads", [2, 3, 4])
+@pytest.mark.parametrize("size, fg", [((8, 8), None), ((6, 9), None), ((8, 8), 2), ((4, 5), None)])
+def test_split_filter_blocks_give_the_same_result(threads, size, fg):
+    # A batch-1 call with few tasks (a small plane's 1-3 chunks) splits each task's filter blocks
+    # into parts for the dynamic schedule to balance; every block must still be computed once
+    conv = masked_conv(16, 64, (1, 3, 3), 1, (0, 1, 1), 1, "kgs", 0.5)
+    x = torch.randn(1, 16, 1, *size)
+    sc = SparseConv(plan_conv(conv, mr=8), relu=True, mode="cpu", fg=fg, nv=2)
+    sched = sc._cpu_kernel(x).schedule(1, threads)
+    assert not sched["row_fills"] and sched["parts"] > 1
+    y = _with_threads(threads, lambda: sc(x))
+    ref = F.relu(conv(x))
+    assert (y - ref).abs().max() <= 1e-4 * ref.abs().max()
+    # at a batch of a sample per thread the tasks are whole
+    assert (
+        sc._cpu_kernel(x.expand(threads, -1, -1, -1, -1)).schedule(threads, threads)["parts"] == 1
+    )

@@ -74,6 +74,9 @@ class CppKernel:
         self._per_sample.restype = ctypes.c_int
         self._per_sample.argtypes = [ctypes.c_int, ctypes.c_int]
         self._per_sample_at: dict[tuple[int, int], bool] = {}
+        self._schedule = self._lib.edgeguard_conv_schedule
+        self._schedule.restype = ctypes.c_int
+        self._schedule.argtypes = [ctypes.c_int, ctypes.c_int]
 
     def fills_per_sample(self, batch: int) -> bool:
         """Whether a call that fills its own input (``xin`` given) at this batch, on the threads
@@ -84,6 +87,14 @@ class CppKernel:
         if found is None:
             found = self._per_sample_at[key] = bool(self._per_sample(*key))
         return found
+
+    def schedule(self, batch: int, threads: int) -> dict[str, int | bool]:
+        """How the kernel runs a call of ``batch`` samples on ``threads`` threads (the kernel's
+        own predicates): ``per_sample`` (each thread fills whole samples into its own buffer),
+        ``row_fills`` (each thread fills the padded rows its run of tasks starts on) and
+        ``parts`` (the filter blocks of each task split into this many tasks)."""
+        code = int(self._schedule(batch, threads))
+        return {"per_sample": bool(code & 1), "row_fills": bool(code & 2), "parts": code >> 2}
 
     def __call__(
         self,

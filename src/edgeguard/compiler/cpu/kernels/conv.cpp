@@ -453,17 +453,17 @@ static inline void bl_fill(const float* xin, float* x, int c) {
       for (int h = 0; h < HI; ++h) row_of(d, h)[PW + n] = src[n * XS4 + d * XS2 + h * XS3];
 }
 
-// FUSE: plane i of channel c of sample n's padded buffer xs (sample n's part of the buffer):
-// the raw input's plane, its zero borders too (every float of the plane is written).
-static inline void fill_plane(const float* xin, float* xs, int n, int c, int i) {
+// FUSE: rows [j0, j1) of plane i of channel c of sample n's padded buffer xs (sample n's part
+// of the buffer): the raw input's rows, their zero borders too (every float of them is written).
+static inline void fill_rows(const float* xin, float* xs, int n, int c, int i, int j0, int j1) {
   float* dst = xs + ((int64_t)c * DQ + i) * XD;  // (XD >= HQ * WQ)
   const int d = i - PD;
   if (d < 0 || d >= DI) {  // a depth padding plane
-    std::memset(dst, 0, (size_t)HQ * WQ * sizeof(float));
+    std::memset(dst + (int64_t)j0 * WQ, 0, (size_t)(j1 - j0) * WQ * sizeof(float));
     return;
   }
   const float* src = xin + n * XS0 + c * XS1 + d * XS2;
-  for (int j = 0; j < HQ; ++j) {
+  for (int j = j0; j < j1; ++j) {
     float* row = dst + (int64_t)j * WQ;
     const int h = j - PH;
     if (h < 0 || h >= HI) {
@@ -478,6 +478,11 @@ static inline void fill_plane(const float* xin, float* xs, int n, int c, int i) 
       gather_row<XS4>(row + PW, src + h * XS3, WI);
     for (int w = PW + WI; w < WQ; ++w) row[w] = 0.f;
   }
+}
+
+// FUSE: plane i of channel c of sample n's padded buffer xs, whole.
+static inline void fill_plane(const float* xin, float* xs, int n, int c, int i) {
+  fill_rows(xin, xs, n, c, i, 0, HQ);
 }
 
 // PFILL: phase ph of channel c of sample n's buffer xs, zero borders too.
@@ -553,8 +558,60 @@ static inline bool fills_per_sample(int batch, int nthreads) {
   return BLN == 0 && !FV && !PLANES_INNER && batch >= nthreads && XN * 4 <= (1 << 20);
 }
 
+// Chunks: CT tiles (CH positions) of a plane, or, with a fused pool, RC output rows (whole
+// pooling windows; the rows and planes that floor pooling drops are not computed at all).
+constexpr int CH = CT * T, HC = HOP * PKH;
+constexpr int PP = RA ? HO * WO : P;  // positions a plane's tiles number (RA: output ones)
+constexpr int NCH = POOL ? (HC + RC - 1) / RC : (PP + CH - 1) / CH;
+constexpr int DU = POOL ? DOP : DO;  // plane units: PKD planes each with a pool, else 1
+constexpr int64_t SCR_PLANE = POOL ? (int64_t)NBG * MR * RC * WO : 0;  // floats per plane
+constexpr int64_t PLANE_ACC_BYTES = ((int64_t)CT * NBG * TS + SCR_PLANE) * 4;
+
+// Plane groups (NDG): where a chunk is a whole plane (layers with long chunks or few tiles), a
+// task takes as many planes as still leaves a task per thread, so the weights (past the L2 there)
+// are streamed fewer times; elsewhere one plane per task.  The partial sums of a task's planes
+// stay within 1 MB (an L2): past it, fewer planes per task (with a pool, the scratch of a task's
+// unpooled rows counts too).
+static inline int plane_groups(int batch, int nthreads) {
+  if (NCH == 1)
+    for (int k = 1; k <= DU; ++k)
+      if (DU % k == 0 && (int64_t)k * FG * batch >= nthreads &&
+          (DU / k) * PKD * PLANE_ACC_BYTES <= (1 << 20))
+        return k;
+  return DU;
+}
+
+// Row fills: with fewer samples than threads (one plane a sample: 2-D layers at batch 1), each
+// thread fills the padded rows its own run of tasks starts on, every channel, and computes that
+// run: filled by channels, every tile read the other threads' channels from their caches.  Only
+// with 16 tasks a thread or more: static runs then stay balanced, and the rows a run reads from
+// its neighbour's (the kernel's halo) are a small part of its own.
+constexpr bool ROWS = FUSE && DQ == 1 && DO == 1 && BLN == 0 && !FV && !PLANES_INNER;
+static inline bool row_fills(int batch, int nthreads) {
+  return ROWS && !fills_per_sample(batch, nthreads) && batch < nthreads &&
+         (int64_t)batch * NCH * FG >= 16 * nthreads;
+}
+
+// Few tasks (a batch smaller than the threads over small planes: ResNet-18's 8 x 8 layers at
+// batch 1 have 2 chunks, of 48 and 23 positions): each task's filter blocks are split into parts,
+// about 8 tasks a thread in all, which the dynamic schedule balances.
+static inline int block_parts(int batch, int nthreads) {
+  if (FV || PLANES_INNER || batch >= nthreads || row_fills(batch, nthreads)) return 1;
+  const int64_t ntasks = (int64_t)batch * plane_groups(batch, nthreads) * NCH * FG;
+  if (ntasks >= 8 * nthreads) return 1;
+  const int parts = (int)((8 * nthreads + ntasks - 1) / ntasks);
+  return parts < NBG ? parts : NBG;
+}
+
 extern "C" int edgeguard_conv_per_sample(int batch, int nthreads) {
   return fills_per_sample(batch, nthreads) ? 1 : 0;
+}
+
+// How a call of this batch on nthreads threads is scheduled (for tests): 1 per-sample fills,
+// 2 row fills, plus 4 * the block parts of each task.
+extern "C" int edgeguard_conv_schedule(int batch, int nthreads) {
+  return (fills_per_sample(batch, nthreads) ? 1 : 0) + (row_fills(batch, nthreads) ? 2 : 0) +
+         4 * block_parts(batch, nthreads);
 }
 
 extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const float* bias,
@@ -565,29 +622,10 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
   // (slice-major, sequential) stays in L2 while the task's tiles use it; each tile's kept input
   // rows of the slice are read (or packed once, PACK) and reused by every filter block of the
   // group.  The group's weights are read once per task.
-  // Chunks: CT tiles (CH positions) of a plane, or, with a fused pool, RC output rows (whole
-  // pooling windows; the rows and planes that floor pooling drops are not computed at all).
-  constexpr int CH = CT * T, HC = HOP * PKH;
-  constexpr int PP = RA ? HO * WO : P;  // positions a plane's tiles number (RA: output ones)
-  constexpr int NCH = POOL ? (HC + RC - 1) / RC : (PP + CH - 1) / CH;
-  constexpr int DU = POOL ? DOP : DO;  // plane units: PKD planes each with a pool, else 1
-  // Plane groups: where a chunk is a whole plane (layers with long chunks or few tiles), a task
-  // takes as many planes as still leaves a task per thread, so the weights (past the L2 there)
-  // are streamed fewer times; elsewhere one plane per task.  The partial sums of a task's planes
-  // stay within 1 MB (an L2): past it, fewer planes per task (with a pool, the scratch of a
-  // task's unpooled rows counts too).
-  constexpr int64_t SCR_PLANE = POOL ? (int64_t)NBG * MR * RC * WO : 0;  // floats per plane
-  constexpr int64_t PLANE_ACC_BYTES = ((int64_t)CT * NBG * TS + SCR_PLANE) * 4;
-  int ndg = DU;
-  if (NCH == 1)
-    for (int k = 1; k <= DU; ++k)
-      if (DU % k == 0 && (int64_t)k * FG * batch >= nthreads &&
-          (DU / k) * PKD * PLANE_ACC_BYTES <= (1 << 20)) {
-        ndg = k;
-        break;
-      }
+  const int ndg = plane_groups(batch, nthreads);
   const int dgp = DU / ndg * PKD;
   const bool per_sample = xin != nullptr && fills_per_sample(batch, nthreads);
+  const bool rowfill = xin != nullptr && row_fills(batch, nthreads);
 #pragma omp parallel num_threads(nthreads)
   {
     float* pk = PACK ? scratch_alloc((size_t)KC * T) : nullptr;
@@ -602,7 +640,7 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
     if (BLN > 0 && xin) {  // batch-last: bl_fill, channel by channel (phases too)
 #pragma omp for schedule(static)
       for (int c = 0; c < CIN; ++c) bl_fill(xin, x, c);
-    } else if (FUSE && xin && !per_sample) {  // every thread takes this branch or none
+    } else if (FUSE && xin && !per_sample && !rowfill) {  // every thread takes this or none
 #pragma omp for collapse(3) schedule(static)
       for (int n = 0; n < batch; ++n)
         for (int c = 0; c < CIN; ++c)
@@ -645,16 +683,40 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
     // same ones in every layer (the tasks are sample-major), so a sample's activations stay with
     // its core from layer to layer instead of being read from lines the other core wrote.
     const int ntasks = batch * ndg * NCH * FG;
+    const int parts = block_parts(batch, nthreads);  // (1 with row fills: static runs)
     const int tchunk =
-        PLANES_INNER ? (ntasks + nthreads - 1) / nthreads : task_run(ntasks, nthreads);
-    if (batch >= nthreads || PLANES_INNER)  // (planes innermost: one run a thread anyway)
+        PLANES_INNER ? (ntasks + nthreads - 1) / nthreads : task_run(ntasks * parts, nthreads);
+    const int kr = (ntasks + nthreads - 1) / nthreads;  // rowfill: tasks [t * kr, t * kr + kr)
+    if (rowfill) {
+      // the buffer row (n * HQ + padded row) a task's first output row starts on, stride 1
+      auto row_at = [&](int task) -> int64_t {
+        if (task >= ntasks) return (int64_t)batch * HQ;
+        const int q = task / FG, n = q / NCH, c = q % NCH;
+        const int h = POOL ? c * RC : RA ? c * CH / WO : c * CH / WQ;
+        return (int64_t)n * HQ + (h < HQ ? h : HQ);
+      };
+      const int t = omp_get_thread_num();
+      const int64_t r0 = t == 0 ? 0 : row_at(t * kr);
+      const int64_t r1 = t == nthreads - 1 ? (int64_t)batch * HQ : row_at((t + 1) * kr);
+      for (int64_t r = r0; r < r1;) {
+        const int n = (int)(r / HQ), j0 = (int)(r % HQ);
+        const int j1 = r1 - r < HQ - j0 ? j0 + (int)(r1 - r) : HQ;
+        for (int c = 0; c < CIN; ++c) fill_rows(xin, x + n * XN, n, c, 0, j0, j1);
+        r += j1 - j0;
+      }
+#pragma omp barrier
+      // static with chunk kr: thread t takes exactly tasks [t * kr, t * kr + kr) (OpenMP deals
+      // static chunks to the threads in order)
+      omp_set_schedule(omp_sched_static, kr);
+    } else if (batch >= nthreads || PLANES_INNER)  // (planes innermost: one run a thread anyway)
       omp_set_schedule(omp_sched_static, 0);
     else
       omp_set_schedule(omp_sched_dynamic, tchunk);
     float* xsample = per_sample ? sample_buffer() : nullptr;
     int filled = -1;  // the sample xsample holds (per_sample: static runs, samples in order)
 #pragma omp for schedule(runtime)
-    for (int task = 0; task < ntasks; ++task) {
+    for (int tp = 0; tp < ntasks * parts; ++tp) {
+      const int task = tp / parts, part = tp % parts;
       const int g = task % FG, q = task / FG, n = q / (ndg * NCH);
       if (per_sample && n != filled) {
         fill_sample(xin, xsample, n);
@@ -668,7 +730,8 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
       const int pbeg = POOL ? hb * WQ : c * CH;
       const int pend0 = POOL ? (he - 1) * WQ + WO : (c + 1) * CH;  // pool: no padding column
       const int pend = pend0 < PP ? pend0 : PP;
-      const int b0 = BG[g], b1 = BG[g + 1];
+      const int nbg = BG[g + 1] - BG[g];  // this part's blocks of the group
+      const int b0 = BG[g] + nbg * part / parts, b1 = BG[g] + nbg * (part + 1) / parts;
       for (int i = b0 * MR; i < b1 * MR; ++i) {  // once per task, not per (block, slice)
         const int f = FIL[i];
         bvall[i] = f >= 0 ? bias[f] : 0.f;
