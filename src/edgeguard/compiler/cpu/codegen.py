@@ -370,7 +370,7 @@ def generate_source(
     hc = ho // pool[1] * pool[1] if pool != (1, 1, 1) else None
     cases = [
         f"case {nvt * 8 + nx}: tile<FIRST, LAST, {nvt}, {nx}>"
-        "(pk, ridx, k0, k1, wb, bv, accbuf, op, rp, p0, pl, hb); break;"
+        "(pk, ridx, k0, k1, wb, bv, accbuf, op, rp, p0, pl, hb, wpf); break;"
         for nvt, nx in sorted(
             {tile_kind(r, nv, vl, nxm) for r in last_tiles(layout, t, ct, rc, hc, nxm)}
         )

@@ -128,32 +128,53 @@ constexpr bool POOL = PKD * PKH * PKW > 1;
 constexpr int DOP = DO / PKD, HOP = HO / PKH, WOP = WO / PKW;
 static_assert(BLN == 0 || BLN == WO, "a batch-last output's width is the batch");
 
+// Kept weights prefetched this many rows (4 KB) ahead in tile() where a call has fewer samples
+// than threads: its tiles then stream each block's weights (one sequential run, the next block's
+// after it) about once, from DRAM where the model's weights outgrow the caches (ResNet-18 at
+// batch 1 behind another model: its 8 x 8 layers 1.4x faster).  With more samples the weights are
+// read from L2 sample after sample, where the prefetches only cost issue slots.
+constexpr int WPF = 128;
+
 template <bool FIRST, bool LAST, int NVT, int NX>
 static inline void tile(const float* __restrict pk, const int32_t* __restrict ridx, int k0, int k1,
                         const float* __restrict wb, const float* bv, float* accbuf,
-                        float* const* op, const float* const* rp, int p0, int pl, int hb) {
+                        float* const* op, const float* const* rp, int p0, int pl, int hb,
+                        bool wpf) {
   // The accumulators are named variables (generated for MR x NV), not an array: GCC kept an
   // array in memory at every call's entry and exit.
   EG_ACC_INIT
+  // One kept row: its input prefetched PF rows ahead (the rows are a gather the hardware
+  // prefetcher cannot guess), the weights WPF rows ahead where WP (see WPF), the FMAs.  The loop
+  // is written twice, with and without WP, so that neither tests wpf row after row.
+#define EG_TILE_ROW(WP)                                                                  \
+  const float* xr = pk + ridx[k]; /* RIDX holds the row's offset from pk: no multiply */ \
+  if (PF > 0) {                                                                          \
+    const float* nx = pk + ridx[k + PF];                                                 \
+    if (RA) {                                                                            \
+      for (int v = 0; v < NV; ++v) { /* each vector, which may straddle two lines */    \
+        __builtin_prefetch(nx + VOFF[v]);                                                \
+        __builtin_prefetch(nx + VOFF[v] + VL - 1);                                       \
+      }                                                                                  \
+    } else {                                                                             \
+      for (int o = 0; o < T; o += 16) __builtin_prefetch(nx + o); /* every line */      \
+      __builtin_prefetch(nx + T + 1);                                                    \
+    }                                                                                    \
+  }                                                                                      \
+  const float* wk = wb + (int64_t)k * MR;                                                \
+  if (WP) __builtin_prefetch(wk + WPF * MR);                                             \
+  EG_ACC_FMA
+  if (wpf) {
 #pragma GCC unroll 2
-  for (int k = k0; k < k1; ++k) {
-    const float* xr = pk + ridx[k];  // RIDX holds the row's offset from pk: no multiply
-    if (PF > 0) {  // the rows are a gather: the hardware prefetcher cannot guess them
-      const float* nx = pk + ridx[k + PF];
-      if (RA) {
-        for (int v = 0; v < NV; ++v) {  // each vector, which may straddle two lines
-          __builtin_prefetch(nx + VOFF[v]);
-          __builtin_prefetch(nx + VOFF[v] + VL - 1);
-        }
-      } else {
-#pragma GCC unroll 8
-        for (int o = 0; o < T; o += 16) __builtin_prefetch(nx + o);  // every 64-byte line
-        __builtin_prefetch(nx + T + 1);
-      }
+    for (int k = k0; k < k1; ++k) {
+      EG_TILE_ROW(true)
     }
-    const float* wk = wb + (int64_t)k * MR;
-    EG_ACC_FMA
+  } else {
+#pragma GCC unroll 2
+    for (int k = k0; k < k1; ++k) {
+      EG_TILE_ROW(false)
+    }
   }
+#undef EG_TILE_ROW
   if constexpr (!LAST) {
     EG_ACC_SAVE
     return;
@@ -255,16 +276,17 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
 template <bool FIRST, bool LAST>
 static inline int run_tile(const float* __restrict pk, const int32_t* __restrict ridx, int k0,
                            int k1, const float* __restrict wb, const float* bv, float* accbuf,
-                           float* const* op, const float* const* rp, int p0, int pl, int hb) {
+                           float* const* op, const float* const* rp, int p0, int pl, int hb,
+                           bool wpf) {
   const int rem = pl - p0;
   if (RA || rem > T + NXM) {  // (RA: whole tiles, their stores clipped at pl)
-    tile<FIRST, LAST, NV, 0>(pk, ridx, k0, k1, wb, bv, accbuf, op, rp, p0, pl, hb);
+    tile<FIRST, LAST, NV, 0>(pk, ridx, k0, k1, wb, bv, accbuf, op, rp, p0, pl, hb, wpf);
     return T;
   }
   switch (TILE_KIND[rem]) {
     EG_TILE_CASES
     default:  // (not generated: a whole tile, stores clipped at pl; the loop goes on past it)
-      tile<FIRST, LAST, NV, 0>(pk, ridx, k0, k1, wb, bv, accbuf, op, rp, p0, pl, hb);
+      tile<FIRST, LAST, NV, 0>(pk, ridx, k0, k1, wb, bv, accbuf, op, rp, p0, pl, hb, wpf);
       return T;
   }
   return rem;
@@ -274,9 +296,10 @@ static inline int run_tile(const float* __restrict pk, const int32_t* __restrict
 // plane, each an accumulator of the block's MR filters (one vector); per kept row, one load of
 // the MR weights and a broadcast input value per position.  Every lane is a real output, where a
 // position-vectorised tile of a 4 x 4 plane fills half of its lanes.  FV kernels have one slice.
-// FV tiles stream each block's kept weights once a plane, at batch 1 from L3 (ResNet-18's layer4:
-// 3 MB a conv): prefetched this many rows ahead (past the block's last row: a harmless hint).
-constexpr int FV_WPF = 32;
+// FV tiles stream each block's kept weights once a plane, at batch 1 from L3 or DRAM (ResNet-18's
+// layer4: 3 MB a conv): prefetched this many rows (4 KB) ahead; past the block's last row the
+// hint fetches the next block's (weights are stored block after block).
+constexpr int FV_WPF = 128;
 
 template <int P0, int NPT>
 static inline void fv_tile(const float* __restrict xb, const int32_t* __restrict ridx, int k0,
@@ -632,6 +655,7 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
   const int dgp = DU / ndg * PKD;
   const bool per_sample = xin != nullptr && fills_per_sample(batch, nthreads);
   const bool rowfill = xin != nullptr && row_fills(batch, nthreads);
+  const bool wpf = batch < nthreads;  // see WPF
 #pragma omp parallel num_threads(nthreads)
   {
     float* pk = PACK ? scratch_alloc((size_t)KC * T) : nullptr;
@@ -774,13 +798,17 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
               const float* const* rp = rpall + (size_t)dd * NB * MR + b * MR;
               float* ab = accbuf + ((size_t)t * NBG + b - b0) * TS;
               if (NS == 1)
-                step = run_tile<true, true>(base, RIDX, k0, k1, wb, bv, ab, op, rp, p0, pend, hb);
+                step = run_tile<true, true>(base, RIDX, k0, k1, wb, bv, ab, op, rp, p0, pend, hb,
+                                            wpf);
               else if (s == 0)
-                step = run_tile<true, false>(base, RIDX, k0, k1, wb, bv, ab, op, rp, p0, pend, hb);
+                step = run_tile<true, false>(base, RIDX, k0, k1, wb, bv, ab, op, rp, p0, pend, hb,
+                                             wpf);
               else if (s == NS - 1)
-                step = run_tile<false, true>(base, RIDX, k0, k1, wb, bv, ab, op, rp, p0, pend, hb);
+                step = run_tile<false, true>(base, RIDX, k0, k1, wb, bv, ab, op, rp, p0, pend, hb,
+                                             wpf);
               else
-                step = run_tile<false, false>(base, RIDX, k0, k1, wb, bv, ab, op, rp, p0, pend, hb);
+                step = run_tile<false, false>(base, RIDX, k0, k1, wb, bv, ab, op, rp, p0, pend, hb,
+                                              wpf);
             }
           }
       }
