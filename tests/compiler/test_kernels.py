@@ -509,3 +509,17 @@ def test_split_filter_blocks_give_the_same_result(threads, size, fg):
     assert (
         sc._cpu_kernel(x.expand(threads, -1, -1, -1, -1)).schedule(threads, threads)["parts"] == 1
     )
+
+
+@needs_cxx
+@pytest.mark.parametrize("threads", [2, 4])
+def test_split_filter_blocks_with_plane_groups_give_the_same_result(threads):
+    # whole-plane chunks of a 3-D layer at batch 1: a task takes a group of depth planes, and the
+    # few such tasks are split by filter blocks on top
+    conv = masked_conv(8, 64, 3, 1, 1, 1, "kgs", 0.6)
+    x = torch.randn(1, 8, 4, 5, 6)
+    sc = SparseConv(plan_conv(conv, mr=8), relu=True, mode="cpu", ct=99)
+    assert sc._cpu_kernel(x).schedule(1, threads)["parts"] > 1
+    y = _with_threads(threads, lambda: sc(x))
+    ref = F.relu(conv(x))
+    assert (y - ref).abs().max() <= 1e-4 * ref.abs().max()
