@@ -1,6 +1,10 @@
 """Plans and the generated CPU kernel against PyTorch's dense convolution."""
 
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -523,3 +527,29 @@ def test_split_filter_blocks_with_plane_groups_give_the_same_result(threads):
     y = _with_threads(threads, lambda: sc(x))
     ref = F.relu(conv(x))
     assert (y - ref).abs().max() <= 1e-4 * ref.abs().max()
+
+
+@needs_cxx
+def test_row_fills_fill_every_row_when_the_team_is_smaller_than_asked(tmp_path):
+    # OMP_THREAD_LIMIT=1 gives a 1-thread team to a kernel asked for 2 (as a caller's own
+    # parallel region would): the rows are dealt over the team it got, so none stays unfilled
+    script = tmp_path / "team.py"
+    script.write_text(
+        "import sys, torch, torch.nn.functional as F\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_kernels import masked_conv\n"
+        "from edgeguard.compiler import SparseConv, plan_conv\n"
+        "torch.set_num_threads(2)\n"
+        "conv = masked_conv(8, 16, (1, 3, 3), 1, (0, 1, 1), 1, 'kgs', 0.5)\n"
+        "x = torch.randn(1, 8, 1, 96, 32)\n"
+        "sc = SparseConv(plan_conv(conv, mr=8), relu=True, mode='cpu', ct=1)\n"
+        "assert sc._cpu_kernel(x).schedule(1, 2)['row_fills']\n"
+        "ref = F.relu(conv(x))\n"
+        "print(float((sc(x) - ref).abs().max() / ref.abs().max()))\n"
+    )
+    env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
+    res = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert float(res.stdout.strip().splitlines()[-1]) <= 1e-4

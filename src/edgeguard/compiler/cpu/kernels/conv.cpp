@@ -716,7 +716,10 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
     const int parts = block_parts(batch, nthreads);  // (1 with row fills: static runs)
     const int tchunk =
         PLANES_INNER ? (ntasks + nthreads - 1) / nthreads : task_run(ntasks * parts, nthreads);
-    const int kr = (ntasks + nthreads - 1) / nthreads;  // rowfill: tasks [t * kr, t * kr + kr)
+    // rowfill: thread t's tasks are [t * kr, t * kr + kr), dealt over the team this region got,
+    // which may be smaller than asked for (OMP_THREAD_LIMIT, a caller's own parallel region)
+    const int team = omp_get_num_threads();
+    const int kr = (ntasks + team - 1) / team;
     if (rowfill) {
       // the buffer row (n * HQ + padded row) a task's first output row starts on, stride 1
       auto row_at = [&](int task) -> int64_t {
@@ -727,7 +730,7 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
       };
       const int t = omp_get_thread_num();
       const int64_t r0 = t == 0 ? 0 : row_at(t * kr);
-      const int64_t r1 = t == nthreads - 1 ? (int64_t)batch * HQ : row_at((t + 1) * kr);
+      const int64_t r1 = t == team - 1 ? (int64_t)batch * HQ : row_at((t + 1) * kr);
       for (int64_t r = r0; r < r1;) {
         const int n = (int)(r / HQ), j0 = (int)(r % HQ);
         const int j1 = r1 - r < HQ - j0 ? j0 + (int)(r1 - r) : HQ;
