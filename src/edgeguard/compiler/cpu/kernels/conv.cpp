@@ -130,9 +130,9 @@ static_assert(BLN == 0 || BLN == WO, "a batch-last output's width is the batch")
 
 // Kept weights prefetched this many rows (4 KB) ahead in tile() where a call has fewer samples
 // than threads: its tiles then stream each block's weights (one sequential run, the next block's
-// after it) about once, from DRAM where the model's weights outgrow the caches (ResNet-18 at
-// batch 1 behind another model: its 8 x 8 layers 1.4x faster).  With more samples the weights are
-// read from L2 sample after sample, where the prefetches only cost issue slots.
+// after it) about once, from DRAM where the model's weights outgrow the caches.  With more
+// samples the weights are read from L2 sample after sample, where the prefetches only cost issue
+// slots.
 constexpr int WPF = 128;
 
 template <bool FIRST, bool LAST, int NVT, int NX>
