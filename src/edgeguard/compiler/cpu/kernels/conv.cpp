@@ -143,6 +143,14 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
   // The accumulators are named variables (generated for MR x NV), not an array: GCC kept an
   // array in memory at every call's entry and exit.
   EG_ACC_INIT
+  if constexpr (LAST && RES) {
+    // the residual lines this tile's stores read, fetched while its rows are computed: written
+    // two layers before, they are out of the caches by now at large batches
+    const int64_t o0 = RA || WIDE ? p0 : (int64_t)(p0 / WQ - hb) * WO + p0 % WQ;
+    for (int m = 0; m < MR; ++m)
+      if (rp[m])
+        for (int v = 0; v < NVT; ++v) __builtin_prefetch(rp[m] + o0 + v * VL);
+  }
   // One kept row: its input prefetched PF rows ahead (the rows are a gather the hardware
   // prefetcher cannot guess), the weights WPF rows ahead where WP (see WPF), the FMAs.  The loop
   // is written twice, with and without WP, so that neither tests wpf row after row.
