@@ -143,13 +143,19 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
   // The accumulators are named variables (generated for MR x NV), not an array: GCC kept an
   // array in memory at every call's entry and exit.
   EG_ACC_INIT
-  if constexpr (LAST && RES) {
-    // the residual lines this tile's stores read, fetched while its rows are computed: written
-    // two layers before, they are out of the caches by now at large batches
+  if constexpr (LAST && (RES || (!NT && BLN == 0))) {
+    // The lines this tile's stores read (a fused residual's, written two layers before) or
+    // write (the output's, a pool buffer last written a layer or more before), fetched while its
+    // rows are computed: out of the caches by then at large batches.  Not where the output is
+    // streamed (NT) or a batch-last kernel's intermediate, nor for a call with fewer samples
+    // than threads (wpf: its lines are in cache).
     const int64_t o0 = RA || WIDE ? p0 : (int64_t)(p0 / WQ - hb) * WO + p0 % WQ;
     for (int m = 0; m < MR; ++m)
-      if (rp[m])
-        for (int v = 0; v < NVT; ++v) __builtin_prefetch(rp[m] + o0 + v * VL);
+      if (RES ? rp[m] != nullptr : op[m] != nullptr && !wpf)
+        for (int v = 0; v < NVT; ++v) {
+          if constexpr (RES) __builtin_prefetch(rp[m] + o0 + v * VL);
+          else __builtin_prefetch(op[m] + o0 + v * VL, 1);
+        }
   }
   // One kept row: its input prefetched PF rows ahead (the rows are a gather the hardware
   // prefetcher cannot guess), the weights WPF rows ahead where WP (see WPF), the FMAs.  The loop
