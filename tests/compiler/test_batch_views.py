@@ -191,3 +191,20 @@ def test_per_sample_fills_equal_the_masked_model_call_after_call(batch):
         assert per_sample and all(c.buf_site.shape is None for c in per_sample)
     finally:
         torch.set_num_threads(threads)
+
+
+@needs_cxx
+@pytest.mark.parametrize("stride", [1, 2])
+def test_batch_last_kernels_take_whole_tasks_and_no_batch_1_prefetch_paths(stride):
+    # A batch-last kernel runs as one "sample" (the batch folded into its positions), fewer than
+    # the threads; its whole-plane tasks must not be split by filter blocks (each part would read
+    # the whole phase buffer again: ResNet-18's layer4.0.conv1 ran 1.4x slower so)
+    conv = masked_conv(16, 64, 3, stride, 1, 1, dims=2)
+    sc = SparseConv(plan_conv(conv, mr=8), two_d=True, mode="cpu", relu=True)
+    x = torch.randn(32, 16, 8, 8)
+    ref = F.relu(conv(x))
+    y = sc(x)
+    assert (y - ref).abs().max() <= 1e-4 * ref.abs().max()
+    (kernel,) = sc._kernels.values()
+    for threads in (2, 4):
+        assert kernel.schedule(1, threads) == {"per_sample": False, "row_fills": False, "parts": 1}

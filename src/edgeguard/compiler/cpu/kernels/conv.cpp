@@ -639,7 +639,9 @@ static inline bool row_fills(int batch, int nthreads) {
 // batch 1 have 2 chunks, of 48 and 23 positions): each task's filter blocks are split into parts,
 // about 8 tasks a thread in all, which the dynamic schedule balances.
 static inline int block_parts(int batch, int nthreads) {
-  if (FV || PLANES_INNER || batch >= nthreads || row_fills(batch, nthreads)) return 1;
+  // (not batch-last kernels: their batch is folded into the positions, and every part would
+  // read the whole, large phase buffer again)
+  if (FV || PLANES_INNER || BLN > 0 || batch >= nthreads || row_fills(batch, nthreads)) return 1;
   const int64_t ntasks = (int64_t)batch * plane_groups(batch, nthreads) * NCH * FG;
   if (ntasks >= 8 * nthreads) return 1;
   const int parts = (int)((8 * nthreads + ntasks - 1) / ntasks);
@@ -669,7 +671,7 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
   const int dgp = DU / ndg * PKD;
   const bool per_sample = xin != nullptr && fills_per_sample(batch, nthreads);
   const bool rowfill = xin != nullptr && row_fills(batch, nthreads);
-  const bool wpf = batch < nthreads;  // see WPF
+  const bool wpf = batch < nthreads && BLN == 0;  // see WPF
 #pragma omp parallel num_threads(nthreads)
   {
     float* pk = PACK ? scratch_alloc((size_t)KC * T) : nullptr;
