@@ -70,9 +70,6 @@ class CppKernel:
         self._fn = self._lib.edgeguard_conv
         self._fn.restype = None
         self._fn.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int, ctypes.c_int]
-        self._per_sample = self._lib.edgeguard_conv_per_sample
-        self._per_sample.restype = ctypes.c_int
-        self._per_sample.argtypes = [ctypes.c_int, ctypes.c_int]
         self._per_sample_at: dict[tuple[int, int], bool] = {}
         self._schedule = self._lib.edgeguard_conv_schedule
         self._schedule.restype = ctypes.c_int
@@ -85,7 +82,7 @@ class CppKernel:
         key = (batch, torch.get_num_threads())
         found = self._per_sample_at.get(key)
         if found is None:
-            found = self._per_sample_at[key] = bool(self._per_sample(*key))
+            found = self._per_sample_at[key] = bool(self._schedule(*key) & 1)
         return found
 
     def schedule(self, batch: int, threads: int) -> dict[str, int | bool]:

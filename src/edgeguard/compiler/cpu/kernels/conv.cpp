@@ -128,8 +128,8 @@ constexpr bool POOL = PKD * PKH * PKW > 1;
 constexpr int DOP = DO / PKD, HOP = HO / PKH, WOP = WO / PKW;
 static_assert(BLN == 0 || BLN == WO, "a batch-last output's width is the batch");
 
-// Kept weights prefetched this many rows (4 KB) ahead in tile() where a call has fewer samples
-// than threads: its tiles then stream each block's weights (one sequential run, the next block's
+// Kept weights prefetched this many rows (4 KB) ahead, in filter-vectorised tiles always and in
+// tile() where a call has fewer samples than threads: its tiles then stream each block's weights (one sequential run, the next block's
 // after it) about once, from DRAM where the model's weights outgrow the caches.  With more
 // samples the weights are read from L2 sample after sample, where the prefetches only cost issue
 // slots.
@@ -170,7 +170,8 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
         __builtin_prefetch(nx + VOFF[v] + VL - 1);                                       \
       }                                                                                  \
     } else {                                                                             \
-      for (int o = 0; o < T; o += 16) __builtin_prefetch(nx + o); /* every line */      \
+      _Pragma("GCC unroll 8") for (int o = 0; o < T; o += 16)                            \
+          __builtin_prefetch(nx + o); /* every line */                                   \
       __builtin_prefetch(nx + T + 1);                                                    \
     }                                                                                    \
   }                                                                                      \
@@ -311,10 +312,8 @@ static inline int run_tile(const float* __restrict pk, const int32_t* __restrict
 // the MR weights and a broadcast input value per position.  Every lane is a real output, where a
 // position-vectorised tile of a 4 x 4 plane fills half of its lanes.  FV kernels have one slice.
 // FV tiles stream each block's kept weights once a plane, at batch 1 from L3 or DRAM (ResNet-18's
-// layer4: 3 MB a conv): prefetched this many rows (4 KB) ahead; past the block's last row the
-// hint fetches the next block's (weights are stored block after block).
-constexpr int FV_WPF = 128;
-
+// layer4: 3 MB a conv): prefetched WPF rows ahead; past the block's last row the hint fetches
+// the next block's (weights are stored block after block).
 template <int P0, int NPT>
 static inline void fv_tile(const float* __restrict xb, const int32_t* __restrict ridx, int k0,
                            int k1, const float* __restrict wb, const float* bv,
@@ -325,7 +324,7 @@ static inline void fv_tile(const float* __restrict xb, const int32_t* __restrict
 #pragma GCC unroll 2
   for (int k = k0; k < k1; ++k) {
     const float* xr = xb + ridx[k];
-    __builtin_prefetch(wb + (int64_t)(k + FV_WPF) * MR);  // see FV_WPF
+    __builtin_prefetch(wb + (int64_t)(k + WPF) * MR);  // see WPF
     const vm wv = ldm(wb + (int64_t)k * MR);
 #pragma GCC unroll 32
     for (int i = 0; i < NPT; ++i) acc[i] += wv * xr[FV_POFF[P0 + i]];
@@ -364,7 +363,7 @@ static inline void fv_pair_tile(const float* __restrict xb, const int32_t* __res
 #pragma GCC unroll 2
   for (int k = k0; k < k1; ++k) {
     const float* xr = xb + ridx[k];
-    __builtin_prefetch(wb + (int64_t)(k + FV_WPF) * MR);  // see FV_WPF
+    __builtin_prefetch(wb + (int64_t)(k + WPF) * MR);  // see WPF
     const __m512 w2 =
         _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(_mm256_loadu_ps(wb + (int64_t)k * MR)));
 #pragma GCC unroll 16
@@ -596,7 +595,7 @@ static float* sample_buffer() {
 // own buffer (sample_buffer) just before that sample's tasks, instead of all samples into x
 // first: the buffer stays in the thread's L2 from sample to sample, where the whole batch's (9 MB
 // for ResNet-18's layer1 at batch 32) went to memory between its fill and its tiles.  The kernel
-// then never touches x; the caller asks (edgeguard_conv_per_sample) and passes no batch buffer.
+// then never touches x; the caller asks (edgeguard_conv_schedule) and passes no batch buffer.
 static inline bool fills_per_sample(int batch, int nthreads) {
   return BLN == 0 && !FV && !PLANES_INNER && batch >= nthreads && XN * 4 <= (1 << 20);
 }
@@ -648,12 +647,9 @@ static inline int block_parts(int batch, int nthreads) {
   return parts < NBG ? parts : NBG;
 }
 
-extern "C" int edgeguard_conv_per_sample(int batch, int nthreads) {
-  return fills_per_sample(batch, nthreads) ? 1 : 0;
-}
-
-// How a call of this batch on nthreads threads is scheduled (for tests): 1 per-sample fills,
-// 2 row fills, plus 4 * the block parts of each task.
+// How a call of this batch on nthreads threads is scheduled (the caller passes no batch buffer
+// to per-sample fills; tests read the rest): 1 per-sample fills, 2 row fills, plus 4 * the block
+// parts of each task.
 extern "C" int edgeguard_conv_schedule(int batch, int nthreads) {
   return (fills_per_sample(batch, nthreads) ? 1 : 0) + (row_fills(batch, nthreads) ? 2 : 0) +
          4 * block_parts(batch, nthreads);
