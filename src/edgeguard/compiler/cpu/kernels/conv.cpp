@@ -864,6 +864,20 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
         const int64_t q0 = t % NQB * QB;
         const int nq = Q - q0 < QB ? (int)(Q - q0) : QB;
         const int n0 = (int)(t / NQB) * SB, n1 = n0 + SB < BLN ? n0 + SB : BLN;
+#if EG_MASKED_STORES
+        if (nq == 16 && n1 - n0 == 16) {  // 16 rows x 16 samples transposed in registers
+          __m512 r[16];
+          for (int q = 0; q < 16; ++q) r[q] = _mm512_loadu_ps(out + (q0 + q) * BLN + n0);
+          transpose16(r);
+          for (int j = 0; j < 16; ++j) {
+            vf v;
+            std::memcpy(&v, &r[j], sizeof v);
+            if (BLRES) v += ld(tres + (n0 + j) * Q + q0);
+            st(tout + (n0 + j) * Q + q0, BLRELU ? lrelu(v) : v);
+          }
+          continue;
+        }
+#endif
         for (int n = n0; n < n1; ++n) {
           float* to = tout + n * Q + q0;
           const float* src = out + q0 * BLN + n;
