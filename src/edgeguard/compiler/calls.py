@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -15,6 +16,16 @@ try:  # the two flags torch.onnx.is_in_onnx_export reads, looked up once: it imp
     from torch.onnx._internal.torchscript_exporter._globals import GLOBALS as _TS_GLOBALS
 except ImportError:  # another PyTorch layout: the public function
     _dynamo_flags = _TS_GLOBALS = None
+
+
+class _State(threading.local):
+    """Per thread: the recorder of the compiled forward's segment being recorded
+    (``replay.Recorder``), to which the kernels report their native calls; else ``None``."""
+
+    recorder = None
+
+
+STATE = _State()
 
 _CURRENT: contextvars.ContextVar[object | None] = contextvars.ContextVar(
     "edgeguard_compiled_call", default=None

@@ -10,6 +10,7 @@ import math
 import torch
 from torch import nn
 
+from . import calls
 from .calls import exporting, first_use
 
 
@@ -51,7 +52,7 @@ class GeneratedKernelModule(nn.Module):
         fn = getattr(load_library(lib), self.symbol)
         fn.restype = None
         fn.argtypes = list(self.argtypes)
-        self._kernels[tuple(shape)] = fn
+        self._kernels[tuple(shape)] = NativeCall(fn)
 
     def standard_path(self, x: torch.Tensor) -> bool:
         """Whether a call on ``x`` runs PyTorch's ops instead of the kernel: the compiler is still
@@ -87,6 +88,22 @@ class GeneratedKernelModule(nn.Module):
             if self.reuse_buffers and shape not in self._out:
                 self._out = {shape: out}
         return out
+
+
+class NativeCall:
+    """A generated module's loaded kernel: calls it, reporting the call to a replay recorder
+    (:mod:`edgeguard.compiler.replay`) while one records."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+    def __call__(self, *args) -> None:
+        rec = calls.STATE.recorder
+        if rec is not None:
+            rec.kernel(self.fn, args, (self,))
+        self.fn(*args)
 
 
 VOID_P = ctypes.c_void_p
@@ -167,6 +184,15 @@ class BufferPool:
         if site is not None:
             site.entry, site.shape, site.n, site.need, site.strides = best, shape, n, need, strides
         return flat.as_strided(shape, strides)  # one op, where slicing then viewing is two
+
+    def owns(self, cdata: int) -> bool:
+        """Whether the storage ``cdata`` (``untyped_storage()._cdata``) is one of this pool's."""
+        return any(e[1] == cdata for e in self._outputs)
+
+    def views(self, cdatas: set[int]) -> list[torch.Tensor]:
+        """A new view of each of this pool's buffers whose storage is in ``cdatas``: holding
+        it keeps the buffer busy (never lent out again) and alive."""
+        return [e[0].view(-1) for e in self._outputs if e[1] in cdatas]
 
 
 class PoolSite:

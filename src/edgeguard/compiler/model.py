@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 
-from .calls import compiled_call
+from .calls import compiled_call, exporting
 from .errors import CompileError
 from .generated import BufferPool
 from .sparse_conv import SparseConv
@@ -60,11 +60,19 @@ class CompiledModel(nn.Module):
         self._lock = threading.Lock()
         # shared buffers where this PyTorch can tell when a buffer is free (else one per layer)
         scratch = BufferPool() if BufferPool.available() else None
+        # later forwards of a shape repeat the recorded kernel calls (replay.py)
         for m in graph_module.modules():
             if hasattr(m, "reuse_buffers"):
                 m.reuse_buffers = True
             if hasattr(m, "scratch"):
                 m.scratch = scratch
+        # later forwards of a shape repeat its recorded kernel calls (replay.py)
+        self._replayer = None
+        if backend == "cpu" and isinstance(graph_module, fx.GraphModule):
+            from .replay import Replayer
+
+            self._replayer = Replayer(graph_module, scratch)
+        self._warm: set[tuple] = set()  # shapes run once on the Python path (replay: next)
 
     def forward(self, *args, **kwargs):
         tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
@@ -81,7 +89,7 @@ class CompiledModel(nn.Module):
         # copied out (a conv output returned as is would be overwritten by the next call).
         with self._lock, torch.no_grad(), compiled_call():
             try:
-                out = self.module(*args, **kwargs)
+                out = self._run(args, kwargs, tensors)
             except CompileError as err:
                 shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
                 compiled_for = (
@@ -91,6 +99,31 @@ class CompiledModel(nn.Module):
                     f"input {shapes} does not fit this model ({compiled_for}): {err}"
                 ) from None
             return _copied(out)
+
+    def _run(self, args: tuple, kwargs: dict, tensors: list[torch.Tensor]):
+        """The graph on ``args``: through the replayer once the shape ran before (its first
+        forward allocates the buffers the recorded calls then reuse), else as Python."""
+        rep = self._replayer
+        if (
+            rep is None
+            or kwargs
+            or len(tensors) != len(args)
+            or exporting()
+            or torch._C._autograd._profiler_enabled()  # profiled: the labelled layers
+            or any(t.device.type != "cpu" for t in tensors)
+        ):
+            return self.module(*args, **kwargs)
+        key = (tuple(tuple(t.shape) for t in tensors), torch.get_num_threads())
+        if key not in self._warm:
+            self._warm.add(key)
+            return self.module(*args)
+        return rep(args)
+
+    def _apply(self, fn, *args, **kwargs):
+        if self._replayer is not None:  # recorded pointers name the old tensors
+            self._replayer.clear()
+            self._warm.clear()
+        return super()._apply(fn, *args, **kwargs)
 
     def build_for(self, shape: tuple[int, ...], fuse: bool = False) -> None:
         """Generate and build every kernel for inputs of ``shape`` now (in one parallel build);
@@ -103,6 +136,8 @@ class CompiledModel(nn.Module):
         from .build import build_kernels
 
         t0 = time.perf_counter()
+        if self._replayer is not None:  # fusing may change the graph
+            self._replayer.clear()
         n = build_kernels(self, tuple(shape), fuse=fuse)
         log.info(
             "kernels for input %s: %d layers in %.1f s", tuple(shape), n, time.perf_counter() - t0

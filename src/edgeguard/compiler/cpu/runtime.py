@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from .. import calls
 from ..errors import CompileError
 
 KEY_SYMBOL = "edgeguard_kernel_key"
@@ -110,8 +111,7 @@ class CppKernel:
         residual adds before its ReLU (required there, ignored elsewhere).  A batch-last kernel
         writes ``out`` ``[1, M, H, W, N]`` and then its transpose into ``tout`` ``[N, M, 1, H, W]``,
         adding ``tres`` (that shape) where it was generated with one."""
-        threads = torch.get_num_threads()
-        self._fn(
+        args = (
             xin.data_ptr() if xin is not None else None,
             x.data_ptr(),
             self.panel.data_ptr(),
@@ -121,5 +121,9 @@ class CppKernel:
             tout.data_ptr() if tout is not None else None,
             tres.data_ptr() if tres is not None else None,
             batch,
-            threads,
+            torch.get_num_threads(),
         )
+        rec = calls.STATE.recorder
+        if rec is not None:
+            rec.kernel(self._fn, args, (self,))
+        self._fn(*args)

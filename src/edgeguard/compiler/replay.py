@@ -1,0 +1,311 @@
+"""Replaying a compiled forward's kernel calls without the Python around them.
+
+At batch 1 a CIFAR ResNet-18's twenty kernels run 50-160 us each, and the Python between two of
+them (module calls, buffer choice, pointer arguments) ran 50-60 us: the kernels had just evicted
+the interpreter's own data from the caches.  So the first forward of an input shape (and thread
+count) runs as usual while recording, for each run of consecutive kernel layers (a *segment*),
+the native calls it makes and the buffer zeroing between them; later forwards of that shape copy
+the segment's inputs into the buffers it read when recorded and repeat the calls from one short
+loop.
+
+A segment is recorded only where its Python did nothing else: every PyTorch function it called
+(seen through a :class:`~torch.overrides.TorchFunctionMode`) is a read of a tensor's metadata,
+a view of an existing buffer, or the zeroing of a contiguous range; anything else (a copy, an
+indexed write, arithmetic) leaves that segment on the Python path for that shape.  The recorded
+buffers are held by the plan, so the compiled model's buffer pool never lends them elsewhere.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx, nn
+from torch.fx.node import map_arg
+from torch.overrides import TorchFunctionMode
+
+from . import calls
+from .generated import BufferPool, GeneratedKernelModule, kernel_output
+from .sparse_conv import SparseConv
+
+PLANS_KEPT = 4  # input shapes whose plan (and buffers) a compiled model keeps
+
+# PyTorch functions that only read metadata or return a view of their input's memory
+_READS = frozenset(
+    {
+        "__get__",
+        "data_ptr",
+        "dim",
+        "numel",
+        "size",
+        "stride",
+        "storage_offset",
+        "is_contiguous",
+        "untyped_storage",
+        "element_size",
+        "is_floating_point",
+        "__len__",
+        "nbytes",
+        "_set_grad_enabled",  # torch.no_grad() inside a layer: no data touched
+    }
+)
+_ALLOCS = frozenset({"empty", "empty_strided"})  # fresh memory (what it holds is never read)
+_VIEWS = frozenset(
+    {"__getitem__", "as_strided", "view", "expand", "unsqueeze", "squeeze", "contiguous"}
+)
+
+
+class Recorder(TorchFunctionMode):
+    """The native calls and zeroings of one segment, in order; ``refused`` names the first
+    PyTorch function that a replay could not repeat (``None``: the segment replays)."""
+
+    def __init__(self, pool: BufferPool | None = None) -> None:
+        super().__init__()
+        self.ops: list[tuple] = []
+        self.held: list[object] = []  # what the recorded pointers point into, kept alive
+        self.refused: str | None = None
+        # the pool's buffers the segment used: held only once it is recorded (held now, they
+        # would look busy to the pool, and the segment would take more buffers than it does)
+        self.pool = pool
+        self.pooled: set[int] = set()
+
+    def hold(self, t: torch.Tensor) -> None:
+        """Keep the memory of ``t`` (whose pointer a call was given) for the plan."""
+        cdata = t.untyped_storage()._cdata
+        if self.pool is not None and self.pool.owns(cdata):
+            self.pooled.add(cdata)
+        else:
+            self.held.append(t)
+
+    def kernel(self, fn: Callable, args: tuple, held: tuple = ()) -> None:
+        """A native call ``fn(*args)`` (pointers as integers); ``held``: its tensors/kernel."""
+        self.ops.append((fn, args))
+        self.held.extend(held)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if self.refused is not None:
+            return out
+        name = getattr(func, "__name__", repr(func))
+        first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        if name == "data_ptr" and first is not None:  # a pointer a kernel call may be given
+            self.hold(first)
+            return out
+        if name in _READS or name in _ALLOCS:
+            return out
+        if name in _VIEWS and _view_of(out, first) and (name != "contiguous" or out is first):
+            return out
+        if name == "zero_" and first is not None and first.is_contiguous():
+            self.ops.append((_ZERO, (first.data_ptr(), first.numel() * first.element_size())))
+            self.hold(first)
+            return out
+        self.refused = name
+        return out
+
+
+def _view_of(out: object, t: torch.Tensor | None) -> bool:
+    """Whether ``out`` is a tensor in ``t``'s memory (a view, not a copy)."""
+    return (
+        t is not None
+        and isinstance(out, torch.Tensor)
+        and out.untyped_storage().data_ptr() == t.untyped_storage().data_ptr()
+    )
+
+
+_ZERO = object()  # an op that zeroes (pointer, bytes)
+_memset = ctypes.memset
+
+
+@dataclass
+class Segment:
+    """Consecutive kernel layers of the graph: their nodes, the values they read from outside
+    (``inputs``) and the values of theirs read after them (``outputs``)."""
+
+    nodes: list[fx.Node]
+    inputs: list[fx.Node] = field(default_factory=list)
+    outputs: list[fx.Node] = field(default_factory=list)
+
+
+@dataclass
+class SegmentPlan:
+    """A recorded segment: the buffers its inputs are copied into, its calls, its outputs."""
+
+    staged: list[torch.Tensor]
+    ops: list[tuple]
+    outputs: list[object]
+    held: list[object]
+
+    def run(self, inputs: list[torch.Tensor]) -> list[object]:
+        for buf, x in zip(self.staged, inputs, strict=True):
+            buf.copy_(x)
+        for fn, args in self.ops:
+            if fn is _ZERO:
+                _memset(args[0], 0, args[1])
+            else:
+                fn(*args)
+        return self.outputs
+
+
+def kernel_module(m: nn.Module) -> bool:
+    """Whether ``m``'s CPU forward is a generated kernel with Python around it."""
+    return isinstance(m, SparseConv | GeneratedKernelModule)
+
+
+def segments(gm: fx.GraphModule) -> list[Segment]:
+    """Runs of two or more consecutive ``call_module`` nodes of kernel modules, with their
+    outside inputs and the values read after them."""
+    runs: list[list[fx.Node]] = [[]]
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and kernel_module(gm.get_submodule(node.target)):
+            runs[-1].append(node)
+        elif runs[-1]:
+            runs.append([])
+    found = []
+    for nodes in runs:
+        if len(nodes) < 2:
+            continue
+        inside = set(nodes)
+        seg = Segment(nodes)
+        for node in nodes:
+            for arg in node.all_input_nodes:
+                if arg not in inside and arg not in seg.inputs:
+                    seg.inputs.append(arg)
+            if any(user not in inside for user in node.users):
+                seg.outputs.append(node)
+        found.append(seg)
+    return found
+
+
+def last_uses(nodes) -> dict[fx.Node, list[fx.Node]]:
+    """For each node, the values it is the last reader of."""
+    last: dict[fx.Node, fx.Node] = {}
+    for node in nodes:
+        for arg in node.all_input_nodes:
+            last[arg] = node
+    frees: dict[fx.Node, list[fx.Node]] = {}
+    for arg, node in last.items():
+        frees.setdefault(node, []).append(arg)
+    return frees
+
+
+class Replayer:
+    """Runs a compiled :class:`~torch.fx.GraphModule` node by node, its segments from plans
+    recorded per input shape and thread count (see the module's docstring)."""
+
+    def __init__(self, gm: fx.GraphModule, pool: BufferPool | None = None) -> None:
+        self.gm = gm
+        self.pool = pool
+        self.segments: dict[fx.Node, Segment] | None = None  # found when first recording
+        self.frees: dict[fx.Node, list[fx.Node]] = {}
+        self.plans: dict[tuple, dict[fx.Node, SegmentPlan | None]] = {}
+
+    def clear(self) -> None:
+        """Forget every plan (the graph or the tensors the plans point into changed)."""
+        self.plans.clear()
+        self.segments = None
+
+    def __call__(self, args: tuple) -> object:
+        """The graph's output for the positional tensors ``args`` (float32, CPU)."""
+        key = (tuple((tuple(a.shape), a.dtype) for a in args), torch.get_num_threads())
+        plans = self.plans.get(key)
+        record = plans is None
+        if record:
+            plans = {}
+            if self.segments is None:
+                self.segments = {seg.nodes[0]: seg for seg in segments(self.gm)}
+                self.frees = last_uses(self.gm.graph.nodes)
+        env: dict[fx.Node, object] = {}
+        it = iter(args)
+        skip: set[fx.Node] = set()
+        for node in self.gm.graph.nodes:
+            if node in skip:
+                continue
+            seg = self.segments.get(node)
+            if seg is not None:
+                inputs = [env[n] for n in seg.inputs]
+                plan = self._record(seg, inputs, env) if record else plans[node]
+                if record:
+                    plans[node] = plan
+                elif plan is not None:
+                    for n, v in zip(seg.outputs, plan.run(inputs), strict=True):
+                        env[n] = v
+                else:
+                    for n in seg.nodes:
+                        env[n] = self._run(n, env)
+                        self._free(n, env)
+                for n in seg.nodes:
+                    self._free(n, env)
+                skip.update(seg.nodes)
+                continue
+            if node.op == "placeholder":
+                env[node] = next(it)
+            elif node.op == "output":
+                out = map_arg(node.args[0], env.__getitem__)
+                break
+            else:
+                env[node] = self._run(node, env)
+                self._free(node, env)
+        if record:
+            if len(self.plans) >= PLANS_KEPT:
+                self.plans.pop(next(iter(self.plans)))
+            self.plans[key] = plans
+        return out
+
+    def _free(self, node: fx.Node, env: dict, keep: object = ()) -> None:
+        """Drop the values whose last reader is ``node`` (as fx's generated code does): a buffer
+        nothing references goes back to the pool for the next layer."""
+        for arg in self.frees.get(node, ()):
+            if arg not in keep:
+                env.pop(arg, None)
+
+    def _run(self, node: fx.Node, env: dict) -> object:
+        args = map_arg(node.args, env.__getitem__)
+        kwargs = map_arg(node.kwargs, env.__getitem__)
+        if node.op == "call_module":
+            return self.gm.get_submodule(node.target)(*args, **kwargs)
+        if node.op == "call_function":
+            return node.target(*args, **kwargs)
+        if node.op == "call_method":
+            return getattr(args[0], node.target)(*args[1:], **kwargs)
+        if node.op == "get_attr":
+            return functools.reduce(getattr, node.target.split("."), self.gm)
+        raise NotImplementedError(node.op)
+
+    def _record(self, seg: Segment, inputs: list, env: dict) -> SegmentPlan | None:
+        """Run ``seg`` (its values into ``env``) and return its plan, or ``None`` where it cannot
+        be replayed (its inputs are not plain float32 tensors, or its Python did other work)."""
+        plain = all(
+            isinstance(x, torch.Tensor)
+            and x.dtype == torch.float32
+            and x.device.type == "cpu"
+            and x.is_contiguous()
+            and not hasattr(x, "_eg_padded_for")
+            for x in inputs
+        )
+        if not plain:
+            for n in seg.nodes:
+                env[n] = self._run(n, env)
+                self._free(n, env)
+            return None
+        staged = [kernel_output(tuple(x.shape)).copy_(x) for x in inputs]
+        local = dict(zip(seg.inputs, staged, strict=True))
+        outputs = set(seg.outputs)
+        rec = Recorder(self.pool)
+        calls.STATE.recorder = rec
+        try:
+            with rec:
+                for n in seg.nodes:
+                    local[n] = self._run(n, local)
+                    self._free(n, local, outputs)
+        finally:
+            calls.STATE.recorder = None
+        for n in seg.outputs:
+            env[n] = local[n]
+        if rec.refused is not None:
+            return None
+        outputs = [local[n] for n in seg.outputs]
+        pooled = self.pool.views(rec.pooled) if self.pool is not None else []
+        return SegmentPlan(staged, rec.ops, outputs, [*rec.held, *pooled, *outputs])

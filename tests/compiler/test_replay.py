@@ -1,0 +1,124 @@
+"""Replayed forwards (compiler/replay.py): from the third call of a shape the kernel layers'
+native calls are repeated without their Python, with the results of the Python path."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+from edgeguard.compiler import compile_model
+from edgeguard.compiler.replay import Recorder, segments
+from edgeguard.compiler.sparse_conv import SparseConv
+from edgeguard.sparsity import get_scheme
+
+needs_cxx = pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler (g++) here")
+
+
+class Net(nn.Module):
+    """Convs with a residual and a strided step, then a pooled linear head (not kernels)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 16, 3, padding=1)
+        self.b = nn.Conv2d(16, 16, 3, padding=1)
+        self.c = nn.Conv2d(16, 32, 3, stride=2, padding=1)
+        self.fc = nn.Linear(32, 5)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        y = torch.relu(self.b(y) + y)
+        y = torch.relu(self.c(y))
+        return self.fc(y.mean((2, 3)))
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    model = Net().eval()
+    with torch.no_grad():
+        for m in (model.a, model.b, model.c):
+            m.weight *= get_scheme("kgs").mask(m.weight, 0.6)
+    return model
+
+
+def test_the_recorder_keeps_views_and_zeroing_and_refuses_other_writes():
+    t = torch.ones(16)
+    with Recorder() as rec:
+        v = t.view(4, 4)[1]  # views of t's memory
+        t[4:8].zero_()
+        assert rec.refused is None
+        assert rec.ops[0][1] == (t.data_ptr() + 16, 16)  # the zeroed range: bytes 16-31
+        v.add_(1.0)
+    assert rec.refused == "add_"
+    index = torch.tensor([0, 2])
+    with Recorder() as rec:
+        t[index]  # an indexed read copies
+    assert rec.refused == "__getitem__"
+    wide = t.view(2, 8)[:, :4]
+    with Recorder() as rec:
+        wide.contiguous()  # a copy, not the tensor itself
+    assert rec.refused == "contiguous"
+
+
+@needs_cxx
+def test_later_calls_replay_the_kernels_without_the_layers_python(monkeypatch):
+    model = _model()
+    comp = compile_model(model, "cpu", input_shape=(2, 3, 12, 12))
+    xs = [torch.randn(2, 3, 12, 12) for _ in range(4)]
+    with torch.no_grad():
+        first = comp(xs[0])  # the Python path
+        comp(xs[1])  # recorded
+        plans = next(iter(comp._replayer.plans.values()))
+        assert plans and all(p is not None for p in plans.values())
+
+        def no_python(*args, **kwargs):
+            raise AssertionError("a replayed layer ran its Python")
+
+        monkeypatch.setattr(SparseConv, "forward", no_python)
+        for x in (xs[2], xs[0], xs[3]):
+            got = comp(x)
+            want = model(x)
+            assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+        # the same kernels on the same input: bit for bit what the Python path gave
+        assert torch.equal(comp(xs[0]), first)
+
+
+@needs_cxx
+def test_each_thread_count_records_its_own_plan():
+    model = _model()
+    comp = compile_model(model, "cpu", input_shape=(1, 3, 12, 12))
+    x = torch.randn(1, 3, 12, 12)
+    threads = torch.get_num_threads()
+    try:
+        with torch.no_grad():
+            want = model(x)
+            for n in (1, 2):
+                torch.set_num_threads(n)
+                for _ in range(3):
+                    assert (comp(x) - want).abs().max() <= 1e-4 * want.abs().max()
+    finally:
+        torch.set_num_threads(threads)
+    assert sorted(key[1] for key in comp._replayer.plans) == [1, 2]
+
+
+@needs_cxx
+def test_moving_the_model_forgets_its_plans():
+    comp = compile_model(_model(), "cpu", input_shape=(1, 3, 12, 12))
+    x = torch.randn(1, 3, 12, 12)
+    with torch.no_grad():
+        for _ in range(3):
+            comp(x)
+    assert comp._replayer.plans
+    comp.float()
+    assert not comp._replayer.plans
+
+
+@needs_cxx
+def test_segments_are_runs_of_kernel_layers_with_their_inputs_and_outputs():
+    comp = compile_model(_model(), "cpu")  # ReLUs and the residual sum fused into the convs
+    (seg,) = segments(comp.module)
+    assert [n.target for n in seg.nodes] == ["a", "b", "c"]
+    assert [n.op for n in seg.inputs] == ["placeholder"]
+    assert [n.target for n in seg.outputs] == ["c"]
