@@ -7,6 +7,7 @@ from torch import fx, nn
 
 from .depthwise import DepthwiseConvCpu
 from .generated import kernel_output
+from .head import PooledLinearCpu
 from .model import CompiledModel
 from .passes.graph import module_of
 from .passes.pool_fusion import fuse_pools
@@ -25,7 +26,7 @@ def build_kernels(compiled: CompiledModel, input_shape: tuple[int, ...], fuse: b
         m
         for m in compiled.module.modules()
         if (isinstance(m, SparseConv) and m.mode == "cpu" and m.plan.block_rows)
-        or isinstance(m, MaxPoolCpu | DepthwiseConvCpu | PointwiseDepthwiseCpu)
+        or isinstance(m, MaxPoolCpu | DepthwiseConvCpu | PointwiseDepthwiseCpu | PooledLinearCpu)
     ]
     if not layers:
         return 0

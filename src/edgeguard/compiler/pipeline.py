@@ -26,6 +26,7 @@ from .passes import (
     shrink,
 )
 from .passes.graph import materialise_mask, set_module
+from .passes.head_fusion import fuse_heads
 from .passes.inplace import compute_into_kernel_outputs, residuals_into_outputs
 from .passes.lowering import LINEAR_MIN_WEIGHTS, lower, lower_conv
 from .passes.pad_fold import fold_pads
@@ -141,6 +142,8 @@ def compile_model(
     shrunk = shrink(gm) if shrink_channels else {}
     fused = fuse_pointwise_depthwise(gm, orig_numel) if be.native_depthwise else []
     decisions = lower(gm, be, max_density, mrs, linear_mr, nv, shrunk, orig_density, orig_numel)
+    if be.native_pools:  # the CPU backend's generated kernels
+        fuse_heads(gm, decisions)
     rank = {n: i for i, n in enumerate(orig_density)}
     decisions = sorted([*decisions, *fused], key=lambda d: rank.get(d.name, len(rank)))
     if be.fuses_residual:
