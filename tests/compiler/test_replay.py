@@ -122,3 +122,76 @@ def test_segments_are_runs_of_kernel_layers_with_their_inputs_and_outputs():
     assert [n.target for n in seg.nodes] == ["a", "b", "c"]
     assert [n.op for n in seg.inputs] == ["placeholder"]
     assert [n.target for n in seg.outputs] == ["c"]
+
+
+class Classifier(nn.Module):
+    """Kernel layers from input to logits: convs, a max pool, the pooled linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 16, 3, padding=1)
+        self.b = nn.Conv2d(16, 16, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.c = nn.Conv2d(16, 32, 3, padding=1)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(32, 7)
+
+    def forward(self, x):
+        y = self.pool(torch.relu(self.b(torch.relu(self.a(x)))))
+        return self.fc(self.gap(torch.relu(self.c(y))).flatten(1))
+
+
+def _classifier() -> nn.Module:
+    torch.manual_seed(1)
+    model = Classifier().eval()
+    with torch.no_grad():
+        for m in (model.a, model.b, model.c):
+            m.weight *= get_scheme("kgs").mask(m.weight, 0.6)
+    return model
+
+
+@needs_cxx
+def test_a_graph_that_is_one_run_replays_as_one_native_call(monkeypatch):
+    from edgeguard.compiler import replay
+
+    model = _classifier()
+    comp = compile_model(model, "cpu", input_shape=(2, 3, 16, 16))
+    xs = [torch.randn(2, 3, 16, 16) for _ in range(3)]
+    with torch.no_grad():
+        first = comp(xs[0])
+        comp(xs[1])
+        assert list(comp._replayer.chains) == [
+            (torch.Size((2, 3, 16, 16)), torch.get_num_threads())
+        ]
+
+        def no_python(*args, **kwargs):
+            raise AssertionError("the chained forward ran Python between its kernels")
+
+        monkeypatch.setattr(replay.Replayer, "__call__", no_python)
+        monkeypatch.setattr(replay.SegmentPlan, "run", no_python)
+        outs = [comp(x) for x in (*xs, xs[0])]
+    for x, got in zip(xs, outs, strict=False):
+        want = model(x)
+        assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+    assert torch.equal(outs[-1], first)  # bit for bit the Python path's result
+    assert len({t.data_ptr() for t in outs}) == len(outs)  # a new tensor every call
+
+
+@needs_cxx
+def test_the_chained_forward_leaves_other_inputs_to_the_general_path():
+    model = _classifier()
+    comp = compile_model(model, "cpu", input_shape=(1, 3, 16, 16))
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        for _ in range(2):
+            comp(x)
+        assert comp._replayer.chains
+        bad = x.clone()
+        bad[0, 1, 3, 4] = float("inf")
+        want = model(bad)  # NaN and Inf where the model gives them
+        got = comp(bad)
+        assert torch.equal(torch.isnan(got), torch.isnan(want)) and torch.isnan(want).any()
+        wide = torch.randn(1, 3, 16, 32)[..., ::2]  # not contiguous: copied, not read in place
+        assert (comp(wide) - model(wide)).abs().max() <= 1e-4 * model(wide).abs().max()
+    with pytest.raises(Exception, match="inference-only"):
+        comp(x.clone().requires_grad_())

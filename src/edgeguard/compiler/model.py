@@ -75,6 +75,11 @@ class CompiledModel(nn.Module):
         self._warm: set[tuple] = set()  # shapes run once on the Python path (replay: next)
 
     def forward(self, *args, **kwargs):
+        rep = self._replayer
+        if rep is not None and rep.chains and len(args) == 1 and not kwargs:
+            out = self._chained(args[0])
+            if out is not None:
+                return out
         tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             raise CompileError(
@@ -99,6 +104,22 @@ class CompiledModel(nn.Module):
                     f"input {shapes} does not fit this model ({compiled_for}): {err}"
                 ) from None
             return _copied(out)
+
+    def _chained(self, x) -> torch.Tensor | None:
+        """The output for ``x`` from one call of the chain runner (``replay.Chain``), where this
+        shape's whole forward was recorded as one run and ``x`` can be read as it is; None to
+        take the general path (which also computes a NaN or Inf input with the reference)."""
+        chain = self._replayer.chains.get((x.shape, torch.get_num_threads()))
+        if (
+            chain is None
+            or not chain.takes(x)
+            or (x.requires_grad and torch.is_grad_enabled())
+            or exporting()
+            or torch._C._autograd._profiler_enabled()
+        ):
+            return None
+        with self._lock:
+            return chain(x, self._reference is not None)
 
     def _run(self, args: tuple, kwargs: dict, tensors: list[torch.Tensor]):
         """The graph on ``args``: through the replayer once the shape ran before (its first

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -201,10 +202,14 @@ class Replayer:
         self.segments: dict[fx.Node, Segment] | None = None  # found when first recording
         self.frees: dict[fx.Node, list[fx.Node]] = {}
         self.plans: dict[tuple, dict[fx.Node, SegmentPlan | None]] = {}
+        # whole forwards as one native call, by (input shape, threads): graphs that are one
+        # replayed run from their single input to their single output
+        self.chains: dict[tuple, Chain] = {}
 
     def clear(self) -> None:
         """Forget every plan (the graph or the tensors the plans point into changed)."""
         self.plans.clear()
+        self.chains.clear()
         self.segments = None
 
     def __call__(self, args: tuple) -> object:
@@ -250,9 +255,29 @@ class Replayer:
                 self._free(node, env)
         if record:
             if len(self.plans) >= PLANS_KEPT:
-                self.plans.pop(next(iter(self.plans)))
+                old = self.plans.pop(next(iter(self.plans)))
+                self.chains = {k: c for k, c in self.chains.items() if c.plans is not old}
             self.plans[key] = plans
+            chain = self._chain(plans)
+            if chain is not None:
+                self.chains[(args[0].shape, key[1])] = chain
         return out
+
+    def _chain(self, plans: dict[fx.Node, SegmentPlan | None]) -> Chain | None:
+        """The forward as one native call, where the graph is one replayed run from its single
+        input to its single tensor output (else None)."""
+        nodes = list(self.gm.graph.nodes)
+        if len(plans) != 1 or nodes[0].op != "placeholder" or nodes[-1].op != "output":
+            return None
+        (plan,), (seg,) = plans.values(), self.segments.values()
+        if plan is None or nodes[1:-1] != seg.nodes or seg.inputs != [nodes[0]]:
+            return None
+        if nodes[-1].args[0] is not seg.nodes[-1] or seg.outputs != [seg.nodes[-1]]:
+            return None
+        (out,) = plan.outputs
+        if not isinstance(out, torch.Tensor) or not out.is_contiguous():
+            return None
+        return Chain.make(plan, plans)
 
     def _free(self, node: fx.Node, env: dict, keep: object = ()) -> None:
         """Drop the values whose last reader is ``node`` (as fx's generated code does): a buffer
@@ -309,3 +334,85 @@ class Replayer:
         outputs = [local[n] for n in seg.outputs]
         pooled = self.pool.views(rec.pooled) if self.pool is not None else []
         return SegmentPlan(staged, rec.ops, outputs, [*rec.held, *pooled, *outputs])
+
+
+OP_WORDS = 13  # kernels/chain.cpp: kind, address, 11 argument words
+# kernels/chain.cpp's kinds by the kernel's ctypes signature
+_KINDS = {
+    (ctypes.c_void_p,) * 8 + (ctypes.c_int,) * 2: 1,
+    (ctypes.c_void_p,) * 2 + (ctypes.c_int,) * 2: 2,
+    (ctypes.c_void_p,) * 4 + (ctypes.c_int,) * 2: 3,
+    (ctypes.c_void_p,) * 8 + (ctypes.c_int,) * 2 + (ctypes.c_float,): 4,
+}
+
+
+@functools.cache
+def _chain_library():
+    """The chain runner (kernels/chain.cpp), built once per target (and cached on disk)."""
+    from .cpu import build_many, host_target, load_library
+    from .cpu.codegen import template
+
+    (lib,) = build_many([template("chain.cpp")], host_target())
+    fn = load_library(lib).edgeguard_chain
+    fn.restype = ctypes.c_int
+    v, i64 = ctypes.c_void_p, ctypes.c_int64
+    fn.argtypes = [v, ctypes.c_int, v, v, i64, v, v, i64, ctypes.c_int]
+    return fn
+
+
+class Chain:
+    """A recorded forward run by one call of the chain runner: the input copied into the buffer
+    the first kernel reads, the recorded calls, the output copied into a new tensor."""
+
+    def __init__(self, plan: SegmentPlan, plans: dict, ops: torch.Tensor, fn) -> None:
+        self.plan, self.plans, self.ops, self.fn = plan, plans, ops, fn
+        (self.staged,), (src,) = plan.staged, plan.outputs
+        self.src, self.shape = src, tuple(src.shape)
+        self.args = (ops.data_ptr(), ops.shape[0], self.staged.data_ptr(), self.staged.numel())
+        self.out_args = (src.data_ptr(), src.numel())
+
+    @classmethod
+    def make(cls, plan: SegmentPlan, plans: dict) -> Chain | None:
+        """The chain of ``plan``, or None where a call's signature is not one the runner has."""
+        rows = []
+        for fn, args in plan.ops:
+            if fn is _ZERO:
+                rows.append([0, 0, *args])
+                continue
+            kind = _KINDS.get(tuple(fn.argtypes or ()))
+            if kind is None or len(args) != len(fn.argtypes):
+                return None
+            words = [
+                struct.unpack("<I", struct.pack("<f", a))[0] if isinstance(a, float) else a or 0
+                for a in args
+            ]
+            rows.append([kind, ctypes.cast(fn, ctypes.c_void_p).value, *words])
+        try:
+            runner = _chain_library()
+        except Exception:  # no chain runner here: the segment replays from Python
+            return None
+        ops = torch.zeros((len(rows), OP_WORDS), dtype=torch.int64)
+        for i, row in enumerate(rows):
+            ops[i, : len(row)] = torch.tensor(row, dtype=torch.int64)
+        return cls(plan, plans, ops, runner)
+
+    def takes(self, x: torch.Tensor) -> bool:
+        """Whether ``x`` (of the recorded shape) can be copied in as it is: contiguous float32 on
+        the CPU."""
+        return x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous()
+
+    def __call__(self, x: torch.Tensor, check: bool) -> torch.Tensor | None:
+        """The output for ``x``, or None (nothing run) where ``check`` and ``x`` holds a NaN or
+        an Inf."""
+        out = torch.empty(self.shape)
+        if self.fn(
+            *self.args[:2],
+            x.data_ptr(),
+            *self.args[2:],
+            self.out_args[0],
+            out.data_ptr(),
+            self.out_args[1],
+            check,
+        ):
+            return None
+        return out
