@@ -39,7 +39,11 @@ class CompiledModel(nn.Module):
 
     Inputs holding NaN or Inf are computed by the model given to :func:`compile_model` (in eval
     mode), so they propagate exactly as there: the sparse kernels skip pruned weights and would
-    never compute ``0 * inf``.  Inputs that require gradients are refused (inference only)."""
+    never compute ``0 * inf``.  Inputs that require gradients are refused (inference only).
+
+    On the CPU backend the second call of an input shape records the kernels' calls and later
+    calls of that shape replay them without the layers' Python (``replay.py``); the results are
+    the same, bit for bit."""
 
     def __init__(
         self,
@@ -60,7 +64,6 @@ class CompiledModel(nn.Module):
         self._lock = threading.Lock()
         # shared buffers where this PyTorch can tell when a buffer is free (else one per layer)
         scratch = BufferPool() if BufferPool.available() else None
-        # later forwards of a shape repeat the recorded kernel calls (replay.py)
         for m in graph_module.modules():
             if hasattr(m, "reuse_buffers"):
                 m.reuse_buffers = True
