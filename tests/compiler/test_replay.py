@@ -195,3 +195,30 @@ def test_the_chained_forward_leaves_other_inputs_to_the_general_path():
         assert (comp(wide) - model(wide)).abs().max() <= 1e-4 * model(wide).abs().max()
     with pytest.raises(Exception, match="inference-only"):
         comp(x.clone().requires_grad_())
+
+
+@needs_cxx
+def test_calls_inside_and_outside_inference_mode_share_the_kept_buffers():
+    """Buffers allocated during a call under torch.inference_mode() are zeroed in place by later
+    calls outside it: they must not be inference tensors (PyTorch refuses that in-place write)."""
+    model = _classifier()
+    comp = compile_model(model, "cpu", input_shape=(1, 3, 16, 16))
+    xs = [torch.randn(n, 3, 16, 16) for n in (1, 3, 1, 3)]
+    for i, x in enumerate(xs * 2):
+        with torch.inference_mode(i % 2 == 0):
+            got = comp(x)
+        with torch.no_grad():
+            want = model(x)
+        assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+
+
+@needs_cxx
+def test_a_new_input_size_keeps_the_plans_of_the_others():
+    model = _classifier()
+    comp = compile_model(model, "cpu", input_shape=(1, 3, 16, 16))
+    with torch.no_grad():
+        for n in (1, 2, 3):
+            x = torch.randn(n, 3, 16, 16)
+            for _ in range(3):  # a new size builds its kernels on its first call
+                comp(x)
+    assert sorted(k[0][0] for k in comp._replayer.chains) == [1, 2, 3]

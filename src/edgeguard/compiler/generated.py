@@ -114,10 +114,18 @@ INT = ctypes.c_int
 OUTPUT_SLACK = 1024
 
 
+def plain_empty(n: int) -> torch.Tensor:
+    """``torch.empty(n)`` that is a normal tensor even under ``torch.inference_mode()``: a buffer
+    kept between calls is written in place by later calls, which PyTorch refuses for inference
+    tensors outside inference mode."""
+    with torch.inference_mode(False):
+        return torch.empty(n)
+
+
 def kernel_output(shape: tuple[int, ...]) -> torch.Tensor:
     """An uninitialised float32 tensor of ``shape`` followed by :data:`OUTPUT_SLACK` zeros."""
     n = math.prod(shape)
-    flat = torch.empty(n + OUTPUT_SLACK)
+    flat = plain_empty(n + OUTPUT_SLACK)
     flat[n:].zero_()
     return flat[:n].view(shape)
 
@@ -170,7 +178,7 @@ class BufferPool:
         if best is None:
             if len(self._outputs) >= self.MAX_OUTPUTS:
                 self._outputs = [e for e in self._outputs if use(e[1]) == e[2]]
-            flat = torch.empty(need)
+            flat = plain_empty(need)
             cdata = flat.untyped_storage()._cdata
             best = (flat, cdata, use(cdata), need)
             self._outputs.append(best)

@@ -160,7 +160,7 @@ class CompiledModel(nn.Module):
         from .build import build_kernels
 
         t0 = time.perf_counter()
-        if self._replayer is not None:  # fusing may change the graph
+        if fuse and self._replayer is not None:  # fusing may change the graph
             self._replayer.clear()
         n = build_kernels(self, tuple(shape), fuse=fuse)
         log.info(
