@@ -222,3 +222,27 @@ def test_a_new_input_size_keeps_the_plans_of_the_others():
             for _ in range(3):  # a new size builds its kernels on its first call
                 comp(x)
     assert sorted(k[0][0] for k in comp._replayer.chains) == [1, 2, 3]
+
+
+@needs_cxx
+@pytest.mark.parametrize("act", ["relu", "hard_swish"])
+def test_a_chain_through_a_fused_expand_and_depthwise_kernel_equals_the_model(act):
+    """The fused 1x1 + depthwise kernel takes a float argument (kind 4 of the chain runner)."""
+    from edgeguard.compiler.pointwise_depthwise import PointwiseDepthwiseCpu
+
+    from .test_pointwise_depthwise import Block
+
+    torch.manual_seed(2)
+    model = Block(act).eval()
+    with torch.no_grad():
+        for m in (model.expand, model.project):
+            m.weight *= (torch.rand_like(m.weight) < 0.3).float()
+    comp = compile_model(model, "cpu", input_shape=(1, 8, 40, 40))
+    assert isinstance(comp.module.dw, PointwiseDepthwiseCpu)
+    xs = [torch.randn(1, 8, 40, 40) for _ in range(4)]
+    with torch.no_grad():
+        outs = [comp(x) for x in xs]
+        assert comp._replayer.chains  # the last two calls went through the chain runner
+        for x, got in zip(xs, outs, strict=True):
+            want = model(x)
+            assert (got - want).abs().max() <= 1e-4 * want.abs().max()
