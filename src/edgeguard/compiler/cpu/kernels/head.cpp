@@ -9,9 +9,9 @@
 extern "C" void edgeguard_head(const float* x, const float* w, const float* b, float* out,
                                int batch, int nthreads) {
   float* pooled = new float[(int64_t)batch * C];
-  // the threads take channels, then outputs: both loops are long enough only at larger sizes
-  const int team = (int64_t)batch * C * HW >= (1 << 16) ? nthreads : 1;
-#pragma omp parallel num_threads(team)
+  // the threads take channels, then outputs; all of them even for a small head, so that the
+  // next call's kernel finds its team awake
+#pragma omp parallel num_threads(nthreads)
   {
 #pragma omp for schedule(static)
     for (int64_t nc = 0; nc < (int64_t)batch * C; ++nc) {
