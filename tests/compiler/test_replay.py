@@ -246,3 +246,18 @@ def test_a_chain_through_a_fused_expand_and_depthwise_kernel_equals_the_model(ac
         for x, got in zip(xs, outs, strict=True):
             want = model(x)
             assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+
+
+@needs_cxx
+def test_the_build_dry_run_is_not_taken_for_the_first_call():
+    """compile_model(input_shape=...) runs the model once with the standard ops to learn the
+    layer sizes; the first real call must still run on Python (it allocates the buffers), so
+    that the second one records a steady state."""
+    comp = compile_model(_classifier(), "cpu", input_shape=(1, 3, 16, 16))
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        comp(x)
+        assert not comp._replayer.plans
+        comp(x)
+    (plans,) = comp._replayer.plans.values()
+    assert all(p is not None for p in plans.values())

@@ -163,6 +163,9 @@ class CompiledModel(nn.Module):
         if fuse and self._replayer is not None:  # fusing may change the graph
             self._replayer.clear()
         n = build_kernels(self, tuple(shape), fuse=fuse)
+        # its dry run (the standard ops) is not the warm-up call a recording needs: the first
+        # real call of this shape allocates the buffers and runs on Python
+        self._warm = {k for k in self._warm if k[0] != (tuple(shape),)}
         log.info(
             "kernels for input %s: %d layers in %.1f s", tuple(shape), n, time.perf_counter() - t0
         )

@@ -216,6 +216,8 @@ class Replayer:
         """The graph's output for the positional tensors ``args`` (float32, CPU)."""
         key = (tuple((tuple(a.shape), a.dtype) for a in args), torch.get_num_threads())
         plans = self.plans.get(key)
+        if plans is not None and not any(p is not None for p in plans.values()):
+            return self.gm(*args)  # nothing replays at this shape: fx's own code is quicker
         record = plans is None
         if record:
             plans = {}
