@@ -261,3 +261,21 @@ def test_the_build_dry_run_is_not_taken_for_the_first_call():
         comp(x)
     (plans,) = comp._replayer.plans.values()
     assert all(p is not None for p in plans.values())
+
+
+@needs_cxx
+def test_a_float64_default_dtype_does_not_reach_the_float32_buffers():
+    model = _classifier()
+    comp = compile_model(model, "cpu", input_shape=(1, 3, 16, 16))
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        want = model(x)
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+        try:
+            outs = [comp(x) for _ in range(3)]  # Python path, recorded, chained
+        finally:
+            torch.set_default_dtype(default)
+    for got in outs:
+        assert got.dtype == torch.float32
+        assert (got - want).abs().max() <= 1e-4 * want.abs().max()

@@ -119,7 +119,7 @@ def plain_empty(n: int) -> torch.Tensor:
     kept between calls is written in place by later calls, which PyTorch refuses for inference
     tensors outside inference mode."""
     with torch.inference_mode(False):
-        return torch.empty(n)
+        return torch.empty(n, dtype=torch.float32)
 
 
 def kernel_output(shape: tuple[int, ...]) -> torch.Tensor:

@@ -406,7 +406,7 @@ class Chain:
     def __call__(self, x: torch.Tensor, check: bool) -> torch.Tensor | None:
         """The output for ``x``, or None (nothing run) where ``check`` and ``x`` holds a NaN or
         an Inf."""
-        out = torch.empty(self.shape)
+        out = torch.empty(self.shape, dtype=torch.float32)
         if self.fn(
             *self.args[:2],
             x.data_ptr(),

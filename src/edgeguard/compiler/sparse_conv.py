@@ -907,7 +907,7 @@ class _CpuCall:
         ``four``: a 2-D layer's 4-D shape)."""
         if residual is None:
             if self.zeros is None:
-                self.zeros = torch.zeros(self.out_shape)
+                self.zeros = torch.zeros(self.out_shape, dtype=torch.float32)
             return self.zeros.view(self.out4) if four else self.zeros
         residual = residual.expand(self.out4 if four else self.out_shape)
         if self.ops and input_pitch(residual) is not None:  # a wide output reads it as it is
