@@ -66,6 +66,7 @@ def test_the_recorder_keeps_views_and_zeroing_and_refuses_other_writes():
 def test_later_calls_replay_the_kernels_without_the_layers_python(monkeypatch):
     model = _model()
     comp = compile_model(model, "cpu", input_shape=(2, 3, 12, 12))
+    comp._replayer.partial = True  # Net's head (a mean) is Python: off by default
     xs = [torch.randn(2, 3, 12, 12) for _ in range(4)]
     with torch.no_grad():
         first = comp(xs[0])  # the Python path
@@ -89,6 +90,7 @@ def test_later_calls_replay_the_kernels_without_the_layers_python(monkeypatch):
 def test_each_thread_count_records_its_own_plan():
     model = _model()
     comp = compile_model(model, "cpu", input_shape=(1, 3, 12, 12))
+    comp._replayer.partial = True
     x = torch.randn(1, 3, 12, 12)
     threads = torch.get_num_threads()
     try:
@@ -106,6 +108,7 @@ def test_each_thread_count_records_its_own_plan():
 @needs_cxx
 def test_moving_the_model_forgets_its_plans():
     comp = compile_model(_model(), "cpu", input_shape=(1, 3, 12, 12))
+    comp._replayer.partial = True
     x = torch.randn(1, 3, 12, 12)
     with torch.no_grad():
         for _ in range(3):
@@ -279,3 +282,13 @@ def test_a_float64_default_dtype_does_not_reach_the_float32_buffers():
     for got in outs:
         assert got.dtype == torch.float32
         assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+
+
+@needs_cxx
+def test_a_graph_that_cannot_chain_never_records_unless_asked():
+    comp = compile_model(_model(), "cpu", input_shape=(1, 3, 12, 12))  # its mean runs in Python
+    x = torch.randn(1, 3, 12, 12)
+    with torch.no_grad():
+        for _ in range(3):
+            comp(x)
+    assert not comp._replayer.plans and not comp._replayer.chains

@@ -130,6 +130,7 @@ class CompiledModel(nn.Module):
         rep = self._replayer
         if (
             rep is None
+            or not rep.active()
             or kwargs
             or len(tensors) != len(args)
             or exporting()

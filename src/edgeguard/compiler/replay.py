@@ -29,10 +29,21 @@ from torch.fx.node import map_arg
 from torch.overrides import TorchFunctionMode
 
 from . import calls
-from .generated import BufferPool, GeneratedKernelModule, kernel_output
+from .generated import (
+    OUTPUT_SLACK,
+    BufferPool,
+    GeneratedKernelModule,
+    has_slack,
+    kernel_output,
+    plain_empty,
+)
 from .sparse_conv import SparseConv
 
 PLANS_KEPT = 4  # input shapes whose plan (and buffers) a compiled model keeps
+# Replay runs of kernel layers between Python nodes too (not only a whole forward as one chain):
+# off, NanoDet (9 runs between concats and upsamplings) ran 1.04-1.05x slower that way, its
+# runs' buffers held by their plans (docs/compiler.md, design decisions).
+PARTIAL_REPLAY = False
 
 # PyTorch functions that only read metadata or return a view of their input's memory
 _READS = frozenset(
@@ -132,22 +143,70 @@ class Segment:
 
 @dataclass
 class SegmentPlan:
-    """A recorded segment: the buffers its inputs are copied into, its calls, its outputs."""
+    """A recorded segment: the buffers its inputs were recorded in, its calls, its outputs.
+
+    ``moves``: per call, the arguments that point into an input's recorded buffer, as
+    ``(argument, input, byte offset)``; a later input that the kernels can read where it lies
+    (contiguous float32, 64-byte aligned, and not written over by the segment) is read there,
+    the others are copied into the recorded buffer (a detector's inputs to its runs of kernel
+    layers are megabytes: copying them cost more than the Python the replay saves)."""
 
     staged: list[torch.Tensor]
     ops: list[tuple]
     outputs: list[object]
     held: list[object]
+    moves: dict[int, list[tuple[int, int, int]]] = field(default_factory=dict)
+    fixed: frozenset[int] = frozenset()  # inputs always copied: the segment writes over them
+    slack: frozenset[int] = frozenset()  # inputs recorded with zero slack after them
+    pooled: set[int] = field(default_factory=set)  # storages of the pool's buffers it uses
 
     def run(self, inputs: list[torch.Tensor]) -> list[object]:
-        for buf, x in zip(self.staged, inputs, strict=True):
-            buf.copy_(x)
-        for fn, args in self.ops:
+        ptrs: dict[int, int] = {}
+        for i, (buf, x) in enumerate(zip(self.staged, inputs, strict=True)):
+            if i not in self.fixed and _readable_in_place(x, buf, i in self.slack):
+                if x.data_ptr() != buf.data_ptr():
+                    ptrs[i] = x.data_ptr() - buf.data_ptr()
+            else:
+                buf.copy_(x)
+        for k, (fn, args) in enumerate(self.ops):
+            if ptrs and k in self.moves:
+                args = list(args)
+                for j, i, _ in self.moves[k]:
+                    if i in ptrs:
+                        args[j] += ptrs[i]
             if fn is _ZERO:
                 _memset(args[0], 0, args[1])
             else:
                 fn(*args)
         return self.outputs
+
+    @staticmethod
+    def find_moves(ops: list[tuple], staged: list[torch.Tensor]) -> dict:
+        """``moves`` of :class:`SegmentPlan` for the recorded ``ops`` and input buffers."""
+        spans = [(t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()) for t in staged]
+        moves: dict[int, list[tuple[int, int, int]]] = {}
+        for k, (_, args) in enumerate(ops):
+            for j, a in enumerate(args):
+                if isinstance(a, int) and not isinstance(a, bool):
+                    for i, (lo, hi) in enumerate(spans):
+                        if lo <= a < hi:
+                            moves.setdefault(k, []).append((j, i, a - lo))
+        return moves
+
+
+def _readable_in_place(x: object, buf: torch.Tensor, slack: bool) -> bool:
+    """Whether the kernels recorded on ``buf`` can read ``x`` where it lies instead (``slack``:
+    ``buf`` had zero slack after it, which they may read: ``x`` must have it too)."""
+    return (
+        isinstance(x, torch.Tensor)
+        and x.dtype == torch.float32
+        and x.device.type == "cpu"
+        and tuple(x.shape) == tuple(buf.shape)
+        and x.is_contiguous()
+        and x.data_ptr() % 64 == 0
+        and not hasattr(x, "_eg_padded_for")
+        and (not slack or has_slack(x, OUTPUT_SLACK))
+    )
 
 
 def kernel_module(m: nn.Module) -> bool:
@@ -201,23 +260,48 @@ class Replayer:
         self.pool = pool
         self.segments: dict[fx.Node, Segment] | None = None  # found when first recording
         self.frees: dict[fx.Node, list[fx.Node]] = {}
+        self._steps: dict[fx.Node, tuple] = {}
+        self.partial = PARTIAL_REPLAY
         self.plans: dict[tuple, dict[fx.Node, SegmentPlan | None]] = {}
         # whole forwards as one native call, by (input shape, threads): graphs that are one
         # replayed run from their single input to their single output
         self.chains: dict[tuple, Chain] = {}
 
+    def active(self) -> bool:
+        """Whether recording can pay off: partial replay is on, or the graph is one run of
+        kernel layers from its single input to its single output (a chain).  Otherwise the
+        compiled model never records (a recording forward took other pool buffers than the
+        Python path would, and NanoDet's later Python forwards kept them: 6-10 % slower)."""
+        if self.segments is None:
+            self.segments = {seg.nodes[0]: seg for seg in segments(self.gm)}
+            self.frees = last_uses(self.gm.graph.nodes)
+        if self.partial:
+            return True
+        nodes = list(self.gm.graph.nodes)
+        if len(self.segments) != 1 or len(nodes) < 3:
+            return False
+        (seg,) = self.segments.values()
+        return (
+            nodes[0].op == "placeholder"
+            and nodes[-1].op == "output"
+            and nodes[1:-1] == seg.nodes
+            and seg.inputs == [nodes[0]]
+            and nodes[-1].args[0] is seg.nodes[-1]
+        )
+
     def clear(self) -> None:
         """Forget every plan (the graph or the tensors the plans point into changed)."""
         self.plans.clear()
         self.chains.clear()
+        self._steps.clear()
         self.segments = None
 
     def __call__(self, args: tuple) -> object:
         """The graph's output for the positional tensors ``args`` (float32, CPU)."""
         key = (tuple((tuple(a.shape), a.dtype) for a in args), torch.get_num_threads())
         plans = self.plans.get(key)
-        if plans is not None and not any(p is not None for p in plans.values()):
-            return self.gm(*args)  # nothing replays at this shape: fx's own code is quicker
+        if plans is not None and not (self.partial and any(p is not None for p in plans.values())):
+            return self.gm(*args)  # nothing replays here: fx's own code is quicker
         record = plans is None
         if record:
             plans = {}
@@ -259,10 +343,19 @@ class Replayer:
             if len(self.plans) >= PLANS_KEPT:
                 old = self.plans.pop(next(iter(self.plans)))
                 self.chains = {k: c for k, c in self.chains.items() if c.plans is not old}
-            self.plans[key] = plans
+            # The pool's buffers each run used are held only now: held as each run ended, they
+            # looked busy to the later layers of this forward, which then took other buffers,
+            # and the layers' buffer sites kept that larger set for good (NanoDet 6-10 % slower
+            # on the Python path after such a recording).
+            for plan in plans.values():
+                if plan is not None and self.pool is not None:
+                    plan.held.extend(self.pool.views(plan.pooled))
             chain = self._chain(plans)
             if chain is not None:
                 self.chains[(args[0].shape, key[1])] = chain
+            elif not self.partial:  # nothing replays: let the pool have the buffers back
+                plans = dict.fromkeys(plans)
+            self.plans[key] = plans
         return out
 
     def _chain(self, plans: dict[fx.Node, SegmentPlan | None]) -> Chain | None:
@@ -289,17 +382,33 @@ class Replayer:
                 env.pop(arg, None)
 
     def _run(self, node: fx.Node, env: dict) -> object:
-        args = map_arg(node.args, env.__getitem__)
-        kwargs = map_arg(node.kwargs, env.__getitem__)
+        step = self._steps.get(node)
+        if step is None:
+            step = self._steps[node] = self._step(node)
+        fn, flat, args, kwargs = step
+        if flat:  # positional arguments that are nodes or constants, no keywords
+            return fn(*[env[a] if isinstance(a, fx.Node) else a for a in args])
+        return fn(*map_arg(args, env.__getitem__), **map_arg(kwargs, env.__getitem__))
+
+    def _step(self, node: fx.Node) -> tuple:
+        """What running ``node`` calls, worked out once: (callable, flat, args, kwargs)."""
+        args, kwargs = node.args, node.kwargs
         if node.op == "call_module":
-            return self.gm.get_submodule(node.target)(*args, **kwargs)
-        if node.op == "call_function":
-            return node.target(*args, **kwargs)
-        if node.op == "call_method":
-            return getattr(args[0], node.target)(*args[1:], **kwargs)
-        if node.op == "get_attr":
-            return functools.reduce(getattr, node.target.split("."), self.gm)
-        raise NotImplementedError(node.op)
+            fn = self.gm.get_submodule(node.target)
+        elif node.op == "call_function":
+            fn = node.target
+        elif node.op == "call_method":
+            name = node.target
+            fn = lambda obj, *a, **k: getattr(obj, name)(*a, **k)  # noqa: E731
+        elif node.op == "get_attr":
+            value = functools.reduce(getattr, node.target.split("."), self.gm)
+            fn, args, kwargs = (lambda: value), (), {}
+        else:
+            raise NotImplementedError(node.op)
+        flat = not kwargs and all(
+            isinstance(a, fx.Node) or not isinstance(a, tuple | list | dict | slice) for a in args
+        )
+        return fn, flat, args, kwargs
 
     def _record(self, seg: Segment, inputs: list, env: dict) -> SegmentPlan | None:
         """Run ``seg`` (its values into ``env``) and return its plan, or ``None`` where it cannot
@@ -317,7 +426,18 @@ class Replayer:
                 env[n] = self._run(n, env)
                 self._free(n, env)
             return None
-        staged = [kernel_output(tuple(x.shape)).copy_(x) for x in inputs]
+        # recorded on buffers like the inputs: with zero slack after them where the input has it
+        # (a kernel output: an unpadded conv then reads it in place, past its end), else without
+        # (later inputs may be read where they lie: SegmentPlan.moves)
+        slack = frozenset(i for i, x in enumerate(inputs) if has_slack(x, OUTPUT_SLACK))
+        staged = [
+            (
+                kernel_output(tuple(x.shape))
+                if i in slack
+                else plain_empty(x.numel()).view(x.shape)
+            ).copy_(x)
+            for i, x in enumerate(inputs)
+        ]
         local = dict(zip(seg.inputs, staged, strict=True))
         outputs = set(seg.outputs)
         rec = Recorder(self.pool)
@@ -334,8 +454,15 @@ class Replayer:
         if rec.refused is not None:
             return None
         outputs = [local[n] for n in seg.outputs]
-        pooled = self.pool.views(rec.pooled) if self.pool is not None else []
-        return SegmentPlan(staged, rec.ops, outputs, [*rec.held, *pooled, *outputs])
+        out_mem = {t.untyped_storage().data_ptr() for t in outputs if isinstance(t, torch.Tensor)}
+        fixed = frozenset(  # an output written over an input (a residual sum into it)
+            i for i, t in enumerate(staged) if t.untyped_storage().data_ptr() in out_mem
+        )
+        moves = SegmentPlan.find_moves(rec.ops, staged)
+        held = [*rec.held, *outputs]
+        plan = SegmentPlan(staged, rec.ops, outputs, held, moves, fixed, slack)
+        plan.pooled = rec.pooled  # held once the whole forward is recorded (__call__)
+        return plan
 
 
 OP_WORDS = 13  # kernels/chain.cpp: kind, address, 11 argument words
