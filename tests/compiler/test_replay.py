@@ -34,13 +34,18 @@ class Net(nn.Module):
         return self.fc(y.mean((2, 3)))
 
 
-def _model() -> nn.Module:
-    torch.manual_seed(0)
-    model = Net().eval()
+def _masked(cls: type[nn.Module], seed: int) -> nn.Module:
+    """``cls()`` in eval mode, its convs ``a``, ``b``, ``c`` KGS-masked at rate 0.6."""
+    torch.manual_seed(seed)
+    model = cls().eval()
     with torch.no_grad():
         for m in (model.a, model.b, model.c):
             m.weight *= get_scheme("kgs").mask(m.weight, 0.6)
     return model
+
+
+def _model() -> nn.Module:
+    return _masked(Net, 0)
 
 
 def test_the_recorder_keeps_views_and_zeroing_and_refuses_other_writes():
@@ -145,12 +150,7 @@ class Classifier(nn.Module):
 
 
 def _classifier() -> nn.Module:
-    torch.manual_seed(1)
-    model = Classifier().eval()
-    with torch.no_grad():
-        for m in (model.a, model.b, model.c):
-            m.weight *= get_scheme("kgs").mask(m.weight, 0.6)
-    return model
+    return _masked(Classifier, 1)
 
 
 @needs_cxx

@@ -98,18 +98,8 @@ class DepthwiseConvCpu(GeneratedKernelModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.standard_path(x):
             return self.forward_torch(x)
-        x = x.contiguous()
-        kernel = self.kernel_for(x)
-        out = self.output((x.shape[0], self.weight.shape[0], *self.out_size(*x.shape[2:])))
-        kernel(
-            x.data_ptr(),
-            self.weight.data_ptr(),
-            self.bias.data_ptr(),
-            out.data_ptr(),
-            x.shape[0],
-            torch.get_num_threads(),
-        )
-        return out
+        shape = (x.shape[0], self.weight.shape[0], *self.out_size(*x.shape[2:]))
+        return self.run_kernel(x, shape, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return (

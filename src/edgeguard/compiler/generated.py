@@ -16,7 +16,8 @@ from .calls import exporting, first_use
 
 class GeneratedKernelModule(nn.Module):
     """Subclasses set ``symbol`` (the kernel's C name) and ``argtypes``, write ``source(x,
-    vector_floats, target) -> (C++ text, None)`` and call :meth:`kernel_for` and :meth:`output`."""
+    vector_floats, target) -> (C++ text, None)`` and call :meth:`run_kernel` (or
+    :meth:`kernel_for` and :meth:`output` for another argument order)."""
 
     symbol = ""
     argtypes: tuple = ()
@@ -76,6 +77,18 @@ class GeneratedKernelModule(nn.Module):
             (lib,) = build_many([self.source(x, target.vector_floats)[0]], target)
             self.load_kernel(key, lib)
         return self._kernels[key]
+
+    def run_kernel(
+        self, x: torch.Tensor, out_shape: tuple[int, ...], *params: torch.Tensor
+    ) -> torch.Tensor:
+        """This module's kernel on ``x`` (made contiguous) into an output of ``out_shape``:
+        ``kernel(x, *params, out, batch, threads)`` with tensors passed as pointers."""
+        x = x.contiguous()
+        kernel = self.kernel_for(x)
+        out = self.output(out_shape)
+        ptrs = [p.data_ptr() for p in params]
+        kernel(x.data_ptr(), *ptrs, out.data_ptr(), x.shape[0], torch.get_num_threads())
+        return out
 
     def output(self, shape: tuple[int, ...]) -> torch.Tensor:
         """An output buffer of ``shape``: the kept one unless this module already ran in this

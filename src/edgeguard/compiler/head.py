@@ -59,18 +59,7 @@ class PooledLinearCpu(GeneratedKernelModule):
         self._check(x)
         if self.standard_path(x):
             return self.forward_torch(x)
-        x = x.contiguous()
-        kernel = self.kernel_for(x)
-        out = self.output((x.shape[0], self.out_features))
-        kernel(
-            x.data_ptr(),
-            self.weight.data_ptr(),
-            self.bias.data_ptr(),
-            out.data_ptr(),
-            x.shape[0],
-            torch.get_num_threads(),
-        )
-        return out
+        return self.run_kernel(x, (x.shape[0], self.out_features), self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"

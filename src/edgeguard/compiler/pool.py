@@ -59,10 +59,7 @@ class MaxPoolCpu(GeneratedKernelModule):
                 return F.max_pool2d(x, self.kernel[1:], self.stride[1:], self.padding[1:])
             return F.max_pool3d(x, self.kernel, self.stride, self.padding)
         x5 = x.unsqueeze(2) if self.two_d else x
-        x5 = x5.contiguous()
-        kernel = self.kernel_for(x5)
-        out = self.output((*x5.shape[:2], *self.out_size(tuple(x5.shape[2:]))))
-        kernel(x5.data_ptr(), out.data_ptr(), x5.shape[0], torch.get_num_threads())
+        out = self.run_kernel(x5, (*x5.shape[:2], *self.out_size(tuple(x5.shape[2:]))))
         return out.squeeze(2) if self.two_d else out
 
 

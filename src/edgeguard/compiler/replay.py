@@ -194,17 +194,25 @@ class SegmentPlan:
         return moves
 
 
-def _readable_in_place(x: object, buf: torch.Tensor, slack: bool) -> bool:
-    """Whether the kernels recorded on ``buf`` can read ``x`` where it lies instead (``slack``:
-    ``buf`` had zero slack after it, which they may read: ``x`` must have it too)."""
+def _plain(x: object) -> bool:
+    """Whether ``x`` is a contiguous float32 CPU tensor in no layer's padded buffer: what a run's
+    recorded calls can take as an input."""
     return (
         isinstance(x, torch.Tensor)
         and x.dtype == torch.float32
         and x.device.type == "cpu"
-        and tuple(x.shape) == tuple(buf.shape)
         and x.is_contiguous()
-        and x.data_ptr() % 64 == 0
         and not hasattr(x, "_eg_padded_for")
+    )
+
+
+def _readable_in_place(x: object, buf: torch.Tensor, slack: bool) -> bool:
+    """Whether the kernels recorded on ``buf`` can read ``x`` where it lies instead (``slack``:
+    ``buf`` had zero slack after it, which they may read: ``x`` must have it too)."""
+    return (
+        _plain(x)
+        and tuple(x.shape) == tuple(buf.shape)
+        and x.data_ptr() % 64 == 0
         and (not slack or has_slack(x, OUTPUT_SLACK))
     )
 
@@ -258,8 +266,9 @@ class Replayer:
     def __init__(self, gm: fx.GraphModule, pool: BufferPool | None = None) -> None:
         self.gm = gm
         self.pool = pool
-        self.segments: dict[fx.Node, Segment] | None = None  # found when first recording
+        self.segments: dict[fx.Node, Segment] | None = None  # found on first use (_analyse)
         self.frees: dict[fx.Node, list[fx.Node]] = {}
+        self.one_run: Segment | None = None  # the graph's only run, when it is all of it
         self._steps: dict[fx.Node, tuple] = {}
         self.partial = PARTIAL_REPLAY
         self.plans: dict[tuple, dict[fx.Node, SegmentPlan | None]] = {}
@@ -267,34 +276,40 @@ class Replayer:
         # replayed run from their single input to their single output
         self.chains: dict[tuple, Chain] = {}
 
+    def _analyse(self) -> None:
+        """Find the graph's runs, the values each node reads last, and whether one run is the
+        whole graph (once per graph: :meth:`clear` forgets them)."""
+        if self.segments is not None:
+            return
+        self.segments = {seg.nodes[0]: seg for seg in segments(self.gm)}
+        self.frees = last_uses(self.gm.graph.nodes)
+        nodes = list(self.gm.graph.nodes)
+        seg = next(iter(self.segments.values())) if len(self.segments) == 1 else None
+        whole = (
+            seg is not None
+            and nodes[0].op == "placeholder"
+            and nodes[-1].op == "output"
+            and nodes[1:-1] == seg.nodes
+            and seg.inputs == [nodes[0]]
+            and nodes[-1].args[0] is seg.nodes[-1]
+            and seg.outputs == [seg.nodes[-1]]
+        )
+        self.one_run = seg if whole else None
+
     def active(self) -> bool:
         """Whether recording can pay off: partial replay is on, or the graph is one run of
         kernel layers from its single input to its single output (a chain).  Otherwise the
         compiled model never records (a recording forward took other pool buffers than the
         Python path would, and NanoDet's later Python forwards kept them: 6-10 % slower)."""
-        if self.segments is None:
-            self.segments = {seg.nodes[0]: seg for seg in segments(self.gm)}
-            self.frees = last_uses(self.gm.graph.nodes)
-        if self.partial:
-            return True
-        nodes = list(self.gm.graph.nodes)
-        if len(self.segments) != 1 or len(nodes) < 3:
-            return False
-        (seg,) = self.segments.values()
-        return (
-            nodes[0].op == "placeholder"
-            and nodes[-1].op == "output"
-            and nodes[1:-1] == seg.nodes
-            and seg.inputs == [nodes[0]]
-            and nodes[-1].args[0] is seg.nodes[-1]
-        )
+        self._analyse()
+        return self.partial or self.one_run is not None
 
     def clear(self) -> None:
         """Forget every plan (the graph or the tensors the plans point into changed)."""
         self.plans.clear()
         self.chains.clear()
         self._steps.clear()
-        self.segments = None
+        self.segments = self.one_run = None
 
     def __call__(self, args: tuple) -> object:
         """The graph's output for the positional tensors ``args`` (float32, CPU)."""
@@ -305,9 +320,7 @@ class Replayer:
         record = plans is None
         if record:
             plans = {}
-            if self.segments is None:
-                self.segments = {seg.nodes[0]: seg for seg in segments(self.gm)}
-                self.frees = last_uses(self.gm.graph.nodes)
+            self._analyse()
         env: dict[fx.Node, object] = {}
         it = iter(args)
         skip: set[fx.Node] = set()
@@ -321,13 +334,10 @@ class Replayer:
                 if record:
                     plans[node] = plan
                 elif plan is not None:
-                    for n, v in zip(seg.outputs, plan.run(inputs), strict=True):
-                        env[n] = v
+                    env.update(zip(seg.outputs, plan.run(inputs), strict=True))
                 else:
-                    for n in seg.nodes:
-                        env[n] = self._run(n, env)
-                        self._free(n, env)
-                for n in seg.nodes:
+                    self._run_python(seg, env)
+                for n in seg.nodes:  # (after _run_python, which frees as it goes: nothing left)
                     self._free(n, env)
                 skip.update(seg.nodes)
                 continue
@@ -361,18 +371,19 @@ class Replayer:
     def _chain(self, plans: dict[fx.Node, SegmentPlan | None]) -> Chain | None:
         """The forward as one native call, where the graph is one replayed run from its single
         input to its single tensor output (else None)."""
-        nodes = list(self.gm.graph.nodes)
-        if len(plans) != 1 or nodes[0].op != "placeholder" or nodes[-1].op != "output":
-            return None
-        (plan,), (seg,) = plans.values(), self.segments.values()
-        if plan is None or nodes[1:-1] != seg.nodes or seg.inputs != [nodes[0]]:
-            return None
-        if nodes[-1].args[0] is not seg.nodes[-1] or seg.outputs != [seg.nodes[-1]]:
+        plan = plans.get(self.one_run.nodes[0]) if self.one_run is not None else None
+        if plan is None:
             return None
         (out,) = plan.outputs
         if not isinstance(out, torch.Tensor) or not out.is_contiguous():
             return None
         return Chain.make(plan, plans)
+
+    def _run_python(self, seg: Segment, env: dict) -> None:
+        """``seg``'s layers through their Python, their values into ``env``."""
+        for n in seg.nodes:
+            env[n] = self._run(n, env)
+            self._free(n, env)
 
     def _free(self, node: fx.Node, env: dict, keep: object = ()) -> None:
         """Drop the values whose last reader is ``node`` (as fx's generated code does): a buffer
@@ -413,18 +424,8 @@ class Replayer:
     def _record(self, seg: Segment, inputs: list, env: dict) -> SegmentPlan | None:
         """Run ``seg`` (its values into ``env``) and return its plan, or ``None`` where it cannot
         be replayed (its inputs are not plain float32 tensors, or its Python did other work)."""
-        plain = all(
-            isinstance(x, torch.Tensor)
-            and x.dtype == torch.float32
-            and x.device.type == "cpu"
-            and x.is_contiguous()
-            and not hasattr(x, "_eg_padded_for")
-            for x in inputs
-        )
-        if not plain:
-            for n in seg.nodes:
-                env[n] = self._run(n, env)
-                self._free(n, env)
+        if not all(_plain(x) for x in inputs):
+            self._run_python(seg, env)
             return None
         # recorded on buffers like the inputs: with zero slack after them where the input has it
         # (a kernel output: an unpadded conv then reads it in place, past its end), else without
@@ -460,9 +461,8 @@ class Replayer:
         )
         moves = SegmentPlan.find_moves(rec.ops, staged)
         held = [*rec.held, *outputs]
-        plan = SegmentPlan(staged, rec.ops, outputs, held, moves, fixed, slack)
-        plan.pooled = rec.pooled  # held once the whole forward is recorded (__call__)
-        return plan
+        # the pool's buffers (rec.pooled) are held once the whole forward is recorded (__call__)
+        return SegmentPlan(staged, rec.ops, outputs, held, moves, fixed, slack, rec.pooled)
 
 
 OP_WORDS = 13  # kernels/chain.cpp: kind, address, 11 argument words
@@ -496,7 +496,7 @@ class Chain:
     def __init__(self, plan: SegmentPlan, plans: dict, ops: torch.Tensor, fn) -> None:
         self.plan, self.plans, self.ops, self.fn = plan, plans, ops, fn
         (self.staged,), (src,) = plan.staged, plan.outputs
-        self.src, self.shape = src, tuple(src.shape)
+        self.shape = tuple(src.shape)
         self.args = (ops.data_ptr(), ops.shape[0], self.staged.data_ptr(), self.staged.numel())
         self.out_args = (src.data_ptr(), src.numel())
 
@@ -528,7 +528,7 @@ class Chain:
     def takes(self, x: torch.Tensor) -> bool:
         """Whether ``x`` (of the recorded shape) can be copied in as it is: contiguous float32 on
         the CPU."""
-        return x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous()
+        return _plain(x)
 
     def __call__(self, x: torch.Tensor, check: bool) -> torch.Tensor | None:
         """The output for ``x``, or None (nothing run) where ``check`` and ``x`` holds a NaN or

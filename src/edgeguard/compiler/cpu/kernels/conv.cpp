@@ -129,8 +129,9 @@ constexpr int DOP = DO / PKD, HOP = HO / PKH, WOP = WO / PKW;
 static_assert(BLN == 0 || BLN == WO, "a batch-last output's width is the batch");
 
 // Kept weights prefetched this many rows (4 KB) ahead, in filter-vectorised tiles always and in
-// tile() where a call has fewer samples than threads: its tiles then stream each block's weights (one sequential run, the next block's
-// after it) about once, from DRAM where the model's weights outgrow the caches.  With more
+// tile() where a call has fewer samples than threads: its tiles then stream each block's
+// weights (one sequential run, the next block's after it) about once, from DRAM where the
+// model's weights outgrow the caches.  With more
 // samples the weights are read from L2 sample after sample, where the prefetches only cost issue
 // slots.
 constexpr int WPF = 128;
