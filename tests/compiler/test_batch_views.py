@@ -187,8 +187,8 @@ def test_per_sample_fills_equal_the_masked_model_call_after_call(batch):
                 assert (got - want).abs().max() <= 1e-4 * want.abs().max()
         # the layers filling per sample took no batch-sized input buffer from the pool
         calls = [c for m in compiled.sparse_layers().values() for c in m._cpu_calls.values()]
-        per_sample = [c for c in calls if c.kernel.fills_per_sample(batch)]
-        assert per_sample and all(c.buf_site.shape is None for c in per_sample)
+        own = [c for c in calls if c.kernel.own_buffers(batch)]
+        assert own and all(c.buf_site.shape is None for c in own)
     finally:
         torch.set_num_threads(threads)
 
@@ -207,4 +207,9 @@ def test_batch_last_kernels_take_whole_tasks_and_no_batch_1_prefetch_paths(strid
     assert (y - ref).abs().max() <= 1e-4 * ref.abs().max()
     (kernel,) = sc._kernels.values()
     for threads in (2, 4):
-        assert kernel.schedule(1, threads) == {"per_sample": False, "row_fills": False, "parts": 1}
+        assert kernel.schedule(1, threads) == {
+            "per_sample": False,
+            "row_fills": False,
+            "own_buffers": False,
+            "parts": 1,
+        }

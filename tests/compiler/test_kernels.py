@@ -472,27 +472,39 @@ def _with_threads(threads: int, fn):
 @needs_cxx
 @pytest.mark.parametrize("batch, threads", [(1, 2), (1, 3), (2, 4), (3, 4)])
 @pytest.mark.parametrize(
-    "height, width, dil, pool",
-    [(96, 32, 1, None), (96, 30, 1, None), (96, 32, 2, None), (768, 32, 1, (1, 2, 2))],
+    "cin, height, width, dil, pool",
+    [
+        (8, 96, 32, 1, None),
+        (8, 96, 30, 1, None),
+        (8, 96, 32, 2, None),
+        (8, 768, 32, 1, (1, 2, 2)),
+        (16, 768, 32, 1, None),
+    ],
 )
-def test_row_fills_give_the_same_result(batch, threads, height, width, dil, pool):
+def test_row_fills_give_the_same_result(batch, threads, cin, height, width, dil, pool):
     # Fewer samples than threads and >= 16 tasks a thread: each thread fills the padded rows its
-    # own static run of tasks starts on; runs that start mid-sample, span samples or end in the
+    # own static run of tasks reads; runs that start mid-sample, span samples or end in the
     # bottom padding must still find every row filled (row-aligned, flat and pooled chunks; a
-    # pooled chunk is 16 rows here, hence the tall plane)
-    conv = masked_conv(8, 16, (1, 3, 3), 1, (0, dil, dil), (1, dil, dil), "kgs", 0.5)
-    x = torch.randn(batch, 8, 1, height, width)
+    # pooled chunk is 16 rows here, hence the tall plane).  Up to 1 MB a sample the rows go to
+    # the kernel's own per-thread buffers, kept from call to call: a call after one on NaN input
+    # must not read any row the NaN call left there.  Larger samples fill x.
+    conv = masked_conv(cin, 16, (1, 3, 3), 1, (0, dil, dil), (1, dil, dil), "kgs", 0.5)
     sc = SparseConv(plan_conv(conv, mr=8), relu=True, mode="cpu", ct=1)
     sc.pool = pool
-    ref = F.relu(conv(x))
-    ref = F.max_pool3d(ref, pool) if pool else ref
+    x = torch.randn(batch, cin, 1, height, width)
+    own = cin * (height + 2 * dil) * (width + 2 * dil) * 4 <= 1 << 20
     assert sc._cpu_kernel(x).schedule(batch, threads) == {
         "per_sample": False,
         "row_fills": True,
+        "own_buffers": own,
         "parts": 1,
     }
-    y = _with_threads(threads, lambda: sc(x))
-    assert (y - ref).abs().max() <= 1e-4 * ref.abs().max()
+    for scale in (float("nan"), 1.0, -2.0):
+        ref = F.relu(conv(x * scale))
+        ref = F.max_pool3d(ref, pool) if pool else ref
+        y = _with_threads(threads, lambda: sc(x * scale))  # noqa: B023 (called at once)
+        if scale == scale:
+            assert (y - ref).abs().max() <= 1e-4 * ref.abs().max()
 
 
 @needs_cxx

@@ -891,7 +891,7 @@ class _CpuCall:
             return self._run(x.view(-1), None, out, residual)  # a kernel output is its own buffer
         # the kernel fills the buffer's interior (its phases; a gather, ``view.strides``) from x
         # the kernel writes every float of the buffer (borders too): any free one will do
-        if self.kernel.fills_per_sample(view.shape[0]):  # its own per-thread buffers: no x
+        if self.kernel.own_buffers(view.shape[0]):  # its own per-thread buffers: no x
             return self._run(_NO_BUFFER, x, out, residual)
         if conv.scratch is not None:  # the compiled model's pool: one still in cache
             buf = conv.scratch.output((view.shape[0] * self.layout.batch_stride,), self.buf_site)

@@ -591,6 +591,18 @@ static float* sample_buffer() {
   return buf;
 }
 
+// The row fill's buffer: two samples' padded inputs (a thread's run of tasks spans two samples
+// at most, having fewer tasks than a sample), per thread and kernel, zeroed once: the rows a call
+// does not fill hold zeros or this layer's earlier inputs, read only by lanes that are not stored.
+static float* rows_buffer() {
+  static thread_local float* buf = nullptr;
+  if (!buf) {
+    buf = scratch_alloc(2 * XN + SAMPLE_SLACK);
+    std::memset(buf, 0, (2 * XN + SAMPLE_SLACK) * sizeof(float));
+  }
+  return buf;
+}
+
 // Per-sample fills: where each thread takes whole samples (a batch of a sample per thread or
 // more) and a sample's padded input fits an L2, each thread fills one sample at a time into its
 // own buffer (sample_buffer) just before that sample's tasks, instead of all samples into x
@@ -625,14 +637,20 @@ static inline int plane_groups(int batch, int nthreads) {
 }
 
 // Row fills: with fewer samples than threads (one plane a sample: 2-D layers at batch 1), each
-// thread fills the padded rows its own run of tasks starts on, every channel, and computes that
-// run: filled by channels, every tile read the other threads' channels from their caches.  Only
-// with 16 tasks a thread or more: static runs then stay balanced, and the rows a run reads from
-// its neighbour's (the kernel's halo) are a small part of its own.
+// thread fills the padded rows its own run of tasks reads, every channel, into its own buffer
+// (rows_buffer) and computes that run: filled by channels into x, every tile read the other
+// threads' channels from their caches, and filled into x by rows, the rows two runs share (the
+// kernel's halo) went from core to core twice a call, and the threads waited for each other's
+// fill.  Only with 16 tasks a thread or more: static runs then stay balanced, and the halo a run
+// fills again is a small part of its rows.  (Samples past 1 MB keep no buffers of their own:
+// they fill their rows into x, the threads meeting at a barrier before any tile reads it.)
 constexpr bool ROWS = FUSE && DQ == 1 && DO == 1 && BLN == 0 && !FV && !PLANES_INNER;
 static inline bool row_fills(int batch, int nthreads) {
   return ROWS && !fills_per_sample(batch, nthreads) && batch < nthreads &&
          (int64_t)batch * NCH * FG >= 16 * nthreads;
+}
+static inline bool own_rows(int batch, int nthreads) {
+  return row_fills(batch, nthreads) && XN * 4 <= (1 << 20);
 }
 
 // Few tasks (a batch smaller than the threads over small planes: ResNet-18's 8 x 8 layers at
@@ -649,11 +667,11 @@ static inline int block_parts(int batch, int nthreads) {
 }
 
 // How a call of this batch on nthreads threads is scheduled (the caller passes no batch buffer
-// to per-sample fills; tests read the rest): 1 per-sample fills, 2 row fills, plus 4 * the block
-// parts of each task.
+// where the kernel fills buffers of its own; tests read the rest): 1 own buffers (per-sample
+// fills, or row fills into rows_buffer), 2 row fills, plus 4 * the block parts of each task.
 extern "C" int edgeguard_conv_schedule(int batch, int nthreads) {
-  return (fills_per_sample(batch, nthreads) ? 1 : 0) + (row_fills(batch, nthreads) ? 2 : 0) +
-         4 * block_parts(batch, nthreads);
+  const bool own = fills_per_sample(batch, nthreads) || own_rows(batch, nthreads);
+  return (own ? 1 : 0) + (row_fills(batch, nthreads) ? 2 : 0) + 4 * block_parts(batch, nthreads);
 }
 
 extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const float* bias,
@@ -668,6 +686,7 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
   const int dgp = DU / ndg * PKD;
   const bool per_sample = xin != nullptr && fills_per_sample(batch, nthreads);
   const bool rowfill = xin != nullptr && row_fills(batch, nthreads);
+  const bool ownrows = rowfill && own_rows(batch, nthreads);
   const bool wpf = batch < nthreads && BLN == 0;  // see WPF
 #pragma omp parallel num_threads(nthreads)
   {
@@ -733,6 +752,7 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
     // which may be smaller than asked for (OMP_THREAD_LIMIT, a caller's own parallel region)
     const int team = omp_get_num_threads();
     const int kr = (ntasks + team - 1) / team;
+    int rows_n0 = 0;  // ownrows: the first sample of the thread's run (rows_buffer's first)
     if (rowfill) {
       // the buffer row (n * HQ + padded row) a task's first output row starts on, stride 1
       auto row_at = [&](int task) -> int64_t {
@@ -742,15 +762,30 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
         return (int64_t)n * HQ + (h < HQ ? h : HQ);
       };
       const int t = omp_get_thread_num();
-      const int64_t r0 = t == 0 ? 0 : row_at(t * kr);
-      const int64_t r1 = t == team - 1 ? (int64_t)batch * HQ : row_at((t + 1) * kr);
-      for (int64_t r = r0; r < r1;) {
-        const int n = (int)(r / HQ), j0 = (int)(r % HQ);
-        const int j1 = r1 - r < HQ - j0 ? j0 + (int)(r1 - r) : HQ;
-        for (int c = 0; c < CIN; ++c) fill_rows(xin, x + n * XN, n, c, 0, j0, j1);
-        r += j1 - j0;
-      }
+      if (ownrows) {
+        // the rows [j0, j1] of each of its samples that the run's output rows start on, and the
+        // HQ - HO rows below them that their windows reach (stride 1)
+        const int64_t r0 = row_at(t * kr), r1 = row_at((t + 1) * kr);
+        rows_n0 = (int)(r0 / HQ);
+        for (int64_t r = r0; r < r1;) {
+          const int n = (int)(r / HQ), j0 = (int)(r % HQ);
+          const int j1 = r1 - r <= HQ - j0 ? j0 + (int)(r1 - r) : HQ;
+          const int je = j1 + (HQ - HO) + 1 < HQ ? j1 + (HQ - HO) + 1 : HQ;
+          float* xs = rows_buffer() + (int64_t)(n - rows_n0) * XN;
+          for (int c = 0; c < CIN; ++c) fill_rows(xin, xs, n, c, 0, j0, je);
+          r += HQ - j0;
+        }
+      } else {
+        const int64_t r0 = t == 0 ? 0 : row_at(t * kr);
+        const int64_t r1 = t == team - 1 ? (int64_t)batch * HQ : row_at((t + 1) * kr);
+        for (int64_t r = r0; r < r1;) {
+          const int n = (int)(r / HQ), j0 = (int)(r % HQ);
+          const int j1 = r1 - r < HQ - j0 ? j0 + (int)(r1 - r) : HQ;
+          for (int c = 0; c < CIN; ++c) fill_rows(xin, x + n * XN, n, c, 0, j0, j1);
+          r += j1 - j0;
+        }
 #pragma omp barrier
+      }
       // static with chunk kr: thread t takes exactly tasks [t * kr, t * kr + kr) (OpenMP deals
       // static chunks to the threads in order)
       omp_set_schedule(omp_sched_static, kr);
@@ -768,7 +803,9 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
         fill_sample(xin, xsample, n);
         filled = n;
       }
-      const float* xs = per_sample ? xsample : x + n * XN;  // sample n's padded input
+      const float* xs = per_sample ? xsample  // sample n's padded input
+                        : ownrows  ? rows_buffer() + (int64_t)(n - rows_n0) * XN
+                                   : x + n * XN;
       const int dg = PLANES_INNER ? q % ndg : q / NCH % ndg;
       const int c = PLANES_INNER ? q / ndg % NCH : q % NCH;
       const int d0 = dg * dgp;
