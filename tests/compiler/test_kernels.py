@@ -508,6 +508,25 @@ def test_row_fills_give_the_same_result(batch, threads, cin, height, width, dil,
 
 
 @needs_cxx
+@pytest.mark.parametrize("batch, threads, rows", [(1, 2, True), (2, 4, True), (1, 3, False)])
+def test_row_fills_take_few_tasks_that_split_evenly(batch, threads, rows):
+    # A 16 x 16 plane has 8 chunks of 32 positions: at batch 1 on 2 threads each thread takes 4
+    # of them and fills their rows (the static runs are even); 8 chunks on 3 threads are not,
+    # and split into filter-block parts for the dynamic schedule instead
+    conv = masked_conv(16, 32, (1, 3, 3), 1, (0, 1, 1), 1, "kgs", 0.5)
+    sc = SparseConv(plan_conv(conv, mr=8), relu=True, mode="cpu", ct=1, nv=2)
+    x = torch.randn(batch, 16, 1, 16, 16)
+    sched = sc._cpu_kernel(x).schedule(batch, threads)
+    assert sched["row_fills"] == rows and sched["own_buffers"] == rows
+    assert (sched["parts"] == 1) if rows else (sched["parts"] > 1)
+    for scale in (float("nan"), 1.0):
+        ref = F.relu(conv(x * scale))
+        y = _with_threads(threads, lambda: sc(x * scale))  # noqa: B023 (called at once)
+        if scale == scale:
+            assert (y - ref).abs().max() <= 1e-4 * ref.abs().max()
+
+
+@needs_cxx
 @pytest.mark.parametrize("threads", [2, 3, 4])
 @pytest.mark.parametrize("size, fg", [((8, 8), None), ((6, 9), None), ((8, 8), 2), ((4, 5), None)])
 def test_split_filter_blocks_give_the_same_result(threads, size, fg):

@@ -641,13 +641,15 @@ static inline int plane_groups(int batch, int nthreads) {
 // (rows_buffer) and computes that run: filled by channels into x, every tile read the other
 // threads' channels from their caches, and filled into x by rows, the rows two runs share (the
 // kernel's halo) went from core to core twice a call, and the threads waited for each other's
-// fill.  Only with 16 tasks a thread or more: static runs then stay balanced, and the halo a run
-// fills again is a small part of its rows.  (Samples past 1 MB keep no buffers of their own:
+// fill.  Only with 16 tasks a thread or more, or 4 or more that split evenly (a 16 x 16 plane's 8
+// chunks on 2 threads): static runs then stay balanced, and the halo a run fills again is a
+// small part of its rows.  (Samples past 1 MB keep no buffers of their own:
 // they fill their rows into x, the threads meeting at a barrier before any tile reads it.)
 constexpr bool ROWS = FUSE && DQ == 1 && DO == 1 && BLN == 0 && !FV && !PLANES_INNER;
 static inline bool row_fills(int batch, int nthreads) {
+  const int64_t ntasks = (int64_t)batch * NCH * FG;
   return ROWS && !fills_per_sample(batch, nthreads) && batch < nthreads &&
-         (int64_t)batch * NCH * FG >= 16 * nthreads;
+         (ntasks >= 16 * nthreads || (ntasks % nthreads == 0 && ntasks >= 4 * nthreads));
 }
 static inline bool own_rows(int batch, int nthreads) {
   return row_fills(batch, nthreads) && XN * 4 <= (1 << 20);
