@@ -472,27 +472,32 @@ def _with_threads(threads: int, fn):
 @needs_cxx
 @pytest.mark.parametrize("batch, threads", [(1, 2), (1, 3), (2, 4), (3, 4)])
 @pytest.mark.parametrize(
-    "cin, height, width, dil, pool",
+    "cin, height, width, dil, stride, pool",
     [
-        (8, 96, 32, 1, None),
-        (8, 96, 30, 1, None),
-        (8, 96, 32, 2, None),
-        (8, 768, 32, 1, (1, 2, 2)),
-        (16, 768, 32, 1, None),
+        (8, 96, 32, 1, 1, None),
+        (8, 96, 30, 1, 1, None),
+        (8, 96, 32, 2, 1, None),
+        (8, 768, 32, 1, 1, (1, 2, 2)),
+        (16, 768, 32, 1, 1, None),
+        (8, 192, 64, 1, 2, None),
+        (8, 191, 61, 2, 2, None),
+        (16, 1536, 64, 1, 2, None),
     ],
 )
-def test_row_fills_give_the_same_result(batch, threads, cin, height, width, dil, pool):
+def test_row_fills_give_the_same_result(batch, threads, cin, height, width, dil, stride, pool):
     # Fewer samples than threads and >= 16 tasks a thread: each thread fills the padded rows its
     # own static run of tasks reads; runs that start mid-sample, span samples or end in the
     # bottom padding must still find every row filled (row-aligned, flat and pooled chunks; a
-    # pooled chunk is 16 rows here, hence the tall plane).  Up to 1 MB a sample the rows go to
+    # pooled chunk is 16 rows here, hence the tall plane), stride 1 or 2 (the rows of every
+    # phase a run reads).  Up to 1 MB a sample the rows go to
     # the kernel's own per-thread buffers, kept from call to call: a call after one on NaN input
     # must not read any row the NaN call left there.  Larger samples fill x.
-    conv = masked_conv(cin, 16, (1, 3, 3), 1, (0, dil, dil), (1, dil, dil), "kgs", 0.5)
+    st = (1, stride, stride)
+    conv = masked_conv(cin, 16, (1, 3, 3), st, (0, dil, dil), (1, dil, dil), "kgs", 0.5)
     sc = SparseConv(plan_conv(conv, mr=8), relu=True, mode="cpu", ct=1)
     sc.pool = pool
     x = torch.randn(batch, cin, 1, height, width)
-    own = cin * (height + 2 * dil) * (width + 2 * dil) * 4 <= 1 << 20
+    own = sc.layout(x).batch_stride * 4 <= 1 << 20
     assert sc._cpu_kernel(x).schedule(batch, threads) == {
         "per_sample": False,
         "row_fills": True,

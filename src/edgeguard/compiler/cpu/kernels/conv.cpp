@@ -528,8 +528,10 @@ static inline void fill_plane(const float* xin, float* xs, int n, int c, int i) 
   fill_rows(xin, xs, n, c, i, 0, HQ);
 }
 
-// PFILL: phase ph of channel c of sample n's buffer xs, zero borders too.
-static inline void fill_phase(const float* xin, float* xs, int n, int c, int ph) {
+// PFILL: phase ph of channel c of sample n's buffer xs, zero borders too (rows [j0, j1) of each
+// of its planes).
+static inline void fill_phase(const float* xin, float* xs, int n, int c, int ph, int j0 = 0,
+                              int j1 = HQ) {
   const int a = ph / (SH * SW), b = ph / SW % SH, e = ph % SW;
   float* pb = xs + ((int64_t)c * SD * SH * SW + ph) * DQ * HQ * WQ;
   const float* src = xin + n * XS0 + c * XS1;
@@ -540,10 +542,10 @@ static inline void fill_phase(const float* xin, float* xs, int n, int c, int ph)
     float* plane = pb + (int64_t)i * HQ * WQ;
     const int d = i * SD + a - PD;
     if (d < 0 || d >= DI) {  // depth padding
-      std::memset(plane, 0, (size_t)HQ * WQ * sizeof(float));
+      std::memset(plane + (int64_t)j0 * WQ, 0, (size_t)(j1 - j0) * WQ * sizeof(float));
       continue;
     }
-    for (int j = 0; j < HQ; ++j) {
+    for (int j = j0; j < j1; ++j) {
       float* dst = plane + (int64_t)j * WQ;
       const int h = j * SH + b - PH;
       if (h < 0 || h >= HI) {
@@ -565,6 +567,17 @@ static inline void fill_sample(const float* xin, float* xs, int n) {
       for (int i = 0; i < DQ; ++i) fill_plane(xin, xs, n, c, i);
     else
       for (int ph = 0; ph < SD * SH * SW; ++ph) fill_phase(xin, xs, n, c, ph);
+  }
+}
+
+// Rows [j0, j1) of every channel's plane of sample n's buffer xs (every phase's, PFILL): a row
+// fill (see row_fills).
+static inline void fill_sample_rows(const float* xin, float* xs, int n, int j0, int j1) {
+  for (int c = 0; c < CIN; ++c) {
+    if constexpr (FUSE)
+      fill_rows(xin, xs, n, c, 0, j0, j1);
+    else
+      for (int ph = 0; ph < SD * SH * SW; ++ph) fill_phase(xin, xs, n, c, ph, j0, j1);
   }
 }
 
@@ -645,7 +658,7 @@ static inline int plane_groups(int batch, int nthreads) {
 // chunks on 2 threads): static runs then stay balanced, and the halo a run fills again is a
 // small part of its rows.  (Samples past 1 MB keep no buffers of their own:
 // they fill their rows into x, the threads meeting at a barrier before any tile reads it.)
-constexpr bool ROWS = FUSE && DQ == 1 && DO == 1 && BLN == 0 && !FV && !PLANES_INNER;
+constexpr bool ROWS = DQ == 1 && DO == 1 && BLN == 0 && !FV && !PLANES_INNER;
 static inline bool row_fills(int batch, int nthreads) {
   const int64_t ntasks = (int64_t)batch * NCH * FG;
   return ROWS && !fills_per_sample(batch, nthreads) && batch < nthreads &&
@@ -710,7 +723,7 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
         for (int c = 0; c < CIN; ++c)
           for (int i = 0; i < DQ; ++i) fill_plane(xin, x + n * XN, n, c, i);
     }  // the implicit barrier: the buffer is complete before any tile reads it
-    if (PFILL && BLN == 0 && xin && !per_sample) {  // strided: the kernel splits its input
+    if (PFILL && BLN == 0 && xin && !per_sample && !rowfill) {  // strided: the kernel splits its input
 #pragma omp for collapse(3) schedule(static)
       for (int n = 0; n < batch; ++n)
         for (int c = 0; c < CIN; ++c)
@@ -756,7 +769,8 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
     const int kr = (ntasks + team - 1) / team;
     int rows_n0 = 0;  // ownrows: the first sample of the thread's run (rows_buffer's first)
     if (rowfill) {
-      // the buffer row (n * HQ + padded row) a task's first output row starts on, stride 1
+      // the buffer row (n * HQ + padded row; a phase row where strided) a task's first output
+      // row starts on
       auto row_at = [&](int task) -> int64_t {
         if (task >= ntasks) return (int64_t)batch * HQ;
         const int q = task / FG, n = q / NCH, c = q % NCH;
@@ -766,15 +780,14 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
       const int t = omp_get_thread_num();
       if (ownrows) {
         // the rows [j0, j1] of each of its samples that the run's output rows start on, and the
-        // HQ - HO rows below them that their windows reach (stride 1)
+        // HQ - HO rows below them that their windows reach (of every phase, where strided)
         const int64_t r0 = row_at(t * kr), r1 = row_at((t + 1) * kr);
         rows_n0 = (int)(r0 / HQ);
         for (int64_t r = r0; r < r1;) {
           const int n = (int)(r / HQ), j0 = (int)(r % HQ);
           const int j1 = r1 - r <= HQ - j0 ? j0 + (int)(r1 - r) : HQ;
           const int je = j1 + (HQ - HO) + 1 < HQ ? j1 + (HQ - HO) + 1 : HQ;
-          float* xs = rows_buffer() + (int64_t)(n - rows_n0) * XN;
-          for (int c = 0; c < CIN; ++c) fill_rows(xin, xs, n, c, 0, j0, je);
+          fill_sample_rows(xin, rows_buffer() + (int64_t)(n - rows_n0) * XN, n, j0, je);
           r += HQ - j0;
         }
       } else {
@@ -783,7 +796,7 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
         for (int64_t r = r0; r < r1;) {
           const int n = (int)(r / HQ), j0 = (int)(r % HQ);
           const int j1 = r1 - r < HQ - j0 ? j0 + (int)(r1 - r) : HQ;
-          for (int c = 0; c < CIN; ++c) fill_rows(xin, x + n * XN, n, c, 0, j0, j1);
+          fill_sample_rows(xin, x + n * XN, n, j0, j1);
           r += j1 - j0;
         }
 #pragma omp barrier
