@@ -187,7 +187,7 @@ def test_per_sample_fills_equal_the_masked_model_call_after_call(batch):
                 assert (got - want).abs().max() <= 1e-4 * want.abs().max()
         # the layers filling per sample took no batch-sized input buffer from the pool
         calls = [c for m in compiled.sparse_layers().values() for c in m._cpu_calls.values()]
-        own = [c for c in calls if c.kernel.own_buffers(batch)]
+        own = [c for c in calls if c.kernel.buffer_floats(batch) == 0]
         assert own and all(c.buf_site.shape is None for c in own)
     finally:
         torch.set_num_threads(threads)
@@ -207,9 +207,4 @@ def test_batch_last_kernels_take_whole_tasks_and_no_batch_1_prefetch_paths(strid
     assert (y - ref).abs().max() <= 1e-4 * ref.abs().max()
     (kernel,) = sc._kernels.values()
     for threads in (2, 4):
-        assert kernel.schedule(1, threads) == {
-            "per_sample": False,
-            "row_fills": False,
-            "own_buffers": False,
-            "parts": 1,
-        }
+        assert kernel.schedule(1, threads) == {"per_sample": False, "row_fills": False, "parts": 1}

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from edgeguard.compiler import SparseConv, make_plan, plan_conv
+from edgeguard.compiler.generated import BufferPool
 from edgeguard.compiler.passes.lowering import choose_plan
 from edgeguard.compiler.plan import ConvGeometry
 from edgeguard.sparsity import get_scheme
@@ -486,24 +487,22 @@ def _with_threads(threads: int, fn):
 )
 def test_row_fills_give_the_same_result(batch, threads, cin, height, width, dil, stride, pool):
     # Fewer samples than threads and >= 16 tasks a thread: each thread fills the padded rows its
-    # own static run of tasks reads; runs that start mid-sample, span samples or end in the
-    # bottom padding must still find every row filled (row-aligned, flat and pooled chunks; a
-    # pooled chunk is 16 rows here, hence the tall plane), stride 1 or 2 (the rows of every
-    # phase a run reads).  Up to 1 MB a sample the rows go to
-    # the kernel's own per-thread buffers, kept from call to call: a call after one on NaN input
-    # must not read any row the NaN call left there.  Larger samples fill x.
-    st = (1, stride, stride)
-    conv = masked_conv(cin, 16, (1, 3, 3), st, (0, dil, dil), (1, dil, dil), "kgs", 0.5)
+    # own static run of tasks reads into its own slots of the buffer; runs that start
+    # mid-sample, span samples or end in the bottom padding must still find every row they read
+    # filled (row-aligned, flat and pooled chunks; a pooled chunk is 16 rows here, hence the tall
+    # plane), stride 1 or 2 (the rows of every phase a run reads).  The compiled model's pool
+    # hands the buffer out again as it was: a call after one on NaN input must not read any row
+    # the NaN call left there.
+    strides = (1, stride, stride)
+    conv = masked_conv(cin, 16, (1, 3, 3), strides, (0, dil, dil), (1, dil, dil), "kgs", 0.5)
     sc = SparseConv(plan_conv(conv, mr=8), relu=True, mode="cpu", ct=1)
     sc.pool = pool
+    sc.scratch = BufferPool()
     x = torch.randn(batch, cin, 1, height, width)
-    own = sc.layout(x).batch_stride * 4 <= 1 << 20
-    assert sc._cpu_kernel(x).schedule(batch, threads) == {
-        "per_sample": False,
-        "row_fills": True,
-        "own_buffers": own,
-        "parts": 1,
-    }
+    kernel = sc._cpu_kernel(x)
+    assert kernel.schedule(batch, threads) == {"per_sample": False, "row_fills": True, "parts": 1}
+    slot = _with_threads(threads, lambda: kernel.buffer_floats(batch)) / (batch + threads - 1)
+    assert slot > sc.layout(x).batch_stride  # a slot per sample and thread, and a gap
     for scale in (float("nan"), 1.0, -2.0):
         ref = F.relu(conv(x * scale))
         ref = F.max_pool3d(ref, pool) if pool else ref
@@ -520,9 +519,10 @@ def test_row_fills_take_few_tasks_that_split_evenly(batch, threads, rows):
     # and split into filter-block parts for the dynamic schedule instead
     conv = masked_conv(16, 32, (1, 3, 3), 1, (0, 1, 1), 1, "kgs", 0.5)
     sc = SparseConv(plan_conv(conv, mr=8), relu=True, mode="cpu", ct=1, nv=2)
+    sc.scratch = BufferPool()
     x = torch.randn(batch, 16, 1, 16, 16)
     sched = sc._cpu_kernel(x).schedule(batch, threads)
-    assert sched["row_fills"] == rows and sched["own_buffers"] == rows
+    assert sched["row_fills"] == rows
     assert (sched["parts"] == 1) if rows else (sched["parts"] > 1)
     for scale in (float("nan"), 1.0):
         ref = F.relu(conv(x * scale))

@@ -891,14 +891,14 @@ class _CpuCall:
             return self._run(x.view(-1), None, out, residual)  # a kernel output is its own buffer
         # the kernel fills the buffer's interior (its phases; a gather, ``view.strides``) from x
         # the kernel writes every float of the buffer (borders too): any free one will do
-        if self.kernel.own_buffers(view.shape[0]):  # its own per-thread buffers: no x
+        need = self.kernel.buffer_floats(view.shape[0])
+        if need == 0:  # its own per-thread buffers: no x
             return self._run(_NO_BUFFER, x, out, residual)
         if conv.scratch is not None:  # the compiled model's pool: one still in cache
-            buf = conv.scratch.output((view.shape[0] * self.layout.batch_stride,), self.buf_site)
-            return self._run(buf, x, out, residual)
+            return self._run(conv.scratch.output((need,), self.buf_site), x, out, residual)
         buf = self.inbuf
-        if buf is None:
-            buf = x.new_zeros(view.shape[0] * self.layout.batch_stride + self.slack)
+        if buf is None or buf.numel() < need + self.slack:  # (row fills: per thread count)
+            buf = x.new_zeros(need + self.slack)
             self.inbuf = buf if conv.reuse_buffers else None
         return self._run(buf, x, out, residual)
 

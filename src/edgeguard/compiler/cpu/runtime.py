@@ -71,35 +71,34 @@ class CppKernel:
         self._fn = self._lib.edgeguard_conv
         self._fn.restype = None
         self._fn.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int, ctypes.c_int]
-        self._own_at: dict[tuple[int, int], bool] = {}
+        self._floats_at: dict[tuple[int, int], int] = {}
+        self._buffer = self._lib.edgeguard_conv_buffer
+        self._buffer.restype = ctypes.c_int64
+        self._buffer.argtypes = [ctypes.c_int, ctypes.c_int]
         self._schedule = self._lib.edgeguard_conv_schedule
         self._schedule.restype = ctypes.c_int
         self._schedule.argtypes = [ctypes.c_int, ctypes.c_int]
 
-    def own_buffers(self, batch: int) -> bool:
-        """Whether a call that fills its own input (``xin`` given) at this batch, on the threads
-        PyTorch uses now, fills per-thread buffers of its own (whole samples, or the rows each
-        thread's tasks read) and never touches ``x`` (the kernel's own predicate, asked once per
-        batch and thread count)."""
+    def buffer_floats(self, batch: int) -> int:
+        """The floats ``x`` must hold for a call that fills its own input (``xin`` given) at this
+        batch, on the threads PyTorch uses now (the kernel's own answer, asked once per batch
+        and thread count): 0 where each thread fills whole samples into a buffer of its own
+        (``x`` is not touched); ``batch + threads - 1`` slots where each thread fills the rows
+        its tasks read into slots of its own; else ``batch`` samples."""
         key = (batch, torch.get_num_threads())
-        found = self._own_at.get(key)
+        found = self._floats_at.get(key)
         if found is None:
-            found = self._own_at[key] = bool(self._schedule(*key) & 1)
+            found = self._floats_at[key] = int(self._buffer(*key))
         return found
 
     def schedule(self, batch: int, threads: int) -> dict[str, int | bool]:
         """How the kernel runs a call of ``batch`` samples on ``threads`` threads (the kernel's
         own predicates): ``per_sample`` (each thread fills whole samples into its own buffer),
-        ``row_fills`` (each thread fills the padded rows its run of tasks reads), ``own_buffers``
-        (the fills go to per-thread buffers of the kernel's, not ``x``) and ``parts`` (the filter
-        blocks of each task split into this many tasks)."""
+        ``row_fills`` (each thread fills the padded rows its run of tasks reads into its own
+        slots of ``x``) and ``parts`` (the filter blocks of each task split into this many
+        tasks)."""
         code = int(self._schedule(batch, threads))
-        return {
-            "per_sample": bool(code & 1) and not code & 2,
-            "row_fills": bool(code & 2),
-            "own_buffers": bool(code & 1),
-            "parts": code >> 2,
-        }
+        return {"per_sample": bool(code & 1), "row_fills": bool(code & 2), "parts": code >> 2}
 
     def __call__(
         self,

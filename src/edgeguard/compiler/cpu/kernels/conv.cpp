@@ -571,13 +571,22 @@ static inline void fill_sample(const float* xin, float* xs, int n) {
 }
 
 // Rows [j0, j1) of every channel's plane of sample n's buffer xs (every phase's, PFILL): a row
-// fill (see row_fills).
+// fill (see row_fills).  Where j1 = HQ, also the PW floats after each plane's last row: that
+// row's right padding runs on into them where rows share their zero columns (the next plane's
+// first left padding, or the slot's gap after the last plane), and another call may have left
+// anything there.  (Each plane's, just after it, so a next plane's row 0 filled later stands.)
+constexpr int64_t RGAP = (PW / 16 + 1) * 16;  // floats after each row-fill slot (see row_fills)
 static inline void fill_sample_rows(const float* xin, float* xs, int n, int j0, int j1) {
+  constexpr int64_t PL = (int64_t)HQ * WQ;
   for (int c = 0; c < CIN; ++c) {
-    if constexpr (FUSE)
+    if constexpr (FUSE) {
       fill_rows(xin, xs, n, c, 0, j0, j1);
-    else
-      for (int ph = 0; ph < SD * SH * SW; ++ph) fill_phase(xin, xs, n, c, ph, j0, j1);
+      if (j1 == HQ) std::memset(xs + c * XD + PL, 0, PW * sizeof(float));
+    } else
+      for (int ph = 0; ph < SD * SH * SW; ++ph) {
+        fill_phase(xin, xs, n, c, ph, j0, j1);
+        if (j1 == HQ) std::memset(xs + (c * SD * SH * SW + ph + 1) * PL, 0, PW * sizeof(float));
+      }
   }
 }
 
@@ -600,18 +609,6 @@ static float* sample_buffer() {
   if (!buf) {
     buf = scratch_alloc(XN + SAMPLE_SLACK);
     std::memset(buf + XN, 0, SAMPLE_SLACK * sizeof(float));
-  }
-  return buf;
-}
-
-// The row fill's buffer: two samples' padded inputs (a thread's run of tasks spans two samples
-// at most, having fewer tasks than a sample), per thread and kernel, zeroed once: the rows a call
-// does not fill hold zeros or this layer's earlier inputs, read only by lanes that are not stored.
-static float* rows_buffer() {
-  static thread_local float* buf = nullptr;
-  if (!buf) {
-    buf = scratch_alloc(2 * XN + SAMPLE_SLACK);
-    std::memset(buf, 0, (2 * XN + SAMPLE_SLACK) * sizeof(float));
   }
   return buf;
 }
@@ -650,22 +647,23 @@ static inline int plane_groups(int batch, int nthreads) {
 }
 
 // Row fills: with fewer samples than threads (one plane a sample: 2-D layers at batch 1), each
-// thread fills the padded rows its own run of tasks reads, every channel, into its own buffer
-// (rows_buffer) and computes that run: filled by channels into x, every tile read the other
-// threads' channels from their caches, and filled into x by rows, the rows two runs share (the
-// kernel's halo) went from core to core twice a call, and the threads waited for each other's
-// fill.  Only with 16 tasks a thread or more, or 4 or more that split evenly (a 16 x 16 plane's 8
-// chunks on 2 threads): static runs then stay balanced, and the halo a run fills again is a
-// small part of its rows.  (Samples past 1 MB keep no buffers of their own:
-// they fill their rows into x, the threads meeting at a barrier before any tile reads it.)
+// thread fills the padded rows its own static run of tasks reads, every channel (every phase,
+// where strided), and computes that run, reading only what it filled: no barrier, and no row
+// goes from core to core.  Filled by channels, every tile read the other threads' channels from
+// their caches; filled by rows into one shared buffer, the rows two runs share (the kernel's
+// halo) went from core to core twice a call, and the threads waited for each other's fill.  So
+// each thread has its own slots in x: sample n of thread t's run at x + (n + t) * XSLOT (runs are
+// consecutive, so no two threads' slots meet; a slot is XN + RGAP floats), and x holds batch +
+// nthreads - 1 slots.  Only
+// with 16 tasks a thread or more, or 4 or more that split evenly (a 16 x 16 plane's 8 chunks on
+// 2 threads): static runs then stay balanced, and the halo a run fills again is a small part of
+// its rows.
 constexpr bool ROWS = DQ == 1 && DO == 1 && BLN == 0 && !FV && !PLANES_INNER;
+constexpr int64_t XSLOT = XN + RGAP;
 static inline bool row_fills(int batch, int nthreads) {
   const int64_t ntasks = (int64_t)batch * NCH * FG;
   return ROWS && !fills_per_sample(batch, nthreads) && batch < nthreads &&
          (ntasks >= 16 * nthreads || (ntasks % nthreads == 0 && ntasks >= 4 * nthreads));
-}
-static inline bool own_rows(int batch, int nthreads) {
-  return row_fills(batch, nthreads) && XN * 4 <= (1 << 20);
 }
 
 // Few tasks (a batch smaller than the threads over small planes: ResNet-18's 8 x 8 layers at
@@ -681,12 +679,18 @@ static inline int block_parts(int batch, int nthreads) {
   return parts < NBG ? parts : NBG;
 }
 
-// How a call of this batch on nthreads threads is scheduled (the caller passes no batch buffer
-// where the kernel fills buffers of its own; tests read the rest): 1 own buffers (per-sample
-// fills, or row fills into rows_buffer), 2 row fills, plus 4 * the block parts of each task.
+// How a call of this batch on nthreads threads is scheduled (tests read it): 1 per-sample fills,
+// 2 row fills, plus 4 * the block parts of each task.
 extern "C" int edgeguard_conv_schedule(int batch, int nthreads) {
-  const bool own = fills_per_sample(batch, nthreads) || own_rows(batch, nthreads);
-  return (own ? 1 : 0) + (row_fills(batch, nthreads) ? 2 : 0) + 4 * block_parts(batch, nthreads);
+  return (fills_per_sample(batch, nthreads) ? 1 : 0) + (row_fills(batch, nthreads) ? 2 : 0) +
+         4 * block_parts(batch, nthreads);
+}
+
+// The floats x must hold for a call that fills its input (xin given): none for per-sample fills
+// (x is not touched), batch + nthreads - 1 slots for row fills, else batch samples.
+extern "C" int64_t edgeguard_conv_buffer(int batch, int nthreads) {
+  if (fills_per_sample(batch, nthreads)) return 0;
+  return row_fills(batch, nthreads) ? (batch + nthreads - 1) * XSLOT : batch * XN;
 }
 
 extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const float* bias,
@@ -701,7 +705,6 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
   const int dgp = DU / ndg * PKD;
   const bool per_sample = xin != nullptr && fills_per_sample(batch, nthreads);
   const bool rowfill = xin != nullptr && row_fills(batch, nthreads);
-  const bool ownrows = rowfill && own_rows(batch, nthreads);
   const bool wpf = batch < nthreads && BLN == 0;  // see WPF
 #pragma omp parallel num_threads(nthreads)
   {
@@ -767,7 +770,6 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
     // which may be smaller than asked for (OMP_THREAD_LIMIT, a caller's own parallel region)
     const int team = omp_get_num_threads();
     const int kr = (ntasks + team - 1) / team;
-    int rows_n0 = 0;  // ownrows: the first sample of the thread's run (rows_buffer's first)
     if (rowfill) {
       // the buffer row (n * HQ + padded row; a phase row where strided) a task's first output
       // row starts on
@@ -778,28 +780,15 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
         return (int64_t)n * HQ + (h < HQ ? h : HQ);
       };
       const int t = omp_get_thread_num();
-      if (ownrows) {
-        // the rows [j0, j1] of each of its samples that the run's output rows start on, and the
-        // HQ - HO rows below them that their windows reach (of every phase, where strided)
-        const int64_t r0 = row_at(t * kr), r1 = row_at((t + 1) * kr);
-        rows_n0 = (int)(r0 / HQ);
-        for (int64_t r = r0; r < r1;) {
-          const int n = (int)(r / HQ), j0 = (int)(r % HQ);
-          const int j1 = r1 - r <= HQ - j0 ? j0 + (int)(r1 - r) : HQ;
-          const int je = j1 + (HQ - HO) + 1 < HQ ? j1 + (HQ - HO) + 1 : HQ;
-          fill_sample_rows(xin, rows_buffer() + (int64_t)(n - rows_n0) * XN, n, j0, je);
-          r += HQ - j0;
-        }
-      } else {
-        const int64_t r0 = t == 0 ? 0 : row_at(t * kr);
-        const int64_t r1 = t == team - 1 ? (int64_t)batch * HQ : row_at((t + 1) * kr);
-        for (int64_t r = r0; r < r1;) {
-          const int n = (int)(r / HQ), j0 = (int)(r % HQ);
-          const int j1 = r1 - r < HQ - j0 ? j0 + (int)(r1 - r) : HQ;
-          fill_sample_rows(xin, x + n * XN, n, j0, j1);
-          r += j1 - j0;
-        }
-#pragma omp barrier
+      // the rows [j0, j1] of each of its samples that the run's output rows start on, and the
+      // HQ - HO rows below them that their windows reach (of every phase, where strided)
+      const int64_t r0 = row_at(t * kr), r1 = row_at((t + 1) * kr);
+      for (int64_t r = r0; r < r1;) {
+        const int n = (int)(r / HQ), j0 = (int)(r % HQ);
+        const int j1 = r1 - r <= HQ - j0 ? j0 + (int)(r1 - r) : HQ;
+        const int je = j1 + (HQ - HO) + 1 < HQ ? j1 + (HQ - HO) + 1 : HQ;
+        fill_sample_rows(xin, x + (n + t) * XSLOT, n, j0, je);
+        r += HQ - j0;
       }
       // static with chunk kr: thread t takes exactly tasks [t * kr, t * kr + kr) (OpenMP deals
       // static chunks to the threads in order)
@@ -819,8 +808,8 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
         filled = n;
       }
       const float* xs = per_sample ? xsample  // sample n's padded input
-                        : ownrows  ? rows_buffer() + (int64_t)(n - rows_n0) * XN
-                                   : x + n * XN;
+                        : rowfill ? x + (n + omp_get_thread_num()) * XSLOT
+                                  : x + n * XN;
       const int dg = PLANES_INNER ? q % ndg : q / NCH % ndg;
       const int c = PLANES_INNER ? q / ndg % NCH : q % NCH;
       const int d0 = dg * dgp;
