@@ -292,6 +292,27 @@ def test_streamed_stores_give_the_same_result(monkeypatch, k, width):
         assert (sc(x, r) - want).abs().max() <= 1e-4 * want.abs().max()
 
 
+@needs_cxx
+@pytest.mark.parametrize(
+    "cin, size, wide",
+    [(8, (6, 6), False), (64, (16, 16), False), (64, (32, 32), True), (16, (200, 40), True)],
+)
+def test_row_offsets_take_16_bits_where_they_fit(cin, size, wide):
+    # the kept rows' offsets in the padded input buffer (channel * plane + row * pitch + column)
+    # are 16-bit where all are < 65536 (64 channels of 18 x 17 floats), else 32-bit (64 of
+    # 34 x 33: the last channel's rows start at 70686); both exact
+    from edgeguard.compiler.cpu import host_target
+
+    conv = masked_conv(cin, 16, 3, 1, 1, 1, "kgs", 0.3, seed=cin, dims=2)
+    x = torch.randn(1, cin, *size)
+    sc = SparseConv(plan_conv(conv, mr=8), two_d=True, mode="cpu", relu=True)
+    src, _ = sc.source(x.unsqueeze(2), host_target().vector_floats)
+    assert f"typedef {'int32_t' if wide else 'uint16_t'} ridx_t;" in src
+    with torch.no_grad():
+        want = F.relu(conv(x))
+        assert (sc(x) - want).abs().max() <= 1e-4 * want.abs().max()
+
+
 POOL_CASES = [  # cin, cout, input (D, H, W), pool window, SparseConv knobs
     (3, 16, (5, 22, 23), (1, 2, 2), {}),  # C3D's pool1 shape; odd W: floor drops a column
     (8, 12, (6, 13, 14), (2, 2, 2), {}),  # odd H: the last row is not computed

@@ -66,6 +66,13 @@ def _table(ctype: str, name: str, size: str, values) -> str:
     return f"static const {ctype} {name}[{size}] = {{\n  {fmt_ints(values)}}};"
 
 
+def ridx_type(offsets: torch.Tensor) -> str:
+    """The C type of a kernel's row offsets: 16 bits where they all fit (fewer bytes streamed a
+    kept weight where the weights come from memory), else 32."""
+    fits = len(offsets) == 0 or (int(offsets.min()) >= 0 and int(offsets.max()) < 1 << 16)
+    return "uint16_t" if fits else "int32_t"
+
+
 def _macro(name: str, lines: list[str]) -> str:
     return f"#define {name}" + "".join(f" \\\n  {line.strip()}" for line in lines)
 
@@ -426,7 +433,8 @@ def generate_source(
         f"constexpr int KU = {len(union)}, KC = {kc}, NS = {ns}, PF = {pf}, KD = {KD};",
         _table("int32_t", "KB", "NB + 1", kb),
         _table("int64_t", "UROFF", "KU", uroff.tolist()),
-        _table("int32_t", "RIDX", "", rows_at.tolist() + [0] * pf),
+        f"typedef {ridx_type(rows_at)} ridx_t;",
+        _table("ridx_t", "RIDX", "", rows_at.tolist() + [0] * pf),
         _table("int32_t", "FIL", "NB * MR", filters.tolist()),
         _table("int32_t", "BG", "FG + 1", bg),
         _table("int32_t", "KS", "NB * NS * (KD + 1)", kds.flatten().tolist()),

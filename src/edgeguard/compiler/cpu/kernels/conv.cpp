@@ -45,7 +45,9 @@
 // Tables from the header:
 //   KB[NB + 1]: start of each block's kept rows.  UROFF[KU]: the union of the rows any block
 //   keeps, as input-buffer offsets.  RIDX: each block row's offset (+ PF zeros: prefetch indices
-//   past a block's end stay inside the table).  FIL[NB * MR]: the filter each block slot writes
+//   past a block's end stay inside the table), of type ridx_t: 16 bits where every offset fits
+//   (a kernel whose weights stream from memory reads 4.5 bytes a kept weight with 32-bit
+//   offsets, 4.25 with 16).  FIL[NB * MR]: the filter each block slot writes
 //   (-1: none).  BG[FG + 1]: block groups.  KS[(b * NS + s) * (KD + 1) + j]: where block b's rows
 //   of slice s with kd >= j start (rows are ordered kd first; j = KD: the slice's end).
 //   KLO[DO], KHI[DO]: output plane d reads real input (not depth padding) only for kd in
@@ -137,7 +139,7 @@ static_assert(BLN == 0 || BLN == WO, "a batch-last output's width is the batch")
 constexpr int WPF = 128;
 
 template <bool FIRST, bool LAST, int NVT, int NX>
-static inline void tile(const float* __restrict pk, const int32_t* __restrict ridx, int k0, int k1,
+static inline void tile(const float* __restrict pk, const ridx_t* __restrict ridx, int k0, int k1,
                         const float* __restrict wb, const float* bv, float* accbuf,
                         float* const* op, const float* const* rp, int p0, int pl, int hb,
                         bool wpf) {
@@ -290,7 +292,7 @@ static inline void tile(const float* __restrict pk, const int32_t* __restrict ri
 // The tile at p0 of a chunk ending at pl: a whole tile, or the chunk's last (p0 + T + NXM >= pl):
 // the vectors its positions need plus at most NXM extra positions (see NXM).
 template <bool FIRST, bool LAST>
-static inline int run_tile(const float* __restrict pk, const int32_t* __restrict ridx, int k0,
+static inline int run_tile(const float* __restrict pk, const ridx_t* __restrict ridx, int k0,
                            int k1, const float* __restrict wb, const float* bv, float* accbuf,
                            float* const* op, const float* const* rp, int p0, int pl, int hb,
                            bool wpf) {
@@ -316,7 +318,7 @@ static inline int run_tile(const float* __restrict pk, const int32_t* __restrict
 // layer4: 3 MB a conv): prefetched WPF rows ahead; past the block's last row the hint fetches
 // the next block's (weights are stored block after block).
 template <int P0, int NPT>
-static inline void fv_tile(const float* __restrict xb, const int32_t* __restrict ridx, int k0,
+static inline void fv_tile(const float* __restrict xb, const ridx_t* __restrict ridx, int k0,
                            int k1, const float* __restrict wb, const float* bv,
                            float* const* op, const float* const* rp) {
   vm acc[NPT];
@@ -351,7 +353,7 @@ static inline void fv_tile(const float* __restrict xb, const int32_t* __restrict
 // pair into all lanes (x_q, x_q+1, x_q, ...); the block's weights and bias are duplicated in
 // register to (w0, w0, w1, w1, ...), and lane 2m + j of pair i accumulates filter m at q + j.
 template <int P0, int NPT>
-static inline void fv_pair_tile(const float* __restrict xb, const int32_t* __restrict ridx,
+static inline void fv_pair_tile(const float* __restrict xb, const ridx_t* __restrict ridx,
                                 int k0, int k1, const float* __restrict wb, const float* bv,
                                 float* const* op, const float* const* rp) {
   constexpr int NP = NPT / 2;
