@@ -313,6 +313,26 @@ def test_row_offsets_take_16_bits_where_they_fit(cin, size, wide):
         assert (sc(x) - want).abs().max() <= 1e-4 * want.abs().max()
 
 
+@needs_cxx
+@pytest.mark.parametrize("scheme, shared", [("column", True), ("kgs", False)])
+def test_blocks_keeping_the_same_rows_share_one_offset_list(scheme, shared):
+    # column pruning keeps the same rows in every filter: the 8-filter blocks' offset lists are
+    # stored once (KB: every block starts at 0); KGS blocks keep different rows
+    import re
+
+    from edgeguard.compiler.cpu import host_target
+
+    conv = masked_conv(32, 32, 3, 1, 1, 1, scheme, 0.6, seed=3, dims=2)
+    x = torch.randn(1, 32, 8, 8)
+    sc = SparseConv(plan_conv(conv, mr=8), two_d=True, mode="cpu", relu=True)
+    src, _ = sc.source(x.unsqueeze(2), host_target().vector_floats)
+    kb = [int(v) for v in re.search(r"KB\[NB \+ 1\] = \{([^}]*)\}", src).group(1).split(",")]
+    assert (kb[:-1] == [0] * (len(kb) - 1)) == shared
+    with torch.no_grad():
+        want = F.relu(conv(x))
+        assert (sc(x) - want).abs().max() <= 1e-4 * want.abs().max()
+
+
 POOL_CASES = [  # cin, cout, input (D, H, W), pool window, SparseConv knobs
     (3, 16, (5, 22, 23), (1, 2, 2), {}),  # C3D's pool1 shape; odd W: floor drops a column
     (8, 12, (6, 13, 14), (2, 2, 2), {}),  # odd H: the last row is not computed

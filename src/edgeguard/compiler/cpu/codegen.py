@@ -66,6 +66,26 @@ def _table(ctype: str, name: str, size: str, values) -> str:
     return f"static const {ctype} {name}[{size}] = {{\n  {fmt_ints(values)}}};"
 
 
+def shared_row_lists(rows_at: torch.Tensor, kb: list[int]) -> tuple[torch.Tensor, list[int]]:
+    """Each block's kept-row offsets (``rows_at[kb[b]:kb[b + 1]]``) stored once per distinct
+    list: blocks keeping the same rows (all of them under column pruning) share one run of the
+    table, ``KB[b]`` its start.  Returns the table and the new starts (the last entry: its
+    length)."""
+    table: list[torch.Tensor] = []
+    start: dict[tuple[int, ...], int] = {}
+    new_kb, size = [], 0
+    for b in range(len(kb) - 1):
+        seg = rows_at[kb[b] : kb[b + 1]]
+        key = tuple(seg.tolist())
+        if key not in start:
+            start[key] = size
+            table.append(seg)
+            size += len(seg)
+        new_kb.append(start[key])
+    new_kb.append(size)
+    return (torch.cat(table) if table else rows_at[:0]), new_kb
+
+
 def ridx_type(offsets: torch.Tensor) -> str:
     """The C type of a kernel's row offsets: 16 bits where they all fit (fewer bytes streamed a
     kept weight where the weights come from memory), else 32."""
@@ -350,7 +370,7 @@ def generate_source(
             woff[b, sl] = len(order)
             order += (start[border[b]] + perm[b][int(ks[b, sl]) : int(ks[b, sl + 1])]).tolist()
     dq, hq, wq = layout.phased
-    rows_at = ridx * nv * vl if pack else uroff[ridx]
+    rows_at, kb = shared_row_lists(ridx * nv * vl if pack else uroff[ridx], kb)
     t = nv * vl
     other = fv or pack or pool != (1, 1, 1) or batch_last[0] > 0
     ra = row_aligned(layout, t, vl, other)
