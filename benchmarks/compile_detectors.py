@@ -94,7 +94,10 @@ def run_one(
         feed = {sess.get_inputs()[0].name: x.numpy()}
         with torch.no_grad():
             dense_ms, compiled_ms, ort_ms = torch_then_ort(
-                [lambda: dense(x), lambda: compiled(x)], [lambda: sess.run(None, feed)], repeats
+                [lambda: dense(x), lambda: compiled(x)],
+                [lambda: sess.run(None, feed)],
+                repeats,
+                rounds=1,
             )
     row = {
         "detector": name,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import tempfile
 import time
 from functools import partial
@@ -200,16 +201,23 @@ def end_to_end(repeats: int, threads: int, models, targets):
     return rows
 
 
-def torch_then_ort(torch_fns, ort_fns, repeats: int) -> list[float]:
+def torch_then_ort(torch_fns, ort_fns, repeats: int, rounds: int = 3) -> list[float]:
     """Median ms of the torch-side calls (timed in turn), then, after half a second, of the ONNX
-    Runtime calls (in turn).  Not all interleaved: OpenMP workers of torch and of the generated
-    kernels spin for a while after each call and slowed the ORT call that followed (ResNet-18
-    batch 1: dense ORT 10.3 ms interleaved with the compiled model, 7.4 ms on its own)."""
-    from edgeguard.compiler.bench import interleaved_ms
+    Runtime calls (in turn), over ``rounds`` such pairs of loops (``repeats`` calls each) spread
+    over the run, so that the two sides' times come from the same spells of a shared machine.
+    Not all interleaved: OpenMP workers of torch and of the generated kernels spin for a while
+    after each call and slowed the ORT call that followed (ResNet-18 batch 1: dense ORT 10.3 ms
+    interleaved with the compiled model, 7.4 ms on its own)."""
+    from edgeguard.compiler.bench import interleaved_times
 
-    first = interleaved_ms(torch_fns, repeats)
-    time.sleep(0.5)
-    return first + interleaved_ms(ort_fns, repeats)
+    times: list[list[float]] = [[] for _ in (*torch_fns, *ort_fns)]
+    for r in range(rounds):
+        first = interleaved_times(torch_fns, repeats, warmup=2 if r == 0 else 1)
+        time.sleep(0.5)
+        second = interleaved_times(ort_fns, repeats, warmup=2 if r == 0 else 1)
+        for acc, got in zip(times, first + second, strict=True):
+            acc.extend(got)
+    return [statistics.median(t) for t in times]
 
 
 def scheme_of(spec: str):
@@ -220,7 +228,9 @@ def scheme_of(spec: str):
     return get_scheme(spec)
 
 
-def end_to_end_2d(repeats: int, threads: int, models, batches, target: float, schemes):
+def end_to_end_2d(
+    repeats: int, threads: int, models, batches, target: float, schemes, rounds: int = 3
+):
     """2-D CIFAR models: compiled (edgeguard kernels) and edgeguard's ONNX export in ONNX Runtime
     against dense torch and the dense ONNX export, all four timed in turn in one loop."""
 
@@ -256,6 +266,7 @@ def end_to_end_2d(repeats: int, threads: int, models, batches, target: float, sc
                             [partial(dense, x), partial(comp, x)],
                             [partial(dsess.run, None, feed), partial(ssess.run, None, feed)],
                             repeats,
+                            rounds,
                         )
                 forms = sorted({m.standard_form() for m in comp.sparse_layers().values()})
                 row = {
@@ -356,6 +367,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="2-D models: rounds of (torch-side loop, ORT loop), each of --repeats calls",
+    )
     ap.add_argument("--only", choices=["layers", "e2e", "e2e2d", "peers"])
     ap.add_argument("--models2d", nargs="+", default=["resnet18_cifar", "vgg16_cifar"])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 32])
@@ -393,7 +410,13 @@ def main() -> None:
         results["end_to_end"] = end_to_end(args.repeats, args.threads, args.models, args.targets)
     if args.only in (None, "e2e2d"):
         results["end_to_end_2d"] = end_to_end_2d(
-            args.repeats, args.threads, args.models2d, args.batches, args.target2d, args.schemes2d
+            args.repeats,
+            args.threads,
+            args.models2d,
+            args.batches,
+            args.target2d,
+            args.schemes2d,
+            args.rounds,
         )
     if args.only == "peers":
         results["peers"] = peer_files(args.repeats, args.threads, out)

@@ -43,3 +43,31 @@ def test_steady_allocator_serves_large_blocks_from_the_heap():
     assert ok == "True"
     assert int(before) == 1  # a 64 MB tensor is mmap'ed by default...
     assert int(after) == 0  # ...and comes from the heap once the allocator is steady
+
+
+def test_interleaved_times_call_in_turn_after_the_warmup():
+    from edgeguard.compiler.bench import interleaved_times
+
+    calls = []
+    times = interleaved_times([lambda: calls.append("a"), lambda: calls.append("b")], 3, 2)
+    assert calls == ["a", "b"] * 5  # 2 warm-up rounds, then 3 timed, each a then b
+    assert [len(t) for t in times] == [3, 3] and all(v >= 0 for t in times for v in t)
+
+
+def test_torch_then_ort_alternates_its_loops_over_rounds(monkeypatch):
+    # each round: the torch-side loop, a pause, the ORT loop; the medians pool every round
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
+    try:
+        import sparse_inference
+    finally:
+        sys.path.pop(0)
+    calls = []
+    monkeypatch.setattr(sparse_inference.time, "sleep", lambda s: calls.append("pause"))
+    got = sparse_inference.torch_then_ort(
+        [lambda: calls.append("t")], [lambda: calls.append("o")], repeats=2, rounds=3
+    )
+    loops = ["t"] * 4 + ["pause"] + ["o"] * 4 + (["t"] * 3 + ["pause"] + ["o"] * 3) * 2
+    assert calls == loops  # warm-up 2 calls in the first round, 1 in the later ones
+    assert len(got) == 2 and all(v >= 0 for v in got)

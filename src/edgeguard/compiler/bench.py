@@ -44,11 +44,12 @@ def steady_allocator() -> bool:
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 1 << 30))
 
 
-def interleaved_ms(
+def interleaved_times(
     fns: list[Callable[[], object]], repeats: int = 10, warmup: int = 2
-) -> list[float]:
-    """Median wall time (ms) of each of ``fns``, timed in turn within every repeat, so that a slow
-    spell of a shared machine hits them all (CUDA is synchronised around each call)."""
+) -> list[list[float]]:
+    """Wall times (ms) of each of ``fns``, called in turn ``repeats`` times after ``warmup``
+    rounds, so that a slow spell of a shared machine hits them all (CUDA is synchronised around
+    each call)."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for _ in range(warmup):
         for fn in fns:
@@ -61,7 +62,15 @@ def interleaved_ms(
             fn()
             sync()
             acc.append(1e3 * (time.perf_counter() - t))
-    return [statistics.median(t) for t in times]
+    return times
+
+
+def interleaved_ms(
+    fns: list[Callable[[], object]], repeats: int = 10, warmup: int = 2
+) -> list[float]:
+    """Median wall time (ms) of each of ``fns``, timed in turn within every repeat
+    (:func:`interleaved_times`)."""
+    return [statistics.median(t) for t in interleaved_times(fns, repeats, warmup)]
 
 
 def median_ms(fn: Callable[[], object], repeats: int = 10, warmup: int = 2) -> float:
