@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from edgeguard.compiler import compile_model
+from edgeguard.compiler.passes import pool_fusion
 from edgeguard.sparsity import get_scheme
 
 SCHEMES = [
@@ -42,6 +43,7 @@ class RandomNet(nn.Module):
         self.convs = nn.ModuleList()
         self.dws = nn.ModuleList()  # depthwise: left dense, as pruning leaves them
         self.bns = nn.ModuleList()
+        self.pool = nn.MaxPool2d(2)  # one module, possibly called at several places
         self.steps: list[tuple] = []
         ch, n = 3, size
 
@@ -76,6 +78,9 @@ class RandomNet(nn.Module):
                 ch, n = cout, n2
                 if rng.random() < 0.5:
                     self.steps.append(("relu",))
+                if n >= 8 and rng.random() < 0.25:  # a max pool right after: it may be fused
+                    self.steps.append(("maxpool_module",))
+                    n //= 2
             elif kind == "reuse":  # one conv applied twice in sequence, or to two halves
                 i = conv(ch, ch, keep_size=True)
                 self.steps.append(("twice" if rng.random() < 0.5 else "siamese", i))
@@ -86,7 +91,9 @@ class RandomNet(nn.Module):
                 self.steps.append(("cat", conv(ch, cout, keep_size=True)))
                 ch += cout
             elif kind == "pool" and n >= 8:
-                self.steps.append((rng.choice(["maxpool", "avgpool"]),))
+                # functional pools stay PyTorch ops; a MaxPool2d module becomes the generated
+                # pool kernel, or part of the conv before it (pool fusion)
+                self.steps.append((rng.choice(["maxpool", "avgpool", "maxpool_module"]),))
                 n //= 2
             elif kind == "dw":  # TF's SAME: an asymmetric F.pad, then an unpadded depthwise conv
                 k, s = rng.choice([3, 5]), rng.choice([1, 2])
@@ -157,6 +164,8 @@ class RandomNet(nn.Module):
                 x = torch.cat([x, self.convs[step[1]](x)], 1)
             elif op == "maxpool":
                 x = F.max_pool2d(x, 2)
+            elif op == "maxpool_module":
+                x = self.pool(x)
             elif op == "avgpool":
                 x = F.avg_pool2d(x, 2)
         if self.output == "tensor":
@@ -199,7 +208,16 @@ def _flat(out) -> list[torch.Tensor]:
 
 def check_case(seed: int, backend: str) -> None:
     model, x, what = random_case(seed)
-    compiled = compile_model(model, backend, max_density=1.0)
+    # on the CPU backend, every other seed fuses each max pool its conv can take (not only
+    # after outputs past FUSE_POOL_MIN_BYTES) and builds at compile time (a dry run first)
+    fuse_all = backend == "cpu" and seed % 2 == 0
+    threshold = pool_fusion.FUSE_POOL_MIN_BYTES
+    pool_fusion.FUSE_POOL_MIN_BYTES = 0 if fuse_all else threshold
+    try:
+        shape = tuple(x.shape) if fuse_all and isinstance(x, torch.Tensor) else None
+        compiled = compile_model(model, backend, max_density=1.0, input_shape=shape)
+    finally:
+        pool_fusion.FUSE_POOL_MIN_BYTES = threshold
     if compiled._replayer is not None:  # runs between Python nodes replay too (off by default)
         compiled._replayer.partial = True
     # the first call of a shape runs the layers from Python, the second records their kernel

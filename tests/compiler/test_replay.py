@@ -292,3 +292,37 @@ def test_a_graph_that_cannot_chain_never_records_unless_asked():
         for _ in range(3):
             comp(x)
     assert not comp._replayer.plans and not comp._replayer.chains
+
+
+class PooledChain(nn.Module):
+    """Convs with a max pool after the second: the pool may be fused into that conv's kernel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 16, 3, padding=1)
+        self.b = nn.Conv2d(16, 16, 3, padding=1)
+        self.c = nn.Conv2d(16, 32, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x):
+        y = torch.relu(self.b(torch.relu(self.a(x))))
+        return torch.relu(self.c(self.pool(y)))
+
+
+@needs_cxx
+def test_a_graph_whose_pool_the_build_fuses_replays_the_fused_graph(monkeypatch):
+    # The build for the first input shape fuses a large conv output's max pool into the conv,
+    # which removes the pool's node; the runs found before (its dry run) named that node, and
+    # the recording call then ran the removed pool on nothing
+    from edgeguard.compiler.passes import pool_fusion
+
+    monkeypatch.setattr(pool_fusion, "FUSE_POOL_MIN_BYTES", 0)
+    model = _masked(PooledChain, 2)
+    comp = compile_model(model, "cpu", input_shape=(1, 3, 16, 16))
+    assert any(m.pool for m in comp.sparse_layers().values())
+    with torch.no_grad():
+        for _ in range(4):  # Python, recorded, replayed twice
+            x = torch.randn(1, 3, 16, 16)
+            want, got = model(x), comp(x)
+            assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+    assert comp._replayer.chains  # the fused graph is one run

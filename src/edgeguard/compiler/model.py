@@ -161,9 +161,9 @@ class CompiledModel(nn.Module):
         from .build import build_kernels
 
         t0 = time.perf_counter()
-        if fuse and self._replayer is not None:  # fusing may change the graph
-            self._replayer.clear()
         n = build_kernels(self, tuple(shape), fuse=fuse)
+        if fuse and self._replayer is not None:  # fusing may have changed the graph (after
+            self._replayer.clear()  # the build: its dry run may have analysed the old one)
         # its dry run (the standard ops) is not the warm-up call a recording needs: the first
         # real call of this shape allocates the buffers and runs on Python
         self._warm = {k for k in self._warm if k[0] != (tuple(shape),)}
