@@ -656,10 +656,9 @@ static inline int plane_groups(int batch, int nthreads) {
 // halo) went from core to core twice a call, and the threads waited for each other's fill.  So
 // each thread has its own slots in x: sample n of thread t's run at x + (n + t) * XSLOT (runs are
 // consecutive, so no two threads' slots meet; a slot is XN + RGAP floats), and x holds batch +
-// nthreads - 1 slots.  Only
-// with 16 tasks a thread or more, or 4 or more that split evenly (a 16 x 16 plane's 8 chunks on
-// 2 threads): static runs then stay balanced, and the halo a run fills again is a small part of
-// its rows.
+// nthreads - 1 slots.  Only with 16 tasks a thread or more, or 4 or more that split evenly (a
+// 16 x 16 plane's 8 chunks on 2 threads): static runs then stay balanced, and the halo a run
+// fills again is a small part of its rows.
 constexpr bool ROWS = DQ == 1 && DO == 1 && BLN == 0 && !FV && !PLANES_INNER;
 constexpr int64_t XSLOT = XN + RGAP;
 static inline bool row_fills(int batch, int nthreads) {
