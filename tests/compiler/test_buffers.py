@@ -324,3 +324,27 @@ def test_without_storage_use_counts_each_layer_keeps_its_own_buffers(monkeypatch
     for _ in range(2):
         for g, w in zip(compiled2(x2), want2, strict=True):
             assert torch.allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+@needs_cxx
+def test_without_the_pool_row_fill_buffers_grow_with_the_threads(monkeypatch):
+    # a batch-1 2-D conv's row fills take batch + threads - 1 slots of its kept input buffer:
+    # called on 2 threads, then 4, the kept buffer must grow, not be overrun
+    monkeypatch.setattr(BufferPool, "available", staticmethod(lambda: False))
+    torch.manual_seed(12)
+    model = mask_convs(nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU()).eval(), "kgs")
+    compiled = compile_model(model, "cpu", max_density=1.0)
+    x = torch.randn(1, 8, 64, 32)
+    old = torch.get_num_threads()
+    try:
+        for threads in (2, 4, 2):
+            torch.set_num_threads(threads)
+            for scale in (1.0, -1.0):
+                with torch.no_grad():
+                    want, got = model(x * scale), compiled(x * scale)
+                assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+            calls = [c for m in compiled.sparse_layers().values() for c in m._cpu_calls.values()]
+            assert calls[0].kernel.schedule(1, threads)["row_fills"]
+            assert calls[0].inbuf.numel() >= calls[0].kernel.buffer_floats(1)
+    finally:
+        torch.set_num_threads(old)
