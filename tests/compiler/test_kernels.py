@@ -526,14 +526,22 @@ def _with_threads(threads: int, fn):
         (16, 1536, 64, 1, 2, None),
     ],
 )
-def test_row_fills_give_the_same_result(batch, threads, cin, height, width, dil, stride, pool):
+@pytest.mark.parametrize("slots", [True, False])
+def test_row_fills_give_the_same_result(
+    monkeypatch, batch, threads, cin, height, width, dil, stride, pool, slots
+):
     # Fewer samples than threads and >= 16 tasks a thread: each thread fills the padded rows its
     # own static run of tasks reads into its own slots of the buffer; runs that start
     # mid-sample, span samples or end in the bottom padding must still find every row they read
     # filled (row-aligned, flat and pooled chunks; a pooled chunk is 16 rows here, hence the tall
     # plane), stride 1 or 2 (the rows of every phase a run reads).  The compiled model's pool
     # hands the buffer out again as it was: a call after one on NaN input must not read any row
-    # the NaN call left there.
+    # the NaN call left there.  Where the threads' extra slots would pass ROW_SLOT_BYTES (here
+    # made 0), the threads fill their rows into one shared buffer instead.
+    from edgeguard.compiler.cpu import tuning
+
+    if not slots:
+        monkeypatch.setattr(tuning, "ROW_SLOT_BYTES", 0)
     strides = (1, stride, stride)
     conv = masked_conv(cin, 16, (1, 3, 3), strides, (0, dil, dil), (1, dil, dil), "kgs", 0.5)
     sc = SparseConv(plan_conv(conv, mr=8), relu=True, mode="cpu", ct=1)
@@ -542,8 +550,11 @@ def test_row_fills_give_the_same_result(batch, threads, cin, height, width, dil,
     x = torch.randn(batch, cin, 1, height, width)
     kernel = sc._cpu_kernel(x)
     assert kernel.schedule(batch, threads) == {"per_sample": False, "row_fills": True, "parts": 1}
-    slot = _with_threads(threads, lambda: kernel.buffer_floats(batch)) / (batch + threads - 1)
-    assert slot > sc.layout(x).batch_stride  # a slot per sample and thread, and a gap
+    floats = _with_threads(threads, lambda: kernel.buffer_floats(batch))
+    if slots:  # a slot per sample and thread, each with a gap
+        assert floats / (batch + threads - 1) > sc.layout(x).batch_stride
+    else:
+        assert floats == batch * sc.layout(x).batch_stride
     for scale in (float("nan"), 1.0, -2.0):
         ref = F.relu(conv(x * scale))
         ref = F.max_pool3d(ref, pool) if pool else ref

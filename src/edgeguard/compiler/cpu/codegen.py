@@ -19,6 +19,7 @@ import torch
 from ..errors import CompileError
 from ..layout import InputLayout
 from ..plan import SparsePlan
+from . import tuning
 from .tuning import (
     FV_TILE,
     FV_TILE_AVX2,
@@ -427,7 +428,8 @@ def generate_source(
         f"NBG = {max(1, -(-nb // fg))}, NXM = {nxm};",
         f"constexpr int NB = {nb}, M = {g.out_channels}, DO = {do}, HO = {ho}, WO = {wo}, "
         f"WQ = {wq}, P = {layout.positions};",
-        f"constexpr int64_t XN = {layout.batch_stride}, XD = {layout.plane_stride};",
+        f"constexpr int64_t XN = {layout.batch_stride}, XD = {layout.plane_stride}, "
+        f"ROW_SLOT_BYTES = {tuning.ROW_SLOT_BYTES};",
         f"constexpr bool WIDE = {_bool(ops > 0)}; constexpr int64_t OPS = {ops}, "
         f"RPL = {res_plane if ops and residual else 0};",
         f"constexpr bool ZJ = {_bool(zero_junk)};",

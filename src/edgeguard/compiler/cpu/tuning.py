@@ -11,6 +11,10 @@ from collections.abc import Callable
 LONG_CHUNK_BYTES = 4 << 20  # kept weights past an L2: longer chunks, fewer passes over them
 BL_GROUP_BYTES = 1 << 20  # a batch-last layer's kept weights past this: 2 filter groups
 STREAM_MIN_BYTES = 8 << 20  # a sample's output past two L2s: streamed (non-temporal) stores
+# batch-1 row fills take a slot a thread (kernels/conv.cpp, row_fills) while the slots past the
+# batch's own samples stay within this; past it (large planes on many threads) they fill one
+# shared buffer and meet at a barrier
+ROW_SLOT_BYTES = 64 << 20
 FV_MAX_POSITIONS = 16  # filter-vectorised tiles for output planes up to this many positions
 PF_L1_BYTES = 32 << 10  # a tile's input within 2/3 of a 48 KB L1d: no prefetching
 PAIRED_FV = True  # two positions a vector where they fit (False: one, everywhere; A/B timing)

@@ -573,21 +573,25 @@ static inline void fill_sample(const float* xin, float* xs, int n) {
 }
 
 // Rows [j0, j1) of every channel's plane of sample n's buffer xs (every phase's, PFILL): a row
-// fill (see row_fills).  Where j1 = HQ, also the PW floats after each plane's last row: that
-// row's right padding runs on into them where rows share their zero columns (the next plane's
-// first left padding, or the slot's gap after the last plane), and another call may have left
-// anything there.  (Each plane's, just after it, so a next plane's row 0 filled later stands.)
+// fill (see row_fills).  In a thread's own slot (tail) and where j1 = HQ, also the PW floats
+// after each plane's last row: that row's right padding runs on into them where rows share
+// their zero columns (the next plane's first left padding, or the slot's gap after the last
+// plane), and another call may have left anything there.  (Each plane's, just after it, so a
+// next plane's row 0 filled later stands; in a shared buffer the thread filling that row 0
+// writes them.)
 constexpr int64_t RGAP = (PW / 16 + 1) * 16;  // floats after each row-fill slot (see row_fills)
-static inline void fill_sample_rows(const float* xin, float* xs, int n, int j0, int j1) {
+static inline void fill_sample_rows(const float* xin, float* xs, int n, int j0, int j1,
+                                    bool tail) {
   constexpr int64_t PL = (int64_t)HQ * WQ;
   for (int c = 0; c < CIN; ++c) {
     if constexpr (FUSE) {
       fill_rows(xin, xs, n, c, 0, j0, j1);
-      if (j1 == HQ) std::memset(xs + c * XD + PL, 0, PW * sizeof(float));
+      if (tail && j1 == HQ) std::memset(xs + c * XD + PL, 0, PW * sizeof(float));
     } else
       for (int ph = 0; ph < SD * SH * SW; ++ph) {
         fill_phase(xin, xs, n, c, ph, j0, j1);
-        if (j1 == HQ) std::memset(xs + (c * SD * SH * SW + ph + 1) * PL, 0, PW * sizeof(float));
+        if (tail && j1 == HQ)
+          std::memset(xs + (c * SD * SH * SW + ph + 1) * PL, 0, PW * sizeof(float));
       }
   }
 }
@@ -656,7 +660,9 @@ static inline int plane_groups(int batch, int nthreads) {
 // halo) went from core to core twice a call, and the threads waited for each other's fill.  So
 // each thread has its own slots in x: sample n of thread t's run at x + (n + t) * XSLOT (runs are
 // consecutive, so no two threads' slots meet; a slot is XN + RGAP floats), and x holds batch +
-// nthreads - 1 slots.  Only with 16 tasks a thread or more, or 4 or more that split evenly (a
+// nthreads - 1 slots, while the nthreads - 1 slots past the batch stay within ROW_SLOT_BYTES
+// (row_slots); past it each thread fills its own rows into one shared buffer and the threads
+// meet at a barrier.  Only with 16 tasks a thread or more, or 4 or more that split evenly (a
 // 16 x 16 plane's 8 chunks on 2 threads): static runs then stay balanced, and the halo a run
 // fills again is a small part of its rows.
 constexpr bool ROWS = DQ == 1 && DO == 1 && BLN == 0 && !FV && !PLANES_INNER;
@@ -665,6 +671,9 @@ static inline bool row_fills(int batch, int nthreads) {
   const int64_t ntasks = (int64_t)batch * NCH * FG;
   return ROWS && !fills_per_sample(batch, nthreads) && batch < nthreads &&
          (ntasks >= 16 * nthreads || (ntasks % nthreads == 0 && ntasks >= 4 * nthreads));
+}
+static inline bool row_slots(int batch, int nthreads) {
+  return row_fills(batch, nthreads) && (int64_t)(nthreads - 1) * XSLOT * 4 <= ROW_SLOT_BYTES;
 }
 
 // Few tasks (a batch smaller than the threads over small planes: ResNet-18's 8 x 8 layers at
@@ -688,10 +697,10 @@ extern "C" int edgeguard_conv_schedule(int batch, int nthreads) {
 }
 
 // The floats x must hold for a call that fills its input (xin given): none for per-sample fills
-// (x is not touched), batch + nthreads - 1 slots for row fills, else batch samples.
+// (x is not touched), batch + nthreads - 1 slots for row fills into slots, else batch samples.
 extern "C" int64_t edgeguard_conv_buffer(int batch, int nthreads) {
   if (fills_per_sample(batch, nthreads)) return 0;
-  return row_fills(batch, nthreads) ? (batch + nthreads - 1) * XSLOT : batch * XN;
+  return row_slots(batch, nthreads) ? (batch + nthreads - 1) * XSLOT : batch * XN;
 }
 
 extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const float* bias,
@@ -706,6 +715,7 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
   const int dgp = DU / ndg * PKD;
   const bool per_sample = xin != nullptr && fills_per_sample(batch, nthreads);
   const bool rowfill = xin != nullptr && row_fills(batch, nthreads);
+  const bool slots = rowfill && row_slots(batch, nthreads);
   const bool wpf = batch < nthreads && BLN == 0;  // see WPF
 #pragma omp parallel num_threads(nthreads)
   {
@@ -781,15 +791,27 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
         return (int64_t)n * HQ + (h < HQ ? h : HQ);
       };
       const int t = omp_get_thread_num();
-      // the rows [j0, j1] of each of its samples that the run's output rows start on, and the
-      // HQ - HO rows below them that their windows reach (of every phase, where strided)
-      const int64_t r0 = row_at(t * kr), r1 = row_at((t + 1) * kr);
-      for (int64_t r = r0; r < r1;) {
-        const int n = (int)(r / HQ), j0 = (int)(r % HQ);
-        const int j1 = r1 - r <= HQ - j0 ? j0 + (int)(r1 - r) : HQ;
-        const int je = j1 + (HQ - HO) + 1 < HQ ? j1 + (HQ - HO) + 1 : HQ;
-        fill_sample_rows(xin, x + (n + t) * XSLOT, n, j0, je);
-        r += HQ - j0;
+      if (slots) {
+        // the rows [j0, j1] of each of its samples that the run's output rows start on, and the
+        // HQ - HO rows below them that their windows reach (of every phase, where strided)
+        const int64_t r0 = row_at(t * kr), r1 = row_at((t + 1) * kr);
+        for (int64_t r = r0; r < r1;) {
+          const int n = (int)(r / HQ), j0 = (int)(r % HQ);
+          const int j1 = r1 - r <= HQ - j0 ? j0 + (int)(r1 - r) : HQ;
+          const int je = j1 + (HQ - HO) + 1 < HQ ? j1 + (HQ - HO) + 1 : HQ;
+          fill_sample_rows(xin, x + (n + t) * XSLOT, n, j0, je, true);
+          r += HQ - j0;
+        }
+      } else {  // one shared buffer: the rows up to where the next thread's run starts
+        const int64_t r0 = t == 0 ? 0 : row_at(t * kr);
+        const int64_t r1 = t == team - 1 ? (int64_t)batch * HQ : row_at((t + 1) * kr);
+        for (int64_t r = r0; r < r1;) {
+          const int n = (int)(r / HQ), j0 = (int)(r % HQ);
+          const int j1 = r1 - r < HQ - j0 ? j0 + (int)(r1 - r) : HQ;
+          fill_sample_rows(xin, x + n * XN, n, j0, j1, false);
+          r += j1 - j0;
+        }
+#pragma omp barrier
       }
       // static with chunk kr: thread t takes exactly tasks [t * kr, t * kr + kr) (OpenMP deals
       // static chunks to the threads in order)
@@ -809,7 +831,7 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
         filled = n;
       }
       const float* xs = per_sample ? xsample  // sample n's padded input
-                        : rowfill ? x + (n + omp_get_thread_num()) * XSLOT
+                        : slots   ? x + (n + omp_get_thread_num()) * XSLOT
                                   : x + n * XN;
       const int dg = PLANES_INNER ? q % ndg : q / NCH % ndg;
       const int c = PLANES_INNER ? q / ndg % NCH : q % NCH;
