@@ -781,6 +781,10 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
     // which may be smaller than asked for (OMP_THREAD_LIMIT, a caller's own parallel region)
     const int team = omp_get_num_threads();
     const int kr = (ntasks + team - 1) / team;
+    // sample n's padded buffer in x as thread t reads it: its own slot (row fills into slots)
+    auto sample_at = [&](int n, int t) -> float* {
+      return slots ? x + (n + t) * XSLOT : x + n * XN;
+    };
     if (rowfill) {
       // the buffer row (n * HQ + padded row; a phase row where strided) a task's first output
       // row starts on
@@ -790,27 +794,21 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
         const int h = POOL ? c * RC : RA ? c * CH / WO : c * CH / WQ;
         return (int64_t)n * HQ + (h < HQ ? h : HQ);
       };
+      // the rows [j0, j1] of each of its samples that the run's output rows start on (j1: where
+      // the next thread's run starts); in its own slots also the HQ - HO rows below them that
+      // their windows reach (of every phase, where strided), in a shared buffer the next thread
+      // fills those, and the threads meet at a barrier
       const int t = omp_get_thread_num();
-      if (slots) {
-        // the rows [j0, j1] of each of its samples that the run's output rows start on, and the
-        // HQ - HO rows below them that their windows reach (of every phase, where strided)
-        const int64_t r0 = row_at(t * kr), r1 = row_at((t + 1) * kr);
-        for (int64_t r = r0; r < r1;) {
-          const int n = (int)(r / HQ), j0 = (int)(r % HQ);
-          const int j1 = r1 - r <= HQ - j0 ? j0 + (int)(r1 - r) : HQ;
-          const int je = j1 + (HQ - HO) + 1 < HQ ? j1 + (HQ - HO) + 1 : HQ;
-          fill_sample_rows(xin, x + (n + t) * XSLOT, n, j0, je, true);
-          r += HQ - j0;
-        }
-      } else {  // one shared buffer: the rows up to where the next thread's run starts
-        const int64_t r0 = t == 0 ? 0 : row_at(t * kr);
-        const int64_t r1 = t == team - 1 ? (int64_t)batch * HQ : row_at((t + 1) * kr);
-        for (int64_t r = r0; r < r1;) {
-          const int n = (int)(r / HQ), j0 = (int)(r % HQ);
-          const int j1 = r1 - r < HQ - j0 ? j0 + (int)(r1 - r) : HQ;
-          fill_sample_rows(xin, x + n * XN, n, j0, j1, false);
-          r += j1 - j0;
-        }
+      const int halo = slots ? HQ - HO + 1 : 0;
+      const int64_t r0 = row_at(t * kr), r1 = row_at((t + 1) * kr);
+      for (int64_t r = r0; r < r1;) {
+        const int n = (int)(r / HQ), j0 = (int)(r % HQ);
+        const int j1 = r1 - r < HQ - j0 ? j0 + (int)(r1 - r) : HQ;
+        const int je = j1 + halo < HQ ? j1 + halo : HQ;
+        fill_sample_rows(xin, sample_at(n, t), n, j0, je, slots);
+        r += j1 - j0;
+      }
+      if (!slots) {
 #pragma omp barrier
       }
       // static with chunk kr: thread t takes exactly tasks [t * kr, t * kr + kr) (OpenMP deals
@@ -830,9 +828,8 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
         fill_sample(xin, xsample, n);
         filled = n;
       }
-      const float* xs = per_sample ? xsample  // sample n's padded input
-                        : slots   ? x + (n + omp_get_thread_num()) * XSLOT
-                                  : x + n * XN;
+      const float* xs =  // sample n's padded input
+          per_sample ? xsample : sample_at(n, omp_get_thread_num());
       const int dg = PLANES_INNER ? q % ndg : q / NCH % ndg;
       const int c = PLANES_INNER ? q / ndg % NCH : q % NCH;
       const int d0 = dg * dgp;
