@@ -109,8 +109,8 @@ def test_a_padded_view_is_taken_as_such_only_by_its_own_reader():
 @needs_cxx
 def test_the_padding_in_dead_filters_planes_is_zeroed_too():
     # vanilla pruning leaves filters of a residual block's last conv with no kept weight: the
-    # kernel does not write their planes (the bias plus the residual is written through the
-    # view), so their columns past each row end, the reader's padding, are zeroed after it
+    # kernel writes their planes too (the bias plus the residual), their columns past each row
+    # end, the reader's padding, as zeros like every other filter's
     torch.manual_seed(1)
     model = _prepare(R21Net([(16, 1), (8, 1)], 12, head=False), 1, "vanilla", 0.6)
     shape = (1, 3, 2, 9, 9)

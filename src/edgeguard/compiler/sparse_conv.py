@@ -741,9 +741,6 @@ class _CpuCall:
         lay = conv.kernel_layout(view)
         self.wide = (lay.phased[2], self.ops)  # a wide output's (row, plane) pitch
         self.positions = lay.positions
-        # a padded output: its dead filters' columns past each row end (_zero_padding), as
-        # offsets in one sample's [M, DO, OPS] planes
-        self.dead_junk = self._dead_junk(lay.out) if self.head else None
         # a wide residual the kernel reads in place with its own plane stride
         rp = conv.residual_plane(view, rpitch) if self.kernel is not None else 0
         self.res_pitch = (self.wide[0], rp) if rp else self.wide
@@ -839,31 +836,14 @@ class _CpuCall:
         planes) and the kernel does not write: the leading padding rows and columns, and every
         position from the last output on (to the end of ``flat``, which :data:`OUTPUT_SLACK`
         zeros follow); a pool buffer held anything before.  The columns past each row end, the
-        reader's padding columns too, the kernel stores as zeros itself (``ZJ``), except in the
-        planes of dead filters, which it does not write: zeroed here."""
+        reader's padding columns too, the kernel stores as zeros itself (``ZJ``), dead filters'
+        included (codegen.with_dead_blocks)."""
         n, m, do, _, _ = self.out_shape
         ps = self.ops
         planes = flat[start : start + n * m * do * ps].view(n * m * do, ps)
         flat[start + n * m * do * ps :].zero_()  # the reader's last rows read on into it
         planes[:, : self.head].zero_()
         planes[:, self.head + self.positions :].zero_()
-        # dead filters' planes are written by _fill_dead through the view, not by the kernel:
-        # their columns past each row end (the reader's padding) still hold what the pool held
-        if len(self.dead_junk):
-            planes.view(n, m * do * ps).index_fill_(1, self.dead_junk, 0.0)
-
-    def _dead_junk(self, out: tuple[int, int, int]) -> torch.Tensor:
-        """Offsets, in one sample's ``[M, DO, OPS]`` planes, of the dead filters' columns past
-        each row end (all rows but the last, whose lie in the plane's tail)."""
-        (do, ho, wo), (wq, ps) = out, self.wide
-        cols = torch.tensor(
-            [h * wq + j for h in range(ho - 1) for j in range(wo, wq)], dtype=torch.long
-        )
-        return (
-            self.conv.plan.dead[:, None, None] * (do * ps)
-            + torch.arange(do)[None, :, None] * ps
-            + (self.head + cols)[None, None, :]
-        ).flatten()
 
     def _compute(
         self, x: torch.Tensor, out: torch.Tensor, residual: torch.Tensor | None
@@ -931,11 +911,8 @@ class _CpuCall:
                 else kernel_output((1, self.out_shape[1], *self.out_shape[3:], n))
             )
             self.res = res if conv.reuse_buffers else None
-            # the dead filters' rows first (with a residual: the sum and the ReLU come with the
-            # kernel's transpose into out)
-            conv._fill_dead(res, act=residual is None)
             self.kernel(buf, conv.bias, res, 1, xin, None, out, residual)
             return out
+        # (the kernel writes the dead filters' outputs too: codegen.with_dead_blocks)
         self.kernel(buf, conv.bias, out, n, xin, residual)
-        conv._fill_dead(out, residual)
         return out

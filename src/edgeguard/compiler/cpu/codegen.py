@@ -11,6 +11,7 @@ loop loads ``nv`` input vectors of one kept row once and reuses them across the 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from functools import cache
 from importlib import resources
 
@@ -85,6 +86,27 @@ def shared_row_lists(rows_at: torch.Tensor, kb: list[int]) -> tuple[torch.Tensor
         new_kb.append(start[key])
     new_kb.append(size)
     return (torch.cat(table) if table else rows_at[:0]), new_kb
+
+
+def with_dead_blocks(plan: SparsePlan) -> SparsePlan:
+    """``plan`` with its dead filters (no kept weight) in blocks of no rows after the others, so
+    that the kernel writes their output (the bias, plus a residual, through the activation) as it
+    writes every other filter's: written from Python, the indexed copy kept a compiled model from
+    replaying its forward as one native call."""
+    nd = plan.dead.numel()
+    if nd == 0 or not plan.block_rows:
+        return plan
+    nblocks = -(-nd // plan.mr)
+    slots = torch.full((nblocks * plan.mr,), -1, dtype=torch.int64)
+    slots[:nd] = plan.dead
+    empty = torch.zeros(0, dtype=torch.int64)
+    return replace(
+        plan,
+        filters=torch.cat([plan.filters, slots]),
+        block_rows=[*plan.block_rows, *[empty] * nblocks],
+        panels=[*plan.panels, *[torch.zeros(0, plan.mr)] * nblocks],
+        dead=empty,
+    )
 
 
 def ridx_type(offsets: torch.Tensor) -> str:
@@ -294,6 +316,7 @@ def generate_source(
         raise CompileError("filter-vectorised tiles need blocks of 8 filters, no pool, no packing")
     if fv:  # one group of blocks (FV tasks take single blocks)
         fg = 1
+    plan = with_dead_blocks(plan)
     nb = len(plan.block_rows)
     start = [0]
     for rows in plan.block_rows:
