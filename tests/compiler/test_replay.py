@@ -373,3 +373,52 @@ def test_a_model_with_a_few_dead_filters_still_replays_as_one_native_call(batch)
         for x, got in zip([*xs, xs[0]], outs, strict=True):
             want = model(x)
             assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+
+
+@needs_cxx
+def test_a_conv_left_dense_is_lowered_where_the_forward_then_replays_as_one_call():
+    # "a" is unpruned (too dense to pay off alone), which left the forward to its Python path
+    torch.manual_seed(3)
+    model = ResClassifier().eval()
+    with torch.no_grad():
+        for conv in (model.b, model.c, model.d):
+            conv.weight *= get_scheme("kgs").mask(conv.weight, 0.6)
+    shape = (1, 3, 16, 16)
+    x = torch.randn(shape)
+    comp = compile_model(model, "cpu", input_shape=shape)
+    (a,) = [d for d in comp.decisions if d.name == "a"]
+    assert a.action == "sparse" and "lowered though dense" in a.detail
+    with torch.no_grad():
+        for _ in range(3):
+            got = comp(x)
+        assert comp._replayer.chains
+        assert (got - model(x)).abs().max() <= 1e-4 * model(x).abs().max()
+    # a max_density given is obeyed: "a" stays a dense op, and nothing chains
+    strict = compile_model(model, "cpu", input_shape=shape, max_density=0.8)
+    assert {d.name: d.action for d in strict.decisions}["a"] == "dense"
+    with torch.no_grad():
+        for _ in range(3):
+            strict(x)
+    assert not strict._replayer.chains
+
+
+class Upsampled(nn.Module):
+    """A dense conv, a sparse one, an upsampling between: never one run of kernels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        return self.b(nn.functional.interpolate(torch.relu(self.a(x)), scale_factor=2.0))
+
+
+@needs_cxx
+def test_a_dense_conv_stays_dense_where_other_ops_split_the_forward_anyway():
+    torch.manual_seed(4)
+    model = Upsampled().eval()
+    with torch.no_grad():
+        model.b.weight *= get_scheme("kgs").mask(model.b.weight, 0.6)
+    comp = compile_model(model, "cpu")
+    assert {d.name: d.action for d in comp.decisions} == {"a": "dense", "b": "sparse"}

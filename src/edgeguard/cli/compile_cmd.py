@@ -24,8 +24,8 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--max-density",
         type=FRACTION,
-        default=0.8,
-        help="layers denser than this stay dense (default 0.8)",
+        help="layers denser than this stay dense (default: 0.8, and on the CPU lowered too "
+        "where the forward is then one run of kernels)",
     )
     p.add_argument("--onnx", metavar="OUT", help="also export the compiled model to ONNX")
     p.set_defaults(func=run)

@@ -8,8 +8,11 @@ build every kernel for ``input_shape``, fusing large max pools into their convs)
 from __future__ import annotations
 
 import copy
+import operator
 import warnings
 
+import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from ..errors import ConfigError
@@ -34,7 +37,10 @@ from .passes.pool_fusion import FUSE_POOL_MIN_BYTES, fuse_pools
 from .passes.pw_dw_fusion import fuse_pointwise_depthwise
 from .passes.residual import fuse_residuals
 from .passes.wide import wide_outputs
+from .replay import one_run
 from .sparse_conv import PRECISIONS, SparseConv
+
+DEFAULT_MAX_DENSITY = 0.8  # compile_model's max_density where none is given
 
 __all__ = [
     "BACKENDS",
@@ -54,7 +60,7 @@ def compile_model(
     backend: str = "auto",
     input_shape: tuple[int, ...] | list[tuple[int, ...]] | None = None,
     *,
-    max_density: float = 0.8,
+    max_density: float | None = None,
     shrink_channels: bool = True,
     mr: int | None = None,
     nv: int | None = None,
@@ -72,6 +78,9 @@ def compile_model(
             later is built on its first call, all its layers at once, with a log line.
         max_density: a conv layer that would still multiply more than this fraction of its weights
             stays a dense (oneDNN/cuDNN) op, since a sparse kernel would not pay off; in (0, 1].
+            Default (None): 0.8, except that on the CPU backend such layers are lowered too
+            where the whole forward then becomes one run of kernels, replayed as one native
+            call (a layer left to PyTorch makes the forward run its Python between kernels).
         shrink_channels: physically remove dead filters and the matching channels downstream.
         mr: filters per block for every layer (CPU: 1, 2, 4, 8 or 16; CUDA: 16 is one tensor-core
             tile).  Default: per layer, the block size that stores the fewest weights, among the
@@ -87,8 +96,10 @@ def compile_model(
     """
     if not isinstance(model, nn.Module):
         raise CompileError(f"model must be an nn.Module, got {type(model).__name__}")
-    if not 0 < max_density <= 1:
-        raise CompileError(f"max_density must be in (0, 1], got {max_density}")
+    auto_density = max_density is None
+    max_density = DEFAULT_MAX_DENSITY if max_density is None else max_density
+    if not isinstance(max_density, (int, float)) or not 0 < max_density <= 1:
+        raise CompileError(f"max_density must be in (0, 1] or None, got {max_density!r}")
     if precision not in PRECISIONS:
         raise CompileError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     be = get_backend(resolve_backend(backend))
@@ -135,6 +146,68 @@ def compile_model(
         compiled = CompiledModel(model, be.name, decisions, reference, input_shape)
         be.finish(compiled, input_shape)
         return compiled
+    passes = (be, mrs, linear_mr, nv, shrink_channels, orig_density, orig_numel)
+    decisions = _run_passes(gm, max_density, *passes)
+    dense_convs = {n for n, m in gm.named_modules() if isinstance(m, CONVS)}
+    if auto_density and be.name == "cpu" and _only_dense_convs_apart(gm):
+        # A conv left to PyTorch as too dense to pay off splits the forward, which then runs
+        # its Python between the kernels (replay.py); lowered too, where the whole forward is
+        # then one run of kernels, it replays as one native call (ResNet-18 filter-pruned 3x at
+        # batch 1: 2.3x faster; docs/compiler.md, design decisions).
+        alt = copy.deepcopy(reference).eval().float()
+        alt = alt if isinstance(alt, fx.GraphModule) else fx.symbolic_trace(alt)
+        alt_decisions = _run_passes(alt, 1.0, *passes)
+        if one_run(alt) is not None:
+            for d in alt_decisions:
+                if d.name in dense_convs and d.action not in ("dense", "shrunk"):
+                    d.detail += "; lowered though dense: the forward is then one run of kernels"
+            gm, decisions = alt, alt_decisions
+    for m in gm.modules():
+        if isinstance(m, SparseConv):
+            m.precision = precision
+    compiled = CompiledModel(gm, be.name, decisions, reference, input_shape)
+    be.finish(compiled, input_shape)
+    return compiled
+
+
+_ACTIVATIONS = (nn.ReLU, nn.LeakyReLU)
+_JOINS = {torch.relu, F.relu, F.leaky_relu, operator.add, torch.add}
+
+
+def _only_dense_convs_apart(gm: fx.GraphModule) -> bool:
+    """Whether the lowered ``gm`` is not one run of kernels but what keeps it apart are only
+    convs left dense, their activations and residual sums (which the kernels take in once the
+    convs are lowered), so that lowering them may make the forward one native call."""
+    from .replay import kernel_module
+
+    if one_run(gm) is not None:
+        return False
+    found = False
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            m = gm.get_submodule(node.target)
+            if isinstance(m, CONVS):
+                found = True
+            elif not kernel_module(m) and not isinstance(m, _ACTIVATIONS):
+                return False
+        elif node.op == "call_method" or (node.op == "call_function" and node.target not in _JOINS):
+            return False
+    return found
+
+
+def _run_passes(
+    gm: fx.GraphModule,
+    max_density: float,
+    be,
+    mrs: tuple[int, ...],
+    linear_mr: int,
+    nv: int | None,
+    shrink_channels: bool,
+    orig_density: dict[str, float],
+    orig_numel: dict[str, int],
+) -> list[LayerDecision]:
+    """The passes on the traced ``gm`` (in place), lowering at ``max_density``; the decisions in
+    the model's layer order."""
     remove_identities(gm)
     fold_pads(gm)
     fuse_hard_swish(gm)
@@ -151,12 +224,7 @@ def compile_model(
     compute_into_kernel_outputs(gm)
     residuals_into_outputs(gm)
     wide_outputs(gm)
-    for m in gm.modules():
-        if isinstance(m, SparseConv):
-            m.precision = precision
-    compiled = CompiledModel(gm, be.name, decisions, reference, input_shape)
-    be.finish(compiled, input_shape)
-    return compiled
+    return decisions
 
 
 def _lower_in_place(model, be, max_density, mr, nv) -> list[LayerDecision]:

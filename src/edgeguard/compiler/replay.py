@@ -247,6 +247,25 @@ def segments(gm: fx.GraphModule) -> list[Segment]:
     return found
 
 
+def one_run(gm: fx.GraphModule, found: list[Segment] | None = None) -> Segment | None:
+    """The graph's only run (of :func:`segments`, or ``found``) where it is the whole graph,
+    from its single input to its single output: a forward that can replay as one native call
+    (:class:`Chain`); else None."""
+    found = segments(gm) if found is None else found
+    nodes = list(gm.graph.nodes)
+    seg = found[0] if len(found) == 1 else None
+    whole = (
+        seg is not None
+        and nodes[0].op == "placeholder"
+        and nodes[-1].op == "output"
+        and nodes[1:-1] == seg.nodes
+        and seg.inputs == [nodes[0]]
+        and nodes[-1].args[0] is seg.nodes[-1]
+        and seg.outputs == [seg.nodes[-1]]
+    )
+    return seg if whole else None
+
+
 def last_uses(nodes) -> dict[fx.Node, list[fx.Node]]:
     """For each node, the values it is the last reader of."""
     last: dict[fx.Node, fx.Node] = {}
@@ -283,18 +302,7 @@ class Replayer:
             return
         self.segments = {seg.nodes[0]: seg for seg in segments(self.gm)}
         self.frees = last_uses(self.gm.graph.nodes)
-        nodes = list(self.gm.graph.nodes)
-        seg = next(iter(self.segments.values())) if len(self.segments) == 1 else None
-        whole = (
-            seg is not None
-            and nodes[0].op == "placeholder"
-            and nodes[-1].op == "output"
-            and nodes[1:-1] == seg.nodes
-            and seg.inputs == [nodes[0]]
-            and nodes[-1].args[0] is seg.nodes[-1]
-            and seg.outputs == [seg.nodes[-1]]
-        )
-        self.one_run = seg if whole else None
+        self.one_run = one_run(self.gm, list(self.segments.values()))
 
     def active(self) -> bool:
         """Whether recording can pay off: partial replay is on, or the graph is one run of
