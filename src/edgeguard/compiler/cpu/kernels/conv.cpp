@@ -126,6 +126,7 @@ constexpr int T = NV * VL, TS = MR * T + NXM * MR;
 constexpr bool PFILL = !FUSE;  // a strided kernel fills its phase buffer itself
 constexpr int64_t OPLANE = WIDE ? OPS : (int64_t)HO * WO;  // floats from one output plane to the next
 constexpr int64_t RPLANE = RPL > 0 ? RPL : OPLANE;  // the residual's (a wide one's may differ)
+constexpr int64_t OUT_BYTES = (int64_t)M * DO * OPLANE * 4;  // a sample's output
 constexpr bool POOL = PKD * PKH * PKW > 1;
 constexpr int DOP = DO / PKD, HOP = HO / PKH, WOP = WO / PKW;
 static_assert(BLN == 0 || BLN == WO, "a batch-last output's width is the batch");
@@ -149,12 +150,13 @@ static inline void tile(const float* __restrict pk, const ridx_t* __restrict rid
   if constexpr (LAST && (RES || (!NT && BLN == 0))) {
     // The lines this tile's stores read (a fused residual's, written two layers before) or
     // write (the output's, a pool buffer last written a layer or more before), fetched while its
-    // rows are computed: out of the caches by then at large batches.  Not where the output is
-    // streamed (NT) or a batch-last kernel's intermediate, nor for a call with fewer samples
-    // than threads (wpf: its lines are in cache).
+    // rows are computed: out of the caches by then at large batches, and at batch 1 after other
+    // work (a dense model's call) where a sample's output fits an L2 (larger ones, written
+    // past the caches anyway, were slower with it).  Not where the output is streamed (NT) or
+    // a batch-last kernel's intermediate.
     const int64_t o0 = RA || WIDE ? p0 : (int64_t)(p0 / WQ - hb) * WO + p0 % WQ;
     for (int m = 0; m < MR; ++m)
-      if (RES ? rp[m] != nullptr : op[m] != nullptr && !wpf)
+      if (RES ? rp[m] != nullptr : op[m] != nullptr && (!wpf || OUT_BYTES <= (1 << 20)))
         for (int v = 0; v < NVT; ++v) {
           if constexpr (RES) __builtin_prefetch(rp[m] + o0 + v * VL);
           else __builtin_prefetch(op[m] + o0 + v * VL, 1);
