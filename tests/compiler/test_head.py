@@ -102,3 +102,106 @@ def test_a_compiled_classifier_runs_its_head_as_a_kernel():
         want = model(x)
         for _ in range(3):  # Python path, recorded, replayed
             assert (comp(x) - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+class Spelled(nn.Module):
+    """A conv body (8 x 8 plane, 16 channels) and a head spelled one of the ways classifiers
+    write a global average pool and a flatten."""
+
+    def __init__(self, spelling: str, features: int = 16) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1, stride=2)
+        self.gap = nn.AdaptiveAvgPool2d((1, 1))
+        self.avg = nn.AvgPool2d(8)
+        self.flat = nn.Flatten()
+        self.drop = nn.Dropout(0.2)
+        self.fc = nn.Linear(features, 5)
+        self.spelling = spelling
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        s = self.spelling
+        if s == "view":  # CIFAR ResNet's: F.avg_pool2d(out, 4); out.view(out.size(0), -1)
+            z = F.avg_pool2d(y, 8)
+            z = z.view(z.size(0), -1)
+        elif s == "reshape-shape":
+            z = self.avg(y).reshape(y.shape[0], -1)
+        elif s == "view-features":
+            z = self.gap(y).view(-1, 16)
+        elif s == "functional-adaptive":
+            z = torch.flatten(F.adaptive_avg_pool2d(y, 1), 1)
+        elif s == "mean":
+            z = y.mean((2, 3))
+        elif s == "mean-negative":
+            z = torch.mean(y, dim=[-1, -2])
+        elif s == "mean-keepdim":
+            z = y.mean((2, 3), keepdim=True).flatten(1)
+        elif s == "module-flatten":
+            z = self.drop(self.flat(self.gap(y)))
+        elif s == "squeeze":
+            z = self.gap(y).squeeze(-1).squeeze(-1)
+        elif s == "squeeze-all":  # squeezes the batch of 1 too: not a flatten
+            z = self.gap(y).squeeze()
+        elif s == "view-literal":  # only right at batch 2
+            z = self.gap(y).view(2, -1)
+        elif s == "overlapping":  # stride 1: not one window per plane
+            z = F.avg_pool2d(y, 8, stride=1).flatten(1)
+        elif s == "window":  # a 2 x 2 window on the 8 x 8 plane: 256 features, not global
+            z = F.avg_pool2d(y, 2).flatten(1)
+        else:
+            z = torch.flatten(y.amax((2, 3)), 1)  # a max: no average pool
+        return self.fc(z)
+
+
+FUSED = [
+    "view",
+    "reshape-shape",
+    "view-features",
+    "functional-adaptive",
+    "mean",
+    "mean-negative",
+    "mean-keepdim",
+    "module-flatten",
+    "squeeze",
+]
+
+
+@pytest.mark.parametrize(
+    "spelling", [*FUSED, "squeeze-all", "view-literal", "overlapping", "max", "window"]
+)
+def test_the_heads_spellings_fuse_and_compute_the_same(spelling):
+    torch.manual_seed(0)
+    model = Spelled(spelling, 16 * 16 if spelling == "window" else 16).eval()
+    gm = torch.fx.symbolic_trace(model)
+    from edgeguard.compiler.passes import remove_identities
+
+    remove_identities(gm)  # (the compiler's first pass: the dropout goes)
+    names = fuse_heads(gm)
+    fused = spelling in FUSED or spelling == "window"
+    assert names == (["fc"] if fused else [])
+    if fused:  # nothing of the pool and flatten left: the conv's output goes to the head
+        ops = [n.op for n in gm.graph.nodes]
+        assert ops == ["placeholder", "call_module", "call_function", "call_module", "output"]
+        gm.fc.mode = "torch"
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+@needs_cxx
+@pytest.mark.parametrize("spelling", ["view", "mean", "squeeze", "window"])
+def test_a_compiled_model_replays_through_each_spelling_of_its_head(spelling):
+    torch.manual_seed(1)
+    model = Spelled(spelling, 16 * 16 if spelling == "window" else 16).eval()
+    with torch.no_grad():
+        model.conv.weight[:, :, 0] = 0.0  # pruned: the conv is a kernel
+    shape = (2, 3, 16, 16)
+    comp = compile_model(model, "cpu", input_shape=shape)
+    assert isinstance(comp.module.fc, PooledLinearCpu)
+    x = torch.randn(shape)
+    with torch.no_grad():
+        want = model(x)
+        for _ in range(3):
+            torch.testing.assert_close(comp(x), want, rtol=1e-4, atol=1e-5)
+    # a window that is the whole plane runs the kernel and chains; one that is not, PyTorch's ops
+    assert bool(comp._replayer.chains) == (spelling != "window")

@@ -37,6 +37,8 @@ def build_kernels(compiled: CompiledModel, input_shape: tuple[int, ...], fuse: b
     shapes: dict[nn.Module, list[tuple[tuple[int, ...], tuple[int, int] | None]]] = {}
 
     def hook(mod, args):
+        if isinstance(mod, PooledLinearCpu) and not mod.runs_kernel(tuple(args[0].shape)):
+            return  # its window is not this input's plane: PyTorch's ops, no kernel
         x = args[0].unsqueeze(2) if mod.two_d else args[0]
         if isinstance(mod, SparseConv):
             form = mod.call_key(x, args[1] if len(args) > 1 else None)[x.dim() :]

@@ -16,7 +16,8 @@ from .generated import INT, VOID_P, GeneratedKernelModule
 
 
 class PooledLinearCpu(GeneratedKernelModule):
-    """``linear(flatten(adaptive_avg_pool(x, 1), 1))`` for an input ``[N, C, H, W]`` (or
+    """``linear(flatten(adaptive_avg_pool(x, 1), 1))`` (or an average pool whose ``window`` is the
+    whole plane) for an input ``[N, C, H, W]`` (or
     ``[N, C, D, H, W]``) float32; output ``[N, out_features]``.  A kernel is generated and built
     per input size; other dtypes, an ONNX export and the torch mode run the three PyTorch ops."""
 
@@ -24,9 +25,19 @@ class PooledLinearCpu(GeneratedKernelModule):
     symbol = "edgeguard_head"
     argtypes = (VOID_P, VOID_P, VOID_P, VOID_P, INT, INT)
 
-    def __init__(self, linear: nn.Linear, name: str = "head", dims: int = 2) -> None:
+    def __init__(
+        self,
+        linear: nn.Linear,
+        name: str = "head",
+        dims: int = 2,
+        window: tuple[int, ...] | None = None,
+    ) -> None:
         super().__init__(name)
         self.dims = dims  # the pool's: 2 (NCHW input) or 3 (NCDHW)
+        # an average pool's window (stride = window, no padding) that the model spelled the
+        # global pool with: global only where it is the input's plane; another plane size runs
+        # the model's own ops (pool, flatten, linear).  None: an adaptive pool to 1, a mean.
+        self.window = tuple(window) if window is not None else None
         self.weight = nn.Parameter(linear.weight.detach().float().clone(), requires_grad=False)
         bias = linear.bias.detach().float() if linear.bias is not None else None
         self.bias = nn.Parameter(
@@ -52,10 +63,20 @@ class PooledLinearCpu(GeneratedKernelModule):
         )
 
     def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
+        if self.window is not None:
+            pool = F.avg_pool2d if self.dims == 2 else F.avg_pool3d
+            return F.linear(torch.flatten(pool(x, self.window), 1), self.weight, self.bias)
         pool = F.adaptive_avg_pool2d if self.dims == 2 else F.adaptive_avg_pool3d
         return F.linear(torch.flatten(pool(x, 1), 1), self.weight, self.bias)
 
+    def runs_kernel(self, shape: tuple[int, ...]) -> bool:
+        """Whether an input of ``shape`` runs the kernel (a window pool: where it is the whole
+        plane) rather than the model's own ops."""
+        return self.window is None or tuple(shape[2:]) == self.window
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.runs_kernel(tuple(x.shape)):
+            return self.forward_torch(x)  # not the whole plane: the model's own ops
         self._check(x)
         if self.standard_path(x):
             return self.forward_torch(x)
