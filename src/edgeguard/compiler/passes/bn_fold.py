@@ -9,7 +9,8 @@ from .graph import BATCHNORMS, CONVS, materialise_mask, module_of, shared
 
 
 def fold_batchnorm(gm: fx.GraphModule) -> list[str]:
-    """Fold every eval-mode BatchNorm that directly follows a conv into it; returns the folded names."""
+    """Fold every eval-mode BatchNorm that directly follows a conv into it (grouped and depthwise
+    convs too: output channel ``o`` is still filter ``o`` alone); returns the folded names."""
     folded = []
     for node in list(gm.graph.nodes):
         bn = module_of(gm, node)
@@ -20,7 +21,6 @@ def fold_batchnorm(gm: fx.GraphModule) -> list[str]:
         if (
             not isinstance(conv, CONVS)
             or len(src.users) != 1
-            or conv.groups != 1
             or shared(gm, src)
         ):
             continue
