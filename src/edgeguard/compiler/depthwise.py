@@ -4,6 +4,8 @@ does not touch them, so without a faster kernel they cap the end-to-end speedup.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,6 +44,7 @@ class DepthwiseConvCpu(GeneratedKernelModule):
         name: str = "depthwise",
         pads: tuple[int, int, int, int] | None = None,
         relu: bool = False,
+        cap: float = math.inf,
     ) -> None:
         super().__init__(name)
         if not depthwise_supported(conv):
@@ -63,6 +66,9 @@ class DepthwiseConvCpu(GeneratedKernelModule):
         self.stride = tuple(conv.stride)
         self.multiplier = conv.out_channels // conv.in_channels
         self.relu = relu
+        self.cap = float(cap)  # the ReLU capped at this (ReLU6: 6); inf: not capped
+        if self.cap <= 0:
+            raise CompileError(f"{name}: cap must be > 0, got {cap!r}")
 
     def out_size(self, hi: int, wi: int) -> tuple[int, int]:
         (pl, pr, pt, pb), (kh, kw), (sh, sw) = self.pads, self.kernel_size, self.stride
@@ -83,6 +89,7 @@ class DepthwiseConvCpu(GeneratedKernelModule):
             {"C": c, "M": self.multiplier, "HI": hi, "WI": wi, "HO": ho, "WO": wo},
             {"KH": kh, "KW": kw, "SH": sh, "SW": sw, "PT": pt, "PL": pl},
             {"RELU": self.relu, "VL": vector_floats, "NT": nt},
+            {"CAP": float(self.cap) if self.cap < math.inf else 0.0},
         )
 
     def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,7 +100,9 @@ class DepthwiseConvCpu(GeneratedKernelModule):
             self.stride,
             groups=self.weight.shape[0] // self.multiplier,
         )
-        return F.relu(y) if self.relu else y
+        if not self.relu:
+            return y
+        return F.relu(y) if self.cap == math.inf else F.hardtanh(y, 0.0, self.cap)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.standard_path(x):
@@ -105,4 +114,5 @@ class DepthwiseConvCpu(GeneratedKernelModule):
         return (
             f"{self.weight.shape[0]}, kernel={self.kernel_size}, stride={self.stride}, "
             f"pads={self.pads}, relu={self.relu}"
+            + (f", cap={self.cap:g}" if self.cap < math.inf else "")
         )

@@ -10,6 +10,7 @@ once (``kernels/pw_depthwise.cpp``)."""
 from __future__ import annotations
 
 import ctypes
+import math
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +69,8 @@ class PointwiseDepthwiseCpu(GeneratedKernelModule):
         act_scale: float = 1.0,
         pads: tuple[int, int, int, int] = (0, 0, 0, 0),
         relu: bool = False,
+        pw_cap: float = math.inf,
+        cap: float = math.inf,
     ) -> None:
         super().__init__(name)
         if not pointwise_supported(pointwise):
@@ -124,6 +127,11 @@ class PointwiseDepthwiseCpu(GeneratedKernelModule):
         self.kernel_size = tuple(depthwise.kernel_size)
         self.stride = tuple(depthwise.stride)
         self.act, self.act_scale, self.relu = act, float(act_scale), relu
+        # the ReLU after the 1x1 (act "relu") and the one after the depthwise conv, capped at
+        # these (ReLU6: 6); inf: not capped
+        self.pw_cap, self.cap = float(pw_cap), float(cap)
+        if min(self.pw_cap, self.cap) <= 0:
+            raise CompileError(f"{name}: caps must be > 0, got {pw_cap!r} and {cap!r}")
         self.in_channels = w.shape[1]
         self.fused_from: tuple[str, str] = ("", name)  # (1x1 conv, depthwise conv) in the model
 
@@ -164,19 +172,22 @@ class PointwiseDepthwiseCpu(GeneratedKernelModule):
             {"C": c, "F": f, "HI": hi, "WI": wi, "HO": ho, "WO": wo},
             {"KH": kh, "KW": kw, "SH": sh, "SW": sw, "PT": pt, "PL": pl},
             {"ACT": ACTIVATIONS.index(self.act), "RELU": self.relu, "VL": vector_floats},
+            {"PWCAP": _c_cap(self.pw_cap), "CAP": _c_cap(self.cap)},
             {"NT": nt, "RB": rb, "FB": FILTER_BLOCK, "FG": fg},
         )
 
     def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
         y = F.conv2d(x, self.pw_weight[:, :, None, None], self.pw_bias)
         if self.act == "relu":
-            y = F.relu(y)
+            y = F.relu(y) if self.pw_cap == math.inf else F.hardtanh(y, 0.0, self.pw_cap)
         elif self.act == "hard_swish":
             y = F.hardswish(y) * (6.0 * self.act_scale)
         y = F.conv2d(
             F.pad(y, self.pads), self.dw_weight, self.dw_bias, self.stride, groups=y.shape[1]
         )
-        return F.relu(y) if self.relu else y
+        if not self.relu:
+            return y
+        return F.relu(y) if self.cap == math.inf else F.hardtanh(y, 0.0, self.cap)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.standard_path(x):
@@ -204,4 +215,11 @@ class PointwiseDepthwiseCpu(GeneratedKernelModule):
             f"{self.in_channels} -> {self.pw_weight.shape[0]}, act={self.act}, "
             f"density={self.density:.2f}, depthwise kernel={self.kernel_size}, "
             f"stride={self.stride}, pads={self.pads}, relu={self.relu}"
+            + (f", pw_cap={self.pw_cap:g}" if self.pw_cap < math.inf else "")
+            + (f", cap={self.cap:g}" if self.cap < math.inf else "")
         )
+
+
+def _c_cap(cap: float) -> float:
+    """A cap as the kernels take it: the value, or 0.0 for none."""
+    return float(cap) if cap < math.inf else 0.0

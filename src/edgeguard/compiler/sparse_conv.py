@@ -129,6 +129,7 @@ class SparseConv(nn.Module):
         *,
         relu: bool = False,
         slope: float = 0.0,
+        cap: float = math.inf,
         two_d: bool = False,
         mode: str = "torch",
         nv: int | None = None,
@@ -144,6 +145,10 @@ class SparseConv(nn.Module):
         self.plan = plan
         self.relu = relu
         self.slope = float(slope)  # with relu: a leaky ReLU of this negative slope (0: ReLU)
+        # with relu: the ReLU capped at this (ReLU6: 6), inf: none; not with a slope
+        self.cap = float(cap)
+        if self.cap <= 0 or (self.slope and self.cap < math.inf):
+            raise CompileError(f"cap must be > 0 and only on a plain ReLU, got {cap!r}")
         self.two_d = two_d
         self.mode = mode
         self.nv = nv  # CPU vectors per tile; None: per input size (Target.nv_for)
@@ -253,9 +258,12 @@ class SparseConv(nn.Module):
         return self._pooled(self.activation(out) if act else out)
 
     def activation(self, out: torch.Tensor) -> torch.Tensor:
-        """The layer's fused activation: ReLU, leaky ReLU (``slope``) or none."""
+        """The layer's fused activation: ReLU, leaky ReLU (``slope``), capped ReLU (``cap``) or
+        none."""
         if not self.relu:
             return out
+        if self.cap < math.inf:
+            return F.hardtanh(out, 0.0, self.cap)
         return F.leaky_relu(out, self.slope) if self.slope else F.relu(out)
 
     def forward_torch(self, x: torch.Tensor, act: bool = True) -> torch.Tensor:
@@ -553,6 +561,7 @@ class SparseConv(nn.Module):
             source_strides=view.strides,
             residual=self.residual and not view.batch_last,
             slope=self.slope,
+            cap=self.cap if self.relu else math.inf,
             wide=self.wide_out,
             wide_ops=ops if head else 0,
             res_plane=self.residual_plane(view, rpitch, target),
@@ -613,6 +622,8 @@ class SparseConv(nn.Module):
             self._fill_dead(out, act=False)
             return self._pooled(self.activation(out))
         self._fill_dead(out)
+        if self.relu and self.cap < math.inf:  # the cap too
+            out = out.clamp_(max=self.cap)
         return self._pooled(out)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
@@ -695,6 +706,7 @@ class SparseConv(nn.Module):
             f"{g.in_channels}, {g.out_channels}, kernel={g.kernel}, stride={g.stride}, "
             f"mode={self.mode}, density={self.plan.density:.3f}, relu={self.relu}"
             + (f", slope={self.slope}" if self.slope else "")
+            + (f", cap={self.cap:g}" if self.cap < math.inf else "")
             + (f", max_pool={self.pool}" if self.pool else "")
         )
 

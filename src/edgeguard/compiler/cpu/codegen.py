@@ -10,6 +10,7 @@ loop loads ``nv`` input vectors of one kept row once and reuses them across the 
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import replace
 from functools import cache
@@ -278,6 +279,7 @@ def generate_source(
     fv: bool | None = None,
     batch_last: tuple[int, bool, bool] = (0, False, False),
     slope: float = 0.0,
+    cap: float = math.inf,
     wide: bool = False,
     wide_ops: int = 0,
     res_plane: int = 0,
@@ -301,7 +303,8 @@ def generate_source(
     residual, relu)`` of a batch-last kernel (its input the ``[1, C, H, W, N]`` view, ``n = N``):
     after its tiles it transposes its output into ``[N, M, H, W]`` itself, adding a residual
     and then the ReLU there when asked; ``(0, False, False)``: not batch-last.  ``slope``: the
-    fused ReLU is a leaky ReLU of this negative slope (0: a ReLU).  ``wide``: store a wide output
+    fused ReLU is a leaky ReLU of this negative slope (0: a ReLU).  ``cap``: the fused ReLU
+    is capped at this (ReLU6: 6; inf: not).  ``wide``: store a wide output
     where :func:`wide_plane` allows (its plane stride, the kernel's ``OPS``); ``wide_ops``: a
     larger plane stride for it (a multiple of 16: a reader's padded planes), 0: its own; the
     lanes of positions past each row end and past the plane's last position are then stored as
@@ -463,6 +466,8 @@ def generate_source(
         f"PACK = {_bool(pack)}, PLANES_INNER = {_bool(temporal)}, RES = {_bool(residual)}, "
         f"FV = {_bool(fv)};",
         f"constexpr float SLOPE = {float(slope)!r}f; "
+        f"constexpr bool CAPPED = {_bool(cap < math.inf)}; "
+        f"constexpr float CAP = {float(cap) if cap < math.inf else 0.0!r}f; "
         f"constexpr int BLN = {int(batch_last[0])}; "
         f"constexpr bool BLRES = {_bool(batch_last[1])}, BLRELU = {_bool(batch_last[2])};",
         f"constexpr int CIN = {g.in_channels}, DI = {layout.size[0]}, HI = {layout.size[1]}, "

@@ -18,11 +18,7 @@ def fold_batchnorm(gm: fx.GraphModule) -> list[str]:
             continue
         src = node.args[0]
         conv = module_of(gm, src) if isinstance(src, fx.Node) else None
-        if (
-            not isinstance(conv, CONVS)
-            or len(src.users) != 1
-            or shared(gm, src)
-        ):
+        if not isinstance(conv, CONVS) or len(src.users) != 1 or shared(gm, src):
             continue
         materialise_mask(conv)
         scale = (bn.weight.detach() if bn.affine else 1.0) / torch.sqrt(bn.running_var + bn.eps)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,7 @@ from ..sparse_conv import SparseConv
 from ..sparse_linear import SparseLinear
 from .graph import CONVS, materialise_mask, module_of, set_module, shared
 from .pad_fold import pad_args
-from .relu_fusion import fuse_leaky_relu, fuse_relu
+from .relu_fusion import fuse_capped_relu, fuse_leaky_relu, fuse_relu
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +149,13 @@ def lower_depthwise(gm: fx.GraphModule, node: fx.Node, m: nn.Conv2d, name: str) 
         node.replace_input_with(pad_node, pad_node.args[0])
         gm.graph.erase_node(pad_node)
         notes.append("zero padding taken in")
-    relu = fuse_relu(gm, node)
+    relu, cap = fuse_relu(gm, node), math.inf
+    if not relu:
+        capped = fuse_capped_relu(gm, node)
+        relu, cap = capped is not None, capped or math.inf
     if relu:
-        notes.append("ReLU fused")
-    set_module(gm, name, DepthwiseConvCpu(m, name, pads, relu))
+        notes.append("ReLU fused" if cap == math.inf else f"ReLU capped at {cap:g} fused")
+    set_module(gm, name, DepthwiseConvCpu(m, name, pads, relu, cap))
     density = float((m.weight != 0).float().mean())
     return LayerDecision(name, "depthwise", density, ", ".join(notes))
 
@@ -232,13 +236,31 @@ def lower_conv(
             log.info("%s: %s", name, detail)
         return LayerDecision(name, "dense", plan.density, detail), None
     relu = fuse_relu(gm, node) if gm is not None and backend.fuses_relu else False
-    slope = 0.0
+    slope, cap = 0.0, math.inf
+    if not relu and gm is not None and backend.fuses_relu:  # a ReLU6 (MobileNetV2)
+        capped = fuse_capped_relu(gm, node)
+        relu, cap = capped is not None, capped or math.inf
     if not relu and gm is not None and backend.name == "cpu":  # the CPU kernels take a leaky one
         leaky = fuse_leaky_relu(gm, node)
         relu, slope = leaky is not None, leaky or 0.0
     new = SparseConv(
-        plan, relu=relu, slope=slope, two_d=w.dim() == 4, mode=backend.name, nv=nv, name=name
+        plan,
+        relu=relu,
+        slope=slope,
+        cap=cap,
+        two_d=w.dim() == 4,
+        mode=backend.name,
+        nv=nv,
+        name=name,
     )
-    fused = f", leaky ReLU ({slope:g}) fused" if slope else ", ReLU fused" if relu else ""
+    fused = (
+        f", leaky ReLU ({slope:g}) fused"
+        if slope
+        else f", ReLU capped at {cap:g} fused"
+        if cap < math.inf
+        else ", ReLU fused"
+        if relu
+        else ""
+    )
     detail = f"{len(plan.block_rows)} blocks of {plan.mr} filters" + fused
     return LayerDecision(name, "sparse", plan.density, detail), new

@@ -6,6 +6,7 @@ the ReLU after the depthwise conv.  Runs before lowering, on BatchNorm-folded, s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch.nn.functional as F
@@ -16,18 +17,22 @@ from ..pointwise_depthwise import PointwiseDepthwiseCpu, fusable_depthwise, poin
 from .graph import materialise_mask, module_of, set_module, shared
 from .hard_swish import hard_swish_scaled
 from .lowering import _zero_pad_of
-from .relu_fusion import fuse_relu, is_relu
+from .relu_fusion import capped_relu, fuse_capped_relu, fuse_relu, is_relu
 
 
-def _activation(gm: fx.GraphModule, node: fx.Node) -> tuple[str, float] | None:
-    """``(act, scale)`` when ``node`` is a ReLU or a scaled hard-swish of its first argument."""
+def _activation(gm: fx.GraphModule, node: fx.Node) -> tuple[str, float, float] | None:
+    """``(act, scale, cap)`` when ``node`` is a ReLU (capped at ``cap``: a ReLU6; else inf) or a
+    scaled hard-swish of its first argument."""
     if is_relu(gm, node):
-        return "relu", 1.0
+        return "relu", 1.0, math.inf
+    cap = capped_relu(gm, node)
+    if cap is not None:
+        return "relu", 1.0, cap
     if node.op != "call_function":
         return None
     if node.target is hard_swish_scaled and len(node.args) == 2 and not node.kwargs:
         scale = node.args[1]
-        return ("hard_swish", float(scale)) if isinstance(scale, int | float) else None
+        return ("hard_swish", float(scale), math.inf) if isinstance(scale, int | float) else None
     return None
 
 
@@ -51,12 +56,12 @@ def fuse_pointwise_depthwise(
             continue
         if pw.out_channels < pw.in_channels:  # a reduction: its output is smaller than its input
             continue
-        chain, act, scale = [], "none", 1.0
+        chain, act, scale, pw_cap = [], "none", 1.0, math.inf
         nxt = _only_user(node)
         if nxt is not None and nxt.args[:1] == (node,):
             found = _activation(gm, nxt)
             if found is not None:
-                act, scale = found
+                act, scale, pw_cap = found
                 chain.append(nxt)
                 nxt = _only_user(nxt)
         if nxt is None:
@@ -78,8 +83,11 @@ def fuse_pointwise_depthwise(
         materialise_mask(pw)
         materialise_mask(dw)
         pw_name, dw_name = str(node.target), str(nxt.target)
-        relu = fuse_relu(gm, nxt)
-        fused = PointwiseDepthwiseCpu(pw, dw, dw_name, act, scale, pads, relu)
+        relu, cap = fuse_relu(gm, nxt), math.inf
+        if not relu:
+            capped = fuse_capped_relu(gm, nxt)
+            relu, cap = capped is not None, capped or math.inf
+        fused = PointwiseDepthwiseCpu(pw, dw, dw_name, act, scale, pads, relu, pw_cap, cap)
         fused.fused_from = (pw_name, dw_name)
         set_module(gm, dw_name, fused)
         nxt.args = (node.args[0], *nxt.args[1:])
@@ -88,7 +96,15 @@ def fuse_pointwise_depthwise(
         gm.delete_submodule(pw_name)
         numel = fused.pw_weight.numel()
         density = fused.density * numel / orig_numel.get(pw_name, numel)
-        what = f"{'ReLU, ' if act == 'relu' else 'hard-swish, ' if act != 'none' else ''}"
+        what = (
+            f"ReLU capped at {pw_cap:g}, "
+            if act == "relu" and pw_cap < math.inf
+            else "ReLU, "
+            if act == "relu"
+            else "hard-swish, "
+            if act != "none"
+            else ""
+        )
         decisions.append(
             LayerDecision(
                 pw_name,
@@ -104,7 +120,13 @@ def fuse_pointwise_depthwise(
                 float((dw.weight != 0).float().mean()),
                 f"fused with the 1x1 conv {pw_name} before it"
                 + (", zero padding taken in" if any(pads) else "")
-                + (", ReLU fused" if relu else ""),
+                + (
+                    f", ReLU capped at {cap:g} fused"
+                    if relu and cap < math.inf
+                    else ", ReLU fused"
+                    if relu
+                    else ""
+                ),
             )
         )
     gm.graph.lint()

@@ -41,6 +41,49 @@ def fuse_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
     return True
 
 
+def capped_relu(gm: fx.GraphModule, node: fx.Node) -> float | None:
+    """The cap ``c`` where ``node`` is a ReLU capped at ``c > 0`` (``nn.ReLU6``, ``F.relu6``,
+    ``nn.Hardtanh(0, c)``, ``F.hardtanh(x, 0, c)``, ``torch.clamp(x, 0, c)``, MobileNetV2's
+    activation), else None."""
+    m = module_of(gm, node)
+    if isinstance(m, nn.ReLU6):
+        return 6.0
+    if isinstance(m, nn.Hardtanh):
+        lo, hi = m.min_val, m.max_val
+    elif node.op == "call_function" and node.target is F.relu6:
+        if not set(node.kwargs) <= {"inplace"} or len(node.args) > 2:
+            return None
+        return 6.0
+    elif node.op == "call_function" and node.target is F.hardtanh:
+        if not set(node.kwargs) <= {"min_val", "max_val", "inplace"}:
+            return None
+        lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", -1.0)
+        hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max_val", 1.0)
+    elif (node.op == "call_function" and node.target in (torch.clamp, torch.clip)) or (
+        node.op == "call_method" and node.target in ("clamp", "clip")
+    ):
+        if not set(node.kwargs) <= {"min", "max"}:
+            return None
+        lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min")
+        hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max")
+    else:
+        return None
+    ok = isinstance(lo, int | float) and isinstance(hi, int | float) and lo == 0 and hi > 0
+    return float(hi) if ok and not isinstance(hi, bool) else None
+
+
+def fuse_capped_relu(gm: fx.GraphModule, node: fx.Node) -> float | None:
+    """If ``node``'s only user is a ReLU capped at ``c`` (:func:`capped_relu`), remove it and
+    return ``c`` (the caller's kernel applies it); None otherwise."""
+    u = _activation_user(gm, node)
+    cap = capped_relu(gm, u) if u is not None else None
+    if cap is None:
+        return None
+    u.replace_all_uses_with(node)
+    gm.graph.erase_node(u)
+    return cap
+
+
 def fuse_leaky_relu(gm: fx.GraphModule, node: fx.Node) -> float | None:
     """If ``node``'s only user is a leaky ReLU (``F.leaky_relu`` or ``nn.LeakyReLU``), remove it
     and return its negative slope (the caller's kernel applies it); None otherwise."""

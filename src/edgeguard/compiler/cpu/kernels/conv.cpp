@@ -15,6 +15,7 @@
 //   SLOPE where SLOPE != 0).  FV: filter-vectorised
 //   tiles (fv_tile: one vector of MR filters per output position; small planes), which read the
 //   output position q = h * WO + w of a row at FV_POFF[q] and run the tiles of EG_FV_CASES.
+//   CAPPED, CAP: the ReLU capped at CAP (ReLU6).
 //   RES: a residual res [N, M, DO, HO, WO] (the output's shape) is added before the ReLU, as each
 //   tile stores its outputs; it is read in the output's layout, its planes RPL floats apart where
 //   RPL > 0 (a wide residual written into another layer's padded buffer).
@@ -104,10 +105,13 @@ static inline void st_out(float* p, vf v) {
   st(p, v);
 }
 
-// the fused activation, on a float or a vector: ReLU, or with SLOPE != 0 a leaky ReLU
+// the fused activation, on a float or a vector: ReLU, or with SLOPE != 0 a leaky ReLU, capped at
+// CAP where CAPPED (ReLU6)
 template <class V>
 static inline V lrelu(V v) {
-  return v > 0 ? v : (SLOPE == 0.f ? V{} : v * SLOPE);
+  V r = v > 0 ? v : (SLOPE == 0.f ? V{} : v * SLOPE);
+  if constexpr (CAPPED) r = r < CAP ? r : V{} + CAP;
+  return r;
 }
 // the activation after a residual sum (RES): lrelu, or nothing (RELU false)
 template <class V>

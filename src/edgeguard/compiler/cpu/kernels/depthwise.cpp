@@ -2,7 +2,8 @@
 // per layer and input size.  edgeguard.compiler.depthwise writes the layer's header in place of
 // the include of eg_layer.h: input C x HI x WI, output C * M x HO x WO, kernel KH x KW, stride
 // SH x SW, zero padding PT (top) / PL (left) with the bottom/right implied by the output size,
-// RELU (0/1), VL floats per vector and NT vectors of outputs per tile.
+// RELU (0/1) capped at CAP where CAP > 0 (ReLU6), VL floats per vector and NT vectors of outputs
+// per tile.
 //
 // Each thread copies one input plane into zero-padded, stride-deinterleaved "phase" planes
 // (column j of the padded plane goes to phase j % SW at j / SW), so every tap reads a contiguous

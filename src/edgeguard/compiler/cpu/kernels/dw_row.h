@@ -1,9 +1,18 @@
 // One output row of a depthwise filter from phase rows, shared by the depthwise kernels
 // (depthwise.cpp, pw_depthwise.cpp; inlined by codegen.render after the layer's constants KH, KW,
-// SW, WO, RELU, VL, NT, T and the vector helpers vf/ld/st).  ``top`` is the first phase row the
+// SW, WO, RELU, CAP, VL, NT, T and the vector helpers vf/ld/st).  ``top`` is the first phase row the
 // output row reads; padded row kh of it starts RSTRIDE floats after row kh - 1 and phase p of a
 // row PSTRIDE floats after phase p - 1.  Tiles of T outputs keep NT accumulator vectors in
 // registers; a tail tile's lanes past WO read the next phase/row (or the slack): never stored.
+// the activation after the depthwise taps: none, a ReLU, a ReLU capped at CAP where CAP > 0
+static inline vf dw_act(vf v) {
+  const vf zero = {};
+  if (!RELU) return v;
+  v = v < zero ? zero : v;
+  if (CAP > 0.f) v = v > CAP ? zero + CAP : v;
+  return v;
+}
+
 template <int RSTRIDE, int PSTRIDE>
 static inline __attribute__((always_inline)) void dw_row(const float* top, const float* wk,
                                                          float bias, float* dst) {
@@ -26,11 +35,11 @@ static inline __attribute__((always_inline)) void dw_row(const float* top, const
     float* d = dst + ow0;
     if (ow0 + T <= WO) {
 #pragma GCC unroll 8
-      for (int i = 0; i < NT; ++i) st(d + i * VL, RELU ? (acc[i] < zero ? zero : acc[i]) : acc[i]);
+      for (int i = 0; i < NT; ++i) st(d + i * VL, dw_act(acc[i]));
     } else {
       float tail[T];
 #pragma GCC unroll 8
-      for (int i = 0; i < NT; ++i) st(tail + i * VL, RELU ? (acc[i] < zero ? zero : acc[i]) : acc[i]);
+      for (int i = 0; i < NT; ++i) st(tail + i * VL, dw_act(acc[i]));
       for (int t = 0; t < WO - ow0; ++t) d[t] = tail[t];
     }
   }

@@ -3,8 +3,9 @@
 // edgeguard.compiler.pointwise_depthwise writes the header in place of the include of eg_layer.h:
 // input C x HI x WI, F expanded channels (one depthwise filter each), output F x HO x WO, kernel
 // KH x KW, stride SH x SW, zero padding PT (top) / PL (left) of the expanded plane with the
-// bottom/right implied by the output size, ACT (0 none, 1 ReLU, 2 scaled hard-swish
-// s * x * relu6(x + 3)) after the 1x1, RELU (0/1) after the depthwise, VL floats per vector, NT
+// bottom/right implied by the output size, ACT (0 none, 1 ReLU, capped at PWCAP where PWCAP > 0,
+// 2 scaled hard-swish s * x * relu6(x + 3)) after the 1x1, RELU (0/1) after the depthwise, capped
+// at CAP where CAP > 0, VL floats per vector, NT
 // vectors of outputs per tile, RB output rows per band, FB filters expanded together (a block:
 // its weights a [kept channel][FB] panel over the union of the block's kept channels, zeros where
 // a filter does not read one), FG block groups per band (work items).
@@ -39,7 +40,11 @@ constexpr int BPG = (NBLK + FG - 1) / FG;               // blocks per group
 
 static inline vf act(vf v, float s) {
   const vf zero = {};
-  if (ACT == 1) return v < zero ? zero : v;
+  if (ACT == 1) {
+    v = v < zero ? zero : v;
+    if (PWCAP > 0.f) v = v > PWCAP ? zero + PWCAP : v;
+    return v;
+  }
   if (ACT == 2) {
     vf t = v + 3.0f;
     t = t < zero ? zero : t;
