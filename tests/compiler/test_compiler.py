@@ -40,6 +40,8 @@ MODELS = {
     "r2plus1d": (lambda: build("r2plus1d_18", num_classes=5, width=0.125), (2, 3, 4, 24, 24)),
     "resnet": (lambda: build("resnet18_cifar", num_classes=10, width=0.25), (2, 3, 16, 16)),
     "digits": (lambda: build("digits_cnn"), (2, 1, 8, 8)),  # a 2D max pool
+    # depthwise convs, ReLU6, residual sums without a ReLU
+    "mobilenet": (lambda: build("mobilenet_v2_cifar", width=0.5), (2, 3, 32, 32)),
 }
 
 
@@ -54,6 +56,7 @@ FAST = {("c3d", s) for s in SCHEMES} | {
     ("r2plus1d", "channel"),
     ("resnet", "kgs"),
     ("digits", "kgs"),
+    ("mobilenet", "kgs"),
 }
 CASES = [
     pytest.param(a, s, marks=() if (a, s) in FAST else pytest.mark.slow)
@@ -75,7 +78,8 @@ def test_compiled_model_computes_the_masked_model(arch, scheme, backend):
     compiled = compile_model(model, backend, input_shape=shape)
     assert rel_err(compiled(x), ref) <= 1e-4
     assert rel_err(compiled(x), ref) <= 1e-4  # buffers reused on the second call
-    assert {d.action for d in compiled.decisions} <= {"sparse", "dense", "shrunk", "unsupported"}
+    actions = {"sparse", "dense", "shrunk", "unsupported", "depthwise"}
+    assert {d.action for d in compiled.decisions} <= actions
     if scheme in ("kgs", "vanilla", "column"):
         assert compiled.sparse_layers(), "sparse schemes run generated kernels"
 

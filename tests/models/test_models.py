@@ -90,6 +90,7 @@ def test_r2plus1d_mid_channels_follow_the_paper():
         ("digits_cnn", {}, (2, 1, 16, 16)),
         ("vgg16_cifar", {"width": 0.125}, (2, 3, 32, 32)),
         ("resnet18_cifar", {"width": 0.125}, (2, 3, 32, 32)),
+        ("mobilenet_v2_cifar", {"width": 0.25}, (2, 3, 32, 32)),
     ],
 )
 def test_models_run_on_their_inputs(name, kwargs, shape):
@@ -119,3 +120,17 @@ def test_flops_counts_masks():
     assert report["fc"].kept_macs == report["fc"].dense_macs // 2
     assert report.kept_macs == dense.dense_macs - report["fc"].dense_macs // 2
     assert vgg16_cifar and resnet18_cifar  # imported names exist
+
+
+def test_mobilenet_v2_has_the_papers_blocks_and_size():
+    from edgeguard.models import MobileNetV2Cifar
+    from edgeguard.models.vision import InvertedResidual
+
+    model = build("mobilenet_v2_cifar")
+    blocks = [m for m in model.modules() if isinstance(m, InvertedResidual)]
+    assert len(blocks) == 17 and sum(b.residual for b in blocks) == 10
+    depthwise = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    assert len(depthwise) == 17 and all(m.groups == m.in_channels for m in depthwise)
+    assert isinstance(model, MobileNetV2Cifar)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert 2.2e6 < n_params < 2.3e6  # the paper's 3.4M less ImageNet's 1280 x 1000 classifier

@@ -1,4 +1,4 @@
-"""Model zoo: video CNNs (C3D, R(2+1)D-18), image CNNs (digits, VGG-16/ResNet-18 for CIFAR), GNNs
+"""Model zoo: video CNNs (C3D, R(2+1)D-18), image CNNs (digits, VGG-16/ResNet-18/MobileNetV2 for CIFAR), GNNs
 (GCN, GraphSAGE) and MAC counting.  ``build(name, **kwargs)`` creates a model and records how, so that checkpoints can rebuild
 it (``model.edgeguard_arch``)."""
 
@@ -15,10 +15,12 @@ from .flops import FlopsReport, LayerFlops, count_flops
 from .video import C3D, R2Plus1D, c3d, r2plus1d_18
 from .vision import (
     DigitsCNN,
+    MobileNetV2Cifar,
     ResNetCifar,
     VGGCifar,
     concept_cnn,
     digits_cnn,
+    mobilenet_v2_cifar,
     resnet18_cifar,
     vgg16_cifar,
 )
@@ -51,6 +53,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "concept_cnn": concept_cnn,
     "vgg16_cifar": vgg16_cifar,
     "resnet18_cifar": resnet18_cifar,
+    "mobilenet_v2_cifar": mobilenet_v2_cifar,
     "gcn": _gcn,
     "graphsage": _graphsage,
     "person_cnn": _person_cnn,
@@ -73,6 +76,7 @@ __all__ = [
     "DigitsCNN",
     "FlopsReport",
     "LayerFlops",
+    "MobileNetV2Cifar",
     "R2Plus1D",
     "ResNetCifar",
     "VGGCifar",
@@ -81,6 +85,7 @@ __all__ = [
     "concept_cnn",
     "count_flops",
     "digits_cnn",
+    "mobilenet_v2_cifar",
     "r2plus1d_18",
     "resnet18_cifar",
     "vgg16_cifar",

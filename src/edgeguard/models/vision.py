@@ -131,6 +131,80 @@ class ResNetCifar(nn.Module):
         return self.fc(self.pool(x).flatten(1))
 
 
+def _div8(c: float) -> int:
+    """A channel count rounded to the nearest multiple of 8 (at least 8), as MobileNets round."""
+    return max(8, int(c + 4) // 8 * 8)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: a 1x1 expand conv (``expand`` > 1), ReLU6, a 3x3 depthwise conv,
+    ReLU6, a 1x1 projection (linear: no activation); the input added back where the shapes
+    allow."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = cin * expand
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers += [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6()]
+        layers += [
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
+        self.conv = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return x + y if self.residual else y
+
+
+class MobileNetV2Cifar(nn.Module):
+    """MobileNetV2 (Sandler et al., 2018) for 32x32 inputs: a stride-1 3x3 stem and the second
+    stage at stride 1 (the CIFAR version's 4 x 4 last plane), 17 inverted-residual blocks with
+    ReLU6, a 1x1 conv to 1280 channels, global average pooling, a linear classifier.  ``width``
+    scales every channel count (rounded to multiples of 8; the last conv keeps at least 1280)."""
+
+    CFG: Sequence[tuple[int, int, int, int]] = (  # expand, channels, blocks, first stride
+        (1, 16, 1, 1),
+        (6, 24, 2, 1),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    )
+
+    def __init__(self, num_classes: int = 10, width: float = 1.0) -> None:
+        super().__init__()
+        cin = _div8(32 * width)
+        layers: list[nn.Module] = [
+            nn.Conv2d(3, cin, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(cin),
+            nn.ReLU6(),
+        ]
+        for t, c, n, s in self.CFG:
+            cout = _div8(c * width)
+            for i in range(n):
+                layers.append(InvertedResidual(cin, cout, s if i == 0 else 1, t))
+                cin = cout
+        last = _div8(1280 * max(1.0, width))
+        layers += [nn.Conv2d(cin, last, 1, bias=False), nn.BatchNorm2d(last), nn.ReLU6()]
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(last, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(self.features(x)).flatten(1))
+
+
+def mobilenet_v2_cifar(num_classes: int = 10, width: float = 1.0) -> MobileNetV2Cifar:
+    return MobileNetV2Cifar(num_classes=num_classes, width=width)
+
+
 def digits_cnn(num_classes: int = 10, in_channels: int = 1, width: float = 1.0) -> DigitsCNN:
     return DigitsCNN(num_classes=num_classes, in_channels=in_channels, width=width)
 
