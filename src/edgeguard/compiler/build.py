@@ -6,6 +6,7 @@ import torch
 from torch import fx, nn
 
 from .depthwise import DepthwiseConvCpu
+from .eltwise import AddCpu, FieldAddCpu
 from .generated import kernel_output
 from .head import PooledLinearCpu
 from .model import CompiledModel
@@ -26,7 +27,15 @@ def build_kernels(compiled: CompiledModel, input_shape: tuple[int, ...], fuse: b
         m
         for m in compiled.module.modules()
         if (isinstance(m, SparseConv) and m.mode == "cpu" and m.plan.block_rows)
-        or isinstance(m, MaxPoolCpu | DepthwiseConvCpu | PointwiseDepthwiseCpu | PooledLinearCpu)
+        or isinstance(
+            m,
+            MaxPoolCpu
+            | DepthwiseConvCpu
+            | PointwiseDepthwiseCpu
+            | PooledLinearCpu
+            | AddCpu
+            | FieldAddCpu,
+        )
     ]
     if not layers:
         return 0

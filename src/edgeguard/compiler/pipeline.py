@@ -36,6 +36,7 @@ from .passes.pad_fold import fold_pads
 from .passes.pool_fusion import FUSE_POOL_MIN_BYTES, fuse_pools
 from .passes.pw_dw_fusion import fuse_pointwise_depthwise
 from .passes.residual import fuse_residuals
+from .passes.sums import native_sums
 from .passes.wide import wide_outputs
 from .replay import one_run
 from .sparse_conv import PRECISIONS, SparseConv
@@ -221,6 +222,8 @@ def _run_passes(
     decisions = sorted([*decisions, *fused], key=lambda d: rank.get(d.name, len(rank)))
     if be.fuses_residual:
         fuse_residuals(gm)
+    if be.name == "cpu":  # the sums left and shrinking's fields as kernels too
+        native_sums(gm)
     compute_into_kernel_outputs(gm)
     residuals_into_outputs(gm)
     wide_outputs(gm)
