@@ -125,3 +125,27 @@ def test_the_padding_in_dead_filters_planes_is_zeroed_too():
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     t2 = compiled.module.get_submodule("blocks.0.t2")
     assert len(t2.plan.dead) > 0 and kept_calls(compiled)["blocks.0.t2"].head > 0
+
+
+@needs_cxx
+def test_a_forward_of_padded_outputs_replays_as_one_native_call():
+    # the padding a padded output leaves (each plane's leading columns: a strided range) is
+    # zeroed, and a residual of another pitch copied into the reader's layout, by the chain
+    # runner: recorded as strided zero and copy ops (R(2+1)D ran its Python before: 1.1x slower)
+    from edgeguard.compiler import replay
+
+    torch.manual_seed(0)
+    model = _prepare(R21Net([(8, 1), (8, 1), (16, 2)], 12, head=True), 0, "kgs", 0.6)
+    shape = (2, 3, 3, 22, 30)
+    compiled = compile_model(model, "cpu", input_shape=shape)
+    with torch.no_grad():
+        for k in range(5):
+            x = torch.randn(shape) * (k + 1)
+            assert poison_pools(compiled) or k == 0  # (the recorded buffers too)
+            got = compiled(x)
+            assert torch.isfinite(got).all()
+            torch.testing.assert_close(got, model(x), rtol=1e-4, atol=1e-5)
+    (chain,) = compiled._replayer.chains.values()
+    ops = chain.plan.ops
+    assert any(fn is replay._ZERO and args[2] > 1 for fn, args in ops)  # strided zeroing
+    assert any(fn is replay._COPY for fn, _ in ops)  # a residual of another pitch

@@ -54,7 +54,9 @@ def test_the_recorder_keeps_views_and_zeroing_and_refuses_other_writes():
         v = t.view(4, 4)[1]  # views of t's memory
         t[4:8].zero_()
         assert rec.refused is None
-        assert rec.ops[0][1] == (t.data_ptr() + 16, 16)  # the zeroed range: bytes 16-31
+        assert rec.ops[0][1] == (t.data_ptr() + 16, 16, 1, 0)  # the zeroed range: bytes 16-31
+        t.view(4, 4)[1:3, :2].zero_()  # two rows of 2 floats, 16 bytes apart
+        assert rec.refused is None and rec.ops[1][1] == (t.data_ptr() + 16, 8, 2, 16)
         v.add_(1.0)
     assert rec.refused == "add_"
     index = torch.tensor([0, 2])
@@ -63,8 +65,22 @@ def test_the_recorder_keeps_views_and_zeroing_and_refuses_other_writes():
     assert rec.refused == "__getitem__"
     wide = t.view(2, 8)[:, :4]
     with Recorder() as rec:
-        wide.contiguous()  # a copy, not the tensor itself
-    assert rec.refused == "contiguous"
+        dense = wide.contiguous()  # a copy into fresh memory: replayed as a strided copy
+        t.view(2, 8)[:, 4:].copy_(dense)  # rows of 4 floats, 32 bytes apart
+        assert rec.refused is None
+        (ptr, src, width, rows, dstep, sstep, planes, *_), copy = rec.ops[0][1], rec.ops[1][1]
+        assert (ptr, src, width, rows, dstep, sstep, planes) == (
+            dense.data_ptr(),
+            t.data_ptr(),
+            16,
+            2,
+            16,
+            32,
+            1,
+        )
+        assert copy[:6] == (t.data_ptr() + 16, dense.data_ptr(), 16, 2, 32, 16)
+        wide.clone()  # any other copy
+    assert rec.refused == "clone"
 
 
 @needs_cxx

@@ -110,12 +110,84 @@ class Recorder(TorchFunctionMode):
             return out
         if name in _VIEWS and _view_of(out, first) and (name != "contiguous" or out is first):
             return out
-        if name == "zero_" and first is not None and first.is_contiguous():
-            self.ops.append((_ZERO, (first.data_ptr(), first.numel() * first.element_size())))
-            self.hold(first)
+        if name == "zero_" and first is not None and not first.numel():
+            return out  # nothing to zero
+        if name == "zero_" and first is not None:
+            size = first.element_size()
+            if first.is_contiguous():
+                self.ops.append((_ZERO, (first.data_ptr(), first.numel() * size, 1, 0)))
+                self.hold(first)
+                return out
+            if (
+                first.dim() == 2 and first.stride(1) == 1
+            ):  # rows of contiguous floats, a stride apart
+                rows, width = first.shape
+                zero = (first.data_ptr(), width * size, rows, first.stride(0) * size)
+                self.ops.append((_ZERO, zero))
+                self.hold(first)
+                return out
+        # a copy between float32 tensors of planes of rows: copy_, or contiguous() of a strided
+        # tensor (fresh memory, held by the plan: later replays copy into the same floats)
+        copy = None
+        if name == "copy_" and len(args) >= 2 and not kwargs:
+            copy = (args[0], args[1])
+        elif name == "contiguous" and first is not None and out is not first and not kwargs:
+            copy = (out, first)
+        spans = _copy_spans(*copy) if copy is not None else None
+        if spans is not None:
+            self.ops.append((_COPY, spans))
+            self.hold(copy[0])
+            self.hold(copy[1])
             return out
         self.refused = name
         return out
+
+
+def _planes_rows(t: torch.Tensor) -> tuple[int, int] | None:
+    """``(plane stride, row stride)`` in elements where ``t`` (2-D or more, last dim contiguous)
+    is planes of rows: its leading dims merge into one uniformly strided dim; else None."""
+    if t.dim() < 2 or (t.shape[-1] > 1 and t.stride(-1) != 1):
+        return None
+    plane = None
+    for i in range(t.dim() - 3, -1, -1):  # innermost leading dim outwards
+        if t.shape[i] == 1:
+            continue
+        if plane is None:
+            plane = t.stride(i)
+            inner = t.shape[i]
+        elif t.stride(i) != plane * inner:
+            return None
+        else:
+            inner *= t.shape[i]
+    return plane or 0, t.stride(-2)
+
+
+def _copy_spans(dst: object, src: object) -> tuple[int, ...] | None:
+    """A ``dst.copy_(src)`` of two float32 CPU tensors of one shape, as planes of rows of
+    contiguous floats: ``(dst, src, row bytes, rows, dst row stride, src row stride, planes, dst
+    plane stride, src plane stride)`` (pointers and bytes); None for any other copy."""
+    if not (isinstance(dst, torch.Tensor) and isinstance(src, torch.Tensor)):
+        return None
+    if dst.shape != src.shape or dst.dtype != torch.float32 or src.dtype != torch.float32:
+        return None
+    if dst.device.type != "cpu" or src.device.type != "cpu" or dst.dim() < 2 or not dst.numel():
+        return None
+    a, b = _planes_rows(dst), _planes_rows(src)
+    if a is None or b is None:
+        return None
+    size = dst.element_size()
+    planes = dst.numel() // (dst.shape[-1] * dst.shape[-2])
+    return (
+        dst.data_ptr(),
+        src.data_ptr(),
+        dst.shape[-1] * size,
+        dst.shape[-2],
+        a[1] * size,
+        b[1] * size,
+        planes,
+        a[0] * size,
+        b[0] * size,
+    )
 
 
 def _view_of(out: object, t: torch.Tensor | None) -> bool:
@@ -127,8 +199,10 @@ def _view_of(out: object, t: torch.Tensor | None) -> bool:
     )
 
 
-_ZERO = object()  # an op that zeroes (pointer, bytes)
+_ZERO = object()  # an op that zeroes (pointer, bytes, rows, row stride in bytes): rows ranges
+_COPY = object()  # a strided copy of planes of rows (see _copy_spans)
 _memset = ctypes.memset
+_memmove = ctypes.memmove
 
 
 @dataclass
@@ -175,7 +249,13 @@ class SegmentPlan:
                     if i in ptrs:
                         args[j] += ptrs[i]
             if fn is _ZERO:
-                _memset(args[0], 0, args[1])
+                for r in range(args[2]):
+                    _memset(args[0] + r * args[3], 0, args[1])
+            elif fn is _COPY:
+                dst, src, width, rows, drow, srow, planes, dplane, splane = args
+                for p in range(planes):
+                    for r in range(rows):
+                        _memmove(dst + p * dplane + r * drow, src + p * splane + r * srow, width)
             else:
                 fn(*args)
         return self.outputs
@@ -515,6 +595,9 @@ class Chain:
         for fn, args in plan.ops:
             if fn is _ZERO:
                 rows.append([0, 0, *args])
+                continue
+            if fn is _COPY:
+                rows.append([5, 0, *args])
                 continue
             kind = _KINDS.get(tuple(fn.argtypes or ()))
             if kind is None or len(args) != len(fn.argtypes):

@@ -4,11 +4,13 @@
 //
 // ops: nops records of OP_WORDS int64 each: kind, then the function's address, then its
 // arguments (pointers and ints as int64, a float's bits in the low 32 bits of the last word):
-//   0 zero: a[0] = pointer, a[1] = bytes (no function)
+//   0 zero: a[0] = pointer, a[1] = bytes, a[2] rows of them a[3] bytes apart (no function)
 //   1 (p x 8, int, int): a sparse conv kernel (edgeguard_conv)
 //   2 (p, p, int, int): a max pool
 //   3 (p x 4, int, int): a depthwise conv, a classifier head
 //   4 (p x 8, int, int, float): a fused 1x1 + depthwise conv
+//   5 copy (no function): a[0] = dst, a[1] = src, a[2] bytes a row, a[3] rows a plane a[4] / a[5]
+//     bytes apart in dst / src, a[6] planes a[7] / a[8] bytes apart
 #include <cstdint>
 #include <cstring>
 
@@ -43,7 +45,7 @@ extern "C" int edgeguard_chain(const int64_t* ops, int nops, const float* x, flo
     const int64_t* a = o + 2;
     switch (o[0]) {
       case 0:
-        std::memset(P(a[0]), 0, (size_t)a[1]);
+        for (int64_t r = 0; r < a[2]; ++r) std::memset(P(a[0] + r * a[3]), 0, (size_t)a[1]);
         break;
       case 1:
         reinterpret_cast<K1>(P(o[1]))(P(a[0]), P(a[1]), P(a[2]), P(a[3]), P(a[4]), P(a[5]),
@@ -54,6 +56,12 @@ extern "C" int edgeguard_chain(const int64_t* ops, int nops, const float* x, flo
         break;
       case 3:
         reinterpret_cast<K3>(P(o[1]))(P(a[0]), P(a[1]), P(a[2]), P(a[3]), (int)a[4], (int)a[5]);
+        break;
+      case 5:
+        for (int64_t p = 0; p < a[6]; ++p)
+          for (int64_t r = 0; r < a[3]; ++r)
+            std::memcpy(P(a[0] + p * a[7] + r * a[4]), P(a[1] + p * a[8] + r * a[5]),
+                        (size_t)a[2]);
         break;
       case 4: {
         float f;
