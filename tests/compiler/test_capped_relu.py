@@ -13,6 +13,7 @@ from torch import nn
 
 from edgeguard.compiler import compile_model
 from edgeguard.compiler.passes.relu_fusion import capped_relu
+from edgeguard.sparsity import get_scheme
 
 from .helpers import mask_convs
 
@@ -130,3 +131,21 @@ def test_the_torch_backend_keeps_the_capped_relus_as_they_are():
     x = torch.randn(1, 3, 9, 9)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+@needs_cxx
+def test_a_dense_conv_before_a_relu6_is_lowered_so_the_forward_is_one_call():
+    torch.manual_seed(14)
+    model = Capped().eval()
+    with torch.no_grad():  # a too dense to pay off alone; b and c pruned
+        for conv in (model.b, model.c):
+            conv.weight *= get_scheme("kgs").mask(conv.weight, 0.6)
+    shape = (1, 3, 12, 12)
+    comp = compile_model(model, "cpu", input_shape=shape)
+    (a,) = [d for d in comp.decisions if d.name == "a"]
+    assert "lowered though dense" in a.detail and "ReLU capped at 6 fused" in a.detail
+    x = torch.randn(shape)
+    with torch.no_grad():
+        for _ in range(3):
+            torch.testing.assert_close(comp(x), model(x), rtol=1e-4, atol=1e-5)
+    assert comp._replayer.chains

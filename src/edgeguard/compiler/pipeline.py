@@ -171,8 +171,9 @@ def compile_model(
     return compiled
 
 
-_ACTIVATIONS = (nn.ReLU, nn.LeakyReLU)
-_JOINS = {torch.relu, F.relu, F.leaky_relu, operator.add, torch.add}
+# what the lowered kernels take in after a conv: activations (capped ReLUs too) and sums
+_ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.Hardtanh)
+_JOINS = {torch.relu, F.relu, F.leaky_relu, F.relu6, F.hardtanh, operator.add, torch.add}
 
 
 def _only_dense_convs_apart(gm: fx.GraphModule) -> bool:
