@@ -65,7 +65,9 @@ class RandomNet(nn.Module):
             return len(self.convs) - 1
 
         for _ in range(rng.randint(2, 5)):
-            kind = rng.choice(["conv", "conv", "reuse", "res", "cat", "pool", "bn", "dw", "mb"])
+            kind = rng.choice(
+                ["conv", "conv", "reuse", "res", "sum", "cat", "pool", "bn", "dw", "mb"]
+            )
             if kind == "conv" or n < 6:
                 cout = rng.choice([8, 12, 16])
                 i = conv(ch, cout, keep_size=n < 6)
@@ -76,8 +78,8 @@ class RandomNet(nn.Module):
                     continue
                 self.steps.append(("conv", i))
                 ch, n = cout, n2
-                if rng.random() < 0.5:
-                    self.steps.append(("relu",))
+                if rng.random() < 0.5:  # a ReLU, or one capped at 6 or 2.5 (fused too)
+                    self.steps.append(("act", rng.choice(["relu", "relu", "relu6", "clamp"])))
                 if n >= 8 and rng.random() < 0.25:  # a max pool right after: it may be fused
                     self.steps.append(("maxpool_module",))
                     n //= 2
@@ -86,6 +88,8 @@ class RandomNet(nn.Module):
                 self.steps.append(("twice" if rng.random() < 0.5 else "siamese", i))
             elif kind == "res":
                 self.steps.append(("res", conv(ch, ch, keep_size=True)))
+            elif kind == "sum":  # sums whose conv output is read again: generated sum kernels
+                self.steps.append(("sum", conv(ch, ch, keep_size=True)))
             elif kind == "cat":
                 cout = rng.choice([4, 8])
                 self.steps.append(("cat", conv(ch, cout, keep_size=True)))
@@ -105,7 +109,7 @@ class RandomNet(nn.Module):
                     self.steps.append(("dw", len(self.dws) - 1, pads))
                     n = min(n2, _out(n + pads[0] + pads[1], k, s, 0, 1))
                     if rng.random() < 0.5:
-                        self.steps.append(("relu",))
+                        self.steps.append(("act", rng.choice(["relu", "relu6"])))
             elif kind == "mb" and n >= 5:  # MobileNet block: 1x1 expand, act, SAME pad, depthwise
                 k, s = rng.choice([3, 5]), rng.choice([1, 2])
                 cout = ch * rng.choice([1, 2, 3])
@@ -113,11 +117,11 @@ class RandomNet(nn.Module):
                 pads = (total // 2, total - total // 2) * 2
                 self.convs.append(nn.Conv2d(ch, cout, 1, bias=rng.random() < 0.8))
                 self.dws.append(nn.Conv2d(cout, cout, k, s, groups=cout))
-                act = rng.choice(["none", "relu", "hard_swish"])
+                act = rng.choice(["none", "relu", "relu6", "hard_swish"])
                 self.steps.append(("mb", len(self.convs) - 1, len(self.dws) - 1, act, pads))
                 ch, n = cout, -(-n // s)
                 if rng.random() < 0.5:
-                    self.steps.append(("relu",))
+                    self.steps.append(("act", rng.choice(["relu", "relu6"])))
             elif kind == "bn":
                 bn = nn.BatchNorm2d(
                     ch, affine=rng.random() < 0.7, track_running_stats=rng.random() < 0.7
@@ -132,6 +136,8 @@ class RandomNet(nn.Module):
                 self.bns.append(bn)
                 self.steps.append(("bn", len(self.bns) - 1))
         self.output = rng.choice(["tensor", "tuple", "dict"])
+        # the head's pool and flatten, as classifiers spell them (fused into the head kernel)
+        self.head_kind = rng.choice(["mean", "gap_flatten", "avg_view", "mean_keepdim_squeeze"])
         self.head = nn.Linear(ch, 5)
 
     def forward(self, x):
@@ -141,6 +147,12 @@ class RandomNet(nn.Module):
                 x = self.convs[step[1]](x)
             elif op == "relu":
                 x = torch.relu(x)
+            elif op == "act":
+                x = {
+                    "relu": torch.relu,
+                    "relu6": F.relu6,
+                    "clamp": lambda t: torch.clamp(t, 0.0, 2.5),
+                }[step[1]](x)
             elif op == "bn":
                 x = self.bns[step[1]](x)
             elif op == "dw":
@@ -149,6 +161,8 @@ class RandomNet(nn.Module):
                 y = self.convs[step[1]](x)
                 if step[3] == "relu":
                     y = F.relu(y)
+                elif step[3] == "relu6":
+                    y = F.relu6(y)
                 elif step[3] == "hard_swish":  # as TF graphs hold it
                     y = (y * 0.16666) * F.relu6(y + 3.0)
                 x = self.dws[step[2]](F.pad(y, step[4]))
@@ -160,6 +174,9 @@ class RandomNet(nn.Module):
                 x = c(x) - c(x.flip(3))
             elif op == "res":
                 x = x + self.convs[step[1]](x)
+            elif op == "sum":
+                y = self.convs[step[1]](x)
+                x = torch.relu(x + y) + y
             elif op == "cat":
                 x = torch.cat([x, self.convs[step[1]](x)], 1)
             elif op == "maxpool":
@@ -170,7 +187,16 @@ class RandomNet(nn.Module):
                 x = F.avg_pool2d(x, 2)
         if self.output == "tensor":
             return x
-        pooled = self.head(x.mean((2, 3)))
+        if self.head_kind == "mean":
+            flat = x.mean((2, 3))
+        elif self.head_kind == "gap_flatten":
+            flat = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        elif self.head_kind == "avg_view":  # a window the plane's size (checked on each call)
+            z = F.avg_pool2d(x, x.shape[2:])
+            flat = z.view(z.size(0), -1)
+        else:
+            flat = x.mean((2, 3), keepdim=True).squeeze(-1).squeeze(-1)
+        pooled = self.head(flat)
         return (x, pooled) if self.output == "tuple" else {"features": x, "logits": pooled}
 
 
