@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import CompileError
-from .generated import INT, VOID_P, GeneratedKernelModule
+from .generated import INT, VOID_P, GeneratedKernelModule, capped_relu, kernel_cap
 
 
 def depthwise_supported(conv: nn.Module) -> bool:
@@ -89,7 +89,7 @@ class DepthwiseConvCpu(GeneratedKernelModule):
             {"C": c, "M": self.multiplier, "HI": hi, "WI": wi, "HO": ho, "WO": wo},
             {"KH": kh, "KW": kw, "SH": sh, "SW": sw, "PT": pt, "PL": pl},
             {"RELU": self.relu, "VL": vector_floats, "NT": nt},
-            {"CAP": float(self.cap) if self.cap < math.inf else 0.0},
+            {"CAP": kernel_cap(self.cap)},
         )
 
     def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,9 +100,7 @@ class DepthwiseConvCpu(GeneratedKernelModule):
             self.stride,
             groups=self.weight.shape[0] // self.multiplier,
         )
-        if not self.relu:
-            return y
-        return F.relu(y) if self.cap == math.inf else F.hardtanh(y, 0.0, self.cap)
+        return capped_relu(y, self.cap) if self.relu else y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.standard_path(x):

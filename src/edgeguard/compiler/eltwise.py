@@ -15,16 +15,6 @@ from .generated import INT, VOID_P, GeneratedKernelModule
 from .passes.shrink import ConstantChannelField
 
 
-def _plain(t: object, like: torch.Tensor) -> bool:
-    return (
-        isinstance(t, torch.Tensor)
-        and t.dtype == torch.float32
-        and t.device.type == "cpu"
-        and not t.requires_grad
-        and tuple(t.shape) == tuple(like.shape)
-    )
-
-
 class _Sum(GeneratedKernelModule):
     two_d = False  # build_kernels: the first input's shape is used as it is
     symbol = "edgeguard_eltwise"
@@ -68,7 +58,9 @@ class AddCpu(_Sum):
             or a.dim() < 2  # a scalar, a vector: no batch of samples
             or a.numel() == 0
             or self.standard_path(a)
-            or not _plain(b, a)
+            or not isinstance(b, torch.Tensor)
+            or self.standard_path(b)  # (float32 on the CPU, no gradient)
+            or b.shape != a.shape
         ):
             return self.forward_torch(a, b)
         return self._sum(a, b)

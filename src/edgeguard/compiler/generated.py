@@ -8,6 +8,7 @@ import ctypes
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import calls
@@ -111,6 +112,17 @@ class GeneratedKernelModule(nn.Module):
             if self.reuse_buffers and shape not in self._out:
                 self._out = {shape: out}
         return out
+
+
+def capped_relu(y: torch.Tensor, cap: float) -> torch.Tensor:
+    """PyTorch's ReLU of ``y``, capped at ``cap`` unless it is inf (the generated kernels'
+    activation on their standard-operator path)."""
+    return F.relu(y) if cap == math.inf else F.hardtanh(y, 0.0, cap)
+
+
+def kernel_cap(cap: float) -> float:
+    """A ReLU's cap as the generated kernels' headers take it: the value, or 0.0 for none."""
+    return float(cap) if cap < math.inf else 0.0
 
 
 class NativeCall:

@@ -38,7 +38,7 @@ from .passes.pw_dw_fusion import fuse_pointwise_depthwise
 from .passes.residual import fuse_residuals
 from .passes.sums import native_sums
 from .passes.wide import wide_outputs
-from .replay import one_run
+from .replay import kernel_module, one_run
 from .sparse_conv import PRECISIONS, SparseConv
 
 DEFAULT_MAX_DENSITY = 0.8  # compile_model's max_density where none is given
@@ -180,8 +180,6 @@ def _only_dense_convs_apart(gm: fx.GraphModule) -> bool:
     """Whether the lowered ``gm`` is not one run of kernels but what keeps it apart are only
     convs left dense, their activations and residual sums (which the kernels take in once the
     convs are lowered), so that lowering them may make the forward one native call."""
-    from .replay import kernel_module
-
     if one_run(gm) is not None:
         return False
     found = False

@@ -18,7 +18,7 @@ from torch import nn
 
 from .depthwise import depthwise_supported
 from .errors import CompileError
-from .generated import INT, VOID_P, GeneratedKernelModule
+from .generated import INT, VOID_P, GeneratedKernelModule, capped_relu, kernel_cap
 
 ACTIVATIONS = ("none", "relu", "hard_swish")
 
@@ -172,22 +172,20 @@ class PointwiseDepthwiseCpu(GeneratedKernelModule):
             {"C": c, "F": f, "HI": hi, "WI": wi, "HO": ho, "WO": wo},
             {"KH": kh, "KW": kw, "SH": sh, "SW": sw, "PT": pt, "PL": pl},
             {"ACT": ACTIVATIONS.index(self.act), "RELU": self.relu, "VL": vector_floats},
-            {"PWCAP": _c_cap(self.pw_cap), "CAP": _c_cap(self.cap)},
+            {"PWCAP": kernel_cap(self.pw_cap), "CAP": kernel_cap(self.cap)},
             {"NT": nt, "RB": rb, "FB": FILTER_BLOCK, "FG": fg},
         )
 
     def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
         y = F.conv2d(x, self.pw_weight[:, :, None, None], self.pw_bias)
         if self.act == "relu":
-            y = F.relu(y) if self.pw_cap == math.inf else F.hardtanh(y, 0.0, self.pw_cap)
+            y = capped_relu(y, self.pw_cap)
         elif self.act == "hard_swish":
             y = F.hardswish(y) * (6.0 * self.act_scale)
         y = F.conv2d(
             F.pad(y, self.pads), self.dw_weight, self.dw_bias, self.stride, groups=y.shape[1]
         )
-        if not self.relu:
-            return y
-        return F.relu(y) if self.cap == math.inf else F.hardtanh(y, 0.0, self.cap)
+        return capped_relu(y, self.cap) if self.relu else y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.standard_path(x):
@@ -218,8 +216,3 @@ class PointwiseDepthwiseCpu(GeneratedKernelModule):
             + (f", pw_cap={self.pw_cap:g}" if self.pw_cap < math.inf else "")
             + (f", cap={self.cap:g}" if self.cap < math.inf else "")
         )
-
-
-def _c_cap(cap: float) -> float:
-    """A cap as the kernels take it: the value, or 0.0 for none."""
-    return float(cap) if cap < math.inf else 0.0

@@ -112,20 +112,11 @@ class Recorder(TorchFunctionMode):
             return out
         if name == "zero_" and first is not None and not first.numel():
             return out  # nothing to zero
-        if name == "zero_" and first is not None:
-            size = first.element_size()
-            if first.is_contiguous():
-                self.ops.append((_ZERO, (first.data_ptr(), first.numel() * size, 1, 0)))
-                self.hold(first)
-                return out
-            if (
-                first.dim() == 2 and first.stride(1) == 1
-            ):  # rows of contiguous floats, a stride apart
-                rows, width = first.shape
-                zero = (first.data_ptr(), width * size, rows, first.stride(0) * size)
-                self.ops.append((_ZERO, zero))
-                self.hold(first)
-                return out
+        spans = _zero_spans(first) if name == "zero_" and first is not None else None
+        if spans is not None:
+            self.ops.append((_ZERO, spans))
+            self.hold(first)
+            return out
         # a copy between float32 tensors of planes of rows: copy_, or contiguous() of a strided
         # tensor (fresh memory, held by the plan: later replays copy into the same floats)
         copy = None
@@ -141,6 +132,18 @@ class Recorder(TorchFunctionMode):
             return out
         self.refused = name
         return out
+
+
+def _zero_spans(t: torch.Tensor) -> tuple[int, int, int, int] | None:
+    """A ``t.zero_()`` as rows of contiguous bytes: ``(pointer, row bytes, rows, row stride in
+    bytes)``: one row where ``t`` is contiguous, its rows where it is 2-D with contiguous rows;
+    None for any other tensor."""
+    size = t.element_size()
+    if t.is_contiguous():
+        return t.data_ptr(), t.numel() * size, 1, 0
+    if t.dim() == 2 and t.stride(1) == 1:  # rows a stride apart (a padded output's columns)
+        return t.data_ptr(), t.shape[1] * size, t.shape[0], t.stride(0) * size
+    return None
 
 
 def _planes_rows(t: torch.Tensor) -> tuple[int, int] | None:

@@ -20,7 +20,7 @@ from ..sparse_conv import SparseConv
 from ..sparse_linear import SparseLinear
 from .graph import CONVS, materialise_mask, module_of, set_module, shared
 from .pad_fold import pad_args
-from .relu_fusion import fuse_capped_relu, fuse_leaky_relu, fuse_relu
+from .relu_fusion import fuse_leaky_relu, fuse_relu, fuse_relu_cap, relu_note
 
 log = logging.getLogger(__name__)
 
@@ -149,12 +149,9 @@ def lower_depthwise(gm: fx.GraphModule, node: fx.Node, m: nn.Conv2d, name: str) 
         node.replace_input_with(pad_node, pad_node.args[0])
         gm.graph.erase_node(pad_node)
         notes.append("zero padding taken in")
-    relu, cap = fuse_relu(gm, node), math.inf
-    if not relu:
-        capped = fuse_capped_relu(gm, node)
-        relu, cap = capped is not None, capped or math.inf
+    relu, cap = fuse_relu_cap(gm, node)
     if relu:
-        notes.append("ReLU fused" if cap == math.inf else f"ReLU capped at {cap:g} fused")
+        notes.append(relu_note(relu, cap))
     set_module(gm, name, DepthwiseConvCpu(m, name, pads, relu, cap))
     density = float((m.weight != 0).float().mean())
     return LayerDecision(name, "depthwise", density, ", ".join(notes))
@@ -235,11 +232,10 @@ def lower_conv(
         if plan.density <= 0.999:
             log.info("%s: %s", name, detail)
         return LayerDecision(name, "dense", plan.density, detail), None
-    relu = fuse_relu(gm, node) if gm is not None and backend.fuses_relu else False
-    slope, cap = 0.0, math.inf
-    if not relu and gm is not None and backend.fuses_relu:  # a ReLU6 (MobileNetV2)
-        capped = fuse_capped_relu(gm, node)
-        relu, cap = capped is not None, capped or math.inf
+    relu, cap = False, math.inf
+    if gm is not None and backend.fuses_relu:  # a ReLU, or one capped (ReLU6: MobileNetV2)
+        relu, cap = fuse_relu_cap(gm, node)
+    slope = 0.0
     if not relu and gm is not None and backend.name == "cpu":  # the CPU kernels take a leaky one
         leaky = fuse_leaky_relu(gm, node)
         relu, slope = leaky is not None, leaky or 0.0
@@ -254,13 +250,7 @@ def lower_conv(
         name=name,
     )
     fused = (
-        f", leaky ReLU ({slope:g}) fused"
-        if slope
-        else f", ReLU capped at {cap:g} fused"
-        if cap < math.inf
-        else ", ReLU fused"
-        if relu
-        else ""
+        f", leaky ReLU ({slope:g}) fused" if slope else ", " + relu_note(relu, cap) if relu else ""
     )
     detail = f"{len(plan.block_rows)} blocks of {plan.mr} filters" + fused
     return LayerDecision(name, "sparse", plan.density, detail), new

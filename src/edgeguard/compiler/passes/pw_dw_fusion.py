@@ -17,15 +17,13 @@ from ..pointwise_depthwise import PointwiseDepthwiseCpu, fusable_depthwise, poin
 from .graph import materialise_mask, module_of, set_module, shared
 from .hard_swish import hard_swish_scaled
 from .lowering import _zero_pad_of
-from .relu_fusion import capped_relu, fuse_capped_relu, fuse_relu, is_relu
+from .relu_fusion import fuse_relu_cap, relu_cap, relu_note
 
 
 def _activation(gm: fx.GraphModule, node: fx.Node) -> tuple[str, float, float] | None:
     """``(act, scale, cap)`` when ``node`` is a ReLU (capped at ``cap``: a ReLU6; else inf) or a
     scaled hard-swish of its first argument."""
-    if is_relu(gm, node):
-        return "relu", 1.0, math.inf
-    cap = capped_relu(gm, node)
+    cap = relu_cap(gm, node)
     if cap is not None:
         return "relu", 1.0, cap
     if node.op != "call_function":
@@ -83,10 +81,7 @@ def fuse_pointwise_depthwise(
         materialise_mask(pw)
         materialise_mask(dw)
         pw_name, dw_name = str(node.target), str(nxt.target)
-        relu, cap = fuse_relu(gm, nxt), math.inf
-        if not relu:
-            capped = fuse_capped_relu(gm, nxt)
-            relu, cap = capped is not None, capped or math.inf
+        relu, cap = fuse_relu_cap(gm, nxt)
         fused = PointwiseDepthwiseCpu(pw, dw, dw_name, act, scale, pads, relu, pw_cap, cap)
         fused.fused_from = (pw_name, dw_name)
         set_module(gm, dw_name, fused)
@@ -120,13 +115,7 @@ def fuse_pointwise_depthwise(
                 float((dw.weight != 0).float().mean()),
                 f"fused with the 1x1 conv {pw_name} before it"
                 + (", zero padding taken in" if any(pads) else "")
-                + (
-                    f", ReLU capped at {cap:g} fused"
-                    if relu and cap < math.inf
-                    else ", ReLU fused"
-                    if relu
-                    else ""
-                ),
+                + (", " + relu_note(relu, cap) if relu else ""),
             )
         )
     gm.graph.lint()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
@@ -72,16 +74,31 @@ def capped_relu(gm: fx.GraphModule, node: fx.Node) -> float | None:
     return float(hi) if ok and not isinstance(hi, bool) else None
 
 
-def fuse_capped_relu(gm: fx.GraphModule, node: fx.Node) -> float | None:
-    """If ``node``'s only user is a ReLU capped at ``c`` (:func:`capped_relu`), remove it and
-    return ``c`` (the caller's kernel applies it); None otherwise."""
+def relu_cap(gm: fx.GraphModule, node: fx.Node) -> float | None:
+    """``inf`` where ``node`` is a ReLU (:func:`is_relu`), ``c`` where a ReLU capped at ``c``
+    (:func:`capped_relu`), else None."""
+    return math.inf if is_relu(gm, node) else capped_relu(gm, node)
+
+
+def fuse_relu_cap(gm: fx.GraphModule, node: fx.Node) -> tuple[bool, float]:
+    """If ``node``'s only user is a ReLU, capped or not (:func:`relu_cap`), remove it (the
+    caller's kernel applies it); returns ``(fused, cap)``, the cap ``inf`` for a plain ReLU or
+    none."""
     u = _activation_user(gm, node)
-    cap = capped_relu(gm, u) if u is not None else None
+    cap = relu_cap(gm, u) if u is not None else None
     if cap is None:
-        return None
+        return False, math.inf
     u.replace_all_uses_with(node)
     gm.graph.erase_node(u)
-    return cap
+    return True, cap
+
+
+def relu_note(relu: bool, cap: float) -> str:
+    """What a decision says of a fused ReLU: ``"ReLU fused"``, ``"ReLU capped at c fused"`` or
+    ``""`` (none)."""
+    if not relu:
+        return ""
+    return "ReLU fused" if cap == math.inf else f"ReLU capped at {cap:g} fused"
 
 
 def fuse_leaky_relu(gm: fx.GraphModule, node: fx.Node) -> float | None:
