@@ -149,3 +149,17 @@ def test_a_dense_conv_before_a_relu6_is_lowered_so_the_forward_is_one_call():
         for _ in range(3):
             torch.testing.assert_close(comp(x), model(x), rtol=1e-4, atol=1e-5)
     assert comp._replayer.chains
+
+
+def test_a_cap_that_is_not_positive_or_beside_a_slope_is_refused():
+    from edgeguard.compiler import CompileError, SparseConv
+    from edgeguard.compiler.depthwise import DepthwiseConvCpu
+    from edgeguard.compiler.plan import plan_conv
+
+    plan = plan_conv(nn.Conv2d(4, 8, 3, padding=1), mr=8)
+    with pytest.raises(CompileError, match="cap must be > 0"):
+        SparseConv(plan, relu=True, cap=0.0)
+    with pytest.raises(CompileError, match="only on a plain ReLU"):
+        SparseConv(plan, relu=True, slope=0.1, cap=6.0)
+    with pytest.raises(CompileError, match="cap must be > 0"):
+        DepthwiseConvCpu(nn.Conv2d(4, 4, 3, padding=1, groups=4), relu=True, cap=-1.0)
