@@ -123,8 +123,8 @@ def test_compile_fuses_the_expand_conv_into_the_depthwise_kernel(act):
 @needs_cxx
 def test_per_layer_benchmark_times_the_fused_pair_against_both_dense_layers():
     model = Block().eval()
-    compiled = compile_model(model, "cpu", input_shape=(1, 8, 24, 24))
-    res = benchmark(model, compiled, (1, 8, 24, 24), repeats=2)
+    compiled = compile_model(model, "cpu", input_shape=(1, 8, 40, 40))
+    res = benchmark(model, compiled, (1, 8, 40, 40), repeats=2)
     (row,) = [t for t in res.layers if t.covers]
     assert row.name == "expand" and row.covers == ("expand", "dw")
     assert row.dense_ms > 0 and row.compiled_ms > 0
@@ -141,7 +141,7 @@ def test_per_layer_benchmark_times_the_fused_pair_against_both_dense_layers():
 )
 def test_chains_whose_expanded_tensor_is_needed_or_small_are_left_apart(model, why):
     model = model.eval()
-    x = torch.randn(1, model.expand.in_channels, 20, 20)
+    x = torch.randn(1, model.expand.in_channels, 40, 40)  # (a 20-wide output: wide enough)
     compiled = compile_model(model, "cpu", input_shape=tuple(x.shape))
     assert isinstance(compiled.module.dw, DepthwiseConvCpu), why
     for g, w in zip(
@@ -153,11 +153,36 @@ def test_chains_whose_expanded_tensor_is_needed_or_small_are_left_apart(model, w
 
 
 @needs_cxx
+def test_pairs_whose_depthwise_output_is_narrower_than_a_vector_stay_apart():
+    # the fused kernel vectorises along the output rows: a 16-float vector over an 8-wide row
+    # leaves half its lanes empty, and the two kernels apart ran faster there
+    from edgeguard.compiler.cpu import host_target
+
+    vl = host_target().vector_floats
+    model = Block().eval()
+    narrow, wide = (1, 8, vl, vl), (1, 8, 4 * vl, 4 * vl)  # outputs vl / 2 and 2 * vl wide
+    for shapes, fused in [
+        (narrow, False),
+        (wide, True),
+        ([wide, narrow], False),  # every declared shape must fill the vectors
+        (None, True),  # no shape declared: nothing known, fused as before
+    ]:
+        compiled = compile_model(model, "cpu", input_shape=shapes)
+        assert isinstance(compiled.module.dw, PointwiseDepthwiseCpu) == fused, shapes
+        by = {d.name: d for d in compiled.decisions}
+        assert ("fused with depthwise dw" in by["expand"].detail) == fused
+        for shape in [narrow, wide]:
+            x = torch.randn(shape)
+            assert torch.allclose(compiled(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+@needs_cxx
 def test_onnx_export_of_a_fused_block_equals_the_model(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     model = Block().eval()
-    x = torch.randn(1, 8, 20, 20)
+    x = torch.randn(1, 8, 40, 40)
     compiled = compile_model(model, "cpu", input_shape=tuple(x.shape))
+    assert isinstance(compiled.module.dw, PointwiseDepthwiseCpu)
     path = export_onnx(compiled, tmp_path / "block.onnx", tuple(x.shape))
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (got,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})

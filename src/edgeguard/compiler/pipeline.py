@@ -34,7 +34,7 @@ from .passes.inplace import compute_into_kernel_outputs, residuals_into_outputs
 from .passes.lowering import LINEAR_MIN_WEIGHTS, lower, lower_conv
 from .passes.pad_fold import fold_pads
 from .passes.pool_fusion import FUSE_POOL_MIN_BYTES, fuse_pools
-from .passes.pw_dw_fusion import fuse_pointwise_depthwise
+from .passes.pw_dw_fusion import depthwise_out_widths, fuse_pointwise_depthwise
 from .passes.residual import fuse_residuals
 from .passes.sums import native_sums
 from .passes.wide import wide_outputs
@@ -147,7 +147,8 @@ def compile_model(
         compiled = CompiledModel(model, be.name, decisions, reference, input_shape)
         be.finish(compiled, input_shape)
         return compiled
-    passes = (be, mrs, linear_mr, nv, shrink_channels, orig_density, orig_numel)
+    shapes = input_shapes(input_shape) if input_shape is not None else []
+    passes = (be, mrs, linear_mr, nv, shrink_channels, orig_density, orig_numel, shapes)
     decisions = _run_passes(gm, max_density, *passes)
     dense_convs = {n for n, m in gm.named_modules() if isinstance(m, CONVS)}
     if auto_density and be.name == "cpu" and _only_dense_convs_apart(gm):
@@ -205,15 +206,21 @@ def _run_passes(
     shrink_channels: bool,
     orig_density: dict[str, float],
     orig_numel: dict[str, int],
+    shapes: list[tuple[int, ...]],
 ) -> list[LayerDecision]:
     """The passes on the traced ``gm`` (in place), lowering at ``max_density``; the decisions in
-    the model's layer order."""
+    the model's layer order.  ``shapes``: the declared input shapes (may be empty)."""
     remove_identities(gm)
     fold_pads(gm)
     fuse_hard_swish(gm)
     fold_batchnorm(gm)
     shrunk = shrink(gm) if shrink_channels else {}
-    fused = fuse_pointwise_depthwise(gm, orig_numel) if be.native_depthwise else []
+    fused = []
+    if be.native_depthwise:
+        from .cpu import host_target
+
+        widths = depthwise_out_widths(gm, shapes)
+        fused = fuse_pointwise_depthwise(gm, orig_numel, widths, host_target().vector_floats)
     decisions = lower(gm, be, max_density, mrs, linear_mr, nv, shrunk, orig_density, orig_numel)
     if be.native_pools:  # the CPU backend's generated kernels
         fuse_heads(gm, decisions)

@@ -2,13 +2,19 @@
 not its input, is the tensor worth keeping out of memory) whose only consumer is a depthwise
 conv, through an optional ReLU or scaled hard-swish and an optional zero ``F.pad`` (TF's SAME
 padding), becomes one :class:`~..pointwise_depthwise.PointwiseDepthwiseCpu`, which also takes
-the ReLU after the depthwise conv.  Runs before lowering, on BatchNorm-folded, shrunk graphs."""
+the ReLU after the depthwise conv.  Runs before lowering, on BatchNorm-folded, shrunk graphs.
+
+The fused kernel vectorises along the depthwise conv's output rows, so a pair is fused only
+where those rows fill a vector for every declared input shape (:func:`depthwise_out_widths`):
+on narrower planes (a CIFAR MobileNetV2's 8 x 8 and 4 x 4 stages) the fused kernel left most
+lanes empty and ran slower than the two kernels apart (docs/compiler.md, design decisions)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
 
+import torch
 import torch.nn.functional as F
 from torch import fx
 
@@ -34,18 +40,54 @@ def _activation(gm: fx.GraphModule, node: fx.Node) -> tuple[str, float, float] |
     return None
 
 
+def depthwise_out_widths(
+    gm: fx.GraphModule, shapes: list[tuple[int, ...]]
+) -> dict[str, int] | None:
+    """The narrowest output width (columns of the output plane) of each depthwise conv of ``gm``
+    over the input ``shapes`` (one forward of a sample of each), or None where no shape is
+    declared or the graph does not run on zeros of them (the widths then stay unknown)."""
+    dws = {n: m for n, m in gm.named_modules() if fusable_depthwise(m)}
+    if not shapes or not dws:
+        return None
+    widths: dict[str, int] = {}
+
+    def hook(name: str):
+        def record(_mod, _inp, out) -> None:
+            widths[name] = min(widths.get(name, out.shape[-1]), out.shape[-1])
+
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in dws.items()]
+    try:
+        with torch.no_grad():
+            for shape in shapes:
+                gm(torch.zeros((1, *shape[1:])))
+    except Exception:  # a graph that needs other inputs: fuse as without shapes
+        return None
+    finally:
+        for h in handles:
+            h.remove()
+    return widths
+
+
 def _only_user(node: fx.Node) -> fx.Node | None:
     return next(iter(node.users)) if len(node.users) == 1 else None
 
 
 def fuse_pointwise_depthwise(
-    gm: fx.GraphModule, orig_numel: Mapping[str, int] | None = None
+    gm: fx.GraphModule,
+    orig_numel: Mapping[str, int] | None = None,
+    out_widths: Mapping[str, int] | None = None,
+    min_width: int = 1,
 ) -> list[LayerDecision]:
     """Fuse every ``depthwise(pad?(act?(conv1x1(x))))`` chain of ``gm`` whose intermediate
     results have no other user and whose modules are called once; returns two decisions per
     fused pair (the 1x1 conv: ``"sparse"`` when pruned, else ``"dense"``; the depthwise conv:
     ``"depthwise"``), each saying what it was fused with.  ``orig_numel``: each layer's weight
-    count before shrinking (densities are reported against the original layer)."""
+    count before shrinking (densities are reported against the original layer).
+    ``out_widths`` (:func:`depthwise_out_widths`; None: unknown, every chain fused): a chain
+    whose depthwise output is narrower than ``min_width`` columns (the target's vector) stays
+    apart."""
     orig_numel = orig_numel or {}
     decisions: list[LayerDecision] = []
     for node in list(gm.graph.nodes):
@@ -77,6 +119,8 @@ def fuse_pointwise_depthwise(
         if dw is None or not fusable_depthwise(dw) or shared(gm, nxt):
             continue
         if dw.in_channels != pw.out_channels or nxt.args[:1] != ((chain or [node])[-1],):
+            continue
+        if out_widths is not None and out_widths.get(str(nxt.target), min_width) < min_width:
             continue
         materialise_mask(pw)
         materialise_mask(dw)
