@@ -120,9 +120,10 @@ def export_plain(model: nn.Module, x: torch.Tensor, path: Path, opset: int = 18)
         )
 
 
-def ort_session(path: Path, threads: int, spinning: bool = False):
-    """An ONNX Runtime CPU session; ``spinning=False`` when it is timed in turn with torch (its
-    workers must not spin on the cores after each run)."""
+def ort_session(path: Path, threads: int, spinning: bool = True):
+    """An ONNX Runtime CPU session, as ORT runs by default (its workers spin for a while after
+    each parallel section: 10-25 % faster at batch 1 here); ``spinning=False`` where it is timed
+    in turn with other models' calls, whose cores those spinning workers would take."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -141,7 +142,7 @@ def ort_ms(model: nn.Module, shape, repeats: int, threads: int) -> float | None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.onnx"
         export_plain(model, torch.randn(*shape), path)
-        sess = ort_session(path, threads, spinning=True)  # timed alone
+        sess = ort_session(path, threads)  # timed alone
         feed = {"input": torch.randn(*shape).numpy()}
         return median_ms(lambda: sess.run(None, feed), repeats)
 
@@ -201,20 +202,48 @@ def end_to_end(repeats: int, threads: int, models, targets):
     return rows
 
 
-def torch_then_ort(torch_fns, ort_fns, repeats: int, rounds: int = 3) -> list[float]:
-    """Median ms of the torch-side calls (timed in turn), then, after half a second, of the ONNX
-    Runtime calls (in turn), over ``rounds`` such pairs of loops (``repeats`` calls each) spread
-    over the run, so that the two sides' times come from the same spells of a shared machine.
-    Not all interleaved: OpenMP workers of torch and of the generated kernels spin for a while
-    after each call and slowed the ORT call that followed (ResNet-18 batch 1: dense ORT 10.3 ms
-    interleaved with the compiled model, 7.4 ms on its own)."""
+PROTOCOLS = ("blocks", "in-turn")
+
+
+def torch_then_ort(
+    torch_fns, ort_fns, repeats: int, rounds: int = 3, protocol: str = "blocks"
+) -> list[float]:
+    """Median ms of the torch-side calls, then, after half a second, of the ONNX Runtime calls,
+    over ``rounds`` such pairs of loops (``repeats`` timed calls of each function per loop)
+    spread over the run, so that the two sides' times come from the same spells of a shared
+    machine.
+
+    ``protocol`` ``"blocks"``: within a loop each function runs a block of calls (three untimed
+    first: the first two still found some of the other model's data in the caches, then
+    ``repeats`` timed), blocks in turn: each model's steady state, as a deployed
+    model called again and again runs (its weights and buffers in the caches as far as they
+    fit).  ``"in-turn"``: one call of each function in turn, every call timed right after
+    another model's, whose data it finds in the caches instead of its own (build ORT's sessions
+    with ``spinning=False`` for it).  Torch and ORT are never interleaved: OpenMP workers of
+    torch and of the generated kernels spin for a while after each call and slowed the ORT call
+    that followed (ResNet-18 batch 1: dense ORT 10.3 ms interleaved with the compiled model, 7.4
+    ms on its own)."""
     from edgeguard.compiler.bench import interleaved_times
+
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+
+    def loop(fns, first: bool, flip: bool) -> list[list[float]]:
+        if protocol == "in-turn":
+            return interleaved_times(fns, repeats, warmup=2 if first else 1)
+        got: list[list[float]] = [[] for _ in fns]
+        # the blocks' order flips from round to round: a block that follows another model's
+        # is not always the same model's
+        for i in reversed(range(len(fns))) if flip else range(len(fns)):
+            got[i] = interleaved_times([fns[i]], repeats, warmup=4 if first else 3)[0]
+        return got
 
     times: list[list[float]] = [[] for _ in (*torch_fns, *ort_fns)]
     for r in range(rounds):
-        first = interleaved_times(torch_fns, repeats, warmup=2 if r == 0 else 1)
+        first = loop(torch_fns, r == 0, r % 2 == 1)
         time.sleep(0.5)
-        second = interleaved_times(ort_fns, repeats, warmup=2 if r == 0 else 1)
+        second = loop(ort_fns, r == 0, r % 2 == 1)
+        time.sleep(0.5)
         for acc, got in zip(times, first + second, strict=True):
             acc.extend(got)
     return [statistics.median(t) for t in times]
@@ -229,10 +258,17 @@ def scheme_of(spec: str):
 
 
 def end_to_end_2d(
-    repeats: int, threads: int, models, batches, target: float, schemes, rounds: int = 3
+    repeats: int,
+    threads: int,
+    models,
+    batches,
+    target: float,
+    schemes,
+    rounds: int = 3,
+    protocol: str = "blocks",
 ):
     """2-D CIFAR models: compiled (edgeguard kernels) and edgeguard's ONNX export in ONNX Runtime
-    against dense torch and the dense ONNX export, all four timed in turn in one loop."""
+    against dense torch and the dense ONNX export (:func:`torch_then_ort`'s ``protocol``)."""
 
     from edgeguard.compiler.onnx_export import export_onnx
 
@@ -255,7 +291,9 @@ def end_to_end_2d(
                     dpath, spath = Path(tmp) / "dense.onnx", Path(tmp) / "sparse.onnx"
                     export_plain(dense, x, dpath)
                     export_onnx(comp, spath, shape)
-                    dsess, ssess = ort_session(dpath, threads), ort_session(spath, threads)
+                    spin = protocol != "in-turn"
+                    dsess = ort_session(dpath, threads, spin)
+                    ssess = ort_session(spath, threads, spin)
                     feed = {"input": x.numpy()}
                     with torch.no_grad():
                         ref = model(x)
@@ -267,6 +305,7 @@ def end_to_end_2d(
                             [partial(dsess.run, None, feed), partial(ssess.run, None, feed)],
                             repeats,
                             rounds,
+                            protocol,
                         )
                 forms = sorted({m.standard_form() for m in comp.sparse_layers().values()})
                 row = {
@@ -281,6 +320,7 @@ def end_to_end_2d(
                     "rel_err": err,
                     "export_rel_err": onnx_err,
                     "export_forms": forms,
+                    "protocol": protocol,
                 }
                 rows.append(row)
                 print(
@@ -374,6 +414,14 @@ def main() -> None:
         help="2-D models: rounds of (torch-side loop, ORT loop), each of --repeats calls",
     )
     ap.add_argument("--only", choices=["layers", "e2e", "e2e2d", "peers"])
+    ap.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="blocks",
+        help="2-D models: each model timed over blocks of calls (its steady state; ORT with its "
+        "default spinning workers), or one call of each in turn (every call after another "
+        "model's; ORT without spinning)",
+    )
     ap.add_argument("--models2d", nargs="+", default=["resnet18_cifar", "vgg16_cifar"])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--schemes2d", nargs="+", default=["kgs", "column"])
@@ -417,6 +465,7 @@ def main() -> None:
             args.target2d,
             args.schemes2d,
             args.rounds,
+            args.protocol,
         )
     if args.only == "peers":
         results["peers"] = peer_files(args.repeats, args.threads, out)

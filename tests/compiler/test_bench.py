@@ -54,8 +54,7 @@ def test_interleaved_times_call_in_turn_after_the_warmup():
     assert [len(t) for t in times] == [3, 3] and all(v >= 0 for t in times for v in t)
 
 
-def test_torch_then_ort_alternates_its_loops_over_rounds(monkeypatch):
-    # each round: the torch-side loop, a pause, the ORT loop; the medians pool every round
+def _sparse_inference():
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
@@ -63,11 +62,41 @@ def test_torch_then_ort_alternates_its_loops_over_rounds(monkeypatch):
         import sparse_inference
     finally:
         sys.path.pop(0)
+    return sparse_inference
+
+
+def test_torch_then_ort_in_turn_alternates_its_loops_over_rounds(monkeypatch):
+    # each round: the torch-side loop (calls in turn), a pause, the ORT loop, a pause
+    si = _sparse_inference()
     calls = []
-    monkeypatch.setattr(sparse_inference.time, "sleep", lambda s: calls.append("pause"))
-    got = sparse_inference.torch_then_ort(
-        [lambda: calls.append("t")], [lambda: calls.append("o")], repeats=2, rounds=3
+    monkeypatch.setattr(si.time, "sleep", lambda s: calls.append("|"))
+    got = si.torch_then_ort(
+        [lambda: calls.append("t"), lambda: calls.append("c")],
+        [lambda: calls.append("o")],
+        repeats=2,
+        rounds=3,
+        protocol="in-turn",
     )
-    loops = ["t"] * 4 + ["pause"] + ["o"] * 4 + (["t"] * 3 + ["pause"] + ["o"] * 3) * 2
-    assert calls == loops  # warm-up 2 calls in the first round, 1 in the later ones
-    assert len(got) == 2 and all(v >= 0 for v in got)
+    first = ["t", "c"] * 4 + ["|"] + ["o"] * 4 + ["|"]  # 2 warm-up rounds, then 2 timed
+    later = ["t", "c"] * 3 + ["|"] + ["o"] * 3 + ["|"]  # 1 warm-up round
+    assert calls == first + later * 2
+    assert len(got) == 3 and all(v >= 0 for v in got)
+
+
+def test_torch_then_ort_in_blocks_times_each_model_back_to_back_in_flipped_order(monkeypatch):
+    si = _sparse_inference()
+    calls = []
+    monkeypatch.setattr(si.time, "sleep", lambda s: calls.append("|"))
+    si.torch_then_ort(
+        [lambda: calls.append("t"), lambda: calls.append("c")],
+        [lambda: calls.append("o"), lambda: calls.append("e")],
+        repeats=2,
+        rounds=3,
+    )
+    # a block: 3 untimed calls (4 in the first round), then 2 timed; odd rounds flip the order
+    r0 = ["t"] * 6 + ["c"] * 6 + ["|"] + ["o"] * 6 + ["e"] * 6 + ["|"]
+    r1 = ["c"] * 5 + ["t"] * 5 + ["|"] + ["e"] * 5 + ["o"] * 5 + ["|"]
+    r2 = ["t"] * 5 + ["c"] * 5 + ["|"] + ["o"] * 5 + ["e"] * 5 + ["|"]
+    assert calls == r0 + r1 + r2
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        si.torch_then_ort([], [], 1, protocol="alone")
