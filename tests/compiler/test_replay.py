@@ -217,6 +217,31 @@ def test_the_chained_forward_leaves_other_inputs_to_the_general_path():
 
 
 @needs_cxx
+def test_hooks_on_a_chained_model_still_run():
+    # the chained call skips nn.Module.__call__ only where no hook would run
+    model = _classifier()
+    comp = compile_model(model, "cpu", input_shape=(1, 3, 16, 16))
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        for _ in range(2):
+            comp(x)
+        assert comp._replayer.chains
+        plain = comp(x)
+        seen = []
+        pre = comp.register_forward_pre_hook(lambda m, args: seen.append("pre"))
+        post = comp.register_forward_hook(lambda m, args, out: out * 2)
+        assert torch.equal(comp(x), 2 * plain) and seen == ["pre"]
+        pre.remove()
+        post.remove()
+        glob = torch.nn.modules.module.register_module_forward_hook(lambda m, a, out: out + 1)
+        try:
+            assert torch.equal(comp(x), plain + 1)
+        finally:
+            glob.remove()
+        assert torch.equal(comp(x), plain)
+
+
+@needs_cxx
 def test_calls_inside_and_outside_inference_mode_share_the_kept_buffers():
     """Buffers allocated during a call under torch.inference_mode() are zeroed in place by later
     calls outside it: they must not be inference tensors (PyTorch refuses that in-place write)."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import fx, nn
+from torch.nn.modules import module as _module
 
 from .calls import compiled_call, exporting
 from .errors import CompileError
@@ -77,9 +78,18 @@ class CompiledModel(nn.Module):
             self._replayer = Replayer(graph_module, scratch)
         self._warm: set[tuple] = set()  # shapes run once on the Python path (replay: next)
 
+    def __call__(self, *args, **kwargs):
+        # A shape replayed as one native call goes to it straight from here: the module call's
+        # machinery and the checks around it cost some 30 us of a 1.7-2 ms batch-1 call, all
+        # run with the interpreter's data just evicted by the kernels (docs/compiler.md).
+        if len(args) == 1 and not kwargs and not _hooked(self):
+            out = self._chained(args[0])
+            if out is not None:
+                return out
+        return super().__call__(*args, **kwargs)
+
     def forward(self, *args, **kwargs):
-        rep = self._replayer
-        if rep is not None and rep.chains and len(args) == 1 and not kwargs:
+        if len(args) == 1 and not kwargs:
             out = self._chained(args[0])
             if out is not None:
                 return out
@@ -112,13 +122,17 @@ class CompiledModel(nn.Module):
         """The output for ``x`` from one call of the chain runner (``replay.Chain``), where this
         shape's whole forward was recorded as one run and ``x`` can be read as it is; None to
         take the general path (which also computes a NaN or Inf input with the reference)."""
-        chain = self._replayer.chains.get((x.shape, torch.get_num_threads()))
+        rep = self._replayer
+        if rep is None or not rep.chains or not isinstance(x, torch.Tensor):
+            return None
+        chain = rep.chains.get((x.shape, torch.get_num_threads()))
         if (
             chain is None
             or not chain.takes(x)
             or (x.requires_grad and torch.is_grad_enabled())
             or exporting()
             or torch._C._autograd._profiler_enabled()
+            or torch._C._get_tracing_state() is not None
         ):
             return None
         with self._lock:
@@ -237,6 +251,21 @@ def input_shapes(spec) -> list[tuple[int, ...]]:
             f"input_shape must be a shape of positive integers or a list of shapes, got {spec!r}"
         )
     return shapes
+
+
+def _hooked(m: nn.Module) -> bool:
+    """Whether a call of ``m`` runs hooks (its own or global ones): then it takes
+    ``nn.Module.__call__``, which runs them."""
+    return bool(
+        m._forward_hooks
+        or m._forward_pre_hooks
+        or m._backward_hooks
+        or m._backward_pre_hooks
+        or _module._global_forward_hooks
+        or _module._global_forward_pre_hooks
+        or _module._global_backward_hooks
+        or _module._global_backward_pre_hooks
+    )
 
 
 def _finite(t: torch.Tensor) -> bool:

@@ -282,8 +282,8 @@ def _plain(x: object) -> bool:
     recorded calls can take as an input."""
     return (
         isinstance(x, torch.Tensor)
-        and x.dtype == torch.float32
-        and x.device.type == "cpu"
+        and x.dtype is torch.float32
+        and x.is_cpu
         and x.is_contiguous()
         and not hasattr(x, "_eg_padded_for")
     )
@@ -590,6 +590,8 @@ class Chain:
         self.shape = tuple(src.shape)
         self.args = (ops.data_ptr(), ops.shape[0], self.staged.data_ptr(), self.staged.numel())
         self.out_args = (src.data_ptr(), src.numel())
+        self._ops, self._nops, self._staged, self._xn = self.args
+        self._src, self._on = self.out_args
 
     @classmethod
     def make(cls, plan: SegmentPlan, plans: dict) -> Chain | None:
@@ -629,12 +631,14 @@ class Chain:
         an Inf."""
         out = torch.empty(self.shape, dtype=torch.float32)
         if self.fn(
-            *self.args[:2],
+            self._ops,
+            self._nops,
             x.data_ptr(),
-            *self.args[2:],
-            self.out_args[0],
+            self._staged,
+            self._xn,
+            self._src,
             out.data_ptr(),
-            self.out_args[1],
+            self._on,
             check,
         ):
             return None
