@@ -196,15 +196,23 @@ def test_a_graph_that_is_one_run_replays_as_one_native_call(monkeypatch):
     assert len({t.data_ptr() for t in outs}) == len(outs)  # a new tensor every call
 
 
-@needs_cxx
-def test_the_chained_forward_leaves_other_inputs_to_the_general_path():
+def _chained_classifier():
+    """``(model, compiled, x)``: the classifier compiled for ``x``'s shape, whose calls now
+    replay as one native call."""
     model = _classifier()
     comp = compile_model(model, "cpu", input_shape=(1, 3, 16, 16))
     x = torch.randn(1, 3, 16, 16)
     with torch.no_grad():
         for _ in range(2):
             comp(x)
-        assert comp._replayer.chains
+    assert comp._replayer.chains
+    return model, comp, x
+
+
+@needs_cxx
+def test_the_chained_forward_leaves_other_inputs_to_the_general_path():
+    model, comp, x = _chained_classifier()
+    with torch.no_grad():
         bad = x.clone()
         bad[0, 1, 3, 4] = float("inf")
         want = model(bad)  # NaN and Inf where the model gives them
@@ -219,13 +227,8 @@ def test_the_chained_forward_leaves_other_inputs_to_the_general_path():
 @needs_cxx
 def test_hooks_on_a_chained_model_still_run():
     # the chained call skips nn.Module.__call__ only where no hook would run
-    model = _classifier()
-    comp = compile_model(model, "cpu", input_shape=(1, 3, 16, 16))
-    x = torch.randn(1, 3, 16, 16)
+    _, comp, x = _chained_classifier()
     with torch.no_grad():
-        for _ in range(2):
-            comp(x)
-        assert comp._replayer.chains
         plain = comp(x)
         seen = []
         pre = comp.register_forward_pre_hook(lambda m, args: seen.append("pre"))

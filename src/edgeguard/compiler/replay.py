@@ -588,10 +588,10 @@ class Chain:
         self.plan, self.plans, self.ops, self.fn = plan, plans, ops, fn
         (self.staged,), (src,) = plan.staged, plan.outputs
         self.shape = tuple(src.shape)
-        self.args = (ops.data_ptr(), ops.shape[0], self.staged.data_ptr(), self.staged.numel())
-        self.out_args = (src.data_ptr(), src.numel())
-        self._ops, self._nops, self._staged, self._xn = self.args
-        self._src, self._on = self.out_args
+        # the runner's fixed arguments, each an attribute (read once a call)
+        self._ops, self._nops = ops.data_ptr(), ops.shape[0]
+        self._staged, self._xn = self.staged.data_ptr(), self.staged.numel()
+        self._src, self._on = src.data_ptr(), src.numel()
 
     @classmethod
     def make(cls, plan: SegmentPlan, plans: dict) -> Chain | None:
