@@ -613,10 +613,10 @@ static float* scratch_alloc(size_t floats) {
   return static_cast<float*>(p);
 }
 
-// A thread's scratch for one call, from a buffer of its own kept from call to call (slot: which
-// of the call's buffers; grown when a call needs more); past KEEP_BYTES the call allocates its
-// own and frees it.  Six allocations a thread and call, cold after the kernels before it, cost
-// ResNet-18 at batch 1 about 1.5 % of its time.
+// A thread's scratch for one call (none for 0 bytes), from a buffer of its own kept from call to
+// call (slot: which of the call's buffers; grown when a call needs more): allocating each call,
+// cold after the kernels before it, cost small layers more than their work (docs/compiler.md);
+// past KEEP_BYTES the call allocates its own and frees it.
 constexpr size_t KEEP_BYTES = 256 << 10;
 struct KeptScratch {
   void* p = nullptr;
@@ -760,12 +760,12 @@ extern "C" void edgeguard_conv(const float* xin, float* x, const float* w, const
     KeptScratch pk_s(PACK ? (size_t)KC * T * 4 : 0, 0), bv_s(NB * MR * 4, 1),
         op_s(nptr * sizeof(float*), 2), rp_s(nptr * sizeof(float*), 3),
         acc_s((size_t)dgp * CT * NBG * TS * 4, 4), scr_s(POOL ? (size_t)dgp * SCR_PLANE * 4 : 0, 5);
-    float* pk = PACK ? static_cast<float*>(pk_s.p) : nullptr;
+    float* pk = static_cast<float*>(pk_s.p);
     float* bvall = static_cast<float*>(bv_s.p);
     float** opall = static_cast<float**>(op_s.p);
     const float** rpall = static_cast<const float**>(rp_s.p);  // RES: the residual's rows
     float* accbuf = static_cast<float*>(acc_s.p);
-    float* scr = POOL ? static_cast<float*>(scr_s.p) : nullptr;
+    float* scr = static_cast<float*>(scr_s.p);
     // The fills write every float of the buffer, its zero borders too, so the buffer may be any
     // free one (the compiled model's pool hands out one still in cache) rather than one kept
     // zero-bordered per layer.
