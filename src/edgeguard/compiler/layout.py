@@ -40,8 +40,24 @@ class InputLayout:
     # writes straight into (SparseConv.pad_reader), each plane's data on a 64-byte line.  Only for
     # stride 1 (no phases) with no stored depth padding.
     aligned_planes: bool = False
+    # Width padding not stored (:meth:`masked_columns_fit`): rows are the input's own ``W``
+    # floats, and a kernel reading kernel column ``kw`` for output column ``w`` masks the lanes
+    # whose input column ``w + kw * dw - pw`` lies outside the row (AVX-512 masked loads), so a
+    # plane narrower than a vector computes no padding column at all.
+    masked_columns: bool = False
 
     def __post_init__(self) -> None:
+        if self.masked_columns and not (
+            self.pitch is None
+            and not self.aligned_planes
+            and not self.virtual_depth
+            and self.geometry.stride[2] == 1
+            and self.out[2] == self.size[2]
+        ):
+            raise ValueError(
+                "masked columns need stride 1 along W, an output as wide as the input and no "
+                "pitch, aligned planes or virtual depth"
+            )
         if self.aligned_planes and (
             self.pitch is not None or self.phases != 1 or self.stored_padding[0]
         ):
@@ -53,6 +69,26 @@ class InputLayout:
                 raise ValueError(
                     f"pitch {self.pitch} does not fit an in-place layout of {self.size}"
                 )
+
+    @staticmethod
+    def masked_columns_fit(geometry: ConvGeometry, size: tuple[int, int, int], vl: int) -> bool:
+        """Whether a CPU kernel of ``vl``-float vectors takes the input of ``size`` with
+        :attr:`masked_columns`: AVX-512 (``vl`` 16), stride 1 along W, zero padding along W that
+        keeps the width (``2 pw = (kw - 1) dw``), and output rows narrower than a vector that
+        tile a whole number of vectors (``vl % Wo == 0``, ``Ho * Wo % vl == 0``): an 8 x 8 plane
+        is then 4 vectors instead of 80 positions over rows padded to 9 or 10."""
+        w = size[2]
+        pw, kw, dw = geometry.padding[2], geometry.kernel[2], geometry.dilation[2]
+        ho = geometry.output_size(size)[1]
+        return (
+            vl == 16
+            and geometry.stride[2] == 1
+            and pw > 0
+            and 2 * pw == (kw - 1) * dw
+            and w < vl
+            and vl % w == 0
+            and ho * w % vl == 0
+        )
 
     @staticmethod
     def virtual_depth_fits(geometry: ConvGeometry, size: tuple[int, int, int]) -> bool:
@@ -72,7 +108,7 @@ class InputLayout:
     def stored_padding(self) -> tuple[int, int, int]:
         """The padding the buffer holds (depth's is virtual with ``virtual_depth``)."""
         pd, ph, pw = self.geometry.padding
-        return (0 if self.virtual_depth else pd, ph, pw)
+        return (0 if self.virtual_depth else pd, ph, 0 if self.masked_columns else pw)
 
     @cached_property
     def padded(self) -> tuple[int, int, int]:
@@ -86,7 +122,7 @@ class InputLayout:
         28-wide conv3 planes take 26 tiles of 32 positions instead of 27."""
         g = self.geometry
         pw, kw, dw = g.padding[2], g.kernel[2], g.dilation[2]
-        return g.stride[2] == 1 and 0 < pw <= (kw - 1) * dw
+        return not self.masked_columns and g.stride[2] == 1 and 0 < pw <= (kw - 1) * dw
 
     @cached_property
     def phased(self) -> tuple[int, int, int]:
@@ -150,8 +186,26 @@ class InputLayout:
             taps.append((ok[0], ok[-1] + 1) if ok else (0, 0))
         return taps
 
+    @property
+    def column_shift(self) -> int:
+        """Floats a kernel subtracts from every :meth:`row_offsets` value: the width padding
+        where it is not stored (:attr:`masked_columns`), else 0 (offsets stay non-negative)."""
+        return self.geometry.padding[2] if self.masked_columns else 0
+
+    def column_masks(self, rows: torch.Tensor, vl: int) -> torch.Tensor:
+        """With :attr:`masked_columns`: per row id (as :meth:`row_offsets`), the ``vl``-bit lane
+        mask of a vector of positions starting at a row start: bit ``l`` set where input column
+        ``l % W + kw * dw - pw`` lies in the row."""
+        g = self.geometry
+        w = self.size[2]
+        zw = (rows % g.kernel[2]) * g.dilation[2] - g.padding[2]
+        col = torch.arange(vl) % w + zw[:, None]
+        bits = ((col >= 0) & (col < w)).to(torch.int64) << torch.arange(vl)
+        return bits.sum(1)
+
     def row_offsets(self, rows: torch.Tensor) -> torch.Tensor:
-        """Buffer offset (int64) of each row id ``c * L + (kd * KH + kh) * KW + kw``."""
+        """Buffer offset (int64) of each row id ``c * L + (kd * KH + kh) * KW + kw``
+        (:attr:`column_shift` floats past the input the row reads for output position 0)."""
         g = self.geometry
         _, kh_, kw_ = g.kernel
         dd, dh, dw = g.dilation

@@ -87,6 +87,17 @@ def wide_input(x: torch.Tensor) -> tuple[int, int] | None:
     return pitch if pitch is not None and has_wide_slack(x, OUTPUT_SLACK) else None
 
 
+def _host_vector_floats() -> int:
+    """Floats per vector of this machine's CPU kernels (8 where no compiler is found: the CPU
+    backend then builds nothing)."""
+    from .cpu.target import CompilerUnavailable, host_target
+
+    try:
+        return host_target().vector_floats
+    except CompilerUnavailable:
+        return 8
+
+
 def batch_last_geometry(g: ConvGeometry) -> ConvGeometry:
     """A 2-D conv (depth 1) over ``[N, C, H, W]`` as the 3-D conv over ``[1, C, H, W, N]`` that
     computes the same numbers: kernel ``(kh, kw, 1)``; its rows keep their ids
@@ -414,14 +425,31 @@ class SparseConv(nn.Module):
         view = (1, c, hv, wv, n) if bl else (n, c, dv, hv, wv)
         return KernelView(plan, view, sub, bl, strides, pitch, gather)
 
-    def kernel_layout(self, view: KernelView) -> InputLayout:
-        """The input buffer layout of the CPU kernel of ``view``: a conv padded along depth only
-        reads its input in place (virtual depth padding) unless its rows are packed (packing
-        copies every row, the padding ones too)."""
+    def kernel_layout(self, view: KernelView, vector_floats: int | None = None) -> InputLayout:
+        """The input buffer layout of the CPU kernel of ``view`` for ``vector_floats``-float
+        vectors (default: this machine's): a conv padded along depth only reads its input in
+        place (virtual depth padding) unless its rows are packed (packing copies every row, the
+        padding ones too); narrow planes of position-vectorised tiles store no width padding
+        (:meth:`InputLayout.masked_columns_fit`)."""
         g, size = view.plan.geometry, tuple(view.shape[2:])
         virtual = not self.pack and InputLayout.virtual_depth_fits(g, size)
+        masked = False
+        if not (virtual or view.pitch or view.prepadded or view.batch_last or self.pack):
+            from .cpu.tuning import filter_vectors
+
+            vl = vector_floats or _host_vector_floats()
+            masked = (
+                not self.pool
+                and InputLayout.masked_columns_fit(g, size, vl)
+                and not filter_vectors(vl, view.plan.mr, g.output_size(size), False)
+            )
         return InputLayout(
-            g, size, virtual_depth=virtual, pitch=view.pitch, aligned_planes=view.prepadded
+            g,
+            size,
+            virtual_depth=virtual,
+            pitch=view.pitch,
+            aligned_planes=view.prepadded,
+            masked_columns=masked,
         )
 
     def kernel_key(
@@ -496,7 +524,8 @@ class SparseConv(nn.Module):
         from .cpu.tuning import filter_vectors
 
         target = target or host_target()
-        vl, lay = target.vector_floats, self.kernel_layout(view)
+        vl = target.vector_floats
+        lay = self.kernel_layout(view, vl)
         if filter_vectors(vl, view.plan.mr, lay.out, False):
             return 0
         return wide_plane(lay, self._vectors(lay, view.plan, vl, target) * vl, vl, False)
@@ -542,7 +571,7 @@ class SparseConv(nn.Module):
 
         view = self._kernel_view(tuple(x.shape), *self.input_form(x, slack=False))
         plan = view.plan
-        lay = self.kernel_layout(view)
+        lay = self.kernel_layout(view, vector_floats)
         plain = not (view.batch_last or self.pack or self.pool)
         nv = self._vectors(lay, plan, vector_floats, target, plain)
         ops, head = self.output_layout(view, target)

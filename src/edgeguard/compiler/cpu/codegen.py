@@ -145,7 +145,7 @@ def register_tile_macros(mr: int, nv: int, nxm: int = 0) -> dict[str, list[str]]
         f"vm e{x}; if constexpr ({x} < NX) e{x} = FIRST ? ldm(bv) : ldm(accbuf + MR * T + {x} * MR);"
         for x in range(nxm)
     ]
-    fma = [f"vf x{v}; if constexpr ({v} < NVT) x{v} = ld(xr + VOFF[{v}]);" for v in range(nv)]
+    fma = [f"vf x{v}; if constexpr ({v} < NVT) x{v} = ldx(xr + VOFF[{v}], km);" for v in range(nv)]
     for m in range(mr):
         body = " ".join(f"if constexpr ({v} < NVT) {acc[m][v]} += x{v} * s;" for v in range(nv))
         fma.append(f"{{ const float s = wk[{m}]; {body} }}")
@@ -397,7 +397,16 @@ def generate_source(
             woff[b, sl] = len(order)
             order += (start[border[b]] + perm[b][int(ks[b, sl]) : int(ks[b, sl + 1])]).tolist()
     dq, hq, wq = layout.phased
-    rows_at, kb = shared_row_lists(ridx * nv * vl if pack else uroff[ridx], kb)
+    mc = layout.masked_columns
+    if mc and (vl != 16 or pack or fv or pool != (1, 1, 1) or batch_last[0] > 0):
+        raise CompileError(
+            "masked columns need 16-float vectors and plain tiles (no packing, filter-vectorised "
+            "tiles, pool or batch-last view)"
+        )
+    lists, kb = shared_row_lists(ridx, kb)  # (union indices: one mask per row too)
+    rows_at = lists * nv * vl if pack else uroff[lists]
+    # MC: each row's lane mask (its kernel column's, on rows of the input's own width)
+    rmk = layout.column_masks(union, vl)[lists].tolist() + [0] * pf if mc else [0]
     t = nv * vl
     other = fv or pack or pool != (1, 1, 1) or batch_last[0] > 0
     ra = row_aligned(layout, t, vl, other)
@@ -420,7 +429,7 @@ def generate_source(
     # are read back by the kernel itself).
     nt = pool == (1, 1, 1) and batch_last[0] == 0 and out_bytes(plan, layout) >= STREAM_MIN_BYTES
     # Extra positions (see NXM): with AVX-512's 32 registers only, rows read in place, flat tiles.
-    nxm = 2 if vl >= 16 and not pack and not ra else 0
+    nxm = 2 if vl >= 16 and not pack and not ra and not mc else 0
     hc = ho // pool[1] * pool[1] if pool != (1, 1, 1) else None
     cases = [
         f"case {nvt * 8 + nx}: tile<FIRST, LAST, {nvt}, {nx}>"
@@ -460,7 +469,9 @@ def generate_source(
         f"RPL = {res_plane if ops and residual else 0};",
         f"constexpr bool ZJ = {_bool(zero_junk)};",
         _table("int32_t", "JMV", str(len(jmv)), jmv),
-        f"constexpr bool RA = {_bool(ra)}, NT = {_bool(nt)};",
+        f"constexpr bool RA = {_bool(ra)}, NT = {_bool(nt)}, MC = {_bool(mc)};",
+        f"constexpr int MCS = {layout.column_shift};",
+        _table("uint16_t", "RMK", "", rmk),
         f"constexpr int VOFF[NV] = {{{', '.join(map(str, voff))}}};",
         f"constexpr bool RELU = {_bool(relu)}, FUSE = {_bool(layout.phases == 1)}, "
         f"PACK = {_bool(pack)}, PLANES_INNER = {_bool(temporal)}, RES = {_bool(residual)}, "

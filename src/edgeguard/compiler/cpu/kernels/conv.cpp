@@ -39,6 +39,9 @@
 //   positions (no padding column), vector v of a tile reads at VOFF[v] from the tile's first
 //   position, and a tile is stored as whole vectors (clipped at the chunk's end); else VOFF[v] is
 //   v * VL.  NT: whole aligned output vectors are stored with streaming stores (large outputs).
+//   MC: masked columns (InputLayout.masked_columns; AVX-512): the buffer's rows hold no width
+//   padding (WQ = WO), a row's input is read MCS floats before its RIDX offset and with the
+//   lane mask RMK[k] (its kernel column's: lanes whose input column lies outside the row read 0).
 //   PACK: false (default): each kept row is read where it lies in the input buffer and RIDX holds
 //   its offset there; true: rows are first copied into a packed tile and RIDX holds union row * T.
 //   KC, NS: the union rows are cut into NS slices of KC rows; KD: kernel depth; PF: rows ahead
@@ -76,6 +79,14 @@
 typedef float vf __attribute__((vector_size(VL * 4)));
 static inline vf ld(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
 static inline void st(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+// One input vector of a kept row: MC masks the lanes its kernel column puts outside the row.
+static inline vf ldx(const float* p, [[maybe_unused]] uint32_t km) {
+#if EG_MASKED_STORES
+  if constexpr (MC) return (vf)_mm512_maskz_loadu_ps((__mmask16)km, p);
+#endif
+  static_assert(!MC || VL == 16, "masked columns need AVX-512");
+  return ld(p);
+}
 typedef float vm __attribute__((vector_size(MR * 4)));
 static inline vm ldm(const float* p) { vm v; std::memcpy(&v, p, sizeof v); return v; }
 static inline void stm(float* p, vm v) { std::memcpy(p, &v, sizeof v); }
@@ -170,7 +181,9 @@ static inline void tile(const float* __restrict pk, const ridx_t* __restrict rid
   // prefetcher cannot guess), the weights WPF rows ahead where WP (see WPF), the FMAs.  The loop
   // is written twice, with and without WP, so that neither tests wpf row after row.
 #define EG_TILE_ROW(WP)                                                                  \
-  const float* xr = pk + ridx[k]; /* RIDX holds the row's offset from pk: no multiply */ \
+  /* RIDX holds the row's offset from pk: no multiply */                                 \
+  const float* xr = pk + ridx[k] - MCS;                                                  \
+  [[maybe_unused]] const uint32_t km = MC ? RMK[k] : 0xFFFFu;                            \
   if (PF > 0) {                                                                          \
     const float* nx = pk + ridx[k + PF];                                                 \
     if (RA) {                                                                            \
