@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from edgeguard.compiler import SparseConv, make_plan, plan_conv
+from edgeguard.compiler.cpu.target import host_vector_floats
 from edgeguard.compiler.generated import BufferPool
 from edgeguard.compiler.passes.lowering import choose_plan
 from edgeguard.compiler.plan import ConvGeometry
@@ -584,11 +585,21 @@ def test_row_fills_take_few_tasks_that_split_evenly(batch, threads, rows):
 
 
 @needs_cxx
-@pytest.mark.parametrize("threads", [2, 3, 4])
-@pytest.mark.parametrize("size, fg", [((8, 8), None), ((6, 9), None), ((8, 8), 2), ((4, 5), None)])
+@pytest.mark.parametrize(
+    "threads, size, fg",
+    [
+        (3, (8, 8), None),
+        (4, (8, 8), None),
+        (3, (6, 9), None),
+        (3, (8, 8), 2),
+        (2, (4, 5), None),
+        (4, (4, 5), None),
+    ],
+)
 def test_split_filter_blocks_give_the_same_result(threads, size, fg):
-    # A batch-1 call with few tasks (a small plane's 1-3 chunks) splits each task's filter blocks
-    # into parts for the dynamic schedule to balance; every block must still be computed once
+    # A batch-1 call with few tasks (a small plane's 1-3 chunks) that do not split evenly over
+    # the threads splits each task's filter blocks into parts for the dynamic schedule to
+    # balance; every block must still be computed once
     conv = masked_conv(16, 64, (1, 3, 3), 1, (0, 1, 1), 1, "kgs", 0.5)
     x = torch.randn(1, 16, 1, *size)
     sc = SparseConv(plan_conv(conv, mr=8), relu=True, mode="cpu", fg=fg, nv=2)
@@ -601,6 +612,23 @@ def test_split_filter_blocks_give_the_same_result(threads, size, fg):
     assert (
         sc._cpu_kernel(x.expand(threads, -1, -1, -1, -1)).schedule(threads, threads)["parts"] == 1
     )
+
+
+@needs_cxx
+@pytest.mark.skipif(host_vector_floats() != 16, reason="an 8 x 8 plane is 2 tiles on AVX-512")
+def test_a_task_per_thread_fills_its_own_rows():
+    # An 8 x 8 plane of masked columns is 2 chunks of 32 positions: at batch 1 on 2 threads
+    # each thread fills the rows of its one chunk (every filter block), with no barrier and no
+    # row from the other core, instead of splitting both chunks' blocks over a shared buffer
+    conv = masked_conv(16, 64, (1, 3, 3), 1, (0, 1, 1), 1, "kgs", 0.5)
+    x = torch.randn(1, 16, 1, 8, 8)
+    sc = SparseConv(plan_conv(conv, mr=8), relu=True, mode="cpu", ct=1, nv=2)
+    sched = sc._cpu_kernel(x).schedule(1, 2)
+    assert sched["row_fills"] and sched["parts"] == 1
+    assert not sc._cpu_kernel(x).schedule(1, 3)["row_fills"]  # 2 chunks on 3 threads: parts
+    y = _with_threads(2, lambda: sc(x))
+    ref = F.relu(conv(x))
+    assert (y - ref).abs().max() <= 1e-4 * ref.abs().max()
 
 
 @needs_cxx

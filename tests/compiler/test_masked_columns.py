@@ -12,15 +12,15 @@ from hypothesis import strategies as st
 from torch import nn
 
 from edgeguard.compiler import SparseConv, plan_conv
+from edgeguard.compiler.cpu.target import host_vector_floats
 from edgeguard.compiler.layout import InputLayout
 from edgeguard.compiler.plan import ConvGeometry
-from edgeguard.compiler.sparse_conv import _host_vector_floats
 from edgeguard.sparsity import get_scheme
 
 from .test_kernels import needs_cxx
 
 needs_avx512 = pytest.mark.skipif(
-    _host_vector_floats() != 16, reason="masked columns are an AVX-512 kernel path"
+    host_vector_floats() != 16, reason="masked columns are an AVX-512 kernel path"
 )
 
 

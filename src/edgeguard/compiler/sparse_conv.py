@@ -87,17 +87,6 @@ def wide_input(x: torch.Tensor) -> tuple[int, int] | None:
     return pitch if pitch is not None and has_wide_slack(x, OUTPUT_SLACK) else None
 
 
-def _host_vector_floats() -> int:
-    """Floats per vector of this machine's CPU kernels (8 where no compiler is found: the CPU
-    backend then builds nothing)."""
-    from .cpu.target import CompilerUnavailable, host_target
-
-    try:
-        return host_target().vector_floats
-    except CompilerUnavailable:
-        return 8
-
-
 def batch_last_geometry(g: ConvGeometry) -> ConvGeometry:
     """A 2-D conv (depth 1) over ``[N, C, H, W]`` as the 3-D conv over ``[1, C, H, W, N]`` that
     computes the same numbers: kernel ``(kh, kw, 1)``; its rows keep their ids
@@ -435,9 +424,10 @@ class SparseConv(nn.Module):
         virtual = not self.pack and InputLayout.virtual_depth_fits(g, size)
         masked = False
         if not (virtual or view.pitch or view.prepadded or view.batch_last or self.pack):
+            from .cpu.target import host_vector_floats
             from .cpu.tuning import filter_vectors
 
-            vl = vector_floats or _host_vector_floats()
+            vl = vector_floats or host_vector_floats()
             masked = (
                 not self.pool
                 and InputLayout.masked_columns_fit(g, size, vl)

@@ -88,6 +88,15 @@ def host_target() -> Target:
     return Target(cxx, flags, vl)
 
 
+def host_vector_floats() -> int:
+    """Floats per vector of this machine's kernels (:func:`host_target`); 8 where no compiler
+    is found (nothing is built then)."""
+    try:
+        return host_target().vector_floats
+    except CompilerUnavailable:
+        return 8
+
+
 def cross_target(cxx: str = "aarch64-linux-gnu-g++", vector_floats: int = 4) -> Target:
     """An aarch64 (ARMv8-A NEON, every 64-bit phone) target for Debian's cross compiler; programs are
     linked statically so that ``qemu-aarch64`` runs them without a sysroot."""

@@ -712,23 +712,24 @@ static inline int plane_groups(int batch, int nthreads) {
 // consecutive, so no two threads' slots meet; a slot is XN + RGAP floats), and x holds batch +
 // nthreads - 1 slots, while the nthreads - 1 slots past the batch stay within ROW_SLOT_BYTES
 // (row_slots); past it each thread fills its own rows into one shared buffer and the threads
-// meet at a barrier.  Only with 16 tasks a thread or more, or 4 or more that split evenly (a
-// 16 x 16 plane's 8 chunks on 2 threads): static runs then stay balanced, and the halo a run
-// fills again is a small part of its rows.
+// meet at a barrier.  Only with 16 tasks a thread or more, or tasks that split evenly (a 16 x 16
+// plane's 8 chunks on 2 threads; an 8 x 8 plane's 2 on 2: each thread's one task then fills and
+// reads only its own rows, where filter-block parts read the whole buffer, half of it from the
+// other core, after a barrier).
 constexpr bool ROWS = DQ == 1 && DO == 1 && BLN == 0 && !FV && !PLANES_INNER;
 constexpr int64_t XSLOT = XN + RGAP;
 static inline bool row_fills(int batch, int nthreads) {
   const int64_t ntasks = (int64_t)batch * NCH * FG;
   return ROWS && !fills_per_sample(batch, nthreads) && batch < nthreads &&
-         (ntasks >= 16 * nthreads || (ntasks % nthreads == 0 && ntasks >= 4 * nthreads));
+         (ntasks >= 16 * nthreads || (ntasks % nthreads == 0 && ntasks >= nthreads));
 }
 static inline bool row_slots(int batch, int nthreads) {
   return row_fills(batch, nthreads) && (int64_t)(nthreads - 1) * XSLOT * 4 <= ROW_SLOT_BYTES;
 }
 
-// Few tasks (a batch smaller than the threads over small planes: ResNet-18's 8 x 8 layers at
-// batch 1 have 2 chunks, of 48 and 23 positions): each task's filter blocks are split into parts,
-// about 8 tasks a thread in all, which the dynamic schedule balances.
+// Few tasks that do not split evenly over the threads (a batch smaller than the threads over
+// small planes: 2 chunks on 3 threads, a 4 x 5 plane's one): each task's filter blocks are split
+// into parts, about 8 tasks a thread in all, which the dynamic schedule balances.
 static inline int block_parts(int batch, int nthreads) {
   // (not batch-last kernels: their batch is folded into the positions, and every part would
   // read the whole, large phase buffer again)
