@@ -15,8 +15,8 @@ from edgeguard.compiler import SparseConv, plan_conv
 from edgeguard.compiler.cpu.target import host_vector_floats
 from edgeguard.compiler.layout import InputLayout
 from edgeguard.compiler.plan import ConvGeometry
-from edgeguard.sparsity import get_scheme
 
+from .test_filter_vectors import masked
 from .test_kernels import needs_cxx
 
 needs_avx512 = pytest.mark.skipif(
@@ -90,15 +90,6 @@ def test_every_masked_lane_reads_zero_padding_and_every_other_the_padded_input(
             lane_on = (m >> (pos % 16)) & 1 == 1
             got = torch.where(lane_on, buf[at], torch.zeros(()))  # a masked load
             assert torch.equal(got, ref), (r, m)
-
-
-def masked(conv: nn.Module, dead: int = 0) -> nn.Module:
-    torch.manual_seed(0)
-    with torch.no_grad():
-        conv.weight *= get_scheme("kgs").mask(conv.weight, 0.6)
-        conv.bias.uniform_(-0.5, 0.5)
-        conv.weight[:dead] = 0
-    return conv.eval()
 
 
 @needs_cxx

@@ -63,7 +63,7 @@ def build_kernels(compiled: CompiledModel, input_shape: tuple[int, ...], fuse: b
         if not ops:
             return None
         n, m, do, _, _ = out.shape
-        wq = mod.kernel_layout(view).phased[2]
+        wq = mod.kernel_layout(view, target.vector_floats).phased[2]
         wide = kernel_output((n * m * do * ops + head,)).as_strided(
             out.shape, wide_strides(out.shape, (wq, ops)), head
         )

@@ -423,15 +423,15 @@ class SparseConv(nn.Module):
         g, size = view.plan.geometry, tuple(view.shape[2:])
         virtual = not self.pack and InputLayout.virtual_depth_fits(g, size)
         masked = False
-        if not (virtual or view.pitch or view.prepadded or view.batch_last or self.pack):
+        if not (
+            virtual or view.pitch or view.prepadded or view.batch_last or self.pack or self.pool
+        ):
             from .cpu.target import host_vector_floats
             from .cpu.tuning import filter_vectors
 
             vl = vector_floats or host_vector_floats()
-            masked = (
-                not self.pool
-                and InputLayout.masked_columns_fit(g, size, vl)
-                and not filter_vectors(vl, view.plan.mr, g.output_size(size), False)
+            masked = InputLayout.masked_columns_fit(g, size, vl) and not filter_vectors(
+                vl, view.plan.mr, g.output_size(size), False
             )
         return InputLayout(
             g,
@@ -475,7 +475,8 @@ class SparseConv(nn.Module):
         ops = self.wide_plane(view, target)
         if not ops or not self.pad_reader:
             return ops, 0
-        reader, lay = self.pad_reader[0], self.kernel_layout(view)
+        vl = target.vector_floats if target is not None else None
+        reader, lay = self.pad_reader[0], self.kernel_layout(view, vl)
         if (
             not reader.takes_prepadded()
             or reader.plan.geometry.in_channels != lay.geometry.out_channels
@@ -494,7 +495,8 @@ class SparseConv(nn.Module):
         if not self.residual or rpitch is None:
             return 0
         ops, _ = self.output_layout(view, target)
-        if not ops or rpitch[0] != self.kernel_layout(view).phased[2] or rpitch[1] == ops:
+        vl = target.vector_floats if target is not None else None
+        if not ops or rpitch[0] != self.kernel_layout(view, vl).phased[2] or rpitch[1] == ops:
             return 0
         return rpitch[1] if rpitch[1] % 16 == 0 and rpitch[1] >= ops else 0
 
