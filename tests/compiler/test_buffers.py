@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeguard.compiler import compile_model
+from edgeguard.compiler import compile_model, generated
 from edgeguard.compiler.generated import (
     OUTPUT_SLACK,
     BufferPool,
@@ -23,7 +23,7 @@ from edgeguard.compiler.generated import (
 from edgeguard.compiler.passes.inplace import add_into
 from edgeguard.sparsity import get_scheme
 
-from .helpers import mask_convs, poison_pools
+from .helpers import kept_calls, mask_convs, poison_pools
 
 needs_cxx = pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler (g++) here")
 
@@ -210,6 +210,61 @@ def test_a_site_takes_its_last_buffer_again_only_while_nothing_references_it():
     assert not tail.isnan().any() and not tail.any() and d.is_contiguous()
     e = pool.output((4, 6), site)  # another shape: searched, then remembered
     assert e.shape == (4, 6) and site.shape == (4, 6) and has_slack(e, OUTPUT_SLACK)
+
+
+def _dirty_empty(n: int) -> torch.Tensor:
+    """What a fresh heap allocation may hold, read as floats: subnormals (small integers and the
+    top halves of pointers are)."""
+    return torch.full((n,), 1e-40)
+
+
+def test_a_fresh_pool_buffer_is_zero_whatever_memory_it_came_from(monkeypatch):
+    monkeypatch.setattr(generated, "plain_empty", _dirty_empty)
+    a = BufferPool().output((2, 3, 4))
+    assert not torch.empty(0).set_(a.untyped_storage()).any()
+
+
+class Strided(nn.Module):
+    """A stride-2 3x3 conv into a 3x3 conv: at batch 1 on 2 threads each thread fills only the
+    rows of its own slot that its tiles read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(16, 32, 3, stride=2, padding=1)
+        self.b = nn.Conv2d(32, 32, 3, padding=1)
+
+    def forward(self, x):
+        return self.b(F.relu(self.a(x)))
+
+
+@needs_cxx
+def test_no_pool_buffer_keeps_heap_garbage_for_the_dropped_lanes(monkeypatch):
+    # Lanes a tile computes and drops still run through the FMAs: fed subnormals (heap garbage
+    # read as floats) each costs a microcode assist, a layer 2-5x slower in some processes
+    # and not others.  No buffer may keep memory nobody wrote.
+    monkeypatch.setattr(generated, "plain_empty", _dirty_empty)
+    torch.manual_seed(12)
+    model = mask_convs(Strided().eval(), "kgs")
+    compiled = compile_model(model, "cpu", max_density=1.0)
+    x = torch.randn(1, 16, 16, 16)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            want = model(x)
+        for _ in range(2):
+            assert torch.allclose(compiled(x), want, rtol=1e-4, atol=1e-5)
+        calls = kept_calls(compiled)
+        assert any(c.kernel.schedule(1, 2)["row_fills"] for c in calls.values())
+    finally:
+        torch.set_num_threads(old)
+    pools = {
+        id(m.scratch): m.scratch for m in compiled.module.modules() if getattr(m, "scratch", None)
+    }
+    for pool in pools.values():
+        for flat, *_ in pool._outputs:
+            tiny = (flat != 0) & (flat.abs() < torch.finfo(torch.float32).tiny)
+            assert not tiny.any()
 
 
 @needs_cxx

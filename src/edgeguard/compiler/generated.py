@@ -213,7 +213,10 @@ class BufferPool:
         if best is None:
             if len(self._outputs) >= self.MAX_OUTPUTS:
                 self._outputs = [e for e in self._outputs if use(e[1]) == e[2]]
-            flat = plain_empty(need)
+            # zeroed once: the lanes a kernel computes and drops (a tile's overhang past the
+            # rows a thread filled) read whatever the buffer holds, and heap garbage read as
+            # floats is mostly subnormal, which costs the FMAs a microcode assist each
+            flat = plain_empty(need).zero_()
             cdata = flat.untyped_storage()._cdata
             best = (flat, cdata, use(cdata), need)
             self._outputs.append(best)
