@@ -658,13 +658,15 @@ struct KeptScratch {
 };
 
 // The per-sample fill's buffer: one sample's padded input, per thread and kernel, kept from call
-// to call (allocated once, never freed), with zeroed slack after it for the tiles' overhang.
+// to call (allocated once, never freed, zeroed), with slack after it for the tiles' overhang.
 constexpr int64_t SAMPLE_SLACK = 1024;
 static float* sample_buffer() {
   static thread_local float* buf = nullptr;
   if (!buf) {
     buf = scratch_alloc(XN + SAMPLE_SLACK);
-    std::memset(buf + XN, 0, SAMPLE_SLACK * sizeof(float));
+    // all of it, once: heap garbage is mostly subnormal as floats, and any float the fills
+    // leave (a gap between planes) would reach the FMAs of dropped lanes at a microcode assist each
+    std::memset(buf, 0, (XN + SAMPLE_SLACK) * sizeof(float));
   }
   return buf;
 }
