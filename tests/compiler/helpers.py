@@ -18,17 +18,21 @@ def mask_convs(model: nn.Module, scheme: str = "kgs", rate: float = 0.5) -> nn.M
     return model
 
 
-def poison_pools(compiled) -> int:
-    """Fill every buffer of ``compiled``'s pools with NaN (what a free buffer holds must never
-    reach an output); returns how many buffers were filled."""
+def pool_buffers(compiled) -> list[torch.Tensor]:
+    """Every buffer (flat) of ``compiled``'s buffer pools, each pool once."""
     pools = {
         id(m.scratch): m.scratch for m in compiled.module.modules() if getattr(m, "scratch", None)
     }
+    return [flat for pool in pools.values() for flat, *_ in pool._outputs]
+
+
+def poison_pools(compiled) -> int:
+    """Fill every buffer of ``compiled``'s pools with NaN (what a free buffer holds must never
+    reach an output); returns how many buffers were filled."""
     filled = 0
-    for pool in pools.values():
-        for flat, *_ in pool._outputs:
-            flat.fill_(float("nan"))
-            filled += 1
+    for flat in pool_buffers(compiled):
+        flat.fill_(float("nan"))
+        filled += 1
     return filled
 
 

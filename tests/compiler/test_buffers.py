@@ -23,7 +23,7 @@ from edgeguard.compiler.generated import (
 from edgeguard.compiler.passes.inplace import add_into
 from edgeguard.sparsity import get_scheme
 
-from .helpers import kept_calls, mask_convs, poison_pools
+from .helpers import kept_calls, mask_convs, poison_pools, pool_buffers
 
 needs_cxx = pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler (g++) here")
 
@@ -258,13 +258,11 @@ def test_no_pool_buffer_keeps_heap_garbage_for_the_dropped_lanes(monkeypatch):
         assert any(c.kernel.schedule(1, 2)["row_fills"] for c in calls.values())
     finally:
         torch.set_num_threads(old)
-    pools = {
-        id(m.scratch): m.scratch for m in compiled.module.modules() if getattr(m, "scratch", None)
-    }
-    for pool in pools.values():
-        for flat, *_ in pool._outputs:
-            tiny = (flat != 0) & (flat.abs() < torch.finfo(torch.float32).tiny)
-            assert not tiny.any()
+    flats = pool_buffers(compiled)
+    assert flats
+    for flat in flats:
+        tiny = (flat != 0) & (flat.abs() < torch.finfo(torch.float32).tiny)
+        assert not tiny.any()
 
 
 @needs_cxx

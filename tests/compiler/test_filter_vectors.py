@@ -67,15 +67,3 @@ def test_filter_vectorised_3d_kernel_skips_depth_padding_exactly():
     with torch.no_grad():
         want, got = conv(x), sc(x)
     assert (got - want).abs().max() <= 1e-4 * want.abs().max()
-
-
-@needs_cxx
-def test_filter_vectorised_kernel_adds_a_residual_before_the_relu():
-    conv = masked(nn.Conv2d(16, 24, 3, 1, 1), dead=3)
-    sc = SparseConv(plan_conv(conv, mr=8), two_d=True, mode="cpu", relu=True)
-    sc.residual = True
-    x, r = torch.randn(2, 16, 4, 4), torch.randn(2, 24, 4, 4)
-    with torch.no_grad():
-        want = F.relu(conv(x) + r)
-        got = sc(x, r)
-    assert (got - want).abs().max() <= 1e-4 * want.abs().max()

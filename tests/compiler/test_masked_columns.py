@@ -1,6 +1,7 @@
 """Masked columns: narrow planes (rows narrower than an AVX-512 vector) stored without width
 padding, each kept row read with its kernel column's lane mask.  Checked against zero padding
-and slicing (what every lane reads) and against PyTorch's dense conv (the kernel)."""
+and slicing (what every lane reads) and against PyTorch's dense conv (the kernel; the
+residual also on the filter-vectorised path that takes the 4 x 4 planes)."""
 
 from __future__ import annotations
 
@@ -122,12 +123,19 @@ def test_masked_column_kernel_matches_dense(k, p, d, hw, batch):
 
 
 @needs_cxx
-@needs_avx512
-def test_masked_column_kernel_adds_a_residual_before_the_relu():
+@pytest.mark.parametrize(
+    "hw, path",
+    [
+        ((4, 4), "FV = true"),  # filter-vectorised tiles
+        pytest.param((8, 8), "MC = true", marks=needs_avx512),  # masked columns
+    ],
+)
+def test_narrow_plane_kernels_add_a_residual_before_the_relu(hw, path):
     conv = masked(nn.Conv2d(16, 24, 3, 1, 1), dead=3)
     sc = SparseConv(plan_conv(conv, mr=8), two_d=True, mode="cpu", relu=True)
     sc.residual = True
-    x, r = torch.randn(2, 16, 8, 8), torch.randn(2, 24, 8, 8)
+    x, r = torch.randn(2, 16, *hw), torch.randn(2, 24, *hw)
+    assert path in sc.source(x.unsqueeze(2), host_vector_floats())[0]
     with torch.no_grad():
         want = F.relu(conv(x) + r)
         got = sc(x, r)
